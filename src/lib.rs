@@ -1,0 +1,14 @@
+//! calico-migrate: move an EKS cluster from the aws-calico Helm chart to the
+//! Tigera Operator without a lapse in NetworkPolicy enforcement.
+//!
+//! Layers (see docs/architecture.md): `cli` -> `migration` -> `engine`, `checks`
+//! -> `policy`; `cluster` does the Kubernetes I/O; `sandbox` is an in-process
+//! Kubernetes API server used for rehearsals and tests.
+
+pub mod checks;
+pub mod cli;
+pub mod cluster;
+pub mod engine;
+pub mod migration;
+pub mod policy;
+pub mod sandbox;
