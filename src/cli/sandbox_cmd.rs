@@ -1,15 +1,106 @@
 //! `calico-migrate sandbox`: run the embedded Kubernetes API server.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
+use crate::sandbox::scenario::{self, ScenarioConfig};
+use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions};
 
 /// Run an in-process Kubernetes API server seeded like an EKS cluster with aws-calico.
 #[derive(Debug, Args)]
-pub struct SandboxArgs {}
+#[command(after_help = "Examples:\n  \
+    calico-migrate sandbox --kubeconfig-out /tmp/sandbox.kubeconfig\n  \
+    KUBECONFIG=/tmp/sandbox.kubeconfig kubectl get nodes\n  \
+    calico-migrate sandbox --fault latency:20 --fault api-errors:0.05\n\n\
+    Faults can be changed while running:\n  \
+    kubectl -n sandbox-system patch configmap faults --type merge -p '{\"data\":{\"api-errors\":\"0\"}}'")]
+pub struct SandboxArgs {
+    /// Number of EKS nodes in the seeded cluster.
+    #[arg(long, default_value_t = 6)]
+    pub nodes: usize,
+    /// Number of user namespaces (each with its NetworkPolicies and pods).
+    #[arg(long, default_value_t = 8)]
+    pub namespaces: usize,
+    /// Pods in each user namespace.
+    #[arg(long, default_value_t = 2)]
+    pub pods_per_namespace: usize,
+    /// Seed of the scenario, uids and fault draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Start empty (only the built-in namespaces) instead of seeding the EKS scenario.
+    #[arg(long)]
+    pub empty: bool,
+    /// Loopback address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
+    /// Where to write the kubeconfig (default: <state-dir>/sandbox.kubeconfig).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig_out: Option<PathBuf>,
+    /// Fault to inject (repeatable): latency:MS, api-errors:RATE, drop-watch:RATE, conflicts:RATE.
+    #[arg(long = "fault", value_name = "SPEC")]
+    pub faults: Vec<String>,
+}
 
-pub async fn run(_args: &SandboxArgs, _global: &GlobalOpts) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`calico-migrate sandbox` is not built yet")
+pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+    let faults = FaultConfig::parse_specs(&args.faults).map_err(anyhow::Error::msg)?;
+    let sb = Sandbox::new(SandboxOptions {
+        seed: args.seed,
+        faults,
+        ..Default::default()
+    });
+    let seeded = if args.empty {
+        0
+    } else {
+        let cfg = ScenarioConfig {
+            nodes: args.nodes,
+            namespaces: args.namespaces,
+            pods_per_namespace: args.pods_per_namespace,
+            seed: args.seed,
+        };
+        let objects = scenario::build(&cfg).context("cannot build the seed scenario")?;
+        sb.load(objects)
+            .context("cannot load the seed scenario into the sandbox")?
+    };
+    let handle = sb
+        .serve(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let path = args
+        .kubeconfig_out
+        .clone()
+        .unwrap_or_else(|| global.state_dir.join("sandbox.kubeconfig"));
+    handle
+        .write_kubeconfig(&path)
+        .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
+    eprintln!(
+        "sandbox serving {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
+        handle.url(),
+        path.display()
+    );
+    println!("{}", path.display());
+    wait_for_signal().await?;
+    eprintln!("sandbox stopping");
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
 }

@@ -1,3 +1,132 @@
 //! The embedded Kubernetes API server used for rehearsals and tests.
+//!
+//! [`Sandbox`] owns a generic object [`store::Store`] (every object a
+//! `serde_json::Value`, keyed by group/resource/namespace/name) and exposes it
+//! three ways: the store's own API for in-process controllers (get, list,
+//! create, update, patch, delete, watch, a change feed), an axum
+//! [`Sandbox::router`] speaking the Kubernetes REST API, and a `kube::Client`
+//! bound to that router without any socket ([`Sandbox::client`]). `serve`
+//! puts the router on a loopback port for kubectl. See docs/sandbox.md.
 
+pub mod apply;
+pub mod discovery;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod lifecycle;
+pub mod openapi;
+pub mod patch;
 pub mod scenario;
+pub mod select;
+pub mod serve;
+pub mod ssa;
+pub mod store;
+pub mod table;
+pub mod types;
+pub mod watch;
+
+use std::sync::Arc;
+
+pub use apply::PatchKind;
+pub use error::ApiError;
+pub use faults::FaultConfig;
+pub use lifecycle::{DeleteOptions, Deleted};
+pub use serve::ServeHandle;
+pub use store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
+pub use types::{GroupResource, Gvr, ResourceType};
+
+/// How a sandbox starts.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Seed of uids, generated names and fault draws.
+    pub seed: u64,
+    /// How many past events watches can resume from (older ones answer 410 Gone).
+    pub history: usize,
+    /// Faults in force at start (also written to ConfigMap sandbox-system/faults).
+    pub faults: FaultConfig,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            history: 50_000,
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    dice: faults::Dice,
+}
+
+/// A running sandbox cluster. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl Sandbox {
+    pub fn new(opts: SandboxOptions) -> Self {
+        let store = Store::new(opts.history, opts.seed);
+        let boot = [
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": faults::NAMESPACE}}),
+            opts.faults.to_configmap(),
+        ];
+        // Both objects are well-formed and their namespace exists by construction.
+        if let Err(e) = store.load(boot.to_vec()) {
+            tracing::error!("sandbox bootstrap failed: {e}");
+        }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                dice: faults::Dice::new(opts.seed),
+            }),
+        }
+    }
+
+    /// The object store, for in-process controllers.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Seed objects (e.g. `scenario::build`), CRDs first; status is kept as given.
+    pub fn load(&self, objects: Vec<serde_json::Value>) -> Result<usize, ApiError> {
+        self.inner.store.load(objects)
+    }
+
+    /// The Kubernetes REST API as an axum Router.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// A kube client talking to the router in-process (no socket), default namespace "default".
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(self.router(), "default")
+    }
+
+    /// Serve on a loopback address such as "127.0.0.1:0".
+    pub async fn serve(&self, addr: &str) -> std::io::Result<ServeHandle> {
+        serve::serve(self.clone(), addr).await
+    }
+
+    /// The faults in force now (from ConfigMap sandbox-system/faults).
+    pub fn fault_config(&self) -> FaultConfig {
+        let gvr = Gvr::new("", "v1", "configmaps");
+        self.store()
+            .get(&gvr, faults::NAMESPACE, faults::CONFIGMAP)
+            .ok()
+            .and_then(|cm| FaultConfig::from_data(cm.get("data")).ok())
+            .unwrap_or_default()
+    }
+
+    /// Change the faults in force (same as patching the ConfigMap).
+    pub fn set_faults(&self, f: &FaultConfig) -> Result<(), ApiError> {
+        self.load(vec![f.to_configmap()]).map(|_| ())
+    }
+
+    pub(crate) fn dice(&self) -> faults::Dice {
+        self.inner.dice.clone()
+    }
+}

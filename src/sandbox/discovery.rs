@@ -1,0 +1,163 @@
+//! Discovery: `/version`, `/api`, `/apis`, `/apis/G`, `/api/v1`, `/apis/G/V`.
+//! Answered as plain `application/json` (the legacy documents): kubectl 1.32 asks
+//! for aggregated discovery first and falls back to these when the answer is not
+//! an `APIGroupDiscoveryList` (k8s.io/client-go discovery/discovery_client.go).
+
+use serde_json::{Value, json};
+
+use super::types::{ResourceType, api_version};
+
+/// The Kubernetes version the sandbox claims to be.
+pub const MAJOR: &str = "1";
+pub const MINOR: &str = "33";
+
+pub fn version() -> Value {
+    json!({
+        "major": MAJOR,
+        "minor": MINOR,
+        "gitVersion": format!("v{MAJOR}.{MINOR}.0-sandbox"),
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-04-23T00:00:00Z",
+        "goVersion": "go1.24.2",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+pub fn core_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    })
+}
+
+/// Groups in the order the real server lists the built-ins, CRD groups after.
+const ORDER: &[&str] = &[
+    "apps",
+    "events.k8s.io",
+    "batch",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "networking.k8s.io",
+    "coordination.k8s.io",
+    "apiextensions.k8s.io",
+];
+
+fn group_doc(group: &str, types: &[ResourceType]) -> Value {
+    let mut versions: Vec<String> = Vec::new();
+    let mut preferred = String::new();
+    for t in types.iter().filter(|t| t.group == group) {
+        if preferred.is_empty() {
+            preferred = t.preferred_version().to_string();
+        }
+        for v in &t.versions {
+            if !versions.contains(v) {
+                versions.push(v.clone());
+            }
+        }
+    }
+    let gv = |v: &str| json!({"groupVersion": api_version(group, v), "version": v});
+    json!({
+        "name": group,
+        "versions": versions.iter().map(|v| gv(v)).collect::<Vec<_>>(),
+        "preferredVersion": gv(&preferred),
+    })
+}
+
+fn groups_of(types: &[ResourceType]) -> Vec<String> {
+    let mut groups: Vec<String> = ORDER
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|g| types.iter().any(|t| t.group == *g))
+        .collect();
+    let mut extra: Vec<String> = types
+        .iter()
+        .map(|t| t.group.clone())
+        .filter(|g| !g.is_empty() && !ORDER.contains(&g.as_str()))
+        .collect();
+    extra.sort();
+    extra.dedup();
+    groups.extend(extra);
+    groups
+}
+
+pub fn group_list(types: &[ResourceType]) -> Value {
+    let groups: Vec<Value> = groups_of(types)
+        .iter()
+        .map(|g| group_doc(g, types))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/G`, or None when no type has that group.
+pub fn group(types: &[ResourceType], group: &str) -> Option<Value> {
+    types.iter().any(|t| t.group == group).then(|| {
+        let mut g = group_doc(group, types);
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
+}
+
+fn verbs(t: &ResourceType) -> Vec<&'static str> {
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
+    .into_iter()
+    .filter(|v| !(t.group.is_empty() && t.resource == "namespaces" && *v == "deletecollection"))
+    .collect()
+}
+
+/// `/api/v1` or `/apis/G/V`, or None when nothing is served there.
+pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
+    let mut resources = Vec::new();
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.serves(version))
+    {
+        let mut r = json!({
+            "name": t.resource,
+            "singularName": t.singular,
+            "namespaced": t.namespaced,
+            "kind": t.kind,
+            "verbs": verbs(t),
+        });
+        if !t.short_names.is_empty() {
+            r["shortNames"] = json!(t.short_names);
+        }
+        if !t.categories.is_empty() {
+            r["categories"] = json!(t.categories);
+        }
+        resources.push(r);
+        if t.status {
+            resources.push(json!({
+                "name": format!("{}/status", t.resource), "singularName": "", "namespaced": t.namespaced,
+                "kind": t.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if t.scale.is_some() {
+            resources.push(json!({
+                "name": format!("{}/scale", t.resource), "singularName": "", "namespaced": t.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    if resources.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": api_version(group, version),
+        "resources": resources,
+    }))
+}
