@@ -178,11 +178,21 @@ async fn raw(
     Ok((code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
 }
 
+/// (method, uri, content-type, body, expected code, expected reason)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_input_gets_status_errors() -> Result<()> {
     for t in targets().await? {
         let c = &t.client;
-        let cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "POST",
                 "/api/v1/namespaces/default/configmaps",

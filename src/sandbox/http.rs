@@ -69,6 +69,26 @@ pub fn router(sb: Sandbox) -> Router {
             }),
         )
         .route(
+            "/openapi/v2",
+            get(|headers: HeaderMap| async move {
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if accept.contains("protobuf") {
+                    let mut r = openapi::v2_protobuf().into_response();
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(
+                            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                        ),
+                    );
+                    return r;
+                }
+                json_response(200, &openapi::v2())
+            }),
+        )
+        .route(
             "/openapi/v3",
             get(|State(sb): State<Sandbox>| async move {
                 json_response(200, &openapi::root(&sb.store().types()))
