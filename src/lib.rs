@@ -9,6 +9,7 @@ pub mod checks;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod helm;
 pub mod migration;
 pub mod policy;
 pub mod sandbox;
