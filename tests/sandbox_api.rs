@@ -1097,3 +1097,100 @@ async fn seeds_from_the_scenario() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn discovery_tables_and_metadata() -> Result<()> {
+    for t in targets().await? {
+        let crds: Api<DynamicObject> = Api::all_with(
+            t.client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+                "customresourcedefinitions",
+            ),
+        );
+        let def: DynamicObject = serde_json::from_value(crd(
+            "crd.projectcalico.org",
+            "felixconfigurations",
+            "FelixConfiguration",
+            "Cluster",
+        ))?;
+        crds.create(&PostParams::default(), &def).await?;
+        let gvk = GroupVersionKind::gvk("crd.projectcalico.org", "v1", "FelixConfiguration");
+        // Both discovery flavours kube offers see built-ins and the new CRD.
+        for aggregated in [false, true] {
+            let d = kube::Discovery::new(t.client.clone());
+            let d = if aggregated {
+                d.run_aggregated().await?
+            } else {
+                d.run().await?
+            };
+            let (ar, caps) = d.resolve_gvk(&gvk).with_context(|| {
+                format!(
+                    "{}: FelixConfiguration discovered (aggregated {aggregated})",
+                    t.how
+                )
+            })?;
+            assert_eq!(ar.plural, "felixconfigurations");
+            assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+            let (dep, caps) = d
+                .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment"))
+                .context("Deployment discovered")?;
+            assert_eq!(dep.plural, "deployments");
+            assert!(
+                caps.subresources.iter().any(|(s, _)| s.plural == "scale"),
+                "{}: scale subresource listed",
+                t.how
+            );
+        }
+        let (code, v) = raw(
+            &t.client,
+            "GET",
+            "/apis/crd.projectcalico.org/v1",
+            "application/json",
+            vec![],
+        )
+        .await?;
+        assert_eq!(
+            (code, v["resources"][0]["kind"].as_str()),
+            (200, Some("FelixConfiguration"))
+        );
+
+        // Table output as kubectl asks for it.
+        let pods: Api<Pod> = Api::namespaced(t.client.clone(), "default");
+        pods.create(&PostParams::default(), &pod("p1", "node-a", "web")?)
+            .await?;
+        let req = http::Request::builder()
+            .uri("/api/v1/namespaces/default/pods")
+            .header(
+                "accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .body(kube::client::Body::from(Vec::new()))?;
+        let resp = t.client.send(req).await?;
+        let bytes =
+            axum::body::to_bytes(axum::body::Body::new(resp.into_body()), usize::MAX).await?;
+        let table: Value = serde_json::from_slice(&bytes)?;
+        assert_eq!(table["kind"], "Table", "{}", t.how);
+        let cols: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(cols, ["Name", "Ready", "Status", "Restarts", "Age"]);
+        assert_eq!(table["rows"][0]["cells"][0], "p1");
+        assert_eq!(
+            table["rows"][0]["cells"][2], "Pending",
+            "{}: a new pod is Pending",
+            t.how
+        );
+        assert_eq!(
+            table["rows"][0]["object"]["metadata"]["namespace"],
+            "default"
+        );
+
+        // kube's metadata API.
+        let meta = pods.list_metadata(&ListParams::default()).await?;
+        assert_eq!(meta.items.len(), 1);
+        assert_eq!(meta.items[0].metadata.name.as_deref(), Some("p1"));
+    }
+    Ok(())
+}

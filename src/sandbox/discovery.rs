@@ -161,3 +161,88 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
         "resources": resources,
     }))
 }
+
+/// The media type of aggregated discovery (apidiscovery.k8s.io/v2), which kubectl 1.32
+/// and kube's `Discovery::run_aggregated` ask for first.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header asks for aggregated discovery v2 before plain JSON.
+pub fn wants_aggregated(accept: &str) -> bool {
+    for alt in accept.split(',') {
+        let alt = alt.replace(' ', "");
+        if alt.contains("as=APIGroupDiscoveryList")
+            && alt.contains("v=v2")
+            && !alt.contains("v=v2beta1")
+        {
+            return true;
+        }
+        if alt.starts_with("application/json") && !alt.contains("as=") {
+            return false;
+        }
+    }
+    false
+}
+
+fn aggregated_resource(t: &ResourceType, version: &str) -> Value {
+    let kind = |g: &str, v: &str, k: &str| json!({"group": g, "version": v, "kind": k});
+    let mut subs = Vec::new();
+    if t.status {
+        subs.push(json!({"subresource": "status", "responseKind": kind(&t.group, version, &t.kind), "verbs": ["get", "patch", "update"]}));
+    }
+    if t.scale.is_some() {
+        subs.push(json!({"subresource": "scale", "responseKind": kind("autoscaling", "v1", "Scale"), "verbs": ["get", "patch", "update"]}));
+    }
+    let mut r = json!({
+        "resource": t.resource,
+        "responseKind": kind(&t.group, version, &t.kind),
+        "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": t.singular,
+        "verbs": verbs(t),
+    });
+    if !t.short_names.is_empty() {
+        r["shortNames"] = json!(t.short_names);
+    }
+    if !t.categories.is_empty() {
+        r["categories"] = json!(t.categories);
+    }
+    if !subs.is_empty() {
+        r["subresources"] = json!(subs);
+    }
+    r
+}
+
+/// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList
+/// (k8s.io/api apidiscovery/v2 types.go).
+pub fn aggregated(types: &[ResourceType], core: bool) -> Value {
+    let groups: Vec<String> = if core {
+        vec![String::new()]
+    } else {
+        groups_of(types)
+    };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let mut versions: Vec<String> = Vec::new();
+            for t in types.iter().filter(|t| t.group == *g) {
+                for v in &t.versions {
+                    if !versions.contains(v) {
+                        versions.push(v.clone());
+                    }
+                }
+            }
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = types
+                        .iter()
+                        .filter(|t| t.group == *g && t.serves(v))
+                        .map(|t| aggregated_resource(t, v))
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}

@@ -40,6 +40,22 @@ fn json_response(code: u16, v: &Value) -> Response {
     r
 }
 
+fn accept(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+fn aggregated_response(v: &Value) -> Response {
+    let mut r = json_response(200, v);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(discovery::AGGREGATED),
+    );
+    r
+}
+
 fn error_response(e: &ApiError) -> Response {
     let mut r = json_response(e.code, &e.to_status());
     if e.code == 429 {
@@ -60,11 +76,19 @@ pub fn router(sb: Sandbox) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .route(
             "/api",
-            get(|| async { json_response(200, &discovery::core_versions()) }),
+            get(|State(sb): State<Sandbox>, headers: HeaderMap| async move {
+                if discovery::wants_aggregated(accept(&headers)) {
+                    return aggregated_response(&discovery::aggregated(&sb.store().types(), true));
+                }
+                json_response(200, &discovery::core_versions())
+            }),
         )
         .route(
             "/apis",
-            get(|State(sb): State<Sandbox>| async move {
+            get(|State(sb): State<Sandbox>, headers: HeaderMap| async move {
+                if discovery::wants_aggregated(accept(&headers)) {
+                    return aggregated_response(&discovery::aggregated(&sb.store().types(), false));
+                }
                 json_response(200, &discovery::group_list(&sb.store().types()))
             }),
         )
