@@ -1194,3 +1194,40 @@ async fn discovery_tables_and_metadata() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn extra_routes_come_before_the_generic_api() -> Result<()> {
+    let sb = Sandbox::new(SandboxOptions::default());
+    let (code, _) = raw(
+        &sb.client(),
+        "GET",
+        "/api/v1/namespaces/default/pods/p/exec",
+        "application/json",
+        vec![],
+    )
+    .await?;
+    assert_eq!(code, 404, "no exec until someone serves it");
+    sb.add_routes(axum::Router::new().route(
+        "/api/v1/namespaces/{ns}/pods/{name}/exec",
+        axum::routing::get(|| async { axum::Json(json!({"exec": "served"})) }),
+    ));
+    let (code, body) = raw(
+        &sb.client(),
+        "GET",
+        "/api/v1/namespaces/default/pods/p/exec",
+        "application/json",
+        vec![],
+    )
+    .await?;
+    assert_eq!((code, body["exec"].as_str()), (200, Some("served")));
+    let (code, _) = raw(
+        &sb.client(),
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        "application/json",
+        vec![],
+    )
+    .await?;
+    assert_eq!(code, 200, "the generic API still answers");
+    Ok(())
+}

@@ -59,6 +59,8 @@ impl Default for SandboxOptions {
 struct Inner {
     store: Store,
     dice: faults::Dice,
+    /// Routes added by other parts of the sandbox (e.g. pods/exec), tried before the API.
+    extra: std::sync::Mutex<Option<axum::Router>>,
 }
 
 /// A running sandbox cluster. Cheap to clone; clones share everything.
@@ -82,6 +84,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 store,
                 dice: faults::Dice::new(opts.seed),
+                extra: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -96,9 +99,30 @@ impl Sandbox {
         self.inner.store.load(objects)
     }
 
-    /// The Kubernetes REST API as an axum Router.
+    /// The Kubernetes REST API as an axum Router (with any routes added by `add_routes`).
     pub fn router(&self) -> axum::Router {
-        http::router(self.clone())
+        let base = http::router(self.clone());
+        let extra = self
+            .inner
+            .extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match extra {
+            Some(extra) => extra.merge(base),
+            None => base,
+        }
+    }
+
+    /// Serve extra routes (without a fallback) ahead of the generic API, e.g.
+    /// `/api/v1/namespaces/{ns}/pods/{name}/exec` for a simulated data plane. Routers,
+    /// clients and servers built afterwards include them.
+    pub fn add_routes(&self, routes: axum::Router) {
+        let mut extra = self.inner.extra.lock().unwrap_or_else(|e| e.into_inner());
+        *extra = Some(match extra.take() {
+            Some(r) => r.merge(routes),
+            None => routes,
+        });
     }
 
     /// A kube client talking to the router in-process (no socket), default namespace "default".
