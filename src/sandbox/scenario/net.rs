@@ -1,0 +1,53 @@
+//! Addresses of a VPC like EKS clusters use: 10.0.0.0/16 split into one /18
+//! subnet per availability zone; with the VPC CNI, pods take secondary IPs of
+//! their node's subnet (no podCIDR on the Node).
+
+use std::net::Ipv4Addr;
+
+/// Zones the nodes are spread over (a, b, c of the region).
+pub const ZONES: usize = 3;
+/// Host addresses in each zone's /18 reserved for nodes (first 256 + 10 .. 255).
+const NODE_BASE: u32 = 10;
+const POD_BASE: u32 = 256;
+const SUBNET_SIZE: u32 = 1 << 14;
+
+/// Most nodes the address plan supports.
+pub const MAX_NODES: usize = ZONES * (256 - NODE_BASE as usize);
+/// Most pod IPs per zone.
+pub const MAX_PODS_PER_ZONE: usize = (SUBNET_SIZE - POD_BASE - 1) as usize;
+
+/// A node as the other builders need it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub index: usize,
+    pub name: String,
+    pub ip: String,
+    pub zone: usize,
+}
+
+fn subnet_base(zone: usize) -> u32 {
+    u32::from(Ipv4Addr::new(10, 0, 0, 0)) + zone as u32 * SUBNET_SIZE
+}
+
+/// Node `i`'s zone and primary IP (zone = i mod 3).
+pub fn node_address(i: usize) -> (usize, Ipv4Addr) {
+    let zone = i % ZONES;
+    let host = NODE_BASE + (i / ZONES) as u32;
+    (zone, Ipv4Addr::from(subnet_base(zone) + host))
+}
+
+/// Hands out pod IPs per zone in order: deterministic and collision-free.
+#[derive(Debug, Default)]
+pub struct PodIps {
+    next: [u32; ZONES],
+}
+
+impl PodIps {
+    pub fn next(&mut self, node: &NodeInfo) -> String {
+        let z = node.zone % ZONES;
+        let ip =
+            Ipv4Addr::from(subnet_base(z) + POD_BASE + self.next[z] % (SUBNET_SIZE - POD_BASE - 1));
+        self.next[z] += 1;
+        ip.to_string()
+    }
+}

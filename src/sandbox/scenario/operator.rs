@@ -1,0 +1,119 @@
+//! aws-calico chart 0.3.11: the chart became tigera-operator v1.20.1, its CRDs
+//! Helm-managed templates (so `helm uninstall` deletes them and every Calico
+//! policy with them), and `Installation default {cni.type: AmazonVPC}` created
+//! by a post-install hook (/work/shared/design/FACTS.md).
+
+use serde_json::{Value, json};
+
+use super::BASE_TIME;
+use super::calico::{CALICO_CRDS, CALICO_GROUP, crd_v1};
+use super::chart::ChartValues;
+
+pub const OPERATOR_GROUP: &str = "operator.tigera.io";
+pub const OPERATOR_IMAGE: &str = "quay.io/tigera/operator:v1.20.1";
+
+/// (plural, kind, has status subresource) of operator.tigera.io/v1 in operator v1.20.
+pub const OPERATOR_CRDS: &[(&str, &str, bool)] = &[
+    ("apiservers", "APIServer", true),
+    ("imagesets", "ImageSet", false),
+    ("installations", "Installation", true),
+    ("tigerastatuses", "TigeraStatus", true),
+    ("amazoncloudintegrations", "AmazonCloudIntegration", true),
+];
+
+/// The operator.tigera.io/v1 CRDs (all cluster-scoped), not seeded for 0.3.10.
+pub fn operator_crds() -> Vec<Value> {
+    OPERATOR_CRDS
+        .iter()
+        .map(|(p, k, s)| crd_v1(OPERATOR_GROUP, p, k, false, *s))
+        .collect()
+}
+
+/// Installation `default` as the 0.3.11 hook creates it.
+pub fn installation_default() -> Value {
+    json!({
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": {"name": "default", "creationTimestamp": BASE_TIME,
+                     "annotations": {"helm.sh/hook": "post-install"}},
+        "spec": {"cni": {"type": "AmazonVPC"}},
+    })
+}
+
+fn labels(v: &ChartValues, app: &str) -> Value {
+    super::chart::chart_labels(v, app)
+}
+
+/// The rendered objects of chart 0.3.11, in install order: CRDs (as templates),
+/// then the operator's ServiceAccount, RBAC and Deployment in `tigera-operator`.
+pub fn rendered_objects(v: &ChartValues) -> Vec<(&'static str, Value)> {
+    let mut out: Vec<(&'static str, Value)> = Vec::new();
+    for (p, k, ns) in CALICO_CRDS {
+        let mut c = crd_v1(CALICO_GROUP, p, k, *ns, false);
+        strip_status(&mut c);
+        c["metadata"]["labels"] = labels(v, "tigera-operator");
+        out.push(("crds/calico.yaml", c));
+    }
+    for c in operator_crds() {
+        let mut c = c;
+        strip_status(&mut c);
+        c["metadata"]["labels"] = labels(v, "tigera-operator");
+        out.push(("crds/operator.yaml", c));
+    }
+    out.push(("tigera-operator/02-serviceaccount-tigera-operator.yaml", json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "tigera-operator", "namespace": "tigera-operator", "labels": labels(v, "tigera-operator")},
+    })));
+    out.push((
+        "tigera-operator/02-role-tigera-operator.yaml",
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "tigera-operator", "labels": labels(v, "tigera-operator")},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+        }),
+    ));
+    out.push(("tigera-operator/02-rolebinding-tigera-operator.yaml", json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "tigera-operator", "labels": labels(v, "tigera-operator")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tigera-operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tigera-operator", "namespace": "tigera-operator"}],
+    })));
+    out.push(("tigera-operator/02-tigera-operator.yaml", json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "tigera-operator", "namespace": "tigera-operator", "labels": labels(v, "tigera-operator")},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"name": "tigera-operator"}},
+            "template": {
+                "metadata": {"labels": {"name": "tigera-operator", "k8s-app": "tigera-operator"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "tolerations": [{"effect": "NoExecute", "operator": "Exists"},
+                                    {"effect": "NoSchedule", "operator": "Exists"}],
+                    "serviceAccountName": "tigera-operator",
+                    "hostNetwork": true,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "containers": [{
+                        "name": "tigera-operator",
+                        "image": OPERATOR_IMAGE,
+                        "command": ["operator"],
+                        "env": [
+                            {"name": "WATCH_NAMESPACE", "value": ""},
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "OPERATOR_NAME", "value": "tigera-operator"},
+                            {"name": "TIGERA_OPERATOR_INIT_IMAGE_VERSION", "value": "v1.20.1"},
+                        ],
+                        "envFrom": [{"configMapRef": {"name": "kubernetes-services-endpoint", "optional": true}}],
+                    }],
+                },
+            },
+        },
+    })));
+    out
+}
+
+fn strip_status(v: &mut Value) {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+}

@@ -1,0 +1,330 @@
+//! Putting the cluster together: the chart's live objects, its Helm release
+//! Secret, the pods behind every workload, in an order the store accepts.
+
+use serde_json::{Value, json};
+
+use super::chart::{self, ChartValues};
+use super::net::{NodeInfo, PodIps};
+use super::workloads::{self, set_uid};
+use super::{BASE_TIME, ChartGeneration, Scenario, calico, cluster, ids, operator};
+use crate::helm::{self, Chart, ChartFile, ChartMetadata, Info, Release};
+
+/// The chart's rendered objects as the API serves them after `helm install`:
+/// namespaced into the release namespace, Helm's ownership annotations, the
+/// PDB at policy/v1, and believable status for `nodes` ready nodes.
+pub fn live_chart_objects(
+    rendered: &[(&str, Value)],
+    v: &ChartValues,
+    nodes: usize,
+    seed: u64,
+) -> Vec<Value> {
+    rendered
+        .iter()
+        .map(|(_, r)| {
+            let mut o = r.clone();
+            let kind = o["kind"].as_str().unwrap_or_default().to_string();
+            if !helm::is_cluster_scoped(&kind) && o["metadata"].get("namespace").is_none() {
+                o["metadata"]["namespace"] = json!(v.namespace);
+            }
+            o["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!(v.release_name);
+            o["metadata"]["annotations"]["meta.helm.sh/release-namespace"] = json!(v.namespace);
+            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+            match kind.as_str() {
+                "PodDisruptionBudget" => {
+                    // policy/v1beta1 is stored, the API serves it as policy/v1 today.
+                    o["apiVersion"] = json!("policy/v1");
+                    let n = chart::typha_replicas(nodes);
+                    o["metadata"]["generation"] = json!(1);
+                    o["status"] = json!({"currentHealthy": n, "desiredHealthy": n.saturating_sub(1),
+                        "disruptionsAllowed": usize::from(n > 0), "expectedPods": n, "observedGeneration": 1,
+                        "conditions": [{"type": "DisruptionAllowed", "status": if n > 0 {"True"} else {"False"},
+                            "reason": "SufficientPods", "message": "", "observedGeneration": 1,
+                            "lastTransitionTime": BASE_TIME}]});
+                }
+                "DaemonSet" => {
+                    o["metadata"]["generation"] = json!(1);
+                    o["metadata"]["annotations"]["deprecated.daemonset.template.generation"] = json!("1");
+                    o["status"] = workloads::daemonset_status(nodes);
+                }
+                "Deployment" => {
+                    if o["spec"].get("replicas").is_none() {
+                        o["spec"]["replicas"] = json!(chart::typha_replicas(nodes));
+                    }
+                    let n = o["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+                    o["metadata"]["generation"] = json!(1);
+                    o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("1");
+                    o["status"] = workloads::deployment_status(n);
+                }
+                "Service" => {
+                    let ip = format!("172.20.{}.{}", ids::pick(seed, "typha-svc-a", 250) + 1, ids::pick(seed, "typha-svc-b", 250) + 2);
+                    o["spec"]["clusterIP"] = json!(ip);
+                    o["spec"]["clusterIPs"] = json!([ip]);
+                    o["spec"]["type"] = json!("ClusterIP");
+                    o["spec"]["sessionAffinity"] = json!("None");
+                    o["status"] = json!({"loadBalancer": {}});
+                }
+                "CustomResourceDefinition" => {
+                    let plural = o["spec"]["names"]["plural"].as_str().unwrap_or_default().to_string();
+                    let k = o["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
+                    let group = o["spec"]["group"].as_str().unwrap_or_default().to_string();
+                    let full = calico::crd_v1(&group, &plural, &k, false, false);
+                    o["status"] = full["status"].clone();
+                }
+                _ => {}
+            }
+            set_uid(&mut o, seed);
+            o
+        })
+        .collect()
+}
+
+/// The Helm release (revision 1, deployed) for the rendered chart objects.
+pub fn chart_release(
+    v: &ChartValues,
+    rendered: &[(&str, Value)],
+    crds_yaml: &str,
+    hooks: Vec<Value>,
+) -> Release {
+    let mut templates: Vec<ChartFile> = Vec::new();
+    for (file, obj) in rendered {
+        let name = format!("templates/{file}");
+        let doc = chart::render_manifest(&[(file, obj.clone())]);
+        match templates.iter_mut().find(|t| t.name == name) {
+            Some(t) => t.data.extend_from_slice(doc.as_bytes()),
+            None => templates.push(ChartFile::new(name, doc)),
+        }
+    }
+    let mut files = vec![ChartFile::new(
+        "README.md",
+        "# Calico on AWS\n\nThis chart installs Calico on AWS: https://docs.aws.amazon.com/eks/latest/userguide/calico.html\n",
+    )];
+    if !crds_yaml.is_empty() {
+        files.push(ChartFile::new("crds/crds.yaml", crds_yaml));
+    }
+    Release {
+        name: v.release_name.clone(),
+        info: Info {
+            first_deployed: BASE_TIME.into(),
+            last_deployed: BASE_TIME.into(),
+            description: "Install complete".into(),
+            status: helm::status::DEPLOYED.into(),
+            ..Info::default()
+        },
+        chart: Chart {
+            metadata: ChartMetadata {
+                name: "aws-calico".into(),
+                home: "https://github.com/aws/eks-charts".into(),
+                version: v.chart_version.clone(),
+                description: "A Helm chart for installing Calico on AWS".into(),
+                icon: "https://www.projectcalico.org/wp-content/uploads/2019/09/Calico_Logo_Large_Calico.png".into(),
+                api_version: "v1".into(),
+                app_version: v.app_version.clone(),
+                ..ChartMetadata::default()
+            },
+            lock: None,
+            templates,
+            values: v.chart_defaults(),
+            schema: None,
+            files,
+        },
+        config: v.user_values.clone(),
+        manifest: chart::render_manifest(rendered),
+        hooks,
+        version: 1,
+        namespace: v.namespace.clone(),
+    }
+}
+
+/// Every object of the scenario in creation order.
+pub(super) fn assemble(sc: &Scenario) -> Vec<Value> {
+    let seed = sc.seed;
+    let mut namespaces = vec![
+        cluster::namespace("default", &[], seed),
+        cluster::namespace("kube-system", &[], seed),
+        cluster::namespace("kube-public", &[], seed),
+        cluster::namespace("kube-node-lease", &[], seed),
+    ];
+    if !["default", "kube-system", "kube-public", "kube-node-lease"]
+        .contains(&sc.release_namespace.as_str())
+    {
+        namespaces.push(cluster::namespace(&sc.release_namespace, &[], seed));
+    }
+    for infra in cluster::INFRA_NAMESPACES {
+        let labels: Vec<(&str, &str)> = infra.component.iter().map(|c| ("component", *c)).collect();
+        namespaces.push(cluster::namespace(infra.name, &labels, seed));
+    }
+    let mut crds = Vec::new();
+    let mut objects = Vec::new();
+    let mut ips = PodIps::default();
+
+    let mut nodes: Vec<NodeInfo> = Vec::with_capacity(sc.nodes);
+    for i in 0..sc.nodes {
+        let (n, info) = cluster::node(i, seed, &sc.region);
+        objects.push(n);
+        nodes.push(info);
+    }
+
+    // kube-system add-ons and their pods.
+    for mut o in cluster::eks_addons(&sc.region, seed) {
+        match o["kind"].as_str() {
+            Some("DaemonSet") => {
+                o["status"] = workloads::daemonset_status(nodes.len());
+                let pods = workloads::daemonset_pods(&o, &nodes, &mut |n| ips.next(n), seed);
+                objects.push(o);
+                objects.extend(pods);
+            }
+            Some("Deployment") => {
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let kids = workloads::deployment_children(
+                    &o,
+                    &nodes,
+                    &mut |i| ids::pick(seed, &format!("kube-system/{name}/{i}"), nodes.len()),
+                    &mut |n| ips.next(n),
+                    seed,
+                );
+                objects.push(o);
+                objects.extend(kids);
+            }
+            _ => objects.push(o),
+        }
+    }
+
+    // The chart.
+    let mut v = ChartValues::seed_organisation(&sc.release_name);
+    v.namespace = sc.release_namespace.clone();
+    let (rendered, crds_yaml, hooks) = match sc.chart {
+        ChartGeneration::V0_3_10 => {
+            crds.extend(calico::calico_crds().into_iter().map(|mut c| {
+                set_uid(&mut c, seed);
+                c
+            }));
+            (
+                chart::rendered_objects(&v),
+                calico::calico_crds_v1beta1_yaml(),
+                Vec::new(),
+            )
+        }
+        ChartGeneration::V0_3_11 => {
+            v.chart_version = "0.3.11".into();
+            v.app_version = "1.20.1".into();
+            namespaces.push(cluster::namespace(
+                "tigera-operator",
+                &[("name", "tigera-operator")],
+                seed,
+            ));
+            let inst = operator::installation_default();
+            let hook = json!({
+                "name": "default", "kind": "Installation",
+                "path": "aws-calico/templates/tigera-operator/01-installation.yaml",
+                "manifest": serde_saphyr::to_string(&inst).unwrap_or_default(),
+                "events": ["post-install"],
+                "last_run": {"started_at": BASE_TIME, "completed_at": BASE_TIME, "phase": "Succeeded"},
+            });
+            (operator::rendered_objects(&v), String::new(), vec![hook])
+        }
+    };
+    let live = live_chart_objects(&rendered, &v, nodes.len(), seed);
+    for o in live {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "CustomResourceDefinition" => crds.push(o),
+            "DaemonSet" => {
+                let pods = workloads::daemonset_pods(&o, &nodes, &mut |n| ips.next(n), seed);
+                objects.push(o);
+                objects.extend(pods);
+            }
+            "Deployment" => {
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let kids = workloads::deployment_children(
+                    &o,
+                    &nodes,
+                    &mut |i| ids::pick(seed, &format!("chart/{name}/{i}"), nodes.len()),
+                    &mut |n| ips.next(n),
+                    seed,
+                );
+                objects.push(o);
+                objects.extend(kids);
+            }
+            _ => objects.push(o),
+        }
+    }
+    let release = chart_release(&v, &rendered, &crds_yaml, hooks);
+    let mut secret = helm::encode_release_secret(&release);
+    secret["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+    set_uid(&mut secret, seed);
+    objects.push(secret);
+
+    // Calico's cluster-wide objects.
+    let mut calico_objs = vec![
+        calico::felix_configuration_default(),
+        calico::cluster_information_default(seed, "v3.19.1"),
+        calico::deny_aws_imds(),
+    ];
+    if sc.chart == ChartGeneration::V0_3_11 {
+        let mut inst = operator::installation_default();
+        inst["status"] = json!({"variant": "Calico", "computed": {"cni": {"type": "AmazonVPC"}}});
+        calico_objs.push(inst);
+    }
+    for mut o in calico_objs {
+        set_uid(&mut o, seed);
+        objects.push(o);
+    }
+
+    // Infrastructure namespaces.
+    for infra in cluster::INFRA_NAMESPACES {
+        let (ns, name) = (infra.name, infra.workload);
+        let d = cluster::deployment(
+            ns,
+            name,
+            infra.replicas,
+            infra.image,
+            &[("http", infra.port)],
+            seed,
+        );
+        let kids = workloads::deployment_children(
+            &d,
+            &nodes,
+            &mut |i| ids::pick(seed, &format!("{ns}/{name}/{i}"), nodes.len()),
+            &mut |n| ips.next(n),
+            seed,
+        );
+        objects.push(d);
+        objects.extend(kids);
+    }
+
+    // User namespaces.
+    for i in 0..sc.namespaces {
+        let mut objs = cluster::user_namespace(i, seed);
+        namespaces.push(objs.remove(0));
+        objects.extend(objs);
+        let ns = cluster::user_namespace_name(i);
+        let d = cluster::deployment(
+            &ns,
+            "web",
+            sc.pods_per_namespace,
+            "public.ecr.aws/nginx/nginx:1.25",
+            &[("http", 8080), ("metrics", 9102)],
+            seed,
+        );
+        let kids = workloads::deployment_children(
+            &d,
+            &nodes,
+            &mut |k| ids::pick(seed, &format!("{ns}/web/{k}"), nodes.len()),
+            &mut |n| ips.next(n),
+            seed,
+        );
+        objects.push(d);
+        objects.extend(kids);
+    }
+
+    let mut out = namespaces;
+    out.extend(crds);
+    out.extend(objects);
+    out
+}
