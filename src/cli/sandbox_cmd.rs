@@ -55,11 +55,14 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     let seeded = if args.empty {
         0
     } else {
+        // Scenario knobs without a flag keep their defaults.
+        #[allow(clippy::needless_update)]
         let cfg = ScenarioConfig {
             nodes: args.nodes,
             namespaces: args.namespaces,
             pods_per_namespace: args.pods_per_namespace,
             seed: args.seed,
+            ..ScenarioConfig::default()
         };
         let objects = scenario::build(&cfg).context("cannot build the seed scenario")?;
         sb.load(objects)

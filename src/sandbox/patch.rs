@@ -339,4 +339,49 @@ mod tests {
             )
         );
     }
+
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-5i64..5).prop_map(|n| json!(n)),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_patch_is_idempotent(t in json_value(), p in json_value()) {
+            let once = merge_patch(&t, &p);
+            prop_assert_eq!(merge_patch(&once, &p), once);
+        }
+
+        #[test]
+        fn strategic_merge_without_lists_or_directives_is_merge_patch(
+            t in prop::collection::btree_map("[a-d]", "[a-c]{0,2}", 0..4),
+            p in prop::collection::btree_map("[a-d]", prop::option::of("[a-c]{0,2}"), 0..4),
+        ) {
+            let t = json!(t);
+            let p: Value = json!(p);
+            prop_assert_eq!(strategic_merge(&t, &p).ok(), Some(merge_patch(&t, &p)));
+        }
+
+        #[test]
+        fn json_patch_add_then_remove_restores(t in prop::collection::btree_map("[a-d]", json_value(), 0..4), v in json_value()) {
+            let t = json!(t);
+            if t.get("new").is_none() {
+                let ops = json!([{"op": "add", "path": "/new", "value": v}, {"op": "remove", "path": "/new"}]);
+                prop_assert_eq!(json_patch(&t, &ops), Ok(t.clone()));
+            }
+        }
+    }
 }

@@ -384,7 +384,13 @@ impl State {
                 );
             }
         }
+        let seeded_status = (origin == Origin::Load)
+            .then(|| obj.get("status").cloned())
+            .flatten();
         self.admit(rt, &name, &mut obj, None)?;
+        if let Some(st) = seeded_status {
+            obj["status"] = st;
+        }
         obj = present(obj, rt, version);
         if origin == Origin::Client {
             ssa::record_update(&Value::Null, &mut obj, w);
@@ -936,6 +942,9 @@ impl Store {
                     }
                     meta_mut(&mut obj).remove("resourceVersion");
                     let obj = present(obj, &rt, &version);
+                    if rt.group == "apiextensions.k8s.io" {
+                        st.serve_crd(&obj)?;
+                    }
                     st.commit(&rt.gr(), EventType::Modified, obj, Some(old));
                 }
                 None => {

@@ -91,6 +91,7 @@ fn pod_cells(o: &Value) -> Vec<Value> {
         json!(format!("{ready}/{total}")),
         json!(status),
         json!(restarts),
+        json!(age(&text(o, "metadata.creationTimestamp"))),
     ]
 }
 
@@ -209,6 +210,37 @@ fn layout(rt: &ResourceType) -> (Vec<Value>, Cells) {
                     ),
                     json!(text(o, "spec.clusterIP")),
                     json!(ports.unwrap_or_else(|| "<none>".into())),
+                    json!(age(&text(o, "metadata.creationTimestamp"))),
+                ]
+            }),
+        ),
+        ("networking.k8s.io", "networkpolicies") => (
+            vec![col("Pod-Selector", "string"), age_col],
+            Box::new(|o| {
+                let sel = selector(o, "spec.podSelector.matchLabels");
+                let sel = if sel == "<none>" { String::new() } else { sel };
+                vec![
+                    json!(sel),
+                    json!(age(&text(o, "metadata.creationTimestamp"))),
+                ]
+            }),
+        ),
+        ("policy", "poddisruptionbudgets") => (
+            vec![
+                col("Min Available", "string"),
+                col("Max Unavailable", "string"),
+                col("Allowed Disruptions", "integer"),
+                age_col,
+            ],
+            Box::new(|o| {
+                let or_na = |p: &str| {
+                    let t = text(o, p);
+                    if t.is_empty() { "N/A".to_string() } else { t }
+                };
+                vec![
+                    json!(or_na("spec.minAvailable")),
+                    json!(or_na("spec.maxUnavailable")),
+                    json!(num(o, "status.disruptionsAllowed")),
                     json!(age(&text(o, "metadata.creationTimestamp"))),
                 ]
             }),

@@ -15,8 +15,8 @@ trap cleanup EXIT
 
 step() { echo "== $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
-expect() { # expect PATTERN FILE: the output must contain PATTERN
-  grep -q -- "$1" "$2" || { echo "--- output of the failing step:" >&2; cat "$2" >&2; fail "expected '$1'"; }
+expect() { # expect REGEX FILE: the output must match REGEX (extended; columns vary in width)
+  grep -qE -- "$1" "$2" || { echo "--- output of the failing step:" >&2; cat "$2" >&2; fail "expected '$1'"; }
 }
 
 step "start the sandbox"
@@ -136,11 +136,11 @@ k wait --for=condition=Established crd/globalnetworkpolicies.crd.projectcalico.o
 expect "condition met" "$W/out"
 
 step "get with -o json and the default table"
-k get nodes >"$W/out"; expect "ip-10-0-1-11.ec2.internal   Ready" "$W/out"; expect "v1.33.0-eks" "$W/out"
+k get nodes >"$W/out"; expect "ip-10-0-1-11.ec2.internal +Ready" "$W/out"; expect "v1.33.0-eks" "$W/out"
 k get nodes -o json >"$W/out"; expect '"kind": "List"' "$W/out"; expect '"eks.amazonaws.com/nodegroup": "ng-1"' "$W/out"
 k get pods -A >"$W/out"; expect "NAMESPACE" "$W/out"; expect "demo " "$W/out"; expect "web-0" "$W/out"
 k get pods -A -o json >"$W/out"; expect '"nodeName": "ip-10-0-1-11.ec2.internal"' "$W/out"
-k get ds -n kube-system >"$W/out"; expect "DESIRED" "$W/out"; expect "calico-node-test   2         2         2" "$W/out"
+k get ds -n kube-system >"$W/out"; expect "DESIRED" "$W/out"; expect "calico-node-test +2 +2 +2" "$W/out"
 k get ds -n kube-system -o json >"$W/out"; expect '"numberReady": 2' "$W/out"
 k get crd >"$W/out"; expect "globalnetworkpolicies.crd.projectcalico.org" "$W/out"
 k get crd -o json >"$W/out"; expect '"group": "crd.projectcalico.org"' "$W/out"
@@ -187,7 +187,7 @@ k -n demo patch deploy web --subresource=status --type merge \
 wait "$WAIT_PID"
 [ "$(cat "$W/wait.rc")" = 0 ] || { cat "$W/wait.out" >&2; fail "kubectl wait did not see the condition"; }
 expect "condition met" "$W/wait.out"
-k -n demo get deploy web >"$W/out"; expect "web    1/1" "$W/out"
+k -n demo get deploy web >"$W/out"; expect "web +1/1" "$W/out"
 
 step "delete --wait waits for finalizers"
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: demo, finalizers: [example.com/hold]}\n' | k apply --server-side -f - >/dev/null
