@@ -193,8 +193,14 @@ step "delete --wait waits for finalizers"
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: demo, finalizers: [example.com/hold]}\n' | k apply --server-side -f - >/dev/null
 (k -n demo delete configmap held --wait=true --timeout=15s >"$W/del.out" 2>&1; echo $? >"$W/del.rc") &
 DEL_PID=$!
-sleep 2
-k -n demo get configmap held -o jsonpath='{.metadata.deletionTimestamp}' >"$W/out"; expect "T" "$W/out"
+# Wait (up to 20 s on a loaded machine) until kubectl's DELETE has marked the object.
+for _ in $(seq 1 100); do
+  k -n demo get configmap held -o jsonpath='{.metadata.deletionTimestamp}' >"$W/out"
+  grep -q T "$W/out" && break
+  sleep 0.2
+done
+expect "T" "$W/out"
+kill -0 "$DEL_PID" 2>/dev/null || fail "delete --wait returned while a finalizer still held the object"
 k -n demo patch configmap held --type json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
 wait "$DEL_PID"
 [ "$(cat "$W/del.rc")" = 0 ] || { cat "$W/del.out" >&2; fail "delete --wait failed"; }
