@@ -409,3 +409,76 @@ fn bad_configs_are_refused_clearly() {
         .unwrap_or_default();
     assert!(e.contains("release name"), "{e}");
 }
+
+/// Benchmark, not a test of speed: prints how long the benchmark-sized
+/// scenario takes to build and to load. Run with
+/// `cargo test --release --test scenario -- --ignored --nocapture scale`.
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn scale_benchmark_figures() {
+    let c = cfg(100, 1500, 10, 1);
+    let t = std::time::Instant::now();
+    let objs = built(&c);
+    let build = t.elapsed();
+    let bytes = serde_json::to_vec(&objs).map(|v| v.len()).unwrap_or(0);
+    let t = std::time::Instant::now();
+    let again = built(&c);
+    let rebuild = t.elapsed();
+    assert_eq!(objs, again);
+    let sb = Sandbox::new(SandboxOptions::default());
+    let t = std::time::Instant::now();
+    let loaded = sb.load(objs.clone()).map_err(|e| e.to_string());
+    let load = t.elapsed();
+    let pods = of_kind(&objs, "Pod").len();
+    println!(
+        "scenario nodes=100 namespaces=1500 pods/ns=10: {} objects ({pods} pods, {:.1} MiB JSON); build {:?}, rebuild {:?}; Sandbox::load {:?} ({loaded:?})",
+        objs.len(),
+        bytes as f64 / (1 << 20) as f64,
+        build,
+        rebuild,
+        load
+    );
+}
+
+/// The operator.tigera.io CRDs shipped as YAML data are the ones the builder
+/// makes (regenerate with SCENARIO_WRITE_DATA=1 after changing the builder).
+#[test]
+fn shipped_operator_crd_data_matches_the_builder() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/sandbox/scenario/data/operator-crds.yaml"
+    );
+    let built = scenario::operator::operator_crds();
+    if std::env::var_os("SCENARIO_WRITE_DATA").is_some() {
+        let mut text = String::from(
+            "# operator.tigera.io/v1 CRDs (tigera/operator v1.20), permissive schemas.\n# Generated from src/sandbox/scenario/operator.rs; tests/scenario.rs checks they agree.\n",
+        );
+        for c in &built {
+            text.push_str("---\n");
+            text.push_str(&serde_saphyr::to_string(c).unwrap_or_default());
+        }
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(docs, built);
+    let kinds: Vec<_> = docs
+        .iter()
+        .map(|d| d["spec"]["names"]["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        kinds.contains(&"Installation")
+            && kinds.contains(&"TigeraStatus")
+            && kinds.contains(&"APIServer")
+    );
+}
+
+#[test]
+#[ignore = "prints the stored manifest for inspection"]
+fn print_manifest() {
+    let objs = built(&cfg(3, 1, 1, 1));
+    let s = find(&objs, "Secret", "kube-system", "sh.helm.release.v1.aws-calico.v1");
+    let rel = helm::decode_release_secret(s).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", rel.manifest);
+}
