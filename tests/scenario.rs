@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use calico_migrate::helm;
 use calico_migrate::sandbox::scenario::{
-    self, ChartGeneration, ScenarioConfig, ScenarioOptions, is_dns1123_label, is_dns1123_subdomain,
+    self, ChartGeneration, ScenarioConfig, is_dns1123_label, is_dns1123_subdomain,
 };
 use calico_migrate::sandbox::{Sandbox, SandboxOptions};
 use serde_json::{Value, json};
@@ -16,6 +16,7 @@ fn cfg(nodes: usize, namespaces: usize, pods: usize, seed: u64) -> ScenarioConfi
         namespaces,
         pods_per_namespace: pods,
         seed,
+        ..ScenarioConfig::default()
     }
 }
 
@@ -129,11 +130,11 @@ fn counts_and_status_are_consistent() {
 #[test]
 fn every_object_is_well_formed() {
     for generation in [ChartGeneration::V0_3_10, ChartGeneration::V0_3_11] {
-        let opts = ScenarioOptions {
+        let c = ScenarioConfig {
             chart: generation,
-            ..ScenarioOptions::default()
+            ..cfg(4, 5, 2, 3)
         };
-        let objs = scenario::build_with(&cfg(4, 5, 2, 3), &opts).unwrap_or_default();
+        let objs = scenario::build(&c).unwrap_or_default();
         assert!(objs.len() > 50);
         let mut seen = BTreeSet::new();
         for o in &objs {
@@ -354,12 +355,12 @@ fn the_gnp_is_the_one_from_facts() {
 
 #[test]
 fn chart_0_3_11_is_operator_based() {
-    let opts = ScenarioOptions {
+    let c = ScenarioConfig {
         chart: ChartGeneration::V0_3_11,
         release_name: "calico".into(),
-        ..ScenarioOptions::default()
+        ..cfg(3, 1, 1, 1)
     };
-    let objs = scenario::build_with(&cfg(3, 1, 1, 1), &opts).unwrap_or_default();
+    let objs = scenario::build(&c).unwrap_or_default();
     let op = find(&objs, "Deployment", "tigera-operator", "tigera-operator");
     assert_eq!(
         op["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -399,11 +400,11 @@ fn bad_configs_are_refused_clearly() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(e.contains("pods-per-namespace"), "{e}");
-    let opts = ScenarioOptions {
+    let c = ScenarioConfig {
         release_name: "Bad_Name".into(),
-        ..ScenarioOptions::default()
+        ..cfg(3, 1, 1, 1)
     };
-    let e = scenario::build_with(&cfg(3, 1, 1, 1), &opts)
+    let e = scenario::build(&c)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -478,7 +479,12 @@ fn shipped_operator_crd_data_matches_the_builder() {
 #[ignore = "prints the stored manifest for inspection"]
 fn print_manifest() {
     let objs = built(&cfg(3, 1, 1, 1));
-    let s = find(&objs, "Secret", "kube-system", "sh.helm.release.v1.aws-calico.v1");
+    let s = find(
+        &objs,
+        "Secret",
+        "kube-system",
+        "sh.helm.release.v1.aws-calico.v1",
+    );
     let rel = helm::decode_release_secret(s).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", rel.manifest);
 }

@@ -24,26 +24,6 @@ pub use release::{chart_release, live_chart_objects};
 /// Timestamp of every seeded object: the cluster looks installed at one moment.
 pub const BASE_TIME: &str = "2024-03-04T09:00:00Z";
 
-/// What the seeded cluster looks like.
-#[derive(Debug, Clone)]
-pub struct ScenarioConfig {
-    pub nodes: usize,
-    pub namespaces: usize,
-    pub pods_per_namespace: usize,
-    pub seed: u64,
-}
-
-impl Default for ScenarioConfig {
-    fn default() -> Self {
-        Self {
-            nodes: 6,
-            namespaces: 8,
-            pods_per_namespace: 2,
-            seed: 1,
-        }
-    }
-}
-
 /// Which aws-calico chart generation is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChartGeneration {
@@ -54,38 +34,36 @@ pub enum ChartGeneration {
     V0_3_11,
 }
 
-/// Settings beyond [`ScenarioConfig`]; all have defaults.
+/// What the seeded cluster looks like. Build it with `..Default::default()`
+/// so that new knobs keep their defaults.
 #[derive(Debug, Clone)]
-pub struct ScenarioOptions {
+pub struct ScenarioConfig {
+    pub nodes: usize,
+    pub namespaces: usize,
+    pub pods_per_namespace: usize,
+    pub seed: u64,
+    /// Which chart generation the cluster runs (plan must tell them apart).
     pub chart: ChartGeneration,
     /// Helm release name (`aws-calico` in the chart README; `calico` at the seed organisation).
     pub release_name: String,
     pub release_namespace: String,
+    /// AWS region of the nodes (labels, provider IDs, DNS names).
     pub region: String,
 }
 
-impl Default for ScenarioOptions {
+impl Default for ScenarioConfig {
     fn default() -> Self {
         Self {
+            nodes: 6,
+            namespaces: 8,
+            pods_per_namespace: 2,
+            seed: 1,
             chart: ChartGeneration::V0_3_10,
             release_name: "aws-calico".into(),
             release_namespace: "kube-system".into(),
             region: "eu-west-1".into(),
         }
     }
-}
-
-/// The full scenario description the builders read.
-#[derive(Debug, Clone)]
-pub struct Scenario {
-    pub nodes: usize,
-    pub namespaces: usize,
-    pub pods_per_namespace: usize,
-    pub seed: u64,
-    pub chart: ChartGeneration,
-    pub release_name: String,
-    pub release_namespace: String,
-    pub region: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,31 +76,13 @@ pub enum ScenarioError {
 pub const MAX_NAMESPACES: usize = 20_000;
 pub const MAX_PODS: usize = 40_000;
 
-/// Every object of the default scenario (aws-calico 0.3.10), in creation order.
-pub fn build(cfg: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError> {
-    build_with(cfg, &ScenarioOptions::default())
-}
-
 /// Every object of the scenario, in creation order (namespaces and CRDs first).
-pub fn build_with(
-    cfg: &ScenarioConfig,
-    opts: &ScenarioOptions,
-) -> Result<Vec<Value>, ScenarioError> {
-    let sc = Scenario {
-        nodes: cfg.nodes,
-        namespaces: cfg.namespaces,
-        pods_per_namespace: cfg.pods_per_namespace,
-        seed: cfg.seed,
-        chart: opts.chart,
-        release_name: opts.release_name.clone(),
-        release_namespace: opts.release_namespace.clone(),
-        region: opts.region.clone(),
-    };
-    validate(&sc)?;
-    Ok(release::assemble(&sc))
+pub fn build(cfg: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError> {
+    validate(cfg)?;
+    Ok(release::assemble(cfg))
 }
 
-fn validate(sc: &Scenario) -> Result<(), ScenarioError> {
+fn validate(sc: &ScenarioConfig) -> Result<(), ScenarioError> {
     let bad = |m: String| Err(ScenarioError::Invalid(m));
     if sc.nodes == 0 || sc.nodes > net::MAX_NODES {
         return bad(format!(

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::chart::{self, ChartValues};
 use super::net::{NodeInfo, PodIps};
 use super::workloads::{self, set_uid};
-use super::{BASE_TIME, ChartGeneration, Scenario, calico, cluster, ids, operator};
+use super::{BASE_TIME, ChartGeneration, ScenarioConfig, calico, cluster, ids, operator};
 use crate::helm::{self, Chart, ChartFile, ChartMetadata, Info, Release};
 
 /// The chart's rendered objects as the API serves them after `helm install`:
@@ -136,7 +136,7 @@ pub fn chart_release(
 }
 
 /// Every object of the scenario in creation order.
-pub(super) fn assemble(sc: &Scenario) -> Vec<Value> {
+pub(super) fn assemble(sc: &ScenarioConfig) -> Vec<Value> {
     let seed = sc.seed;
     let mut namespaces = vec![
         cluster::namespace("default", &[], seed),
