@@ -395,6 +395,30 @@ spec:
 }
 
 #[test]
+fn tier_default_action_pass_lets_unmatched_traffic_through() {
+    let tier = |action: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: platform}}\nspec: {{order: 50, defaultAction: {action}}}\n"
+        )
+    };
+    let gnp = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: platform.only-from-x}
+spec:
+  tier: platform
+  selector: projectcalico.org/namespace == 'y'
+  ingress: [{action: Deny, source: {namespaceSelector: ns == 'z'}}]";
+    let passing = tier("Pass");
+    let ix = index(&[passing.as_str(), gnp]);
+    assert_matrix(&ix, 80, Protocol::Tcp, |sn, _, dn, _| {
+        !(dn == "y" && sn == "z")
+    });
+    let denying = tier("Deny");
+    let ix = index(&[denying.as_str(), gnp]);
+    assert_matrix(&ix, 80, Protocol::Tcp, |_, _, dn, _| dn != "y");
+}
+
+#[test]
 fn log_continues_and_the_deny_after_it_decides() {
     let ix = index(&[IMDS]);
     let v = ix.verdict_external(pod(&ix, "x/a"), ip("169.254.169.254"), 443, Protocol::Tcp);

@@ -46,7 +46,13 @@ impl ClusterModel {
     /// Add every document of a multi-document YAML text. `source` names it in errors.
     pub fn add_yaml(&mut self, text: &str, source: &str) -> Result<(), InputError> {
         // YAML 1.2 booleans: a label value like `y` or `on` stays a string.
-        let options = serde_saphyr::options! { strict_booleans: true };
+        // Limits scale with the text (already in memory): a cluster dump holds tens of
+        // thousands of documents; the alias limits still stop expansion bombs.
+        let size = text.len().max(1024);
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            budget: serde_saphyr::budget! { max_documents: size, max_nodes: size, max_events: 4 * size },
+        };
         let docs: Vec<Value> =
             serde_saphyr::from_multiple_with_options(text, options).map_err(|e| InputError {
                 origin: Origin {

@@ -5,7 +5,7 @@
 //! direction, tiers in ascending order; in a tier, policies by (order, name); the first
 //! matching Allow or Deny rule decides, Log continues, Pass jumps to the next tier; an
 //! endpoint selected by some policy of a tier that matches nothing is dropped at the
-//! end of that tier; with no policy left (or all passed) the namespace profile allows.
+//! end of that tier (unless the Tier's `defaultAction` is Pass); with no policy left (or all passed) the namespace profile allows.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,6 +32,8 @@ pub struct PolicyIndex {
     /// Indices into `model.policies` in evaluation order.
     sorted: Vec<usize>,
     tier_rank: Vec<u32>,
+    /// Per sorted position: the tier's default action is Pass rather than Deny.
+    tier_passes: Vec<bool>,
     ingress_of: Vec<Vec<PolicyPos>>,
     egress_of: Vec<Vec<PolicyPos>>,
     netsets_of_pod: Vec<Vec<u32>>,
@@ -137,6 +139,16 @@ impl PolicyIndex {
             }
             tier_rank.push(rank);
         }
+        let tier_passes: Vec<bool> = sorted
+            .iter()
+            .map(|&p| {
+                let tier = &model.policies[p].tier;
+                model
+                    .tiers
+                    .iter()
+                    .any(|t| t.name == *tier && t.default_action == Action::Pass)
+            })
+            .collect();
 
         // Which policies can select which pods: namespaced ones only look at their namespace.
         let mut by_ns: HashMap<&str, Vec<PolicyPos>> = HashMap::new();
@@ -197,6 +209,7 @@ impl PolicyIndex {
             endpoint_labels,
             sorted,
             tier_rank,
+            tier_passes,
             ingress_of,
             egress_of,
             netsets_of_pod,
@@ -483,7 +496,7 @@ impl PolicyIndex {
                     }
                 }
             }
-            if !passed {
+            if !passed && !self.tier_passes[first_in_tier as usize] {
                 return SideOutcome {
                     allowed: false,
                     reason: RawReason::EndOfTier {

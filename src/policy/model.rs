@@ -278,6 +278,9 @@ impl Policy {
 pub struct Tier {
     pub name: String,
     pub order: Option<f64>,
+    /// What happens to a packet no policy of the tier decided: `Deny` (the default) or
+    /// `Pass` (the Tier's `spec.defaultAction`).
+    pub default_action: Action,
 }
 
 /// Order of the `default` tier in current Calico (api/pkg/apis/projectcalico/v3/tier.go).

@@ -973,7 +973,25 @@ fn parse_tier(obj: &Value, origin: &Origin) -> Result<Tier, InputError> {
                 .ok_or_else(|| InputError::new(origin, "spec.order", "must be a number"))?,
         ),
     };
-    Ok(Tier { name, order })
+    let default_action = match obj.get("spec").and_then(|s| s.get("defaultAction")) {
+        None | Some(Value::Null) => Action::Deny,
+        Some(v) => match v.as_str() {
+            Some("Deny") => Action::Deny,
+            Some("Pass") => Action::Pass,
+            _ => {
+                return Err(InputError::new(
+                    origin,
+                    "spec.defaultAction",
+                    "must be Deny or Pass",
+                ));
+            }
+        },
+    };
+    Ok(Tier {
+        name,
+        order,
+        default_action,
+    })
 }
 
 /// Labels of every namespace referenced, for callers that want them by name.
