@@ -1231,3 +1231,44 @@ async fn extra_routes_come_before_the_generic_api() -> Result<()> {
     assert_eq!(code, 200, "the generic API still answers");
     Ok(())
 }
+
+#[tokio::test]
+async fn watches_that_allow_bookmarks_get_them() -> Result<()> {
+    let sb = Sandbox::new(SandboxOptions {
+        bookmark_interval: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let server = sb.serve("127.0.0.1:0").await?;
+    for client in [sb.client(), server.client()?] {
+        let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("b{}", sb.store().resource_version()), json!({}))?,
+        )
+        .await?;
+        let stream = cms
+            .watch(
+                &WatchParams {
+                    bookmarks: true,
+                    ..WatchParams::default()
+                }
+                .timeout(10),
+                "0",
+            )
+            .await?;
+        futures::pin_mut!(stream);
+        let expected = sb.store().resource_version();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+                Some(WatchEvent::Added(_)) => {}
+                Some(WatchEvent::Bookmark(b)) => {
+                    let rv: u64 = b.metadata.resource_version.parse()?;
+                    assert!(rv >= expected, "bookmark {rv} covers {expected}");
+                    break;
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}

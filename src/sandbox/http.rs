@@ -573,12 +573,26 @@ async fn watch(
                 .get("includeObject")
                 .unwrap_or("Metadata")
                 .to_string();
+            let bookmarks = params.flag("allowWatchBookmarks");
+            let every = sb.bookmark_interval().max(Duration::from_millis(10));
+            let api_version = t.gvr.api_version();
             tokio::spawn(async move {
                 let deadline = tokio::time::sleep(Duration::from_secs(timeout));
                 tokio::pin!(deadline);
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     let ev = tokio::select! {
                         ev = w.next() => ev,
+                        _ = tick.tick(), if bookmarks => {
+                            if let Some(rv) = w.bookmark() {
+                                let mark = json!({"kind": rt.kind, "apiVersion": api_version,
+                                    "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null}});
+                                if tx.send(event_line("BOOKMARK", &mark)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            continue;
+                        }
                         _ = &mut deadline => None,
                         _ = tx.closed() => None,
                     };

@@ -44,6 +44,8 @@ pub struct SandboxOptions {
     pub history: usize,
     /// Faults in force at start (also written to ConfigMap sandbox-system/faults).
     pub faults: FaultConfig,
+    /// How often watches that allow bookmarks get one (the real server: about a minute).
+    pub bookmark_interval: std::time::Duration,
 }
 
 impl Default for SandboxOptions {
@@ -52,6 +54,7 @@ impl Default for SandboxOptions {
             seed: 1,
             history: 50_000,
             faults: FaultConfig::default(),
+            bookmark_interval: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -61,6 +64,7 @@ struct Inner {
     dice: faults::Dice,
     /// Routes added by other parts of the sandbox (e.g. pods/exec), tried before the API.
     extra: std::sync::Mutex<Option<axum::Router>>,
+    bookmark_interval: std::time::Duration,
 }
 
 /// A running sandbox cluster. Cheap to clone; clones share everything.
@@ -85,6 +89,7 @@ impl Sandbox {
                 store,
                 dice: faults::Dice::new(opts.seed),
                 extra: std::sync::Mutex::new(None),
+                bookmark_interval: opts.bookmark_interval,
             }),
         }
     }
@@ -148,6 +153,10 @@ impl Sandbox {
     /// Change the faults in force (same as patching the ConfigMap).
     pub fn set_faults(&self, f: &FaultConfig) -> Result<(), ApiError> {
         self.load(vec![f.to_configmap()]).map(|_| ())
+    }
+
+    pub(crate) fn bookmark_interval(&self) -> std::time::Duration {
+        self.inner.bookmark_interval
     }
 
     pub(crate) fn dice(&self) -> faults::Dice {

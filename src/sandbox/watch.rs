@@ -56,9 +56,17 @@ pub struct Watch {
     filter: WatchFilter,
     rt: ResourceType,
     version: String,
+    /// Every change up to this resourceVersion has been considered by this watch.
+    covered: u64,
 }
 
 impl Watch {
+    /// The resourceVersion a BOOKMARK may announce: none while the initial
+    /// events are still being sent.
+    pub fn bookmark(&self) -> Option<u64> {
+        self.initial.is_empty().then_some(self.covered)
+    }
+
     pub async fn next(&mut self) -> Option<(EventType, Value)> {
         if let Some((k, o)) = self.initial.pop_front() {
             return Some((k, present(o, &self.rt, &self.version)));
@@ -66,6 +74,7 @@ impl Watch {
         loop {
             match self.rx.recv().await {
                 Ok(ev) => {
+                    self.covered = self.covered.max(ev.rv);
                     if let Some((k, o)) = self.filter.translate(&ev) {
                         return Some((k, present(o, &self.rt, &self.version)));
                     }
@@ -144,6 +153,7 @@ impl Store {
         // Subscribing under the lock: no event falls between the replay and the feed.
         let rx = st.tx.subscribe();
         Ok(Watch {
+            covered: st.rv,
             initial,
             rx,
             filter,
