@@ -180,6 +180,8 @@ fn helm_manifest_lists_exactly_the_live_chart_objects() {
         "sh.helm.release.v1.aws-calico.v1",
     );
     assert_eq!(secret["type"], "helm.sh/release.v1");
+    assert_eq!(secret["metadata"]["labels"]["owner"], "helm");
+    assert_eq!(secret["metadata"]["labels"]["createdAt"], "1709542800");
     let rel = helm::decode_release_secret(secret).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rel.chart.metadata.version, "0.3.10");
     assert_eq!(rel.chart.metadata.app_version, "3.19.1");
@@ -386,6 +388,19 @@ fn chart_0_3_11_is_operator_based() {
         .count();
     assert_eq!(crds, 12 + 5);
     assert_eq!(rel.hooks.len(), 1);
+    // The operator's calico-node runs on every node in calico-system.
+    let ds = find(&objs, "DaemonSet", "calico-system", "calico-node");
+    assert_eq!(ds["status"]["numberReady"], 3);
+    let pods = of_kind(&objs, "Pod")
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["namespace"] == "calico-system"
+                && p["metadata"]["labels"]["k8s-app"] == "calico-node"
+        })
+        .count();
+    assert_eq!(pods, 3);
+    let ts = find(&objs, "TigeraStatus", "", "calico");
+    assert_eq!(ts["status"]["conditions"][0]["type"], "Available");
 }
 
 #[test]

@@ -162,6 +162,19 @@ pub enum ReleaseRecord {
         revision: u32,
         status: String,
     },
+    /// Helm 2 with Tiller's secrets storage: same labels on a Secret.
+    Helm2Secret {
+        release: String,
+        revision: u32,
+        status: String,
+    },
+}
+
+impl ReleaseRecord {
+    /// True for Tiller's records: Helm 3 cannot read them without `helm 2to3`.
+    pub fn is_helm2(&self) -> bool {
+        matches!(self, Self::Helm2ConfigMap { .. } | Self::Helm2Secret { .. })
+    }
 }
 
 /// Recognise a release record by its kind, type and labels; `None` for anything else.
@@ -173,7 +186,23 @@ pub fn detect_release_record(obj: &Value) -> Option<ReleaseRecord> {
             .and_then(Value::as_str)
     };
     let revision = |k: &str| label(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    let tiller = label(HELM2_OWNER_LABEL) == Some("TILLER");
+    let helm2 = || {
+        Some((
+            label("NAME")?.to_string(),
+            revision("VERSION"),
+            label("STATUS").unwrap_or_default().to_lowercase(),
+        ))
+    };
     match kind {
+        "Secret" if tiller => {
+            let (release, revision, status) = helm2()?;
+            Some(ReleaseRecord::Helm2Secret {
+                release,
+                revision,
+                status,
+            })
+        }
         "Secret" if obj.get("type").and_then(Value::as_str) == Some(RELEASE_SECRET_TYPE) => {
             Some(ReleaseRecord::Helm3Secret {
                 release: label("name")?.to_string(),
@@ -181,11 +210,12 @@ pub fn detect_release_record(obj: &Value) -> Option<ReleaseRecord> {
                 status: label("status").unwrap_or_default().to_string(),
             })
         }
-        "ConfigMap" if label(HELM2_OWNER_LABEL) == Some("TILLER") => {
+        "ConfigMap" if tiller => {
+            let (release, revision, status) = helm2()?;
             Some(ReleaseRecord::Helm2ConfigMap {
-                release: label("NAME")?.to_string(),
-                revision: revision("VERSION"),
-                status: label("STATUS").unwrap_or_default().to_lowercase(),
+                release,
+                revision,
+                status,
             })
         }
         "ConfigMap" if label("owner") == Some("helm") => Some(ReleaseRecord::Helm3ConfigMap {

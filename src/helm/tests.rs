@@ -297,6 +297,14 @@ fn recognises_release_records() {
             status: "deployed".into()
         })
     );
+    let mut tiller_secret = tiller.clone();
+    tiller_secret["kind"] = json!("Secret");
+    let rec = detect_release_record(&tiller_secret);
+    assert!(matches!(
+        &rec,
+        Some(ReleaseRecord::Helm2Secret { revision: 2, .. })
+    ));
+    assert!(rec.is_some_and(|r| r.is_helm2()));
     let plain = json!({"kind": "ConfigMap", "metadata": {"name": "x"}});
     assert_eq!(detect_release_record(&plain), None);
 }

@@ -23,6 +23,8 @@ pub use release::{chart_release, live_chart_objects};
 
 /// Timestamp of every seeded object: the cluster looks installed at one moment.
 pub const BASE_TIME: &str = "2024-03-04T09:00:00Z";
+/// [`BASE_TIME`] in Unix seconds.
+pub const BASE_TIME_UNIX: i64 = 1_709_542_800;
 
 /// Which aws-calico chart generation is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

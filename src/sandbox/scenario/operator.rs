@@ -117,3 +117,102 @@ fn strip_status(v: &mut Value) {
         m.remove("status");
     }
 }
+
+/// Calico version tigera-operator v1.20 installs (assumed v3.20.x; see docs/scenario.md).
+pub const OPERATOR_CALICO_VERSION: &str = "v3.20.1";
+
+/// What the operator runs in `calico-system` once the Installation is reconciled:
+/// DaemonSet calico-node, Deployments calico-typha and calico-kube-controllers
+/// (operator-style `k8s-app` labels, no Helm labels), all without status/pods.
+pub fn calico_system_workloads(typha_replicas: usize) -> Vec<Value> {
+    let ds = json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "calico-node", "namespace": "calico-system", "labels": {"k8s-app": "calico-node"}},
+        "spec": {
+            "selector": {"matchLabels": {"k8s-app": "calico-node"}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": {"k8s-app": "calico-node"}},
+                "spec": {
+                    "hostNetwork": true,
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "priorityClassName": "system-node-critical",
+                    "serviceAccountName": "calico-node",
+                    "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                                    {"effect": "NoSchedule", "operator": "Exists"},
+                                    {"effect": "NoExecute", "operator": "Exists"}],
+                    "containers": [{
+                        "name": "calico-node",
+                        "image": format!("docker.io/calico/node:{OPERATOR_CALICO_VERSION}"),
+                        "env": [
+                            {"name": "DATASTORE_TYPE", "value": "kubernetes"},
+                            {"name": "WAIT_FOR_DATASTORE", "value": "true"},
+                            {"name": "CLUSTER_TYPE", "value": "k8s,operator,ecs"},
+                            {"name": "CALICO_DISABLE_FILE_LOGGING", "value": "true"},
+                            {"name": "FELIX_DEFAULTENDPOINTTOHOSTACTION", "value": "ACCEPT"},
+                            {"name": "FELIX_HEALTHENABLED", "value": "true"},
+                            {"name": "NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                            {"name": "FELIX_TYPHAK8SNAMESPACE", "value": "calico-system"},
+                            {"name": "FELIX_TYPHAK8SSERVICENAME", "value": "calico-typha"},
+                            {"name": "FELIX_INTERFACEPREFIX", "value": "eni"},
+                            {"name": "FELIX_IPTABLESMANGLEALLOWACTION", "value": "Return"},
+                            {"name": "FELIX_ROUTESOURCE", "value": "WorkloadIPs"},
+                            {"name": "CALICO_NETWORKING_BACKEND", "value": "none"},
+                            {"name": "IP", "value": "none"},
+                            {"name": "NO_DEFAULT_POOLS", "value": "true"},
+                        ],
+                        "securityContext": {"privileged": true},
+                    }],
+                },
+            },
+        },
+    });
+    let deploy = |name: &str, replicas: usize, host: bool, image: String| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "calico-system", "labels": {"k8s-app": name}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"k8s-app": name}},
+                "template": {
+                    "metadata": {"labels": {"k8s-app": name}},
+                    "spec": {
+                        "hostNetwork": host,
+                        "nodeSelector": {"kubernetes.io/os": "linux"},
+                        "serviceAccountName": name,
+                        "containers": [{"name": name, "image": image}],
+                    },
+                },
+            },
+        })
+    };
+    vec![
+        ds,
+        deploy(
+            "calico-typha",
+            typha_replicas,
+            true,
+            format!("docker.io/calico/typha:{OPERATOR_CALICO_VERSION}"),
+        ),
+        deploy(
+            "calico-kube-controllers",
+            1,
+            false,
+            format!("docker.io/calico/kube-controllers:{OPERATOR_CALICO_VERSION}"),
+        ),
+    ]
+}
+
+/// TigeraStatus `calico`, Available (the operator's summary of the install).
+pub fn tigera_status_calico() -> Value {
+    let cond = |t: &str, s: &str| {
+        json!({"type": t, "status": s, "lastTransitionTime": BASE_TIME,
+                                         "reason": "AllObjectsAvailable", "message": ""})
+    };
+    json!({
+        "apiVersion": "operator.tigera.io/v1", "kind": "TigeraStatus",
+        "metadata": {"name": "calico", "creationTimestamp": BASE_TIME},
+        "spec": {},
+        "status": {"conditions": [cond("Available", "True"), cond("Progressing", "False"), cond("Degraded", "False")]},
+    })
+}

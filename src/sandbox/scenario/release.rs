@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 use super::chart::{self, ChartValues};
 use super::net::{NodeInfo, PodIps};
 use super::workloads::{self, set_uid};
-use super::{BASE_TIME, ChartGeneration, ScenarioConfig, calico, cluster, ids, operator};
+use super::{
+    BASE_TIME, BASE_TIME_UNIX, ChartGeneration, ScenarioConfig, calico, cluster, ids, operator,
+};
 use crate::helm::{self, Chart, ChartFile, ChartMetadata, Info, Release};
 
 /// The chart's rendered objects as the API serves them after `helm install`:
@@ -211,6 +213,11 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Vec<Value> {
             v.chart_version = "0.3.11".into();
             v.app_version = "1.20.1".into();
             namespaces.push(cluster::namespace(
+                "calico-system",
+                &[("name", "calico-system")],
+                seed,
+            ));
+            namespaces.push(cluster::namespace(
                 "tigera-operator",
                 &[("name", "tigera-operator")],
                 seed,
@@ -257,6 +264,8 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Vec<Value> {
     let release = chart_release(&v, &rendered, &crds_yaml, hooks);
     let mut secret = helm::encode_release_secret(&release);
     secret["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+    // Helm's Secrets.Create adds createdAt (Unix seconds) to the four labels.
+    secret["metadata"]["labels"]["createdAt"] = json!(BASE_TIME_UNIX.to_string());
     set_uid(&mut secret, seed);
     objects.push(secret);
 
@@ -268,8 +277,39 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Vec<Value> {
     ];
     if sc.chart == ChartGeneration::V0_3_11 {
         let mut inst = operator::installation_default();
-        inst["status"] = json!({"variant": "Calico", "computed": {"cni": {"type": "AmazonVPC"}}});
+        inst["status"] = json!({"variant": "Calico", "calicoVersion": operator::OPERATOR_CALICO_VERSION,
+                                "computed": {"cni": {"type": "AmazonVPC"}, "kubernetesProvider": "EKS"}});
         calico_objs.push(inst);
+        calico_objs.push(operator::tigera_status_calico());
+        calico_objs[1]["spec"]["calicoVersion"] = json!(operator::OPERATOR_CALICO_VERSION);
+        calico_objs[1]["spec"]["clusterType"] = json!("k8s,operator,ecs,kdd");
+        for mut o in operator::calico_system_workloads(chart::typha_replicas(nodes.len())) {
+            set_uid(&mut o, seed);
+            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+            o["metadata"]["generation"] = json!(1);
+            if o["kind"] == "DaemonSet" {
+                o["status"] = workloads::daemonset_status(nodes.len());
+                let pods = workloads::daemonset_pods(&o, &nodes, &mut |n| ips.next(n), seed);
+                objects.push(o);
+                objects.extend(pods);
+            } else {
+                let n = o["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+                o["status"] = workloads::deployment_status(n);
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let kids = workloads::deployment_children(
+                    &o,
+                    &nodes,
+                    &mut |i| ids::pick(seed, &format!("calico-system/{name}/{i}"), nodes.len()),
+                    &mut |n| ips.next(n),
+                    seed,
+                );
+                objects.push(o);
+                objects.extend(kids);
+            }
+        }
     }
     for mut o in calico_objs {
         set_uid(&mut o, seed);
