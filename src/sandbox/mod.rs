@@ -131,6 +131,7 @@ impl Sandbox {
     }
 
     /// A kube client talking to the router in-process (no socket), default namespace "default".
+    /// Like `kube::Client::new`, call it inside a Tokio runtime (it spawns the client's buffer task).
     pub fn client(&self) -> kube::Client {
         kube::Client::new(self.router(), "default")
     }
