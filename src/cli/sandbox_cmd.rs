@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
-use crate::sandbox::scenario::{self, ScenarioConfig};
+use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions};
 
 /// Run an in-process Kubernetes API server seeded like an EKS cluster with aws-calico.
@@ -28,6 +28,13 @@ pub struct SandboxArgs {
     /// Pods in each user namespace.
     #[arg(long, default_value_t = 2)]
     pub pods_per_namespace: usize,
+    /// aws-calico chart generation of the seeded cluster: 0.3.10 (Calico manifests in
+    /// kube-system) or 0.3.11 (tigera-operator with Helm-managed CRDs).
+    #[arg(long, default_value = "0.3.10", value_parser = ["0.3.10", "0.3.11"], value_name = "VERSION")]
+    pub chart: String,
+    /// Helm release name of the chart (`aws-calico` in the chart README).
+    #[arg(long, default_value = "aws-calico", value_name = "NAME")]
+    pub release_name: String,
     /// Seed of the scenario, uids and fault draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -56,12 +63,17 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         0
     } else {
         // Scenario knobs without a flag keep their defaults.
-        #[allow(clippy::needless_update)]
         let cfg = ScenarioConfig {
             nodes: args.nodes,
             namespaces: args.namespaces,
             pods_per_namespace: args.pods_per_namespace,
             seed: args.seed,
+            chart: if args.chart == "0.3.11" {
+                ChartGeneration::V0_3_11
+            } else {
+                ChartGeneration::V0_3_10
+            },
+            release_name: args.release_name.clone(),
             ..ScenarioConfig::default()
         };
         let objects = scenario::build(&cfg).context("cannot build the seed scenario")?;

@@ -214,6 +214,29 @@ fn layout(rt: &ResourceType) -> (Vec<Value>, Cells) {
                 ]
             }),
         ),
+        ("", "secrets") => (
+            vec![col("Type", "string"), col("Data", "integer"), age_col],
+            Box::new(|o| {
+                let n = at(o, "data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
+                vec![
+                    json!(at(o, "type").and_then(Value::as_str).unwrap_or("Opaque")),
+                    json!(n),
+                    json!(age(&text(o, "metadata.creationTimestamp"))),
+                ]
+            }),
+        ),
+        ("", "configmaps") => (
+            vec![col("Data", "integer"), age_col],
+            Box::new(|o| {
+                let n = ["data", "binaryData"]
+                    .iter()
+                    .filter_map(|k| at(o, k).and_then(Value::as_object).map(|m| m.len()))
+                    .sum::<usize>();
+                vec![json!(n), json!(age(&text(o, "metadata.creationTimestamp")))]
+            }),
+        ),
         ("networking.k8s.io", "networkpolicies") => (
             vec![col("Pod-Selector", "string"), age_col],
             Box::new(|o| {
