@@ -226,3 +226,29 @@ pub fn detect_release_record(obj: &Value) -> Option<ReleaseRecord> {
         _ => None,
     }
 }
+
+/// The release Helm considers current among the stored records of `release`:
+/// like `helm status`, the highest revision whose status is `deployed`, or,
+/// when none is, the highest revision (a failed or pending release).
+/// Records of other releases and non-Helm objects are ignored.
+pub fn current_release(records: &[Value], release: &str) -> Result<Option<Release>, HelmError> {
+    let mut best: Option<(bool, u32, &Value)> = None;
+    for r in records {
+        let Some(ReleaseRecord::Helm3Secret {
+            release: name,
+            revision,
+            status,
+        }) = detect_release_record(r)
+        else {
+            continue;
+        };
+        if name != release {
+            continue;
+        }
+        let key = (status == super::status::DEPLOYED, revision);
+        if best.is_none_or(|(d, v, _)| key > (d, v)) {
+            best = Some((key.0, key.1, r));
+        }
+    }
+    best.map(|(_, _, r)| decode_release_secret(r)).transpose()
+}

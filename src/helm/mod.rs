@@ -19,7 +19,7 @@ mod model;
 mod tests;
 
 pub use codec::{
-    HELM2_OWNER_LABEL, RELEASE_SECRET_TYPE, ReleaseRecord, decode_release_payload,
+    HELM2_OWNER_LABEL, RELEASE_SECRET_TYPE, ReleaseRecord, current_release, decode_release_payload,
     decode_release_secret, detect_release_record, encode_release_payload, encode_release_secret,
     secret_name,
 };

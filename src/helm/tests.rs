@@ -308,3 +308,53 @@ fn recognises_release_records() {
     let plain = json!({"kind": "ConfigMap", "metadata": {"name": "x"}});
     assert_eq!(detect_release_record(&plain), None);
 }
+
+#[test]
+fn current_release_prefers_the_latest_deployed_revision() {
+    let mut v1 = sample();
+    v1.info.status = status::SUPERSEDED.into();
+    let mut v2 = sample();
+    v2.version = 2;
+    v2.info.status = status::DEPLOYED.into();
+    let mut v3 = sample();
+    v3.version = 3;
+    v3.info.status = status::FAILED.into();
+    let mut other = sample();
+    other.name = "other".into();
+    other.version = 9;
+    let records: Vec<Value> = [&v1, &v3, &v2, &other]
+        .iter()
+        .map(|r| encode_release_secret(r))
+        .collect();
+    assert_eq!(current_release(&records, "aws-calico"), Ok(Some(v2)));
+    // With no deployed revision, the newest one (as helm status shows it).
+    let no_deployed = vec![records[0].clone(), records[1].clone()];
+    assert_eq!(
+        current_release(&no_deployed, "aws-calico").map(|r| r.map(|r| r.version)),
+        Ok(Some(3))
+    );
+    assert_eq!(current_release(&records, "missing"), Ok(None));
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_release_survives_the_secret_round_trip(
+        name in "[a-z][a-z0-9-]{0,20}",
+        status in "[a-z-]{0,12}",
+        version in 0u32..1000,
+        manifest in "\\PC{0,200}",
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        key in "[a-zA-Z]{1,8}",
+        value in "\\PC{0,20}",
+    ) {
+        let mut rel = sample();
+        rel.name = name;
+        rel.info.status = status;
+        rel.version = version;
+        rel.manifest = manifest;
+        rel.chart.files.push(ChartFile { name: "files/blob".into(), data });
+        rel.config.insert(key, json!(value));
+        let back = decode_release_secret(&encode_release_secret(&rel));
+        proptest::prop_assert_eq!(back, Ok(rel));
+    }
+}
