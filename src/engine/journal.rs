@@ -1,0 +1,371 @@
+//! The journal: an intent log in sled, flushed after every write.
+//!
+//! Layout of `<state-dir>/journal` (a sled database):
+//! - tree `meta`: `format` (= [`FORMAT`]), `identity` (JSON [`JournalIdentity`]);
+//! - tree `events`: key = sequence number (u64 big-endian), value = JSON [`Event`];
+//! - tree `rollback`: key = step id, value = JSON of the step's rollback data.
+//!
+//! sled holds an exclusive file lock while the database is open, so a second
+//! process on the same state dir is refused.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::event::{Event, EventKind, JournalIdentity, PlannedStep};
+use super::state::{InvalidHistory, PlanState};
+
+/// Marker of the on-disk format; bump when it changes incompatibly.
+pub const FORMAT: &str = "calico-migrate-journal/1";
+
+const JOURNAL_SUBDIR: &str = "journal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(
+        "no migration journal in {dir}: run `calico-migrate plan` first, or point --state-dir at the directory that holds one"
+    )]
+    Missing { dir: PathBuf },
+    #[error(
+        "a migration journal already exists in {dir}; continue it with `calico-migrate apply --resume`, or choose another --state-dir"
+    )]
+    AlreadyExists { dir: PathBuf },
+    #[error(
+        "the state dir {dir} is in use by another calico-migrate process (its journal is locked); wait for it to finish, or stop it, then retry"
+    )]
+    Locked { dir: PathBuf },
+    #[error(
+        "the state dir {dir} is not writable ({cause}); fix its permissions or choose another --state-dir. Nothing was changed"
+    )]
+    ReadOnly { dir: PathBuf, cause: String },
+    #[error(
+        "the journal in {dir} is damaged ({detail}); nothing was changed. Keep the directory for inspection, and restore it from a backup or start again in a new --state-dir"
+    )]
+    Corrupt { dir: PathBuf, detail: String },
+    #[error(
+        "the journal in {dir} belongs to {what} {found}, but this is {expected}; use the state dir made for this {what}, or a new --state-dir. Nothing was changed"
+    )]
+    Foreign {
+        dir: PathBuf,
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot use the journal in {dir}: {cause}")]
+    Io { dir: PathBuf, cause: String },
+}
+
+/// An open journal. Dropping it releases the lock.
+pub struct Journal {
+    dir: PathBuf,
+    db: sled::Db,
+    events: sled::Tree,
+    rollback: sled::Tree,
+    identity: JournalIdentity,
+    state: PlanState,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Whether `state_dir` holds a journal.
+    pub fn exists(state_dir: &Path) -> bool {
+        let j = state_dir.join(JOURNAL_SUBDIR);
+        j.join("conf").is_file() && j.join("db").is_file()
+    }
+
+    /// Start a new journal for a plan. Refuses if one exists.
+    pub fn create(
+        state_dir: &Path,
+        identity: JournalIdentity,
+        steps: Vec<PlannedStep>,
+    ) -> Result<Journal, JournalError> {
+        if Journal::exists(state_dir) {
+            return Err(JournalError::AlreadyExists {
+                dir: state_dir.to_path_buf(),
+            });
+        }
+        check_writable(state_dir)?;
+        let db = open_db(state_dir)?;
+        let io = |e: sled::Error| io_error(state_dir, e);
+        let meta = db.open_tree("meta").map_err(io)?;
+        meta.insert("format", FORMAT).map_err(io)?;
+        let id_json = serde_json::to_vec(&identity).map_err(|e| JournalError::Io {
+            dir: state_dir.to_path_buf(),
+            cause: e.to_string(),
+        })?;
+        meta.insert("identity", id_json).map_err(io)?;
+        let events = db.open_tree("events").map_err(io)?;
+        let rollback = db.open_tree("rollback").map_err(io)?;
+        let mut journal = Journal {
+            dir: state_dir.to_path_buf(),
+            state: PlanState::new(&steps),
+            db,
+            events,
+            rollback,
+            identity,
+            next_seq: 1,
+        };
+        journal.append(EventKind::Planned { steps })?;
+        Ok(journal)
+    }
+
+    /// Open an existing journal, validating its format and history.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        if !Journal::exists(state_dir) {
+            return Err(JournalError::Missing {
+                dir: state_dir.to_path_buf(),
+            });
+        }
+        let corrupt = |detail: String| JournalError::Corrupt {
+            dir: state_dir.to_path_buf(),
+            detail,
+        };
+        let db = open_db(state_dir)?;
+        let io = |e: sled::Error| io_error(state_dir, e);
+        let meta = db.open_tree("meta").map_err(io)?;
+        match meta.get("format").map_err(io)? {
+            Some(f) if f.as_ref() == FORMAT.as_bytes() => {}
+            Some(f) => {
+                return Err(corrupt(format!(
+                    "unknown format `{}`",
+                    String::from_utf8_lossy(&f)
+                )));
+            }
+            None => return Err(corrupt("no format marker".into())),
+        }
+        let identity: JournalIdentity = match meta.get("identity").map_err(io)? {
+            Some(raw) => serde_json::from_slice(&raw)
+                .map_err(|e| corrupt(format!("unreadable identity: {e}")))?,
+            None => return Err(corrupt("no cluster identity".into())),
+        };
+        let events = db.open_tree("events").map_err(io)?;
+        let rollback = db.open_tree("rollback").map_err(io)?;
+        let all = read_events(&events).map_err(|e| match e {
+            ReadError::Sled(e) => io_error(state_dir, e),
+            ReadError::Bad(d) => corrupt(d),
+        })?;
+        let state = PlanState::from_events(&all).map_err(|InvalidHistory(d)| corrupt(d))?;
+        Ok(Journal {
+            dir: state_dir.to_path_buf(),
+            next_seq: all.len() as u64 + 1,
+            db,
+            events,
+            rollback,
+            identity,
+            state,
+        })
+    }
+
+    /// Refuse a journal made for another cluster or another plan.
+    pub fn check_identity(&self, expected: &JournalIdentity) -> Result<(), JournalError> {
+        let foreign = |what, found: &str, expected: &str| JournalError::Foreign {
+            dir: self.dir.clone(),
+            what,
+            found: found.to_string(),
+            expected: expected.to_string(),
+        };
+        if self.identity.cluster_uid != expected.cluster_uid {
+            return Err(foreign(
+                "cluster (kube-system UID)",
+                &self.identity.cluster_uid,
+                &expected.cluster_uid,
+            ));
+        }
+        if self.identity.plan_fingerprint != expected.plan_fingerprint {
+            return Err(foreign(
+                "plan (fingerprint)",
+                &self.identity.plan_fingerprint,
+                &expected.plan_fingerprint,
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn identity(&self) -> &JournalIdentity {
+        &self.identity
+    }
+
+    /// The state every step is in.
+    pub fn state(&self) -> &PlanState {
+        &self.state
+    }
+
+    /// Every event, oldest first.
+    pub fn events(&self) -> Result<Vec<Event>, JournalError> {
+        read_events(&self.events).map_err(|e| match e {
+            ReadError::Sled(e) => io_error(&self.dir, e),
+            ReadError::Bad(detail) => JournalError::Corrupt {
+                dir: self.dir.clone(),
+                detail,
+            },
+        })
+    }
+
+    /// Write one event and flush it to disk before returning.
+    pub fn append(&mut self, kind: EventKind) -> Result<Event, JournalError> {
+        let mut next = self.state.clone();
+        if !matches!(kind, EventKind::Planned { .. }) {
+            next.apply(&kind)
+                .map_err(|InvalidHistory(d)| JournalError::Corrupt {
+                    dir: self.dir.clone(),
+                    detail: format!("refusing to journal an impossible transition: {d}"),
+                })?;
+        }
+        let event = Event {
+            seq: self.next_seq,
+            at: jiff::Timestamp::now().to_string(),
+            kind,
+        };
+        let bytes = serde_json::to_vec(&event).map_err(|e| JournalError::Io {
+            dir: self.dir.clone(),
+            cause: e.to_string(),
+        })?;
+        self.events
+            .insert(event.seq.to_be_bytes(), bytes)
+            .map_err(|e| io_error(&self.dir, e))?;
+        self.flush()?;
+        self.next_seq += 1;
+        self.state = next;
+        Ok(event)
+    }
+
+    /// Store a step's rollback data, then journal that it is saved.
+    ///
+    /// The data is flushed before the event, so a crash between the two leaves
+    /// the step `started` and the data is simply captured again.
+    pub fn save_rollback(&mut self, step: &str, data: &Value) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(data).map_err(|e| JournalError::Io {
+            dir: self.dir.clone(),
+            cause: e.to_string(),
+        })?;
+        self.rollback
+            .insert(step.as_bytes(), bytes)
+            .map_err(|e| io_error(&self.dir, e))?;
+        self.flush()?;
+        self.append(EventKind::RollbackSaved {
+            step: step.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// The rollback data saved for a step.
+    pub fn rollback_data(&self, step: &str) -> Result<Option<Value>, JournalError> {
+        let Some(raw) = self
+            .rollback
+            .get(step.as_bytes())
+            .map_err(|e| io_error(&self.dir, e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| JournalError::Corrupt {
+                dir: self.dir.clone(),
+                detail: format!("rollback data of step `{step}` is unreadable: {e}"),
+            })
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| io_error(&self.dir, e))
+    }
+}
+
+enum ReadError {
+    Sled(sled::Error),
+    Bad(String),
+}
+
+fn read_events(tree: &sled::Tree) -> Result<Vec<Event>, ReadError> {
+    let mut out = Vec::with_capacity(tree.len());
+    for item in tree.iter() {
+        let (key, value) = item.map_err(ReadError::Sled)?;
+        let seq = <[u8; 8]>::try_from(key.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| ReadError::Bad("an event key is not a sequence number".into()))?;
+        let ev: Event = serde_json::from_slice(&value)
+            .map_err(|e| ReadError::Bad(format!("event #{seq} is unreadable: {e}")))?;
+        if ev.seq != seq {
+            return Err(ReadError::Bad(format!(
+                "event #{seq} claims to be #{}",
+                ev.seq
+            )));
+        }
+        out.push(ev);
+    }
+    Ok(out)
+}
+
+fn check_writable(state_dir: &Path) -> Result<(), JournalError> {
+    let ro = |cause: std::io::Error| JournalError::ReadOnly {
+        dir: state_dir.to_path_buf(),
+        cause: cause.to_string(),
+    };
+    std::fs::create_dir_all(state_dir).map_err(ro)?;
+    let probe = state_dir.join(".write-probe");
+    std::fs::write(&probe, b"").map_err(ro)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Open the sled database, turning sled's failures (and its panics on damaged
+/// files) into [`JournalError`]s.
+fn open_db(state_dir: &Path) -> Result<sled::Db, JournalError> {
+    let path = state_dir.join(JOURNAL_SUBDIR);
+    let config = sled::Config::new().path(&path);
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(classify_open_error(state_dir, e)),
+        Err(_) => Err(JournalError::Corrupt {
+            dir: state_dir.to_path_buf(),
+            detail: "the database files cannot be read".into(),
+        }),
+    }
+}
+
+fn classify_open_error(state_dir: &Path, e: sled::Error) -> JournalError {
+    let dir = state_dir.to_path_buf();
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            JournalError::Locked { dir }
+        }
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            JournalError::ReadOnly {
+                dir,
+                cause: io.to_string(),
+            }
+        }
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => JournalError::Corrupt {
+            dir,
+            detail: e.to_string(),
+        },
+        other => io_error(state_dir, other),
+    }
+}
+
+fn io_error(state_dir: &Path, e: sled::Error) -> JournalError {
+    JournalError::Io {
+        dir: state_dir.to_path_buf(),
+        cause: e.to_string(),
+    }
+}
