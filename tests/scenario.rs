@@ -503,3 +503,43 @@ fn print_manifest() {
     let rel = helm::decode_release_secret(s).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", rel.manifest);
 }
+
+#[test]
+fn small_builders_follow_their_inputs() {
+    use scenario::chart::{self, ChartValues};
+    let v = ChartValues {
+        node_extra_env: vec![json!({"name": "FELIX_XDPENABLED", "value": "false"})],
+        ..ChartValues::default()
+    };
+    let ds = chart::calico_node_daemonset(&v);
+    let env = &ds["spec"]["template"]["spec"]["containers"][0]["env"];
+    let last = env
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["name"], "FELIX_XDPENABLED");
+    assert!(
+        ds["metadata"].get("namespace").is_none(),
+        "rendered, not live"
+    );
+    let ladder: Vec<_> = [1, 9, 10, 99, 100, 250, 2500]
+        .iter()
+        .map(|n| chart::typha_replicas(*n))
+        .collect();
+    assert_eq!(ladder, [1, 1, 2, 2, 3, 4, 8]);
+    let (node, info) = scenario::cluster::node(4, 7, "us-east-1");
+    assert_eq!(node["metadata"]["name"], info.name);
+    assert!(info.name.ends_with(".ec2.internal"));
+    assert_eq!(
+        node["metadata"]["labels"]["topology.kubernetes.io/zone"],
+        "us-east-1b"
+    );
+    let ns = scenario::cluster::user_namespace(3, 7);
+    assert_eq!(
+        ns.len(),
+        4,
+        "namespace + 3 policies for every third namespace"
+    );
+    assert_eq!(scenario::cluster::user_namespace(4, 7).len(), 3);
+}
