@@ -358,3 +358,11 @@ proptest::proptest! {
         proptest::prop_assert_eq!(back, Ok(rel));
     }
 }
+
+#[test]
+fn comment_only_documents_are_skipped() {
+    let m = "---\n# Source: c/templates/empty.yaml\n---\n# Source: c/templates/cm.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\r\n---\n\n";
+    let objs = manifest_objects(m).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(objs.len(), 1);
+    assert_eq!(objs[0].source, "c/templates/cm.yaml");
+}
