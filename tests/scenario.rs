@@ -205,10 +205,7 @@ fn helm_manifest_lists_exactly_the_live_chart_objects() {
         .collect();
     let live: BTreeSet<_> = objs
         .iter()
-        .filter(|o| {
-            o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-                && o["kind"] != "ReplicaSet"
-        })
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm")
         .map(|o| {
             (
                 o["kind"].as_str().unwrap_or("").to_string(),
@@ -218,10 +215,10 @@ fn helm_manifest_lists_exactly_the_live_chart_objects() {
         .collect();
     assert_eq!(listed, live);
     assert_eq!(listed.len(), 14);
-    for o in objs.iter().filter(|o| {
-        o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-            && o["kind"] != "ReplicaSet"
-    }) {
+    for o in objs
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm")
+    {
         assert_eq!(
             o["metadata"]["annotations"]["meta.helm.sh/release-name"],
             "aws-calico"

@@ -233,14 +233,9 @@ pub fn deployment_children(
     template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
     let mut selector = deploy["spec"]["selector"].clone();
     selector["matchLabels"]["pod-template-hash"] = json!(hash);
-    let mut rs_labels = template["metadata"]["labels"].clone();
-    if let Some(l) = deploy["metadata"]["labels"].as_object() {
-        for (k, v) in l {
-            if k.starts_with("app.kubernetes.io/") || k.starts_with("helm.sh/") {
-                rs_labels[k] = v.clone();
-            }
-        }
-    }
+    // The Deployment controller labels a ReplicaSet with the pod template's
+    // labels plus pod-template-hash, not with the Deployment's own labels.
+    let rs_labels = template["metadata"]["labels"].clone();
     let mut rs = json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
