@@ -76,6 +76,14 @@ fn counts_and_status_are_consistent() {
         assert_eq!(p["metadata"]["labels"]["pod-template-generation"], "1");
         assert!(p["metadata"]["labels"]["controller-revision-hash"].is_string());
         assert_eq!(p["status"]["phase"], "Running");
+        let term = &p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0];
+        assert_eq!(term["matchFields"][0]["values"][0], p["spec"]["nodeName"]);
+        assert_eq!(
+            term["matchExpressions"][0]["key"],
+            "eks.amazonaws.com/compute-type"
+        );
+        assert_eq!(p["spec"]["priority"], 2_000_001_000);
     }
     // 12 nodes -> ladder step (10, 2).
     let typha = find(&objs, "Deployment", "kube-system", "calico-typha");

@@ -66,12 +66,26 @@ pub fn pod_from_template(
     if spec.get("serviceAccountName").is_none() {
         spec["serviceAccountName"] = json!("default");
     }
+    // API defaults (k8s.io/kubernetes pkg/apis/core/v1/defaults.go): dnsPolicy is
+    // ClusterFirst even for host-network pods unless the template says otherwise.
     spec["restartPolicy"] = json!("Always");
-    spec["dnsPolicy"] = json!(if spec["hostNetwork"] == json!(true) {
-        "ClusterFirstWithHostNet"
-    } else {
-        "ClusterFirst"
-    });
+    for (k, v) in [
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("securityContext", json!({})),
+    ] {
+        if spec.get(k).is_none() {
+            spec[k] = v;
+        }
+    }
+    // The priority admission plugin resolves the built-in priority classes.
+    let priority = match spec["priorityClassName"].as_str() {
+        Some("system-node-critical") => Some(2_000_001_000),
+        Some("system-cluster-critical") => Some(2_000_000_000),
+        _ => None,
+    };
+    spec["priority"] = json!(priority.unwrap_or(0));
     let statuses: Vec<Value> = spec["containers"]
         .as_array()
         .map(Vec::as_slice)
@@ -188,6 +202,11 @@ pub fn daemonset_pods(
     nodes
         .iter()
         .map(|node| {
+            // The DaemonSet controller pins each pod to its node with matchFields
+            // (k8s.io/kubernetes pkg/controller/daemon/util ReplaceDaemonSetPodNodeNameNodeAffinity).
+            let mut template = template.clone();
+            pin_to_node(&mut template["spec"], &node.name);
+            let template = &template;
             let pod_name = format!(
                 "{name}-{}",
                 ids::suffix(seed, &format!("{ns}/{name}/{}", node.name), 5)
@@ -294,4 +313,20 @@ pub fn deployment_children(
     }
     out.insert(0, rs);
     out
+}
+
+/// Add `matchFields metadata.name In [node]` to every required node-affinity
+/// term (or create the one term), as the DaemonSet controller does.
+fn pin_to_node(spec: &mut Value, node: &str) {
+    let field = json!([{"key": "metadata.name", "operator": "In", "values": [node]}]);
+    let terms = &mut spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    match terms.as_array_mut() {
+        Some(ts) if !ts.is_empty() => {
+            for t in ts {
+                t["matchFields"] = field.clone();
+            }
+        }
+        _ => *terms = json!([{"matchFields": field}]),
+    }
 }
