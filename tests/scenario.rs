@@ -537,6 +537,10 @@ fn small_builders_follow_their_inputs() {
     assert_eq!(node["metadata"]["name"], info.name);
     assert!(info.name.ends_with(".ec2.internal"));
     assert_eq!(
+        node["metadata"]["labels"]["topology.k8s.aws/zone-id"],
+        "use1-az2"
+    );
+    assert_eq!(
         node["metadata"]["labels"]["topology.kubernetes.io/zone"],
         "us-east-1b"
     );

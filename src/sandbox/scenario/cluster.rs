@@ -52,7 +52,7 @@ pub fn node(i: usize, seed: u64, region: &str) -> (Value, NodeInfo) {
                 "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
                 "node.kubernetes.io/instance-type": instance_type,
-                "topology.k8s.aws/zone-id": format!("euw1-az{}", zone + 1),
+                "topology.k8s.aws/zone-id": format!("{}-az{}", region_short(region), zone + 1),
                 "topology.kubernetes.io/region": region,
                 "topology.kubernetes.io/zone": az,
             },
@@ -109,6 +109,22 @@ pub fn node(i: usize, seed: u64, region: &str) -> (Value, NodeInfo) {
             zone,
         },
     )
+}
+
+/// AWS's short region code used in zone IDs: eu-west-1 -> euw1, ap-southeast-2 -> apse2.
+fn region_short(region: &str) -> String {
+    let mut parts = region.split('-');
+    let area = parts.next().unwrap_or_default();
+    let dir = parts.next().unwrap_or_default();
+    let num = parts.next().unwrap_or_default();
+    let d = match dir {
+        "northeast" => "ne",
+        "southeast" => "se",
+        "northwest" => "nw",
+        "southwest" => "sw",
+        other => other.get(..1).unwrap_or_default(),
+    };
+    format!("{area}{d}{num}")
 }
 
 /// A Namespace with the label the API server adds and any extra labels.
