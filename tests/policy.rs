@@ -651,6 +651,28 @@ fn diff_reports_a_lost_policy_with_every_cell() {
     );
 }
 
+#[test]
+fn builds_from_json_objects_as_the_sandbox_stores_them() {
+    let objects = vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"podIP": "10.0.0.1"}}),
+        serde_json::json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "deny-egress"}, "spec": {"types": ["Egress"]}}),
+    ];
+    let ix = PolicyIndex::from_objects(&objects).unwrap();
+    let a = pod(&ix, "x/a");
+    assert!(!ix.allowed_external(a, ip("1.1.1.1"), 443, Protocol::Tcp));
+    assert!(!ix.allowed(a, a, 80, Protocol::Tcp));
+    let mut bad = objects.clone();
+    bad.push(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"}}));
+    let e = PolicyIndex::from_objects(&bad).unwrap_err();
+    assert_eq!(
+        (e.origin.source.as_str(), e.origin.document),
+        ("objects", 3)
+    );
+}
+
 // ---------- bad input ----------
 
 fn load_err(text: &str) -> InputError {

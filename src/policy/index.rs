@@ -273,6 +273,49 @@ impl PolicyIndex {
         out
     }
 
+    /// Build straight from objects as the sandbox stores them.
+    pub fn from_objects(objects: &[serde_json::Value]) -> Result<PolicyIndex, InputError> {
+        PolicyIndex::build(ClusterModel::from_values(objects)?)
+    }
+
+    /// Both sides, but the ingress side is skipped once egress has denied.
+    pub(crate) fn decide_pods_until_denied(
+        &self,
+        src: usize,
+        dst: usize,
+        port: u16,
+        protocol: Protocol,
+    ) -> bool {
+        let s = self.pod_party(src);
+        let d = self.pod_party(dst);
+        let pkt = self.packet(d.ip.or(s.ip), port, protocol);
+        let src_host = self.model.pods[src].host_network;
+        if !src_host
+            && !self
+                .decide_side(Direction::Egress, &self.egress_of[src], s, d, pkt, None)
+                .allowed
+        {
+            return false;
+        }
+        if self.model.pods[dst].host_network {
+            return true;
+        }
+        let src_as_seen = if src_host {
+            Party { pod: None, ..s }
+        } else {
+            s
+        };
+        self.decide_side(
+            Direction::Ingress,
+            &self.ingress_of[dst],
+            d,
+            src_as_seen,
+            pkt,
+            None,
+        )
+        .allowed
+    }
+
     /// Pod -> pod: the egress side of the source, then the ingress side of the destination.
     pub fn decide_pods(
         &self,

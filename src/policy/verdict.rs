@@ -100,8 +100,7 @@ pub struct Verdict {
 impl PolicyIndex {
     /// Fast yes/no for pod -> pod (no reasons collected).
     pub fn allowed(&self, src: usize, dst: usize, port: u16, protocol: Protocol) -> bool {
-        let (e, i) = self.decide_pods(src, dst, port, protocol);
-        e.allowed && i.allowed
+        self.decide_pods_until_denied(src, dst, port, protocol)
     }
 
     /// Fast yes/no for pod -> external address.
