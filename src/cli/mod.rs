@@ -159,6 +159,7 @@ pub struct RehearseArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -191,6 +192,15 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(_) => not_built("check", 7),
         Command::Rehearse(_) => not_built("rehearse", 9),
+    }
+}
+
+/// Die quietly when stdout is a closed pipe (`calico-migrate history | head`),
+/// as other Unix tools do, instead of panicking in `println!`.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

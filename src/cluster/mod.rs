@@ -1,1 +1,3 @@
-//! placeholder
+//! Everything that talks to Kubernetes through kube (`kube::Client`).
+
+pub mod errors;

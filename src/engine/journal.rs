@@ -20,6 +20,11 @@ pub const FORMAT: &str = "calico-migrate-journal/1";
 
 const JOURNAL_SUBDIR: &str = "journal";
 
+/// Beside sled's files: the sequence number of the last event written, updated
+/// after each flush. sled recovers a damaged log to a consistent prefix, which
+/// would silently look like an older journal; this marker tells the two apart.
+const HEAD_FILE: &str = "calico-migrate.head";
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error(
@@ -64,6 +69,10 @@ pub struct Journal {
     identity: JournalIdentity,
     state: PlanState,
     next_seq: u64,
+    /// Where sled's files are (the state dir's journal, or the private copy).
+    db_path: PathBuf,
+    /// Set for a read-only journal: the private copy it was opened from.
+    _copy: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -82,6 +91,9 @@ impl Journal {
     }
 
     /// Start a new journal for a plan. Refuses if one exists.
+    ///
+    /// The journal is built in a temporary directory beside its final place and
+    /// renamed into place once complete, so a crash never leaves half a journal.
     pub fn create(
         state_dir: &Path,
         identity: JournalIdentity,
@@ -93,42 +105,87 @@ impl Journal {
             });
         }
         check_writable(state_dir)?;
-        let db = open_db(state_dir)?;
-        let io = |e: sled::Error| io_error(state_dir, e);
-        let meta = db.open_tree("meta").map_err(io)?;
-        meta.insert("format", FORMAT).map_err(io)?;
-        let id_json = serde_json::to_vec(&identity).map_err(|e| JournalError::Io {
+        let io_err = |e: std::io::Error| JournalError::Io {
             dir: state_dir.to_path_buf(),
             cause: e.to_string(),
-        })?;
-        meta.insert("identity", id_json).map_err(io)?;
-        let events = db.open_tree("events").map_err(io)?;
-        let rollback = db.open_tree("rollback").map_err(io)?;
-        let mut journal = Journal {
-            dir: state_dir.to_path_buf(),
-            state: PlanState::new(&steps),
-            db,
-            events,
-            rollback,
-            identity,
-            next_seq: 1,
         };
-        journal.append(EventKind::Planned { steps })?;
-        Ok(journal)
+        let staging = tempfile::Builder::new()
+            .prefix(".journal-new-")
+            .tempdir_in(state_dir)
+            .map_err(io_err)?;
+        {
+            let db = open_db(state_dir, staging.path())?;
+            let io = |e: sled::Error| io_error(state_dir, e);
+            let meta = db.open_tree("meta").map_err(io)?;
+            meta.insert("format", FORMAT).map_err(io)?;
+            let id_json = serde_json::to_vec(&identity).map_err(|e| JournalError::Io {
+                dir: state_dir.to_path_buf(),
+                cause: e.to_string(),
+            })?;
+            meta.insert("identity", id_json).map_err(io)?;
+            let events = db.open_tree("events").map_err(io)?;
+            let first = Event {
+                seq: 1,
+                at: jiff::Timestamp::now().to_string(),
+                kind: EventKind::Planned { steps },
+            };
+            let bytes = serde_json::to_vec(&first).map_err(|e| JournalError::Io {
+                dir: state_dir.to_path_buf(),
+                cause: e.to_string(),
+            })?;
+            events.insert(1u64.to_be_bytes(), bytes).map_err(io)?;
+            db.flush().map_err(io)?;
+        }
+        write_head(staging.path(), 1).map_err(io_err)?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, state_dir.join(JOURNAL_SUBDIR)).map_err(io_err)?;
+        Journal::open(state_dir)
     }
 
-    /// Open an existing journal, validating its format and history.
+    /// Open an existing journal to continue it, validating its format and
+    /// history first on a private copy, so a damaged journal is refused without
+    /// sled touching a byte of it.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        drop(Journal::open_read_only(state_dir)?);
+        check_writable(state_dir)?;
+        check_writable(&state_dir.join(JOURNAL_SUBDIR))?;
+        Journal::open_at(state_dir, &state_dir.join(JOURNAL_SUBDIR), None)
+    }
+
+    /// Open a private copy of the journal, for reading: the state dir is never
+    /// written, and this works on a read-only state dir. Refused while another
+    /// process holds the journal, whose files may be mid-write.
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
         if !Journal::exists(state_dir) {
             return Err(JournalError::Missing {
                 dir: state_dir.to_path_buf(),
             });
         }
+        check_unlocked(state_dir)?;
+        let io_err = |cause: String| JournalError::Io {
+            dir: state_dir.to_path_buf(),
+            cause,
+        };
+        let copy = tempfile::Builder::new()
+            .prefix("calico-migrate-journal-")
+            .tempdir()
+            .map_err(|e| io_err(e.to_string()))?;
+        copy_dir(&state_dir.join(JOURNAL_SUBDIR), copy.path())
+            .map_err(|e| io_err(format!("copying the journal: {e}")))?;
+        let path = copy.path().to_path_buf();
+        Journal::open_at(state_dir, &path, Some(copy))
+    }
+
+    fn open_at(
+        state_dir: &Path,
+        db_path: &Path,
+        copy: Option<tempfile::TempDir>,
+    ) -> Result<Journal, JournalError> {
         let corrupt = |detail: String| JournalError::Corrupt {
             dir: state_dir.to_path_buf(),
             detail,
         };
-        let db = open_db(state_dir)?;
+        let db = open_db(state_dir, db_path)?;
         let io = |e: sled::Error| io_error(state_dir, e);
         let meta = db.open_tree("meta").map_err(io)?;
         match meta.get("format").map_err(io)? {
@@ -152,6 +209,14 @@ impl Journal {
             ReadError::Sled(e) => io_error(state_dir, e),
             ReadError::Bad(d) => corrupt(d),
         })?;
+        let head = read_head(db_path)
+            .map_err(|e| corrupt(format!("its head marker is unreadable: {e}")))?;
+        if (all.len() as u64) < head {
+            return Err(corrupt(format!(
+                "it ends at event #{} but event #{head} was written: the database was truncated or damaged",
+                all.len()
+            )));
+        }
         let state = PlanState::from_events(&all).map_err(|InvalidHistory(d)| corrupt(d))?;
         Ok(Journal {
             dir: state_dir.to_path_buf(),
@@ -161,6 +226,8 @@ impl Journal {
             rollback,
             identity,
             state,
+            db_path: db_path.to_path_buf(),
+            _copy: copy,
         })
     }
 
@@ -236,6 +303,10 @@ impl Journal {
             .insert(event.seq.to_be_bytes(), bytes)
             .map_err(|e| io_error(&self.dir, e))?;
         self.flush()?;
+        write_head(&self.db_path, event.seq).map_err(|e| JournalError::Io {
+            dir: self.dir.clone(),
+            cause: e.to_string(),
+        })?;
         self.next_seq += 1;
         self.state = next;
         Ok(event)
@@ -322,11 +393,65 @@ fn check_writable(state_dir: &Path) -> Result<(), JournalError> {
     Ok(())
 }
 
+/// Refuse when another process holds sled's lock on the journal (an flock on
+/// its `db` file, taken by sled for as long as the database is open).
+fn check_unlocked(state_dir: &Path) -> Result<(), JournalError> {
+    let db_file = state_dir.join(JOURNAL_SUBDIR).join("db");
+    let file = std::fs::File::open(&db_file).map_err(|e| JournalError::Io {
+        dir: state_dir.to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
+            dir: state_dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::Io {
+            dir: state_dir.to_path_buf(),
+            cause: e.to_string(),
+        }),
+    }
+}
+
+fn write_head(db_path: &Path, seq: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = db_path.join(format!("{HEAD_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(seq.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, db_path.join(HEAD_FILE))
+}
+
+fn read_head(db_path: &Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(db_path.join(HEAD_FILE)).map_err(|e| e.to_string())?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not a number", text.trim()))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+            // The copy is ours to write (sled opens it read-write), whatever the original's mode.
+            let mut perms = std::fs::metadata(&target)?.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&target, perms)?;
+        }
+    }
+    Ok(())
+}
+
 /// Open the sled database, turning sled's failures (and its panics on damaged
 /// files) into [`JournalError`]s.
-fn open_db(state_dir: &Path) -> Result<sled::Db, JournalError> {
-    let path = state_dir.join(JOURNAL_SUBDIR);
-    let config = sled::Config::new().path(&path);
+fn open_db(state_dir: &Path, path: &Path) -> Result<sled::Db, JournalError> {
+    let config = sled::Config::new().path(path);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
     match opened {
         Ok(Ok(db)) => Ok(db),
