@@ -1098,6 +1098,36 @@ async fn seeds_from_the_scenario() -> Result<()> {
     Ok(())
 }
 
+/// Seeded objects keep their uids, so deleting a seeded owner collects its
+/// seeded dependents (the kube-system calico-node pods with their DaemonSet).
+#[tokio::test]
+async fn seeded_owners_collect_their_seeded_dependents() -> Result<()> {
+    let objects = scenario::build(&ScenarioConfig::default())?;
+    let seeded_uid = objects
+        .iter()
+        .find(|o| o["kind"] == "DaemonSet" && o["metadata"]["name"] == "calico-node")
+        .and_then(|o| o["metadata"]["uid"].as_str())
+        .context("the scenario seeds calico-node with a uid")?
+        .to_string();
+    let sb = Sandbox::new(SandboxOptions::default());
+    sb.load(objects)?;
+    let client = sb.client();
+    let ds: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "kube-system");
+    let live = ds.get("calico-node").await?;
+    assert_eq!(live.metadata.uid.as_deref(), Some(seeded_uid.as_str()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let selector = ListParams::default().labels("app.kubernetes.io/name=calico-node");
+    assert!(!pods.list(&selector).await?.items.is_empty());
+    ds.delete("calico-node", &DeleteParams::background())
+        .await?;
+    assert!(
+        pods.list(&selector).await?.items.is_empty(),
+        "calico-node pods outlived their DaemonSet"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn discovery_tables_and_metadata() -> Result<()> {
     for t in targets().await? {

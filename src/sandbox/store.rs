@@ -353,7 +353,15 @@ impl State {
         if self.get_obj(&gr, &ns, &name).is_some() {
             return Err(ApiError::already_exists(rt, &name));
         }
-        let uid = self.uid();
+        // Seeded objects keep their uid: their dependents' ownerReferences name it,
+        // and garbage collection follows those references.
+        let seeded_uid = (origin == Origin::Load)
+            .then(|| meta_str(&obj, "uid").to_string())
+            .filter(|u| !u.is_empty());
+        let uid = match seeded_uid {
+            Some(u) => u,
+            None => self.uid(),
+        };
         {
             let meta = meta_mut(&mut obj);
             meta.insert("name".into(), json!(name));
