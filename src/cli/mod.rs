@@ -6,6 +6,7 @@
 
 mod journal_cmds;
 pub mod output;
+pub mod plan_cmd;
 pub mod policy_cmd;
 pub mod sandbox_cmd;
 mod telemetry;
@@ -88,7 +89,7 @@ pub struct GlobalOpts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read the cluster, predict what would block the migration, and write the ordered steps.
-    Plan(PlanArgs),
+    Plan(plan_cmd::PlanArgs),
     /// Execute the plan's steps, checking enforcement between steps; --resume continues after a crash.
     Apply(ApplyArgs),
     /// Undo completed steps in reverse order, even in the middle of the migration.
@@ -105,13 +106,6 @@ pub enum Command {
     Sandbox(sandbox_cmd::SandboxArgs),
     /// Run plan, apply, checks, rollback and a second apply against an embedded sandbox.
     Rehearse(RehearseArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// Migration profile (a file in plans/ or a path).
-    #[arg(long, value_name = "PROFILE")]
-    pub profile: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -185,7 +179,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::History => journal_cmds::history(g),
         Command::Policy(args) => policy_cmd::run(args, g),
         Command::Sandbox(args) => runtime()?.block_on(sandbox_cmd::run(args, g)),
-        Command::Plan(_) => not_built("plan", 6),
+        Command::Plan(args) => runtime()?.block_on(plan_cmd::run(args, g)),
         Command::Apply(_) => not_built("apply", 8),
         Command::Rollback(args) => {
             journal_cmds::rollback_preflight(args, g).and_then(|()| not_built("rollback", 8))
@@ -212,7 +206,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
-fn not_built(cmd: &str, issue: u32) -> anyhow::Result<ExitCode> {
+pub(crate) fn not_built(cmd: &str, issue: u32) -> anyhow::Result<ExitCode> {
     anyhow::bail!(
         "`calico-migrate {cmd}` is not built yet in this version (tracked as issue {issue}); \
          it does nothing rather than pretend. Use `calico-migrate --help` to see what works."
