@@ -50,6 +50,7 @@ pub struct Cli {
 
 /// Flags shared by every subcommand, named as kubectl names them.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true, env = "KUBECONFIG", value_name = "PATH")]
