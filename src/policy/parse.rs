@@ -317,13 +317,18 @@ fn parse_k8s_policy(obj: &Value, origin: &Origin) -> Result<Policy, InputError> 
         "spec.podSelector",
     )?;
     let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
-    let types: Vec<String> = spec.policy_types.clone().unwrap_or_else(|| {
-        let mut t = vec!["Ingress".to_string()];
-        if has_egress_rules {
-            t.push("Egress".into());
-        }
-        t
-    });
+    // An empty list is defaulted like a missing one, as the API server does.
+    let types: Vec<String> = spec
+        .policy_types
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
+            let mut t = vec!["Ingress".to_string()];
+            if has_egress_rules {
+                t.push("Egress".into());
+            }
+            t
+        });
     for (i, t) in types.iter().enumerate() {
         if t != "Ingress" && t != "Egress" {
             return Err(InputError::new(
@@ -657,7 +662,7 @@ fn parse_calico_policy(
     let has_in = spec.ingress.as_ref().is_some_and(|r| !r.is_empty());
     let has_eg = spec.egress.as_ref().is_some_and(|r| !r.is_empty());
     // Calico's default types: from the rules present; no rules at all means Ingress.
-    let types = match &spec.types {
+    let types = match spec.types.as_ref().filter(|t| !t.is_empty()) {
         Some(t) => t.clone(),
         None => match (has_in, has_eg) {
             (_, false) => vec!["Ingress".into()],
