@@ -573,6 +573,67 @@ spec: {preDNAT: true, applyOnForward: true, ingress: [{action: Deny}]}"]);
     assert_matrix(&ix, 80, Protocol::Tcp, |_, _, _, _| true);
 }
 
+#[test]
+fn service_account_names_protocol_numbers_and_ip_version() {
+    let mut m = ClusterModel::new();
+    m.add_yaml(XYZ, "xyz.yaml").unwrap();
+    m.add_yaml(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: scrape-only}
+spec:
+  selector: projectcalico.org/namespace == 'x'
+  ingress:
+  - {action: Allow, protocol: 6, source: {serviceAccounts: {names: [prometheus]}}, destination: {ports: [metrics-not-here, 80]}}
+  - {action: Allow, notProtocol: TCP, ipVersion: 4}
+  - {action: Allow, protocol: ICMP}",
+        "p.yaml",
+    )
+    .unwrap();
+    let ix = PolicyIndex::build(m).unwrap();
+    let (prom, ya, xa) = (
+        pod(&ix, "monitoring/prometheus"),
+        pod(&ix, "y/a"),
+        pod(&ix, "x/a"),
+    );
+    assert!(ix.allowed(prom, xa, 80, Protocol::Tcp));
+    assert!(!ix.allowed(prom, xa, 81, Protocol::Tcp));
+    assert!(!ix.allowed(ya, xa, 80, Protocol::Tcp));
+    assert!(ix.allowed(ya, xa, 80, Protocol::Udp));
+    assert!(ix.allowed(ya, xa, 80, Protocol::Sctp));
+}
+
+#[test]
+fn empty_policy_types_default_like_missing_ones() {
+    let ix = index(&["apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: empty-types, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: []
+  egress: [{to: [{podSelector: {}}]}]"]);
+    // Ingress (always) plus Egress (egress rules exist): x/a reaches only x, nobody reaches x/a.
+    assert_matrix(&ix, 80, Protocol::Tcp, |sn, sp, dn, dp| {
+        !(dn == "x" && dp == "a") && (!(sn == "x" && sp == "a") || dn == "x")
+    });
+}
+
+#[test]
+fn matrix_json_lists_implementation_defined_cells() {
+    let ix = index(&[]);
+    let m = ix.matrix(
+        Some(&[pod(&ix, "x/a"), pod(&ix, "y/a")]),
+        &[],
+        80,
+        Protocol::Tcp,
+    );
+    let v = m.to_json(&ix);
+    let cells = v["implementation_defined"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    assert_eq!(cells[0]["why"], "loopback");
+    assert_eq!(v["allowed"].as_object().unwrap().len(), 2);
+}
+
 // ---------- matrix and diff ----------
 
 #[test]
