@@ -1,0 +1,150 @@
+//! Data-plane faults: `lapse:NODE` and `agent-not-ready:NODE`, set at start
+//! (`--fault SPEC`) and changed while running through ConfigMap
+//! `sandbox-system/dataplane-faults` (keys `lapse` and `agent-not-ready`, values
+//! comma-separated node names). They live apart from the API faults of
+//! `sandbox::faults` so that each ConfigMap only holds the knobs its reader knows.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::sandbox::faults::NAMESPACE;
+use crate::sandbox::{Gvr, Store};
+
+/// The ConfigMap holding the live data-plane faults (in `sandbox-system`).
+pub const CONFIGMAP: &str = "dataplane-faults";
+/// The knobs this module owns; other `--fault` specs belong elsewhere.
+pub const KNOBS: [&str; 2] = ["lapse", "agent-not-ready"];
+
+/// Nodes under each data-plane fault.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataPlaneFaults {
+    /// Nodes whose enforcement lapses to allow-all.
+    pub lapse: BTreeSet<String>,
+    /// Nodes where a new calico-node never becomes ready (the enforcing one, if any, stays).
+    pub agent_not_ready: BTreeSet<String>,
+}
+
+/// Whether a `--fault` spec (`KNOB:VALUE`) is one of the data plane's.
+pub fn is_dataplane_spec(spec: &str) -> bool {
+    spec.split_once(':')
+        .is_some_and(|(k, _)| KNOBS.contains(&k.trim()))
+}
+
+fn node_list(knob: &str, v: &str) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if n.contains(char::is_whitespace) || n.contains(':') {
+            return Err(format!(
+                "fault {knob}: \"{n}\" is not a node name; give {knob}:NODE[,NODE...]"
+            ));
+        }
+        out.insert(n.to_string());
+    }
+    Ok(out)
+}
+
+impl DataPlaneFaults {
+    /// Add one `knob:NODE[,NODE...]` setting.
+    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), String> {
+        let nodes = node_list(knob.trim(), value)?;
+        if nodes.is_empty() {
+            return Err(format!(
+                "fault {}: no node given; use {}:NODE",
+                knob.trim(),
+                knob.trim()
+            ));
+        }
+        match knob.trim() {
+            "lapse" => self.lapse.extend(nodes),
+            "agent-not-ready" => self.agent_not_ready.extend(nodes),
+            other => {
+                return Err(format!(
+                    "unknown data-plane fault \"{other}\": the knobs are lapse:NODE and agent-not-ready:NODE"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse specs such as `lapse:ip-10-0-0-10.eu-west-1.compute.internal`.
+    pub fn parse_specs(specs: &[String]) -> Result<Self, String> {
+        let mut f = Self::default();
+        for s in specs {
+            let (k, v) = s
+                .split_once(':')
+                .ok_or_else(|| format!("fault \"{s}\" is not KNOB:NODE, e.g. lapse:NODE"))?;
+            f.set(k, v)?;
+        }
+        Ok(f)
+    }
+
+    /// From the ConfigMap's `data` (empty values mean no node).
+    pub fn from_data(data: Option<&Value>) -> Result<Self, String> {
+        let mut f = Self::default();
+        if let Some(Value::Object(m)) = data {
+            for (k, v) in m {
+                let v = v.as_str().unwrap_or_default();
+                match k.as_str() {
+                    "lapse" => f.lapse = node_list(k, v)?,
+                    "agent-not-ready" => f.agent_not_ready = node_list(k, v)?,
+                    other => {
+                        return Err(format!(
+                            "ConfigMap {NAMESPACE}/{CONFIGMAP}: unknown key \"{other}\"; the keys are lapse and agent-not-ready"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The ConfigMap that carries these settings.
+    pub fn to_configmap(&self) -> Value {
+        let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
+            "data": {"lapse": join(&self.lapse), "agent-not-ready": join(&self.agent_not_ready)},
+        })
+    }
+
+    /// The settings in force in a store (none when the ConfigMap is absent or unreadable).
+    pub fn read(store: &Store) -> Self {
+        let gvr = Gvr::new("", "v1", "configmaps");
+        store
+            .get(&gvr, NAMESPACE, CONFIGMAP)
+            .ok()
+            .and_then(|cm| Self::from_data(cm.get("data")).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether a new calico-node on `node` must never report Ready (`agent-not-ready:NODE`).
+/// Controllers that set pod readiness read this; the data plane honours it either way.
+pub fn agent_blocked(store: &Store, node: &str) -> bool {
+    DataPlaneFaults::read(store).agent_not_ready.contains(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_through_the_configmap() {
+        let f = DataPlaneFaults::parse_specs(&["lapse:a,b".into(), "agent-not-ready:c".into()])
+            .unwrap();
+        assert_eq!(f.lapse.len(), 2);
+        let cm = f.to_configmap();
+        assert_eq!(DataPlaneFaults::from_data(cm.get("data")).unwrap(), f);
+    }
+
+    #[test]
+    fn bad_specs_are_explained() {
+        assert!(DataPlaneFaults::parse_specs(&["lapse".into()]).is_err());
+        assert!(DataPlaneFaults::parse_specs(&["lapse:".into()]).is_err());
+        let e = DataPlaneFaults::parse_specs(&["stall:a".into()]).unwrap_err();
+        assert!(e.contains("lapse:NODE"), "{e}");
+        assert!(is_dataplane_spec("lapse:x") && !is_dataplane_spec("latency:5"));
+    }
+}

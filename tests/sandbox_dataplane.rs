@@ -1,0 +1,572 @@
+//! The sandbox's data plane: probes through pods/exec (kube-rs and kubectl),
+//! per-node enforcement (agents, frozen rules, fail-closed pods), the lapse and
+//! agent-not-ready faults, and the enforcement monitor.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use calico_migrate::sandbox::dataplane::{
+    DataPlane, DataPlaneFaults, DataPlaneOptions, DivergenceReason, agent_blocked,
+};
+use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
+use calico_migrate::sandbox::{DeleteOptions, Gvr, ListOptions, Sandbox, SandboxOptions};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+const PODS: (&str, &str, &str) = ("", "v1", "pods");
+
+fn gvr(t: (&str, &str, &str)) -> Gvr {
+    Gvr::new(t.0, t.1, t.2)
+}
+
+/// A seeded cluster (3 nodes, kube-system calico-node Ready on each) with probe pods:
+/// team-0001/a on node 0, team-0001/b on node 1, team-0002/c on node 2, all listening
+/// on TCP 8080. The scenario's NetworkPolicy `default` admits same-namespace traffic
+/// only; GlobalNetworkPolicy deny-aws-imds blocks 169.254.169.254:80.
+struct Cluster {
+    sb: Sandbox,
+    dp: DataPlane,
+    nodes: Vec<String>,
+}
+
+fn probe_pod(ns: &str, name: &str, node: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "probe"}},
+        "spec": {"nodeName": node, "containers": [{"name": "agnhost",
+            "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+            "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+fn agent_pod(ns: &str, name: &str, node: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"k8s-app": "calico-node"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "calico-node",
+                "uid": "ds-uid", "controller": true}]},
+        "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "calico-node", "image": "calico/node"}]},
+        "status": {"phase": "Running", "podIP": "10.0.255.1",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    })
+}
+
+impl Cluster {
+    async fn new(faults: DataPlaneFaults) -> Result<Cluster> {
+        let sb = Sandbox::new(SandboxOptions::default());
+        sb.load(scenario::build(&ScenarioConfig {
+            nodes: 3,
+            namespaces: 2,
+            pods_per_namespace: 1,
+            ..ScenarioConfig::default()
+        })?)?;
+        let mut nodes: Vec<String> = sb
+            .store()
+            .list(&gvr(("", "v1", "nodes")), None, &ListOptions::default())?
+            .items
+            .iter()
+            .filter_map(|n| n.pointer("/metadata/name")?.as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        sb.load(vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "calico-system"}}),
+            probe_pod("team-0001", "a", &nodes[0], "10.0.200.1"),
+            probe_pod("team-0001", "b", &nodes[1], "10.0.200.2"),
+            probe_pod("team-0002", "c", &nodes[2], "10.0.200.3"),
+        ])?;
+        let dp = DataPlane::start(
+            &sb,
+            DataPlaneOptions {
+                timeout_scale: 0.0,
+                faults,
+                ..DataPlaneOptions::default()
+            },
+        )?;
+        Ok(Cluster { sb, dp, nodes })
+    }
+
+    /// `/agnhost connect` from `ns/pod`: (exit code, stderr).
+    async fn connect(&self, ns: &str, pod: &str, dest: &str) -> Result<(i32, String)> {
+        let cmd: Vec<String> = [
+            "/agnhost",
+            "connect",
+            dest,
+            "--timeout=1s",
+            "--protocol=tcp",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let o = self.dp.exec(ns, pod, &cmd).await?;
+        Ok((o.exit_code, o.stderr))
+    }
+
+    /// The kube-system calico-node pod on a node.
+    fn agent_on(&self, node: &str) -> Result<String> {
+        let pods =
+            self.sb
+                .store()
+                .list(&gvr(PODS), Some("kube-system"), &ListOptions::default())?;
+        pods.items
+            .iter()
+            .find(|p| {
+                p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                    && p.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.starts_with("calico-node"))
+            })
+            .and_then(|p| p.pointer("/metadata/name")?.as_str().map(str::to_string))
+            .context("no kube-system calico-node on the node")
+    }
+
+    fn delete(&self, t: (&str, &str, &str), ns: &str, name: &str) -> Result<()> {
+        self.sb
+            .store()
+            .delete(&gvr(t), ns, name, &DeleteOptions::default())?;
+        Ok(())
+    }
+
+    async fn enforcer(&self, node: &str) -> Result<String> {
+        let nodes = self.dp.nodes().await;
+        Ok(nodes
+            .iter()
+            .find(|n| n.node == node)
+            .context("node not reported")?
+            .enforcer
+            .clone())
+    }
+}
+
+fn allow_from_team_0001() -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-team-0001", "namespace": "team-0002"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector":
+            {"matchLabels": {"kubernetes.io/metadata.name": "team-0001"}}}]}]},
+    })
+}
+
+#[tokio::test]
+async fn in_process_probes_follow_the_policies() -> Result<()> {
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    assert_eq!(
+        c.connect("team-0001", "a", "10.0.200.2:8080").await?,
+        (0, String::new())
+    );
+    assert_eq!(
+        c.connect("team-0001", "a", "10.0.200.3:8080").await?,
+        (1, "TIMEOUT\n".into())
+    );
+    assert_eq!(
+        c.connect("team-0001", "a", "10.0.200.2:9999").await?,
+        (1, "REFUSED\n".into())
+    );
+    assert_eq!(
+        c.connect("team-0001", "a", "169.254.169.254:80").await?,
+        (1, "TIMEOUT\n".into())
+    );
+    // deny-aws-imds leaves other ports alone; IMDS only listens on 80.
+    assert_eq!(
+        c.connect("team-0001", "a", "169.254.169.254:81").await?,
+        (1, "REFUSED\n".into())
+    );
+    let (code, err) = c.connect("team-0001", "a", "web.team-0001:8080").await?;
+    assert!(code == 1 && err.starts_with("DNS: "), "{code} {err}");
+    let (code, err) = c.connect("team-0001", "a", "10.0.200.2").await?;
+    assert!(code == 1 && err.starts_with("UNKNOWN: "), "{code} {err}");
+    let out =
+        c.dp.exec("team-0001", "a", &["curl".into(), "x".into()])
+            .await?;
+    assert_eq!(out.exit_code, 127, "{out:?}");
+    // Every node has a Ready kube-system agent and nothing diverges.
+    for n in &c.nodes {
+        assert_eq!(c.enforcer(n).await?, "kube-system");
+    }
+    assert!(c.dp.intervals().await.is_empty());
+    // A policy change applies at once on nodes with an agent.
+    c.sb.load(vec![allow_from_team_0001()])?;
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.3:8080").await?.0, 0);
+    Ok(())
+}
+
+async fn kube_exec(
+    client: kube::Client,
+    ns: &str,
+    pod: &str,
+    dest: &str,
+) -> Result<(String, Option<i32>, String)> {
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    let mut p = pods
+        .exec(
+            pod,
+            [
+                "/agnhost",
+                "connect",
+                dest,
+                "--timeout=1s",
+                "--protocol=tcp",
+            ],
+            &AttachParams::default().stdout(true).stderr(true),
+        )
+        .await?;
+    let mut stderr = String::new();
+    if let Some(mut e) = p.stderr() {
+        e.read_to_string(&mut stderr).await?;
+    }
+    let status = p
+        .take_status()
+        .context("status channel")?
+        .await
+        .context("no status")?;
+    let code = match status.status.as_deref() {
+        Some("Success") => Some(0),
+        _ => status
+            .details
+            .and_then(|d| d.causes)
+            .and_then(|c| {
+                c.into_iter()
+                    .find(|c| c.reason.as_deref() == Some("ExitCode"))
+            })
+            .and_then(|c| c.message?.parse().ok()),
+    };
+    Ok((status.reason.unwrap_or_default(), code, stderr))
+}
+
+#[tokio::test]
+async fn kube_rs_exec_answers_and_a_lapse_opens_then_closes_an_interval() -> Result<()> {
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    let server = c.sb.serve("127.0.0.1:0").await?;
+    let client = server.client()?;
+    assert_eq!(
+        kube_exec(client.clone(), "team-0001", "a", "10.0.200.2:8080").await?,
+        (String::new(), Some(0), String::new())
+    );
+    let blocked = kube_exec(client.clone(), "team-0001", "a", "10.0.200.3:8080").await?;
+    assert_eq!(
+        blocked,
+        ("NonZeroExitCode".into(), Some(1), "TIMEOUT\n".into())
+    );
+
+    // Lapse the destination's node: its ingress enforcement is gone.
+    let mut f = DataPlaneFaults::default();
+    f.lapse.insert(c.nodes[2].clone());
+    c.dp.set_faults(&f).await?;
+    assert_eq!(
+        kube_exec(client.clone(), "team-0001", "a", "10.0.200.3:8080")
+            .await?
+            .1,
+        Some(0)
+    );
+    c.dp.set_faults(&DataPlaneFaults::default()).await?;
+    assert_eq!(
+        kube_exec(client.clone(), "team-0001", "a", "10.0.200.3:8080")
+            .await?
+            .1,
+        Some(1)
+    );
+    let iv = c.dp.intervals().await;
+    assert_eq!(iv.len(), 1, "{iv:?}");
+    assert_eq!(
+        (iv[0].node.as_str(), iv[0].reason),
+        (c.nodes[2].as_str(), DivergenceReason::Lapse)
+    );
+    assert!(iv[0].end.is_some_and(|e| e >= iv[0].start));
+
+    // The same record over HTTP.
+    let text = client
+        .request_text(http::Request::get("/sandbox/v1/enforcement").body(Vec::new())?)
+        .await?;
+    let body: Value = serde_json::from_str(&text)?;
+    assert_eq!(body["intervals"][0]["reason"], "lapse");
+    assert_eq!(body["nodes"].as_array().map(Vec::len), Some(3));
+
+    // Errors a client can act on: unknown pod (404 before the upgrade), a pod not running.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-0001");
+    assert!(
+        pods.exec("nope", ["/agnhost"], &AttachParams::default())
+            .await
+            .is_err()
+    );
+    let mut pending = probe_pod("team-0001", "pending", &c.nodes[0], "10.0.200.9");
+    pending["status"]["phase"] = json!("Pending");
+    c.sb.load(vec![pending])?;
+    let mut p = pods
+        .exec(
+            "pending",
+            ["/agnhost", "connect", "10.0.200.2:8080"],
+            &AttachParams::default(),
+        )
+        .await?;
+    let st = p
+        .take_status()
+        .context("status")?
+        .await
+        .context("no status")?;
+    assert_eq!(st.reason.as_deref(), Some("InternalError"));
+    assert!(st.message.unwrap_or_default().contains("not Running"));
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_exec_answers_and_a_lapse_allows() -> Result<()> {
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("kubectl not found: skipping the kubectl exec test");
+        return Ok(());
+    }
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    let server = c.sb.serve("127.0.0.1:0").await?;
+    let dir = tempfile::tempdir()?;
+    let kc = dir.path().join("kc");
+    server.write_kubeconfig(&kc)?;
+    let run = |dest: &'static str| {
+        let kc = kc.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("kubectl")
+                .env("KUBECONFIG", &kc)
+                .args([
+                    "exec",
+                    "-n",
+                    "team-0001",
+                    "a",
+                    "--",
+                    "/agnhost",
+                    "connect",
+                    dest,
+                    "--timeout=1s",
+                    "--protocol=tcp",
+                ])
+                .output()
+        })
+    };
+    let ok = run("10.0.200.2:8080").await??;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let blocked = run("10.0.200.3:8080").await??;
+    let err = String::from_utf8_lossy(&blocked.stderr).to_string();
+    assert_eq!(blocked.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("TIMEOUT\n"), "{err}");
+
+    let mut f = DataPlaneFaults::default();
+    f.lapse.insert(c.nodes[2].clone());
+    c.dp.set_faults(&f).await?;
+    let lapsed = run("10.0.200.3:8080").await??;
+    assert_eq!(
+        lapsed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&lapsed.stderr)
+    );
+    let iv = c.dp.intervals().await;
+    assert!(
+        iv.iter().any(|i| i.reason == DivergenceReason::Lapse
+            && i.node == c.nodes[2]
+            && i.end.is_none()),
+        "{iv:?}"
+    );
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn new_pods_fail_closed_while_no_agent_runs() -> Result<()> {
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    let node = c.nodes[1].clone();
+    c.delete(PODS, "kube-system", &c.agent_on(&node)?)?;
+    assert_eq!(c.enforcer(&node).await?, "frozen");
+    // b was programmed before the agent left: frozen rules still admit a -> b.
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.2:8080").await?.0, 0);
+    assert!(
+        c.dp.intervals().await.is_empty(),
+        "frozen rules equal to the policies are no divergence"
+    );
+    // A pod created now has no programmed endpoint: dropped both ways.
+    c.sb.load(vec![probe_pod("team-0001", "late", &node, "10.0.200.4")])?;
+    assert_eq!(
+        c.connect("team-0001", "a", "10.0.200.4:8080").await?,
+        (1, "TIMEOUT\n".into())
+    );
+    assert_eq!(
+        c.connect("team-0001", "late", "10.0.200.1:8080").await?.0,
+        1
+    );
+    let iv = c.dp.intervals().await;
+    assert!(
+        iv.iter()
+            .any(|i| i.reason == DivergenceReason::FailClosed && i.node == node && i.end.is_none()),
+        "{iv:?}"
+    );
+
+    // A new node whose agent has not started: its pods fail closed too.
+    c.sb.load(vec![
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ip-10-0-9-9.new"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.9.9"}]}}),
+    ])?;
+    c.sb.load(vec![probe_pod(
+        "team-0001",
+        "fresh",
+        "ip-10-0-9-9.new",
+        "10.0.200.5",
+    )])?;
+    assert_eq!(c.enforcer("ip-10-0-9-9.new").await?, "none");
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.5:8080").await?.0, 1);
+    // The operator's agent, not Ready yet, changes nothing; Ready, it programs every pod.
+    c.sb.load(vec![agent_pod(
+        "calico-system",
+        "calico-node-new",
+        "ip-10-0-9-9.new",
+        false,
+    )])?;
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.5:8080").await?.0, 1);
+    c.sb.load(vec![agent_pod(
+        "calico-system",
+        "calico-node-new",
+        "ip-10-0-9-9.new",
+        true,
+    )])?;
+    assert_eq!(c.enforcer("ip-10-0-9-9.new").await?, "calico-system");
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.5:8080").await?.0, 0);
+    c.sb.load(vec![agent_pod(
+        "calico-system",
+        "calico-node-x",
+        &node,
+        true,
+    )])?;
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.4:8080").await?.0, 0);
+    let iv = c.dp.intervals().await;
+    let no_agent = iv
+        .iter()
+        .find(|i| i.reason == DivergenceReason::NoAgent)
+        .context("no-agent interval")?;
+    assert!(no_agent.end.is_some(), "{iv:?}");
+    assert!(
+        iv.iter().all(|i| i.end.is_some()),
+        "all closed once agents run: {iv:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn frozen_rules_keep_old_verdicts_after_a_policy_change() -> Result<()> {
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    let node = c.nodes[2].clone();
+    c.delete(PODS, "kube-system", &c.agent_on(&node)?)?;
+    c.sb.load(vec![allow_from_team_0001()])?;
+    // c's node still runs the rules of before the change: a -> c stays blocked.
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.3:8080").await?.0, 1);
+    let iv = c.dp.intervals().await;
+    assert!(
+        iv.iter()
+            .any(|i| i.reason == DivergenceReason::StaleRules && i.node == node),
+        "{iv:?}"
+    );
+    // Removing the change makes the frozen rules current again: the interval closes.
+    c.delete(
+        ("networking.k8s.io", "v1", "networkpolicies"),
+        "team-0002",
+        "allow-team-0001",
+    )?;
+    assert!(c.dp.intervals().await.iter().all(|i| i.end.is_some()));
+    c.sb.load(vec![allow_from_team_0001()])?;
+    c.sb.load(vec![agent_pod(
+        "calico-system",
+        "calico-node-op",
+        &node,
+        true,
+    )])?;
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.3:8080").await?.0, 0);
+    let iv = c.dp.intervals().await;
+    assert_eq!(
+        iv.iter()
+            .filter(|i| i.reason == DivergenceReason::StaleRules)
+            .count(),
+        2
+    );
+    assert!(iv.iter().all(|i| i.end.is_some()), "{iv:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_not_ready_keeps_a_new_agent_from_enforcing() -> Result<()> {
+    let node;
+    let c = {
+        let sb_nodes = Cluster::new(DataPlaneFaults::default()).await?.nodes;
+        node = sb_nodes[0].clone();
+        let mut f = DataPlaneFaults::default();
+        f.agent_not_ready.insert(node.clone());
+        Cluster::new(f).await?
+    };
+    assert!(agent_blocked(c.sb.store(), &node));
+    assert!(!agent_blocked(c.sb.store(), &c.nodes[1]));
+    // The enforcing agent stays; a replacement, even if it reports Ready, never takes over.
+    assert_eq!(c.enforcer(&node).await?, "kube-system");
+    c.delete(PODS, "kube-system", &c.agent_on(&node)?)?;
+    c.sb.load(vec![agent_pod(
+        "calico-system",
+        "calico-node-op",
+        &node,
+        true,
+    )])?;
+    assert_eq!(c.enforcer(&node).await?, "frozen");
+    let report = c.dp.nodes().await;
+    assert!(report.iter().any(|n| n.node == node && n.agent_blocked));
+    // Clearing the fault lets the Ready agent enforce.
+    c.dp.set_faults(&DataPlaneFaults::default()).await?;
+    assert_eq!(c.enforcer(&node).await?, "calico-system");
+    Ok(())
+}
+
+#[tokio::test]
+async fn faults_are_readable_and_settable_through_the_configmap() -> Result<()> {
+    let c = Cluster::new(
+        DataPlaneFaults::parse_specs(&[format!(
+            "lapse:{}",
+            Cluster::new(DataPlaneFaults::default()).await?.nodes[0]
+        )])
+        .map_err(anyhow::Error::msg)?,
+    )
+    .await?;
+    let client = c.sb.client();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "sandbox-system");
+    let cm = cms.get("dataplane-faults").await?;
+    let lapse = cm
+        .data
+        .unwrap_or_default()
+        .get("lapse")
+        .cloned()
+        .unwrap_or_default();
+    if lapse != c.nodes[0] {
+        bail!("lapse key {lapse:?}, want {}", c.nodes[0]);
+    }
+    // a -> c is blocked at c's ingress; a's node lapsing does not change that.
+    assert_eq!(c.connect("team-0001", "a", "10.0.200.3:8080").await?.0, 1);
+    // ... but it lifts a's egress block to IMDS.
+    assert_eq!(
+        c.connect("team-0001", "a", "169.254.169.254:80").await?.0,
+        0
+    );
+    cms.patch(
+        "dataplane-faults",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"lapse": ""}})),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        c.connect("team-0001", "a", "169.254.169.254:80").await?.0,
+        1
+    );
+    Ok(())
+}
