@@ -525,6 +525,20 @@ async fn agent_not_ready_keeps_a_new_agent_from_enforcing() -> Result<()> {
     // Clearing the fault lets the Ready agent enforce.
     c.dp.set_faults(&DataPlaneFaults::default()).await?;
     assert_eq!(c.enforcer(&node).await?, "calico-system");
+    // The controllers' knob (ConfigMap controller-faults) is honoured as well.
+    let other = c.nodes[1].clone();
+    c.sb.load(vec![json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "controller-faults", "namespace": "sandbox-system"},
+        "data": {"agent-not-ready": other}})])?;
+    assert!(agent_blocked(c.sb.store(), &other));
+    c.delete(PODS, "kube-system", &c.agent_on(&other)?)?;
+    c.sb.load(vec![agent_pod(
+        "calico-system",
+        "calico-node-op2",
+        &other,
+        true,
+    )])?;
+    assert_eq!(c.enforcer(&other).await?, "frozen");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
+use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions};
 
@@ -48,12 +49,21 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "PATH")]
     pub kubeconfig_out: Option<PathBuf>,
     /// Fault to inject (repeatable): latency:MS, api-errors:RATE, drop-watch:RATE, conflicts:RATE.
+    /// Data plane: lapse:NODE (policy enforcement on NODE lapses to allow-all).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<String>,
 }
 
 pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
-    let faults = FaultConfig::parse_specs(&args.faults).map_err(anyhow::Error::msg)?;
+    // `lapse:NODE` goes to the data plane; everything else on as before.
+    let (dataplane_specs, other_specs): (Vec<String>, Vec<String>) = args
+        .faults
+        .iter()
+        .cloned()
+        .partition(|s| dataplane::faults::is_dataplane_spec(s));
+    let dataplane_faults =
+        DataPlaneFaults::parse_specs(&dataplane_specs).map_err(anyhow::Error::msg)?;
+    let faults = FaultConfig::parse_specs(&other_specs).map_err(anyhow::Error::msg)?;
     let sb = Sandbox::new(SandboxOptions {
         seed: args.seed,
         faults,
@@ -80,6 +90,14 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         sb.load(objects)
             .context("cannot load the seed scenario into the sandbox")?
     };
+    let data_plane = DataPlane::start(
+        &sb,
+        DataPlaneOptions {
+            faults: dataplane_faults,
+            ..DataPlaneOptions::default()
+        },
+    )
+    .context("cannot start the simulated data plane")?;
     let handle = sb
         .serve(&args.listen)
         .await
@@ -99,6 +117,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     println!("{}", path.display());
     wait_for_signal().await?;
     eprintln!("sandbox stopping");
+    data_plane.stop();
     handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,14 @@ use crate::sandbox::{Gvr, Store};
 
 /// The ConfigMap holding the live data-plane faults (in `sandbox-system`).
 pub const CONFIGMAP: &str = "dataplane-faults";
-/// The knobs this module owns; other `--fault` specs belong elsewhere.
+/// The knobs of ConfigMap `dataplane-faults`.
 pub const KNOBS: [&str; 2] = ["lapse", "agent-not-ready"];
+/// The `--fault` knobs routed to the data plane by `calico-migrate sandbox`;
+/// `agent-not-ready` there belongs to the controllers, which keep the pod unready.
+pub const CLI_KNOBS: [&str; 1] = ["lapse"];
+/// The controllers' fault ConfigMap (`sandbox-system/controller-faults`): its
+/// `agent-not-ready` key (comma-separated nodes) is honoured here too.
+pub const CONTROLLER_CONFIGMAP: &str = "controller-faults";
 
 /// Nodes under each data-plane fault.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,10 +31,19 @@ pub struct DataPlaneFaults {
     pub agent_not_ready: BTreeSet<String>,
 }
 
-/// Whether a `--fault` spec (`KNOB:VALUE`) is one of the data plane's.
+/// Whether a `--fault` spec (`KNOB:VALUE`) is routed to the data plane by the CLI.
 pub fn is_dataplane_spec(spec: &str) -> bool {
-    spec.split_once(':')
-        .is_some_and(|(k, _)| KNOBS.contains(&k.trim()))
+    let knob = spec.split_once(':').map_or(spec, |(k, _)| k).trim();
+    CLI_KNOBS.contains(&knob)
+}
+
+/// Nodes named by the controllers' `agent-not-ready` knob (unreadable values: none).
+pub fn controller_blocked(configmap_data: Option<&Value>) -> BTreeSet<String> {
+    configmap_data
+        .and_then(|d| d.get("agent-not-ready"))
+        .and_then(Value::as_str)
+        .and_then(|v| node_list("agent-not-ready", v).ok())
+        .unwrap_or_default()
 }
 
 fn node_list(knob: &str, v: &str) -> Result<BTreeSet<String>, String> {
@@ -122,8 +137,14 @@ impl DataPlaneFaults {
 
 /// Whether a new calico-node on `node` must never report Ready (`agent-not-ready:NODE`).
 /// Controllers that set pod readiness read this; the data plane honours it either way.
+/// Both this module's ConfigMap and the controllers' are read.
 pub fn agent_blocked(store: &Store, node: &str) -> bool {
-    DataPlaneFaults::read(store).agent_not_ready.contains(node)
+    let gvr = Gvr::new("", "v1", "configmaps");
+    let by_controllers = store
+        .get(&gvr, NAMESPACE, CONTROLLER_CONFIGMAP)
+        .ok()
+        .is_some_and(|cm| controller_blocked(cm.get("data")).contains(node));
+    by_controllers || DataPlaneFaults::read(store).agent_not_ready.contains(node)
 }
 
 #[cfg(test)]
@@ -146,5 +167,11 @@ mod tests {
         let e = DataPlaneFaults::parse_specs(&["stall:a".into()]).unwrap_err();
         assert!(e.contains("lapse:NODE"), "{e}");
         assert!(is_dataplane_spec("lapse:x") && !is_dataplane_spec("latency:5"));
+        assert!(
+            !is_dataplane_spec("agent-not-ready:x"),
+            "the controllers' knob on the CLI"
+        );
+        let data = json!({"agent-not-ready": "a, b", "typha-stuck": "true"});
+        assert_eq!(controller_blocked(Some(&data)).len(), 2);
     }
 }

@@ -211,6 +211,8 @@ pub struct World {
     pods_version: u64,
     pub nodes: BTreeMap<String, NodeState>,
     pub faults: DataPlaneFaults,
+    /// `agent-not-ready` nodes of the controllers' ConfigMap.
+    controller_blocked: BTreeSet<String>,
     pub monitor: Monitor,
     indexes: HashMap<u64, (u64, Arc<PolicyIndex>)>,
     /// Objects the engine refused (skipped), with why.
@@ -236,6 +238,7 @@ impl World {
             pods_version: 0,
             nodes: BTreeMap::new(),
             faults: DataPlaneFaults::default(),
+            controller_blocked: BTreeSet::new(),
             monitor: Monitor::default(),
             indexes: HashMap::new(),
             policy_errors: BTreeMap::new(),
@@ -334,6 +337,11 @@ impl World {
                     Err(e) => tracing::warn!("data-plane faults ignored: {e}"),
                 }
             }
+            ("", "configmaps")
+                if ns == FAULT_NAMESPACE && name == super::faults::CONTROLLER_CONFIGMAP =>
+            {
+                self.controller_blocked = super::faults::controller_blocked(obj.get("data"));
+            }
             _ => {}
         }
     }
@@ -414,19 +422,30 @@ impl World {
                 }
             }
             ("", "configmaps")
-                if ev.namespace == FAULT_NAMESPACE && ev.name == super::faults::CONFIGMAP =>
+                if ev.namespace == FAULT_NAMESPACE
+                    && [
+                        super::faults::CONFIGMAP,
+                        super::faults::CONTROLLER_CONFIGMAP,
+                    ]
+                    .contains(&ev.name.as_str()) =>
             {
-                let before = self.faults.clone();
+                let before = (self.faults.clone(), self.controller_blocked.clone());
                 if ev.kind == EventType::Deleted {
-                    self.faults = DataPlaneFaults::default();
+                    if ev.name == super::faults::CONFIGMAP {
+                        self.faults = DataPlaneFaults::default();
+                    } else {
+                        self.controller_blocked.clear();
+                    }
                 } else {
                     self.upsert(gr, &ev.object);
                 }
                 for set in [
-                    &before.lapse,
-                    &before.agent_not_ready,
+                    &before.0.lapse,
+                    &before.0.agent_not_ready,
+                    &before.1,
                     &self.faults.lapse,
                     &self.faults.agent_not_ready,
+                    &self.controller_blocked,
                 ] {
                     touched.extend(set.iter().cloned());
                 }
@@ -457,7 +476,7 @@ impl World {
             .pods_on(node)
             .filter(|p| p.agent.is_some() && p.ready && p.phase == "Running")
             .collect();
-        let blocked = !adopt && self.faults.agent_not_ready.contains(node);
+        let blocked = !adopt && self.agent_blocked(node);
         let state = self.nodes.get(node).cloned().unwrap_or(NodeState {
             enforcer: Enforcer::None,
             since: now,
@@ -588,12 +607,17 @@ impl World {
                     agent,
                     since: st.since,
                     lapse: self.faults.lapse.contains(name),
-                    agent_blocked: self.faults.agent_not_ready.contains(name),
+                    agent_blocked: self.agent_blocked(name),
                     fail_closed_pods,
                     stale_rules: d.contains_key(&DivergenceReason::StaleRules),
                 }
             })
             .collect()
+    }
+
+    /// `agent-not-ready` from either ConfigMap.
+    pub fn agent_blocked(&self, node: &str) -> bool {
+        self.faults.agent_not_ready.contains(node) || self.controller_blocked.contains(node)
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
