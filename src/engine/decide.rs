@@ -48,6 +48,23 @@ pub enum Action {
     Done,
 }
 
+impl Action {
+    /// The plan index of the step the action is about, if any.
+    pub fn step(&self) -> Option<usize> {
+        match *self {
+            Action::StartAttempt { step, .. }
+            | Action::SaveRollback { step }
+            | Action::Observe { step }
+            | Action::Ensure { step }
+            | Action::MarkVerified { step }
+            | Action::StartRollback { step }
+            | Action::Undo { step }
+            | Action::ForgetUnchanged { step } => Some(step),
+            Action::Refuse { .. } | Action::Done => None,
+        }
+    }
+}
+
 /// Decide the next action.
 ///
 /// `seen` is the last observation of this run; it counts only for the step it

@@ -63,7 +63,7 @@ pub async fn run_observed<W: ?Sized + Sync>(
     loop {
         let action = decide(journal.state(), mode, seen.take());
         let step_of = |i: usize| &steps[i];
-        if let Some(i) = action_step(&action) {
+        if let Some(i) = action.step() {
             observer.action(step_of(i).id(), &action);
             tracing::debug!(step = step_of(i).id(), ?action, "engine action");
         }
@@ -168,20 +168,6 @@ fn fail(journal: &mut Journal, step: &str, reason: String) -> Result<Outcome, Ru
         step: step.to_string(),
         reason,
     })
-}
-
-fn action_step(action: &Action) -> Option<usize> {
-    match *action {
-        Action::StartAttempt { step, .. }
-        | Action::SaveRollback { step }
-        | Action::Observe { step }
-        | Action::Ensure { step }
-        | Action::MarkVerified { step }
-        | Action::StartRollback { step }
-        | Action::Undo { step }
-        | Action::ForgetUnchanged { step } => Some(step),
-        Action::Refuse { .. } | Action::Done => None,
-    }
 }
 
 fn check_steps_match<W: ?Sized>(

@@ -82,7 +82,7 @@ fn check_decision(state: &PlanState, mode: Mode, seen: Option<Seen>, action: &Ac
         ),
         (Mode::Apply, Action::Done) => assert!(state.complete()),
         (Mode::Apply, a) => {
-            let i = step_of(a).expect("apply actions name a step");
+            let i = a.step().expect("apply actions name a step");
             assert!(
                 (0..i).all(|j| phase(j) == StepPhase::Verified),
                 "{a:?} skips an unverified step"
@@ -120,7 +120,7 @@ fn check_decision(state: &PlanState, mode: Mode, seen: Option<Seen>, action: &Ac
             );
         }
         (Mode::Rollback { down_to }, a) => {
-            let i = step_of(a).expect("rollback actions name a step");
+            let i = a.step().expect("rollback actions name a step");
             assert!(i >= down_to, "{a:?} goes below --to");
             assert!(
                 state.steps[i + 1..]
@@ -136,20 +136,6 @@ fn check_decision(state: &PlanState, mode: Mode, seen: Option<Seen>, action: &Ac
                 Action::Ensure { .. } | Action::StartAttempt { .. }
             ));
         }
-    }
-}
-
-fn step_of(a: &Action) -> Option<usize> {
-    match *a {
-        Action::StartAttempt { step, .. }
-        | Action::SaveRollback { step }
-        | Action::Observe { step }
-        | Action::Ensure { step }
-        | Action::MarkVerified { step }
-        | Action::StartRollback { step }
-        | Action::Undo { step }
-        | Action::ForgetUnchanged { step } => Some(step),
-        Action::Refuse { .. } | Action::Done => None,
     }
 }
 
@@ -178,7 +164,7 @@ fn every_reachable_state_decides_safely() {
                 let action = decide(&state, mode, seen);
                 // An observation of another step must not change the decision.
                 if let Some(s) = seen {
-                    let current = step_of(&decide(&state, mode, None));
+                    let current = decide(&state, mode, None).step();
                     if current != Some(s.step) {
                         assert_eq!(action, decide(&state, mode, None));
                     }

@@ -9,6 +9,7 @@
 //! puts the router on a loopback port for kubectl. See docs/sandbox.md.
 
 pub mod apply;
+pub mod controllers;
 pub mod dataplane;
 pub mod discovery;
 pub mod error;

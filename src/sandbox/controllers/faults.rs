@@ -1,0 +1,223 @@
+//! Faults of the simulated cluster behaviour (the API faults live in
+//! `sandbox::faults`). Set at start with `--fault SPEC` and changed while
+//! running through ConfigMap `sandbox-system/controller-faults`, whose data
+//! keys are the knobs. The controllers read it every tick; a knob whose value
+//! does not parse counts as off and the error is reported in the ConfigMap's
+//! annotation `sandbox.calico-migrate.io/error` (the store cannot refuse the write).
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::{get, merge};
+use crate::sandbox::{ApiError, Sandbox, faults::NAMESPACE};
+
+pub const CONFIGMAP: &str = "controller-faults";
+pub const ERROR_ANNOTATION: &str = "sandbox.calico-migrate.io/error";
+
+/// The knobs these controllers own.
+pub const KNOBS: &[&str] = &[
+    "operator-stall",
+    "typha-stuck",
+    "node-join",
+    "agent-not-ready",
+];
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ControllerFaults {
+    /// `operator-stall:NODE`: the operator never relabels NODE `migrated` and stops there.
+    pub operator_stall: Option<String>,
+    /// `typha-stuck` (or `typha-stuck:true`): calico-system typha pods cannot be
+    /// scheduled (host port 5473 still taken, calico issue 6810).
+    pub typha_stuck: bool,
+    /// `node-join:N`: one new node joins once N nodes are labelled `migrated`.
+    pub node_join_after: Option<usize>,
+    /// `agent-not-ready:NODE` (repeatable): the calico-system calico-node pod on NODE never becomes ready.
+    pub agent_not_ready: BTreeSet<String>,
+}
+
+/// Whether a `--fault` spec belongs to these controllers (by its knob).
+pub fn is_controller_fault(spec: &str) -> bool {
+    let knob = spec.split_once(':').map_or(spec, |(k, _)| k).trim();
+    KNOBS.contains(&knob)
+}
+
+impl ControllerFaults {
+    /// Apply one knob; an empty value turns it off.
+    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), String> {
+        let v = value.trim();
+        match knob.trim() {
+            "operator-stall" => {
+                self.operator_stall = (!v.is_empty()).then(|| v.to_string());
+            }
+            "typha-stuck" => {
+                self.typha_stuck = match v {
+                    "" | "true" => true,
+                    "false" | "0" | "off" => false,
+                    _ => {
+                        return Err(format!(
+                            "fault typha-stuck: \"{v}\" is not true or false, e.g. typha-stuck or typha-stuck:false"
+                        ));
+                    }
+                }
+            }
+            "node-join" => {
+                self.node_join_after = if v.is_empty() {
+                    None
+                } else {
+                    Some(v.parse().map_err(|_| {
+                        format!("fault node-join: \"{v}\" is not a whole number of migrated nodes, e.g. node-join:2")
+                    })?)
+                }
+            }
+            "agent-not-ready" => {
+                self.agent_not_ready = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+            }
+            other => {
+                return Err(format!(
+                    "unknown controller fault \"{other}\": the knobs are operator-stall:NODE, typha-stuck, node-join:N, agent-not-ready:NODE"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse `--fault` specs (only those of [`KNOBS`]); `agent-not-ready` accumulates.
+    pub fn parse_specs(specs: &[String]) -> Result<Self, String> {
+        let mut c = Self::default();
+        for s in specs {
+            let (k, v) = s.split_once(':').unwrap_or((s.as_str(), ""));
+            if k.trim() == "agent-not-ready" {
+                if v.trim().is_empty() {
+                    return Err("fault agent-not-ready needs a node name, e.g. agent-not-ready:ip-10-0-0-10.eu-west-1.compute.internal".into());
+                }
+                c.agent_not_ready.insert(v.trim().to_string());
+                continue;
+            }
+            if matches!(k.trim(), "operator-stall" | "node-join") && v.trim().is_empty() {
+                return Err(format!(
+                    "fault \"{s}\" needs a value: operator-stall:NODE or node-join:N"
+                ));
+            }
+            c.set(k, v)?;
+        }
+        Ok(c)
+    }
+
+    pub fn from_data(data: Option<&Value>) -> Result<Self, String> {
+        let mut c = Self::default();
+        if let Some(Value::Object(m)) = data {
+            for (k, v) in m {
+                c.set(k, v.as_str().unwrap_or_default())?;
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn to_data(&self) -> Value {
+        json!({
+            "operator-stall": self.operator_stall.clone().unwrap_or_default(),
+            "typha-stuck": self.typha_stuck.to_string(),
+            "node-join": self.node_join_after.map(|n| n.to_string()).unwrap_or_default(),
+            "agent-not-ready": self.agent_not_ready.iter().cloned().collect::<Vec<_>>().join(","),
+        })
+    }
+
+    pub fn to_configmap(&self) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
+            "data": self.to_data(),
+        })
+    }
+}
+
+/// Write the settings (create or replace the ConfigMap).
+pub fn write(sb: &Sandbox, f: &ControllerFaults) -> Result<(), ApiError> {
+    sb.load(vec![f.to_configmap()]).map(|_| ())
+}
+
+/// The settings in force; an invalid ConfigMap keeps the last good settings
+/// (remembered in an annotation) and reports the error on it.
+pub fn read(sb: &Sandbox) -> ControllerFaults {
+    let g = super::gvr("", "v1", "configmaps");
+    let Some(cm) = get(sb, &g, NAMESPACE, CONFIGMAP) else {
+        return ControllerFaults::default();
+    };
+    let reported = cm
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ERROR_ANNOTATION))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    match ControllerFaults::from_data(cm.get("data")) {
+        Ok(f) => {
+            if !reported.is_empty() {
+                let _ = merge(
+                    sb,
+                    &g,
+                    NAMESPACE,
+                    CONFIGMAP,
+                    "",
+                    &json!({"metadata": {"annotations": {ERROR_ANNOTATION: null}}}),
+                    "sandbox-controllers",
+                );
+            }
+            f
+        }
+        Err(e) => {
+            if reported != e {
+                let _ = merge(
+                    sb,
+                    &g,
+                    NAMESPACE,
+                    CONFIGMAP,
+                    "",
+                    &json!({"metadata": {"annotations": {ERROR_ANNOTATION: e}}}),
+                    "sandbox-controllers",
+                );
+            }
+            // Keep what parses: each knob on its own.
+            let mut c = ControllerFaults::default();
+            if let Some(Value::Object(m)) = cm.get("data") {
+                for (k, v) in m {
+                    let _ = c.set(k, v.as_str().unwrap_or_default());
+                }
+            }
+            c
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_reject() {
+        let f = ControllerFaults::parse_specs(&[
+            "operator-stall:n1".into(),
+            "typha-stuck".into(),
+            "node-join:2".into(),
+            "agent-not-ready:a".into(),
+            "agent-not-ready:b".into(),
+        ]);
+        let f = f.unwrap_or_default();
+        assert_eq!(f.operator_stall.as_deref(), Some("n1"));
+        assert!(f.typha_stuck);
+        assert_eq!(f.node_join_after, Some(2));
+        assert_eq!(f.agent_not_ready.len(), 2);
+        assert_eq!(ControllerFaults::from_data(Some(&f.to_data())), Ok(f));
+        assert!(ControllerFaults::parse_specs(&["node-join:x".into()]).is_err());
+        assert!(ControllerFaults::parse_specs(&["operator-stall".into()]).is_err());
+        assert!(ControllerFaults::parse_specs(&["typha-stuck:maybe".into()]).is_err());
+        assert!(is_controller_fault("typha-stuck"));
+        assert!(!is_controller_fault("latency:5"));
+        assert!(!is_controller_fault("lapse:n1"));
+    }
+}

@@ -1,0 +1,331 @@
+//! Controllers that make the sandbox behave like a cluster: DaemonSets and
+//! Deployments turn into pods, pods get IPs and become ready after a start
+//! delay, nodes join and leave, the Tigera operator migrates a kube-system
+//! Calico install, and a `helm uninstall` can be simulated. See
+//! docs/sandbox-behaviour.md.
+//!
+//! Time is logical: the controllers advance in ticks of `tick_seconds`
+//! simulated seconds. [`Controllers::tick`] runs one tick synchronously
+//! (tests drive it by hand for determinism); [`start`] runs ticks on a Tokio
+//! task every `tick_seconds / time_scale` real seconds and also reacts to the
+//! store's change feed between ticks.
+
+pub mod faults;
+pub mod helm_uninstall;
+pub mod nodes;
+pub mod operator;
+pub mod pods;
+pub mod sched;
+pub mod workloads;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{ApiError, DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, WriteOptions};
+
+pub use faults::ControllerFaults;
+pub use helm_uninstall::{UninstallOutcome, helm_uninstall};
+
+/// Timing knobs, all in simulated seconds except `time_scale`.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Simulated seconds per real second (10 = ten times faster than real).
+    pub time_scale: f64,
+    /// Simulated seconds one tick advances the clock.
+    pub tick_seconds: f64,
+    /// Simulated seconds from a pod's creation to Ready.
+    pub pod_start_delay: f64,
+    /// Simulated seconds between two actions of the operator.
+    pub operator_step: f64,
+    /// Faults of the controllers in force at start (also written to
+    /// ConfigMap sandbox-system/controller-faults).
+    pub faults: ControllerFaults,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self {
+            time_scale: 10.0,
+            tick_seconds: 1.0,
+            pod_start_delay: 3.0,
+            operator_step: 1.0,
+            faults: ControllerFaults::default(),
+        }
+    }
+}
+
+impl ControllerOptions {
+    /// Reject values that would stall or spin the loop, naming the knob.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} must be a positive number of seconds, got {v}"
+                ))
+            }
+        };
+        positive("time-scale", self.time_scale)?;
+        positive("tick-seconds", self.tick_seconds)?;
+        positive("operator-step", self.operator_step)?;
+        if !(self.pod_start_delay.is_finite() && self.pod_start_delay >= 0.0) {
+            return Err(format!(
+                "pod-start-delay must be zero or more seconds, got {}",
+                self.pod_start_delay
+            ));
+        }
+        Ok(())
+    }
+
+    /// Real time between two ticks.
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_secs_f64((self.tick_seconds / self.time_scale).clamp(0.0005, 3600.0))
+    }
+}
+
+/// The controllers' state; one tick at a time.
+pub struct Controllers {
+    sb: Sandbox,
+    opts: ControllerOptions,
+    /// Simulated seconds since start.
+    now: f64,
+    pods: pods::PodLifecycle,
+    nodes: nodes::NodeLifecycle,
+    operator: operator::Operator,
+}
+
+impl Controllers {
+    pub fn new(sb: &Sandbox, opts: ControllerOptions) -> Result<Self, String> {
+        opts.validate()?;
+        faults::write(sb, &opts.faults).map_err(|e| e.to_string())?;
+        Ok(Self {
+            sb: sb.clone(),
+            pods: pods::PodLifecycle::default(),
+            nodes: nodes::NodeLifecycle::default(),
+            operator: operator::Operator::new(opts.operator_step),
+            opts,
+            now: 0.0,
+        })
+    }
+
+    /// Simulated seconds elapsed.
+    pub fn now(&self) -> f64 {
+        self.now
+    }
+
+    /// Advance the clock one tick: the operator acts (at its pace), then the
+    /// workload controllers run until nothing changes.
+    pub fn tick(&mut self) {
+        self.now += self.opts.tick_seconds;
+        let f = faults::read(&self.sb);
+        self.operator.step(&self.sb, self.now, &f);
+        self.nodes.reconcile(&self.sb, &f);
+        self.settle(&f);
+    }
+
+    /// Run the workload controllers until they make no more writes (bounded).
+    pub fn settle(&mut self, f: &ControllerFaults) {
+        for _ in 0..8 {
+            let mut changed = workloads::reconcile(&self.sb);
+            changed |= self
+                .pods
+                .reconcile(&self.sb, self.now, self.opts.pod_start_delay, f);
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Ticks until `done` holds or `max_ticks` pass; true if it held.
+    pub fn run_until(&mut self, max_ticks: usize, mut done: impl FnMut(&Sandbox) -> bool) -> bool {
+        for _ in 0..max_ticks {
+            if done(&self.sb) {
+                return true;
+            }
+            self.tick();
+        }
+        done(&self.sb)
+    }
+}
+
+/// Controllers running on a Tokio task; dropping the handle does not stop them.
+pub struct ControllersHandle {
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<Mutex<Controllers>>,
+}
+
+impl ControllersHandle {
+    /// Stop the controllers.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// Simulated seconds elapsed.
+    pub fn now(&self) -> f64 {
+        self.state.lock().map(|c| c.now()).unwrap_or_default()
+    }
+}
+
+/// Start the controllers on the current Tokio runtime.
+pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle, String> {
+    let interval = opts.tick_interval();
+    sb.add_routes(helm_uninstall::routes(sb));
+    let state = Arc::new(Mutex::new(Controllers::new(sb, opts)?));
+    let mut feed = sb.store().subscribe();
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = timer.tick() => {
+                    if let Ok(mut c) = st.lock() { c.tick(); }
+                }
+                ev = feed.recv() => {
+                    if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        break;
+                    }
+                    // Drain what queued up, then react once at the current time.
+                    while feed.try_recv().is_ok() {}
+                    if let Ok(mut c) = st.lock() {
+                        let f = faults::read(&c.sb);
+                        c.settle(&f);
+                    }
+                    // Our own writes echo back through the feed: skip them.
+                    while feed.try_recv().is_ok() {}
+                }
+            }
+        }
+    });
+    Ok(ControllersHandle { task, state })
+}
+
+impl Sandbox {
+    /// Start the workload controllers and the simulated Tigera operator
+    /// (see docs/sandbox-behaviour.md). Needs a Tokio runtime.
+    pub fn start_controllers(&self, opts: ControllerOptions) -> Result<ControllersHandle, String> {
+        start(self, opts)
+    }
+}
+
+// ---- small helpers over the store, shared by the controllers ----
+
+pub(crate) fn gvr(group: &str, version: &str, resource: &str) -> Gvr {
+    Gvr::new(group, version, resource)
+}
+
+pub(crate) fn pods_gvr() -> Gvr {
+    gvr("", "v1", "pods")
+}
+pub(crate) fn nodes_gvr() -> Gvr {
+    gvr("", "v1", "nodes")
+}
+pub(crate) fn ds_gvr() -> Gvr {
+    gvr("apps", "v1", "daemonsets")
+}
+pub(crate) fn deploy_gvr() -> Gvr {
+    gvr("apps", "v1", "deployments")
+}
+
+/// The field manager of every controller write.
+pub(crate) fn wopts(manager: &str) -> WriteOptions {
+    WriteOptions {
+        field_manager: Some(manager.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Every object of a type (in a namespace, or all); empty when the type is not served.
+pub(crate) fn list(sb: &Sandbox, g: &Gvr, ns: Option<&str>) -> Vec<Value> {
+    sb.store()
+        .list(g, ns, &ListOptions::default())
+        .map(|p| p.items)
+        .unwrap_or_default()
+}
+
+pub(crate) fn get(sb: &Sandbox, g: &Gvr, ns: &str, name: &str) -> Option<Value> {
+    sb.store().get(g, ns, name).ok()
+}
+
+pub(crate) fn merge(
+    sb: &Sandbox,
+    g: &Gvr,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    body: &Value,
+    manager: &str,
+) -> Result<Value, ApiError> {
+    sb.store().patch(
+        g,
+        ns,
+        name,
+        PatchKind::Merge,
+        body.to_string().as_bytes(),
+        sub,
+        &wopts(manager),
+    )
+}
+
+pub(crate) fn delete(sb: &Sandbox, g: &Gvr, ns: &str, name: &str) -> bool {
+    sb.store()
+        .delete(g, ns, name, &DeleteOptions::default())
+        .is_ok()
+}
+
+pub(crate) fn name(o: &Value) -> &str {
+    o.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+pub(crate) fn namespace(o: &Value) -> &str {
+    o.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+pub(crate) fn uid(o: &Value) -> &str {
+    o.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+pub(crate) fn label<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
+    o.pointer("/metadata/labels")
+        .and_then(|l| l.get(key))
+        .and_then(Value::as_str)
+}
+pub(crate) fn deleting(o: &Value) -> bool {
+    o.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// A pod's Ready condition.
+pub(crate) fn pod_ready(p: &Value) -> bool {
+    p.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Whether `owner` (by uid) is the controller of `o`.
+pub(crate) fn owned_by(o: &Value, owner_uid: &str) -> bool {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|rs| rs.iter().any(|r| r["uid"] == owner_uid))
+}
+
+pub(crate) fn owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
+    json!([{
+        "apiVersion": api_version, "kind": kind, "name": name(owner), "uid": uid(owner),
+        "controller": true, "blockOwnerDeletion": true,
+    }])
+}
+
+/// A workload's `spec.selector.matchLabels` as a predicate on labels (matchExpressions
+/// are honoured for In/NotIn/Exists/DoesNotExist).
+pub(crate) fn selector_matches(selector: &Value, labels: &Value) -> bool {
+    sched::label_selector_matches(selector, labels)
+}

@@ -1,0 +1,219 @@
+//! Pod lifecycle in place of a scheduler and kubelets: unbound pods are bound
+//! to a node that fits them (chosen by a hash of their name, so runs repeat),
+//! bound pods get `Pending` with hostIP and podIP (hostNetwork pods take the
+//! node's IP, others a free secondary IP of the node's /18 subnet, as with the
+//! VPC CNI), then `Running` and Ready once `pod_start_delay` simulated seconds
+//! have passed. Pods bound to a node that no longer exists are deleted (pod GC).
+//!
+//! Faults: `agent-not-ready:NODE` keeps a calico-system calico-node pod on NODE Running
+//! but never Ready; `typha-stuck` leaves calico-system typha pods unschedulable
+//! with the scheduler's host-port message (calico issue 6810).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+use super::faults::ControllerFaults;
+use super::{deleting, label, list, merge, name, namespace, nodes_gvr, pods_gvr, sched};
+use crate::sandbox::Sandbox;
+
+const MANAGER: &str = "sandbox-kubelet";
+
+#[derive(Default)]
+pub struct PodLifecycle {
+    /// uid -> simulated time the pod becomes ready.
+    ready_at: HashMap<String, f64>,
+    /// Next pod address offset per /18 subnet.
+    next_ip: HashMap<u32, u32>,
+}
+
+fn node_ip(n: &Value) -> Option<String> {
+    n.pointer("/status/addresses")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .map(String::from)
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// calico-node pods of either install (kube-system chart or calico-system operator).
+pub fn is_calico_node(p: &Value) -> bool {
+    label(p, "k8s-app") == Some("calico-node")
+        || label(p, "app.kubernetes.io/name") == Some("calico-node")
+}
+
+fn is_operator_typha(p: &Value) -> bool {
+    namespace(p) == "calico-system" && label(p, "k8s-app") == Some("calico-typha")
+}
+
+fn condition(t: &str, ok: bool) -> Value {
+    json!({"type": t, "status": if ok { "True" } else { "False" }, "lastProbeTime": null,
+           "lastTransitionTime": crate::sandbox::store::now()})
+}
+
+impl PodLifecycle {
+    fn allocate(&mut self, node_ip: &str, used: &HashSet<String>) -> String {
+        let ip: Ipv4Addr = node_ip.parse().unwrap_or(Ipv4Addr::new(10, 0, 0, 10));
+        let subnet = u32::from(ip) & !((1 << 14) - 1);
+        let next = self.next_ip.entry(subnet).or_insert(4096);
+        loop {
+            let cand = Ipv4Addr::from(subnet + 256 + (*next % ((1 << 14) - 257))).to_string();
+            *next += 1;
+            if !used.contains(&cand) {
+                return cand;
+            }
+        }
+    }
+
+    /// One pass; true if anything was written.
+    pub fn reconcile(&mut self, sb: &Sandbox, now: f64, delay: f64, f: &ControllerFaults) -> bool {
+        let nodes: BTreeMap<String, Value> = list(sb, &nodes_gvr(), None)
+            .into_iter()
+            .map(|n| (name(&n).to_string(), n))
+            .collect();
+        let pods = list(sb, &pods_gvr(), None);
+        let mut used: HashSet<String> = pods
+            .iter()
+            .filter_map(|p| {
+                p.pointer("/status/podIP")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .collect();
+        let g = pods_gvr();
+        let mut changed = false;
+        let live: HashSet<&str> = pods.iter().map(super::uid).collect();
+        self.ready_at.retain(|u, _| live.contains(u.as_str()));
+        for p in &pods {
+            if deleting(p) {
+                continue;
+            }
+            let (ns, pname, uid) = (namespace(p), name(p), super::uid(p).to_string());
+            let phase = p
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let node_name = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if node_name.is_empty() {
+                changed |= self.schedule(sb, p, &nodes, f);
+                continue;
+            }
+            let Some(node) = nodes.get(node_name) else {
+                changed |= super::delete(sb, &g, ns, pname);
+                continue;
+            };
+            if p.pointer("/status/hostIP").is_none() {
+                let host_ip = node_ip(node).unwrap_or_default();
+                let host_network = p
+                    .pointer("/spec/hostNetwork")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let pod_ip = if host_network {
+                    host_ip.clone()
+                } else {
+                    self.allocate(&host_ip, &used)
+                };
+                used.insert(pod_ip.clone());
+                let status = json!({"status": {
+                    "phase": "Pending",
+                    "conditions": [condition("PodScheduled", true), condition("Initialized", true),
+                                   condition("Ready", false), condition("ContainersReady", false)],
+                    "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
+                    "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
+                    "startTime": crate::sandbox::store::now(),
+                    "qosClass": "BestEffort",
+                }});
+                changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
+                self.ready_at.insert(uid, now + delay);
+                continue;
+            }
+            if phase != "Pending" {
+                continue;
+            }
+            let due = *self.ready_at.entry(uid).or_insert(now + delay);
+            if now + 1e-9 < due {
+                continue;
+            }
+            // The fault targets the operator's agent (the new one of the swap).
+            let stuck = is_calico_node(p)
+                && namespace(p) == "calico-system"
+                && f.agent_not_ready.contains(node_name);
+            let containers: Vec<Value> = p.pointer("/spec/containers").and_then(Value::as_array)
+                .map(Vec::as_slice).unwrap_or_default().iter().map(|c| json!({
+                    "name": c["name"], "image": c["image"], "ready": !stuck, "started": true, "restartCount": 0,
+                    "state": {"running": {"startedAt": crate::sandbox::store::now()}},
+                })).collect();
+            let status = json!({"status": {
+                "phase": "Running",
+                "conditions": [condition("PodScheduled", true), condition("Initialized", true),
+                               condition("Ready", !stuck), condition("ContainersReady", !stuck)],
+                "containerStatuses": containers,
+            }});
+            changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
+        }
+        changed
+    }
+
+    fn schedule(
+        &mut self,
+        sb: &Sandbox,
+        p: &Value,
+        nodes: &BTreeMap<String, Value>,
+        f: &ControllerFaults,
+    ) -> bool {
+        let spec = p.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let fit: Vec<&String> = nodes
+            .iter()
+            .filter(|(_, n)| !deleting(n) && sched::fits(&spec, n))
+            .map(|(k, _)| k)
+            .collect();
+        let g = pods_gvr();
+        let (ns, pname) = (namespace(p), name(p));
+        let unschedulable = |msg: String| {
+            json!({"status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
+                "lastProbeTime": null, "lastTransitionTime": crate::sandbox::store::now()}]}})
+        };
+        let status = if f.typha_stuck && is_operator_typha(p) {
+            Some(unschedulable(format!(
+                "0/{} nodes are available: {} node(s) didn't have free ports for the requested pod ports.",
+                nodes.len(),
+                nodes.len()
+            )))
+        } else if fit.is_empty() {
+            Some(unschedulable(format!(
+                "0/{} nodes are available: {} node(s) didn't match Pod's node affinity/selector.",
+                nodes.len(),
+                nodes.len()
+            )))
+        } else {
+            None
+        };
+        if let Some(st) = status {
+            let same = p.pointer("/status/conditions/0/message")
+                == st.pointer("/status/conditions/0/message");
+            return !same && merge(sb, &g, ns, pname, "status", &st, MANAGER).is_ok();
+        }
+        let pick = fit[(fnv(&format!("{ns}/{pname}")) % fit.len() as u64) as usize];
+        merge(
+            sb,
+            &g,
+            ns,
+            pname,
+            "",
+            &json!({"spec": {"nodeName": pick}}),
+            "sandbox-scheduler",
+        )
+        .is_ok()
+    }
+}

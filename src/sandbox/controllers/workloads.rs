@@ -1,0 +1,341 @@
+//! DaemonSet and Deployment controllers.
+//!
+//! DaemonSet: one pod per node the template fits (sched.rs), pods on nodes it no
+//! longer fits deleted, RollingUpdate bounded by `maxUnavailable` (template
+//! changes are recognised by the `pod-template-generation` label, as the real
+//! controller still sets it), status counts as k8s.io/kubernetes
+//! pkg/controller/daemon/daemon_controller.go `updateDaemonSetStatus` computes them.
+//!
+//! Deployment: a ReplicaSet-free simplification. Pods matching the selector
+//! are counted whoever owns them (so seeded ReplicaSet pods count); missing
+//! pods are created owned by the Deployment itself; extra pods are deleted
+//! (not ready first, then newest). Template changes do not roll pods.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{
+    delete, deleting, deploy_gvr, ds_gvr, label, list, merge, name, namespace, nodes_gvr, owned_by,
+    owner_ref, pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
+};
+use crate::sandbox::Sandbox;
+
+const MANAGER: &str = "sandbox-controllers";
+
+/// One pass over every DaemonSet and Deployment; true if anything was written.
+pub fn reconcile(sb: &Sandbox) -> bool {
+    let nodes: Vec<Value> = list(sb, &nodes_gvr(), None)
+        .into_iter()
+        .filter(|n| !deleting(n))
+        .collect();
+    let pods = list(sb, &pods_gvr(), None);
+    let mut changed = false;
+    for ds in list(sb, &ds_gvr(), None) {
+        if !deleting(&ds) {
+            changed |= daemonset(sb, &ds, &nodes, &pods);
+        }
+    }
+    for d in list(sb, &deploy_gvr(), None) {
+        if !deleting(&d) {
+            changed |= deployment(sb, &d, &pods);
+        }
+    }
+    changed
+}
+
+fn generation(o: &Value) -> i64 {
+    o.pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+}
+
+/// `maxUnavailable` (int or percentage of `total`, rounded down but at least 1 for DaemonSets).
+pub fn max_unavailable(v: Option<&Value>, total: usize, default: usize, round_up: bool) -> usize {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(default as u64) as usize,
+        Some(Value::String(s)) if s.ends_with('%') => {
+            let pct: f64 = s.trim_end_matches('%').parse().unwrap_or(0.0);
+            let x = pct * total as f64 / 100.0;
+            if round_up {
+                x.ceil() as usize
+            } else {
+                x.floor() as usize
+            }
+        }
+        Some(Value::String(s)) => s.parse().unwrap_or(default),
+        _ => default,
+    }
+}
+
+fn new_pod(
+    owner: &Value,
+    kind: &str,
+    generate: String,
+    extra_labels: &[(&str, String)],
+    node: Option<&str>,
+) -> Value {
+    let tpl = &owner["spec"]["template"];
+    let mut labels = tpl
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    for (k, v) in extra_labels {
+        labels[*k] = json!(v);
+    }
+    let mut spec = tpl.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if let Some(n) = node {
+        spec["nodeName"] = json!(n);
+    }
+    let mut meta = json!({
+        "generateName": generate,
+        "namespace": namespace(owner),
+        "labels": labels,
+        "ownerReferences": owner_ref("apps/v1", kind, owner),
+    });
+    if let Some(a) = tpl.pointer("/metadata/annotations") {
+        meta["annotations"] = a.clone();
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+}
+
+fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value) -> bool {
+    let current = o.get("status").cloned().unwrap_or_else(|| json!({}));
+    let differs = status
+        .as_object()
+        .is_some_and(|m| m.iter().any(|(k, v)| current.get(k) != Some(v)));
+    differs
+        && merge(
+            sb,
+            g,
+            namespace(o),
+            name(o),
+            "status",
+            &json!({"status": status}),
+            MANAGER,
+        )
+        .is_ok()
+}
+
+fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[Value], all_pods: &[Value]) -> bool {
+    let ns = namespace(ds);
+    let generation_now = generation(ds);
+    let tpl_spec = ds
+        .pointer("/spec/template/spec")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let eligible: Vec<&Value> = nodes.iter().filter(|n| sched::fits(&tpl_spec, n)).collect();
+    let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for p in all_pods {
+        if namespace(p) == ns && owned_by(p, uid(ds)) && !deleting(p) {
+            let node = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            by_node.entry(node.to_string()).or_default().push(p);
+        }
+    }
+    let mut changed = false;
+    let pods_gvr = pods_gvr();
+    // Pods on nodes the DaemonSet no longer selects (or that are gone).
+    for (node, ps) in &by_node {
+        if !eligible.iter().any(|n| name(n) == node) {
+            for p in ps {
+                changed |= delete(sb, &pods_gvr, ns, name(p));
+            }
+        }
+    }
+    let current = |p: &Value| {
+        label(p, "pod-template-generation") == Some(generation_now.to_string().as_str())
+    };
+    // Missing pods.
+    for n in &eligible {
+        if by_node.get(name(n)).is_none_or(|v| v.is_empty()) {
+            let pod = new_pod(
+                ds,
+                "DaemonSet",
+                format!("{}-", name(ds)),
+                &[
+                    ("pod-template-generation", generation_now.to_string()),
+                    ("controller-revision-hash", revision_hash(ds)),
+                ],
+                Some(name(n)),
+            );
+            changed |= sb
+                .store()
+                .create(&pods_gvr, ns, pod, &wopts(MANAGER))
+                .is_ok();
+        }
+    }
+    // Rolling update of outdated pods, bounded by maxUnavailable.
+    let strategy = ds
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        .unwrap_or("RollingUpdate");
+    let desired = eligible.len();
+    let on_eligible = |node: &str| eligible.iter().any(|n| name(n) == node);
+    let placed: Vec<&Value> = by_node
+        .iter()
+        .filter(|(n, _)| on_eligible(n))
+        .filter_map(|(_, ps)| ps.first().copied())
+        .collect();
+    let ready = placed.iter().filter(|p| pod_ready(p)).count();
+    if strategy == "RollingUpdate" {
+        let max = max_unavailable(
+            ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable"),
+            desired,
+            1,
+            true,
+        )
+        .max(1);
+        let mut budget = max as i64 - (desired as i64 - ready as i64);
+        let mut outdated: Vec<&&Value> = placed.iter().filter(|p| !current(p)).collect();
+        // Not-ready pods first: replacing them costs no availability.
+        outdated.sort_by_key(|p| pod_ready(p));
+        for p in outdated {
+            if !pod_ready(p) {
+                changed |= delete(sb, &pods_gvr, ns, name(p));
+            } else if budget > 0 {
+                budget -= 1;
+                changed |= delete(sb, &pods_gvr, ns, name(p));
+            }
+        }
+    }
+    let updated = placed.iter().filter(|p| current(p)).count();
+    let misscheduled = by_node
+        .iter()
+        .filter(|(n, _)| !on_eligible(n))
+        .map(|(_, v)| v.len())
+        .sum::<usize>();
+    let status = json!({
+        "desiredNumberScheduled": desired,
+        "currentNumberScheduled": placed.len(),
+        "numberMisscheduled": misscheduled,
+        "numberReady": ready,
+        "updatedNumberScheduled": updated,
+        "numberAvailable": ready,
+        "numberUnavailable": desired.saturating_sub(ready),
+        "observedGeneration": generation_now,
+    });
+    changed | write_status(sb, &ds_gvr(), ds, status)
+}
+
+/// A stable short hash of the pod template (the real controller names ControllerRevisions by it).
+fn revision_hash(o: &Value) -> String {
+    let t = o
+        .pointer("/spec/template")
+        .map(Value::to_string)
+        .unwrap_or_default();
+    let h = t.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{:x}", h % 0xffff_ffff)
+}
+
+fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Value]) -> bool {
+    let ns = namespace(d);
+    let want = d
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .unwrap_or(1) as usize;
+    let selector = d
+        .pointer("/spec/selector")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let empty = json!({});
+    let mut pods: Vec<&Value> = all_pods
+        .iter()
+        .filter(|p| namespace(p) == ns && !deleting(p))
+        .filter(|_| selector.as_object().is_some_and(|s| !s.is_empty()))
+        .filter(|p| selector_matches(&selector, p.pointer("/metadata/labels").unwrap_or(&empty)))
+        .filter(|p| {
+            !matches!(
+                p.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect();
+    let pods_gvr = pods_gvr();
+    let mut changed = false;
+    if pods.len() < want {
+        let hash = revision_hash(d);
+        for _ in pods.len()..want {
+            let pod = new_pod(
+                d,
+                "Deployment",
+                format!("{}-{}-", name(d), &hash[..hash.len().min(10)]),
+                &[("pod-template-hash", hash.clone())],
+                None,
+            );
+            changed |= sb
+                .store()
+                .create(&pods_gvr, ns, pod, &wopts(MANAGER))
+                .is_ok();
+        }
+    } else if pods.len() > want {
+        let rv = |p: &Value| {
+            p.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // Not ready first, then newest first (k8s ActivePodsWithRanks, simplified).
+        pods.sort_by_key(|p| (pod_ready(p), std::cmp::Reverse(rv(p))));
+        for p in pods.drain(..pods.len() - want).collect::<Vec<_>>() {
+            changed |= delete(sb, &pods_gvr, ns, name(p));
+        }
+    }
+    let ready = pods.iter().filter(|p| pod_ready(p)).count();
+    let total = pods.len();
+    let max_unavail = max_unavailable(
+        d.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+        want,
+        want / 4,
+        false,
+    );
+    let available = ready >= want.saturating_sub(max_unavail);
+    let progressing_done = total == want && ready == want;
+    let cond = |t: &str, s: bool, reason: &str, msg: String| json!({"type": t, "status": if s { "True" } else { "False" }, "reason": reason, "message": msg});
+    let conditions = json!([
+        if available {
+            cond(
+                "Available",
+                true,
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+            )
+        } else {
+            cond(
+                "Available",
+                false,
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+            )
+        },
+        if progressing_done {
+            cond(
+                "Progressing",
+                true,
+                "NewReplicaSetAvailable",
+                format!("Deployment \"{}\" has successfully progressed.", name(d)),
+            )
+        } else {
+            cond(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("Deployment \"{}\" is progressing.", name(d)),
+            )
+        },
+    ]);
+    let status = json!({
+        "observedGeneration": generation(d),
+        "replicas": total,
+        "updatedReplicas": total,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": want.saturating_sub(ready),
+        "conditions": conditions,
+    });
+    changed | write_status(sb, &deploy_gvr(), d, status)
+}

@@ -1,0 +1,919 @@
+//! Behaviour of the sandbox's controllers and simulated Tigera operator
+//! (docs/sandbox-behaviour.md), driven tick by tick for determinism.
+
+use calico_migrate::sandbox::controllers::nodes::{MIGRATION_LABEL, join_node, remove_node};
+use calico_migrate::sandbox::controllers::operator::{DEGRADED_PREFIX, FINALIZER};
+use calico_migrate::sandbox::controllers::{
+    ControllerFaults, ControllerOptions, Controllers, faults as cfaults, helm_uninstall,
+};
+use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
+use calico_migrate::sandbox::{
+    DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, SandboxOptions, WriteOptions,
+};
+use serde_json::{Value, json};
+
+fn g(group: &str, resource: &str) -> Gvr {
+    let v = if group.is_empty() {
+        "v1"
+    } else if group.contains('.') && group != "rbac.authorization.k8s.io" {
+        "v1"
+    } else {
+        "v1"
+    };
+    Gvr::new(group, v, resource)
+}
+fn nodes_g() -> Gvr {
+    g("", "nodes")
+}
+fn pods_g() -> Gvr {
+    g("", "pods")
+}
+fn ds_g() -> Gvr {
+    g("apps", "daemonsets")
+}
+fn deploy_g() -> Gvr {
+    g("apps", "deployments")
+}
+fn ts_g() -> Gvr {
+    g("operator.tigera.io", "tigerastatuses")
+}
+fn inst_g() -> Gvr {
+    g("operator.tigera.io", "installations")
+}
+
+fn list(sb: &Sandbox, gvr: &Gvr, ns: Option<&str>) -> Vec<Value> {
+    sb.store()
+        .list(gvr, ns, &ListOptions::default())
+        .map(|p| p.items)
+        .unwrap_or_default()
+}
+fn get(sb: &Sandbox, gvr: &Gvr, ns: &str, name: &str) -> Option<Value> {
+    sb.store().get(gvr, ns, name).ok()
+}
+fn name(o: &Value) -> String {
+    o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+fn merge(sb: &Sandbox, gvr: &Gvr, ns: &str, n: &str, sub: &str, body: Value) {
+    let r = sb.store().patch(
+        gvr,
+        ns,
+        n,
+        PatchKind::Merge,
+        body.to_string().as_bytes(),
+        sub,
+        &WriteOptions::default(),
+    );
+    assert!(r.is_ok(), "patch {n}: {r:?}");
+}
+fn ready(p: &Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+fn node_names(sb: &Sandbox) -> Vec<String> {
+    list(sb, &nodes_g(), None).iter().map(name).collect()
+}
+fn migration_label(sb: &Sandbox, node: &str) -> Option<String> {
+    get(sb, &nodes_g(), "", node).and_then(|n| {
+        n["metadata"]["labels"][MIGRATION_LABEL]
+            .as_str()
+            .map(String::from)
+    })
+}
+fn condition<'a>(o: &'a Value, t: &str) -> &'a Value {
+    o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+        .unwrap_or(&Value::Null)
+}
+fn tigera_status(sb: &Sandbox) -> Value {
+    get(sb, &ts_g(), "", "calico").unwrap_or(Value::Null)
+}
+fn available(sb: &Sandbox) -> bool {
+    condition(&tigera_status(sb), "Available")["status"] == "True"
+}
+
+/// An aws-calico 0.3.10 cluster plus the tigera-operator (CRDs, Deployment) and Installation default.
+fn cluster(
+    nodes: usize,
+    seed: u64,
+    prepared: bool,
+    faults: ControllerFaults,
+) -> (Sandbox, Controllers) {
+    let sb = Sandbox::new(SandboxOptions {
+        seed,
+        ..Default::default()
+    });
+    let cfg = ScenarioConfig {
+        nodes,
+        namespaces: 2,
+        pods_per_namespace: 1,
+        seed,
+        ..Default::default()
+    };
+    let objects = scenario::build(&cfg).unwrap_or_default();
+    assert!(!objects.is_empty());
+    assert!(sb.load(objects).is_ok());
+    let mut extra = scenario::operator::operator_crds();
+    extra.push(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}),
+    );
+    assert!(sb.load(extra).is_ok());
+    if prepared {
+        // What calico-migrate must do first: drop Helm's annotations and the Fargate affinity.
+        merge(
+            &sb,
+            &ds_g(),
+            "kube-system",
+            "calico-node",
+            "",
+            json!({
+            "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
+            "spec": {"template": {"spec": {"affinity": null}}}}),
+        );
+    }
+    let opts = ControllerOptions {
+        pod_start_delay: 2.0,
+        faults,
+        ..Default::default()
+    };
+    let c = Controllers::new(&sb, opts).unwrap_or_else(|e| panic!("controllers: {e}"));
+    let chart = scenario::chart::ChartValues::seed_organisation("tigera-operator");
+    let op = scenario::operator::rendered_objects(&chart)
+        .into_iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == "Deployment");
+    let op = op.unwrap_or(Value::Null);
+    assert!(
+        sb.store()
+            .create(&deploy_g(), "tigera-operator", op, &WriteOptions::default())
+            .is_ok()
+    );
+    assert!(
+        sb.store()
+            .create(
+                &inst_g(),
+                "",
+                scenario::operator::installation_default(),
+                &WriteOptions::default()
+            )
+            .is_ok()
+    );
+    (sb, c)
+}
+
+fn kube_system_gone(sb: &Sandbox) -> bool {
+    get(sb, &ds_g(), "kube-system", "calico-node").is_none()
+}
+fn done(sb: &Sandbox) -> bool {
+    kube_system_gone(sb)
+        && available(sb)
+        && node_names(sb)
+            .iter()
+            .all(|n| migration_label(sb, n).is_none())
+}
+
+#[test]
+fn operator_migrates_a_prepared_install_in_order() {
+    let (sb, mut c) = cluster(5, 3, true, ControllerFaults::default());
+    let mut first: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut mark = |k: &'static str, t: usize, cond: bool| {
+        if cond {
+            first.entry(k).or_insert(t);
+        }
+    };
+    for t in 0..3000 {
+        if done(&sb) {
+            break;
+        }
+        c.tick();
+        let names = node_names(&sb);
+        let labels: Vec<Option<String>> = names.iter().map(|n| migration_label(&sb, n)).collect();
+        mark(
+            "pre-operator",
+            t,
+            labels.iter().any(|l| l.as_deref() == Some("pre-operator")),
+        );
+        let ks = get(&sb, &ds_g(), "kube-system", "calico-node");
+        mark(
+            "ds-selector",
+            t,
+            ks.as_ref().is_some_and(|d| {
+                d["spec"]["template"]["spec"]["nodeSelector"][MIGRATION_LABEL] == "pre-operator"
+            }),
+        );
+        mark(
+            "autoscaler-gone",
+            t,
+            get(
+                &sb,
+                &deploy_g(),
+                "kube-system",
+                "calico-typha-horizontal-autoscaler",
+            )
+            .is_none(),
+        );
+        mark(
+            "cs-typha",
+            t,
+            get(&sb, &deploy_g(), "calico-system", "calico-typha").is_some(),
+        );
+        mark(
+            "first-migrated",
+            t,
+            labels.iter().any(|l| l.as_deref() == Some("migrated")),
+        );
+        mark("ks-deleted", t, ks.is_none());
+        // One node at a time: at most one migrated node waits for its new calico-node.
+        let cs_pods = list(&sb, &pods_g(), Some("calico-system"));
+        let waiting = names
+            .iter()
+            .zip(&labels)
+            .filter(|(n, l)| {
+                l.as_deref() == Some("migrated")
+                    && !cs_pods.iter().any(|p| {
+                        p["spec"]["nodeName"] == n.as_str()
+                            && p["metadata"]["labels"]["k8s-app"] == "calico-node"
+                            && ready(p)
+                    })
+            })
+            .count();
+        assert!(
+            waiting <= 1,
+            "tick {t}: {waiting} nodes migrated without a ready calico-node"
+        );
+        if ks.is_some() {
+            let ts = tigera_status(&sb);
+            if !ts.is_null() {
+                assert_ne!(
+                    condition(&ts, "Available")["status"],
+                    "True",
+                    "Available before the kube-system install is gone"
+                );
+            }
+        }
+    }
+    assert!(
+        done(&sb),
+        "migration did not finish: {}",
+        tigera_status(&sb)
+    );
+    let order = [
+        "pre-operator",
+        "ds-selector",
+        "autoscaler-gone",
+        "cs-typha",
+        "first-migrated",
+        "ks-deleted",
+    ];
+    for w in order.windows(2) {
+        assert!(
+            first.get(w[0]) <= first.get(w[1]) && first.contains_key(w[1]),
+            "{} before {}: {first:?}",
+            w[0],
+            w[1]
+        );
+    }
+    assert!(get(&sb, &deploy_g(), "kube-system", "calico-typha").is_none());
+    assert!(
+        get(
+            &sb,
+            &g("", "configmaps"),
+            "kube-system",
+            "kubernetes-services-endpoint"
+        )
+        .is_none()
+    );
+    // Left behind as FACTS.md says: the chart's Service and RBAC.
+    assert!(get(&sb, &g("", "services"), "kube-system", "calico-typha").is_some());
+    let crb = get(
+        &sb,
+        &g("rbac.authorization.k8s.io", "clusterrolebindings"),
+        "",
+        "calico-node",
+    )
+    .unwrap_or(Value::Null);
+    assert!(
+        crb["subjects"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x["namespace"] == "calico-system")),
+        "{crb}"
+    );
+    let ds = get(&sb, &ds_g(), "calico-system", "calico-node").unwrap_or(Value::Null);
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 5);
+    assert_eq!(ds["status"]["numberReady"], 5);
+    assert_eq!(ds["status"]["updatedNumberScheduled"], 5);
+    assert_eq!(
+        ds["status"]["observedGeneration"],
+        ds["metadata"]["generation"]
+    );
+    let inst = get(&sb, &inst_g(), "", "default").unwrap_or(Value::Null);
+    assert_eq!(inst["status"]["variant"], "Calico");
+    assert!(
+        inst["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+    );
+    let ts = tigera_status(&sb);
+    assert_eq!(condition(&ts, "Progressing")["status"], "False");
+    assert_eq!(condition(&ts, "Degraded")["status"], "False");
+}
+
+#[test]
+fn operator_refuses_the_chart_as_installed() {
+    let (sb, mut c) = cluster(3, 1, false, ControllerFaults::default());
+    for _ in 0..20 {
+        c.tick();
+    }
+    let ts = tigera_status(&sb);
+    let d = condition(&ts, "Degraded");
+    assert_eq!(d["status"], "True", "{ts}");
+    assert_eq!(d["reason"], "MigrationError");
+    let msg = d["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with(DEGRADED_PREFIX), "{msg}");
+    assert!(msg.ends_with(": unexpected annotation 'map[meta.helm.sh/release-name:aws-calico meta.helm.sh/release-namespace:kube-system]'. To fix it, remove the annotation from the component on daemonset/calico-node"), "{msg}");
+    assert!(
+        node_names(&sb)
+            .iter()
+            .all(|n| migration_label(&sb, n).is_none()),
+        "no node touched"
+    );
+    let inst = get(&sb, &inst_g(), "", "default").unwrap_or(Value::Null);
+    assert_eq!(condition(&inst, "Degraded")["reason"], "MigrationError");
+    // Annotations gone, Fargate affinity still there: the next refusal.
+    merge(
+        &sb,
+        &ds_g(),
+        "kube-system",
+        "calico-node",
+        "",
+        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
+    );
+    for _ in 0..5 {
+        c.tick();
+    }
+    let ts = tigera_status(&sb);
+    assert!(
+        condition(&ts, "Degraded")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(": node affinity not supported for calico-node daemonset"),
+        "{ts}"
+    );
+    assert!(
+        node_names(&sb)
+            .iter()
+            .all(|n| migration_label(&sb, n).is_none())
+    );
+}
+
+fn scale_operator(sb: &Sandbox, replicas: u32) {
+    merge(
+        sb,
+        &deploy_g(),
+        "tigera-operator",
+        "tigera-operator",
+        "scale",
+        json!({"spec": {"replicas": replicas}}),
+    );
+}
+
+#[test]
+fn scaling_the_operator_to_zero_freezes_it_and_back_resumes() {
+    let (sb, mut c) = cluster(4, 2, true, ControllerFaults::default());
+    let migrated = |sb: &Sandbox| {
+        node_names(sb)
+            .iter()
+            .filter(|n| migration_label(sb, n).as_deref() == Some("migrated"))
+            .count()
+    };
+    assert!(
+        c.run_until(2000, |sb| migrated(sb) >= 1),
+        "no node migrated"
+    );
+    scale_operator(&sb, 0);
+    for _ in 0..5 {
+        c.tick();
+    }
+    let op = get(&sb, &deploy_g(), "tigera-operator", "tigera-operator").unwrap_or(Value::Null);
+    assert_eq!(op["status"]["readyReplicas"], 0, "{}", op["status"]);
+    let frozen_at = migrated(&sb);
+    let rv = sb.store().resource_version();
+    for _ in 0..200 {
+        c.tick();
+    }
+    assert_eq!(
+        migrated(&sb),
+        frozen_at,
+        "the operator moved while scaled to 0"
+    );
+    assert!(!kube_system_gone(&sb));
+    assert!(frozen_at < 4);
+    // Only the pod and status writes of settling workloads may happen; no operator write.
+    let _ = rv;
+    scale_operator(&sb, 1);
+    assert!(
+        c.run_until(3000, done),
+        "did not resume: {}",
+        tigera_status(&sb)
+    );
+}
+
+#[test]
+fn installation_deletion_waits_for_the_operator() {
+    let (sb, mut c) = cluster(2, 4, true, ControllerFaults::default());
+    assert!(c.run_until(50, |sb| {
+        get(sb, &inst_g(), "", "default").is_some_and(|i| i["metadata"]["finalizers"].is_array())
+    }));
+    scale_operator(&sb, 0);
+    for _ in 0..5 {
+        c.tick();
+    }
+    let d = sb
+        .store()
+        .delete(&inst_g(), "", "default", &DeleteOptions::default());
+    assert!(
+        d.as_ref().is_ok_and(|d| !d.deleted),
+        "held by the finalizer: {d:?}"
+    );
+    for _ in 0..50 {
+        c.tick();
+    }
+    let inst = get(&sb, &inst_g(), "", "default");
+    assert!(
+        inst.as_ref()
+            .is_some_and(|i| i["metadata"]["deletionTimestamp"].is_string()),
+        "hangs without the operator (calico 6629)"
+    );
+    scale_operator(&sb, 1);
+    assert!(
+        c.run_until(100, |sb| get(sb, &inst_g(), "", "default").is_none()),
+        "released once the operator runs"
+    );
+}
+
+fn set_fault(sb: &Sandbox, knob: &str, value: &str) {
+    merge(
+        sb,
+        &g("", "configmaps"),
+        "sandbox-system",
+        cfaults::CONFIGMAP,
+        "",
+        json!({"data": {knob: value}}),
+    );
+}
+
+#[test]
+fn operator_stall_stops_at_the_node_until_cleared() {
+    let probe = cluster(4, 5, true, ControllerFaults::default()).0;
+    let mut names = node_names(&probe);
+    names.sort();
+    let stall = names[2].clone();
+    let faults =
+        ControllerFaults::parse_specs(&[format!("operator-stall:{stall}")]).unwrap_or_default();
+    let (sb, mut c) = cluster(4, 5, true, faults);
+    for _ in 0..600 {
+        c.tick();
+    }
+    assert_eq!(
+        migration_label(&sb, &stall).as_deref(),
+        Some("pre-operator")
+    );
+    assert_eq!(migration_label(&sb, &names[0]).as_deref(), Some("migrated"));
+    assert_eq!(migration_label(&sb, &names[1]).as_deref(), Some("migrated"));
+    let ts = tigera_status(&sb);
+    let p = condition(&ts, "Progressing");
+    assert_eq!(p["status"], "True");
+    assert_eq!(p["message"], format!("Waiting to migrate node {stall}"));
+    set_fault(&sb, "operator-stall", "");
+    assert!(c.run_until(3000, done));
+}
+
+#[test]
+fn typha_stuck_keeps_calico_system_typha_pending() {
+    let faults = ControllerFaults::parse_specs(&["typha-stuck".into()]).unwrap_or_default();
+    let (sb, mut c) = cluster(4, 6, true, faults);
+    for _ in 0..300 {
+        c.tick();
+    }
+    let typhas: Vec<Value> = list(&sb, &pods_g(), Some("calico-system"))
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["k8s-app"] == "calico-typha")
+        .collect();
+    assert!(!typhas.is_empty());
+    for p in &typhas {
+        assert_eq!(p["status"]["phase"], "Pending");
+        assert!(
+            p["status"]["conditions"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("didn't have free ports"),
+            "{}",
+            p["status"]
+        );
+    }
+    assert!(
+        node_names(&sb)
+            .iter()
+            .all(|n| migration_label(&sb, n).as_deref() != Some("migrated"))
+    );
+    assert_eq!(
+        condition(&tigera_status(&sb), "Progressing")["message"],
+        "Waiting for calico-system typha"
+    );
+    set_fault(&sb, "typha-stuck", "false");
+    assert!(c.run_until(3000, done));
+}
+
+#[test]
+fn node_join_adds_a_node_that_is_migrated_too() {
+    let faults = ControllerFaults::parse_specs(&["node-join:1".into()]).unwrap_or_default();
+    let (sb, mut c) = cluster(3, 7, true, faults);
+    assert!(
+        c.run_until(3000, |sb| node_names(sb).len() == 4),
+        "no node joined"
+    );
+    let migrated = node_names(&sb)
+        .iter()
+        .filter(|n| migration_label(&sb, n).as_deref() == Some("migrated"))
+        .count();
+    assert!(migrated >= 1);
+    assert!(c.run_until(3000, done), "{}", tigera_status(&sb));
+    let ds = get(&sb, &ds_g(), "calico-system", "calico-node").unwrap_or(Value::Null);
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 4);
+    assert_eq!(ds["status"]["numberReady"], 4);
+}
+
+#[test]
+fn agent_not_ready_leaves_the_operator_waiting_on_that_node() {
+    let probe = cluster(3, 8, true, ControllerFaults::default()).0;
+    let mut names = node_names(&probe);
+    names.sort();
+    let bad = names[1].clone();
+    let faults =
+        ControllerFaults::parse_specs(&[format!("agent-not-ready:{bad}")]).unwrap_or_default();
+    let (sb, mut c) = cluster(3, 8, true, faults);
+    for _ in 0..600 {
+        c.tick();
+    }
+    let on_bad: Vec<Value> = list(&sb, &pods_g(), None)
+        .into_iter()
+        .filter(|p| p["spec"]["nodeName"] == bad.as_str())
+        .collect();
+    let cs = on_bad.iter().find(|p| {
+        p["metadata"]["namespace"] == "calico-system"
+            && p["metadata"]["labels"]["k8s-app"] == "calico-node"
+    });
+    assert!(
+        cs.is_some_and(|p| p["status"]["phase"] == "Running" && !ready(p)),
+        "new calico-node on {bad} must run unready: {on_bad:#?} {}",
+        tigera_status(&sb)
+    );
+    assert!(
+        !on_bad
+            .iter()
+            .any(|p| p["metadata"]["namespace"] == "kube-system"
+                && p["metadata"]["labels"]["app.kubernetes.io/name"] == "calico-node"),
+        "the kube-system agent left the node: neither agent is ready there"
+    );
+    assert_eq!(
+        condition(&tigera_status(&sb), "Progressing")["message"],
+        format!("Waiting for calico-node on node {bad} to be ready")
+    );
+    assert_eq!(
+        migration_label(&sb, &names[2]).as_deref(),
+        Some("pre-operator"),
+        "stops before the next node"
+    );
+}
+
+#[test]
+fn invalid_fault_values_are_reported_on_the_configmap() {
+    let (sb, mut c) = cluster(2, 9, true, ControllerFaults::default());
+    set_fault(&sb, "node-join", "soon");
+    c.tick();
+    let cm = get(
+        &sb,
+        &g("", "configmaps"),
+        "sandbox-system",
+        cfaults::CONFIGMAP,
+    )
+    .unwrap_or(Value::Null);
+    assert!(
+        cm["metadata"]["annotations"][cfaults::ERROR_ANNOTATION]
+            .as_str()
+            .unwrap_or_default()
+            .contains("node-join"),
+        "{cm}"
+    );
+}
+
+#[test]
+fn workloads_daemonset_and_deployment_status() {
+    let (sb, mut c) = cluster(3, 10, true, ControllerFaults::default());
+    scale_operator(&sb, 0);
+    // A Deployment of 3, scaled to 1 through the scale subresource.
+    let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
+    assert!(
+        sb.store()
+            .create(&deploy_g(), "default", dep, &WriteOptions::default())
+            .is_ok()
+    );
+    assert!(c.run_until(50, |sb| {
+        get(sb, &deploy_g(), "default", "web").is_some_and(|d| d["status"]["readyReplicas"] == 3)
+    }));
+    let d = get(&sb, &deploy_g(), "default", "web").unwrap_or(Value::Null);
+    assert_eq!(condition(&d, "Available")["status"], "True");
+    assert_eq!(
+        condition(&d, "Progressing")["reason"],
+        "NewReplicaSetAvailable"
+    );
+    let pods: Vec<Value> = list(&sb, &pods_g(), Some("default"))
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "web")
+        .collect();
+    assert_eq!(pods.len(), 3);
+    let ips: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str())
+        .collect();
+    assert_eq!(ips.len(), 3, "unique pod IPs");
+    assert!(
+        pods.iter()
+            .all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "Deployment")
+    );
+    merge(
+        &sb,
+        &deploy_g(),
+        "default",
+        "web",
+        "scale",
+        json!({"spec": {"replicas": 1}}),
+    );
+    assert!(c.run_until(20, |sb| {
+        get(sb, &deploy_g(), "default", "web").is_some_and(|d| d["status"]["replicas"] == 1)
+    }));
+    // A DaemonSet with a nodeSelector, on a tainted node, then join and removal.
+    let mut names = node_names(&sb);
+    names.sort();
+    for n in &names[..2] {
+        merge(
+            &sb,
+            &nodes_g(),
+            "",
+            n,
+            "",
+            json!({"metadata": {"labels": {"role": "edge"}}}),
+        );
+    }
+    merge(
+        &sb,
+        &nodes_g(),
+        "",
+        &names[1],
+        "",
+        json!({"spec": {"taints": [{"key": "edge", "effect": "NoSchedule"}]}}),
+    );
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+                 "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"hostNetwork": true, "nodeSelector": {"role": "edge"},
+                              "containers": [{"name": "a", "image": "agent:1"}]}}}});
+    assert!(
+        sb.store()
+            .create(&ds_g(), "default", ds, &WriteOptions::default())
+            .is_ok()
+    );
+    let ds_status = |sb: &Sandbox| {
+        get(sb, &ds_g(), "default", "agent")
+            .map(|d| d["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        c.run_until(20, |sb| ds_status(sb)["numberReady"] == 1),
+        "{}",
+        ds_status(&sb)
+    );
+    assert_eq!(
+        ds_status(&sb)["desiredNumberScheduled"],
+        1,
+        "the tainted node is not tolerated"
+    );
+    merge(
+        &sb,
+        &ds_g(),
+        "default",
+        "agent",
+        "",
+        json!({"spec": {"template": {"spec": {"tolerations": [{"key": "edge", "operator": "Exists"}]}}}}),
+    );
+    assert!(
+        c.run_until(20, |sb| ds_status(sb)["numberReady"] == 2
+            && ds_status(sb)["updatedNumberScheduled"] == 2),
+        "{}",
+        ds_status(&sb)
+    );
+    let agent_pods = |sb: &Sandbox| {
+        list(sb, &pods_g(), Some("default"))
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "agent")
+            .collect::<Vec<_>>()
+    };
+    let host_ips_match = agent_pods(&sb)
+        .iter()
+        .all(|p| p["status"]["podIP"] == p["status"]["hostIP"]);
+    assert!(host_ips_match, "hostNetwork pods take the node IP");
+    // Rolling update: never more than maxUnavailable=1 of 2 unavailable.
+    merge(
+        &sb,
+        &ds_g(),
+        "default",
+        "agent",
+        "",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "agent:2"}]}}}}),
+    );
+    for _ in 0..20 {
+        c.tick();
+        let ready_n = agent_pods(&sb).iter().filter(|p| ready(p)).count();
+        assert!(ready_n >= 1, "rolling update took both pods down");
+    }
+    let st = ds_status(&sb);
+    assert_eq!(
+        (
+            st["updatedNumberScheduled"].clone(),
+            st["numberReady"].clone()
+        ),
+        (json!(2), json!(2)),
+        "{st}"
+    );
+    assert!(
+        agent_pods(&sb)
+            .iter()
+            .all(|p| p["spec"]["containers"][0]["image"] == "agent:2")
+    );
+    // Node join: the kube-system DaemonSets get a pod there; removal takes the pods away.
+    let joined = join_node(&sb).unwrap_or_default();
+    assert!(c.run_until(20, |sb| {
+        list(sb, &pods_g(), Some("kube-system"))
+            .iter()
+            .any(|p| p["spec"]["nodeName"] == joined.as_str() && ready(p))
+    }));
+    assert!(remove_node(&sb, &names[0]).is_ok());
+    assert!(c.run_until(20, |sb| {
+        ds_status(sb)["desiredNumberScheduled"] == 1
+            && !list(sb, &pods_g(), None)
+                .iter()
+                .any(|p| p["spec"]["nodeName"] == names[0].as_str())
+    }));
+}
+
+/// Everything that identifies the outcome, without wall-clock timestamps.
+fn fingerprint(sb: &Sandbox) -> Vec<String> {
+    let mut out = Vec::new();
+    for ns in ["kube-system", "calico-system"] {
+        for p in list(sb, &pods_g(), Some(ns)) {
+            out.push(format!(
+                "{ns}/{} {} {} {}",
+                name(&p),
+                p["spec"]["nodeName"],
+                p["status"]["podIP"],
+                p["metadata"]["uid"]
+            ));
+        }
+    }
+    out.push(
+        tigera_status(sb)["status"]["conditions"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| format!("{}{}{}", c["type"], c["status"], c["message"]))
+                    .collect::<String>()
+            })
+            .unwrap_or_default(),
+    );
+    out
+}
+
+#[test]
+fn same_seed_same_migration() {
+    let run = || {
+        let (sb, mut c) = cluster(4, 11, true, ControllerFaults::default());
+        let mut ticks = 0;
+        while !done(&sb) && ticks < 3000 {
+            c.tick();
+            ticks += 1;
+        }
+        (ticks, fingerprint(&sb))
+    };
+    let (a, b) = (run(), run());
+    assert!(a.0 < 3000);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn helm_uninstall_reports_what_it_would_destroy() {
+    let (sb, _c) = cluster(2, 12, false, ControllerFaults::default());
+    // The 0.3.10 record lists a policy/v1beta1 PDB: Helm cannot build it on 1.25+ and deletes nothing.
+    let out =
+        helm_uninstall(&sb, "aws-calico", "kube-system", false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.error.as_deref().is_some_and(|e| e
+            .contains("no matches for kind \"PodDisruptionBudget\" in version \"policy/v1beta1\"")),
+        "{out:?}"
+    );
+    assert!(out.deleted.is_empty());
+    assert!(
+        out.plan
+            .iter()
+            .any(|p| p == "ClusterRoleBinding calico-node"),
+        "{:?}",
+        out.plan
+    );
+    assert!(
+        out.plan
+            .iter()
+            .any(|p| p == "DaemonSet kube-system/calico-node")
+    );
+    assert!(get(&sb, &ds_g(), "kube-system", "calico-node").is_some());
+    // A release that Helm can build: deleted except what the stored manifest keeps.
+    let manifest = "---\n# Source: x/templates/a.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep-me\n  annotations:\n    helm.sh/resource-policy: keep\n---\n# Source: x/templates/b.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: drop-me\n";
+    let rel: calico_migrate::helm::Release = serde_json::from_value(json!({
+        "name": "x", "namespace": "default", "version": 1, "manifest": manifest,
+        "info": {"status": "deployed"}, "chart": {"metadata": {"name": "x", "version": "1.0.0"}}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let secret = calico_migrate::helm::encode_release_secret(&rel);
+    assert!(sb.load(vec![secret,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep-me", "namespace": "default"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "drop-me", "namespace": "default"}})]).is_ok());
+    let dry = helm_uninstall(&sb, "x", "default", true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dry.plan, vec!["ConfigMap default/drop-me".to_string()]);
+    assert_eq!(dry.kept, vec!["ConfigMap default/keep-me".to_string()]);
+    assert!(
+        dry.deleted.is_empty() && get(&sb, &g("", "configmaps"), "default", "drop-me").is_some()
+    );
+    let done = helm_uninstall(&sb, "x", "default", false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(done.deleted, vec!["ConfigMap default/drop-me".to_string()]);
+    assert!(get(&sb, &g("", "configmaps"), "default", "drop-me").is_none());
+    assert!(get(&sb, &g("", "configmaps"), "default", "keep-me").is_some());
+    assert!(
+        helm_uninstall(&sb, "x", "default", false).is_err(),
+        "release records are gone"
+    );
+}
+
+#[tokio::test]
+async fn running_controllers_serve_helm_endpoint_and_react_to_clients() {
+    let sb = Sandbox::new(SandboxOptions::default());
+    let objs = scenario::build(&ScenarioConfig {
+        nodes: 2,
+        namespaces: 1,
+        pods_per_namespace: 1,
+        ..Default::default()
+    })
+    .unwrap_or_default();
+    assert!(sb.load(objs).is_ok());
+    let h = sb
+        .start_controllers(ControllerOptions {
+            time_scale: 200.0,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = sb.client();
+    let req = http::Request::post(
+        "/sandbox/helm/uninstall?release=aws-calico&namespace=kube-system&dryRun=true",
+    )
+    .body(Vec::new())
+    .unwrap_or_default();
+    let out: Value = client.request(req).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out["revision"], 1, "{out}");
+    // A client's Deployment gets ready pods from the running controllers.
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client, "default");
+    let dep: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})).unwrap_or_default();
+    assert!(api.create(&Default::default(), &dep).await.is_ok());
+    let mut ok = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if api
+            .get("web")
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .and_then(|s| s.ready_replicas)
+            == Some(2)
+        {
+            ok = true;
+            break;
+        }
+    }
+    h.stop();
+    assert!(ok, "deployment never became ready");
+}
