@@ -4,6 +4,7 @@
 //! one paragraph on stderr (see [`report_error`]) and exits with code 2, so a
 //! user's mistake never ends in a panic.
 
+pub mod check_cmd;
 mod journal_cmds;
 pub mod output;
 pub mod plan_cmd;
@@ -100,7 +101,7 @@ pub enum Command {
     /// List every journaled transition, oldest first.
     History,
     /// Run one round of connectivity and policy probes on every node.
-    Check(CheckArgs),
+    Check(check_cmd::CheckArgs),
     /// Compute expected reachability from policy files, compare policy sets, explain a verdict.
     Policy(policy_cmd::PolicyArgs),
     /// Run the embedded Kubernetes API server, seeded like an EKS cluster with aws-calico.
@@ -130,13 +131,6 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Store this round as the baseline later rounds are compared with.
-    #[arg(long)]
-    pub baseline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -185,7 +179,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => {
             journal_cmds::rollback_preflight(args, g).and_then(|()| not_built("rollback", 8))
         }
-        Command::Check(_) => not_built("check", 7),
+        Command::Check(args) => runtime()?.block_on(check_cmd::run(args, g)),
         Command::Rehearse(_) => not_built("rehearse", 9),
     }
 }
