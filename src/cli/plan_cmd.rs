@@ -1,10 +1,20 @@
 //! `calico-migrate plan`: read the cluster, predict blockers, write the steps.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+use sha2::{Digest, Sha256};
 
-use super::GlobalOpts;
+use super::{GlobalOpts, OutputFormat};
+use crate::cluster::{access, connect, inventory};
+use crate::engine::RetryPolicy;
+use crate::migration::plan::{self, SavedPlan};
+use crate::migration::{permissions, profile::Profile, render};
+
+/// Exit code when the plan has blockers (the plan is still printed and saved).
+pub const EXIT_BLOCKED: u8 = 3;
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
 #[derive(Debug, Args)]
@@ -12,8 +22,82 @@ pub struct PlanArgs {
     /// Migration profile (a file in plans/ or a path).
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
+
+    /// The reviewed Tigera Operator manifest to apply (offline); its sha256 is pinned
+    /// in the plan and the file is copied into the state dir.
+    #[arg(long, value_name = "FILE")]
+    pub operator_manifest: Option<PathBuf>,
 }
 
-pub async fn run(_args: &PlanArgs, _global: &GlobalOpts) -> anyhow::Result<ExitCode> {
-    super::not_built("plan", 6)
+pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+    let profile = Profile::load(args.profile.as_deref())?;
+    let manifest_sha = match &args.operator_manifest {
+        Some(path) => Some(pin_manifest(path, &profile, &global.state_dir)?),
+        None => None,
+    };
+    let conn = connect::connect(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
+    let retry = RetryPolicy::default();
+    let inv = inventory::read(&conn.client, conn.server_version.clone(), &retry)
+        .await
+        .with_context(|| format!("reading the cluster (context {})", conn.context))?;
+    let access = access::review(
+        &conn.client,
+        &permissions::needed(),
+        inventory::CONCURRENCY,
+        &retry,
+    )
+    .await
+    .with_context(|| "checking permissions with SelfSubjectAccessReview")?;
+    let plan = plan::build(&inv, &profile, &access, manifest_sha.as_deref())
+        .context("decoding the Helm release")?;
+    let facts = plan::fingerprint_facts(&inv, &profile, plan.operator_manifest_sha256.as_deref());
+    let saved = SavedPlan {
+        fingerprint: plan.fingerprint.clone(),
+        facts,
+        cluster_uid: plan.cluster_uid.clone(),
+        created_at: jiff::Timestamp::now().to_string(),
+        plan: serde_json::to_value(&plan)?,
+    };
+    let path = plan::save(&global.state_dir, &saved).with_context(|| {
+        format!(
+            "saving the plan in state dir {}",
+            global.state_dir.display()
+        )
+    })?;
+    match global.output {
+        OutputFormat::Json => super::output::print_json(&plan)?,
+        OutputFormat::Markdown => print!("{}", render::markdown(&plan)),
+        OutputFormat::Text | OutputFormat::Junit => print!("{}", render::text(&plan)),
+    }
+    eprintln!("plan saved to {}", path.display());
+    Ok(if plan.blockers.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BLOCKED)
+    })
+}
+
+/// Hash the manifest, check it against the profile's pin, keep a copy in the state dir.
+fn pin_manifest(
+    path: &std::path::Path,
+    profile: &Profile,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read --operator-manifest {}", path.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let pinned = &profile.operator.sha256;
+    if !pinned.is_empty() && !pinned.eq_ignore_ascii_case(&sha) {
+        anyhow::bail!(
+            "--operator-manifest {} has sha256 {sha}, but profile {} pins {pinned}; use the \
+             reviewed file or update the profile",
+            path.display(),
+            profile.name
+        );
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let copy = state_dir.join(format!("operator-manifest-{sha}.yaml"));
+    std::fs::write(&copy, &bytes).with_context(|| format!("cannot write {}", copy.display()))?;
+    Ok(sha)
 }

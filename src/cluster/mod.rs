@@ -1,3 +1,6 @@
 //! Everything that talks to Kubernetes through kube (`kube::Client`).
 
+pub mod access;
+pub mod connect;
 pub mod errors;
+pub mod inventory;

@@ -1,0 +1,450 @@
+//! Read everything the plan depends on: paginated LISTs (`limit` + `continue`, as
+//! kubectl pages) run a few at a time, retried through transient errors. Kinds the
+//! server does not serve (404: no Calico CRDs, PSPs removed in 1.25) read as absent.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::errors::{Conflicts, with_retry};
+use crate::engine::RetryPolicy;
+
+/// Objects per LIST page (kubectl's default chunk size).
+pub const PAGE_SIZE: u32 = 500;
+/// LISTs in flight at once.
+pub const CONCURRENCY: usize = 6;
+
+/// Namespaces where Calico's own workloads can live.
+pub const CALICO_NAMESPACES: [&str; 3] = ["kube-system", "calico-system", "tigera-operator"];
+
+/// One collection to read: a URL path prefix plus an optional namespace and selector.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    pub key: &'static str,
+    pub group_version: &'static str,
+    pub resource: &'static str,
+    pub kind: &'static str,
+    pub namespace: Option<&'static str>,
+    pub label_selector: Option<&'static str>,
+}
+
+impl Collection {
+    fn path(&self) -> String {
+        let base = if self.group_version.contains('/') {
+            format!("/apis/{}", self.group_version)
+        } else {
+            format!("/api/{}", self.group_version)
+        };
+        match self.namespace {
+            Some(ns) => format!("{base}/namespaces/{ns}/{}", self.resource),
+            None => format!("{base}/{}", self.resource),
+        }
+    }
+}
+
+const fn col(
+    key: &'static str,
+    group_version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+    namespace: Option<&'static str>,
+    label_selector: Option<&'static str>,
+) -> Collection {
+    Collection {
+        key,
+        group_version,
+        resource,
+        kind,
+        namespace,
+        label_selector,
+    }
+}
+
+/// Everything `plan` reads, by key.
+pub fn collections() -> Vec<Collection> {
+    let mut v = vec![
+        col("namespaces", "v1", "namespaces", "Namespace", None, None),
+        col("nodes", "v1", "nodes", "Node", None, None),
+        col(
+            "helm3_secrets",
+            "v1",
+            "secrets",
+            "Secret",
+            None,
+            Some("owner=helm"),
+        ),
+        col(
+            "helm3_configmaps",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            None,
+            Some("owner=helm"),
+        ),
+        col(
+            "helm2_configmaps",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            None,
+            Some("OWNER=TILLER"),
+        ),
+        col(
+            "helm2_secrets",
+            "v1",
+            "secrets",
+            "Secret",
+            None,
+            Some("OWNER=TILLER"),
+        ),
+        col(
+            "crds",
+            "apiextensions.k8s.io/v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            None,
+            None,
+        ),
+        col(
+            "network_policies",
+            "networking.k8s.io/v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            None,
+            None,
+        ),
+        col(
+            "calico_network_policies",
+            "crd.projectcalico.org/v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            None,
+            None,
+        ),
+        col(
+            "global_network_policies",
+            "crd.projectcalico.org/v1",
+            "globalnetworkpolicies",
+            "GlobalNetworkPolicy",
+            None,
+            None,
+        ),
+        col(
+            "global_network_sets",
+            "crd.projectcalico.org/v1",
+            "globalnetworksets",
+            "GlobalNetworkSet",
+            None,
+            None,
+        ),
+        col(
+            "network_sets",
+            "crd.projectcalico.org/v1",
+            "networksets",
+            "NetworkSet",
+            None,
+            None,
+        ),
+        col(
+            "host_endpoints",
+            "crd.projectcalico.org/v1",
+            "hostendpoints",
+            "HostEndpoint",
+            None,
+            None,
+        ),
+        col(
+            "felix_configurations",
+            "crd.projectcalico.org/v1",
+            "felixconfigurations",
+            "FelixConfiguration",
+            None,
+            None,
+        ),
+        col(
+            "ip_pools",
+            "crd.projectcalico.org/v1",
+            "ippools",
+            "IPPool",
+            None,
+            None,
+        ),
+        col(
+            "installations",
+            "operator.tigera.io/v1",
+            "installations",
+            "Installation",
+            None,
+            None,
+        ),
+        col(
+            "tigera_statuses",
+            "operator.tigera.io/v1",
+            "tigerastatuses",
+            "TigeraStatus",
+            None,
+            None,
+        ),
+        col(
+            "pod_security_policies",
+            "policy/v1beta1",
+            "podsecuritypolicies",
+            "PodSecurityPolicy",
+            None,
+            None,
+        ),
+        col(
+            "calico_node_pods",
+            "v1",
+            "pods",
+            "Pod",
+            Some("kube-system"),
+            Some("app.kubernetes.io/name=calico-node"),
+        ),
+    ];
+    for ns in CALICO_NAMESPACES {
+        v.push(col(
+            "daemonsets",
+            "apps/v1",
+            "daemonsets",
+            "DaemonSet",
+            Some(ns),
+            None,
+        ));
+        v.push(col(
+            "deployments",
+            "apps/v1",
+            "deployments",
+            "Deployment",
+            Some(ns),
+            None,
+        ));
+        v.push(col(
+            "pdbs",
+            "policy/v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            Some(ns),
+            None,
+        ));
+        v.push(col(
+            "configmaps",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            Some(ns),
+            None,
+        ));
+    }
+    v
+}
+
+/// The raw objects read from the cluster, by collection key. A key maps to `None`
+/// when the server does not serve that kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inventory {
+    /// `gitVersion` of the API server.
+    pub server_version: String,
+    /// UID of the kube-system namespace (the journal's cluster identity).
+    pub cluster_uid: String,
+    pub objects: BTreeMap<String, Option<Vec<Value>>>,
+}
+
+impl Inventory {
+    /// Objects of a collection (empty when absent or not served).
+    pub fn list(&self, key: &str) -> &[Value] {
+        self.objects
+            .get(key)
+            .and_then(|o| o.as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// Whether the server serves the collection's kind.
+    pub fn served(&self, key: &str) -> bool {
+        self.objects.get(key).is_some_and(|o| o.is_some())
+    }
+
+    /// The object named `name` in namespace `ns` among a collection.
+    pub fn find(&self, key: &str, ns: &str, name: &str) -> Option<&Value> {
+        self.list(key).iter().find(|o| {
+            o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                && o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
+        })
+    }
+
+    /// Minor version of Kubernetes parsed from `gitVersion` (`v1.29.15-eks` -> 29).
+    pub fn minor(&self) -> Option<u32> {
+        self.server_version
+            .trim_start_matches('v')
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.trim_end_matches('+').parse().ok())
+    }
+}
+
+/// Why the inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error(
+        "permission denied listing {what} (HTTP 403): {message}. The plan needs read access to it"
+    )]
+    Forbidden { what: String, message: String },
+    #[error("listing {what} failed: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Read every collection, `CONCURRENCY` at a time.
+pub async fn read(
+    client: &kube::Client,
+    server_version: String,
+    retry: &RetryPolicy,
+) -> Result<Inventory, InventoryError> {
+    let cols = collections();
+    let results: Vec<(Collection, Option<Vec<Value>>)> = stream::iter(cols)
+        .map(|c| async move {
+            let items = list_all(client, &c, retry).await?;
+            Ok::<_, InventoryError>((c, items))
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut inv = Inventory {
+        server_version,
+        ..Inventory::default()
+    };
+    for (c, items) in results {
+        let entry = inv.objects.entry(c.key.to_string()).or_insert(Some(vec![]));
+        match (entry.as_mut(), items) {
+            (Some(acc), Some(mut items)) => acc.append(&mut items),
+            (_, None) if c.namespace.is_none() => *entry = None,
+            _ => {}
+        }
+    }
+    for list in inv.objects.values_mut().flatten() {
+        list.sort_by_key(sort_key);
+    }
+    inv.cluster_uid = inv
+        .list("namespaces")
+        .iter()
+        .find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some("kube-system"))
+        .and_then(|n| n.pointer("/metadata/uid").and_then(Value::as_str))
+        .unwrap_or_default()
+        .to_string();
+    Ok(inv)
+}
+
+fn sort_key(o: &Value) -> (String, String) {
+    let s = |p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    (s("/metadata/namespace"), s("/metadata/name"))
+}
+
+/// LIST one collection page by page. `None` when the kind is not served (404).
+pub async fn list_all(
+    client: &kube::Client,
+    c: &Collection,
+    retry: &RetryPolicy,
+) -> Result<Option<Vec<Value>>, InventoryError> {
+    let what = match c.namespace {
+        Some(ns) => format!("{} {} in {ns}", c.group_version, c.resource),
+        None => format!("{} {}", c.group_version, c.resource),
+    };
+    let mut out = Vec::new();
+    let mut cont: Option<String> = None;
+    loop {
+        let mut query = format!("limit={PAGE_SIZE}");
+        if let Some(sel) = c.label_selector {
+            query.push_str("&labelSelector=");
+            query.push_str(&encode(sel));
+        }
+        if let Some(token) = &cont {
+            query.push_str("&continue=");
+            query.push_str(&encode(token));
+        }
+        let uri = format!("{}?{query}", c.path());
+        let page: Result<Value, kube::Error> = with_retry(retry, Conflicts::Fail, || {
+            let uri = uri.clone();
+            async move {
+                let req = http::Request::get(uri)
+                    .body(Vec::new())
+                    .map_err(kube::Error::HttpError)?;
+                client.request::<Value>(req).await
+            }
+        })
+        .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return Err(InventoryError::Forbidden {
+                    what,
+                    message: s.message.clone(),
+                });
+            }
+            Err(source) => return Err(InventoryError::Api { what, source }),
+        };
+        if let Some(items) = page.get("items").and_then(Value::as_array) {
+            for item in items {
+                let mut item = item.clone();
+                if let Some(obj) = item.as_object_mut() {
+                    obj.entry("apiVersion")
+                        .or_insert_with(|| Value::String(c.group_version.into()));
+                    obj.entry("kind")
+                        .or_insert_with(|| Value::String(c.kind.into()));
+                }
+                out.push(item);
+            }
+        }
+        cont = page
+            .pointer("/metadata/continue")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        if cont.is_none() {
+            return Ok(Some(out));
+        }
+    }
+}
+
+/// Percent-encode a query value (selectors hold `=`, `,`, `!`; tokens hold `=`, `+`).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_selectors() {
+        assert_eq!(encode("a.b/c=d,e!=f"), "a.b%2Fc%3Dd%2Ce%21%3Df");
+    }
+
+    #[test]
+    fn minor_version() {
+        let inv = Inventory {
+            server_version: "v1.29.15-eks-473151a".into(),
+            ..Inventory::default()
+        };
+        assert_eq!(inv.minor(), Some(29));
+    }
+}

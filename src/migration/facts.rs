@@ -1,0 +1,343 @@
+//! Facts derived from the raw inventory: which install the cluster runs (chart
+//! generation, release, Calico version), node state, CRDs and policy counts.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::inventory::Inventory;
+use crate::helm::{self, Release};
+
+/// The 12 CRDs of aws-calico 0.3.x (FACTS.md; aws/eks-charts stable/aws-calico/crds).
+pub const CALICO_CRDS: [&str; 12] = [
+    "bgpconfigurations",
+    "bgppeers",
+    "blockaffinities",
+    "clusterinformations",
+    "felixconfigurations",
+    "globalnetworkpolicies",
+    "globalnetworksets",
+    "hostendpoints",
+    "ipamblocks",
+    "ippools",
+    "networkpolicies",
+    "networksets",
+];
+pub const CALICO_GROUP: &str = "crd.projectcalico.org";
+/// Node label EKS sets on Fargate nodes.
+pub const FARGATE_LABEL: &str = "eks.amazonaws.com/compute-type";
+
+/// What installed the Calico the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generation {
+    /// kube-system calico-node from the aws-calico chart up to 0.3.10.
+    ManifestChart,
+    /// kube-system calico-node with no Helm 3 release (kubectl-applied manifests).
+    ManifestUnmanaged,
+    /// aws-calico 0.3.11 or later: tigera-operator from the chart.
+    OperatorChart,
+    /// An operator-managed Calico without the aws-calico chart.
+    OperatorInstalled,
+    /// No Calico agent at all.
+    None,
+}
+
+/// The `source` block of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    pub generation: Generation,
+    pub chart: Option<String>,
+    pub chart_version: Option<String>,
+    pub release: Option<String>,
+    pub namespace: Option<String>,
+    pub release_revision: Option<u32>,
+    pub calico_version: Option<String>,
+}
+
+/// One node as the plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeFact {
+    pub name: String,
+    pub ready: bool,
+    pub fargate: bool,
+}
+
+/// Count and digest of one kind of policy object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyFact {
+    pub count: usize,
+    /// sha256 over (namespace, name, spec) of every object, sorted.
+    pub digest: String,
+}
+
+/// The `inventory` block of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub kubernetes_version: String,
+    pub nodes: usize,
+    pub nodes_not_ready: Vec<String>,
+    pub fargate_nodes: Vec<String>,
+    pub namespaces: usize,
+    pub network_policies: usize,
+    pub calico_network_policies: usize,
+    pub global_network_policies: usize,
+    pub global_network_sets: usize,
+    pub network_sets: usize,
+    pub host_endpoints: usize,
+    /// Number of crd.projectcalico.org CRDs present.
+    pub crds: usize,
+    pub crds_missing: Vec<String>,
+    pub felix_configurations: Vec<String>,
+    pub ip_pools: Vec<String>,
+    pub policy_digests: BTreeMap<String, PolicyFact>,
+    pub calico_node_ready: Option<String>,
+    pub typha_replicas: Option<i64>,
+    pub operator_present: bool,
+    pub installation_present: bool,
+}
+
+/// The policy collections whose objects the migration must never lose.
+pub const POLICY_KINDS: [&str; 6] = [
+    "network_policies",
+    "calico_network_policies",
+    "global_network_policies",
+    "global_network_sets",
+    "network_sets",
+    "host_endpoints",
+];
+
+pub fn str_at<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
+    v.pointer(p).and_then(Value::as_str)
+}
+
+pub fn name_of(v: &Value) -> &str {
+    str_at(v, "/metadata/name").unwrap_or("")
+}
+
+pub fn node_facts(inv: &Inventory) -> Vec<NodeFact> {
+    inv.list("nodes")
+        .iter()
+        .map(|n| NodeFact {
+            name: name_of(n).to_string(),
+            ready: n
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        str_at(c, "/type") == Some("Ready") && str_at(c, "/status") == Some("True")
+                    })
+                }),
+            fargate: str_at(
+                n,
+                &format!("/metadata/labels/{}", FARGATE_LABEL.replace('/', "~1")),
+            ) == Some("fargate"),
+        })
+        .collect()
+}
+
+/// Every Helm 3 release in the cluster whose chart is `chart`, current revision each.
+pub fn helm_releases(inv: &Inventory, chart: &str) -> Result<Vec<Release>, helm::HelmError> {
+    let secrets = inv.list("helm3_secrets");
+    let mut names: Vec<(String, String)> = secrets
+        .iter()
+        .filter_map(|s| match helm::detect_release_record(s) {
+            Some(helm::ReleaseRecord::Helm3Secret { release, .. }) => {
+                Some((str_at(s, "/metadata/namespace")?.to_string(), release))
+            }
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for (ns, name) in names {
+        let records: Vec<Value> = secrets
+            .iter()
+            .filter(|s| str_at(s, "/metadata/namespace") == Some(ns.as_str()))
+            .cloned()
+            .collect();
+        if let Some(rel) = helm::current_release(&records, &name)?
+            && rel.chart.metadata.name == chart
+        {
+            out.push(rel);
+        }
+    }
+    Ok(out)
+}
+
+/// Helm 2 (Tiller) records: `(namespace/name, release)`.
+pub fn helm2_records(inv: &Inventory) -> Vec<String> {
+    let mut out: Vec<String> = ["helm2_configmaps", "helm2_secrets"]
+        .iter()
+        .flat_map(|k| inv.list(k))
+        .filter_map(|o| match helm::detect_release_record(o) {
+            Some(r) if r.is_helm2() => Some(format!(
+                "{} {}/{}",
+                str_at(o, "/kind").unwrap_or("?"),
+                str_at(o, "/metadata/namespace").unwrap_or(""),
+                name_of(o)
+            )),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The tag of the calico/node image of a DaemonSet (`v3.19.1`).
+pub fn calico_node_version(ds: &Value) -> Option<String> {
+    ds.pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|c| str_at(c, "/image"))
+        .find(|img| img.contains("calico/node") || img.contains("calico-node"))
+        .and_then(|img| img.rsplit_once(':').map(|(_, t)| t.to_string()))
+        .filter(|t| !t.contains('/'))
+}
+
+/// Decide the generation and fill the `source` block.
+pub fn source(inv: &Inventory, chart: &str) -> Result<Source, helm::HelmError> {
+    let ks_node = inv.find("daemonsets", "kube-system", "calico-node");
+    let cs_node = inv.find("daemonsets", "calico-system", "calico-node");
+    let operator = operator_present(inv);
+    let releases = helm_releases(inv, chart)?;
+    let release = releases.first();
+    let chart_version = release.map(|r| r.chart.metadata.version.clone());
+    let operator_chart = release.is_some_and(|r| {
+        crate::migration::profile::parse_version(&r.chart.metadata.version)
+            .is_some_and(|v| v >= (0, 3, 11))
+    });
+    let generation = match (ks_node.is_some(), release.is_some()) {
+        _ if operator_chart => Generation::OperatorChart,
+        (true, true) => Generation::ManifestChart,
+        (true, false) => Generation::ManifestUnmanaged,
+        (false, _) if cs_node.is_some() || operator => Generation::OperatorInstalled,
+        (false, _) => Generation::None,
+    };
+    let calico_version = ks_node
+        .or(cs_node)
+        .and_then(calico_node_version)
+        .or_else(|| {
+            // An operator install without a readable image: ClusterInformation is not listed,
+            // so fall back to the chart's appVersion.
+            release.map(|r| format!("v{}", r.chart.metadata.app_version.trim_start_matches('v')))
+        });
+    Ok(Source {
+        generation,
+        chart: release.map(|r| r.chart.metadata.name.clone()),
+        chart_version,
+        release: release.map(|r| r.name.clone()),
+        namespace: release.map(|r| r.namespace.clone()),
+        release_revision: release.map(|r| r.version),
+        calico_version,
+    })
+}
+
+/// A tigera-operator Deployment anywhere we look, or an Installation.
+pub fn operator_present(inv: &Inventory) -> bool {
+    inv.list("deployments")
+        .iter()
+        .any(|d| name_of(d) == "tigera-operator")
+}
+
+/// sha256 of the canonical JSON of `v` (serde_json maps are sorted by key).
+pub fn digest(v: &Value) -> String {
+    hex::encode(Sha256::digest(v.to_string().as_bytes()))
+}
+
+/// The object without fields the server manages (for digests and drift).
+pub fn desired_part(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "creationTimestamp",
+            "uid",
+            "selfLink",
+        ] {
+            m.remove(k);
+        }
+    }
+    if let Some(obj) = o.as_object_mut() {
+        obj.remove("status");
+    }
+    o
+}
+
+fn policy_fact(objs: &[Value]) -> PolicyFact {
+    let mut parts: Vec<Value> = objs.iter().map(desired_part).collect();
+    parts.sort_by_key(|p| p.to_string());
+    PolicyFact {
+        count: objs.len(),
+        digest: digest(&Value::Array(parts)),
+    }
+}
+
+pub fn summary(inv: &Inventory) -> Summary {
+    let nodes = node_facts(inv);
+    let crd_names: Vec<&str> = inv
+        .list("crds")
+        .iter()
+        .filter(|c| str_at(c, "/spec/group") == Some(CALICO_GROUP))
+        .filter_map(|c| str_at(c, "/spec/names/plural"))
+        .collect();
+    let names = |key: &str| {
+        inv.list(key)
+            .iter()
+            .map(|o| name_of(o).to_string())
+            .collect()
+    };
+    let ks_node = inv.find("daemonsets", "kube-system", "calico-node");
+    Summary {
+        kubernetes_version: inv.server_version.clone(),
+        nodes: nodes.len(),
+        nodes_not_ready: nodes
+            .iter()
+            .filter(|n| !n.ready)
+            .map(|n| n.name.clone())
+            .collect(),
+        fargate_nodes: nodes
+            .iter()
+            .filter(|n| n.fargate)
+            .map(|n| n.name.clone())
+            .collect(),
+        namespaces: inv.list("namespaces").len(),
+        network_policies: inv.list("network_policies").len(),
+        calico_network_policies: inv.list("calico_network_policies").len(),
+        global_network_policies: inv.list("global_network_policies").len(),
+        global_network_sets: inv.list("global_network_sets").len(),
+        network_sets: inv.list("network_sets").len(),
+        host_endpoints: inv.list("host_endpoints").len(),
+        crds: crd_names.len(),
+        crds_missing: CALICO_CRDS
+            .iter()
+            .filter(|c| !crd_names.contains(c))
+            .map(|c| format!("{c}.{CALICO_GROUP}"))
+            .collect(),
+        felix_configurations: names("felix_configurations"),
+        ip_pools: names("ip_pools"),
+        policy_digests: POLICY_KINDS
+            .iter()
+            .map(|k| (k.to_string(), policy_fact(inv.list(k))))
+            .collect(),
+        calico_node_ready: ks_node.map(|d| {
+            let n = |p: &str| d.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            format!(
+                "{}/{}",
+                n("/status/numberReady"),
+                n("/status/desiredNumberScheduled")
+            )
+        }),
+        typha_replicas: inv
+            .find("deployments", "kube-system", "calico-typha")
+            .and_then(|d| d.pointer("/spec/replicas").and_then(Value::as_i64)),
+        operator_present: operator_present(inv),
+        installation_present: !inv.list("installations").is_empty(),
+    }
+}

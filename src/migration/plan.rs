@@ -1,0 +1,276 @@
+//! The plan builder: inventory + profile -> findings and ordered steps, the
+//! fingerprint of the facts that matter, and the saved plan in the state dir.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::facts::{self, Source, Summary, desired_part, digest};
+use super::profile::Profile;
+use super::rules::{self, Finding, RuleInput, Severity};
+use super::steps::{self, StepContext, StepPlan};
+use crate::cluster::access::AccessReport;
+use crate::cluster::inventory::Inventory;
+use crate::helm::HelmError;
+
+/// File name of the saved plan in the state dir.
+pub const PLAN_FILE: &str = "plan.json";
+
+/// The JSON contract of `plan -o json` (and the saved plan's `plan` field).
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub profile: String,
+    pub cluster_uid: String,
+    pub source: Source,
+    pub inventory: Summary,
+    pub blockers: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    pub steps: Vec<StepPlan>,
+    pub fingerprint: String,
+    pub operator_manifest_sha256: Option<String>,
+}
+
+impl Plan {
+    pub fn ready(&self) -> bool {
+        self.blockers.is_empty() && !self.steps.is_empty()
+    }
+}
+
+/// Build the plan. Pure: everything comes from the arguments.
+pub fn build(
+    inv: &Inventory,
+    profile: &Profile,
+    access: &AccessReport,
+    manifest_sha256: Option<&str>,
+) -> Result<Plan, HelmError> {
+    let source = facts::source(inv, &profile.source.chart)?;
+    let summary = facts::summary(inv);
+    let pin = manifest_sha256.or(Some(profile.operator.sha256.as_str()).filter(|s| !s.is_empty()));
+    let findings = rules::evaluate(&RuleInput {
+        inv,
+        source: &source,
+        summary: &summary,
+        profile,
+        access,
+        manifest_sha256: pin,
+    });
+    let steps = steps::ordered(&StepContext {
+        inv,
+        source: &source,
+        summary: &summary,
+        profile,
+        manifest_sha256: pin,
+    });
+    let (blockers, warnings) = findings
+        .into_iter()
+        .partition(|f| f.severity == Severity::Blocker);
+    Ok(Plan {
+        profile: profile.name.clone(),
+        cluster_uid: inv.cluster_uid.clone(),
+        fingerprint: fingerprint(&fingerprint_facts(inv, profile, pin)),
+        source,
+        inventory: summary,
+        blockers,
+        warnings,
+        steps,
+        operator_manifest_sha256: pin.map(str::to_string),
+    })
+}
+
+/// Digest per fact that matters to apply; `apply` compares these one by one and
+/// names the facts that changed.
+pub fn fingerprint_facts(
+    inv: &Inventory,
+    profile: &Profile,
+    pin: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.to_string(), digest(&v));
+    };
+    put("cluster_uid", json!(inv.cluster_uid));
+    put("kubernetes_minor", json!(inv.minor()));
+    put("nodes", json!(facts::node_facts(inv)));
+    for (ns, name, key) in [
+        (
+            "kube-system",
+            "calico-node",
+            "daemonset/kube-system/calico-node",
+        ),
+        (
+            "calico-system",
+            "calico-node",
+            "daemonset/calico-system/calico-node",
+        ),
+    ] {
+        put(
+            key,
+            inv.find("daemonsets", ns, name)
+                .map(desired_part)
+                .unwrap_or(Value::Null),
+        );
+    }
+    for name in [
+        "calico-typha",
+        "calico-typha-horizontal-autoscaler",
+        "tigera-operator",
+    ] {
+        let d = inv
+            .list("deployments")
+            .iter()
+            .find(|d| facts::name_of(d) == name)
+            .map(|d| {
+                // Replicas move with the autoscaler; they do not change the plan.
+                let mut d = desired_part(d);
+                if let Some(spec) = d.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("replicas");
+                }
+                d
+            })
+            .unwrap_or(Value::Null);
+        put(&format!("deployment/{name}"), d);
+    }
+    let helm: Vec<Value> = ["helm3_secrets", "helm2_configmaps", "helm2_secrets"]
+        .iter()
+        .flat_map(|k| inv.list(k))
+        .map(|s| {
+            json!([
+                s.pointer("/metadata/namespace"),
+                facts::name_of(s),
+                s.pointer("/metadata/labels")
+            ])
+        })
+        .collect();
+    put("helm_records", Value::Array(helm));
+    let crds: Vec<Value> = inv
+        .list("crds")
+        .iter()
+        .filter(|c| {
+            let g = facts::str_at(c, "/spec/group").unwrap_or("");
+            g == facts::CALICO_GROUP || g == "operator.tigera.io"
+        })
+        .map(|c| {
+            json!([
+                facts::name_of(c),
+                c.pointer("/spec/versions").map(|vs| vs.as_array().map(|a| a
+                    .iter()
+                    .map(|v| json!([v.get("name"), v.get("served"), v.get("storage")]))
+                    .collect::<Vec<_>>()))
+            ])
+        })
+        .collect();
+    put("crds", Value::Array(crds));
+    for kind in facts::POLICY_KINDS {
+        let mut parts: Vec<Value> = inv.list(kind).iter().map(desired_part).collect();
+        parts.sort_by_key(|p| p.to_string());
+        put(&format!("policies/{kind}"), Value::Array(parts));
+    }
+    put(
+        "installations",
+        json!(
+            inv.list("installations")
+                .iter()
+                .map(facts::name_of)
+                .collect::<Vec<_>>()
+        ),
+    );
+    put(
+        "profile",
+        serde_json::to_value(profile).unwrap_or(Value::Null),
+    );
+    put("operator_manifest", json!(pin));
+    m
+}
+
+pub fn fingerprint(facts: &BTreeMap<String, String>) -> String {
+    digest(&serde_json::to_value(facts).unwrap_or(Value::Null))
+}
+
+/// What is saved in `<state-dir>/plan.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedPlan {
+    pub fingerprint: String,
+    pub facts: BTreeMap<String, String>,
+    pub cluster_uid: String,
+    pub created_at: String,
+    pub plan: Value,
+}
+
+/// Facts whose digest differs between the saved plan and now (for apply's refusal).
+pub fn drift(saved: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Write the plan atomically: a temp file in the same dir, fsync, rename.
+pub fn save(state_dir: &Path, saved: &SavedPlan) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(PLAN_FILE);
+    let tmp = state_dir.join(format!(".{PLAN_FILE}.{}.tmp", std::process::id()));
+    let text = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(dir) = std::fs::File::open(state_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(path)
+}
+
+/// Read a saved plan back (for apply).
+pub fn load(state_dir: &Path) -> Result<SavedPlan, String> {
+    let path = state_dir.join(PLAN_FILE);
+    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not a saved plan: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_names_changed_facts() {
+        let a: BTreeMap<String, String> =
+            [("nodes".into(), "1".into()), ("crds".into(), "2".into())].into();
+        let mut b = a.clone();
+        b.insert("nodes".into(), "9".into());
+        b.insert("extra".into(), "x".into());
+        assert_eq!(
+            drift(&a, &b),
+            vec!["extra".to_string(), "nodes".to_string()]
+        );
+        assert!(drift(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn save_is_atomic_and_readable() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = SavedPlan {
+            fingerprint: "f".into(),
+            facts: BTreeMap::new(),
+            cluster_uid: "u".into(),
+            created_at: "t".into(),
+            plan: json!({"steps": []}),
+        };
+        let p = save(dir.path(), &s).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.ends_with(PLAN_FILE));
+        let back = load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.fingerprint, "f");
+        let leftovers = std::fs::read_dir(dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(leftovers, 1);
+    }
+}

@@ -1,0 +1,594 @@
+//! Preflight rules: every reason the migration would stop or do harm, found before
+//! anything is touched. Each finding has a stable code, a severity, a message and
+//! the fix (applied by a named step, or to be made by the user).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::converter::{self, Refusal};
+use super::facts::{self, Generation, Source, Summary, name_of, str_at};
+use super::profile::{OperatorInstall, Profile, parse_version};
+use crate::cluster::access::AccessReport;
+use crate::cluster::inventory::Inventory;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Blocker,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: &'static str,
+    #[serde(skip)]
+    pub severity: Severity,
+    pub message: String,
+    pub fix: String,
+}
+
+/// Everything the rules look at.
+pub struct RuleInput<'a> {
+    pub inv: &'a Inventory,
+    pub source: &'a Source,
+    pub summary: &'a Summary,
+    pub profile: &'a Profile,
+    pub access: &'a AccessReport,
+    /// sha256 of the operator manifest the plan will apply, if pinned.
+    pub manifest_sha256: Option<&'a str>,
+}
+
+fn f(code: &'static str, severity: Severity, message: String, fix: impl Into<String>) -> Finding {
+    Finding {
+        code,
+        severity,
+        message,
+        fix: fix.into(),
+    }
+}
+use Severity::{Blocker, Warning};
+
+/// Run every rule, in a stable order.
+pub fn evaluate(i: &RuleInput) -> Vec<Finding> {
+    let mut out = Vec::new();
+    helm2(i, &mut out);
+    generation(i, &mut out);
+    if matches!(
+        i.source.generation,
+        Generation::ManifestChart | Generation::ManifestUnmanaged
+    ) {
+        chart_version(i, &mut out);
+        calico_version(i, &mut out);
+        converter_prediction(i, &mut out);
+        agent_health(i, &mut out);
+        helm_uninstall(i, &mut out);
+    }
+    nodes(i, &mut out);
+    crds(i, &mut out);
+    psp_and_pdb(i, &mut out);
+    operator_manifest(i, &mut out);
+    access(i, &mut out);
+    out
+}
+
+fn helm2(i: &RuleInput, out: &mut Vec<Finding>) {
+    let recs = facts::helm2_records(i.inv);
+    if !recs.is_empty() {
+        out.push(f(
+            "HELM2_RELEASE",
+            Blocker,
+            format!(
+                "Helm 2 (Tiller) release records found: {}. Helm 3 cannot read them and calico-migrate \
+                 cannot back them up or restore them",
+                recs.join(", ")
+            ),
+            "convert the release with `helm 2to3 convert <release>` (and `helm 2to3 cleanup` once \
+             verified), then run plan again",
+        ));
+    }
+}
+
+fn generation(i: &RuleInput, out: &mut Vec<Finding>) {
+    let s = i.source;
+    match s.generation {
+        Generation::ManifestChart => {}
+        Generation::ManifestUnmanaged => out.push(f(
+            "NO_HELM_RELEASE",
+            Warning,
+            format!(
+                "kube-system calico-node exists but no Helm 3 release of chart {} was found",
+                i.profile.source.chart
+            ),
+            "none needed: the detach-helm step is left out of the plan",
+        )),
+        Generation::OperatorChart => out.push(f(
+            "CHART_OPERATOR_BASED",
+            Blocker,
+            format!(
+                "release {}/{} is chart {} {}, which already installs the Tigera Operator; this \
+                 profile migrates the manifest-style chart (<= 0.3.10) and does not apply. Its Calico \
+                 CRDs are Helm templates, so `helm uninstall` of this release would delete every \
+                 Calico policy",
+                s.namespace.as_deref().unwrap_or("?"),
+                s.release.as_deref().unwrap_or("?"),
+                s.chart.as_deref().unwrap_or("?"),
+                s.chart_version.as_deref().unwrap_or("?")
+            ),
+            "do not run `helm uninstall`; manage the operator with its own chart (tigera-operator) \
+             after annotating the CRDs `helm.sh/resource-policy: keep`",
+        )),
+        Generation::OperatorInstalled => out.push(f(
+            "ALREADY_OPERATOR",
+            Blocker,
+            "Calico already runs under the Tigera Operator (calico-system calico-node or the \
+             tigera-operator Deployment) and there is no kube-system calico-node to migrate"
+                .into(),
+            "nothing to migrate; if a previous attempt stopped half-way, use `calico-migrate \
+             status` and `calico-migrate rollback` from its state dir",
+        )),
+        Generation::None => out.push(f(
+            "NO_CALICO",
+            Blocker,
+            "no Calico found: no calico-node DaemonSet in kube-system or calico-system and no \
+             tigera-operator"
+                .into(),
+            "check --context points at the right cluster; there is nothing to migrate",
+        )),
+    }
+    let half = i.summary.operator_present || i.summary.installation_present;
+    if half
+        && matches!(
+            s.generation,
+            Generation::ManifestChart | Generation::ManifestUnmanaged
+        )
+    {
+        out.push(f(
+            "OPERATOR_PRESENT",
+            Blocker,
+            format!(
+                "the Tigera Operator is already present beside kube-system calico-node \
+                 (operator Deployment: {}, Installation: {}): a previous attempt was left half-way, \
+                 and an Installation would start the operator's migration at once",
+                yes(i.summary.operator_present),
+                yes(i.summary.installation_present)
+            ),
+            "resume or roll back that attempt (`calico-migrate status`, `calico-migrate rollback` \
+             with its state dir), or remove the operator and its Installation, then plan again",
+        ));
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn chart_version(i: &RuleInput, out: &mut Vec<Finding>) {
+    if let Some(v) = &i.source.chart_version
+        && !i.profile.source.chart_versions.contains(v)
+    {
+        out.push(f(
+            "CHART_VERSION_UNSUPPORTED",
+            Blocker,
+            format!(
+                "chart {} {v} is not one profile {} was written for ({})",
+                i.profile.source.chart,
+                i.profile.name,
+                i.profile.source.chart_versions.join(", ")
+            ),
+            "choose a profile for this chart version (--profile) or write one under plans/",
+        ));
+    }
+}
+
+fn calico_version(i: &RuleInput, out: &mut Vec<Finding>) {
+    let running = i.source.calico_version.as_deref().unwrap_or("");
+    let target = &i.profile.target.calico_version;
+    let (Some(r), Some(t)) = (parse_version(running), parse_version(target)) else {
+        out.push(f(
+            "CALICO_VERSION_UNKNOWN",
+            Blocker,
+            format!(
+                "cannot read the running Calico version from the calico-node image ({running:?})"
+            ),
+            "make sure kube-system calico-node runs a calico/node:vX.Y.Z image",
+        ));
+        return;
+    };
+    if (r.0, r.1) == (t.0, t.1) {
+        if r != t {
+            out.push(f(
+                "CALICO_PATCH_DIFFERS",
+                Warning,
+                format!(
+                    "running Calico {running}, the operator installs {target} (same minor line)"
+                ),
+                "none needed: the operator upgrades the patch release as it takes over each node",
+            ));
+        }
+        return;
+    }
+    if i.profile.target.align_versions {
+        out.push(f(
+            "CALICO_VERSION_ALIGN",
+            Warning,
+            format!("running Calico {running}, the operator installs {target}"),
+            "the align-versions step upgrades the kube-system install's images and CRDs in place, \
+             node by node, before the operator is installed",
+        ));
+    } else {
+        out.push(f(
+            "CALICO_VERSION_MISMATCH",
+            Blocker,
+            format!(
+                "running Calico {running}, but operator {} installs {target}; the operator's \
+                 migration is supported only from the Calico version it installs",
+                i.profile.target.operator_version
+            ),
+            "pick the operator release that matches the running Calico (plans/versions.yaml), or \
+             set target.align_versions: true in the profile",
+        ));
+    }
+}
+
+fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
+    let Some(ds) = i.inv.find("daemonsets", "kube-system", "calico-node") else {
+        return;
+    };
+    for r in converter::predict(ds) {
+        out.push(match r {
+            Refusal::Annotations { on, keys } => {
+                let helm_only = keys.iter().all(|k| k.starts_with("meta.helm.sh/"));
+                f(
+                    if helm_only {
+                        "CONVERTER_HELM_ANNOTATIONS"
+                    } else {
+                        "CONVERTER_ANNOTATIONS"
+                    },
+                    Blocker,
+                    format!(
+                        "the operator's converter refuses kube-system calico-node: {on} annotations \
+                         {} are not on its allow-list (TigeraStatus calico would go Degraded, \
+                         MigrationError)",
+                        keys.join(", ")
+                    ),
+                    if helm_only {
+                        "the detach-helm step removes the Helm annotations and labels (after backing \
+                         up the release records)"
+                            .to_string()
+                    } else {
+                        format!("remove the annotations {} from the DaemonSet", keys.join(", "))
+                    },
+                )
+            }
+            Refusal::FargateAffinity => f(
+                "CONVERTER_FARGATE_AFFINITY",
+                Blocker,
+                "the operator's converter refuses the node affinity on kube-system calico-node \
+                 (eks.amazonaws.com/compute-type NotIn [fargate], chart >= 0.3.3; calico issue 6357)"
+                    .into(),
+                "the fargate-affinity step removes the affinity just before the takeover (Fargate \
+                 nodes never run DaemonSet pods) and restores it on rollback",
+            ),
+            Refusal::NodeAffinity => f(
+                "CONVERTER_NODE_AFFINITY",
+                Blocker,
+                "the operator's converter refuses the custom node affinity on kube-system calico-node"
+                    .into(),
+                "remove the node affinity from the DaemonSet, or set the equivalent in the \
+                 Installation (spec.controlPlaneNodeSelector does not cover calico-node)",
+            ),
+            Refusal::NodeSelector { keys } => f(
+                "CONVERTER_NODE_SELECTOR",
+                Blocker,
+                format!(
+                    "the operator's converter refuses nodeSelector keys {} on kube-system calico-node",
+                    keys.join(", ")
+                ),
+                "remove those nodeSelector keys (only kubernetes.io/os is accepted)",
+            ),
+            Refusal::UnexpectedEnv { names } => f(
+                "CONVERTER_UNEXPECTED_ENV",
+                Blocker,
+                format!(
+                    "the operator's converter refuses env vars it does not know on calico-node: {}",
+                    names.join(", ")
+                ),
+                "remove them from the chart values (extraEnv) or move FELIX_* settings into \
+                 FelixConfiguration default",
+            ),
+            Refusal::EnvValue { name, found, want } => f(
+                "CONVERTER_ENV_VALUE",
+                Blocker,
+                format!(
+                    "calico-node env {name}={found}, but the AmazonVPC conversion requires {want}"
+                ),
+                format!("set {name}={want}, or choose a profile for this CNI"),
+            ),
+            Refusal::AddonManager => f(
+                "CONVERTER_ADDON_MANAGER",
+                Blocker,
+                "kube-system calico-node carries addonmanager.kubernetes.io/mode; the converter \
+                 refuses addon-managed installs"
+                    .into(),
+                "stop the addon manager from owning calico-node and remove the label",
+            ),
+        });
+    }
+}
+
+fn agent_health(i: &RuleInput, out: &mut Vec<Finding>) {
+    let Some(ds) = i.inv.find("daemonsets", "kube-system", "calico-node") else {
+        return;
+    };
+    let n = |p: &str| ds.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let (ready, want) = (
+        n("/status/numberReady"),
+        n("/status/desiredNumberScheduled"),
+    );
+    let mut unready: Vec<String> = i
+        .inv
+        .list("calico_node_pods")
+        .iter()
+        .filter(|p| {
+            !p.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        str_at(c, "/type") == Some("Ready") && str_at(c, "/status") == Some("True")
+                    })
+                })
+        })
+        .map(|p| {
+            format!(
+                "{} on {}",
+                name_of(p),
+                str_at(p, "/spec/nodeName").unwrap_or("?")
+            )
+        })
+        .collect();
+    unready.sort();
+    if ready < want || !unready.is_empty() {
+        out.push(f(
+            "CALICO_NODE_NOT_READY",
+            Blocker,
+            format!(
+                "kube-system calico-node has {ready}/{want} pods ready{}",
+                if unready.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not ready: {}", unready.join(", "))
+                }
+            ),
+            "repair the unready calico-node pods first: the takeover needs every node enforcing",
+        ));
+    }
+}
+
+fn helm_uninstall(i: &RuleInput, out: &mut Vec<Finding>) {
+    let Ok(rels) = facts::helm_releases(i.inv, &i.profile.source.chart) else {
+        return;
+    };
+    let Some(rel) = rels.first() else { return };
+    let minor = i.inv.minor().unwrap_or(0);
+    let blockers = crate::helm::uninstall_blockers(rel, minor);
+    if !blockers.is_empty() {
+        let list: Vec<String> = blockers
+            .iter()
+            .map(|o| format!("{} {} ({})", o.kind, o.name, o.api_version))
+            .collect();
+        out.push(f(
+            "HELM_REMOVED_APIS",
+            Warning,
+            format!(
+                "the stored release manifest lists APIs this Kubernetes (1.{minor}) no longer serves: \
+                 {}; `helm uninstall` of release {} would fail",
+                list.join(", "),
+                rel.name
+            ),
+            "none needed: detach-helm removes the release records instead of running `helm \
+             uninstall`; never run `helm uninstall` on this release",
+        ));
+    }
+    let rbac: Vec<String> = crate::helm::uninstall_plan(rel)
+        .iter()
+        .filter(|o| o.kind.starts_with("ClusterRole") || o.kind == "ServiceAccount")
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .collect();
+    if !rbac.is_empty() {
+        out.push(f(
+            "HELM_OWNS_RBAC",
+            Warning,
+            format!(
+                "`helm uninstall {}` would delete {} which the operator keeps using after the migration",
+                rel.name,
+                rbac.join(", ")
+            ),
+            "detach-helm backs up and removes the release records and strips Helm metadata, so no \
+             later `helm uninstall` can delete them",
+        ));
+    }
+    let crd_files: Vec<String> = rel
+        .chart
+        .crd_files()
+        .filter(|c| c.text().contains("apiextensions.k8s.io/v1beta1"))
+        .map(|c| c.name.clone())
+        .collect();
+    if !crd_files.is_empty() {
+        out.push(f(
+            "CHART_CRDS_V1BETA1",
+            Warning,
+            format!(
+                "the chart ships its CRDs as apiextensions.k8s.io/v1beta1 ({}); Helm never upgrades \
+                 or deletes crds/, and this API is gone since Kubernetes 1.22",
+                crd_files.join(", ")
+            ),
+            "none needed: the live CRDs are read through apiextensions.k8s.io/v1 and left in place",
+        ));
+    }
+}
+
+fn nodes(i: &RuleInput, out: &mut Vec<Finding>) {
+    let s = i.summary;
+    if !s.nodes_not_ready.is_empty() {
+        out.push(f(
+            "NODES_NOT_READY",
+            Blocker,
+            format!(
+                "{} node(s) not Ready: {}",
+                s.nodes_not_ready.len(),
+                s.nodes_not_ready.join(", ")
+            ),
+            "repair or drain and delete them (kubectl cordon/drain, then remove from the node group) \
+             before the window; the takeover waits for a Ready agent on every node",
+        ));
+    }
+    if !s.fargate_nodes.is_empty() {
+        out.push(f(
+            "FARGATE_NODES",
+            Warning,
+            format!(
+                "{} Fargate node(s) run no Calico agent and are not migrated: {}",
+                s.fargate_nodes.len(),
+                s.fargate_nodes.join(", ")
+            ),
+            "none needed: NetworkPolicy is not enforced by Calico on Fargate before or after",
+        ));
+    }
+}
+
+fn crds(i: &RuleInput, out: &mut Vec<Finding>) {
+    if matches!(i.source.generation, Generation::None) {
+        return;
+    }
+    let s = i.summary;
+    if !s.crds_missing.is_empty() {
+        out.push(f(
+            "CALICO_CRDS_MISSING",
+            Blocker,
+            format!("Calico CRDs missing: {}", s.crds_missing.join(", ")),
+            "apply the v1 Calico CRDs of the running version before the migration",
+        ));
+    }
+    for crd in i.inv.list("crds") {
+        if str_at(crd, "/spec/group") != Some(facts::CALICO_GROUP) {
+            continue;
+        }
+        let versions = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let v1_served = versions.iter().any(|v| {
+            str_at(v, "/name") == Some("v1") && v.get("served") == Some(&Value::Bool(true))
+        });
+        let non_structural = crd
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    str_at(c, "/type") == Some("NonStructuralSchema")
+                        && str_at(c, "/status") == Some("True")
+                })
+            });
+        if !v1_served {
+            out.push(f(
+                "CALICO_CRD_NOT_V1",
+                Blocker,
+                format!(
+                    "CRD {} does not serve version v1; the operator reads crd.projectcalico.org/v1",
+                    name_of(crd)
+                ),
+                "re-apply the CRD with version v1 served and stored (Calico's v1 CRD manifest)",
+            ));
+        } else if non_structural {
+            out.push(f(
+                "CALICO_CRD_LEGACY_SCHEMA",
+                Warning,
+                format!(
+                    "CRD {} was created through apiextensions.k8s.io/v1beta1 and has a non-structural \
+                     schema (NonStructuralSchema=True)",
+                    name_of(crd)
+                ),
+                "the install-operator step replaces the Calico CRDs with the operator's v1 copies \
+                 (same group and version, so no object is touched)",
+            ));
+        }
+    }
+}
+
+fn psp_and_pdb(i: &RuleInput, out: &mut Vec<Finding>) {
+    let psps: Vec<String> = i
+        .inv
+        .list("pod_security_policies")
+        .iter()
+        .map(|p| name_of(p).to_string())
+        .filter(|n| n.contains("calico"))
+        .collect();
+    if !psps.is_empty() {
+        out.push(f(
+            "PSP_PRESENT",
+            Warning,
+            format!("PodSecurityPolicies for Calico exist: {}", psps.join(", ")),
+            "the operator does not use them; cleanup-leftovers lists them and leaves them in place",
+        ));
+    }
+    if i.inv.find("pdbs", "kube-system", "calico-typha").is_some()
+        && matches!(i.source.generation, Generation::ManifestChart)
+    {
+        out.push(f(
+            "TYPHA_PDB",
+            Warning,
+            "PodDisruptionBudget kube-system/calico-typha is left behind by the operator's migration"
+                .into(),
+            "cleanup-leftovers deletes it after verify-completion (snapshot kept for rollback)",
+        ));
+    }
+}
+
+fn operator_manifest(i: &RuleInput, out: &mut Vec<Finding>) {
+    if i.profile.operator.install == OperatorInstall::External {
+        return;
+    }
+    if i.manifest_sha256.is_none() {
+        out.push(f(
+            "OPERATOR_MANIFEST_UNPINNED",
+            Blocker,
+            format!(
+                "profile {} installs the operator from a manifest, but no manifest is pinned (empty \
+                 operator.sha256 and no --operator-manifest)",
+                i.profile.name
+            ),
+            format!(
+                "download {} once, review it, and pass --operator-manifest FILE (its sha256 is stored \
+                 in the plan), or set operator.install: external",
+                i.profile.operator.manifest_url
+            ),
+        ));
+    }
+}
+
+fn access(i: &RuleInput, out: &mut Vec<Finding>) {
+    match i.access {
+        AccessReport::Checked { missing } if !missing.is_empty() => {
+            let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            out.push(f(
+                "RBAC_MISSING",
+                Blocker,
+                format!(
+                    "the current identity lacks {} permission(s) the migration needs: {}",
+                    list.len(),
+                    list.join("; ")
+                ),
+                "grant them to this identity (kubectl auth can-i shows each), or use a context that has them",
+            ));
+        }
+        AccessReport::Checked { .. } => {}
+        AccessReport::Unverifiable { reason } => out.push(f(
+            "RBAC_UNVERIFIED",
+            Warning,
+            format!("could not verify permissions: {reason}"),
+            "check with `kubectl auth can-i --list` that the identity may change kube-system \
+             Calico objects, CRDs, nodes and operator.tigera.io objects",
+        )),
+    }
+}

@@ -1,0 +1,490 @@
+//! `plan` against the sandbox: in-process scenarios (chart 0.3.10, 0.3.11, operator
+//! present, Helm 2, v1beta1-era CRDs, unready nodes, no Calico, missing RBAC) and the
+//! real binary through a kubeconfig (JSON contract, saved plan, unreachable server).
+
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use calico_migrate::cluster::{access, inventory};
+use calico_migrate::engine::RetryPolicy;
+use calico_migrate::migration::permissions;
+use calico_migrate::migration::plan::{self, Plan};
+use calico_migrate::migration::profile::Profile;
+use calico_migrate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
+use calico_migrate::sandbox::{Sandbox, SandboxOptions};
+use serde_json::{Value, json};
+
+fn objects(chart: ChartGeneration) -> Vec<Value> {
+    scenario::build(&ScenarioConfig {
+        nodes: 4,
+        namespaces: 6,
+        pods_per_namespace: 1,
+        chart,
+        ..ScenarioConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("scenario: {e}"))
+}
+
+fn sandbox(objs: Vec<Value>) -> Sandbox {
+    let sb = Sandbox::new(SandboxOptions::default());
+    sb.load(objs).unwrap_or_else(|e| panic!("load: {e:?}"));
+    sb
+}
+
+async fn plan_of(sb: &Sandbox) -> Plan {
+    let client = sb.client();
+    let retry = RetryPolicy::default();
+    let version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|e| panic!("version: {e}"));
+    let inv = inventory::read(&client, version, &retry)
+        .await
+        .unwrap_or_else(|e| panic!("inventory: {e}"));
+    let acc = access::review(&client, &permissions::needed(), 4, &retry)
+        .await
+        .unwrap_or_else(|e| panic!("access: {e}"));
+    let profile = Profile::load(None).unwrap_or_else(|e| panic!("profile: {e}"));
+    plan::build(&inv, &profile, &acc, Some(&"ab".repeat(32)))
+        .unwrap_or_else(|e| panic!("build: {e}"))
+}
+
+fn codes(p: &Plan) -> (Vec<&str>, Vec<&str>) {
+    (
+        p.blockers.iter().map(|f| f.code).collect(),
+        p.warnings.iter().map(|f| f.code).collect(),
+    )
+}
+
+fn mutate(objs: &mut [Value], kind: &str, name: &str, f: impl Fn(&mut Value)) {
+    let mut hit = false;
+    for o in objs.iter_mut() {
+        if o["kind"] == kind && o["metadata"]["name"] == name {
+            f(o);
+            hit = true;
+        }
+    }
+    assert!(hit, "{kind} {name} not in the scenario");
+}
+
+#[tokio::test]
+async fn default_scenario_names_chart_version_counts_and_converter_blockers() {
+    let objs = objects(ChartGeneration::V0_3_10);
+    let nps = objs
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy" && o["apiVersion"] == "networking.k8s.io/v1")
+        .count();
+    let p = plan_of(&sandbox(objs)).await;
+    assert_eq!(p.source.chart.as_deref(), Some("aws-calico"));
+    assert_eq!(p.source.chart_version.as_deref(), Some("0.3.10"));
+    assert_eq!(p.source.calico_version.as_deref(), Some("v3.19.1"));
+    assert_eq!(p.source.release.as_deref(), Some("aws-calico"));
+    assert_eq!(p.inventory.nodes, 4);
+    assert_eq!(p.inventory.network_policies, nps);
+    assert_eq!(p.inventory.global_network_policies, 1);
+    assert_eq!(p.inventory.crds, 12);
+    let (blockers, warnings) = codes(&p);
+    assert!(
+        blockers.contains(&"CONVERTER_HELM_ANNOTATIONS"),
+        "{blockers:?}"
+    );
+    assert!(
+        blockers.contains(&"CONVERTER_FARGATE_AFFINITY"),
+        "{blockers:?}"
+    );
+    // Every blocker here is one a step of the plan fixes.
+    for f in &p.blockers {
+        assert!(
+            f.fix.contains("detach-helm") || f.fix.contains("fargate-affinity"),
+            "{f:?}"
+        );
+    }
+    assert!(warnings.contains(&"RBAC_UNVERIFIED"), "{warnings:?}");
+    assert!(warnings.contains(&"CHART_CRDS_V1BETA1"), "{warnings:?}");
+    let ids: Vec<&str> = p.steps.iter().map(|s| s.id).collect();
+    assert_eq!(
+        ids,
+        [
+            "baseline",
+            "detach-helm",
+            "fargate-affinity",
+            "install-operator",
+            "create-installation",
+            "takeover",
+            "verify-completion",
+            "cleanup-leftovers",
+            "remove-probes"
+        ]
+    );
+    // FACTS.md: the tool never deletes a policy object.
+    let policy_kinds = [
+        "NetworkPolicy",
+        "GlobalNetworkPolicy",
+        "GlobalNetworkSet",
+        "NetworkSet",
+        "HostEndpoint",
+        "CustomResourceDefinition",
+    ];
+    for s in &p.steps {
+        for c in s.changes.iter().filter(|c| c.action == "delete") {
+            let kind = c.object.split_whitespace().next().unwrap_or("");
+            assert!(
+                !policy_kinds.contains(&kind),
+                "step {} deletes {}",
+                s.id,
+                c.object
+            );
+        }
+    }
+    // The JSON contract later tests rely on.
+    let j = serde_json::to_value(&p).unwrap_or_else(|e| panic!("{e}"));
+    for k in [
+        "chart",
+        "chart_version",
+        "release",
+        "namespace",
+        "calico_version",
+    ] {
+        assert!(j["source"].get(k).is_some(), "source.{k}");
+    }
+    for k in [
+        "nodes",
+        "namespaces",
+        "network_policies",
+        "calico_network_policies",
+        "global_network_policies",
+        "crds",
+    ] {
+        assert!(j["inventory"][k].is_u64(), "inventory.{k}");
+    }
+    for k in ["code", "message", "fix"] {
+        assert!(j["blockers"][0][k].is_string(), "blockers[].{k}");
+    }
+    for k in ["id", "title", "changes", "checks", "rollback"] {
+        assert!(j["steps"][0].get(k).is_some(), "steps[].{k}");
+    }
+}
+
+#[tokio::test]
+async fn chart_0_3_11_is_recognised_as_operator_based() {
+    let p = plan_of(&sandbox(objects(ChartGeneration::V0_3_11))).await;
+    assert_eq!(p.source.chart_version.as_deref(), Some("0.3.11"));
+    let (blockers, _) = codes(&p);
+    assert!(blockers.contains(&"CHART_OPERATOR_BASED"), "{blockers:?}");
+    assert!(!blockers.contains(&"CONVERTER_HELM_ANNOTATIONS"));
+    assert!(
+        p.steps.is_empty(),
+        "no 0.3.10 steps for an operator-based chart"
+    );
+    assert!(
+        p.blockers
+            .iter()
+            .any(|f| f.message.contains("helm uninstall"))
+    );
+}
+
+#[tokio::test]
+async fn operator_already_present_is_a_blocker() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    objs.push(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}),
+    );
+    objs.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "tigera-operator", "namespace": "tigera-operator"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"name": "tigera-operator"}},
+                 "template": {"metadata": {"labels": {"name": "tigera-operator"}},
+                              "spec": {"containers": [{"name": "tigera-operator", "image": "quay.io/tigera/operator:v1.17.4"}]}}}}));
+    let p = plan_of(&sandbox(objs)).await;
+    assert!(p.inventory.operator_present);
+    assert!(codes(&p).0.contains(&"OPERATOR_PRESENT"));
+}
+
+#[tokio::test]
+async fn helm2_records_are_refused_with_a_message() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    objs.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "calico.v1", "namespace": "kube-system",
+                     "labels": {"OWNER": "TILLER", "NAME": "calico", "VERSION": "1", "STATUS": "DEPLOYED"}},
+        "data": {"release": "H4sI"}}));
+    let p = plan_of(&sandbox(objs)).await;
+    let f = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "HELM2_RELEASE")
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert!(f.message.contains("kube-system/calico.v1"), "{}", f.message);
+    assert!(f.fix.contains("2to3"));
+}
+
+#[tokio::test]
+async fn crds_not_serving_v1_are_blockers() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    mutate(
+        &mut objs,
+        "CustomResourceDefinition",
+        "ippools.crd.projectcalico.org",
+        |o| {
+            o["spec"]["versions"][0]["name"] = json!("v1beta1");
+        },
+    );
+    mutate(
+        &mut objs,
+        "CustomResourceDefinition",
+        "bgppeers.crd.projectcalico.org",
+        |o| {
+            o["status"]["conditions"] =
+                json!([{"type": "NonStructuralSchema", "status": "True", "reason": "Violations"}]);
+        },
+    );
+    let p = plan_of(&sandbox(objs)).await;
+    let b = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "CALICO_CRD_NOT_V1")
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert!(b.message.contains("ippools.crd.projectcalico.org"));
+    assert!(
+        p.warnings
+            .iter()
+            .any(|f| f.code == "CALICO_CRD_LEGACY_SCHEMA" && f.message.contains("bgppeers")),
+        "{:?}",
+        p.warnings
+    );
+}
+
+#[tokio::test]
+async fn unready_nodes_are_named() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    let name = objs
+        .iter()
+        .find(|o| o["kind"] == "Node")
+        .and_then(|n| n["metadata"]["name"].as_str())
+        .unwrap_or_else(|| panic!("no node"))
+        .to_string();
+    mutate(&mut objs, "Node", &name, |n| {
+        if let Some(cs) = n["status"]["conditions"].as_array_mut() {
+            for c in cs.iter_mut().filter(|c| c["type"] == "Ready") {
+                c["status"] = json!("False");
+            }
+        }
+    });
+    let p = plan_of(&sandbox(objs)).await;
+    let f = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "NODES_NOT_READY")
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert!(f.message.contains(&name));
+    assert_eq!(p.inventory.nodes_not_ready, vec![name]);
+}
+
+#[tokio::test]
+async fn a_cluster_without_calico_has_nothing_to_migrate() {
+    let objs: Vec<Value> = objects(ChartGeneration::V0_3_10)
+        .into_iter()
+        .filter(|o| {
+            let name = o["metadata"]["name"].as_str().unwrap_or("");
+            let api = o["apiVersion"].as_str().unwrap_or("");
+            !name.contains("calico")
+                && !api.contains("projectcalico")
+                && o["type"] != "helm.sh/release.v1"
+        })
+        .collect();
+    let p = plan_of(&sandbox(objs)).await;
+    assert!(codes(&p).0.contains(&"NO_CALICO"), "{:?}", p.blockers);
+    assert!(p.steps.is_empty());
+    assert_eq!(p.source.chart, None);
+}
+
+#[tokio::test]
+async fn missing_rbac_lists_the_verbs() {
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    // An authorizer that denies delete and patch everywhere.
+    let routes = axum::Router::new().route(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        axum::routing::post(|axum::Json(mut body): axum::Json<Value>| async move {
+            let verb = body["spec"]["resourceAttributes"]["verb"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            body["status"] = json!({"allowed": verb != "delete" && verb != "patch"});
+            (http::StatusCode::CREATED, axum::Json(body))
+        }),
+    );
+    sb.add_routes(routes);
+    let p = plan_of(&sb).await;
+    let f = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "RBAC_MISSING")
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert!(
+        f.message.contains("delete daemonsets.apps in kube-system"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("patch nodes (cluster-wide)"),
+        "{}",
+        f.message
+    );
+    assert!(!f.message.contains("get daemonsets"), "{}", f.message);
+    assert!(!p.warnings.iter().any(|f| f.code == "RBAC_UNVERIFIED"));
+}
+
+fn bin() -> Command {
+    Command::cargo_bin("calico-migrate").unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_plans_through_a_kubeconfig_and_saves_the_plan() {
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let handle = sb
+        .serve("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kc = dir.path().join("kubeconfig");
+    handle
+        .write_kubeconfig(&kc)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let manifest = dir.path().join("operator.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let state = dir.path().join("state");
+    let run = |fmt: &'static str| {
+        let (kc, state, manifest) = (kc.clone(), state.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || {
+            bin()
+                .env_remove("KUBECONFIG")
+                .args([
+                    "--kubeconfig",
+                    &kc.to_string_lossy(),
+                    "--state-dir",
+                    &state.to_string_lossy(),
+                    "-o",
+                    fmt,
+                    "plan",
+                    "--operator-manifest",
+                    &manifest.to_string_lossy(),
+                ])
+                .timeout(Duration::from_secs(60))
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    };
+    let out = run("json").await.unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "blockers exit 3; stderr: {stderr}"
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(j["source"]["chart_version"], "0.3.10");
+    assert_eq!(j["source"]["calico_version"], "v3.19.1");
+    assert!(
+        j["blockers"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|f| f["code"] == "CONVERTER_HELM_ANNOTATIONS"))
+    );
+    assert!(
+        !j["blockers"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|f| f["code"] == "OPERATOR_MANIFEST_UNPINNED"))
+    );
+    let saved = plan::load(&state).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(saved.fingerprint, j["fingerprint"].as_str().unwrap_or(""));
+    assert!(
+        saved
+            .facts
+            .contains_key("daemonset/kube-system/calico-node")
+    );
+    assert!(
+        std::fs::read_dir(&state)
+            .map(|d| d.flatten().any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("operator-manifest-")))
+            .unwrap_or(false)
+    );
+    // Same cluster, same inputs: same fingerprint; markdown and text render.
+    let md = run("markdown").await.unwrap_or_else(|e| panic!("{e}"));
+    let md = String::from_utf8_lossy(&md.stdout).to_string();
+    assert!(
+        md.contains("# Calico migration plan") && md.contains("`CONVERTER_FARGATE_AFFINITY`"),
+        "{md}"
+    );
+    let again = plan::load(&state).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.fingerprint, saved.fingerprint);
+    let txt = run("text").await.unwrap_or_else(|e| panic!("{e}"));
+    let txt = String::from_utf8_lossy(&txt.stdout).to_string();
+    assert!(
+        txt.contains("[detach-helm]") && txt.contains("chart aws-calico 0.3.10"),
+        "{txt}"
+    );
+    handle.shutdown().await;
+}
+
+#[test]
+fn unreachable_api_server_fails_clearly_and_quickly() {
+    // A port nothing listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        calico_migrate::sandbox::serve::kubeconfig_for(&format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let out = bin()
+        .env_remove("KUBECONFIG")
+        .args([
+            "--kubeconfig",
+            &kc.to_string_lossy(),
+            "--state-dir",
+            &dir.path().join("s").to_string_lossy(),
+            "plan",
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("did not answer"),
+        "{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    // A wrong context names the file and the contexts it holds.
+    let out = bin()
+        .env_remove("KUBECONFIG")
+        .args([
+            "--kubeconfig",
+            &kc.to_string_lossy(),
+            "--context",
+            "prod",
+            "plan",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"prod\"")
+            && stderr.contains("sandbox")
+            && stderr.contains(&kc.display().to_string()),
+        "{stderr}"
+    );
+}
