@@ -584,3 +584,108 @@ async fn faults_are_readable_and_settable_through_the_configmap() -> Result<()> 
     );
     Ok(())
 }
+
+/// Figures for docs/benchmarks.md (not a pass/fail timing):
+/// `cargo test --release --test sandbox_dataplane -- --ignored --nocapture bench_`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn bench_data_plane_figures() -> Result<()> {
+    use std::time::Instant;
+    for (nodes, namespaces, pods) in [(50, 200, 5), (738, 1450, 10)] {
+        let sb = Sandbox::new(SandboxOptions::default());
+        sb.load(scenario::build(&ScenarioConfig {
+            nodes,
+            namespaces,
+            pods_per_namespace: pods,
+            ..ScenarioConfig::default()
+        })?)?;
+        let all = sb
+            .store()
+            .list(&gvr(PODS), None, &ListOptions::default())?
+            .items;
+        let web: Vec<(String, String, String)> = all
+            .iter()
+            .filter(|p| {
+                p.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| n.starts_with("web-"))
+            })
+            .filter_map(|p| {
+                Some((
+                    p.pointer("/metadata/namespace")?.as_str()?.to_string(),
+                    p.pointer("/metadata/name")?.as_str()?.to_string(),
+                    p.pointer("/status/podIP")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let t = Instant::now();
+        let dp = DataPlane::start(
+            &sb,
+            DataPlaneOptions {
+                timeout_scale: 0.0,
+                ..DataPlaneOptions::default()
+            },
+        )?;
+        let start = t.elapsed();
+        let cmd = |ip: &str| -> Vec<String> {
+            ["/agnhost", "connect", &format!("{ip}:8080"), "--timeout=1s"]
+                .map(str::to_string)
+                .to_vec()
+        };
+        let t = Instant::now();
+        dp.exec(&web[0].0, &web[0].1, &cmd(&web[1].2)).await?;
+        let first = t.elapsed();
+        let n = 500;
+        let t = Instant::now();
+        for i in 0..n {
+            let (s, d) = (&web[i * 7 % web.len()], &web[i * 13 % web.len()]);
+            dp.exec(&s.0, &s.1, &cmd(&d.2)).await?;
+        }
+        let warm = t.elapsed() / n as u32;
+        // A policy change: the next probe rebuilds the index once.
+        sb.load(vec![json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "bench", "namespace": web[0].0},
+            "spec": {"podSelector": {}, "ingress": [{}]},
+        })])?;
+        let t = Instant::now();
+        dp.exec(&web[0].0, &web[0].1, &cmd(&web[1].2)).await?;
+        let after_change = t.elapsed();
+        // A burst of pod writes applied by the follower.
+        let t = Instant::now();
+        let burst: Vec<Value> = web
+            .iter()
+            .take(1000)
+            .map(|(ns, name, _)| {
+                let mut p = sb
+                    .store()
+                    .get(&gvr(PODS), ns, name)
+                    .unwrap_or_else(|_| json!({}));
+                p["metadata"]["labels"]["bench"] = json!("1");
+                p
+            })
+            .collect();
+        let written = burst.len();
+        sb.load(burst)?;
+        dp.sync().await;
+        let burst_time = t.elapsed();
+        let server = sb.serve("127.0.0.1:0").await?;
+        let client = server.client()?;
+        let m = 100;
+        let t = Instant::now();
+        for i in 0..m {
+            let (s, d) = (&web[i * 7 % web.len()], &web[i * 13 % web.len()]);
+            kube_exec(client.clone(), &s.0, &s.1, &format!("{}:8080", d.2)).await?;
+        }
+        let ws = t.elapsed() / m as u32;
+        println!(
+            "{nodes} nodes, {} pods: start {start:?}; first probe (index build) {first:?}; \
+             probe in-process {warm:?}; probe after a policy change {after_change:?}; \
+             {written} pod updates applied in {burst_time:?}; probe over kube-rs websocket {ws:?}",
+            all.len()
+        );
+        server.shutdown().await;
+        dp.stop();
+    }
+    Ok(())
+}

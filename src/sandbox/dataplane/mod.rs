@@ -136,7 +136,8 @@ impl DataPlane {
         let debounce = dp.inner.opts.debounce;
         let task = tokio::spawn(async move {
             let mut seen = rv;
-            let mut pending = false;
+            // Build the first index once the start-up settles, before any probe asks.
+            let mut pending = true;
             loop {
                 let next = if pending {
                     match tokio::time::timeout(debounce, rx.recv()).await {
@@ -288,7 +289,9 @@ impl DataPlane {
                 timeout
             };
             let wait = nominal.mul_f64(self.inner.opts.timeout_scale.clamp(0.0, 1.0));
-            tokio::time::sleep(wait).await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         Ok(probe::agnhost_output(&result, src.ip, &dest, &proto_name))
     }

@@ -205,7 +205,10 @@ pub struct World {
     pub pods: HashMap<PodKey, PodInfo>,
     by_node: HashMap<String, BTreeSet<PodKey>>,
     by_ip: HashMap<IpAddr, PodKey>,
-    namespaces: BTreeMap<String, Value>,
+    /// Namespaces and pods parsed for the policy engine once per change (not per rebuild);
+    /// values the engine refuses are kept as errors.
+    namespaces: BTreeMap<String, Result<crate::policy::Namespace, String>>,
+    model_pods: BTreeMap<PodKey, Result<crate::policy::Pod, String>>,
     pub node_ips: HashMap<IpAddr, String>,
     pub policies: Arc<PolicySet>,
     pods_version: u64,
@@ -233,6 +236,7 @@ impl World {
             by_node: HashMap::new(),
             by_ip: HashMap::new(),
             namespaces: BTreeMap::new(),
+            model_pods: BTreeMap::new(),
             node_ips: HashMap::new(),
             policies: Arc::new(PolicySet::default()),
             pods_version: 0,
@@ -307,11 +311,23 @@ impl World {
                 if let (Some(ip), false) = (info.ip, info.host_network) {
                     self.by_ip.insert(ip, key.clone());
                 }
+                if info.ip.is_some() {
+                    let parsed = parse_one(obj, &format!("pod {}/{}", key.0, key.1))
+                        .map(|m| m.pods.into_iter().next());
+                    if let Some(p) = parsed.transpose() {
+                        self.model_pods.insert(key.clone(), p);
+                    }
+                }
                 self.pods.insert(key, info);
                 self.pods_version += 1;
             }
             ("", "namespaces") => {
-                self.namespaces.insert(name, obj.clone());
+                let parsed = parse_one(obj, &format!("namespace {name}"))
+                    .map(|m| m.namespaces.into_iter().next());
+                match parsed.transpose() {
+                    Some(n) => self.namespaces.insert(name, n),
+                    None => self.namespaces.remove(&name),
+                };
                 self.pods_version += 1;
             }
             ("", "nodes") => {
@@ -348,6 +364,7 @@ impl World {
 
     fn remove_pod(&mut self, key: &PodKey) -> Option<PodInfo> {
         let old = self.pods.remove(key)?;
+        self.model_pods.remove(key);
         if let Some(n) = &old.node
             && let Some(set) = self.by_node.get_mut(n)
         {
@@ -658,33 +675,26 @@ impl World {
         }
         let mut model = ClusterModel::new();
         let mut errors = BTreeMap::new();
-        let add = |model: &mut ClusterModel,
-                   errors: &mut BTreeMap<String, String>,
-                   what: String,
-                   obj: &Value| {
-            let origin = Origin {
-                source: what.clone(),
-                document: 0,
-            };
-            if let Err(e) = model.add_value(obj, &origin) {
-                errors.insert(what, e.to_string());
-            }
-        };
         for (name, ns) in &self.namespaces {
-            add(&mut model, &mut errors, format!("namespace {name}"), ns);
+            match ns {
+                Ok(n) => model.namespaces.push(n.clone()),
+                Err(e) => drop(errors.insert(format!("namespace {name}"), e.clone())),
+            }
         }
-        for ((ns, name), p) in &self.pods {
-            if p.ip.is_some() {
-                add(
-                    &mut model,
-                    &mut errors,
-                    format!("pod {ns}/{name}"),
-                    &p.object,
-                );
+        for ((ns, name), p) in &self.model_pods {
+            match p {
+                Ok(p) => model.pods.push(p.clone()),
+                Err(e) => drop(errors.insert(format!("pod {ns}/{name}"), e.clone())),
             }
         }
         for (key, obj) in &set.objects {
-            add(&mut model, &mut errors, key.clone(), obj);
+            let origin = Origin {
+                source: key.clone(),
+                document: 0,
+            };
+            if let Err(e) = model.add_value(obj, &origin) {
+                errors.insert(key.clone(), e.to_string());
+            }
         }
         for (what, e) in &errors {
             tracing::warn!("data plane skips {what}: {e}");
@@ -720,6 +730,17 @@ impl World {
             }
         }
     }
+}
+
+/// Parse one object for the policy engine.
+fn parse_one(obj: &Value, what: &str) -> Result<ClusterModel, String> {
+    let mut m = ClusterModel::new();
+    let origin = Origin {
+        source: what.to_string(),
+        document: 0,
+    };
+    m.add_value(obj, &origin).map_err(|e| e.to_string())?;
+    Ok(m)
 }
 
 fn policy_key(gr: &GroupResource, obj: &Value) -> String {
