@@ -13,14 +13,7 @@ use calico_migrate::sandbox::{
 use serde_json::{Value, json};
 
 fn g(group: &str, resource: &str) -> Gvr {
-    let v = if group.is_empty() {
-        "v1"
-    } else if group.contains('.') && group != "rbac.authorization.k8s.io" {
-        "v1"
-    } else {
-        "v1"
-    };
-    Gvr::new(group, v, resource)
+    Gvr::new(group, "v1", resource)
 }
 fn nodes_g() -> Gvr {
     g("", "nodes")
@@ -916,4 +909,30 @@ async fn running_controllers_serve_helm_endpoint_and_react_to_clients() {
     }
     h.stop();
     assert!(ok, "deployment never became ready");
+}
+
+/// Figures for docs/benchmarks.md: `cargo test --release --test sandbox_behaviour -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints figures; run on demand"]
+fn figures_fifty_node_migration() {
+    for nodes in [10usize, 50] {
+        let (sb, mut c) = cluster(nodes, 1, true, ControllerFaults::default());
+        let start = std::time::Instant::now();
+        let mut ticks = 0usize;
+        while !done(&sb) && ticks < 20_000 {
+            c.tick();
+            ticks += 1;
+        }
+        let wall = start.elapsed();
+        assert!(done(&sb));
+        let defaults = ControllerOptions::default();
+        println!(
+            "{nodes} nodes: migration done after {ticks} ticks = {:.0} simulated s; {:.2} s of CPU driving ticks by hand; \
+             {:.1} s real at the default time_scale {}",
+            c.now(),
+            wall.as_secs_f64(),
+            c.now() / defaults.time_scale,
+            defaults.time_scale
+        );
+    }
 }

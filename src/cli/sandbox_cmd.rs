@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
+use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions};
@@ -48,10 +49,23 @@ pub struct SandboxArgs {
     /// Where to write the kubeconfig (default: <state-dir>/sandbox.kubeconfig).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig_out: Option<PathBuf>,
-    /// Fault to inject (repeatable): latency:MS, api-errors:RATE, drop-watch:RATE, conflicts:RATE.
+    /// Fault to inject (repeatable): latency:MS, api-errors:RATE, drop-watch:RATE, conflicts:RATE;
+    /// controllers: operator-stall:NODE, typha-stuck, node-join:N, agent-not-ready:NODE.
     /// Data plane: lapse:NODE (policy enforcement on NODE lapses to allow-all).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<String>,
+    /// Simulated seconds per real second for the controllers and the operator.
+    #[arg(long, default_value_t = 10.0, value_name = "FACTOR")]
+    pub time_scale: f64,
+    /// Simulated seconds from a pod's creation to Ready.
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    pub pod_start_delay: f64,
+    /// Simulated seconds between two actions of the simulated Tigera operator.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub operator_step: f64,
+    /// Serve the API only: no workload controllers, no operator.
+    #[arg(long)]
+    pub no_controllers: bool,
 }
 
 pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
@@ -63,7 +77,19 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         .partition(|s| dataplane::faults::is_dataplane_spec(s));
     let dataplane_faults =
         DataPlaneFaults::parse_specs(&dataplane_specs).map_err(anyhow::Error::msg)?;
-    let faults = FaultConfig::parse_specs(&other_specs).map_err(anyhow::Error::msg)?;
+    let (behaviour, api): (Vec<String>, Vec<String>) = other_specs
+        .iter()
+        .cloned()
+        .partition(|s| controllers::faults::is_controller_fault(s));
+    let faults = FaultConfig::parse_specs(&api).map_err(anyhow::Error::msg)?;
+    let controller_opts = ControllerOptions {
+        time_scale: args.time_scale,
+        pod_start_delay: args.pod_start_delay,
+        operator_step: args.operator_step,
+        faults: ControllerFaults::parse_specs(&behaviour).map_err(anyhow::Error::msg)?,
+        ..ControllerOptions::default()
+    };
+    controller_opts.validate().map_err(anyhow::Error::msg)?;
     let sb = Sandbox::new(SandboxOptions {
         seed: args.seed,
         faults,
@@ -89,6 +115,14 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         let objects = scenario::build(&cfg).context("cannot build the seed scenario")?;
         sb.load(objects)
             .context("cannot load the seed scenario into the sandbox")?
+    };
+    let controllers = if args.no_controllers {
+        None
+    } else {
+        Some(
+            sb.start_controllers(controller_opts)
+                .map_err(anyhow::Error::msg)?,
+        )
     };
     let data_plane = DataPlane::start(
         &sb,
@@ -117,6 +151,9 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     println!("{}", path.display());
     wait_for_signal().await?;
     eprintln!("sandbox stopping");
+    if let Some(c) = controllers {
+        c.stop();
+    }
     data_plane.stop();
     handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
