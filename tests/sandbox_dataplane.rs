@@ -585,6 +585,88 @@ async fn faults_are_readable_and_settable_through_the_configmap() -> Result<()> 
     Ok(())
 }
 
+#[tokio::test]
+async fn a_node_by_node_swap_without_policy_changes_never_diverges() -> Result<()> {
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    let from = jiff::Timestamp::now();
+    for (i, node) in c.nodes.iter().enumerate() {
+        // What the operator does per node: the kube-system pod goes, the operator's comes up.
+        c.delete(PODS, "kube-system", &c.agent_on(node)?)?;
+        assert_eq!(c.enforcer(node).await?, "frozen");
+        let name = format!("calico-node-op{i}");
+        c.sb.load(vec![agent_pod("calico-system", &name, node, false)])?;
+        assert_eq!(c.connect("team-0001", "a", "10.0.200.3:8080").await?.0, 1);
+        c.sb.load(vec![agent_pod("calico-system", &name, node, true)])?;
+        assert_eq!(c.enforcer(node).await?, "calico-system");
+        assert_eq!(c.connect("team-0001", "a", "10.0.200.2:8080").await?.0, 0);
+    }
+    let to = jiff::Timestamp::now();
+    let iv = c.dp.intervals().await;
+    assert!(
+        !iv.iter().any(|i| i.overlaps(from, to)),
+        "no divergence during the swap: {iv:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sandbox_command_takes_lapse_faults() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_calico-migrate");
+    let bad = Command::new(BIN)
+        .args(["sandbox", "--fault", "lapse:"])
+        .output()?;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("lapse:NODE"));
+
+    let dir = tempfile::tempdir()?;
+    let kc = dir.path().join("kc");
+    let node = "ip-10-0-0-10.eu-west-1.compute.internal";
+    let mut child = Command::new(BIN)
+        .args(["sandbox", "--nodes", "2", "--namespaces", "1", "--fault"])
+        .arg(format!("lapse:{node}"))
+        .arg("--kubeconfig-out")
+        .arg(&kc)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let result = async {
+        tokio::time::timeout(Duration::from_secs(30), ready).await???;
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kc)?,
+            &Default::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let text = client
+            .request_text(http::Request::get("/sandbox/v1/enforcement").body(Vec::new())?)
+            .await?;
+        let body: Value = serde_json::from_str(&text)?;
+        let lapsed: Vec<&Value> = body["intervals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["reason"] == "lapse")
+            .collect();
+        if lapsed.len() != 1 || lapsed[0]["node"] != node {
+            bail!("want one lapse interval on {node}: {body}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 /// Figures for docs/benchmarks.md (not a pass/fail timing):
 /// `cargo test --release --test sandbox_dataplane -- --ignored --nocapture bench_`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
