@@ -95,11 +95,10 @@ async fn default_scenario_names_chart_version_counts_and_converter_blockers() {
     );
     // Every blocker here is one a step of the plan fixes.
     for f in &p.blockers {
-        assert!(
-            f.fix.contains("detach-helm") || f.fix.contains("fargate-affinity"),
-            "{f:?}"
-        );
+        assert!(f.fixed_by.is_some(), "{f:?}");
+        assert!(f.fix.contains(f.fixed_by.unwrap_or("?")), "{f:?}");
     }
+    assert!(p.ready(), "every blocker has a fixing step");
     assert!(warnings.contains(&"RBAC_UNVERIFIED"), "{warnings:?}");
     assert!(warnings.contains(&"CHART_CRDS_V1BETA1"), "{warnings:?}");
     let ids: Vec<&str> = p.steps.iter().map(|s| s.id).collect();
@@ -381,17 +380,16 @@ async fn binary_plans_through_a_kubeconfig_and_saves_the_plan() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
-        Some(3),
-        "blockers exit 3; stderr: {stderr}"
+        Some(0),
+        "blockers that steps fix exit 0; stderr: {stderr}"
     );
     let j: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     assert_eq!(j["source"]["chart_version"], "0.3.10");
     assert_eq!(j["source"]["calico_version"], "v3.19.1");
-    assert!(
-        j["blockers"]
-            .as_array()
-            .is_some_and(|b| b.iter().any(|f| f["code"] == "CONVERTER_HELM_ANNOTATIONS"))
-    );
+    assert!(j["blockers"].as_array().is_some_and(|b| {
+        b.iter()
+            .any(|f| f["code"] == "CONVERTER_HELM_ANNOTATIONS" && f["fixed_by"] == "detach-helm")
+    }));
     assert!(
         !j["blockers"]
             .as_array()
@@ -426,6 +424,30 @@ async fn binary_plans_through_a_kubeconfig_and_saves_the_plan() {
     assert!(
         txt.contains("[detach-helm]") && txt.contains("chart aws-calico 0.3.10"),
         "{txt}"
+    );
+    // Without a pinned operator manifest the plan has a blocker no step fixes: exit 3.
+    let (kc2, state2) = (kc.clone(), state.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .env_remove("KUBECONFIG")
+            .args([
+                "--kubeconfig",
+                &kc2.to_string_lossy(),
+                "--state-dir",
+                &state2.to_string_lossy(),
+                "plan",
+            ])
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("[OPERATOR_MANIFEST_UNPINNED]") && stdout.contains("NOT ready to apply"),
+        "{stdout}"
     );
     handle.shutdown().await;
 }
@@ -487,4 +509,60 @@ fn unreachable_api_server_fails_clearly_and_quickly() {
             && stderr.contains(&kc.display().to_string()),
         "{stderr}"
     );
+}
+
+async fn inventory_of(sb: &Sandbox) -> inventory::Inventory {
+    let client = sb.client();
+    inventory::read(&client, "v1.29.15-eks".into(), &RetryPolicy::default())
+        .await
+        .unwrap_or_else(|e| panic!("inventory: {e}"))
+}
+
+#[tokio::test]
+async fn drift_names_what_changed_and_ignores_policy_edits() {
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+    let inv = inventory_of(&sb).await;
+    let saved = plan::SavedPlan {
+        fingerprint: plan::fingerprint(&plan::fingerprint_facts(&inv, &profile, None)),
+        facts: plan::fingerprint_facts(&inv, &profile, None),
+        cluster_uid: inv.cluster_uid.clone(),
+        created_at: String::new(),
+        plan: json!({}),
+    };
+    assert!(!inv.cluster_uid.is_empty());
+    assert_eq!(plan::check_drift(&saved, &inv, &profile), Ok(()));
+    // A new NetworkPolicy is not drift (baseline snapshots policies at apply time).
+    let ns = inv.list("network_policies")[0]["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    sb.load(vec![
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "late", "namespace": ns}, "spec": {"podSelector": {}}}),
+    ])
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let later = inventory_of(&sb).await;
+    assert_eq!(
+        later.list("network_policies").len(),
+        inv.list("network_policies").len() + 1
+    );
+    assert_eq!(plan::check_drift(&saved, &later, &profile), Ok(()));
+    // Someone edits calico-node: apply must refuse and say what changed.
+    let mut ds = later
+        .find("daemonsets", "kube-system", "calico-node")
+        .cloned()
+        .unwrap_or_else(|| panic!("no ds"));
+    ds["metadata"]["annotations"]["team"] = json!("edited");
+    sb.load(vec![ds]).unwrap_or_else(|e| panic!("{e:?}"));
+    let edited = inventory_of(&sb).await;
+    match plan::check_drift(&saved, &edited, &profile) {
+        Err(plan::DriftError::Changed { changed }) => {
+            assert_eq!(
+                changed,
+                vec!["daemonset/kube-system/calico-node".to_string()]
+            )
+        }
+        other => panic!("expected drift, got {other:?}"),
+    }
 }

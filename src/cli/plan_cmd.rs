@@ -13,7 +13,7 @@ use crate::engine::RetryPolicy;
 use crate::migration::plan::{self, SavedPlan};
 use crate::migration::{permissions, profile::Profile, render};
 
-/// Exit code when the plan has blockers (the plan is still printed and saved).
+/// Exit code when the plan has blockers no step fixes (the plan is still printed and saved).
 pub const EXIT_BLOCKED: u8 = 3;
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
@@ -70,7 +70,7 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
         OutputFormat::Text | OutputFormat::Junit => print!("{}", render::text(&plan)),
     }
     eprintln!("plan saved to {}", path.display());
-    Ok(if plan.blockers.is_empty() {
+    Ok(if plan.unresolved().next().is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_BLOCKED)

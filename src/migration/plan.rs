@@ -33,8 +33,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Blockers no step of the plan fixes: these stop `apply`.
+    pub fn unresolved(&self) -> impl Iterator<Item = &Finding> {
+        self.blockers.iter().filter(|f| f.fixed_by.is_none())
+    }
+
+    /// No unresolved blocker, and something to do.
     pub fn ready(&self) -> bool {
-        self.blockers.is_empty() && !self.steps.is_empty()
+        self.unresolved().next().is_none() && !self.steps.is_empty()
     }
 }
 
@@ -63,6 +69,10 @@ pub fn build(
         profile,
         manifest_sha256: pin,
     });
+    let mut findings = findings;
+    for f in &mut findings {
+        f.fixed_by = rules::fixing_step(f.code).filter(|id| steps.iter().any(|s| s.id == *id));
+    }
     let (blockers, warnings) = findings
         .into_iter()
         .partition(|f| f.severity == Severity::Blocker);
@@ -92,7 +102,18 @@ pub fn fingerprint_facts(
     };
     put("cluster_uid", json!(inv.cluster_uid));
     put("kubernetes_minor", json!(inv.minor()));
-    put("nodes", json!(facts::node_facts(inv)));
+    // Node names churn with autoscaling and do not change the steps; readiness and
+    // Fargate placement do.
+    let nodes = facts::node_facts(inv);
+    let named = |keep: fn(&facts::NodeFact) -> bool| {
+        nodes
+            .iter()
+            .filter(|n| keep(n))
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+    };
+    put("nodes_not_ready", json!(named(|n| !n.ready)));
+    put("nodes_fargate", json!(named(|n| n.fargate)));
     for (ns, name, key) in [
         (
             "kube-system",
@@ -162,11 +183,8 @@ pub fn fingerprint_facts(
         })
         .collect();
     put("crds", Value::Array(crds));
-    for kind in facts::POLICY_KINDS {
-        let mut parts: Vec<Value> = inv.list(kind).iter().map(desired_part).collect();
-        parts.sort_by_key(|p| p.to_string());
-        put(&format!("policies/{kind}"), Value::Array(parts));
-    }
+    // Policy objects are not in the fingerprint: teams change them daily, and the
+    // baseline step snapshots them when apply starts. Their counts stay in the plan.
     put(
         "installations",
         json!(
@@ -196,6 +214,42 @@ pub struct SavedPlan {
     pub cluster_uid: String,
     pub created_at: String,
     pub plan: Value,
+}
+
+/// Why `apply` must not run the saved plan.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DriftError {
+    #[error("the saved plan belongs to cluster {saved} (kube-system UID), this is {now}")]
+    OtherCluster { saved: String, now: String },
+    #[error(
+        "the cluster changed since the plan was made ({}); run `calico-migrate plan` again and review it",
+        changed.join(", ")
+    )]
+    Changed { changed: Vec<String> },
+}
+
+/// Compare the saved plan with the cluster now: Ok when nothing that matters moved.
+pub fn check_drift(
+    saved: &SavedPlan,
+    inv: &Inventory,
+    profile: &Profile,
+) -> Result<(), DriftError> {
+    if saved.cluster_uid != inv.cluster_uid {
+        return Err(DriftError::OtherCluster {
+            saved: saved.cluster_uid.clone(),
+            now: inv.cluster_uid.clone(),
+        });
+    }
+    let pin = saved
+        .plan
+        .get("operator_manifest_sha256")
+        .and_then(Value::as_str);
+    let changed = drift(&saved.facts, &fingerprint_facts(inv, profile, pin));
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(DriftError::Changed { changed })
+    }
 }
 
 /// Facts whose digest differs between the saved plan and now (for apply's refusal).

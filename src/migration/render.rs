@@ -79,11 +79,11 @@ pub fn text(p: &Plan) -> String {
         o,
         "\n{}",
         if p.ready() {
-            "Ready to apply: no blockers."
+            "Ready to apply: every blocker is fixed by a step of this plan."
         } else if p.steps.is_empty() {
             "Nothing to apply."
         } else {
-            "NOT ready to apply: resolve the blockers above (or let the named steps fix them), then plan again."
+            "NOT ready to apply: resolve the blockers that no step fixes, then plan again."
         }
     );
     o
@@ -92,7 +92,11 @@ pub fn text(p: &Plan) -> String {
 fn findings_text(o: &mut String, title: &str, fs: &[Finding]) {
     let _ = writeln!(o, "\n{title} ({})", fs.len());
     for f in fs {
-        let _ = writeln!(o, "  [{}] {}\n      fix: {}", f.code, f.message, f.fix);
+        let by = f
+            .fixed_by
+            .map(|id| format!(" (step {id})"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  [{}] {}\n      fix{by}: {}", f.code, f.message, f.fix);
     }
 }
 
@@ -146,9 +150,13 @@ pub fn markdown(p: &Plan) -> String {
         if !fs.is_empty() {
             let _ = writeln!(o, "| Code | Finding | Fix |\n|---|---|---|");
             for f in fs.iter() {
+                let by = f
+                    .fixed_by
+                    .map(|id| format!(" (step `{id}`)"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     o,
-                    "| `{}` | {} | {} |",
+                    "| `{}` | {} | {}{by} |",
                     f.code,
                     cell(&f.message),
                     cell(&f.fix)

@@ -25,6 +25,21 @@ pub struct Finding {
     pub severity: Severity,
     pub message: String,
     pub fix: String,
+    /// The plan step that removes this blocker, when the plan has it; a blocker
+    /// with a fixing step does not stop `apply`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_by: Option<&'static str>,
+}
+
+/// The step that fixes a finding, by code.
+pub fn fixing_step(code: &str) -> Option<&'static str> {
+    use super::steps::{align_versions, detach_helm, fargate_affinity};
+    match code {
+        "CONVERTER_HELM_ANNOTATIONS" => Some(detach_helm::ID),
+        "CONVERTER_FARGATE_AFFINITY" => Some(fargate_affinity::ID),
+        "CALICO_VERSION_ALIGN" => Some(align_versions::ID),
+        _ => None,
+    }
 }
 
 /// Everything the rules look at.
@@ -44,6 +59,7 @@ fn f(code: &'static str, severity: Severity, message: String, fix: impl Into<Str
         severity,
         message,
         fix: fix.into(),
+        fixed_by: None,
     }
 }
 use Severity::{Blocker, Warning};
