@@ -667,6 +667,104 @@ async fn the_sandbox_command_takes_lapse_faults() -> Result<()> {
     result
 }
 
+/// The simulated operator's migration of a prepared aws-calico install (controllers
+/// driven tick by tick), watched by the data plane: the monitor's record of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_migration_under_the_monitor() -> Result<()> {
+    use calico_migrate::sandbox::controllers::{ControllerOptions, Controllers};
+    use calico_migrate::sandbox::{PatchKind, WriteOptions};
+    let sb = Sandbox::new(SandboxOptions::default());
+    sb.load(scenario::build(&ScenarioConfig {
+        nodes: 4,
+        namespaces: 2,
+        pods_per_namespace: 2,
+        ..ScenarioConfig::default()
+    })?)?;
+    let mut extra = scenario::operator::operator_crds();
+    extra.push(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}),
+    );
+    sb.load(extra)?;
+    // What calico-migrate does first: drop Helm's annotations and the Fargate affinity.
+    let prepare = json!({
+        "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
+        "spec": {"template": {"spec": {"affinity": null}}}});
+    sb.store().patch(
+        &Gvr::new("apps", "v1", "daemonsets"),
+        "kube-system",
+        "calico-node",
+        PatchKind::Merge,
+        prepare.to_string().as_bytes(),
+        "",
+        &WriteOptions::default(),
+    )?;
+    let dp = DataPlane::start(&sb, DataPlaneOptions::default())?;
+    let mut c = Controllers::new(
+        &sb,
+        ControllerOptions {
+            pod_start_delay: 2.0,
+            ..ControllerOptions::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let chart = scenario::chart::ChartValues::seed_organisation("tigera-operator");
+    let op = scenario::operator::rendered_objects(&chart)
+        .into_iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == "Deployment")
+        .context("operator Deployment")?;
+    sb.store().create(
+        &Gvr::new("apps", "v1", "deployments"),
+        "tigera-operator",
+        op,
+        &WriteOptions::default(),
+    )?;
+    sb.store().create(
+        &Gvr::new("operator.tigera.io", "v1", "installations"),
+        "",
+        scenario::operator::installation_default(),
+        &WriteOptions::default(),
+    )?;
+    let from = jiff::Timestamp::now();
+    let gone = |sb: &Sandbox| {
+        sb.store()
+            .get(
+                &Gvr::new("apps", "v1", "daemonsets"),
+                "kube-system",
+                "calico-node",
+            )
+            .is_err()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3000 {
+        if gone(&sb) {
+            break;
+        }
+        c.tick();
+        seen.extend(dp.nodes().await.into_iter().map(|n| n.enforcer));
+    }
+    // Every node went through the swap: frozen kube-system rules, then the operator's agent.
+    assert!(
+        seen.contains("frozen") && seen.contains("calico-system"),
+        "{seen:?}"
+    );
+    // Let the last calico-system pods become Ready.
+    for _ in 0..200 {
+        c.tick();
+    }
+    if !gone(&sb) {
+        bail!("the simulated operator did not finish the migration");
+    }
+    let to = jiff::Timestamp::now();
+    for n in dp.nodes().await {
+        assert_eq!(n.enforcer, "calico-system", "{n:?}");
+    }
+    let iv = dp.intervals().await;
+    eprintln!("intervals: {iv:#?}");
+    assert!(!iv.iter().any(|i| i.overlaps(from, to)), "{iv:?}");
+    Ok(())
+}
+
 /// Figures for docs/benchmarks.md (not a pass/fail timing):
 /// `cargo test --release --test sandbox_dataplane -- --ignored --nocapture bench_`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
