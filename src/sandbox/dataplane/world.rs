@@ -275,6 +275,7 @@ impl World {
                 self.upsert(&gr, &obj);
             }
         }
+        self.pods_version += 1;
         self.policies = if set.fingerprint == policies_before.fingerprint {
             policies_before
         } else {
@@ -319,7 +320,6 @@ impl World {
                     }
                 }
                 self.pods.insert(key, info);
-                self.pods_version += 1;
             }
             ("", "namespaces") => {
                 let parsed = parse_one(obj, &format!("namespace {name}"))
@@ -365,6 +365,7 @@ impl World {
     fn remove_pod(&mut self, key: &PodKey) -> Option<PodInfo> {
         let old = self.pods.remove(key)?;
         self.model_pods.remove(key);
+        // The caller bumps `pods_version` if what the policy engine sees changed.
         if let Some(n) = &old.node
             && let Some(set) = self.by_node.get_mut(n)
         {
@@ -375,7 +376,6 @@ impl World {
         {
             self.by_ip.remove(&ip);
         }
-        self.pods_version += 1;
         Some(old)
     }
 
@@ -410,12 +410,17 @@ impl World {
         match (gr.group.as_str(), gr.resource.as_str()) {
             ("", "pods") => {
                 let key = (ev.namespace.clone(), ev.name.clone());
+                let before = self.model_pods.get(&key).cloned();
                 if let Some(old) = self.remove_pod(&key) {
                     touched.extend(old.node);
                 }
                 if ev.kind != EventType::Deleted {
                     self.upsert(gr, &ev.object);
                     touched.extend(self.pods.get(&key).and_then(|p| p.node.clone()));
+                }
+                // Status-only updates (readiness, conditions) keep the cached indexes.
+                if self.model_pods.get(&key) != before.as_ref() {
+                    self.pods_version += 1;
                 }
                 self.dirty = true;
             }
