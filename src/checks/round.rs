@@ -1,0 +1,522 @@
+//! The I/O of a round: remove leftovers, create the probe workload, wait for it, read
+//! the policies in force, exec the planned probes with bounded concurrency (retrying
+//! only Check failed), compare, and remove the workload again.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, AttachParams, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::outcome::{ExecResult, ProbeRecord, RoundReport, classify, compare};
+use super::plan::{Probe, RoundPlan, plan_round};
+use super::workload::{self, NAMESPACE_A, NAMESPACE_B, PROBE_LABEL, ProbePod};
+use crate::policy::{InputError, PolicyIndex};
+
+/// How a round runs.
+#[derive(Debug, Clone)]
+pub struct RoundOptions {
+    /// Probe image (must provide `/agnhost connect` and `netexec`).
+    pub image: String,
+    /// Probes in flight at once.
+    pub concurrency: usize,
+    /// agnhost `--timeout`: how long a connection may take before it counts as blocked.
+    pub connect_timeout: Duration,
+    /// Extra attempts for a probe that ends Check failed (never for other classes).
+    pub retries: u32,
+    /// How long to wait for the probe pods to run.
+    pub ready_timeout: Duration,
+    /// A namespace the GlobalNetworkPolicies exempt, where one client per node probes IMDS.
+    pub exempt_namespace: Option<String>,
+    /// `host:port` resolved through cluster DNS by one probe per node.
+    pub dns_target: Option<String>,
+    /// Only these nodes (default: every node that runs Calico, i.e. not Fargate).
+    pub nodes: Option<Vec<String>>,
+}
+
+impl Default for RoundOptions {
+    fn default() -> Self {
+        Self {
+            image: workload::DEFAULT_IMAGE.to_string(),
+            concurrency: 32,
+            connect_timeout: Duration::from_secs(1),
+            retries: 2,
+            ready_timeout: Duration::from_secs(180),
+            exempt_namespace: Some("kube-system".to_string()),
+            dns_target: None,
+            nodes: None,
+        }
+    }
+}
+
+/// Why a round could not run at all (individual probe failures are in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{what}: {source}; check the cluster is reachable and the credentials may {what}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "no node to probe: the cluster has no EC2 node running Calico (Fargate nodes are skipped)"
+    )]
+    NoNodes,
+    #[error("cannot evaluate the cluster's policies: {0}")]
+    Policy(#[from] InputError),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> CheckError {
+    let what = what.into();
+    move |source| CheckError::Api { what, source }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+fn probe_selector() -> ListParams {
+    ListParams::default().labels(&format!("{PROBE_LABEL}=true"))
+}
+
+/// Remove every probe namespace and probe pod (found by label) and wait until they are
+/// gone. Idempotent: safe at the start of a round, at its end and after a crash.
+pub async fn cleanup(client: &kube::Client, timeout: Duration) -> Result<(), CheckError> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let dp = DeleteParams::background().grace_period(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ns_list = nss
+            .list(&probe_selector())
+            .await
+            .map_err(api("list namespaces"))?;
+        let pod_list = pods
+            .list(&probe_selector())
+            .await
+            .map_err(api("list pods"))?;
+        if ns_list.items.is_empty() && pod_list.items.is_empty() {
+            return Ok(());
+        }
+        for ns in &ns_list.items {
+            let Some(name) = ns.metadata.name.as_deref() else {
+                continue;
+            };
+            if ns.metadata.deletion_timestamp.is_none() {
+                match nss.delete(name, &dp).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(api(format!("delete namespace {name}"))(e)),
+                }
+            }
+        }
+        for p in &pod_list.items {
+            let (Some(ns), Some(name)) =
+                (p.metadata.namespace.as_deref(), p.metadata.name.as_deref())
+            else {
+                continue;
+            };
+            if p.metadata.deletion_timestamp.is_none() {
+                let api_ns: Api<Pod> = Api::namespaced(client.clone(), ns);
+                match api_ns.delete(name, &dp).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(api(format!("delete pod {ns}/{name}"))(e)),
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(CheckError::Timeout(format!(
+                "probe namespaces/pods labelled {PROBE_LABEL}=true are still being deleted after {}s; \
+                 look for finalizers on them and run `calico-migrate check` again to finish the cleanup",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The nodes that run Calico, sorted: Fargate nodes have no calico-node.
+async fn probe_nodes(
+    client: &kube::Client,
+    only: Option<&[String]>,
+) -> Result<Vec<String>, CheckError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(api("list nodes"))?;
+    let mut out: Vec<String> = list
+        .items
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("eks.amazonaws.com/compute-type"))
+                .map(String::as_str)
+                != Some("fargate")
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .filter(|n| only.is_none_or(|o| o.contains(n)))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(CheckError::NoNodes);
+    }
+    Ok(out)
+}
+
+async fn create_ignoring_exists<K>(api: &Api<K>, obj: &Value, what: &str) -> Result<(), CheckError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let typed: K = serde_json::from_value(obj.clone())
+        .map_err(|e| CheckError::Timeout(format!("{what}: {e}")))?;
+    match api.create(&PostParams::default(), &typed).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(api_err(what, e)),
+    }
+}
+
+fn api_err(what: &str, e: kube::Error) -> CheckError {
+    CheckError::Api {
+        what: what.to_string(),
+        source: e,
+    }
+}
+
+/// The cluster objects the policy engine needs, as JSON with apiVersion and kind.
+async fn policy_objects(client: &kube::Client) -> Result<Vec<Value>, CheckError> {
+    let kinds: [(&str, &str, &str, &str); 7] = [
+        ("", "v1", "Namespace", "namespaces"),
+        ("", "v1", "Pod", "pods"),
+        (
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+        ),
+        (
+            "crd.projectcalico.org",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+        ),
+        (
+            "crd.projectcalico.org",
+            "v1",
+            "GlobalNetworkPolicy",
+            "globalnetworkpolicies",
+        ),
+        (
+            "crd.projectcalico.org",
+            "v1",
+            "GlobalNetworkSet",
+            "globalnetworksets",
+        ),
+        ("crd.projectcalico.org", "v1", "Tier", "tiers"),
+    ];
+    let mut out = Vec::new();
+    for (group, version, kind, plural) in kinds {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let dyn_api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let list = match dyn_api.list(&ListParams::default()).await {
+            Ok(l) => l,
+            // Calico's CRDs may be absent (or Tier not served by older Calico).
+            Err(e) if group == "crd.projectcalico.org" && is_status(&e, 404) => continue,
+            Err(e) => return Err(api_err(&format!("list {plural}.{group}"), e)),
+        };
+        for item in list.items {
+            let mut v = serde_json::to_value(&item).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+                o.insert("kind".into(), Value::String(kind.into()));
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// Exec `/agnhost connect` once in `ns/pod`.
+pub async fn exec_connect(
+    client: &kube::Client,
+    from: &str,
+    target: &str,
+    protocol: &str,
+    timeout: Duration,
+) -> ExecResult {
+    let Some((ns, name)) = from.split_once('/') else {
+        return ExecResult::Error(format!("bad pod key {from}"));
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let cmd = [
+        "/agnhost".to_string(),
+        "connect".into(),
+        target.to_string(),
+        format!("--timeout={}", go_duration(timeout)),
+        format!("--protocol={}", protocol.to_lowercase()),
+    ];
+    let ap = AttachParams::default()
+        .container("agnhost")
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let run = async {
+        let mut p = pods
+            .exec(name, cmd, &ap)
+            .await
+            .map_err(|e| format!("exec in {from}: {e}"))?;
+        let mut stderr = String::new();
+        if let Some(mut e) = p.stderr() {
+            let _ = e.read_to_string(&mut stderr).await;
+        }
+        if let Some(mut o) = p.stdout() {
+            let mut sink = String::new();
+            let _ = o.read_to_string(&mut sink).await;
+        }
+        let status = match p.take_status() {
+            Some(s) => s.await,
+            None => None,
+        };
+        let Some(status) = status else {
+            return Err(format!(
+                "exec in {from}: the stream ended without an exit status"
+            ));
+        };
+        if status.status.as_deref() == Some("Success") {
+            return Ok((0, stderr));
+        }
+        let code = status
+            .details
+            .as_ref()
+            .and_then(|d| d.causes.as_ref())
+            .and_then(|c| c.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+            .and_then(|c| c.message.as_deref()?.parse::<i32>().ok());
+        match code {
+            Some(code) => Ok((code, stderr)),
+            None => Err(format!(
+                "exec in {from}: {}",
+                status.message.unwrap_or_default()
+            )),
+        }
+    };
+    // The probe's own timeout plus room for the API round trips.
+    match tokio::time::timeout(timeout + Duration::from_secs(30), run).await {
+        Ok(Ok((code, stderr))) => ExecResult::Exited { code, stderr },
+        Ok(Err(e)) => ExecResult::Error(e),
+        Err(_) => ExecResult::Error(format!(
+            "exec in {from}: no answer within {}s",
+            timeout.as_secs() + 30
+        )),
+    }
+}
+
+/// A probe workload in place; runs rounds and continuous probes until torn down.
+pub struct Prober {
+    client: kube::Client,
+    opts: RoundOptions,
+    nodes: Vec<String>,
+    pods: Vec<ProbePod>,
+}
+
+impl Prober {
+    /// Remove leftovers, then create the probe workload and wait (at most
+    /// `ready_timeout`) for its pods to run. Pods that never run are reported by
+    /// rounds as Check failed on their node.
+    pub async fn setup(client: &kube::Client, opts: &RoundOptions) -> Result<Prober, CheckError> {
+        if opts.concurrency == 0 {
+            return Err(CheckError::Timeout("concurrency must be at least 1".into()));
+        }
+        cleanup(client, opts.ready_timeout).await?;
+        let nodes = probe_nodes(client, opts.nodes.as_deref()).await?;
+        let pods = workload::probe_pods(&nodes, opts.exempt_namespace.as_deref());
+        let nss: Api<Namespace> = Api::all(client.clone());
+        for ns in [NAMESPACE_A, NAMESPACE_B] {
+            create_ignoring_exists(
+                &nss,
+                &workload::namespace_manifest(ns),
+                &format!("create namespace {ns}"),
+            )
+            .await?;
+            let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+            create_ignoring_exists(
+                &np,
+                &workload::default_policy_manifest(ns),
+                &format!("create networkpolicy {ns}/default"),
+            )
+            .await?;
+        }
+        let image = opts.image.clone();
+        let results: Vec<Result<(), CheckError>> = futures::stream::iter(pods.iter().map(|p| {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
+            let manifest = workload::pod_manifest(p, &image);
+            let what = format!("create pod {}", p.key());
+            async move { create_ignoring_exists(&api, &manifest, &what).await }
+        }))
+        .buffer_unordered(opts.concurrency)
+        .collect()
+        .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let prober = Prober {
+            client: client.clone(),
+            opts: opts.clone(),
+            nodes,
+            pods,
+        };
+        prober.wait_running().await?;
+        Ok(prober)
+    }
+
+    async fn wait_running(&self) -> Result<(), CheckError> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let want: BTreeSet<String> = self.pods.iter().map(ProbePod::key).collect();
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        loop {
+            let list = pods
+                .list(&probe_selector())
+                .await
+                .map_err(api("list pods"))?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| {
+                    let st = p.status.as_ref();
+                    st.and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && st.and_then(|s| s.pod_ip.as_deref()).is_some()
+                })
+                .filter_map(|p| {
+                    Some(format!(
+                        "{}/{}",
+                        p.metadata.namespace.as_deref()?,
+                        p.metadata.name.as_deref()?
+                    ))
+                })
+                .filter(|k| want.contains(k))
+                .count();
+            if running == want.len() || Instant::now() > deadline {
+                if running < want.len() {
+                    tracing::warn!(
+                        "{} of {} probe pods are running after the wait",
+                        running,
+                        want.len()
+                    );
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The nodes probed.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// Read the policies in force and plan the probes.
+    pub async fn plan(&self) -> Result<RoundPlan, CheckError> {
+        let objects = policy_objects(&self.client).await?;
+        let index = PolicyIndex::from_objects(&objects)?;
+        Ok(plan_round(
+            &self.nodes,
+            &self.pods,
+            &index,
+            self.opts.exempt_namespace.as_deref(),
+            self.opts.dns_target.as_deref(),
+        ))
+    }
+
+    /// Run probes with bounded concurrency; Check failed is retried, nothing else.
+    pub async fn execute(&self, probes: &[Probe]) -> Vec<ProbeRecord> {
+        let client = &self.client;
+        let opts = &self.opts;
+        futures::stream::iter(probes.iter().cloned().map(|probe| async move {
+            let started = Instant::now();
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let r = exec_connect(
+                    client,
+                    &probe.from,
+                    &probe.target,
+                    &probe.protocol,
+                    opts.connect_timeout,
+                )
+                .await;
+                let (observed, detail) = classify(&r);
+                if observed != super::ResultClass::CheckFailed || attempts > opts.retries {
+                    return ProbeRecord {
+                        probe,
+                        observed,
+                        detail,
+                        attempts,
+                        millis: started.elapsed().as_millis() as u64,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempts))).await;
+            }
+        }))
+        .buffer_unordered(opts.concurrency)
+        .collect()
+        .await
+    }
+
+    /// One full round over every node.
+    pub async fn round(&self) -> Result<RoundReport, CheckError> {
+        let started = Instant::now();
+        let plan = self.plan().await?;
+        let mut records = self.execute(&plan.probes).await;
+        records.sort_by(|a, b| {
+            (&a.probe.node, &a.probe.from, &a.probe.to, a.probe.port).cmp(&(
+                &b.probe.node,
+                &b.probe.from,
+                &b.probe.to,
+                b.probe.port,
+            ))
+        });
+        Ok(compare(
+            &plan,
+            records,
+            started.elapsed().as_millis() as u64,
+        ))
+    }
+
+    /// Remove the probe workload.
+    pub async fn teardown(self) -> Result<(), CheckError> {
+        cleanup(&self.client, self.opts.ready_timeout).await
+    }
+}
+
+/// Set up, run one round, and always remove the probe workload again.
+pub async fn run_round(
+    client: &kube::Client,
+    opts: &RoundOptions,
+) -> Result<RoundReport, CheckError> {
+    let prober = match Prober::setup(client, opts).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = cleanup(client, opts.ready_timeout).await;
+            return Err(e);
+        }
+    };
+    let report = prober.round().await;
+    let cleaned = prober.teardown().await;
+    let report = report?;
+    cleaned?;
+    Ok(report)
+}

@@ -1,0 +1,81 @@
+//! Probe one node continuously while its Calico agent is swapped: every pass runs the
+//! probes where the node is source or destination (expectations re-read each pass,
+//! since policies may change), and the longest time between two passes that verified
+//! enforcement is recorded. It ends once `done` has resolved and a pass verifies, or
+//! at `max` (then `verified_at_end` is false).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::outcome::{Failure, compare};
+use super::plan::probes_touching;
+use super::round::{CheckError, Prober};
+
+/// What continuous probing of one node saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeWatch {
+    pub node: String,
+    pub passes: u32,
+    pub failed_passes: u32,
+    /// Longest time without a verifying pass (from the start, between passes, to the end).
+    pub longest_unverified_ms: u64,
+    pub verified_at_end: bool,
+    /// The failures of the last failing pass (empty when none failed).
+    pub last_failures: Vec<Failure>,
+}
+
+/// Probe `node` every `interval` until `done` resolves and a pass verifies, or `max`.
+pub async fn watch_node(
+    prober: &Prober,
+    node: &str,
+    done: impl Future<Output = ()>,
+    interval: Duration,
+    max: Duration,
+) -> Result<NodeWatch, CheckError> {
+    let start = Instant::now();
+    let mut last_verified = start;
+    let mut out = NodeWatch {
+        node: node.to_string(),
+        ..NodeWatch::default()
+    };
+    let mut done = std::pin::pin!(done);
+    let mut finished = false;
+    loop {
+        let plan = prober.plan().await?;
+        let probes: Vec<_> = probes_touching(&plan, node).into_iter().cloned().collect();
+        let records = prober.execute(&probes).await;
+        let mut sub = plan.clone();
+        sub.unplanned.retain(|u| u.node == node);
+        let report = compare(&sub, records, 0);
+        let now = Instant::now();
+        out.passes += 1;
+        let ok = report.passed && !probes.is_empty();
+        if ok {
+            out.longest_unverified_ms = out
+                .longest_unverified_ms
+                .max((now - last_verified).as_millis() as u64);
+            last_verified = now;
+        } else {
+            out.failed_passes += 1;
+            out.last_failures = report.failures;
+        }
+        if !finished {
+            finished = futures::poll!(done.as_mut()).is_ready();
+        }
+        if (finished && ok) || now - start >= max {
+            out.verified_at_end = ok;
+            if !ok {
+                out.longest_unverified_ms = out
+                    .longest_unverified_ms
+                    .max((now - last_verified).as_millis() as u64);
+            }
+            return Ok(out);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut done, if !finished => { finished = true; }
+        }
+    }
+}
