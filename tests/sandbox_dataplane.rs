@@ -669,8 +669,11 @@ async fn the_sandbox_command_takes_lapse_faults() -> Result<()> {
 
 /// The simulated operator's migration of a prepared aws-calico install (controllers
 /// driven tick by tick), watched by the data plane: the monitor's record of it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_migration_under_the_monitor() -> Result<()> {
+/// With `change_policy`, a NetworkPolicy is created while the first node runs frozen rules.
+/// Returns the intervals overlapping the migration.
+async fn operator_migration(
+    change_policy: bool,
+) -> Result<Vec<calico_migrate::sandbox::dataplane::Interval>> {
     use calico_migrate::sandbox::controllers::{ControllerOptions, Controllers};
     use calico_migrate::sandbox::{PatchKind, WriteOptions};
     let sb = Sandbox::new(SandboxOptions::default());
@@ -741,7 +744,12 @@ async fn operator_migration_under_the_monitor() -> Result<()> {
             break;
         }
         c.tick();
-        seen.extend(dp.nodes().await.into_iter().map(|n| n.enforcer));
+        let nodes = dp.nodes().await;
+        if change_policy && !seen.contains("frozen") && nodes.iter().any(|n| n.enforcer == "frozen")
+        {
+            sb.load(vec![allow_from_team_0001()])?;
+        }
+        seen.extend(nodes.into_iter().map(|n| n.enforcer));
     }
     // Every node went through the swap: frozen kube-system rules, then the operator's agent.
     assert!(
@@ -759,9 +767,33 @@ async fn operator_migration_under_the_monitor() -> Result<()> {
     for n in dp.nodes().await {
         assert_eq!(n.enforcer, "calico-system", "{n:?}");
     }
-    let iv = dp.intervals().await;
-    eprintln!("intervals: {iv:#?}");
-    assert!(!iv.iter().any(|i| i.overlaps(from, to)), "{iv:?}");
+    Ok(dp
+        .intervals()
+        .await
+        .into_iter()
+        .filter(|i| i.overlaps(from, to))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_migration_without_policy_changes_never_diverges() -> Result<()> {
+    let iv = operator_migration(false).await?;
+    assert!(iv.is_empty(), "{iv:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_mid_migration_is_recorded_as_stale_rules() -> Result<()> {
+    let iv = operator_migration(true).await?;
+    assert!(!iv.is_empty());
+    assert!(
+        iv.iter().all(|i| i.reason == DivergenceReason::StaleRules),
+        "{iv:?}"
+    );
+    assert!(
+        iv.iter().all(|i| i.end.is_some()),
+        "closed once the new agent runs: {iv:?}"
+    );
     Ok(())
 }
 
