@@ -797,6 +797,56 @@ async fn a_policy_change_mid_migration_is_recorded_as_stale_rules() -> Result<()
     Ok(())
 }
 
+#[tokio::test]
+async fn a_lagging_follower_rereads_the_store() -> Result<()> {
+    // A feed of 16 events: the writes below overrun it before the follower runs.
+    let sb = Sandbox::new(SandboxOptions {
+        history: 16,
+        ..SandboxOptions::default()
+    });
+    sb.load(scenario::build(&ScenarioConfig {
+        nodes: 2,
+        namespaces: 1,
+        pods_per_namespace: 1,
+        ..ScenarioConfig::default()
+    })?)?;
+    let node = sb
+        .store()
+        .list(&gvr(("", "v1", "nodes")), None, &ListOptions::default())?
+        .items
+        .first()
+        .and_then(|n| n.pointer("/metadata/name")?.as_str().map(str::to_string))
+        .context("a node")?;
+    let dp = DataPlane::start(
+        &sb,
+        DataPlaneOptions {
+            timeout_scale: 0.0,
+            ..DataPlaneOptions::default()
+        },
+    )?;
+    let pods: Vec<Value> = (1..=60)
+        .map(|i| {
+            probe_pod(
+                "team-0001",
+                &format!("p{i}"),
+                &node,
+                &format!("10.0.201.{i}"),
+            )
+        })
+        .collect();
+    sb.load(pods)?;
+    let cmd: Vec<String> = ["/agnhost", "connect", "10.0.201.60:8080", "--timeout=1s"]
+        .map(str::to_string)
+        .to_vec();
+    assert_eq!(dp.exec("team-0001", "p1", &cmd).await?.exit_code, 0);
+    let nodes = dp.nodes().await;
+    assert!(
+        nodes.iter().all(|n| n.enforcer == "kube-system"),
+        "{nodes:?}"
+    );
+    Ok(())
+}
+
 /// Figures for docs/benchmarks.md (not a pass/fail timing):
 /// `cargo test --release --test sandbox_dataplane -- --ignored --nocapture bench_`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
