@@ -566,3 +566,38 @@ async fn drift_names_what_changed_and_ignores_policy_edits() {
         other => panic!("expected drift, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_inventory_is_complete_through_api_errors() {
+    // 260 user namespaces give more NetworkPolicies (and namespaces) than one 500-item page.
+    let objs = scenario::build(&ScenarioConfig {
+        nodes: 3,
+        namespaces: 260,
+        pods_per_namespace: 1,
+        ..ScenarioConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let nps = objs
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy" && o["apiVersion"] == "networking.k8s.io/v1")
+        .count();
+    let namespaces = objs.iter().filter(|o| o["kind"] == "Namespace").count();
+    assert!(nps > 500, "{nps}");
+    let sb = sandbox(objs);
+    let set = |spec: &str| {
+        let f = calico_migrate::sandbox::faults::FaultConfig::parse_specs(&[spec.to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        sb.set_faults(&f).unwrap_or_else(|e| panic!("{e:?}"));
+    };
+    // The fault settings live in a sandbox namespace: create it before the clean read.
+    set("api-errors:0");
+    let clean = plan_of(&sb).await;
+    assert_eq!(clean.inventory.network_policies, nps);
+    assert!(clean.inventory.namespaces >= namespaces);
+    set("api-errors:0.1");
+    let p = plan_of(&sb).await;
+    assert_eq!(p.inventory.network_policies, nps);
+    assert_eq!(p.inventory.namespaces, clean.inventory.namespaces);
+    assert_eq!(p.fingerprint, clean.fingerprint);
+    assert_eq!(p.source.chart_version.as_deref(), Some("0.3.10"));
+}
