@@ -601,3 +601,67 @@ async fn paginated_inventory_is_complete_through_api_errors() {
     assert_eq!(p.fingerprint, clean.fingerprint);
     assert_eq!(p.source.chart_version.as_deref(), Some("0.3.10"));
 }
+
+#[tokio::test]
+async fn nodes_left_labelled_by_an_earlier_attempt_are_a_blocker() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    let name = objs
+        .iter()
+        .find(|o| o["kind"] == "Node")
+        .and_then(|n| n["metadata"]["name"].as_str())
+        .unwrap_or_else(|| panic!("no node"))
+        .to_string();
+    mutate(&mut objs, "Node", &name, |n| {
+        n["metadata"]["labels"]["projectcalico.org/operator-node-migration"] =
+            json!("pre-operator");
+    });
+    let p = plan_of(&sandbox(objs)).await;
+    let f = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "OPERATOR_PRESENT")
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert!(f.message.contains(&name), "{}", f.message);
+}
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_bound() {
+    // Accepts TCP connections (kernel backlog) but never answers HTTP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        calico_migrate::sandbox::serve::kubeconfig_for(&format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let out = bin()
+        .env_remove("KUBECONFIG")
+        .args([
+            "--kubeconfig",
+            &kc.to_string_lossy(),
+            "--state-dir",
+            &dir.path().join("s").to_string_lossy(),
+            "plan",
+        ])
+        .timeout(Duration::from_secs(40))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("did not answer within 10 s") && stderr.contains("timed out"),
+        "{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    drop(listener);
+}

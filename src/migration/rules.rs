@@ -151,7 +151,9 @@ fn generation(i: &RuleInput, out: &mut Vec<Finding>) {
             "check --context points at the right cluster; there is nothing to migrate",
         )),
     }
-    let half = i.summary.operator_present || i.summary.installation_present;
+    helm_configmap_driver(i, out);
+    let labelled = migration_labelled_nodes(i.inv);
+    let half = i.summary.operator_present || i.summary.installation_present || !labelled.is_empty();
     if half
         && matches!(
             s.generation,
@@ -163,13 +165,61 @@ fn generation(i: &RuleInput, out: &mut Vec<Finding>) {
             Blocker,
             format!(
                 "the Tigera Operator is already present beside kube-system calico-node \
-                 (operator Deployment: {}, Installation: {}): a previous attempt was left half-way, \
-                 and an Installation would start the operator's migration at once",
+                 (operator Deployment: {}, Installation: {}, nodes labelled {MIGRATION_LABEL}: {}): \
+                 a previous attempt was left half-way, and an Installation would start the \
+                 operator's migration at once",
                 yes(i.summary.operator_present),
-                yes(i.summary.installation_present)
+                yes(i.summary.installation_present),
+                if labelled.is_empty() { "none".to_string() } else { labelled.join(", ") }
             ),
             "resume or roll back that attempt (`calico-migrate status`, `calico-migrate rollback` \
              with its state dir), or remove the operator and its Installation, then plan again",
+        ));
+    }
+}
+
+/// The node label the operator's migration sets (tigera/operator
+/// `pkg/controller/migration/namespace_migration.go`).
+pub const MIGRATION_LABEL: &str = "projectcalico.org/operator-node-migration";
+
+fn migration_labelled_nodes(inv: &Inventory) -> Vec<String> {
+    inv.list("nodes")
+        .iter()
+        .filter(|n| {
+            n.pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .is_some_and(|l| l.contains_key(MIGRATION_LABEL))
+        })
+        .map(|n| name_of(n).to_string())
+        .collect()
+}
+
+fn helm_configmap_driver(i: &RuleInput, out: &mut Vec<Finding>) {
+    let recs: Vec<String> = i
+        .inv
+        .list("helm3_configmaps")
+        .iter()
+        .filter_map(|o| match crate::helm::detect_release_record(o) {
+            Some(crate::helm::ReleaseRecord::Helm3ConfigMap { release, .. }) => Some(format!(
+                "{}/{} ({release})",
+                str_at(o, "/metadata/namespace").unwrap_or(""),
+                name_of(o)
+            )),
+            _ => None,
+        })
+        .filter(|r| r.contains("calico"))
+        .collect();
+    if !recs.is_empty() {
+        out.push(f(
+            "HELM_CONFIGMAP_DRIVER",
+            Blocker,
+            format!(
+                "Helm 3 release records stored as ConfigMaps (HELM_DRIVER=configmap): {}; \
+                 calico-migrate backs up and restores only Secret records",
+                recs.join(", ")
+            ),
+            "migrate the release to the secrets driver (helm-driver-migrate) or remove the \
+             records after backing them up yourself, then plan again",
         ));
     }
 }
@@ -267,9 +317,13 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
                          MigrationError)",
                         keys.join(", ")
                     ),
-                    if helm_only {
+                    if helm_only && i.source.release.is_some() {
                         "the detach-helm step removes the Helm annotations and labels (after backing \
                          up the release records)"
+                            .to_string()
+                    } else if helm_only {
+                        "no Helm 3 release record exists to detach: remove the meta.helm.sh/* \
+                         annotations from the DaemonSet yourself"
                             .to_string()
                     } else {
                         format!("remove the annotations {} from the DaemonSet", keys.join(", "))
