@@ -936,3 +936,70 @@ fn figures_fifty_node_migration() {
         );
     }
 }
+
+/// The running loop, driven only through a kube client: a fault set by patching
+/// ConfigMap sandbox-system/controller-faults is visible in TigeraStatus and node labels.
+#[tokio::test]
+async fn a_kube_client_sets_a_fault_and_sees_the_operator_stall() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    use kube::discovery::ApiResource;
+    let (sb, c) = cluster(3, 13, true, ControllerFaults::default());
+    drop(c);
+    let mut names = node_names(&sb);
+    names.sort();
+    let h = sb
+        .start_controllers(ControllerOptions {
+            time_scale: 1000.0,
+            pod_start_delay: 1.0,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = sb.client();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "sandbox-system");
+    let patch = json!({"data": {"operator-stall": names[1]}});
+    assert!(
+        cms.patch(
+            cfaults::CONFIGMAP,
+            &PatchParams::default(),
+            &Patch::Merge(&patch)
+        )
+        .await
+        .is_ok()
+    );
+    let ar = ApiResource {
+        group: "operator.tigera.io".into(),
+        version: "v1".into(),
+        api_version: "operator.tigera.io/v1".into(),
+        kind: "TigeraStatus".into(),
+        plural: "tigerastatuses".into(),
+    };
+    let statuses: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    let want = format!("Waiting to migrate node {}", names[1]);
+    let mut seen = false;
+    for _ in 0..500 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let msg = statuses
+            .get("calico")
+            .await
+            .ok()
+            .map(|s| condition(&s.data, "Progressing")["message"].clone());
+        if msg == Some(json!(want)) {
+            seen = true;
+            break;
+        }
+    }
+    let label = |n: &k8s_openapi::api::core::v1::Node| {
+        n.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MIGRATION_LABEL).cloned())
+    };
+    let stalled = nodes.get(&names[1]).await.ok().and_then(|n| label(&n));
+    let first = nodes.get(&names[0]).await.ok().and_then(|n| label(&n));
+    h.stop();
+    assert!(seen, "TigeraStatus never said: {want}");
+    assert_eq!(stalled.as_deref(), Some("pre-operator"));
+    assert_eq!(first.as_deref(), Some("migrated"));
+}

@@ -126,13 +126,18 @@ impl Controllers {
         self.settle(&f);
     }
 
-    /// Run the workload controllers until they make no more writes (bounded).
+    /// Run the workload controllers until pods stop changing (bounded).
     pub fn settle(&mut self, f: &ControllerFaults) {
+        // One snapshot of nodes and pods per pass: listing clones every object and
+        // is what a pass costs. Status-only writes do not ask for another pass.
         for _ in 0..8 {
-            let mut changed = workloads::reconcile(&self.sb);
+            let nodes = list(&self.sb, &nodes_gvr(), None);
+            let pods = list(&self.sb, &pods_gvr(), None);
+            let mut changed = workloads::reconcile(&self.sb, &nodes, &pods);
+            let delay = self.opts.pod_start_delay;
             changed |= self
                 .pods
-                .reconcile(&self.sb, self.now, self.opts.pod_start_delay, f);
+                .reconcile(&self.sb, &nodes, &pods, self.now, delay, f);
             if !changed {
                 break;
             }

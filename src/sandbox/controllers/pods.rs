@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use serde_json::{Value, json};
 
 use super::faults::ControllerFaults;
-use super::{deleting, label, list, merge, name, namespace, nodes_gvr, pods_gvr, sched};
+use super::{deleting, label, merge, name, namespace, pods_gvr, sched};
 use crate::sandbox::Sandbox;
 
 const MANAGER: &str = "sandbox-kubelet";
@@ -73,12 +73,19 @@ impl PodLifecycle {
     }
 
     /// One pass; true if anything was written.
-    pub fn reconcile(&mut self, sb: &Sandbox, now: f64, delay: f64, f: &ControllerFaults) -> bool {
-        let nodes: BTreeMap<String, Value> = list(sb, &nodes_gvr(), None)
-            .into_iter()
-            .map(|n| (name(&n).to_string(), n))
+    pub fn reconcile(
+        &mut self,
+        sb: &Sandbox,
+        nodes: &[Value],
+        pods: &[Value],
+        now: f64,
+        delay: f64,
+        f: &ControllerFaults,
+    ) -> bool {
+        let nodes: BTreeMap<String, Value> = nodes
+            .iter()
+            .map(|n| (name(n).to_string(), n.clone()))
             .collect();
-        let pods = list(sb, &pods_gvr(), None);
         let mut used: HashSet<String> = pods
             .iter()
             .filter_map(|p| {
@@ -91,7 +98,7 @@ impl PodLifecycle {
         let mut changed = false;
         let live: HashSet<&str> = pods.iter().map(super::uid).collect();
         self.ready_at.retain(|u, _| live.contains(u.as_str()));
-        for p in &pods {
+        for p in pods {
             if deleting(p) {
                 continue;
             }

@@ -16,29 +16,26 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{
-    delete, deleting, deploy_gvr, ds_gvr, label, list, merge, name, namespace, nodes_gvr, owned_by,
-    owner_ref, pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
+    delete, deleting, deploy_gvr, ds_gvr, label, list, merge, name, namespace, owned_by, owner_ref,
+    pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
 };
 use crate::sandbox::Sandbox;
 
 const MANAGER: &str = "sandbox-controllers";
 
-/// One pass over every DaemonSet and Deployment; true if anything was written.
-pub fn reconcile(sb: &Sandbox) -> bool {
-    let nodes: Vec<Value> = list(sb, &nodes_gvr(), None)
-        .into_iter()
-        .filter(|n| !deleting(n))
-        .collect();
-    let pods = list(sb, &pods_gvr(), None);
+/// One pass over every DaemonSet and Deployment with a snapshot of nodes and
+/// pods; true if pods were created or deleted (status writes do not count).
+pub fn reconcile(sb: &Sandbox, nodes: &[Value], pods: &[Value]) -> bool {
+    let nodes: Vec<Value> = nodes.iter().filter(|n| !deleting(n)).cloned().collect();
     let mut changed = false;
     for ds in list(sb, &ds_gvr(), None) {
         if !deleting(&ds) {
-            changed |= daemonset(sb, &ds, &nodes, &pods);
+            changed |= daemonset(sb, &ds, &nodes, pods);
         }
     }
     for d in list(sb, &deploy_gvr(), None) {
         if !deleting(&d) {
-            changed |= deployment(sb, &d, &pods);
+            changed |= deployment(sb, &d, pods);
         }
     }
     changed
@@ -217,7 +214,8 @@ fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[Value], all_pods: &[Value]) -> b
         "numberUnavailable": desired.saturating_sub(ready),
         "observedGeneration": generation_now,
     });
-    changed | write_status(sb, &ds_gvr(), ds, status)
+    write_status(sb, &ds_gvr(), ds, status);
+    changed
 }
 
 /// A stable short hash of the pod template (the real controller names ControllerRevisions by it).
@@ -337,5 +335,6 @@ fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Value]) -> bool {
         "unavailableReplicas": want.saturating_sub(ready),
         "conditions": conditions,
     });
-    changed | write_status(sb, &deploy_gvr(), d, status)
+    write_status(sb, &deploy_gvr(), d, status);
+    changed
 }
