@@ -283,10 +283,11 @@ impl DataPlane {
         };
         if result == probe::Connect::Dropped {
             // A dropped SYN waits for the client's timeout (the kernel's ~2 min when none).
+            // Capped so that an absurd --timeout cannot hold a connection for days.
             let nominal = if timeout.is_zero() {
                 Duration::from_secs(127)
             } else {
-                timeout
+                timeout.min(Duration::from_secs(600))
             };
             let wait = nominal.mul_f64(self.inner.opts.timeout_scale.clamp(0.0, 1.0));
             if !wait.is_zero() {
