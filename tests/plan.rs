@@ -665,3 +665,58 @@ fn a_server_that_never_answers_fails_within_the_bound() {
     );
     drop(listener);
 }
+
+async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
+    let client = sb.client();
+    let retry = RetryPolicy::default();
+    let inv = inventory::read(&client, "v1.29.15-eks".into(), &retry)
+        .await
+        .unwrap_or_else(|e| panic!("inventory: {e}"));
+    let acc = access::AccessReport::Checked { missing: vec![] };
+    plan::build(&inv, profile, &acc, Some(&"ab".repeat(32))).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let to_3_20 = text.replace(
+        "  calico_version: v3.19.1\n  operator_version: v1.17.4",
+        "  calico_version: v3.20.0\n  operator_version: v1.20.0",
+    );
+    assert_ne!(to_3_20, text, "profile layout changed");
+    let strict = Profile::parse(&to_3_20, "t").unwrap_or_else(|e| panic!("{e}"));
+    let aligning = Profile::parse(
+        &to_3_20.replace("align_versions: false", "align_versions: true"),
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let p = plan_with(&sb, &strict).await;
+    assert!(
+        codes(&p).0.contains(&"CALICO_VERSION_MISMATCH"),
+        "{:?}",
+        p.blockers
+    );
+    assert!(!p.steps.iter().any(|s| s.id == "align-versions"));
+    let p = plan_with(&sb, &aligning).await;
+    assert!(!codes(&p).0.contains(&"CALICO_VERSION_MISMATCH"));
+    let w = p
+        .warnings
+        .iter()
+        .find(|f| f.code == "CALICO_VERSION_ALIGN")
+        .unwrap_or_else(|| panic!("{:?}", p.warnings));
+    assert_eq!(w.fixed_by, Some("align-versions"));
+    let ids: Vec<&str> = p.steps.iter().map(|s| s.id).collect();
+    assert_eq!(&ids[..3], ["baseline", "align-versions", "detach-helm"]);
+    assert!(p.ready(), "{:?}", p.blockers);
+    // The shipped profile keeps the running v3.19 line: no version finding at all.
+    let p = plan_with(&sb, &Profile::load(None).unwrap_or_else(|e| panic!("{e}"))).await;
+    assert!(
+        !p.blockers
+            .iter()
+            .chain(&p.warnings)
+            .any(|f| f.code.starts_with("CALICO_VERSION"))
+    );
+}

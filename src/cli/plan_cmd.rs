@@ -101,3 +101,31 @@ fn pin_manifest(
     std::fs::write(&copy, &bytes).with_context(|| format!("cannot write {}", copy.display()))?;
     Ok(sha)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_is_pinned_copied_and_checked_against_the_profile() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("op.yaml");
+        std::fs::write(&file, "kind: Namespace\n").unwrap_or_else(|e| panic!("{e}"));
+        let mut profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let state = dir.path().join("state");
+        let sha = pin_manifest(&file, &profile, &state).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sha, hex::encode(Sha256::digest(b"kind: Namespace\n")));
+        assert!(
+            state
+                .join(format!("operator-manifest-{sha}.yaml"))
+                .is_file()
+        );
+        profile.operator.sha256 = "0".repeat(64);
+        let err = pin_manifest(&file, &profile, &state)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains(&sha) && e.contains("pins")));
+        let missing = pin_manifest(&dir.path().join("nope"), &profile, &state);
+        assert!(missing.is_err_and(|e| e.to_string().contains("--operator-manifest")));
+    }
+}
