@@ -186,9 +186,50 @@ async fn in_process_probes_follow_the_policies() -> Result<()> {
         assert_eq!(c.enforcer(n).await?, "kube-system");
     }
     assert!(c.dp.intervals().await.is_empty());
+    // Services: names resolve in the pod's search path, kube-proxy picks a Ready endpoint.
+    let svc = |name: &str, app: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "team-0002"},
+            "spec": {"selector": {"app": app}, "clusterIP": ip,
+                "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+    };
+    c.sb.load(vec![
+        svc("c-svc", "probe", "172.20.5.5"),
+        svc("empty", "none", "172.20.5.6"),
+    ])?;
+    for dest in [
+        "c-svc.team-0002:80",
+        "c-svc.team-0002.svc.cluster.local:80",
+        "172.20.5.5:80",
+    ] {
+        assert_eq!(
+            c.connect("team-0001", "a", dest).await?,
+            (1, "TIMEOUT\n".into()),
+            "{dest}"
+        );
+    }
+    assert!(
+        c.connect("team-0001", "a", "c-svc:80")
+            .await?
+            .1
+            .starts_with("DNS: ")
+    );
+    assert_eq!(
+        c.connect("team-0001", "a", "empty.team-0002:80").await?,
+        (1, "REFUSED\n".into())
+    );
+    assert_eq!(
+        c.connect("team-0002", "c", "c-svc:80").await?.0,
+        0,
+        "loopback through the Service"
+    );
     // A policy change applies at once on nodes with an agent.
     c.sb.load(vec![allow_from_team_0001()])?;
     assert_eq!(c.connect("team-0001", "a", "10.0.200.3:8080").await?.0, 0);
+    assert_eq!(
+        c.connect("team-0001", "a", "c-svc.team-0002:80").await?.0,
+        0
+    );
     Ok(())
 }
 

@@ -84,8 +84,9 @@ pub struct DataPlane {
     inner: Arc<Inner>,
 }
 
-const MIRRORED: [(&str, &str, &str); 10] = [
+const MIRRORED: [(&str, &str, &str); 11] = [
     ("", "v1", "namespaces"),
+    ("", "v1", "services"),
     ("", "v1", "nodes"),
     ("", "v1", "pods"),
     ("", "v1", "configmaps"),

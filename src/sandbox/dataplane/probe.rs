@@ -239,10 +239,32 @@ pub fn connect(
             )));
         }
     };
-    let Ok(ip) = host.parse::<IpAddr>() else {
-        return Ok(Connect::Dns(format!("lookup {host}: no such host")));
+    let src_ns = src
+        .object
+        .pointer("/metadata/namespace")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let service = match host.parse::<IpAddr>() {
+        Ok(ip) => world.service_by_cluster_ip(ip).cloned(),
+        Err(_) => match world.service_by_name(host, src_ns) {
+            Some(svc) => Some(svc.clone()),
+            None => return Ok(Connect::Dns(format!("lookup {host}: no such host"))),
+        },
     };
-    let dst_pod = world.pod_by_ip(ip).cloned();
+    let (ip, port, dst_pod) = match &service {
+        // kube-proxy rewrites a Service address to one of its endpoints; none: rejected.
+        Some(svc) => match world.service_backend(svc, port, proto) {
+            Some((pod, target)) => match pod.ip {
+                Some(ip) => (ip, target, Some(pod)),
+                None => return Ok(Connect::Refused),
+            },
+            None => return Ok(Connect::Refused),
+        },
+        None => match host.parse::<IpAddr>() {
+            Ok(ip) => (ip, port, world.pod_by_ip(ip).cloned()),
+            Err(_) => return Ok(Connect::Dns(format!("lookup {host}: no such host"))),
+        },
+    };
     let target = match &dst_pod {
         Some(p) => Target::Pod(p),
         None => Target::Addr(ip),

@@ -210,6 +210,8 @@ pub struct World {
     namespaces: BTreeMap<String, Result<crate::policy::Namespace, String>>,
     model_pods: BTreeMap<PodKey, Result<crate::policy::Pod, String>>,
     pub node_ips: HashMap<IpAddr, String>,
+    /// Services by (namespace, name), for DNS names and ClusterIPs (kube-proxy's DNAT).
+    pub services: BTreeMap<PodKey, Value>,
     pub policies: Arc<PolicySet>,
     pods_version: u64,
     pub nodes: BTreeMap<String, NodeState>,
@@ -238,6 +240,7 @@ impl World {
             namespaces: BTreeMap::new(),
             model_pods: BTreeMap::new(),
             node_ips: HashMap::new(),
+            services: BTreeMap::new(),
             policies: Arc::new(PolicySet::default()),
             pods_version: 0,
             nodes: BTreeMap::new(),
@@ -329,6 +332,9 @@ impl World {
                     None => self.namespaces.remove(&name),
                 };
                 self.pods_version += 1;
+            }
+            ("", "services") => {
+                self.services.insert((ns, name), obj.clone());
             }
             ("", "nodes") => {
                 self.node_ips.retain(|_, n| *n != name);
@@ -432,6 +438,14 @@ impl World {
                     self.upsert(gr, &ev.object);
                 }
                 self.dirty = true;
+            }
+            ("", "services") => {
+                if ev.kind == EventType::Deleted {
+                    self.services
+                        .remove(&(ev.namespace.clone(), ev.name.clone()));
+                } else {
+                    self.upsert(gr, &ev.object);
+                }
             }
             ("", "nodes") => {
                 if ev.kind == EventType::Deleted {
@@ -642,6 +656,78 @@ impl World {
         self.faults.agent_not_ready.contains(node) || self.controller_blocked.contains(node)
     }
 
+    /// The Service a cluster DNS name names, seen from namespace `from_ns`:
+    /// `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local` (the pod's search path).
+    pub fn service_by_name(&self, host: &str, from_ns: &str) -> Option<&Value> {
+        let host = host.trim_end_matches('.');
+        let rest = host
+            .strip_suffix(".svc.cluster.local")
+            .or_else(|| host.strip_suffix(".svc"))
+            .unwrap_or(host);
+        let (name, ns) = rest.split_once('.').unwrap_or((rest, from_ns));
+        if ns.contains('.') {
+            return None;
+        }
+        self.services.get(&(ns.to_string(), name.to_string()))
+    }
+
+    pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<&Value> {
+        self.services.values().find(|svc| {
+            svc.pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                == Some(ip)
+        })
+    }
+
+    /// kube-proxy's choice for `svc:port/proto`: the first Ready Running pod (by name) that
+    /// the selector matches, and the target port on it. None: no endpoint (connection refused).
+    pub fn service_backend(
+        &self,
+        svc: &Value,
+        port: u16,
+        proto: Protocol,
+    ) -> Option<(PodInfo, u16)> {
+        let ns = s(svc, "/metadata/namespace");
+        let selector = svc.pointer("/spec/selector").and_then(Value::as_object)?;
+        let sp = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|p| {
+                p.get("port").and_then(Value::as_u64) == Some(u64::from(port))
+                    && Protocol::parse(p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
+                        == Some(proto)
+            })?;
+        let mut pods: Vec<&PodInfo> = self
+            .pods
+            .iter()
+            .filter(|((pns, _), p)| {
+                pns == ns
+                    && p.ready
+                    && p.phase == "Running"
+                    && p.ip.is_some()
+                    && selector.iter().all(|(k, v)| {
+                        p.object.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
+                    })
+            })
+            .map(|(_, p)| p)
+            .collect();
+        pods.sort_by_key(|p| s(&p.object, "/metadata/name").to_string());
+        for p in pods {
+            let target = match sp.get("targetPort") {
+                None => Some(port),
+                Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                Some(Value::String(name)) => named_port(&p.object, name, proto),
+                Some(_) => None,
+            };
+            if let Some(t) = target {
+                return Some((p.clone(), t));
+            }
+        }
+        None
+    }
+
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
         self.by_ip.get(&ip).and_then(|k| self.pods.get(k))
     }
@@ -735,6 +821,22 @@ impl World {
             }
         }
     }
+}
+
+/// A container port of `pod` by name and protocol.
+fn named_port(pod: &Value, name: &str, proto: Protocol) -> Option<u16> {
+    pod.pointer("/spec/containers")
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|c| c.get("ports").and_then(Value::as_array))
+        .flatten()
+        .find(|p| {
+            p.get("name").and_then(Value::as_str) == Some(name)
+                && Protocol::parse(p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
+                    == Some(proto)
+        })
+        .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+        .and_then(|n| u16::try_from(n).ok())
 }
 
 /// Parse one object for the policy engine.
