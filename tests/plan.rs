@@ -99,6 +99,11 @@ async fn default_scenario_names_chart_version_counts_and_converter_blockers() {
         assert!(f.fix.contains(f.fixed_by.unwrap_or("?")), "{f:?}");
     }
     assert!(p.ready(), "every blocker has a fixing step");
+    let planned = p.planned_steps();
+    assert_eq!(planned.len(), p.steps.len());
+    assert_eq!(planned[0].id, "baseline");
+    assert_eq!(p.journal_identity().plan_fingerprint, p.fingerprint);
+    assert!(!p.journal_identity().cluster_uid.is_empty());
     assert!(warnings.contains(&"RBAC_UNVERIFIED"), "{warnings:?}");
     assert!(warnings.contains(&"CHART_CRDS_V1BETA1"), "{warnings:?}");
     let ids: Vec<&str> = p.steps.iter().map(|s| s.id).collect();

@@ -38,6 +38,25 @@ impl Plan {
         self.blockers.iter().filter(|f| f.fixed_by.is_none())
     }
 
+    /// The steps as the engine's journal records them (`EventKind::Planned`).
+    pub fn planned_steps(&self) -> Vec<crate::engine::PlannedStep> {
+        self.steps
+            .iter()
+            .map(|s| crate::engine::PlannedStep {
+                id: s.id.to_string(),
+                title: s.title.clone(),
+            })
+            .collect()
+    }
+
+    /// The journal identity apply creates its journal with.
+    pub fn journal_identity(&self) -> crate::engine::JournalIdentity {
+        crate::engine::JournalIdentity {
+            cluster_uid: self.cluster_uid.clone(),
+            plan_fingerprint: self.fingerprint.clone(),
+        }
+    }
+
     /// No unresolved blocker, and something to do.
     pub fn ready(&self) -> bool {
         self.unresolved().next().is_none() && !self.steps.is_empty()
