@@ -212,6 +212,7 @@ pub struct World {
     pub node_ips: HashMap<IpAddr, String>,
     /// Services by (namespace, name), for DNS names and ClusterIPs (kube-proxy's DNAT).
     pub services: BTreeMap<PodKey, Value>,
+    service_ips: HashMap<IpAddr, PodKey>,
     pub policies: Arc<PolicySet>,
     pods_version: u64,
     pub nodes: BTreeMap<String, NodeState>,
@@ -241,6 +242,7 @@ impl World {
             model_pods: BTreeMap::new(),
             node_ips: HashMap::new(),
             services: BTreeMap::new(),
+            service_ips: HashMap::new(),
             policies: Arc::new(PolicySet::default()),
             pods_version: 0,
             nodes: BTreeMap::new(),
@@ -334,7 +336,12 @@ impl World {
                 self.pods_version += 1;
             }
             ("", "services") => {
-                self.services.insert((ns, name), obj.clone());
+                let key = (ns, name);
+                self.service_ips.retain(|_, k| *k != key);
+                if let Ok(ip) = s(obj, "/spec/clusterIP").parse::<IpAddr>() {
+                    self.service_ips.insert(ip, key.clone());
+                }
+                self.services.insert(key, obj.clone());
             }
             ("", "nodes") => {
                 self.node_ips.retain(|_, n| *n != name);
@@ -441,8 +448,9 @@ impl World {
             }
             ("", "services") => {
                 if ev.kind == EventType::Deleted {
-                    self.services
-                        .remove(&(ev.namespace.clone(), ev.name.clone()));
+                    let key = (ev.namespace.clone(), ev.name.clone());
+                    self.service_ips.retain(|_, k| *k != key);
+                    self.services.remove(&key);
                 } else {
                     self.upsert(gr, &ev.object);
                 }
@@ -672,12 +680,7 @@ impl World {
     }
 
     pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<&Value> {
-        self.services.values().find(|svc| {
-            svc.pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<IpAddr>().ok())
-                == Some(ip)
-        })
+        self.service_ips.get(&ip).and_then(|k| self.services.get(k))
     }
 
     /// kube-proxy's choice for `svc:port/proto`: the first Ready Running pod (by name) that
