@@ -9,9 +9,17 @@ use serde_json::Value;
 
 use super::facts::str_at;
 
-/// Annotations the converter accepts on the DaemonSet object.
-pub const ALLOWED_ANNOTATIONS: [&str; 2] = [
+/// Annotations the converter ignores: tigera/operator
+/// `pkg/controller/migration/convert/core_metadata.go` (`removeKubernetesAnnotations`)
+/// drops the first three; kubectl's last-applied annotation is assumed ignored too.
+/// Operators with core_metadata.go (2022 on) copy any other annotation (and label)
+/// into the Installation's calicoNodeDaemonSet overrides instead of refusing it, so
+/// the Helm metadata would follow the operator's own DaemonSet; older operators
+/// refuse. Either way it must go before the Installation exists.
+pub const ALLOWED_ANNOTATIONS: [&str; 4] = [
     "deprecated.daemonset.template.generation",
+    "deployment.kubernetes.io/revision",
+    "scheduler.alpha.kubernetes.io/critical-pod",
     "kubectl.kubernetes.io/last-applied-configuration",
 ];
 /// nodeSelector keys the converter accepts (OS selectors only).

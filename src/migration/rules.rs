@@ -312,9 +312,11 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
                     },
                     Blocker,
                     format!(
-                        "the operator's converter refuses kube-system calico-node: {on} annotations \
-                         {} are not on its allow-list (TigeraStatus calico would go Degraded, \
-                         MigrationError)",
+                        "kube-system calico-node carries {on} annotations {} that the operator's \
+                         converter does not ignore: operators before 2022 refuse them (TigeraStatus \
+                         calico Degraded, MigrationError), later ones copy them into the \
+                         Installation's calicoNodeDaemonSet overrides, so the operator's own \
+                         DaemonSet would claim to belong to the Helm release",
                         keys.join(", ")
                     ),
                     if helm_only && i.source.release.is_some() {
