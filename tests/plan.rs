@@ -725,3 +725,16 @@ async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
             .any(|f| f.code.starts_with("CALICO_VERSION"))
     );
 }
+
+#[tokio::test]
+async fn canal_is_refused_like_the_converter_does() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    objs.push(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "canal-node", "namespace": "kube-system"},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "canal"}},
+                 "template": {"metadata": {"labels": {"k8s-app": "canal"}},
+                              "spec": {"containers": [{"name": "calico-node", "image": "calico/node:v3.19.1"}]}}}}));
+    let p = plan_of(&sandbox(objs)).await;
+    assert!(codes(&p).0.contains(&"CONVERTER_CANAL"), "{:?}", p.blockers);
+    assert!(!p.ready());
+}

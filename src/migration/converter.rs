@@ -1,7 +1,8 @@
 //! A prediction of what the Tigera Operator's migration converter refuses, applied to
 //! the live kube-system `calico-node` DaemonSet. Source: tigera/operator
 //! `pkg/controller/migration/convert/*` (annotations, nodeSelector, affinity, env
-//! checks) as summarised in FACTS.md; refusals marked "inferred" there are predicted
+//! checks; `convert.go` ends with "unexpected env var" for any env var no handler
+//! checked) as summarised in FACTS.md; refusals marked "inferred" there are predicted
 //! conservatively (refused), because a refusal found mid-window costs more than a
 //! false alarm in the plan.
 

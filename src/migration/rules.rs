@@ -297,6 +297,20 @@ fn calico_version(i: &RuleInput, out: &mut Vec<Finding>) {
 }
 
 fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
+    // tigera/operator convert/convert.go `getComponents`: "detected existing canal installation".
+    if i.inv
+        .find("daemonsets", "kube-system", "canal-node")
+        .is_some()
+    {
+        out.push(f(
+            "CONVERTER_CANAL",
+            Blocker,
+            "kube-system DaemonSet canal-node exists; the operator's converter refuses a cluster \
+             with Canal"
+                .into(),
+            "this profile does not cover Canal clusters",
+        ));
+    }
     let Some(ds) = i.inv.find("daemonsets", "kube-system", "calico-node") else {
         return;
     };
