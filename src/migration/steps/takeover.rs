@@ -8,7 +8,10 @@ pub const ID: &str = "takeover";
 
 pub fn describe(ctx: &StepContext) -> StepPlan {
     let p = &ctx.profile.pacing;
-    let nodes = ctx.summary.nodes - ctx.summary.fargate_nodes.len();
+    let nodes = ctx
+        .summary
+        .nodes
+        .saturating_sub(ctx.summary.fargate_nodes.len());
     StepPlan {
         id: ID,
         title: format!(
