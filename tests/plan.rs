@@ -738,3 +738,37 @@ async fn canal_is_refused_like_the_converter_does() {
     assert!(codes(&p).0.contains(&"CONVERTER_CANAL"), "{:?}", p.blockers);
     assert!(!p.ready());
 }
+
+#[tokio::test]
+async fn unready_calico_node_pods_are_named_with_their_node() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    let pod = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "Pod" && o["metadata"]["labels"]["app.kubernetes.io/name"] == "calico-node"
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no calico-node pod"));
+    let (name, node) = (
+        pod["metadata"]["name"].as_str().unwrap_or("").to_string(),
+        pod["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+    );
+    mutate(&mut objs, "Pod", &name, |p| {
+        if let Some(cs) = p["status"]["conditions"].as_array_mut() {
+            for c in cs.iter_mut().filter(|c| c["type"] == "Ready") {
+                c["status"] = json!("False");
+            }
+        }
+    });
+    let p = plan_of(&sandbox(objs)).await;
+    let f = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "CALICO_NODE_NOT_READY")
+        .unwrap_or_else(|| panic!("{:?}", p.blockers));
+    assert!(
+        f.message.contains(&format!("{name} on {node}")),
+        "{}",
+        f.message
+    );
+}
