@@ -82,10 +82,7 @@ impl PodLifecycle {
         delay: f64,
         f: &ControllerFaults,
     ) -> bool {
-        let nodes: BTreeMap<String, Value> = nodes
-            .iter()
-            .map(|n| (name(n).to_string(), n.clone()))
-            .collect();
+        let nodes: BTreeMap<&str, &Value> = nodes.iter().map(|n| (name(n), n)).collect();
         let mut used: HashSet<String> = pods
             .iter()
             .filter_map(|p| {
@@ -175,11 +172,11 @@ impl PodLifecycle {
         &mut self,
         sb: &Sandbox,
         p: &Value,
-        nodes: &BTreeMap<String, Value>,
+        nodes: &BTreeMap<&str, &Value>,
         f: &ControllerFaults,
     ) -> bool {
         let spec = p.get("spec").cloned().unwrap_or_else(|| json!({}));
-        let fit: Vec<&String> = nodes
+        let fit: Vec<&&str> = nodes
             .iter()
             .filter(|(_, n)| !deleting(n) && sched::fits(&spec, n))
             .map(|(k, _)| k)

@@ -26,7 +26,7 @@ const MANAGER: &str = "sandbox-controllers";
 /// One pass over every DaemonSet and Deployment with a snapshot of nodes and
 /// pods; true if pods were created or deleted (status writes do not count).
 pub fn reconcile(sb: &Sandbox, nodes: &[Value], pods: &[Value]) -> bool {
-    let nodes: Vec<Value> = nodes.iter().filter(|n| !deleting(n)).cloned().collect();
+    let nodes: Vec<&Value> = nodes.iter().filter(|n| !deleting(n)).collect();
     let mut changed = false;
     for ds in list(sb, &ds_gvr(), None) {
         if !deleting(&ds) {
@@ -114,14 +114,18 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
         .is_ok()
 }
 
-fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[Value], all_pods: &[Value]) -> bool {
+fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], all_pods: &[Value]) -> bool {
     let ns = namespace(ds);
     let generation_now = generation(ds);
     let tpl_spec = ds
         .pointer("/spec/template/spec")
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let eligible: Vec<&Value> = nodes.iter().filter(|n| sched::fits(&tpl_spec, n)).collect();
+    let eligible: Vec<&Value> = nodes
+        .iter()
+        .copied()
+        .filter(|n| sched::fits(&tpl_spec, n))
+        .collect();
     let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for p in all_pods {
         if namespace(p) == ns && owned_by(p, uid(ds)) && !deleting(p) {
