@@ -20,7 +20,8 @@ expect() { # expect REGEX FILE: the output must match REGEX (extended; columns v
 }
 
 step "start the sandbox"
-"$BIN" sandbox --listen 127.0.0.1:0 --kubeconfig-out "$W/kubeconfig" --state-dir "$W/state" >"$W/sandbox.out" 2>"$W/sandbox.err" &
+# The API server alone: this script patches workload status itself, as a controller would.
+"$BIN" sandbox --no-controllers --listen 127.0.0.1:0 --kubeconfig-out "$W/kubeconfig" --state-dir "$W/state" >"$W/sandbox.out" 2>"$W/sandbox.err" &
 SANDBOX_PID=$!
 for _ in $(seq 1 100); do [ -s "$W/sandbox.out" ] && break; sleep 0.1; done
 [ "$(head -n1 "$W/sandbox.out")" = "$W/kubeconfig" ] || { cat "$W/sandbox.err" >&2; fail "the sandbox did not print its kubeconfig path"; }
