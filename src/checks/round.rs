@@ -71,6 +71,9 @@ pub enum CheckError {
     Policy(#[from] InputError),
     #[error("{0}")]
     Timeout(String),
+    /// Options or a probe manifest the API types reject (e.g. `--image` with a bad value).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> CheckError {
@@ -180,7 +183,7 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     let typed: K = serde_json::from_value(obj.clone())
-        .map_err(|e| CheckError::Timeout(format!("{what}: {e}")))?;
+        .map_err(|e| CheckError::Invalid(format!("{what}: the manifest is not valid: {e}")))?;
     match api.create(&PostParams::default(), &typed).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 409) => Ok(()),
@@ -341,7 +344,7 @@ impl Prober {
     /// rounds as Check failed on their node.
     pub async fn setup(client: &kube::Client, opts: &RoundOptions) -> Result<Prober, CheckError> {
         if opts.concurrency == 0 {
-            return Err(CheckError::Timeout("concurrency must be at least 1".into()));
+            return Err(CheckError::Invalid("concurrency must be at least 1".into()));
         }
         cleanup(client, opts.ready_timeout).await?;
         let nodes = probe_nodes(client, opts.nodes.as_deref()).await?;
