@@ -267,6 +267,26 @@ async fn continuous_probing_records_the_window_of_a_lapse() -> Result<()> {
     assert!(w.failed_passes >= 1);
     assert!(w.longest_unverified_ms >= 800, "{w:?}");
     assert!(w.last_failures.iter().all(|f| f.node == node));
+    // The seeded chart's agent is Ready on every node: `agent_ready` resolves at once,
+    // and a pass with enforcement in place ends the watch.
+    let ready = checks::agent_ready(&e.client, "kube-system", &node, Duration::from_millis(50));
+    let w = checks::watch_node(
+        &prober,
+        &node,
+        ready,
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(
+        w.verified_at_end && w.failed_passes == 0 && w.passes <= 2,
+        "{w:?}"
+    );
+    let never = tokio::time::timeout(
+        Duration::from_millis(300),
+        checks::agent_ready(&e.client, "calico-system", &node, Duration::from_millis(50)),
+    );
+    assert!(never.await.is_err(), "no operator agent exists yet");
     prober.teardown().await?;
     e.server.shutdown().await;
     Ok(())

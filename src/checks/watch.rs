@@ -79,3 +79,41 @@ pub async fn watch_node(
         }
     }
 }
+
+/// Resolves once a calico-node pod (label `k8s-app=calico-node`, the operator's, or
+/// `app.kubernetes.io/name=calico-node`, the aws-calico chart's) in `namespace`
+/// (`calico-system` for the operator's agent) on `node` is Ready: the usual `done` for [`watch_node`] during a
+/// takeover. Polls every `every`; API errors are logged and polled again.
+pub async fn agent_ready(client: &kube::Client, namespace: &str, node: &str, every: Duration) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let is_agent = |p: &Pod| {
+        p.metadata.labels.as_ref().is_some_and(|l| {
+            ["k8s-app", "app.kubernetes.io/name"]
+                .iter()
+                .any(|k| l.get(*k).map(String::as_str) == Some("calico-node"))
+        })
+    };
+    loop {
+        match pods.list(&lp).await {
+            Ok(list) => {
+                let ready = list.items.iter().filter(|p| is_agent(p)).any(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                });
+                if ready {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!("reading calico-node on {node}: {e}; trying again"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
