@@ -4,3 +4,5 @@ pub mod access;
 pub mod connect;
 pub mod errors;
 pub mod inventory;
+pub mod lease;
+pub mod objects;

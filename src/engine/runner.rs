@@ -18,6 +18,9 @@ pub enum Outcome {
     Stopped { step: String, reason: String },
     /// The journal's state does not allow this run (e.g. apply during a rollback).
     Refused { reason: String },
+    /// The observer held the run before a step's first attempt (a gate); nothing of
+    /// that step was journaled or done. Run again to continue.
+    Paused { step: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,11 @@ pub enum RunError {
 /// Something that wants to hear about each action, e.g. a progress bar.
 pub trait RunObserver: Send + Sync {
     fn action(&self, _step_id: &str, _action: &Action) {}
+    /// Asked before a step's first attempt starts: true holds the run there
+    /// ([`Outcome::Paused`]), e.g. for `--pause-before STEP`.
+    fn hold_before(&self, _step_id: &str) -> bool {
+        false
+    }
 }
 
 struct Silent;
@@ -63,6 +71,13 @@ pub async fn run_observed<W: ?Sized + Sync>(
     loop {
         let action = decide(journal.state(), mode, seen.take());
         let step_of = |i: usize| &steps[i];
+        if let Action::StartAttempt { step, attempt: 1 } = action
+            && observer.hold_before(step_of(step).id())
+        {
+            return Ok(Outcome::Paused {
+                step: step_of(step).id().to_string(),
+            });
+        }
         if let Some(i) = action.step() {
             observer.action(step_of(i).id(), &action);
             tracing::debug!(step = step_of(i).id(), ?action, "engine action");

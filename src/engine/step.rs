@@ -46,4 +46,9 @@ pub trait Step<W: ?Sized>: Send + Sync {
     fn ensure<'a>(&'a self, world: &'a W) -> StepFuture<'a, ()>;
     fn verify<'a>(&'a self, world: &'a W) -> StepFuture<'a, Verification>;
     fn rollback<'a>(&'a self, world: &'a W, saved: &'a Value) -> StepFuture<'a, ()>;
+    /// What `ensure` would change now, one line per change, changing nothing
+    /// (`apply --dry-run`). Steps that only wait or check say so.
+    fn preview<'a>(&'a self, _world: &'a W) -> StepFuture<'a, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

@@ -10,3 +10,4 @@ pub mod profile;
 pub mod render;
 pub mod rules;
 pub mod steps;
+pub mod world;

@@ -90,3 +90,13 @@ pub fn ordered(ctx: &StepContext) -> Vec<StepPlan> {
     steps.push(remove_probes::describe(ctx));
     steps
 }
+
+/// A step as apply and rollback run it.
+pub type RunStep = Box<dyn crate::engine::Step<super::world::Cluster>>;
+
+/// The runnable step for a planned id; None for an id this build cannot run
+/// (apply then refuses before changing anything).
+pub fn runnable(id: &str) -> Option<RunStep> {
+    let _ = id;
+    None
+}

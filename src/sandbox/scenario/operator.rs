@@ -216,3 +216,40 @@ pub fn tigera_status_calico() -> Value {
         "status": {"conditions": [cond("Available", "True"), cond("Progressing", "False"), cond("Degraded", "False")]},
     })
 }
+
+/// A `tigera-operator.yaml` like the one the Calico docs publish for an operator
+/// release (no Helm labels): Calico and operator CRDs, namespace `tigera-operator`,
+/// the operator's ServiceAccount, RBAC and Deployment. No Installation: that comes
+/// from `custom-resources.yaml`, which calico-migrate writes itself.
+pub fn operator_manifest(operator_image: &str) -> Vec<Value> {
+    let v = ChartValues::default();
+    let mut out = vec![json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "tigera-operator", "labels": {"name": "tigera-operator"}},
+    })];
+    for (_, mut obj) in rendered_objects(&v) {
+        if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
+            m.remove("labels");
+            m.remove("creationTimestamp");
+        }
+        if obj["kind"] == "Deployment" {
+            obj["spec"]["template"]["spec"]["containers"][0]["image"] = json!(operator_image);
+        }
+        out.push(obj);
+    }
+    out
+}
+
+/// [`operator_manifest`] as multi-document YAML.
+pub fn operator_manifest_yaml(operator_image: &str) -> String {
+    let mut out = String::new();
+    for obj in operator_manifest(operator_image) {
+        out.push_str("---\n");
+        // JSON is valid YAML: keep the document even if the YAML writer refuses it.
+        out.push_str(&serde_saphyr::to_string(&obj).unwrap_or_else(|_| obj.to_string()));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,464 @@
+//! Objects of any kind, as JSON, for the migration steps: get, list, server-side
+//! apply, merge patch, delete, and restore from a snapshot. Every call retries
+//! transient errors (cluster::errors) and resolves kinds through discovery once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{ApiCapabilities, Scope};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::errors::{Conflicts, with_retry};
+use crate::engine::RetryPolicy;
+
+/// The field manager of every write the tool makes.
+pub const FIELD_MANAGER: &str = "calico-migrate";
+
+/// Which object: `apiVersion`, `kind`, namespace (None when cluster-scoped), name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjRef {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjRef {
+    pub fn new(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        ObjRef {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+
+    /// The reference of an object as the API returns it.
+    pub fn of(obj: &Value) -> Option<Self> {
+        Some(ObjRef {
+            api_version: obj.get("apiVersion")?.as_str()?.to_string(),
+            kind: obj.get("kind")?.as_str()?.to_string(),
+            namespace: obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            name: obj.pointer("/metadata/name")?.as_str()?.to_string(),
+        })
+    }
+
+    fn gvk(&self) -> GroupVersionKind {
+        let (group, version) = match self.api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", self.api_version.as_str()),
+        };
+        GroupVersionKind::gvk(group, version, &self.kind)
+    }
+}
+
+impl fmt::Display for ObjRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{action} {object}: {source}")]
+    Api {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the cluster does not serve {api_version} {kind}: {source}; is its CRD installed?")]
+    Unknown {
+        api_version: String,
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0} has no apiVersion, kind or metadata.name")]
+    Malformed(String),
+}
+
+impl ObjectError {
+    /// The Kubernetes error behind this one, for callers that class it.
+    pub fn kube(&self) -> Option<&kube::Error> {
+        match self {
+            ObjectError::Api { source, .. } | ObjectError::Unknown { source, .. } => Some(source),
+            ObjectError::Malformed(_) => None,
+        }
+    }
+
+    /// Whether the API answered 404 Not Found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.kube(), Some(kube::Error::Api(s)) if s.code == 404)
+    }
+}
+
+/// A client for objects of any kind.
+pub struct Objects {
+    client: kube::Client,
+    retry: RetryPolicy,
+    kinds: Mutex<HashMap<String, (ApiResource, ApiCapabilities)>>,
+}
+
+fn is_code(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl Objects {
+    pub fn new(client: kube::Client, retry: RetryPolicy) -> Self {
+        Objects {
+            client,
+            retry,
+            kinds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Forget resolved kinds (after CRDs were created or deleted).
+    pub fn forget_kinds(&self) {
+        if let Ok(mut k) = self.kinds.lock() {
+            k.clear();
+        }
+    }
+
+    async fn resolve(&self, r: &ObjRef) -> Result<(ApiResource, ApiCapabilities), ObjectError> {
+        let key = format!("{}/{}", r.api_version, r.kind);
+        if let Some(hit) = self.kinds.lock().ok().and_then(|k| k.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let gvk = r.gvk();
+        let found = with_retry(&self.retry, Conflicts::Fail, || {
+            kube::discovery::pinned_kind(&self.client, &gvk)
+        })
+        .await
+        .map_err(|source| ObjectError::Unknown {
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            source,
+        })?;
+        if let Ok(mut k) = self.kinds.lock() {
+            k.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    async fn api(&self, r: &ObjRef) -> Result<Api<DynamicObject>, ObjectError> {
+        let (ar, caps) = self.resolve(r).await?;
+        Ok(match (&caps.scope, &r.namespace) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &ar),
+            (Scope::Cluster, _) => Api::all_with(self.client.clone(), &ar),
+        })
+    }
+
+    fn err(action: &'static str, r: &ObjRef) -> impl FnOnce(kube::Error) -> ObjectError {
+        let object = r.to_string();
+        move |source| ObjectError::Api {
+            action,
+            object,
+            source,
+        }
+    }
+
+    /// The object, or None when it does not exist (or its kind is not served).
+    pub async fn get(&self, r: &ObjRef) -> Result<Option<Value>, ObjectError> {
+        let api = match self.api(r).await {
+            Ok(api) => api,
+            Err(ObjectError::Unknown { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let got = with_retry(&self.retry, Conflicts::Fail, || api.get_opt(&r.name))
+            .await
+            .map_err(Self::err("read", r))?;
+        Ok(got.map(|o| to_value(&o, r)))
+    }
+
+    /// Every object of a kind (in `namespace`, or all), optionally by label selector.
+    /// An unserved kind lists as empty.
+    pub async fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        labels: Option<&str>,
+    ) -> Result<Vec<Value>, ObjectError> {
+        let probe = ObjRef::new(api_version, kind, namespace, "");
+        let (ar, caps) = match self.resolve(&probe).await {
+            Ok(x) => x,
+            Err(ObjectError::Unknown { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let api: Api<DynamicObject> = match (caps.scope, namespace) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            _ => Api::all_with(self.client.clone(), &ar),
+        };
+        let mut out = Vec::new();
+        let mut cont: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default().limit(500);
+            if let Some(l) = labels {
+                lp = lp.labels(l);
+            }
+            if let Some(c) = &cont {
+                lp = lp.continue_token(c);
+            }
+            let page = with_retry(&self.retry, Conflicts::Fail, || api.list(&lp))
+                .await
+                .map_err(Self::err("list", &probe))?;
+            out.extend(page.items.iter().map(|o| to_value(o, &probe)));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => cont = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Server-side apply `obj` with field manager `calico-migrate`, forcing conflicts.
+    pub async fn apply(&self, obj: &Value) -> Result<Value, ObjectError> {
+        let r = ObjRef::of(obj).ok_or_else(|| ObjectError::Malformed(brief(obj)))?;
+        let api = self.api(&r).await?;
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let body = strip_server_fields(obj);
+        let patch = Patch::Apply(&body);
+        let out = with_retry(&self.retry, Conflicts::Retry, || {
+            api.patch(&r.name, &pp, &patch)
+        })
+        .await
+        .map_err(Self::err("apply", &r))?;
+        Ok(to_value(&out, &r))
+    }
+
+    /// JSON merge patch; None when the object does not exist.
+    pub async fn merge(&self, r: &ObjRef, patch: &Value) -> Result<Option<Value>, ObjectError> {
+        let api = self.api(r).await?;
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(patch);
+        match with_retry(&self.retry, Conflicts::Retry, || {
+            api.patch(&r.name, &pp, &patch)
+        })
+        .await
+        {
+            Ok(o) => Ok(Some(to_value(&o, r))),
+            Err(e) if is_code(&e, 404) => Ok(None),
+            Err(e) => Err(Self::err("patch", r)(e)),
+        }
+    }
+
+    /// JSON merge patch of the `scale` subresource's replicas.
+    pub async fn scale(&self, r: &ObjRef, replicas: i64) -> Result<bool, ObjectError> {
+        let api = self.api(r).await?;
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+        match with_retry(&self.retry, Conflicts::Retry, || {
+            api.patch_scale(&r.name, &pp, &patch)
+        })
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_code(&e, 404) => Ok(false),
+            Err(e) => Err(Self::err("scale", r)(e)),
+        }
+    }
+
+    /// Delete (background propagation); false when it was already gone.
+    pub async fn delete(&self, r: &ObjRef) -> Result<bool, ObjectError> {
+        let api = match self.api(r).await {
+            Ok(api) => api,
+            Err(ObjectError::Unknown { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let dp = DeleteParams::background();
+        match with_retry(&self.retry, Conflicts::Fail, || api.delete(&r.name, &dp)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_code(&e, 404) => Ok(false),
+            Err(e) => Err(Self::err("delete", r)(e)),
+        }
+    }
+
+    /// Create `obj` (server fields stripped); Ok(false) when it already exists.
+    pub async fn create(&self, obj: &Value) -> Result<bool, ObjectError> {
+        let r = ObjRef::of(obj).ok_or_else(|| ObjectError::Malformed(brief(obj)))?;
+        let api = self.api(&r).await?;
+        let body: DynamicObject = serde_json::from_value(strip_server_fields(obj))
+            .map_err(|_| ObjectError::Malformed(r.to_string()))?;
+        let pp = PostParams::default();
+        match with_retry(&self.retry, Conflicts::Fail, || api.create(&pp, &body)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_code(&e, 409) => Ok(false),
+            Err(e) => Err(Self::err("create", &r)(e)),
+        }
+    }
+
+    /// Make the live object equal to `snapshot` (ignoring server-managed fields):
+    /// create it when missing, replace it when it differs, leave it when equal.
+    /// Returns whether anything was written. An object being deleted is waited out
+    /// by the caller (this reports it as an error so the step retries).
+    pub async fn restore(&self, snapshot: &Value) -> Result<bool, ObjectError> {
+        let r = ObjRef::of(snapshot).ok_or_else(|| ObjectError::Malformed(brief(snapshot)))?;
+        let api = self.api(&r).await?;
+        let want = strip_server_fields(snapshot);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let live = with_retry(&self.retry, Conflicts::Fail, || api.get_opt(&r.name))
+                .await
+                .map_err(Self::err("read", &r))?;
+            let result = match live {
+                None => {
+                    let body: DynamicObject = serde_json::from_value(want.clone())
+                        .map_err(|_| ObjectError::Malformed(r.to_string()))?;
+                    api.create(&PostParams::default(), &body)
+                        .await
+                        .map(|_| true)
+                }
+                Some(live) => {
+                    let live = to_value(&live, &r);
+                    if same_object(&live, snapshot) {
+                        return Ok(false);
+                    }
+                    if live.pointer("/metadata/deletionTimestamp").is_some() {
+                        return Err(ObjectError::Api {
+                            action: "restore",
+                            object: r.to_string(),
+                            source: kube::Error::Api(Box::new(
+                                kube::core::Status::failure(
+                                    "the object is being deleted; try again once it is gone",
+                                    "Conflict",
+                                )
+                                .with_code(409),
+                            )),
+                        });
+                    }
+                    let mut body = want.clone();
+                    body["metadata"]["resourceVersion"] = live
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let body: DynamicObject = serde_json::from_value(body)
+                        .map_err(|_| ObjectError::Malformed(r.to_string()))?;
+                    api.replace(&r.name, &PostParams::default(), &body)
+                        .await
+                        .map(|_| true)
+                }
+            };
+            match result {
+                Ok(w) => return Ok(w),
+                // Someone wrote in between (or created it): read again and retry.
+                Err(e) if is_code(&e, 409) && attempts < 5 => continue,
+                Err(e) if super::errors::is_transient(&e, Conflicts::Fail) && attempts < 5 => {
+                    tokio::time::sleep(self.retry.min_delay * attempts).await;
+                    continue;
+                }
+                Err(e) => return Err(Self::err("restore", &r)(e)),
+            }
+        }
+    }
+}
+
+fn to_value(o: &DynamicObject, r: &ObjRef) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    // Lists return items without apiVersion/kind; put them back for snapshots.
+    if let Some(m) = v.as_object_mut() {
+        m.entry("apiVersion")
+            .or_insert_with(|| json!(r.api_version));
+        m.entry("kind").or_insert_with(|| json!(r.kind));
+    }
+    v
+}
+
+fn brief(obj: &Value) -> String {
+    let s = obj.to_string();
+    s.chars().take(120).collect()
+}
+
+/// Metadata fields the server owns: never written back, never compared.
+const SERVER_METADATA: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+
+/// The object without server-managed metadata and without `status`.
+pub fn strip_server_fields(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in SERVER_METADATA {
+            m.remove(*k);
+        }
+        // Empty maps are the same as absent ones for every API object.
+        for k in ["labels", "annotations"] {
+            if m.get(k)
+                .and_then(Value::as_object)
+                .is_some_and(|x| x.is_empty())
+            {
+                m.remove(k);
+            }
+        }
+    }
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    v
+}
+
+/// Equal ignoring server-managed fields and status.
+pub fn same_object(a: &Value, b: &Value) -> bool {
+    strip_server_fields(a) == strip_server_fields(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_and_comparison_ignore_server_fields() {
+        let a = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "calico-node", "namespace": "kube-system", "uid": "1",
+                         "resourceVersion": "5", "labels": {}},
+            "spec": {"x": 1}, "status": {"numberReady": 3}});
+        let b = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "calico-node", "namespace": "kube-system", "uid": "2",
+                         "resourceVersion": "9"},
+            "spec": {"x": 1}});
+        assert!(same_object(&a, &b));
+        let mut c = b.clone();
+        c["spec"]["x"] = json!(2);
+        assert!(!same_object(&a, &c));
+        let r = ObjRef::of(&a).unwrap_or_else(|| panic!("ref"));
+        assert_eq!(r.to_string(), "DaemonSet kube-system/calico-node");
+        assert_eq!(r.gvk().group, "apps");
+        let core = ObjRef::new("v1", "Node", None, "n1");
+        assert_eq!(core.gvk().group, "");
+        assert_eq!(core.to_string(), "Node n1");
+    }
+}

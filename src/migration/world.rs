@@ -1,0 +1,265 @@
+//! What the migration steps act on: the cluster (objects of any kind), the saved
+//! plan and profile, the state dir, the operator manifest, and the checks (one
+//! probe workload for the whole run, a baseline round, rounds compared with it).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::profile::Profile;
+use crate::checks::outcome::compare_with_baseline;
+use crate::checks::{self, NodeWatch, Prober, RoundOptions, RoundReport};
+use crate::cluster::objects::Objects;
+
+/// File in the state dir holding the baseline round apply compares later rounds with.
+pub const BASELINE_ROUND_FILE: &str = "apply-baseline-round.json";
+
+/// How apply paces and checks, beyond the profile.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Pause after each node's swap (the profile's `pacing.pause_seconds` unless overridden).
+    pub pause: Duration,
+    /// Longest wait for one node's new agent (profile `pacing.node_ready_timeout_seconds`).
+    pub node_ready_timeout: Duration,
+    /// Longest a node may go without verified enforcement during its swap.
+    pub max_swap: Duration,
+    /// How often long waits poll the cluster.
+    pub poll: Duration,
+    /// The probe rounds.
+    pub round: RoundOptions,
+}
+
+impl ApplyOptions {
+    pub fn from_profile(profile: &Profile) -> Self {
+        let round = RoundOptions {
+            connect_timeout: Duration::from_secs(profile.checks.probe_timeout_seconds.max(1)),
+            ..RoundOptions::default()
+        };
+        ApplyOptions {
+            pause: Duration::from_secs(profile.pacing.pause_seconds),
+            node_ready_timeout: Duration::from_secs(profile.pacing.node_ready_timeout_seconds),
+            max_swap: Duration::from_secs(profile.checks.max_swap_seconds),
+            poll: Duration::from_secs(1),
+            round,
+        }
+    }
+}
+
+/// Something a step observed that the final report shows (swap windows, rounds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Observation {
+    Round {
+        step: String,
+        label: String,
+        passed: bool,
+        probes: usize,
+        nodes: usize,
+        millis: u64,
+    },
+    NodeSwap {
+        step: String,
+        watch: NodeWatch,
+    },
+    Note {
+        step: String,
+        text: String,
+    },
+}
+
+/// The world of the migration steps.
+pub struct Cluster {
+    pub objects: Objects,
+    pub profile: Profile,
+    /// The saved plan's `plan` (the JSON of `migration::plan::Plan`).
+    pub plan: Value,
+    pub state_dir: PathBuf,
+    /// Objects of the reviewed operator manifest (empty when the profile installs
+    /// the operator externally).
+    pub operator_manifest: Vec<Value>,
+    pub options: ApplyOptions,
+    prober: tokio::sync::Mutex<Option<Arc<Prober>>>,
+    observations: Mutex<Vec<Observation>>,
+}
+
+impl Cluster {
+    pub fn new(
+        objects: Objects,
+        profile: Profile,
+        plan: Value,
+        state_dir: &Path,
+        operator_manifest: Vec<Value>,
+        options: ApplyOptions,
+    ) -> Self {
+        Cluster {
+            objects,
+            profile,
+            plan,
+            state_dir: state_dir.to_path_buf(),
+            operator_manifest,
+            options,
+            prober: tokio::sync::Mutex::new(None),
+            observations: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        self.objects.client()
+    }
+
+    /// The planned step's descriptor (changes, checks, rollback) from the saved plan.
+    pub fn planned_step(&self, id: &str) -> Option<&Value> {
+        self.plan
+            .get("steps")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|s| s.get("id").and_then(Value::as_str) == Some(id))
+    }
+
+    /// The Helm release the plan found: (name, namespace, revision).
+    pub fn release(&self) -> Option<(String, String, u32)> {
+        let src = self.plan.get("source")?;
+        let name = src.get("release")?.as_str()?.to_string();
+        let ns = src
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("kube-system")
+            .to_string();
+        let rev = src
+            .get("release_revision")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32;
+        Some((name, ns, rev))
+    }
+
+    pub fn observe(&self, o: Observation) {
+        if let Ok(mut v) = self.observations.lock() {
+            v.push(o);
+        }
+    }
+
+    pub fn observations(&self) -> Vec<Observation> {
+        self.observations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// The probe workload, set up on first use (after a crash, set up again).
+    pub async fn prober(&self) -> anyhow::Result<Arc<Prober>> {
+        let mut slot = self.prober.lock().await;
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            Prober::setup(self.client(), &self.options.round)
+                .await
+                .context("setting up the probe workload")?,
+        );
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Remove the probe workload (idempotent; also removes leftovers of a crashed run).
+    pub async fn remove_probes(&self) -> anyhow::Result<()> {
+        self.prober.lock().await.take();
+        checks::cleanup(self.client(), self.options.round.ready_timeout)
+            .await
+            .context("removing the probe workload")
+    }
+
+    fn baseline_path(&self) -> PathBuf {
+        self.state_dir.join(BASELINE_ROUND_FILE)
+    }
+
+    /// The stored baseline round, if the baseline step has run.
+    pub fn baseline_round(&self) -> anyhow::Result<Option<RoundReport>> {
+        let path = self.baseline_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("{} is not a check round", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Store `report` as the baseline (atomically: temp file, fsync, rename).
+    pub fn save_baseline_round(&self, report: &RoundReport) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let path = self.baseline_path();
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(report)?;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Run a round, compare it with the policies and the baseline, record it, and
+    /// fail naming the nodes and pairs when it did not pass.
+    pub async fn check_round(&self, step: &str, label: &str) -> anyhow::Result<RoundReport> {
+        let prober = self.prober().await?;
+        let mut report = prober
+            .round()
+            .await
+            .with_context(|| format!("running the {label} check round"))?;
+        if let Some(base) = self.baseline_round()? {
+            compare_with_baseline(&mut report, &base);
+        }
+        self.observe(Observation::Round {
+            step: step.to_string(),
+            label: label.to_string(),
+            passed: report.passed,
+            probes: report.probes,
+            nodes: report.nodes,
+            millis: report.millis,
+        });
+        if !report.passed {
+            anyhow::bail!("{}", failed_round_message(label, &report));
+        }
+        Ok(report)
+    }
+}
+
+/// A failed round in a sentence or two: which nodes, which pairs.
+pub fn failed_round_message(label: &str, report: &RoundReport) -> String {
+    let pairs: Vec<String> = report
+        .failures
+        .iter()
+        .take(5)
+        .map(|f| {
+            format!(
+                "{} -> {}:{} expected {:?}, observed {:?} ({:?})",
+                f.from, f.to, f.port, f.expected, f.observed, f.class
+            )
+        })
+        .collect();
+    let more = report.failures.len().saturating_sub(pairs.len());
+    let changes = report.baseline_changes.len();
+    format!(
+        "{label} check failed on node(s) {}: {}{}{}",
+        if report.failed_nodes.is_empty() {
+            "(none named)".to_string()
+        } else {
+            report.failed_nodes.join(", ")
+        },
+        pairs.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        },
+        if changes > 0 {
+            format!("; {changes} probe(s) differ from the baseline round")
+        } else {
+            String::new()
+        }
+    )
+}

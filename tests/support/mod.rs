@@ -1,0 +1,200 @@
+//! A migration-ready sandbox for step, apply and rollback tests: aws-calico 0.3.10
+//! seeded, controllers and data plane running at a fast time scale, served on
+//! 127.0.0.1, a saved plan in a temp state dir, and the steps' world built on it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use calico_migrate::checks::RoundOptions;
+use calico_migrate::cluster::objects::{Objects, strip_server_fields};
+use calico_migrate::cluster::{access, inventory};
+use calico_migrate::engine::RetryPolicy;
+use calico_migrate::migration::permissions;
+use calico_migrate::migration::plan::{self, SavedPlan};
+use calico_migrate::migration::profile::Profile;
+use calico_migrate::migration::world::{ApplyOptions, Cluster};
+use calico_migrate::sandbox::controllers::ControllerOptions;
+use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
+use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
+use calico_migrate::sandbox::{Gvr, ListOptions, Sandbox, SandboxOptions, ServeHandle};
+use serde_json::Value;
+
+pub struct Env {
+    pub sb: Sandbox,
+    pub dp: DataPlane,
+    pub server: ServeHandle,
+    pub client: kube::Client,
+    pub state: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().to_path_buf()
+    }
+}
+
+/// The sandbox at time scale 100 (a simulated second is 10 ms).
+pub async fn env(nodes: usize) -> Result<Env> {
+    env_with(
+        ScenarioConfig {
+            nodes,
+            namespaces: 3,
+            pods_per_namespace: 1,
+            ..ScenarioConfig::default()
+        },
+        100.0,
+    )
+    .await
+}
+
+pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
+    let sb = Sandbox::new(SandboxOptions::default());
+    sb.load(scenario::build(&cfg)?)?;
+    sb.start_controllers(ControllerOptions {
+        time_scale,
+        ..ControllerOptions::default()
+    })
+    .map_err(anyhow::Error::msg)?;
+    let dp = DataPlane::start(
+        &sb,
+        DataPlaneOptions {
+            timeout_scale: 0.05,
+            ..DataPlaneOptions::default()
+        },
+    )?;
+    let server = sb.serve("127.0.0.1:0").await?;
+    let client = server.client()?;
+    Ok(Env {
+        sb,
+        dp,
+        server,
+        client,
+        state: tempfile::tempdir()?,
+    })
+}
+
+/// The operator manifest the sandbox's operator simulation answers to.
+pub fn operator_manifest(profile: &Profile) -> Vec<Value> {
+    scenario::operator::operator_manifest(&format!(
+        "quay.io/tigera/operator:{}",
+        profile.target.operator_version
+    ))
+}
+
+/// Read the cluster, build the plan with the default profile and save it in the
+/// state dir, as `calico-migrate plan` does.
+pub async fn plan(env: &Env) -> Result<(SavedPlan, Profile)> {
+    let profile = Profile::load(None)?;
+    let retry = RetryPolicy::default();
+    let inv = inventory::read(&env.client, "v1.29.15".into(), &retry).await?;
+    let acc = access::review(&env.client, &permissions::needed(), 4, &retry).await?;
+    let sha = "ab".repeat(32);
+    let built = plan::build(&inv, &profile, &acc, Some(&sha)).context("plan")?;
+    let facts = plan::fingerprint_facts(&inv, &profile, built.operator_manifest_sha256.as_deref());
+    let saved = SavedPlan {
+        fingerprint: built.fingerprint.clone(),
+        facts,
+        cluster_uid: built.cluster_uid.clone(),
+        created_at: "test".into(),
+        plan: serde_json::to_value(&built)?,
+    };
+    plan::save(&env.state_dir(), &saved)?;
+    Ok((saved, profile))
+}
+
+/// Options for the sandbox's time scale: no pauses, short polls, short timeouts.
+pub fn fast_options(profile: &Profile) -> ApplyOptions {
+    let mut o = ApplyOptions::from_profile(profile);
+    o.pause = Duration::ZERO;
+    o.poll = Duration::from_millis(50);
+    o.node_ready_timeout = Duration::from_secs(30);
+    o.max_swap = Duration::from_secs(20);
+    o.round = RoundOptions {
+        concurrency: 16,
+        ready_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_millis(500),
+        ..RoundOptions::default()
+    };
+    o
+}
+
+/// The steps' world on this sandbox and plan.
+pub fn world(env: &Env, saved: &SavedPlan, profile: &Profile) -> Cluster {
+    Cluster::new(
+        Objects::new(env.client.clone(), RetryPolicy::default()),
+        profile.clone(),
+        saved.plan.clone(),
+        &env.state_dir(),
+        operator_manifest(profile),
+        fast_options(profile),
+    )
+}
+
+/// Resources a snapshot leaves out: what controllers and the tool's own checks
+/// create and remove (pods, events, leases, endpoints), and the sandbox's control objects.
+const VOLATILE: &[&str] = &[
+    "pods",
+    "events",
+    "leases",
+    "endpoints",
+    "endpointslices",
+    "replicasets",
+];
+
+/// Every stored object except volatile ones and the probe workload, keyed by
+/// `resource namespace/name`, without server-managed fields or status: the
+/// "cluster equals the baseline" comparison.
+pub fn snapshot(sb: &Sandbox) -> Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for rt in sb.store().types() {
+        if VOLATILE.contains(&rt.resource.as_str()) {
+            continue;
+        }
+        let Some(version) = rt.versions.first() else {
+            continue;
+        };
+        let gvr = Gvr::new(&rt.group, version, &rt.resource);
+        let list = sb.store().list(&gvr, None, &ListOptions::default())?;
+        for o in list.items {
+            let ns = o
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if ns.starts_with("calico-migrate-probe") || ns == "sandbox-system" {
+                continue;
+            }
+            let name = o
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if gvr.resource == "namespaces"
+                && (name.starts_with("calico-migrate-probe") || name == "sandbox-system")
+            {
+                continue;
+            }
+            out.insert(
+                format!("{}.{} {ns}/{name}", gvr.resource, gvr.group),
+                strip_server_fields(&o),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Keys whose objects differ between two snapshots (added, removed or changed).
+pub fn differences(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+pub fn gvr(group: &str, version: &str, resource: &str) -> Gvr {
+    Gvr::new(group, version, resource)
+}
