@@ -37,6 +37,7 @@ pub fn core_versions() -> Value {
 const ORDER: &[&str] = &[
     "apps",
     "events.k8s.io",
+    "authorization.k8s.io",
     "batch",
     "policy",
     "rbac.authorization.k8s.io",
@@ -102,6 +103,10 @@ pub fn group(types: &[ResourceType], group: &str) -> Option<Value> {
 }
 
 fn verbs(t: &ResourceType) -> Vec<&'static str> {
+    // Reviews are create-only (served by authz_http, never stored).
+    if t.group == "authorization.k8s.io" {
+        return vec!["create"];
+    }
     vec![
         "create",
         "delete",

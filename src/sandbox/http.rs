@@ -130,6 +130,14 @@ pub fn router(sb: Sandbox) -> Router {
                 },
             ),
         )
+        .route(
+            super::authz_http::ACCESS_REVIEWS,
+            axum::routing::post(super::authz_http::access_review),
+        )
+        .route(
+            super::authz_http::RULES_REVIEWS,
+            axum::routing::post(super::authz_http::rules_review),
+        )
         .fallback(dispatch)
         .with_state(sb)
 }

@@ -9,6 +9,8 @@
 //! puts the router on a loopback port for kubectl. See docs/sandbox.md.
 
 pub mod apply;
+pub mod authz;
+pub mod authz_http;
 pub mod controllers;
 pub mod dataplane;
 pub mod discovery;
@@ -115,10 +117,15 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match extra {
+        let api = match extra {
             Some(extra) => extra.merge(base),
             None => base,
-        }
+        };
+        // Impersonated requests (kubectl --as) are held to RBAC; the admin passes.
+        api.layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            authz_http::enforce,
+        ))
     }
 
     /// Serve extra routes (without a fallback) ahead of the generic API, e.g.

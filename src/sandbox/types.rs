@@ -191,6 +191,15 @@ pub fn builtins() -> Vec<ResourceType> {
         B::new("", "v1", "configmaps", "ConfigMap", true).short(&["cm"]),
         B::new("", "v1", "secrets", "Secret", true),
         B::new("", "v1", "serviceaccounts", "ServiceAccount", true).short(&["sa"]),
+        B::new(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            true,
+        )
+        .short(&["pvc"])
+        .status(),
         B::new("", "v1", "events", "Event", true).short(&["ev"]),
         B::new("apps", "v1", "daemonsets", "DaemonSet", true)
             .short(&["ds"])
@@ -252,6 +261,21 @@ pub fn builtins() -> Vec<ResourceType> {
         )
         .short(&["netpol"]),
         B::new("coordination.k8s.io", "v1", "leases", "Lease", true),
+        // Answered by authz_http from RBAC objects; listed so discovery shows them.
+        B::new(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+        ),
+        B::new(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            false,
+        ),
         B::new("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
         B::new(
             "apiextensions.k8s.io",

@@ -1,0 +1,476 @@
+//! The HTTP face of [`super::authz`]: who a request acts as (impersonation
+//! headers), the self reviews kubectl and `cluster::access` send, and the 403 an
+//! impersonated request gets when RBAC does not allow it.
+//!
+//! Without impersonation headers a request acts as the sandbox admin (group
+//! `system:masters`) and passes untouched, so every existing client keeps working.
+//! `kubectl --as=system:serviceaccount:NS:NAME` (header `Impersonate-User`, plus
+//! `Impersonate-Group` per `--as-group`) acts as that user for every request.
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Sandbox;
+use super::authz::{self, Attributes, MASTERS, PolicyRule, UserInfo};
+use super::error::ApiError;
+
+pub const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+pub const RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, v.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.to_status())
+}
+
+/// The user a request acts as: the impersonated one, or the sandbox admin.
+pub fn requester(headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+    let text = |v: &HeaderValue, what: &str| {
+        v.to_str()
+            .map(String::from)
+            .map_err(|_| ApiError::bad_request(format!("the {what} header is not valid text")))
+    };
+    let user = headers
+        .get("impersonate-user")
+        .map(|v| text(v, "Impersonate-User"))
+        .transpose()?;
+    let groups = headers
+        .get_all("impersonate-group")
+        .iter()
+        .map(|v| text(v, "Impersonate-Group"))
+        .collect::<Result<Vec<_>, _>>()?;
+    match user {
+        Some(u) if u.is_empty() => Err(ApiError::bad_request(
+            "the Impersonate-User header is empty: name a user, e.g. system:serviceaccount:NS:NAME",
+        )),
+        Some(u) => Ok(UserInfo::impersonated(&u, &groups)),
+        None if groups.is_empty() => Ok(UserInfo::admin()),
+        // impersonation.go refuses groups without a user.
+        None => Err(ApiError::bad_request(format!(
+            "requested groups {groups:?} without impersonating a user: add Impersonate-User (kubectl --as)"
+        ))),
+    }
+}
+
+/// What a request asks to do, from its method and path (a subset of k8s.io/apiserver
+/// pkg/endpoints/request/requestinfo.go: resource paths under /api and /apis, the
+/// namespace, name and subresource, list/watch/deletecollection for collections).
+pub fn request_attributes(method: &Method, path: &str, query: Option<&str>) -> Attributes {
+    let mut verb = match *method {
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "get",
+    };
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match parts.as_slice() {
+        ["api", _v, rest @ ..] if !rest.is_empty() => rest,
+        ["apis", _g, _v, rest @ ..] if !rest.is_empty() => rest,
+        _ => return Attributes::non_resource(&method.as_str().to_lowercase(), path),
+    };
+    let group = match parts.as_slice() {
+        ["apis", g, ..] => *g,
+        _ => "",
+    };
+    let mut namespace = "";
+    let mut rest = rest;
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        namespace = rest[1];
+        // namespaces/NS/status and /finalize are subresources of the namespace itself.
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
+        }
+    }
+    let name = rest.get(1).copied().unwrap_or_default();
+    let subresource = rest.get(2).copied().unwrap_or_default();
+    let watch = query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1"))
+    });
+    if name.is_empty() {
+        verb = match verb {
+            "get" if watch => "watch",
+            "get" => "list",
+            "delete" => "deletecollection",
+            v => v,
+        };
+    }
+    Attributes {
+        verb: verb.into(),
+        namespace: namespace.into(),
+        group: group.into(),
+        resource: rest[0].into(),
+        subresource: subresource.into(),
+        name: name.into(),
+        path: None,
+    }
+}
+
+/// Middleware: an impersonated request passes only if RBAC allows it (403 otherwise).
+pub async fn enforce(State(sb): State<Sandbox>, req: Request, next: Next) -> Response {
+    let user = match requester(req.headers()) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    if user.groups.iter().any(|g| g == MASTERS) {
+        return next.run(req).await;
+    }
+    let a = request_attributes(req.method(), req.uri().path(), req.uri().query());
+    if authz::authorize(sb.store(), &user, &a).allowed {
+        return next.run(req).await;
+    }
+    let mut e = ApiError::forbidden(format!(
+        "{}: {}",
+        if a.path.is_some() { "forbidden" } else { "" },
+        authz::forbidden_message(&user, &a)
+    ));
+    if a.path.is_none() {
+        // resource "x" is forbidden: User "u" cannot ... (responsewriters.ForbiddenStatusError)
+        let res = if a.group.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}.{}", a.resource, a.group)
+        };
+        let named = if a.name.is_empty() {
+            String::new()
+        } else {
+            format!(" \"{}\"", a.name)
+        };
+        e = ApiError::forbidden(format!(
+            "{res}{named} is forbidden: {}",
+            authz::forbidden_message(&user, &a)
+        ));
+    }
+    error_response(&e)
+}
+
+/// A review body: JSON, YAML, or the protobuf kubectl's typed client sends.
+fn decode_review(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let bad = |m: String| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {kind}): {m}"
+        ))
+    };
+    let v: Value = if ct.contains("protobuf") {
+        proto::decode_review(body).map_err(bad)?
+    } else if ct.contains("yaml") {
+        let text = std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
+        serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))?
+    } else {
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?
+    };
+    let got = v.get("kind").and_then(Value::as_str).unwrap_or(kind);
+    if got != kind {
+        return Err(bad(format!("got kind {got}")));
+    }
+    Ok(v)
+}
+
+fn attrs_of(spec: &Value) -> Result<Attributes, ApiError> {
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match (spec.get("resourceAttributes"), spec.get("nonResourceAttributes")) {
+        (Some(r), None) => Ok(Attributes {
+            verb: s(r, "verb"),
+            namespace: s(r, "namespace"),
+            group: s(r, "group"),
+            resource: s(r, "resource"),
+            subresource: s(r, "subresource"),
+            name: s(r, "name"),
+            path: None,
+        }),
+        (None, Some(n)) => Ok(Attributes::non_resource(&s(n, "verb"), &s(n, "path"))),
+        _ => Err(ApiError::invalid(
+            "SelfSubjectAccessReview",
+            "",
+            &[(
+                "spec.resourceAttributes",
+                "Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+            )],
+        )),
+    }
+}
+
+/// `POST .../selfsubjectaccessreviews`: may the requester do this?
+pub async fn access_review(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        let user = requester(&headers)?;
+        let review = decode_review(&headers, &body, "SelfSubjectAccessReview")?;
+        let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let d = authz::authorize(sb.store(), &user, &attrs_of(&spec)?);
+        let mut status = json!({"allowed": d.allowed});
+        if !d.reason.is_empty() {
+            status["reason"] = json!(d.reason);
+        }
+        if !d.evaluation_error.is_empty() {
+            status["evaluationError"] = json!(d.evaluation_error);
+        }
+        Ok(json!({
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        }))
+    };
+    match run() {
+        Ok(v) => json_response(201, &v),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn rule_json(r: &PolicyRule) -> (bool, Value) {
+    if !r.non_resource_urls.is_empty() {
+        return (
+            false,
+            json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}),
+        );
+    }
+    let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+    if !r.resource_names.is_empty() {
+        v["resourceNames"] = json!(r.resource_names);
+    }
+    (true, v)
+}
+
+/// `POST .../selfsubjectrulesreviews`: what may the requester do in a namespace
+/// (`kubectl auth can-i --list`)?
+pub async fn rules_review(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        let user = requester(&headers)?;
+        let review = decode_review(&headers, &body, "SelfSubjectRulesReview")?;
+        let ns = review
+            .pointer("/spec/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if ns.is_empty() {
+            return Err(ApiError::bad_request("no namespace on request"));
+        }
+        let mut rules: Vec<PolicyRule> = Vec::new();
+        if user.groups.iter().any(|g| g == MASTERS) {
+            // What cluster-admin's rules say.
+            rules.push(PolicyRule::from_json(
+                &json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+            ));
+            rules.push(PolicyRule::from_json(
+                &json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
+            ));
+        }
+        if user.groups.iter().any(|g| g == authz::AUTHENTICATED) {
+            rules.extend(authz::bootstrap_rules());
+        }
+        let (found, errors) = authz::rules_for(sb.store(), &user, ns);
+        rules.extend(found.into_iter().map(|r| r.rule));
+        let (resource, non_resource): (Vec<_>, Vec<_>) =
+            rules.iter().map(rule_json).partition(|(res, _)| *res);
+        let mut status = json!({
+            "resourceRules": resource.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "nonResourceRules": non_resource.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "incomplete": !errors.is_empty(),
+        });
+        if !errors.is_empty() {
+            status["evaluationError"] = json!(errors.join("; "));
+        }
+        Ok(json!({
+            "kind": "SelfSubjectRulesReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": {"namespace": ns},
+            "status": status,
+        }))
+    };
+    match run() {
+        Ok(v) => json_response(201, &v),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Just enough protobuf to read the two self reviews kubectl sends: the
+/// `k8s\0` + runtime.Unknown envelope (k8s.io/apimachinery pkg/runtime/serializer/protobuf)
+/// and the fields of k8s.io/api authorization/v1 generated.proto.
+mod proto {
+    use serde_json::{Value, json};
+
+    /// (field number, bytes) of each length-delimited field; other wire types skipped.
+    fn fields(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
+        fn varint(buf: &mut &[u8]) -> Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
+                *buf = rest;
+                v |= u64::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("varint too long".into())
+        }
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let key = varint(&mut buf)?;
+            match key & 7 {
+                0 => {
+                    varint(&mut buf)?;
+                }
+                1 | 5 => {
+                    let n = if key & 7 == 1 { 8 } else { 4 };
+                    buf = buf.get(n..).ok_or("truncated fixed field")?;
+                }
+                2 => {
+                    let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length too big")?;
+                    let data = buf.get(..len).ok_or("truncated field")?;
+                    out.push((key >> 3, data));
+                    buf = &buf[len..];
+                }
+                w => return Err(format!("unsupported protobuf wire type {w}")),
+            }
+        }
+        Ok(out)
+    }
+
+    fn field(buf: &[u8], n: u64) -> Result<Option<&[u8]>, String> {
+        Ok(fields(buf)?
+            .into_iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, d)| d))
+    }
+
+    fn string(buf: &[u8], n: u64) -> Result<String, String> {
+        let bytes = field(buf, n)?.unwrap_or_default();
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("field {n} is not UTF-8"))
+    }
+
+    /// A SelfSubjectAccessReview or SelfSubjectRulesReview as its JSON form.
+    pub fn decode_review(body: &[u8]) -> Result<Value, String> {
+        let unknown = body
+            .strip_prefix(b"k8s\0")
+            .ok_or("not a Kubernetes protobuf envelope (no k8s\\0 prefix)")?;
+        let type_meta = field(unknown, 1)?.unwrap_or_default();
+        let kind = string(type_meta, 2)?;
+        let raw = field(unknown, 2)?.unwrap_or_default();
+        let spec = field(raw, 2)?.unwrap_or_default();
+        let spec = match kind.as_str() {
+            "SelfSubjectAccessReview" => {
+                let mut s = json!({});
+                if let Some(r) = field(spec, 1)? {
+                    let names = [
+                        "namespace",
+                        "verb",
+                        "group",
+                        "version",
+                        "resource",
+                        "subresource",
+                        "name",
+                    ];
+                    let mut attrs = serde_json::Map::new();
+                    for (i, k) in names.iter().enumerate() {
+                        let v = string(r, i as u64 + 1)?;
+                        if !v.is_empty() {
+                            attrs.insert(k.to_string(), json!(v));
+                        }
+                    }
+                    s["resourceAttributes"] = Value::Object(attrs);
+                }
+                if let Some(n) = field(spec, 2)? {
+                    s["nonResourceAttributes"] =
+                        json!({"path": string(n, 1)?, "verb": string(n, 2)?});
+                }
+                s
+            }
+            "SelfSubjectRulesReview" => json!({"namespace": string(spec, 1)?}),
+            other => return Err(format!("got kind {other:?}")),
+        };
+        Ok(json!({"apiVersion": "authorization.k8s.io/v1", "kind": kind, "spec": spec}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_protobuf_review_decodes() {
+        // `kubectl auth can-i create pods/exec -n kube-system` as kubectl 1.32 sends it.
+        let hex = "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f763112\
+                   1753656c665375626a6563744163636573735265766965771247\
+                   0a100a0012001a0022002a00320038004200\
+                   12290a270a0b6b7562652d73797374656d1206637265617465\
+                   1a0022002a04706f647332003a0465786563\
+                   1a08080012001a0020001a002200";
+        let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+        let Ok(bytes) = hex::decode(&hex) else {
+            panic!("bad test hex")
+        };
+        let v = proto::decode_review(&bytes).unwrap_or_else(|e| json!({"error": e}));
+        assert_eq!(v["kind"], "SelfSubjectAccessReview", "{v}");
+        let r = &v["spec"]["resourceAttributes"];
+        assert_eq!(r["namespace"], "kube-system");
+        assert_eq!(r["verb"], "create");
+        assert_eq!(r["resource"], "pods");
+        assert_eq!(
+            r["name"], "exec",
+            "TYPE/NAME: kubectl reads pods/exec as a name"
+        );
+        assert!(proto::decode_review(b"k8s\0\x0a\xff").is_err());
+        assert!(proto::decode_review(b"{}").is_err());
+    }
+
+    #[test]
+    fn request_paths_map_to_rbac_attributes() {
+        let a = request_attributes(
+            &Method::GET,
+            "/apis/apps/v1/namespaces/kube-system/daemonsets",
+            None,
+        );
+        assert_eq!(
+            (
+                a.verb.as_str(),
+                a.group.as_str(),
+                a.resource.as_str(),
+                a.namespace.as_str()
+            ),
+            ("list", "apps", "daemonsets", "kube-system")
+        );
+        let a = request_attributes(
+            &Method::GET,
+            "/api/v1/nodes",
+            Some("watch=true&labelSelector=x"),
+        );
+        assert_eq!(a.verb, "watch");
+        let a = request_attributes(&Method::PATCH, "/api/v1/nodes/n1/status", None);
+        assert_eq!(
+            (a.verb.as_str(), a.name.as_str(), a.subresource.as_str()),
+            ("patch", "n1", "status")
+        );
+        let a = request_attributes(&Method::DELETE, "/api/v1/namespaces/x/configmaps", None);
+        assert_eq!(a.verb, "deletecollection");
+        let a = request_attributes(&Method::GET, "/api/v1/namespaces/x", None);
+        assert_eq!(
+            (a.resource.as_str(), a.name.as_str(), a.namespace.as_str()),
+            ("namespaces", "x", "x")
+        );
+        let a = request_attributes(&Method::GET, "/apis/apps/v1", None);
+        assert_eq!(a.path.as_deref(), Some("/apis/apps/v1"));
+    }
+}
