@@ -1,24 +1,349 @@
-//! apply and rollback against the sandbox, through the library and the binary.
+//! apply and rollback against the sandbox through the real binary: refusals that
+//! change nothing, a full migration with no lapse, rollback from every step back to
+//! the baseline, the Lease, and a SIGKILL campaign.
 
 mod support;
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use calico_migrate::cluster::lease::{LEASE_NAME, LEASE_NAMESPACE};
+use calico_migrate::engine::Journal;
+use serde_json::{Value, json};
+
+fn cli(env: &support::Env, kubeconfig: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_calico-migrate"));
+    c.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--state-dir")
+        .arg(env.state_dir())
+        .arg("--no-progress")
+        .env_remove("KUBECONFIG")
+        .env_remove("CALICO_MIGRATE_STATE_DIR")
+        .stdin(Stdio::null());
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A served sandbox with a kubeconfig for it, a saved plan and the pinned manifest.
+async fn ready(nodes: usize) -> Result<(support::Env, PathBuf)> {
+    let env = support::env(nodes).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let (saved, profile) = support::plan(&env).await?;
+    pin_manifest(&env, &saved.plan, &profile)?;
+    Ok((env, kc))
+}
+
+/// Put the sandbox's operator manifest where the plan's pin says it is, and make
+/// the saved plan pin its real sha256 (as `plan --operator-manifest` does).
+fn pin_manifest(
+    env: &support::Env,
+    plan: &Value,
+    profile: &calico_migrate::migration::profile::Profile,
+) -> Result<()> {
+    use sha2::Digest;
+    let yaml = calico_migrate::sandbox::scenario::operator::operator_manifest_yaml(&format!(
+        "quay.io/tigera/operator:{}",
+        profile.target.operator_version
+    ));
+    let sha = hex::encode(sha2::Sha256::digest(yaml.as_bytes()));
+    std::fs::write(
+        env.state_dir()
+            .join(format!("operator-manifest-{sha}.yaml")),
+        &yaml,
+    )?;
+    let path = env.state_dir().join("plan.json");
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    saved["plan"]["operator_manifest_sha256"] = json!(sha);
+    let _ = plan;
+    std::fs::write(&path, serde_json::to_vec_pretty(&saved)?)?;
+    Ok(())
+}
+
+fn step_ids(env: &support::Env) -> Result<Vec<String>> {
+    let saved: Value = serde_json::from_slice(&std::fs::read(env.state_dir().join("plan.json"))?)?;
+    Ok(saved["plan"]["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect())
+}
+
+async fn no_lapse(env: &support::Env) -> Result<()> {
+    let iv = env.dp.intervals().await;
+    anyhow::ensure!(iv.is_empty(), "enforcement diverged: {iv:?}");
+    Ok(())
+}
+
+fn run(c: &mut Command) -> Result<Output> {
+    Ok(c.output()?)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fixture_plans_a_migration_and_snapshots_the_cluster() -> Result<()> {
-    let env = support::env(3).await?;
+async fn refusals_change_nothing() -> Result<()> {
+    let env = support::env(2).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let before = support::snapshot(&env.sb)?;
+
+    // No plan yet.
+    let o = run(cli(&env, &kc).args(["apply", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("calico-migrate plan"), "{}", text(&o));
+    assert!(!Journal::exists(&env.state_dir()));
+
+    // Nothing to resume.
     let (saved, profile) = support::plan(&env).await?;
-    let steps = saved.plan["steps"].as_array().map(Vec::len).unwrap_or(0);
-    assert!(steps >= 6, "plan has {steps} steps: {}", saved.plan);
-    let world = support::world(&env, &saved, &profile);
-    assert!(world.release().is_some(), "the plan names the Helm release");
-    assert!(!world.operator_manifest.is_empty());
-    let a = support::snapshot(&env.sb)?;
-    let b = support::snapshot(&env.sb)?;
+    pin_manifest(&env, &saved.plan, &profile)?;
+    let o = run(cli(&env, &kc).args(["apply", "--resume", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("nothing to resume"), "{}", text(&o));
+
+    // No --yes without a terminal.
+    let o = run(cli(&env, &kc).arg("apply"))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--yes"), "{}", text(&o));
+    assert!(!Journal::exists(&env.state_dir()));
+
+    // A plan for another cluster.
+    let path = env.state_dir().join("plan.json");
+    let good = std::fs::read(&path)?;
+    let mut other: Value = serde_json::from_slice(&good)?;
+    other["cluster_uid"] = json!("00000000-0000-0000-0000-000000000000");
+    std::fs::write(&path, serde_json::to_vec(&other)?)?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("kube-system UID"), "{}", text(&o));
+    std::fs::write(&path, &good)?;
+
+    // A manifest changed after planning.
+    let manifest = std::fs::read_dir(env.state_dir())?
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("operator-manifest-")
+        })
+        .context("manifest")?
+        .path();
+    let original = std::fs::read(&manifest)?;
+    std::fs::write(&manifest, b"kind: Namespace\n")?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("changed after planning"), "{}", text(&o));
+    std::fs::write(&manifest, &original)?;
+
+    // The cluster changed since the plan (kube-system calico-node's update strategy).
+    let ds_api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(env.client.clone(), "kube-system");
+    let original_ds = ds_api.get("calico-node").await?;
+    let patch = json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": 7}}}});
+    ds_api
+        .patch(
+            "calico-node",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("changed since the plan"), "{}", text(&o));
+    assert!(!Journal::exists(&env.state_dir()));
+    calico_migrate::cluster::objects::Objects::new(env.client.clone(), Default::default())
+        .restore(&serde_json::to_value(&original_ds)?)
+        .await?;
+
+    // A gate before the first step: the journal is created, nothing else happens.
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-before", "baseline"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        a.keys()
-            .any(|k| k.starts_with("daemonsets.apps kube-system/calico-node"))
+        text(&o).contains("paused before step `baseline`"),
+        "{}",
+        text(&o)
     );
-    assert!(support::differences(&a, &b).is_empty());
+
+    // Another holder's Lease.
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": LEASE_NAME, "namespace": LEASE_NAMESPACE},
+        "spec": {"holderIdentity": "laptop-of-someone:/state#42", "leaseDurationSeconds": 600,
+                 "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
+    env.sb.load(vec![lease])?;
+    let o = run(cli(&env, &kc).args(["apply", "--resume", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("laptop-of-someone"), "{}", text(&o));
+
+    let after = support::snapshot(&env.sb)?;
+    let diff: Vec<String> = support::differences(&before, &after)
+        .into_iter()
+        .filter(|k| !k.starts_with("leases."))
+        .collect();
+    assert!(diff.is_empty(), "refused runs changed {diff:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing() -> Result<()> {
+    let (env, kc) = ready(3).await?;
+    let before = support::snapshot(&env.sb)?;
+    let o = run(cli(&env, &kc).args(["apply", "--dry-run", "-o", "json"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let previews: Value = serde_json::from_slice(&o.stdout)?;
+    let ids = step_ids(&env)?;
+    assert_eq!(
+        previews.as_array().map(Vec::len),
+        Some(ids.len()),
+        "{previews}"
+    );
+    let changes: usize = previews
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["changes"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(changes > 0, "a dry run names what would change: {previews}");
+    assert!(!Journal::exists(&env.state_dir()));
+    let after = support::snapshot(&env.sb)?;
+    assert!(support::differences(&before, &after).is_empty());
+    Ok(())
+}
+
+/// The policy objects (any group), stripped, by key.
+fn policies(env: &support::Env) -> Result<Vec<(String, Value)>> {
+    Ok(support::snapshot(&env.sb)?
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with("networkpolicies.")
+                || k.starts_with("globalnetworkpolicies.")
+                || k.starts_with("globalnetworksets.")
+                || k.starts_with("networksets.")
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_apply_on_twenty_nodes_without_a_lapse_then_rollback_to_the_baseline() -> Result<()> {
+    let (env, kc) = ready(20).await?;
+    let before = support::snapshot(&env.sb)?;
+    let policies_before = policies(&env)?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "-o", "json"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(report["outcome"], "completed", "{report}");
+    let swaps = report["observations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["kind"] == "node_swap")
+        .count();
+    assert!(swaps >= 20, "every node's swap is watched: {swaps}");
+    no_lapse(&env).await?;
+    assert_eq!(
+        policies(&env)?,
+        policies_before,
+        "the policy set is unchanged"
+    );
+    let ds = env.sb.store().get(
+        &support::gvr("apps", "v1", "daemonsets"),
+        "kube-system",
+        "calico-node",
+    );
+    assert!(
+        ds.is_err(),
+        "kube-system calico-node is gone after the takeover"
+    );
+
+    let o = run(cli(&env, &kc).args(["rollback", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    no_lapse(&env).await?;
+    let after = support::snapshot(&env.sb)?;
+    let diff = support::differences(&before, &after);
+    assert!(
+        diff.is_empty(),
+        "after rollback the cluster differs: {diff:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_after_every_step_returns_to_the_baseline() -> Result<()> {
+    let (env, kc) = ready(3).await?;
+    let before = support::snapshot(&env.sb)?;
+    let ids = step_ids(&env)?;
+    for (k, id) in ids.iter().enumerate() {
+        // Apply up to and including step k, then roll everything back.
+        let mut c = cli(&env, &kc);
+        c.args(["apply", "--yes"]);
+        if let Some(next) = ids.get(k + 1) {
+            c.args(["--pause-before", next]);
+        }
+        let o = run(&mut c)?;
+        assert_eq!(o.status.code(), Some(0), "apply to {id}: {}", text(&o));
+        let o = run(cli(&env, &kc).args(["rollback", "--yes"]))?;
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "rollback after {id}: {}",
+            text(&o)
+        );
+        let diff = support::differences(&before, &support::snapshot(&env.sb)?);
+        assert!(diff.is_empty(), "after rollback from {id}: {diff:?}");
+        no_lapse(&env).await?;
+        // The next round starts from a fresh journal.
+        std::fs::remove_dir_all(env.state_dir().join("journal"))?;
+        let _ = std::fs::remove_file(env.state_dir().join("calico-migrate.head"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
+    let (env, kc) = ready(6).await?;
+    let before = support::snapshot(&env.sb)?;
+    let mut child = cli(&env, &kc)
+        .args(["apply", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Wait until some nodes are migrated, then kill the run mid-takeover.
+    let nodes = support::gvr("", "v1", "nodes");
+    let migrated = |env: &support::Env| -> usize {
+        env.sb
+            .store()
+            .list(&nodes, None, &Default::default())
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|n| {
+                        n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
+                            == Some(&json!("migrated"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while migrated(&env) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(migrated(&env) >= 2, "the takeover reached two nodes");
+    let o = run(cli(&env, &kc).args(["rollback", "--yes"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let diff = support::differences(&before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback mid-takeover: {diff:?}");
+    no_lapse(&env).await?;
     Ok(())
 }

@@ -16,9 +16,11 @@ pub fn progress_enabled(g: &GlobalOpts) -> bool {
 }
 
 /// Install the global subscriber. `RUST_LOG` overrides the level from -v/-q.
-pub fn init(g: &GlobalOpts) {
+/// Long-running commands (apply, rollback, rehearse) log progress at info by default.
+pub fn init(g: &GlobalOpts, long_running: bool) {
     let level = match (g.quiet, g.verbose) {
         (true, _) => "error",
+        (false, 0) if long_running => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",
