@@ -4,6 +4,7 @@
 //! one paragraph on stderr (see [`report_error`]) and exits with code 2, so a
 //! user's mistake never ends in a panic.
 
+pub mod apply_cmd;
 pub mod check_cmd;
 pub mod completions;
 mod journal_cmds;
@@ -126,6 +127,15 @@ pub struct ApplyArgs {
     /// Print what each step would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stop before this step starts (repeatable); `apply --resume` continues.
+    #[arg(long, value_name = "STEP")]
+    pub pause_before: Vec<String>,
+    /// Seconds to pause after each node's swap (default: the profile's pacing).
+    #[arg(long, value_name = "SECONDS")]
+    pub pause_seconds: Option<u64>,
+    /// Seconds the Lease lock stays valid without renewal (renewed every third of it).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +146,12 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Seconds to pause after each node moved back (default: the profile's pacing).
+    #[arg(long, value_name = "SECONDS")]
+    pub pause_seconds: Option<u64>,
+    /// Seconds the Lease lock stays valid without renewal (renewed every third of it).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub lease_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +178,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_ERROR } else { 0 });
         }
     };
-    telemetry::init(&cli.global);
+    let long_running = matches!(
+        cli.command,
+        Command::Apply(_) | Command::Rollback(_) | Command::Rehearse(_)
+    );
+    telemetry::init(&cli.global, long_running);
     match dispatch(&cli) {
         Ok(code) => code,
         Err(err) => {
@@ -180,10 +200,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(args) => policy_cmd::run(args, g),
         Command::Sandbox(args) => runtime()?.block_on(sandbox_cmd::run(args, g)),
         Command::Plan(args) => runtime()?.block_on(plan_cmd::run(args, g)),
-        Command::Apply(_) => not_built("apply", 8),
-        Command::Rollback(args) => {
-            journal_cmds::rollback_preflight(args, g).and_then(|()| not_built("rollback", 8))
-        }
+        Command::Apply(args) => runtime()?.block_on(apply_cmd::apply(args, g)),
+        Command::Rollback(args) => runtime()?.block_on(apply_cmd::rollback(args, g)),
         Command::Check(args) => runtime()?.block_on(check_cmd::run(args, g)),
         Command::Rehearse(_) => not_built("rehearse", 9),
         Command::Completions(args) => completions::completions(args),
