@@ -366,3 +366,295 @@ async fn cli_json_contract_exit_codes_and_baseline() -> Result<()> {
     e.server.shutdown().await;
     Ok(())
 }
+
+// ---- Long-lived connections across a node's agent swap (checks::conn) ----
+
+use calico_migrate::checks::conn::{self, ConnReport, ConnState, HoldOptions};
+
+fn hold_opts() -> HoldOptions {
+    HoldOptions {
+        interval: Duration::from_millis(100),
+        read_timeout: Duration::from_secs(1),
+        establish_timeout: Duration::from_secs(20),
+        max: Duration::from_secs(40),
+    }
+}
+
+fn set_phase(sb: &Sandbox, key: &str, phase: &str) -> Result<()> {
+    let (ns, name) = key.split_once('/').context("pod key")?;
+    let mut pod = sb.store().get(&Gvr::new("", "v1", "pods"), ns, name)?;
+    pod["status"]["phase"] = json!(phase);
+    sb.load(vec![pod])?;
+    Ok(())
+}
+
+fn states(r: &ConnReport) -> Vec<(String, String, ConnState)> {
+    r.connections
+        .iter()
+        .map(|c| (c.from.clone(), c.to.clone(), c.state))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_connections_survive_an_agent_swap() -> Result<()> {
+    assert_eq!(
+        conn::HOLD_SCRIPT,
+        calico_migrate::sandbox::dataplane::flows::HOLD_SCRIPT,
+        "the sandbox must understand the script the check sends"
+    );
+    let e = env(3).await?;
+    let node = e.nodes[1].clone();
+    let prober = Prober::setup(&e.client, &opts()).await?;
+    let (sb, client, dp) = (e.sb.clone(), e.client.clone(), e.dp.clone());
+    let swap_node = node.clone();
+    let saw_frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let frozen = saw_frozen.clone();
+    // The operator's per-node swap: the chart's DaemonSet stops selecting the node (its
+    // pod there goes), the operator's calico-node comes up on it.
+    let swap = async move {
+        let run = async {
+            use calico_migrate::sandbox::{PatchKind, WriteOptions};
+            let nodes_gvr = Gvr::new("", "v1", "nodes");
+            for n in sb
+                .store()
+                .list(&nodes_gvr, None, &ListOptions::default())?
+                .items
+            {
+                let name = n
+                    .pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
+                let value = if name == swap_node {
+                    "migrated"
+                } else {
+                    "pre-operator"
+                };
+                let patch = json!({"metadata": {"labels": {"projectcalico.org/operator-node-migration": value}}});
+                sb.store().patch(
+                    &nodes_gvr,
+                    "",
+                    name,
+                    PatchKind::Merge,
+                    patch.to_string().as_bytes(),
+                    "",
+                    &WriteOptions::default(),
+                )?;
+            }
+            let selector = json!({"spec": {"template": {"spec": {"nodeSelector":
+                {"projectcalico.org/operator-node-migration": "pre-operator"}}}}});
+            sb.store().patch(
+                &Gvr::new("apps", "v1", "daemonsets"),
+                "kube-system",
+                "calico-node",
+                PatchKind::Merge,
+                selector.to_string().as_bytes(),
+                "",
+                &WriteOptions::default(),
+            )?;
+            sb.load(vec![json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "calico-system"}})])?;
+            for _ in 0..200 {
+                let seen = dp.nodes().await;
+                if seen
+                    .iter()
+                    .any(|n| n.node == swap_node && n.enforcer == "frozen")
+                {
+                    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sb.load(vec![json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "calico-node-op", "namespace": "calico-system",
+                    "labels": {"k8s-app": "calico-node"}},
+                "spec": {"nodeName": swap_node, "hostNetwork": true,
+                    "containers": [{"name": "calico-node", "image": "calico/node"}]}})])?;
+            checks::agent_ready(
+                &client,
+                "calico-system",
+                &swap_node,
+                Duration::from_millis(50),
+            )
+            .await;
+            anyhow::Ok(())
+        };
+        if let Err(err) = run.await {
+            panic!("swap failed: {err:#}");
+        }
+    };
+    let r = conn::hold_connections_with(&e.client, &prober, &node, swap, &hold_opts()).await?;
+    assert!(
+        saw_frozen.load(std::sync::atomic::Ordering::SeqCst),
+        "the node ran frozen rules mid-swap"
+    );
+    let enforcer = e.dp.nodes().await;
+    assert!(
+        enforcer
+            .iter()
+            .any(|n| n.node == node && n.enforcer == "calico-system"),
+        "{enforcer:?}"
+    );
+    assert!(r.passed(), "{r:#?}");
+    // Own client to own server, own clients to the next node, the previous node's in.
+    assert_eq!(r.connections.len(), 5, "{:?}", states(&r));
+    assert_eq!((r.survived, r.broken, r.check_failed), (5, 0, 0));
+    for c in &r.connections {
+        assert!(c.src_node == node || c.dst_node.as_deref() == Some(node.as_str()));
+        assert!(c.round_trips >= 2, "{c:?}");
+    }
+    assert!(r.swap_finished && r.swap_ms.unwrap_or(0) >= 300);
+    prober.teardown().await?;
+    assert_eq!(leftovers(&e.sb)?, 0);
+    e.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denying_policy_keeps_established_flows_until_conntrack_forgets_them() -> Result<()> {
+    let e = env(3).await?;
+    let node = e.nodes[1].clone();
+    let prober = Prober::setup(&e.client, &opts()).await?;
+    let (sb, dp, flush_node) = (e.sb.clone(), e.dp.clone(), node.clone());
+    let flushed_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let at = flushed_at.clone();
+    let change = async move {
+        // Deny every ingress to namespace a, ahead of its `default` allow.
+        let deny = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "deny-probe-a-ingress"},
+            "spec": {"order": 1, "selector": "projectcalico.org/namespace == 'calico-migrate-probe-a'",
+                "types": ["Ingress"], "ingress": [{"action": "Deny"}]}});
+        if let Err(err) = sb.load(vec![deny]) {
+            panic!("policy: {err}");
+        }
+        // Calico judges the first packet only: the flows carry on under the new policy.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if let Ok(mut t) = at.lock() {
+            *t = Some(jiff::Timestamp::now());
+        }
+        dp.flush_conntrack(&flush_node);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let r = conn::hold_connections_with(&e.client, &prober, &node, change, &hold_opts()).await?;
+    let flushed = flushed_at
+        .lock()
+        .ok()
+        .and_then(|t| *t)
+        .context("flush time")?;
+    assert!(!r.passed());
+    // Broken: the namespace-a flows whose ingress is on the flushed node (its own
+    // client to its own server, and the previous node's client in). The flow out to the
+    // next node keeps that node's conntrack entry; namespace b is not denied.
+    let broken: Vec<_> = r
+        .connections
+        .iter()
+        .filter(|c| c.state == ConnState::Broken)
+        .collect();
+    assert_eq!(broken.len(), 2, "{:#?}", r.connections);
+    assert_eq!(r.broken, 2);
+    assert_eq!(r.survived, 3);
+    for c in &broken {
+        assert!(c.to.starts_with("calico-migrate-probe-a/"), "{c:?}");
+        assert_eq!(c.dst_node.as_deref(), Some(node.as_str()));
+        assert_eq!(c.detail, "timeout");
+        assert!(
+            c.broken_at.is_some_and(|t| t >= flushed),
+            "{c:?} before {flushed}"
+        );
+        assert!(
+            c.last_ok_after_ms.unwrap_or(0) < c.broken_after_ms.unwrap_or(0),
+            "{c:?}"
+        );
+        assert!(c.round_trips >= 4, "answered under the new policy: {c:?}");
+    }
+    // New connections are denied at once: the probes see the policy.
+    let plan = prober.plan().await?;
+    assert!(
+        conn::held_pairs(&plan.probes, &node)
+            .iter()
+            .all(|p| !p.to.starts_with("calico-migrate-probe-a/server")
+                || p.dst_node.as_deref() != Some(node.as_str()))
+    );
+    let json = serde_json::to_value(&r)?;
+    assert_eq!(json["broken"], 2);
+    assert!(json["connections"][0]["state"].is_string());
+    prober.teardown().await?;
+    e.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_probe_pod_is_check_failed_and_a_dead_server_is_broken() -> Result<()> {
+    let e = env(3).await?;
+    let node = e.nodes[1].clone();
+    let prober = Prober::setup(&e.client, &opts()).await?;
+    let pairs = conn::held_pairs(&prober.plan().await?.probes, &node);
+    // A client on the node in namespace b, and the next node's server in namespace a.
+    let client = pairs
+        .iter()
+        .find(|p| p.from.starts_with("calico-migrate-probe-b/") && p.src_node == node)
+        .context("b client on the node")?
+        .from
+        .clone();
+    let server = pairs
+        .iter()
+        .find(|p| {
+            p.to.starts_with("calico-migrate-probe-a/")
+                && p.dst_node.as_deref() != Some(node.as_str())
+        })
+        .context("a server on the next node")?
+        .to
+        .clone();
+    let sb = e.sb.clone();
+    let (c2, s2) = (client.clone(), server.clone());
+    let breakage = async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Err(err) = set_phase(&sb, &c2, "Failed").and_then(|()| set_phase(&sb, &s2, "Failed"))
+        {
+            panic!("{err:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let r = conn::hold_connections_with(&e.client, &prober, &node, breakage, &hold_opts()).await?;
+    assert!(!r.passed());
+    for c in &r.connections {
+        let want = if c.from == client {
+            ConnState::CheckFailed
+        } else if c.to == server {
+            ConnState::Broken
+        } else {
+            ConnState::Established
+        };
+        assert_eq!(c.state, want, "{c:?}");
+    }
+    let failed = r
+        .connections
+        .iter()
+        .find(|c| c.from == client)
+        .context("client's connection")?;
+    assert!(
+        failed.broken_at.is_none() && !failed.detail.is_empty(),
+        "{failed:?}"
+    );
+    assert!(
+        r.connections
+            .iter()
+            .any(|c| c.to == server && c.detail == "closed")
+    );
+    assert_eq!(r.check_failed, 1);
+    // A node outside the probe workload is refused with a clear error.
+    let err = conn::hold_connections(
+        &e.client,
+        &prober,
+        "no-such-node",
+        async {},
+        Duration::from_secs(1),
+    )
+    .await
+    .err()
+    .context("an unknown node must be refused")?;
+    assert!(err.to_string().contains("no-such-node"), "{err}");
+    prober.teardown().await?;
+    e.server.shutdown().await;
+    Ok(())
+}

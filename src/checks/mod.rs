@@ -5,6 +5,7 @@
 //! probe workload, exec probes with bounded concurrency, clean up) and [`watch`]
 //! (probe one node continuously during its agent swap). See docs/checks.md.
 
+pub mod conn;
 pub mod outcome;
 pub mod plan;
 pub mod render;

@@ -180,6 +180,9 @@ async fn exec_ws(
 }
 
 async fn run(mut socket: WebSocket, dp: DataPlane, ns: String, name: String, q: ExecQuery) {
+    if let Some(Ok(hold)) = super::flows::parse(&q.command) {
+        return run_hold(socket, dp, ns, name, q, hold).await;
+    }
     let result = dp.exec(&ns, &name, &q.command).await;
     let mut frames = Vec::new();
     let status = match result {
@@ -192,14 +195,7 @@ async fn run(mut socket: WebSocket, dp: DataPlane, ns: String, name: String, q: 
             }
             outcome_status(&o, &q.command)
         }
-        Err(e) => {
-            let (code, reason) = match &e {
-                ExecError::NotFound(_) => (404, "NotFound"),
-                ExecError::BadRequest(_) => (400, "BadRequest"),
-                ExecError::NotRunning(_) | ExecError::Internal(_) => (500, "InternalError"),
-            };
-            json!({"metadata": {}, "status": "Failure", "message": e.to_string(), "reason": reason, "code": code})
-        }
+        Err(e) => error_status(&e),
     };
     frames.push(frame(ERROR, status.to_string().as_bytes()));
     for f in frames {
@@ -207,14 +203,80 @@ async fn run(mut socket: WebSocket, dp: DataPlane, ns: String, name: String, q: 
             return;
         }
     }
-    // A normal-closure code: kubectl (gorilla websocket) treats a close without one
-    // (1005) as an error reading the streams.
+    close(socket).await;
+}
+
+/// The error-channel Status for an exec that could not run or was cut off.
+fn error_status(e: &ExecError) -> Value {
+    let (code, reason) = match e {
+        ExecError::NotFound(_) => (404, "NotFound"),
+        ExecError::BadRequest(_) => (400, "BadRequest"),
+        ExecError::NotRunning(_) | ExecError::Internal(_) => (500, "InternalError"),
+    };
+    json!({"metadata": {}, "status": "Failure", "message": e.to_string(), "reason": reason, "code": code})
+}
+
+/// A normal-closure code: kubectl (gorilla websocket) treats a close without one
+/// (1005) as an error reading the streams.
+async fn close(mut socket: WebSocket) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code: close_code::NORMAL,
             reason: "".into(),
         })))
         .await;
+}
+
+/// A held connection (`flows::HOLD_SCRIPT`): its lines go out as they happen. A client
+/// that goes away stops the simulated process.
+async fn run_hold(
+    mut socket: WebSocket,
+    dp: DataPlane,
+    ns: String,
+    name: String,
+    q: ExecQuery,
+    hold: super::flows::Hold,
+) {
+    use super::flows::Chunk;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn({
+        let dp = dp.clone();
+        async move { dp.hold(&ns, &name, hold, tx).await }
+    });
+    while let Some(chunk) = rx.recv().await {
+        let f = match chunk {
+            Chunk::Stdout(s) if q.stdout => frame(STDOUT, s.as_bytes()),
+            Chunk::Stderr(s) if q.stderr => frame(STDERR, s.as_bytes()),
+            _ => continue,
+        };
+        if socket.send(Message::Binary(f.into())).await.is_err() {
+            task.abort();
+            return;
+        }
+    }
+    let status = match task.await {
+        Ok(Ok(code)) => outcome_status(
+            &ExecOutcome {
+                exit_code: code,
+                stdout: String::new(),
+                stderr: String::new(),
+            },
+            &q.command,
+        ),
+        Ok(Err(e)) => error_status(&e),
+        Err(e) => error_status(&ExecError::Internal(format!(
+            "the command was cut off: {e}"
+        ))),
+    };
+    if socket
+        .send(Message::Binary(
+            frame(ERROR, status.to_string().as_bytes()).into(),
+        ))
+        .await
+        .is_ok()
+    {
+        close(socket).await;
+    }
 }
 
 fn frame(channel: u8, data: &[u8]) -> Vec<u8> {

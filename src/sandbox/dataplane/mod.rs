@@ -15,6 +15,7 @@
 
 pub mod exec;
 pub mod faults;
+pub mod flows;
 pub mod monitor;
 pub mod probe;
 pub mod world;
@@ -76,6 +77,8 @@ struct Inner {
     processed: tokio::sync::watch::Sender<u64>,
     opts: DataPlaneOptions,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Per node, how many times its conntrack table was flushed (see [`flows`]).
+    conntrack: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A running data plane. Cheap to clone.
@@ -131,6 +134,7 @@ impl DataPlane {
                 processed,
                 opts,
                 task: Mutex::new(None),
+                conntrack: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         let weak = Arc::downgrade(&dp.inner);
@@ -232,14 +236,8 @@ impl DataPlane {
             .clear(jiff::Timestamp::now());
     }
 
-    /// Run `command` in pod `ns/name` as the exec subresource would.
-    pub async fn exec(
-        &self,
-        ns: &str,
-        name: &str,
-        command: &[String],
-    ) -> Result<ExecOutcome, ExecError> {
-        self.sync().await;
+    /// The pod an exec runs in, as the API and the kubelet check it: known, on a node, Running.
+    fn running_pod(&self, ns: &str, name: &str) -> Result<world::PodInfo, ExecError> {
         let pod_value = self
             .inner
             .sandbox
@@ -261,6 +259,38 @@ impl DataPlane {
             return Err(ExecError::NotRunning(format!(
                 "container not found: pod {ns}/{name} is {phase}, not Running; wait for it to start (kubectl wait --for=condition=Ready pod/{name})"
             )));
+        }
+        Ok(src)
+    }
+
+    /// Forget every connection-tracking entry on `node` (what `conntrack -F` does there):
+    /// the next packet of each established flow through the node is judged again by the
+    /// rules in force on it (see [`flows`]).
+    pub fn flush_conntrack(&self, node: &str) {
+        *lock(&self.inner.conntrack)
+            .entry(node.to_string())
+            .or_insert(0) += 1;
+    }
+
+    /// Run `command` in pod `ns/name` as the exec subresource would.
+    pub async fn exec(
+        &self,
+        ns: &str,
+        name: &str,
+        command: &[String],
+    ) -> Result<ExecOutcome, ExecError> {
+        self.sync().await;
+        let src = self.running_pod(ns, name)?;
+        match flows::parse(command) {
+            Some(Err(usage)) => return Ok(usage),
+            Some(Ok(_)) => {
+                return Err(ExecError::BadRequest(
+                    "the hold script streams its output: run it through pods/exec \
+                     (websocket), not DataPlane::exec"
+                        .into(),
+                ));
+            }
+            None => {}
         }
         let (dest, timeout, proto_name) = match probe::parse_command(command) {
             probe::Command::NotFound(c) => return Ok(probe::not_found(&c)),

@@ -167,7 +167,8 @@ fn split_host_port(dest: &str) -> Result<(&str, &str), String> {
     }
 }
 
-enum Target<'a> {
+/// Where a connection goes after kube-proxy's rewrite: a pod, or an address outside the pod network.
+pub enum Target<'a> {
     Pod(&'a PodInfo),
     Addr(IpAddr),
 }
@@ -187,7 +188,7 @@ fn pod_key(p: &PodInfo) -> String {
 }
 
 /// One side's verdict: `Ok(true)` allowed, `Err` when the engine cannot evaluate.
-fn side_allows(
+pub fn side_allows(
     world: &mut World,
     side: Side,
     src: &PodInfo,
@@ -218,22 +219,31 @@ fn side_allows(
     })
 }
 
-/// Evaluate a connection from `src` to `dest` (`IP:PORT`).
-pub fn connect(
-    world: &mut World,
+/// A destination as the client's kernel ends up sending to it (after kube-proxy's DNAT).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub dst_pod: Option<PodInfo>,
+}
+
+/// Resolve `dest` (`IP:PORT` or `name:PORT`) from `src`: a Service becomes its first Ready
+/// endpoint, a pod IP its pod. `Err` carries the answer when nothing can be reached.
+pub fn resolve(
+    world: &World,
     src: &PodInfo,
     dest: &str,
     proto: Protocol,
-) -> Result<Connect, String> {
+) -> Result<Resolved, Connect> {
     let (host, port) = match split_host_port(dest) {
         Ok(hp) => hp,
-        Err(e) => return Ok(Connect::Unknown(e)),
+        Err(e) => return Err(Connect::Unknown(e)),
     };
     let port: u16 = match port.parse::<u32>() {
         Ok(p) if p <= 65535 => p as u16,
-        Ok(_) => return Ok(Connect::Dns(format!("address {dest}: invalid port"))),
+        Ok(_) => return Err(Connect::Dns(format!("address {dest}: invalid port"))),
         Err(_) => {
-            return Ok(Connect::Dns(format!(
+            return Err(Connect::Dns(format!(
                 "lookup {}/{port}: unknown port",
                 proto.to_string().to_lowercase()
             )));
@@ -248,24 +258,56 @@ pub fn connect(
         Ok(ip) => world.service_by_cluster_ip(ip).cloned(),
         Err(_) => match world.service_by_name(host, src_ns) {
             Some(svc) => Some(svc.clone()),
-            None => return Ok(Connect::Dns(format!("lookup {host}: no such host"))),
+            None => return Err(Connect::Dns(format!("lookup {host}: no such host"))),
         },
     };
-    let (ip, port, dst_pod) = match &service {
+    match &service {
         // kube-proxy rewrites a Service address to one of its endpoints; none: rejected.
         Some(svc) => match world.service_backend(svc, port, proto) {
             Some((pod, target)) => match pod.ip {
-                Some(ip) => (ip, target, Some(pod)),
-                None => return Ok(Connect::Refused),
+                Some(ip) => Ok(Resolved {
+                    ip,
+                    port: target,
+                    dst_pod: Some(pod),
+                }),
+                None => Err(Connect::Refused),
             },
-            None => return Ok(Connect::Refused),
+            None => Err(Connect::Refused),
         },
         None => match host.parse::<IpAddr>() {
-            Ok(ip) => (ip, port, world.pod_by_ip(ip).cloned()),
-            Err(_) => return Ok(Connect::Dns(format!("lookup {host}: no such host"))),
+            Ok(ip) => Ok(Resolved {
+                ip,
+                port,
+                dst_pod: world.pod_by_ip(ip).cloned(),
+            }),
+            Err(_) => Err(Connect::Dns(format!("lookup {host}: no such host"))),
         },
-    };
-    let target = match &dst_pod {
+    }
+}
+
+/// Evaluate a connection from `src` to `dest` (`IP:PORT`).
+pub fn connect(
+    world: &mut World,
+    src: &PodInfo,
+    dest: &str,
+    proto: Protocol,
+) -> Result<Connect, String> {
+    match resolve(world, src, dest, proto) {
+        Ok(r) => connect_resolved(world, src, &r, proto),
+        Err(answer) => Ok(answer),
+    }
+}
+
+/// Evaluate a new connection to a resolved destination: both nodes' enforcement, then
+/// whether something listens.
+pub fn connect_resolved(
+    world: &mut World,
+    src: &PodInfo,
+    r: &Resolved,
+    proto: Protocol,
+) -> Result<Connect, String> {
+    let (ip, port) = (r.ip, r.port);
+    let target = match &r.dst_pod {
         Some(p) => Target::Pod(p),
         None => Target::Addr(ip),
     };
