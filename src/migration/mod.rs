@@ -11,3 +11,4 @@ pub mod render;
 pub mod rules;
 pub mod steps;
 pub mod world;
+pub mod session;

@@ -1,0 +1,192 @@
+//! What apply, rollback and rehearse share before the engine runs: the saved plan
+//! read back with its runnable steps, the pinned operator manifest checked against
+//! its sha256, and the journal's identity and planned steps.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::plan::{self, SavedPlan};
+use super::profile::{OperatorInstall, Profile};
+use super::steps::{self, RunStep};
+
+/// The saved plan, with what apply needs from it.
+pub struct Loaded {
+    pub saved: SavedPlan,
+    pub profile: Profile,
+    pub steps: Vec<RunStep>,
+}
+
+pub fn load_plan(state_dir: &Path) -> anyhow::Result<Loaded> {
+    let saved = plan::load(state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}. Run `calico-migrate plan` first, with the same --state-dir ({})",
+            state_dir.display()
+        )
+    })?;
+    let profile_name = saved
+        .plan
+        .get("profile")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let profile = Profile::load(Some(&profile_name))
+        .with_context(|| format!("loading profile `{profile_name}` named by the saved plan"))?;
+    let ids: Vec<String> = saved
+        .plan
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|s| {
+            s.iter()
+                .filter_map(|s| s.get("id")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        bail!(
+            "the saved plan has no steps: there is nothing to migrate (see `calico-migrate plan`)"
+        );
+    }
+    let mut steps = Vec::new();
+    let mut missing = Vec::new();
+    for id in &ids {
+        match steps::runnable(id) {
+            Some(s) => steps.push(s),
+            None => missing.push(id.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "this version of calico-migrate cannot run step(s) {} of the saved plan; nothing was changed",
+            missing.join(", ")
+        );
+    }
+    Ok(Loaded {
+        saved,
+        profile,
+        steps,
+    })
+}
+
+/// Blockers of the saved plan that no step fixes.
+pub fn unresolved_blockers(plan: &Value) -> Vec<String> {
+    plan.get("blockers")
+        .and_then(Value::as_array)
+        .map(|b| {
+            b.iter()
+                .filter(|f| f.get("fixed_by").is_none_or(Value::is_null))
+                .map(|f| {
+                    format!(
+                        "{}: {}",
+                        f.get("code").and_then(Value::as_str).unwrap_or("?"),
+                        f.get("message").and_then(Value::as_str).unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The reviewed operator manifest the plan pinned, read back from the state dir and
+/// checked against its sha256 again.
+pub fn operator_manifest(
+    state_dir: &Path,
+    plan: &Value,
+    profile: &Profile,
+) -> anyhow::Result<Vec<Value>> {
+    if profile.operator.install == OperatorInstall::External {
+        return Ok(Vec::new());
+    }
+    let Some(sha) = plan
+        .get("operator_manifest_sha256")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        bail!(
+            "the plan pins no operator manifest; run `calico-migrate plan --operator-manifest FILE` \
+             with the reviewed tigera-operator.yaml"
+        );
+    };
+    let path = state_dir.join(format!("operator-manifest-{sha}.yaml"));
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "the plan pins operator manifest sha256 {sha} but {} cannot be read; run \
+             `calico-migrate plan --operator-manifest FILE` again",
+            path.display()
+        )
+    })?;
+    let got = hex::encode(Sha256::digest(&bytes));
+    if got != sha {
+        bail!(
+            "{} has sha256 {got}, not the {sha} the plan pinned; it was changed after planning. \
+             Run `calico-migrate plan --operator-manifest FILE` with the reviewed file",
+            path.display()
+        );
+    }
+    parse_manifest(&String::from_utf8_lossy(&bytes))
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Multi-document YAML into objects (empty documents skipped).
+pub fn parse_manifest(text: &str) -> anyhow::Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| anyhow::anyhow!("not a YAML manifest: {e}"))?;
+    let objs: Vec<Value> = docs
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .flat_map(|d| {
+            // A `kind: List` document holds its objects in `items`.
+            match d.get("items").and_then(Value::as_array) {
+                Some(items) if d.get("kind").and_then(Value::as_str) == Some("List") => {
+                    items.clone()
+                }
+                _ => vec![d],
+            }
+        })
+        .collect();
+    for (i, o) in objs.iter().enumerate() {
+        if o.get("apiVersion").is_none()
+            || o.get("kind").is_none()
+            || o.pointer("/metadata/name").is_none()
+        {
+            bail!(
+                "document {} has no apiVersion, kind or metadata.name",
+                i + 1
+            );
+        }
+    }
+    Ok(objs)
+}
+
+pub fn identity(saved: &SavedPlan) -> crate::engine::JournalIdentity {
+    crate::engine::JournalIdentity {
+        cluster_uid: saved.cluster_uid.clone(),
+        plan_fingerprint: saved.fingerprint.clone(),
+    }
+}
+
+pub fn planned_steps(saved: &SavedPlan) -> Vec<crate::engine::PlannedStep> {
+    saved
+        .plan
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|s| {
+            s.iter()
+                .map(|s| crate::engine::PlannedStep {
+                    id: s
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    title: s
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
