@@ -515,7 +515,7 @@ async fn a_denying_policy_keeps_established_flows_until_conntrack_forgets_them()
     let e = env(3).await?;
     let node = e.nodes[1].clone();
     let prober = Prober::setup(&e.client, &opts()).await?;
-    let (sb, dp, flush_node) = (e.sb.clone(), e.dp.clone(), node.clone());
+    let (sb, client, flush_node) = (e.sb.clone(), e.client.clone(), node.clone());
     let flushed_at = std::sync::Arc::new(std::sync::Mutex::new(None));
     let at = flushed_at.clone();
     let change = async move {
@@ -532,7 +532,17 @@ async fn a_denying_policy_keeps_established_flows_until_conntrack_forgets_them()
         if let Ok(mut t) = at.lock() {
             *t = Some(jiff::Timestamp::now());
         }
-        dp.flush_conntrack(&flush_node);
+        // `conntrack -F` on the node, through the sandbox's HTTP knob.
+        let flush = http::Request::post(format!("/sandbox/v1/conntrack/flush?node={flush_node}"))
+            .body(Vec::new());
+        match flush {
+            Ok(req) => {
+                if let Err(err) = client.request_text(req).await {
+                    panic!("flush: {err}");
+                }
+            }
+            Err(err) => panic!("flush request: {err}"),
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let r = conn::hold_connections_with(&e.client, &prober, &node, change, &hold_opts()).await?;
@@ -575,6 +585,15 @@ async fn a_denying_policy_keeps_established_flows_until_conntrack_forgets_them()
             .all(|p| !p.to.starts_with("calico-migrate-probe-a/server")
                 || p.dst_node.as_deref() != Some(node.as_str()))
     );
+    let unknown =
+        http::Request::post("/sandbox/v1/conntrack/flush?node=no-such-node").body(Vec::new())?;
+    let err = e
+        .client
+        .request_text(unknown)
+        .await
+        .err()
+        .context("404 expected")?;
+    assert!(err.to_string().contains("no-such-node"), "{err}");
     let json = serde_json::to_value(&r)?;
     assert_eq!(json["broken"], 2);
     assert!(json["connections"][0]["state"].is_string());

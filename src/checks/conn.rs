@@ -456,8 +456,14 @@ pub async fn hold_connections_with(
         }
     }
     let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    for mut t in tasks {
+        // A task still opening its exec does not see `stop`: do not wait on it for long.
+        if tokio::time::timeout(Duration::from_secs(5), &mut t)
+            .await
+            .is_err()
+        {
+            t.abort();
+        }
     }
     let ms = |i: Instant| i.saturating_duration_since(start).as_millis() as u64;
     let connections: Vec<ConnResult> = tracked

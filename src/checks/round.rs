@@ -366,15 +366,21 @@ impl Prober {
             .await?;
         }
         let image = opts.image.clone();
-        let results: Vec<Result<(), CheckError>> = futures::stream::iter(pods.iter().map(|p| {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
-            let manifest = workload::pod_manifest(p, &image);
-            let what = format!("create pod {}", p.key());
-            async move { create_ignoring_exists(&api, &manifest, &what).await }
-        }))
-        .buffer_unordered(opts.concurrency)
-        .collect()
-        .await;
+        // Built eagerly so the stream owns its items: a closure over `&ProbePod`
+        // would make this future's Send-ness unprovable where callers box it.
+        let creates: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
+                let manifest = workload::pod_manifest(p, &image);
+                let what = format!("create pod {}", p.key());
+                async move { create_ignoring_exists(&api, &manifest, &what).await }
+            })
+            .collect();
+        let results: Vec<Result<(), CheckError>> = futures::stream::iter(creates)
+            .buffer_unordered(opts.concurrency)
+            .collect()
+            .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         let prober = Prober {
             client: client.clone(),

@@ -174,8 +174,7 @@ impl PolicyRule {
                 };
                 verb && self.api_groups.iter().any(|g| g == "*" || *g == a.group)
                     && self.resource_matches(&combined, &a.subresource)
-                    && (self.resource_names.is_empty()
-                        || self.resource_names.contains(&a.name))
+                    && (self.resource_names.is_empty() || self.resource_names.contains(&a.name))
             }
         }
     }

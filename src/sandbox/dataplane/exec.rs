@@ -36,6 +36,10 @@ pub fn routes(dp: DataPlane) -> Router {
             get(exec_ws).post(exec_not_ws),
         )
         .route("/sandbox/v1/enforcement", get(enforcement))
+        .route(
+            "/sandbox/v1/conntrack/flush",
+            axum::routing::post(flush_conntrack),
+        )
         .with_state(dp)
 }
 
@@ -296,6 +300,33 @@ async fn enforcement(State(dp): State<DataPlane>) -> Response {
         "intervals": intervals,
     }))
     .into_response()
+}
+
+/// `POST /sandbox/v1/conntrack/flush?node=NODE`: what `conntrack -F` does on the node
+/// (`kubectl create --raw '/sandbox/v1/conntrack/flush?node=NODE' -f /dev/null`).
+async fn flush_conntrack(State(dp): State<DataPlane>, RawQuery(q): RawQuery) -> Response {
+    let node = parse_pairs(q.as_deref().unwrap_or_default(), "node");
+    let Some(node) = node.filter(|n| !n.is_empty()) else {
+        return status(
+            400,
+            "BadRequest",
+            "name the node whose conntrack table to flush: /sandbox/v1/conntrack/flush?node=NODE",
+        );
+    };
+    if !dp.nodes().await.iter().any(|n| n.node == node) {
+        return status(404, "NotFound", &format!("nodes \"{node}\" not found"));
+    }
+    dp.flush_conntrack(&node);
+    axum::Json(json!({"kind": "ConntrackFlush", "apiVersion": "sandbox/v1", "node": node}))
+        .into_response()
+}
+
+/// The first value of `key` in a query string.
+fn parse_pairs(q: &str, key: &str) -> Option<String> {
+    q.split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| percent_decode(k) == key)
+        .map(|(_, v)| percent_decode(v))
 }
 
 #[cfg(test)]
