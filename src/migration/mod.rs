@@ -9,6 +9,6 @@ pub mod plan;
 pub mod profile;
 pub mod render;
 pub mod rules;
+pub mod session;
 pub mod steps;
 pub mod world;
-pub mod session;

@@ -1,7 +1,23 @@
 //! `create-installation`: create Installation `default` for EKS + AmazonVPC, which
 //! starts the operator's migration (it labels every node `pre-operator` first).
 
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use super::install_operator::{
+    deployment_ready, freeze_operator, installation_ref, int_at, operator_ref, run_operator,
+    tigera_status_ref, wait_until,
+};
+use super::takeover::{
+    CALICO_SYSTEM, MIGRATED, PreOperator, check_round, degraded, kube_system_node, list_nodes,
+    return_to_kube_system, rolled_out,
+};
 use super::{Checks, StepContext, StepPlan, change, lines};
+use crate::cluster::objects::ObjRef;
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::converter::{self, Refusal};
+use crate::migration::rules::MIGRATION_LABEL;
+use crate::migration::world::Cluster;
 
 pub const ID: &str = "create-installation";
 
@@ -50,5 +66,319 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             "restore kube-system calico-node, typha and the autoscaler from the snapshot; remove the node labels",
         ]),
         gate: None,
+    }
+}
+
+/// The operator's preamble of its refusals (tigera/operator
+/// pkg/controller/migration/convert, as the sandbox reproduces it).
+const OPERATOR_WORDS: &str = "Existing Calico installation can not be managed by Tigera Operator as it is configured in a way that Operator does not currently support. Please update your existing Calico install config";
+
+fn refusal_text(r: &Refusal) -> String {
+    match r {
+        Refusal::Annotations { on, keys } => format!(
+            "unexpected annotation(s) {} on the {on} of daemonset/calico-node; remove them (detach-helm does)",
+            keys.join(", ")
+        ),
+        Refusal::FargateAffinity | Refusal::NodeAffinity => {
+            "node affinity not supported for calico-node daemonset (fargate-affinity removes the Fargate exclusion)".into()
+        }
+        Refusal::NodeSelector { keys } => format!(
+            "nodeSelector key(s) {} on daemonset/calico-node are not supported (only the OS)",
+            keys.join(", ")
+        ),
+        Refusal::UnexpectedEnv { names } => {
+            format!("unexpected env var(s) {} on calico-node", names.join(", "))
+        }
+        Refusal::EnvValue { name, found, want } => {
+            format!("env {name} is {found:?}, the AmazonVPC mapping needs {want:?}")
+        }
+        Refusal::AddonManager => {
+            "the addonmanager.kubernetes.io/mode label on daemonset/calico-node".into()
+        }
+    }
+}
+
+/// What the converter would refuse on the live DaemonSet (its own migration
+/// label aside, which the operator sets itself).
+fn refusals(ds: &Value) -> Vec<String> {
+    converter::predict(ds)
+        .into_iter()
+        .filter_map(|r| match r {
+            Refusal::NodeSelector { keys } => {
+                let keys: Vec<String> = keys.into_iter().filter(|k| k != MIGRATION_LABEL).collect();
+                (!keys.is_empty()).then_some(Refusal::NodeSelector { keys })
+            }
+            other => Some(other),
+        })
+        .map(|r| refusal_text(&r))
+        .collect()
+}
+
+fn installation(world: &Cluster) -> Value {
+    json!({
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": {"name": "default"},
+        "spec": world.profile.installation,
+    })
+}
+
+fn deleting(o: &Value) -> bool {
+    o.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// Whether the operator has taken the first steps: every node labelled, the
+/// kube-system DaemonSet on the migration nodeSelector and rolled out (or the
+/// operator went further). `Some(what)` while it has not.
+async fn operator_started(world: &Cluster) -> anyhow::Result<Option<String>> {
+    if let Some(d) = degraded(world).await? {
+        bail!(
+            "the operator refused the migration: {d}. Fix what it names, then run `calico-migrate apply --resume`, or run `calico-migrate rollback`"
+        );
+    }
+    let cs = ObjRef::new("apps/v1", "DaemonSet", Some(CALICO_SYSTEM), "calico-node");
+    if world.objects.get(&cs).await?.is_some() {
+        return Ok(None);
+    }
+    let Some(ds) = world.objects.get(&kube_system_node()).await? else {
+        return Ok(None);
+    };
+    let unlabelled = list_nodes(world)
+        .await?
+        .iter()
+        .filter(|n| n.label.is_none())
+        .count();
+    if unlabelled > 0 {
+        return Ok(Some(format!(
+            "{unlabelled} node(s) not labelled by the operator yet"
+        )));
+    }
+    let selector = ds
+        .pointer("/spec/template/spec/nodeSelector")
+        .and_then(|s| s.get(MIGRATION_LABEL))
+        .is_some();
+    if !selector {
+        return Ok(Some(
+            "kube-system calico-node not on the migration nodeSelector yet".into(),
+        ));
+    }
+    if !rolled_out(&ds) {
+        return Ok(Some(format!(
+            "kube-system calico-node rolling out with the migration nodeSelector ({} of {} Ready)",
+            int_at(&ds, "/status/numberReady").unwrap_or(0),
+            int_at(&ds, "/status/desiredNumberScheduled").unwrap_or(0)
+        )));
+    }
+    Ok(None)
+}
+
+/// The step.
+pub struct CreateInstallation;
+
+impl CreateInstallation {
+    async fn create(world: &Cluster) -> anyhow::Result<()> {
+        let Some(ds) = world.objects.get(&kube_system_node()).await? else {
+            bail!(
+                "DaemonSet kube-system/calico-node is missing: nothing for the operator to migrate; check the cluster against the plan"
+            );
+        };
+        let refused = refusals(&ds);
+        if !refused.is_empty() {
+            bail!(
+                "the operator would refuse this DaemonSet (\"{OPERATOR_WORDS}: ...\"): {}; run the earlier steps (`calico-migrate apply --resume`) or fix it, then try again",
+                refused.join("; ")
+            );
+        }
+        match world.objects.get(&operator_ref()).await? {
+            Some(d) if deployment_ready(&d) => {}
+            _ => bail!(
+                "tigera-operator is not Ready: an Installation without a running operator is never migrated and cannot be deleted (calico issue 6629); run `calico-migrate apply --resume` once it is Ready"
+            ),
+        }
+        let obj = installation(world);
+        world
+            .objects
+            .create(&obj)
+            .await
+            .context("creating Installation default")?;
+        tracing::info!("created Installation default: the operator starts the migration");
+        Ok(())
+    }
+}
+
+impl Step<Cluster> for CreateInstallation {
+    fn id(&self) -> &str {
+        ID
+    }
+
+    fn title(&self) -> &str {
+        "Create Installation default (EKS, AmazonVPC CNI)"
+    }
+
+    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+        Box::pin(async move {
+            let pre = PreOperator::capture(world).await?;
+            // The takeover starts after the operator changed these objects: it reads
+            // this copy for its own rollback.
+            pre.save_file(&world.state_dir)?;
+            Ok(serde_json::to_value(pre)?)
+        })
+    }
+
+    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            match world.objects.get(&installation_ref()).await? {
+                Some(i) if deleting(&i) => bail!(
+                    "Installation default is being deleted; wait until it is gone (the operator must run to release it), then `calico-migrate apply --resume`"
+                ),
+                Some(i) => {
+                    let want = installation(world);
+                    if !super::install_operator::contains(&i["spec"], &want["spec"]) {
+                        bail!(
+                            "Installation default exists with a spec calico-migrate did not write ({}); the profile wants {}; delete it or align the profile",
+                            i["spec"],
+                            want["spec"]
+                        );
+                    }
+                }
+                None => Self::create(world).await?,
+            }
+            wait_until(
+                world,
+                "the operator to start the migration",
+                world.options.node_ready_timeout,
+                || operator_started(world),
+            )
+            .await?;
+            check_round(world, ID, "after the operator's nodeSelector change").await?;
+            Ok(())
+        })
+    }
+
+    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+        Box::pin(async move {
+            let Some(i) = world.objects.get(&installation_ref()).await? else {
+                return Ok(Verification::failed("no Installation default"));
+            };
+            if deleting(&i) {
+                return Ok(Verification::failed(
+                    "Installation default is being deleted",
+                ));
+            }
+            if let Some(d) = degraded(world).await? {
+                return Ok(Verification::failed(d));
+            }
+            if world.objects.get(&tigera_status_ref()).await?.is_none() {
+                return Ok(Verification::failed(
+                    "no TigeraStatus calico yet: the operator has not reconciled the Installation",
+                ));
+            }
+            Ok(match operator_started(world).await {
+                Ok(None) => Verification::passed(
+                    "Installation default exists, TigeraStatus calico not Degraded, the operator has started the migration",
+                ),
+                Ok(Some(w)) => Verification::failed(w),
+                Err(e) => Verification::failed(format!("{e:#}")),
+            })
+        })
+    }
+
+    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            let pre: PreOperator = serde_json::from_value(saved.clone())
+                .context("create-installation's rollback data is not what this version wrote")?;
+            // Nodes back first, the operator frozen (no-op when the takeover's
+            // rollback already did it).
+            return_to_kube_system(world, ID, &pre).await?;
+            if let Some(nodes) = Some(list_nodes(world).await?)
+                && nodes.iter().any(|n| n.label.as_deref() == Some(MIGRATED))
+            {
+                bail!("a node is still labelled {MIGRATED}; run `calico-migrate rollback` again");
+            }
+            // Delete the Installation while the operator is frozen, so that it
+            // cannot start migrating again; then run the operator, which on a
+            // deleting Installation only releases its finalizer (calico issue
+            // 6629; src/sandbox/controllers/operator/migration.rs models this).
+            if let Some(i) = world.objects.get(&installation_ref()).await? {
+                if !deleting(&i) {
+                    world.objects.delete(&installation_ref()).await?;
+                    tracing::info!("deleting Installation default");
+                }
+                if world.objects.get(&operator_ref()).await?.is_some() {
+                    run_operator(world, pre.operator_replicas.unwrap_or(1)).await?;
+                }
+                wait_until(
+                    world,
+                    "Installation default to be gone (the operator releases its finalizer)",
+                    world.options.node_ready_timeout,
+                    || async {
+                        Ok(world.objects.get(&installation_ref()).await?.map(|i| {
+                            format!(
+                                "finalizers {}",
+                                i.pointer("/metadata/finalizers")
+                                    .cloned()
+                                    .unwrap_or(Value::Null)
+                            )
+                        }))
+                    },
+                )
+                .await?;
+            }
+            // The operator as it was before the Installation.
+            match pre.operator_replicas {
+                Some(0) => {
+                    freeze_operator(world).await?;
+                }
+                Some(n) => run_operator(world, n).await?,
+                None => {}
+            }
+            if !pre.tigera_status_existed && world.objects.delete(&tigera_status_ref()).await? {
+                tracing::info!("deleted TigeraStatus calico");
+            }
+            if !pre.calico_system_existed {
+                let ns = ObjRef::new("v1", "Namespace", None, CALICO_SYSTEM);
+                if world.objects.delete(&ns).await? {
+                    tracing::info!("deleting namespace {CALICO_SYSTEM}");
+                }
+                wait_until(
+                    world,
+                    "namespace calico-system to be gone",
+                    world.options.node_ready_timeout,
+                    || {
+                        let ns = ns.clone();
+                        async move {
+                            Ok(world
+                                .objects
+                                .get(&ns)
+                                .await?
+                                .map(|_| "terminating".to_string()))
+                        }
+                    },
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            if world.objects.get(&installation_ref()).await?.is_some() {
+                return Ok(Vec::new());
+            }
+            let mut out = vec![format!(
+                "create Installation default with spec {}",
+                world.profile.installation
+            )];
+            if let Some(ds) = world.objects.get(&kube_system_node()).await? {
+                out.extend(
+                    refusals(&ds)
+                        .into_iter()
+                        .map(|r| format!("(refused now) {r}")),
+                );
+            }
+            out.push("then the operator labels every node pre-operator and moves kube-system calico-node onto that nodeSelector".into());
+            Ok(out)
+        })
     }
 }

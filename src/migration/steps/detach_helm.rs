@@ -72,3 +72,473 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
         gate: None,
     })
 }
+
+// ---------------------------------------------------------------------------
+// apply / rollback
+
+use anyhow::Context as _;
+use serde_json::{Map, Value, json};
+
+use super::baseline::{KUBE_SYSTEM, forget_capture, keep_capture, stored_capture};
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::converter::{ALLOWED_ANNOTATIONS, Refusal, predict};
+use crate::migration::world::Cluster;
+
+/// Annotation prefix Helm 3.2+ writes on every object of a release.
+const HELM_ANNOTATION_PREFIX: &str = "meta.helm.sh/";
+/// Labels the chart's `_helpers.tpl` puts on every object and Helm uses to claim it.
+const HELM_CHART_LABEL: &str = "helm.sh/chart";
+const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Runs the `detach-helm` step.
+pub struct DetachHelm;
+
+impl Step<Cluster> for DetachHelm {
+    fn id(&self) -> &str {
+        ID
+    }
+
+    fn title(&self) -> &str {
+        "Detach the release from Helm without deleting anything"
+    }
+
+    /// The release Secrets (whole) and every live object the release manifest lists.
+    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+        Box::pin(async move {
+            if let Some(earlier) = stored_capture(world, ID)? {
+                return Ok(earlier);
+            }
+            let secrets: Vec<Value> = release_secrets(world)
+                .await?
+                .iter()
+                .map(strip_server_fields)
+                .collect();
+            let objects: Vec<Value> = chart_objects_live(world)
+                .await?
+                .into_iter()
+                .map(|(_, o)| strip_server_fields(&o))
+                .collect();
+            keep_capture(world, ID, json!({"secrets": secrets, "objects": objects}))
+        })
+    }
+
+    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            // Read the manifest before the records go: ensure may run again after a
+            // crash that deleted some of them, so the capture is the fallback.
+            let objects = chart_objects_live(world).await?;
+            let mut template_changed = false;
+            for (r, live) in &objects {
+                if let Some(patch) = strip_patch(live) {
+                    tracing::info!("removing Helm metadata from {r}");
+                    template_changed |= patch.pointer("/spec/template").is_some();
+                    world.objects.merge(r, &patch).await?;
+                }
+            }
+            for s in release_secrets(world).await? {
+                if let Some(r) = ObjRef::of(&s) {
+                    tracing::info!("deleting Helm release record {r} (backed up in the journal)");
+                    world.objects.delete(&r).await?;
+                }
+            }
+            if template_changed {
+                super::fargate_affinity::follow_rollout(world, ID).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+        Box::pin(async move {
+            let Some((name, ns, _)) = world.release() else {
+                return Ok(Verification::failed("the plan names no Helm release"));
+            };
+            let left = release_secrets(world).await?;
+            if !left.is_empty() {
+                let names: Vec<&str> = left.iter().map(crate::migration::facts::name_of).collect();
+                return Ok(Verification::failed(format!(
+                    "release records of {ns}/{name} remain: {}",
+                    names.join(", ")
+                )));
+            }
+            let expected: Vec<ObjRef> = stored_capture(world, ID)?
+                .and_then(|c| c.get("objects").and_then(Value::as_array).cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(ObjRef::of)
+                .collect();
+            let mut missing = Vec::new();
+            let mut labelled = Vec::new();
+            for r in &expected {
+                match world.objects.get(r).await? {
+                    None => missing.push(r.to_string()),
+                    Some(o) if strip_patch(&o).is_some() => labelled.push(r.to_string()),
+                    Some(_) => {}
+                }
+            }
+            if !missing.is_empty() {
+                return Ok(Verification::failed(format!(
+                    "objects of the release are gone: {}",
+                    missing.join(", ")
+                )));
+            }
+            if !labelled.is_empty() {
+                return Ok(Verification::failed(format!(
+                    "objects still carry Helm metadata: {}",
+                    labelled.join(", ")
+                )));
+            }
+            if let Some(ds) = world.objects.get(&calico_node_ref()).await? {
+                let refused: Vec<String> = predict(&ds)
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Refusal::Annotations { on, keys } => {
+                            Some(format!("{on}: {}", keys.join(", ")))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !refused.is_empty() {
+                    return Ok(Verification::failed(format!(
+                        "the operator's converter would refuse annotations of kube-system calico-node ({})",
+                        refused.join("; ")
+                    )));
+                }
+            }
+            Ok(Verification::passed(format!(
+                "no release record of {ns}/{name} is left; {} objects of the release exist without Helm metadata",
+                expected.len()
+            )))
+        })
+    }
+
+    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            let list = |k: &str| {
+                saved
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let mut template_changed = false;
+            for want in list("objects") {
+                let Some(r) = ObjRef::of(&want) else { continue };
+                let Some(live) = world.objects.get(&r).await? else {
+                    // Gone since: a later step's rollback re-creates what it deleted.
+                    tracing::warn!("{r} no longer exists; its Helm metadata is not restored");
+                    continue;
+                };
+                if let Some(patch) = restore_patch(&want, &live) {
+                    tracing::info!("restoring Helm metadata on {r}");
+                    template_changed |= patch.pointer("/spec/template").is_some();
+                    world.objects.merge(&r, &patch).await?;
+                }
+            }
+            for secret in list("secrets") {
+                if world
+                    .objects
+                    .restore(&secret)
+                    .await
+                    .with_context(|| "re-creating a Helm release record")?
+                {
+                    tracing::info!(
+                        "re-created Helm release record {}",
+                        crate::migration::facts::name_of(&secret)
+                    );
+                }
+            }
+            if template_changed {
+                super::fargate_affinity::follow_rollout(world, ID).await?;
+            }
+            forget_capture(world, ID)
+        })
+    }
+
+    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (r, live) in chart_objects_live(world).await? {
+                if let Some(patch) = strip_patch(&live) {
+                    let rolls = if patch.pointer("/spec/template").is_some() {
+                        " (pod template: calico-node rolls node by node)"
+                    } else {
+                        ""
+                    };
+                    out.push(format!("patch {r}: {patch}{rolls}"));
+                }
+            }
+            for s in release_secrets(world).await? {
+                if let Some(r) = ObjRef::of(&s) {
+                    out.push(format!("delete {r} (backed up in the journal first)"));
+                }
+            }
+            if out.is_empty() {
+                out.push("nothing to change: no release record and no Helm metadata left".into());
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn calico_node_ref() -> ObjRef {
+    ObjRef::new("apps/v1", "DaemonSet", Some(KUBE_SYSTEM), "calico-node")
+}
+
+/// The plan's release's Helm 3 records (Secrets labelled `owner=helm,name=<release>`).
+pub async fn release_secrets(world: &Cluster) -> anyhow::Result<Vec<Value>> {
+    let Some((name, ns, _)) = world.release() else {
+        return Ok(Vec::new());
+    };
+    let selector = format!("owner=helm,name={name}");
+    Ok(world
+        .objects
+        .list("v1", "Secret", Some(&ns), Some(&selector))
+        .await?
+        .into_iter()
+        .filter(|s| s.get("type").and_then(Value::as_str) == Some(crate::helm::RELEASE_SECRET_TYPE))
+        .collect())
+}
+
+/// Every live object the release's manifest lists, at an API version the cluster
+/// serves. Read from the current release record; once the records are gone (this
+/// step ran), from this step's stored capture.
+pub async fn chart_objects_live(world: &Cluster) -> anyhow::Result<Vec<(ObjRef, Value)>> {
+    let mut refs: Vec<ObjRef> = Vec::new();
+    let secrets = release_secrets(world).await?;
+    if let Some((name, _, _)) = world.release()
+        && let Some(rel) = crate::helm::current_release(&secrets, &name)?
+    {
+        for o in crate::helm::manifest_objects(&rel.manifest)? {
+            let namespace = if crate::helm::is_cluster_scoped(&o.kind) {
+                None
+            } else {
+                Some(o.namespace.unwrap_or_else(|| rel.namespace.clone()))
+            };
+            refs.push(ObjRef {
+                api_version: o.api_version,
+                kind: o.kind,
+                namespace,
+                name: o.name,
+            });
+        }
+    } else if let Some(c) = stored_capture(world, ID)? {
+        refs = c
+            .get("objects")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(ObjRef::of).collect())
+            .unwrap_or_default();
+    }
+    let mut out = Vec::new();
+    for r in refs {
+        if let Some(found) = get_served(world, &r).await? {
+            out.push(found);
+        }
+    }
+    Ok(out)
+}
+
+/// The object at its manifest API version, or at the version that replaced a
+/// removed one (the 0.3.10 manifest's policy/v1beta1 PodDisruptionBudget is
+/// policy/v1 on Kubernetes 1.25+).
+async fn get_served(world: &Cluster, r: &ObjRef) -> anyhow::Result<Option<(ObjRef, Value)>> {
+    let mut candidates = vec![r.clone()];
+    if let Some(v) = replacement_api(&r.api_version, &r.kind) {
+        candidates.push(ObjRef {
+            api_version: v.to_string(),
+            ..r.clone()
+        });
+    }
+    for c in candidates {
+        if let Some(o) = world.objects.get(&c).await? {
+            return Ok(Some((ObjRef::of(&o).unwrap_or(c), o)));
+        }
+    }
+    Ok(None)
+}
+
+/// The GA API of a removed beta API (kubernetes/website deprecation-guide.md).
+fn replacement_api(api_version: &str, kind: &str) -> Option<&'static str> {
+    match (api_version, kind) {
+        ("policy/v1beta1", "PodDisruptionBudget") => Some("policy/v1"),
+        ("rbac.authorization.k8s.io/v1beta1", _) => Some("rbac.authorization.k8s.io/v1"),
+        ("apps/v1beta1" | "apps/v1beta2" | "extensions/v1beta1", "DaemonSet" | "Deployment") => {
+            Some("apps/v1")
+        }
+        ("apiextensions.k8s.io/v1beta1", _) => Some("apiextensions.k8s.io/v1"),
+        _ => None,
+    }
+}
+
+fn is_calico_node_ds(o: &Value) -> bool {
+    ObjRef::of(o).is_some_and(|r| {
+        r.kind == "DaemonSet"
+            && r.name == "calico-node"
+            && r.namespace.as_deref() == Some(KUBE_SYSTEM)
+    })
+}
+
+/// Annotation keys this step removes from `obj` (and from its pod template when
+/// `template`): Helm's everywhere; on kube-system calico-node every key the
+/// operator's converter refuses (tigera/operator convert/core_metadata.go).
+fn stripped_annotation(key: &str, calico_node: bool) -> bool {
+    key.starts_with(HELM_ANNOTATION_PREFIX) || (calico_node && !ALLOWED_ANNOTATIONS.contains(&key))
+}
+
+fn stripped_label(key: &str, value: &str) -> bool {
+    key == HELM_CHART_LABEL || (key == MANAGED_BY_LABEL && value == "Helm")
+}
+
+fn string_map<'a>(o: &'a Value, ptr: &str) -> Vec<(&'a String, &'a str)> {
+    o.pointer(ptr)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The merge patch that removes Helm's metadata from `live` (None: nothing to remove).
+pub fn strip_patch(live: &Value) -> Option<Value> {
+    let ds = is_calico_node_ds(live);
+    let nulls = |keys: Vec<&String>| -> Option<Value> {
+        (!keys.is_empty())
+            .then(|| Value::Object(keys.into_iter().map(|k| (k.clone(), Value::Null)).collect()))
+    };
+    let annotations = nulls(
+        string_map(live, "/metadata/annotations")
+            .into_iter()
+            .filter(|(k, _)| stripped_annotation(k, ds))
+            .map(|(k, _)| k)
+            .collect(),
+    );
+    let labels = nulls(
+        string_map(live, "/metadata/labels")
+            .into_iter()
+            .filter(|(k, v)| stripped_label(k, v))
+            .map(|(k, _)| k)
+            .collect(),
+    );
+    let template = if ds {
+        nulls(
+            string_map(live, "/spec/template/metadata/annotations")
+                .into_iter()
+                .filter(|(k, _)| stripped_annotation(k, true))
+                .map(|(k, _)| k)
+                .collect(),
+        )
+    } else {
+        None
+    };
+    assemble(annotations, labels, template)
+}
+
+/// The merge patch that puts back what [`strip_patch`] removed from `saved`.
+pub fn restore_patch(saved: &Value, live: &Value) -> Option<Value> {
+    let ds = is_calico_node_ds(saved);
+    let back = |ptr: &str, keep: &dyn Fn(&str, &str) -> bool| -> Option<Value> {
+        let now: Map<String, Value> = live
+            .pointer(ptr)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let m: Map<String, Value> = string_map(saved, ptr)
+            .into_iter()
+            .filter(|(k, v)| keep(k, v) && now.get(*k).and_then(Value::as_str) != Some(*v))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        (!m.is_empty()).then_some(Value::Object(m))
+    };
+    let annotations = back("/metadata/annotations", &|k, _| stripped_annotation(k, ds));
+    let labels = back("/metadata/labels", &stripped_label);
+    let template = if ds {
+        back("/spec/template/metadata/annotations", &|k, _| {
+            stripped_annotation(k, true)
+        })
+    } else {
+        None
+    };
+    assemble(annotations, labels, template)
+}
+
+fn assemble(
+    annotations: Option<Value>,
+    labels: Option<Value>,
+    template: Option<Value>,
+) -> Option<Value> {
+    if annotations.is_none() && labels.is_none() && template.is_none() {
+        return None;
+    }
+    let mut patch = json!({"metadata": {}});
+    if let Some(a) = annotations {
+        patch["metadata"]["annotations"] = a;
+    }
+    if let Some(l) = labels {
+        patch["metadata"]["labels"] = l;
+    }
+    if let Some(t) = template {
+        patch["spec"] = json!({"template": {"metadata": {"annotations": t}}});
+    }
+    Some(patch)
+}
+
+#[cfg(test)]
+mod apply_tests {
+    use super::*;
+
+    fn ds(ann: Value, tpl: Value, labels: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+               "metadata": {"name": "calico-node", "namespace": "kube-system",
+                            "annotations": ann, "labels": labels},
+               "spec": {"template": {"metadata": {"annotations": tpl}}}})
+    }
+
+    #[test]
+    fn strips_helm_and_refused_metadata_and_restores_it() {
+        let saved = ds(
+            json!({"meta.helm.sh/release-name": "aws-calico", "deprecated.daemonset.template.generation": "1"}),
+            json!({"prometheus.io/scrape": "true"}),
+            json!({"app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "aws-calico-0.3.10",
+                   "app.kubernetes.io/name": "calico-node"}),
+        );
+        let patch = strip_patch(&saved).unwrap_or_else(|| panic!("a patch"));
+        assert_eq!(
+            patch,
+            json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null},
+                                "labels": {"app.kubernetes.io/managed-by": null, "helm.sh/chart": null}},
+                   "spec": {"template": {"metadata": {"annotations": {"prometheus.io/scrape": null}}}}})
+        );
+        let stripped = ds(
+            json!({"deprecated.daemonset.template.generation": "1"}),
+            json!({}),
+            json!({"app.kubernetes.io/name": "calico-node"}),
+        );
+        assert_eq!(strip_patch(&stripped), None);
+        let back = restore_patch(&saved, &stripped).unwrap_or_else(|| panic!("a patch"));
+        assert_eq!(
+            back["metadata"]["annotations"],
+            json!({"meta.helm.sh/release-name": "aws-calico"})
+        );
+        assert_eq!(
+            back["spec"]["template"]["metadata"]["annotations"],
+            json!({"prometheus.io/scrape": "true"})
+        );
+        assert_eq!(restore_patch(&saved, &saved), None);
+    }
+
+    #[test]
+    fn other_objects_keep_foreign_annotations_and_managed_by_values() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "calico-typha", "namespace": "kube-system",
+                         "annotations": {"team": "net"},
+                         "labels": {"app.kubernetes.io/managed-by": "terraform"}}});
+        assert_eq!(strip_patch(&svc), None);
+        assert_eq!(
+            replacement_api("policy/v1beta1", "PodDisruptionBudget"),
+            Some("policy/v1")
+        );
+    }
+}

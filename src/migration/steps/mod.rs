@@ -97,6 +97,11 @@ pub type RunStep = Box<dyn crate::engine::Step<super::world::Cluster>>;
 /// The runnable step for a planned id; None for an id this build cannot run
 /// (apply then refuses before changing anything).
 pub fn runnable(id: &str) -> Option<RunStep> {
-    let _ = id;
-    None
+    match id {
+        baseline::ID => Some(Box::new(baseline::Baseline)),
+        align_versions::ID => Some(Box::new(align_versions::AlignVersions)),
+        detach_helm::ID => Some(Box::new(detach_helm::DetachHelm)),
+        fargate_affinity::ID => Some(Box::new(fargate_affinity::FargateAffinity)),
+        _ => None,
+    }
 }

@@ -1,8 +1,34 @@
 //! `takeover`: follow the operator's node-by-node migration (a node relabelled
 //! `migrated` moves to the calico-system DaemonSet), checking after each node and
 //! freezing the operator (scaled to 0) at the first failed check.
+//!
+//! Also the way back, which no source documents (FACTS.md: "the operator's own
+//! mechanism runs backwards"): with the operator frozen, a node relabelled
+//! `pre-operator` leaves the calico-system DaemonSet (nodeSelector `migrated`) and
+//! returns to the kube-system one (nodeSelector `pre-operator` while nodes move),
+//! newest first, one at a time, checked like the way forward; then the kube-system
+//! objects and node labels are restored as create-installation captured them.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::install_operator::{
+    freeze_operator, int_at, operator_ref, run_operator, tigera_status_ref, wait_until,
+};
 use super::{Checks, StepContext, StepPlan, change, lines};
+use crate::checks::{self, NodeWatch};
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::facts::FARGATE_LABEL;
+use crate::migration::rules::MIGRATION_LABEL;
+use crate::migration::world::{Cluster, Observation};
 
 pub const ID: &str = "takeover";
 
@@ -56,5 +82,805 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             "relabel migrated nodes pre-operator one at a time, newest first; after each, kube-system calico-node Ready there and the probe matrix equals the baseline",
         ]),
         gate: None,
+    }
+}
+
+pub const KUBE_SYSTEM: &str = "kube-system";
+pub const CALICO_SYSTEM: &str = "calico-system";
+/// Values of the operator's node label (namespace_migration.go).
+pub const PRE_OPERATOR: &str = "pre-operator";
+pub const MIGRATED: &str = "migrated";
+/// create-installation's capture, kept in the state dir for the takeover's rollback
+/// (the takeover starts after the operator has changed these objects).
+pub const PRE_OPERATOR_FILE: &str = "pre-operator-state.json";
+
+fn ks(api_version: &str, kind: &str, name: &str) -> ObjRef {
+    ObjRef::new(api_version, kind, Some(KUBE_SYSTEM), name)
+}
+pub fn kube_system_node() -> ObjRef {
+    ks("apps/v1", "DaemonSet", "calico-node")
+}
+fn kube_system_typha() -> ObjRef {
+    ks("apps/v1", "Deployment", "calico-typha")
+}
+fn calico_node_binding() -> ObjRef {
+    ObjRef::new(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        None,
+        "calico-node",
+    )
+}
+/// What the operator creates in calico-system for the takeover (owned by the Installation).
+fn calico_system_workloads() -> [ObjRef; 3] {
+    [
+        ObjRef::new("apps/v1", "DaemonSet", Some(CALICO_SYSTEM), "calico-node"),
+        ObjRef::new("apps/v1", "Deployment", Some(CALICO_SYSTEM), "calico-typha"),
+        ObjRef::new(
+            "apps/v1",
+            "Deployment",
+            Some(CALICO_SYSTEM),
+            "calico-kube-controllers",
+        ),
+    ]
+}
+
+/// Objects the operator's migration changes or deletes (FACTS.md, "Order of the
+/// migration"), in the order they are restored: the DaemonSet last.
+pub fn operator_touched() -> Vec<ObjRef> {
+    vec![
+        ks("v1", "ConfigMap", "kubernetes-services-endpoint"),
+        kube_system_typha(),
+        ks(
+            "apps/v1",
+            "Deployment",
+            "calico-typha-horizontal-autoscaler",
+        ),
+        ks("apps/v1", "Deployment", "calico-kube-controllers"),
+        calico_node_binding(),
+        kube_system_node(),
+    ]
+}
+
+/// One object as it was before the operator ran (None: it did not exist).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedObject {
+    pub object: ObjRef,
+    pub live: Option<Value>,
+}
+
+/// What the cluster looked like before Installation `default` existed: everything
+/// the operator's migration changes, so that the way back can restore it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreOperator {
+    pub objects: Vec<SavedObject>,
+    /// Each node's migration label (None: unlabelled, the normal case).
+    pub node_labels: BTreeMap<String, Option<String>>,
+    pub calico_system_existed: bool,
+    pub tigera_status_existed: bool,
+    /// The operator Deployment's replicas (None: no operator).
+    pub operator_replicas: Option<i64>,
+}
+
+impl PreOperator {
+    /// Read it from the cluster (changes nothing).
+    pub async fn capture(world: &Cluster) -> anyhow::Result<Self> {
+        let mut objects = Vec::new();
+        for r in operator_touched() {
+            let live = world
+                .objects
+                .get(&r)
+                .await?
+                .map(|v| strip_server_fields(&v));
+            objects.push(SavedObject { object: r, live });
+        }
+        let node_labels = list_nodes(world)
+            .await?
+            .into_iter()
+            .map(|n| (n.name, n.label))
+            .collect();
+        let ns = ObjRef::new("v1", "Namespace", None, CALICO_SYSTEM);
+        Ok(PreOperator {
+            objects,
+            node_labels,
+            calico_system_existed: world.objects.get(&ns).await?.is_some(),
+            tigera_status_existed: world.objects.get(&tigera_status_ref()).await?.is_some(),
+            operator_replicas: world
+                .objects
+                .get(&operator_ref())
+                .await?
+                .map(|d| int_at(&d, "/spec/replicas").unwrap_or(1)),
+        })
+    }
+
+    pub fn saved(&self, r: &ObjRef) -> Option<&Value> {
+        self.objects
+            .iter()
+            .find(|s| &s.object == r)
+            .and_then(|s| s.live.as_ref())
+    }
+
+    /// Keep it in the state dir (atomically: temp file, fsync, rename).
+    pub fn save_file(&self, dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let path = dir.join(PRE_OPERATOR_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn load_file(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(PRE_OPERATOR_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).with_context(|| {
+                format!(
+                    "{} is damaged; it is create-installation's capture",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
+/// A node as the takeover sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeState {
+    pub name: String,
+    pub label: Option<String>,
+    pub fargate: bool,
+}
+
+pub(crate) async fn list_nodes(world: &Cluster) -> anyhow::Result<Vec<NodeState>> {
+    let mut out: Vec<NodeState> = world
+        .objects
+        .list("v1", "Node", None, None)
+        .await?
+        .iter()
+        .filter(|n| n.pointer("/metadata/deletionTimestamp").is_none())
+        .map(|n| {
+            let labels = n.pointer("/metadata/labels");
+            let label = |k: &str| {
+                labels
+                    .and_then(|l| l.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            NodeState {
+                name: n
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                label: label(MIGRATION_LABEL),
+                fargate: label(FARGATE_LABEL).as_deref() == Some("fargate"),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub(crate) async fn set_node_label(
+    world: &Cluster,
+    node: &str,
+    value: Option<&str>,
+) -> anyhow::Result<()> {
+    let r = ObjRef::new("v1", "Node", None, node);
+    world
+        .objects
+        .merge(
+            &r,
+            &json!({"metadata": {"labels": {MIGRATION_LABEL: value}}}),
+        )
+        .await
+        .with_context(|| format!("labelling node {node}"))?;
+    Ok(())
+}
+
+fn pod_ready(p: &Value) -> bool {
+    p.pointer("/metadata/deletionTimestamp").is_none()
+        && p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+}
+
+/// Nodes with a Ready calico-node pod in `namespace` (operator label `k8s-app`, chart
+/// label `app.kubernetes.io/name`).
+pub(crate) async fn agents_ready(
+    world: &Cluster,
+    namespace: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let pods = world
+        .objects
+        .list("v1", "Pod", Some(namespace), None)
+        .await?;
+    Ok(pods
+        .iter()
+        .filter(|p| {
+            ["k8s-app", "app.kubernetes.io/name"].iter().any(|k| {
+                p.pointer("/metadata/labels")
+                    .and_then(|l| l.get(*k))
+                    .and_then(Value::as_str)
+                    == Some("calico-node")
+            })
+        })
+        .filter(|p| pod_ready(p))
+        .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect())
+}
+
+/// A DaemonSet whose current template runs Ready on every node it selects.
+pub(crate) fn rolled_out(ds: &Value) -> bool {
+    let n = |k: &str| int_at(ds, &format!("/status/{k}")).unwrap_or(-1);
+    n("observedGeneration") == int_at(ds, "/metadata/generation").unwrap_or(0)
+        && n("desiredNumberScheduled") == n("numberReady")
+        && n("desiredNumberScheduled") == n("updatedNumberScheduled")
+}
+
+fn selects_pre_operator(ds: &Value) -> bool {
+    ds.pointer("/spec/template/spec/nodeSelector")
+        .and_then(|s| s.get(MIGRATION_LABEL))
+        .and_then(Value::as_str)
+        == Some(PRE_OPERATOR)
+}
+
+/// Condition `t` of TigeraStatus calico: (status is True, reason, message).
+pub(crate) fn condition(ts: &Value, t: &str) -> Option<(bool, String, String)> {
+    let c = ts
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"] == t)?;
+    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    Some((s("status") == "True", s("reason"), s("message")))
+}
+
+/// The operator's Degraded message, if it reports one.
+pub(crate) async fn degraded(world: &Cluster) -> anyhow::Result<Option<String>> {
+    Ok(world
+        .objects
+        .get(&tigera_status_ref())
+        .await?
+        .and_then(|ts| condition(&ts, "Degraded"))
+        .filter(|(on, _, _)| *on)
+        .map(|(_, reason, message)| format!("TigeraStatus calico Degraded ({reason}): {message}")))
+}
+
+async fn progressing_message(world: &Cluster) -> String {
+    match world.objects.get(&tigera_status_ref()).await {
+        Ok(Some(ts)) => match condition(&ts, "Progressing") {
+            Some((true, _, m)) if !m.is_empty() => format!("the operator says \"{m}\""),
+            _ => "the operator reports no progress message".into(),
+        },
+        _ => "no TigeraStatus calico".into(),
+    }
+}
+
+/// `world.prober()` from a step's (Send) future. The future of `Prober::setup`
+/// cannot be proven Send today (a closure over borrowed probe pods in
+/// src/checks/round.rs, the higher-ranked lifetime limitation of rust-lang/rust
+/// issue 110338), so it runs to completion on this worker thread instead of being
+/// held across an await. Needs the multi-thread runtime the CLI builds.
+pub(crate) async fn prober(world: &Cluster) -> anyhow::Result<Arc<crate::checks::Prober>> {
+    on_this_thread(|| world.prober())
+}
+
+/// `world.check_round` from a step's future (see [`prober`]).
+pub(crate) async fn check_round(
+    world: &Cluster,
+    step: &str,
+    label: &str,
+) -> anyhow::Result<crate::checks::RoundReport> {
+    on_this_thread(|| world.check_round(step, label))
+}
+
+fn on_this_thread<T, F, Fut>(f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let handle = Handle::try_current().map_err(|_| anyhow!("the probes need a Tokio runtime"))?;
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        bail!("the probes need Tokio's multi-thread runtime");
+    }
+    tokio::task::block_in_place(|| handle.block_on(f()))
+}
+
+/// Probe `node` through its agent swap until the calico-node in `namespace` there is
+/// Ready and a pass verifies (bounded by `node_ready_timeout`); records the swap.
+/// Returns what went wrong, if anything.
+async fn watch_swap(
+    world: &Cluster,
+    step: &str,
+    node: &str,
+    namespace: &str,
+) -> anyhow::Result<Option<String>> {
+    let prober = prober(world).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let client = world.client().clone();
+    let poll = world.options.poll;
+    let done = async move {
+        checks::agent_ready(&client, namespace, node, poll).await;
+        flag.store(true, Ordering::SeqCst);
+    };
+    tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
+    let watch = checks::watch_node(
+        &prober,
+        node,
+        done,
+        world.options.poll,
+        world.options.node_ready_timeout,
+    )
+    .await
+    .with_context(|| format!("probing node {node}"))?;
+    world.observe(Observation::NodeSwap {
+        step: step.to_string(),
+        watch: watch.clone(),
+    });
+    tracing::info!(
+        "node {node}: {} pass(es), {} failed, longest without verified enforcement {} ms",
+        watch.passes,
+        watch.failed_passes,
+        watch.longest_unverified_ms
+    );
+    Ok(swap_problem(
+        world,
+        &watch,
+        ready.load(Ordering::SeqCst),
+        namespace,
+    ))
+}
+
+fn swap_problem(world: &Cluster, w: &NodeWatch, ready: bool, namespace: &str) -> Option<String> {
+    let limit = world.options.max_swap;
+    let failures = || {
+        let mut nodes: Vec<&str> = w.last_failures.iter().map(|f| f.node.as_str()).collect();
+        nodes.sort();
+        nodes.dedup();
+        let pairs: Vec<String> = w
+            .last_failures
+            .iter()
+            .take(5)
+            .map(|f| {
+                format!(
+                    "{} -> {}:{} expected {:?}, observed {:?}",
+                    f.from, f.to, f.port, f.expected, f.observed
+                )
+            })
+            .collect();
+        format!(
+            "failing on node(s) {}: {}",
+            nodes.join(", "),
+            pairs.join("; ")
+        )
+    };
+    if !ready {
+        return Some(format!(
+            "its calico-node in {namespace} was not Ready within {} s",
+            world.options.node_ready_timeout.as_secs()
+        ));
+    }
+    if !w.verified_at_end {
+        return Some(format!("enforcement did not verify: {}", failures()));
+    }
+    if Duration::from_millis(w.longest_unverified_ms) > limit {
+        return Some(format!(
+            "it went {} ms without verified enforcement (limit {} s){}",
+            w.longest_unverified_ms,
+            limit.as_secs(),
+            if w.last_failures.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", failures())
+            }
+        ));
+    }
+    None
+}
+
+const FROZEN: &str =
+    "The operator is frozen (Deployment tigera-operator scaled to 0), so nothing moves further";
+const WHAT_NEXT: &str = "fix the cause and run `calico-migrate apply --resume` (it starts the operator again), or run `calico-migrate rollback` to move the migrated nodes back";
+
+/// Follow the operator until every node runs the calico-system agent, checked.
+async fn follow(world: &Cluster) -> anyhow::Result<()> {
+    let Some(op) = world.objects.get(&operator_ref()).await? else {
+        bail!(
+            "no Deployment tigera-operator/tigera-operator: install-operator must run first (`calico-migrate apply --resume`)"
+        );
+    };
+    if int_at(&op, "/spec/replicas").unwrap_or(1) == 0 {
+        tracing::info!("the operator was frozen by an earlier stop: starting it again");
+    }
+    run_operator(world, 1).await?;
+    // After a crash: nodes already on a Ready calico-system agent get one round.
+    let mut checked: BTreeSet<String> = BTreeSet::new();
+    {
+        let nodes = list_nodes(world).await?;
+        let agents = agents_ready(world, CALICO_SYSTEM).await?;
+        let gone = world.objects.get(&kube_system_node()).await?.is_none();
+        let done: Vec<String> = nodes
+            .iter()
+            .filter(|n| !n.fargate && agents.contains(&n.name))
+            .filter(|n| gone || n.label.as_deref() == Some(MIGRATED))
+            .map(|n| n.name.clone())
+            .collect();
+        if !done.is_empty() {
+            check_round(
+                world,
+                ID,
+                &format!("nodes already migrated ({})", done.join(", ")),
+            )
+            .await?;
+            checked.extend(done);
+        }
+    }
+    let mut last_progress = Instant::now();
+    loop {
+        if let Some(d) = degraded(world).await? {
+            bail!("the operator reports a problem: {d}");
+        }
+        let nodes: Vec<NodeState> = list_nodes(world)
+            .await?
+            .into_iter()
+            .filter(|n| !n.fargate)
+            .collect();
+        let gone = world.objects.get(&kube_system_node()).await?.is_none();
+        let agents = if gone {
+            agents_ready(world, CALICO_SYSTEM).await?
+        } else {
+            BTreeSet::new()
+        };
+        let next = nodes.iter().find(|n| {
+            !checked.contains(&n.name)
+                && (n.label.as_deref() == Some(MIGRATED) || (gone && agents.contains(&n.name)))
+        });
+        if let Some(n) = next {
+            let node = n.name.clone();
+            if let Some(problem) = watch_swap(world, ID, &node, CALICO_SYSTEM).await? {
+                bail!("node {node}: {problem}");
+            }
+            check_round(world, ID, &format!("after node {node}"))
+                .await
+                .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
+            checked.insert(node);
+            last_progress = Instant::now();
+            continue;
+        }
+        if nodes.iter().all(|n| checked.contains(&n.name)) {
+            tracing::info!(
+                "every node ({}) runs the calico-system calico-node, checked",
+                nodes.len()
+            );
+            return Ok(());
+        }
+        if last_progress.elapsed() > world.options.node_ready_timeout {
+            let waiting: Vec<&str> = nodes
+                .iter()
+                .filter(|n| !checked.contains(&n.name))
+                .map(|n| n.name.as_str())
+                .collect();
+            bail!(
+                "no node moved to the calico-system calico-node for {} s ({}); not yet moved: {}",
+                world.options.node_ready_timeout.as_secs(),
+                progressing_message(world).await,
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(world.options.poll).await;
+    }
+}
+
+/// Every non-Fargate node on a Ready calico-system agent (migrated, or the
+/// kube-system DaemonSet gone). Returns the nodes that are not.
+async fn not_taken_over(world: &Cluster) -> anyhow::Result<(usize, Vec<String>)> {
+    let nodes: Vec<NodeState> = list_nodes(world)
+        .await?
+        .into_iter()
+        .filter(|n| !n.fargate)
+        .collect();
+    let agents = agents_ready(world, CALICO_SYSTEM).await?;
+    let gone = world.objects.get(&kube_system_node()).await?.is_none();
+    let missing = nodes
+        .iter()
+        .filter(|n| !(agents.contains(&n.name) && (gone || n.label.as_deref() == Some(MIGRATED))))
+        .map(|n| n.name.clone())
+        .collect();
+    Ok((nodes.len(), missing))
+}
+
+/// Wait for a DaemonSet's rollout, giving up only when nothing progressed for
+/// `node_ready_timeout` (a rollout of many nodes takes longer than one node's wait).
+async fn wait_rollout(world: &Cluster, r: &ObjRef) -> anyhow::Result<()> {
+    let mut last_seen = String::new();
+    let mut since = Instant::now();
+    loop {
+        let Some(ds) = world.objects.get(r).await? else {
+            bail!("{r} disappeared while waiting for its rollout");
+        };
+        if rolled_out(&ds) {
+            return Ok(());
+        }
+        let n = |k: &str| int_at(&ds, &format!("/status/{k}")).unwrap_or(0);
+        let now = format!(
+            "{} of {} Ready, {} updated",
+            n("numberReady"),
+            n("desiredNumberScheduled"),
+            n("updatedNumberScheduled")
+        );
+        if now != last_seen {
+            tracing::info!("waiting for the rollout of {r}: {now}");
+            last_seen = now;
+            since = Instant::now();
+        }
+        if since.elapsed() > world.options.node_ready_timeout {
+            bail!(
+                "the rollout of {r} made no progress for {} s ({last_seen})",
+                world.options.node_ready_timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(world.options.poll).await;
+    }
+}
+
+/// While nodes move back: every node not `migrated` labelled `pre-operator`, the
+/// kube-system DaemonSet present and selecting them, kube-system typha running.
+async fn prepare_way_back(
+    world: &Cluster,
+    pre: &PreOperator,
+    nodes: &[NodeState],
+) -> anyhow::Result<()> {
+    for n in nodes
+        .iter()
+        .filter(|n| n.label.as_deref() != Some(MIGRATED))
+    {
+        if n.label.as_deref() != Some(PRE_OPERATOR) {
+            set_node_label(world, &n.name, Some(PRE_OPERATOR)).await?;
+        }
+    }
+    let r = kube_system_node();
+    let live = world.objects.get(&r).await?;
+    if live
+        .as_ref()
+        .is_some_and(|d| d.pointer("/metadata/deletionTimestamp").is_some())
+    {
+        wait_until(
+            world,
+            "the old kube-system calico-node to be gone",
+            world.options.node_ready_timeout,
+            || async {
+                Ok(world
+                    .objects
+                    .get(&kube_system_node())
+                    .await?
+                    .map(|_| "still being deleted".to_string()))
+            },
+        )
+        .await?;
+    }
+    match world.objects.get(&r).await? {
+        None => {
+            let Some(saved) = pre.saved(&r) else {
+                bail!(
+                    "{r} is gone and the rollback data holds no copy of it; restore it from the baseline snapshot"
+                );
+            };
+            let mut ds = saved.clone();
+            ds["spec"]["template"]["spec"]["nodeSelector"][MIGRATION_LABEL] = json!(PRE_OPERATOR);
+            tracing::info!("re-creating {r} for the nodes labelled {PRE_OPERATOR}");
+            world.objects.create(&ds).await?;
+        }
+        Some(ds) if !selects_pre_operator(&ds) => {
+            tracing::info!("pointing {r} at the nodes labelled {PRE_OPERATOR}");
+            world
+                .objects
+                .merge(
+                    &r,
+                    &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: PRE_OPERATOR}}}}}),
+                )
+                .await?;
+        }
+        Some(_) => {}
+    }
+    let t = kube_system_typha();
+    match world.objects.get(&t).await? {
+        None => {
+            if let Some(saved) = pre.saved(&t) {
+                tracing::info!("re-creating {t}");
+                world.objects.restore(saved).await?;
+            }
+        }
+        Some(d) if int_at(&d, "/spec/replicas") == Some(0) => {
+            world.objects.scale(&t, 1).await?;
+        }
+        Some(_) => {}
+    }
+    wait_rollout(world, &r).await
+}
+
+/// Move every `migrated` node back to the kube-system agent, newest first (the
+/// operator migrates in name order), checking each like the way forward.
+async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyhow::Result<()> {
+    loop {
+        let nodes = list_nodes(world).await?;
+        let Some(node) = nodes
+            .iter()
+            .rev()
+            .find(|n| n.label.as_deref() == Some(MIGRATED))
+            .map(|n| n.name.clone())
+        else {
+            return Ok(());
+        };
+        prepare_way_back(world, pre, &nodes).await?;
+        tracing::info!("moving node {node} back to the kube-system calico-node");
+        set_node_label(world, &node, Some(PRE_OPERATOR)).await?;
+        if let Some(problem) = watch_swap(world, step, &node, KUBE_SYSTEM).await? {
+            bail!("moving node {node} back: {problem}");
+        }
+        check_round(world, step, &format!("after moving node {node} back"))
+            .await
+            .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
+    }
+}
+
+fn owned_by_installation(o: &Value) -> bool {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Installation"))
+}
+
+/// Once no node is `migrated`: remove the operator's calico-system workloads and
+/// restore the kube-system objects, node labels and the binding as captured.
+async fn restore_kube_system(world: &Cluster, step: &str, pre: &PreOperator) -> anyhow::Result<()> {
+    let mut deleted = Vec::new();
+    for r in calico_system_workloads() {
+        if let Some(o) = world.objects.get(&r).await? {
+            if owned_by_installation(&o) || !pre.calico_system_existed {
+                if world.objects.delete(&r).await? {
+                    tracing::info!("deleted {r} (the operator's)");
+                }
+                deleted.push(r);
+            } else {
+                tracing::warn!("keeping {r}: it is not owned by an Installation");
+            }
+        }
+    }
+    wait_until(
+        world,
+        "the operator's calico-system workloads to be gone",
+        world.options.node_ready_timeout,
+        || {
+            let deleted = deleted.clone();
+            async move {
+                for r in &deleted {
+                    if world.objects.get(r).await?.is_some() {
+                        return Ok(Some(format!("{r} still exists")));
+                    }
+                }
+                Ok(None)
+            }
+        },
+    )
+    .await?;
+    let mut restored_ds = false;
+    for s in &pre.objects {
+        let Some(obj) = &s.live else { continue };
+        if world.objects.restore(obj).await? {
+            tracing::info!("restored {}", s.object);
+            restored_ds |= s.object == kube_system_node();
+        }
+    }
+    if restored_ds || world.objects.get(&kube_system_node()).await?.is_some() {
+        wait_rollout(world, &kube_system_node()).await?;
+    }
+    for n in list_nodes(world).await? {
+        let want = pre.node_labels.get(&n.name).cloned().flatten();
+        if n.label != want {
+            set_node_label(world, &n.name, want.as_deref()).await?;
+        }
+    }
+    check_round(world, step, "after returning every node to kube-system").await?;
+    Ok(())
+}
+
+/// The way back from any point of the takeover (idempotent): operator frozen, nodes
+/// moved back one at a time, kube-system restored. Leaves the operator frozen.
+pub(crate) async fn return_to_kube_system(
+    world: &Cluster,
+    step: &str,
+    pre: &PreOperator,
+) -> anyhow::Result<()> {
+    freeze_operator(world).await?;
+    move_nodes_back(world, step, pre)
+        .await
+        .map_err(|e| anyhow!("{e:#}. The operator stays frozen; fix the cause and run `calico-migrate rollback` again"))?;
+    restore_kube_system(world, step, pre).await
+}
+
+/// The step.
+pub struct Takeover;
+
+impl Step<Cluster> for Takeover {
+    fn id(&self) -> &str {
+        ID
+    }
+
+    fn title(&self) -> &str {
+        "Follow the operator's node-by-node takeover"
+    }
+
+    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+        Box::pin(async move {
+            // The operator has been running since create-installation: its capture
+            // is the state before any change. Without it, the live state.
+            let pre = match PreOperator::load_file(&world.state_dir)? {
+                Some(p) => p,
+                None => PreOperator::capture(world).await?,
+            };
+            Ok(serde_json::to_value(pre)?)
+        })
+    }
+
+    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            match follow(world).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Invariant 4: stop the operator where it stands before reporting.
+                    match freeze_operator(world).await {
+                        Ok(_) => Err(anyhow!("takeover stopped: {e:#}. {FROZEN}; {WHAT_NEXT}")),
+                        Err(f) => Err(anyhow!(
+                            "takeover stopped: {e:#}. Freezing the operator failed too ({f:#}): scale Deployment tigera-operator/tigera-operator to 0 now (`kubectl -n tigera-operator scale deployment tigera-operator --replicas=0`), then {WHAT_NEXT}"
+                        )),
+                    }
+                }
+            }
+        })
+    }
+
+    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+        Box::pin(async move {
+            let (total, missing) = not_taken_over(world).await?;
+            Ok(if missing.is_empty() {
+                Verification::passed(format!(
+                    "{total} node(s) run a Ready calico-system calico-node"
+                ))
+            } else {
+                Verification::failed(format!(
+                    "{} of {total} node(s) not yet on a Ready calico-system calico-node: {}",
+                    missing.len(),
+                    missing.join(", ")
+                ))
+            })
+        })
+    }
+
+    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            let pre: PreOperator = serde_json::from_value(saved.clone())
+                .context("takeover's rollback data is not what this version wrote")?;
+            return_to_kube_system(world, ID, &pre).await
+        })
+    }
+
+    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let (_, missing) = not_taken_over(world).await?;
+            Ok(missing
+                .iter()
+                .map(|n| format!("node {n}: follow the operator's relabel to `{MIGRATED}`, probe through the swap, then a check round"))
+                .collect())
+        })
     }
 }
