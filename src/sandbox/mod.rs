@@ -23,6 +23,7 @@ pub mod patch;
 pub mod scenario;
 pub mod select;
 pub mod serve;
+pub mod snapshot;
 pub mod ssa;
 pub mod store;
 pub mod table;
