@@ -69,3 +69,638 @@ fn man_page_names_every_subcommand_and_each_has_its_own_page() -> Result<()> {
     assert!(err.contains("\"nope\"") && err.contains("plan"), "{err}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// deploy/: RBAC derived from permissions::needed(), checked in-process and with kubectl
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use calico_migrate::cluster::access::{self, AccessReport, Permission};
+use calico_migrate::engine::RetryPolicy;
+use calico_migrate::migration::permissions::needed;
+use calico_migrate::sandbox::authz::{self, Attributes, UserInfo};
+use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
+use calico_migrate::sandbox::{Sandbox, SandboxOptions};
+use serde_json::Value;
+
+const SA_NAMESPACE: &str = "calico-migrate";
+const SA_NAME: &str = "calico-migrate";
+const AS: &str = "--as=system:serviceaccount:calico-migrate:calico-migrate";
+const LEASE: &str = "calico-migrate";
+
+/// Grants deploy/ gives beyond needed(), each with why (see deploy/20-rbac.yaml):
+/// (verb, group, resource, namespace or None for cluster-wide, reason).
+const EXTRAS: &[(&str, &str, &str, Option<&str>, &str)] = &[
+    (
+        "get",
+        "",
+        "pods/exec",
+        None,
+        "WebSocket exec is an HTTP GET, authorized as get before Kubernetes 1.35",
+    ),
+    (
+        "bind",
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        None,
+        "installing the operator's RBAC",
+    ),
+    (
+        "escalate",
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        None,
+        "installing the operator's RBAC",
+    ),
+    (
+        "bind",
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        None,
+        "installing the operator's RBAC",
+    ),
+    (
+        "escalate",
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        None,
+        "installing the operator's RBAC",
+    ),
+    (
+        "get",
+        "apps",
+        "deployments",
+        None,
+        "the operator Deployment in tigera-operator",
+    ),
+    (
+        "list",
+        "apps",
+        "deployments",
+        None,
+        "the operator Deployment in tigera-operator",
+    ),
+    (
+        "create",
+        "apps",
+        "deployments",
+        None,
+        "the operator Deployment in tigera-operator",
+    ),
+    (
+        "patch",
+        "apps",
+        "deployments",
+        None,
+        "the operator Deployment in tigera-operator",
+    ),
+    (
+        "delete",
+        "apps",
+        "deployments",
+        None,
+        "the operator Deployment in tigera-operator",
+    ),
+    (
+        "get",
+        "",
+        "serviceaccounts",
+        None,
+        "the operator ServiceAccount in tigera-operator",
+    ),
+    (
+        "create",
+        "",
+        "serviceaccounts",
+        None,
+        "the operator ServiceAccount in tigera-operator",
+    ),
+    (
+        "patch",
+        "",
+        "serviceaccounts",
+        None,
+        "the operator ServiceAccount in tigera-operator",
+    ),
+    (
+        "delete",
+        "",
+        "serviceaccounts",
+        None,
+        "the operator ServiceAccount in tigera-operator",
+    ),
+    ("get", "", "pods", None, "probe pods"),
+    ("list", "", "pods", None, "probe pods"),
+    ("create", "", "pods", None, "probe pods"),
+    ("delete", "", "pods", None, "probe pods"),
+    (
+        "get",
+        "networking.k8s.io",
+        "networkpolicies",
+        None,
+        "the probe namespaces' NetworkPolicy",
+    ),
+    (
+        "create",
+        "networking.k8s.io",
+        "networkpolicies",
+        None,
+        "the probe namespaces' NetworkPolicy",
+    ),
+    (
+        "delete",
+        "coordination.k8s.io",
+        "leases",
+        Some("kube-system"),
+        "releasing the Lease (limited to its name)",
+    ),
+];
+
+/// Verbs the Job's identity must never have: the tool never deletes or replaces a policy,
+/// reads Secrets only in kube-system, and touches only its own Lease.
+const FORBIDDEN: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "delete",
+        "networking.k8s.io",
+        "networkpolicies",
+        Some("default"),
+    ),
+    ("delete", "networking.k8s.io", "networkpolicies", None),
+    (
+        "update",
+        "networking.k8s.io",
+        "networkpolicies",
+        Some("default"),
+    ),
+    (
+        "patch",
+        "networking.k8s.io",
+        "networkpolicies",
+        Some("kube-system"),
+    ),
+    (
+        "deletecollection",
+        "networking.k8s.io",
+        "networkpolicies",
+        Some("default"),
+    ),
+    (
+        "delete",
+        "crd.projectcalico.org",
+        "globalnetworkpolicies",
+        None,
+    ),
+    (
+        "patch",
+        "crd.projectcalico.org",
+        "globalnetworkpolicies",
+        None,
+    ),
+    (
+        "update",
+        "crd.projectcalico.org",
+        "globalnetworkpolicies",
+        None,
+    ),
+    (
+        "delete",
+        "crd.projectcalico.org",
+        "networkpolicies",
+        Some("default"),
+    ),
+    ("delete", "crd.projectcalico.org", "globalnetworksets", None),
+    ("get", "", "secrets", Some("default")),
+    ("list", "", "secrets", None),
+    ("delete", "", "nodes", None),
+    ("impersonate", "", "serviceaccounts", None),
+    ("create", "", "pods/attach", Some("default")),
+];
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every object of the YAML files in `dir` (not recursive, as `kubectl apply -f dir`).
+fn manifests(dir: &Path) -> Result<Vec<Value>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .with_context(|| format!("{} is not valid YAML", f.display()))?;
+        out.extend(docs.into_iter().filter(|d| d.is_object()));
+    }
+    Ok(out)
+}
+
+fn scenario_sandbox() -> Result<Sandbox> {
+    let sb = Sandbox::new(SandboxOptions::default());
+    let cfg = ScenarioConfig {
+        nodes: 2,
+        namespaces: 2,
+        ..ScenarioConfig::default()
+    };
+    sb.load(scenario::build(&cfg)?)?;
+    Ok(sb)
+}
+
+fn attrs(verb: &str, group: &str, resource: &str, ns: Option<&str>) -> Attributes {
+    let a = Attributes::resource(verb, group, resource, ns.unwrap_or_default());
+    // The Lease rules may be limited to the tool's own Lease: ask about that one.
+    if group == "coordination.k8s.io" {
+        a.named(LEASE)
+    } else {
+        a
+    }
+}
+
+fn key(verb: &str, group: &str, resource: &str, ns: Option<&str>) -> String {
+    format!("{verb} {group}/{resource} in {}", ns.unwrap_or("(cluster)"))
+}
+
+/// (verb, group, resource, namespace) of every rule deploy/ binds to the Job's identity.
+fn granted(objects: &[Value]) -> Vec<String> {
+    let s = |v: &Value, p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let list = |v: &Value, k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for b in objects
+        .iter()
+        .filter(|o| matches!(s(o, "/kind").as_str(), "ClusterRoleBinding" | "RoleBinding"))
+    {
+        let binds_sa = b
+            .get("subjects")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|x| {
+                s(x, "/kind") == "ServiceAccount"
+                    && s(x, "/name") == SA_NAME
+                    && s(x, "/namespace") == SA_NAMESPACE
+            });
+        if !binds_sa {
+            continue;
+        }
+        let ns = s(b, "/metadata/namespace");
+        let ns = (!ns.is_empty()).then_some(ns);
+        let role = objects.iter().find(|r| {
+            s(r, "/kind") == s(b, "/roleRef/kind")
+                && s(r, "/metadata/name") == s(b, "/roleRef/name")
+                && (s(r, "/kind") == "ClusterRole"
+                    || s(r, "/metadata/namespace") == s(b, "/metadata/namespace"))
+        });
+        for rule in role
+            .and_then(|r| r.get("rules"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for verb in list(rule, "verbs") {
+                for group in list(rule, "apiGroups") {
+                    for res in list(rule, "resources") {
+                        out.push(key(&verb, &group, &res, ns.as_deref()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn deploy_rbac_grants_every_needed_permission_and_nothing_unlisted() -> Result<()> {
+    let objects = manifests(&repo().join("deploy"))?;
+    let sb = scenario_sandbox()?;
+    sb.load(objects.clone())?;
+    let sa = UserInfo::service_account(SA_NAMESPACE, SA_NAME);
+    let missing: Vec<String> = needed()
+        .iter()
+        .filter(|p| {
+            !authz::authorize(
+                sb.store(),
+                &sa,
+                &attrs(p.verb, p.group, p.resource, p.namespace),
+            )
+            .allowed
+        })
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/ does not grant what permissions::needed() lists: {missing:#?}"
+    );
+
+    let mut allowed: Vec<String> = needed()
+        .iter()
+        .map(|p| key(p.verb, p.group, p.resource, p.namespace))
+        .collect();
+    allowed.extend(EXTRAS.iter().map(|(v, g, r, ns, _)| key(v, g, r, *ns)));
+    let unlisted: Vec<String> = granted(&objects)
+        .into_iter()
+        .filter(|g| !allowed.contains(g))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "deploy/ grants what is neither in needed() nor in EXTRAS (add it to one, with a reason): {unlisted:#?}"
+    );
+
+    for (verb, group, res, ns) in FORBIDDEN {
+        let mut a = attrs(verb, group, res, *ns);
+        assert!(
+            !authz::authorize(sb.store(), &sa, &a).allowed,
+            "must not: {}",
+            key(verb, group, res, *ns)
+        );
+        a.name = "kube-controller-manager".into();
+        if *group == "coordination.k8s.io" {
+            assert!(!authz::authorize(sb.store(), &sa, &a).allowed);
+        }
+    }
+    // Only its own Lease may be deleted (the control plane's leader election lives next to it).
+    let other_lease =
+        Attributes::resource("delete", "coordination.k8s.io", "leases", "kube-system")
+            .named("kube-scheduler");
+    assert!(!authz::authorize(sb.store(), &sa, &other_lease).allowed);
+    Ok(())
+}
+
+#[test]
+fn job_arguments_parse_and_pods_are_locked_down() -> Result<()> {
+    use clap::Parser;
+    let jobs = manifests(&repo().join("deploy/jobs"))?;
+    assert_eq!(jobs.len(), 4, "plan, apply, resume, rollback");
+    for job in &jobs {
+        let name = job
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let spec = job.pointer("/spec/template/spec").context("pod spec")?;
+        assert_eq!(spec["serviceAccountName"], SA_NAME, "{name}");
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
+        let c = &spec["containers"][0];
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{name}"
+        );
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{name}"
+        );
+        let args: Vec<String> = c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+        assert!(
+            args.windows(2).any(|w| w == ["--state-dir", "/state"]),
+            "{name}: {args:?}"
+        );
+        if args[0] != "plan" {
+            assert!(
+                args.iter().any(|a| a == "--yes"),
+                "{name}: no terminal to confirm on"
+            );
+        }
+        let mut argv = vec!["calico-migrate".to_string()];
+        argv.extend(args.iter().cloned());
+        if let Err(e) = calico_migrate::cli::Cli::try_parse_from(&argv) {
+            bail!("{name}: the Job's arguments do not parse: {e}");
+        }
+        let mounts = c["volumeMounts"].as_array().context("mounts")?;
+        assert!(mounts.iter().any(|m| m["mountPath"] == "/state"), "{name}");
+    }
+    // The in-cluster kubeconfig is one kube-rs reads (tokenFile: the projected token).
+    let cm = manifests(&repo().join("deploy"))?
+        .into_iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .context("kubeconfig ConfigMap")?;
+    let text = cm
+        .pointer("/data/kubeconfig")
+        .and_then(Value::as_str)
+        .context("data.kubeconfig")?;
+    let kc = kube::config::Kubeconfig::from_yaml(text)?;
+    let user = kc
+        .auth_infos
+        .first()
+        .and_then(|a| a.auth_info.as_ref())
+        .context("user")?;
+    assert_eq!(
+        user.token_file.as_deref(),
+        Some("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
+    Ok(())
+}
+
+/// The access review `plan` runs (cluster::access) gets real answers from the sandbox.
+#[tokio::test]
+async fn access_review_answers_for_the_admin_and_for_the_job_identity() -> Result<()> {
+    let sb = scenario_sandbox()?;
+    let retry = RetryPolicy::default();
+    let admin = access::review(&sb.client(), &needed(), 8, &retry).await?;
+    assert_eq!(admin, AccessReport::Checked { missing: vec![] });
+
+    let server = sb.serve("127.0.0.1:0").await?;
+    let mut cfg = kube::Config::new(server.url().parse()?);
+    cfg.auth_info.impersonate = Some(format!("system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}"));
+    let job = kube::Client::try_from(cfg)?;
+    // Before deploy/ is applied the identity has nothing.
+    let Ok(AccessReport::Checked { missing }) = access::review(&job, &needed(), 8, &retry).await
+    else {
+        bail!("the review was not answered");
+    };
+    assert_eq!(missing.len(), needed().len());
+    sb.load(manifests(&repo().join("deploy"))?)?;
+    let report = access::review(&job, &needed(), 8, &retry).await?;
+    assert_eq!(report, AccessReport::Checked { missing: vec![] });
+    // And the same identity is held to RBAC on real requests.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(job.clone(), "default");
+    match secrets.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => bail!("listing Secrets in default should be forbidden: {other:?}"),
+    }
+    let ks: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(job, "kube-system");
+    ks.list(&Default::default())
+        .await
+        .context("kube-system Secrets are granted")?;
+    server.shutdown().await;
+    Ok(())
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+fn kubectl(kc: &Path, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kc)
+        .output()?)
+}
+
+/// `kubectl auth can-i` for one permission; `--as` the Job's identity when `as_job`.
+fn can_i(kc: &Path, p: &Permission, name: Option<&str>, as_job: bool) -> Result<bool> {
+    let (res, sub) = p.resource.split_once('/').unwrap_or((p.resource, ""));
+    let mut target = if p.group.is_empty() {
+        res.to_string()
+    } else {
+        format!("{res}.{}", p.group)
+    };
+    if let Some(n) = name {
+        target = format!("{target}/{n}");
+    }
+    let mut args = vec!["auth".to_string(), "can-i".into(), p.verb.into(), target];
+    if !sub.is_empty() {
+        args.push(format!("--subresource={sub}"));
+    }
+    match p.namespace {
+        Some(ns) => args.extend(["-n".to_string(), ns.to_string()]),
+        None => args.push("--all-namespaces".into()),
+    }
+    if as_job {
+        args.push(AS.into());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = kubectl(kc, &argv)?;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match (out.status.code(), said.as_str()) {
+        (Some(0), "yes") => Ok(true),
+        (Some(1), s) if s.starts_with("no") => Ok(false),
+        _ => bail!(
+            "kubectl {argv:?}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn kubectl_applies_deploy_and_auth_can_i_agrees() -> Result<()> {
+    if !on_path("kubectl") {
+        eprintln!("SKIPPED kubectl_applies_deploy_and_auth_can_i_agrees: kubectl is not on PATH");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let sb = scenario_sandbox()?;
+    let server = rt.block_on(sb.serve("127.0.0.1:0"))?;
+    let dir = tempfile::tempdir()?;
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc)?;
+
+    let sa_perm =
+        |verb: &'static str, group: &'static str, resource: &'static str, namespace| Permission {
+            verb,
+            group,
+            resource,
+            namespace,
+        };
+    // Before deploy/: the admin may, the Job's identity may not.
+    let probe = sa_perm("patch", "", "nodes", None);
+    assert!(
+        can_i(&kc, &probe, None, false)?,
+        "the sandbox user is an admin"
+    );
+    assert!(
+        !can_i(&kc, &probe, None, true)?,
+        "no RBAC yet for the Job's identity"
+    );
+
+    for dir in ["deploy", "deploy/jobs"] {
+        let path = repo().join(dir);
+        let out = kubectl(&kc, &["apply", "-f", &path.to_string_lossy()])?;
+        assert!(
+            out.status.success(),
+            "kubectl apply -f {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let perms = needed();
+    let answers: Vec<(String, Result<bool>)> = std::thread::scope(|s| {
+        let chunks: Vec<_> = perms.chunks(perms.len().div_ceil(4).max(1)).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let kc = kc.clone();
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|p| {
+                            let name = (p.group == "coordination.k8s.io").then_some(LEASE);
+                            (p.to_string(), can_i(&kc, p, name, true))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    assert_eq!(answers.len(), perms.len(), "every kubectl call came back");
+    let denied: Vec<String> = answers
+        .into_iter()
+        .filter_map(|(p, a)| match a {
+            Ok(true) => None,
+            Ok(false) => Some(format!("{p}: no")),
+            Err(e) => Some(format!("{p}: {e}")),
+        })
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "kubectl auth can-i --as the Job: {denied:#?}"
+    );
+
+    for (verb, group, resource, namespace) in FORBIDDEN {
+        let p = sa_perm(verb, group, resource, *namespace);
+        assert!(!can_i(&kc, &p, None, true)?, "must not: {p}");
+    }
+    let other_lease = sa_perm(
+        "delete",
+        "coordination.k8s.io",
+        "leases",
+        Some("kube-system"),
+    );
+    assert!(can_i(&kc, &other_lease, Some(LEASE), true)?);
+    assert!(!can_i(
+        &kc,
+        &other_lease,
+        Some("kube-controller-manager"),
+        true
+    )?);
+
+    // kubectl itself is held to RBAC when it impersonates.
+    let out = kubectl(&kc, &["get", "secrets", "-n", "default", AS])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{out:?}"
+    );
+    let out = kubectl(&kc, &["get", "configmaps", "-n", "kube-system", AS])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt.block_on(server.shutdown());
+    Ok(())
+}
