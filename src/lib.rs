@@ -12,4 +12,5 @@ pub mod engine;
 pub mod helm;
 pub mod migration;
 pub mod policy;
+pub mod rehearse;
 pub mod sandbox;

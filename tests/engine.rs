@@ -517,17 +517,3 @@ fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
-
-#[test]
-fn commands_not_built_yet_say_so_and_fail() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    for cmd in ["rehearse"] {
-        let out = run_cli(tmp.path(), &[cmd]);
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
-        assert!(
-            stderr(&out).contains("is not built yet"),
-            "{cmd}: {}",
-            stderr(&out)
-        );
-    }
-}

@@ -11,6 +11,7 @@ mod journal_cmds;
 pub mod output;
 pub mod plan_cmd;
 pub mod policy_cmd;
+pub mod rehearse_cmd;
 pub mod sandbox_cmd;
 mod telemetry;
 
@@ -157,14 +158,21 @@ pub struct RollbackArgs {
 #[derive(Debug, Args)]
 pub struct RehearseArgs {
     /// Number of sandbox nodes.
-    #[arg(long, default_value_t = 6)]
-    pub nodes: usize,
-    /// Seed for the sandbox's simulated timing and faults.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=500))]
+    pub nodes: u64,
+    /// User namespaces seeded with the chart's usual policies.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=2000))]
+    pub namespaces: u64,
+    /// Seed for the sandbox's names, addresses and simulated timing.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Fault to inject (repeatable), e.g. `lapse:node-3`.
+    /// Fault injected once the baseline is taken (repeatable): lapse:NODE,
+    /// agent-not-ready:NODE, operator-stall:NODE, typha-stuck, node-join:N, api-errors:RATE, ...
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<String>,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 50.0, value_name = "FACTOR")]
+    pub time_scale: f64,
 }
 
 /// Entry point of the binary.
@@ -203,7 +211,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => runtime()?.block_on(apply_cmd::apply(args, g)),
         Command::Rollback(args) => runtime()?.block_on(apply_cmd::rollback(args, g)),
         Command::Check(args) => runtime()?.block_on(check_cmd::run(args, g)),
-        Command::Rehearse(_) => not_built("rehearse", 9),
+        Command::Rehearse(args) => runtime()?.block_on(rehearse_cmd::run(args, g)),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
     }
@@ -224,13 +232,6 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
-}
-
-pub(crate) fn not_built(cmd: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "`calico-migrate {cmd}` is not built yet in this version (tracked as issue {issue}); \
-         it does nothing rather than pretend. Use `calico-migrate --help` to see what works."
-    )
 }
 
 /// Print an error chain as one paragraph: the cause first, then the context.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use calico_migrate::checks::RoundOptions;
-use calico_migrate::cluster::objects::{Objects, strip_server_fields};
+use calico_migrate::cluster::objects::Objects;
 use calico_migrate::cluster::{access, inventory};
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::permissions;
@@ -19,7 +19,7 @@ use calico_migrate::migration::world::{ApplyOptions, Cluster};
 use calico_migrate::sandbox::controllers::ControllerOptions;
 use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
-use calico_migrate::sandbox::{Gvr, ListOptions, Sandbox, SandboxOptions, ServeHandle};
+use calico_migrate::sandbox::{Gvr, Sandbox, SandboxOptions, ServeHandle};
 use serde_json::Value;
 
 pub struct Env {
@@ -133,66 +133,15 @@ pub fn world(env: &Env, saved: &SavedPlan, profile: &Profile) -> Cluster {
     )
 }
 
-/// Resources a snapshot leaves out: what controllers and the tool's own checks
-/// create and remove (pods, events, leases, endpoints), and the sandbox's control objects.
-const VOLATILE: &[&str] = &[
-    "pods",
-    "events",
-    "leases",
-    "endpoints",
-    "endpointslices",
-    "replicasets",
-];
-
-/// Every stored object except volatile ones and the probe workload, keyed by
-/// `resource namespace/name`, without server-managed fields or status: the
-/// "cluster equals the baseline" comparison.
+/// Every stored object except volatile ones and the probe workload, stripped of
+/// server-managed fields: the "cluster equals the baseline" comparison.
 pub fn snapshot(sb: &Sandbox) -> Result<BTreeMap<String, Value>> {
-    let mut out = BTreeMap::new();
-    for rt in sb.store().types() {
-        if VOLATILE.contains(&rt.resource.as_str()) {
-            continue;
-        }
-        let Some(version) = rt.versions.first() else {
-            continue;
-        };
-        let gvr = Gvr::new(&rt.group, version, &rt.resource);
-        let list = sb.store().list(&gvr, None, &ListOptions::default())?;
-        for o in list.items {
-            let ns = o
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if ns.starts_with("calico-migrate-probe") || ns == "sandbox-system" {
-                continue;
-            }
-            let name = o
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if gvr.resource == "namespaces"
-                && (name.starts_with("calico-migrate-probe") || name == "sandbox-system")
-            {
-                continue;
-            }
-            out.insert(
-                format!("{}.{} {ns}/{name}", gvr.resource, gvr.group),
-                strip_server_fields(&o),
-            );
-        }
-    }
-    Ok(out)
+    Ok(calico_migrate::sandbox::snapshot::snapshot(sb)?)
 }
 
 /// Keys whose objects differ between two snapshots (added, removed or changed).
 pub fn differences(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> Vec<String> {
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
-        .collect()
+    calico_migrate::sandbox::snapshot::differences(a, b)
 }
 
 pub fn gvr(group: &str, version: &str, resource: &str) -> Gvr {

@@ -1,0 +1,483 @@
+//! A whole rehearsal against an embedded sandbox: plan, apply with checks (faults
+//! injected once the baseline is taken, cleared when the run stops, then resumed),
+//! a verification round, a rollback back to the baseline, and a second apply.
+//! Everything the report says is measured here; nothing is assumed.
+
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::checks::RoundOptions;
+use crate::cluster::objects::Objects;
+use crate::cluster::{access, inventory};
+use crate::engine::{Journal, Mode, Outcome, RetryPolicy, RunObserver, run_observed};
+use crate::migration::permissions;
+use crate::migration::plan::{self, SavedPlan};
+use crate::migration::profile::Profile;
+use crate::migration::session::{self, identity, planned_steps};
+use crate::migration::world::{ApplyOptions, Cluster, Observation};
+use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
+use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
+use crate::sandbox::scenario::{self, ScenarioConfig};
+use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions, ServeHandle, snapshot};
+
+pub use report::{FaultReport, PhaseReport, Report, StepTiming};
+
+/// What to rehearse.
+#[derive(Debug, Clone)]
+pub struct RehearseOptions {
+    pub nodes: usize,
+    pub namespaces: usize,
+    pub seed: u64,
+    /// Fault specs (`lapse:NODE`, `agent-not-ready:NODE`, `operator-stall:NODE`,
+    /// `typha-stuck`, `node-join:N`, `api-errors:0.05`, ...), injected after the baseline.
+    pub faults: Vec<String>,
+    /// Simulated seconds per real second.
+    pub time_scale: f64,
+    /// Objects read from a live cluster (nodes, namespaces, policies) seeded on top
+    /// of the scenario (`--from-cluster`).
+    pub extra_objects: Vec<Value>,
+}
+
+impl Default for RehearseOptions {
+    fn default() -> Self {
+        RehearseOptions {
+            nodes: 6,
+            namespaces: 8,
+            seed: 1,
+            faults: Vec::new(),
+            time_scale: 50.0,
+            extra_objects: Vec::new(),
+        }
+    }
+}
+
+/// Faults split by what injects them, parsed before anything starts.
+#[derive(Debug, Clone, Default)]
+struct Faults {
+    dataplane: DataPlaneFaults,
+    controllers: ControllerFaults,
+    api: FaultConfig,
+    specs: Vec<String>,
+}
+
+fn parse_faults(specs: &[String]) -> anyhow::Result<Faults> {
+    let (dp, rest): (Vec<String>, Vec<String>) = specs
+        .iter()
+        .cloned()
+        .partition(|s| dataplane::faults::is_dataplane_spec(s));
+    let (ctl, api): (Vec<String>, Vec<String>) = rest
+        .into_iter()
+        .partition(|s| controllers::faults::is_controller_fault(s));
+    Ok(Faults {
+        dataplane: DataPlaneFaults::parse_specs(&dp)
+            .map_err(|e| anyhow::anyhow!("--fault: {e}"))?,
+        controllers: ControllerFaults::parse_specs(&ctl)
+            .map_err(|e| anyhow::anyhow!("--fault: {e}"))?,
+        api: FaultConfig::parse_specs(&api).map_err(|e| anyhow::anyhow!("--fault: {e}"))?,
+        specs: specs.to_vec(),
+    })
+}
+
+/// The running sandbox of a rehearsal.
+struct Stage {
+    sb: Sandbox,
+    dp: DataPlane,
+    server: ServeHandle,
+    client: kube::Client,
+    controllers: controllers::ControllersHandle,
+}
+
+async fn stage(opts: &RehearseOptions) -> anyhow::Result<Stage> {
+    let sb = Sandbox::new(SandboxOptions {
+        seed: opts.seed,
+        ..SandboxOptions::default()
+    });
+    let objects = scenario::build(&ScenarioConfig {
+        nodes: opts.nodes,
+        namespaces: opts.namespaces,
+        pods_per_namespace: 1,
+        seed: opts.seed,
+        ..ScenarioConfig::default()
+    })
+    .context("building the sandbox scenario")?;
+    sb.load(objects).context("seeding the sandbox")?;
+    if !opts.extra_objects.is_empty() {
+        sb.load(opts.extra_objects.clone())
+            .context("seeding the sandbox with the cluster's objects")?;
+    }
+    let controllers = sb
+        .start_controllers(ControllerOptions {
+            time_scale: opts.time_scale,
+            ..ControllerOptions::default()
+        })
+        .map_err(anyhow::Error::msg)?;
+    let dp = DataPlane::start(
+        &sb,
+        DataPlaneOptions {
+            timeout_scale: 0.05,
+            ..DataPlaneOptions::default()
+        },
+    )
+    .context("starting the sandbox data plane")?;
+    let server = sb
+        .serve("127.0.0.1:0")
+        .await
+        .context("serving the sandbox on 127.0.0.1")?;
+    let client = server.client()?;
+    Ok(Stage {
+        sb,
+        dp,
+        server,
+        client,
+        controllers,
+    })
+}
+
+/// Options scaled to the sandbox's clock.
+fn options(profile: &Profile, time_scale: f64) -> ApplyOptions {
+    let mut o = ApplyOptions::from_profile(profile);
+    let scale = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() / time_scale.max(1.0));
+    o.pause = scale(o.pause);
+    o.node_ready_timeout = scale(o.node_ready_timeout).max(Duration::from_secs(20));
+    o.max_swap = scale(o.max_swap).max(Duration::from_secs(10));
+    o.poll = Duration::from_millis(50);
+    o.round = RoundOptions {
+        concurrency: 16,
+        ready_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_millis(500),
+        ..RoundOptions::default()
+    };
+    o
+}
+
+/// Read the sandbox like `plan` does, pin the sandbox's operator manifest, save.
+async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<SavedPlan> {
+    let profile = Profile::load(None)?;
+    let retry = RetryPolicy::default();
+    let version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
+    let inv = inventory::read(client, version, &retry).await?;
+    let acc = access::review(client, &permissions::needed(), 4, &retry).await?;
+    let yaml = scenario::operator::operator_manifest_yaml(&format!(
+        "quay.io/tigera/operator:{}",
+        profile.target.operator_version
+    ));
+    let sha = hex::encode(Sha256::digest(yaml.as_bytes()));
+    std::fs::create_dir_all(state)?;
+    std::fs::write(state.join(format!("operator-manifest-{sha}.yaml")), &yaml)?;
+    let built = plan::build(&inv, &profile, &acc, Some(&sha))?;
+    if !built.ready() {
+        let codes: Vec<String> = built
+            .unresolved()
+            .map(|f| format!("{}: {}", f.code, f.message))
+            .collect();
+        bail!("the sandbox's plan has blockers: {}", codes.join("; "));
+    }
+    let facts = plan::fingerprint_facts(&inv, &profile, Some(&sha));
+    let saved = SavedPlan {
+        fingerprint: built.fingerprint.clone(),
+        facts,
+        cluster_uid: built.cluster_uid.clone(),
+        created_at: jiff::Timestamp::now().to_string(),
+        plan: serde_json::to_value(&built)?,
+    };
+    plan::save(state, &saved)?;
+    Ok(saved)
+}
+
+/// Holds the first run after the baseline step so faults go in once the baseline
+/// is taken; reports progress.
+struct Hold<'a> {
+    before: Option<String>,
+    progress: &'a (dyn Fn(&str) + Sync),
+}
+
+impl RunObserver for Hold<'_> {
+    fn action(&self, step_id: &str, action: &crate::engine::Action) {
+        if let crate::engine::Action::StartAttempt { attempt, .. } = action {
+            (self.progress)(&format!("step {step_id} (attempt {attempt})"));
+        }
+    }
+    fn hold_before(&self, step_id: &str) -> bool {
+        self.before.as_deref() == Some(step_id)
+    }
+}
+
+/// Step durations from the journal: first start to the last verified or rolled back.
+fn timings(journal: &Journal, since_seq: u64) -> anyhow::Result<Vec<StepTiming>> {
+    let mut first: BTreeMap<String, jiff::Timestamp> = BTreeMap::new();
+    let mut last: BTreeMap<String, (jiff::Timestamp, &'static str)> = BTreeMap::new();
+    for e in journal.events()? {
+        if e.seq <= since_seq {
+            continue;
+        }
+        let Some(step) = e.kind.step() else { continue };
+        let at: jiff::Timestamp = e.at.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        first.entry(step.to_string()).or_insert(at);
+        last.insert(step.to_string(), (at, e.kind.label()));
+    }
+    Ok(journal
+        .state()
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let a = first.get(&s.id)?;
+            let (b, how) = last.get(&s.id)?;
+            Some(StepTiming {
+                step: s.id.clone(),
+                millis: b.duration_since(*a).as_millis().max(0) as u64,
+                ended: how.to_string(),
+            })
+        })
+        .collect())
+}
+
+fn last_seq(journal: &Journal) -> u64 {
+    journal
+        .events()
+        .ok()
+        .and_then(|e| e.last().map(|e| e.seq))
+        .unwrap_or(0)
+}
+
+async fn run_phase(
+    name: &str,
+    journal: &mut Journal,
+    loaded: &session::Loaded,
+    world: &Cluster,
+    mode: Mode,
+    hold: &Hold<'_>,
+) -> anyhow::Result<(Outcome, PhaseReport)> {
+    let since = last_seq(journal);
+    let started = Instant::now();
+    let outcome = run_observed(journal, &loaded.steps, world, mode, hold).await?;
+    let report = PhaseReport {
+        phase: name.to_string(),
+        outcome: outcome.clone(),
+        millis: started.elapsed().as_millis() as u64,
+        steps: timings(journal, since)?,
+    };
+    Ok((outcome, report))
+}
+
+fn world(
+    stage: &Stage,
+    loaded: &session::Loaded,
+    state: &Path,
+    time_scale: f64,
+) -> anyhow::Result<Cluster> {
+    let manifest = session::operator_manifest(state, &loaded.saved.plan, &loaded.profile)?;
+    Ok(Cluster::new(
+        Objects::new(stage.client.clone(), RetryPolicy::default()),
+        loaded.profile.clone(),
+        loaded.saved.plan.clone(),
+        state,
+        manifest,
+        options(&loaded.profile, time_scale),
+    ))
+}
+
+async fn inject(stage: &Stage, f: &Faults) -> anyhow::Result<()> {
+    stage
+        .dp
+        .set_faults(&f.dataplane)
+        .await
+        .map_err(|e| anyhow::anyhow!("setting data plane faults: {e}"))?;
+    controllers::faults::write(&stage.sb, &f.controllers)
+        .map_err(|e| anyhow::anyhow!("setting controller faults: {e}"))?;
+    stage
+        .sb
+        .set_faults(&f.api)
+        .map_err(|e| anyhow::anyhow!("setting API faults: {e}"))?;
+    Ok(())
+}
+
+async fn clear(stage: &Stage) -> anyhow::Result<()> {
+    inject(stage, &Faults::default()).await
+}
+
+/// Run the rehearsal. `progress` hears one line per phase and step.
+pub async fn rehearse(
+    opts: &RehearseOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Report> {
+    let faults = parse_faults(&opts.faults)?;
+    if opts.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().context("creating a state dir for the rehearsal")?;
+    let state = tmp.path().join("state");
+    progress(&format!("starting a {}-node sandbox", opts.nodes));
+    let stage = stage(opts).await?;
+    let baseline = snapshot::snapshot(&stage.sb)?;
+    let mut report = Report::new(opts.nodes, opts.seed, faults.specs.clone());
+
+    progress("plan");
+    let saved = make_plan(&stage.client, &state).await?;
+    report.planned_steps = saved.plan["steps"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let loaded = session::load_plan(&state)?;
+    let w = world(&stage, &loaded, &state, opts.time_scale)?;
+    let mut journal = Journal::create(
+        &state,
+        identity(&loaded.saved),
+        planned_steps(&loaded.saved),
+    )?;
+
+    // Apply: hold after the baseline, inject the faults, go on; a stop clears them
+    // (the operator fixing the cause) and the run resumes.
+    let after_baseline = report.planned_steps.get(1).cloned();
+    let hold = Hold {
+        before: if faults.specs.is_empty() {
+            None
+        } else {
+            after_baseline
+        },
+        progress,
+    };
+    progress("apply");
+    let (mut outcome, phase) =
+        run_phase("apply", &mut journal, &loaded, &w, Mode::Apply, &hold).await?;
+    report.phases.push(phase);
+    let free = Hold {
+        before: None,
+        progress,
+    };
+    if matches!(outcome, Outcome::Paused { .. }) {
+        progress(&format!("injecting faults: {}", faults.specs.join(", ")));
+        inject(&stage, &faults).await?;
+        let (o, phase) = run_phase(
+            "apply (faults injected)",
+            &mut journal,
+            &loaded,
+            &w,
+            Mode::Apply,
+            &free,
+        )
+        .await?;
+        report.phases.push(phase);
+        outcome = o;
+    }
+    let mut resumes = 0;
+    while let Outcome::Stopped { step, reason } = &outcome {
+        report.faults.push(FaultReport {
+            stopped_at: step.clone(),
+            message: reason.clone(),
+            resolution: "faults cleared, apply resumed".into(),
+        });
+        resumes += 1;
+        if resumes > 2 {
+            bail!("apply stopped again at `{step}` after the faults were cleared: {reason}");
+        }
+        progress(&format!("stopped at {step}; clearing faults and resuming"));
+        clear(&stage).await?;
+        let (o, phase) = run_phase(
+            "apply --resume",
+            &mut journal,
+            &loaded,
+            &w,
+            Mode::Apply,
+            &free,
+        )
+        .await?;
+        report.phases.push(phase);
+        outcome = o;
+    }
+    if !faults.specs.is_empty() && report.faults.is_empty() {
+        // Faults that did not stop the run are still cleared before verifying.
+        clear(&stage).await?;
+    }
+    if outcome != Outcome::Completed {
+        bail!("apply did not complete: {outcome:?}");
+    }
+
+    progress("verification round");
+    let verify = w.check_round("rehearse", "verification").await;
+    report.verification_passed = verify.is_ok();
+    if let Err(e) = &verify {
+        report.problems.push(format!("verification: {e:#}"));
+    }
+    w.remove_probes().await?;
+
+    progress("rollback");
+    let (outcome, phase) = run_phase(
+        "rollback",
+        &mut journal,
+        &loaded,
+        &w,
+        Mode::Rollback { down_to: 0 },
+        &free,
+    )
+    .await?;
+    report.phases.push(phase);
+    if outcome != Outcome::Completed {
+        report
+            .problems
+            .push(format!("rollback did not complete: {outcome:?}"));
+    }
+    let after = snapshot::snapshot(&stage.sb)?;
+    report.rollback_differences = snapshot::differences(&baseline, &after);
+    for d in &report.rollback_differences {
+        report
+            .problems
+            .push(format!("after rollback, {d} differs from the baseline"));
+    }
+
+    progress("second apply");
+    drop(journal);
+    let state2 = tmp.path().join("state2");
+    make_plan(&stage.client, &state2).await?;
+    let loaded2 = session::load_plan(&state2)?;
+    let w2 = world(&stage, &loaded2, &state2, opts.time_scale)?;
+    let mut journal2 = Journal::create(
+        &state2,
+        identity(&loaded2.saved),
+        planned_steps(&loaded2.saved),
+    )?;
+    let (outcome, phase) = run_phase(
+        "second apply",
+        &mut journal2,
+        &loaded2,
+        &w2,
+        Mode::Apply,
+        &free,
+    )
+    .await?;
+    report.phases.push(phase);
+    if outcome != Outcome::Completed {
+        report
+            .problems
+            .push(format!("the second apply did not complete: {outcome:?}"));
+    }
+
+    let observations: Vec<Observation> = w
+        .observations()
+        .into_iter()
+        .chain(w2.observations())
+        .collect();
+    report.add_observations(&observations);
+    let injected: Vec<String> = faults.dataplane.lapse.iter().cloned().collect();
+    report.add_intervals(&stage.dp.intervals().await, &injected);
+    report.millis = started.elapsed().as_millis() as u64;
+    stage.controllers.stop();
+    stage.dp.stop();
+    stage.server.shutdown().await;
+    Ok(report)
+}

@@ -1,0 +1,325 @@
+//! The rehearsal report: phases with step durations, probes run, the longest
+//! window without verified enforcement per node, faults and how each was handled,
+//! and every interval the sandbox's enforcement monitor recorded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::engine::Outcome;
+use crate::migration::world::Observation;
+use crate::sandbox::dataplane::monitor::{DivergenceReason, Interval};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    pub step: String,
+    pub millis: u64,
+    /// The last journal event of the step in this phase (verified, rolled back, failed).
+    pub ended: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub outcome: Outcome,
+    pub millis: u64,
+    pub steps: Vec<StepTiming>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    /// The step the run stopped at.
+    pub stopped_at: String,
+    /// What calico-migrate said.
+    pub message: String,
+    pub resolution: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeWindow {
+    pub swaps: u32,
+    pub longest_unverified_ms: u64,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorInterval {
+    pub node: String,
+    pub reason: String,
+    pub detail: String,
+    pub millis: Option<u64>,
+    /// On a node where a lapse was injected on purpose.
+    pub injected: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub passed: bool,
+    pub nodes: usize,
+    pub seed: u64,
+    pub millis: u64,
+    pub faults_injected: Vec<String>,
+    pub planned_steps: Vec<String>,
+    pub phases: Vec<PhaseReport>,
+    pub check_rounds: usize,
+    pub probes: usize,
+    pub node_windows: BTreeMap<String, NodeWindow>,
+    pub faults: Vec<FaultReport>,
+    pub verification_passed: bool,
+    pub rollback_differences: Vec<String>,
+    pub monitor: Vec<MonitorInterval>,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn new(nodes: usize, seed: u64, faults: Vec<String>) -> Self {
+        Report {
+            passed: false,
+            nodes,
+            seed,
+            millis: 0,
+            faults_injected: faults,
+            planned_steps: Vec::new(),
+            phases: Vec::new(),
+            check_rounds: 0,
+            probes: 0,
+            node_windows: BTreeMap::new(),
+            faults: Vec::new(),
+            verification_passed: false,
+            rollback_differences: Vec::new(),
+            monitor: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn add_observations(&mut self, obs: &[Observation]) {
+        for o in obs {
+            match o {
+                Observation::Round { probes, .. } => {
+                    self.check_rounds += 1;
+                    self.probes += probes;
+                }
+                Observation::NodeSwap { watch, .. } => {
+                    let w = self.node_windows.entry(watch.node.clone()).or_default();
+                    w.swaps += 1;
+                    w.longest_unverified_ms =
+                        w.longest_unverified_ms.max(watch.longest_unverified_ms);
+                    w.verified = if w.swaps == 1 {
+                        watch.verified_at_end
+                    } else {
+                        w.verified && watch.verified_at_end
+                    };
+                }
+                Observation::Note { .. } => {}
+            }
+        }
+    }
+
+    /// Record the monitor's intervals; any not explained by an injected lapse is a problem.
+    pub fn add_intervals(&mut self, intervals: &[Interval], lapsed_on_purpose: &[String]) {
+        for iv in intervals {
+            let injected = iv.reason == DivergenceReason::Lapse
+                && lapsed_on_purpose.iter().any(|n| n == &iv.node);
+            let millis = iv
+                .end
+                .map(|e| e.duration_since(iv.start).as_millis().max(0) as u64);
+            if !injected {
+                self.problems.push(format!(
+                    "enforcement diverged on {} ({:?}): {}",
+                    iv.node, iv.reason, iv.detail
+                ));
+            }
+            self.monitor.push(MonitorInterval {
+                node: iv.node.clone(),
+                reason: format!("{:?}", iv.reason),
+                detail: iv.detail.clone(),
+                millis,
+                injected,
+            });
+        }
+        self.passed = self.problems.is_empty() && self.verification_passed;
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Rehearsal on {} sandbox nodes (seed {}) in {:.1}s: {}",
+            self.nodes,
+            self.seed,
+            self.millis as f64 / 1000.0,
+            if self.passed { "PASSED" } else { "FAILED" }
+        );
+        if !self.faults_injected.is_empty() {
+            let _ = writeln!(
+                s,
+                "Faults injected after the baseline: {}",
+                self.faults_injected.join(", ")
+            );
+        }
+        for p in &self.phases {
+            let _ = writeln!(
+                s,
+                "\n{} — {} in {:.1}s",
+                p.phase,
+                outcome_word(&p.outcome),
+                p.millis as f64 / 1000.0
+            );
+            for t in &p.steps {
+                let _ = writeln!(
+                    s,
+                    "  {:<22} {:>8.2}s  {}",
+                    t.step,
+                    t.millis as f64 / 1000.0,
+                    t.ended
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nChecks: {} rounds, {} probes; verification round {}",
+            self.check_rounds,
+            self.probes,
+            if self.verification_passed {
+                "passed"
+            } else {
+                "FAILED"
+            }
+        );
+        if !self.node_windows.is_empty() {
+            let _ = writeln!(s, "Longest window without verified enforcement, per node:");
+            for (node, w) in &self.node_windows {
+                let _ = writeln!(
+                    s,
+                    "  {node:<40} {:>6} ms over {} swap(s){}",
+                    w.longest_unverified_ms,
+                    w.swaps,
+                    if w.verified { "" } else { "  NOT VERIFIED" }
+                );
+            }
+        }
+        for f in &self.faults {
+            let _ = writeln!(
+                s,
+                "Fault handled: stopped at `{}`: {}\n  then: {}",
+                f.stopped_at, f.message, f.resolution
+            );
+        }
+        let _ = writeln!(
+            s,
+            "Rollback: {}",
+            if self.rollback_differences.is_empty() {
+                "the cluster equals the baseline, object by object".to_string()
+            } else {
+                format!(
+                    "{} object(s) differ from the baseline",
+                    self.rollback_differences.len()
+                )
+            }
+        );
+        let _ = writeln!(
+            s,
+            "Enforcement monitor: {} interval(s){}",
+            self.monitor.len(),
+            if self.monitor.iter().all(|m| m.injected) && !self.monitor.is_empty() {
+                " (all on nodes lapsed on purpose)"
+            } else {
+                ""
+            }
+        );
+        for m in &self.monitor {
+            let _ = writeln!(
+                s,
+                "  {} {} {}{}",
+                m.node,
+                m.reason,
+                m.millis.map_or("open".to_string(), |ms| format!("{ms} ms")),
+                if m.injected { " (injected)" } else { "" }
+            );
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "PROBLEM: {p}");
+        }
+        s
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# calico-migrate rehearsal\n");
+        let _ = writeln!(
+            s,
+            "**Result:** {} — {} sandbox nodes, seed {}, {:.1} s\n",
+            if self.passed { "passed" } else { "FAILED" },
+            self.nodes,
+            self.seed,
+            self.millis as f64 / 1000.0
+        );
+        if !self.faults_injected.is_empty() {
+            let _ = writeln!(
+                s,
+                "**Faults injected:** {}\n",
+                self.faults_injected.join(", ")
+            );
+        }
+        let _ = writeln!(s, "| Phase | Step | Seconds | Ended |\n|---|---|---:|---|");
+        for p in &self.phases {
+            for t in &p.steps {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.2} | {} |",
+                    p.phase,
+                    t.step,
+                    t.millis as f64 / 1000.0,
+                    t.ended
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\n**Checks:** {} rounds, {} probes; verification {}.\n",
+            self.check_rounds,
+            self.probes,
+            if self.verification_passed {
+                "passed"
+            } else {
+                "failed"
+            }
+        );
+        if !self.node_windows.is_empty() {
+            let _ = writeln!(
+                s,
+                "| Node | Swaps | Longest unverified (ms) |\n|---|---:|---:|"
+            );
+            for (node, w) in &self.node_windows {
+                let _ = writeln!(s, "| {node} | {} | {} |", w.swaps, w.longest_unverified_ms);
+            }
+        }
+        for f in &self.faults {
+            let _ = writeln!(
+                s,
+                "\n- Stopped at `{}`: {} — {}",
+                f.stopped_at, f.message, f.resolution
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n**Rollback:** {} object(s) differ from the baseline. **Monitor:** {} interval(s).",
+            self.rollback_differences.len(),
+            self.monitor.len()
+        );
+        for p in &self.problems {
+            let _ = writeln!(s, "\n- PROBLEM: {p}");
+        }
+        s
+    }
+}
+
+fn outcome_word(o: &Outcome) -> String {
+    match o {
+        Outcome::Completed => "completed".into(),
+        Outcome::Stopped { step, .. } => format!("stopped at {step}"),
+        Outcome::Refused { reason } => format!("refused: {reason}"),
+        Outcome::Paused { step } => format!("paused before {step}"),
+    }
+}
