@@ -155,6 +155,7 @@ impl Cluster {
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
+        self.wait_for_agents().await?;
         let p = Arc::new(
             Prober::setup(self.client(), &self.options.round)
                 .await
@@ -162,6 +163,27 @@ impl Cluster {
         );
         *slot = Some(p.clone());
         Ok(p)
+    }
+
+    /// Wait (at most `node_ready_timeout`) until every node has a Ready calico-node:
+    /// a probe pod created on a node mid-swap would fail closed there, and new pod
+    /// addresses are what rules frozen on a swapping node do not know.
+    async fn wait_for_agents(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + self.options.node_ready_timeout;
+        loop {
+            let missing = super::steps::baseline::nodes_without_ready_agent(self).await?;
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "node(s) {} have had no Ready calico-node for {} s, so no probe pod is created there (it would fail closed); find why (`kubectl -n kube-system get pods -o wide`, `kubectl -n calico-system get pods -o wide`), then `calico-migrate apply --resume` or `calico-migrate rollback`",
+                    missing.join(", "),
+                    self.options.node_ready_timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(self.options.poll).await;
+        }
     }
 
     /// Remove the probe workload (idempotent; also removes leftovers of a crashed run).
@@ -188,18 +210,9 @@ impl Cluster {
         }
     }
 
-    /// Store `report` as the baseline (atomically: temp file, fsync, rename).
+    /// Store `report` as the baseline.
     pub fn save_baseline_round(&self, report: &RoundReport) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        let path = self.baseline_path();
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(report)?;
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        write_atomically(&self.baseline_path(), &serde_json::to_vec(report)?)
     }
 
     /// Run a round, compare it with the policies and the baseline, record it, and
@@ -262,4 +275,16 @@ pub fn failed_round_message(label: &str, report: &RoundReport) -> String {
             String::new()
         }
     )
+}
+
+/// Write a state-dir file atomically (temp file, fsync, rename): a crash leaves the
+/// old content or the new, never half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

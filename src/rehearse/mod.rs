@@ -157,8 +157,9 @@ fn options(profile: &Profile, time_scale: f64) -> ApplyOptions {
     o
 }
 
-/// Read the sandbox like `plan` does, pin the sandbox's operator manifest, save.
-async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<SavedPlan> {
+/// Read the sandbox like `plan` does, pin the sandbox's operator manifest (written
+/// into the state dir under its sha256, as `plan --operator-manifest` does), save.
+pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<SavedPlan> {
     let profile = Profile::load(None)?;
     let retry = RetryPolicy::default();
     let version = client

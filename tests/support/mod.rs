@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use calico_migrate::checks::RoundOptions;
 use calico_migrate::cluster::objects::Objects;
-use calico_migrate::cluster::{access, inventory};
 use calico_migrate::engine::RetryPolicy;
-use calico_migrate::migration::permissions;
-use calico_migrate::migration::plan::{self, SavedPlan};
+use calico_migrate::migration::plan::SavedPlan;
 use calico_migrate::migration::profile::Profile;
 use calico_migrate::migration::world::{ApplyOptions, Cluster};
 use calico_migrate::sandbox::controllers::ControllerOptions;
@@ -84,25 +82,12 @@ pub fn operator_manifest(profile: &Profile) -> Vec<Value> {
     ))
 }
 
-/// Read the cluster, build the plan with the default profile and save it in the
-/// state dir, as `calico-migrate plan` does.
+/// Read the cluster, build the plan with the default profile and the sandbox's
+/// operator manifest pinned, and save both in the state dir, as `calico-migrate plan
+/// --operator-manifest` does.
 pub async fn plan(env: &Env) -> Result<(SavedPlan, Profile)> {
-    let profile = Profile::load(None)?;
-    let retry = RetryPolicy::default();
-    let inv = inventory::read(&env.client, "v1.29.15".into(), &retry).await?;
-    let acc = access::review(&env.client, &permissions::needed(), 4, &retry).await?;
-    let sha = "ab".repeat(32);
-    let built = plan::build(&inv, &profile, &acc, Some(&sha)).context("plan")?;
-    let facts = plan::fingerprint_facts(&inv, &profile, built.operator_manifest_sha256.as_deref());
-    let saved = SavedPlan {
-        fingerprint: built.fingerprint.clone(),
-        facts,
-        cluster_uid: built.cluster_uid.clone(),
-        created_at: "test".into(),
-        plan: serde_json::to_value(&built)?,
-    };
-    plan::save(&env.state_dir(), &saved)?;
-    Ok((saved, profile))
+    let saved = calico_migrate::rehearse::make_plan(&env.client, &env.state_dir()).await?;
+    Ok((saved, Profile::load(None)?))
 }
 
 /// Options for the sandbox's time scale: no pauses, short polls, short timeouts.

@@ -24,9 +24,9 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                 ],
             ),
             change(
-                "Namespace calico-migrate-probes",
+                "Namespaces calico-migrate-probe-* (labelled calico-migrate.io/probe=true)",
                 "create",
-                &["probe DaemonSet (one pod per node)"],
+                &["client and server probe pods pinned to each node"],
             ),
         ],
         checks: Checks {
@@ -60,7 +60,7 @@ use serde_json::{Value, json};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::facts::{self, CALICO_GROUP, FARGATE_LABEL};
-use crate::migration::world::{BASELINE_ROUND_FILE, Cluster, Observation};
+use crate::migration::world::{BASELINE_ROUND_FILE, Cluster, Observation, write_atomically};
 
 /// Node label the operator's takeover moves nodes with.
 pub const MIGRATION_LABEL: &str = "projectcalico.org/operator-node-migration";
@@ -107,7 +107,16 @@ impl Step<Cluster> for Baseline {
     }
 
     fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
-        Box::pin(async move { snapshot(world).await })
+        Box::pin(async move {
+            let snap = snapshot(world).await?;
+            // verify-completion compares the policy set with this copy (the journal's
+            // rollback data is the engine's, not the steps').
+            BaselinePolicies {
+                objects: snap["policies"].as_array().cloned().unwrap_or_default(),
+            }
+            .save(&world.state_dir)?;
+            Ok(snap)
+        })
     }
 
     fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
@@ -163,6 +172,7 @@ impl Step<Cluster> for Baseline {
         Box::pin(async move {
             world.remove_probes().await?;
             remove_file(&world.state_dir.join(BASELINE_ROUND_FILE))?;
+            remove_file(&world.state_dir.join(BASELINE_POLICIES_FILE))?;
             Ok(())
         })
     }
@@ -185,7 +195,7 @@ impl Step<Cluster> for Baseline {
     }
 }
 
-fn remove_file(path: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn remove_file(path: &std::path::Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -249,12 +259,14 @@ pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
             .unwrap_or(Value::Null);
         node_labels.insert(facts::name_of(&n).to_string(), label);
     }
-    let mut policies = Vec::new();
+    let policies = live_policies(world).await?;
     let mut counts = serde_json::Map::new();
     for (api, kind) in POLICY_KINDS {
-        let list = world.objects.list(api, kind, None, None).await?;
-        counts.insert(format!("{api} {kind}"), json!(list.len()));
-        policies.extend(list.iter().map(strip_server_fields));
+        let n = policies
+            .iter()
+            .filter(|p| p["apiVersion"] == api && p["kind"] == kind)
+            .count();
+        counts.insert(format!("{api} {kind}"), json!(n));
     }
     let digest = policy_digest(&policies);
     world.observe(Observation::Note {
@@ -273,6 +285,78 @@ pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
         "policy_counts": counts,
         "policy_digest": digest,
     }))
+}
+
+/// Every policy object of the kinds the migration must never lose, stripped.
+pub async fn live_policies(world: &Cluster) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for (api, kind) in POLICY_KINDS {
+        let list = world.objects.list(api, kind, None, None).await?;
+        out.extend(list.iter().map(strip_server_fields));
+    }
+    Ok(out)
+}
+
+/// File in the state dir holding the baseline's policy objects.
+pub const BASELINE_POLICIES_FILE: &str = "apply-baseline-policies.json";
+
+/// The policy objects as the baseline saw them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct BaselinePolicies {
+    pub objects: Vec<Value>,
+}
+
+/// How a live policy set differs from the baseline's, by `Kind namespace/name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyChanges {
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+}
+
+impl BaselinePolicies {
+    pub fn save(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        write_atomically(
+            &dir.join(BASELINE_POLICIES_FILE),
+            &serde_json::to_vec(self)?,
+        )
+    }
+
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(BASELINE_POLICIES_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Compare with `live` (stripped objects), ignoring server-managed fields.
+    pub fn compare(&self, live: &[Value]) -> PolicyChanges {
+        let key = |o: &Value| ObjRef::of(o).map(|r| format!("{} {r}", r.api_version));
+        let index = |objs: &[Value]| -> BTreeMap<String, Value> {
+            objs.iter()
+                .filter_map(|o| Some((key(o)?, strip_server_fields(o))))
+                .collect()
+        };
+        let (base, now) = (index(&self.objects), index(live));
+        let mut out = PolicyChanges::default();
+        for (k, v) in &base {
+            match now.get(k) {
+                None => out.removed.push(k.clone()),
+                Some(l) if l != v => out.changed.push(k.clone()),
+                Some(_) => {}
+            }
+        }
+        out.added = now
+            .keys()
+            .filter(|k| !base.contains_key(*k))
+            .cloned()
+            .collect();
+        out
+    }
 }
 
 /// sha256 over the sorted policy objects without server fields: equal digests,
@@ -365,14 +449,7 @@ pub(crate) fn stored_capture(world: &Cluster, step: &str) -> anyhow::Result<Opti
 
 /// Keep `data` as the first capture of `step` (atomically), and return it.
 pub(crate) fn keep_capture(world: &Cluster, step: &str, data: Value) -> anyhow::Result<Value> {
-    use std::io::Write as _;
-    let path = capture_path(world, step);
-    let tmp = path.with_extension("json.tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec(&data)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    write_atomically(&capture_path(world, step), &serde_json::to_vec(&data)?)?;
     Ok(data)
 }
 

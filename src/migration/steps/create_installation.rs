@@ -9,8 +9,8 @@ use super::install_operator::{
     tigera_status_ref, wait_until,
 };
 use super::takeover::{
-    CALICO_SYSTEM, MIGRATED, PreOperator, check_round, degraded, kube_system_node, list_nodes,
-    return_to_kube_system, rolled_out,
+    CALICO_SYSTEM, MIGRATED, PreOperator, calico_system_node, check_round, degraded,
+    kube_system_node, list_nodes, return_to_kube_system, rolled_out,
 };
 use super::{Checks, StepContext, StepPlan, change, lines};
 use crate::cluster::objects::ObjRef;
@@ -136,8 +136,12 @@ async fn operator_started(world: &Cluster) -> anyhow::Result<Option<String>> {
             "the operator refused the migration: {d}. Fix what it names, then run `calico-migrate apply --resume`, or run `calico-migrate rollback`"
         );
     }
-    let cs = ObjRef::new("apps/v1", "DaemonSet", Some(CALICO_SYSTEM), "calico-node");
-    if world.objects.get(&cs).await?.is_some() {
+    if world.objects.get(&tigera_status_ref()).await?.is_none() {
+        return Ok(Some(
+            "no TigeraStatus calico yet: the operator has not reconciled the Installation".into(),
+        ));
+    }
+    if world.objects.get(&calico_system_node()).await?.is_some() {
         return Ok(None);
     }
     let Some(ds) = world.objects.get(&kube_system_node()).await? else {
@@ -250,6 +254,9 @@ impl Step<Cluster> for CreateInstallation {
                 || operator_started(world),
             )
             .await?;
+            // From here the operator would move nodes on its own: takeover runs it
+            // node by node, with checks in between.
+            freeze_operator(world).await?;
             check_round(world, ID, "after the operator's nodeSelector change").await?;
             Ok(())
         })

@@ -102,6 +102,12 @@ pub fn runnable(id: &str) -> Option<RunStep> {
         align_versions::ID => Some(Box::new(align_versions::AlignVersions)),
         detach_helm::ID => Some(Box::new(detach_helm::DetachHelm)),
         fargate_affinity::ID => Some(Box::new(fargate_affinity::FargateAffinity)),
+        install_operator::ID => Some(Box::new(install_operator::InstallOperator)),
+        create_installation::ID => Some(Box::new(create_installation::CreateInstallation)),
+        takeover::ID => Some(Box::new(takeover::Takeover)),
+        verify_completion::ID => Some(Box::new(verify_completion::VerifyCompletion)),
+        cleanup_leftovers::ID => Some(Box::new(cleanup_leftovers::CleanupLeftovers)),
+        remove_probes::ID => Some(Box::new(remove_probes::RemoveProbes)),
         _ => None,
     }
 }

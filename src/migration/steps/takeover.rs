@@ -100,7 +100,7 @@ fn ks(api_version: &str, kind: &str, name: &str) -> ObjRef {
 pub fn kube_system_node() -> ObjRef {
     ks("apps/v1", "DaemonSet", "calico-node")
 }
-fn kube_system_typha() -> ObjRef {
+pub(crate) fn kube_system_typha() -> ObjRef {
     ks("apps/v1", "Deployment", "calico-typha")
 }
 fn calico_node_binding() -> ObjRef {
@@ -111,11 +111,17 @@ fn calico_node_binding() -> ObjRef {
         "calico-node",
     )
 }
+pub(crate) fn calico_system_node() -> ObjRef {
+    ObjRef::new("apps/v1", "DaemonSet", Some(CALICO_SYSTEM), "calico-node")
+}
+pub(crate) fn calico_system_typha() -> ObjRef {
+    ObjRef::new("apps/v1", "Deployment", Some(CALICO_SYSTEM), "calico-typha")
+}
 /// What the operator creates in calico-system for the takeover (owned by the Installation).
 fn calico_system_workloads() -> [ObjRef; 3] {
     [
-        ObjRef::new("apps/v1", "DaemonSet", Some(CALICO_SYSTEM), "calico-node"),
-        ObjRef::new("apps/v1", "Deployment", Some(CALICO_SYSTEM), "calico-typha"),
+        calico_system_node(),
+        calico_system_typha(),
         ObjRef::new(
             "apps/v1",
             "Deployment",
@@ -200,16 +206,12 @@ impl PreOperator {
             .and_then(|s| s.live.as_ref())
     }
 
-    /// Keep it in the state dir (atomically: temp file, fsync, rename).
+    /// Keep it in the state dir.
     pub fn save_file(&self, dir: &Path) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        let path = dir.join(PRE_OPERATOR_FILE);
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        crate::migration::world::write_atomically(
+            &dir.join(PRE_OPERATOR_FILE),
+            &serde_json::to_vec(self)?,
+        )
     }
 
     pub fn load_file(dir: &Path) -> anyhow::Result<Option<Self>> {
@@ -324,13 +326,6 @@ pub(crate) fn rolled_out(ds: &Value) -> bool {
     n("observedGeneration") == int_at(ds, "/metadata/generation").unwrap_or(0)
         && n("desiredNumberScheduled") == n("numberReady")
         && n("desiredNumberScheduled") == n("updatedNumberScheduled")
-}
-
-fn selects_pre_operator(ds: &Value) -> bool {
-    ds.pointer("/spec/template/spec/nodeSelector")
-        .and_then(|s| s.get(MIGRATION_LABEL))
-        .and_then(Value::as_str)
-        == Some(PRE_OPERATOR)
 }
 
 /// Condition `t` of TigeraStatus calico: (status is True, reason, message).
@@ -494,16 +489,21 @@ const FROZEN: &str =
 const WHAT_NEXT: &str = "fix the cause and run `calico-migrate apply --resume` (it starts the operator again), or run `calico-migrate rollback` to move the migrated nodes back";
 
 /// Follow the operator until every node runs the calico-system agent, checked.
+///
+/// The operator relabels the next node as soon as the last one is Ready; it does
+/// not wait for our checks. So it runs only until `pacing.nodes_at_a_time` nodes
+/// have moved, then it is frozen while those nodes are probed through their swap
+/// and checked, and started again after `pacing.pause_seconds`: a failed check
+/// never finds the operator already on the next node.
 async fn follow(world: &Cluster) -> anyhow::Result<()> {
-    let Some(op) = world.objects.get(&operator_ref()).await? else {
+    if world.objects.get(&operator_ref()).await?.is_none() {
         bail!(
             "no Deployment tigera-operator/tigera-operator: install-operator must run first (`calico-migrate apply --resume`)"
         );
-    };
-    if int_at(&op, "/spec/replicas").unwrap_or(1) == 0 {
-        tracing::info!("the operator was frozen by an earlier stop: starting it again");
     }
-    run_operator(world, 1).await?;
+    // The probe pods exist before any node moves (created while every node has a
+    // Ready agent: a pod created during a swap would fail closed).
+    prober(world).await?;
     // After a crash: nodes already on a Ready calico-system agent get one round.
     let mut checked: BTreeSet<String> = BTreeSet::new();
     {
@@ -526,6 +526,9 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             checked.extend(done);
         }
     }
+    let per_run = world.profile.pacing.nodes_at_a_time.max(1);
+    let mut moved_in_run = 0;
+    let mut running = false;
     let mut last_progress = Instant::now();
     loop {
         if let Some(d) = degraded(world).await? {
@@ -548,6 +551,11 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
         });
         if let Some(n) = next {
             let node = n.name.clone();
+            moved_in_run += 1;
+            if running && moved_in_run >= per_run {
+                freeze_operator(world).await?;
+                running = false;
+            }
             if let Some(problem) = watch_swap(world, ID, &node, CALICO_SYSTEM).await? {
                 bail!("node {node}: {problem}");
             }
@@ -563,7 +571,25 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 "every node ({}) runs the calico-system calico-node, checked",
                 nodes.len()
             );
+            // The operator finishes on its own: it removes the kube-system install
+            // and the node labels (verify-completion waits for that).
+            if !running {
+                run_operator(world, 1).await?;
+            }
             return Ok(());
+        }
+        if !running {
+            if moved_in_run > 0 && !world.options.pause.is_zero() {
+                tracing::info!(
+                    "pausing {} s before the operator moves the next node",
+                    world.options.pause.as_secs()
+                );
+                tokio::time::sleep(world.options.pause).await;
+            }
+            run_operator(world, 1).await?;
+            running = true;
+            moved_in_run = 0;
+            last_progress = Instant::now();
         }
         if last_progress.elapsed() > world.options.node_ready_timeout {
             let waiting: Vec<&str> = nodes
@@ -681,7 +707,7 @@ async fn prepare_way_back(
             tracing::info!("re-creating {r} for the nodes labelled {PRE_OPERATOR}");
             world.objects.create(&ds).await?;
         }
-        Some(ds) if !selects_pre_operator(&ds) => {
+        Some(ds) if !selects(&ds, PRE_OPERATOR) => {
             tracing::info!("pointing {r} at the nodes labelled {PRE_OPERATOR}");
             world
                 .objects
@@ -707,6 +733,46 @@ async fn prepare_way_back(
         Some(_) => {}
     }
     wait_rollout(world, &r).await
+}
+
+fn selects(ds: &Value, value: &str) -> bool {
+    ds.pointer("/spec/template/spec/nodeSelector")
+        .and_then(|s| s.get(MIGRATION_LABEL))
+        .and_then(Value::as_str)
+        == Some(value)
+}
+
+/// Once the operator has finished, no node carries the migration label and the
+/// calico-system DaemonSet selects every node: deleting it would leave every node
+/// without an agent at once. Put the operator's mechanism back first (with the
+/// operator frozen): every node labelled `migrated`, then the DaemonSet on that
+/// selector with OnDelete, so no running pod restarts. Nodes can then move back
+/// one at a time.
+async fn restore_migration_selector(world: &Cluster) -> anyhow::Result<()> {
+    let r = calico_system_node();
+    let Some(ds) = world.objects.get(&r).await? else {
+        return Ok(());
+    };
+    if selects(&ds, MIGRATED) {
+        return Ok(());
+    }
+    for n in list_nodes(world).await? {
+        if !n.fargate && n.label.as_deref() != Some(MIGRATED) {
+            set_node_label(world, &n.name, Some(MIGRATED)).await?;
+        }
+    }
+    tracing::info!("pointing {r} at the nodes labelled {MIGRATED} (OnDelete: no pod restarts)");
+    world
+        .objects
+        .merge(
+            &r,
+            &json!({"spec": {
+                "updateStrategy": {"type": "OnDelete", "rollingUpdate": null},
+                "template": {"spec": {"nodeSelector": {MIGRATION_LABEL: MIGRATED}}}
+            }}),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Move every `migrated` node back to the kube-system agent, newest first (the
@@ -802,6 +868,8 @@ pub(crate) async fn return_to_kube_system(
     pre: &PreOperator,
 ) -> anyhow::Result<()> {
     freeze_operator(world).await?;
+    prober(world).await?;
+    restore_migration_selector(world).await?;
     move_nodes_back(world, step, pre)
         .await
         .map_err(|e| anyhow!("{e:#}. The operator stays frozen; fix the cause and run `calico-migrate rollback` again"))?;
