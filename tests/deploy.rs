@@ -633,6 +633,11 @@ fn kubectl_applies_deploy_and_auth_can_i_agrees() -> Result<()> {
         );
     }
 
+    // kubectl resolves `installations.operator.tigera.io` through discovery; for a
+    // group the server does not serve yet it asks about the resource string with an
+    // empty group (kubectl auth/cani.go `resourceFor`), which RBAC never grants. The
+    // steps need those verbs once install-operator has created the CRDs, so ask then.
+    sb.load(scenario::operator::operator_crds())?;
     let perms = needed();
     let answers: Vec<(String, Result<bool>)> = std::thread::scope(|s| {
         let chunks: Vec<_> = perms.chunks(perms.len().div_ceil(4).max(1)).collect();

@@ -32,7 +32,12 @@ fn sandbox(objs: Vec<Value>) -> Sandbox {
 }
 
 async fn plan_of(sb: &Sandbox) -> Plan {
-    let client = sb.client();
+    plan_as(&sb.client()).await
+}
+
+/// The plan as `client`'s identity sees the cluster.
+async fn plan_as(client: &kube::Client) -> Plan {
+    let client = client.clone();
     let retry = RetryPolicy::default();
     let version = client
         .apiserver_version()
@@ -104,7 +109,9 @@ async fn default_scenario_names_chart_version_counts_and_converter_blockers() {
     assert_eq!(planned[0].id, "baseline");
     assert_eq!(p.journal_identity().plan_fingerprint, p.fingerprint);
     assert!(!p.journal_identity().cluster_uid.is_empty());
-    assert!(warnings.contains(&"RBAC_UNVERIFIED"), "{warnings:?}");
+    // The sandbox's authorizer answers the access review: the admin lacks nothing.
+    assert!(!warnings.contains(&"RBAC_UNVERIFIED"), "{warnings:?}");
+    assert!(!blockers.contains(&"RBAC_MISSING"), "{blockers:?}");
     assert!(warnings.contains(&"CHART_CRDS_V1BETA1"), "{warnings:?}");
     let ids: Vec<&str> = p.steps.iter().map(|s| s.id).collect();
     assert_eq!(
@@ -303,21 +310,26 @@ async fn a_cluster_without_calico_has_nothing_to_migrate() {
 
 #[tokio::test]
 async fn missing_rbac_lists_the_verbs() {
-    let sb = sandbox(objects(ChartGeneration::V0_3_10));
-    // An authorizer that denies delete and patch everywhere.
-    let routes = axum::Router::new().route(
-        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        axum::routing::post(|axum::Json(mut body): axum::Json<Value>| async move {
-            let verb = body["spec"]["resourceAttributes"]["verb"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            body["status"] = json!({"allowed": verb != "delete" && verb != "patch"});
-            (http::StatusCode::CREATED, axum::Json(body))
-        }),
-    );
-    sb.add_routes(routes);
-    let p = plan_of(&sb).await;
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    // A user RBAC lets read and create everything, but never delete or patch.
+    objs.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "no-delete-no-patch"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"],
+                   "verbs": ["get", "list", "watch", "create", "update"]}]}));
+    objs.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "no-delete-no-patch"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "no-delete-no-patch"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}));
+    let sb = sandbox(objs);
+    let server = sb
+        .serve("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("serve: {e}"));
+    let mut cfg = kube::Config::new(server.url().parse().unwrap_or_else(|e| panic!("url: {e}")));
+    cfg.auth_info.impersonate = Some("alice".into());
+    let alice = kube::Client::try_from(cfg).unwrap_or_else(|e| panic!("client: {e}"));
+    let p = plan_as(&alice).await;
     let f = p
         .blockers
         .iter()
