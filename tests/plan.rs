@@ -312,15 +312,19 @@ async fn a_cluster_without_calico_has_nothing_to_migrate() {
 async fn missing_rbac_lists_the_verbs() {
     let mut objs = objects(ChartGeneration::V0_3_10);
     // A user RBAC lets read and create everything, but never delete or patch.
-    objs.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+    objs.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "no-delete-no-patch"},
         "rules": [{"apiGroups": ["*"], "resources": ["*"],
-                   "verbs": ["get", "list", "watch", "create", "update"]}]}));
-    objs.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "verbs": ["get", "list", "watch", "create", "update"]}]}),
+    );
+    objs.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "no-delete-no-patch"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                     "name": "no-delete-no-patch"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}));
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}),
+    );
     let sb = sandbox(objs);
     let server = sb
         .serve("127.0.0.1:0")

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::outcome::{Failure, compare};
+use super::outcome::{Failure, ResultClass, compare};
+use super::plan::Expected;
 use super::plan::probes_touching;
 use super::round::{CheckError, Prober};
 
@@ -24,6 +25,31 @@ pub struct NodeWatch {
     pub verified_at_end: bool,
     /// The failures of the last failing pass (empty when none failed).
     pub last_failures: Vec<Failure>,
+}
+
+impl NodeWatch {
+    /// The nodes the last failing pass blames and a few of its pairs, for messages.
+    pub fn failure_summary(&self, pairs: usize) -> String {
+        let mut nodes: Vec<&str> = self.last_failures.iter().map(|f| f.node.as_str()).collect();
+        nodes.sort();
+        nodes.dedup();
+        let shown: Vec<String> = self
+            .last_failures
+            .iter()
+            .take(pairs)
+            .map(|f| {
+                format!(
+                    "{} -> {}:{} expected {:?}, observed {:?}",
+                    f.from, f.to, f.port, f.expected, f.observed
+                )
+            })
+            .collect();
+        format!(
+            "failing on node(s) {}: {}",
+            nodes.join(", "),
+            shown.join("; ")
+        )
+    }
 }
 
 /// Probe `node` every `interval` until `done` resolves and a pass verifies, or `max`.
@@ -52,21 +78,30 @@ pub async fn watch_node(
         let now = Instant::now();
         out.passes += 1;
         let ok = report.passed && !probes.is_empty();
-        if ok {
+        // The node's own enforcement is verified when no failure is decided there: a
+        // pair failing on another node (a lapse elsewhere) is that node's window.
+        let own_ok = !probes.is_empty() && report.failures.iter().all(|f| f.node != node);
+        // A pair allowed that the policies block is a lapse: no reason to wait.
+        let lapse = report
+            .failures
+            .iter()
+            .any(|f| f.expected == Expected::Blocked && f.observed == ResultClass::Allowed);
+        if own_ok {
             out.longest_unverified_ms = out
                 .longest_unverified_ms
                 .max((now - last_verified).as_millis() as u64);
             last_verified = now;
-        } else {
+        }
+        if !ok {
             out.failed_passes += 1;
             out.last_failures = report.failures;
         }
         if !finished {
             finished = futures::poll!(done.as_mut()).is_ready();
         }
-        if (finished && ok) || now - start >= max {
+        if (finished && ok) || lapse || now - start >= max {
             out.verified_at_end = ok;
-            if !ok {
+            if !own_ok {
                 out.longest_unverified_ms = out
                     .longest_unverified_ms
                     .max((now - last_verified).as_millis() as u64);

@@ -14,6 +14,10 @@ pub const NODE_ANNOTATION: &str = "calico-migrate.io/node";
 /// The two probe namespaces.
 pub const NAMESPACE_A: &str = "calico-migrate-probe-a";
 pub const NAMESPACE_B: &str = "calico-migrate-probe-b";
+/// Whether `ns` is one of the probe namespaces (their objects are the tool's own).
+pub fn is_probe_namespace(ns: &str) -> bool {
+    ns == NAMESPACE_A || ns == NAMESPACE_B
+}
 /// The port the server pods listen on (TCP).
 pub const SERVER_PORT: u16 = 8080;
 /// The upstream e2e image; its `connect` and `netexec` subcommands are what probes use.

@@ -8,6 +8,7 @@ pub mod permissions;
 pub mod plan;
 pub mod profile;
 pub mod render;
+pub mod rollout;
 pub mod rules;
 pub mod session;
 pub mod steps;

@@ -40,7 +40,9 @@ pub struct FaultReport {
 pub struct NodeWindow {
     pub swaps: u32,
     pub longest_unverified_ms: u64,
-    pub verified: bool,
+    /// A probe pass failed on this node's enforcement at the end of a watch (its own
+    /// swap, or another node's whose probes it decided).
+    pub failed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,11 +107,20 @@ impl Report {
                     w.swaps += 1;
                     w.longest_unverified_ms =
                         w.longest_unverified_ms.max(watch.longest_unverified_ms);
-                    w.verified = if w.swaps == 1 {
-                        watch.verified_at_end
-                    } else {
-                        w.verified && watch.verified_at_end
-                    };
+                    if !watch.verified_at_end {
+                        // Blame the nodes whose enforcement decided the failing pairs.
+                        let mut blamed: Vec<&str> = watch
+                            .last_failures
+                            .iter()
+                            .map(|f| f.node.as_str())
+                            .collect();
+                        if blamed.is_empty() {
+                            blamed.push(&watch.node);
+                        }
+                        for n in blamed {
+                            self.node_windows.entry(n.to_string()).or_default().failed = true;
+                        }
+                    }
                 }
                 Observation::Note { .. } => {}
             }
@@ -195,7 +206,7 @@ impl Report {
                     "  {node:<40} {:>6} ms over {} swap(s){}",
                     w.longest_unverified_ms,
                     w.swaps,
-                    if w.verified { "" } else { "  NOT VERIFIED" }
+                    if w.failed { "  FAILED A CHECK" } else { "" }
                 );
             }
         }

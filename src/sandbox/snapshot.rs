@@ -22,7 +22,7 @@ const VOLATILE: &[&str] = &[
 
 /// Namespaces left out: the probe workload and the sandbox's own control objects.
 fn ignored_namespace(ns: &str) -> bool {
-    ns.starts_with("calico-migrate-probe") || ns == "sandbox-system"
+    crate::checks::workload::is_probe_namespace(ns) || ns == "sandbox-system"
 }
 
 /// Every stored object except volatile ones, keyed `resource.group namespace/name`,

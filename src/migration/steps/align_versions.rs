@@ -61,10 +61,11 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::baseline::{KUBE_SYSTEM, forget_capture, keep_capture, stored_capture};
-use super::fargate_affinity::{calico_node_ref, follow_rollout, rollout_unfinished};
+use super::fargate_affinity::calico_node_ref;
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::facts::{CALICO_GROUP, name_of, str_at};
+use crate::migration::rollout::{follow_rollout, rollout_unfinished};
 use crate::migration::world::{Cluster, Observation};
 
 /// Calico component images this step re-tags (quay.io/calico/<name>, calico/<name>).
@@ -306,7 +307,7 @@ impl Step<Cluster> for AlignVersions {
                 tracing::info!("{ID}: upgrading kube-system calico-node to {tag}, node by node");
                 world.objects.merge(&calico_node_ref(), &p).await?;
             }
-            follow_rollout(world, ID).await?;
+            follow_rollout(world, ID, &calico_node_ref()).await?;
             world.check_round(ID, "after align-versions").await?;
             Ok(())
         })
@@ -337,7 +338,7 @@ impl Step<Cluster> for AlignVersions {
                     "kube-system calico-typha: {why}"
                 )));
             }
-            if let Some(why) = rollout_unfinished(world).await? {
+            if let Some(why) = rollout_unfinished(world, &calico_node_ref()).await? {
                 return Ok(Verification::failed(why));
             }
             Ok(Verification::passed(format!(
@@ -355,7 +356,7 @@ impl Step<Cluster> for AlignVersions {
             {
                 tracing::info!("{ID}: restoring the kube-system calico-node images, node by node");
                 world.objects.merge(&calico_node_ref(), &p).await?;
-                follow_rollout(world, ID).await?;
+                follow_rollout(world, ID, &calico_node_ref()).await?;
             }
             if let Some(before) = saved.get("typha").filter(|v| !v.is_null())
                 && let Some(live) = world.objects.get(&typha_ref()).await?

@@ -287,12 +287,20 @@ pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
     }))
 }
 
-/// Every policy object of the kinds the migration must never lose, stripped.
+/// Every policy object of the kinds the migration must never lose, stripped; the
+/// probe workload's own policies are not the cluster's.
 pub async fn live_policies(world: &Cluster) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     for (api, kind) in POLICY_KINDS {
         let list = world.objects.list(api, kind, None, None).await?;
-        out.extend(list.iter().map(strip_server_fields));
+        out.extend(
+            list.iter()
+                .filter(|o| {
+                    !facts::str_at(o, "/metadata/namespace")
+                        .is_some_and(crate::checks::workload::is_probe_namespace)
+                })
+                .map(strip_server_fields),
+        );
     }
     Ok(out)
 }

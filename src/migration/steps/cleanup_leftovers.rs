@@ -43,7 +43,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use super::install_operator::{tigera_status_ref, wait_until};
-use super::takeover::{KUBE_SYSTEM, check_round, condition};
+use super::takeover::{KUBE_SYSTEM, condition};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::world::Cluster;
@@ -199,7 +199,9 @@ impl Step<Cluster> for CleanupLeftovers {
                 },
             )
             .await?;
-            check_round(world, ID, "after removing the chart's leftovers").await?;
+            world
+                .check_round(ID, "after removing the chart's leftovers")
+                .await?;
             Ok(())
         })
     }

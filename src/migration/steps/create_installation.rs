@@ -9,8 +9,8 @@ use super::install_operator::{
     tigera_status_ref, wait_until,
 };
 use super::takeover::{
-    CALICO_SYSTEM, MIGRATED, PreOperator, calico_system_node, check_round, degraded,
-    kube_system_node, list_nodes, return_to_kube_system, rolled_out,
+    CALICO_SYSTEM, MIGRATED, PreOperator, calico_system_node, degraded, kube_system_node,
+    list_nodes, return_to_kube_system, rolled_out,
 };
 use super::{Checks, StepContext, StepPlan, change, lines};
 use crate::cluster::objects::ObjRef;
@@ -257,7 +257,9 @@ impl Step<Cluster> for CreateInstallation {
             // From here the operator would move nodes on its own: takeover runs it
             // node by node, with checks in between.
             freeze_operator(world).await?;
-            check_round(world, ID, "after the operator's nodeSelector change").await?;
+            world
+                .check_round(ID, "after the operator's nodeSelector change")
+                .await?;
             Ok(())
         })
     }

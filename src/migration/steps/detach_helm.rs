@@ -143,7 +143,12 @@ impl Step<Cluster> for DetachHelm {
                 }
             }
             if template_changed {
-                super::fargate_affinity::follow_rollout(world, ID).await?;
+                crate::migration::rollout::follow_rollout(
+                    world,
+                    ID,
+                    &super::fargate_affinity::calico_node_ref(),
+                )
+                .await?;
             }
             Ok(())
         })
@@ -250,7 +255,12 @@ impl Step<Cluster> for DetachHelm {
                 }
             }
             if template_changed {
-                super::fargate_affinity::follow_rollout(world, ID).await?;
+                crate::migration::rollout::follow_rollout(
+                    world,
+                    ID,
+                    &super::fargate_affinity::calico_node_ref(),
+                )
+                .await?;
             }
             forget_capture(world, ID)
         })

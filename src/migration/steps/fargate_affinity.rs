@@ -56,21 +56,17 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
 // the DaemonSet changes: a node the new selector does not match would lose its
 // calico-node at once.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
-
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::baseline::{
-    KUBE_SYSTEM, MIGRATION_LABEL, forget_capture, keep_capture, pod_ready, stored_capture,
-    worker_nodes,
+    KUBE_SYSTEM, MIGRATION_LABEL, forget_capture, keep_capture, stored_capture, worker_nodes,
 };
-use crate::checks::watch_node;
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::facts::{name_of, str_at};
-use crate::migration::world::{Cluster, Observation};
+use crate::migration::facts::name_of;
+use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::world::Cluster;
 
 /// The value nodes get (the operator's `nodeSelectorValuePre`).
 pub const PRE_OPERATOR: &str = "pre-operator";
@@ -205,7 +201,7 @@ impl Step<Cluster> for FargateAffinity {
             }
             // A node that joined between the labels and the patch would lose its agent.
             label_nodes(world).await?;
-            follow_rollout(world, ID).await?;
+            follow_rollout(world, ID, &calico_node_ref()).await?;
             world.check_round(ID, "after fargate-affinity").await?;
             Ok(())
         })
@@ -239,7 +235,7 @@ impl Step<Cluster> for FargateAffinity {
                     unlabelled.join(", ")
                 )));
             }
-            if let Some(left) = rollout_unfinished(world).await? {
+            if let Some(left) = rollout_unfinished(world, &calico_node_ref()).await? {
                 return Ok(Verification::failed(left));
             }
             let missing = super::baseline::nodes_without_ready_agent(world).await?;
@@ -279,7 +275,7 @@ impl Step<Cluster> for FargateAffinity {
                         "nodeSelector": {MIGRATION_LABEL: want_sel},
                     }}}});
                     world.objects.merge(&calico_node_ref(), &patch).await?;
-                    follow_rollout(world, ID).await?;
+                    follow_rollout(world, ID, &calico_node_ref()).await?;
                 }
             }
             let labels = saved
@@ -328,228 +324,5 @@ impl Step<Cluster> for FargateAffinity {
             }
             Ok(out)
         })
-    }
-}
-
-/// What is left of the kube-system calico-node rollout (None: finished).
-pub async fn rollout_unfinished(world: &Cluster) -> anyhow::Result<Option<String>> {
-    let ds = calico_node(world).await?;
-    let state = RolloutState::read(world, &ds).await?;
-    let pending: Vec<&String> = state.pending().collect();
-    let observed = ds
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64);
-    if observed.is_some_and(|g| g < state.generation) {
-        return Ok(Some(
-            "the DaemonSet controller has not seen the latest kube-system calico-node yet".into(),
-        ));
-    }
-    if pending.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(format!(
-        "kube-system calico-node is not up to date and Ready on node(s) {}",
-        pending
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-}
-
-/// The DaemonSet's pods on one node.
-#[derive(Default)]
-struct NodePods {
-    /// An up-to-date pod exists (Ready or not).
-    current: bool,
-    /// An up-to-date pod is Ready: the node is done.
-    ready: bool,
-    /// An outdated pod exists that is not being deleted.
-    old_alive: bool,
-}
-
-impl NodePods {
-    /// The node's agent is being replaced right now.
-    fn swapping(&self) -> bool {
-        !self.ready && (self.current || !self.old_alive)
-    }
-}
-
-/// The DaemonSet's pods by node.
-struct RolloutState {
-    generation: i64,
-    nodes: BTreeMap<String, NodePods>,
-}
-
-impl RolloutState {
-    async fn read(world: &Cluster, ds: &Value) -> anyhow::Result<Self> {
-        let generation = ds
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let selector = ds
-            .pointer("/spec/selector/matchLabels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "app.kubernetes.io/name=calico-node".into());
-        let uid = str_at(ds, "/metadata/uid").unwrap_or_default();
-        let mut nodes: BTreeMap<String, NodePods> = BTreeMap::new();
-        for p in world
-            .objects
-            .list("v1", "Pod", Some(KUBE_SYSTEM), Some(&selector))
-            .await?
-        {
-            let owned = p
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|o| o.iter().any(|r| str_at(r, "/uid") == Some(uid)));
-            let Some(node) = str_at(&p, "/spec/nodeName").filter(|_| owned) else {
-                continue;
-            };
-            // The DaemonSet controller labels its pods with the template generation.
-            let current = str_at(&p, "/metadata/labels/pod-template-generation")
-                == Some(generation.to_string().as_str());
-            let deleting = p.pointer("/metadata/deletionTimestamp").is_some();
-            let e = nodes.entry(node.to_string()).or_default();
-            e.current |= current && !deleting;
-            e.ready |= current && pod_ready(&p);
-            e.old_alive |= !current && !deleting;
-        }
-        Ok(RolloutState { generation, nodes })
-    }
-
-    /// Nodes with a pod that is not (yet) an up-to-date Ready one.
-    fn pending(&self) -> impl Iterator<Item = &String> {
-        self.nodes.iter().filter(|(_, p)| !p.ready).map(|(n, _)| n)
-    }
-
-    fn swapping(&self, node: &str) -> bool {
-        self.nodes.get(node).is_some_and(NodePods::swapping)
-    }
-}
-
-/// Resolves once `node` runs an up-to-date Ready kube-system calico-node.
-async fn updated_on(world: &Cluster, node: &str) {
-    loop {
-        match calico_node(world).await {
-            Ok(ds) => match RolloutState::read(world, &ds).await {
-                Ok(s) if s.nodes.get(node).is_some_and(|p| p.ready) => return,
-                Ok(_) => {}
-                Err(e) => tracing::warn!("reading calico-node pods on {node}: {e:#}; trying again"),
-            },
-            Err(e) => tracing::warn!("{e:#}; trying again"),
-        }
-        tokio::time::sleep(world.options.poll).await;
-    }
-}
-
-/// Follow the kube-system calico-node rolling update node by node: probe each
-/// node continuously while its agent is replaced (`checks::watch_node`), record the
-/// swap, and stop at the first node whose enforcement is not verified or whose
-/// agent does not come back within `node_ready_timeout`, naming it. Nodes the
-/// controller replaced while another was watched are probed right after.
-pub async fn follow_rollout(world: &Cluster, step: &str) -> anyhow::Result<()> {
-    let prober = world.prober().await?;
-    let mut watched: BTreeSet<String> = BTreeSet::new();
-    let mut to_check: BTreeSet<String> = BTreeSet::new();
-    let mut last_progress = Instant::now();
-    loop {
-        let ds = calico_node(world).await?;
-        let state = RolloutState::read(world, &ds).await?;
-        let mut pending: Vec<String> = state.pending().cloned().collect();
-        // A node seen before with no pod now: its old pod is gone, the new one not created yet.
-        let podless: Vec<String> = to_check
-            .iter()
-            .filter(|n| !state.nodes.contains_key(*n))
-            .cloned()
-            .collect();
-        pending.extend(podless.iter().cloned());
-        to_check.extend(pending.iter().cloned());
-        // A node swapping now first (its old pod gone or going, its new one not Ready),
-        // then nodes the controller finished while another was watched; nodes still
-        // waiting for the controller are watched once their swap starts.
-        let next = pending
-            .iter()
-            .find(|n| !watched.contains(*n) && (state.swapping(n) || podless.contains(n)))
-            .cloned()
-            .or_else(|| {
-                to_check
-                    .iter()
-                    .find(|n| !watched.contains(*n) && !pending.contains(n))
-                    .cloned()
-            });
-        let observed = ds
-            .pointer("/status/observedGeneration")
-            .and_then(Value::as_i64)
-            .unwrap_or(state.generation);
-        match next {
-            Some(node) => {
-                tracing::info!("{step}: probing node {node} while its calico-node is replaced");
-                let watch = watch_node(
-                    &prober,
-                    &node,
-                    updated_on(world, &node),
-                    world.options.poll,
-                    world.options.node_ready_timeout,
-                )
-                .await
-                .with_context(|| format!("probing node {node} during its calico-node swap"))?;
-                world.observe(Observation::NodeSwap {
-                    step: step.to_string(),
-                    watch: watch.clone(),
-                });
-                if !watch.verified_at_end {
-                    let why = watch
-                        .last_failures
-                        .iter()
-                        .take(3)
-                        .map(|f| format!("{} -> {}:{} {:?}", f.from, f.to, f.port, f.class))
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    bail!(
-                        "{step}: node {node}: enforcement was not verified after its calico-node was replaced \
-                         (within {:?}; {why}); the rollout is stopped here: inspect the node, then \
-                         `calico-migrate apply --resume` or `calico-migrate rollback`",
-                        world.options.node_ready_timeout
-                    );
-                }
-                let max = world.options.max_swap.as_millis() as u64;
-                if watch.longest_unverified_ms > max {
-                    bail!(
-                        "{step}: node {node} went {} ms without verified enforcement during its swap \
-                         (limit {max} ms); inspect it, then `calico-migrate apply --resume` or `calico-migrate rollback`",
-                        watch.longest_unverified_ms
-                    );
-                }
-                tracing::info!(
-                    "{step}: node {node} verified ({} passes, longest unverified {} ms)",
-                    watch.passes,
-                    watch.longest_unverified_ms
-                );
-                watched.insert(node);
-                last_progress = Instant::now();
-            }
-            None if pending.is_empty() && observed >= state.generation => return Ok(()),
-            None => {
-                if last_progress.elapsed() > world.options.node_ready_timeout {
-                    bail!(
-                        "{step}: the kube-system calico-node rollout made no progress for {:?} (waiting on: {})",
-                        world.options.node_ready_timeout,
-                        if pending.is_empty() {
-                            "the DaemonSet controller".to_string()
-                        } else {
-                            pending.join(", ")
-                        }
-                    );
-                }
-                tokio::time::sleep(world.options.poll.min(Duration::from_secs(2))).await;
-            }
-        }
     }
 }

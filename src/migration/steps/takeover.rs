@@ -27,6 +27,7 @@ use crate::checks::{self, NodeWatch};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::facts::FARGATE_LABEL;
+use crate::migration::rollout::{follow_rollout, rollout_unfinished};
 use crate::migration::rules::MIGRATION_LABEL;
 use crate::migration::world::{Cluster, Observation};
 
@@ -360,37 +361,6 @@ async fn progressing_message(world: &Cluster) -> String {
     }
 }
 
-/// `world.prober()` from a step's (Send) future. The future of `Prober::setup`
-/// cannot be proven Send today (a closure over borrowed probe pods in
-/// src/checks/round.rs, the higher-ranked lifetime limitation of rust-lang/rust
-/// issue 110338), so it runs to completion on this worker thread instead of being
-/// held across an await. Needs the multi-thread runtime the CLI builds.
-pub(crate) async fn prober(world: &Cluster) -> anyhow::Result<Arc<crate::checks::Prober>> {
-    on_this_thread(|| world.prober())
-}
-
-/// `world.check_round` from a step's future (see [`prober`]).
-pub(crate) async fn check_round(
-    world: &Cluster,
-    step: &str,
-    label: &str,
-) -> anyhow::Result<crate::checks::RoundReport> {
-    on_this_thread(|| world.check_round(step, label))
-}
-
-fn on_this_thread<T, F, Fut>(f: F) -> anyhow::Result<T>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let handle = Handle::try_current().map_err(|_| anyhow!("the probes need a Tokio runtime"))?;
-    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
-        bail!("the probes need Tokio's multi-thread runtime");
-    }
-    tokio::task::block_in_place(|| handle.block_on(f()))
-}
-
 /// Probe `node` through its agent swap until the calico-node in `namespace` there is
 /// Ready and a pass verifies (bounded by `node_ready_timeout`); records the swap.
 /// Returns what went wrong, if anything.
@@ -400,7 +370,7 @@ async fn watch_swap(
     node: &str,
     namespace: &str,
 ) -> anyhow::Result<Option<String>> {
-    let prober = prober(world).await?;
+    let prober = world.prober().await?;
     let ready = Arc::new(AtomicBool::new(false));
     let flag = ready.clone();
     let client = world.client().clone();
@@ -439,27 +409,7 @@ async fn watch_swap(
 
 fn swap_problem(world: &Cluster, w: &NodeWatch, ready: bool, namespace: &str) -> Option<String> {
     let limit = world.options.max_swap;
-    let failures = || {
-        let mut nodes: Vec<&str> = w.last_failures.iter().map(|f| f.node.as_str()).collect();
-        nodes.sort();
-        nodes.dedup();
-        let pairs: Vec<String> = w
-            .last_failures
-            .iter()
-            .take(5)
-            .map(|f| {
-                format!(
-                    "{} -> {}:{} expected {:?}, observed {:?}",
-                    f.from, f.to, f.port, f.expected, f.observed
-                )
-            })
-            .collect();
-        format!(
-            "failing on node(s) {}: {}",
-            nodes.join(", "),
-            pairs.join("; ")
-        )
-    };
+    let failures = || w.failure_summary(5);
     if !ready {
         return Some(format!(
             "its calico-node in {namespace} was not Ready within {} s",
@@ -503,7 +453,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
     }
     // The probe pods exist before any node moves (created while every node has a
     // Ready agent: a pod created during a swap would fail closed).
-    prober(world).await?;
+    world.prober().await?;
     // After a crash: nodes already on a Ready calico-system agent get one round.
     let mut checked: BTreeSet<String> = BTreeSet::new();
     {
@@ -517,12 +467,9 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             .map(|n| n.name.clone())
             .collect();
         if !done.is_empty() {
-            check_round(
-                world,
-                ID,
-                &format!("nodes already migrated ({})", done.join(", ")),
-            )
-            .await?;
+            world
+                .check_round(ID, &format!("nodes already migrated ({})", done.join(", ")))
+                .await?;
             checked.extend(done);
         }
     }
@@ -559,7 +506,8 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             if let Some(problem) = watch_swap(world, ID, &node, CALICO_SYSTEM).await? {
                 bail!("node {node}: {problem}");
             }
-            check_round(world, ID, &format!("after node {node}"))
+            world
+                .check_round(ID, &format!("after node {node}"))
                 .await
                 .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
             checked.insert(node);
@@ -571,11 +519,32 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 "every node ({}) runs the calico-system calico-node, checked",
                 nodes.len()
             );
-            // The operator finishes on its own: it removes the kube-system install
-            // and the node labels (verify-completion waits for that).
+            // The operator finishes on its own: it removes the kube-system install,
+            // then renders calico-system calico-node without the migration
+            // nodeSelector (one more rolling restart of every node's agent, followed
+            // like any other), then removes the node labels (verify-completion).
             if !running {
                 run_operator(world, 1).await?;
             }
+            wait_until(
+                world,
+                "the operator to drop the migration nodeSelector of calico-system calico-node",
+                world.options.node_ready_timeout,
+                || async {
+                    if let Some(d) = degraded(world).await? {
+                        bail!("the operator reports a problem: {d}");
+                    }
+                    Ok(match world.objects.get(&calico_system_node()).await? {
+                        Some(ds) if selects(&ds, MIGRATED) => {
+                            Some(progressing_message(world).await)
+                        }
+                        Some(_) => None,
+                        None => Some("no calico-system calico-node".into()),
+                    })
+                },
+            )
+            .await?;
+            follow_rollout(world, ID, &calico_system_node()).await?;
             return Ok(());
         }
         if !running {
@@ -794,7 +763,8 @@ async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyh
         if let Some(problem) = watch_swap(world, step, &node, KUBE_SYSTEM).await? {
             bail!("moving node {node} back: {problem}");
         }
-        check_round(world, step, &format!("after moving node {node} back"))
+        world
+            .check_round(step, &format!("after moving node {node} back"))
             .await
             .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
     }
@@ -856,7 +826,9 @@ async fn restore_kube_system(world: &Cluster, step: &str, pre: &PreOperator) -> 
             set_node_label(world, &n.name, want.as_deref()).await?;
         }
     }
-    check_round(world, step, "after returning every node to kube-system").await?;
+    world
+        .check_round(step, "after returning every node to kube-system")
+        .await?;
     Ok(())
 }
 
@@ -868,7 +840,7 @@ pub(crate) async fn return_to_kube_system(
     pre: &PreOperator,
 ) -> anyhow::Result<()> {
     freeze_operator(world).await?;
-    prober(world).await?;
+    world.prober().await?;
     restore_migration_selector(world).await?;
     move_nodes_back(world, step, pre)
         .await
@@ -920,6 +892,19 @@ impl Step<Cluster> for Takeover {
     fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let (total, missing) = not_taken_over(world).await?;
+            if missing.is_empty() {
+                match world.objects.get(&calico_system_node()).await? {
+                    Some(ds) if selects(&ds, MIGRATED) => {
+                        return Ok(Verification::failed(
+                            "calico-system calico-node still selects the migration label: the operator has not finished",
+                        ));
+                    }
+                    _ => {}
+                }
+                if let Some(left) = rollout_unfinished(world, &calico_system_node()).await? {
+                    return Ok(Verification::failed(left));
+                }
+            }
             Ok(if missing.is_empty() {
                 Verification::passed(format!(
                     "{total} node(s) run a Ready calico-system calico-node"

@@ -39,8 +39,7 @@ use serde_json::Value;
 use super::baseline::{self, BaselinePolicies};
 use super::install_operator::{int_at, tigera_status_ref, wait_until};
 use super::takeover::{
-    CALICO_SYSTEM, agents_ready, check_round, condition, kube_system_node, kube_system_typha,
-    list_nodes,
+    CALICO_SYSTEM, agents_ready, condition, kube_system_node, kube_system_typha, list_nodes,
 };
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::world::Cluster;
@@ -180,7 +179,7 @@ impl Step<Cluster> for VerifyCompletion {
                     added.join(", ")
                 );
             }
-            let round = check_round(world, ID, "after the operator finished").await?;
+            let round = world.check_round(ID, "after the operator finished").await?;
             let record = Record {
                 probes: round.probes,
                 nodes: round.nodes,
