@@ -243,17 +243,95 @@ async fn probe_workload_is_removed_after_a_crash_and_resume() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn continuous_probing_records_the_window_of_a_lapse() -> Result<()> {
+async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() -> Result<()> {
+    use calico_migrate::sandbox::{PatchKind, WriteOptions};
     let e = env(3).await?;
     let node = e.nodes[1].clone();
     let prober = Prober::setup(&e.client, &opts()).await?;
+
+    // A lapse (a pair the policies block gets through): the watch ends at once,
+    // unverified, blaming the lapsed node, without waiting for `done` or `max`.
     let mut f = DataPlaneFaults::default();
     f.lapse.insert(node.clone());
     e.dp.set_faults(&f).await?;
-    let dp = e.dp.clone();
+    let started = std::time::Instant::now();
+    let w = checks::watch_node(
+        &prober,
+        &node,
+        std::future::pending::<()>(),
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(!w.verified_at_end, "{w:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{w:?}");
+    assert!(!w.last_failures.is_empty());
+    assert!(
+        w.last_failures.iter().all(|f| f.node == node
+            && f.expected == Expected::Blocked
+            && matches!(f.observed, ResultClass::Allowed | ResultClass::Refused)),
+        "{:#?}",
+        w.last_failures
+    );
+    e.dp.set_faults(&DataPlaneFaults::default()).await?;
+
+    // Stale rules: the node's agent goes (its rules stay, frozen), a policy then
+    // opens probe-b -> probe-a; the frozen node still drops that traffic (not a
+    // lapse: connectivity) until its agent is back. The window covers that time.
+    let ds = Gvr::new("apps", "v1", "daemonsets");
+    let away = json!({"spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+            "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [node]}]}]}}}}}}});
+    e.sb.store().patch(
+        &ds,
+        "kube-system",
+        "calico-node",
+        PatchKind::Merge,
+        away.to_string().as_bytes(),
+        "",
+        &WriteOptions::default(),
+    )?;
+    let frozen = async {
+        for _ in 0..200 {
+            if e.dp
+                .nodes()
+                .await
+                .iter()
+                .any(|n| n.node == node && n.enforcer == "frozen")
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(frozen.await, "the node's agent went away");
+    e.sb.load(vec![
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "from-probe-b", "namespace": "calico-migrate-probe-a"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels":
+            {"kubernetes.io/metadata.name": "calico-migrate-probe-b"}}}]}]}}),
+    ])?;
+    let (sb, client, back_node) = (e.sb.clone(), e.client.clone(), node.clone());
     let heal = async move {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let _ = dp.set_faults(&DataPlaneFaults::default()).await;
+        let back = json!({"spec": {"template": {"spec": {"affinity": null}}}});
+        let _ = sb.store().patch(
+            &ds,
+            "kube-system",
+            "calico-node",
+            PatchKind::Merge,
+            back.to_string().as_bytes(),
+            "",
+            &WriteOptions::default(),
+        );
+        checks::agent_ready(
+            &client,
+            "kube-system",
+            &back_node,
+            Duration::from_millis(50),
+        )
+        .await;
     };
     let w = checks::watch_node(
         &prober,
@@ -263,10 +341,15 @@ async fn continuous_probing_records_the_window_of_a_lapse() -> Result<()> {
         Duration::from_secs(30),
     )
     .await?;
-    assert!(w.verified_at_end);
-    assert!(w.failed_passes >= 1);
+    assert!(w.verified_at_end, "{w:?}");
+    assert!(w.failed_passes >= 1, "{w:?}");
     assert!(w.longest_unverified_ms >= 800, "{w:?}");
-    assert!(w.last_failures.iter().all(|f| f.node == node));
+    assert!(
+        w.last_failures.iter().all(|f| f.node == node
+            && f.expected == Expected::Allowed
+            && f.observed == ResultClass::Blocked),
+        "{w:?}"
+    );
     // The seeded chart's agent is Ready on every node: `agent_ready` resolves at once,
     // and a pass with enforcement in place ends the watch.
     let ready = checks::agent_ready(&e.client, "kube-system", &node, Duration::from_millis(50));

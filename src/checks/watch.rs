@@ -81,11 +81,12 @@ pub async fn watch_node(
         // The node's own enforcement is verified when no failure is decided there: a
         // pair failing on another node (a lapse elsewhere) is that node's window.
         let own_ok = !probes.is_empty() && report.failures.iter().all(|f| f.node != node);
-        // A pair allowed that the policies block is a lapse: no reason to wait.
-        let lapse = report
-            .failures
-            .iter()
-            .any(|f| f.expected == Expected::Blocked && f.observed == ResultClass::Allowed);
+        // A pair the policies block that reached its destination (connected, or
+        // refused by it) is a lapse: no reason to wait.
+        let lapse = report.failures.iter().any(|f| {
+            f.expected == Expected::Blocked
+                && matches!(f.observed, ResultClass::Allowed | ResultClass::Refused)
+        });
         if own_ok {
             out.longest_unverified_ms = out
                 .longest_unverified_ms
