@@ -168,6 +168,7 @@ pub struct RehearseArgs {
     pub seed: u64,
     /// Fault injected once the baseline is taken (repeatable): lapse:NODE,
     /// agent-not-ready:NODE, operator-stall:NODE, typha-stuck, node-join:N, api-errors:RATE, ...
+    /// NODE may be `@N`, the N-th node in name order (`lapse:@2`).
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<String>,
     /// Simulated seconds per real second.

@@ -94,19 +94,64 @@ struct Stage {
     controllers: controllers::ControllersHandle,
 }
 
-async fn stage(opts: &RehearseOptions) -> anyhow::Result<Stage> {
-    let sb = Sandbox::new(SandboxOptions {
-        seed: opts.seed,
-        ..SandboxOptions::default()
-    });
-    let objects = scenario::build(&ScenarioConfig {
+/// The seed objects of the rehearsal's sandbox.
+fn scenario_objects(opts: &RehearseOptions) -> anyhow::Result<Vec<Value>> {
+    scenario::build(&ScenarioConfig {
         nodes: opts.nodes,
         namespaces: opts.namespaces,
         pods_per_namespace: 1,
         seed: opts.seed,
         ..ScenarioConfig::default()
     })
-    .context("building the sandbox scenario")?;
+    .context("building the sandbox scenario")
+}
+
+/// Node names in name order (what `@N` in a fault spec counts).
+fn node_names(objects: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Node")
+        .filter_map(|o| o.pointer("/metadata/name")?.as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `KNOB:@N` names the N-th node (1-based, in name order): node names of a sandbox
+/// are not known before it is built.
+fn resolve_node_refs(specs: &[String], nodes: &[String]) -> anyhow::Result<Vec<String>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let Some((knob, value)) = spec.split_once(':') else {
+                return Ok(spec.clone());
+            };
+            let Some(n) = value.strip_prefix('@') else {
+                return Ok(spec.clone());
+            };
+            let i: usize = n.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--fault {spec}: `@{n}` must be a node number, 1 to {}",
+                    nodes.len()
+                )
+            })?;
+            let node = i.checked_sub(1).and_then(|i| nodes.get(i)).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--fault {spec}: the sandbox has {} node(s); use @1 to @{}",
+                    nodes.len(),
+                    nodes.len()
+                )
+            })?;
+            Ok(format!("{knob}:{node}"))
+        })
+        .collect()
+}
+
+async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<Stage> {
+    let sb = Sandbox::new(SandboxOptions {
+        seed: opts.seed,
+        ..SandboxOptions::default()
+    });
     sb.load(objects).context("seeding the sandbox")?;
     if !opts.extra_objects.is_empty() {
         sb.load(opts.extra_objects.clone())
@@ -312,7 +357,8 @@ pub async fn rehearse(
     opts: &RehearseOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Report> {
-    let faults = parse_faults(&opts.faults)?;
+    let objects = scenario_objects(opts)?;
+    let faults = parse_faults(&resolve_node_refs(&opts.faults, &node_names(&objects))?)?;
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -320,7 +366,7 @@ pub async fn rehearse(
     let tmp = tempfile::tempdir().context("creating a state dir for the rehearsal")?;
     let state = tmp.path().join("state");
     progress(&format!("starting a {}-node sandbox", opts.nodes));
-    let stage = stage(opts).await?;
+    let stage = stage(opts, objects).await?;
     let baseline = snapshot::snapshot(&stage.sb)?;
     let mut report = Report::new(opts.nodes, opts.seed, faults.specs.clone());
 
