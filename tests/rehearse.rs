@@ -76,11 +76,7 @@ fn a_clean_rehearsal_passes_with_no_fault_and_no_divergence() {
     let r = report(&rehearse(&["--nodes", "3", "-o", "json"]));
     assert_whole_job(&r, 3);
     assert_eq!(r["faults"].as_array().map(Vec::len), Some(0), "{r:#}");
-    assert_eq!(
-        r["monitor"].as_array().map(Vec::len),
-        Some(0),
-        "{r:#}"
-    );
+    assert_eq!(r["monitor"].as_array().map(Vec::len), Some(0), "{r:#}");
 }
 
 #[test]
@@ -104,9 +100,7 @@ fn a_lapse_is_caught_naming_its_node_and_the_run_resumes_once_cleared() {
     );
     // The lapse shows in the monitor, on that node, marked as injected; the text
     // report says which node failed a check.
-    let ivs = r["monitor"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"));
+    let ivs = r["monitor"].as_array().unwrap_or_else(|| panic!("{r}"));
     assert!(
         ivs.iter()
             .any(|iv| iv["node"] == node.as_str() && iv["reason"] == "Lapse"),
@@ -146,4 +140,81 @@ fn bad_fault_specs_are_refused_before_anything_runs() {
         assert!(text(&o).contains(says), "{spec}: {}", text(&o));
         assert!(!text(&o).contains("panicked"), "{}", text(&o));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_cluster_rehearses_with_the_clusters_nodes_and_policies_and_reads_only() {
+    use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
+    use calico_migrate::sandbox::{Sandbox, SandboxOptions, snapshot};
+    // "The live cluster": a sandbox of its own, with a tenant namespace and policy.
+    let live = Sandbox::new(SandboxOptions::default());
+    let mut objects = scenario::build(&ScenarioConfig {
+        nodes: 3,
+        namespaces: 2,
+        seed: 7,
+        ..ScenarioConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    objects.push(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "tenant-x", "labels": {"tenant": "x"}}}));
+    objects.push(
+        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-all", "namespace": "tenant-x"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}),
+    );
+    live.load(objects).unwrap_or_else(|e| panic!("{e:?}"));
+    let before = snapshot::snapshot(&live).unwrap_or_else(|e| panic!("{e:?}"));
+    let server = live
+        .serve("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kc = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig(&kc)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kc_arg = kc.to_string_lossy().to_string();
+    let o = tokio::task::spawn_blocking(move || {
+        rehearse(&["--from-cluster", "--kubeconfig", &kc_arg, "-o", "json"])
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = report(&o);
+    assert_whole_job(&r, 3);
+    assert_eq!(r["nodes"], 3, "{r:#}");
+    // The live scenario's two namespaces' policies (2 or 3 each), its GNP, and
+    // tenant-x/deny-all.
+    let copied = r["copied_from_cluster"].as_str().unwrap_or_default();
+    assert!(copied.starts_with("3 node(s)"), "{copied}");
+    let policies: usize = copied
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" policy object(s)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(policies >= 6, "{copied}");
+    let windows = r["node_windows"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{r}"));
+    let live_nodes: Vec<String> = before
+        .keys()
+        .filter_map(|k| k.strip_prefix("nodes. /"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        windows.keys().cloned().collect::<Vec<_>>(),
+        live_nodes,
+        "{r:#}"
+    );
+    let after = snapshot::snapshot(&live).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(snapshot::differences(&before, &after), Vec::<String>::new());
+    server.shutdown().await;
+}
+
+#[test]
+fn from_cluster_without_a_reachable_cluster_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kc = dir.path().join("missing");
+    let o = rehearse(&["--from-cluster", "--kubeconfig", &kc.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("missing"), "{}", text(&o));
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::output::print_json;
-use super::{ApplyArgs, GlobalOpts, OutputFormat, RollbackArgs};
+use super::{ApplyArgs, EXIT_BLOCKED, GlobalOpts, OutputFormat, RollbackArgs};
 use crate::cluster::lease::{self, Holder};
 use crate::cluster::objects::Objects;
 use crate::cluster::{connect, inventory};
@@ -32,8 +32,6 @@ use crate::migration::world::{ApplyOptions, Cluster, Observation};
 
 /// Exit code of a run that stopped (failed check or step, or a gate): resumable.
 pub const EXIT_STOPPED: u8 = 1;
-/// Exit code when the plan still has blockers no step fixes.
-pub const EXIT_BLOCKED: u8 = 3;
 
 async fn cluster_uid(client: &kube::Client) -> anyhow::Result<String> {
     let api: kube::Api<Namespace> = kube::Api::all(client.clone());

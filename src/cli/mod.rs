@@ -24,6 +24,8 @@ pub use output::OutputFormat;
 
 /// Exit code for errors the user can act on (bad input, refused state dir, ...).
 pub const EXIT_ERROR: u8 = 2;
+/// Exit code of `plan` and `apply` when the plan has blockers no step fixes.
+pub const EXIT_BLOCKED: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,22 +96,56 @@ pub struct GlobalOpts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read the cluster, predict what would block the migration, and write the ordered steps.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate plan --context prod                    # text, for the change ticket\n  \
+        calico-migrate plan -o markdown > plan.md\n  \
+        calico-migrate plan --operator-manifest tigera-operator.yaml   # pin the reviewed file\n\n\
+        Exit codes: 0 ready to apply, 3 blockers no step fixes, 2 an error.")]
     Plan(plan_cmd::PlanArgs),
     /// Execute the plan's steps, checking enforcement between steps; --resume continues after a crash.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate apply --dry-run                        # what each step would change\n  \
+        calico-migrate apply --yes --pause-before takeover    # stop at a gate before the node swaps\n  \
+        calico-migrate apply --resume --yes                   # after a crash, a failed check or a gate\n\n\
+        Exit codes: 0 completed or paused at a gate, 1 stopped at a failed check, 2 an error,\n\
+        3 the plan has blockers no step fixes.\n\
+        A stop leaves the operator frozen; the message says which node and what to do.")]
     Apply(ApplyArgs),
     /// Undo completed steps in reverse order, even in the middle of the migration.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate rollback --yes                         # back to the baseline, step by step\n  \
+        calico-migrate rollback --to create-installation --yes  # undo down to this step only\n  \
+        calico-migrate history                                # which steps completed\n\n\
+        During or after the takeover, nodes move back to the kube-system calico-node one at a\n\
+        time with the operator frozen, each probed through its swap.")]
     Rollback(RollbackArgs),
     /// Show where the migration stands, from the journal.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate status\n  \
+        calico-migrate status --state-dir /var/lib/calico-migrate -o json")]
     Status,
     /// List every journaled transition, oldest first.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate history | tail\n  \
+        calico-migrate history -o json | jq '.[] | select(.kind == \"step_failed\")'")]
     History,
     /// Run one round of connectivity and policy probes on every node.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate check                                  # one round, exit 1 on a failure\n  \
+        calico-migrate check --baseline                       # store this round to compare later ones\n  \
+        calico-migrate check -o junit > check.xml             # for CI")]
     Check(check_cmd::CheckArgs),
     /// Compute expected reachability from policy files, compare policy sets, explain a verdict.
     Policy(policy_cmd::PolicyArgs),
     /// Run the embedded Kubernetes API server, seeded like an EKS cluster with aws-calico.
     Sandbox(sandbox_cmd::SandboxArgs),
     /// Run plan, apply, checks, rollback and a second apply against an embedded sandbox.
+    #[command(after_help = "Examples:\n  \
+        calico-migrate rehearse                               # 6 nodes, no fault\n  \
+        calico-migrate rehearse --nodes 20 --fault lapse:@3   # a lapse on the 3rd node\n  \
+        calico-migrate rehearse --fault operator-stall:@2 -o markdown > rehearsal.md\n  \
+        calico-migrate rehearse --from-cluster --context prod # your own nodes, namespaces and policies\n\n\
+        Exit codes: 0 the rehearsal passed, 1 it found a problem (the report says which), 2 an error.")]
     Rehearse(RehearseArgs),
     /// Print a shell completion script (bash, zsh, fish) on stdout.
     Completions(completions::CompletionsArgs),
@@ -174,6 +210,10 @@ pub struct RehearseArgs {
     /// Simulated seconds per real second.
     #[arg(long, default_value_t = 50.0, value_name = "FACTOR")]
     pub time_scale: f64,
+    /// Seed the sandbox with the live cluster's nodes, namespaces and every policy
+    /// object (read only; --kubeconfig/--context pick the cluster). Pods are not copied.
+    #[arg(long)]
+    pub from_cluster: bool,
 }
 
 /// Entry point of the binary.

@@ -7,14 +7,11 @@ use anyhow::Context;
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use super::{GlobalOpts, OutputFormat};
+use super::{EXIT_BLOCKED, GlobalOpts, OutputFormat};
 use crate::cluster::{access, connect, inventory};
 use crate::engine::RetryPolicy;
 use crate::migration::plan::{self, SavedPlan};
 use crate::migration::{permissions, profile::Profile, render};
-
-/// Exit code when the plan has blockers no step fixes (the plan is still printed and saved).
-pub const EXIT_BLOCKED: u8 = 3;
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
 #[derive(Debug, Args)]

@@ -4,22 +4,43 @@ use std::process::ExitCode;
 
 use super::output::print_json;
 use super::{GlobalOpts, OutputFormat, RehearseArgs};
-use crate::rehearse::{RehearseOptions, rehearse};
+use crate::cluster::connect::connect;
+use crate::cluster::objects::Objects;
+use crate::engine::RetryPolicy;
+use crate::rehearse::{RehearseOptions, from_cluster, rehearse};
 
 pub async fn run(args: &RehearseArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
+    let quiet = g.quiet || g.output == OutputFormat::Json;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("rehearse: {line}");
+        }
+    };
+    let cluster = if args.from_cluster {
+        let conn = connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
+        progress(&format!(
+            "reading nodes, namespaces and policies of context {} (read only)",
+            conn.context
+        ));
+        let objects = Objects::new(conn.client, RetryPolicy::default());
+        let copy = from_cluster::read(&objects).await?;
+        progress(&format!(
+            "{} node(s), {} namespace(s), {} policy object(s) copied",
+            copy.nodes.len(),
+            copy.namespaces.len(),
+            copy.policies.len()
+        ));
+        Some(copy)
+    } else {
+        None
+    };
     let opts = RehearseOptions {
         nodes: args.nodes as usize,
         namespaces: args.namespaces as usize,
         seed: args.seed,
         faults: args.faults.clone(),
         time_scale: args.time_scale,
-        ..RehearseOptions::default()
-    };
-    let quiet = g.quiet || g.output == OutputFormat::Json;
-    let progress = move |line: &str| {
-        if !quiet {
-            eprintln!("rehearse: {line}");
-        }
+        cluster,
     };
     let report = rehearse(&opts, &progress).await?;
     match g.output {

@@ -3,6 +3,7 @@
 //! a verification round, a rollback back to the baseline, and a second apply.
 //! Everything the report says is measured here; nothing is assumed.
 
+pub mod from_cluster;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -40,9 +41,9 @@ pub struct RehearseOptions {
     pub faults: Vec<String>,
     /// Simulated seconds per real second.
     pub time_scale: f64,
-    /// Objects read from a live cluster (nodes, namespaces, policies) seeded on top
-    /// of the scenario (`--from-cluster`).
-    pub extra_objects: Vec<Value>,
+    /// A live cluster's nodes, namespaces and policies in place of the generated
+    /// ones (`--from-cluster`); `nodes` and `namespaces` are then ignored.
+    pub cluster: Option<from_cluster::ClusterCopy>,
 }
 
 impl Default for RehearseOptions {
@@ -53,7 +54,7 @@ impl Default for RehearseOptions {
             seed: 1,
             faults: Vec::new(),
             time_scale: 50.0,
-            extra_objects: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -96,14 +97,22 @@ struct Stage {
 
 /// The seed objects of the rehearsal's sandbox.
 fn scenario_objects(opts: &RehearseOptions) -> anyhow::Result<Vec<Value>> {
-    scenario::build(&ScenarioConfig {
-        nodes: opts.nodes,
-        namespaces: opts.namespaces,
+    let (nodes, namespaces) = match &opts.cluster {
+        Some(c) => (c.nodes.len(), 0),
+        None => (opts.nodes, opts.namespaces),
+    };
+    let objects = scenario::build(&ScenarioConfig {
+        nodes,
+        namespaces,
         pods_per_namespace: 1,
         seed: opts.seed,
         ..ScenarioConfig::default()
     })
-    .context("building the sandbox scenario")
+    .context("building the sandbox scenario")?;
+    match &opts.cluster {
+        Some(c) => from_cluster::adopt(objects, c),
+        None => Ok(objects),
+    }
 }
 
 /// Node names in name order (what `@N` in a fault spec counts).
@@ -153,10 +162,6 @@ async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<St
         ..SandboxOptions::default()
     });
     sb.load(objects).context("seeding the sandbox")?;
-    if !opts.extra_objects.is_empty() {
-        sb.load(opts.extra_objects.clone())
-            .context("seeding the sandbox with the cluster's objects")?;
-    }
     let controllers = sb
         .start_controllers(ControllerOptions {
             time_scale: opts.time_scale,
@@ -357,18 +362,28 @@ pub async fn rehearse(
     opts: &RehearseOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Report> {
-    let objects = scenario_objects(opts)?;
-    let faults = parse_faults(&resolve_node_refs(&opts.faults, &node_names(&objects))?)?;
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    let objects = scenario_objects(opts)?;
+    let node_names = node_names(&objects);
+    let faults = parse_faults(&resolve_node_refs(&opts.faults, &node_names)?)?;
+    let nodes = node_names.len();
     let started = Instant::now();
     let tmp = tempfile::tempdir().context("creating a state dir for the rehearsal")?;
     let state = tmp.path().join("state");
-    progress(&format!("starting a {}-node sandbox", opts.nodes));
+    progress(&format!("starting a {nodes}-node sandbox"));
     let stage = stage(opts, objects).await?;
     let baseline = snapshot::snapshot(&stage.sb)?;
-    let mut report = Report::new(opts.nodes, opts.seed, faults.specs.clone());
+    let mut report = Report::new(nodes, opts.seed, faults.specs.clone());
+    report.copied_from_cluster = opts.cluster.as_ref().map(|c| {
+        format!(
+            "{} node(s), {} namespace(s), {} policy object(s)",
+            c.nodes.len(),
+            c.namespaces.len(),
+            c.policies.len()
+        )
+    });
 
     progress("plan");
     let saved = make_plan(&stage.client, &state).await?;

@@ -59,6 +59,9 @@ pub struct MonitorInterval {
 pub struct Report {
     pub passed: bool,
     pub nodes: usize,
+    /// `--from-cluster`: what was copied from the live cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied_from_cluster: Option<String>,
     pub seed: u64,
     pub millis: u64,
     pub faults_injected: Vec<String>,
@@ -79,6 +82,7 @@ impl Report {
         Report {
             passed: false,
             nodes,
+            copied_from_cluster: None,
             seed,
             millis: 0,
             faults_injected: faults,
@@ -162,6 +166,9 @@ impl Report {
             self.millis as f64 / 1000.0,
             if self.passed { "PASSED" } else { "FAILED" }
         );
+        if let Some(c) = &self.copied_from_cluster {
+            let _ = writeln!(s, "Seeded from the live cluster: {c}");
+        }
         if !self.faults_injected.is_empty() {
             let _ = writeln!(
                 s,
@@ -266,6 +273,9 @@ impl Report {
             self.seed,
             self.millis as f64 / 1000.0
         );
+        if let Some(c) = &self.copied_from_cluster {
+            let _ = writeln!(s, "**Seeded from the live cluster:** {c}\n");
+        }
         if !self.faults_injected.is_empty() {
             let _ = writeln!(
                 s,

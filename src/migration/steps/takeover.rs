@@ -767,6 +767,9 @@ async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyh
             .check_round(step, &format!("after moving node {node} back"))
             .await
             .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
+        if !world.options.pause.is_zero() {
+            tokio::time::sleep(world.options.pause).await;
+        }
     }
 }
 
