@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use calico_migrate::cluster::lease::{LEASE_NAME, LEASE_NAMESPACE};
 use calico_migrate::engine::Journal;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn cli(env: &support::Env, kubeconfig: &Path) -> Command {
@@ -215,7 +216,8 @@ async fn full_apply_on_twenty_nodes_without_a_lapse_then_rollback_to_the_baselin
     let (env, kc) = ready(20).await?;
     let before = support::snapshot(&env.sb)?;
     let policies_before = policies(&env)?;
-    let o = run(cli(&env, &kc).args(["apply", "--yes", "-o", "json"]))?;
+    // No pause between nodes: the profile's pacing is for real clusters.
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-seconds", "0", "-o", "json"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let report: Value = serde_json::from_slice(&o.stdout)?;
     assert_eq!(report["outcome"], "completed", "{report}");
@@ -242,7 +244,7 @@ async fn full_apply_on_twenty_nodes_without_a_lapse_then_rollback_to_the_baselin
         "kube-system calico-node is gone after the takeover"
     );
 
-    let o = run(cli(&env, &kc).args(["rollback", "--yes"]))?;
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     no_lapse(&env).await?;
     let after = support::snapshot(&env.sb)?;
@@ -262,13 +264,13 @@ async fn rollback_after_every_step_returns_to_the_baseline() -> Result<()> {
     for (k, id) in ids.iter().enumerate() {
         // Apply up to and including step k, then roll everything back.
         let mut c = cli(&env, &kc);
-        c.args(["apply", "--yes"]);
+        c.args(["apply", "--yes", "--pause-seconds", "0"]);
         if let Some(next) = ids.get(k + 1) {
             c.args(["--pause-before", next]);
         }
         let o = run(&mut c)?;
         assert_eq!(o.status.code(), Some(0), "apply to {id}: {}", text(&o));
-        let o = run(cli(&env, &kc).args(["rollback", "--yes"]))?;
+        let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
         assert_eq!(
             o.status.code(),
             Some(0),
@@ -290,7 +292,7 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     let (env, kc) = ready(6).await?;
     let before = support::snapshot(&env.sb)?;
     let mut child = cli(&env, &kc)
-        .args(["apply", "--yes"])
+        .args(["apply", "--yes", "--pause-seconds", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -318,10 +320,178 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     assert!(migrated(&env) >= 2, "the takeover reached two nodes");
-    let o = run(cli(&env, &kc).args(["rollback", "--yes"]))?;
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let diff = support::differences(&before, &support::snapshot(&env.sb)?);
     assert!(diff.is_empty(), "after rollback mid-takeover: {diff:?}");
     no_lapse(&env).await?;
+    Ok(())
+}
+
+/// Probe namespaces and pods left in the sandbox.
+fn probe_leftovers(env: &support::Env) -> Result<usize> {
+    let mut n = 0;
+    for r in ["namespaces", "pods"] {
+        n += env
+            .sb
+            .store()
+            .list(&support::gvr("", "v1", r), None, &Default::default())?
+            .items
+            .iter()
+            .filter(|o| {
+                o.pointer("/metadata/labels/calico-migrate.io~1probe")
+                    .is_some()
+            })
+            .count();
+    }
+    Ok(n)
+}
+
+/// Run `args` and SIGKILL it after `after` (if it has not ended by then).
+fn run_killed(mut c: Command, after: Duration) -> Result<()> {
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let deadline = std::time::Instant::now() + after;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// One trial: apply killed at `kill_apply`, resumed to completion; rollback killed at
+/// `kill_rollback`, run again to completion. Asserts the end states and no divergence.
+async fn crash_trial(seed: u64, kill_apply: Duration, kill_rollback: Duration) -> Result<()> {
+    let (env, kc) = ready(3).await?;
+    let before = support::snapshot(&env.sb)?;
+    let policies_before = policies(&env)?;
+    let trial =
+        format!("trial {seed} (apply killed at {kill_apply:?}, rollback at {kill_rollback:?})");
+
+    let mut c = cli(&env, &kc);
+    c.args(["apply", "--yes", "--pause-seconds", "0"]);
+    let run1 = tokio::task::spawn_blocking(move || run_killed(c, kill_apply));
+    run1.await??;
+    let resume = if Journal::exists(&env.state_dir()) {
+        vec![
+            "apply",
+            "--resume",
+            "--yes",
+            "--pause-seconds",
+            "0",
+            "-o",
+            "json",
+        ]
+    } else {
+        vec!["apply", "--yes", "--pause-seconds", "0", "-o", "json"]
+    };
+    let mut c = cli(&env, &kc);
+    c.args(&resume);
+    let o = tokio::task::spawn_blocking(move || c.output()).await??;
+    anyhow::ensure!(o.status.code() == Some(0), "{trial}: resume: {}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout)?;
+    anyhow::ensure!(report["outcome"] == "completed", "{trial}: {report}");
+    no_lapse(&env)
+        .await
+        .with_context(|| format!("{trial}: apply"))?;
+    anyhow::ensure!(
+        policies(&env)? == policies_before,
+        "{trial}: the policy set changed"
+    );
+    anyhow::ensure!(
+        probe_leftovers(&env)? == 0,
+        "{trial}: probe objects left after apply"
+    );
+    anyhow::ensure!(
+        env.sb
+            .store()
+            .get(
+                &support::gvr("apps", "v1", "daemonsets"),
+                "kube-system",
+                "calico-node"
+            )
+            .is_err(),
+        "{trial}: kube-system calico-node is still there"
+    );
+
+    let mut c = cli(&env, &kc);
+    c.args(["rollback", "--yes", "--pause-seconds", "0"]);
+    tokio::task::spawn_blocking(move || run_killed(c, kill_rollback)).await??;
+    let mut c = cli(&env, &kc);
+    c.args(["rollback", "--yes", "--pause-seconds", "0"]);
+    let o = tokio::task::spawn_blocking(move || c.output()).await??;
+    anyhow::ensure!(
+        o.status.code() == Some(0),
+        "{trial}: rollback: {}",
+        text(&o)
+    );
+    no_lapse(&env)
+        .await
+        .with_context(|| format!("{trial}: rollback"))?;
+    let diff = support::differences(&before, &support::snapshot(&env.sb)?);
+    anyhow::ensure!(diff.is_empty(), "{trial}: after rollback: {diff:?}");
+    anyhow::ensure!(
+        probe_leftovers(&env)? == 0,
+        "{trial}: probe objects left after rollback"
+    );
+    env.server.shutdown().await;
+    Ok(())
+}
+
+/// SIGKILL at seeded random moments of apply and of rollback: every resume finishes
+/// the migration and every second rollback returns the cluster to its baseline, with
+/// no divergence in the sandbox's enforcement monitor. CALICO_MIGRATE_CRASH_TRIALS
+/// sets the number of trials (default 30; scripts/campaign.sh runs 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_campaign_apply_and_rollback_always_finish() -> Result<()> {
+    let trials: u64 = std::env::var("CALICO_MIGRATE_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    // One unbroken run measures how long apply and rollback take here, so the kills
+    // land anywhere inside them.
+    let (env, kc) = ready(3).await?;
+    let started = std::time::Instant::now();
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-seconds", "0"]))?;
+    anyhow::ensure!(o.status.code() == Some(0), "{}", text(&o));
+    let apply_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
+    anyhow::ensure!(o.status.code() == Some(0), "{}", text(&o));
+    let rollback_time = started.elapsed();
+    env.server.shutdown().await;
+
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let plans: Vec<(u64, Duration, Duration)> = (0..trials)
+        .map(|seed| {
+            (
+                seed,
+                apply_time.mul_f64(rng.f64()),
+                rollback_time.mul_f64(rng.f64()),
+            )
+        })
+        .collect();
+    // Two trials at a time, each on its own sandbox.
+    let results: Vec<Result<()>> = futures::stream::iter(
+        plans
+            .into_iter()
+            .map(|(seed, a, r)| crash_trial(seed, a, r)),
+    )
+    .buffer_unordered(2)
+    .collect()
+    .await;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    eprintln!(
+        "{} passed, {} failed (apply {apply_time:?}, rollback {rollback_time:?})",
+        trials as usize - failed.len(),
+        failed.len()
+    );
+    anyhow::ensure!(failed.is_empty(), "{failed:#?}");
     Ok(())
 }

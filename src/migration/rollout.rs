@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::facts::str_at;
 use super::steps::baseline::{KUBE_SYSTEM, pod_ready};
 use super::world::{Cluster, Observation};
-use crate::checks::watch_node;
+use crate::checks::{Prober, watch_node};
 use crate::cluster::objects::ObjRef;
 
 async fn daemonset(world: &Cluster, r: &ObjRef) -> anyhow::Result<Value> {
@@ -147,8 +147,16 @@ async fn updated_on(world: &Cluster, r: &ObjRef, node: &str) {
 /// swap, and stop at the first node whose enforcement is not verified or whose
 /// agent does not come back within `node_ready_timeout`, naming it. Nodes the
 /// controller replaced while another was watched are probed right after.
-pub async fn follow_rollout(world: &Cluster, step: &str, r: &ObjRef) -> anyhow::Result<()> {
-    let prober = world.prober().await?;
+///
+/// `prober` is set up by the caller before it changes the pod template: probe pods
+/// created while a node's agent is being replaced would fail closed there, and their
+/// new addresses are what the rules frozen on that node do not know.
+pub async fn follow_rollout(
+    world: &Cluster,
+    step: &str,
+    r: &ObjRef,
+    prober: &Prober,
+) -> anyhow::Result<()> {
     let mut watched: BTreeSet<String> = BTreeSet::new();
     let mut to_check: BTreeSet<String> = BTreeSet::new();
     let mut last_progress = Instant::now();
@@ -187,7 +195,7 @@ pub async fn follow_rollout(world: &Cluster, step: &str, r: &ObjRef) -> anyhow::
                     "{step}: probing node {node} while its calico-node ({r}) is replaced"
                 );
                 let watch = watch_node(
-                    &prober,
+                    prober,
                     &node,
                     updated_on(world, r, &node),
                     world.options.poll,
@@ -202,7 +210,8 @@ pub async fn follow_rollout(world: &Cluster, step: &str, r: &ObjRef) -> anyhow::
                 if !watch.verified_at_end {
                     bail!(
                         "{step}: enforcement was not verified while node {node}'s calico-node was replaced \
-                         ({}); the rollout is stopped here: inspect the node(s), then \
+                         ({}); calico-migrate stops here (the DaemonSet controller finishes the \
+                         rollout it started): inspect the node(s), then \
                          `calico-migrate apply --resume` or `calico-migrate rollback`",
                         watch.failure_summary(3)
                     );

@@ -279,6 +279,7 @@ impl Step<Cluster> for AlignVersions {
     fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let tag = world.profile.target.calico_version.clone();
+            let prober = world.prober().await?;
             // CRDs first: the new agents may read fields the old schemas drop.
             if world.operator_manifest.is_empty() {
                 world.observe(Observation::Note {
@@ -307,7 +308,7 @@ impl Step<Cluster> for AlignVersions {
                 tracing::info!("{ID}: upgrading kube-system calico-node to {tag}, node by node");
                 world.objects.merge(&calico_node_ref(), &p).await?;
             }
-            follow_rollout(world, ID, &calico_node_ref()).await?;
+            follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
             world.check_round(ID, "after align-versions").await?;
             Ok(())
         })
@@ -354,9 +355,10 @@ impl Step<Cluster> for AlignVersions {
                 && let Some(live) = world.objects.get(&calico_node_ref()).await?
                 && let Some(p) = images_back(before, &live)
             {
+                let prober = world.prober().await?;
                 tracing::info!("{ID}: restoring the kube-system calico-node images, node by node");
                 world.objects.merge(&calico_node_ref(), &p).await?;
-                follow_rollout(world, ID, &calico_node_ref()).await?;
+                follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
             }
             if let Some(before) = saved.get("typha").filter(|v| !v.is_null())
                 && let Some(live) = world.objects.get(&typha_ref()).await?

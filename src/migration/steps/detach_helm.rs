@@ -128,6 +128,8 @@ impl Step<Cluster> for DetachHelm {
             // Read the manifest before the records go: ensure may run again after a
             // crash that deleted some of them, so the capture is the fallback.
             let objects = chart_objects_live(world).await?;
+            // Probes in place before a pod template changes (see rollout::follow_rollout).
+            let prober = world.prober().await?;
             let mut template_changed = false;
             for (r, live) in &objects {
                 if let Some(patch) = strip_patch(live) {
@@ -147,6 +149,7 @@ impl Step<Cluster> for DetachHelm {
                     world,
                     ID,
                     &super::fargate_affinity::calico_node_ref(),
+                    &prober,
                 )
                 .await?;
             }
@@ -227,6 +230,7 @@ impl Step<Cluster> for DetachHelm {
                     .cloned()
                     .unwrap_or_default()
             };
+            let prober = world.prober().await?;
             let mut template_changed = false;
             for want in list("objects") {
                 let Some(r) = ObjRef::of(&want) else { continue };
@@ -259,6 +263,7 @@ impl Step<Cluster> for DetachHelm {
                     world,
                     ID,
                     &super::fargate_affinity::calico_node_ref(),
+                    &prober,
                 )
                 .await?;
             }

@@ -191,6 +191,7 @@ impl Step<Cluster> for FargateAffinity {
         Box::pin(async move {
             let ds = calico_node(world).await?;
             let patch = daemonset_patch(&ds)?;
+            let prober = world.prober().await?;
             label_nodes(world).await?;
             if let Some(p) = patch {
                 tracing::info!(
@@ -201,7 +202,7 @@ impl Step<Cluster> for FargateAffinity {
             }
             // A node that joined between the labels and the patch would lose its agent.
             label_nodes(world).await?;
-            follow_rollout(world, ID, &calico_node_ref()).await?;
+            follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
             world.check_round(ID, "after fargate-affinity").await?;
             Ok(())
         })
@@ -267,6 +268,7 @@ impl Step<Cluster> for FargateAffinity {
                 let want_sel = selector_label(before).map_or(Value::Null, |v| json!(v));
                 let have_sel = selector_label(&ds).map_or(Value::Null, |v| json!(v));
                 if tpl(&ds, "affinity") != tpl(before, "affinity") || want_sel != have_sel {
+                    let prober = world.prober().await?;
                     tracing::info!(
                         "restoring the Fargate affinity of kube-system calico-node; calico-node rolls node by node"
                     );
@@ -275,7 +277,7 @@ impl Step<Cluster> for FargateAffinity {
                         "nodeSelector": {MIGRATION_LABEL: want_sel},
                     }}}});
                     world.objects.merge(&calico_node_ref(), &patch).await?;
-                    follow_rollout(world, ID, &calico_node_ref()).await?;
+                    follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
                 }
             }
             let labels = saved

@@ -544,7 +544,8 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            follow_rollout(world, ID, &calico_system_node()).await?;
+            let prober = world.prober().await?;
+            follow_rollout(world, ID, &calico_system_node(), &prober).await?;
             return Ok(());
         }
         if !running {

@@ -35,14 +35,29 @@ pub fn tigerastatuses() -> Gvr {
     gvr("operator.tigera.io", "v1", "tigerastatuses")
 }
 
-/// The operator Deployment, if it has a ready replica.
+/// The operator Deployment, if a Ready operator pod runs that is not being deleted:
+/// a pod being deleted has had its SIGTERM and its manager stops reconciling, so
+/// scaling the Deployment to 0 freezes the operator as soon as the ReplicaSet
+/// deletes the pod, whatever the Deployment's status still says.
 pub fn running_operator(sb: &Sandbox) -> Option<Value> {
-    get(sb, &deploy_gvr(), "tigera-operator", "tigera-operator").filter(|d| {
-        d.pointer("/status/readyReplicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-            >= 1
-    })
+    let d = get(sb, &deploy_gvr(), "tigera-operator", "tigera-operator")?;
+    let wanted = d
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let pods = sb
+        .store()
+        .list(
+            &super::pods_gvr(),
+            Some("tigera-operator"),
+            &crate::sandbox::ListOptions::default(),
+        )
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let alive = pods
+        .iter()
+        .any(|p| !super::deleting(p) && super::pod_ready(p));
+    (wanted >= 1 && alive).then_some(d)
 }
 
 /// The operator's image tag (e.g. `v1.20.1`), read from its Deployment.
