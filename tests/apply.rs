@@ -216,8 +216,15 @@ async fn full_apply_on_twenty_nodes_without_a_lapse_then_rollback_to_the_baselin
     let (env, kc) = ready(20).await?;
     let before = support::snapshot(&env.sb)?;
     let policies_before = policies(&env)?;
-    // No pause between nodes: the profile's pacing is for real clusters.
-    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-seconds", "0", "-o", "json"]))?;
+    // The sandbox's clock runs 100 times faster: so do apply's pauses and waits.
+    let o = run(cli(&env, &kc).args([
+        "apply",
+        "--yes",
+        "--sandbox-time-scale",
+        "100",
+        "-o",
+        "json",
+    ]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let report: Value = serde_json::from_slice(&o.stdout)?;
     assert_eq!(report["outcome"], "completed", "{report}");
@@ -244,7 +251,7 @@ async fn full_apply_on_twenty_nodes_without_a_lapse_then_rollback_to_the_baselin
         "kube-system calico-node is gone after the takeover"
     );
 
-    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     no_lapse(&env).await?;
     let after = support::snapshot(&env.sb)?;
@@ -264,13 +271,13 @@ async fn rollback_after_every_step_returns_to_the_baseline() -> Result<()> {
     for (k, id) in ids.iter().enumerate() {
         // Apply up to and including step k, then roll everything back.
         let mut c = cli(&env, &kc);
-        c.args(["apply", "--yes", "--pause-seconds", "0"]);
+        c.args(["apply", "--yes", "--sandbox-time-scale", "100"]);
         if let Some(next) = ids.get(k + 1) {
             c.args(["--pause-before", next]);
         }
         let o = run(&mut c)?;
         assert_eq!(o.status.code(), Some(0), "apply to {id}: {}", text(&o));
-        let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
+        let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
         assert_eq!(
             o.status.code(),
             Some(0),
@@ -292,7 +299,7 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     let (env, kc) = ready(6).await?;
     let before = support::snapshot(&env.sb)?;
     let mut child = cli(&env, &kc)
-        .args(["apply", "--yes", "--pause-seconds", "0"])
+        .args(["apply", "--yes", "--sandbox-time-scale", "100"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -320,7 +327,7 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     assert!(migrated(&env) >= 2, "the takeover reached two nodes");
-    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let diff = support::differences(&before, &support::snapshot(&env.sb)?);
     assert!(diff.is_empty(), "after rollback mid-takeover: {diff:?}");
@@ -372,7 +379,7 @@ async fn crash_trial(seed: u64, kill_apply: Duration, kill_rollback: Duration) -
         format!("trial {seed} (apply killed at {kill_apply:?}, rollback at {kill_rollback:?})");
 
     let mut c = cli(&env, &kc);
-    c.args(["apply", "--yes", "--pause-seconds", "0"]);
+    c.args(["apply", "--yes", "--sandbox-time-scale", "100"]);
     let run1 = tokio::task::spawn_blocking(move || run_killed(c, kill_apply));
     run1.await??;
     let resume = if Journal::exists(&env.state_dir()) {
@@ -386,7 +393,14 @@ async fn crash_trial(seed: u64, kill_apply: Duration, kill_rollback: Duration) -
             "json",
         ]
     } else {
-        vec!["apply", "--yes", "--pause-seconds", "0", "-o", "json"]
+        vec![
+            "apply",
+            "--yes",
+            "--sandbox-time-scale",
+            "100",
+            "-o",
+            "json",
+        ]
     };
     let mut c = cli(&env, &kc);
     c.args(&resume);
@@ -418,10 +432,10 @@ async fn crash_trial(seed: u64, kill_apply: Duration, kill_rollback: Duration) -
     );
 
     let mut c = cli(&env, &kc);
-    c.args(["rollback", "--yes", "--pause-seconds", "0"]);
+    c.args(["rollback", "--yes", "--sandbox-time-scale", "100"]);
     tokio::task::spawn_blocking(move || run_killed(c, kill_rollback)).await??;
     let mut c = cli(&env, &kc);
-    c.args(["rollback", "--yes", "--pause-seconds", "0"]);
+    c.args(["rollback", "--yes", "--sandbox-time-scale", "100"]);
     let o = tokio::task::spawn_blocking(move || c.output()).await??;
     anyhow::ensure!(
         o.status.code() == Some(0),
@@ -455,11 +469,11 @@ async fn sigkill_campaign_apply_and_rollback_always_finish() -> Result<()> {
     // land anywhere inside them.
     let (env, kc) = ready(3).await?;
     let started = std::time::Instant::now();
-    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-seconds", "0"]))?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
     anyhow::ensure!(o.status.code() == Some(0), "{}", text(&o));
     let apply_time = started.elapsed();
     let started = std::time::Instant::now();
-    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--pause-seconds", "0"]))?;
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
     anyhow::ensure!(o.status.code() == Some(0), "{}", text(&o));
     let rollback_time = started.elapsed();
     env.server.shutdown().await;
@@ -493,5 +507,146 @@ async fn sigkill_campaign_apply_and_rollback_always_finish() -> Result<()> {
         failed.len()
     );
     anyhow::ensure!(failed.is_empty(), "{failed:#?}");
+    Ok(())
+}
+
+/// The Job identity deploy/ creates (ServiceAccount calico-migrate/calico-migrate and its
+/// least-privilege RBAC) can plan, apply and roll back: the sandbox holds impersonated
+/// requests to RBAC, so a verb the steps use and deploy/ does not grant fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_identity_of_deploy_plans_applies_and_rolls_back() -> Result<()> {
+    let env = support::env(3).await?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&repo)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut objects = Vec::new();
+    for path in files {
+        {
+            objects.extend(calico_migrate::migration::session::parse_manifest(
+                &std::fs::read_to_string(&path)?,
+            )?);
+        }
+    }
+    env.sb.load(objects)?;
+    let before = support::snapshot(&env.sb)?;
+    // The admin's kubeconfig, acting as the Job's ServiceAccount.
+    let kc = env.state_dir().join("kubeconfig-job");
+    std::fs::write(
+        &kc,
+        env.server.kubeconfig().replace(
+            "user: {}",
+            "user:\n    as: system:serviceaccount:calico-migrate:calico-migrate",
+        ),
+    )?;
+    let manifest = env.state_dir().join("tigera-operator.yaml");
+    let profile = calico_migrate::migration::profile::Profile::load(None)?;
+    std::fs::write(
+        &manifest,
+        calico_migrate::sandbox::scenario::operator::operator_manifest_yaml(&format!(
+            "quay.io/tigera/operator:{}",
+            profile.target.operator_version
+        )),
+    )?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "-o", "json", "--operator-manifest"])
+        .arg(&manifest))?;
+    assert_eq!(o.status.code(), Some(0), "plan as the Job: {}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    assert!(
+        !plan["blockers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["code"] == "RBAC_MISSING"),
+        "{plan:#}"
+    );
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "apply as the Job: {}", text(&o));
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "rollback as the Job: {}",
+        text(&o)
+    );
+    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback: {diff:?}");
+    no_lapse(&env).await?;
+    Ok(())
+}
+
+/// `--pause-before` with a step the plan does not have, and a new plan over the
+/// journal of a migration, are refused without writing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_pause_step_and_a_plan_over_a_journal_are_refused() -> Result<()> {
+    let (env, kc) = ready(2).await?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-before", "no-such-step"]))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no step `no-such-step`"), "{}", text(&o));
+    assert!(
+        text(&o).contains("baseline, "),
+        "the error lists the steps: {}",
+        text(&o)
+    );
+    assert!(!Journal::exists(&env.state_dir()));
+
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--pause-before", "baseline"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let plan_path = env.state_dir().join("plan.json");
+    let saved = std::fs::read(&plan_path)?;
+    let o = run(cli(&env, &kc).arg("plan"))?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("holds the journal"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(&plan_path)?,
+        saved,
+        "the saved plan is untouched"
+    );
+    Ok(())
+}
+
+/// A profile given as a file is saved with the plan: apply needs no file later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_file_travels_with_the_plan() -> Result<()> {
+    let env = support::env(2).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let dir = tempfile::tempdir()?;
+    let builtin = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10.yaml"),
+    )?;
+    let profile_path = dir.path().join("our-profile.yaml");
+    std::fs::write(
+        &profile_path,
+        builtin
+            .replace("name: aws-calico-0.3.10", "name: our-shop")
+            .replace("pause_seconds: 10", "pause_seconds: 3"),
+    )?;
+    let profile = calico_migrate::migration::profile::Profile::load(Some(
+        profile_path.to_string_lossy().as_ref(),
+    ))?;
+    let manifest = dir.path().join("tigera-operator.yaml");
+    std::fs::write(
+        &manifest,
+        calico_migrate::sandbox::scenario::operator::operator_manifest_yaml(&format!(
+            "quay.io/tigera/operator:{}",
+            profile.target.operator_version
+        )),
+    )?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "--profile"])
+        .arg(&profile_path)
+        .arg("--operator-manifest")
+        .arg(&manifest))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::remove_file(&profile_path)?;
+    let o = run(cli(&env, &kc).args(["apply", "--dry-run"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let saved: Value = serde_json::from_slice(&std::fs::read(env.state_dir().join("plan.json"))?)?;
+    assert_eq!(saved["profile"]["name"], "our-shop");
+    assert_eq!(saved["profile"]["pacing"]["pause_seconds"], 3);
     Ok(())
 }

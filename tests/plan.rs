@@ -550,6 +550,7 @@ async fn drift_names_what_changed_and_ignores_policy_edits() {
         cluster_uid: inv.cluster_uid.clone(),
         created_at: String::new(),
         plan: json!({}),
+        profile: None,
     };
     assert!(!inv.cluster_uid.is_empty());
     assert_eq!(plan::check_drift(&saved, &inv, &profile), Ok(()));

@@ -4,7 +4,7 @@
 //! The order matters for "bad input changes nothing": everything that can be
 //! refused (no plan, other cluster, drift, unknown steps, missing manifest, no
 //! confirmation, a held Lease) is refused before the journal is created or the
-//! cluster is touched.
+//! cluster is touched (the Lease, taken last, is the one write before the run).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -180,6 +180,12 @@ fn print_report(g: &GlobalOpts, r: &RunReport) -> anyhow::Result<()> {
     let secs = r.seconds;
     match r.outcome {
         Outcome::Completed => println!("{}: complete in {secs:.1}s", r.command),
+        Outcome::Stopped { step, reason } if r.command == "rollback" => println!(
+            "{}: STOPPED at step `{step}` after {secs:.1}s: {reason}\n\
+             The journal in {} records where it stands. Fix the cause, then run \
+             `calico-migrate rollback` again: it continues where it stopped.",
+            r.command, r.state_dir
+        ),
         Outcome::Stopped { step, reason } => println!(
             "{}: STOPPED at step `{step}` after {secs:.1}s: {reason}\n\
              The journal in {} records where it stands. Fix the cause, then \
@@ -203,8 +209,8 @@ fn exit_code(outcome: &Outcome) -> ExitCode {
     }
 }
 
-fn options(args_pause: Option<u64>, profile: &Profile) -> ApplyOptions {
-    let mut o = ApplyOptions::from_profile(profile);
+fn options(args_pause: Option<u64>, time_scale: f64, profile: &Profile) -> ApplyOptions {
+    let mut o = ApplyOptions::from_profile(profile).for_time_scale(time_scale);
     if let Some(p) = args_pause {
         o.pause = Duration::from_secs(p);
     }
@@ -250,6 +256,17 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
     let s = session(g).await?;
     let saved = &s.loaded.saved;
     let profile = &s.loaded.profile;
+    let ids: Vec<&str> = s.loaded.steps.iter().map(|st| st.id()).collect();
+    if let Some(bad) = args
+        .pause_before
+        .iter()
+        .find(|p| !ids.contains(&p.as_str()))
+    {
+        bail!(
+            "--pause-before {bad}: the plan has no step `{bad}`; its steps are {}",
+            ids.join(", ")
+        );
+    }
     let manifest = operator_manifest(&g.state_dir, &saved.plan, profile)?;
     let exists = Journal::exists(&g.state_dir);
     if args.resume && !exists {
@@ -265,12 +282,12 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
         saved.plan.clone(),
         &g.state_dir,
         manifest,
-        options(args.pause_seconds, profile),
+        options(args.pause_seconds, args.sandbox_time_scale, profile),
     );
     if args.dry_run {
         return dry_run(&s, &world, g).await;
     }
-    let mut journal = if exists {
+    let (mut journal, held) = if exists {
         let j = Journal::open(&g.state_dir)?;
         j.check_identity(&identity(saved))?;
         let st = j.state();
@@ -302,7 +319,8 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
             ),
             args.yes,
         )?;
-        j
+        let held = take_lease(&s, g, args.lease_seconds).await?;
+        (j, held)
     } else {
         let retry = RetryPolicy::default();
         let version = s
@@ -323,7 +341,16 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
             ),
             args.yes,
         )?;
-        Journal::create(&g.state_dir, identity(saved), planned_steps(saved))?
+        // A held Lease refuses the run before the journal exists.
+        let held = take_lease(&s, g, args.lease_seconds).await?;
+        let j = Journal::create(&g.state_dir, identity(saved), planned_steps(saved));
+        match j {
+            Ok(j) => (j, held),
+            Err(e) => {
+                let _ = held.release().await;
+                return Err(e.into());
+            }
+        }
     };
     run(
         "apply",
@@ -332,7 +359,7 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
         &mut journal,
         Mode::Apply,
         args.pause_before.clone(),
-        args.lease_seconds,
+        held,
         g,
     )
     .await
@@ -380,8 +407,9 @@ pub async fn rollback(args: &RollbackArgs, g: &GlobalOpts) -> anyhow::Result<Exi
         saved.plan.clone(),
         &g.state_dir,
         manifest,
-        options(args.pause_seconds, profile),
+        options(args.pause_seconds, args.sandbox_time_scale, profile),
     );
+    let held = take_lease(&s, g, args.lease_seconds).await?;
     run(
         "rollback",
         &s,
@@ -389,10 +417,21 @@ pub async fn rollback(args: &RollbackArgs, g: &GlobalOpts) -> anyhow::Result<Exi
         &mut journal,
         Mode::Rollback { down_to },
         Vec::new(),
-        args.lease_seconds,
+        held,
         g,
     )
     .await
+}
+
+/// Take the Lease: after the journal is open (sled's lock then proves an earlier
+/// holder with this state dir is gone) and before anything is written.
+async fn take_lease(s: &Session, g: &GlobalOpts, seconds: u64) -> anyhow::Result<lease::HeldLease> {
+    Ok(lease::acquire(
+        &s.client,
+        Holder::for_state_dir(&g.state_dir),
+        Duration::from_secs(seconds),
+    )
+    .await?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -403,15 +442,9 @@ async fn run(
     journal: &mut Journal,
     mode: Mode,
     pause_before: Vec<String>,
-    lease_seconds: u64,
+    held: lease::HeldLease,
     g: &GlobalOpts,
 ) -> anyhow::Result<ExitCode> {
-    let held = lease::acquire(
-        &s.client,
-        Holder::for_state_dir(&g.state_dir),
-        Duration::from_secs(lease_seconds),
-    )
-    .await?;
     let took_over_from = held.took_over_from.clone();
     if let Some(h) = &took_over_from {
         tracing::warn!("took over a stale Lease from {h}");

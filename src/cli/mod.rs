@@ -173,6 +173,10 @@ pub struct ApplyArgs {
     /// Seconds the Lease lock stays valid without renewal (renewed every third of it).
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub lease_seconds: u64,
+    /// Only against `calico-migrate sandbox --time-scale FACTOR`: divide pauses and
+    /// waits by FACTOR and poll at the sandbox's pace. Never on a real cluster.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    pub sandbox_time_scale: f64,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +193,10 @@ pub struct RollbackArgs {
     /// Seconds the Lease lock stays valid without renewal (renewed every third of it).
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub lease_seconds: u64,
+    /// Only against `calico-migrate sandbox --time-scale FACTOR`: divide pauses and
+    /// waits by FACTOR and poll at the sandbox's pace. Never on a real cluster.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    pub sandbox_time_scale: f64,
 }
 
 #[derive(Debug, Args)]

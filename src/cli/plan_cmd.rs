@@ -27,6 +27,7 @@ pub struct PlanArgs {
 }
 
 pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+    refuse_over_a_journal(&global.state_dir)?;
     let profile = Profile::load(args.profile.as_deref())?;
     let manifest_sha = match &args.operator_manifest {
         Some(path) => Some(pin_manifest(path, &profile, &global.state_dir)?),
@@ -47,14 +48,7 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
     .with_context(|| "checking permissions with SelfSubjectAccessReview")?;
     let plan = plan::build(&inv, &profile, &access, manifest_sha.as_deref())
         .context("decoding the Helm release")?;
-    let facts = plan::fingerprint_facts(&inv, &profile, plan.operator_manifest_sha256.as_deref());
-    let saved = SavedPlan {
-        fingerprint: plan.fingerprint.clone(),
-        facts,
-        cluster_uid: plan.cluster_uid.clone(),
-        created_at: jiff::Timestamp::now().to_string(),
-        plan: serde_json::to_value(&plan)?,
-    };
+    let saved = SavedPlan::of(&plan, &inv, &profile);
     let path = plan::save(&global.state_dir, &saved).with_context(|| {
         format!(
             "saving the plan in state dir {}",
@@ -72,6 +66,21 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
     } else {
         ExitCode::from(EXIT_BLOCKED)
     })
+}
+
+/// A new plan would orphan the journal of a migration in this state dir (its identity
+/// is the old plan's fingerprint): refuse, saying what is there and what to do.
+fn refuse_over_a_journal(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !crate::engine::Journal::exists(state_dir) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "state dir {} holds the journal of a migration; a new plan would leave it unreadable. \
+         Finish it (`calico-migrate apply --resume`) or roll it back (`calico-migrate rollback`), \
+         see `calico-migrate status`; then keep that state dir as the record of the migration and \
+         plan into another one (--state-dir)",
+        state_dir.display()
+    )
 }
 
 /// Hash the manifest, check it against the profile's pin, keep a copy in the state dir.

@@ -233,6 +233,25 @@ pub struct SavedPlan {
     pub cluster_uid: String,
     pub created_at: String,
     pub plan: Value,
+    /// The profile the plan was built with, whole: apply and rollback use this copy,
+    /// so a profile given as a file needs no file later. Plans saved without it name
+    /// a built-in profile in `plan.profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Value>,
+}
+
+impl SavedPlan {
+    /// What `plan` saves for `built`, read from `inv` with `profile`, now.
+    pub fn of(built: &Plan, inv: &Inventory, profile: &Profile) -> Self {
+        SavedPlan {
+            fingerprint: built.fingerprint.clone(),
+            facts: fingerprint_facts(inv, profile, built.operator_manifest_sha256.as_deref()),
+            cluster_uid: built.cluster_uid.clone(),
+            created_at: jiff::Timestamp::now().to_string(),
+            plan: serde_json::to_value(built).unwrap_or(Value::Null),
+            profile: serde_json::to_value(profile).ok(),
+        }
+    }
 }
 
 /// Why `apply` must not run the saved plan.
@@ -336,6 +355,7 @@ mod tests {
             cluster_uid: "u".into(),
             created_at: "t".into(),
             plan: json!({"steps": []}),
+            profile: None,
         };
         let p = save(dir.path(), &s).unwrap_or_else(|e| panic!("{e}"));
         assert!(p.ends_with(PLAN_FILE));

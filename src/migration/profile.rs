@@ -77,7 +77,6 @@ pub struct Pacing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
-    pub max_probe_error_ratio: f64,
     pub max_swap_seconds: u64,
     pub probe_timeout_seconds: u64,
 }
@@ -157,11 +156,6 @@ impl Profile {
         }
         if self.pacing.nodes_at_a_time == 0 {
             return Err(bad("pacing.nodes_at_a_time must be at least 1".into()));
-        }
-        if !(0.0..=1.0).contains(&self.checks.max_probe_error_ratio) {
-            return Err(bad(
-                "checks.max_probe_error_ratio must be within 0..=1".into()
-            ));
         }
         let pin = &self.operator.sha256;
         if !pin.is_empty() && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit())) {

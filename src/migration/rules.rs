@@ -35,7 +35,9 @@ pub struct Finding {
 pub fn fixing_step(code: &str) -> Option<&'static str> {
     use super::steps::{align_versions, detach_helm, fargate_affinity};
     match code {
-        "CONVERTER_HELM_ANNOTATIONS" => Some(detach_helm::ID),
+        // detach-helm strips every annotation the converter refuses on calico-node,
+        // Helm's and others (backed up, restored on rollback).
+        "CONVERTER_HELM_ANNOTATIONS" | "CONVERTER_ANNOTATIONS" => Some(detach_helm::ID),
         "CONVERTER_FARGATE_AFFINITY" => Some(fargate_affinity::ID),
         "CALICO_VERSION_ALIGN" => Some(align_versions::ID),
         _ => None,
@@ -333,9 +335,9 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
                          DaemonSet would claim to belong to the Helm release",
                         keys.join(", ")
                     ),
-                    if helm_only && i.source.release.is_some() {
-                        "the detach-helm step removes the Helm annotations and labels (after backing \
-                         up the release records)"
+                    if i.source.release.is_some() {
+                        "the detach-helm step removes them with the Helm labels (after backing up \
+                         the release records and the metadata; rollback restores them)"
                             .to_string()
                     } else if helm_only {
                         "no Helm 3 release record exists to detach: remove the meta.helm.sh/* \
@@ -615,7 +617,8 @@ fn psp_and_pdb(i: &RuleInput, out: &mut Vec<Finding>) {
             "PSP_PRESENT",
             Warning,
             format!("PodSecurityPolicies for Calico exist: {}", psps.join(", ")),
-            "the operator does not use them; cleanup-leftovers lists them and leaves them in place",
+            "the operator does not use them; calico-migrate leaves them in place: delete them after \
+             the migration (Kubernetes 1.25 and later no longer serve PodSecurityPolicies)",
         ));
     }
     if i.inv.find("pdbs", "kube-system", "calico-typha").is_some()

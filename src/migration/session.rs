@@ -26,14 +26,21 @@ pub fn load_plan(state_dir: &Path) -> anyhow::Result<Loaded> {
             state_dir.display()
         )
     })?;
-    let profile_name = saved
-        .plan
-        .get("profile")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let profile = Profile::load(Some(&profile_name))
-        .with_context(|| format!("loading profile `{profile_name}` named by the saved plan"))?;
+    let profile = match &saved.profile {
+        Some(p) => serde_json::from_value::<Profile>(p.clone()).context(
+            "the profile saved with the plan is not one this version reads; run `calico-migrate plan` again",
+        )?,
+        None => {
+            let name = saved
+                .plan
+                .get("profile")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Profile::load(Some(&name))
+                .with_context(|| format!("loading profile `{name}` named by the saved plan"))?
+        }
+    };
     let ids: Vec<String> = saved
         .plan
         .get("steps")

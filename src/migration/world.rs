@@ -34,6 +34,23 @@ pub struct ApplyOptions {
 }
 
 impl ApplyOptions {
+    /// For a sandbox whose clock runs `factor` times faster than real time: pauses and
+    /// waits divided by it (with floors that leave room for the real time API calls
+    /// and probes take) and a short poll, so the tool watches at the sandbox's pace.
+    pub fn for_time_scale(mut self, factor: f64) -> Self {
+        if factor <= 1.0 {
+            return self;
+        }
+        let scale = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() / factor);
+        self.pause = scale(self.pause);
+        self.node_ready_timeout = scale(self.node_ready_timeout).max(Duration::from_secs(20));
+        self.max_swap = scale(self.max_swap).max(Duration::from_secs(10));
+        self.poll = Duration::from_millis(50);
+        self.round.ready_timeout = Duration::from_secs(30);
+        self.round.connect_timeout = Duration::from_millis(500);
+        self
+    }
+
     pub fn from_profile(profile: &Profile) -> Self {
         let round = RoundOptions {
             connect_timeout: Duration::from_secs(profile.checks.probe_timeout_seconds.max(1)),

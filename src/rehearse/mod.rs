@@ -8,13 +8,12 @@ pub mod report;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::checks::RoundOptions;
 use crate::cluster::objects::Objects;
 use crate::cluster::{access, inventory};
 use crate::engine::{Journal, Mode, Outcome, RetryPolicy, RunObserver, run_observed};
@@ -192,18 +191,8 @@ async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<St
 
 /// Options scaled to the sandbox's clock.
 fn options(profile: &Profile, time_scale: f64) -> ApplyOptions {
-    let mut o = ApplyOptions::from_profile(profile);
-    let scale = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() / time_scale.max(1.0));
-    o.pause = scale(o.pause);
-    o.node_ready_timeout = scale(o.node_ready_timeout).max(Duration::from_secs(20));
-    o.max_swap = scale(o.max_swap).max(Duration::from_secs(10));
-    o.poll = Duration::from_millis(50);
-    o.round = RoundOptions {
-        concurrency: 16,
-        ready_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_millis(500),
-        ..RoundOptions::default()
-    };
+    let mut o = ApplyOptions::from_profile(profile).for_time_scale(time_scale);
+    o.round.concurrency = 16;
     o
 }
 
@@ -234,14 +223,7 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
             .collect();
         bail!("the sandbox's plan has blockers: {}", codes.join("; "));
     }
-    let facts = plan::fingerprint_facts(&inv, &profile, Some(&sha));
-    let saved = SavedPlan {
-        fingerprint: built.fingerprint.clone(),
-        facts,
-        cluster_uid: built.cluster_uid.clone(),
-        created_at: jiff::Timestamp::now().to_string(),
-        plan: serde_json::to_value(&built)?,
-    };
+    let saved = SavedPlan::of(&built, &inv, &profile);
     plan::save(state, &saved)?;
     Ok(saved)
 }

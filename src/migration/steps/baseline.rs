@@ -34,7 +34,7 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                 "the journal belongs to this cluster (kube-system UID) and this plan's fingerprint"
                     .into(),
                 format!(
-                    "policy counts still match the plan: {} NetworkPolicies, {} Calico NetworkPolicies, {} GlobalNetworkPolicies",
+                    "policy counts compared with the plan's ({} NetworkPolicies, {} Calico NetworkPolicies, {} GlobalNetworkPolicies); a difference is reported, the baseline taken then is what later checks use",
                     s.network_policies, s.calico_network_policies, s.global_network_policies
                 ),
             ],
@@ -112,9 +112,12 @@ impl Step<Cluster> for Baseline {
             // verify-completion compares the policy set with this copy (the journal's
             // rollback data is the engine's, not the steps').
             BaselinePolicies {
+                api_version: list_api_version(),
+                kind: list_kind(),
                 objects: snap["policies"].as_array().cloned().unwrap_or_default(),
             }
             .save(&world.state_dir)?;
+            note_policy_counts(world, &snap);
             Ok(snap)
         })
     }
@@ -287,6 +290,48 @@ pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
     }))
 }
 
+/// The plan's policy counts beside the baseline's: teams change policies every day,
+/// so a difference is reported, not refused (the baseline is what later checks use).
+fn note_policy_counts(world: &Cluster, snap: &Value) {
+    let plan_inv = world.plan.get("inventory");
+    let count = |api: &str, kind: &str| {
+        snap["policy_counts"][format!("{api} {kind}")]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let pairs = [
+        ("network_policies", "networking.k8s.io/v1", "NetworkPolicy"),
+        ("calico_network_policies", CALICO_V1, "NetworkPolicy"),
+        ("global_network_policies", CALICO_V1, "GlobalNetworkPolicy"),
+        ("global_network_sets", CALICO_V1, "GlobalNetworkSet"),
+        ("network_sets", CALICO_V1, "NetworkSet"),
+        ("host_endpoints", CALICO_V1, "HostEndpoint"),
+    ];
+    let changed: Vec<String> = pairs
+        .iter()
+        .filter_map(|(key, api, kind)| {
+            let planned = plan_inv?.get(*key)?.as_u64()?;
+            let now = count(api, kind);
+            (planned != now).then(|| format!("{kind} ({api}) {planned} -> {now}"))
+        })
+        .collect();
+    let text = if changed.is_empty() {
+        "policy counts as in the plan".to_string()
+    } else {
+        format!(
+            "policy counts changed since the plan: {}; the baseline taken now is what later checks compare with",
+            changed.join(", ")
+        )
+    };
+    tracing::info!("{text}");
+    world.observe(Observation::Note {
+        step: ID.into(),
+        text,
+    });
+}
+
+const CALICO_V1: &str = "crd.projectcalico.org/v1";
+
 /// Every policy object of the kinds the migration must never lose, stripped; the
 /// probe workload's own policies are not the cluster's.
 pub async fn live_policies(world: &Cluster) -> anyhow::Result<Vec<Value>> {
@@ -308,10 +353,24 @@ pub async fn live_policies(world: &Cluster) -> anyhow::Result<Vec<Value>> {
 /// File in the state dir holding the baseline's policy objects.
 pub const BASELINE_POLICIES_FILE: &str = "apply-baseline-policies.json";
 
-/// The policy objects as the baseline saw them.
+/// The policy objects as the baseline saw them; kept as a `v1 List`, so that
+/// `kubectl apply -f` of the file restores them.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BaselinePolicies {
+    #[serde(default = "list_api_version")]
+    pub api_version: String,
+    #[serde(default = "list_kind")]
+    pub kind: String,
+    #[serde(rename = "items")]
     pub objects: Vec<Value>,
+}
+
+fn list_api_version() -> String {
+    "v1".into()
+}
+fn list_kind() -> String {
+    "List".into()
 }
 
 /// How a live policy set differs from the baseline's, by `Kind namespace/name`.

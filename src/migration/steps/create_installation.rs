@@ -62,7 +62,7 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             ]),
         },
         rollback: lines(&[
-            "scale the operator to 0; delete Installation default (finalizers cleared, calico issue 6629)",
+            "scale the operator to 0; move migrated nodes back one at a time; delete Installation default and run the operator until it releases its finalizer (calico issue 6629)",
             "restore kube-system calico-node, typha and the autoscaler from the snapshot; remove the node labels",
         ]),
         gate: None,

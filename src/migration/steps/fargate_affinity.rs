@@ -15,13 +15,23 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
     Some(StepPlan {
         id: ID,
         title: "Remove the Fargate node affinity from kube-system calico-node".into(),
-        changes: vec![change(
-            "DaemonSet kube-system/calico-node",
-            "patch",
-            &[
-                "remove spec.template.spec.affinity.nodeAffinity (eks.amazonaws.com/compute-type NotIn [fargate])",
-            ],
-        )],
+        changes: vec![
+            change(
+                "Node (every non-Fargate node)",
+                "label",
+                &[
+                    "projectcalico.org/operator-node-migration=pre-operator (the label the operator sets first)",
+                ],
+            ),
+            change(
+                "DaemonSet kube-system/calico-node",
+                "patch",
+                &[
+                    "remove spec.template.spec.affinity.nodeAffinity (eks.amazonaws.com/compute-type NotIn [fargate])",
+                    "spec.template.spec.nodeSelector: projectcalico.org/operator-node-migration=pre-operator (keeps Fargate nodes out)",
+                ],
+            ),
+        ],
         checks: Checks {
             before: vec![format!(
                 "Fargate nodes: {} (DaemonSet pods never run there)",
@@ -36,7 +46,9 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
                 "probe matrix equals the baseline",
             ]),
         },
-        rollback: lines(&["restore the affinity from the snapshot; wait for the rollout"]),
+        rollback: lines(&[
+            "restore the affinity and nodeSelector, follow the rollout node by node, then the node labels",
+        ]),
         gate: None,
     })
 }

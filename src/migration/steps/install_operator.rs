@@ -42,7 +42,7 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             ]),
             after: lines(&["tigera-operator Deployment Available", "kube-system calico-node untouched (same generation)"]),
         },
-        rollback: lines(&["delete the operator Deployment, its RBAC and namespace, and the operator.tigera.io CRDs (finalizers cleared)"]),
+        rollback: lines(&["delete the operator Deployment, its RBAC and namespace, and the operator.tigera.io CRDs (only what it created; never a Calico CRD)"]),
         gate: external.then(|| format!(
             "install tigera-operator {} with Helm/Terraform WITHOUT an Installation (chart value installation.enabled=false), then run `calico-migrate apply --resume`",
             p.target.operator_version
@@ -250,6 +250,11 @@ fn manifest_in_order(world: &Cluster) -> anyhow::Result<Vec<(ObjRef, &Value)>> {
                 obj.to_string().chars().take(120).collect::<String>()
             )
         })?;
+        if r.kind == "Installation" {
+            bail!(
+                "the operator manifest contains {r}: applying it would start the migration at once, before calico-migrate can check each node; use a manifest without an Installation (Helm chart value installation.enabled=false)"
+            );
+        }
         if r.kind == "CustomResourceDefinition"
             && obj.pointer("/spec/group").and_then(Value::as_str) == Some("projectcalico.org")
         {

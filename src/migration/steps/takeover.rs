@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::install_operator::{
-    freeze_operator, int_at, operator_ref, run_operator, tigera_status_ref, wait_until,
+    deployment_ready, freeze_operator, int_at, operator_ref, run_operator, tigera_status_ref,
+    wait_until,
 };
 use super::{Checks, StepContext, StepPlan, change, lines};
 use crate::checks::{self, NodeWatch};
@@ -897,6 +898,16 @@ impl Step<Cluster> for Takeover {
         Box::pin(async move {
             let (total, missing) = not_taken_over(world).await?;
             if missing.is_empty() {
+                // The takeover leaves the operator running: it still has to remove the
+                // kube-system install and finish (a crash may have left it frozen).
+                match world.objects.get(&operator_ref()).await? {
+                    Some(d) if deployment_ready(&d) => {}
+                    _ => {
+                        return Ok(Verification::failed(
+                            "the operator is not running: the takeover starts it again to finish",
+                        ));
+                    }
+                }
                 match world.objects.get(&calico_system_node()).await? {
                     Some(ds) if selects(&ds, MIGRATED) => {
                         return Ok(Verification::failed(

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::baseline::{self, BaselinePolicies};
-use super::install_operator::{int_at, tigera_status_ref, wait_until};
+use super::install_operator::{int_at, operator_ref, tigera_status_ref, wait_until};
 use super::takeover::{
     CALICO_SYSTEM, agents_ready, condition, kube_system_node, kube_system_typha, list_nodes,
 };
@@ -59,6 +59,14 @@ struct Record {
 /// Everything the operator's finished migration leaves, or what is still missing.
 async fn unfinished(world: &Cluster) -> anyhow::Result<Vec<String>> {
     let mut missing = Vec::new();
+    if world
+        .objects
+        .get(&operator_ref())
+        .await?
+        .is_some_and(|d| int_at(&d, "/spec/replicas") == Some(0))
+    {
+        missing.push("the operator is frozen (Deployment tigera-operator scaled to 0)".into());
+    }
     match world.objects.get(&tigera_status_ref()).await? {
         None => missing.push("no TigeraStatus calico".to_string()),
         Some(ts) => {
@@ -121,9 +129,13 @@ async fn policies_unchanged(world: &Cluster) -> anyhow::Result<(usize, Vec<Strin
     let diff = base.compare(&live);
     if !diff.removed.is_empty() || !diff.changed.is_empty() {
         anyhow::bail!(
-            "the policy set changed since the baseline: removed {}; changed {}. calico-migrate never deletes or rewrites a policy object: find who did (audit log), restore them from the journal snapshot (`calico-migrate history`), then `calico-migrate apply --resume`",
+            "the policy set changed since the baseline: removed {}; changed {}. calico-migrate never deletes or rewrites a policy object: find who did (the API server's audit log); the baseline's copies are in {} (`kubectl apply -f` it restores them), then `calico-migrate apply --resume`",
             list_or_none(&diff.removed),
-            list_or_none(&diff.changed)
+            list_or_none(&diff.changed),
+            world
+                .state_dir
+                .join(baseline::BASELINE_POLICIES_FILE)
+                .display()
         );
     }
     Ok((base.objects.len(), diff.added))
@@ -167,6 +179,11 @@ impl Step<Cluster> for VerifyCompletion {
                 world.options.node_ready_timeout,
                 || async {
                     let m = unfinished(world).await?;
+                    if m.iter().any(|w| w.starts_with("the operator is frozen")) {
+                        anyhow::bail!(
+                            "the operator is frozen (Deployment tigera-operator/tigera-operator scaled to 0), so it cannot finish: start it again (`kubectl -n tigera-operator scale deployment tigera-operator --replicas=1`) and `calico-migrate apply --resume`"
+                        );
+                    }
                     Ok((!m.is_empty()).then(|| m.join("; ")))
                 },
             )
