@@ -12,5 +12,6 @@ pub mod engine;
 pub mod helm;
 pub mod migration;
 pub mod policy;
+pub mod progress;
 pub mod rehearse;
 pub mod sandbox;

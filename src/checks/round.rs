@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -452,6 +453,11 @@ impl Prober {
 
     /// Run probes with bounded concurrency; Check failed is retried, nothing else.
     pub async fn execute(&self, probes: &[Probe]) -> Vec<ProbeRecord> {
+        self.execute_counted(probes, false).await
+    }
+
+    /// `execute`, advancing the current progress bar once per probe when `counted`.
+    async fn execute_counted(&self, probes: &[Probe], counted: bool) -> Vec<ProbeRecord> {
         let client = &self.client;
         let opts = &self.opts;
         futures::stream::iter(probes.iter().cloned().map(|probe| async move {
@@ -469,6 +475,9 @@ impl Prober {
                 .await;
                 let (observed, detail) = classify(&r);
                 if observed != super::ResultClass::CheckFailed || attempts > opts.retries {
+                    if counted {
+                        crate::progress::inc();
+                    }
                     return ProbeRecord {
                         probe,
                         observed,
@@ -489,7 +498,11 @@ impl Prober {
     pub async fn round(&self) -> Result<RoundReport, CheckError> {
         let started = Instant::now();
         let plan = self.plan().await?;
-        let mut records = self.execute(&plan.probes).await;
+        let bar = crate::progress::bar("check round", plan.probes.len() as u64, "probes");
+        let mut records = self
+            .execute_counted(&plan.probes, true)
+            .instrument(bar)
+            .await;
         records.sort_by(|a, b| {
             (&a.probe.node, &a.probe.from, &a.probe.to, a.probe.port).cmp(&(
                 &b.probe.node,

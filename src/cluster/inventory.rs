@@ -62,7 +62,9 @@ const fn col(
     }
 }
 
-/// Everything `plan` reads, by key.
+/// Everything `plan` reads, by key. Helm's records are read in kube-system only: the
+/// operator migrates a kube-system install, so that is where its release lives, and
+/// reading Secrets cluster-wide is a privilege the Job of deploy/ does not need.
 pub fn collections() -> Vec<Collection> {
     let mut v = vec![
         col("namespaces", "v1", "namespaces", "Namespace", None, None),
@@ -72,7 +74,7 @@ pub fn collections() -> Vec<Collection> {
             "v1",
             "secrets",
             "Secret",
-            None,
+            Some("kube-system"),
             Some("owner=helm"),
         ),
         col(
@@ -80,7 +82,7 @@ pub fn collections() -> Vec<Collection> {
             "v1",
             "configmaps",
             "ConfigMap",
-            None,
+            Some("kube-system"),
             Some("owner=helm"),
         ),
         col(
@@ -88,7 +90,7 @@ pub fn collections() -> Vec<Collection> {
             "v1",
             "configmaps",
             "ConfigMap",
-            None,
+            Some("kube-system"),
             Some("OWNER=TILLER"),
         ),
         col(
@@ -96,7 +98,7 @@ pub fn collections() -> Vec<Collection> {
             "v1",
             "secrets",
             "Secret",
-            None,
+            Some("kube-system"),
             Some("OWNER=TILLER"),
         ),
         col(

@@ -25,7 +25,8 @@ pub fn needed() -> Vec<Permission> {
         v.push(p(verb, "apps", "daemonsets", KS));
         v.push(p(verb, "apps", "deployments", KS));
     }
-    for verb in ["get", "list", "create", "delete", "patch"] {
+    // `update`: rollback restores objects whole (a replace).
+    for verb in ["get", "list", "create", "delete", "patch", "update"] {
         v.push(p(verb, "", "secrets", KS));
         v.push(p(verb, "", "configmaps", KS));
         v.push(p(verb, "", "services", KS));
@@ -37,7 +38,7 @@ pub fn needed() -> Vec<Permission> {
     for verb in ["get", "list", "patch"] {
         v.push(p(verb, "", "nodes", None));
     }
-    for verb in ["get", "list", "create", "patch", "delete"] {
+    for verb in ["get", "list", "create", "patch", "update", "delete"] {
         v.push(p(
             verb,
             "apiextensions.k8s.io",
@@ -63,6 +64,8 @@ pub fn needed() -> Vec<Permission> {
         "hostendpoints",
         "felixconfigurations",
         "ippools",
+        // The checks' policy engine reads Tiers where Calico serves them.
+        "tiers",
     ] {
         v.push(p("list", "crd.projectcalico.org", res, None));
     }
@@ -72,7 +75,31 @@ pub fn needed() -> Vec<Permission> {
         "felixconfigurations",
         None,
     ));
-    v.push(p("get", "operator.tigera.io", "tigerastatuses", None));
+    // TigeraStatus: plan lists it; create-installation's rollback deletes the one the
+    // operator made.
+    for verb in ["get", "list", "delete"] {
+        v.push(p(verb, "operator.tigera.io", "tigerastatuses", None));
+    }
+    v.push(p("list", "policy", "podsecuritypolicies", None));
+    // calico-system and tigera-operator do not exist before the operator runs, so no
+    // Role can be bound there in advance: the operator's calico-system DaemonSet (put
+    // back on the migration selector and deleted by a rollback), the PDBs and
+    // ConfigMaps plan reads there, and the operator's scale subresource (frozen and
+    // started again) are granted cluster-wide.
+    for verb in ["get", "list", "patch", "delete"] {
+        v.push(p(verb, "apps", "daemonsets", None));
+    }
+    v.push(p("list", "policy", "poddisruptionbudgets", None));
+    v.push(p("list", "", "configmaps", None));
+    for verb in ["get", "patch"] {
+        v.push(p(verb, "apps", "deployments/scale", None));
+    }
+    // The chart's autoscaler Role and RoleBinding: detach-helm strips their Helm
+    // metadata, cleanup-leftovers deletes them, rollback re-creates them.
+    for verb in ["get", "create", "patch", "update", "delete"] {
+        v.push(p(verb, "rbac.authorization.k8s.io", "roles", KS));
+        v.push(p(verb, "rbac.authorization.k8s.io", "rolebindings", KS));
+    }
     v.push(p("create", "", "pods/exec", None));
     v.sort();
     v.dedup();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::facts::str_at;
 use super::steps::baseline::{KUBE_SYSTEM, pod_ready};
@@ -157,6 +158,20 @@ pub async fn follow_rollout(
     r: &ObjRef,
     prober: &Prober,
 ) -> anyhow::Result<()> {
+    let nodes = daemonset(world, r)
+        .await?
+        .pointer("/status/desiredNumberScheduled")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let bar = crate::progress::bar(
+        &format!("{step}: nodes checked after their calico-node was replaced"),
+        nodes,
+        "nodes",
+    );
+    follow(world, step, r, prober).instrument(bar).await
+}
+
+async fn follow(world: &Cluster, step: &str, r: &ObjRef, prober: &Prober) -> anyhow::Result<()> {
     let mut watched: BTreeSet<String> = BTreeSet::new();
     let mut to_check: BTreeSet<String> = BTreeSet::new();
     let mut last_progress = Instant::now();
@@ -230,6 +245,7 @@ pub async fn follow_rollout(
                     watch.longest_unverified_ms
                 );
                 watched.insert(node);
+                crate::progress::set(watched.len() as u64);
                 last_progress = Instant::now();
             }
             None if pending.is_empty() && observed >= state.generation => return Ok(()),

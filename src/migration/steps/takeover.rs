@@ -31,6 +31,8 @@ use crate::migration::facts::FARGATE_LABEL;
 use crate::migration::rollout::{follow_rollout, rollout_unfinished};
 use crate::migration::rules::MIGRATION_LABEL;
 use crate::migration::world::{Cluster, Observation};
+use crate::progress;
+use tracing::Instrument as _;
 
 pub const ID: &str = "takeover";
 
@@ -472,6 +474,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 .check_round(ID, &format!("nodes already migrated ({})", done.join(", ")))
                 .await?;
             checked.extend(done);
+            progress::set(checked.len() as u64);
         }
     }
     let per_run = world.profile.pacing.nodes_at_a_time.max(1);
@@ -512,6 +515,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
             checked.insert(node);
+            progress::set(checked.len() as u64);
             last_progress = Instant::now();
             continue;
         }
@@ -769,6 +773,7 @@ async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyh
             .check_round(step, &format!("after moving node {node} back"))
             .await
             .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
+        progress::inc();
         if !world.options.pause.is_zero() {
             tokio::time::sleep(world.options.pause).await;
         }
@@ -847,7 +852,17 @@ pub(crate) async fn return_to_kube_system(
     freeze_operator(world).await?;
     world.prober().await?;
     restore_migration_selector(world).await?;
+    let migrated = list_nodes(world)
+        .await?
+        .iter()
+        .filter(|n| n.label.as_deref() == Some(MIGRATED))
+        .count();
     move_nodes_back(world, step, pre)
+        .instrument(progress::bar(
+            "rollback: nodes moved back to kube-system",
+            migrated as u64,
+            "nodes",
+        ))
         .await
         .map_err(|e| anyhow!("{e:#}. The operator stays frozen; fix the cause and run `calico-migrate rollback` again"))?;
     restore_kube_system(world, step, pre).await
@@ -879,7 +894,17 @@ impl Step<Cluster> for Takeover {
 
     fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
         Box::pin(async move {
-            match follow(world).await {
+            let nodes = list_nodes(world)
+                .await?
+                .iter()
+                .filter(|n| !n.fargate)
+                .count();
+            let bar = progress::bar(
+                "takeover: nodes checked on the operator's calico-node",
+                nodes as u64,
+                "nodes",
+            );
+            match follow(world).instrument(bar).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     // Invariant 4: stop the operator where it stands before reporting.
