@@ -218,3 +218,42 @@ fn from_cluster_without_a_reachable_cluster_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("missing"), "{}", text(&o));
 }
+
+#[test]
+fn api_errors_of_five_percent_are_retried_through() {
+    let r = report(&rehearse(&[
+        "--nodes",
+        "3",
+        "--fault",
+        "api-errors:0.05",
+        "-o",
+        "json",
+    ]));
+    assert_whole_job(&r, 3);
+    assert_eq!(
+        r["faults"].as_array().map(Vec::len),
+        Some(0),
+        "5% of answers being 429/500/503 never stops the run: {r:#}"
+    );
+}
+
+#[test]
+fn typha_unable_to_scale_stops_the_takeover_with_the_operators_words() {
+    let r = report(&rehearse(&[
+        "--nodes",
+        "3",
+        "--fault",
+        "typha-stuck",
+        "-o",
+        "json",
+    ]));
+    assert_whole_job(&r, 3);
+    let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(faults.len(), 1, "{r:#}");
+    let msg = faults[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("typha"),
+        "the operator's Progressing message is quoted: {msg}"
+    );
+    assert!(msg.contains("frozen"), "{msg}");
+}

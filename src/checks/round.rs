@@ -98,12 +98,11 @@ pub async fn cleanup(client: &kube::Client, timeout: Duration) -> Result<(), Che
     let dp = DeleteParams::background().grace_period(0);
     let deadline = Instant::now() + timeout;
     loop {
-        let ns_list = nss
-            .list(&probe_selector())
+        let sel = probe_selector();
+        let ns_list = retried(|| nss.list(&sel))
             .await
             .map_err(api("list namespaces"))?;
-        let pod_list = pods
-            .list(&probe_selector())
+        let pod_list = retried(|| pods.list(&sel))
             .await
             .map_err(api("list pods"))?;
         if ns_list.items.is_empty() && pod_list.items.is_empty() {
@@ -114,7 +113,7 @@ pub async fn cleanup(client: &kube::Client, timeout: Duration) -> Result<(), Che
                 continue;
             };
             if ns.metadata.deletion_timestamp.is_none() {
-                match nss.delete(name, &dp).await {
+                match retried(|| nss.delete(name, &dp)).await {
                     Ok(_) => {}
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => return Err(api(format!("delete namespace {name}"))(e)),
@@ -129,7 +128,7 @@ pub async fn cleanup(client: &kube::Client, timeout: Duration) -> Result<(), Che
             };
             if p.metadata.deletion_timestamp.is_none() {
                 let api_ns: Api<Pod> = Api::namespaced(client.clone(), ns);
-                match api_ns.delete(name, &dp).await {
+                match retried(|| api_ns.delete(name, &dp)).await {
                     Ok(_) => {}
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => return Err(api(format!("delete pod {ns}/{name}"))(e)),
@@ -153,8 +152,8 @@ async fn probe_nodes(
     only: Option<&[String]>,
 ) -> Result<Vec<String>, CheckError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes
-        .list(&ListParams::default())
+    let lp = ListParams::default();
+    let list = retried(|| nodes.list(&lp))
         .await
         .map_err(api("list nodes"))?;
     let mut out: Vec<String> = list
@@ -185,11 +184,27 @@ where
 {
     let typed: K = serde_json::from_value(obj.clone())
         .map_err(|e| CheckError::Invalid(format!("{what}: the manifest is not valid: {e}")))?;
-    match api.create(&PostParams::default(), &typed).await {
+    let pp = PostParams::default();
+    match retried(|| api.create(&pp, &typed)).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 409) => Ok(()),
         Err(e) => Err(api_err(what, e)),
     }
+}
+
+/// An API call retried while its errors are transient (429, 5xx, timeouts), with the
+/// engine's backoff: the checks run during maintenance windows on busy API servers.
+async fn retried<T, Op, Fut>(op: Op) -> Result<T, kube::Error>
+where
+    Op: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    crate::cluster::errors::with_retry(
+        &crate::engine::RetryPolicy::default(),
+        crate::cluster::errors::Conflicts::Fail,
+        op,
+    )
+    .await
 }
 
 fn api_err(what: &str, e: kube::Error) -> CheckError {
@@ -235,7 +250,8 @@ async fn policy_objects(client: &kube::Client) -> Result<Vec<Value>, CheckError>
         let ar =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let dyn_api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let list = match dyn_api.list(&ListParams::default()).await {
+        let lp = ListParams::default();
+        let list = match retried(|| dyn_api.list(&lp)).await {
             Ok(l) => l,
             // Calico's CRDs may be absent (or Tier not served by older Calico).
             Err(e) if group == "crd.projectcalico.org" && is_status(&e, 404) => continue,
@@ -398,8 +414,8 @@ impl Prober {
         let want: BTreeSet<String> = self.pods.iter().map(ProbePod::key).collect();
         let deadline = Instant::now() + self.opts.ready_timeout;
         loop {
-            let list = pods
-                .list(&probe_selector())
+            let sel = probe_selector();
+            let list = retried(|| pods.list(&sel))
                 .await
                 .map_err(api("list pods"))?;
             let running = list

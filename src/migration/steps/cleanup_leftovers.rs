@@ -42,7 +42,7 @@ pub fn describe(_ctx: &StepContext) -> StepPlan {
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::install_operator::{tigera_status_ref, wait_until};
+use super::install_operator::{tigera_status_ref, wait_gone};
 use super::takeover::{KUBE_SYSTEM, condition};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
@@ -182,23 +182,7 @@ impl Step<Cluster> for CleanupLeftovers {
                 }
                 deleted.push(r);
             }
-            wait_until(
-                world,
-                "the chart's leftovers to be gone",
-                world.options.node_ready_timeout,
-                || {
-                    let deleted = deleted.clone();
-                    async move {
-                        for r in &deleted {
-                            if world.objects.get(r).await?.is_some() {
-                                return Ok(Some(format!("{r} still exists")));
-                            }
-                        }
-                        Ok(None)
-                    }
-                },
-            )
-            .await?;
+            wait_gone(world, "the chart's leftovers to be gone", &deleted).await?;
             world
                 .check_round(ID, "after removing the chart's leftovers")
                 .await?;

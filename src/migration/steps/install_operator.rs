@@ -129,6 +129,40 @@ where
     }
 }
 
+/// Wait (at most `node_ready_timeout`) until none of `refs` exists any more.
+pub(crate) async fn wait_gone(world: &Cluster, what: &str, refs: &[ObjRef]) -> anyhow::Result<()> {
+    wait_until(world, what, world.options.node_ready_timeout, || async {
+        for r in refs {
+            if world.objects.get(r).await?.is_some() {
+                return Ok(Some(format!("{r} still exists")));
+            }
+        }
+        Ok(None)
+    })
+    .await
+}
+
+/// Wait (at most `node_ready_timeout`) until the operator Deployment is Ready.
+async fn wait_operator_ready(world: &Cluster) -> anyhow::Result<()> {
+    wait_until(
+        world,
+        "the operator to be Ready",
+        world.options.node_ready_timeout,
+        || async {
+            Ok(match world.objects.get(&operator_ref()).await? {
+                Some(d) if deployment_ready(&d) => None,
+                Some(d) => Some(format!(
+                    "{} of {} replica(s) Ready",
+                    int_at(&d, "/status/readyReplicas").unwrap_or(0),
+                    int_at(&d, "/spec/replicas").unwrap_or(1)
+                )),
+                None => Some("no Deployment tigera-operator/tigera-operator".into()),
+            })
+        },
+    )
+    .await
+}
+
 fn match_labels(d: &Value) -> Option<String> {
     let m = d.pointer("/spec/selector/matchLabels")?.as_object()?;
     let parts: Vec<String> = m
@@ -198,23 +232,7 @@ pub(crate) async fn run_operator(world: &Cluster, replicas: i64) -> anyhow::Resu
         tracing::info!("starting the operator: scaling {r} to {replicas}");
         world.objects.scale(&r, replicas).await?;
     }
-    wait_until(
-        world,
-        "the operator to be Ready",
-        world.options.node_ready_timeout,
-        || async {
-            Ok(match world.objects.get(&operator_ref()).await? {
-                Some(d) if deployment_ready(&d) => None,
-                Some(d) => Some(format!(
-                    "{} of {} replica(s) Ready",
-                    int_at(&d, "/status/readyReplicas").unwrap_or(0),
-                    int_at(&d, "/spec/replicas").unwrap_or(1)
-                )),
-                None => Some("the Deployment is gone".into()),
-            })
-        },
-    )
-    .await
+    wait_operator_ready(world).await
 }
 
 /// What install-operator's rollback needs.
@@ -338,23 +356,7 @@ impl InstallOperator {
             "operator manifest: {applied} object(s) applied, {} already in place",
             objects.len() - applied
         );
-        wait_until(
-            world,
-            "the operator to be Ready",
-            world.options.node_ready_timeout,
-            || async {
-                Ok(match world.objects.get(&operator_ref()).await? {
-                    Some(d) if deployment_ready(&d) => None,
-                    Some(d) => Some(format!(
-                        "{} of {} replica(s) Ready",
-                        int_at(&d, "/status/readyReplicas").unwrap_or(0),
-                        int_at(&d, "/spec/replicas").unwrap_or(1)
-                    )),
-                    None => Some("no Deployment yet".into()),
-                })
-            },
-        )
-        .await
+        wait_operator_ready(world).await
     }
 }
 
@@ -453,23 +455,7 @@ impl Step<Cluster> for InstallOperator {
                 .filter(|r| !is_calico_crd(r))
                 .cloned()
                 .collect();
-            wait_until(
-                world,
-                "the operator's objects to be gone",
-                world.options.node_ready_timeout,
-                || {
-                    let gone = gone.clone();
-                    async move {
-                        for r in &gone {
-                            if world.objects.get(r).await?.is_some() {
-                                return Ok(Some(format!("{r} still exists")));
-                            }
-                        }
-                        Ok(None)
-                    }
-                },
-            )
-            .await?;
+            wait_gone(world, "the operator's objects to be gone", &gone).await?;
             world.objects.forget_kinds();
             for obj in &saved.existed {
                 if world.objects.restore(obj).await? {

@@ -19,9 +19,10 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::baseline::pod_ready;
 use super::install_operator::{
     deployment_ready, freeze_operator, int_at, operator_ref, run_operator, tigera_status_ref,
-    wait_until,
+    wait_gone, wait_until,
 };
 use super::{Checks, StepContext, StepPlan, change, lines};
 use crate::checks::{self, NodeWatch};
@@ -286,16 +287,6 @@ pub(crate) async fn set_node_label(
         .await
         .with_context(|| format!("labelling node {node}"))?;
     Ok(())
-}
-
-fn pod_ready(p: &Value) -> bool {
-    p.pointer("/metadata/deletionTimestamp").is_none()
-        && p.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
 }
 
 /// Nodes with a Ready calico-node pod in `namespace` (operator label `k8s-app`, chart
@@ -802,21 +793,10 @@ async fn restore_kube_system(world: &Cluster, step: &str, pre: &PreOperator) -> 
             }
         }
     }
-    wait_until(
+    wait_gone(
         world,
         "the operator's calico-system workloads to be gone",
-        world.options.node_ready_timeout,
-        || {
-            let deleted = deleted.clone();
-            async move {
-                for r in &deleted {
-                    if world.objects.get(r).await?.is_some() {
-                        return Ok(Some(format!("{r} still exists")));
-                    }
-                }
-                Ok(None)
-            }
-        },
+        &deleted,
     )
     .await?;
     let mut restored_ds = false;
