@@ -102,7 +102,7 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
 }
 
 /// calico-migrate plan + apply, through the binary, at the same time scale.
-async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration)> {
+async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     let sb = sandbox(nodes)?;
     let c = controllers(&sb)?;
     let dp = DataPlane::start(
@@ -161,10 +161,27 @@ async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration)> {
         "apply finished but the operator did not"
     );
     anyhow::ensure!(dp.intervals().await.is_empty(), "enforcement diverged");
+    let takeover = step_time(&dir.path().join("state"), "takeover")?;
     dp.stop();
     c.stop();
     server.shutdown().await;
-    Ok(times)
+    Ok((times.0, times.1, takeover))
+}
+
+/// How long a step took, from its journal: first start to verified.
+fn step_time(state: &std::path::Path, id: &str) -> anyhow::Result<Duration> {
+    use calico_migrate::engine::{EventKind, Journal};
+    let events = Journal::open_read_only(state)?.events()?;
+    let at = |pick: &dyn Fn(&EventKind) -> bool| -> anyhow::Result<jiff::Timestamp> {
+        let e = events
+            .iter()
+            .find(|e| pick(&e.kind))
+            .ok_or_else(|| anyhow::anyhow!("no such event of {id} in the journal"))?;
+        Ok(e.at.parse()?)
+    };
+    let start = at(&|k| matches!(k, EventKind::StepStarted { step, .. } if step == id))?;
+    let end = at(&|k| matches!(k, EventKind::StepVerified { step } if step == id))?;
+    Ok(Duration::try_from(end.duration_since(start))?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -175,17 +192,19 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     println!("time scale {TIME_SCALE} (simulated s per real s); apply with --pause-seconds 0");
     println!(
-        "{:>6} {:>12} {:>12} {:>12} {:>8}",
-        "nodes", "floor s", "apply s", "plan s", "ratio"
+        "{:>6} {:>9} {:>11} {:>9} {:>8} {:>15} {:>13}",
+        "nodes", "floor s", "takeover s", "apply s", "plan s", "takeover/floor", "apply/floor"
     );
     for n in sizes {
         let f = rt.block_on(floor(n))?;
-        let (plan, a) = rt.block_on(apply(n))?;
+        let (plan, a, t) = rt.block_on(apply(n))?;
         println!(
-            "{n:>6} {:>12.1} {:>12.1} {:>12.2} {:>8.2}",
+            "{n:>6} {:>9.1} {:>11.1} {:>9.1} {:>8.2} {:>15.2} {:>13.2}",
             f.as_secs_f64(),
+            t.as_secs_f64(),
             a.as_secs_f64(),
             plan.as_secs_f64(),
+            t.as_secs_f64() / f.as_secs_f64(),
             a.as_secs_f64() / f.as_secs_f64()
         );
     }

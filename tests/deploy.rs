@@ -2,6 +2,8 @@
 //! the binary, and the deploy/ manifests checked against the sandbox's RBAC with
 //! `kubectl auth can-i`.
 
+mod kubectl_client;
+
 use std::process::Command;
 
 use anyhow::Result;
@@ -566,11 +568,6 @@ async fn access_review_answers_for_the_admin_and_for_the_job_identity() -> Resul
     Ok(())
 }
 
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
 fn kubectl(kc: &Path, args: &[&str]) -> Result<std::process::Output> {
     Ok(Command::new("kubectl")
         .args(args)
@@ -657,8 +654,8 @@ fn review_with_kubectl(
 
 #[test]
 fn kubectl_applies_deploy_and_auth_can_i_agrees() -> Result<()> {
-    if !on_path("kubectl") {
-        eprintln!("SKIPPED kubectl_applies_deploy_and_auth_can_i_agrees: kubectl is not on PATH");
+    if let Err(why) = kubectl_client::usable() {
+        eprintln!("SKIPPED kubectl_applies_deploy_and_auth_can_i_agrees: {why}");
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;

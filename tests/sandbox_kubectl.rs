@@ -1,6 +1,8 @@
 //! `calico-migrate sandbox` as a process: its kubeconfig works for kube-rs, it
 //! stops cleanly on SIGTERM, and the installed kubectl passes tests/kubectl/sandbox.sh.
 
+mod kubectl_client;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -80,15 +82,10 @@ fn bad_flags_are_refused_with_a_clear_message() -> Result<()> {
     Ok(())
 }
 
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
 #[test]
 fn kubectl_script_passes() -> Result<()> {
-    if !on_path("kubectl") {
-        eprintln!("SKIPPED kubectl_script_passes: kubectl is not on PATH (.ci/run installs it)");
+    if let Err(why) = kubectl_client::usable() {
+        eprintln!("SKIPPED kubectl_script_passes: {why}");
         return Ok(());
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubectl/sandbox.sh");

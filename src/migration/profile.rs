@@ -78,7 +78,17 @@ pub struct Pacing {
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     pub max_swap_seconds: u64,
+    /// Every node is probed through its own swap (as source and destination) until
+    /// verified; a full round over every node runs after this many swapped nodes and
+    /// at the end (a full round is O(nodes) probes, so one after every node would
+    /// make a takeover O(nodes²)).
+    #[serde(default = "default_full_round_every")]
+    pub full_round_every_nodes: u64,
     pub probe_timeout_seconds: u64,
+}
+
+fn default_full_round_every() -> u64 {
+    10
 }
 
 /// One row of the version table.
@@ -153,6 +163,11 @@ impl Profile {
             if parse_version(v).is_none() {
                 return Err(bad(format!("{field} {v:?} is not a version like v3.19.1")));
             }
+        }
+        if self.checks.full_round_every_nodes == 0 {
+            return Err(bad(
+                "checks.full_round_every_nodes must be at least 1".into()
+            ));
         }
         if self.pacing.nodes_at_a_time == 0 {
             return Err(bad("pacing.nodes_at_a_time must be at least 1".into()));

@@ -29,6 +29,8 @@ pub struct ApplyOptions {
     pub max_swap: Duration,
     /// How often long waits poll the cluster.
     pub poll: Duration,
+    /// Swapped nodes between two full rounds (each node's own swap is always probed).
+    pub full_round_every: usize,
     /// The probe rounds.
     pub round: RoundOptions,
 }
@@ -61,6 +63,7 @@ impl ApplyOptions {
             node_ready_timeout: Duration::from_secs(profile.pacing.node_ready_timeout_seconds),
             max_swap: Duration::from_secs(profile.checks.max_swap_seconds),
             poll: Duration::from_secs(1),
+            full_round_every: profile.checks.full_round_every_nodes.max(1) as usize,
             round,
         }
     }

@@ -73,8 +73,12 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             ]),
             after: vec![
                 format!(
-                    "after each node: its calico-system calico-node Ready within {} s, no node without a Ready agent longer than {} s, probe matrix equals the baseline",
+                    "each node probed as source and destination through its swap until its calico-system calico-node is Ready (within {} s) and enforcement verifies; never longer than {} s without verified enforcement",
                     p.node_ready_timeout_seconds, ctx.profile.checks.max_swap_seconds
+                ),
+                format!(
+                    "a full probe round over every node after each {} node(s) and after the last; it equals the baseline",
+                    ctx.profile.checks.full_round_every_nodes
                 ),
                 format!(
                     "pause {} s between nodes; at the first failed check the operator is scaled to 0 and the run stops naming the node",
@@ -470,6 +474,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
     }
     let per_run = world.profile.pacing.nodes_at_a_time.max(1);
     let mut moved_in_run = 0;
+    let mut since_round = 0;
     let mut running = false;
     let mut last_progress = Instant::now();
     loop {
@@ -501,10 +506,14 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             if let Some(problem) = watch_swap(world, ID, &node, CALICO_SYSTEM).await? {
                 bail!("node {node}: {problem}");
             }
-            world
-                .check_round(ID, &format!("after node {node}"))
-                .await
-                .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
+            since_round += 1;
+            if since_round >= world.options.full_round_every {
+                world
+                    .check_round(ID, &format!("after node {node}"))
+                    .await
+                    .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
+                since_round = 0;
+            }
             checked.insert(node);
             progress::set(checked.len() as u64);
             last_progress = Instant::now();
@@ -515,6 +524,9 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 "every node ({}) runs the calico-system calico-node, checked",
                 nodes.len()
             );
+            if since_round > 0 {
+                world.check_round(ID, "after the last node moved").await?;
+            }
             // The operator finishes on its own: it removes the kube-system install,
             // then renders calico-system calico-node without the migration
             // nodeSelector (one more rolling restart of every node's agent, followed
@@ -547,8 +559,8 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
         if !running {
             if moved_in_run > 0 && !world.options.pause.is_zero() {
                 tracing::info!(
-                    "pausing {} s before the operator moves the next node",
-                    world.options.pause.as_secs()
+                    "pausing {:.1} s before the operator moves the next node",
+                    world.options.pause.as_secs_f64()
                 );
                 tokio::time::sleep(world.options.pause).await;
             }
@@ -744,6 +756,7 @@ async fn restore_migration_selector(world: &Cluster) -> anyhow::Result<()> {
 /// Move every `migrated` node back to the kube-system agent, newest first (the
 /// operator migrates in name order), checking each like the way forward.
 async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyhow::Result<()> {
+    let mut moved = 0usize;
     loop {
         let nodes = list_nodes(world).await?;
         let Some(node) = nodes
@@ -760,10 +773,13 @@ async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyh
         if let Some(problem) = watch_swap(world, step, &node, KUBE_SYSTEM).await? {
             bail!("moving node {node} back: {problem}");
         }
-        world
-            .check_round(step, &format!("after moving node {node} back"))
-            .await
-            .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
+        moved += 1;
+        if moved % world.options.full_round_every == 0 {
+            world
+                .check_round(step, &format!("after moving node {node} back"))
+                .await
+                .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
+        }
         progress::inc();
         if !world.options.pause.is_zero() {
             tokio::time::sleep(world.options.pause).await;
