@@ -774,7 +774,7 @@ async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyh
             bail!("moving node {node} back: {problem}");
         }
         moved += 1;
-        if moved % world.options.full_round_every == 0 {
+        if moved.is_multiple_of(world.options.full_round_every) {
             world
                 .check_round(step, &format!("after moving node {node} back"))
                 .await
