@@ -1,7 +1,7 @@
-//! `calico-migrate plan` on a large sandbox (100 nodes, 1,500 user namespaces,
-//! ~3,500 NetworkPolicies, 15,000 pods) over HTTP, beside `kubectl get` of the same
-//! resources in the same run. Prints wall time and peak RSS (from /usr/bin/time -f %M)
-//! of each. Run: `cargo bench --bench plan`.
+//! `calico-migrate plan` on large sandboxes (100 nodes with 1,500 user namespaces, 1,000
+//! nodes with 15,000) over HTTP, beside `kubectl get` of the same resources in the same
+//! run. Prints wall time and peak RSS (from /usr/bin/time -f %M) of each.
+//! Run: `cargo bench --bench plan` (PLAN_BENCH_SIZES=100x1500 for one size).
 
 use std::path::Path;
 use std::process::Command;
@@ -92,13 +92,34 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// (nodes, namespaces) to measure; PLAN_BENCH_SIZES="100x1500,1000x15000" by default.
+fn sizes() -> Vec<(usize, usize)> {
+    std::env::var("PLAN_BENCH_SIZES")
+        .unwrap_or_else(|_| "100x1500,1000x15000".into())
+        .split(',')
+        .filter_map(|s| {
+            let (n, ns) = s.trim().split_once('x')?;
+            Some((n.parse().ok()?, ns.parse().ok()?))
+        })
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
+    for (nodes, namespaces) in sizes() {
+        one(nodes, namespaces)?;
+    }
+    Ok(())
+}
+
+fn one(nodes: usize, namespaces: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        // Ten pods a namespace, fewer where the scenario's pod limit requires.
+        let pods_per_namespace = (scenario::MAX_PODS / namespaces.max(1)).clamp(1, 10);
         let cfg = ScenarioConfig {
-            nodes: 100,
-            namespaces: 1500,
-            pods_per_namespace: 10,
+            nodes,
+            namespaces,
+            pods_per_namespace,
             ..ScenarioConfig::default()
         };
         let objs = scenario::build(&cfg)?;

@@ -135,6 +135,37 @@ spec:
 }
 
 #[test]
+fn empty_namespace_selector_means_every_namespace() {
+    // Default deny in x, then `namespaceSelector: {}`: every pod of every namespace.
+    let ix = index(&["apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-everywhere, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}}]}]"]);
+    assert_matrix(&ix, 80, Protocol::Tcp, |_, _, dn, dp| {
+        dn != "x" || dp == "a"
+    });
+    // With a podSelector beside it: those pods, in every namespace.
+    let ix = index(&["apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-b-anywhere, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}]}]"]);
+    assert_matrix(&ix, 80, Protocol::Tcp, |_, sp, dn, _| {
+        dn != "x" || sp == "b"
+    });
+}
+
+#[test]
 fn namespace_and_pod_selector_in_one_peer_is_and() {
     let ix = index(&["apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
