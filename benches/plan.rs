@@ -1,4 +1,4 @@
-//! `calico-migrate plan` on large sandboxes (100 nodes with 1,500 user namespaces, 1,000
+//! `calico-migrate plan` on large sandboxes (100 nodes with 1,500 user namespaces, 700
 //! nodes with 15,000) over HTTP, beside `kubectl get` of the same resources in the same
 //! run. Prints wall time and peak RSS (from /usr/bin/time -f %M) of each.
 //! Run: `cargo bench --bench plan` (PLAN_BENCH_SIZES=100x1500 for one size).
@@ -92,10 +92,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// (nodes, namespaces) to measure; PLAN_BENCH_SIZES="100x1500,1000x15000" by default.
+/// (nodes, namespaces) to measure; PLAN_BENCH_SIZES="100x1500,700x15000" by default.
 fn sizes() -> Vec<(usize, usize)> {
     std::env::var("PLAN_BENCH_SIZES")
-        .unwrap_or_else(|_| "100x1500,1000x15000".into())
+        .unwrap_or_else(|_| "100x1500,700x15000".into())
         .split(',')
         .filter_map(|s| {
             let (n, ns) = s.trim().split_once('x')?;

@@ -257,3 +257,44 @@ fn typha_unable_to_scale_stops_the_takeover_with_the_operators_words() {
     );
     assert!(msg.contains("frozen"), "{msg}");
 }
+
+#[test]
+fn a_new_agent_that_never_becomes_ready_stops_the_run_naming_its_node() {
+    let r = report(&rehearse(&[
+        "--nodes",
+        "3",
+        "--fault",
+        "agent-not-ready:@2",
+        "-o",
+        "json",
+    ]));
+    assert_whole_job(&r, 3);
+    let node = injected_value(&r);
+    let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(faults.len(), 1, "{r:#}");
+    let msg = faults[0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&node), "{msg}");
+    assert!(msg.contains("not Ready"), "{msg}");
+}
+
+#[test]
+fn a_node_that_joins_during_the_takeover_is_migrated_and_checked_too() {
+    let r = report(&rehearse(&[
+        "--nodes",
+        "3",
+        "--fault",
+        "node-join:1",
+        "-o",
+        "json",
+    ]));
+    // The joined node is migrated with the others and probed through its swap.
+    let windows = r["node_windows"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(windows.len(), 4, "{r:#}");
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert_eq!(r["faults"].as_array().map(Vec::len), Some(0), "{r:#}");
+    for iv in r["monitor"].as_array().into_iter().flatten() {
+        assert_eq!(iv["injected"], true, "an unexplained divergence: {iv}");
+    }
+}

@@ -364,6 +364,16 @@ impl Prober {
             return Err(CheckError::Invalid("concurrency must be at least 1".into()));
         }
         cleanup(client, opts.ready_timeout).await?;
+        Self::create(client, opts).await
+    }
+
+    /// The workload for the nodes there are now, keeping the probe pods that exist
+    /// (for a node that joined since `setup`: only its pods are created).
+    pub async fn extend(client: &kube::Client, opts: &RoundOptions) -> Result<Prober, CheckError> {
+        Self::create(client, opts).await
+    }
+
+    async fn create(client: &kube::Client, opts: &RoundOptions) -> Result<Prober, CheckError> {
         let nodes = probe_nodes(client, opts.nodes.as_deref()).await?;
         let pods = workload::probe_pods(&nodes, opts.exempt_namespace.as_deref());
         let nss: Api<Namespace> = Api::all(client.clone());

@@ -185,6 +185,25 @@ impl Cluster {
         Ok(p)
     }
 
+    /// The probe workload, covering `node` too: a node that joined after the workload
+    /// was set up gets its probe pods (once every node, it included, has a Ready agent).
+    pub async fn prober_covering(&self, node: &str) -> anyhow::Result<Arc<Prober>> {
+        let p = self.prober().await?;
+        if p.nodes().iter().any(|n| n == node) {
+            return Ok(p);
+        }
+        let mut slot = self.prober.lock().await;
+        self.wait_for_agents().await?;
+        tracing::info!("node {node} joined: adding its probe pods");
+        let p = Arc::new(
+            Prober::extend(self.client(), &self.options.round)
+                .await
+                .context("adding probe pods for a node that joined")?,
+        );
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+
     /// Wait (at most `node_ready_timeout`) until every node has a Ready calico-node:
     /// a probe pod created on a node mid-swap would fail closed there, and new pod
     /// addresses are what rules frozen on a swapping node do not know.

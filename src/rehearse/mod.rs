@@ -477,7 +477,11 @@ pub async fn rehearse(
             .push(format!("rollback did not complete: {outcome:?}"));
     }
     let after = snapshot::snapshot(&stage.sb)?;
-    report.rollback_differences = snapshot::differences(&baseline, &after);
+    // A node that joined meanwhile (node-join) is not the migration's to remove.
+    report.rollback_differences = snapshot::differences(&baseline, &after)
+        .into_iter()
+        .filter(|k| !k.starts_with("nodes. /") || baseline.contains_key(k))
+        .collect();
     for d in &report.rollback_differences {
         report
             .problems
@@ -518,7 +522,14 @@ pub async fn rehearse(
         .collect();
     report.add_observations(&observations);
     let injected: Vec<String> = faults.dataplane.lapse.iter().cloned().collect();
-    report.add_intervals(&stage.dp.intervals().await, &injected);
+    let agentless: Vec<String> = faults
+        .dataplane
+        .agent_not_ready
+        .iter()
+        .chain(faults.controllers.agent_not_ready.iter())
+        .cloned()
+        .collect();
+    report.add_intervals(&stage.dp.intervals().await, &injected, &agentless);
     report.millis = started.elapsed().as_millis() as u64;
     stage.controllers.stop();
     stage.dp.stop();

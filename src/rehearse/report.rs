@@ -132,10 +132,23 @@ impl Report {
     }
 
     /// Record the monitor's intervals; any not explained by an injected lapse is a problem.
-    pub fn add_intervals(&mut self, intervals: &[Interval], lapsed_on_purpose: &[String]) {
+    /// `lapsed` are the nodes of `lapse:` faults; `agentless` those of
+    /// `agent-not-ready:` faults, where a node with no Ready agent is the injected
+    /// failure itself, so pods that land there fail closed (a real consequence the
+    /// checks stop on, not a lapse of the tool's).
+    pub fn add_intervals(
+        &mut self,
+        intervals: &[Interval],
+        lapsed: &[String],
+        agentless: &[String],
+    ) {
         for iv in intervals {
-            let injected = iv.reason == DivergenceReason::Lapse
-                && lapsed_on_purpose.iter().any(|n| n == &iv.node);
+            let on = |nodes: &[String]| nodes.iter().any(|n| n == &iv.node);
+            let injected = match iv.reason {
+                DivergenceReason::Lapse => on(lapsed),
+                DivergenceReason::FailClosed | DivergenceReason::NoAgent => on(agentless),
+                DivergenceReason::StaleRules => false,
+            };
             let millis = iv
                 .end
                 .map(|e| e.duration_since(iv.start).as_millis().max(0) as u64);

@@ -368,7 +368,14 @@ async fn watch_swap(
     node: &str,
     namespace: &str,
 ) -> anyhow::Result<Option<String>> {
-    let prober = world.prober().await?;
+    // A node that joined during the takeover has no probe pods yet: its first agent
+    // comes up first (no pod is created on a node without one), then its pods.
+    if !world.prober().await?.nodes().iter().any(|n| n == node) {
+        let ready = checks::agent_ready(world.client(), namespace, node, world.options.poll);
+        // Not Ready in time: prober_covering says so (it waits for every agent).
+        let _ = tokio::time::timeout(world.options.node_ready_timeout, ready).await;
+    }
+    let prober = world.prober_covering(node).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let flag = ready.clone();
     let client = world.client().clone();

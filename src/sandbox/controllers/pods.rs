@@ -141,17 +141,21 @@ impl PodLifecycle {
                 self.ready_at.insert(uid, now + delay);
                 continue;
             }
-            if phase != "Pending" {
+            // The fault targets the operator's agent (the new one of the swap).
+            let stuck = is_calico_node(p)
+                && namespace(p) == "calico-system"
+                && f.agent_not_ready.contains(node_name);
+            // A pod held unready by the fault: once the fault is gone its readiness
+            // probe passes, as when the cause is fixed on a real node.
+            let held_unready =
+                phase == "Running" && !stuck && is_calico_node(p) && !super::pod_ready(p);
+            if phase != "Pending" && !held_unready {
                 continue;
             }
             let due = *self.ready_at.entry(uid).or_insert(now + delay);
             if now + 1e-9 < due {
                 continue;
             }
-            // The fault targets the operator's agent (the new one of the swap).
-            let stuck = is_calico_node(p)
-                && namespace(p) == "calico-system"
-                && f.agent_not_ready.contains(node_name);
             let containers: Vec<Value> = p.pointer("/spec/containers").and_then(Value::as_array)
                 .map(Vec::as_slice).unwrap_or_default().iter().map(|c| json!({
                     "name": c["name"], "image": c["image"], "ready": !stuck, "started": true, "restartCount": 0,
