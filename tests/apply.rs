@@ -543,13 +543,7 @@ async fn the_job_identity_of_deploy_plans_applies_and_rolls_back() -> Result<()>
     )?;
     let manifest = env.state_dir().join("tigera-operator.yaml");
     let profile = calico_migrate::migration::profile::Profile::load(None)?;
-    std::fs::write(
-        &manifest,
-        calico_migrate::sandbox::scenario::operator::operator_manifest_yaml(&format!(
-            "quay.io/tigera/operator:{}",
-            profile.target.operator_version
-        )),
-    )?;
+    write_operator_manifest(&manifest, &profile)?;
     let o = run(cli(&env, &kc)
         .args(["plan", "-o", "json", "--operator-manifest"])
         .arg(&manifest))?;
@@ -629,13 +623,7 @@ async fn a_profile_file_travels_with_the_plan() -> Result<()> {
         profile_path.to_string_lossy().as_ref(),
     ))?;
     let manifest = dir.path().join("tigera-operator.yaml");
-    std::fs::write(
-        &manifest,
-        calico_migrate::sandbox::scenario::operator::operator_manifest_yaml(&format!(
-            "quay.io/tigera/operator:{}",
-            profile.target.operator_version
-        )),
-    )?;
+    write_operator_manifest(&manifest, &profile)?;
     let o = run(cli(&env, &kc)
         .args(["plan", "--profile"])
         .arg(&profile_path)
@@ -648,5 +636,20 @@ async fn a_profile_file_travels_with_the_plan() -> Result<()> {
     let saved: Value = serde_json::from_slice(&std::fs::read(env.state_dir().join("plan.json"))?)?;
     assert_eq!(saved["profile"]["name"], "our-shop");
     assert_eq!(saved["profile"]["pacing"]["pause_seconds"], 3);
+    Ok(())
+}
+
+/// The sandbox operator's manifest for `profile`, as the file `plan --operator-manifest` reads.
+fn write_operator_manifest(
+    path: &Path,
+    profile: &calico_migrate::migration::profile::Profile,
+) -> Result<()> {
+    std::fs::write(
+        path,
+        calico_migrate::sandbox::scenario::operator::operator_manifest_yaml(&format!(
+            "quay.io/tigera/operator:{}",
+            profile.target.operator_version
+        )),
+    )?;
     Ok(())
 }
