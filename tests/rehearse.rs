@@ -77,6 +77,46 @@ fn a_clean_rehearsal_passes_with_no_fault_and_no_divergence() {
     assert_whole_job(&r, 3);
     assert_eq!(r["faults"].as_array().map(Vec::len), Some(0), "{r:#}");
     assert_eq!(r["monitor"].as_array().map(Vec::len), Some(0), "{r:#}");
+    // One connection per node held across both takeovers, checked after every node's
+    // swap and after each final rollout, none broken.
+    let held = &r["held_connections"];
+    assert_eq!(held["largest"], 3, "{r:#}");
+    assert_eq!(held["reports"], 2 * (3 + 1), "{r:#}");
+    assert_eq!(held["broken"].as_array().map(Vec::len), Some(0), "{r:#}");
+    assert_eq!(held["check_failed"], 0, "{r:#}");
+}
+
+#[test]
+fn a_swap_that_resets_established_connections_stops_the_takeover_at_that_node() {
+    let r = report(&rehearse(&[
+        "--nodes",
+        "4",
+        "--fault",
+        "conn-reset:@3",
+        "-o",
+        "json",
+    ]));
+    assert_whole_job(&r, 4);
+    let node = injected_value(&r);
+    let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(faults.len(), 1, "{r:#}");
+    assert_eq!(faults[0]["stopped_at"], "takeover", "{r:#}");
+    let msg = faults[0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("node {node}'s swap")), "{msg}");
+    assert!(msg.contains("BROKE") && msg.contains("(closed)"), "{msg}");
+    assert!(msg.contains("frozen"), "the operator is frozen: {msg}");
+    // The probes saw nothing wrong: new connections were enforced all along.
+    assert_eq!(r["monitor"].as_array().map(Vec::len), Some(0), "{r:#}");
+    let broken = r["held_connections"]["broken"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(broken.len(), 1, "{r:#}");
+    assert!(
+        broken[0]
+            .as_str()
+            .is_some_and(|b| b.starts_with(&format!("across {node}: "))),
+        "{r:#}"
+    );
 }
 
 #[test]

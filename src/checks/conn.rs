@@ -141,6 +141,45 @@ impl ConnReport {
             && !self.connections.is_empty()
             && self.survived == self.connections.len()
     }
+
+    /// `S of N survived` and what did not, for people.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} of {} established connection(s) survived",
+            self.survived,
+            self.connections.len()
+        );
+        if self.broken > 0 {
+            s.push_str(&format!("; {} BROKE: {}", self.broken, self.broken_list(5)));
+        }
+        if self.check_failed > 0 {
+            s.push_str(&format!(
+                "; {} could not be followed (check failed, not a break)",
+                self.check_failed
+            ));
+        }
+        s
+    }
+
+    /// The first `max` broken connections, `from -> to (why)`.
+    pub fn broken_list(&self, max: usize) -> String {
+        let broken: Vec<String> = self
+            .connections
+            .iter()
+            .filter(|c| c.state == ConnState::Broken)
+            .map(|c| format!("{} -> {} ({})", c.from, c.to, c.detail))
+            .collect();
+        let mut s = broken
+            .iter()
+            .take(max)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if broken.len() > max {
+            s.push_str(&format!(" and {} more", broken.len() - max));
+        }
+        s
+    }
 }
 
 /// The allowed TCP pairs of the plan that touch `node` (its clients out, its servers in).
@@ -164,6 +203,30 @@ pub fn held_pairs(probes: &[Probe], node: &str) -> Vec<Probe> {
     out.sort_by(|a, b| (&a.from, &a.target).cmp(&(&b.from, &b.target)));
     out.dedup_by(|a, b| a.from == b.from && a.target == b.target);
     out
+}
+
+/// For a hold across many nodes' swaps: per node in `nodes`, one allowed TCP pair from
+/// it to another node (the round's ring: each node is then a source once and a
+/// destination once), or to itself when no cross-node pair is allowed. O(nodes).
+pub fn ring_pairs(probes: &[Probe], nodes: &[String]) -> Vec<Probe> {
+    let allowed_tcp = |p: &&Probe| {
+        p.expected == Expected::Allowed && !p.external && p.protocol.eq_ignore_ascii_case("tcp")
+    };
+    let mut by_from: Vec<&Probe> = probes.iter().filter(allowed_tcp).collect();
+    by_from.sort_by(|a, b| (&a.from, &a.target).cmp(&(&b.from, &b.target)));
+    nodes
+        .iter()
+        .filter_map(|node| {
+            let from_node = |kind| {
+                by_from
+                    .iter()
+                    .find(|p| p.kind == kind && p.src_node == *node)
+                    .map(|p| (*p).clone())
+            };
+            from_node(ProbeKind::CrossNodeSameNamespace)
+                .or_else(|| from_node(ProbeKind::SameNamespace))
+        })
+        .collect()
 }
 
 /// Host and port of `IP:PORT` or `[IPv6]:PORT`.
@@ -299,6 +362,269 @@ impl Tracked {
     fn live(&self) -> bool {
         self.established && self.end.is_none()
     }
+
+    fn apply(&mut self, e: Event, at: Instant) {
+        if self.end.is_some() {
+            return;
+        }
+        match e {
+            Event::Established => self.established = true,
+            Event::Ok(_) => {
+                self.round_trips += 1;
+                self.last_ok = Some(at);
+            }
+            Event::Broken(_, why) => self.end = Some((ConnState::Broken, why, Some(at))),
+            Event::Finished => {
+                self.end = Some((
+                    ConnState::CheckFailed,
+                    "the hold ran out of requests before the check ended".into(),
+                    None,
+                ))
+            }
+            Event::Failed(why) => self.end = Some((ConnState::CheckFailed, why, None)),
+        }
+    }
+
+    /// A live connection that has not answered since `since` has not shown it survived.
+    fn unanswered_since(&self, since: Instant) -> bool {
+        self.live() && self.last_ok.is_none_or(|ok| ok < since)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Connections held open by background execs, read by the swaps that run meanwhile: one
+/// pool can span many swaps (the takeover holds one across every node). Dropping it ends
+/// every exec.
+pub struct ConnPool {
+    tracked: std::sync::Arc<std::sync::Mutex<Vec<Tracked>>>,
+    /// Bumped on every event; closed once every exec has ended.
+    events: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pump: tokio::task::JoinHandle<()>,
+    start: Instant,
+    started_at: Timestamp,
+    opts: HoldOptions,
+}
+
+impl Drop for ConnPool {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.pump.abort();
+    }
+}
+
+impl ConnPool {
+    /// Open one connection per pair and wait until each is open (or `establish_timeout`
+    /// passed: those count as check failures). The execs run until the pool is closed
+    /// or `opts.max` has passed.
+    pub async fn open(
+        client: &kube::Client,
+        pairs: Vec<Probe>,
+        opts: &HoldOptions,
+    ) -> Result<Self, CheckError> {
+        if opts.interval.is_zero() || opts.read_timeout.is_zero() {
+            return Err(CheckError::Invalid(
+                "the hold interval and read timeout must be above zero".into(),
+            ));
+        }
+        let start = Instant::now();
+        // Enough requests to outlast `max`; the script then ends on its own.
+        let rounds = (opts.max.as_secs_f64() / opts.interval.as_secs_f64()).ceil() as u64 + 3;
+        let args = [
+            secs(opts.interval),
+            rounds.to_string(),
+            secs(opts.read_timeout),
+        ];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tracked = Vec::with_capacity(pairs.len());
+        let mut tasks = Vec::with_capacity(pairs.len());
+        for (id, p) in pairs.into_iter().enumerate() {
+            tasks.push(tokio::spawn(hold_one(
+                client.clone(),
+                p.clone(),
+                args.clone(),
+                tx.clone(),
+                id,
+                stop_rx.clone(),
+            )));
+            tracked.push(Tracked {
+                probe: p,
+                established: false,
+                round_trips: 0,
+                last_ok: None,
+                end: None,
+            });
+        }
+        drop(tx);
+        let tracked = std::sync::Arc::new(std::sync::Mutex::new(tracked));
+        let (bump, events) = watch::channel(0u64);
+        let shared = tracked.clone();
+        let pump = tokio::spawn(async move {
+            while let Some((id, e, at)) = rx.recv().await {
+                if let Some(c) = lock(&shared).get_mut(id) {
+                    c.apply(e, at);
+                }
+                bump.send_modify(|n| *n += 1);
+            }
+            // Dropping `bump` closes `events`: no exec is left to report.
+        });
+        let pool = ConnPool {
+            tracked,
+            events,
+            stop,
+            tasks,
+            pump,
+            start,
+            started_at: Timestamp::now(),
+            opts: opts.clone(),
+        };
+        let open_by = start + opts.establish_timeout.min(opts.max);
+        pool.wait_until(open_by, |t| {
+            t.iter().all(|c| c.established || c.end.is_some())
+        })
+        .await;
+        for c in lock(&pool.tracked)
+            .iter_mut()
+            .filter(|c| !c.established && c.end.is_none())
+        {
+            c.end = Some((
+                ConnState::CheckFailed,
+                format!("not open within {}s", opts.establish_timeout.as_secs_f64()),
+                None,
+            ));
+        }
+        Ok(pool)
+    }
+
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        lock(&self.tracked).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// When the hold's `max` runs out.
+    pub fn deadline(&self) -> Instant {
+        self.start + self.opts.max
+    }
+
+    /// Wait until `done` holds for the connections, `by` passes, or no exec is left.
+    async fn wait_until(&self, by: Instant, done: impl Fn(&[Tracked]) -> bool) {
+        let mut events = self.events.clone();
+        loop {
+            if done(&lock(&self.tracked)) {
+                return;
+            }
+            match tokio::time::timeout_at(by.into(), events.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
+
+    /// The connections that touch `node` (`None`: all) after a swap that ended at
+    /// `swap_done`: each live one must answer once more, within two intervals and a read
+    /// timeout (and never past the hold's `max`); one that does not is a check failure.
+    pub async fn after_swap(
+        &self,
+        node: Option<&str>,
+        swap_done: Instant,
+        swap_ms: Option<u64>,
+    ) -> ConnReport {
+        let touches =
+            |p: &Probe| node.is_none_or(|n| p.src_node == n || p.dst_node.as_deref() == Some(n));
+        let o = &self.opts;
+        let settle = (swap_done + o.interval * 2 + o.read_timeout + Duration::from_secs(5))
+            .min(self.deadline().max(swap_done + o.interval));
+        self.wait_until(settle, |t| {
+            !t.iter()
+                .any(|c| touches(&c.probe) && c.unanswered_since(swap_done))
+        })
+        .await;
+        self.report(node, touches, Some(swap_done), swap_ms)
+    }
+
+    /// What became of the connections `include` selects; `swap_done`: a live one that
+    /// has not answered since is a check failure.
+    fn report(
+        &self,
+        node: Option<&str>,
+        include: impl Fn(&Probe) -> bool,
+        swap_done: Option<Instant>,
+        swap_ms: Option<u64>,
+    ) -> ConnReport {
+        let (start, started_at) = (self.start, self.started_at);
+        let ms = |i: Instant| i.saturating_duration_since(start).as_millis() as u64;
+        let connections: Vec<ConnResult> = lock(&self.tracked)
+            .iter()
+            .filter(|c| include(&c.probe))
+            .map(|c| {
+                let (state, detail, at) = match (&c.end, swap_done) {
+                    (Some(end), _) => end.clone(),
+                    (None, Some(t)) if c.unanswered_since(t) => (
+                        ConnState::CheckFailed,
+                        "no answer and no break reported after the swap".into(),
+                        None,
+                    ),
+                    (None, _) => (ConnState::Established, String::new(), None),
+                };
+                let broken_at = at.map(|i| {
+                    started_at
+                        .checked_add(i.saturating_duration_since(start))
+                        .unwrap_or(started_at)
+                });
+                ConnResult {
+                    from: c.probe.from.clone(),
+                    to: c.probe.to.clone(),
+                    target: c.probe.target.clone(),
+                    src_node: c.probe.src_node.clone(),
+                    dst_node: c.probe.dst_node.clone(),
+                    state,
+                    round_trips: c.round_trips,
+                    last_ok_after_ms: c.last_ok.map(ms),
+                    broken_at,
+                    broken_after_ms: at.map(ms),
+                    detail,
+                }
+            })
+            .collect();
+        let count = |s: ConnState| connections.iter().filter(|c| c.state == s).count();
+        ConnReport {
+            node: node.unwrap_or("every node").to_string(),
+            survived: count(ConnState::Established),
+            broken: count(ConnState::Broken),
+            check_failed: count(ConnState::CheckFailed),
+            swap_finished: swap_done.is_some(),
+            swap_ms,
+            held_ms: ms(Instant::now()),
+            connections,
+        }
+    }
+
+    /// End every exec (waiting briefly for each to stop).
+    pub async fn close(mut self) {
+        let _ = self.stop.send(true);
+        for t in std::mem::take(&mut self.tasks) {
+            // A task still opening its exec does not see `stop`: do not wait on it for long.
+            let mut t = t;
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
+    }
 }
 
 /// Hold connections touching `node` while `done` (the swap, or a future that resolves
@@ -333,176 +659,20 @@ pub async fn hold_connections_with(
             prober.nodes().join(", ")
         )));
     }
-    if opts.interval.is_zero() || opts.read_timeout.is_zero() {
-        return Err(CheckError::Invalid(
-            "the hold interval and read timeout must be above zero".into(),
-        ));
-    }
     let plan = prober.plan().await?;
-    let pairs = held_pairs(&plan.probes, node);
-    let start = Instant::now();
-    let started_at = Timestamp::now();
-    // Enough requests to outlast `max`; the script then ends on its own.
-    let rounds = (opts.max.as_secs_f64() / opts.interval.as_secs_f64()).ceil() as u64 + 3;
-    let args = [
-        secs(opts.interval),
-        rounds.to_string(),
-        secs(opts.read_timeout),
-    ];
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tracked: Vec<Tracked> = Vec::with_capacity(pairs.len());
-    let mut tasks = Vec::with_capacity(pairs.len());
-    for (id, p) in pairs.into_iter().enumerate() {
-        tasks.push(tokio::spawn(hold_one(
-            client.clone(),
-            p.clone(),
-            args.clone(),
-            tx.clone(),
-            id,
-            stop_rx.clone(),
-        )));
-        tracked.push(Tracked {
-            probe: p,
-            established: false,
-            round_trips: 0,
-            last_ok: None,
-            end: None,
-        });
-    }
-    drop(tx);
-    let apply = |t: &mut Vec<Tracked>, (id, e, at): (usize, Event, Instant)| {
-        let Some(c) = t.get_mut(id) else { return };
-        if c.end.is_some() {
-            return;
-        }
-        match e {
-            Event::Established => c.established = true,
-            Event::Ok(_) => {
-                c.round_trips += 1;
-                c.last_ok = Some(at);
-            }
-            Event::Broken(_, why) => c.end = Some((ConnState::Broken, why, Some(at))),
-            Event::Finished => {
-                c.end = Some((
-                    ConnState::CheckFailed,
-                    "the hold ran out of requests before the check ended".into(),
-                    None,
-                ))
-            }
-            Event::Failed(why) => c.end = Some((ConnState::CheckFailed, why, None)),
-        }
-    };
-    let deadline = start + opts.max;
-
-    // 1. Open every connection.
-    let open_by = (start + opts.establish_timeout).min(deadline);
-    while tracked.iter().any(|c| !c.established && c.end.is_none()) {
-        match tokio::time::timeout_at(open_by.into(), rx.recv()).await {
-            Ok(Some(ev)) => apply(&mut tracked, ev),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    for c in tracked
-        .iter_mut()
-        .filter(|c| !c.established && c.end.is_none())
-    {
-        c.end = Some((
-            ConnState::CheckFailed,
-            format!("not open within {}s", opts.establish_timeout.as_secs_f64()),
-            None,
-        ));
-    }
-
-    // 2. Run the swap while the connections carry requests.
+    let pool = ConnPool::open(client, held_pairs(&plan.probes, node), opts).await?;
     let swap_start = Instant::now();
-    let mut done = std::pin::pin!(done);
-    let mut swap_done: Option<Instant> = None;
-    let mut channel_open = true;
-    while swap_done.is_none() && Instant::now() < deadline {
-        tokio::select! {
-            _ = &mut done => swap_done = Some(Instant::now()),
-            ev = rx.recv(), if channel_open => match ev {
-                Some(ev) => apply(&mut tracked, ev),
-                None => channel_open = false,
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+    let swap = tokio::time::timeout_at(pool.deadline().into(), done).await;
+    let report = match swap {
+        Ok(()) => {
+            let t = Instant::now();
+            let ms = t.saturating_duration_since(swap_start).as_millis() as u64;
+            pool.after_swap(Some(node), t, Some(ms)).await
         }
-    }
-
-    // 3. After the swap, each live connection must answer once more.
-    if let Some(t_done) = swap_done {
-        let settle = (t_done + opts.interval * 2 + opts.read_timeout + Duration::from_secs(5))
-            .min(deadline.max(t_done + opts.interval));
-        let pending = |t: &[Tracked]| {
-            t.iter()
-                .any(|c| c.live() && c.last_ok.is_none_or(|ok| ok < t_done))
-        };
-        while pending(&tracked) && channel_open {
-            match tokio::time::timeout_at(settle.into(), rx.recv()).await {
-                Ok(Some(ev)) => apply(&mut tracked, ev),
-                Ok(None) => channel_open = false,
-                Err(_) => break,
-            }
-        }
-        for c in tracked.iter_mut().filter(|c| c.live()) {
-            if c.last_ok.is_none_or(|ok| ok < t_done) {
-                c.end = Some((
-                    ConnState::CheckFailed,
-                    "no answer and no break reported after the swap".into(),
-                    None,
-                ));
-            }
-        }
-    }
-    let _ = stop_tx.send(true);
-    for mut t in tasks {
-        // A task still opening its exec does not see `stop`: do not wait on it for long.
-        if tokio::time::timeout(Duration::from_secs(5), &mut t)
-            .await
-            .is_err()
-        {
-            t.abort();
-        }
-    }
-    let ms = |i: Instant| i.saturating_duration_since(start).as_millis() as u64;
-    let connections: Vec<ConnResult> = tracked
-        .into_iter()
-        .map(|c| {
-            let (state, detail, at) =
-                c.end
-                    .unwrap_or((ConnState::Established, String::new(), None));
-            let broken_at = at.map(|i| {
-                started_at
-                    .checked_add(i.saturating_duration_since(start))
-                    .unwrap_or(started_at)
-            });
-            ConnResult {
-                from: c.probe.from,
-                to: c.probe.to,
-                target: c.probe.target,
-                src_node: c.probe.src_node,
-                dst_node: c.probe.dst_node,
-                state,
-                round_trips: c.round_trips,
-                last_ok_after_ms: c.last_ok.map(ms),
-                broken_at,
-                broken_after_ms: at.map(ms),
-                detail,
-            }
-        })
-        .collect();
-    let count = |s: ConnState| connections.iter().filter(|c| c.state == s).count();
-    Ok(ConnReport {
-        node: node.to_string(),
-        survived: count(ConnState::Established),
-        broken: count(ConnState::Broken),
-        check_failed: count(ConnState::CheckFailed),
-        swap_finished: swap_done.is_some(),
-        swap_ms: swap_done.map(|t| t.saturating_duration_since(swap_start).as_millis() as u64),
-        held_ms: ms(Instant::now()),
-        connections,
-    })
+        Err(_) => pool.report(Some(node), |_| true, None, None),
+    };
+    pool.close().await;
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -582,6 +752,46 @@ mod tests {
         let got: Vec<String> = held_pairs(&ps, "n1").into_iter().map(|p| p.from).collect();
         assert_eq!(got, ["a/c0", "a/c1", "b/c1"]);
         assert!(held_pairs(&ps, "n9").is_empty());
+    }
+
+    #[test]
+    fn ring_pairs_touch_every_node_twice_with_one_connection_per_node() {
+        let nodes: Vec<String> = (0..4).map(|i| format!("n{i}")).collect();
+        let mut ps = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let next = &nodes[(i + 1) % nodes.len()];
+            for ns in ["b", "a"] {
+                ps.push(probe(
+                    &format!("{ns}/c-{n}"),
+                    ProbeKind::CrossNodeSameNamespace,
+                    n,
+                    next,
+                    Expected::Allowed,
+                ));
+            }
+            ps.push(probe(
+                &format!("a/c-{n}"),
+                ProbeKind::SameNamespace,
+                n,
+                n,
+                Expected::Allowed,
+            ));
+        }
+        // A node whose cross-node pair the policies block falls back to its own server.
+        ps.retain(|p| !(p.src_node == "n3" && p.kind == ProbeKind::CrossNodeSameNamespace));
+        let ring = ring_pairs(&ps, &nodes);
+        assert_eq!(ring.len(), 4);
+        for n in &nodes {
+            let touching = ring
+                .iter()
+                .filter(|p| &p.src_node == n || p.dst_node.as_ref() == Some(n))
+                .count();
+            assert!(touching >= 1, "{n} untouched: {ring:?}");
+        }
+        assert!(ring.iter().all(|p| p.from.starts_with("a/")), "{ring:?}");
+        let n3 = ring.iter().find(|p| p.src_node == "n3").map(|p| p.kind);
+        assert_eq!(n3, Some(ProbeKind::SameNamespace));
+        assert!(ring_pairs(&ps, &["n9".to_string()]).is_empty());
     }
 
     #[test]

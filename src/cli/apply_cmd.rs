@@ -171,6 +171,11 @@ fn print_report(g: &GlobalOpts, r: &RunReport) -> anyhow::Result<()> {
                 "  check {label}: {} ({probes} probes on {nodes} nodes)",
                 if *passed { "passed" } else { "FAILED" }
             ),
+            Observation::HeldConnections { report, .. } => println!(
+                "  connections across {}'s swap: {}",
+                report.node,
+                report.summary()
+            ),
             Observation::Note { step, text } => println!("  {step}: {text}"),
         }
     }

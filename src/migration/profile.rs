@@ -85,6 +85,16 @@ pub struct Thresholds {
     #[serde(default = "default_full_round_every")]
     pub full_round_every_nodes: u64,
     pub probe_timeout_seconds: u64,
+    /// Hold one established connection per node (to the next node's probe server) open
+    /// across the whole takeover, and stop when one breaks: what Calico promises is
+    /// that an agent swap keeps established flows (conntrack), which new-connection
+    /// probes cannot see.
+    #[serde(default = "default_hold_connections")]
+    pub hold_connections: bool,
+}
+
+fn default_hold_connections() -> bool {
+    true
 }
 
 fn default_full_round_every() -> u64 {

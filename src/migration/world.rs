@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::profile::Profile;
+use crate::checks::conn::ConnReport;
 use crate::checks::outcome::compare_with_baseline;
 use crate::checks::{self, NodeWatch, Prober, RoundOptions, RoundReport};
 use crate::cluster::objects::Objects;
@@ -31,6 +32,11 @@ pub struct ApplyOptions {
     pub poll: Duration,
     /// Swapped nodes between two full rounds (each node's own swap is always probed).
     pub full_round_every: usize,
+    /// Hold established connections across the takeover's swaps (profile
+    /// `checks.hold_connections`).
+    pub hold_connections: bool,
+    /// Pause between two requests on a held connection.
+    pub hold_interval: Duration,
     /// The probe rounds.
     pub round: RoundOptions,
 }
@@ -48,6 +54,7 @@ impl ApplyOptions {
         self.node_ready_timeout = scale(self.node_ready_timeout).max(Duration::from_secs(20));
         self.max_swap = scale(self.max_swap).max(Duration::from_secs(10));
         self.poll = Duration::from_millis(50);
+        self.hold_interval = scale(self.hold_interval).max(Duration::from_millis(20));
         self.round.ready_timeout = Duration::from_secs(30);
         self.round.connect_timeout = Duration::from_millis(500);
         self
@@ -64,6 +71,8 @@ impl ApplyOptions {
             max_swap: Duration::from_secs(profile.checks.max_swap_seconds),
             poll: Duration::from_secs(1),
             full_round_every: profile.checks.full_round_every_nodes.max(1) as usize,
+            hold_connections: profile.checks.hold_connections,
+            hold_interval: Duration::from_secs(1),
             round,
         }
     }
@@ -84,6 +93,12 @@ pub enum Observation {
     NodeSwap {
         step: String,
         watch: NodeWatch,
+    },
+    /// Established connections held across swaps, after one node's (or, at the end,
+    /// across all of them).
+    HeldConnections {
+        step: String,
+        report: ConnReport,
     },
     Note {
         step: String,

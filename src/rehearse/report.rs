@@ -45,6 +45,44 @@ pub struct NodeWindow {
     pub failed: bool,
 }
 
+/// Established connections held across the swaps.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeldConnections {
+    /// Reports taken (one after each node's swap, one after the last rollout).
+    pub reports: usize,
+    /// The most connections one report covered.
+    pub largest: usize,
+    /// `from -> to (why)` of every connection that broke, with the swap it broke in.
+    pub broken: Vec<String>,
+    /// Connections that could not be followed (exec failed): never read as broken.
+    pub check_failed: usize,
+}
+
+impl HeldConnections {
+    /// One line for the report; `None` when no connection was held.
+    pub fn line(&self) -> Option<String> {
+        if self.reports == 0 {
+            return None;
+        }
+        let mut s = format!(
+            "Established connections: up to {} held, checked after {} swap(s): ",
+            self.largest, self.reports
+        );
+        if self.broken.is_empty() {
+            s.push_str("every one survived");
+        } else {
+            s.push_str(&format!("BROKEN {}", self.broken.join("; ")));
+        }
+        if self.check_failed > 0 {
+            s.push_str(&format!(
+                " ({} could not be followed: check failed, not a break)",
+                self.check_failed
+            ));
+        }
+        Some(s)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct MonitorInterval {
     pub node: String,
@@ -70,6 +108,7 @@ pub struct Report {
     pub check_rounds: usize,
     pub probes: usize,
     pub node_windows: BTreeMap<String, NodeWindow>,
+    pub held_connections: HeldConnections,
     pub faults: Vec<FaultReport>,
     pub verification_passed: bool,
     pub rollback_differences: Vec<String>,
@@ -91,6 +130,7 @@ impl Report {
             check_rounds: 0,
             probes: 0,
             node_windows: BTreeMap::new(),
+            held_connections: HeldConnections::default(),
             faults: Vec::new(),
             verification_passed: false,
             rollback_differences: Vec::new(),
@@ -124,6 +164,19 @@ impl Report {
                         for n in blamed {
                             self.node_windows.entry(n.to_string()).or_default().failed = true;
                         }
+                    }
+                }
+                Observation::HeldConnections { report, .. } => {
+                    let h = &mut self.held_connections;
+                    h.reports += 1;
+                    h.largest = h.largest.max(report.connections.len());
+                    h.check_failed += report.check_failed;
+                    if report.broken > 0 {
+                        h.broken.push(format!(
+                            "across {}: {}",
+                            report.node,
+                            report.broken_list(usize::MAX)
+                        ));
                     }
                 }
                 Observation::Note { .. } => {}
@@ -230,6 +283,9 @@ impl Report {
                 );
             }
         }
+        if let Some(line) = self.held_connections.line() {
+            let _ = writeln!(s, "{line}");
+        }
         for f in &self.faults {
             let _ = writeln!(
                 s,
@@ -276,6 +332,7 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
+        let held = self.held_connections.line();
         let mut s = String::new();
         let _ = writeln!(s, "# calico-migrate rehearsal\n");
         let _ = writeln!(
@@ -320,6 +377,9 @@ impl Report {
                 "failed"
             }
         );
+        if let Some(line) = &held {
+            let _ = writeln!(s, "**{line}**\n");
+        }
         if !self.node_windows.is_empty() {
             let _ = writeln!(
                 s,

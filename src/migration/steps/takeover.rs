@@ -25,6 +25,7 @@ use super::install_operator::{
     wait_gone, wait_until,
 };
 use super::{Checks, StepContext, StepPlan, change, lines};
+use crate::checks::conn::{self, ConnPool, HoldOptions};
 use crate::checks::{self, NodeWatch};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
@@ -80,6 +81,11 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                     "a full probe round over every node after each {} node(s) and after the last; it equals the baseline",
                     ctx.profile.checks.full_round_every_nodes
                 ),
+                if ctx.profile.checks.hold_connections {
+                    "one established connection per node (to the next node's probe server) held open across every swap; each must still carry requests after its nodes' swaps and after the final rollout".to_string()
+                } else {
+                    "established connections are not held across the swaps (checks.hold_connections: false)".to_string()
+                },
                 format!(
                     "pause {} s between nodes; at the first failed check the operator is scaled to 0 and the run stops naming the node",
                     p.pause_seconds
@@ -439,6 +445,62 @@ fn swap_problem(world: &Cluster, w: &NodeWatch, ready: bool, namespace: &str) ->
     None
 }
 
+/// One established connection per node still to move (see [`conn::ring_pairs`]),
+/// held until the takeover ends; `None` when the profile turns this off.
+async fn hold_across_swaps(world: &Cluster, nodes: &[String]) -> anyhow::Result<Option<ConnPool>> {
+    if !world.options.hold_connections || nodes.is_empty() {
+        return Ok(None);
+    }
+    let plan = world.prober().await?.plan().await?;
+    let pairs = conn::ring_pairs(&plan.probes, nodes);
+    if pairs.is_empty() {
+        tracing::warn!(
+            "no allowed TCP pair between probe pods: no established connection is held across the swaps"
+        );
+        return Ok(None);
+    }
+    // The execs end with the takeover; `max` bounds the scripts should the tool die
+    // (on a real cluster a closed exec stream does not stop its command): the longest
+    // the remaining nodes may take, each within its ready timeout and pause.
+    let per_node = world.options.node_ready_timeout + world.options.pause;
+    let opts = HoldOptions {
+        max: per_node * (nodes.len() as u32 + 2),
+        interval: world.options.hold_interval,
+        ..HoldOptions::default()
+    };
+    let pool = ConnPool::open(world.client(), pairs, &opts)
+        .await
+        .context("opening the connections held across the swaps")?;
+    tracing::info!(
+        "holding {} established connection(s) across the swaps",
+        pool.len()
+    );
+    Ok(Some(pool))
+}
+
+/// After `node`'s swap (or, with `None`, the last rollout), every held connection
+/// touching it must still carry requests; a broken one stops the takeover.
+async fn check_held(world: &Cluster, pool: &ConnPool, node: Option<&str>) -> anyhow::Result<()> {
+    let report = pool.after_swap(node, Instant::now(), None).await;
+    if report.connections.is_empty() {
+        return Ok(());
+    }
+    let summary = report.summary();
+    let broken = report.broken;
+    world.observe(Observation::HeldConnections {
+        step: ID.to_string(),
+        report,
+    });
+    let across = node.map_or("the calico-system rollout".to_string(), |n| {
+        format!("node {n}'s swap")
+    });
+    if broken > 0 {
+        bail!("across {across}: {summary}");
+    }
+    tracing::info!("across {across}: {summary}");
+    Ok(())
+}
+
 const FROZEN: &str =
     "The operator is frozen (Deployment tigera-operator scaled to 0), so nothing moves further";
 const WHAT_NEXT: &str = "fix the cause and run `calico-migrate apply --resume` (it starts the operator again), or run `calico-migrate rollback` to move the migrated nodes back";
@@ -479,6 +541,13 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             progress::set(checked.len() as u64);
         }
     }
+    let to_move: Vec<String> = list_nodes(world)
+        .await?
+        .into_iter()
+        .filter(|n| !n.fargate && !checked.contains(&n.name))
+        .map(|n| n.name)
+        .collect();
+    let held = hold_across_swaps(world, &to_move).await?;
     let per_run = world.profile.pacing.nodes_at_a_time.max(1);
     let mut moved_in_run = 0;
     let mut since_round = 0;
@@ -512,6 +581,9 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             }
             if let Some(problem) = watch_swap(world, ID, &node, CALICO_SYSTEM).await? {
                 bail!("node {node}: {problem}");
+            }
+            if let Some(pool) = &held {
+                check_held(world, pool, Some(&node)).await?;
             }
             since_round += 1;
             if since_round >= world.options.full_round_every {
@@ -561,6 +633,10 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             .await?;
             let prober = world.prober().await?;
             follow_rollout(world, ID, &calico_system_node(), &prober).await?;
+            if let Some(pool) = held {
+                check_held(world, &pool, None).await?;
+                pool.close().await;
+            }
             return Ok(());
         }
         if !running {

@@ -1,7 +1,7 @@
-//! Data-plane faults: `lapse:NODE` and `agent-not-ready:NODE`, set at start
-//! (`--fault SPEC`) and changed while running through ConfigMap
-//! `sandbox-system/dataplane-faults` (keys `lapse` and `agent-not-ready`, values
-//! comma-separated node names). They live apart from the API faults of
+//! Data-plane faults: `lapse:NODE`, `agent-not-ready:NODE` and `conn-reset:NODE`, set
+//! at start (`--fault SPEC`) and changed while running through ConfigMap
+//! `sandbox-system/dataplane-faults` (keys `lapse`, `agent-not-ready` and `conn-reset`,
+//! values comma-separated node names). They live apart from the API faults of
 //! `sandbox::faults` so that each ConfigMap only holds the knobs its reader knows.
 
 use std::collections::BTreeSet;
@@ -14,10 +14,10 @@ use crate::sandbox::{Gvr, Store};
 /// The ConfigMap holding the live data-plane faults (in `sandbox-system`).
 pub const CONFIGMAP: &str = "dataplane-faults";
 /// The knobs of ConfigMap `dataplane-faults`.
-pub const KNOBS: [&str; 2] = ["lapse", "agent-not-ready"];
+pub const KNOBS: [&str; 3] = ["lapse", "agent-not-ready", "conn-reset"];
 /// The `--fault` knobs routed to the data plane by `calico-migrate sandbox`;
 /// `agent-not-ready` there belongs to the controllers, which keep the pod unready.
-pub const CLI_KNOBS: [&str; 1] = ["lapse"];
+pub const CLI_KNOBS: [&str; 2] = ["lapse", "conn-reset"];
 /// The controllers' fault ConfigMap (`sandbox-system/controller-faults`): its
 /// `agent-not-ready` key (comma-separated nodes) is honoured here too.
 pub const CONTROLLER_CONFIGMAP: &str = "controller-faults";
@@ -29,6 +29,10 @@ pub struct DataPlaneFaults {
     pub lapse: BTreeSet<String>,
     /// Nodes where a new calico-node never becomes ready (the enforcing one, if any, stays).
     pub agent_not_ready: BTreeSet<String>,
+    /// Nodes whose next agent resets the established flows through them when it takes
+    /// over (a data plane that keeps no conntrack state across the swap): held
+    /// connections there end `BROKEN n closed`. New connections are unaffected.
+    pub conn_reset: BTreeSet<String>,
 }
 
 /// Whether a `--fault` spec (`KNOB:VALUE`) is routed to the data plane by the CLI.
@@ -73,9 +77,10 @@ impl DataPlaneFaults {
         match knob.trim() {
             "lapse" => self.lapse.extend(nodes),
             "agent-not-ready" => self.agent_not_ready.extend(nodes),
+            "conn-reset" => self.conn_reset.extend(nodes),
             other => {
                 return Err(format!(
-                    "unknown data-plane fault \"{other}\": the knobs are lapse:NODE and agent-not-ready:NODE"
+                    "unknown data-plane fault \"{other}\": the knobs are lapse:NODE, agent-not-ready:NODE and conn-reset:NODE"
                 ));
             }
         }
@@ -103,9 +108,10 @@ impl DataPlaneFaults {
                 match k.as_str() {
                     "lapse" => f.lapse = node_list(k, v)?,
                     "agent-not-ready" => f.agent_not_ready = node_list(k, v)?,
+                    "conn-reset" => f.conn_reset = node_list(k, v)?,
                     other => {
                         return Err(format!(
-                            "ConfigMap {NAMESPACE}/{CONFIGMAP}: unknown key \"{other}\"; the keys are lapse and agent-not-ready"
+                            "ConfigMap {NAMESPACE}/{CONFIGMAP}: unknown key \"{other}\"; the keys are lapse, agent-not-ready and conn-reset"
                         ));
                     }
                 }
@@ -120,7 +126,8 @@ impl DataPlaneFaults {
         json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
-            "data": {"lapse": join(&self.lapse), "agent-not-ready": join(&self.agent_not_ready)},
+            "data": {"lapse": join(&self.lapse), "agent-not-ready": join(&self.agent_not_ready),
+                     "conn-reset": join(&self.conn_reset)},
         })
     }
 

@@ -29,7 +29,9 @@
 //!   like `conntrack -F`) and the rules in force there now deny it: the next packet is
 //!   judged as new (`nf_conntrack_tcp_loose` picks mid-stream packets up) and dropped, so
 //!   the read times out: `BROKEN n timeout`;
-//! - its client pod stops running: the exec ends with an error status, not with a line.
+//! - its client pod stops running: the exec ends with an error status, not with a line;
+//! - fault `conn-reset:NODE`: an agent that took over on a node on its path after the
+//!   flow opened resets it: `BROKEN n closed`.
 
 use std::time::Duration;
 
@@ -153,6 +155,7 @@ struct Flow {
     src: PodInfo,
     dst: Resolved,
     seen: Vec<(String, u64, bool)>,
+    opened: jiff::Timestamp,
 }
 
 impl DataPlane {
@@ -193,6 +196,14 @@ impl DataPlane {
             None => Target::Addr(flow.dst.ip),
         };
         for (i, (node, seen, egress)) in flow.seen.clone().into_iter().enumerate() {
+            let reset = w.faults.conn_reset.contains(&node)
+                && w.nodes.get(&node).is_some_and(|s| {
+                    matches!(s.enforcer, super::world::Enforcer::Agent { .. })
+                        && s.since > flow.opened
+                });
+            if reset {
+                return Ok(Some("closed"));
+            }
             let now = self.flushes(&node);
             if now == seen {
                 continue;
@@ -269,7 +280,12 @@ impl DataPlane {
                 seen.push((n, f, false));
             }
         }
-        let mut flow = Flow { src, dst, seen };
+        let mut flow = Flow {
+            src,
+            dst,
+            seen,
+            opened: jiff::Timestamp::now(),
+        };
         if out
             .send(Chunk::Stdout("ESTABLISHED\n".into()))
             .await
