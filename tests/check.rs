@@ -140,6 +140,55 @@ async fn default_scenario_passes_on_every_node_and_leaves_nothing() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_probes_expect_what_the_policies_say_of_the_lookup() -> Result<()> {
+    let e = env(3).await?;
+    let o = RoundOptions {
+        dns_target: Some("kube-dns.kube-system:53".into()),
+        ..opts()
+    };
+    let dns = |r: &RoundReport| -> Vec<(Expected, ResultClass)> {
+        r.records
+            .iter()
+            .filter(|x| x.probe.kind == ProbeKind::Dns)
+            .map(|x| (x.probe.expected, x.observed))
+            .collect()
+    };
+    let r = checks::run_round(&e.client, &o).await?;
+    assert!(r.passed, "failures: {:#?}", r.failures);
+    assert_eq!(dns(&r), vec![(Expected::Allowed, ResultClass::Allowed); 3]);
+    // A policy denying DNS to probe namespace a: the engine expects the lookup to be
+    // blocked, and the nodes time it out.
+    e.sb.load(vec![json!({"apiVersion": "crd.projectcalico.org/v1",
+        "kind": "GlobalNetworkPolicy", "metadata": {"name": "no-dns-for-a"},
+        "spec": {"order": 10, "selector": "projectcalico.org/namespace == 'calico-migrate-probe-a'",
+            "types": ["Egress"], "egress": [
+                {"action": "Deny", "protocol": "UDP", "destination": {"ports": [53]}},
+                {"action": "Allow"}]}})])?;
+    let r = checks::run_round(&e.client, &o).await?;
+    assert!(r.passed, "failures: {:#?}", r.failures);
+    assert_eq!(
+        dns(&r),
+        vec![(Expected::Blocked, ResultClass::DnsFailure); 3]
+    );
+    // Where enforcement lapses, the lookup gets through: named as not enforced there.
+    let bad = e.nodes[1].clone();
+    let mut f = DataPlaneFaults::default();
+    f.lapse.insert(bad.clone());
+    e.dp.set_faults(&f).await?;
+    let r = checks::run_round(&e.client, &o).await?;
+    assert!(
+        r.failures.iter().any(|f| f.to == "kube-dns.kube-system:53"
+            && f.class == FailureClass::NotEnforced
+            && f.node == bad),
+        "{:#?}",
+        r.failures
+    );
+    assert_eq!(leftovers(&e.sb)?, 0);
+    e.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapse_on_one_node_fails_naming_that_node_and_the_pairs() -> Result<()> {
     let e = env(4).await?;
     let bad = e.nodes[2].clone();

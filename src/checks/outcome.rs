@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::{Expected, Probe, RoundPlan};
+use super::plan::{Expected, Probe, ProbeKind, RoundPlan};
 
 /// What a probe observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,6 +78,8 @@ pub fn judge(probe: &Probe, observed: ResultClass) -> Option<FailureClass> {
         (Expected::Allowed, ResultClass::Allowed) => None,
         // An address outside the pod network that refuses was still reached.
         (Expected::Allowed, ResultClass::Refused) if probe.external => None,
+        // Policies that block DNS make the lookup time out: that is what they say.
+        (Expected::Blocked, ResultClass::DnsFailure) if probe.kind == ProbeKind::Dns => None,
         (_, ResultClass::DnsFailure) => Some(FailureClass::DnsFailure),
         (Expected::Allowed, _) => Some(FailureClass::NotConnected),
         (Expected::Blocked, ResultClass::Blocked) => None,

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use super::workload::{NAMESPACE_A, NAMESPACE_B, PROBE_LABEL, ProbePod, Role, SERVER_PORT};
+use crate::policy::index::{RawReason, SideOutcome};
 use crate::policy::{PolicyIndex, Protocol};
 
 /// The AWS instance metadata address `deny-aws-imds` protects.
@@ -152,6 +153,68 @@ impl Ctx<'_> {
         });
     }
 
+    /// Resolve `target` (`host:port`) by name and connect. Resolution needs UDP 53 to a
+    /// CoreDNS pod (kube-proxy picks one): the engine's verdict for every one of them
+    /// sets the expectation. A DNS probe the policies block is expected to fail as a
+    /// DNS failure; the connection after it must be one the policies allow.
+    fn dns_probe(&mut self, src: &ProbePod, target: &str, servers: &[usize]) {
+        let idx = self.index;
+        let Some(s) = idx
+            .pod_index(&src.key())
+            .filter(|&s| idx.pods()[s].ip.is_some())
+        else {
+            return self.missing(&src.key(), target);
+        };
+        let allowed: Vec<bool> = servers
+            .iter()
+            .map(|&d| {
+                let (eg, ing) = idx.decide_pods(s, d, DNS_PORT, Protocol::Udp);
+                eg.allowed && ing.allowed
+            })
+            .collect();
+        let expected = if allowed.is_empty() {
+            None
+        } else if allowed.iter().all(|a| *a) {
+            Some(Expected::Allowed)
+        } else if !allowed.iter().any(|a| *a) {
+            Some(Expected::Blocked)
+        } else {
+            None
+        };
+        let Some(expected) = expected else {
+            let reason = if allowed.is_empty() {
+                format!(
+                    "no running CoreDNS pod ({DNS_NAMESPACE}, {DNS_LABEL}={DNS_APP}) with an address: the DNS probe cannot be judged"
+                )
+            } else {
+                "the policies allow DNS from this client to some CoreDNS pods and not to others: the probe would depend on the pod kube-proxy picks".to_string()
+            };
+            self.plan.unplanned.push(Unplanned {
+                pod: src.key(),
+                node: src.node.clone(),
+                reason,
+            });
+            return;
+        };
+        let port = target
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        self.plan.probes.push(Probe {
+            from: src.key(),
+            to: target.to_string(),
+            target: target.to_string(),
+            port,
+            protocol: "TCP".into(),
+            kind: ProbeKind::Dns,
+            expected,
+            node: src.node.clone(),
+            src_node: src.node.clone(),
+            dst_node: None,
+            external: true,
+        });
+    }
+
     fn missing(&mut self, src: &str, dst: &str) {
         for key in [src, dst] {
             let known = self
@@ -169,26 +232,99 @@ impl Ctx<'_> {
     }
 }
 
-/// Per node, the first cluster pod (by key) that is not a probe pod, not hostNetwork,
-/// has an address and a named TCP port: the sample of the cluster's own verdicts.
-fn cluster_samples(index: &PolicyIndex) -> BTreeMap<String, (String, u16)> {
-    let mut out = BTreeMap::new();
-    let mut pods: Vec<_> = index
+const DNS_PORT: u16 = 53;
+const DNS_NAMESPACE: &str = "kube-system";
+const DNS_LABEL: &str = "k8s-app";
+const DNS_APP: &str = "kube-dns";
+
+/// The cluster's DNS servers the engine knows: CoreDNS pods with an address (what the
+/// `kube-dns` Service selects on EKS).
+fn dns_servers(index: &PolicyIndex) -> Vec<usize> {
+    index
+        .pods()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.ip.is_some()
+                && !p.host_network
+                && p.key().starts_with(&format!("{DNS_NAMESPACE}/"))
+                && p.labels.get(DNS_LABEL).map(String::as_str) == Some(DNS_APP)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Cluster pods considered per node for the sample (the first by key): bounds the
+/// engine's work at O(nodes).
+const SAMPLE_CANDIDATES: usize = 16;
+
+/// How much a sample's verdict says about the cluster's own policies: a connection
+/// a policy denies (proves enforcement), one a rule allows into a pod that policies
+/// isolate (proves the rules are the cluster's), or one no policy decides.
+fn sample_class(eg: SideOutcome, ing: SideOutcome) -> u8 {
+    let by_policy = |o: SideOutcome| {
+        matches!(
+            o.reason,
+            RawReason::Rule { .. } | RawReason::EndOfTier { .. }
+        )
+    };
+    if (!eg.allowed && by_policy(eg)) || (!ing.allowed && by_policy(ing)) {
+        0
+    } else if eg.allowed && ing.allowed && matches!(ing.reason, RawReason::Rule { .. }) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Per node, the cluster pod (not a probe pod, not hostNetwork, with an address and a
+/// named TCP port) whose verdict from `sources[node]` (the previous node's client)
+/// the policy engine finds most telling: on even positions a denied connection first,
+/// on odd ones an allowed one into an isolated pod, so a round samples both kinds of
+/// the cluster's own verdicts when it has them.
+fn cluster_samples(
+    index: &PolicyIndex,
+    nodes: &[String],
+    sources: &HashMap<String, String>,
+) -> BTreeMap<String, (String, u16)> {
+    let mut by_node: BTreeMap<String, Vec<(String, u16)>> = BTreeMap::new();
+    for p in index
         .pods()
         .iter()
         .filter(|p| !p.host_network && p.ip.is_some() && !p.labels.contains_key(PROBE_LABEL))
-        .filter_map(|p| {
-            let port = p
-                .named_ports
-                .iter()
-                .find(|np| np.protocol == Protocol::Tcp)?
-                .port;
-            Some((p.node.clone()?, p.key(), port))
-        })
-        .collect();
-    pods.sort();
-    for (node, key, port) in pods {
-        out.entry(node).or_insert((key, port));
+    {
+        let (Some(node), Some(np)) = (
+            p.node.clone(),
+            p.named_ports.iter().find(|np| np.protocol == Protocol::Tcp),
+        ) else {
+            continue;
+        };
+        by_node.entry(node).or_default().push((p.key(), np.port));
+    }
+    let mut out = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(mut pods) = by_node.remove(node) else {
+            continue;
+        };
+        pods.sort();
+        pods.truncate(SAMPLE_CANDIDATES);
+        let src = sources.get(node).and_then(|k| index.pod_index(k));
+        let rank = |(key, port): &(String, u16)| -> u8 {
+            let (Some(s), Some(d)) = (src, index.pod_index(key)) else {
+                return 2;
+            };
+            let (eg, ing) = index.decide_pods(s, d, *port, Protocol::Tcp);
+            match (sample_class(eg, ing), i % 2) {
+                (c, 0) => c,
+                (0, _) => 1,
+                (1, _) => 0,
+                (c, _) => c,
+            }
+        };
+        // min_by_key keeps the first of equals: key order breaks ties.
+        if let Some(best) = pods.iter().min_by_key(|p| rank(p)) {
+            out.insert(node.clone(), best.clone());
+        }
     }
     out
 }
@@ -214,8 +350,18 @@ pub fn plan_round(
         .iter()
         .map(|p| ((p.namespace.as_str(), p.role, p.node.as_str()), p))
         .collect();
-    let samples = cluster_samples(index);
     let n = nodes.len();
+    let sources: HashMap<String, String> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| {
+            let prev = &nodes[(i + n - 1) % n];
+            let c = by_role.get(&(NAMESPACE_A, Role::Client, prev.as_str()))?;
+            Some((node.clone(), c.key()))
+        })
+        .collect();
+    let samples = cluster_samples(index, nodes, &sources);
+    let dns_servers = dns_servers(index);
     for (i, node) in nodes.iter().enumerate() {
         let next = &nodes[(i + 1) % n];
         let prev = &nodes[(i + n - 1) % n];
@@ -261,23 +407,7 @@ pub fn plan_round(
             ctx.pod_probe(&cp, dst, *port, ProbeKind::ClusterSample);
         }
         if let Some(t) = dns_target {
-            let port = t
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(0);
-            ctx.plan.probes.push(Probe {
-                from: ca.key(),
-                to: t.to_string(),
-                target: t.to_string(),
-                port,
-                protocol: "TCP".into(),
-                kind: ProbeKind::Dns,
-                expected: Expected::Allowed,
-                node: node.clone(),
-                src_node: node.clone(),
-                dst_node: None,
-                external: true,
-            });
+            ctx.dns_probe(&ca, t, &dns_servers);
         }
     }
     ctx.plan
@@ -373,6 +503,82 @@ mod tests {
             plan_round(&nodes, &pods, &index, None, None).probes.len()
         };
         assert_eq!(count(40), 4 * count(10));
+    }
+
+    #[test]
+    fn the_engine_picks_cluster_samples_that_exercise_the_clusters_policies() {
+        let nodes = nodes(2);
+        let pods = probe_pods(&nodes, None);
+        let mut objs = objects(&nodes, &pods, false);
+        objs.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+        objs.push(
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "db-closed", "namespace": "shop"},
+            "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}}),
+        );
+        objs.push(
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "api-from-probes", "namespace": "shop"},
+            "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels":
+                    {"kubernetes.io/metadata.name": NAMESPACE_A}}}]}]}}),
+        );
+        for (i, node) in nodes.iter().enumerate() {
+            // Key order puts the undecided pod first: the engine must look past it.
+            for (j, app) in ["a-web", "b-db", "c-api"].iter().enumerate() {
+                let label = app.split_once('-').map_or(*app, |(_, l)| l);
+                objs.push(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("{app}-{i}"), "namespace": "shop",
+                        "labels": {"app": label}},
+                    "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+                        "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+                    "status": {"phase": "Running", "podIP": format!("10.9.{i}.{}", j + 1)}}));
+            }
+        }
+        let index = PolicyIndex::from_objects(&objs).unwrap();
+        let plan = plan_round(&nodes, &pods, &index, None, None);
+        let sample = |node: &str| {
+            plan.probes
+                .iter()
+                .find(|p| p.kind == ProbeKind::ClusterSample && p.dst_node.as_deref() == Some(node))
+                .map(|p| (p.to.clone(), p.expected))
+        };
+        assert_eq!(
+            sample("node-000"),
+            Some(("shop/b-db-0".to_string(), Expected::Blocked))
+        );
+        assert_eq!(
+            sample("node-001"),
+            Some(("shop/c-api-1".to_string(), Expected::Allowed))
+        );
+    }
+
+    #[test]
+    fn a_dns_probe_without_a_dns_server_to_judge_it_is_reported_not_guessed() {
+        let nodes = nodes(2);
+        let pods = probe_pods(&nodes, None);
+        let index = PolicyIndex::from_objects(&objects(&nodes, &pods, false)).unwrap();
+        let plan = plan_round(&nodes, &pods, &index, None, Some("example.com:443"));
+        assert!(plan.probes.iter().all(|p| p.kind != ProbeKind::Dns));
+        assert_eq!(plan.unplanned.len(), 2, "{:?}", plan.unplanned);
+        assert!(plan.unplanned.iter().all(|u| u.reason.contains("CoreDNS")));
+        // With a CoreDNS pod and no policy on UDP 53, the lookup is expected to work.
+        let mut objs = objects(&nodes, &pods, false);
+        objs.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "coredns-1", "namespace": "kube-system",
+                "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"nodeName": "node-000", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "10.9.9.9"}}));
+        let index = PolicyIndex::from_objects(&objs).unwrap();
+        let plan = plan_round(&nodes, &pods, &index, None, Some("example.com:443"));
+        assert!(plan.unplanned.is_empty(), "{:?}", plan.unplanned);
+        let dns: Vec<_> = plan
+            .probes
+            .iter()
+            .filter(|p| p.kind == ProbeKind::Dns)
+            .map(|p| (p.port, p.expected))
+            .collect();
+        assert_eq!(dns, vec![(443, Expected::Allowed); 2]);
     }
 
     #[test]

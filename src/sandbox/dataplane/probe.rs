@@ -285,13 +285,68 @@ pub fn resolve(
     }
 }
 
-/// Evaluate a connection from `src` to `dest` (`IP:PORT`).
+/// Whether `src` can resolve a name: its lookup goes to Service kube-system/kube-dns
+/// (UDP 53, the pod's `ClusterFirst` resolv.conf), which kube-proxy sends to one CoreDNS
+/// pod; both nodes' enforcement judge that flow. `Some(answer)` when the lookup fails.
+/// A sandbox without that Service resolves names without a DNS flow.
+fn dns_lookup(world: &mut World, src: &PodInfo, host: &str) -> Result<Option<Connect>, String> {
+    let Some(svc) = world.service_by_name("kube-dns.kube-system", "").cloned() else {
+        return Ok(None);
+    };
+    let server = svc
+        .pointer("/spec/clusterIP")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let from = src.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    // Go's resolver, after its retries (read by agnhost connect as a DNS error).
+    let timeout = || {
+        Connect::Dns(format!(
+            "lookup {host} on {server}:53: read udp {from}:40000->{server}:53: i/o timeout"
+        ))
+    };
+    let Some((pod, port)) = world.service_backend(&svc, 53, Protocol::Udp) else {
+        // No CoreDNS endpoint: kube-proxy rejects, the resolver sees a refusal.
+        return Ok(Some(Connect::Dns(format!(
+            "lookup {host} on {server}:53: read udp {from}:40000->{server}:53: read: connection refused"
+        ))));
+    };
+    let target = Target::Pod(&pod);
+    let eg = side_allows(
+        world,
+        world.side(src),
+        src,
+        &target,
+        port,
+        Protocol::Udp,
+        true,
+    )?;
+    let ing = side_allows(
+        world,
+        world.side(&pod),
+        src,
+        &target,
+        port,
+        Protocol::Udp,
+        false,
+    )?;
+    Ok((!(eg && ing)).then(timeout))
+}
+
+/// Evaluate a connection from `src` to `dest` (`IP:PORT`, or `name:PORT` after a DNS
+/// lookup).
 pub fn connect(
     world: &mut World,
     src: &PodInfo,
     dest: &str,
     proto: Protocol,
 ) -> Result<Connect, String> {
+    if let Ok((host, _)) = split_host_port(dest)
+        && host.parse::<IpAddr>().is_err()
+        && let Some(failed) = dns_lookup(world, src, host)?
+    {
+        return Ok(failed);
+    }
     match resolve(world, src, dest, proto) {
         Ok(r) => connect_resolved(world, src, &r, proto),
         Err(answer) => Ok(answer),
