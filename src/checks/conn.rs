@@ -161,13 +161,31 @@ impl ConnReport {
         s
     }
 
-    /// The first `max` broken connections, `from -> to (why)`.
+    /// The nodes at either end of a broken connection.
+    pub fn broken_nodes(&self) -> std::collections::BTreeSet<String> {
+        self.connections
+            .iter()
+            .filter(|c| c.state == ConnState::Broken)
+            .flat_map(|c| std::iter::once(c.src_node.clone()).chain(c.dst_node.clone()))
+            .collect()
+    }
+
+    /// The first `max` broken connections, `from (on NODE) -> to (on NODE) (why)`.
     pub fn broken_list(&self, max: usize) -> String {
         let broken: Vec<String> = self
             .connections
             .iter()
             .filter(|c| c.state == ConnState::Broken)
-            .map(|c| format!("{} -> {} ({})", c.from, c.to, c.detail))
+            .map(|c| {
+                format!(
+                    "{} (on {}) -> {} (on {}) ({})",
+                    c.from,
+                    c.src_node,
+                    c.to,
+                    c.dst_node.as_deref().unwrap_or("-"),
+                    c.detail
+                )
+            })
             .collect();
         let mut s = broken
             .iter()

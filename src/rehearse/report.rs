@@ -173,7 +173,7 @@ impl Report {
                     h.check_failed += report.check_failed;
                     if report.broken > 0 {
                         h.broken.push(format!(
-                            "across {}: {}",
+                            "after {}'s swap: {}",
                             report.node,
                             report.broken_list(usize::MAX)
                         ));

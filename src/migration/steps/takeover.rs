@@ -485,8 +485,8 @@ async fn check_held(world: &Cluster, pool: &ConnPool, node: Option<&str>) -> any
     if report.connections.is_empty() {
         return Ok(());
     }
-    let summary = report.summary();
-    let broken = report.broken;
+    let mut summary = report.summary();
+    let broken = report.broken_nodes();
     world.observe(Observation::HeldConnections {
         step: ID.to_string(),
         report,
@@ -494,11 +494,25 @@ async fn check_held(world: &Cluster, pool: &ConnPool, node: Option<&str>) -> any
     let across = node.map_or("the calico-system rollout".to_string(), |n| {
         format!("node {n}'s swap")
     });
-    if broken > 0 {
-        bail!("across {across}: {summary}");
+    if broken.is_empty() {
+        tracing::info!("after {across}: {summary}");
+        return Ok(());
     }
-    tracing::info!("across {across}: {summary}");
-    Ok(())
+    // The operator may have moved a neighbour in the same run: name every node on the
+    // broken paths whose agent moved, since either end's swap can reset a flow.
+    if node.is_some() {
+        let moved: Vec<String> = list_nodes(world)
+            .await?
+            .into_iter()
+            .filter(|n| broken.contains(&n.name) && n.label.as_deref() == Some(MIGRATED))
+            .map(|n| n.name)
+            .collect();
+        summary.push_str(&format!(
+            "; node(s) on their path moved to calico-system: {}",
+            moved.join(", ")
+        ));
+    }
+    bail!("after {across}: {summary}");
 }
 
 const FROZEN: &str =
