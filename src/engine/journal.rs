@@ -139,7 +139,18 @@ impl Journal {
         write_head(staging.path(), 1).map_err(io_err)?;
         let staged = staging.keep();
         std::fs::rename(&staged, state_dir.join(JOURNAL_SUBDIR)).map_err(io_err)?;
-        Journal::open(state_dir)
+        // sled lets go of its file lock when its background flusher drops the database,
+        // which can come a moment after our last handle is gone: our own lock, not
+        // another process's, so wait for it briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Journal::open(state_dir) {
+                Err(JournalError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Open an existing journal to continue it, validating its format and
