@@ -314,11 +314,10 @@ fn cluster_samples(
                 return 2;
             };
             let (eg, ing) = index.decide_pods(s, d, *port, Protocol::Tcp);
-            match (sample_class(eg, ing), i % 2) {
-                (c, 0) => c,
-                (0, _) => 1,
-                (1, _) => 0,
-                (c, _) => c,
+            // Odd positions swap the first two preferences.
+            match sample_class(eg, ing) {
+                c @ (0 | 1) if i % 2 == 1 => 1 - c,
+                c => c,
             }
         };
         // min_by_key keeps the first of equals: key order breaks ties.
