@@ -9,7 +9,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::{GlobalOpts, OutputFormat, output::print_json};
-use crate::policy::{ClusterModel, PolicyIndex, Protocol, Reason, SideDecision, Verdict, diff};
+use crate::policy::{
+    Caveat, CidrVerdict, ClusterModel, Peer, PolicyIndex, Protocol, Reason, SideDecision, Verdict,
+    diff,
+};
 
 /// Compute what the policies allow (matrix), compare two policy sets (diff),
 /// or explain one verdict.
@@ -33,7 +36,12 @@ pub enum PolicyCommand {
     Diff(DiffArgs),
     /// Show which policy and rule decide one connection, on the egress and ingress side.
     #[command(
-        after_help = "Example:\n  calico-migrate policy explain -f cluster.yaml --from x/a --to y/b --port 80"
+        after_help = "Examples:\n  calico-migrate policy explain -f cluster.yaml --from x/a --to y/b --port 80\n  \
+                      calico-migrate policy explain -f cluster.yaml --from x/a --to 10.0.0.0/16 --port 443\n  \
+                      calico-migrate policy explain -f cluster.yaml --from node:ip-10-0-1-5 --to x/a --port 8080\n\n\
+                      A node's traffic to a pod on that node is never policed by Calico; a pod's\n\
+                      traffic to its own node meets the pod's egress policy. Node addresses come\n\
+                      from Node objects (status.addresses) or hostNetwork pods in the input."
     )]
     Explain(ExplainArgs),
 }
@@ -96,11 +104,12 @@ pub struct DiffArgs {
 pub struct ExplainArgs {
     #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Source pod, `namespace/name`.
-    #[arg(long, value_name = "NS/NAME")]
+    /// Source: a pod (`namespace/name`), a node (`node:NAME`) or an IP address.
+    #[arg(long, value_name = "NS/NAME|node:NAME|IP")]
     pub from: String,
-    /// Destination pod (`namespace/name`) or IP address.
-    #[arg(long, value_name = "NS/NAME|IP")]
+    /// Destination: a pod, a node, an IP address, or (from a pod) a CIDR, whose
+    /// addresses are listed in ranges of one verdict.
+    #[arg(long, value_name = "NS/NAME|node:NAME|IP|CIDR")]
     pub to: String,
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
@@ -246,26 +255,108 @@ fn run_diff(a: &DiffArgs, output: OutputFormat) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `namespace/name`, `node:NAME` or an IP address.
+fn peer(index: &PolicyIndex, s: &str) -> anyhow::Result<Peer> {
+    if let Some(name) = s.strip_prefix("node:") {
+        return index
+            .hosts()
+            .node_index(name)
+            .map(Peer::Node)
+            .with_context(|| {
+                format!(
+                    "no node {name:?} in the input; nodes come from Node objects and from pods' \
+                 spec.nodeName"
+                )
+            });
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Peer::Address(ip));
+    }
+    pod(index, s).map(Peer::Pod)
+}
+
 fn explain(a: &ExplainArgs, output: OutputFormat) -> anyhow::Result<ExitCode> {
     let index = load(&a.files)?;
-    let src = pod(&index, &a.from)?;
     let protocol: Protocol = a.protocol.into();
-    let verdict = match a.to.parse::<IpAddr>() {
-        Ok(ip) => index.verdict_external(src, ip, a.port, protocol),
-        Err(_) => index.verdict(src, pod(&index, &a.to)?, a.port, protocol),
-    };
+    let src = peer(&index, &a.from)?;
+    if let Ok(net) = a.to.parse::<ipnet::IpNet>() {
+        let Peer::Pod(src) = src else {
+            bail!(
+                "--to {} is a CIDR: name a pod as --from (namespace/name)",
+                a.to
+            )
+        };
+        let v = index.verdict_cidr(src, net, a.port, protocol);
+        return explain_output(a, output, protocol, "cidr", &v, || {
+            cidr_text(a, protocol, &v)
+        });
+    }
+    let dst = peer(&index, &a.to)?;
+    let verdict = index
+        .verdict_between(src, dst, a.port, protocol)
+        .with_context(|| format!("cannot judge {} -> {}", a.from, a.to))?;
+    explain_output(a, output, protocol, "verdict", &verdict, || {
+        explain_text(a, protocol, &verdict)
+    })
+}
+
+fn explain_output(
+    a: &ExplainArgs,
+    output: OutputFormat,
+    protocol: Protocol,
+    field: &str,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<ExitCode> {
     match output {
         OutputFormat::Json => print_json(&json!({
-            "from": a.from, "to": a.to, "port": a.port, "protocol": protocol.to_string(), "verdict": verdict,
+            "from": a.from, "to": a.to, "port": a.port, "protocol": protocol.to_string(), field: value,
         }))?,
         OutputFormat::Junit => {
             bail!("-o junit is for `check`; use -o text or -o json with `policy explain`")
         }
-        OutputFormat::Text | OutputFormat::Markdown => {
-            print!("{}", explain_text(a, protocol, &verdict))
-        }
+        OutputFormat::Text | OutputFormat::Markdown => print!("{}", text()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cidr_text(a: &ExplainArgs, protocol: Protocol, v: &CidrVerdict) -> String {
+    let mut out = format!(
+        "{} -> {} {}/{}: {}\n",
+        a.from,
+        v.net,
+        a.port,
+        protocol,
+        match v.allowed {
+            crate::policy::Coverage::All => "ALLOWED to every address",
+            crate::policy::Coverage::None => "BLOCKED to every address",
+            crate::policy::Coverage::Partly => "allowed to some addresses only",
+        }
+    );
+    for r in &v.ranges {
+        let span = if r.first == r.last {
+            r.first.to_string()
+        } else {
+            format!("{} - {}", r.first, r.last)
+        };
+        let who = r
+            .pod
+            .as_ref()
+            .map_or(String::new(), |p| format!(" (pod {p})"));
+        let decided = match (&r.verdict.egress.reason, &r.verdict.ingress) {
+            (_, Some(ing)) if r.verdict.egress.allowed => format!("ingress: {}", ing.reason),
+            (eg, _) => format!("egress: {eg}"),
+        };
+        out.push_str(&format!(
+            "  {span}{who}: {}; {decided}\n",
+            if r.verdict.allowed {
+                "allowed"
+            } else {
+                "blocked"
+            }
+        ));
+    }
+    out
 }
 
 fn explain_text(a: &ExplainArgs, protocol: Protocol, v: &Verdict) -> String {
@@ -291,10 +382,19 @@ fn explain_text(a: &ExplainArgs, protocol: Protocol, v: &Verdict) -> String {
     out.push_str(&side("egress", &a.from, &v.egress));
     match &v.ingress {
         Some(s) => out.push_str(&side("ingress", &a.to, s)),
-        None => out.push_str("  ingress: external destination, no ingress policy evaluated\n"),
+        None => out.push_str("  ingress: not a pod, no ingress policy evaluated\n"),
     }
     for c in &v.caveats {
-        out.push_str(&format!("  note: implementation-defined case ({c:?}); the answer above is what the policies say\n"));
+        let note = match c {
+            Caveat::OwnNode => "a pod and its own node: Kubernetes always allows this traffic; \
+                                the answer above is Calico's (the node reaches its pods without \
+                                policy, the pod reaches its node through its egress policy)"
+                .to_string(),
+            c => format!(
+                "implementation-defined case ({c:?}); the answer above is what the policies say"
+            ),
+        };
+        out.push_str(&format!("  note: {note}\n"));
     }
     if matches!(v.egress.reason, Reason::NoPolicy)
         && v.ingress

@@ -5,15 +5,16 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::error::{InputError, Origin};
-use super::model::{Namespace, NetworkSet, Pod, Policy, Tier};
+use super::model::{Namespace, NetworkSet, Node, Pod, Policy, Tier};
 use super::parse::{ObjectRecord, Parsed, list_items, parse_object};
 
-/// Namespaces, pods, network sets, tiers and policies, plus the raw records of
+/// Namespaces, pods, nodes, network sets, tiers and policies, plus the raw records of
 /// policy-like objects (for policy-set comparison).
 #[derive(Debug, Clone, Default)]
 pub struct ClusterModel {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
     pub network_sets: Vec<NetworkSet>,
     pub tiers: Vec<Tier>,
     pub policies: Vec<Policy>,
@@ -98,6 +99,7 @@ impl ClusterModel {
         let (kind, ns, name) = match &parsed {
             Parsed::Namespace(n) => ("Namespace".to_string(), None, n.name.clone()),
             Parsed::Pod(p) => ("Pod".to_string(), Some(p.namespace.clone()), p.name.clone()),
+            Parsed::Node(n) => ("Node".to_string(), None, n.name.clone()),
             _ => match &record {
                 Some(r) => (r.kind.clone(), r.namespace.clone(), r.name.clone()),
                 None => return Err(InputError::new(origin, "kind", "object without identity")),
@@ -117,6 +119,7 @@ impl ClusterModel {
         match parsed {
             Parsed::Namespace(n) => self.namespaces.push(n),
             Parsed::Pod(p) => self.pods.push(p),
+            Parsed::Node(n) => self.nodes.push(n),
             Parsed::NetworkSet(s) => self.network_sets.push(s),
             Parsed::Tier(t) => self.tiers.push(t),
             Parsed::Policy(Some(p)) => {

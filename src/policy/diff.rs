@@ -87,8 +87,9 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
         for &port in &ports {
             for (si, &s) in reps.iter().enumerate() {
                 for (di, &d) in reps.iter().enumerate() {
-                    let b = before.allowed(s, d, port, protocol);
-                    let a = after.allowed(map[s], map[d], port, protocol);
+                    // Policy verdicts: the own-node exemption is the same in both sets.
+                    let b = before.decide_pods_until_denied(s, d, port, protocol);
+                    let a = after.decide_pods_until_denied(map[s], map[d], port, protocol);
                     if a != b {
                         out.cells.push(CellDiff {
                             src: pods[s].key(),

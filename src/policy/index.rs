@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use super::cluster::ClusterModel;
 use super::error::InputError;
+use super::hosts::Hosts;
 use super::model::*;
 use super::selector::{Labels, Selector};
 
@@ -37,6 +38,7 @@ pub struct PolicyIndex {
     ingress_of: Vec<Vec<PolicyPos>>,
     egress_of: Vec<Vec<PolicyPos>>,
     netsets_of_pod: Vec<Vec<u32>>,
+    hosts: Hosts,
 }
 
 /// What happened on one side (egress of the source, ingress of the destination).
@@ -52,6 +54,8 @@ pub enum RawReason {
     EndOfTier { tier_of: PolicyPos },
     /// Every tier passed: the profile allows.
     PassedToProfile,
+    /// From the destination's own node: Felix does not police host -> local workload.
+    LocalHost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +204,9 @@ impl PolicyIndex {
                 None => Vec::new(),
             })
             .collect();
+        let hosts = Hosts::build(&model);
         Ok(PolicyIndex {
+            hosts,
             model,
             namespaces,
             ns_by_name,
@@ -242,6 +248,19 @@ impl PolicyIndex {
         }
     }
 
+    /// Nodes and who owns which address.
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// A hostNetwork source on the destination's node is that node's own traffic to a
+    /// local workload, which Felix lets through without the workload's ingress policy
+    /// (felix/rules/static.go, filterOutputChain).
+    pub(crate) fn sent_by_local_host(&self, src: usize, dst: usize) -> bool {
+        let (s, d) = (&self.model.pods[src], &self.model.pods[dst]);
+        s.host_network && s.node.is_some() && s.node == d.node
+    }
+
     pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
         self.ns_by_name.get(ns).map(|&i| &self.namespaces[i].labels)
     }
@@ -278,7 +297,10 @@ impl PolicyIndex {
         PolicyIndex::build(ClusterModel::from_values(objects)?)
     }
 
-    /// Both sides, but the ingress side is skipped once egress has denied.
+    /// What the policies say, both sides, the ingress side skipped once egress has
+    /// denied. Without the own-node exemption ([`PolicyIndex::sent_by_local_host`]), which
+    /// depends on where pods run rather than on their class: callers working on pod
+    /// classes apply it per pod pair.
     pub(crate) fn decide_pods_until_denied(
         &self,
         src: usize,
@@ -350,6 +372,11 @@ impl PolicyIndex {
                 allowed: true,
                 reason: RawReason::NotApplicable,
             }
+        } else if self.sent_by_local_host(src, dst) {
+            SideOutcome {
+                allowed: true,
+                reason: RawReason::LocalHost,
+            }
         } else {
             self.decide_side(
                 Direction::Ingress,
@@ -392,6 +419,42 @@ impl PolicyIndex {
             pkt,
             None,
         )
+    }
+
+    /// Address outside the pod network (a remote node, a load balancer) -> pod: the
+    /// destination's ingress side, with the Log rules passed on the way. The caller
+    /// handles the destination's own node, which is never policed.
+    pub(crate) fn decide_ingress_from(
+        &self,
+        ip: IpAddr,
+        dst: usize,
+        port: u16,
+        protocol: Protocol,
+    ) -> Traced {
+        let mut logs = Vec::new();
+        if self.model.pods[dst].host_network {
+            let na = SideOutcome {
+                allowed: true,
+                reason: RawReason::NotApplicable,
+            };
+            return (na, logs);
+        }
+        let netsets = netsets_containing(&self.model.network_sets, ip);
+        let remote = Party {
+            pod: None,
+            ip: Some(ip),
+            netsets: &netsets,
+        };
+        let pkt = self.packet(Some(ip), port, protocol);
+        let out = self.decide_side(
+            Direction::Ingress,
+            &self.ingress_of[dst],
+            self.pod_party(dst),
+            remote,
+            pkt,
+            Some(&mut logs),
+        );
+        (out, logs)
     }
 
     /// Like [`PolicyIndex::decide_pods`] / [`PolicyIndex::decide_external`] but also
@@ -445,6 +508,11 @@ impl PolicyIndex {
                     SideOutcome {
                         allowed: true,
                         reason: RawReason::NotApplicable,
+                    }
+                } else if self.sent_by_local_host(src, d_idx) {
+                    SideOutcome {
+                        allowed: true,
+                        reason: RawReason::LocalHost,
                     }
                 } else {
                     self.decide_side(

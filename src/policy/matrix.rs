@@ -100,6 +100,10 @@ pub struct Matrix {
     /// External destinations: the spelling given, and the address.
     pub externals: Vec<(String, IpAddr)>,
     pub classes: PodClasses,
+    /// Per position: the node a hostNetwork pod's traffic comes from, and every pod's
+    /// node, so the own-node exemption is applied per pod pair.
+    host_node: Vec<Option<u32>>,
+    node: Vec<Option<u32>>,
     class_allowed: Vec<bool>,
     external_allowed: Vec<bool>,
 }
@@ -123,7 +127,7 @@ impl PolicyIndex {
         let mut class_allowed = vec![false; c * c];
         for (si, &s) in reps.iter().enumerate() {
             for (di, &d) in reps.iter().enumerate() {
-                class_allowed[si * c + di] = self.allowed(s, d, port, protocol);
+                class_allowed[si * c + di] = self.decide_pods_until_denied(s, d, port, protocol);
             }
         }
         let mut external_allowed = vec![false; c * externals.len()];
@@ -133,9 +137,23 @@ impl PolicyIndex {
                     self.allowed_external(s, *ip, port, protocol);
             }
         }
+        let node: Vec<Option<u32>> = pods
+            .iter()
+            .map(|&p| {
+                let name = self.pods()[p].node.as_deref()?;
+                self.hosts().node_index(name).map(|n| n as u32)
+            })
+            .collect();
+        let host_node = pods
+            .iter()
+            .zip(&node)
+            .map(|(&p, n)| n.filter(|_| self.pods()[p].host_network))
+            .collect();
         Matrix {
             port,
             protocol,
+            host_node,
+            node,
             pods,
             externals: externals.to_vec(),
             classes,
@@ -148,6 +166,9 @@ impl PolicyIndex {
 impl Matrix {
     /// Source pod at position `i` of [`Matrix::pods`] to destination pod at position `j`.
     pub fn allowed(&self, i: usize, j: usize) -> bool {
+        if self.host_node[i].is_some() && self.host_node[i] == self.node[j] {
+            return true;
+        }
         let c = self.classes.representatives.len();
         let (a, b) = (
             self.classes.class_of[i] as usize,
@@ -175,6 +196,7 @@ impl Matrix {
         }
         for &s in &self.pods {
             for &d in &self.pods {
+                // Includes a hostNetwork pod to a pod on its node (Calico: never policed).
                 if s != d && (pods[s].host_network || pods[d].host_network) {
                     out.push((pods[s].key(), pods[d].key(), "hostNetwork"));
                 }

@@ -33,23 +33,29 @@
 //! assert!(index.allowed_external(a, imds, 8080, Protocol::Tcp));
 //! ```
 
+pub mod cidr;
 pub mod cluster;
 pub mod diff;
 pub mod error;
+pub mod hosts;
 pub mod index;
 pub mod matrix;
 pub mod model;
 pub mod parse;
+pub mod peer;
 pub mod selector;
 pub mod verdict;
 
+pub use cidr::{AddressRange, CidrVerdict, Coverage};
 pub use cluster::ClusterModel;
 pub use diff::{CellDiff, DiffError, PolicySetDiff, diff};
 pub use error::{InputError, Origin};
+pub use hosts::Hosts;
 pub use index::PolicyIndex;
 pub use matrix::{Matrix, PodClasses, pod_classes};
 pub use model::{
-    Action, Direction, Namespace, NetworkSet, Pod, Policy, PolicyId, PolicyKind, Protocol,
+    Action, Direction, Namespace, NetworkSet, Node, Pod, Policy, PolicyId, PolicyKind, Protocol,
 };
+pub use peer::{Peer, PeerError};
 pub use selector::{Labels, Selector, SelectorError};
 pub use verdict::{Caveat, Reason, RuleRef, SideDecision, Verdict};

@@ -121,6 +121,14 @@ impl Pod {
     }
 }
 
+/// A node: the host side of its pods' traffic. Its addresses come from the Node object's
+/// `status.addresses` (InternalIP, ExternalIP) or from its hostNetwork pods' IPs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
 /// A GlobalNetworkSet: labelled CIDRs that rule selectors can match.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkSet {

@@ -24,6 +24,7 @@ const CALICO_API_VERSIONS: [&str; 2] = ["crd.projectcalico.org/v1", "projectcali
 pub enum Parsed {
     Namespace(Namespace),
     Pod(Pod),
+    Node(Node),
     NetworkSet(NetworkSet),
     Tier(Tier),
     /// A policy, or `None` for a Calico policy that only concerns host endpoints
@@ -69,6 +70,7 @@ pub fn parse_object(
     match (api_version, kind) {
         ("v1", "Namespace") => parse_namespace(obj, origin).map(|n| (Parsed::Namespace(n), None)),
         ("v1", "Pod") => parse_pod(obj, origin).map(|p| (Parsed::Pod(p), None)),
+        ("v1", "Node") => parse_node(obj, origin).map(|n| (Parsed::Node(n), None)),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             let p = parse_k8s_policy(obj, origin)?;
             let rec = record(
@@ -107,7 +109,7 @@ pub fn parse_object(
             origin,
             "kind",
             format!(
-                "unsupported object {api_version}/{kind}; expected v1 Namespace or Pod, \
+                "unsupported object {api_version}/{kind}; expected v1 Namespace, Pod or Node, \
                  networking.k8s.io/v1 NetworkPolicy, or a Calico NetworkPolicy, \
                  GlobalNetworkPolicy, GlobalNetworkSet or Tier \
                  (crd.projectcalico.org/v1 or projectcalico.org/v3)"
@@ -193,6 +195,29 @@ fn parse_namespace(obj: &Value, origin: &Origin) -> Result<Namespace, InputError
     let _: core::Namespace = typed(obj, origin, "Namespace")?;
     let (name, _) = meta_name(obj, origin, false)?;
     Ok(Namespace::new(&name, labels_of(obj, origin)?))
+}
+
+/// A Node's InternalIP and ExternalIP addresses; other address types (Hostname,
+/// InternalDNS) name no packet source.
+fn parse_node(obj: &Value, origin: &Origin) -> Result<Node, InputError> {
+    let node: core::Node = typed(obj, origin, "Node")?;
+    let (name, _) = meta_name(obj, origin, false)?;
+    let mut addresses = Vec::new();
+    let listed = node.status.and_then(|s| s.addresses).unwrap_or_default();
+    for (i, a) in listed.iter().enumerate() {
+        if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+            continue;
+        }
+        let ip = a.address.parse::<IpAddr>().map_err(|_| {
+            InputError::new(
+                origin,
+                format!("status.addresses[{i}].address"),
+                format!("{:?} is not an IP address", a.address),
+            )
+        })?;
+        addresses.push(ip);
+    }
+    Ok(Node { name, addresses })
 }
 
 fn parse_pod(obj: &Value, origin: &Origin) -> Result<Pod, InputError> {

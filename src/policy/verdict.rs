@@ -46,6 +46,8 @@ pub enum Reason {
     },
     /// Every tier passed the packet on: the profile allows.
     PassedToProfile,
+    /// From the pod's own node: Calico does not police a host's traffic to its local pods.
+    LocalHost,
 }
 
 impl fmt::Display for Reason {
@@ -63,6 +65,10 @@ impl fmt::Display for Reason {
                 )
             }
             Reason::PassedToProfile => write!(f, "passed by every tier: allowed by the profile"),
+            Reason::LocalHost => write!(
+                f,
+                "from the pod's own node: Calico never applies ingress policy to it"
+            ),
         }
     }
 }
@@ -85,6 +91,9 @@ pub enum Caveat {
     HostNetworkSource,
     /// The destination uses the node's network namespace: no pod ingress policy.
     HostNetworkDestination,
+    /// Traffic between a pod and its own node. Kubernetes always allows it; Calico lets
+    /// the node in without policy but applies the pod's egress policy towards the node.
+    OwnNode,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -100,7 +109,7 @@ pub struct Verdict {
 impl PolicyIndex {
     /// Fast yes/no for pod -> pod (no reasons collected).
     pub fn allowed(&self, src: usize, dst: usize, port: u16, protocol: Protocol) -> bool {
-        self.decide_pods_until_denied(src, dst, port, protocol)
+        self.sent_by_local_host(src, dst) || self.decide_pods_until_denied(src, dst, port, protocol)
     }
 
     /// Fast yes/no for pod -> external address.
@@ -122,6 +131,9 @@ impl PolicyIndex {
         }
         if self.pods()[dst].host_network {
             caveats.push(Caveat::HostNetworkDestination);
+        }
+        if self.sent_by_local_host(src, dst) {
+            caveats.push(Caveat::OwnNode);
         }
         let allowed = egress.allowed && ingress.as_ref().is_none_or(|s| s.allowed);
         self.with_tier_policies(
@@ -174,11 +186,17 @@ impl PolicyIndex {
         }
     }
 
-    fn side(&self, dir: Direction, o: SideOutcome, logs: &[(PolicyPos, u32)]) -> SideDecision {
+    pub(super) fn side(
+        &self,
+        dir: Direction,
+        o: SideOutcome,
+        logs: &[(PolicyPos, u32)],
+    ) -> SideDecision {
         let reason = match o.reason {
             RawReason::NotApplicable => Reason::NotApplicable,
             RawReason::NoPolicy => Reason::NoPolicy,
             RawReason::PassedToProfile => Reason::PassedToProfile,
+            RawReason::LocalHost => Reason::LocalHost,
             RawReason::Rule { policy, rule } => Reason::Rule {
                 rule: self.rule_ref(dir, policy, rule),
             },
@@ -201,7 +219,12 @@ impl PolicyIndex {
     }
 
     /// Fill the `policies` of an end-of-tier reason: those of the tier selecting the pod.
-    fn with_tier_policies(&self, mut v: Verdict, src: usize, dst: Option<usize>) -> Verdict {
+    pub(super) fn with_tier_policies(
+        &self,
+        mut v: Verdict,
+        src: usize,
+        dst: Option<usize>,
+    ) -> Verdict {
         let fill = |side: &mut SideDecision, pod: usize, dir: Direction| {
             if let Reason::EndOfTier { tier, policies } = &mut side.reason {
                 *policies = self
