@@ -235,6 +235,29 @@ async fn in_process_probes_follow_the_policies() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_node_reaches_its_own_pods_without_policy_and_others_through_it() -> Result<()> {
+    let c = Cluster::new(DataPlaneFaults::default()).await?;
+    // A hostNetwork pod speaks with its node's address. team-0002/c runs on the third
+    // node and only admits its own namespace; team-0001/a (first node) likewise.
+    let mut host = probe_pod("kube-system", "host-probe", &c.nodes[2], "10.0.250.3");
+    host["spec"]["hostNetwork"] = json!(true);
+    c.sb.load(vec![host])?;
+    assert_eq!(
+        c.connect("kube-system", "host-probe", "10.0.200.3:8080")
+            .await?,
+        (0, String::new()),
+        "Felix does not police a node's traffic to its local pods"
+    );
+    assert_eq!(
+        c.connect("kube-system", "host-probe", "10.0.200.1:8080")
+            .await?,
+        (1, "TIMEOUT\n".into()),
+        "another node's pod judges the node's address by its ingress policy"
+    );
+    Ok(())
+}
+
 async fn kube_exec(
     client: kube::Client,
     ns: &str,
