@@ -117,6 +117,19 @@ impl PolicyIndex {
         port: u16,
         protocol: Protocol,
     ) -> Matrix {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.matrix_on_threads(pods, externals, port, protocol, threads)
+    }
+
+    /// [`PolicyIndex::matrix`] computed on at most `threads` threads.
+    pub fn matrix_on_threads(
+        &self,
+        pods: Option<&[usize]>,
+        externals: &[(String, IpAddr)],
+        port: u16,
+        protocol: Protocol,
+        threads: usize,
+    ) -> Matrix {
         let pods: Vec<usize> = match pods {
             Some(p) => p.to_vec(),
             None => (0..self.pods().len()).collect(),
@@ -125,10 +138,22 @@ impl PolicyIndex {
         let reps = &classes.representatives;
         let c = reps.len();
         let mut class_allowed = vec![false; c * c];
-        for (si, &s) in reps.iter().enumerate() {
-            for (di, &d) in reps.iter().enumerate() {
-                class_allowed[si * c + di] = self.decide_pods_until_denied(s, d, port, protocol);
-            }
+        // Rows are independent: split them over the cores (the class matrix is the
+        // quadratic part; 30,000 classes are 9e8 verdicts).
+        if c > 0 {
+            let rows_per_thread = c.div_ceil(threads.max(1));
+            std::thread::scope(|scope| {
+                for (t, rows) in class_allowed.chunks_mut(rows_per_thread * c).enumerate() {
+                    scope.spawn(move || {
+                        for (r, row) in rows.chunks_mut(c).enumerate() {
+                            let s = reps[t * rows_per_thread + r];
+                            for (cell, &d) in row.iter_mut().zip(reps) {
+                                *cell = self.decide_pods_until_denied(s, d, port, protocol);
+                            }
+                        }
+                    });
+                }
+            });
         }
         let mut external_allowed = vec![false; c * externals.len()];
         for (si, &s) in reps.iter().enumerate() {
