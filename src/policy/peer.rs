@@ -12,7 +12,6 @@
 //!   source, judged by the pod's ingress policy like any address (nets, ipBlock).
 //! - pod -> another node: the pod's egress policy against the node's address.
 
-use std::fmt;
 use std::net::IpAddr;
 
 use super::index::{PolicyIndex, RawReason, SideOutcome};
@@ -53,16 +52,6 @@ enum End {
         node: Option<usize>,
         ip: Option<IpAddr>,
     },
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Pod(i) => write!(f, "pod #{i}"),
-            Peer::Node(i) => write!(f, "node #{i}"),
-            Peer::Address(ip) => write!(f, "{ip}"),
-        }
-    }
 }
 
 impl PolicyIndex {
