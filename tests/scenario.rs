@@ -409,6 +409,37 @@ fn chart_0_3_11_is_operator_based() {
 }
 
 #[test]
+fn a_thousand_nodes_get_distinct_addresses_apart_from_their_pods() {
+    let objs = built(&cfg(1000, 1500, 10, 1));
+    let nodes: BTreeSet<String> = of_kind(&objs, "Node")
+        .iter()
+        .map(|n| {
+            n["status"]["addresses"][0]["address"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(nodes.len(), 1000, "node addresses are unique");
+    let pods: Vec<String> = of_kind(&objs, "Pod")
+        .iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .map(|p| p["status"]["podIP"].as_str().unwrap_or("").to_string())
+        .collect();
+    let distinct: BTreeSet<&String> = pods.iter().collect();
+    assert_eq!(distinct.len(), pods.len(), "pod IPs are unique");
+    assert!(
+        pods.iter().all(|ip| !nodes.contains(ip)),
+        "no pod holds a node's address"
+    );
+    let e = scenario::build(&cfg(3043, 1, 1, 1))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("between 1 and 3042"), "{e}");
+}
+
+#[test]
 fn bad_configs_are_refused_clearly() {
     let e = scenario::build(&cfg(0, 1, 1, 1))
         .err()

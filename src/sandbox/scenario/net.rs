@@ -6,13 +6,14 @@ use std::net::Ipv4Addr;
 
 /// Zones the nodes are spread over (a, b, c of the region).
 pub const ZONES: usize = 3;
-/// Host addresses in each zone's /18 reserved for nodes (first 256 + 10 .. 255).
+/// Host addresses in each zone's /18 reserved for nodes: 10 .. 1023 (the first four
+/// /24s, the first ten addresses left to the VPC); pods take the rest.
 const NODE_BASE: u32 = 10;
-const POD_BASE: u32 = 256;
+const POD_BASE: u32 = 1024;
 const SUBNET_SIZE: u32 = 1 << 14;
 
 /// Most nodes the address plan supports.
-pub const MAX_NODES: usize = ZONES * (256 - NODE_BASE as usize);
+pub const MAX_NODES: usize = ZONES * (POD_BASE - NODE_BASE) as usize;
 /// Most pod IPs per zone.
 pub const MAX_PODS_PER_ZONE: usize = (SUBNET_SIZE - POD_BASE - 1) as usize;
 
