@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::faults::ControllerFaults;
 use super::{deleting, label, merge, name, namespace, pods_gvr, sched};
 use crate::sandbox::Sandbox;
+use crate::sandbox::scenario::net::{POD_BASE, SUBNET_SIZE};
 
 const MANAGER: &str = "sandbox-kubelet";
 
@@ -61,10 +62,12 @@ fn condition(t: &str, ok: bool) -> Value {
 impl PodLifecycle {
     fn allocate(&mut self, node_ip: &str, used: &HashSet<String>) -> String {
         let ip: Ipv4Addr = node_ip.parse().unwrap_or(Ipv4Addr::new(10, 0, 0, 10));
-        let subnet = u32::from(ip) & !((1 << 14) - 1);
+        let subnet = u32::from(ip) & !(SUBNET_SIZE - 1);
+        // Past the seeded pods' first addresses, never in the nodes' range.
         let next = self.next_ip.entry(subnet).or_insert(4096);
         loop {
-            let cand = Ipv4Addr::from(subnet + 256 + (*next % ((1 << 14) - 257))).to_string();
+            let offset = *next % (SUBNET_SIZE - POD_BASE - 1);
+            let cand = Ipv4Addr::from(subnet + POD_BASE + offset).to_string();
             *next += 1;
             if !used.contains(&cand) {
                 return cand;

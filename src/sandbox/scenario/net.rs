@@ -9,8 +9,10 @@ pub const ZONES: usize = 3;
 /// Host addresses in each zone's /18 reserved for nodes: 10 .. 1023 (the first four
 /// /24s, the first ten addresses left to the VPC); pods take the rest.
 const NODE_BASE: u32 = 10;
-const POD_BASE: u32 = 1024;
-const SUBNET_SIZE: u32 = 1 << 14;
+/// First host address of a zone's /18 that pods take.
+pub const POD_BASE: u32 = 1024;
+/// Addresses in each zone's /18.
+pub const SUBNET_SIZE: u32 = 1 << 14;
 
 /// Most nodes the address plan supports.
 pub const MAX_NODES: usize = ZONES * (POD_BASE - NODE_BASE) as usize;
