@@ -362,89 +362,40 @@ fn cli_explains_node_and_cidr_verdicts() {
     let deny = dir.path().join("deny.yaml");
     std::fs::write(&nodes, NODES).unwrap();
     std::fs::write(&deny, X_DENY_ALL).unwrap();
-    let xyz = format!("{FIXTURES}/xyz.yaml");
-    let imds = format!("{FIXTURES}/deny-aws-imds.yaml");
-    let files = |extra: &std::path::Path| {
-        vec![
-            "-f".to_string(),
-            xyz.clone(),
-            "-f".into(),
-            nodes.display().to_string(),
-            "-f".into(),
-            extra.display().to_string(),
-        ]
+    let imds = std::path::PathBuf::from(format!("{FIXTURES}/deny-aws-imds.yaml"));
+    // `policy explain --from FROM --to TO --port PORT [-o json]` over xyz, the nodes and
+    // one more file: (success, stdout, stderr).
+    let explain = |from: &str, to: &str, port: &str, json: bool, extra: &std::path::Path| {
+        let mut c = cli();
+        c.args([
+            "policy", "explain", "--from", from, "--to", to, "--port", port,
+        ]);
+        if json {
+            c.args(["-o", "json"]);
+        }
+        c.arg("-f").arg(format!("{FIXTURES}/xyz.yaml"));
+        c.arg("-f").arg(&nodes).arg("-f").arg(extra);
+        let o = c.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (o.status.success(), text(&o.stdout), text(&o.stderr))
     };
 
-    let out = cli()
-        .args([
-            "policy",
-            "explain",
-            "--from",
-            "node:node-1",
-            "--to",
-            "x/a",
-            "--port",
-            "80",
-        ])
-        .args(files(&deny))
-        .assert()
-        .success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(text.contains("ALLOWED"), "{text}");
-    assert!(text.contains("own node"), "{text}");
+    let (ok, text, _) = explain("node:node-1", "x/a", "80", false, &deny);
+    assert!(
+        ok && text.contains("ALLOWED") && text.contains("own node"),
+        "{text}"
+    );
 
-    let out = cli()
-        .args([
-            "policy",
-            "explain",
-            "--from",
-            "x/a",
-            "--to",
-            "169.254.0.0/16",
-            "--port",
-            "443",
-            "-o",
-            "json",
-        ])
-        .args(files(std::path::Path::new(&imds)))
-        .assert()
-        .success();
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let (ok, out, err) = explain("x/a", "169.254.0.0/16", "443", true, &imds);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["cidr"]["allowed"], "partly");
     assert_eq!(v["cidr"]["ranges"][1]["first"], "169.254.169.254");
     assert_eq!(v["cidr"]["ranges"][1]["verdict"]["allowed"], false);
 
-    let out = cli()
-        .args([
-            "policy",
-            "explain",
-            "--from",
-            "node:nope",
-            "--to",
-            "x/a",
-            "--port",
-            "80",
-        ])
-        .args(files(&deny))
-        .assert()
-        .failure();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(err.contains("no node \"nope\""), "{err}");
+    let (ok, _, err) = explain("node:nope", "x/a", "80", false, &deny);
+    assert!(!ok && err.contains("no node \"nope\""), "{err}");
 
-    let out = cli()
-        .args([
-            "policy",
-            "explain",
-            "--from",
-            "node:node-1",
-            "--to",
-            "10.0.0.0/8",
-            "--port",
-            "80",
-        ])
-        .args(files(&deny))
-        .assert()
-        .failure();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(err.contains("name a pod as --from"), "{err}");
+    let (ok, _, err) = explain("node:node-1", "10.0.0.0/8", "80", false, &deny);
+    assert!(!ok && err.contains("name a pod as --from"), "{err}");
 }

@@ -398,27 +398,7 @@ impl PolicyIndex {
         port: u16,
         protocol: Protocol,
     ) -> SideOutcome {
-        if self.model.pods[src].host_network {
-            return SideOutcome {
-                allowed: true,
-                reason: RawReason::NotApplicable,
-            };
-        }
-        let netsets = netsets_containing(&self.model.network_sets, ip);
-        let remote = Party {
-            pod: None,
-            ip: Some(ip),
-            netsets: &netsets,
-        };
-        let pkt = self.packet(Some(ip), port, protocol);
-        self.decide_side(
-            Direction::Egress,
-            &self.egress_of[src],
-            self.pod_party(src),
-            remote,
-            pkt,
-            None,
-        )
+        self.decide_with_address(Direction::Egress, src, ip, port, protocol, None)
     }
 
     /// Address outside the pod network (a remote node, a load balancer) -> pod: the
@@ -432,12 +412,27 @@ impl PolicyIndex {
         protocol: Protocol,
     ) -> Traced {
         let mut logs = Vec::new();
-        if self.model.pods[dst].host_network {
-            let na = SideOutcome {
+        let out =
+            self.decide_with_address(Direction::Ingress, dst, ip, port, protocol, Some(&mut logs));
+        (out, logs)
+    }
+
+    /// One side of a pod talking with an address that is no pod's: the pod's egress
+    /// towards it, or its ingress from it.
+    fn decide_with_address(
+        &self,
+        dir: Direction,
+        pod: usize,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        logs: Option<&mut Vec<(PolicyPos, u32)>>,
+    ) -> SideOutcome {
+        if self.model.pods[pod].host_network {
+            return SideOutcome {
                 allowed: true,
                 reason: RawReason::NotApplicable,
             };
-            return (na, logs);
         }
         let netsets = netsets_containing(&self.model.network_sets, ip);
         let remote = Party {
@@ -446,15 +441,8 @@ impl PolicyIndex {
             netsets: &netsets,
         };
         let pkt = self.packet(Some(ip), port, protocol);
-        let out = self.decide_side(
-            Direction::Ingress,
-            &self.ingress_of[dst],
-            self.pod_party(dst),
-            remote,
-            pkt,
-            Some(&mut logs),
-        );
-        (out, logs)
+        let policies = self.policies_for(pod, dir);
+        self.decide_side(dir, policies, self.pod_party(pod), remote, pkt, logs)
     }
 
     /// Like [`PolicyIndex::decide_pods`] / [`PolicyIndex::decide_external`] but also
