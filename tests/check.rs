@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use calico_migrate::checks::{
     self, Expected, FailureClass, ProbeKind, Prober, ResultClass, RoundOptions, RoundReport,
 };
-use calico_migrate::sandbox::controllers::ControllerOptions;
+use calico_migrate::sandbox::controllers::{ControllerOptions, ControllersHandle};
 use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneFaults, DataPlaneOptions};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
 use calico_migrate::sandbox::{Gvr, ListOptions, Sandbox, SandboxOptions, ServeHandle};
@@ -17,6 +17,8 @@ use serde_json::json;
 
 struct Env {
     sb: Sandbox,
+    /// Dropped with the environment, which stops the controllers.
+    _controllers: ControllersHandle,
     dp: DataPlane,
     server: ServeHandle,
     client: kube::Client,
@@ -31,11 +33,12 @@ async fn env(nodes: usize) -> Result<Env> {
         pods_per_namespace: 2,
         ..ScenarioConfig::default()
     })?)?;
-    sb.start_controllers(ControllerOptions {
-        time_scale: 100.0,
-        ..ControllerOptions::default()
-    })
-    .map_err(anyhow::Error::msg)?;
+    let controllers = sb
+        .start_controllers(ControllerOptions {
+            time_scale: 100.0,
+            ..ControllerOptions::default()
+        })
+        .map_err(anyhow::Error::msg)?;
     let dp = DataPlane::start(
         &sb,
         DataPlaneOptions {
@@ -55,6 +58,7 @@ async fn env(nodes: usize) -> Result<Env> {
     names.sort();
     Ok(Env {
         sb,
+        _controllers: controllers,
         dp,
         server,
         client,

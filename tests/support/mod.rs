@@ -14,7 +14,7 @@ use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::plan::SavedPlan;
 use calico_migrate::migration::profile::Profile;
 use calico_migrate::migration::world::{ApplyOptions, Cluster};
-use calico_migrate::sandbox::controllers::ControllerOptions;
+use calico_migrate::sandbox::controllers::{ControllerOptions, ControllersHandle};
 use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
 use calico_migrate::sandbox::{Gvr, Sandbox, SandboxOptions, ServeHandle};
@@ -22,6 +22,8 @@ use serde_json::Value;
 
 pub struct Env {
     pub sb: Sandbox,
+    /// Dropped with the environment, which stops the controllers.
+    pub controllers: ControllersHandle,
     pub dp: DataPlane,
     pub server: ServeHandle,
     pub client: kube::Client,
@@ -51,11 +53,12 @@ pub async fn env(nodes: usize) -> Result<Env> {
 pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
     let sb = Sandbox::new(SandboxOptions::default());
     sb.load(scenario::build(&cfg)?)?;
-    sb.start_controllers(ControllerOptions {
-        time_scale,
-        ..ControllerOptions::default()
-    })
-    .map_err(anyhow::Error::msg)?;
+    let controllers = sb
+        .start_controllers(ControllerOptions {
+            time_scale,
+            ..ControllerOptions::default()
+        })
+        .map_err(anyhow::Error::msg)?;
     let dp = DataPlane::start(
         &sb,
         DataPlaneOptions {
@@ -67,6 +70,7 @@ pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
     let client = server.client()?;
     Ok(Env {
         sb,
+        controllers,
         dp,
         server,
         client,

@@ -156,7 +156,8 @@ impl Controllers {
     }
 }
 
-/// Controllers running on a Tokio task; dropping the handle does not stop them.
+/// Controllers running on a Tokio task; dropping the handle stops them. (They hold the
+/// sandbox, whose change feed they read, so nothing else would ever end them.)
 pub struct ControllersHandle {
     task: tokio::task::JoinHandle<()>,
     state: Arc<Mutex<Controllers>>,
@@ -171,6 +172,12 @@ impl ControllersHandle {
     /// Simulated seconds elapsed.
     pub fn now(&self) -> f64 {
         self.state.lock().map(|c| c.now()).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllersHandle {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
