@@ -93,6 +93,27 @@ fn probe_selector() -> ListParams {
 /// Remove every probe namespace and probe pod (found by label) and wait until they are
 /// gone. Idempotent: safe at the start of a round, at its end and after a crash.
 pub async fn cleanup(client: &kube::Client, timeout: Duration) -> Result<(), CheckError> {
+    remove_leftovers(client, timeout, true).await
+}
+
+/// Remove the probe pods of an earlier run but keep the probe namespaces and their
+/// NetworkPolicy where they stand (waiting out any namespace already being deleted).
+/// A migration resumed after a crash sets its probes up this way: deleting and
+/// re-creating the NetworkPolicy is a policy change, and the operator, which went on
+/// without the tool, may be replacing a node's calico-node at that moment: that node's
+/// frozen rules would then miss the change.
+pub async fn cleanup_keeping_policies(
+    client: &kube::Client,
+    timeout: Duration,
+) -> Result<(), CheckError> {
+    remove_leftovers(client, timeout, false).await
+}
+
+async fn remove_leftovers(
+    client: &kube::Client,
+    timeout: Duration,
+    namespaces_too: bool,
+) -> Result<(), CheckError> {
     let nss: Api<Namespace> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
     let dp = DeleteParams::background().grace_period(0);
@@ -105,10 +126,15 @@ pub async fn cleanup(client: &kube::Client, timeout: Duration) -> Result<(), Che
         let pod_list = retried(|| pods.list(&sel))
             .await
             .map_err(api("list pods"))?;
-        if ns_list.items.is_empty() && pod_list.items.is_empty() {
+        let terminating = ns_list
+            .items
+            .iter()
+            .any(|n| n.metadata.deletion_timestamp.is_some());
+        let namespaces_left = namespaces_too && !ns_list.items.is_empty();
+        if !namespaces_left && !terminating && pod_list.items.is_empty() {
             return Ok(());
         }
-        for ns in &ns_list.items {
+        for ns in ns_list.items.iter().filter(|_| namespaces_too) {
             let Some(name) = ns.metadata.name.as_deref() else {
                 continue;
             };
@@ -364,6 +390,19 @@ impl Prober {
             return Err(CheckError::Invalid("concurrency must be at least 1".into()));
         }
         cleanup(client, opts.ready_timeout).await?;
+        Self::create(client, opts).await
+    }
+
+    /// Like [`Prober::setup`], but the probe namespaces and their NetworkPolicy of an
+    /// earlier run are kept (see [`cleanup_keeping_policies`]): no policy object changes.
+    pub async fn setup_keeping_policies(
+        client: &kube::Client,
+        opts: &RoundOptions,
+    ) -> Result<Prober, CheckError> {
+        if opts.concurrency == 0 {
+            return Err(CheckError::Invalid("concurrency must be at least 1".into()));
+        }
+        cleanup_keeping_policies(client, opts.ready_timeout).await?;
         Self::create(client, opts).await
     }
 

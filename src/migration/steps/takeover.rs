@@ -532,8 +532,12 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             "no Deployment tigera-operator/tigera-operator: install-operator must run first (`calico-migrate apply --resume`)"
         );
     }
+    // After a crash the operator may have gone on alone: stop it before the probes
+    // are set up, so no agent is replaced meanwhile (the loop below starts it again).
+    freeze_operator(world).await?;
     // The probe pods exist before any node moves (created while every node has a
-    // Ready agent: a pod created during a swap would fail closed).
+    // Ready agent and no rollout is under way: a pod created during a swap would fail
+    // closed).
     world.prober().await?;
     // After a crash: nodes already on a Ready calico-system agent get one round.
     let mut checked: BTreeSet<String> = BTreeSet::new();
