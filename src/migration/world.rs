@@ -228,38 +228,18 @@ impl Cluster {
         let deadline = std::time::Instant::now() + self.options.node_ready_timeout;
         loop {
             let missing = super::steps::baseline::nodes_without_ready_agent(self).await?;
-            if missing.is_empty() && self.agents_rolled_out().await? {
+            if missing.is_empty() {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
-                let secs = self.options.node_ready_timeout.as_secs();
-                let look = "find why (`kubectl -n kube-system get pods -o wide`, `kubectl -n calico-system get pods -o wide`), then `calico-migrate apply --resume` or `calico-migrate rollback`";
-                if missing.is_empty() {
-                    anyhow::bail!(
-                        "a calico-node DaemonSet has been rolling its pods for {secs} s, so no probe pod is created (one created during a swap would fail closed); {look}"
-                    );
-                }
                 anyhow::bail!(
-                    "node(s) {} have had no Ready calico-node for {secs} s, so no probe pod is created there (it would fail closed); {look}",
+                    "node(s) {} have had no Ready calico-node for {} s, so no probe pod is created there (it would fail closed); find why (`kubectl -n kube-system get pods -o wide`, `kubectl -n calico-system get pods -o wide`), then `calico-migrate apply --resume` or `calico-migrate rollback`",
                     missing.join(", "),
+                    self.options.node_ready_timeout.as_secs()
                 );
             }
             tokio::time::sleep(self.options.poll).await;
         }
-    }
-
-    /// No calico-node DaemonSet is between two agents on some node: every node can
-    /// have a Ready agent for a moment in the middle of a rolling update.
-    async fn agents_rolled_out(&self) -> anyhow::Result<bool> {
-        use super::steps::takeover::{calico_system_node, kube_system_node, rolled_out};
-        for r in [kube_system_node(), calico_system_node()] {
-            if let Some(ds) = self.objects.get(&r).await?
-                && !rolled_out(&ds)
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Remove the probe workload (idempotent; also removes leftovers of a crashed run).

@@ -536,8 +536,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
     // are set up, so no agent is replaced meanwhile (the loop below starts it again).
     freeze_operator(world).await?;
     // The probe pods exist before any node moves (created while every node has a
-    // Ready agent and no rollout is under way: a pod created during a swap would fail
-    // closed).
+    // Ready agent: a pod created during a swap would fail closed).
     world.prober().await?;
     // After a crash: nodes already on a Ready calico-system agent get one round.
     let mut checked: BTreeSet<String> = BTreeSet::new();
