@@ -489,14 +489,17 @@ async fn sigkill_campaign_apply_and_rollback_always_finish() -> Result<()> {
         })
         .collect();
     // Two trials at a time, each on its own sandbox.
-    let results: Vec<Result<()>> = futures::stream::iter(
-        plans
-            .into_iter()
-            .map(|(seed, a, r)| crash_trial(seed, a, r)),
-    )
-    .buffer_unordered(2)
-    .collect()
-    .await;
+    // A line per trial, so a campaign stopped early still says how far it got.
+    let results: Vec<Result<()>> =
+        futures::stream::iter(plans.into_iter().map(|(seed, a, r)| async move {
+            let result = crash_trial(seed, a, r).await;
+            let verdict = if result.is_ok() { "passed" } else { "FAILED" };
+            eprintln!("trial {seed}: {verdict}");
+            result
+        }))
+        .buffer_unordered(2)
+        .collect()
+        .await;
     let failed: Vec<String> = results
         .into_iter()
         .filter_map(|r| r.err().map(|e| format!("{e:#}")))
