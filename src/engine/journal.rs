@@ -160,6 +160,13 @@ impl Journal {
         drop(Journal::open_read_only(state_dir)?);
         check_writable(state_dir)?;
         check_writable(&state_dir.join(JOURNAL_SUBDIR))?;
+        // The copy validated without them; no process holds the journal (checked there).
+        remove_partial_snapshots(&state_dir.join(JOURNAL_SUBDIR)).map_err(|e| {
+            JournalError::Io {
+                dir: state_dir.to_path_buf(),
+                cause: format!("removing a partial snapshot: {e}"),
+            }
+        })?;
         Journal::open_at(state_dir, &state_dir.join(JOURNAL_SUBDIR), None)
     }
 
@@ -447,6 +454,8 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
+        } else if is_partial_snapshot(&entry.file_name()) {
+            continue;
         } else {
             std::fs::copy(entry.path(), &target)?;
             // The copy is ours to write (sled opens it read-write), whatever the original's mode.
@@ -454,6 +463,34 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
             #[allow(clippy::permissions_set_readonly_false)]
             perms.set_readonly(false);
             std::fs::set_permissions(&target, perms)?;
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot sled was still writing when its process died. sled 0.34.7 writes a
+/// snapshot to `snap.<lsn>.generating` and renames it when complete, but on open it
+/// reads the last `snap.*` file by name, `.generating` included, and refuses the whole
+/// database as corrupt if that one is partial (spacejam/sled#1527). The log it was
+/// made from is intact, so the partial file is only ever sled's own leftover.
+fn is_partial_snapshot(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with("snap.") && name.ends_with(".generating")
+}
+
+/// Remove the partial snapshots a killed process left (see [`is_partial_snapshot`]).
+fn remove_partial_snapshots(db_path: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(db_path)? {
+        let entry = entry?;
+        if is_partial_snapshot(&entry.file_name()) {
+            tracing::warn!(
+                "removing {}: a snapshot the journal's database was writing when its process died",
+                entry.path().display()
+            );
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(())
@@ -503,5 +540,47 @@ fn io_error(state_dir: &Path, e: sled::Error) -> JournalError {
     JournalError::Io {
         dir: state_dir.to_path_buf(),
         cause: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod partial_snapshot_tests {
+    use super::*;
+    use crate::engine::event::{EventKind, JournalIdentity, PlannedStep};
+
+    #[test]
+    fn a_snapshot_left_half_written_by_a_killed_process_does_not_damage_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = JournalIdentity {
+            cluster_uid: "uid".into(),
+            plan_fingerprint: "fp".into(),
+        };
+        let steps = vec![PlannedStep {
+            id: "one".into(),
+            title: "One".into(),
+        }];
+        let mut j = Journal::create(dir.path(), identity, steps).unwrap();
+        j.append(EventKind::StepStarted {
+            step: "one".into(),
+            attempt: 1,
+        })
+        .unwrap();
+        let written = j.events().unwrap().len();
+        drop(j);
+        // What sled leaves when killed mid-snapshot: a `.generating` file that sorts
+        // after every complete snapshot, cut short before its length and checksum.
+        let partial = dir
+            .path()
+            .join(JOURNAL_SUBDIR)
+            .join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&partial, b"cut short").unwrap();
+
+        let read_only = Journal::open_read_only(dir.path()).unwrap();
+        assert_eq!(read_only.events().unwrap().len(), written);
+        assert!(partial.exists(), "reading changes nothing");
+        drop(read_only);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.events().unwrap().len(), written);
+        assert!(!partial.exists());
     }
 }
