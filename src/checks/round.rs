@@ -386,11 +386,7 @@ impl Prober {
     /// `ready_timeout`) for its pods to run. Pods that never run are reported by
     /// rounds as Check failed on their node.
     pub async fn setup(client: &kube::Client, opts: &RoundOptions) -> Result<Prober, CheckError> {
-        if opts.concurrency == 0 {
-            return Err(CheckError::Invalid("concurrency must be at least 1".into()));
-        }
-        cleanup(client, opts.ready_timeout).await?;
-        Self::create(client, opts).await
+        Self::setup_after(client, opts, true).await
     }
 
     /// Like [`Prober::setup`], but the probe namespaces and their NetworkPolicy of an
@@ -399,10 +395,19 @@ impl Prober {
         client: &kube::Client,
         opts: &RoundOptions,
     ) -> Result<Prober, CheckError> {
+        Self::setup_after(client, opts, false).await
+    }
+
+    /// Leftovers removed (the probe namespaces too, or only their pods), then created.
+    async fn setup_after(
+        client: &kube::Client,
+        opts: &RoundOptions,
+        namespaces_too: bool,
+    ) -> Result<Prober, CheckError> {
         if opts.concurrency == 0 {
             return Err(CheckError::Invalid("concurrency must be at least 1".into()));
         }
-        cleanup_keeping_policies(client, opts.ready_timeout).await?;
+        remove_leftovers(client, opts.ready_timeout, namespaces_too).await?;
         Self::create(client, opts).await
     }
 
