@@ -36,7 +36,7 @@ fn pod(ix: &PolicyIndex, key: &str) -> usize {
 }
 
 /// Compare the 9x9 x/y/z matrix against `expect(src_ns, src_pod, dst_ns, dst_pod)`,
-/// reporting every wrong cell.
+/// reporting every wrong cell, both as single verdicts and as the class matrix gives it.
 fn assert_matrix(
     ix: &PolicyIndex,
     port: u16,
@@ -44,20 +44,26 @@ fn assert_matrix(
     expect: impl Fn(&str, &str, &str, &str) -> bool,
 ) {
     let mut wrong = Vec::new();
+    let matrix = ix.matrix(None, &[], port, proto);
     for sn in NSS {
         for sp in PODS {
             for dn in NSS {
                 for dp in PODS {
-                    let got = ix.allowed(
+                    let (s, d) = (
                         pod(ix, &format!("{sn}/{sp}")),
                         pod(ix, &format!("{dn}/{dp}")),
-                        port,
-                        proto,
                     );
+                    let got = ix.allowed(s, d, port, proto);
                     let want = expect(sn, sp, dn, dp);
                     if got != want {
                         wrong.push(format!(
                             "{sn}/{sp} -> {dn}/{dp} {port}/{proto}: got {got}, want {want}"
+                        ));
+                    }
+                    if matrix.allowed(s, d) != want {
+                        wrong.push(format!(
+                            "{sn}/{sp} -> {dn}/{dp} {port}/{proto}: matrix says {}, want {want}",
+                            matrix.allowed(s, d)
                         ));
                     }
                 }

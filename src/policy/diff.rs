@@ -83,13 +83,17 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
     out.ports_probed = ports.len();
     out.externals_probed = externals.len();
     let pods = before.pods();
+    let reps_after: Vec<usize> = reps.iter().map(|&r| map[r]).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         for &port in &ports {
+            // Policy verdicts: the own-node exemption is the same in both sets.
+            let before_verdicts = before.class_verdicts(reps, port, protocol, threads);
+            let after_verdicts = after.class_verdicts(&reps_after, port, protocol, threads);
             for (si, &s) in reps.iter().enumerate() {
                 for (di, &d) in reps.iter().enumerate() {
-                    // Policy verdicts: the own-node exemption is the same in both sets.
-                    let b = before.decide_pods_until_denied(s, d, port, protocol);
-                    let a = after.decide_pods_until_denied(map[s], map[d], port, protocol);
+                    let b = before_verdicts.allowed(si, di);
+                    let a = after_verdicts.allowed(si, di);
                     if a != b {
                         out.cells.push(CellDiff {
                             src: pods[s].key(),

@@ -69,7 +69,7 @@ pub(crate) type Traced = (SideOutcome, Vec<(PolicyPos, u32)>);
 
 /// The remote or local party of a connection.
 #[derive(Debug, Clone, Copy)]
-struct Party<'a> {
+pub(super) struct Party<'a> {
     pod: Option<usize>,
     ip: Option<IpAddr>,
     netsets: &'a [u32],
@@ -77,7 +77,7 @@ struct Party<'a> {
 
 /// A connection attempt.
 #[derive(Debug, Clone, Copy)]
-struct Packet {
+pub(super) struct Packet {
     port: u16,
     protocol: Protocol,
     v6: bool,
@@ -269,6 +269,41 @@ impl PolicyIndex {
         self.pod_ns[pod]
     }
 
+    pub(super) fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    pub(super) fn namespace_position(&self, name: &str) -> Option<usize> {
+        self.ns_by_name.get(name).copied()
+    }
+
+    /// Namespaces whose labels a `namespaceSelector` matches.
+    pub(super) fn namespaces_matching(&self, selector: &Selector) -> Vec<usize> {
+        (0..self.namespaces.len())
+            .filter(|&n| selector.matches(&self.namespaces[n].labels))
+            .collect()
+    }
+
+    /// True when some network set holds the pod's address.
+    pub(super) fn in_network_set(&self, pod: usize) -> bool {
+        !self.netsets_of_pod[pod].is_empty()
+    }
+
+    pub(super) fn policy_count(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Policies of one tier share a rank; ranks ascend in evaluation order.
+    pub(super) fn tier_rank(&self, pos: PolicyPos) -> u32 {
+        self.tier_rank[pos as usize]
+    }
+
+    /// The tier of the policy at `pos` passes what it leaves undecided (rather than
+    /// dropping it).
+    pub(super) fn tier_passes(&self, pos: PolicyPos) -> bool {
+        self.tier_passes[pos as usize]
+    }
+
     pub(crate) fn endpoint_labels_of(&self, pod: usize) -> &Labels {
         &self.endpoint_labels[pod]
     }
@@ -322,11 +357,7 @@ impl PolicyIndex {
         if self.model.pods[dst].host_network {
             return true;
         }
-        let src_as_seen = if src_host {
-            Party { pod: None, ..s }
-        } else {
-            s
-        };
+        let src_as_seen = self.source_party(src);
         self.decide_side(
             Direction::Ingress,
             &self.ingress_of[dst],
@@ -357,16 +388,7 @@ impl PolicyIndex {
         } else {
             self.decide_side(Direction::Egress, &self.egress_of[src], s, d, pkt, None)
         };
-        let src_as_seen = if self.model.pods[src].host_network {
-            // A hostNetwork pod sends from the node's address: no workload labels.
-            Party {
-                pod: None,
-                ip: s.ip,
-                netsets: s.netsets,
-            }
-        } else {
-            s
-        };
+        let src_as_seen = self.source_party(src);
         let ing = if self.model.pods[dst].host_network {
             SideOutcome {
                 allowed: true,
@@ -487,11 +509,7 @@ impl PolicyIndex {
         let ing = match dst {
             Ok(d_idx) => {
                 let mut logs = Vec::new();
-                let src_as_seen = if self.model.pods[src].host_network {
-                    Party { pod: None, ..s }
-                } else {
-                    s
-                };
+                let src_as_seen = self.source_party(src);
                 let out = if self.model.pods[d_idx].host_network {
                     SideOutcome {
                         allowed: true,
@@ -519,7 +537,7 @@ impl PolicyIndex {
         ((eg, eg_logs), ing)
     }
 
-    fn pod_party(&self, i: usize) -> Party<'_> {
+    pub(super) fn pod_party(&self, i: usize) -> Party<'_> {
         Party {
             pod: Some(i),
             ip: self.model.pods[i].ip,
@@ -527,7 +545,18 @@ impl PolicyIndex {
         }
     }
 
-    fn packet(&self, ip: Option<IpAddr>, port: u16, protocol: Protocol) -> Packet {
+    /// A pod as the source its destination's policy sees: a hostNetwork pod sends from
+    /// the node's address, with no workload labels.
+    pub(super) fn source_party(&self, i: usize) -> Party<'_> {
+        let p = self.pod_party(i);
+        if self.model.pods[i].host_network {
+            Party { pod: None, ..p }
+        } else {
+            p
+        }
+    }
+
+    pub(super) fn packet(&self, ip: Option<IpAddr>, port: u16, protocol: Protocol) -> Packet {
         Packet {
             port,
             protocol,
@@ -611,32 +640,19 @@ impl PolicyIndex {
     }
 
     fn rule_matches(&self, r: &Rule, src: Party<'_>, dst: Party<'_>, pkt: Packet) -> bool {
-        if let Some(p) = &r.protocol
-            && !p.matches(pkt.protocol)
-        {
-            return false;
-        }
-        if let Some(p) = &r.not_protocol
-            && p.matches(pkt.protocol)
-        {
-            return false;
-        }
-        if let Some(v) = r.ip_version
-            && (v == 6) != pkt.v6
-        {
-            return false;
-        }
-        // The probe's source port is ephemeral and unknown: a rule that constrains it
-        // cannot be shown to match.
-        if !r.source.ports.is_empty() || !r.source.not_ports.is_empty() {
-            return false;
-        }
-        self.dst_ports_match(&r.destination, dst.pod, pkt)
+        protocol_matches(r, pkt)
+            && ip_version_matches(r, pkt)
+            && self.dst_ports_match(&r.destination, dst.pod, pkt)
             && self.entity_matches(&r.source, src)
             && self.entity_matches(&r.destination, dst)
     }
 
-    fn dst_ports_match(&self, e: &EntityMatch, dst_pod: Option<usize>, pkt: Packet) -> bool {
+    pub(super) fn dst_ports_match(
+        &self,
+        e: &EntityMatch,
+        dst_pod: Option<usize>,
+        pkt: Packet,
+    ) -> bool {
         let hit = |s: &PortSpec| match s {
             PortSpec::Range(a, b) => *a <= pkt.port && pkt.port <= *b,
             PortSpec::Named(n) => dst_pod.is_some_and(|p| {
@@ -649,7 +665,7 @@ impl PolicyIndex {
         (e.ports.is_empty() || e.ports.iter().any(hit)) && !e.not_ports.iter().any(hit)
     }
 
-    fn entity_matches(&self, e: &EntityMatch, party: Party<'_>) -> bool {
+    pub(super) fn entity_matches(&self, e: &EntityMatch, party: Party<'_>) -> bool {
         if !e.nets.is_empty()
             && !party
                 .ip
@@ -724,6 +740,22 @@ impl PolicyIndex {
                     .is_none_or(|sel| sel.matches_entity(&set.labels, true))
         })
     }
+}
+
+/// The rule's protocol fields, and its source ports: the probe's source port is
+/// ephemeral and unknown, so a rule that constrains it cannot be shown to match.
+pub(super) fn protocol_matches(r: &Rule, pkt: Packet) -> bool {
+    r.protocol.as_ref().is_none_or(|p| p.matches(pkt.protocol))
+        && !r
+            .not_protocol
+            .as_ref()
+            .is_some_and(|p| p.matches(pkt.protocol))
+        && r.source.ports.is_empty()
+        && r.source.not_ports.is_empty()
+}
+
+pub(super) fn ip_version_matches(r: &Rule, pkt: Packet) -> bool {
+    r.ip_version.is_none_or(|v| (v == 6) == pkt.v6)
 }
 
 fn mentions_global(s: &Selector) -> bool {

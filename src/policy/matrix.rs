@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
+use super::class_verdicts::ClassVerdicts;
 use super::index::PolicyIndex;
 use super::model::{NamedPort, Protocol};
 use super::selector::Labels;
@@ -104,7 +105,7 @@ pub struct Matrix {
     /// node, so the own-node exemption is applied per pod pair.
     host_node: Vec<Option<u32>>,
     node: Vec<Option<u32>>,
-    class_allowed: Vec<bool>,
+    verdicts: ClassVerdicts,
     external_allowed: Vec<bool>,
 }
 
@@ -137,24 +138,7 @@ impl PolicyIndex {
         let classes = pod_classes(&[self], &[Vec::new()], &pods);
         let reps = &classes.representatives;
         let c = reps.len();
-        let mut class_allowed = vec![false; c * c];
-        // Rows are independent: split them over the cores (the class matrix is the
-        // quadratic part; 30,000 classes are 9e8 verdicts).
-        if c > 0 {
-            let rows_per_thread = c.div_ceil(threads.max(1));
-            std::thread::scope(|scope| {
-                for (t, rows) in class_allowed.chunks_mut(rows_per_thread * c).enumerate() {
-                    scope.spawn(move || {
-                        for (r, row) in rows.chunks_mut(c).enumerate() {
-                            let s = reps[t * rows_per_thread + r];
-                            for (cell, &d) in row.iter_mut().zip(reps) {
-                                *cell = self.decide_pods_until_denied(s, d, port, protocol);
-                            }
-                        }
-                    });
-                }
-            });
-        }
+        let verdicts = self.class_verdicts(reps, port, protocol, threads);
         let mut external_allowed = vec![false; c * externals.len()];
         for (si, &s) in reps.iter().enumerate() {
             for (ei, (_, ip)) in externals.iter().enumerate() {
@@ -182,7 +166,7 @@ impl PolicyIndex {
             pods,
             externals: externals.to_vec(),
             classes,
-            class_allowed,
+            verdicts,
             external_allowed,
         }
     }
@@ -194,12 +178,11 @@ impl Matrix {
         if self.host_node[i].is_some() && self.host_node[i] == self.node[j] {
             return true;
         }
-        let c = self.classes.representatives.len();
         let (a, b) = (
             self.classes.class_of[i] as usize,
             self.classes.class_of[j] as usize,
         );
-        self.class_allowed[a * c + b]
+        self.verdicts.allowed(a, b)
     }
 
     /// Source pod at position `i` to external destination `e`.

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod cidr;
+pub mod class_verdicts;
 pub mod cluster;
 pub mod diff;
 pub mod error;
@@ -47,6 +48,7 @@ pub mod selector;
 pub mod verdict;
 
 pub use cidr::{AddressRange, CidrVerdict, Coverage};
+pub use class_verdicts::ClassVerdicts;
 pub use cluster::ClusterModel;
 pub use diff::{CellDiff, DiffError, PolicySetDiff, diff};
 pub use error::{InputError, Origin};
