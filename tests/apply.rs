@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use calico_migrate::cluster::lease::{LEASE_NAME, LEASE_NAMESPACE};
 use calico_migrate::engine::Journal;
+use calico_migrate::sandbox::dataplane::DataPlaneFaults;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -327,6 +328,41 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     assert!(migrated(&env) >= 2, "the takeover reached two nodes");
+    // The way back holds established connections too: an agent that resets them when
+    // it takes a node back stops the rollback at the first node moved back.
+    let mut reset = DataPlaneFaults::default();
+    reset.conn_reset.extend(
+        env.sb
+            .store()
+            .list(&nodes, None, &Default::default())?
+            .items
+            .iter()
+            .filter_map(|n| {
+                n.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+    );
+    env.dp.set_faults(&reset).await?;
+    let stopped = migrated(&env);
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    let said = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("moving node") && said.contains("back: after node") && said.contains("BROKE"),
+        "{said}"
+    );
+    assert!(
+        said.contains("running the kube-system calico-node"),
+        "{said}"
+    );
+    assert_eq!(
+        migrated(&env),
+        stopped - 1,
+        "stopped after the first node moved back"
+    );
+    // Once the cause is gone, rollback runs again from where it stopped.
+    env.dp.set_faults(&DataPlaneFaults::default()).await?;
     let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let diff = support::differences(&before, &support::snapshot(&env.sb)?);

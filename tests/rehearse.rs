@@ -77,11 +77,11 @@ fn a_clean_rehearsal_passes_with_no_fault_and_no_divergence() {
     assert_whole_job(&r, 3);
     assert_eq!(r["faults"].as_array().map(Vec::len), Some(0), "{r:#}");
     assert_eq!(r["monitor"].as_array().map(Vec::len), Some(0), "{r:#}");
-    // One connection per node held across both takeovers, checked after every node's
-    // swap and after each final rollout, none broken.
+    // One connection per node held across both takeovers and the rollback's moves back,
+    // checked after every node's swap and after each final rollout, none broken.
     let held = &r["held_connections"];
     assert_eq!(held["largest"], 3, "{r:#}");
-    assert_eq!(held["reports"], 2 * (3 + 1), "{r:#}");
+    assert_eq!(held["reports"], 3 * (3 + 1), "{r:#}");
     assert_eq!(held["broken"].as_array().map(Vec::len), Some(0), "{r:#}");
     assert_eq!(held["check_failed"], 0, "{r:#}");
 }
@@ -108,7 +108,7 @@ fn a_swap_that_resets_established_connections_stops_the_takeover_at_that_node() 
     // the same run; either way every broken path passes through the node, which is
     // named among the moved nodes on those paths.
     let (_, moved) = msg
-        .split_once("node(s) on their path moved to calico-system: ")
+        .split_once("node(s) on their path running the calico-system calico-node: ")
         .unwrap_or_else(|| panic!("no moved nodes named: {msg}"));
     assert!(moved.contains(&node), "{msg}");
     // The probes saw nothing wrong: new connections were enforced all along.

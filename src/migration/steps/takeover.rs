@@ -92,10 +92,16 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                 ),
             ],
         },
-        rollback: lines(&[
-            "scale the operator to 0 (freezes the takeover)",
-            "relabel migrated nodes pre-operator one at a time, newest first; after each, kube-system calico-node Ready there and the probe matrix equals the baseline",
-        ]),
+        rollback: {
+            let mut way_back = lines(&[
+                "scale the operator to 0 (freezes the takeover)",
+                "relabel migrated nodes pre-operator one at a time, newest first; after each, kube-system calico-node Ready there and the probe matrix equals the baseline",
+            ]);
+            if ctx.profile.checks.hold_connections {
+                way_back.push("one established connection per node moved back held open across the moves back and the kube-system rollout; a break stops the rollback".into());
+            }
+            way_back
+        },
         gate: None,
     }
 }
@@ -446,8 +452,13 @@ fn swap_problem(world: &Cluster, w: &NodeWatch, ready: bool, namespace: &str) ->
 }
 
 /// One established connection per node still to move (see [`conn::ring_pairs`]),
-/// held until the takeover ends; `None` when the profile turns this off.
-async fn hold_across_swaps(world: &Cluster, nodes: &[String]) -> anyhow::Result<Option<ConnPool>> {
+/// held until the takeover (or the rollback) ends, through at most `swaps` node swaps;
+/// `None` when the profile turns this off.
+async fn hold_across_swaps(
+    world: &Cluster,
+    nodes: &[String],
+    swaps: usize,
+) -> anyhow::Result<Option<ConnPool>> {
     if !world.options.hold_connections || nodes.is_empty() {
         return Ok(None);
     }
@@ -461,10 +472,10 @@ async fn hold_across_swaps(world: &Cluster, nodes: &[String]) -> anyhow::Result<
     }
     // The execs end with the takeover; `max` bounds the scripts should the tool die
     // (on a real cluster a closed exec stream does not stop its command): the longest
-    // the remaining nodes may take, each within its ready timeout and pause.
+    // the swaps may take, each within its ready timeout and pause.
     let per_node = world.options.node_ready_timeout + world.options.pause;
     let opts = HoldOptions {
-        max: per_node * (nodes.len() as u32 + 2),
+        max: per_node * (swaps as u32 + 2),
         interval: world.options.hold_interval,
         ..HoldOptions::default()
     };
@@ -478,9 +489,41 @@ async fn hold_across_swaps(world: &Cluster, nodes: &[String]) -> anyhow::Result<
     Ok(Some(pool))
 }
 
+/// Which way nodes move: forward to the operator's agent, or back in a rollback.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Forward,
+    Back,
+}
+
+impl Way {
+    /// The namespace of the calico-node a moved node runs.
+    fn namespace(self) -> &'static str {
+        match self {
+            Way::Forward => CALICO_SYSTEM,
+            Way::Back => KUBE_SYSTEM,
+        }
+    }
+
+    /// The migration label of a node running that calico-node.
+    fn label(self) -> &'static str {
+        match self {
+            Way::Forward => MIGRATED,
+            Way::Back => PRE_OPERATOR,
+        }
+    }
+}
+
 /// After `node`'s swap (or, with `None`, the last rollout), every held connection
-/// touching it must still carry requests; a broken one stops the takeover.
-async fn check_held(world: &Cluster, pool: &ConnPool, node: Option<&str>) -> anyhow::Result<()> {
+/// touching it must still carry requests; a broken one stops the takeover (or the
+/// rollback).
+async fn check_held(
+    world: &Cluster,
+    step: &str,
+    way: Way,
+    pool: &ConnPool,
+    node: Option<&str>,
+) -> anyhow::Result<()> {
     let report = pool.after_swap(node, Instant::now(), None).await;
     if report.connections.is_empty() {
         return Ok(());
@@ -488,27 +531,28 @@ async fn check_held(world: &Cluster, pool: &ConnPool, node: Option<&str>) -> any
     let mut summary = report.summary();
     let broken = report.broken_nodes();
     world.observe(Observation::HeldConnections {
-        step: ID.to_string(),
+        step: step.to_string(),
         report,
     });
-    let across = node.map_or("the calico-system rollout".to_string(), |n| {
+    let across = node.map_or(format!("the {} rollout", way.namespace()), |n| {
         format!("node {n}'s swap")
     });
     if broken.is_empty() {
         tracing::info!("after {across}: {summary}");
         return Ok(());
     }
-    // The operator may have moved a neighbour in the same run: name every node on the
-    // broken paths whose agent moved, since either end's swap can reset a flow.
+    // Another node may have moved in the same run: name every node on the broken paths
+    // that runs the new agent, since either end's swap can reset a flow.
     if node.is_some() {
         let moved: Vec<String> = list_nodes(world)
             .await?
             .into_iter()
-            .filter(|n| broken.contains(&n.name) && n.label.as_deref() == Some(MIGRATED))
+            .filter(|n| broken.contains(&n.name) && n.label.as_deref() == Some(way.label()))
             .map(|n| n.name)
             .collect();
         summary.push_str(&format!(
-            "; node(s) on their path moved to calico-system: {}",
+            "; node(s) on their path running the {} calico-node: {}",
+            way.namespace(),
             moved.join(", ")
         ));
     }
@@ -564,7 +608,8 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
         .filter(|n| !n.fargate && !checked.contains(&n.name))
         .map(|n| n.name)
         .collect();
-    let held = hold_across_swaps(world, &to_move).await?;
+    // The nodes to move, then the final rollout over every node.
+    let held = hold_across_swaps(world, &to_move, to_move.len() + checked.len()).await?;
     let per_run = world.profile.pacing.nodes_at_a_time.max(1);
     let mut moved_in_run = 0;
     let mut since_round = 0;
@@ -600,7 +645,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
                 bail!("node {node}: {problem}");
             }
             if let Some(pool) = &held {
-                check_held(world, pool, Some(&node)).await?;
+                check_held(world, ID, Way::Forward, pool, Some(&node)).await?;
             }
             since_round += 1;
             if since_round >= world.options.full_round_every {
@@ -651,7 +696,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             let prober = world.prober().await?;
             follow_rollout(world, ID, &calico_system_node(), &prober).await?;
             if let Some(pool) = held {
-                check_held(world, &pool, None).await?;
+                check_held(world, ID, Way::Forward, &pool, None).await?;
                 pool.close().await;
             }
             return Ok(());
@@ -854,8 +899,14 @@ async fn restore_migration_selector(world: &Cluster) -> anyhow::Result<()> {
 }
 
 /// Move every `migrated` node back to the kube-system agent, newest first (the
-/// operator migrates in name order), checking each like the way forward.
-async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyhow::Result<()> {
+/// operator migrates in name order), checking each like the way forward: probed through
+/// its swap, the `held` connections touching it still answering after it.
+async fn move_nodes_back(
+    world: &Cluster,
+    step: &str,
+    pre: &PreOperator,
+    held: Option<&ConnPool>,
+) -> anyhow::Result<()> {
     let mut moved = 0usize;
     loop {
         let nodes = list_nodes(world).await?;
@@ -872,6 +923,11 @@ async fn move_nodes_back(world: &Cluster, step: &str, pre: &PreOperator) -> anyh
         set_node_label(world, &node, Some(PRE_OPERATOR)).await?;
         if let Some(problem) = watch_swap(world, step, &node, KUBE_SYSTEM).await? {
             bail!("moving node {node} back: {problem}");
+        }
+        if let Some(pool) = held {
+            check_held(world, step, Way::Back, pool, Some(&node))
+                .await
+                .map_err(|e| anyhow!("moving node {node} back: {e:#}"))?;
         }
         moved += 1;
         if moved.is_multiple_of(world.options.full_round_every) {
@@ -894,8 +950,15 @@ fn owned_by_installation(o: &Value) -> bool {
 }
 
 /// Once no node is `migrated`: remove the operator's calico-system workloads and
-/// restore the kube-system objects, node labels and the binding as captured.
-async fn restore_kube_system(world: &Cluster, step: &str, pre: &PreOperator) -> anyhow::Result<()> {
+/// restore the kube-system objects, node labels and the binding as captured. The
+/// `held` connections must survive the kube-system rollout that restoring its
+/// DaemonSet starts.
+async fn restore_kube_system(
+    world: &Cluster,
+    step: &str,
+    pre: &PreOperator,
+    held: Option<&ConnPool>,
+) -> anyhow::Result<()> {
     let mut deleted = Vec::new();
     for r in calico_system_workloads() {
         if let Some(o) = world.objects.get(&r).await? {
@@ -926,6 +989,9 @@ async fn restore_kube_system(world: &Cluster, step: &str, pre: &PreOperator) -> 
     if restored_ds || world.objects.get(&kube_system_node()).await?.is_some() {
         wait_rollout(world, &kube_system_node()).await?;
     }
+    if let Some(pool) = held {
+        check_held(world, step, Way::Back, pool, None).await?;
+    }
     for n in list_nodes(world).await? {
         let want = pre.node_labels.get(&n.name).cloned().flatten();
         if n.label != want {
@@ -948,20 +1014,28 @@ pub(crate) async fn return_to_kube_system(
     freeze_operator(world).await?;
     world.prober().await?;
     restore_migration_selector(world).await?;
-    let migrated = list_nodes(world)
+    let migrated: Vec<String> = list_nodes(world)
         .await?
-        .iter()
+        .into_iter()
         .filter(|n| n.label.as_deref() == Some(MIGRATED))
-        .count();
-    move_nodes_back(world, step, pre)
+        .map(|n| n.name)
+        .collect();
+    // The nodes to move back, then restoring the kube-system DaemonSet rolls every node.
+    let nodes = list_nodes(world).await?.len();
+    let held = hold_across_swaps(world, &migrated, migrated.len() + nodes).await?;
+    move_nodes_back(world, step, pre, held.as_ref())
         .instrument(progress::bar(
             "rollback: nodes moved back to kube-system",
-            migrated as u64,
+            migrated.len() as u64,
             "nodes",
         ))
         .await
         .map_err(|e| anyhow!("{e:#}. The operator stays frozen; fix the cause and run `calico-migrate rollback` again"))?;
-    restore_kube_system(world, step, pre).await
+    restore_kube_system(world, step, pre, held.as_ref()).await?;
+    if let Some(pool) = held {
+        pool.close().await;
+    }
+    Ok(())
 }
 
 /// The step.
