@@ -462,6 +462,30 @@ fn bad_configs_are_refused_clearly() {
     assert!(e.contains("release name"), "{e}");
 }
 
+#[test]
+fn a_zone_whose_subnet_cannot_hold_its_pods_is_refused() {
+    // One node: every pod in zone a, whose /18 has 15,359 pod addresses.
+    let e = scenario::build(&cfg(1, 1_600, 10, 1))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("zone eu-west-1a")
+            && e.contains("15359 pod addresses")
+            && e.contains("add nodes"),
+        "{e}"
+    );
+    // The same pods over three zones fit, every address distinct.
+    let objs = built(&cfg(3, 1_600, 10, 1));
+    let pods: Vec<&str> = of_kind(&objs, "Pod")
+        .iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .filter_map(|p| p["status"]["podIP"].as_str())
+        .collect();
+    let distinct: BTreeSet<&&str> = pods.iter().collect();
+    assert_eq!(distinct.len(), pods.len(), "pod IPs are unique");
+}
+
 /// Benchmark, not a test of speed: prints how long the benchmark-sized
 /// scenario takes to build and to load. Run with
 /// `cargo test --release --test scenario -- --ignored --nocapture scale`.

@@ -81,7 +81,7 @@ pub const MAX_PODS: usize = 40_000;
 /// Every object of the scenario, in creation order (namespaces and CRDs first).
 pub fn build(cfg: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError> {
     validate(cfg)?;
-    Ok(release::assemble(cfg))
+    release::assemble(cfg)
 }
 
 fn validate(sc: &ScenarioConfig) -> Result<(), ScenarioError> {

@@ -39,7 +39,8 @@ pub fn node_address(i: usize) -> (usize, Ipv4Addr) {
     (zone, Ipv4Addr::from(subnet_base(zone) + host))
 }
 
-/// Hands out pod IPs per zone in order: deterministic and collision-free.
+/// Hands out pod IPs per zone in order: deterministic and collision-free as long as no
+/// zone takes more than [`MAX_PODS_PER_ZONE`] (see [`PodIps::overflow`]).
 #[derive(Debug, Default)]
 pub struct PodIps {
     next: [u32; ZONES],
@@ -48,9 +49,16 @@ pub struct PodIps {
 impl PodIps {
     pub fn next(&mut self, node: &NodeInfo) -> String {
         let z = node.zone % ZONES;
-        let ip =
-            Ipv4Addr::from(subnet_base(z) + POD_BASE + self.next[z] % (SUBNET_SIZE - POD_BASE - 1));
+        let ip = Ipv4Addr::from(subnet_base(z) + POD_BASE + self.next[z]);
         self.next[z] += 1;
         ip.to_string()
+    }
+
+    /// The first zone given more pods than its subnet holds, with its pod count: the
+    /// addresses past the subnet's end are then another zone's.
+    pub fn overflow(&self) -> Option<(usize, usize)> {
+        (0..ZONES)
+            .map(|z| (z, self.next[z] as usize))
+            .find(|&(_, n)| n > MAX_PODS_PER_ZONE)
     }
 }

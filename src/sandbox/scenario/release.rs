@@ -4,10 +4,11 @@
 use serde_json::{Value, json};
 
 use super::chart::{self, ChartValues};
-use super::net::{NodeInfo, PodIps};
+use super::net::{MAX_PODS_PER_ZONE, NodeInfo, PodIps, ZONES};
 use super::workloads::{self, set_uid};
 use super::{
-    BASE_TIME, BASE_TIME_UNIX, ChartGeneration, ScenarioConfig, calico, cluster, ids, operator,
+    BASE_TIME, BASE_TIME_UNIX, ChartGeneration, ScenarioConfig, ScenarioError, calico, cluster,
+    ids, operator,
 };
 use crate::helm::{self, Chart, ChartFile, ChartMetadata, Info, Release};
 
@@ -137,8 +138,9 @@ pub fn chart_release(
     }
 }
 
-/// Every object of the scenario in creation order.
-pub(super) fn assemble(sc: &ScenarioConfig) -> Vec<Value> {
+/// Every object of the scenario in creation order; an error when a zone's subnet cannot
+/// hold the pods placed there.
+pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError> {
     let seed = sc.seed;
     let mut namespaces = vec![
         cluster::namespace("default", &[], seed),
@@ -363,8 +365,18 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Vec<Value> {
         objects.extend(kids);
     }
 
+    if let Some((zone, pods)) = ips.overflow() {
+        let nodes_there = nodes.iter().filter(|n| n.zone == zone).count();
+        return Err(ScenarioError::Invalid(format!(
+            "the scenario places {pods} pods on the {nodes_there} node(s) of zone {}{}, more than \
+             the {MAX_PODS_PER_ZONE} pod addresses of its subnet; lower --namespaces or \
+             --pods-per-namespace, or add nodes (they spread over {ZONES} zones)",
+            sc.region,
+            (b'a' + zone as u8) as char,
+        )));
+    }
     let mut out = namespaces;
     out.extend(crds);
     out.extend(objects);
-    out
+    Ok(out)
 }
