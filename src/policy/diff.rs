@@ -5,17 +5,19 @@
 //! at the bounds of port ranges, named-port numbers and CIDRs the rules mention, so one
 //! probe per interval between consecutive bounds covers every port and every address.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
 use super::index::PolicyIndex;
-use super::matrix::pod_classes;
+use super::matrix::{PodClasses, pod_classes};
 use super::model::{PortSpec, Protocol};
 
 /// One differing cell. `src`/`dst` name a representative; `pod_pairs` says how many
-/// pod pairs (or pod x address-range pairs) share the same difference.
+/// pod pairs (or pod x address-range pairs) share the same difference (pod pairs the
+/// own-node exemption allows whatever the policies say are not counted: they never
+/// differ).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CellDiff {
     pub src: String,
@@ -84,6 +86,7 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
     out.externals_probed = externals.len();
     let pods = before.pods();
     let reps_after: Vec<usize> = reps.iter().map(|&r| map[r]).collect();
+    let exempt = own_node_pairs(before, &classes);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         for &port in &ports {
@@ -94,7 +97,9 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
                 for (di, &d) in reps.iter().enumerate() {
                     let b = before_verdicts.allowed(si, di);
                     let a = after_verdicts.allowed(si, di);
-                    if a != b {
+                    let pairs = classes.sizes[si] * classes.sizes[di]
+                        - exempt.get(&(si, di)).copied().unwrap_or(0);
+                    if a != b && pairs > 0 {
                         out.cells.push(CellDiff {
                             src: pods[s].key(),
                             dst: pods[d].key(),
@@ -102,7 +107,7 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
                             protocol,
                             before: b,
                             after: a,
-                            pod_pairs: classes.sizes[si] * classes.sizes[di],
+                            pod_pairs: pairs,
                         });
                     }
                 }
@@ -125,6 +130,33 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
         }
     }
     Ok(out)
+}
+
+/// Per class pair, how many of its pod pairs are a hostNetwork pod reaching a pod on its
+/// own node: Felix never polices those (see [`PolicyIndex::verdict`]), so no policy
+/// change can make them differ. The pods' placement is `index`'s.
+fn own_node_pairs(index: &PolicyIndex, classes: &PodClasses) -> HashMap<(usize, usize), usize> {
+    let mut on_node: HashMap<&str, HashMap<usize, usize>> = HashMap::new();
+    for (p, pod) in index.pods().iter().enumerate() {
+        if let Some(n) = &pod.node {
+            *on_node
+                .entry(n.as_str())
+                .or_default()
+                .entry(classes.class_of[p] as usize)
+                .or_default() += 1;
+        }
+    }
+    let mut out: HashMap<(usize, usize), usize> = HashMap::new();
+    for (p, pod) in index.pods().iter().enumerate() {
+        let Some(local) = pod.node.as_deref().filter(|_| pod.host_network) else {
+            continue;
+        };
+        for (&class, &count) in on_node.get(local).into_iter().flatten() {
+            *out.entry((classes.class_of[p] as usize, class))
+                .or_default() += count;
+        }
+    }
+    out
 }
 
 fn object_changes(before: &PolicyIndex, after: &PolicyIndex, out: &mut PolicySetDiff) {
