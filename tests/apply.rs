@@ -344,22 +344,32 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
             }),
     );
     env.dp.set_faults(&reset).await?;
-    let stopped = migrated(&env);
     let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
     let said = text(&o);
     assert_ne!(o.status.code(), Some(0), "{said}");
     assert!(
-        said.contains("moving node") && said.contains("back: after node") && said.contains("BROKE"),
-        "{said}"
-    );
-    assert!(
         said.contains("running the kube-system calico-node"),
         "{said}"
     );
-    assert_eq!(
-        migrated(&env),
-        stopped - 1,
-        "stopped after the first node moved back"
+    // It moved one node back (the killed apply left the operator running, so how many
+    // nodes were migrated when the rollback froze it is not known beforehand) and
+    // stopped naming that node.
+    let moves: Vec<&str> = said
+        .lines()
+        .filter_map(|l| {
+            l.split_once("moving node ")?
+                .1
+                .split_once(" back to the kube-system calico-node")
+        })
+        .map(|(node, _)| node)
+        .collect();
+    assert_eq!(moves.len(), 1, "{said}");
+    assert!(
+        said.contains(&format!(
+            "moving node {} back: after node {}'s swap",
+            moves[0], moves[0]
+        )) && said.contains("BROKE"),
+        "{said}"
     );
     // Once the cause is gone, rollback runs again from where it stopped.
     env.dp.set_faults(&DataPlaneFaults::default()).await?;
