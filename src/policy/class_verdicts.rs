@@ -134,6 +134,35 @@ struct Walk<'a> {
     peers: Vec<PeerSet>,
 }
 
+/// Classes by what a peer's candidates are drawn from: their namespace, and whether a
+/// network set holds their address.
+struct ClassGroups {
+    by_namespace: Vec<Vec<u32>>,
+    in_network_sets: Vec<u32>,
+}
+
+impl ClassGroups {
+    fn of(index: &PolicyIndex, reps: &[usize]) -> ClassGroups {
+        let mut by_namespace = vec![Vec::new(); index.namespace_count()];
+        let mut in_network_sets = Vec::new();
+        for (c, &rep) in reps.iter().enumerate() {
+            by_namespace[index.pod_namespace_index(rep)].push(c as u32);
+            if index.in_network_set(rep) {
+                in_network_sets.push(c as u32);
+            }
+        }
+        ClassGroups {
+            by_namespace,
+            in_network_sets,
+        }
+    }
+}
+
+/// Threads to split class work over: the machine's cores.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn slot(dir: Direction) -> usize {
     match dir {
         Direction::Ingress => 0,
@@ -154,8 +183,9 @@ impl PolicyIndex {
     ) -> ClassVerdicts {
         let threads = threads.max(1);
         let (peer_of, keys) = self.peer_keys(reps);
+        let groups = ClassGroups::of(self, reps);
         let peers = split_over(&keys, threads, |key| {
-            self.peer_set(key, reps, port, protocol)
+            self.peer_set(key, reps, &groups, port, protocol)
         });
         let walk = Walk {
             index: self,
@@ -218,28 +248,35 @@ impl PolicyIndex {
     /// The classes a peer matches. Candidates first (a peer that selects endpoints
     /// matches only pods of the namespaces it reaches, or addresses in network sets),
     /// then the exact test on each.
-    fn peer_set(&self, key: &PeerKey, reps: &[usize], port: u16, protocol: Protocol) -> PeerSet {
+    fn peer_set(
+        &self,
+        key: &PeerKey,
+        reps: &[usize],
+        groups: &ClassGroups,
+        port: u16,
+        protocol: Protocol,
+    ) -> PeerSet {
         let e = &key.entity;
-        let candidates: Vec<usize> = if e.selects_endpoints() {
+        let candidates: Vec<u32> = if e.selects_endpoints() {
             let namespaces: Vec<usize> = match (&e.namespace_selector, &e.home_namespace) {
                 (Some(sel), _) => self.namespaces_matching(sel),
                 (None, Some(home)) => self.namespace_position(home).into_iter().collect(),
                 (None, None) => (0..self.namespace_count()).collect(),
             };
-            let mut reached = vec![false; self.namespace_count()];
-            namespaces.iter().for_each(|&n| reached[n] = true);
-            (0..reps.len())
-                .filter(|&c| {
-                    reached[self.pod_namespace_index(reps[c])] || self.in_network_set(reps[c])
-                })
-                .collect()
+            let mut c: Vec<u32> = namespaces
+                .iter()
+                .flat_map(|&n| groups.by_namespace[n].iter().copied())
+                .chain(groups.in_network_sets.iter().copied())
+                .collect();
+            c.sort_unstable();
+            c.dedup();
+            c
         } else {
-            (0..reps.len()).collect()
+            (0..reps.len() as u32).collect()
         };
         let hits = candidates
             .into_iter()
-            .filter(|&c| self.peer_matches(key, reps[c], port, protocol))
-            .map(|c| c as u32)
+            .filter(|&c| self.peer_matches(key, reps[c as usize], port, protocol))
             .collect();
         PeerSet::new(hits, reps.len())
     }

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
+use super::class_verdicts::cores;
 use super::index::PolicyIndex;
 use super::matrix::{PodClasses, pod_classes};
 use super::model::{PortSpec, Protocol};
@@ -87,7 +88,7 @@ pub fn diff(before: &PolicyIndex, after: &PolicyIndex) -> Result<PolicySetDiff, 
     let pods = before.pods();
     let reps_after: Vec<usize> = reps.iter().map(|&r| map[r]).collect();
     let exempt = own_node_pairs(before, &classes);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores();
     for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         for &port in &ports {
             // Policy verdicts: the own-node exemption is the same in both sets.

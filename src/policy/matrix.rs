@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
-use super::class_verdicts::ClassVerdicts;
+use super::class_verdicts::{ClassVerdicts, cores};
 use super::index::PolicyIndex;
 use super::model::{NamedPort, Protocol};
 use super::selector::Labels;
@@ -118,8 +118,7 @@ impl PolicyIndex {
         port: u16,
         protocol: Protocol,
     ) -> Matrix {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.matrix_on_threads(pods, externals, port, protocol, threads)
+        self.matrix_on_threads(pods, externals, port, protocol, cores())
     }
 
     /// [`PolicyIndex::matrix`] computed on at most `threads` threads.
