@@ -1,10 +1,19 @@
-//! Progress of long waits (nodes migrated of N, probes done of N): a tracing span that
-//! tracing-indicatif draws as a bar when the CLI installed its layer (stderr is a
-//! terminal, no `--no-progress`); without the layer the calls do nothing.
+//! What the person running the migration follows: [`say`] lines (a step started, a node
+//! verified, a finding) and the progress of long waits (nodes migrated of N, probes done
+//! of N), a tracing span that tracing-indicatif draws as a bar when the CLI installed
+//! its layer (stderr is a terminal, no `--no-progress`); without the layer the bar calls
+//! do nothing. Both are tracing events of this module's target, which the CLI shows on
+//! a terminal when it hides every other info line (src/cli/telemetry.rs).
 
 use indicatif::ProgressStyle;
 use tracing::Span;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
+
+/// One line for the person watching: a step started or finished, a node verified, a
+/// finding. Keep it short: it is one of a few dozen lines of a whole migration.
+pub fn say(line: impl std::fmt::Display) {
+    tracing::info!("{line}");
+}
 
 /// A bar of `len` `unit`s for `what`; enter it (or `.instrument(bar)` a future) for the
 /// duration of the wait.

@@ -344,3 +344,155 @@ fn a_node_that_joins_during_the_takeover_is_migrated_and_checked_too() {
         assert_eq!(iv["injected"], true, "an unexplained divergence: {iv}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// What a person sees in a terminal
+
+/// Run the binary on a pseudo-terminal of `rows` x `cols` and return what the terminal
+/// shows, scrollback included, as a terminal emulator renders it (bars redrawn in
+/// place count once, as they do on screen).
+fn on_a_terminal(args: &[&str], rows: u16, cols: u16) -> (Option<i32>, Vec<String>) {
+    use std::io::Read as _;
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into the pointers; no name, default termios.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened by openpty and are owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let io = |fd: &OwnedFd| {
+        std::process::Stdio::from(fd.try_clone().unwrap_or_else(|e| panic!("dup: {e}")))
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calico-migrate"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm-256color")
+        .stdin(io(&slave))
+        .stdout(io(&slave))
+        .stderr(io(&slave))
+        .spawn()
+        .unwrap_or_else(|e| panic!("running calico-migrate: {e}"));
+    drop(slave);
+    let reader = std::thread::spawn(move || {
+        let mut file = std::fs::File::from(master);
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Linux answers EIO once the last slave fd is closed: the end of the output.
+        while let Ok(n) = file.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        bytes
+    });
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let bytes = reader.join().unwrap_or_else(|_| panic!("reader thread"));
+    let mut parser = vt100::Parser::new(rows, cols, 100_000);
+    // The pty turns \n into \r\n, as a terminal expects.
+    parser.process(&bytes);
+    let screen = parser.screen_mut();
+    screen.set_scrollback(usize::MAX);
+    let scrolled = screen.scrollback();
+    let rows = usize::from(rows);
+    let mut lines = Vec::new();
+    let mut start = 0;
+    while start < scrolled + rows {
+        let back = scrolled.saturating_sub(start);
+        screen.set_scrollback(back);
+        let top = scrolled - back;
+        for (i, row) in screen.rows(0, cols).enumerate() {
+            if top + i >= start && top + i < start + rows {
+                lines.push(row);
+            }
+        }
+        start += rows;
+    }
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+    (status.code(), lines)
+}
+
+/// Whether a word of `line` is an RFC 3339 timestamp, as the log formatter writes them.
+fn timestamped(line: &str) -> bool {
+    line.split_whitespace()
+        .any(|w| w.len() >= 19 && w.as_bytes()[4] == b'-' && w.as_bytes()[10] == b'T')
+}
+
+#[test]
+fn on_a_terminal_a_rehearsal_is_a_few_dozen_short_lines_and_the_full_log_is_kept() {
+    let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = state.path().join("state");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (code, lines) = on_a_terminal(
+        &["rehearse", "--nodes", "6", "--state-dir", &dir_arg],
+        50,
+        120,
+    );
+    let shown = lines.join("\n");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(lines.len() <= 60, "{} lines:\n{shown}", lines.len());
+    for l in &lines {
+        assert!(
+            !timestamped(l),
+            "a timestamp on a terminal line: {l}\n{shown}"
+        );
+        assert!(
+            !l.contains(" INFO ") && !l.contains("progress{"),
+            "a log prefix on a terminal line: {l}\n{shown}"
+        );
+    }
+    // One line per node verified, in each of the three passes over the nodes.
+    let verified = lines.iter().filter(|l| l.contains(" verified on ")).count();
+    assert_eq!(verified, 18, "{shown}");
+    assert!(shown.contains("PASSED"), "{shown}");
+    // The full debug log: in the state dir, private, timestamped, and named at the end.
+    let named = lines
+        .last()
+        .and_then(|l| l.strip_prefix("Full log: "))
+        .unwrap_or_else(|| panic!("no log path at the end:\n{shown}"));
+    let log = std::path::Path::new(named.trim());
+    assert!(log.starts_with(dir.join("logs")), "{}", log.display());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(log)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert_eq!(mode, 0o600, "{}", log.display());
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text.lines().count() > lines.len(),
+        "the log has more than the screen"
+    );
+    assert!(
+        text.contains("DEBUG") && text.lines().next().is_some_and(timestamped),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+
+    // With -v the terminal shows the log lines, timestamped, as before.
+    let (code, lines) = on_a_terminal(
+        &["-v", "rehearse", "--nodes", "1", "--state-dir", &dir_arg],
+        50,
+        120,
+    );
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| timestamped(l)), "{}", lines.join("\n"));
+}

@@ -83,21 +83,28 @@ impl RunObserver for Progress {
             .map_or(0, |i| i + 1);
         let n = self.ids.len();
         let t = self.started.elapsed().as_secs();
-        let what = match action {
+        // One line per step on a terminal (`progress::say`); the finer actions go to
+        // the debug log, and to the screen with -v.
+        let (what, headline) = match action {
             Action::StartAttempt { attempt, .. } if *attempt > 1 => {
-                format!("starting (attempt {attempt})")
+                (format!("starting (attempt {attempt})"), true)
             }
-            Action::StartAttempt { .. } => "starting".to_string(),
-            Action::Ensure { .. } => "changing and verifying".to_string(),
-            Action::Observe { .. } => "observing after a restart".to_string(),
-            Action::MarkVerified { .. } => "verified".to_string(),
-            Action::StartRollback { .. } => "rolling back".to_string(),
-            Action::Undo { .. } => "restoring".to_string(),
-            Action::ForgetUnchanged { .. } => "unchanged, nothing to undo".to_string(),
-            Action::SaveRollback { .. } => "saving rollback data".to_string(),
+            Action::StartAttempt { .. } => ("starting".to_string(), true),
+            Action::Observe { .. } => ("observing after a restart".to_string(), true),
+            Action::StartRollback { .. } => ("rolling back".to_string(), true),
+            Action::ForgetUnchanged { .. } => ("unchanged, nothing to undo".to_string(), true),
+            Action::Ensure { .. } => ("changing and verifying".to_string(), false),
+            Action::MarkVerified { .. } => ("verified".to_string(), false),
+            Action::Undo { .. } => ("restoring".to_string(), false),
+            Action::SaveRollback { .. } => ("saving rollback data".to_string(), false),
             Action::Done | Action::Refuse { .. } => return,
         };
-        eprintln!("[{t:>4}s] step {k}/{n} {step_id}: {what}");
+        let line = format!("[{t:>4}s] step {k}/{n} {step_id}: {what}");
+        if headline {
+            crate::progress::say(line);
+        } else {
+            tracing::debug!("{line}");
+        }
     }
 
     fn hold_before(&self, step_id: &str) -> bool {

@@ -10,6 +10,7 @@ use clap::Args;
 use super::GlobalOpts;
 use super::output::OutputFormat;
 use crate::checks::{self, RoundOptions, RoundReport, outcome::compare_with_baseline, render};
+use crate::engine::state_dir::write_atomic;
 
 /// Run one round of connectivity and policy probes on every node.
 #[derive(Debug, Args)]
@@ -116,12 +117,8 @@ pub async fn run(args: &CheckArgs, global: &GlobalOpts) -> anyhow::Result<ExitCo
     let mut report = checks::run_round(&client, &opts).await?;
     let path = baseline_path(&global.state_dir);
     if args.baseline {
-        std::fs::create_dir_all(&global.state_dir)
-            .with_context(|| format!("cannot create state dir {}", global.state_dir.display()))?;
         let text = serde_json::to_string_pretty(&report)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomic(&path, text.as_bytes())?;
     } else if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;

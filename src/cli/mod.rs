@@ -20,6 +20,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::state_dir;
+
 pub use output::OutputFormat;
 
 /// Exit code for errors the user can act on (bad input, refused state dir, ...).
@@ -227,6 +229,7 @@ pub struct RehearseArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     restore_sigpipe();
+    private_files();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -239,13 +242,92 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Apply(_) | Command::Rollback(_) | Command::Rehearse(_)
     );
-    telemetry::init(&cli.global, long_running);
-    match dispatch(&cli) {
+    let g = &cli.global;
+    // The state dir is checked (refused when anyone can write it, made private when
+    // others can read it) before anything, the debug log included, is written there.
+    let use_ = state_dir_use(&cli.command);
+    let prepared = match use_ {
+        StateDirUse::None => Ok(None),
+        StateDirUse::Reads => state_dir::prepare(&g.state_dir, false).map(Some),
+        StateDirUse::Writes | StateDirUse::LogsOnly => {
+            state_dir::prepare(&g.state_dir, true).map(Some)
+        }
+    };
+    // rehearse keeps only its log there: a state dir it cannot use costs the log alone.
+    let (prepared, log_refused) = match prepared {
+        Ok(p) => (p, None),
+        Err(err) if use_ == StateDirUse::LogsOnly => (None, Some(err)),
+        Err(err) => {
+            report_error(&anyhow::Error::new(err));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let log_file = log_name(&cli.command)
+        .filter(|_| log_refused.is_none())
+        .map(|name| telemetry::log_path(&g.state_dir, name));
+    let log_file = telemetry::init(g, long_running, log_file.as_deref());
+    if let Some(err) = log_refused {
+        tracing::warn!("{err}; going on without the debug log");
+    }
+    if let Some(warning) = prepared.and_then(|p| p.warning(&g.state_dir)) {
+        tracing::warn!("{warning}");
+    }
+    let code = match dispatch(&cli) {
         Ok(code) => code,
         Err(err) => {
+            tracing::debug!("{err:#}");
             report_error(&err);
             ExitCode::from(EXIT_ERROR)
         }
+    };
+    if let Some(path) = log_file.filter(|_| !g.quiet) {
+        eprintln!("Full log: {}", path.display());
+    }
+    code
+}
+
+/// How a command uses the state dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StateDirUse {
+    None,
+    /// Reads it if it is there (status, history, check).
+    Reads,
+    /// Writes it, creating it if missing.
+    Writes,
+    /// Keeps only its debug log there (rehearse runs in a state dir of its own).
+    LogsOnly,
+}
+
+fn state_dir_use(command: &Command) -> StateDirUse {
+    match command {
+        Command::Plan(_) | Command::Apply(_) | Command::Rollback(_) => StateDirUse::Writes,
+        Command::Check(args) if args.baseline => StateDirUse::Writes,
+        Command::Check(_) | Command::Status | Command::History => StateDirUse::Reads,
+        Command::Rehearse(_) => StateDirUse::LogsOnly,
+        Command::Policy(_) | Command::Sandbox(_) | Command::Completions(_) | Command::Man(_) => {
+            StateDirUse::None
+        }
+    }
+}
+
+/// The commands that keep a full debug log in the state dir, by the log's name.
+fn log_name(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Plan(_) => Some("plan"),
+        Command::Apply(_) => Some("apply"),
+        Command::Rollback(_) => Some("rollback"),
+        Command::Rehearse(_) => Some("rehearse"),
+        _ => None,
+    }
+}
+
+/// Files and directories this process creates are its user's alone (umask 077): the
+/// state dir holds backups of Helm release Secrets and of every policy, and sled
+/// creates its files there with the default mode. Set before any thread starts.
+fn private_files() {
+    // SAFETY: umask only swaps the process's file-creation mask; no thread runs yet.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

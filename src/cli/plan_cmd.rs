@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use super::{EXIT_BLOCKED, GlobalOpts, OutputFormat};
 use crate::cluster::{access, connect, inventory};
 use crate::engine::RetryPolicy;
+use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::migration::plan::{self, SavedPlan};
 use crate::migration::{permissions, profile::Profile, render};
 
@@ -101,10 +102,10 @@ fn pin_manifest(
             profile.name
         );
     }
-    std::fs::create_dir_all(state_dir)
+    create_private_dir(state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let copy = state_dir.join(format!("operator-manifest-{sha}.yaml"));
-    std::fs::write(&copy, &bytes).with_context(|| format!("cannot write {}", copy.display()))?;
+    write_atomic(&copy, &bytes)?;
     Ok(sha)
 }
 

@@ -13,7 +13,7 @@ pub async fn run(args: &RehearseArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode
     let quiet = g.quiet || g.output == OutputFormat::Json;
     let progress = move |line: &str| {
         if !quiet {
-            eprintln!("rehearse: {line}");
+            crate::progress::say(format_args!("rehearse: {line}"));
         }
     };
     let cluster = if args.from_cluster {

@@ -30,16 +30,86 @@ pub enum ConnectError {
         files: String,
         known: String,
     },
-    #[error(
-        "API server {server} (context {context}) did not answer within {secs} s: {problem}. \
-         Check the network path (VPN, bastion) and that the context points at the right cluster"
-    )]
+    #[error("cannot reach the API server {server} (context {context}): {failure}")]
     Unreachable {
         server: String,
         context: String,
-        secs: u64,
-        problem: String,
+        failure: ConnectFailure,
     },
+}
+
+/// Why the first request to the API server failed, in the words a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error(
+        "the connection was refused (nothing listens at that address and port, or a \
+         firewall rejects it). Check the context's server address and that the cluster's \
+         endpoint is up"
+    )]
+    Refused,
+    #[error(
+        "its host name does not resolve ({detail}). Check the server address in the \
+         kubeconfig, and your DNS or VPN"
+    )]
+    Dns { detail: String },
+    #[error(
+        "the TLS handshake failed ({detail}). Check the cluster's CA data in the kubeconfig \
+         and that the address is the API server's"
+    )]
+    Tls { detail: String },
+    #[error(
+        "no answer within {secs} s. Check the network path (VPN, bastion, security groups) \
+         and that the context points at the right cluster"
+    )]
+    Timeout { secs: u64 },
+    #[error("the connection was reset. Check proxies and load balancers on the way")]
+    Reset,
+    #[error("{detail}")]
+    Other { detail: String },
+}
+
+impl ConnectFailure {
+    /// Classify a client error by walking its causes: hyper-util names a DNS failure
+    /// "dns error" (client/legacy/connect/http.rs `ConnectError::dns`), the socket's
+    /// io::Error carries refusals, resets and timeouts, rustls' errors name the
+    /// certificate or the handshake.
+    pub fn classify(err: &(dyn std::error::Error + 'static)) -> ConnectFailure {
+        let mut chain: Vec<&(dyn std::error::Error + 'static)> = vec![err];
+        while let Some(next) = chain.last().and_then(|e| e.source()) {
+            chain.push(next);
+        }
+        for (i, e) in chain.iter().enumerate() {
+            if e.to_string() == "dns error" {
+                let detail = chain
+                    .get(i + 1)
+                    .map_or_else(|| "dns error".to_string(), |c| c.to_string());
+                return ConnectFailure::Dns { detail };
+            }
+        }
+        for e in &chain {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
+                    std::io::ErrorKind::ConnectionReset => return ConnectFailure::Reset,
+                    std::io::ErrorKind::TimedOut => {
+                        return ConnectFailure::Timeout {
+                            secs: CONNECT_TIMEOUT.as_secs(),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let innermost = chain.last().map(|e| e.to_string()).unwrap_or_default();
+        let lower = innermost.to_ascii_lowercase();
+        if ["certificate", "handshake", "tls", "alert"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            return ConnectFailure::Tls { detail: innermost };
+        }
+        ConnectFailure::Other { detail: innermost }
+    }
 }
 
 /// A connected client and where it points, for messages and the saved plan.
@@ -160,16 +230,19 @@ pub async fn connect(
         files: files.clone(),
         problem: format!("context {chosen}: {e}"),
     })?;
-    let unreachable = |problem: String| ConnectError::Unreachable {
+    let unreachable = |failure: ConnectFailure| ConnectError::Unreachable {
         server: server.clone(),
         context: chosen.clone(),
-        secs: FIRST_REQUEST_TIMEOUT.as_secs(),
-        problem,
+        failure,
     };
     let version = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, client.apiserver_version())
         .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|_| {
+            unreachable(ConnectFailure::Timeout {
+                secs: FIRST_REQUEST_TIMEOUT.as_secs(),
+            })
+        })?
+        .map_err(|e| unreachable(ConnectFailure::classify(&e)))?;
     Ok(Connection {
         client,
         context: chosen,
@@ -181,6 +254,85 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cause chain as hyper-util and kube build it: a message and its source.
+    #[derive(Debug)]
+    struct Cause(
+        &'static str,
+        Option<Box<dyn std::error::Error + Send + Sync>>,
+    );
+
+    impl std::fmt::Display for Cause {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Cause {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_ref().map(|e| &**e as _)
+        }
+    }
+
+    fn client_error(inner: Box<dyn std::error::Error + Send + Sync>) -> Cause {
+        Cause(
+            "ServiceError: client error (Connect)",
+            Some(Box::new(Cause("client error (Connect)", Some(inner)))),
+        )
+    }
+
+    #[test]
+    fn connection_failures_are_named_by_what_happened() {
+        use std::io::{Error, ErrorKind};
+        let refused = client_error(Box::new(Cause(
+            "tcp connect error",
+            Some(Box::new(Error::from(ErrorKind::ConnectionRefused))),
+        )));
+        assert_eq!(ConnectFailure::classify(&refused), ConnectFailure::Refused);
+        let dns = client_error(Box::new(Cause(
+            "dns error",
+            Some(Box::new(Error::other(
+                "failed to lookup address information: Name or service not known",
+            ))),
+        )));
+        let failure = ConnectFailure::classify(&dns);
+        assert!(
+            matches!(&failure, ConnectFailure::Dns { detail } if detail.contains("Name or service not known")),
+            "{failure:?}"
+        );
+        assert!(failure.to_string().contains("does not resolve"));
+        let tls = client_error(Box::new(Error::new(
+            ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        )));
+        assert!(matches!(
+            ConnectFailure::classify(&tls),
+            ConnectFailure::Tls { .. }
+        ));
+        let timeout = client_error(Box::new(Error::from(ErrorKind::TimedOut)));
+        assert_eq!(
+            ConnectFailure::classify(&timeout),
+            ConnectFailure::Timeout {
+                secs: CONNECT_TIMEOUT.as_secs()
+            }
+        );
+        let reset = client_error(Box::new(Error::from(ErrorKind::ConnectionReset)));
+        assert_eq!(ConnectFailure::classify(&reset), ConnectFailure::Reset);
+        let other = client_error(Box::new(Cause("something else", None)));
+        assert_eq!(
+            ConnectFailure::classify(&other),
+            ConnectFailure::Other {
+                detail: "something else".into()
+            }
+        );
+        for f in [refused, dns, tls, timeout, reset] {
+            let line = ConnectFailure::classify(&f).to_string();
+            assert!(
+                !line.contains('\n') && line.ends_with(|c: char| c.is_alphanumeric() || c == ')'),
+                "{line}"
+            );
+        }
+    }
 
     #[test]
     fn explicit_path_wins_and_lists_split() {

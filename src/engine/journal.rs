@@ -136,7 +136,10 @@ impl Journal {
             events.insert(1u64.to_be_bytes(), bytes).map_err(io)?;
             db.flush().map_err(io)?;
         }
-        write_head(staging.path(), 1).map_err(io_err)?;
+        write_head(staging.path(), 1).map_err(|e| JournalError::Io {
+            dir: state_dir.to_path_buf(),
+            cause: e.to_string(),
+        })?;
         let staged = staging.keep();
         std::fs::rename(&staged, state_dir.join(JOURNAL_SUBDIR)).map_err(io_err)?;
         // sled lets go of its file lock when its background flusher drops the database,
@@ -404,7 +407,7 @@ fn check_writable(state_dir: &Path) -> Result<(), JournalError> {
         dir: state_dir.to_path_buf(),
         cause: cause.to_string(),
     };
-    std::fs::create_dir_all(state_dir).map_err(ro)?;
+    super::state_dir::create_private_dir(state_dir).map_err(ro)?;
     let probe = state_dir.join(".write-probe");
     std::fs::write(&probe, b"").map_err(ro)?;
     let _ = std::fs::remove_file(&probe);
@@ -431,13 +434,8 @@ fn check_unlocked(state_dir: &Path) -> Result<(), JournalError> {
     }
 }
 
-fn write_head(db_path: &Path, seq: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = db_path.join(format!("{HEAD_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(seq.to_string().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, db_path.join(HEAD_FILE))
+fn write_head(db_path: &Path, seq: u64) -> Result<(), super::state_dir::StateDirError> {
+    super::state_dir::write_atomic(&db_path.join(HEAD_FILE), seq.to_string().as_bytes())
 }
 
 fn read_head(db_path: &Path) -> Result<u64, String> {

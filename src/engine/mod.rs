@@ -12,6 +12,7 @@ pub mod journal;
 pub mod retry;
 pub mod runner;
 pub mod state;
+pub mod state_dir;
 pub mod step;
 
 pub use decide::{Action, Mode, Seen, decide};

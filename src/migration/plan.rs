@@ -13,6 +13,7 @@ use super::rules::{self, Finding, RuleInput, Severity};
 use super::steps::{self, StepContext, StepPlan};
 use crate::cluster::access::AccessReport;
 use crate::cluster::inventory::Inventory;
+use crate::engine::state_dir::{StateDirError, create_private_dir, write_atomic};
 use crate::helm::HelmError;
 
 /// File name of the saved plan in the state dir.
@@ -301,22 +302,19 @@ pub fn drift(saved: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -
         .collect()
 }
 
-/// Write the plan atomically: a temp file in the same dir, fsync, rename.
-pub fn save(state_dir: &Path, saved: &SavedPlan) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(state_dir)?;
+/// Write the plan atomically and private to its owner (the state dir is created 0700
+/// if missing; [`write_atomic`]).
+pub fn save(state_dir: &Path, saved: &SavedPlan) -> Result<PathBuf, StateDirError> {
+    create_private_dir(state_dir).map_err(|e| StateDirError::Create {
+        dir: state_dir.to_path_buf(),
+        cause: e.to_string(),
+    })?;
     let path = state_dir.join(PLAN_FILE);
-    let tmp = state_dir.join(format!(".{PLAN_FILE}.{}.tmp", std::process::id()));
-    let text = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    if let Ok(dir) = std::fs::File::open(state_dir) {
-        let _ = dir.sync_all();
-    }
+    let text = serde_json::to_vec_pretty(saved).map_err(|e| StateDirError::Write {
+        path: path.clone(),
+        cause: e.to_string(),
+    })?;
+    write_atomic(&path, &text)?;
     Ok(path)
 }
 

@@ -333,14 +333,8 @@ pub fn failed_round_message(label: &str, report: &RoundReport) -> String {
     )
 }
 
-/// Write a state-dir file atomically (temp file, fsync, rename): a crash leaves the
-/// old content or the new, never half of it.
+/// Write a state-dir file atomically and private to its owner
+/// ([`crate::engine::state_dir::write_atomic`]).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    Ok(crate::engine::state_dir::write_atomic(path, bytes)?)
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::objects::Objects;
 use crate::cluster::{access, inventory};
+use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::engine::{Journal, Mode, Outcome, RetryPolicy, RunObserver, run_observed};
 use crate::migration::permissions;
 use crate::migration::plan::{self, SavedPlan};
@@ -213,8 +214,11 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
         profile.target.operator_version
     ));
     let sha = hex::encode(Sha256::digest(yaml.as_bytes()));
-    std::fs::create_dir_all(state)?;
-    std::fs::write(state.join(format!("operator-manifest-{sha}.yaml")), &yaml)?;
+    create_private_dir(state)?;
+    write_atomic(
+        &state.join(format!("operator-manifest-{sha}.yaml")),
+        yaml.as_bytes(),
+    )?;
     let built = plan::build(&inv, &profile, &acc, Some(&sha))?;
     if !built.ready() {
         let codes: Vec<String> = built
@@ -230,15 +234,16 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
 
 /// Holds the first run after the baseline step so faults go in once the baseline
 /// is taken; reports progress.
-struct Hold<'a> {
+struct Hold {
     before: Option<String>,
-    progress: &'a (dyn Fn(&str) + Sync),
 }
 
-impl RunObserver for Hold<'_> {
+impl RunObserver for Hold {
     fn action(&self, step_id: &str, action: &crate::engine::Action) {
+        // The report's table has every step of every phase: on a terminal the rehearsal
+        // shows its phases and nodes, the steps are in the log (and on screen with -v).
         if let crate::engine::Action::StartAttempt { attempt, .. } = action {
-            (self.progress)(&format!("step {step_id} (attempt {attempt})"));
+            tracing::info!("step {step_id} (attempt {attempt})");
         }
     }
     fn hold_before(&self, step_id: &str) -> bool {
@@ -289,7 +294,7 @@ async fn run_phase(
     loaded: &session::Loaded,
     world: &Cluster,
     mode: Mode,
-    hold: &Hold<'_>,
+    hold: &Hold,
 ) -> anyhow::Result<(Outcome, PhaseReport)> {
     let since = last_seq(journal);
     let started = Instant::now();
@@ -394,16 +399,12 @@ pub async fn rehearse(
         } else {
             after_baseline
         },
-        progress,
     };
     progress("apply");
     let (mut outcome, phase) =
         run_phase("apply", &mut journal, &loaded, &w, Mode::Apply, &hold).await?;
     report.phases.push(phase);
-    let free = Hold {
-        before: None,
-        progress,
-    };
+    let free = Hold { before: None };
     if matches!(outcome, Outcome::Paused { .. }) {
         progress(&format!("injecting faults: {}", faults.specs.join(", ")));
         inject(&stage, &faults).await?;

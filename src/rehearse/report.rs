@@ -222,6 +222,44 @@ impl Report {
         self.passed = self.problems.is_empty() && self.verification_passed;
     }
 
+    /// The phases side by side, a row per step: one table a terminal shows whole.
+    fn phase_table(&self) -> String {
+        const CELL: usize = 22;
+        let mut s = String::new();
+        for p in &self.phases {
+            let _ = writeln!(
+                s,
+                "{}: {} in {:.1}s",
+                p.phase,
+                outcome_word(&p.outcome),
+                p.millis as f64 / 1000.0
+            );
+        }
+        let mut steps: Vec<&str> = Vec::new();
+        for t in self.phases.iter().flat_map(|p| &p.steps) {
+            if !steps.contains(&t.step.as_str()) {
+                steps.push(&t.step);
+            }
+        }
+        let _ = write!(s, "  {:<22}", "step");
+        for p in &self.phases {
+            let _ = write!(s, " {:<CELL$}", p.phase);
+        }
+        s.push('\n');
+        for step in steps {
+            let _ = write!(s, "  {step:<22}");
+            for p in &self.phases {
+                let cell = p.steps.iter().find(|t| t.step == step).map_or_else(
+                    || "-".to_string(),
+                    |t| format!("{:>6.2}s {}", t.millis as f64 / 1000.0, t.ended),
+                );
+                let _ = write!(s, " {cell:<CELL$}");
+            }
+            let _ = writeln!(s);
+        }
+        s
+    }
+
     pub fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -242,24 +280,7 @@ impl Report {
                 self.faults_injected.join(", ")
             );
         }
-        for p in &self.phases {
-            let _ = writeln!(
-                s,
-                "\n{} — {} in {:.1}s",
-                p.phase,
-                outcome_word(&p.outcome),
-                p.millis as f64 / 1000.0
-            );
-            for t in &p.steps {
-                let _ = writeln!(
-                    s,
-                    "  {:<22} {:>8.2}s  {}",
-                    t.step,
-                    t.millis as f64 / 1000.0,
-                    t.ended
-                );
-            }
-        }
+        s.push_str(&self.phase_table());
         let _ = writeln!(
             s,
             "\nChecks: {} rounds, {} probes; verification round {}",
@@ -273,10 +294,11 @@ impl Report {
         );
         if !self.node_windows.is_empty() {
             let _ = writeln!(s, "Longest window without verified enforcement, per node:");
+            let width = self.node_windows.keys().map(String::len).max().unwrap_or(0);
             for (node, w) in &self.node_windows {
                 let _ = writeln!(
                     s,
-                    "  {node:<40} {:>6} ms over {} swap(s){}",
+                    "  {node:<width$} {:>6} ms over {} swap(s){}",
                     w.longest_unverified_ms,
                     w.swaps,
                     if w.failed { "  FAILED A CHECK" } else { "" }

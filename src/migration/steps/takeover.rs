@@ -416,12 +416,19 @@ async fn watch_swap(
         watch.failed_passes,
         watch.longest_unverified_ms
     );
-    Ok(swap_problem(
-        world,
-        &watch,
-        ready.load(Ordering::SeqCst),
-        namespace,
-    ))
+    let problem = swap_problem(world, &watch, ready.load(Ordering::SeqCst), namespace);
+    if problem.is_none() {
+        // The line a person follows: one per node, short enough for a terminal.
+        let failed = match watch.failed_passes {
+            0 => String::new(),
+            n => format!(", {n} failed"),
+        };
+        crate::progress::say(format_args!(
+            "node {node} verified on {namespace} ({} passes{failed}, {} ms unverified)",
+            watch.passes, watch.longest_unverified_ms
+        ));
+    }
+    Ok(problem)
 }
 
 fn swap_problem(world: &Cluster, w: &NodeWatch, ready: bool, namespace: &str) -> Option<String> {
