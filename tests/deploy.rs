@@ -106,28 +106,21 @@ const EXTRAS: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "rbac.authorization.k8s.io",
         "clusterroles",
         None,
-        "installing the operator's RBAC",
+        "binding the operator's and the chart's ClusterRoles (limited to their names)",
     ),
     (
         "escalate",
         "rbac.authorization.k8s.io",
         "clusterroles",
         None,
-        "installing the operator's RBAC",
+        "writing the operator's and the chart's ClusterRoles (limited to their names)",
     ),
     (
-        "bind",
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
+        "watch",
+        "",
+        "nodes",
         None,
-        "installing the operator's RBAC",
-    ),
-    (
-        "escalate",
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        None,
-        "installing the operator's RBAC",
+        "re-creating ClusterRole calico-typha-cpha (a create is not named, so the Job must hold its rules)",
     ),
     (
         "get",
@@ -229,14 +222,42 @@ const EXTRAS: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "rbac.authorization.k8s.io",
         "roles",
         Some("kube-system"),
-        "re-creating the chart's autoscaler Role and its binding on rollback",
+        "binding the chart's Roles on rollback (limited to their names)",
     ),
     (
         "escalate",
         "rbac.authorization.k8s.io",
         "roles",
         Some("kube-system"),
-        "re-creating the chart's autoscaler Role and its binding on rollback",
+        "writing the chart's Roles (limited to their names)",
+    ),
+    (
+        "get",
+        "apps",
+        "deployments/scale",
+        Some("kube-system"),
+        "re-creating Role kube-system/calico-typha-cpha (a create is not named)",
+    ),
+    (
+        "update",
+        "apps",
+        "deployments/scale",
+        Some("kube-system"),
+        "re-creating Role kube-system/calico-typha-cpha (a create is not named)",
+    ),
+    (
+        "get",
+        "extensions",
+        "deployments/scale",
+        Some("kube-system"),
+        "re-creating Role kube-system/calico-typha-cpha (a create is not named)",
+    ),
+    (
+        "update",
+        "extensions",
+        "deployments/scale",
+        Some("kube-system"),
+        "re-creating Role kube-system/calico-typha-cpha (a create is not named)",
     ),
 ];
 
@@ -461,6 +482,435 @@ fn deploy_rbac_grants_every_needed_permission_and_nothing_unlisted() -> Result<(
             .named("kube-scheduler");
     assert!(!authz::authorize(sb.store(), &sa, &other_lease).allowed);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// bind and escalate: limited by name to the roles the migration writes
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+/// The Job's ServiceAccount as "namespace/name".
+const JOB_SA: &str = "calico-migrate/calico-migrate";
+
+/// (verb, resource, namespace) of a `bind`/`escalate` grant of deploy/ -> its
+/// resourceNames; None when one rule grants it without names (any role).
+type EscalationGrants = BTreeMap<(String, String, Option<String>), Option<BTreeSet<String>>>;
+
+fn strs(v: &Value, k: &str) -> Vec<String> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect()
+}
+
+fn text_at<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The `bind` and `escalate` grants of the roles deploy/ binds to the Job's identity.
+fn escalation_grants(objects: &[Value]) -> EscalationGrants {
+    let mut out = EscalationGrants::new();
+    let bindings = objects
+        .iter()
+        .filter(|o| matches!(text_at(o, "/kind"), "ClusterRoleBinding" | "RoleBinding"))
+        .filter(|b| {
+            b["subjects"].as_array().into_iter().flatten().any(|x| {
+                x["kind"] == "ServiceAccount"
+                    && x["name"] == SA_NAME
+                    && x["namespace"] == SA_NAMESPACE
+            })
+        });
+    for b in bindings {
+        let ns = Some(text_at(b, "/metadata/namespace").to_string()).filter(|n| !n.is_empty());
+        let role = objects.iter().find(|r| {
+            text_at(r, "/kind") == text_at(b, "/roleRef/kind")
+                && text_at(r, "/metadata/name") == text_at(b, "/roleRef/name")
+                && (text_at(r, "/kind") == "ClusterRole"
+                    || text_at(r, "/metadata/namespace") == text_at(b, "/metadata/namespace"))
+        });
+        let rules = role
+            .and_then(|r| r["rules"].as_array())
+            .into_iter()
+            .flatten();
+        for rule in rules.filter(|r| strs(r, "apiGroups").iter().any(|g| g == RBAC || g == "*")) {
+            let names: BTreeSet<String> = strs(rule, "resourceNames").into_iter().collect();
+            let verbs = strs(rule, "verbs");
+            let all = verbs.iter().any(|v| v == "*");
+            for verb in ["bind", "escalate"]
+                .map(String::from)
+                .into_iter()
+                .filter(|v| all || verbs.contains(v))
+            {
+                for res in strs(rule, "resources") {
+                    let entry = out
+                        .entry((verb.clone(), res, ns.clone()))
+                        .or_insert_with(|| Some(BTreeSet::new()));
+                    match (entry.as_mut(), names.is_empty()) {
+                        (Some(set), false) => set.extend(names.iter().cloned()),
+                        _ => *entry = None,
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// ClusterRole names and (kube-system) Role names among `objects`: the roles
+/// themselves and the roles their bindings name.
+fn role_names(objects: &[Value], cluster: &mut BTreeSet<String>, roles: &mut BTreeSet<String>) {
+    for o in objects {
+        let name = text_at(o, "/metadata/name").to_string();
+        match text_at(o, "/kind") {
+            "ClusterRole" => {
+                cluster.insert(name);
+            }
+            "Role" => {
+                roles.insert(name);
+            }
+            "ClusterRoleBinding" | "RoleBinding" => {
+                let target = text_at(o, "/roleRef/name").to_string();
+                match text_at(o, "/roleRef/kind") {
+                    "ClusterRole" => cluster.insert(target),
+                    _ => roles.insert(target),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The files of a .tgz (a Helm chart), by path: a gzip'd ustar archive.
+fn untar_gz(path: &Path) -> Result<BTreeMap<String, String>> {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_end(&mut raw)?;
+    let mut files = BTreeMap::new();
+    let mut at = 0;
+    while at + 512 <= raw.len() && raw[at] != 0 {
+        let field = |a: usize, b: usize| {
+            String::from_utf8_lossy(&raw[at + a..at + b])
+                .trim_matches(char::from(0))
+                .trim()
+                .to_string()
+        };
+        let name = field(0, 100);
+        let size = usize::from_str_radix(&field(124, 136), 8)
+            .with_context(|| format!("{}: a tar header has no size", path.display()))?;
+        let body = raw
+            .get(at + 512..at + 512 + size)
+            .with_context(|| format!("{}: {name} is cut short", path.display()))?;
+        files.insert(name, String::from_utf8_lossy(body).into_owned());
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    Ok(files)
+}
+
+/// The Roles and ClusterRoles a chart's RBAC templates render, named as Helm names them:
+/// `{{ include "<chart>.fullname" . }}-x` with the chart's default fullnameOverride.
+fn chart_role_names(
+    files: &BTreeMap<String, String>,
+    cluster: &mut BTreeSet<String>,
+    roles: &mut BTreeSet<String>,
+) -> Result<()> {
+    let values = files
+        .iter()
+        .find(|(p, _)| p.ends_with("/values.yaml") && p.matches('/').count() == 1)
+        .map(|(_, t)| t)
+        .context("the chart has no values.yaml")?;
+    let fullname = values
+        .lines()
+        .find_map(|l| l.strip_prefix("fullnameOverride:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .context("the chart's values.yaml sets no fullnameOverride")?;
+    for (path, text) in files.iter().filter(|(p, _)| p.contains("/templates/")) {
+        for doc in text.split("\n---") {
+            let kind = doc
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("kind:"))
+                .map(str::trim);
+            let Some(kind @ ("Role" | "ClusterRole")) = kind else {
+                continue;
+            };
+            let name = doc
+                .lines()
+                .skip_while(|l| l.trim() != "metadata:")
+                .find_map(|l| l.trim().strip_prefix("name:"))
+                .and_then(|n| n.split("}}").nth(1))
+                .map(|suffix| format!("{fullname}{}", suffix.trim().trim_matches('"')))
+                .with_context(|| format!("{path}: a {kind} without a templated name"))?;
+            match kind {
+                "Role" => roles.insert(name),
+                _ => cluster.insert(name),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// The ClusterRoles and (kube-system) Roles the migration creates, updates or
+/// re-creates, from the objects it writes: the operator manifests install-operator
+/// applies (the sandbox's, and the real ones beside the repository in
+/// shared/real/*operator*.yaml) and the chart's RBAC that detach-helm, cleanup-leftovers
+/// and rollback write (the sandbox's render of chart 0.3.10 and the real chart's
+/// templates, those behind podSecurityPolicy.create included).
+fn roles_the_migration_writes() -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+    let (mut cluster, mut roles) = (BTreeSet::new(), BTreeSet::new());
+    let operator = scenario::operator::operator_manifest("quay.io/tigera/operator:v1.17.4");
+    role_names(&operator, &mut cluster, &mut roles);
+    let chart: Vec<Value> = scenario::chart::rendered_objects(&Default::default())
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    role_names(&chart, &mut cluster, &mut roles);
+    let real = repo().join("../shared/real");
+    let entries = std::fs::read_dir(&real).with_context(|| {
+        format!(
+            "{} (the real manifests and charts) is missing",
+            real.display()
+        )
+    })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        let file = p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if file.ends_with(".yaml") && file.contains("operator") {
+            let text = std::fs::read_to_string(&p)?;
+            let objects = calico_migrate::migration::session::parse_manifest(&text)?;
+            role_names(&objects, &mut cluster, &mut roles);
+        } else if file.starts_with("aws-calico-0.3.10") && file.ends_with(".tgz") {
+            chart_role_names(&untar_gz(&p)?, &mut cluster, &mut roles)?;
+        }
+    }
+    Ok((cluster, roles))
+}
+
+#[test]
+fn bind_and_escalate_are_limited_to_the_roles_the_migration_writes() -> Result<()> {
+    let grants = escalation_grants(&manifests(&repo().join("deploy"))?);
+    let (cluster, roles) = roles_the_migration_writes()?;
+    assert!(
+        cluster.contains("tigera-operator") && cluster.contains("calico-node"),
+        "the derivation found the operator's and the chart's ClusterRoles: {cluster:?}"
+    );
+    assert!(roles.contains("calico-typha-cpha"), "{roles:?}");
+    let key =
+        |v: &str, r: &str, ns: Option<&str>| (v.to_string(), r.to_string(), ns.map(String::from));
+    let mut want = EscalationGrants::new();
+    for verb in ["bind", "escalate"] {
+        want.insert(key(verb, "clusterroles", None), Some(cluster.clone()));
+        want.insert(key(verb, "roles", Some("kube-system")), Some(roles.clone()));
+    }
+    assert_eq!(
+        grants, want,
+        "deploy/ must grant bind and escalate on exactly the roles the migration writes, by name (None: any role)"
+    );
+    Ok(())
+}
+
+/// A real cluster's bootstrap ClusterRole `cluster-admin`
+/// (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go).
+fn cluster_admin() -> Value {
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "cluster-admin"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                  {"nonResourceURLs": ["*"], "verbs": ["*"]}],
+    })
+}
+
+/// A ClusterRoleBinding of `role` to the ServiceAccount `sa` ("namespace/name").
+fn crb(name: &str, role: &str, sa: &str) -> Value {
+    let (ns, sa) = sa.split_once('/').unwrap_or(("default", sa));
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+    })
+}
+
+fn cluster_role(name: &str, rules: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name}, "rules": rules,
+    })
+}
+
+/// The 403 message of a refused write, or why the write was not refused.
+fn refusal<T: std::fmt::Debug>(r: kube::Result<T>) -> Result<String> {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(s.message.clone()),
+        other => bail!("expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_job_cannot_bind_or_write_roles_beyond_its_own_permissions() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let sb = scenario_sandbox()?;
+    sb.load(manifests(&repo().join("deploy"))?)?;
+    sb.load(vec![cluster_admin()])?;
+    let server = sb.serve("127.0.0.1:0").await?;
+    let mut cfg = kube::Config::new(server.url().parse()?);
+    cfg.auth_info.impersonate = Some(format!("system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}"));
+    let job = kube::Client::try_from(cfg)?;
+    let crbs: Api<ClusterRoleBinding> = Api::all(job.clone());
+    let crs: Api<ClusterRole> = Api::all(job.clone());
+    let pp = PostParams::default();
+
+    // Binding cluster-admin to itself: no `bind` on it, and it does not hold `*` on `*`.
+    let msg = refusal(
+        crbs.create(
+            &pp,
+            &serde_json::from_value(crb("job-admin", "cluster-admin", JOB_SA))?,
+        )
+        .await,
+    )?;
+    assert!(
+        msg.starts_with("clusterrolebindings.rbac.authorization.k8s.io \"job-admin\" is forbidden: user \"system:serviceaccount:calico-migrate:calico-migrate\" (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:calico-migrate\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}"),
+        "{msg}"
+    );
+
+    // A ClusterRole broader than the ones it may escalate: refused created or applied.
+    let all = serde_json::json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]);
+    let x: ClusterRole = serde_json::from_value(cluster_role("x", all.clone()))?;
+    let msg = refusal(crs.create(&pp, &x).await)?;
+    assert!(
+        msg.contains("clusterroles.rbac.authorization.k8s.io \"x\" is forbidden"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("not currently held:\n{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}"),
+        "{msg}"
+    );
+    let apply = PatchParams::apply("calico-migrate").force();
+    refusal(crs.patch("x", &apply, &Patch::Apply(&x)).await)?;
+    assert!(
+        sb.store()
+            .get(
+                &calico_migrate::sandbox::Gvr::new(RBAC, "v1", "clusterroles"),
+                "",
+                "x"
+            )
+            .is_err()
+    );
+
+    // The operator's ClusterRole (`*` on `*` in the sandbox's manifest): applied by name
+    // with `escalate` on it, and bound with `bind` on it.
+    let operator =
+        serde_json::from_value::<ClusterRole>(cluster_role("tigera-operator", all.clone()))?;
+    crs.patch("tigera-operator", &apply, &Patch::Apply(&operator))
+        .await?;
+    crbs.create(
+        &pp,
+        &serde_json::from_value(crb(
+            "tigera-operator",
+            "tigera-operator",
+            "tigera-operator/tigera-operator",
+        ))?,
+    )
+    .await?;
+    // A create names no role, so a name-limited `escalate` does not answer it: the same
+    // role created by POST needs the permissions themselves.
+    let secrets = cluster_role(
+        "tigera-operator-secrets",
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]}]),
+    );
+    let msg = refusal(crs.create(&pp, &serde_json::from_value(secrets)?).await)?;
+    assert!(
+        msg.contains(
+            "{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"create\" \"update\" \"delete\"]}"
+        ),
+        "{msg}"
+    );
+    // A role within its own permissions needs neither verb.
+    let reader = cluster_role(
+        "node-reader",
+        serde_json::json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}]),
+    );
+    crs.create(&pp, &serde_json::from_value(reader)?).await?;
+
+    // What rollback re-creates by POST after cleanup-leftovers: the chart's autoscaler
+    // ClusterRole and Role, and their bindings.
+    let chart: Vec<Value> = scenario::chart::rendered_objects(&Default::default())
+        .into_iter()
+        .map(|(_, o)| o)
+        .filter(|o| {
+            text_at(o, "/metadata/name") == "calico-typha-cpha"
+                && text_at(o, "/apiVersion").starts_with(RBAC)
+        })
+        .collect();
+    assert_eq!(
+        chart.len(),
+        4,
+        "ClusterRole, ClusterRoleBinding, Role, RoleBinding"
+    );
+    let roles: Api<Role> = Api::namespaced(job.clone(), "kube-system");
+    let cpha = |kind: &str| {
+        chart
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .cloned()
+            .context("chart object")
+    };
+    crs.delete("calico-typha-cpha", &Default::default()).await?;
+    roles
+        .delete("calico-typha-cpha", &Default::default())
+        .await?;
+    crbs.delete("calico-typha-cpha", &Default::default())
+        .await?;
+    crs.create(&pp, &serde_json::from_value(strip(cpha("ClusterRole")?))?)
+        .await?;
+    roles
+        .create(&pp, &serde_json::from_value(strip(cpha("Role")?))?)
+        .await?;
+    crbs.create(
+        &pp,
+        &serde_json::from_value(strip(cpha("ClusterRoleBinding")?))?,
+    )
+    .await?;
+
+    // The admin (no impersonation, system:masters) is not held to the check.
+    let admin: Api<ClusterRoleBinding> = Api::all(sb.client());
+    admin
+        .create(
+            &pp,
+            &serde_json::from_value(crb("admin-made", "cluster-admin", JOB_SA))?,
+        )
+        .await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// `obj` without the server's fields, as a client would send it.
+fn strip(mut obj: Value) -> Value {
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            m.remove(k);
+        }
+    }
+    obj
 }
 
 #[test]
@@ -739,6 +1189,74 @@ fn kubectl_applies_deploy_and_auth_can_i_agrees() -> Result<()> {
         let p = sa_perm(verb, group, resource, *namespace);
         assert!(!can_i(&kc, &p, None, true)?, "must not: {p}");
     }
+    // bind and escalate answer only for the roles the migration writes.
+    for (verb, resource, ns, name, want) in [
+        ("bind", "clusterroles", None, "cluster-admin", false),
+        ("escalate", "clusterroles", None, "cluster-admin", false),
+        ("bind", "clusterroles", None, "admin", false),
+        ("bind", "clusterroles", None, "tigera-operator", true),
+        ("escalate", "clusterroles", None, "tigera-operator", true),
+        ("bind", "clusterroles", None, "calico-node", true),
+        (
+            "bind",
+            "roles",
+            Some("kube-system"),
+            "calico-typha-cpha",
+            true,
+        ),
+        (
+            "escalate",
+            "roles",
+            Some("kube-system"),
+            "calico-typha-cpha",
+            true,
+        ),
+        (
+            "bind",
+            "roles",
+            Some("kube-system"),
+            "system:controller:bootstrap-signer",
+            false,
+        ),
+        ("bind", "roles", Some("default"), "calico-typha-cpha", false),
+    ] {
+        let p = sa_perm(verb, RBAC, resource, ns);
+        assert_eq!(
+            can_i(&kc, &p, Some(name), true)?,
+            want,
+            "kubectl auth can-i {verb} {resource}/{name}"
+        );
+    }
+    // An unnamed `bind` (any role) is not granted either.
+    assert!(!can_i(
+        &kc,
+        &sa_perm("bind", RBAC, "clusterroles", None),
+        None,
+        true
+    )?);
+    // And the API server refuses the binding itself with RBAC's escalation error.
+    let file = dir.path().join("job-admin.json");
+    std::fs::write(&file, crb("job-admin", "cluster-admin", JOB_SA).to_string())?;
+    sb.load(vec![cluster_admin()])?;
+    let out = kubectl(&kc, &["create", "-f", &file.to_string_lossy(), AS])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("is forbidden")
+            && err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    // (a server-side dry run: the binding is not kept, the Job's rights stay as they are)
+    let out = kubectl(
+        &kc,
+        &["create", "--dry-run=server", "-f", &file.to_string_lossy()],
+    )?;
+    assert!(
+        out.status.success(),
+        "the admin may: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let other_lease = sa_perm(
         "delete",
         "coordination.k8s.io",

@@ -14,6 +14,10 @@
 //!   every ClusterRole their selectors match, as the aggregation controller
 //!   (pkg/controller/clusterroleaggregation) would have written them.
 //!
+//! - writes of roles and bindings are held to RBAC's privilege-escalation prevention
+//!   (kubernetes pkg/registry/rbac escalation_check.go and the policybased storages):
+//!   see [`check_escalation`].
+//!
 //! The sandbox has no bootstrap ClusterRoles stored, so the few grants every real
 //! cluster gives to `system:authenticated` (system:discovery, system:basic-user,
 //! system:public-info-viewer in plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go)
@@ -23,6 +27,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::error::ApiError;
 use super::store::{ListOptions, Store};
 use super::types::Gvr;
 
@@ -494,6 +499,415 @@ pub fn forbidden_message(user: &UserInfo, a: &Attributes) -> String {
     format!("{who} cannot {} resource \"{res}\"{group}{scope}", a.verb)
 }
 
+// ---------------------------------------------------------------------------
+// Privilege-escalation prevention on writes of roles and bindings.
+//
+// The real API server checks these in the RBAC storage, after the object to store is
+// known (kubernetes pkg/registry/rbac/{role,clusterrole,rolebinding,clusterrolebinding}/
+// policybased/storage.go); the sandbox checks them in the same place of its request
+// path (authz_http::escalation_gate), on the object the write would store. Line numbers
+// are those of stored copies of the current kubernetes/kubernetes files: no tree of a
+// release tag could be fetched here, except that rule.go's ConfirmNoEscalation is lines
+// 53-89 at tag v1.36.2 (docs/sandbox.md, "Authorization", says how they were read).
+
+/// The API group of Roles, ClusterRoles and their bindings.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The four RBAC resources whose writes are checked.
+const RBAC_WRITES: [&str; 4] = [
+    "roles",
+    "clusterroles",
+    "rolebindings",
+    "clusterrolebindings",
+];
+
+/// Whether `a` is a write the escalation check covers: create, update or patch of a
+/// Role, ClusterRole, RoleBinding or ClusterRoleBinding (delete is never checked, as
+/// the policybased storages only wrap Create and Update).
+pub fn escalation_checked(a: &Attributes) -> bool {
+    a.path.is_none()
+        && a.group == RBAC_GROUP
+        && a.subresource.is_empty()
+        && RBAC_WRITES.contains(&a.resource.as_str())
+        && matches!(a.verb.as_str(), "create" | "update" | "patch")
+}
+
+/// `EscalationAllowed` (pkg/registry/rbac/escalation_check.go:31-47): members of
+/// system:masters skip the check.
+fn escalation_allowed(user: &UserInfo) -> bool {
+    user.groups.iter().any(|g| g == MASTERS)
+}
+
+/// `RoleEscalationAuthorized` (escalation_check.go:55-98): the `escalate` verb on the
+/// role the request names. The name is the request's (the URL's), so a create (POST to
+/// the collection, no name) only matches an `escalate` rule without resourceNames
+/// (escalation_check.go:85 `Name: requestInfo.Name`).
+fn role_escalation_authorized(store: &Store, user: &UserInfo, a: &Attributes) -> bool {
+    let escalate = Attributes {
+        verb: "escalate".into(),
+        ..a.clone()
+    };
+    authorize(store, user, &escalate).allowed
+}
+
+/// `BindingAuthorized` (escalation_check.go:101-146): the `bind` verb on the role the
+/// binding refers to, by its name, in the binding's namespace ("" for a
+/// ClusterRoleBinding).
+fn binding_authorized(store: &Store, user: &UserInfo, role_ref: &Value, ns: &str) -> bool {
+    let field = |k: &str| role_ref.get(k).and_then(Value::as_str).unwrap_or_default();
+    let resource = match field("kind") {
+        "ClusterRole" => "clusterroles",
+        "Role" => "roles",
+        _ => return false,
+    };
+    let bind = Attributes::resource("bind", field("apiGroup"), resource, ns).named(field("name"));
+    authorize(store, user, &bind).allowed
+}
+
+/// `IsOnlyMutatingGCFields` (pkg/registry/rbac/helpers.go): the write changes nothing
+/// but ownerReferences, finalizers (and the server-managed selfLink, managedFields and
+/// resourceVersion), so the garbage collector can always finish a deletion.
+fn only_gc_fields(new: &Value, old: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "ownerReferences",
+                "finalizers",
+                "selfLink",
+                "managedFields",
+                "resourceVersion",
+            ] {
+                m.remove(k);
+            }
+        }
+        v
+    };
+    strip(new) == strip(old)
+}
+
+/// `BreakdownRule` (k8s.io/component-helpers auth/rbac/validation/policy_comparator.go:58-82):
+/// one rule per (group, resource, verb[, name]) and per (URL, verb).
+fn breakdown(rule: &PolicyRule) -> Vec<PolicyRule> {
+    let one = |s: &String| vec![s.clone()];
+    let mut out = Vec::new();
+    for group in &rule.api_groups {
+        for resource in &rule.resources {
+            for verb in &rule.verbs {
+                let base = PolicyRule {
+                    verbs: one(verb),
+                    api_groups: one(group),
+                    resources: one(resource),
+                    ..Default::default()
+                };
+                if rule.resource_names.is_empty() {
+                    out.push(base);
+                } else {
+                    out.extend(rule.resource_names.iter().map(|n| PolicyRule {
+                        resource_names: one(n),
+                        ..base.clone()
+                    }));
+                }
+            }
+        }
+    }
+    for url in &rule.non_resource_urls {
+        for verb in &rule.verbs {
+            out.push(PolicyRule {
+                verbs: one(verb),
+                non_resource_urls: one(url),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+fn has_all(set: &[String], wanted: &[String]) -> bool {
+    wanted.iter().all(|w| set.contains(w))
+}
+
+/// `resourceCoversAll` (policy_comparator.go:106-129): `*`, the exact resources, or
+/// `*/sub` for a subresource.
+fn resources_cover_all(owner: &[String], wanted: &[String]) -> bool {
+    if owner.iter().any(|r| r == "*") || has_all(owner, wanted) {
+        return true;
+    }
+    wanted.iter().all(|path| {
+        owner.contains(path)
+            || path
+                .split_once('/')
+                .is_some_and(|(_, sub)| owner.contains(&format!("*/{sub}")))
+    })
+}
+
+/// `nonResourceURLsCoversAll` and `nonResourceURLCovers` (policy_comparator.go:131-152).
+fn urls_cover_all(owner: &[String], wanted: &[String]) -> bool {
+    wanted.iter().all(|path| {
+        owner.iter().any(|o| {
+            o == path
+                || o.strip_suffix('*')
+                    .is_some_and(|_| path.starts_with(o.trim_end_matches('*')))
+        })
+    })
+}
+
+/// `ruleCovers` (policy_comparator.go:156-171): whether `owner` grants all of `sub`
+/// (a rule from [`breakdown`]).
+fn rule_covers(owner: &PolicyRule, sub: &PolicyRule) -> bool {
+    let star_or_all =
+        |set: &[String], wanted: &[String]| set.iter().any(|s| s == "*") || has_all(set, wanted);
+    let names = if sub.resource_names.is_empty() {
+        owner.resource_names.is_empty()
+    } else {
+        owner.resource_names.is_empty() || has_all(&owner.resource_names, &sub.resource_names)
+    };
+    star_or_all(&owner.verbs, &sub.verbs)
+        && star_or_all(&owner.api_groups, &sub.api_groups)
+        && resources_cover_all(&owner.resources, &sub.resources)
+        && urls_cover_all(&owner.non_resource_urls, &sub.non_resource_urls)
+        && names
+}
+
+/// `Covers` (policy_comparator.go:27-54): the parts of `servant` that no rule of
+/// `owner` grants (empty: covered).
+pub fn uncovered(owner: &[PolicyRule], servant: &[PolicyRule]) -> Vec<PolicyRule> {
+    servant
+        .iter()
+        .flat_map(breakdown)
+        .filter(|sub| !owner.iter().any(|o| rule_covers(o, sub)))
+        .collect()
+}
+
+/// `CompactRules` (pkg/registry/rbac/validation/policy_compact.go): rules of one group
+/// and one resource, differing only by verb, merged into one.
+fn compact(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    let mut out: Vec<PolicyRule> = Vec::new();
+    let mut simple: Vec<PolicyRule> = Vec::new();
+    for r in rules {
+        let is_simple = r.resource_names.is_empty()
+            && r.non_resource_urls.is_empty()
+            && r.api_groups.len() == 1
+            && r.resources.len() == 1;
+        if !is_simple {
+            out.push(r);
+            continue;
+        }
+        match simple
+            .iter_mut()
+            .find(|s| s.api_groups == r.api_groups && s.resources == r.resources)
+        {
+            Some(s) => s.verbs.extend(r.verbs),
+            None => simple.push(r),
+        }
+    }
+    out.extend(simple);
+    out
+}
+
+/// Go's `%q` of a []string: `["a" "b"]`.
+fn go_quoted(xs: &[String]) -> String {
+    let q: Vec<String> = xs.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", q.join(" "))
+}
+
+/// `CompactString` (pkg/apis/rbac/v1/evaluation_helpers.go): how an escalation error
+/// names a missing rule, e.g. `{APIGroups:["*"], Resources:["*"], Verbs:["*"]}`.
+pub fn compact_string(r: &PolicyRule) -> String {
+    let parts: Vec<String> = [
+        ("APIGroups", &r.api_groups),
+        ("Resources", &r.resources),
+        ("NonResourceURLs", &r.non_resource_urls),
+        ("ResourceNames", &r.resource_names),
+        ("Verbs", &r.verbs),
+    ]
+    .iter()
+    .filter(|(_, xs)| !xs.is_empty())
+    .map(|(k, xs)| format!("{k}:{}", go_quoted(xs)))
+    .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// The rules `user` holds in `namespace` ("" = cluster scope), as `RulesFor` resolves
+/// them, with the bootstrap grants every real cluster binds to system:authenticated.
+fn owner_rules(store: &Store, user: &UserInfo, namespace: &str) -> (Vec<PolicyRule>, Vec<String>) {
+    let (found, errors) = rules_for(store, user, namespace);
+    let mut rules: Vec<PolicyRule> = found.into_iter().map(|r| r.rule).collect();
+    if user.groups.iter().any(|g| g == AUTHENTICATED) {
+        rules.extend(bootstrap_rules());
+    }
+    (rules, errors)
+}
+
+/// `ConfirmNoEscalation` (pkg/registry/rbac/validation/rule.go:53-89 at v1.36.2): every
+/// permission of `rules` must already be held by `user` in `namespace`. The error is
+/// upstream's sentence, missing rules compacted, sorted and one per line.
+pub fn confirm_no_escalation(
+    store: &Store,
+    user: &UserInfo,
+    namespace: &str,
+    rules: &[PolicyRule],
+) -> Result<(), String> {
+    let (owner, errors) = owner_rules(store, user, namespace);
+    let missing = uncovered(&owner, rules);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: BTreeSet<String> = compact(missing).iter().map(compact_string).collect();
+    let mut msg = format!(
+        "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        user.name,
+        go_quoted(&user.groups),
+        lines.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    // `%v` of []error{utilerrors.NewAggregate(errs)}: one error as is, several as [a, b].
+    match errors.as_slice() {
+        [] => {}
+        [one] => msg.push_str(&format!("; resolution errors: [{one}]")),
+        many => msg.push_str(&format!("; resolution errors: [[{}]]", many.join(", "))),
+    }
+    Err(msg)
+}
+
+/// `apierrors.NewForbidden(groupResource, name, err)` (k8s.io/apimachinery
+/// pkg/api/errors/errors.go): `clusterroles.rbac.authorization.k8s.io "x" is forbidden: ...`.
+fn forbidden(resource: &str, name: &str, why: &str) -> ApiError {
+    let qualified = format!("{resource}.{RBAC_GROUP}");
+    let message = if name.is_empty() {
+        format!("{qualified} is forbidden: {why}")
+    } else {
+        format!("{qualified} {name:?} is forbidden: {why}")
+    };
+    ApiError {
+        details: Some(serde_json::json!({"name": name, "group": RBAC_GROUP, "kind": resource})),
+        ..ApiError::forbidden(message)
+    }
+}
+
+/// The 404 `GetRoleReferenceRules` answers for a binding to a missing role: the
+/// getter's NotFound is returned as is (clusterrolebinding/policybased/storage.go:69-72).
+fn role_not_found(resource: &str, name: &str) -> ApiError {
+    ApiError {
+        details: Some(serde_json::json!({"name": name, "group": RBAC_GROUP, "kind": resource})),
+        ..ApiError::new(
+            404,
+            "NotFound",
+            format!("{resource}.{RBAC_GROUP} {name:?} not found"),
+        )
+    }
+}
+
+/// The rules of the role a binding refers to (`GetRoleReferenceRules`, rule.go): a
+/// ClusterRole (with what it aggregates), or a Role of the binding's namespace.
+fn role_ref_rules(store: &Store, role_ref: &Value, ns: &str) -> Result<Vec<PolicyRule>, ApiError> {
+    let field = |k: &str| role_ref.get(k).and_then(Value::as_str).unwrap_or_default();
+    let name = field("name");
+    match field("kind") {
+        "ClusterRole" => cluster_role_rules(&list(store, "clusterroles", None), name)
+            .ok_or_else(|| role_not_found("clusterroles", name)),
+        "Role" if !ns.is_empty() => store
+            .get(&rbac("roles"), ns, name)
+            .map(|r| strings_rules(&r))
+            .map_err(|_| role_not_found("roles", name)),
+        "Role" => Err(role_not_found("roles", name)),
+        other => Err(ApiError::bad_request(format!(
+            "unsupported role reference kind: {other:?}"
+        ))),
+    }
+}
+
+fn has_aggregation_rule(role: &Value) -> bool {
+    role.pointer("/aggregationRule/clusterRoleSelectors")
+        .and_then(Value::as_array)
+        .is_some_and(|s| !s.is_empty())
+}
+
+/// `fullAuthority` (clusterrole/policybased/storage.go:53-56): what an aggregationRule
+/// needs, since it can gather anything.
+fn full_authority() -> Vec<PolicyRule> {
+    vec![
+        PolicyRule::from_json(
+            &serde_json::json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+        ),
+        PolicyRule::from_json(&serde_json::json!({"verbs": ["*"], "nonResourceURLs": ["*"]})),
+    ]
+}
+
+/// A Role or ClusterRole write (role/policybased/storage.go:62-96,
+/// clusterrole/policybased/storage.go:58-107): allowed with `escalate` on the role,
+/// for a change of GC fields only, or when the writer holds every rule; an
+/// aggregationRule (new or old) needs full authority.
+fn check_role(
+    store: &Store,
+    user: &UserInfo,
+    a: &Attributes,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if role_escalation_authorized(store, user, a) {
+        return Ok(());
+    }
+    if old.is_some_and(|o| only_gc_fields(new, o)) {
+        return Ok(());
+    }
+    let name = meta(new, "name");
+    confirm_no_escalation(store, user, &a.namespace, &strings_rules(new))
+        .map_err(|why| forbidden(&a.resource, name, &why))?;
+    let aggregates = has_aggregation_rule(new) || old.is_some_and(has_aggregation_rule);
+    if a.resource == "clusterroles" && aggregates {
+        confirm_no_escalation(store, user, "", &full_authority()).map_err(|_| {
+            forbidden(
+                &a.resource,
+                name,
+                "must have cluster-admin privileges to use the aggregationRule",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A RoleBinding or ClusterRoleBinding write (rolebinding/policybased/storage.go,
+/// clusterrolebinding/policybased/storage.go:54-114): allowed for a change of GC fields
+/// only, with `bind` on the role it refers to, or when the writer holds every rule of
+/// that role.
+fn check_binding(
+    store: &Store,
+    user: &UserInfo,
+    a: &Attributes,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if old.is_some_and(|o| only_gc_fields(new, o)) {
+        return Ok(());
+    }
+    let empty = Value::Null;
+    let role_ref = new.get("roleRef").unwrap_or(&empty);
+    if binding_authorized(store, user, role_ref, &a.namespace) {
+        return Ok(());
+    }
+    let rules = role_ref_rules(store, role_ref, &a.namespace)?;
+    confirm_no_escalation(store, user, &a.namespace, &rules)
+        .map_err(|why| forbidden(&a.resource, meta(new, "name"), &why))
+}
+
+/// RBAC's privilege-escalation prevention for the write `a` of `new` (over `old`, None
+/// for a create) by `user`. Members of system:masters always pass.
+pub fn check_escalation(
+    store: &Store,
+    user: &UserInfo,
+    a: &Attributes,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if escalation_allowed(user) || !escalation_checked(a) {
+        return Ok(());
+    }
+    match a.resource.as_str() {
+        "roles" | "clusterroles" => check_role(store, user, a, new, old),
+        _ => check_binding(store, user, a, new, old),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,5 +1014,198 @@ mod tests {
             &json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}),
             &labels
         ));
+    }
+
+    #[test]
+    fn covers_follows_policy_comparator() {
+        let owner = [
+            rule(json!({"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]})),
+            rule(json!({"verbs": ["*"], "apiGroups": ["apps"], "resources": ["*/scale"]})),
+            rule(
+                json!({"verbs": ["bind"], "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": ["a"]}),
+            ),
+            rule(json!({"verbs": ["get"], "nonResourceURLs": ["/metrics*"]})),
+        ];
+        let held = |r: Value| uncovered(&owner, &[rule(r)]).is_empty();
+        assert!(held(
+            json!({"verbs": ["list"], "apiGroups": [""], "resources": ["pods"]})
+        ));
+        assert!(!held(
+            json!({"verbs": ["watch"], "apiGroups": [""], "resources": ["pods"]})
+        ));
+        assert!(held(
+            json!({"verbs": ["update"], "apiGroups": ["apps"], "resources": ["deployments/scale"]})
+        ));
+        assert!(!held(
+            json!({"verbs": ["update"], "apiGroups": ["extensions"], "resources": ["deployments/scale"]})
+        ));
+        assert!(held(
+            json!({"verbs": ["bind"], "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": ["a"]})
+        ));
+        assert!(
+            !held(
+                json!({"verbs": ["bind"], "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"]})
+            ),
+            "a name-limited rule never covers an unnamed one"
+        );
+        assert!(held(
+            json!({"verbs": ["get"], "nonResourceURLs": ["/metrics/x"]})
+        ));
+        assert!(!held(
+            json!({"verbs": ["get"], "nonResourceURLs": ["/healthz"]})
+        ));
+        let missing = compact(uncovered(
+            &owner,
+            &[rule(
+                json!({"verbs": ["get", "watch", "delete"], "apiGroups": ["", "apps"], "resources": ["pods"]}),
+            )],
+        ));
+        let lines: Vec<String> = missing.iter().map(compact_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"{APIGroups:[""], Resources:["pods"], Verbs:["watch" "delete"]}"#,
+                r#"{APIGroups:["apps"], Resources:["pods"], Verbs:["get" "watch" "delete"]}"#,
+            ]
+        );
+    }
+
+    fn rbac_sandbox(objects: Vec<Value>) -> super::super::Sandbox {
+        let sb = super::super::Sandbox::new(super::super::SandboxOptions::default());
+        if let Err(e) = sb.load(objects) {
+            panic!("test objects load: {e}");
+        }
+        sb
+    }
+
+    fn bound_role(rules: Value) -> Vec<Value> {
+        vec![
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                   "metadata": {"name": "writer"}, "rules": rules}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "writer"},
+                   "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": "writer"},
+                   "subjects": [{"kind": "User", "name": "alice"}]}),
+        ]
+    }
+
+    #[test]
+    fn escalation_check_on_roles() {
+        let sb = rbac_sandbox(bound_role(json!([
+            {"verbs": ["create", "update", "patch"], "apiGroups": [RBAC_GROUP], "resources": ["clusterroles"]},
+            {"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]},
+            {"verbs": ["escalate"], "apiGroups": [RBAC_GROUP], "resources": ["clusterroles"], "resourceNames": ["named"]},
+        ])));
+        let alice = UserInfo::impersonated("alice", &[]);
+        let role = |name: &str, rules: Value| {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                   "metadata": {"name": name, "resourceVersion": "5"}, "rules": rules})
+        };
+        let pods_list = json!([{"verbs": ["list"], "apiGroups": [""], "resources": ["pods"]}]);
+        let create = Attributes::resource("create", RBAC_GROUP, "clusterroles", "");
+        let check = |a: &Attributes, new: &Value, old: Option<&Value>| {
+            check_escalation(sb.store(), &alice, a, new, old)
+        };
+        let Err(e) = check(&create, &role("x", pods_list.clone()), None) else {
+            panic!("list pods is not held");
+        };
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            "clusterroles.rbac.authorization.k8s.io \"x\" is forbidden: user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"pods\"], Verbs:[\"list\"]}"
+        );
+        let get = json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]);
+        assert!(check(&create, &role("x", get), None).is_ok(), "held");
+        // `escalate` on "named" answers requests naming it, never a create.
+        let patch = Attributes::resource("patch", RBAC_GROUP, "clusterroles", "").named("named");
+        assert!(check(&patch, &role("named", pods_list.clone()), None).is_ok());
+        assert!(check(&create, &role("named", pods_list.clone()), None).is_err());
+        // An update of GC fields only passes; any other change is checked.
+        let old = role("x", pods_list.clone());
+        let mut gc = old.clone();
+        gc["metadata"]["finalizers"] = json!(["f"]);
+        gc["metadata"]["resourceVersion"] = json!("6");
+        let update = Attributes::resource("update", RBAC_GROUP, "clusterroles", "").named("x");
+        assert!(check(&update, &gc, Some(&old)).is_ok());
+        let mut labelled = old.clone();
+        labelled["metadata"]["labels"] = json!({"a": "b"});
+        assert!(check(&update, &labelled, Some(&old)).is_err());
+        // An aggregationRule needs everything.
+        let mut agg = role("agg", json!([]));
+        agg["aggregationRule"] = json!({"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]});
+        let Err(e) = check(&create, &agg, None) else {
+            panic!("aggregation without cluster-admin");
+        };
+        assert!(
+            e.message
+                .ends_with("must have cluster-admin privileges to use the aggregationRule"),
+            "{}",
+            e.message
+        );
+        // system:masters is never checked.
+        let all = json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]);
+        assert!(
+            check_escalation(
+                sb.store(),
+                &UserInfo::admin(),
+                &create,
+                &role("y", all),
+                None
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn escalation_check_on_bindings() {
+        let mut objects = bound_role(json!([
+            {"verbs": ["create"], "apiGroups": [RBAC_GROUP], "resources": ["clusterrolebindings", "rolebindings"]},
+            {"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]},
+            {"verbs": ["bind"], "apiGroups": [RBAC_GROUP], "resources": ["clusterroles"], "resourceNames": ["bindable"]},
+        ]));
+        for (name, verbs) in [
+            ("bindable", json!(["delete"])),
+            ("held", json!(["get"])),
+            ("big", json!(["*"])),
+        ] {
+            objects.push(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": name},
+                "rules": [{"verbs": verbs, "apiGroups": [""], "resources": ["pods"]}]}),
+            );
+        }
+        let sb = rbac_sandbox(objects);
+        let alice = UserInfo::impersonated("alice", &[]);
+        let binding = |role: &str| {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": format!("b-{role}")},
+                   "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
+                   "subjects": [{"kind": "User", "name": "bob"}]})
+        };
+        let create = Attributes::resource("create", RBAC_GROUP, "clusterrolebindings", "");
+        let check =
+            |role: &str| check_escalation(sb.store(), &alice, &create, &binding(role), None);
+        assert!(check("bindable").is_ok(), "bind on it");
+        assert!(check("held").is_ok(), "holds its rules");
+        let Err(e) = check("big") else {
+            panic!("neither bind nor its rules");
+        };
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message.starts_with(
+                "clusterrolebindings.rbac.authorization.k8s.io \"b-big\" is forbidden: user \"alice\""
+            ),
+            "{}",
+            e.message
+        );
+        let Err(e) = check("missing") else {
+            panic!("a missing role");
+        };
+        assert_eq!((e.code, e.reason), (404, "NotFound"));
+        // In a namespace, `bind` and the rules are looked up there.
+        let rb = Attributes::resource("create", RBAC_GROUP, "rolebindings", "ns1");
+        let mut b = binding("bindable");
+        b["kind"] = json!("RoleBinding");
+        assert!(check_escalation(sb.store(), &alice, &rb, &b, None).is_ok());
     }
 }

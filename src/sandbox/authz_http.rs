@@ -6,17 +6,27 @@
 //! `system:masters`) and passes untouched, so every existing client keeps working.
 //! `kubectl --as=system:serviceaccount:NS:NAME` (header `Impersonate-User`, plus
 //! `Impersonate-Group` per `--as-group`) acts as that user for every request.
+//!
+//! An impersonated write of a Role, ClusterRole or binding that RBAC allows is then
+//! held to RBAC's privilege-escalation prevention ([`authz::check_escalation`]), on
+//! the object the write would store.
 
-use axum::body::Bytes;
-use axum::extract::{Request, State};
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Sandbox;
 use super::authz::{self, Attributes, MASTERS, PolicyRule, UserInfo};
 use super::error::ApiError;
+use super::http::MAX_BODY;
+use super::store::WriteOptions;
+use super::types::Gvr;
+use super::{PatchKind, Sandbox};
 
 pub const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 pub const RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
@@ -130,7 +140,10 @@ pub async fn enforce(State(sb): State<Sandbox>, req: Request, next: Next) -> Res
     }
     let a = request_attributes(req.method(), req.uri().path(), req.uri().query());
     if authz::authorize(sb.store(), &user, &a).allowed {
-        return next.run(req).await;
+        return match escalation_gate(&sb, &user, &a, req).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => error_response(&e),
+        };
     }
     let mut e = ApiError::forbidden(format!(
         "{}: {}",
@@ -155,6 +168,100 @@ pub async fn enforce(State(sb): State<Sandbox>, req: Request, next: Next) -> Res
         ));
     }
     error_response(&e)
+}
+
+/// RBAC's privilege-escalation check on an allowed write of a Role, ClusterRole or
+/// binding (see [`authz::check_escalation`]): the body is read, the object the write
+/// would store is worked out (the body of a create or replace; a patch applied as a
+/// dry run), and the request goes on with its body only if the check passes. A body
+/// the server cannot read is left to the handler, which refuses it the same way.
+async fn escalation_gate(
+    sb: &Sandbox,
+    user: &UserInfo,
+    a: &Attributes,
+    req: Request,
+) -> Result<Request, ApiError> {
+    if !authz::escalation_checked(a) {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))?;
+    if let Some((new, old)) = would_store(sb, &parts, a, &bytes) {
+        authz::check_escalation(sb.store(), user, a, &new, old.as_ref())?;
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// The object a write would store and the one it replaces (None for a create), or
+/// None when the request is malformed (the handler then answers it).
+fn would_store(
+    sb: &Sandbox,
+    parts: &Parts,
+    a: &Attributes,
+    body: &[u8],
+) -> Option<(Value, Option<Value>)> {
+    let version = parts.uri.path().split('/').nth(3)?;
+    let gvr = Gvr::new(&a.group, version, &a.resource);
+    let old = (!a.name.is_empty())
+        .then(|| sb.store().get(&gvr, &a.namespace, &a.name).ok())
+        .flatten();
+    let ct = content_type(&parts.headers);
+    let new = match parts.method {
+        Method::POST | Method::PUT => decode_object(body, &ct)?,
+        Method::PATCH => {
+            let kind = PatchKind::from_content_type(&ct)?;
+            let opts = WriteOptions {
+                dry_run: true,
+                ..write_options(parts)
+            };
+            sb.store()
+                .patch(&gvr, &a.namespace, &a.name, kind, body, "", &opts)
+                .ok()?
+        }
+        _ => return None,
+    };
+    Some((new, old))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string()
+}
+
+/// A JSON or YAML object body (what the handler accepts for create and replace).
+fn decode_object(body: &[u8], ct: &str) -> Option<Value> {
+    let v: Value = if ct.contains("yaml") {
+        serde_saphyr::from_str(std::str::from_utf8(body).ok()?).ok()?
+    } else {
+        serde_json::from_slice(body).ok()?
+    };
+    v.is_object().then_some(v)
+}
+
+/// The field manager and force of a write, as the handler reads them (`fieldManager`,
+/// else the user agent's first word; `force`), so the dry run matches the write.
+fn write_options(parts: &Parts) -> WriteOptions {
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let param = |k: &str| query.get(k).map(String::as_str);
+    let manager = param("fieldManager").map(String::from).or_else(|| {
+        parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
+    });
+    WriteOptions {
+        field_manager: manager,
+        force: matches!(param("force"), Some("true") | Some("1")),
+        dry_run: false,
+    }
 }
 
 /// A review body: JSON, YAML, or the protobuf kubectl's typed client sends.
