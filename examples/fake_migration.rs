@@ -244,6 +244,8 @@ async fn real_main() -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // As the real CLI: what it writes in the state dir is private from the first write.
+    calico_migrate::engine::state_dir::make_new_files_private();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

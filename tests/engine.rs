@@ -300,6 +300,9 @@ fn missing_state_dir_is_a_clear_error() {
 
 #[test]
 fn corrupt_or_truncated_journal_is_refused_unchanged() {
+    // This process opens the journal too: as the CLI does, it keeps what it creates
+    // there private (otherwise the CLI would rightly warn about sled's new files).
+    calico_migrate::engine::state_dir::make_new_files_private();
     for damage in ["garbage", "truncate", "empty-events"] {
         let tmp = tempfile::tempdir().expect("tmp");
         let state = tmp.path().join("s");
@@ -404,6 +407,9 @@ fn unknown_rollback_step_is_refused_with_the_plan_steps() {
 
 #[test]
 fn a_second_process_on_the_same_state_dir_is_refused() {
+    // This process opens the journal too: as the CLI does, it keeps what it creates
+    // there private (otherwise the CLI would rightly warn about sled's new files).
+    calico_migrate::engine::state_dir::make_new_files_private();
     let tmp = tempfile::tempdir().expect("tmp");
     let state = tmp.path().join("s");
     journal_with_progress(&state);
@@ -469,6 +475,12 @@ fn read_only_state_dir_is_refused_and_left_untouched() {
         "status on a read-only dir: {}",
         stderr(&out)
     );
+    // Others can read it and this user cannot change that: said, not refused.
+    assert!(
+        stderr(&out).contains("could not be made private"),
+        "{}",
+        stderr(&out)
+    );
     let out = as_user(&["status"], &fresh);
     assert_user_error(&out, "no migration journal");
     // Continuing or starting a journal there is refused, naming the directory.
@@ -503,6 +515,94 @@ fn read_only_state_dir_is_refused_and_left_untouched() {
         snapshot(&parent) == before,
         "the read-only state dir changed"
     );
+}
+
+/// Every directory and file below `dir` (the dir included), with its mode.
+fn modes(dir: &Path) -> BTreeMap<PathBuf, u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        out.insert(p.clone(), meta.permissions().mode() & 0o7777);
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).expect("ls").flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_state_dir_is_private_from_the_first_write() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("s");
+    journal_with_progress(&state);
+    assert!(run_cli(&state, &["status"]).status.success());
+    let all = modes(&state);
+    assert!(all.len() > 5, "{all:?}");
+    for (path, mode) in &all {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+#[test]
+fn a_state_dir_an_earlier_version_left_readable_is_made_private_on_first_use() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("s");
+    journal_with_progress(&state);
+    // What an earlier version left: directories 0755, files 0644.
+    for (path, _) in modes(&state) {
+        set_mode(&path, if path.is_dir() { 0o755 } else { 0o644 });
+    }
+    let contents = snapshot(&state);
+    let out = run_cli(&state, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("private to you"),
+        "a warning says so: {}",
+        stderr(&out)
+    );
+    for (path, mode) in modes(&state) {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+    assert!(snapshot(&state) == contents, "only the modes changed");
+    // Once private, nothing more to say.
+    let out = run_cli(&state, &["status"]);
+    assert!(
+        out.status.success() && stderr(&out).is_empty(),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_state_dir_every_user_can_write_is_refused_and_left_as_it_is() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("s");
+    journal_with_progress(&state);
+    set_mode(&state, 0o777);
+    let before = (modes(&state), snapshot(&state));
+    for args in [
+        &["status"][..],
+        &["history"],
+        &["rollback", "--yes"],
+        &["plan"],
+    ] {
+        let out = run_cli(&state, args);
+        assert_user_error(&out, "can be written by every user");
+        assert!(stderr(&out).contains("chmod 700"), "{}", stderr(&out));
+        assert!(
+            (modes(&state), snapshot(&state)) == before,
+            "{args:?} changed the dir"
+        );
+    }
+    set_mode(&state, 0o700);
 }
 
 fn is_root() -> bool {

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::state_dir;
+use telemetry::DebugLog;
 
 pub use output::OutputFormat;
 
@@ -229,7 +230,8 @@ pub struct RehearseArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     restore_sigpipe();
-    private_files();
+    // The state dir holds backups of Helm release Secrets and of every policy.
+    state_dir::make_new_files_private();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -275,12 +277,18 @@ pub fn main() -> ExitCode {
     let code = match dispatch(&cli) {
         Ok(code) => code,
         Err(err) => {
-            tracing::debug!("{err:#}");
             report_error(&err);
+            if let Some(log) = &log_file {
+                log.append_if_written(&format!("error: {err:#}"));
+            }
             ExitCode::from(EXIT_ERROR)
         }
     };
-    if let Some(path) = log_file.filter(|_| !g.quiet) {
+    if let Some(path) = log_file
+        .as_ref()
+        .and_then(DebugLog::written)
+        .filter(|_| !g.quiet)
+    {
         eprintln!("Full log: {}", path.display());
     }
     code
@@ -318,16 +326,6 @@ fn log_name(command: &Command) -> Option<&'static str> {
         Command::Rollback(_) => Some("rollback"),
         Command::Rehearse(_) => Some("rehearse"),
         _ => None,
-    }
-}
-
-/// Files and directories this process creates are its user's alone (umask 077): the
-/// state dir holds backups of Helm release Secrets and of every policy, and sled
-/// creates its files there with the default mode. Set before any thread starts.
-fn private_files() {
-    // SAFETY: umask only swaps the process's file-creation mask; no thread runs yet.
-    unsafe {
-        libc::umask(0o077);
     }
 }
 

@@ -15,9 +15,10 @@
 
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_indicatif::IndicatifLayer;
@@ -61,21 +62,24 @@ fn terminal_filter(g: &GlobalOpts, long_running: bool, concise: bool) -> EnvFilt
     EnvFilter::new(directives)
 }
 
-/// Install the global subscriber; `log_file` (for the commands that keep a debug log)
-/// is created private in the state dir. Returns the log file's path once it is open.
-pub fn init(g: &GlobalOpts, long_running: bool, log_file: Option<&Path>) -> Option<PathBuf> {
+/// Install the global subscriber. `log_file` (for the commands that keep a debug log)
+/// is created private in the state dir at its first line, so a command refused before
+/// it does anything leaves no log behind; the returned handle tells whether it was.
+pub fn init(g: &GlobalOpts, long_running: bool, log_file: Option<&Path>) -> Option<DebugLog> {
     let terminal = std::io::stderr().is_terminal();
     let concise = terminal && g.verbose == 0 && !g.quiet;
-    let file = log_file.and_then(|path| open_log(path).map(|f| (path.to_path_buf(), f)));
-    let file_layer = file
-        .as_ref()
-        .and_then(|(_, f)| f.try_clone().ok())
-        .map(|f| {
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(Mutex::new(f))
-                .with_filter(EnvFilter::new("calico_migrate=debug,info"))
-        });
+    let log = log_file.map(|path| DebugLog {
+        inner: Arc::new(LazyFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
+        }),
+    });
+    let file_layer = log.clone().map(|log| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || log.clone())
+            .with_filter(EnvFilter::new("calico_migrate=debug,info"))
+    });
     let filter = terminal_filter(g, long_running, concise);
     let (bars, writer) = if progress_enabled(g) {
         let bars = IndicatifLayer::new();
@@ -112,7 +116,59 @@ pub fn init(g: &GlobalOpts, long_running: bool, log_file: Option<&Path>) -> Opti
         .with(file_layer)
         .with(bars)
         .try_init();
-    file.map(|(path, _)| path)
+    log
+}
+
+/// The debug log of this run: a file in the state dir, opened at its first line.
+#[derive(Clone)]
+pub struct DebugLog {
+    inner: Arc<LazyFile>,
+}
+
+struct LazyFile {
+    path: PathBuf,
+    /// `None` until the first line; `Some(None)` once opening it failed (said once).
+    file: Mutex<Option<Option<std::fs::File>>>,
+}
+
+impl DebugLog {
+    /// The file's path, if anything was written to it.
+    pub fn written(&self) -> Option<&Path> {
+        let opened = self
+            .inner
+            .file
+            .lock()
+            .is_ok_and(|f| f.as_ref().is_some_and(Option::is_some));
+        opened.then_some(self.inner.path.as_path())
+    }
+
+    /// Add `line` to the log if it exists (the error a run ended with), not to the screen.
+    pub fn append_if_written(&self, line: &str) {
+        if self.written().is_some() {
+            let mut w = self.clone();
+            let _ = writeln!(w, "{line}");
+        }
+    }
+}
+
+impl std::io::Write for DebugLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut slot = self
+            .inner
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("the debug log's lock is poisoned"))?;
+        let file = slot.get_or_insert_with(|| open_log(&self.inner.path));
+        match file {
+            Some(f) => f.write(buf),
+            // Going on without the log: the terminal said so once.
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The debug log's path for this run of `command`: `<state-dir>/logs/<command>-<UTC
@@ -194,6 +250,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file_mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).map_or(0, |m| m.permissions().mode() & 0o777)
+    }
+
+    #[test]
+    fn the_log_is_created_at_its_first_line_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = log_path(dir.path(), "plan");
+        let mut log = DebugLog {
+            inner: Arc::new(LazyFile {
+                path: path.clone(),
+                file: Mutex::new(None),
+            }),
+        };
+        log.append_if_written("not yet");
+        assert_eq!(log.written(), None);
+        assert!(!path.exists());
+        writeln!(log, "first").unwrap_or_else(|e| panic!("{e}"));
+        log.append_if_written("error: the end");
+        assert_eq!(log.written(), Some(path.as_path()));
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some("first\nerror: the end\n")
+        );
+        assert_eq!(file_mode(&path), 0o600);
+    }
 
     #[test]
     fn log_paths_sort_by_time_and_old_logs_are_pruned() {

@@ -61,6 +61,16 @@ pub enum Verdict {
     Refuse,
 }
 
+/// Make every file and directory this process creates its user's alone (umask 077),
+/// so what sled creates in the journal on its own is private too. Call it first thing
+/// in `main`, before any thread starts: the umask is the whole process's.
+pub fn make_new_files_private() {
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Judge a directory's mode bits.
 pub fn judge(mode: u32) -> Verdict {
     if mode & 0o002 != 0 {
