@@ -23,6 +23,18 @@ pub enum Outcome {
     Paused { step: String },
 }
 
+/// How a run ended, as a sentence for reports and errors.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Completed => f.write_str("completed"),
+            Outcome::Stopped { step, reason } => write!(f, "stopped at step `{step}`: {reason}"),
+            Outcome::Refused { reason } => write!(f, "refused: {reason}"),
+            Outcome::Paused { step } => write!(f, "paused before step `{step}`"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]

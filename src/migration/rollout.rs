@@ -37,8 +37,13 @@ pub async fn rollout_unfinished(world: &Cluster, ds: &ObjRef) -> anyhow::Result<
             "the DaemonSet controller has not seen the latest {r} yet"
         )));
     }
-    if pending.is_empty() {
+    if pending.is_empty() && state.covers(&ds) {
         return Ok(None);
+    }
+    if pending.is_empty() {
+        return Ok(Some(format!(
+            "{r} has fewer up-to-date Ready pods than nodes to run on (a pod is being replaced)"
+        )));
     }
     Ok(Some(format!(
         "{r} is not up to date and Ready on node(s) {}",
@@ -116,6 +121,19 @@ impl RolloutState {
             e.old_alive |= !current && !deleting;
         }
         Ok(RolloutState { generation, nodes })
+    }
+
+    /// Whether every node the DaemonSet should run on has its up-to-date Ready pod.
+    /// Pods alone cannot tell: between the old pod's deletion and the new one's
+    /// creation a node has no pod at all, so it is in no list; the controller's count of
+    /// nodes to run on (`desiredNumberScheduled`, for the generation it observed) is.
+    fn covers(&self, ds: &Value) -> bool {
+        let desired = ds
+            .pointer("/status/desiredNumberScheduled")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let ready = self.nodes.values().filter(|p| p.ready).count() as u64;
+        ready >= desired
     }
 
     /// Nodes with a pod that is not (yet) an up-to-date Ready one.
@@ -248,7 +266,9 @@ async fn follow(world: &Cluster, step: &str, r: &ObjRef, prober: &Prober) -> any
                 crate::progress::set(watched.len() as u64);
                 last_progress = Instant::now();
             }
-            None if pending.is_empty() && observed >= state.generation => return Ok(()),
+            None if pending.is_empty() && observed >= state.generation && state.covers(&ds) => {
+                return Ok(());
+            }
             None => {
                 if last_progress.elapsed() > world.options.node_ready_timeout {
                     bail!(

@@ -450,7 +450,7 @@ pub async fn rehearse(
         clear(&stage).await?;
     }
     if outcome != Outcome::Completed {
-        bail!("apply did not complete: {outcome:?}");
+        bail!("apply did not complete: {outcome}");
     }
 
     progress("verification round");
@@ -475,7 +475,7 @@ pub async fn rehearse(
     if outcome != Outcome::Completed {
         report
             .problems
-            .push(format!("rollback did not complete: {outcome:?}"));
+            .push(format!("rollback did not complete: {outcome}"));
     }
     let after = snapshot::snapshot(&stage.sb)?;
     // A node that joined meanwhile (node-join) is not the migration's to remove.
@@ -513,7 +513,7 @@ pub async fn rehearse(
     if outcome != Outcome::Completed {
         report
             .problems
-            .push(format!("the second apply did not complete: {outcome:?}"));
+            .push(format!("the second apply did not complete: {outcome}"));
     }
 
     let observations: Vec<Observation> = w
