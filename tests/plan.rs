@@ -128,7 +128,7 @@ async fn default_scenario_names_chart_version_counts_and_converter_blockers() {
             "remove-probes"
         ]
     );
-    // FACTS.md: the tool never deletes a policy object.
+    // The tool never deletes a policy object (docs/upstream.md, "The seeded cluster's policies").
     let policy_kinds = [
         "NetworkPolicy",
         "GlobalNetworkPolicy",

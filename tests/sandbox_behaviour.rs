@@ -281,7 +281,7 @@ fn operator_migrates_a_prepared_install_in_order() {
         )
         .is_none()
     );
-    // Left behind as FACTS.md says: the chart's Service and RBAC.
+    // Left behind (docs/upstream.md, "The operator's migration"): the chart's Service and RBAC.
     assert!(get(&sb, &g("", "services"), "kube-system", "calico-typha").is_some());
     let crb = get(
         &sb,

@@ -1,8 +1,8 @@
 //! The probe workload as plain manifests (no I/O): two namespaces that mirror the
 //! cluster's common policy pattern (NetworkPolicy `default`: ingress isolation with
-//! same-namespace allow, /work/shared/design/FACTS.md), one client and one server
-//! pod per node in each, and one client per node in a namespace the cluster's
-//! GlobalNetworkPolicies exempt (so the IMDS allow there is probed too).
+//! same-namespace allow, docs/upstream.md, "The seeded cluster's policies"), one
+//! client and one server pod per node in each, and one client per node in a
+//! namespace the cluster's GlobalNetworkPolicies exempt (so the IMDS allow there is probed too).
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

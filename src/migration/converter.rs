@@ -2,9 +2,9 @@
 //! the live kube-system `calico-node` DaemonSet. Source: tigera/operator
 //! `pkg/controller/migration/convert/*` (annotations, nodeSelector, affinity, env
 //! checks; `convert.go` ends with "unexpected env var" for any env var no handler
-//! checked) as summarised in FACTS.md; refusals marked "inferred" there are predicted
-//! conservatively (refused), because a refusal found mid-window costs more than a
-//! false alarm in the plan.
+//! checked) as docs/upstream.md, "Converter refusals" lists them; what is marked
+//! "inferred" there is predicted conservatively (refused), because a refusal found
+//! mid-window costs more than a false alarm in the plan.
 
 use serde_json::Value;
 
@@ -41,7 +41,8 @@ pub const KNOWN_ENV: [&str; 12] = [
     "TYPHA_K8SSERVICENAME",
     "USE_POD_CIDR",
 ];
-/// Values the AmazonVPC mapping requires (FACTS.md, the chart's rendered env).
+/// Values the AmazonVPC mapping requires (docs/upstream.md, "Converter refusals";
+/// the chart's rendered env).
 pub const REQUIRED_ENV: [(&str, &str); 4] = [
     ("DATASTORE_TYPE", "kubernetes"),
     ("FELIX_INTERFACEPREFIX", "eni"),

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use crate::cluster::inventory::Inventory;
 use crate::helm::{self, Release};
 
-/// The 12 CRDs of aws-calico 0.3.x (FACTS.md; aws/eks-charts stable/aws-calico/crds).
+/// The 12 CRDs of aws-calico 0.3.x (docs/upstream.md, "The aws-calico 0.3.10 chart";
+/// aws/eks-charts stable/aws-calico/crds).
 pub const CALICO_CRDS: [&str; 12] = [
     "bgpconfigurations",
     "bgppeers",

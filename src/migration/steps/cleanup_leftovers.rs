@@ -5,7 +5,8 @@ use super::{Checks, StepContext, StepPlan, change, lines};
 
 pub const ID: &str = "cleanup-leftovers";
 
-/// Chart objects the operator leaves behind and does not use (FACTS.md).
+/// Chart objects the operator leaves behind and does not use (docs/upstream.md,
+/// "The operator's migration").
 pub const LEFTOVERS: [&str; 5] = [
     "Service kube-system/calico-typha",
     "PodDisruptionBudget kube-system/calico-typha",

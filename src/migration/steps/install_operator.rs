@@ -173,8 +173,9 @@ fn match_labels(d: &Value) -> Option<String> {
 }
 
 /// Scale the operator to 0 and wait until no operator pod runs: it then changes
-/// nothing more (FACTS.md: every action is chosen from the live state, so scaling it
-/// back resumes where it stopped). Returns false when there is no operator.
+/// nothing more (docs/upstream.md, "The operator's migration": every action is
+/// chosen from the live state, so scaling it back resumes where it stopped).
+/// Returns false when there is no operator.
 pub(crate) async fn freeze_operator(world: &Cluster) -> anyhow::Result<bool> {
     let r = operator_ref();
     let Some(d) = world.objects.get(&r).await? else {
@@ -277,7 +278,7 @@ fn manifest_in_order(world: &Cluster) -> anyhow::Result<Vec<(ObjRef, &Value)>> {
             && obj.pointer("/spec/group").and_then(Value::as_str) == Some("projectcalico.org")
         {
             bail!(
-                "the operator manifest contains {r} (projectcalico.org/v3): never applied on a cluster that keeps its policies in {CALICO_GROUP}/v1 CRDs (FACTS.md); use the manifest of the operator release that matches the running Calico"
+                "the operator manifest contains {r} (projectcalico.org/v3): never applied on a cluster that keeps its policies in {CALICO_GROUP}/v1 CRDs (docs/upstream.md); use the manifest of the operator release that matches the running Calico"
             );
         }
         out.push((r, obj));

@@ -2,9 +2,9 @@
 //! `migrated` moves to the calico-system DaemonSet), checking after each node and
 //! freezing the operator (scaled to 0) at the first failed check.
 //!
-//! Also the way back, which no source documents (FACTS.md: "the operator's own
-//! mechanism runs backwards"): with the operator frozen, a node relabelled
-//! `pre-operator` leaves the calico-system DaemonSet (nodeSelector `migrated`) and
+//! Also the way back, which no source documents (docs/upstream.md, "Rolling back":
+//! the operator's own mechanism runs backwards): with the operator frozen, a node
+//! relabelled `pre-operator` leaves the calico-system DaemonSet (nodeSelector `migrated`) and
 //! returns to the kube-system one (nodeSelector `pre-operator` while nodes move),
 //! newest first, one at a time, checked like the way forward; then the kube-system
 //! objects and node labels are restored as create-installation captured them.
@@ -152,8 +152,8 @@ fn calico_system_workloads() -> [ObjRef; 3] {
     ]
 }
 
-/// Objects the operator's migration changes or deletes (FACTS.md, "Order of the
-/// migration"), in the order they are restored: the DaemonSet last.
+/// Objects the operator's migration changes or deletes (docs/upstream.md, "The
+/// operator's migration"), in the order they are restored: the DaemonSet last.
 pub fn operator_touched() -> Vec<ObjRef> {
     vec![
         ks("v1", "ConfigMap", "kubernetes-services-endpoint"),

@@ -1,7 +1,7 @@
 //! The Tigera operator's takeover of a kube-system Calico install, simulated
 //! from tigera/operator pkg/controller/migration/namespace_migration.go and
-//! pkg/controller/migration/convert/*.go (see /work/shared/design/FACTS.md,
-//! "The target"). One action per `operator_step`, each chosen from the live
+//! pkg/controller/migration/convert/*.go (see docs/upstream.md, "The operator's
+//! migration"). One action per `operator_step`, each chosen from the live
 //! cluster state, so the operator resumes wherever it was stopped:
 //!
 //! - active only while Deployment `tigera-operator/tigera-operator` has a ready

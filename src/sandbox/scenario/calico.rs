@@ -1,6 +1,7 @@
 //! Calico's own objects: the 12 crd.projectcalico.org CRDs, the cluster-wide
 //! singletons calico-node writes at start, and the seed organisation's
-//! GlobalNetworkPolicy `deny-aws-imds` (docs: /work/shared/design/FACTS.md).
+//! GlobalNetworkPolicy `deny-aws-imds` (docs/upstream.md, "The seeded cluster's
+//! policies").
 
 use serde_json::{Value, json};
 
@@ -114,7 +115,8 @@ pub fn cluster_information_default(seed: u64, calico_version: &str) -> Value {
     })
 }
 
-/// Namespaces `deny-aws-imds` exempts, in the order FACTS.md gives them.
+/// Namespaces `deny-aws-imds` exempts, in the order docs/upstream.md ("The seeded
+/// cluster's policies") gives them.
 pub const IMDS_EXEMPT_NAMESPACES: &[&str] = &[
     "cert-manager",
     "ingress-controllers",
@@ -124,8 +126,9 @@ pub const IMDS_EXEMPT_NAMESPACES: &[&str] = &[
     "velero",
 ];
 
-/// The seed organisation's only GlobalNetworkPolicy, exactly as FACTS.md gives
-/// it: Log then Deny TCP to the instance metadata service, then Allow all; no order.
+/// The seed organisation's only GlobalNetworkPolicy, exactly as docs/upstream.md
+/// ("The seeded cluster's policies") gives it: Log then Deny TCP to the instance
+/// metadata service, then Allow all; no order.
 pub fn deny_aws_imds() -> Value {
     let exempt = IMDS_EXEMPT_NAMESPACES
         .iter()

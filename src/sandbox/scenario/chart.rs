@@ -5,7 +5,7 @@
 //! service-accounts.yaml, rbac.yaml, pod-disruption-budget.yaml, _helpers.tpl)
 //! with `fullnameOverride: calico`; the 0.3.x env additions
 //! (FELIX_ROUTESOURCE, extraEnv) and the Fargate node affinity (chart 0.3.3)
-//! follow /work/shared/design/FACTS.md. Objects are built as JSON directly;
+//! follow docs/upstream.md, "The aws-calico 0.3.10 chart". Objects are built as JSON directly;
 //! the stored manifest is their YAML.
 
 use serde_json::{Map, Value, json};

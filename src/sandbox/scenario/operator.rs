@@ -1,7 +1,7 @@
 //! aws-calico chart 0.3.11: the chart became tigera-operator v1.20.1, its CRDs
 //! Helm-managed templates (so `helm uninstall` deletes them and every Calico
 //! policy with them), and `Installation default {cni.type: AmazonVPC}` created
-//! by a post-install hook (/work/shared/design/FACTS.md).
+//! by a post-install hook (docs/upstream.md, "The aws-calico 0.3.11 chart").
 
 use serde_json::{Value, json};
 

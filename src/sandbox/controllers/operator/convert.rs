@@ -68,7 +68,8 @@ const KNOWN_ENV: &[&str] = &[
     "CALICO_ROUTER_ID",
 ];
 
-/// AmazonVPC (FELIX_INTERFACEPREFIX=eni): values that must hold (FACTS.md).
+/// AmazonVPC (FELIX_INTERFACEPREFIX=eni): values that must hold (docs/upstream.md,
+/// "Converter refusals").
 const AMAZON_VPC_ENV: &[(&str, &str)] = &[
     ("CALICO_NETWORKING_BACKEND", "none"),
     ("FELIX_IPTABLESMANGLEALLOWACTION", "return"),

@@ -30,7 +30,8 @@ pub fn expected_typha_replicas(nodes: usize) -> usize {
     ((nodes / 200) + 2).max(3).min(nodes.max(1))
 }
 
-/// What kube-system typha is scaled to before calico-system typha starts (FACTS.md step 4).
+/// What kube-system typha is scaled to before calico-system typha starts
+/// (docs/upstream.md, "The operator's migration", step 4).
 pub fn kube_system_typha_target(nodes: usize, current: usize) -> usize {
     match nodes {
         0 | 1 => 0,
