@@ -118,8 +118,9 @@ fn strip_status(v: &mut Value) {
     }
 }
 
-/// Calico version tigera-operator v1.20 installs (assumed v3.20.x; see docs/scenario.md).
-pub const OPERATOR_CALICO_VERSION: &str = "v3.20.1";
+/// Calico version tigera-operator v1.20.1 (the operator aws-calico 0.3.11 installs)
+/// installs: tigera/operator v1.20.1 pkg/components/calico.go:20, CalicoRelease "v3.20.0".
+pub const OPERATOR_CALICO_VERSION: &str = "v3.20.0";
 
 /// What the operator runs in `calico-system` once the Installation is reconciled:
 /// DaemonSet calico-node, Deployments calico-typha and calico-kube-controllers
