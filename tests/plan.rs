@@ -807,3 +807,332 @@ async fn unready_calico_node_pods_are_named_with_their_node() {
         f.message
     );
 }
+
+/// A real artifact of ../shared/real (PROVENANCE.md there says where each comes from).
+fn real(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/real")).join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: the real operator manifests live in ../shared/real next to the \
+         repository (see its PROVENANCE.md); these tests need them",
+        p.display()
+    );
+    p
+}
+
+/// The sandbox served over HTTP with a kubeconfig for the binary.
+struct Served {
+    sb: Sandbox,
+    handle: calico_migrate::sandbox::serve::ServeHandle,
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn new() -> Served {
+        let sb = sandbox(objects(ChartGeneration::V0_3_10));
+        let handle = sb
+            .serve("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        handle
+            .write_kubeconfig(&dir.path().join("kubeconfig"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Served { sb, handle, dir }
+    }
+
+    /// `calico-migrate -o FMT --state-dir STATE plan --operator-manifest MANIFEST`.
+    async fn plan(
+        &self,
+        state: &str,
+        fmt: &str,
+        manifest: &std::path::Path,
+    ) -> std::process::Output {
+        let kc = self.dir.path().join("kubeconfig");
+        let state = self.dir.path().join(state);
+        let (fmt, manifest) = (fmt.to_string(), manifest.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            bin()
+                .env_remove("KUBECONFIG")
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["-o", &fmt, "plan", "--operator-manifest"])
+                .arg(&manifest)
+                .timeout(Duration::from_secs(120))
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every write bumps the store's resourceVersion: equal means nothing was written.
+    fn written(&self) -> u64 {
+        self.sb.store().resource_version()
+    }
+}
+
+fn blockers_of(out: &std::process::Output) -> Vec<Value> {
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    j["blockers"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_v3_19_1_operator_manifest_is_a_blocker_on_kubernetes_1_33() {
+    let manifest = real("calico-v3.19.1-tigera-operator.rendered.yaml");
+    let s = Served::new().await;
+    let (rv, before) = (
+        s.written(),
+        calico_migrate::sandbox::snapshot::snapshot(&s.sb),
+    );
+    let out = s.plan("state", "json", &manifest).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let blockers = blockers_of(&out);
+    let unfixed: Vec<&Value> = blockers
+        .iter()
+        .filter(|b| b["fixed_by"].is_null())
+        .collect();
+    assert_eq!(
+        unfixed.len(),
+        1,
+        "the only blocker no step fixes: {unfixed:?}"
+    );
+    let b = unfixed[0];
+    assert_eq!(b["code"], "OPERATOR_MANIFEST_API_NOT_SERVED");
+    let message = b["message"].as_str().unwrap_or("");
+    // The PSP is the 20th document of the file (18 CRDs, Namespace, then it).
+    for want in [
+        manifest.to_string_lossy().as_ref(),
+        "document 20 (line 4633), PodSecurityPolicy tigera-operator (policy/v1beta1, no longer served since Kubernetes 1.25)",
+        "Kubernetes v1.33",
+    ] {
+        assert!(message.contains(want), "{want:?} not in {message}");
+    }
+    let fix = b["fix"].as_str().unwrap_or("");
+    assert!(
+        fix.contains("supports Kubernetes 1.33") && fix.contains("v3.30.3"),
+        "{fix}"
+    );
+    assert_eq!(s.written(), rv, "plan wrote to the cluster");
+    assert_eq!(
+        calico_migrate::sandbox::snapshot::snapshot(&s.sb).ok(),
+        before.ok()
+    );
+    // Text output names it too, and the saved plan keeps it for apply to refuse.
+    let out = s.plan("state", "text", &manifest).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[OPERATOR_MANIFEST_API_NOT_SERVED]")
+            && stdout.contains("NOT ready to apply"),
+        "{stdout}"
+    );
+    let saved = plan::load(&s.dir.path().join("state")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        calico_migrate::migration::session::unresolved_blockers(&saved.plan)
+            .iter()
+            .any(|b| b.starts_with("OPERATOR_MANIFEST_API_NOT_SERVED")),
+        "{:?}",
+        saved.plan["blockers"]
+    );
+    s.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_v3_30_3_operator_manifest_is_served_on_kubernetes_1_33() {
+    let manifest = real("calico-v3.30.3-operator-crds-and-operator.yaml");
+    let s = Served::new().await;
+    let rv = s.written();
+    let out = s.plan("state", "json", &manifest).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let blockers = blockers_of(&out);
+    assert!(
+        !blockers
+            .iter()
+            .any(|b| b["code"] == "OPERATOR_MANIFEST_API_NOT_SERVED"),
+        "{blockers:?}"
+    );
+    assert_eq!(s.written(), rv, "plan wrote to the cluster");
+    // Its objects are what the install-operator step reads from the state dir.
+    let objects = calico_migrate::migration::steps::install_operator::read_manifest(
+        "m",
+        &std::fs::read(&manifest).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(objects.len(), 39);
+    assert_eq!(
+        objects
+            .iter()
+            .filter(|o| o.r.kind == "CustomResourceDefinition")
+            .count(),
+        32
+    );
+    s.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_operator_manifests_exit_2_naming_the_file_the_document_and_the_object() {
+    let s = Served::new().await;
+    let rv = s.written();
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n";
+    let real_text = std::fs::read_to_string(real("calico-v3.19.1-tigera-operator.rendered.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Cut inside the 8th document (a CRD's schema), mid-line and at a line end.
+    let cut = 100_000;
+    let at_line = &real_text[..=real_text[..cut].rfind('\n').unwrap_or(0)];
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "duplicate-keys.yaml",
+            format!(
+                "{ns}---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: tigera-operator\n  namespace: tigera-operator\n  name: operator\n"
+            ),
+            vec![
+                "document 2 (line 5), apparently ServiceAccount tigera-operator/tigera-operator (v1)",
+                "duplicate mapping key `name`",
+                "line 11, column 3",
+            ],
+        ),
+        (
+            "unknown-kind.yaml",
+            format!(
+                "{ns}---\napiVersion: apps/v1\nkind: Deploymnet\nmetadata:\n  name: tigera-operator\n  namespace: tigera-operator\n"
+            ),
+            vec![
+                "document 2 (line 5), Deploymnet tigera-operator/tigera-operator (apps/v1)",
+                "apps/v1 has no kind Deploymnet",
+            ],
+        ),
+        (
+            "truncated-mid-line.yaml",
+            real_text[..cut].to_string(),
+            vec![
+                "ends in the middle of a line, in document 8 (line 1771), ",
+                "CustomResourceDefinition hostendpoints.crd.projectcalico.org (apiextensions.k8s.io/v1)",
+                "truncated",
+            ],
+        ),
+        (
+            "truncated-at-a-line.yaml",
+            at_line.to_string(),
+            vec![
+                "document 8 (line 1771), ",
+                "CustomResourceDefinition hostendpoints.crd.projectcalico.org (apiextensions.k8s.io/v1)",
+                "lacks spec.versions[0].served, spec.versions[0].storage",
+            ],
+        ),
+    ];
+    for (name, text, wants) in cases {
+        let path = s.dir.path().join(name);
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let state = format!("state-{name}");
+        let out = s.plan(&state, "text", &path).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{name}: one error line: {stderr}");
+        assert!(
+            errors[0].starts_with(&format!("error: {}", path.display())),
+            "{name}: the file first: {stderr}"
+        );
+        for want in wants {
+            assert!(errors[0].contains(want), "{name}: {want:?} not in {stderr}");
+        }
+        assert!(
+            !stderr.contains("Status {") && !stderr.contains("Error {"),
+            "{stderr}"
+        );
+        let kept: Vec<String> = std::fs::read_dir(s.dir.path().join(&state))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f == "plan.json" || f.starts_with("operator-manifest-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(kept.is_empty(), "{name}: nothing saved: {kept:?}");
+    }
+    assert_eq!(s.written(), rv, "plan wrote to the cluster");
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_errors_read_as_one_sentence_with_the_answer_and_what_to_do() {
+    use calico_migrate::cluster::objects::Objects;
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let objs = Objects::new(sb.client(), RetryPolicy::default());
+    let psp = json!({"apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy",
+        "metadata": {"name": "calico-node"}, "spec": {"privileged": true}});
+    let bad_name =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "Bad_Name"}});
+    let cases = [
+        (
+            objs.apply(&psp).await.err(),
+            "applying PodSecurityPolicy calico-node (policy/v1beta1): the API server answered \
+             404 Not Found (the server could not find the requested resource) when asked for \
+             policy/v1beta1: the cluster does not serve that API; install the CRD that defines \
+             PodSecurityPolicy, or use an apiVersion this cluster serves",
+        ),
+        (
+            objs.create(&bad_name).await.err(),
+            "creating Namespace Bad_Name (v1): the API server answered 422 Unprocessable Entity, \
+             reason Invalid (",
+        ),
+    ];
+    for (e, want) in cases {
+        let e = e.unwrap_or_else(|| panic!("no error for {want}"));
+        let text = e.to_string();
+        assert!(text.starts_with(want), "{text}");
+        assert!(
+            !text.contains("Status {") && !text.contains("ApiError") && !text.contains("Some("),
+            "no Debug dump: {text}"
+        );
+        // Nothing printed twice: no source to be chained after the sentence.
+        assert!(std::error::Error::source(&e).is_none(), "{text}");
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), text);
+    }
+}
+
+#[tokio::test]
+async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
+    use calico_migrate::cluster::objects::Objects;
+    use calico_migrate::engine::Step;
+    use calico_migrate::migration::steps::install_operator::{InstallOperator, read_manifest};
+    use calico_migrate::migration::world::{ApplyOptions, Cluster};
+    let path = real("calico-v3.19.1-tigera-operator.rendered.yaml");
+    let manifest = read_manifest("m", &std::fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let world = Cluster::new(
+        Objects::new(sb.client(), RetryPolicy::default()),
+        profile.clone(),
+        json!({}),
+        dir.path(),
+        manifest.into_iter().map(|o| o.obj).collect(),
+        ApplyOptions::from_profile(&profile),
+    );
+    let rv = sb.store().resource_version();
+    let err = InstallOperator
+        .ensure(&world)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_else(|| panic!("applied a manifest with a PodSecurityPolicy on 1.33"));
+    assert!(
+        err.starts_with(
+            "the pinned operator manifest holds 1 object(s) of APIs this cluster (Kubernetes v1.33"
+        ) && err.contains("PodSecurityPolicy tigera-operator (policy/v1beta1"),
+        "{err}"
+    );
+    assert_eq!(sb.store().resource_version(), rv, "nothing written");
+}

@@ -8,11 +8,14 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 
 use super::{EXIT_BLOCKED, GlobalOpts, OutputFormat};
+use crate::cluster::objects::Objects;
 use crate::cluster::{access, connect, inventory};
 use crate::engine::RetryPolicy;
 use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::migration::plan::{self, SavedPlan};
-use crate::migration::{permissions, profile::Profile, render};
+use crate::migration::profile::OperatorInstall;
+use crate::migration::steps::install_operator::{self, ManifestObject};
+use crate::migration::{permissions, profile::Profile, render, rules};
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
 #[derive(Debug, Args)]
@@ -30,9 +33,14 @@ pub struct PlanArgs {
 pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
     refuse_over_a_journal(&global.state_dir)?;
     let profile = Profile::load(args.profile.as_deref())?;
-    let manifest_sha = match &args.operator_manifest {
-        Some(path) => Some(pin_manifest(path, &profile, &global.state_dir)?),
-        None => None,
+    // The file apply will read, read now by the same function: an error in it ends
+    // plan with exit 2 before the cluster is even asked.
+    let manifest = match &args.operator_manifest {
+        Some(path) => Some(Reviewed::read(path, &profile)?),
+        None => match pinned_copy(&profile, &global.state_dir) {
+            Some(copy) => Some(Reviewed::read(&copy, &profile)?),
+            None => None,
+        },
     };
     let conn = connect::connect(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
     let retry = RetryPolicy::default();
@@ -47,8 +55,28 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
     )
     .await
     .with_context(|| "checking permissions with SelfSubjectAccessReview")?;
-    let plan = plan::build(&inv, &profile, &access, manifest_sha.as_deref())
-        .context("decoding the Helm release")?;
+    let mut plan = plan::build(
+        &inv,
+        &profile,
+        &access,
+        manifest.as_ref().map(|m| m.sha.as_str()),
+    )
+    .context("decoding the Helm release")?;
+    if let Some(m) = &manifest {
+        if profile.operator.install != OperatorInstall::External {
+            let objects = Objects::new(conn.client.clone(), retry);
+            let served = install_operator::served_apis(&objects, &m.objects).await?;
+            let missing = install_operator::unserved(&m.file, &m.objects, &served)?;
+            if !missing.is_empty() {
+                plan.add_findings([rules::manifest_api_not_served(
+                    &m.file,
+                    &inv.server_version,
+                    &missing,
+                )]);
+            }
+        }
+        m.pin(&global.state_dir)?;
+    }
     let saved = SavedPlan::of(&plan, &inv, &profile);
     let path = plan::save(&global.state_dir, &saved).with_context(|| {
         format!(
@@ -84,55 +112,101 @@ fn refuse_over_a_journal(state_dir: &std::path::Path) -> anyhow::Result<()> {
     )
 }
 
-/// Hash the manifest, check it against the profile's pin, keep a copy in the state dir.
-fn pin_manifest(
-    path: &std::path::Path,
-    profile: &Profile,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read --operator-manifest {}", path.display()))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
-    let pinned = &profile.operator.sha256;
-    if !pinned.is_empty() && !pinned.eq_ignore_ascii_case(&sha) {
-        anyhow::bail!(
-            "--operator-manifest {} has sha256 {sha}, but profile {} pins {pinned}; use the \
-             reviewed file or update the profile",
-            path.display(),
-            profile.name
-        );
+/// The reviewed operator manifest: its bytes, sha256 and objects, read and checked
+/// by [`install_operator::read_manifest`], the function apply's install-operator
+/// step reads it with.
+struct Reviewed {
+    /// The path as given, for messages.
+    file: String,
+    sha: String,
+    bytes: Vec<u8>,
+    objects: Vec<ManifestObject>,
+}
+
+impl Reviewed {
+    /// Read the file, check its sha256 against the profile's pin, parse and check it.
+    fn read(path: &std::path::Path, profile: &Profile) -> anyhow::Result<Reviewed> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read --operator-manifest {}", path.display()))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let pinned = &profile.operator.sha256;
+        if !pinned.is_empty() && !pinned.eq_ignore_ascii_case(&sha) {
+            anyhow::bail!(
+                "--operator-manifest {} has sha256 {sha}, but profile {} pins {pinned}; use the \
+                 reviewed file or update the profile",
+                path.display(),
+                profile.name
+            );
+        }
+        let file = path.display().to_string();
+        let objects = install_operator::read_manifest(&file, &bytes)?;
+        Ok(Reviewed {
+            file,
+            sha,
+            bytes,
+            objects,
+        })
     }
-    create_private_dir(state_dir)
-        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+
+    /// Keep a copy in the state dir under its sha256: what apply reads.
+    fn pin(&self, state_dir: &std::path::Path) -> anyhow::Result<()> {
+        create_private_dir(state_dir)
+            .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+        let copy = state_dir.join(format!("operator-manifest-{}.yaml", self.sha));
+        write_atomic(&copy, &self.bytes)?;
+        Ok(())
+    }
+}
+
+/// The copy of the manifest the profile pins, when an earlier plan left it in the
+/// state dir: apply reads that one.
+fn pinned_copy(profile: &Profile, state_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let sha = profile.operator.sha256.to_ascii_lowercase();
     let copy = state_dir.join(format!("operator-manifest-{sha}.yaml"));
-    write_atomic(&copy, &bytes)?;
-    Ok(sha)
+    (!sha.is_empty() && copy.is_file()).then_some(copy)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NAMESPACE: &[u8] =
+        b"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n";
+
     #[test]
     fn manifest_is_pinned_copied_and_checked_against_the_profile() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("op.yaml");
-        std::fs::write(&file, "kind: Namespace\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, NAMESPACE).unwrap_or_else(|e| panic!("{e}"));
         let mut profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
         let state = dir.path().join("state");
-        let sha = pin_manifest(&file, &profile, &state).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sha, hex::encode(Sha256::digest(b"kind: Namespace\n")));
-        assert!(
-            state
-                .join(format!("operator-manifest-{sha}.yaml"))
-                .is_file()
-        );
+        let m = Reviewed::read(&file, &profile).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.sha, hex::encode(Sha256::digest(NAMESPACE)));
+        assert_eq!(m.objects.len(), 1);
+        m.pin(&state).unwrap_or_else(|e| panic!("{e}"));
+        let copy = state.join(format!("operator-manifest-{}.yaml", m.sha));
+        assert!(copy.is_file());
+        profile.operator.sha256 = m.sha.to_uppercase();
+        assert_eq!(pinned_copy(&profile, &state), Some(copy));
         profile.operator.sha256 = "0".repeat(64);
-        let err = pin_manifest(&file, &profile, &state)
-            .err()
-            .map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains(&sha) && e.contains("pins")));
-        let missing = pin_manifest(&dir.path().join("nope"), &profile, &state);
+        let err = Reviewed::read(&file, &profile).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains(&m.sha) && e.contains("pins")));
+        let missing = Reviewed::read(&dir.path().join("nope"), &profile);
         assert!(missing.is_err_and(|e| e.to_string().contains("--operator-manifest")));
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_read_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("op.yaml");
+        std::fs::write(&file, "kind: Namespace\n").unwrap_or_else(|e| panic!("{e}"));
+        let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let err = Reviewed::read(&file, &profile).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("document 1 (line 1)")
+                    && e.contains("has no apiVersion, metadata.name")),
+            "{err:?}"
+        );
     }
 }

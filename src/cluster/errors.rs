@@ -1,5 +1,6 @@
-//! Which Kubernetes API errors are worth retrying.
+//! Which Kubernetes API errors are worth retrying, and how one reads in a message.
 
+use super::connect::ConnectFailure;
 use crate::engine::RetryPolicy;
 
 /// Whether a 409 Conflict may be retried: only when the operation re-reads the
@@ -37,6 +38,94 @@ where
     crate::engine::retry(policy, |e| is_transient(e, conflicts), op).await
 }
 
+/// What the API server answered, as part of a sentence and without a Debug dump:
+/// `the API server answered 404 Not Found (the server could not find the requested
+/// resource)`. The `Status` reason is named when it says more than the HTTP reason
+/// phrase (`422 Unprocessable Entity, reason Invalid (...)`). A request that got no
+/// answer says why, in [`ConnectFailure`]'s words.
+pub fn answer(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(s) => {
+            let phrase = http::StatusCode::from_u16(s.code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or("");
+            let mut out = match (s.code, phrase) {
+                (0, _) => "the API server answered an error".to_string(),
+                (code, "") => format!("the API server answered HTTP {code}"),
+                (code, phrase) => format!("the API server answered {code} {phrase}"),
+            };
+            if !s.reason.is_empty() && s.reason != phrase.replace(' ', "") {
+                out.push_str(&format!(", reason {}", s.reason));
+            }
+            if !s.message.is_empty() {
+                out.push_str(&format!(" ({})", s.message.trim_end_matches('.')));
+            }
+            out
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            format!(
+                "no answer from the API server: {}",
+                ConnectFailure::classify(err)
+            )
+        }
+        other => {
+            // The client's own error (a body it could not decode, a request it could
+            // not build): its message and causes once each, never a Debug dump.
+            let mut parts: Vec<String> = Vec::new();
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(other);
+            while let Some(e) = cur {
+                let text = e.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+                cur = e.source();
+            }
+            format!("the request failed: {}", parts.join(": "))
+        }
+    }
+}
+
+/// What to do about `err`, by HTTP status (the API conventions' meaning of each,
+/// k8s.io/apimachinery pkg/api/errors/errors.go).
+pub fn advice(err: &kube::Error) -> &'static str {
+    let kube::Error::Api(s) = err else {
+        return match err {
+            kube::Error::HyperError(_) | kube::Error::Service(_) => {
+                "run the command again once the API server answers"
+            }
+            _ => "run the command again; if it fails the same way, report it with the full log",
+        };
+    };
+    match s.code {
+        400 => "the request was malformed: check the object's fields, then run the command again",
+        401 => {
+            "the API server refused the credentials: refresh them (on EKS `aws eks \
+             update-kubeconfig`) and run the command again"
+        }
+        403 => {
+            "the current identity lacks this permission: grant it (`kubectl auth can-i` \
+             checks it) or use a context that has it, then run the command again"
+        }
+        404 => {
+            "the object or its API is not there: check that the cluster serves this API \
+             (`kubectl api-resources`), then run the command again"
+        }
+        409 => "someone else changed it at the same time: run the command again",
+        410 => "the server's view moved on: run the command again",
+        413 => "the object is larger than the API server accepts (3 MiB): make it smaller",
+        422 => {
+            "the API server refused the object as invalid: fix the field it names, then run \
+             the command again"
+        }
+        429 | 500..=599 => {
+            "the API server is overloaded or failing and the retries did not get through: \
+             wait until it recovers and run the command again"
+        }
+        _ => "run the command again once the cause is fixed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +146,34 @@ mod tests {
         }
         assert!(is_transient(&api(409), Conflicts::Retry));
         assert!(!is_transient(&api(409), Conflicts::Fail));
+    }
+
+    #[test]
+    fn an_answer_is_status_reason_and_message_without_a_debug_dump() {
+        let e = kube::Error::Api(Box::new(
+            kube::core::Status::failure(
+                "the server could not find the requested resource",
+                "NotFound",
+            )
+            .with_code(404),
+        ));
+        assert_eq!(
+            answer(&e),
+            "the API server answered 404 Not Found (the server could not find the requested resource)"
+        );
+        let e = kube::Error::Api(Box::new(
+            kube::core::Status::failure(
+                "Deployment.apps \"x\" is invalid: spec.selector: Required value",
+                "Invalid",
+            )
+            .with_code(422),
+        ));
+        let a = answer(&e);
+        assert_eq!(
+            a,
+            "the API server answered 422 Unprocessable Entity, reason Invalid (Deployment.apps \"x\" is invalid: spec.selector: Required value)"
+        );
+        assert!(advice(&e).contains("invalid"));
+        assert!(!a.contains("Status {") && !a.contains("Some("), "{a}");
     }
 }

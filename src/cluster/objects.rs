@@ -2,7 +2,7 @@
 //! apply, merge patch, delete, and restore from a snapshot. Every call retries
 //! transient errors (cluster::errors) and resolves kinds through discovery once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 
@@ -12,7 +12,7 @@ use kube::discovery::{ApiCapabilities, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::errors::{Conflicts, with_retry};
+use super::errors::{Conflicts, advice, answer, with_retry};
 use crate::engine::RetryPolicy;
 
 /// The field manager of every write the tool makes.
@@ -52,6 +52,18 @@ impl ObjRef {
         })
     }
 
+    /// The object with its API version, for messages:
+    /// `PodSecurityPolicy tigera-operator (policy/v1beta1)`.
+    pub fn describe(&self) -> String {
+        if self.name.is_empty() {
+            return match &self.namespace {
+                Some(ns) => format!("{} objects in {ns} ({})", self.kind, self.api_version),
+                None => format!("{} objects ({})", self.kind, self.api_version),
+            };
+        }
+        format!("{self} ({})", self.api_version)
+    }
+
     fn gvk(&self) -> GroupVersionKind {
         let (group, version) = match self.api_version.split_once('/') {
             Some((g, v)) => (g, v),
@@ -70,31 +82,69 @@ impl fmt::Display for ObjRef {
     }
 }
 
+/// A failed call, as one sentence: verb, object (kind, name, apiVersion), what the
+/// API server answered (HTTP status, reason, message) and what to do. The Kubernetes
+/// error is kept for callers that class it ([`ObjectError::kube`]) but is not the
+/// error's `source`: its text is already in the sentence, and a source would be
+/// printed a second time by every `{:#}` and by the CLI's error chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
-    #[error("{action} {object}: {source}")]
+    #[error("{action} {object}: {}; {}", answer(.error), advice(.error))]
     Api {
+        /// What was being done, as a gerund: `creating`, `reading`, ...
+        action: &'static str,
+        /// [`ObjRef::describe`] of the object.
+        object: String,
+        error: kube::Error,
+    },
+    /// The cluster does not serve the object's apiVersion (discovery answered 404), or
+    /// serves it without that kind.
+    #[error(
+        "{action} {object}: {}; install the CRD that defines {kind}, or use an apiVersion \
+         this cluster serves (`kubectl api-resources` lists them)",
+        unknown_detail(.api_version, .kind, .error)
+    )]
+    Unknown {
         action: &'static str,
         object: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("the cluster does not serve {api_version} {kind}: {source}; is its CRD installed?")]
-    Unknown {
         api_version: String,
         kind: String,
-        #[source]
-        source: kube::Error,
+        error: kube::Error,
     },
-    #[error("{0} has no apiVersion, kind or metadata.name")]
+    #[error("{0} has no apiVersion, kind or metadata.name; every object needs all three")]
     Malformed(String),
+}
+
+fn unknown_detail(api_version: &str, kind: &str, e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(_) => format!(
+            "{} when asked for {api_version}: the cluster does not serve that API",
+            answer(e)
+        ),
+        _ => format!("the cluster serves {api_version} but no kind {kind} in it"),
+    }
+}
+
+/// Whether discovery's answer means "not served": the group/version answers 404
+/// (upstream removes whole group/versions, e.g. policy/v1beta1 in 1.25:
+/// https://kubernetes.io/docs/reference/using-api/deprecation-guide/), or it is
+/// served without the kind. Anything else (403, 5xx, no answer) is an error.
+fn is_unserved(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+        || matches!(
+            e,
+            kube::Error::Discovery(
+                kube::error::DiscoveryError::MissingKind(_)
+                    | kube::error::DiscoveryError::MissingResource(_)
+            )
+        )
 }
 
 impl ObjectError {
     /// The Kubernetes error behind this one, for callers that class it.
     pub fn kube(&self) -> Option<&kube::Error> {
         match self {
-            ObjectError::Api { source, .. } | ObjectError::Unknown { source, .. } => Some(source),
+            ObjectError::Api { error, .. } | ObjectError::Unknown { error, .. } => Some(error),
             ObjectError::Malformed(_) => None,
         }
     }
@@ -140,7 +190,11 @@ impl Objects {
         }
     }
 
-    async fn resolve(&self, r: &ObjRef) -> Result<(ApiResource, ApiCapabilities), ObjectError> {
+    async fn resolve(
+        &self,
+        action: &'static str,
+        r: &ObjRef,
+    ) -> Result<(ApiResource, ApiCapabilities), ObjectError> {
         let key = format!("{}/{}", r.api_version, r.kind);
         if let Some(hit) = self.kinds.lock().ok().and_then(|k| k.get(&key).cloned()) {
             return Ok(hit);
@@ -150,10 +204,22 @@ impl Objects {
             kube::discovery::pinned_kind(&self.client, &gvk)
         })
         .await
-        .map_err(|source| ObjectError::Unknown {
-            api_version: r.api_version.clone(),
-            kind: r.kind.clone(),
-            source,
+        .map_err(|error| {
+            if is_unserved(&error) {
+                ObjectError::Unknown {
+                    action,
+                    object: r.describe(),
+                    api_version: r.api_version.clone(),
+                    kind: r.kind.clone(),
+                    error,
+                }
+            } else {
+                ObjectError::Api {
+                    action,
+                    object: r.describe(),
+                    error,
+                }
+            }
         })?;
         if let Ok(mut k) = self.kinds.lock() {
             k.insert(key, found.clone());
@@ -161,8 +227,12 @@ impl Objects {
         Ok(found)
     }
 
-    async fn api(&self, r: &ObjRef) -> Result<Api<DynamicObject>, ObjectError> {
-        let (ar, caps) = self.resolve(r).await?;
+    async fn api(
+        &self,
+        action: &'static str,
+        r: &ObjRef,
+    ) -> Result<Api<DynamicObject>, ObjectError> {
+        let (ar, caps) = self.resolve(action, r).await?;
         Ok(match (&caps.scope, &r.namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
             (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &ar),
@@ -171,24 +241,24 @@ impl Objects {
     }
 
     fn err(action: &'static str, r: &ObjRef) -> impl FnOnce(kube::Error) -> ObjectError {
-        let object = r.to_string();
-        move |source| ObjectError::Api {
+        let object = r.describe();
+        move |error| ObjectError::Api {
             action,
             object,
-            source,
+            error,
         }
     }
 
     /// The object, or None when it does not exist (or its kind is not served).
     pub async fn get(&self, r: &ObjRef) -> Result<Option<Value>, ObjectError> {
-        let api = match self.api(r).await {
+        let api = match self.api("reading", r).await {
             Ok(api) => api,
             Err(ObjectError::Unknown { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let got = with_retry(&self.retry, Conflicts::Fail, || api.get_opt(&r.name))
             .await
-            .map_err(Self::err("read", r))?;
+            .map_err(Self::err("reading", r))?;
         Ok(got.map(|o| to_value(&o, r)))
     }
 
@@ -202,7 +272,7 @@ impl Objects {
         labels: Option<&str>,
     ) -> Result<Vec<Value>, ObjectError> {
         let probe = ObjRef::new(api_version, kind, namespace, "");
-        let (ar, caps) = match self.resolve(&probe).await {
+        let (ar, caps) = match self.resolve("listing", &probe).await {
             Ok(x) => x,
             Err(ObjectError::Unknown { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -223,7 +293,7 @@ impl Objects {
             }
             let page = with_retry(&self.retry, Conflicts::Fail, || api.list(&lp))
                 .await
-                .map_err(Self::err("list", &probe))?;
+                .map_err(Self::err("listing", &probe))?;
             out.extend(page.items.iter().map(|o| to_value(o, &probe)));
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(c) => cont = Some(c),
@@ -235,7 +305,7 @@ impl Objects {
     /// Server-side apply `obj` with field manager `calico-migrate`, forcing conflicts.
     pub async fn apply(&self, obj: &Value) -> Result<Value, ObjectError> {
         let r = ObjRef::of(obj).ok_or_else(|| ObjectError::Malformed(brief(obj)))?;
-        let api = self.api(&r).await?;
+        let api = self.api("applying", &r).await?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let body = strip_server_fields(obj);
         let patch = Patch::Apply(&body);
@@ -243,13 +313,13 @@ impl Objects {
             api.patch(&r.name, &pp, &patch)
         })
         .await
-        .map_err(Self::err("apply", &r))?;
+        .map_err(Self::err("applying", &r))?;
         Ok(to_value(&out, &r))
     }
 
     /// JSON merge patch; None when the object does not exist.
     pub async fn merge(&self, r: &ObjRef, patch: &Value) -> Result<Option<Value>, ObjectError> {
-        let api = self.api(r).await?;
+        let api = self.api("patching", r).await?;
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
@@ -262,13 +332,13 @@ impl Objects {
         {
             Ok(o) => Ok(Some(to_value(&o, r))),
             Err(e) if is_code(&e, 404) => Ok(None),
-            Err(e) => Err(Self::err("patch", r)(e)),
+            Err(e) => Err(Self::err("patching", r)(e)),
         }
     }
 
     /// JSON merge patch of the `scale` subresource's replicas.
     pub async fn scale(&self, r: &ObjRef, replicas: i64) -> Result<bool, ObjectError> {
-        let api = self.api(r).await?;
+        let api = self.api("scaling", r).await?;
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
@@ -281,13 +351,13 @@ impl Objects {
         {
             Ok(_) => Ok(true),
             Err(e) if is_code(&e, 404) => Ok(false),
-            Err(e) => Err(Self::err("scale", r)(e)),
+            Err(e) => Err(Self::err("scaling", r)(e)),
         }
     }
 
     /// Delete (background propagation); false when it was already gone.
     pub async fn delete(&self, r: &ObjRef) -> Result<bool, ObjectError> {
-        let api = match self.api(r).await {
+        let api = match self.api("deleting", r).await {
             Ok(api) => api,
             Err(ObjectError::Unknown { .. }) => return Ok(false),
             Err(e) => return Err(e),
@@ -296,21 +366,21 @@ impl Objects {
         match with_retry(&self.retry, Conflicts::Fail, || api.delete(&r.name, &dp)).await {
             Ok(_) => Ok(true),
             Err(e) if is_code(&e, 404) => Ok(false),
-            Err(e) => Err(Self::err("delete", r)(e)),
+            Err(e) => Err(Self::err("deleting", r)(e)),
         }
     }
 
     /// Create `obj` (server fields stripped); Ok(false) when it already exists.
     pub async fn create(&self, obj: &Value) -> Result<bool, ObjectError> {
         let r = ObjRef::of(obj).ok_or_else(|| ObjectError::Malformed(brief(obj)))?;
-        let api = self.api(&r).await?;
+        let api = self.api("creating", &r).await?;
         let body: DynamicObject = serde_json::from_value(strip_server_fields(obj))
             .map_err(|_| ObjectError::Malformed(r.to_string()))?;
         let pp = PostParams::default();
         match with_retry(&self.retry, Conflicts::Fail, || api.create(&pp, &body)).await {
             Ok(_) => Ok(true),
             Err(e) if is_code(&e, 409) => Ok(false),
-            Err(e) => Err(Self::err("create", &r)(e)),
+            Err(e) => Err(Self::err("creating", &r)(e)),
         }
     }
 
@@ -320,14 +390,14 @@ impl Objects {
     /// by the caller (this reports it as an error so the step retries).
     pub async fn restore(&self, snapshot: &Value) -> Result<bool, ObjectError> {
         let r = ObjRef::of(snapshot).ok_or_else(|| ObjectError::Malformed(brief(snapshot)))?;
-        let api = self.api(&r).await?;
+        let api = self.api("restoring", &r).await?;
         let want = strip_server_fields(snapshot);
         let mut attempts = 0;
         loop {
             attempts += 1;
             let live = with_retry(&self.retry, Conflicts::Fail, || api.get_opt(&r.name))
                 .await
-                .map_err(Self::err("read", &r))?;
+                .map_err(Self::err("reading", &r))?;
             let result = match live {
                 None => {
                     let body: DynamicObject = serde_json::from_value(want.clone())
@@ -343,9 +413,9 @@ impl Objects {
                     }
                     if live.pointer("/metadata/deletionTimestamp").is_some() {
                         return Err(ObjectError::Api {
-                            action: "restore",
-                            object: r.to_string(),
-                            source: kube::Error::Api(Box::new(
+                            action: "restoring",
+                            object: r.describe(),
+                            error: kube::Error::Api(Box::new(
                                 kube::core::Status::failure(
                                     "the object is being deleted; try again once it is gone",
                                     "Conflict",
@@ -374,8 +444,40 @@ impl Objects {
                     tokio::time::sleep(self.retry.min_delay * attempts).await;
                     continue;
                 }
-                Err(e) => return Err(Self::err("restore", &r)(e)),
+                Err(e) => return Err(Self::err("restoring", &r)(e)),
             }
+        }
+    }
+
+    /// The kinds the API server serves at `api_version` (its discovery document,
+    /// `/api/v1` or `/apis/GROUP/VERSION`, subresources left out), or None when it
+    /// does not serve that group/version (404, as upstream answers for a removed one).
+    pub async fn served_kinds(
+        &self,
+        api_version: &str,
+    ) -> Result<Option<BTreeSet<String>>, ObjectError> {
+        let found = with_retry(&self.retry, Conflicts::Fail, || async {
+            if api_version.contains('/') {
+                self.client.list_api_group_resources(api_version).await
+            } else {
+                self.client.list_core_api_resources(api_version).await
+            }
+        })
+        .await;
+        match found {
+            Ok(list) => Ok(Some(
+                list.resources
+                    .into_iter()
+                    .filter(|r| !r.name.contains('/'))
+                    .map(|r| r.kind)
+                    .collect(),
+            )),
+            Err(e) if is_code(&e, 404) => Ok(None),
+            Err(error) => Err(ObjectError::Api {
+                action: "discovering",
+                object: format!("the API {api_version}"),
+                error,
+            }),
         }
     }
 }

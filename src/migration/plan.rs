@@ -62,6 +62,20 @@ impl Plan {
     pub fn ready(&self) -> bool {
         self.unresolved().next().is_none() && !self.steps.is_empty()
     }
+
+    /// Add findings made outside [`build`] (from what only a live cluster answers,
+    /// e.g. which APIs it serves), filed and matched to their fixing step as `build`
+    /// files its own.
+    pub fn add_findings(&mut self, findings: impl IntoIterator<Item = Finding>) {
+        for mut f in findings {
+            f.fixed_by =
+                rules::fixing_step(f.code).filter(|id| self.steps.iter().any(|s| s.id == *id));
+            match f.severity {
+                Severity::Blocker => self.blockers.push(f),
+                Severity::Warning => self.warnings.push(f),
+            }
+        }
+    }
 }
 
 /// Build the plan. Pure: everything comes from the arguments.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::converter::{self, Refusal};
 use super::facts::{self, Generation, Source, Summary, name_of, str_at};
 use super::profile::{OperatorInstall, Profile, parse_version};
+use super::steps::install_operator::ManifestObject;
 use crate::cluster::access::AccessReport;
 use crate::cluster::inventory::Inventory;
 
@@ -654,6 +655,75 @@ fn operator_manifest(i: &RuleInput, out: &mut Vec<Finding>) {
             ),
         ));
     }
+}
+
+/// The Kubernetes minor that stopped serving an API version (upstream's "Deprecated
+/// API Migration Guide", https://kubernetes.io/docs/reference/using-api/deprecation-guide/),
+/// for the versions an old operator manifest or chart may hold.
+fn removed_in(api_version: &str) -> Option<&'static str> {
+    Some(match api_version {
+        "apps/v1beta1" | "apps/v1beta2" => "1.16",
+        "apiextensions.k8s.io/v1beta1"
+        | "rbac.authorization.k8s.io/v1beta1"
+        | "admissionregistration.k8s.io/v1beta1"
+        | "networking.k8s.io/v1beta1"
+        | "extensions/v1beta1" => "1.22",
+        "policy/v1beta1" | "batch/v1beta1" | "discovery.k8s.io/v1beta1" => "1.25",
+        _ => return None,
+    })
+}
+
+/// `OPERATOR_MANIFEST_API_NOT_SERVED`: objects of the operator manifest whose API the
+/// cluster does not serve (install_operator::unserved). `apply` would stop at
+/// install-operator; both plan and that step say it in these words.
+pub fn manifest_api_not_served(
+    file: &str,
+    server_version: &str,
+    unserved: &[&ManifestObject],
+) -> Finding {
+    let named: Vec<String> = unserved
+        .iter()
+        .map(|o| {
+            let place = o.place.map(|p| format!("{p}, ")).unwrap_or_default();
+            let removed = removed_in(&o.r.api_version)
+                .map(|minor| format!(", no longer served since Kubernetes {minor}"))
+                .unwrap_or_default();
+            format!("{place}{} ({}{removed})", o.r, o.r.api_version)
+        })
+        .collect();
+    let minor = server_version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    let psp = unserved
+        .iter()
+        .any(|o| o.r.api_version == "policy/v1beta1" && o.r.kind == "PodSecurityPolicy");
+    f(
+        "OPERATOR_MANIFEST_API_NOT_SERVED",
+        Blocker,
+        format!(
+            "{file} holds {} object(s) of APIs this cluster (Kubernetes {server_version}) does \
+             not serve, so install-operator cannot apply it: {}",
+            named.len(),
+            named.join("; ")
+        ),
+        format!(
+            "use the manifest of an operator release that supports Kubernetes {minor}, with a \
+             profile for that line (for example Calico v3.30.3's manifests/operator-crds.yaml \
+             followed by manifests/tigera-operator.yaml, operator v1.38.6, in one file){}",
+            if psp {
+                // tigera/operator v1.17.4 pkg/render/node.go:174-176, typha.go:125-127;
+                // PSPs became conditional in v1.28.0 (utils/discovery.go).
+                "; deleting the PodSecurityPolicy from the file does not help: the operators \
+                 of Calico v3.19 and v3.20 (v1.17, v1.20) create policy/v1beta1 \
+                 PodSecurityPolicies themselves and cannot run on Kubernetes 1.25 or later"
+            } else {
+                ""
+            }
+        ),
+    )
 }
 
 fn access(i: &RuleInput, out: &mut Vec<Finding>) {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{self, SavedPlan};
 use super::profile::{OperatorInstall, Profile};
-use super::steps::{self, RunStep};
+use super::steps::{self, RunStep, install_operator};
 
 /// The saved plan, with what apply needs from it.
 pub struct Loaded {
@@ -132,39 +132,17 @@ pub fn operator_manifest(
             path.display()
         );
     }
-    parse_manifest(&String::from_utf8_lossy(&bytes))
-        .with_context(|| format!("reading {}", path.display()))
+    // The same reader (and checks) as `plan --operator-manifest`.
+    let objects = install_operator::read_manifest(&path.display().to_string(), &bytes)?;
+    Ok(objects.into_iter().map(|o| o.obj).collect())
 }
 
-/// Multi-document YAML into objects (empty documents skipped).
+/// Multi-document Kubernetes YAML into objects (documents holding only comments
+/// skipped, `kind: List` expanded), read as the operator manifest is
+/// ([`install_operator::read_objects`]): errors name the document and the object.
 pub fn parse_manifest(text: &str) -> anyhow::Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
-        .map_err(|e| anyhow::anyhow!("not a YAML manifest: {e}"))?;
-    let objs: Vec<Value> = docs
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .flat_map(|d| {
-            // A `kind: List` document holds its objects in `items`.
-            match d.get("items").and_then(Value::as_array) {
-                Some(items) if d.get("kind").and_then(Value::as_str) == Some("List") => {
-                    items.clone()
-                }
-                _ => vec![d],
-            }
-        })
-        .collect();
-    for (i, o) in objs.iter().enumerate() {
-        if o.get("apiVersion").is_none()
-            || o.get("kind").is_none()
-            || o.pointer("/metadata/name").is_none()
-        {
-            bail!(
-                "document {} has no apiVersion, kind or metadata.name",
-                i + 1
-            );
-        }
-    }
-    Ok(objs)
+    let objects = install_operator::read_objects("the manifest", text.as_bytes())?;
+    Ok(objects.into_iter().map(|o| o.obj).collect())
 }
 
 pub fn identity(saved: &SavedPlan) -> crate::engine::JournalIdentity {
