@@ -317,7 +317,8 @@ pub enum ManifestError {
     NotText { file: String, offset: usize },
     #[error(
         "{file} ends in the middle of a line, in {at}: the file is truncated (an interrupted \
-         download or copy); download it again (a complete manifest ends with a newline)"
+         download or copy); download it again. A complete manifest ends with a newline: if \
+         you edited the file and it is whole, add the final newline"
     )]
     Truncated { file: String, at: String },
     #[error("{file}, {at}: not valid YAML: {problem}; fix the file or download it again")]

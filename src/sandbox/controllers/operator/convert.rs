@@ -68,12 +68,13 @@ const KNOWN_ENV: &[&str] = &[
     "CALICO_ROUTER_ID",
 ];
 
-/// AmazonVPC (FELIX_INTERFACEPREFIX=eni): values that must hold (docs/upstream.md,
-/// "Converter refusals").
+/// AmazonVPC (FELIX_INTERFACEPREFIX=eni): values that must hold, compared lower-cased
+/// (tigera/operator v1.17.4 pkg/controller/migration/convert/network.go:329 and :343,
+/// `assertEnvIsSet` in k8s.go:104-118; the same at v1.20.1). No release checks
+/// FELIX_ROUTESOURCE: a leftover FELIX_* goes into FelixConfiguration (felix_vars.go).
 const AMAZON_VPC_ENV: &[(&str, &str)] = &[
     ("CALICO_NETWORKING_BACKEND", "none"),
     ("FELIX_IPTABLESMANGLEALLOWACTION", "return"),
-    ("FELIX_ROUTESOURCE", "workloadips"),
 ];
 
 /// Run the checks on the kube-system calico-node DaemonSet; Err is the operator's error text.
@@ -162,7 +163,8 @@ pub fn check_daemonset(ds: &Value) -> Result<(), String> {
                         "{k}={} is not supported",
                         have.unwrap_or_else(|| "<undefined>".into())
                     ),
-                    &format!("set the {k} env var to '{want}'"),
+                    // k8s.go:112-116: "remove the %s env var or set it to '%s'".
+                    &format!("remove the {k} env var or set it to '{want}'"),
                     COMPONENT,
                 ));
             }
@@ -192,6 +194,13 @@ mod tests {
         ds
     }
 
+    fn set_env(ds: &mut Value, name: &str, value: &str) {
+        if let Some(env) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
+            env.retain(|v| v["name"] != name);
+            env.push(serde_json::json!({"name": name, "value": value}));
+        }
+    }
+
     #[test]
     fn refusals_in_order() {
         let mut ds = chart_ds();
@@ -216,6 +225,23 @@ mod tests {
             check_daemonset(&ds),
             Err("unexpected env var: [calico-node/MY_VAR]".into())
         );
+        if let Some(e) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
+            e.retain(|v| v["name"] != "MY_VAR");
+        }
+        set_env(&mut ds, "FELIX_ROUTESOURCE", "CalicoIPAM");
+        assert_eq!(
+            check_daemonset(&ds),
+            Ok(()),
+            "no release checks FELIX_ROUTESOURCE"
+        );
+        set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "RETURN");
+        assert_eq!(check_daemonset(&ds), Ok(()), "compared lower-cased");
+        set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Accept");
+        assert_eq!(
+            check_daemonset(&ds),
+            Err("FELIX_IPTABLESMANGLEALLOWACTION=Accept is not supported. To fix it, remove the FELIX_IPTABLESMANGLEALLOWACTION env var or set it to 'return' on daemonset/calico-node".into())
+        );
+        set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Return");
         ds["spec"]["template"]["spec"]["nodeSelector"] =
             serde_json::json!({"team": "a", "kubernetes.io/os": "linux"});
         assert_eq!(
