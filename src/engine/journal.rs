@@ -438,11 +438,21 @@ fn write_head(db_path: &Path, seq: u64) -> Result<(), super::state_dir::StateDir
     super::state_dir::write_atomic(&db_path.join(HEAD_FILE), seq.to_string().as_bytes())
 }
 
-fn read_head(db_path: &Path) -> Result<u64, String> {
-    let text = std::fs::read_to_string(db_path.join(HEAD_FILE)).map_err(|e| e.to_string())?;
-    text.trim()
-        .parse()
-        .map_err(|_| format!("`{}` is not a number", text.trim()))
+/// Why the head marker cannot be read; it becomes the detail of [`JournalError::Corrupt`].
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("`{text}` is not a number")]
+    NotANumber { text: String },
+}
+
+fn read_head(db_path: &Path) -> Result<u64, HeadError> {
+    let text = std::fs::read_to_string(db_path.join(HEAD_FILE))?;
+    let text = text.trim();
+    text.parse().map_err(|_| HeadError::NotANumber {
+        text: text.to_string(),
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

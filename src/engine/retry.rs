@@ -62,6 +62,17 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// A stand-in for a layer's error: which one is transient is the test's to say.
+    #[derive(Debug, PartialEq, Eq, thiserror::Error)]
+    enum TestError {
+        #[error("busy #{0}")]
+        Busy(u32),
+        #[error("forbidden")]
+        Forbidden,
+        #[error("still busy")]
+        StillBusy,
+    }
+
     fn quick() -> RetryPolicy {
         RetryPolicy {
             min_delay: Duration::from_millis(1),
@@ -73,13 +84,13 @@ mod tests {
     #[tokio::test]
     async fn retries_transient_errors_until_success() {
         let calls = AtomicU32::new(0);
-        let out: Result<u32, String> = retry(
+        let out: Result<u32, TestError> = retry(
             &quick(),
             |_| true,
             || async {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if n < 4 {
-                    Err(format!("busy #{n}"))
+                    Err(TestError::Busy(n))
                 } else {
                     Ok(n)
                 }
@@ -92,28 +103,28 @@ mod tests {
     #[tokio::test]
     async fn permanent_errors_are_returned_at_once() {
         let calls = AtomicU32::new(0);
-        let out: Result<(), String> = retry(
+        let out: Result<(), TestError> = retry(
             &quick(),
-            |e: &String| e != "forbidden",
+            |e: &TestError| *e != TestError::Forbidden,
             || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err("forbidden".to_string())
+                Err(TestError::Forbidden)
             },
         )
         .await;
-        assert_eq!(out, Err("forbidden".into()));
+        assert_eq!(out, Err(TestError::Forbidden));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn gives_up_when_the_deadline_is_spent() {
         let calls = AtomicU32::new(0);
-        let out: Result<(), String> = retry(
+        let out: Result<(), TestError> = retry(
             &quick(),
             |_| true,
             || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err("still busy".to_string())
+                Err(TestError::StillBusy)
             },
         )
         .await;

@@ -332,12 +332,29 @@ pub fn save(state_dir: &Path, saved: &SavedPlan) -> Result<PathBuf, StateDirErro
     Ok(path)
 }
 
+/// Why the saved plan cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadPlanError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a saved plan: {source}", path.display())]
+    NotAPlan {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 /// Read a saved plan back (for apply).
-pub fn load(state_dir: &Path) -> Result<SavedPlan, String> {
+pub fn load(state_dir: &Path) -> Result<SavedPlan, LoadPlanError> {
     let path = state_dir.join(PLAN_FILE);
-    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| format!("{} is not a saved plan: {e}", path.display()))
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(source) => return Err(LoadPlanError::Read { path, source }),
+    };
+    serde_json::from_slice(&text).map_err(|source| LoadPlanError::NotAPlan { path, source })
 }
 
 #[cfg(test)]
