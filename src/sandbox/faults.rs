@@ -24,53 +24,74 @@ pub struct FaultConfig {
     pub conflicts: f64,
 }
 
-fn rate(knob: &str, v: &str) -> Result<f64, String> {
-    let r: f64 = v.trim().parse().map_err(|_| {
-        format!(
-            "fault {knob}: \"{v}\" is not a number; give a rate between 0 and 1, e.g. {knob}:0.1"
-        )
+/// A fault spec or ConfigMap value the API fault layer cannot use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FaultError {
+    #[error(
+        "fault {knob}: \"{value}\" is not a number; give a rate between 0 and 1, e.g. {knob}:0.1"
+    )]
+    NotARate { knob: &'static str, value: String },
+    #[error("fault {knob}: rate {rate} is outside 0..1")]
+    RateOutOfRange { knob: &'static str, rate: f64 },
+    #[error("fault latency: \"{value}\" is not a whole number of milliseconds, e.g. latency:50")]
+    NotMilliseconds { value: String },
+    #[error(
+        "unknown fault \"{knob}\": the knobs are latency:MS, api-errors:RATE, drop-watch:RATE, conflicts:RATE"
+    )]
+    UnknownKnob { knob: String },
+    #[error("fault \"{spec}\" is not KNOB:VALUE, e.g. latency:50 or api-errors:0.1")]
+    NotKnobValue { spec: String },
+}
+
+fn rate(knob: &'static str, v: &str) -> Result<f64, FaultError> {
+    let r: f64 = v.trim().parse().map_err(|_| FaultError::NotARate {
+        knob,
+        value: v.to_string(),
     })?;
     if !(0.0..=1.0).contains(&r) {
-        return Err(format!("fault {knob}: rate {r} is outside 0..1"));
+        return Err(FaultError::RateOutOfRange { knob, rate: r });
     }
     Ok(r)
 }
 
 impl FaultConfig {
     /// Apply one `knob:value` setting.
-    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), String> {
+    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), FaultError> {
         match knob.trim() {
             "latency" => {
-                self.latency_ms = value.trim().parse().map_err(|_| {
-                    format!("fault latency: \"{value}\" is not a whole number of milliseconds, e.g. latency:50")
-                })?
+                self.latency_ms = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| FaultError::NotMilliseconds {
+                        value: value.to_string(),
+                    })?
             }
             "api-errors" => self.api_errors = rate("api-errors", value)?,
             "drop-watch" => self.drop_watch = rate("drop-watch", value)?,
             "conflicts" => self.conflicts = rate("conflicts", value)?,
             other => {
-                return Err(format!(
-                    "unknown fault \"{other}\": the knobs are latency:MS, api-errors:RATE, drop-watch:RATE, conflicts:RATE"
-                ));
+                return Err(FaultError::UnknownKnob {
+                    knob: other.to_string(),
+                });
             }
         }
         Ok(())
     }
 
     /// Parse `--fault` specs such as `latency:50`, `api-errors:0.1`.
-    pub fn parse_specs(specs: &[String]) -> Result<Self, String> {
+    pub fn parse_specs(specs: &[String]) -> Result<Self, FaultError> {
         let mut c = Self::default();
         for s in specs {
-            let (k, v) = s.split_once(':').ok_or_else(|| {
-                format!("fault \"{s}\" is not KNOB:VALUE, e.g. latency:50 or api-errors:0.1")
-            })?;
+            let (k, v) = s
+                .split_once(':')
+                .ok_or_else(|| FaultError::NotKnobValue { spec: s.clone() })?;
             c.set(k, v)?;
         }
         Ok(c)
     }
 
     /// From the ConfigMap's `data`.
-    pub fn from_data(data: Option<&Value>) -> Result<Self, String> {
+    pub fn from_data(data: Option<&Value>) -> Result<Self, FaultError> {
         let mut c = Self::default();
         if let Some(Value::Object(m)) = data {
             for (k, v) in m {

@@ -466,7 +466,7 @@ impl State {
                     && name == super::faults::CONFIGMAP =>
             {
                 super::faults::FaultConfig::from_data(obj.get("data"))
-                    .map_err(|e| ApiError::invalid(&rt.kind, name, &[("data", e)]))?;
+                    .map_err(|e| ApiError::invalid(&rt.kind, name, &[("data", e.to_string())]))?;
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 let t = super::types::from_crd(obj).map_err(|errs| {

@@ -42,9 +42,32 @@ pub fn is_controller_fault(spec: &str) -> bool {
     KNOBS.contains(&knob)
 }
 
+/// A controller fault spec or ConfigMap value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerFaultError {
+    #[error(
+        "fault typha-stuck: \"{value}\" is not true or false, e.g. typha-stuck or typha-stuck:false"
+    )]
+    NotABool { value: String },
+    #[error(
+        "fault node-join: \"{value}\" is not a whole number of migrated nodes, e.g. node-join:2"
+    )]
+    NotANodeCount { value: String },
+    #[error(
+        "unknown controller fault \"{knob}\": the knobs are operator-stall:NODE, typha-stuck, node-join:N, agent-not-ready:NODE"
+    )]
+    UnknownKnob { knob: String },
+    #[error(
+        "fault agent-not-ready needs a node name, e.g. agent-not-ready:ip-10-0-0-10.eu-west-1.compute.internal"
+    )]
+    NoNode,
+    #[error("fault \"{spec}\" needs a value: operator-stall:NODE or node-join:N")]
+    NoValue { spec: String },
+}
+
 impl ControllerFaults {
     /// Apply one knob; an empty value turns it off.
-    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), String> {
+    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), ControllerFaultError> {
         let v = value.trim();
         match knob.trim() {
             "operator-stall" => {
@@ -55,9 +78,9 @@ impl ControllerFaults {
                     "" | "true" => true,
                     "false" | "0" | "off" => false,
                     _ => {
-                        return Err(format!(
-                            "fault typha-stuck: \"{v}\" is not true or false, e.g. typha-stuck or typha-stuck:false"
-                        ));
+                        return Err(ControllerFaultError::NotABool {
+                            value: v.to_string(),
+                        });
                     }
                 }
             }
@@ -65,8 +88,8 @@ impl ControllerFaults {
                 self.node_join_after = if v.is_empty() {
                     None
                 } else {
-                    Some(v.parse().map_err(|_| {
-                        format!("fault node-join: \"{v}\" is not a whole number of migrated nodes, e.g. node-join:2")
+                    Some(v.parse().map_err(|_| ControllerFaultError::NotANodeCount {
+                        value: v.to_string(),
                     })?)
                 }
             }
@@ -79,37 +102,35 @@ impl ControllerFaults {
                     .collect();
             }
             other => {
-                return Err(format!(
-                    "unknown controller fault \"{other}\": the knobs are operator-stall:NODE, typha-stuck, node-join:N, agent-not-ready:NODE"
-                ));
+                return Err(ControllerFaultError::UnknownKnob {
+                    knob: other.to_string(),
+                });
             }
         }
         Ok(())
     }
 
     /// Parse `--fault` specs (only those of [`KNOBS`]); `agent-not-ready` accumulates.
-    pub fn parse_specs(specs: &[String]) -> Result<Self, String> {
+    pub fn parse_specs(specs: &[String]) -> Result<Self, ControllerFaultError> {
         let mut c = Self::default();
         for s in specs {
             let (k, v) = s.split_once(':').unwrap_or((s.as_str(), ""));
             if k.trim() == "agent-not-ready" {
                 if v.trim().is_empty() {
-                    return Err("fault agent-not-ready needs a node name, e.g. agent-not-ready:ip-10-0-0-10.eu-west-1.compute.internal".into());
+                    return Err(ControllerFaultError::NoNode);
                 }
                 c.agent_not_ready.insert(v.trim().to_string());
                 continue;
             }
             if matches!(k.trim(), "operator-stall" | "node-join") && v.trim().is_empty() {
-                return Err(format!(
-                    "fault \"{s}\" needs a value: operator-stall:NODE or node-join:N"
-                ));
+                return Err(ControllerFaultError::NoValue { spec: s.clone() });
             }
             c.set(k, v)?;
         }
         Ok(c)
     }
 
-    pub fn from_data(data: Option<&Value>) -> Result<Self, String> {
+    pub fn from_data(data: Option<&Value>) -> Result<Self, ControllerFaultError> {
         let mut c = Self::default();
         if let Some(Value::Object(m)) = data {
             for (k, v) in m {
@@ -171,6 +192,7 @@ pub fn read(sb: &Sandbox) -> ControllerFaults {
             f
         }
         Err(e) => {
+            let e = e.to_string();
             if reported != e {
                 let _ = merge(
                     sb,

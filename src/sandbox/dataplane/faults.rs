@@ -50,13 +50,33 @@ pub fn controller_blocked(configmap_data: Option<&Value>) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn node_list(knob: &str, v: &str) -> Result<BTreeSet<String>, String> {
+/// A data-plane fault spec or ConfigMap value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataPlaneFaultError {
+    #[error("fault {knob}: \"{node}\" is not a node name; give {knob}:NODE[,NODE...]")]
+    NotANodeName { knob: String, node: String },
+    #[error("fault {knob}: no node given; use {knob}:NODE")]
+    NoNode { knob: String },
+    #[error(
+        "unknown data-plane fault \"{knob}\": the knobs are lapse:NODE, agent-not-ready:NODE and conn-reset:NODE"
+    )]
+    UnknownKnob { knob: String },
+    #[error("fault \"{spec}\" is not KNOB:NODE, e.g. lapse:NODE")]
+    NotKnobNode { spec: String },
+    #[error(
+        "ConfigMap {NAMESPACE}/{CONFIGMAP}: unknown key \"{key}\"; the keys are lapse, agent-not-ready and conn-reset"
+    )]
+    UnknownKey { key: String },
+}
+
+fn node_list(knob: &str, v: &str) -> Result<BTreeSet<String>, DataPlaneFaultError> {
     let mut out = BTreeSet::new();
     for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         if n.contains(char::is_whitespace) || n.contains(':') {
-            return Err(format!(
-                "fault {knob}: \"{n}\" is not a node name; give {knob}:NODE[,NODE...]"
-            ));
+            return Err(DataPlaneFaultError::NotANodeName {
+                knob: knob.to_string(),
+                node: n.to_string(),
+            });
         }
         out.insert(n.to_string());
     }
@@ -65,42 +85,40 @@ fn node_list(knob: &str, v: &str) -> Result<BTreeSet<String>, String> {
 
 impl DataPlaneFaults {
     /// Add one `knob:NODE[,NODE...]` setting.
-    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), String> {
+    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), DataPlaneFaultError> {
         let nodes = node_list(knob.trim(), value)?;
         if nodes.is_empty() {
-            return Err(format!(
-                "fault {}: no node given; use {}:NODE",
-                knob.trim(),
-                knob.trim()
-            ));
+            return Err(DataPlaneFaultError::NoNode {
+                knob: knob.trim().to_string(),
+            });
         }
         match knob.trim() {
             "lapse" => self.lapse.extend(nodes),
             "agent-not-ready" => self.agent_not_ready.extend(nodes),
             "conn-reset" => self.conn_reset.extend(nodes),
             other => {
-                return Err(format!(
-                    "unknown data-plane fault \"{other}\": the knobs are lapse:NODE, agent-not-ready:NODE and conn-reset:NODE"
-                ));
+                return Err(DataPlaneFaultError::UnknownKnob {
+                    knob: other.to_string(),
+                });
             }
         }
         Ok(())
     }
 
     /// Parse specs such as `lapse:ip-10-0-0-10.eu-west-1.compute.internal`.
-    pub fn parse_specs(specs: &[String]) -> Result<Self, String> {
+    pub fn parse_specs(specs: &[String]) -> Result<Self, DataPlaneFaultError> {
         let mut f = Self::default();
         for s in specs {
             let (k, v) = s
                 .split_once(':')
-                .ok_or_else(|| format!("fault \"{s}\" is not KNOB:NODE, e.g. lapse:NODE"))?;
+                .ok_or_else(|| DataPlaneFaultError::NotKnobNode { spec: s.clone() })?;
             f.set(k, v)?;
         }
         Ok(f)
     }
 
     /// From the ConfigMap's `data` (empty values mean no node).
-    pub fn from_data(data: Option<&Value>) -> Result<Self, String> {
+    pub fn from_data(data: Option<&Value>) -> Result<Self, DataPlaneFaultError> {
         let mut f = Self::default();
         if let Some(Value::Object(m)) = data {
             for (k, v) in m {
@@ -110,9 +128,9 @@ impl DataPlaneFaults {
                     "agent-not-ready" => f.agent_not_ready = node_list(k, v)?,
                     "conn-reset" => f.conn_reset = node_list(k, v)?,
                     other => {
-                        return Err(format!(
-                            "ConfigMap {NAMESPACE}/{CONFIGMAP}: unknown key \"{other}\"; the keys are lapse, agent-not-ready and conn-reset"
-                        ));
+                        return Err(DataPlaneFaultError::UnknownKey {
+                            key: other.to_string(),
+                        });
                     }
                 }
             }
@@ -172,7 +190,7 @@ mod tests {
         assert!(DataPlaneFaults::parse_specs(&["lapse".into()]).is_err());
         assert!(DataPlaneFaults::parse_specs(&["lapse:".into()]).is_err());
         let e = DataPlaneFaults::parse_specs(&["stall:a".into()]).unwrap_err();
-        assert!(e.contains("lapse:NODE"), "{e}");
+        assert!(e.to_string().contains("lapse:NODE"), "{e}");
         assert!(is_dataplane_spec("lapse:x") && !is_dataplane_spec("latency:5"));
         assert!(
             !is_dataplane_spec("agent-not-ready:x"),
