@@ -739,34 +739,54 @@ fn owner_rules(store: &Store, user: &UserInfo, namespace: &str) -> (Vec<PolicyRu
     (rules, errors)
 }
 
+/// The refusal of [`confirm_no_escalation`]: upstream's sentence, with the missing
+/// rules compacted, sorted and one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}{}",
+    .user,
+    go_quoted(.groups),
+    .missing.join("\n"),
+    resolution_suffix(.resolution_errors)
+)]
+pub struct EscalationError {
+    pub user: String,
+    pub groups: Vec<String>,
+    /// The rules `user` lacks, compacted and sorted (`CompactString` of each).
+    pub missing: Vec<String>,
+    /// The errors met while resolving the rules `user` holds.
+    pub resolution_errors: Vec<String>,
+}
+
+/// `%v` of []error{utilerrors.NewAggregate(errs)}: one error as is, several as [a, b].
+fn resolution_suffix(errors: &[String]) -> String {
+    match errors {
+        [] => String::new(),
+        [one] => format!("; resolution errors: [{one}]"),
+        many => format!("; resolution errors: [[{}]]", many.join(", ")),
+    }
+}
+
 /// `ConfirmNoEscalation` (pkg/registry/rbac/validation/rule.go:53-89 at v1.36.2): every
-/// permission of `rules` must already be held by `user` in `namespace`. The error is
-/// upstream's sentence, missing rules compacted, sorted and one per line.
+/// permission of `rules` must already be held by `user` in `namespace`.
 pub fn confirm_no_escalation(
     store: &Store,
     user: &UserInfo,
     namespace: &str,
     rules: &[PolicyRule],
-) -> Result<(), String> {
+) -> Result<(), EscalationError> {
     let (owner, errors) = owner_rules(store, user, namespace);
     let missing = uncovered(&owner, rules);
     if missing.is_empty() {
         return Ok(());
     }
     let lines: BTreeSet<String> = compact(missing).iter().map(compact_string).collect();
-    let mut msg = format!(
-        "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
-        user.name,
-        go_quoted(&user.groups),
-        lines.into_iter().collect::<Vec<_>>().join("\n")
-    );
-    // `%v` of []error{utilerrors.NewAggregate(errs)}: one error as is, several as [a, b].
-    match errors.as_slice() {
-        [] => {}
-        [one] => msg.push_str(&format!("; resolution errors: [{one}]")),
-        many => msg.push_str(&format!("; resolution errors: [[{}]]", many.join(", "))),
-    }
-    Err(msg)
+    Err(EscalationError {
+        user: user.name.clone(),
+        groups: user.groups.clone(),
+        missing: lines.into_iter().collect(),
+        resolution_errors: errors,
+    })
 }
 
 /// `apierrors.NewForbidden(groupResource, name, err)` (k8s.io/apimachinery
@@ -852,7 +872,7 @@ fn check_role(
     }
     let name = meta(new, "name");
     confirm_no_escalation(store, user, &a.namespace, &strings_rules(new))
-        .map_err(|why| forbidden(&a.resource, name, &why))?;
+        .map_err(|why| forbidden(&a.resource, name, &why.to_string()))?;
     let aggregates = has_aggregation_rule(new) || old.is_some_and(has_aggregation_rule);
     if a.resource == "clusterroles" && aggregates {
         confirm_no_escalation(store, user, "", &full_authority()).map_err(|_| {
@@ -887,7 +907,7 @@ fn check_binding(
     }
     let rules = role_ref_rules(store, role_ref, &a.namespace)?;
     confirm_no_escalation(store, user, &a.namespace, &rules)
-        .map_err(|why| forbidden(&a.resource, meta(new, "name"), &why))
+        .map_err(|why| forbidden(&a.resource, meta(new, "name"), &why.to_string()))
 }
 
 /// RBAC's privilege-escalation prevention for the write `a` of `new` (over `old`, None

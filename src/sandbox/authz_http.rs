@@ -276,7 +276,7 @@ fn decode_review(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, 
         ))
     };
     let v: Value = if ct.contains("protobuf") {
-        proto::decode_review(body).map_err(bad)?
+        proto::decode_review(body).map_err(|e| bad(e.to_string()))?
     } else if ct.contains("yaml") {
         let text = std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
         serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))?
@@ -419,19 +419,42 @@ pub async fn rules_review(State(sb): State<Sandbox>, headers: HeaderMap, body: B
 mod proto {
     use serde_json::{Value, json};
 
+    /// Why a protobuf review body cannot be read.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum ProtoError {
+        #[error("truncated varint")]
+        TruncatedVarint,
+        #[error("varint too long")]
+        VarintTooLong,
+        #[error("truncated fixed field")]
+        TruncatedFixedField,
+        #[error("length too big")]
+        LengthTooBig,
+        #[error("truncated field")]
+        TruncatedField,
+        #[error("unsupported protobuf wire type {0}")]
+        WireType(u64),
+        #[error("field {0} is not UTF-8")]
+        NotUtf8(u64),
+        #[error("not a Kubernetes protobuf envelope (no k8s\\0 prefix)")]
+        NoEnvelope,
+        #[error("got kind {0:?}")]
+        UnexpectedKind(String),
+    }
+
     /// (field number, bytes) of each length-delimited field; other wire types skipped.
-    fn fields(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
-        fn varint(buf: &mut &[u8]) -> Result<u64, String> {
+    fn fields(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>, ProtoError> {
+        fn varint(buf: &mut &[u8]) -> Result<u64, ProtoError> {
             let mut v = 0u64;
             for shift in (0..64).step_by(7) {
-                let (&b, rest) = buf.split_first().ok_or("truncated varint")?;
+                let (&b, rest) = buf.split_first().ok_or(ProtoError::TruncatedVarint)?;
                 *buf = rest;
                 v |= u64::from(b & 0x7f) << shift;
                 if b & 0x80 == 0 {
                     return Ok(v);
                 }
             }
-            Err("varint too long".into())
+            Err(ProtoError::VarintTooLong)
         }
         let mut out = Vec::new();
         while !buf.is_empty() {
@@ -442,37 +465,36 @@ mod proto {
                 }
                 1 | 5 => {
                     let n = if key & 7 == 1 { 8 } else { 4 };
-                    buf = buf.get(n..).ok_or("truncated fixed field")?;
+                    buf = buf.get(n..).ok_or(ProtoError::TruncatedFixedField)?;
                 }
                 2 => {
-                    let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length too big")?;
-                    let data = buf.get(..len).ok_or("truncated field")?;
+                    let len =
+                        usize::try_from(varint(&mut buf)?).map_err(|_| ProtoError::LengthTooBig)?;
+                    let data = buf.get(..len).ok_or(ProtoError::TruncatedField)?;
                     out.push((key >> 3, data));
                     buf = &buf[len..];
                 }
-                w => return Err(format!("unsupported protobuf wire type {w}")),
+                w => return Err(ProtoError::WireType(w)),
             }
         }
         Ok(out)
     }
 
-    fn field(buf: &[u8], n: u64) -> Result<Option<&[u8]>, String> {
+    fn field(buf: &[u8], n: u64) -> Result<Option<&[u8]>, ProtoError> {
         Ok(fields(buf)?
             .into_iter()
             .find(|(f, _)| *f == n)
             .map(|(_, d)| d))
     }
 
-    fn string(buf: &[u8], n: u64) -> Result<String, String> {
+    fn string(buf: &[u8], n: u64) -> Result<String, ProtoError> {
         let bytes = field(buf, n)?.unwrap_or_default();
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("field {n} is not UTF-8"))
+        String::from_utf8(bytes.to_vec()).map_err(|_| ProtoError::NotUtf8(n))
     }
 
     /// A SelfSubjectAccessReview or SelfSubjectRulesReview as its JSON form.
-    pub fn decode_review(body: &[u8]) -> Result<Value, String> {
-        let unknown = body
-            .strip_prefix(b"k8s\0")
-            .ok_or("not a Kubernetes protobuf envelope (no k8s\\0 prefix)")?;
+    pub fn decode_review(body: &[u8]) -> Result<Value, ProtoError> {
+        let unknown = body.strip_prefix(b"k8s\0").ok_or(ProtoError::NoEnvelope)?;
         let type_meta = field(unknown, 1)?.unwrap_or_default();
         let kind = string(type_meta, 2)?;
         let raw = field(unknown, 2)?.unwrap_or_default();
@@ -506,7 +528,7 @@ mod proto {
                 s
             }
             "SelfSubjectRulesReview" => json!({"namespace": string(spec, 1)?}),
-            other => return Err(format!("got kind {other:?}")),
+            other => return Err(ProtoError::UnexpectedKind(other.to_string())),
         };
         Ok(json!({"apiVersion": "authorization.k8s.io/v1", "kind": kind, "spec": spec}))
     }
@@ -529,7 +551,7 @@ mod tests {
         let Ok(bytes) = hex::decode(&hex) else {
             panic!("bad test hex")
         };
-        let v = proto::decode_review(&bytes).unwrap_or_else(|e| json!({"error": e}));
+        let v = proto::decode_review(&bytes).unwrap_or_else(|e| json!({"error": e.to_string()}));
         assert_eq!(v["kind"], "SelfSubjectAccessReview", "{v}");
         let r = &v["spec"]["resourceAttributes"];
         assert_eq!(r["namespace"], "kube-system");

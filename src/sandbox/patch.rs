@@ -50,21 +50,67 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Why a JSON patch or strategic merge patch cannot be applied; the text is
+/// what the real API server puts after "error in our request: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    #[error("invalid JSON pointer \"{ptr}\": must start with '/'")]
+    InvalidPointer { ptr: String },
+    #[error("doc is missing path: \"{ptr}\"")]
+    MissingPath { ptr: String },
+    #[error("invalid array index \"{index}\" in \"{ptr}\"")]
+    InvalidIndex { index: String, ptr: String },
+    #[error("array index {index} out of bounds in \"{ptr}\"")]
+    IndexOutOfBounds { index: usize, ptr: String },
+    #[error("cannot remove the whole document")]
+    RemoveWholeDocument,
+    #[error("unable to remove nonexistent key: {key}: missing value")]
+    RemoveMissing { key: String },
+    #[error("a JSON patch must be a list of operations")]
+    NotAList,
+    #[error("operation {n} ({op}) has no \"{field}\"")]
+    MissingField {
+        n: usize,
+        op: String,
+        field: &'static str,
+    },
+    #[error("testing value {path} failed")]
+    TestFailed { path: String },
+    #[error("unexpected kind: \"{op}\" in operation {n}")]
+    UnknownOp { op: String, n: usize },
+    #[error("unknown patch type: {kind}")]
+    UnknownPatchType { kind: String },
+    #[error("unknown directive {key}")]
+    UnknownDirective { key: String },
+}
+
+fn missing_path(ptr: &str) -> PatchError {
+    PatchError::MissingPath {
+        ptr: ptr.to_string(),
+    }
+}
+
 fn unescape(tok: &str) -> String {
     tok.replace("~1", "/").replace("~0", "~")
 }
 
-fn tokens(ptr: &str) -> Result<Vec<String>, String> {
+fn tokens(ptr: &str) -> Result<Vec<String>, PatchError> {
     if ptr.is_empty() {
         return Ok(vec![]);
     }
     let rest = ptr
         .strip_prefix('/')
-        .ok_or_else(|| format!("invalid JSON pointer \"{ptr}\": must start with '/'"))?;
+        .ok_or_else(|| PatchError::InvalidPointer {
+            ptr: ptr.to_string(),
+        })?;
     Ok(rest.split('/').map(unescape).collect())
 }
 
-fn parent_mut<'a>(doc: &'a mut Value, toks: &[String], ptr: &str) -> Result<&'a mut Value, String> {
+fn parent_mut<'a>(
+    doc: &'a mut Value,
+    toks: &[String],
+    ptr: &str,
+) -> Result<&'a mut Value, PatchError> {
     let mut cur = doc;
     for t in toks {
         cur = match cur {
@@ -72,12 +118,12 @@ fn parent_mut<'a>(doc: &'a mut Value, toks: &[String], ptr: &str) -> Result<&'a 
             Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
             _ => None,
         }
-        .ok_or_else(|| format!("doc is missing path: \"{ptr}\""))?;
+        .ok_or_else(|| missing_path(ptr))?;
     }
     Ok(cur)
 }
 
-fn add(doc: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
+fn add(doc: &mut Value, ptr: &str, value: Value) -> Result<(), PatchError> {
     let toks = tokens(ptr)?;
     let Some((last, parents)) = toks.split_last() else {
         *doc = value;
@@ -93,24 +139,28 @@ fn add(doc: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
                 a.len()
             } else {
                 last.parse::<usize>()
-                    .map_err(|_| format!("invalid array index \"{last}\" in \"{ptr}\""))?
+                    .map_err(|_| PatchError::InvalidIndex {
+                        index: last.clone(),
+                        ptr: ptr.to_string(),
+                    })?
             };
             if i > a.len() {
-                return Err(format!("array index {i} out of bounds in \"{ptr}\""));
+                return Err(PatchError::IndexOutOfBounds {
+                    index: i,
+                    ptr: ptr.to_string(),
+                });
             }
             a.insert(i, value);
             Ok(())
         }
-        _ => Err(format!("doc is missing path: \"{ptr}\"")),
+        _ => Err(missing_path(ptr)),
     }
 }
 
-fn remove(doc: &mut Value, ptr: &str) -> Result<Value, String> {
+fn remove(doc: &mut Value, ptr: &str) -> Result<Value, PatchError> {
     let toks = tokens(ptr)?;
-    let (last, parents) = toks
-        .split_last()
-        .ok_or_else(|| "cannot remove the whole document".to_string())?;
-    let missing = || format!("unable to remove nonexistent key: {last}: missing value");
+    let (last, parents) = toks.split_last().ok_or(PatchError::RemoveWholeDocument)?;
+    let missing = || PatchError::RemoveMissing { key: last.clone() };
     match parent_mut(doc, parents, ptr)? {
         Value::Object(m) => m.remove(last).ok_or_else(missing),
         Value::Array(a) => match last.parse::<usize>() {
@@ -121,32 +171,30 @@ fn remove(doc: &mut Value, ptr: &str) -> Result<Value, String> {
     }
 }
 
-fn get<'a>(doc: &'a Value, ptr: &str) -> Result<&'a Value, String> {
-    doc.pointer(ptr)
-        .ok_or_else(|| format!("doc is missing path: \"{ptr}\""))
+fn get<'a>(doc: &'a Value, ptr: &str) -> Result<&'a Value, PatchError> {
+    doc.pointer(ptr).ok_or_else(|| missing_path(ptr))
 }
 
 /// RFC 6902. The error names the failing operation.
-pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
-    let ops = ops
-        .as_array()
-        .ok_or_else(|| "a JSON patch must be a list of operations".to_string())?;
+pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, PatchError> {
+    let ops = ops.as_array().ok_or(PatchError::NotAList)?;
     let mut doc = target.clone();
     for (n, op) in ops.iter().enumerate() {
         let name = op.get("op").and_then(Value::as_str).unwrap_or_default();
+        let no = |field| PatchError::MissingField {
+            n,
+            op: name.to_string(),
+            field,
+        };
         let path = op
             .get("path")
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("operation {n} ({name}) has no \"path\""))?;
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| format!("operation {n} ({name}) has no \"value\""))
-        };
+            .ok_or_else(|| no("path"))?;
+        let value = || op.get("value").cloned().ok_or_else(|| no("value"));
         let from = || {
             op.get("from")
                 .and_then(Value::as_str)
-                .ok_or_else(|| format!("operation {n} ({name}) has no \"from\""))
+                .ok_or_else(|| no("from"))
         };
         match name {
             "add" => add(&mut doc, path, value()?)?,
@@ -167,10 +215,17 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
             }
             "test" => {
                 if *get(&doc, path)? != value()? {
-                    return Err(format!("testing value {path} failed"));
+                    return Err(PatchError::TestFailed {
+                        path: path.to_string(),
+                    });
                 }
             }
-            other => return Err(format!("unexpected kind: \"{other}\" in operation {n}")),
+            other => {
+                return Err(PatchError::UnknownOp {
+                    op: other.to_string(),
+                    n,
+                });
+            }
         }
     }
     Ok(doc)
@@ -178,11 +233,11 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
 
 /// Strategic merge patch: merge patch plus keyed list merging and the
 /// `$patch`, `$retainKeys`, `$deleteFromPrimitiveList` and `$setElementOrder` directives.
-pub fn strategic_merge(target: &Value, patch: &Value) -> Result<Value, String> {
+pub fn strategic_merge(target: &Value, patch: &Value) -> Result<Value, PatchError> {
     merge_map(target, patch)
 }
 
-fn merge_map(target: &Value, patch: &Value) -> Result<Value, String> {
+fn merge_map(target: &Value, patch: &Value) -> Result<Value, PatchError> {
     let Value::Object(p) = patch else {
         return Ok(patch.clone());
     };
@@ -193,7 +248,11 @@ fn merge_map(target: &Value, patch: &Value) -> Result<Value, String> {
             return Ok(Value::Object(m));
         }
         Some("delete") => return Ok(Value::Null),
-        Some(other) => return Err(format!("unknown patch type: {other}")),
+        Some(other) => {
+            return Err(PatchError::UnknownPatchType {
+                kind: other.to_string(),
+            });
+        }
         None => {}
     }
     let mut out = match target {
@@ -215,7 +274,7 @@ fn merge_map(target: &Value, patch: &Value) -> Result<Value, String> {
             continue;
         }
         if k.starts_with('$') {
-            return Err(format!("unknown directive {k}"));
+            return Err(PatchError::UnknownDirective { key: k.clone() });
         }
         match v {
             Value::Null => {
@@ -241,7 +300,7 @@ fn merge_map(target: &Value, patch: &Value) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn merge_list(field: &str, target: Option<&Value>, items: &[Value]) -> Result<Value, String> {
+fn merge_list(field: &str, target: Option<&Value>, items: &[Value]) -> Result<Value, PatchError> {
     let current: Vec<Value> = target
         .and_then(Value::as_array)
         .cloned()

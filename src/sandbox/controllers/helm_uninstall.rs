@@ -47,17 +47,35 @@ fn release_secrets(sb: &Sandbox, namespace: &str, release: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Why `helm uninstall` does not start: helm's own words.
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallError {
+    #[error("cannot read release {release}: {source}")]
+    Unreadable {
+        release: String,
+        source: helm::HelmError,
+    },
+    #[error("uninstall: Release not loaded: {release}: release: not found (namespace {namespace})")]
+    NotFound { release: String, namespace: String },
+}
+
 /// Uninstall (or plan, with `dry_run`) release `release` of namespace `namespace`.
 pub fn helm_uninstall(
     sb: &Sandbox,
     release: &str,
     namespace: &str,
     dry_run: bool,
-) -> Result<UninstallOutcome, String> {
+) -> Result<UninstallOutcome, UninstallError> {
     let records = release_secrets(sb, namespace, release);
     let rel = helm::current_release(&records, release)
-        .map_err(|e| format!("cannot read release {release}: {e}"))?
-        .ok_or_else(|| format!("uninstall: Release not loaded: {release}: release: not found (namespace {namespace})"))?;
+        .map_err(|source| UninstallError::Unreadable {
+            release: release.to_string(),
+            source,
+        })?
+        .ok_or_else(|| UninstallError::NotFound {
+            release: release.to_string(),
+            namespace: namespace.to_string(),
+        })?;
     let plan = helm::uninstall_plan(&rel);
     let kept = helm::manifest_objects(&rel.manifest)
         .map(|objs| {
@@ -153,7 +171,7 @@ pub fn routes(sb: &Sandbox) -> axum::Router {
                     ),
                     Err(e) => (
                         http::StatusCode::UNPROCESSABLE_ENTITY,
-                        axum::Json(serde_json::json!({"error": e})),
+                        axum::Json(serde_json::json!({"error": e.to_string()})),
                     ),
                 }
             }

@@ -56,26 +56,35 @@ impl Default for ControllerOptions {
     }
 }
 
+/// Why the controllers cannot start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{knob} must be a positive number of seconds, got {value}")]
+    NotPositive { knob: &'static str, value: f64 },
+    #[error("pod-start-delay must be zero or more seconds, got {value}")]
+    NegativeDelay { value: f64 },
+    /// Writing the fault ConfigMap failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
 impl ControllerOptions {
     /// Reject values that would stall or spin the loop, naming the knob.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
+    pub fn validate(&self) -> Result<(), ControllerError> {
+        let positive = |knob: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
                 Ok(())
             } else {
-                Err(format!(
-                    "{name} must be a positive number of seconds, got {v}"
-                ))
+                Err(ControllerError::NotPositive { knob, value })
             }
         };
         positive("time-scale", self.time_scale)?;
         positive("tick-seconds", self.tick_seconds)?;
         positive("operator-step", self.operator_step)?;
         if !(self.pod_start_delay.is_finite() && self.pod_start_delay >= 0.0) {
-            return Err(format!(
-                "pod-start-delay must be zero or more seconds, got {}",
-                self.pod_start_delay
-            ));
+            return Err(ControllerError::NegativeDelay {
+                value: self.pod_start_delay,
+            });
         }
         Ok(())
     }
@@ -98,9 +107,9 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    pub fn new(sb: &Sandbox, opts: ControllerOptions) -> Result<Self, String> {
+    pub fn new(sb: &Sandbox, opts: ControllerOptions) -> Result<Self, ControllerError> {
         opts.validate()?;
-        faults::write(sb, &opts.faults).map_err(|e| e.to_string())?;
+        faults::write(sb, &opts.faults)?;
         Ok(Self {
             sb: sb.clone(),
             pods: pods::PodLifecycle::default(),
@@ -182,7 +191,7 @@ impl Drop for ControllersHandle {
 }
 
 /// Start the controllers on the current Tokio runtime.
-pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle, String> {
+pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle, ControllerError> {
     let interval = opts.tick_interval();
     sb.add_routes(helm_uninstall::routes(sb));
     let state = Arc::new(Mutex::new(Controllers::new(sb, opts)?));
@@ -218,7 +227,10 @@ pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle,
 impl Sandbox {
     /// Start the workload controllers and the simulated Tigera operator
     /// (see docs/sandbox-behaviour.md). Needs a Tokio runtime.
-    pub fn start_controllers(&self, opts: ControllerOptions) -> Result<ControllersHandle, String> {
+    pub fn start_controllers(
+        &self,
+        opts: ControllerOptions,
+    ) -> Result<ControllersHandle, ControllerError> {
         start(self, opts)
     }
 }

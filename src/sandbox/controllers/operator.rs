@@ -16,7 +16,7 @@ mod convert;
 mod migration;
 mod status;
 
-pub use convert::{DEGRADED_PREFIX, check_daemonset};
+pub use convert::{DEGRADED_PREFIX, OperatorRefusal, check_daemonset};
 pub use migration::{expected_typha_replicas, kube_system_typha_target};
 
 use serde_json::Value;

@@ -215,7 +215,9 @@ fn error_status(e: &ExecError) -> Value {
     let (code, reason) = match e {
         ExecError::NotFound(_) => (404, "NotFound"),
         ExecError::BadRequest(_) => (400, "BadRequest"),
-        ExecError::NotRunning(_) | ExecError::Internal(_) => (500, "InternalError"),
+        ExecError::NotRunning(_) | ExecError::Internal(_) | ExecError::Eval(_) => {
+            (500, "InternalError")
+        }
     };
     json!({"metadata": {}, "status": "Failure", "message": e.to_string(), "reason": reason, "code": code})
 }

@@ -222,8 +222,7 @@ impl DataPlane {
                 flow.dst.port,
                 Protocol::Tcp,
                 egress,
-            )
-            .map_err(ExecError::Internal)?;
+            )?;
             if !allowed {
                 return Ok(Some("timeout"));
             }
@@ -247,9 +246,7 @@ impl DataPlane {
         let opened: Result<Resolved, Connect> = {
             let mut w = lock(&self.inner.world);
             match probe::resolve(&w, &src, &dest, Protocol::Tcp) {
-                Ok(r) => match probe::connect_resolved(&mut w, &src, &r, Protocol::Tcp)
-                    .map_err(ExecError::Internal)?
-                {
+                Ok(r) => match probe::connect_resolved(&mut w, &src, &r, Protocol::Tcp)? {
                     Connect::Connected => Ok(r),
                     other => Err(other),
                 },

@@ -68,6 +68,9 @@ pub enum ExecError {
     NotRunning(String),
     #[error("{0}")]
     Internal(String),
+    /// The data plane cannot judge the flow.
+    #[error(transparent)]
+    Eval(#[from] world::EvalError),
 }
 
 struct Inner {
@@ -310,7 +313,7 @@ impl DataPlane {
         };
         let result = {
             let mut w = lock(&self.inner.world);
-            probe::connect(&mut w, &src, &dest, proto).map_err(ExecError::Internal)?
+            probe::connect(&mut w, &src, &dest, proto)?
         };
         if result == probe::Connect::Dropped {
             // A dropped SYN waits for the client's timeout (the kernel's ~2 min when none).

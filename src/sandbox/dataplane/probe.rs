@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::policy::Protocol;
 
-use super::world::{PodInfo, Side, World};
+use super::world::{EvalError, PodInfo, Side, World};
 
 /// The address Calico's `deny-aws-imds` policy protects; only port 80 listens there.
 pub const IMDS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254));
@@ -150,20 +150,27 @@ pub enum Connect {
     Unknown(String),
 }
 
+/// Go's `net.AddrError` from `net.SplitHostPort`, as agnhost prints it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum AddrError {
+    #[error("address {0}: missing port in address")]
+    MissingPort(String),
+    #[error("address {0}: too many colons in address")]
+    TooManyColons(String),
+}
+
 /// Split `host:port` as Go's `net.SplitHostPort` does (brackets for IPv6).
-fn split_host_port(dest: &str) -> Result<(&str, &str), String> {
+fn split_host_port(dest: &str) -> Result<(&str, &str), AddrError> {
     if let Some(rest) = dest.strip_prefix('[') {
         let (h, p) = rest
             .split_once("]:")
-            .ok_or_else(|| format!("address {dest}: missing port in address"))?;
+            .ok_or_else(|| AddrError::MissingPort(dest.to_string()))?;
         return Ok((h, p));
     }
     match dest.rsplit_once(':') {
-        Some((h, _)) if h.contains(':') => {
-            Err(format!("address {dest}: too many colons in address"))
-        }
+        Some((h, _)) if h.contains(':') => Err(AddrError::TooManyColons(dest.to_string())),
         Some((h, p)) => Ok((h, p)),
-        None => Err(format!("address {dest}: missing port in address")),
+        None => Err(AddrError::MissingPort(dest.to_string())),
     }
 }
 
@@ -196,14 +203,14 @@ pub fn side_allows(
     port: u16,
     proto: Protocol,
     egress: bool,
-) -> Result<bool, String> {
+) -> Result<bool, EvalError> {
     let set = match side {
         Side::AllowAll => return Ok(true),
         Side::Drop => return Ok(false),
         Side::Policies(set) => set,
     };
     let idx = world.index(&set)?;
-    let missing = |k: String| format!("pod {k} is not in the data plane's model");
+    let missing = EvalError::UnknownPod;
     let s = idx
         .pod_index(&pod_key(src))
         .ok_or_else(|| missing(pod_key(src)))?;
@@ -237,7 +244,7 @@ pub fn resolve(
 ) -> Result<Resolved, Connect> {
     let (host, port) = match split_host_port(dest) {
         Ok(hp) => hp,
-        Err(e) => return Err(Connect::Unknown(e)),
+        Err(e) => return Err(Connect::Unknown(e.to_string())),
     };
     let port: u16 = match port.parse::<u32>() {
         Ok(p) if p <= 65535 => p as u16,
@@ -289,7 +296,7 @@ pub fn resolve(
 /// (UDP 53, the pod's `ClusterFirst` resolv.conf), which kube-proxy sends to one CoreDNS
 /// pod; both nodes' enforcement judge that flow. `Some(answer)` when the lookup fails.
 /// A sandbox without that Service resolves names without a DNS flow.
-fn dns_lookup(world: &mut World, src: &PodInfo, host: &str) -> Result<Option<Connect>, String> {
+fn dns_lookup(world: &mut World, src: &PodInfo, host: &str) -> Result<Option<Connect>, EvalError> {
     let Some(svc) = world.service_by_name("kube-dns.kube-system", "").cloned() else {
         return Ok(None);
     };
@@ -340,7 +347,7 @@ pub fn connect(
     src: &PodInfo,
     dest: &str,
     proto: Protocol,
-) -> Result<Connect, String> {
+) -> Result<Connect, EvalError> {
     if let Ok((host, _)) = split_host_port(dest)
         && host.parse::<IpAddr>().is_err()
         && let Some(failed) = dns_lookup(world, src, host)?
@@ -360,7 +367,7 @@ pub fn connect_resolved(
     src: &PodInfo,
     r: &Resolved,
     proto: Protocol,
-) -> Result<Connect, String> {
+) -> Result<Connect, EvalError> {
     let (ip, port) = (r.ip, r.port);
     let target = match &r.dst_pod {
         Some(p) => Target::Pod(p),

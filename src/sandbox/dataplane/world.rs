@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::faults::DataPlaneFaults;
 use super::monitor::{DivergenceReason, Monitor};
-use crate::policy::{ClusterModel, Origin, PolicyIndex, Protocol};
+use crate::policy::{ClusterModel, InputError, Origin, PolicyIndex, Protocol};
 use crate::sandbox::faults::NAMESPACE as FAULT_NAMESPACE;
 use crate::sandbox::{EventType, GroupResource, WatchEvent};
 
@@ -207,8 +207,8 @@ pub struct World {
     by_ip: HashMap<IpAddr, PodKey>,
     /// Namespaces and pods parsed for the policy engine once per change (not per rebuild);
     /// values the engine refuses are kept as errors.
-    namespaces: BTreeMap<String, Result<crate::policy::Namespace, String>>,
-    model_pods: BTreeMap<PodKey, Result<crate::policy::Pod, String>>,
+    namespaces: BTreeMap<String, Result<crate::policy::Namespace, InputError>>,
+    model_pods: BTreeMap<PodKey, Result<crate::policy::Pod, InputError>>,
     pub node_ips: HashMap<IpAddr, String>,
     /// Services by (namespace, name), for DNS names and ClusterIPs (kube-proxy's DNAT).
     pub services: BTreeMap<PodKey, Value>,
@@ -761,7 +761,7 @@ impl World {
     }
 
     /// The policy index for a policy set over the current pods and namespaces.
-    pub fn index(&mut self, set: &Arc<PolicySet>) -> Result<Arc<PolicyIndex>, String> {
+    pub fn index(&mut self, set: &Arc<PolicySet>) -> Result<Arc<PolicyIndex>, EvalError> {
         if let Some((v, idx)) = self.indexes.get(&set.generation)
             && *v == self.pods_version
         {
@@ -772,13 +772,13 @@ impl World {
         for (name, ns) in &self.namespaces {
             match ns {
                 Ok(n) => model.namespaces.push(n.clone()),
-                Err(e) => drop(errors.insert(format!("namespace {name}"), e.clone())),
+                Err(e) => drop(errors.insert(format!("namespace {name}"), e.to_string())),
             }
         }
         for ((ns, name), p) in &self.model_pods {
             match p {
                 Ok(p) => model.pods.push(p.clone()),
-                Err(e) => drop(errors.insert(format!("pod {ns}/{name}"), e.clone())),
+                Err(e) => drop(errors.insert(format!("pod {ns}/{name}"), e.to_string())),
             }
         }
         for (key, obj) in &set.objects {
@@ -794,10 +794,7 @@ impl World {
             tracing::warn!("data plane skips {what}: {e}");
         }
         self.policy_errors = errors;
-        let idx = Arc::new(
-            PolicyIndex::build(model)
-                .map_err(|e| format!("the policies cannot be evaluated: {e}"))?,
-        );
+        let idx = Arc::new(PolicyIndex::build(model).map_err(EvalError::Policies)?);
         // Keep the current set and the frozen ones only.
         let live: HashSet<u64> = self
             .nodes
@@ -826,6 +823,15 @@ impl World {
     }
 }
 
+/// Why the data plane cannot judge a flow (answered as an exec's internal error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("the policies cannot be evaluated: {0}")]
+    Policies(InputError),
+    #[error("pod {0} is not in the data plane's model")]
+    UnknownPod(String),
+}
+
 /// A container port of `pod` by name and protocol.
 fn named_port(pod: &Value, name: &str, proto: Protocol) -> Option<u16> {
     pod.pointer("/spec/containers")
@@ -843,13 +849,13 @@ fn named_port(pod: &Value, name: &str, proto: Protocol) -> Option<u16> {
 }
 
 /// Parse one object for the policy engine.
-fn parse_one(obj: &Value, what: &str) -> Result<ClusterModel, String> {
+fn parse_one(obj: &Value, what: &str) -> Result<ClusterModel, InputError> {
     let mut m = ClusterModel::new();
     let origin = Origin {
         source: what.to_string(),
         document: 0,
     };
-    m.add_value(obj, &origin).map_err(|e| e.to_string())?;
+    m.add_value(obj, &origin)?;
     Ok(m)
 }
 

@@ -14,8 +14,17 @@ pub const DEGRADED_PREFIX: &str = "Existing Calico installation can not be manag
 
 const COMPONENT: &str = "daemonset/calico-node";
 
-fn incompatible(err: String, fix: &str, component: &str) -> String {
-    format!("{err}. To fix it, {fix} on {component}")
+/// The migration converter's refusal, as the real Tigera operator words it
+/// (tigera/operator pkg/controller/migration/convert). The text is upstream's and
+/// reproduced verbatim (the operator reports it in its TigeraStatus), so it is
+/// carried as is rather than split into variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OperatorRefusal(pub String);
+
+/// `ErrIncompatibleCluster`: `<err>. To fix it, <fix> on <component>`.
+fn incompatible(err: String, fix: &str, component: &str) -> OperatorRefusal {
+    OperatorRefusal(format!("{err}. To fix it, {fix} on {component}"))
 }
 
 /// Go's `%v` of a map[string]string: `map[k1:v1 k2:v2]`, keys sorted.
@@ -78,7 +87,7 @@ const AMAZON_VPC_ENV: &[(&str, &str)] = &[
 ];
 
 /// Run the checks on the kube-system calico-node DaemonSet; Err is the operator's error text.
-pub fn check_daemonset(ds: &Value) -> Result<(), String> {
+pub fn check_daemonset(ds: &Value) -> Result<(), OperatorRefusal> {
     let labels = string_map(ds.pointer("/metadata/labels"));
     if let Some(mode) = labels.get("addonmanager.kubernetes.io/mode") {
         return Err(incompatible(
@@ -108,7 +117,9 @@ pub fn check_daemonset(ds: &Value) -> Result<(), String> {
         .cloned()
         .unwrap_or(Value::Null);
     if spec.get("affinity").is_some_and(|a| !a.is_null()) {
-        return Err("node affinity not supported for calico-node daemonset".into());
+        return Err(OperatorRefusal(
+            "node affinity not supported for calico-node daemonset".into(),
+        ));
     }
     let mut sel = string_map(spec.get("nodeSelector"));
     sel.retain(|k, _| {
@@ -117,10 +128,10 @@ pub fn check_daemonset(ds: &Value) -> Result<(), String> {
             && k != super::super::nodes::MIGRATION_LABEL
     });
     if !sel.is_empty() {
-        return Err(format!(
+        return Err(OperatorRefusal(format!(
             "unsupported nodeSelector for calico-node daemonset: {}",
             go_map(&sel)
-        ));
+        )));
     }
     let containers = spec
         .get("containers")
@@ -152,7 +163,9 @@ pub fn check_daemonset(ds: &Value) -> Result<(), String> {
             .and_then(|(_, v)| v.clone())
     };
     if val("DATASTORE_TYPE").is_some_and(|t| t != "kubernetes") {
-        return Err("only DATASTORE_TYPE=kubernetes is supported".into());
+        return Err(OperatorRefusal(
+            "only DATASTORE_TYPE=kubernetes is supported".into(),
+        ));
     }
     if val("FELIX_INTERFACEPREFIX").as_deref() == Some("eni") {
         for (k, want) in AMAZON_VPC_ENV {
@@ -176,7 +189,10 @@ pub fn check_daemonset(ds: &Value) -> Result<(), String> {
         .map(|(n, _)| format!("calico-node/{n}"))
         .collect();
     if !unexpected.is_empty() {
-        return Err(format!("unexpected env var: [{}]", unexpected.join(" ")));
+        return Err(OperatorRefusal(format!(
+            "unexpected env var: [{}]",
+            unexpected.join(" ")
+        )));
     }
     Ok(())
 }
@@ -206,13 +222,15 @@ mod tests {
         let mut ds = chart_ds();
         assert_eq!(
             check_daemonset(&ds),
-            Err("unexpected annotation 'map[meta.helm.sh/release-name:aws-calico meta.helm.sh/release-namespace:kube-system]'. To fix it, remove the annotation from the component on daemonset/calico-node".into())
+            Err(OperatorRefusal("unexpected annotation 'map[meta.helm.sh/release-name:aws-calico meta.helm.sh/release-namespace:kube-system]'. To fix it, remove the annotation from the component on daemonset/calico-node".into()))
         );
         ds["metadata"]["annotations"] =
             serde_json::json!({"deprecated.daemonset.template.generation": "1"});
         assert_eq!(
             check_daemonset(&ds),
-            Err("node affinity not supported for calico-node daemonset".into())
+            Err(OperatorRefusal(
+                "node affinity not supported for calico-node daemonset".into()
+            ))
         );
         if let Some(m) = ds["spec"]["template"]["spec"].as_object_mut() {
             m.remove("affinity");
@@ -223,7 +241,9 @@ mod tests {
         }
         assert_eq!(
             check_daemonset(&ds),
-            Err("unexpected env var: [calico-node/MY_VAR]".into())
+            Err(OperatorRefusal(
+                "unexpected env var: [calico-node/MY_VAR]".into()
+            ))
         );
         if let Some(e) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
             e.retain(|v| v["name"] != "MY_VAR");
@@ -239,14 +259,16 @@ mod tests {
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Accept");
         assert_eq!(
             check_daemonset(&ds),
-            Err("FELIX_IPTABLESMANGLEALLOWACTION=Accept is not supported. To fix it, remove the FELIX_IPTABLESMANGLEALLOWACTION env var or set it to 'return' on daemonset/calico-node".into())
+            Err(OperatorRefusal("FELIX_IPTABLESMANGLEALLOWACTION=Accept is not supported. To fix it, remove the FELIX_IPTABLESMANGLEALLOWACTION env var or set it to 'return' on daemonset/calico-node".into()))
         );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Return");
         ds["spec"]["template"]["spec"]["nodeSelector"] =
             serde_json::json!({"team": "a", "kubernetes.io/os": "linux"});
         assert_eq!(
             check_daemonset(&ds),
-            Err("unsupported nodeSelector for calico-node daemonset: map[team:a]".into())
+            Err(OperatorRefusal(
+                "unsupported nodeSelector for calico-node daemonset: map[team:a]".into()
+            ))
         );
     }
 }
