@@ -75,21 +75,20 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         .iter()
         .cloned()
         .partition(|s| dataplane::faults::is_dataplane_spec(s));
-    let dataplane_faults =
-        DataPlaneFaults::parse_specs(&dataplane_specs).map_err(anyhow::Error::msg)?;
+    let dataplane_faults = DataPlaneFaults::parse_specs(&dataplane_specs)?;
     let (behaviour, api): (Vec<String>, Vec<String>) = other_specs
         .iter()
         .cloned()
         .partition(|s| controllers::faults::is_controller_fault(s));
-    let faults = FaultConfig::parse_specs(&api).map_err(anyhow::Error::msg)?;
+    let faults = FaultConfig::parse_specs(&api)?;
     let controller_opts = ControllerOptions {
         time_scale: args.time_scale,
         pod_start_delay: args.pod_start_delay,
         operator_step: args.operator_step,
-        faults: ControllerFaults::parse_specs(&behaviour).map_err(anyhow::Error::msg)?,
+        faults: ControllerFaults::parse_specs(&behaviour)?,
         ..ControllerOptions::default()
     };
-    controller_opts.validate().map_err(anyhow::Error::msg)?;
+    controller_opts.validate()?;
     let sb = Sandbox::new(SandboxOptions {
         seed: args.seed,
         faults,
@@ -119,10 +118,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     let controllers = if args.no_controllers {
         None
     } else {
-        Some(
-            sb.start_controllers(controller_opts)
-                .map_err(anyhow::Error::msg)?,
-        )
+        Some(sb.start_controllers(controller_opts)?)
     };
     let data_plane = DataPlane::start(
         &sb,

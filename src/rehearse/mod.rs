@@ -162,12 +162,10 @@ async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<St
         ..SandboxOptions::default()
     });
     sb.load(objects).context("seeding the sandbox")?;
-    let controllers = sb
-        .start_controllers(ControllerOptions {
-            time_scale: opts.time_scale,
-            ..ControllerOptions::default()
-        })
-        .map_err(anyhow::Error::msg)?;
+    let controllers = sb.start_controllers(ControllerOptions {
+        time_scale: opts.time_scale,
+        ..ControllerOptions::default()
+    })?;
     let dp = DataPlane::start(
         &sb,
         DataPlaneOptions {
