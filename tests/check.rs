@@ -813,3 +813,110 @@ async fn a_broken_probe_pod_is_check_failed_and_a_dead_server_is_broken() -> Res
     e.server.shutdown().await;
     Ok(())
 }
+
+/// An API error as the user reads it: one line, no Debug residue, no clause twice.
+fn assert_one_api_sentence(text: &str) {
+    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+    for residue in ["Status {", "ErrorResponse {", "Some(", "ApiError"] {
+        assert!(!text.contains(residue), "Debug residue {residue:?}: {text}");
+    }
+    // A chained source would repeat a clause: the server's message, or the sentence.
+    let clauses = text.replace("; ", ": ");
+    for part in clauses.split(": ").map(|p| p.trim_matches([' ', '(', ')'])) {
+        if part.len() > 12 {
+            assert_eq!(text.matches(part).count(), 1, "{part:?} twice: {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_the_api_server_refuses_reads_as_one_sentence() -> Result<()> {
+    let e = env(2).await?;
+    // `alice` may set up the probes (NetworkPolicies included) but not list
+    // NetworkPolicies: the round stops when it reads the policies in force.
+    e.sb.load(vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "probe-but-not-list-networkpolicies"},
+        "rules": [{"apiGroups": ["", "crd.projectcalico.org"], "resources": ["*"], "verbs": ["*"]},
+                  {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                   "verbs": ["get", "create", "delete"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "probe-but-not-list-networkpolicies"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "probe-but-not-list-networkpolicies"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}),
+    ])?;
+    let mut cfg = kube::Config::new(e.server.url().parse()?);
+    cfg.auth_info.impersonate = Some("alice".into());
+    let alice = kube::Client::try_from(cfg)?;
+    let err = match checks::run_round(&alice, &opts()).await {
+        Err(err) => err,
+        Ok(r) => panic!("a round without reading NetworkPolicies: {r:?}"),
+    };
+    assert!(std::error::Error::source(&err).is_none(), "{err}");
+    let text = format!("{:#}", anyhow::Error::new(err));
+    assert!(
+        text.starts_with(
+            "listing NetworkPolicies (networking.k8s.io/v1) in all namespaces: the API server \
+             answered 403 Forbidden ("
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "; grant list on networkpolicies.networking.k8s.io in all namespaces to the \
+             identity the kubeconfig names (`kubectl auth can-i list \
+             networkpolicies.networking.k8s.io --all-namespaces` checks it), then run the \
+             command again"
+        ),
+        "{text}"
+    );
+    assert_one_api_sentence(&text);
+    assert_eq!(
+        leftovers(&e.sb)?,
+        0,
+        "the probe workload is removed after the error"
+    );
+
+    // Through the binary: `error: ` and every source, on one line.
+    let dir = tempfile::tempdir()?;
+    let kc = dir.path().join("kubeconfig");
+    let config = e
+        .server
+        .kubeconfig()
+        .replace("  user: {}", "  user:\n    as: alice");
+    assert!(config.contains("as: alice"), "{config}");
+    std::fs::write(&kc, config)?;
+    let state = dir.path().join("state");
+    let out = tokio::task::spawn_blocking(move || {
+        assert_cmd::Command::cargo_bin("calico-migrate").map(|mut c| {
+            c.arg("check")
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--ready-timeout", "20"])
+                .timeout(Duration::from_secs(120))
+                .output()
+        })
+    })
+    .await??
+    .context("run")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.starts_with(
+            "error: listing NetworkPolicies (networking.k8s.io/v1) in all namespaces: the API \
+             server answered 403 Forbidden ("
+        ),
+        "{stderr}"
+    );
+    println!("{line}");
+    assert_one_api_sentence(line);
+    assert_eq!(stderr.matches("403").count(), 1, "{stderr}");
+    Ok(())
+}

@@ -1136,3 +1136,154 @@ async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
     );
     assert_eq!(sb.store().resource_version(), rv, "nothing written");
 }
+
+/// An API error as the user reads it: one line, no Debug residue, no clause twice.
+fn assert_one_api_sentence(text: &str) {
+    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+    for residue in ["Status {", "ErrorResponse {", "Some(", "ApiError"] {
+        assert!(!text.contains(residue), "Debug residue {residue:?}: {text}");
+    }
+    // A chained source would repeat a clause: the server's message, or the sentence.
+    let clauses = text.replace("; ", ": ");
+    for part in clauses.split(": ").map(|p| p.trim_matches([' ', '(', ')'])) {
+        if part.len() > 12 {
+            assert_eq!(text.matches(part).count(), 1, "{part:?} twice: {text}");
+        }
+    }
+}
+
+/// A scenario where `alice` may read everything but networking.k8s.io.
+fn alice_without_networkpolicies() -> Vec<Value> {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    objs.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "read-but-networking"},
+        "rules": [{"apiGroups": ["", "apps", "policy", "apiextensions.k8s.io",
+                                 "crd.projectcalico.org", "operator.tigera.io",
+                                 "authorization.k8s.io"],
+                   "resources": ["*"], "verbs": ["get", "list", "watch", "create"]}]}),
+    );
+    objs.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "read-but-networking"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "read-but-networking"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}),
+    );
+    objs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_read_the_api_server_refuses_reads_as_one_sentence() {
+    let sb = sandbox(alice_without_networkpolicies());
+    let server = sb
+        .serve("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("serve: {e}"));
+    // In process: the error itself, as the CLI chains it.
+    let mut cfg = kube::Config::new(server.url().parse().unwrap_or_else(|e| panic!("url: {e}")));
+    cfg.auth_info.impersonate = Some("alice".into());
+    let alice = kube::Client::try_from(cfg).unwrap_or_else(|e| panic!("client: {e}"));
+    let err = inventory::read(&alice, "v1.29.15-eks".into(), &RetryPolicy::default())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("alice read NetworkPolicies"));
+    assert!(std::error::Error::source(&err).is_none(), "{err}");
+    let text = format!("{:#}", anyhow::Error::new(err));
+    assert!(
+        text.starts_with(
+            "listing NetworkPolicies (networking.k8s.io/v1) in all namespaces: the API server \
+             answered 403 Forbidden ("
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "; grant list on networkpolicies.networking.k8s.io in all namespaces to the \
+             identity the kubeconfig names (`kubectl auth can-i list \
+             networkpolicies.networking.k8s.io --all-namespaces` checks it), then run the \
+             command again"
+        ),
+        "{text}"
+    );
+    assert_one_api_sentence(&text);
+    // Through the binary: the whole output path, `error: ` and every source.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kc = dir.path().join("kubeconfig");
+    let config = server
+        .kubeconfig()
+        .replace("  user: {}", "  user:\n    as: alice");
+    assert!(config.contains("as: alice"), "{config}");
+    std::fs::write(&kc, config).unwrap_or_else(|e| panic!("{e}"));
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .env_remove("KUBECONFIG")
+            .args([
+                "--kubeconfig",
+                &kc.to_string_lossy(),
+                "--state-dir",
+                &dir.path().join("s").to_string_lossy(),
+                "plan",
+            ])
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.contains(
+            ": listing NetworkPolicies (networking.k8s.io/v1) in all namespaces: the API \
+             server answered 403 Forbidden ("
+        ),
+        "{stderr}"
+    );
+    println!("{line}");
+    assert_one_api_sentence(line);
+    assert_eq!(stderr.matches("403").count(), 1, "{stderr}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_inventory_read_through_server_errors_reads_as_one_sentence() {
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let f = calico_migrate::sandbox::faults::FaultConfig::parse_specs(&["api-errors:1".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    sb.set_faults(&f).unwrap_or_else(|e| panic!("{e:?}"));
+    let quick = RetryPolicy {
+        min_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        deadline: Duration::from_millis(30),
+    };
+    let err = inventory::read(&sb.client(), "v1.29.15-eks".into(), &quick)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("read through api-errors:1"));
+    assert!(std::error::Error::source(&err).is_none(), "{err}");
+    let text = format!("{:#}", anyhow::Error::new(err));
+    assert!(
+        text.starts_with("listing ") && text.contains(": the API server answered "),
+        "{text}"
+    );
+    assert!(
+        [
+            "429 Too Many Requests",
+            "500 Internal Server Error",
+            "503 Service Unavailable"
+        ]
+        .iter()
+        .any(|a| text.contains(a)),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("wait until it recovers and run the command again"),
+        "{text}"
+    );
+    assert_one_api_sentence(&text);
+}

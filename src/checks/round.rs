@@ -17,6 +17,7 @@ use tokio::io::AsyncReadExt;
 use super::outcome::{ExecResult, ProbeRecord, RoundReport, classify, compare};
 use super::plan::{Probe, RoundPlan, plan_round};
 use super::workload::{self, NAMESPACE_A, NAMESPACE_B, PROBE_LABEL, ProbePod};
+use crate::cluster::errors::{Permission, Scope, answer};
 use crate::policy::{InputError, PolicyIndex};
 
 /// How a round runs.
@@ -58,11 +59,20 @@ impl Default for RoundOptions {
 /// Why a round could not run at all (individual probe failures are in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("{what}: {source}; check the cluster is reachable and the credentials may {what}")]
+    /// An API call the server refused (after the retries, for a transient answer) or
+    /// never answered, as one sentence: verb, object, what the API server answered and
+    /// what to do (on a 403, the permission to grant). The Kubernetes error is not the
+    /// `source`: its text is already in the sentence, and the CLI prints every source.
+    #[error("{action} {object}: {}; {}", answer(.error), .permission.advice(.error))]
     Api {
-        what: String,
-        #[source]
-        source: kube::Error,
+        /// What was being done, as a gerund: `listing`, `creating`, `deleting`.
+        action: &'static str,
+        /// The object or collection: `Pod calico-migrate-probe-a/x (v1)`,
+        /// `NetworkPolicies (networking.k8s.io/v1) in all namespaces`.
+        object: String,
+        /// What the call needs, named on a 403.
+        permission: Permission,
+        error: kube::Error,
     },
     #[error(
         "no node to probe: the cluster has no EC2 node running Calico (Fargate nodes are skipped)"
@@ -77,9 +87,94 @@ pub enum CheckError {
     Invalid(String),
 }
 
-fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> CheckError {
-    let what = what.into();
-    move |source| CheckError::Api { what, source }
+/// A call of a round, for its error: `verb` (as RBAC names it) on `resource` of
+/// `group_version`, on `object` (as the sentence names it) in `scope`.
+struct Call {
+    verb: &'static str,
+    resource: &'static str,
+    group_version: String,
+    scope: Scope,
+    object: String,
+}
+
+impl Call {
+    /// LIST `kind`s (plural in `kinds`) across the cluster: namespaced ones in all
+    /// namespaces, those `labelled` a selector when given.
+    fn list(
+        kinds: &str,
+        resource: &'static str,
+        group_version: &str,
+        namespaced: bool,
+        labelled: Option<&str>,
+    ) -> Self {
+        let (scope, place) = if namespaced {
+            (Scope::AllNamespaces, " in all namespaces")
+        } else {
+            (Scope::Cluster, "")
+        };
+        let selector = labelled
+            .map(|l| format!(" labelled {l}"))
+            .unwrap_or_default();
+        Call {
+            verb: "list",
+            resource,
+            group_version: group_version.to_string(),
+            scope,
+            object: format!("{kinds} ({group_version}){selector}{place}"),
+        }
+    }
+
+    /// A LIST of the probe workload's objects: `Pods (v1) labelled
+    /// calico-migrate.io/probe=true in all namespaces`.
+    fn probes(kinds: &str, resource: &'static str, namespaced: bool) -> Self {
+        let selector = format!("{PROBE_LABEL}=true");
+        Call::list(kinds, resource, "v1", namespaced, Some(&selector))
+    }
+
+    /// `verb` on the object `kind` named `name` (in `namespace` when namespaced).
+    fn one(
+        verb: &'static str,
+        kind: &str,
+        resource: &'static str,
+        group_version: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Self {
+        let (scope, object) = match namespace {
+            Some(ns) => (
+                Scope::Namespace(ns.to_string()),
+                format!("{kind} {ns}/{name} ({group_version})"),
+            ),
+            None => (Scope::Cluster, format!("{kind} {name} ({group_version})")),
+        };
+        Call {
+            verb,
+            resource,
+            group_version: group_version.to_string(),
+            scope,
+            object,
+        }
+    }
+
+    fn error(self, error: kube::Error) -> CheckError {
+        let action = match self.verb {
+            "list" => "listing",
+            "create" => "creating",
+            "delete" => "deleting",
+            "get" => "reading",
+            _ => "calling the API for",
+        };
+        CheckError::Api {
+            action,
+            object: self.object,
+            permission: Permission::new(self.verb, self.resource, &self.group_version, self.scope),
+            error,
+        }
+    }
+}
+
+fn api(call: Call) -> impl FnOnce(kube::Error) -> CheckError {
+    move |error| call.error(error)
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -120,12 +215,14 @@ async fn remove_leftovers(
     let deadline = Instant::now() + timeout;
     loop {
         let sel = probe_selector();
-        let ns_list = retried(|| nss.list(&sel))
-            .await
-            .map_err(api("list namespaces"))?;
+        let ns_list = retried(|| nss.list(&sel)).await.map_err(api(Call::probes(
+            "Namespaces",
+            "namespaces",
+            false,
+        )))?;
         let pod_list = retried(|| pods.list(&sel))
             .await
-            .map_err(api("list pods"))?;
+            .map_err(api(Call::probes("Pods", "pods", true)))?;
         let terminating = ns_list
             .items
             .iter()
@@ -142,7 +239,17 @@ async fn remove_leftovers(
                 match retried(|| nss.delete(name, &dp)).await {
                     Ok(_) => {}
                     Err(e) if is_status(&e, 404) => {}
-                    Err(e) => return Err(api(format!("delete namespace {name}"))(e)),
+                    Err(e) => {
+                        return Err(Call::one(
+                            "delete",
+                            "Namespace",
+                            "namespaces",
+                            "v1",
+                            None,
+                            name,
+                        )
+                        .error(e));
+                    }
                 }
             }
         }
@@ -157,7 +264,11 @@ async fn remove_leftovers(
                 match retried(|| api_ns.delete(name, &dp)).await {
                     Ok(_) => {}
                     Err(e) if is_status(&e, 404) => {}
-                    Err(e) => return Err(api(format!("delete pod {ns}/{name}"))(e)),
+                    Err(e) => {
+                        return Err(
+                            Call::one("delete", "Pod", "pods", "v1", Some(ns), name).error(e)
+                        );
+                    }
                 }
             }
         }
@@ -181,7 +292,7 @@ async fn probe_nodes(
     let lp = ListParams::default();
     let list = retried(|| nodes.list(&lp))
         .await
-        .map_err(api("list nodes"))?;
+        .map_err(api(Call::list("Nodes", "nodes", "v1", false, None)))?;
     let mut out: Vec<String> = list
         .items
         .iter()
@@ -204,17 +315,21 @@ async fn probe_nodes(
     Ok(out)
 }
 
-async fn create_ignoring_exists<K>(api: &Api<K>, obj: &Value, what: &str) -> Result<(), CheckError>
+async fn create_ignoring_exists<K>(api: &Api<K>, obj: &Value, call: Call) -> Result<(), CheckError>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    let typed: K = serde_json::from_value(obj.clone())
-        .map_err(|e| CheckError::Invalid(format!("{what}: the manifest is not valid: {e}")))?;
+    let typed: K = serde_json::from_value(obj.clone()).map_err(|e| {
+        CheckError::Invalid(format!(
+            "creating {}: the manifest is not valid: {e}",
+            call.object
+        ))
+    })?;
     let pp = PostParams::default();
     match retried(|| api.create(&pp, &typed)).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 409) => Ok(()),
-        Err(e) => Err(api_err(what, e)),
+        Err(e) => Err(call.error(e)),
     }
 }
 
@@ -233,46 +348,63 @@ where
     .await
 }
 
-fn api_err(what: &str, e: kube::Error) -> CheckError {
-    CheckError::Api {
-        what: what.to_string(),
-        source: e,
-    }
-}
-
 /// The cluster objects the policy engine needs, as JSON with apiVersion and kind.
 async fn policy_objects(client: &kube::Client) -> Result<Vec<Value>, CheckError> {
-    let kinds: [(&str, &str, &str, &str); 7] = [
-        ("", "v1", "Namespace", "namespaces"),
-        ("", "v1", "Pod", "pods"),
+    // group, version, kind, its plural, resource, whether namespaced
+    type Kind = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        bool,
+    );
+    let kinds: [Kind; 7] = [
+        ("", "v1", "Namespace", "Namespaces", "namespaces", false),
+        ("", "v1", "Pod", "Pods", "pods", true),
         (
             "networking.k8s.io",
             "v1",
             "NetworkPolicy",
+            "NetworkPolicies",
             "networkpolicies",
+            true,
         ),
         (
             "crd.projectcalico.org",
             "v1",
             "NetworkPolicy",
+            "NetworkPolicies",
             "networkpolicies",
+            true,
         ),
         (
             "crd.projectcalico.org",
             "v1",
             "GlobalNetworkPolicy",
+            "GlobalNetworkPolicies",
             "globalnetworkpolicies",
+            false,
         ),
         (
             "crd.projectcalico.org",
             "v1",
             "GlobalNetworkSet",
+            "GlobalNetworkSets",
             "globalnetworksets",
+            false,
         ),
-        ("crd.projectcalico.org", "v1", "Tier", "tiers"),
+        (
+            "crd.projectcalico.org",
+            "v1",
+            "Tier",
+            "Tiers",
+            "tiers",
+            false,
+        ),
     ];
     let mut out = Vec::new();
-    for (group, version, kind, plural) in kinds {
+    for (group, version, kind, kinds, plural, namespaced) in kinds {
         let ar =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let dyn_api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -281,7 +413,9 @@ async fn policy_objects(client: &kube::Client) -> Result<Vec<Value>, CheckError>
             Ok(l) => l,
             // Calico's CRDs may be absent (or Tier not served by older Calico).
             Err(e) if group == "crd.projectcalico.org" && is_status(&e, 404) => continue,
-            Err(e) => return Err(api_err(&format!("list {plural}.{group}"), e)),
+            Err(e) => {
+                return Err(Call::list(kinds, plural, &ar.api_version, namespaced, None).error(e));
+            }
         };
         for item in list.items {
             let mut v = serde_json::to_value(&item).unwrap_or(Value::Null);
@@ -327,7 +461,7 @@ pub async fn exec_connect(
         let mut p = pods
             .exec(name, cmd, &ap)
             .await
-            .map_err(|e| format!("exec in {from}: {e}"))?;
+            .map_err(|e| format!("exec in {from}: {}", answer(&e)))?;
         let mut stderr = String::new();
         if let Some(mut e) = p.stderr() {
             let _ = e.read_to_string(&mut stderr).await;
@@ -425,14 +559,21 @@ impl Prober {
             create_ignoring_exists(
                 &nss,
                 &workload::namespace_manifest(ns),
-                &format!("create namespace {ns}"),
+                Call::one("create", "Namespace", "namespaces", "v1", None, ns),
             )
             .await?;
             let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
             create_ignoring_exists(
                 &np,
                 &workload::default_policy_manifest(ns),
-                &format!("create networkpolicy {ns}/default"),
+                Call::one(
+                    "create",
+                    "NetworkPolicy",
+                    "networkpolicies",
+                    "networking.k8s.io/v1",
+                    Some(ns),
+                    "default",
+                ),
             )
             .await?;
         }
@@ -444,8 +585,8 @@ impl Prober {
             .map(|p| {
                 let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
                 let manifest = workload::pod_manifest(p, &image);
-                let what = format!("create pod {}", p.key());
-                async move { create_ignoring_exists(&api, &manifest, &what).await }
+                let call = Call::one("create", "Pod", "pods", "v1", Some(&p.namespace), &p.name);
+                async move { create_ignoring_exists(&api, &manifest, call).await }
             })
             .collect();
         let results: Vec<Result<(), CheckError>> = futures::stream::iter(creates)
@@ -471,7 +612,7 @@ impl Prober {
             let sel = probe_selector();
             let list = retried(|| pods.list(&sel))
                 .await
-                .map_err(api("list pods"))?;
+                .map_err(api(Call::probes("Pods", "pods", true)))?;
             let running = list
                 .items
                 .iter()

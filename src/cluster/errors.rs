@@ -126,6 +126,67 @@ pub fn advice(err: &kube::Error) -> &'static str {
     }
 }
 
+/// Where an RBAC permission applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// A cluster-scoped resource (nodes, namespaces, CRDs).
+    Cluster,
+    /// A namespaced resource, in every namespace at once.
+    AllNamespaces,
+    /// A namespaced resource in one namespace.
+    Namespace(String),
+}
+
+/// A permission as RBAC names it: `list` on `networkpolicies.networking.k8s.io` in all
+/// namespaces. An error that carries one says, on a 403, exactly what to grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub verb: &'static str,
+    /// `RESOURCE.GROUP`, or `RESOURCE` for the core group, as `kubectl auth can-i` takes it.
+    pub resource: String,
+    pub scope: Scope,
+}
+
+impl Permission {
+    /// `verb` on `resource` of the API group/version `group_version` (`v1`, `apps/v1`).
+    pub fn new(verb: &'static str, resource: &str, group_version: &str, scope: Scope) -> Self {
+        let resource = match group_version.split_once('/') {
+            Some((group, _)) if !group.is_empty() => format!("{resource}.{group}"),
+            _ => resource.to_string(),
+        };
+        Permission {
+            verb,
+            resource,
+            scope,
+        }
+    }
+
+    /// What to do about `err`: on a 403 the permission to grant and how to check it;
+    /// otherwise [`advice`].
+    pub fn advice(&self, err: &kube::Error) -> String {
+        if !matches!(err, kube::Error::Api(s) if s.code == 403) {
+            return advice(err).to_string();
+        }
+        let Permission {
+            verb,
+            resource,
+            scope,
+        } = self;
+        let (place, flag) = match scope {
+            Scope::Cluster => (String::new(), String::new()),
+            Scope::AllNamespaces => (
+                " in all namespaces".to_string(),
+                " --all-namespaces".to_string(),
+            ),
+            Scope::Namespace(ns) => (format!(" in {ns}"), format!(" -n {ns}")),
+        };
+        format!(
+            "grant {verb} on {resource}{place} to the identity the kubeconfig names \
+             (`kubectl auth can-i {verb} {resource}{flag}` checks it), then run the command again"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +236,41 @@ mod tests {
         );
         assert!(advice(&e).contains("invalid"));
         assert!(!a.contains("Status {") && !a.contains("Some("), "{a}");
+    }
+
+    #[test]
+    fn a_403_names_the_permission_to_grant() {
+        let forbidden = kube::Error::Api(Box::new(
+            kube::core::Status::failure("no", "Forbidden").with_code(403),
+        ));
+        let p = Permission::new(
+            "list",
+            "networkpolicies",
+            "networking.k8s.io/v1",
+            Scope::AllNamespaces,
+        );
+        assert_eq!(
+            p.advice(&forbidden),
+            "grant list on networkpolicies.networking.k8s.io in all namespaces to the identity \
+             the kubeconfig names (`kubectl auth can-i list networkpolicies.networking.k8s.io \
+             --all-namespaces` checks it), then run the command again"
+        );
+        let p = Permission::new(
+            "get",
+            "leases",
+            "coordination.k8s.io/v1",
+            Scope::Namespace("kube-system".into()),
+        );
+        assert!(
+            p.advice(&forbidden)
+                .contains("grant get on leases.coordination.k8s.io in kube-system")
+        );
+        let p = Permission::new("list", "nodes", "v1", Scope::Cluster);
+        assert!(
+            p.advice(&forbidden)
+                .starts_with("grant list on nodes to the identity")
+        );
+        // Any other answer: the advice by status.
+        assert_eq!(p.advice(&api(503)), advice(&api(503)));
     }
 }

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::errors::{Conflicts, with_retry};
+use super::errors::{Conflicts, Permission, Scope, answer, with_retry};
 use crate::engine::RetryPolicy;
 
 /// Objects per LIST page (kubectl's default chunk size).
@@ -41,6 +41,58 @@ impl Collection {
             Some(ns) => format!("{base}/namespaces/{ns}/{}", self.resource),
             None => format!("{base}/{}", self.resource),
         }
+    }
+
+    /// Whether the resource is namespaced (read across all namespaces when
+    /// `namespace` is None). Every namespaced resource of [`collections`] is here.
+    fn namespaced(&self) -> bool {
+        const NAMESPACED: [&str; 8] = [
+            "networkpolicies",
+            "networksets",
+            "secrets",
+            "configmaps",
+            "pods",
+            "daemonsets",
+            "deployments",
+            "poddisruptionbudgets",
+        ];
+        NAMESPACED.contains(&self.resource)
+    }
+
+    /// The collection, for messages: `NetworkPolicies (networking.k8s.io/v1) in all
+    /// namespaces`, `Secrets (v1) labelled owner=helm in kube-system`, `Nodes (v1)`.
+    pub fn describe(&self) -> String {
+        let mut out = format!("{} ({})", plural(self.kind), self.group_version);
+        if let Some(sel) = self.label_selector {
+            out.push_str(&format!(" labelled {sel}"));
+        }
+        match self.namespace {
+            Some(ns) => out.push_str(&format!(" in {ns}")),
+            None if self.namespaced() => out.push_str(" in all namespaces"),
+            None => {}
+        }
+        out
+    }
+
+    /// The permission a LIST of this collection needs.
+    pub fn permission(&self) -> Permission {
+        let scope = match self.namespace {
+            Some(ns) => Scope::Namespace(ns.to_string()),
+            None if self.namespaced() => Scope::AllNamespaces,
+            None => Scope::Cluster,
+        };
+        Permission::new("list", self.resource, self.group_version, scope)
+    }
+}
+
+/// `NetworkPolicy` -> `NetworkPolicies`, `TigeraStatus` -> `TigeraStatuses`.
+fn plural(kind: &str) -> String {
+    if let Some(stem) = kind.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if kind.ends_with('s') {
+        format!("{kind}es")
+    } else {
+        format!("{kind}s")
     }
 }
 
@@ -286,19 +338,29 @@ impl Inventory {
     }
 }
 
-/// Why the inventory could not be read.
+/// Why the inventory could not be read: a LIST the API server refused (after the
+/// retries, for a transient answer) or never answered, as one sentence: the collection
+/// ([`Collection::describe`]), what the API server answered ([`answer`]) and what to do
+/// (on a 403, the permission to grant). The Kubernetes error is kept for callers that
+/// class it ([`InventoryError::kube`]) but is not the `source`: its text is already in
+/// the sentence, and the CLI prints every source after it.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
-    #[error(
-        "permission denied listing {what} (HTTP 403): {message}. The plan needs read access to it"
-    )]
-    Forbidden { what: String, message: String },
-    #[error("listing {what} failed: {source}")]
+    #[error("listing {what}: {}; {}", answer(.error), .permission.advice(.error))]
     Api {
         what: String,
-        #[source]
-        source: kube::Error,
+        permission: Permission,
+        error: kube::Error,
     },
+}
+
+impl InventoryError {
+    /// The Kubernetes error behind this one.
+    pub fn kube(&self) -> &kube::Error {
+        match self {
+            InventoryError::Api { error, .. } => error,
+        }
+    }
 }
 
 /// Read every collection, `CONCURRENCY` at a time.
@@ -357,10 +419,6 @@ pub async fn list_all(
     c: &Collection,
     retry: &RetryPolicy,
 ) -> Result<Option<Vec<Value>>, InventoryError> {
-    let what = match c.namespace {
-        Some(ns) => format!("{} {} in {ns}", c.group_version, c.resource),
-        None => format!("{} {}", c.group_version, c.resource),
-    };
     let mut out = Vec::new();
     let mut cont: Option<String> = None;
     loop {
@@ -387,13 +445,13 @@ pub async fn list_all(
         let page = match page {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Err(InventoryError::Forbidden {
-                    what,
-                    message: s.message.clone(),
+            Err(error) => {
+                return Err(InventoryError::Api {
+                    what: c.describe(),
+                    permission: c.permission(),
+                    error,
                 });
             }
-            Err(source) => return Err(InventoryError::Api { what, source }),
         };
         if let Some(items) = page.get("items").and_then(Value::as_array) {
             for item in items {
@@ -439,6 +497,32 @@ mod tests {
     #[test]
     fn encodes_selectors() {
         assert_eq!(encode("a.b/c=d,e!=f"), "a.b%2Fc%3Dd%2Ce%21%3Df");
+    }
+
+    #[test]
+    fn collections_read_as_kinds_with_their_api_and_namespace() {
+        let all = collections();
+        let find = |key: &str, ns: Option<&str>| {
+            all.iter()
+                .find(|c| c.key == key && c.namespace == ns)
+                .map(Collection::describe)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            find("network_policies", None),
+            "NetworkPolicies (networking.k8s.io/v1) in all namespaces"
+        );
+        assert_eq!(find("nodes", None), "Nodes (v1)");
+        assert_eq!(
+            find("helm3_secrets", Some("kube-system")),
+            "Secrets (v1) labelled owner=helm in kube-system"
+        );
+        assert_eq!(
+            find("tigera_statuses", None),
+            "TigeraStatuses (operator.tigera.io/v1)"
+        );
+        let np = all.iter().find(|c| c.key == "calico_network_policies");
+        assert_eq!(np.map(|c| c.permission().scope), Some(Scope::AllNamespaces));
     }
 
     #[test]

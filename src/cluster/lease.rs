@@ -18,6 +18,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::errors::{Permission, Scope, answer};
+
 pub const LEASE_NAME: &str = "calico-migrate";
 pub const LEASE_NAMESPACE: &str = "kube-system";
 
@@ -33,8 +35,44 @@ pub enum LeaseError {
         age: i64,
         duration: i32,
     },
-    #[error("cannot take Lease {LEASE_NAMESPACE}/{LEASE_NAME}: {0}")]
-    Api(#[from] kube::Error),
+    /// A call on the Lease the API server refused or never answered, as one sentence:
+    /// verb, the Lease, what the API server answered and what to do (on a 403, the
+    /// permission to grant). The Kubernetes error is not the `source`: its text is
+    /// already in the sentence, and the CLI prints every source after it.
+    #[error(
+        "{} Lease {LEASE_NAMESPACE}/{LEASE_NAME} (coordination.k8s.io/v1): {}; {}",
+        gerund(.verb), answer(.error), permission(.verb).advice(.error)
+    )]
+    Api {
+        /// The verb as RBAC names it: `get`, `create`, `update`, `delete`.
+        verb: &'static str,
+        error: kube::Error,
+    },
+}
+
+fn gerund(verb: &str) -> &'static str {
+    match verb {
+        "get" => "reading",
+        "create" => "creating",
+        "update" => "updating",
+        "delete" => "deleting",
+        _ => "calling the API for",
+    }
+}
+
+/// `verb` on Leases in kube-system.
+fn permission(verb: &'static str) -> Permission {
+    Permission::new(
+        verb,
+        "leases",
+        "coordination.k8s.io/v1",
+        Scope::Namespace(LEASE_NAMESPACE.to_string()),
+    )
+}
+
+/// The error of `verb` on the Lease.
+fn failed(verb: &'static str) -> impl FnOnce(kube::Error) -> LeaseError {
+    move |error| LeaseError::Api { verb, error }
 }
 
 /// Who we are, as the Lease records it.
@@ -119,7 +157,7 @@ pub async fn acquire(
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut took_over_from = None;
     loop {
-        match api.get_opt(LEASE_NAME).await? {
+        match api.get_opt(LEASE_NAME).await.map_err(failed("get"))? {
             None => {
                 let lease = Lease {
                     metadata: ObjectMeta {
@@ -139,7 +177,7 @@ pub async fn acquire(
                 match api.create(&PostParams::default(), &lease).await {
                     Ok(_) => break,
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(failed("create")(e)),
                 }
             }
             Some(mut lease) => {
@@ -173,7 +211,7 @@ pub async fn acquire(
                 {
                     Ok(_) => break,
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(failed("update")(e)),
                 }
             }
         }
@@ -232,7 +270,8 @@ async fn renew_loop(
                     .await
                 {
                     tracing::warn!(
-                        "renewing Lease {LEASE_NAMESPACE}/{LEASE_NAME}: {e}; trying again"
+                        "renewing Lease {LEASE_NAMESPACE}/{LEASE_NAME}: {}; trying again",
+                        answer(&e)
                     );
                 }
             }
@@ -242,7 +281,10 @@ async fn renew_loop(
                 return;
             }
             Err(e) => {
-                tracing::warn!("renewing Lease {LEASE_NAMESPACE}/{LEASE_NAME}: {e}; trying again")
+                tracing::warn!(
+                    "renewing Lease {LEASE_NAMESPACE}/{LEASE_NAME}: {}; trying again",
+                    answer(&e)
+                )
             }
         }
     }
@@ -262,7 +304,7 @@ impl HeldLease {
     pub async fn release(self) -> Result<(), LeaseError> {
         let _ = self.stop.send(true);
         let _ = self.renewer.await;
-        if let Some(lease) = self.api.get_opt(LEASE_NAME).await? {
+        if let Some(lease) = self.api.get_opt(LEASE_NAME).await.map_err(failed("get"))? {
             let ours = lease
                 .spec
                 .as_ref()
@@ -281,7 +323,7 @@ impl HeldLease {
                 match self.api.delete(LEASE_NAME, &dp).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(failed("delete")(e)),
                 }
             }
         }
@@ -303,5 +345,102 @@ mod tests {
         assert!(!h.same_run("other:/s#7"));
         assert!(!h.same_run("host:/s"));
         assert_eq!(h.identity(), "host:/s#7");
+    }
+
+    /// The user-facing text of `e` as the CLI prints it (`report_error`): the error,
+    /// then each source.
+    fn as_printed(e: LeaseError) -> String {
+        let e = anyhow::Error::new(e);
+        e.chain()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": ")
+    }
+
+    fn assert_one_sentence(text: &str) {
+        assert!(!text.contains('\n'), "{text}");
+        for residue in ["Status {", "ErrorResponse {", "Some(", "ApiError"] {
+            assert!(!text.contains(residue), "Debug residue {residue:?}: {text}");
+        }
+        // Nothing printed twice: a chained source would repeat a clause (the server's
+        // message, or the sentence).
+        let clauses = text.replace("; ", ": ");
+        for part in clauses.split(": ").map(|p| p.trim_matches([' ', '(', ')'])) {
+            if part.len() > 12 {
+                assert_eq!(text.matches(part).count(), 1, "{part:?} twice: {text}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_lease_reads_as_one_sentence_naming_the_grant() {
+        let sb = crate::sandbox::Sandbox::new(crate::sandbox::SandboxOptions::default());
+        let server = sb
+            .serve("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("serve: {e}"));
+        let mut cfg = kube::Config::new(server.url().parse().unwrap_or_else(|e| panic!("{e}")));
+        cfg.auth_info.impersonate = Some("nobody".into());
+        let nobody = kube::Client::try_from(cfg).unwrap_or_else(|e| panic!("client: {e}"));
+        let holder = Holder {
+            run: "host:/s".into(),
+            pid: 1,
+        };
+        let err = match acquire(&nobody, holder, Duration::from_secs(30)).await {
+            Err(e) => e,
+            Ok(_) => panic!("took the Lease without permission"),
+        };
+        let text = as_printed(err);
+        assert!(
+            text.starts_with(
+                "reading Lease kube-system/calico-migrate (coordination.k8s.io/v1): the API \
+                 server answered 403 Forbidden ("
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "; grant get on leases.coordination.k8s.io in kube-system to the identity the \
+                 kubeconfig names (`kubectl auth can-i get leases.coordination.k8s.io -n \
+                 kube-system` checks it), then run the command again"
+            ),
+            "{text}"
+        );
+        assert_one_sentence(&text);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_api_server_reads_as_one_sentence_with_its_status() {
+        let sb = crate::sandbox::Sandbox::new(crate::sandbox::SandboxOptions::default());
+        let faults = crate::sandbox::faults::FaultConfig::parse_specs(&["api-errors:1".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        sb.set_faults(&faults).unwrap_or_else(|e| panic!("{e:?}"));
+        let holder = Holder {
+            run: "host:/s".into(),
+            pid: 1,
+        };
+        let err = match acquire(&sb.client(), holder, Duration::from_secs(30)).await {
+            Err(e) => e,
+            Ok(_) => panic!("took the Lease from a failing API server"),
+        };
+        let text = as_printed(err);
+        let answered = [
+            "429 Too Many Requests",
+            "500 Internal Server Error",
+            "503 Service Unavailable",
+        ];
+        assert!(
+            text.starts_with(
+                "reading Lease kube-system/calico-migrate (coordination.k8s.io/v1): the API \
+                 server answered "
+            ) && answered.iter().any(|a| text.contains(a)),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("wait until it recovers and run the command again"),
+            "{text}"
+        );
+        assert_one_sentence(&text);
     }
 }
