@@ -956,7 +956,7 @@ async fn terminating_namespace_refuses_new_objects() -> Result<()> {
 #[tokio::test]
 async fn faults_are_injected_and_can_be_turned_off_through_the_api() -> Result<()> {
     let sb = Sandbox::new(SandboxOptions {
-        faults: FaultConfig::parse_specs(&["api-errors:1".into()]).map_err(anyhow::Error::msg)?,
+        faults: FaultConfig::parse_specs(&["api-errors:1".into()])?,
         ..Default::default()
     });
     let server = sb.serve("127.0.0.1:0").await?;
@@ -1021,7 +1021,7 @@ async fn faults_are_injected_and_can_be_turned_off_through_the_api() -> Result<(
 #[tokio::test]
 async fn drop_watch_cuts_streams() -> Result<()> {
     let sb = Sandbox::new(SandboxOptions {
-        faults: FaultConfig::parse_specs(&["drop-watch:1".into()]).map_err(anyhow::Error::msg)?,
+        faults: FaultConfig::parse_specs(&["drop-watch:1".into()])?,
         ..Default::default()
     });
     let cms: Api<ConfigMap> = Api::namespaced(sb.client(), "default");

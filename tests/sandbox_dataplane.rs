@@ -605,13 +605,10 @@ async fn agent_not_ready_keeps_a_new_agent_from_enforcing() -> Result<()> {
 
 #[tokio::test]
 async fn faults_are_readable_and_settable_through_the_configmap() -> Result<()> {
-    let c = Cluster::new(
-        DataPlaneFaults::parse_specs(&[format!(
-            "lapse:{}",
-            Cluster::new(DataPlaneFaults::default()).await?.nodes[0]
-        )])
-        .map_err(anyhow::Error::msg)?,
-    )
+    let c = Cluster::new(DataPlaneFaults::parse_specs(&[format!(
+        "lapse:{}",
+        Cluster::new(DataPlaneFaults::default()).await?.nodes[0]
+    )])?)
     .await?;
     let client = c.sb.client();
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "sandbox-system");
@@ -769,8 +766,7 @@ async fn operator_migration(
             pod_start_delay: 2.0,
             ..ControllerOptions::default()
         },
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let chart = scenario::chart::ChartValues::seed_organisation("tigera-operator");
     let op = scenario::operator::rendered_objects(&chart)
         .into_iter()

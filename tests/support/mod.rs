@@ -53,12 +53,10 @@ pub async fn env(nodes: usize) -> Result<Env> {
 pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
     let sb = Sandbox::new(SandboxOptions::default());
     sb.load(scenario::build(&cfg)?)?;
-    let controllers = sb
-        .start_controllers(ControllerOptions {
-            time_scale,
-            ..ControllerOptions::default()
-        })
-        .map_err(anyhow::Error::msg)?;
+    let controllers = sb.start_controllers(ControllerOptions {
+        time_scale,
+        ..ControllerOptions::default()
+    })?;
     let dp = DataPlane::start(
         &sb,
         DataPlaneOptions {
