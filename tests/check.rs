@@ -33,12 +33,10 @@ async fn env(nodes: usize) -> Result<Env> {
         pods_per_namespace: 2,
         ..ScenarioConfig::default()
     })?)?;
-    let controllers = sb
-        .start_controllers(ControllerOptions {
-            time_scale: 100.0,
-            ..ControllerOptions::default()
-        })
-        .map_err(anyhow::Error::msg)?;
+    let controllers = sb.start_controllers(ControllerOptions {
+        time_scale: 100.0,
+        ..ControllerOptions::default()
+    })?;
     let dp = DataPlane::start(
         &sb,
         DataPlaneOptions {
