@@ -2,6 +2,9 @@
 //! controllers (probe pods become Running with addresses) and the data plane (pods/exec
 //! answers `/agnhost connect` with what each node's enforcement allows).
 
+mod api_sentence;
+use api_sentence::assert_one_api_sentence;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -810,21 +813,6 @@ async fn a_broken_probe_pod_is_check_failed_and_a_dead_server_is_broken() -> Res
     prober.teardown().await?;
     e.server.shutdown().await;
     Ok(())
-}
-
-/// An API error as the user reads it: one line, no Debug residue, no clause twice.
-fn assert_one_api_sentence(text: &str) {
-    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
-    for residue in ["Status {", "ErrorResponse {", "Some(", "ApiError"] {
-        assert!(!text.contains(residue), "Debug residue {residue:?}: {text}");
-    }
-    // A chained source would repeat a clause: the server's message, or the sentence.
-    let clauses = text.replace("; ", ": ");
-    for part in clauses.split(": ").map(|p| p.trim_matches([' ', '(', ')'])) {
-        if part.len() > 12 {
-            assert_eq!(text.matches(part).count(), 1, "{part:?} twice: {text}");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,9 @@
 //! present, Helm 2, v1beta1-era CRDs, unready nodes, no Calico, missing RBAC) and the
 //! real binary through a kubeconfig (JSON contract, saved plan, unreachable server).
 
+mod api_sentence;
+use api_sentence::assert_one_api_sentence;
+
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
@@ -1137,21 +1140,6 @@ async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
         "{err}"
     );
     assert_eq!(sb.store().resource_version(), rv, "nothing written");
-}
-
-/// An API error as the user reads it: one line, no Debug residue, no clause twice.
-fn assert_one_api_sentence(text: &str) {
-    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
-    for residue in ["Status {", "ErrorResponse {", "Some(", "ApiError"] {
-        assert!(!text.contains(residue), "Debug residue {residue:?}: {text}");
-    }
-    // A chained source would repeat a clause: the server's message, or the sentence.
-    let clauses = text.replace("; ", ": ");
-    for part in clauses.split(": ").map(|p| p.trim_matches([' ', '(', ')'])) {
-        if part.len() > 12 {
-            assert_eq!(text.matches(part).count(), 1, "{part:?} twice: {text}");
-        }
-    }
 }
 
 /// A scenario where `alice` may read everything but networking.k8s.io.
