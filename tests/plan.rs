@@ -968,7 +968,7 @@ async fn the_real_v3_30_3_operator_manifest_is_served_on_kubernetes_1_33() {
     );
     assert_eq!(s.written(), rv, "plan wrote to the cluster");
     // Its objects are what the install-operator step reads from the state dir.
-    let objects = calico_migrate::migration::steps::install_operator::read_manifest(
+    let objects = calico_migrate::migration::manifest::read_manifest(
         "m",
         &std::fs::read(&manifest).unwrap_or_else(|e| panic!("{e}")),
     )
@@ -1110,7 +1110,8 @@ async fn api_errors_read_as_one_sentence_with_the_answer_and_what_to_do() {
 async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
     use calico_migrate::cluster::objects::Objects;
     use calico_migrate::engine::Step;
-    use calico_migrate::migration::steps::install_operator::{InstallOperator, read_manifest};
+    use calico_migrate::migration::manifest::read_manifest;
+    use calico_migrate::migration::steps::install_operator::InstallOperator;
     use calico_migrate::migration::world::{ApplyOptions, Cluster};
     let path = real("calico-v3.19.1-tigera-operator.rendered.yaml");
     let manifest = read_manifest("m", &std::fs::read(&path).unwrap_or_else(|e| panic!("{e}")))

@@ -12,9 +12,9 @@ use crate::cluster::objects::Objects;
 use crate::cluster::{access, connect, inventory};
 use crate::engine::RetryPolicy;
 use crate::engine::state_dir::{create_private_dir, write_atomic};
+use crate::migration::manifest::{self, ManifestObject};
 use crate::migration::plan::{self, SavedPlan};
 use crate::migration::profile::OperatorInstall;
-use crate::migration::steps::install_operator::{self, ManifestObject};
 use crate::migration::{permissions, profile::Profile, render, rules};
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
@@ -65,8 +65,8 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
     if let Some(m) = &manifest {
         if profile.operator.install != OperatorInstall::External {
             let objects = Objects::new(conn.client.clone(), retry);
-            let served = install_operator::served_apis(&objects, &m.objects).await?;
-            let missing = install_operator::unserved(&m.file, &m.objects, &served)?;
+            let served = manifest::served_apis(&objects, &m.objects).await?;
+            let missing = manifest::unserved(&m.file, &m.objects, &served)?;
             if !missing.is_empty() {
                 plan.add_findings([rules::manifest_api_not_served(
                     &m.file,
@@ -113,7 +113,7 @@ fn refuse_over_a_journal(state_dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// The reviewed operator manifest: its bytes, sha256 and objects, read and checked
-/// by [`install_operator::read_manifest`], the function apply's install-operator
+/// by [`manifest::read_manifest`], the function apply's install-operator
 /// step reads it with.
 struct Reviewed {
     /// The path as given, for messages.
@@ -139,7 +139,7 @@ impl Reviewed {
             );
         }
         let file = path.display().to_string();
-        let objects = install_operator::read_manifest(&file, &bytes)?;
+        let objects = manifest::read_manifest(&file, &bytes)?;
         Ok(Reviewed {
             file,
             sha,

@@ -4,6 +4,7 @@
 
 pub mod converter;
 pub mod facts;
+pub mod manifest;
 pub mod permissions;
 pub mod plan;
 pub mod profile;

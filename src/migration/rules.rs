@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::converter::{self, Refusal};
 use super::facts::{self, Generation, Source, Summary, name_of, str_at};
+use super::manifest::ManifestObject;
 use super::profile::{OperatorInstall, Profile, parse_version};
-use super::steps::install_operator::ManifestObject;
 use crate::cluster::access::AccessReport;
 use crate::cluster::inventory::Inventory;
 
@@ -674,7 +674,7 @@ fn removed_in(api_version: &str) -> Option<&'static str> {
 }
 
 /// `OPERATOR_MANIFEST_API_NOT_SERVED`: objects of the operator manifest whose API the
-/// cluster does not serve (install_operator::unserved). `apply` would stop at
+/// cluster does not serve (manifest::unserved). `apply` would stop at
 /// install-operator; both plan and that step say it in these words.
 pub fn manifest_api_not_served(
     file: &str,

@@ -8,9 +8,10 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::manifest;
 use super::plan::{self, SavedPlan};
 use super::profile::{OperatorInstall, Profile};
-use super::steps::{self, RunStep, install_operator};
+use super::steps::{self, RunStep};
 
 /// The saved plan, with what apply needs from it.
 pub struct Loaded {
@@ -133,15 +134,15 @@ pub fn operator_manifest(
         );
     }
     // The same reader (and checks) as `plan --operator-manifest`.
-    let objects = install_operator::read_manifest(&path.display().to_string(), &bytes)?;
+    let objects = manifest::read_manifest(&path.display().to_string(), &bytes)?;
     Ok(objects.into_iter().map(|o| o.obj).collect())
 }
 
 /// Multi-document Kubernetes YAML into objects (documents holding only comments
 /// skipped, `kind: List` expanded), read as the operator manifest is
-/// ([`install_operator::read_objects`]): errors name the document and the object.
+/// ([`manifest::read_objects`]): errors name the document and the object.
 pub fn parse_manifest(text: &str) -> anyhow::Result<Vec<Value>> {
-    let objects = install_operator::read_objects("the manifest", text.as_bytes())?;
+    let objects = manifest::read_objects("the manifest", text.as_bytes())?;
     Ok(objects.into_iter().map(|o| o.obj).collect())
 }
 
