@@ -15,3 +15,30 @@ pub fn assert_one_api_sentence(text: &str) {
         }
     }
 }
+
+/// Assert `err` is the refusal of listing NetworkPolicies cluster-wide, as one sentence
+/// with no source chained: the 403 both plan's inventory and a check round meet.
+pub fn assert_networkpolicies_list_forbidden<E>(err: E)
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    assert!(std::error::Error::source(&err).is_none(), "{err}");
+    let text = format!("{:#}", anyhow::Error::new(err));
+    assert!(
+        text.starts_with(
+            "listing NetworkPolicies (networking.k8s.io/v1) in all namespaces: the API server \
+             answered 403 Forbidden ("
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "; grant list on networkpolicies.networking.k8s.io in all namespaces to the \
+             identity the kubeconfig names (`kubectl auth can-i list \
+             networkpolicies.networking.k8s.io --all-namespaces` checks it), then run the \
+             command again"
+        ),
+        "{text}"
+    );
+    assert_one_api_sentence(&text);
+}
