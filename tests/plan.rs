@@ -360,6 +360,26 @@ fn bin() -> Command {
     Command::cargo_bin("calico-migrate").unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `calico-migrate --kubeconfig KC --state-dir STATE plan`, bounded by `timeout`.
+fn plan_through(
+    kc: &std::path::Path,
+    state: &std::path::Path,
+    timeout: Duration,
+) -> std::process::Output {
+    bin()
+        .env_remove("KUBECONFIG")
+        .args([
+            "--kubeconfig",
+            &kc.to_string_lossy(),
+            "--state-dir",
+            &state.to_string_lossy(),
+            "plan",
+        ])
+        .timeout(timeout)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_plans_through_a_kubeconfig_and_saves_the_plan() {
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
@@ -451,22 +471,10 @@ async fn binary_plans_through_a_kubeconfig_and_saves_the_plan() {
     );
     // Without a pinned operator manifest the plan has a blocker no step fixes: exit 3.
     let (kc2, state2) = (kc.clone(), state.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .env_remove("KUBECONFIG")
-            .args([
-                "--kubeconfig",
-                &kc2.to_string_lossy(),
-                "--state-dir",
-                &state2.to_string_lossy(),
-                "plan",
-            ])
-            .timeout(Duration::from_secs(60))
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        tokio::task::spawn_blocking(move || plan_through(&kc2, &state2, Duration::from_secs(60)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(
@@ -491,18 +499,7 @@ fn unreachable_api_server_fails_clearly_and_quickly() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
-    let out = bin()
-        .env_remove("KUBECONFIG")
-        .args([
-            "--kubeconfig",
-            &kc.to_string_lossy(),
-            "--state-dir",
-            &dir.path().join("s").to_string_lossy(),
-            "plan",
-        ])
-        .timeout(Duration::from_secs(30))
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = plan_through(&kc, &dir.path().join("s"), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -667,18 +664,7 @@ fn a_server_that_never_answers_fails_within_the_bound() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
-    let out = bin()
-        .env_remove("KUBECONFIG")
-        .args([
-            "--kubeconfig",
-            &kc.to_string_lossy(),
-            "--state-dir",
-            &dir.path().join("s").to_string_lossy(),
-            "plan",
-        ])
-        .timeout(Duration::from_secs(40))
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = plan_through(&kc, &dir.path().join("s"), Duration::from_secs(40));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no answer within 10 s"), "{stderr}");
@@ -1189,18 +1175,7 @@ async fn an_inventory_read_the_api_server_refuses_reads_as_one_sentence() {
     assert!(config.contains("as: alice"), "{config}");
     std::fs::write(&kc, config).unwrap_or_else(|e| panic!("{e}"));
     let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .env_remove("KUBECONFIG")
-            .args([
-                "--kubeconfig",
-                &kc.to_string_lossy(),
-                "--state-dir",
-                &dir.path().join("s").to_string_lossy(),
-                "plan",
-            ])
-            .timeout(Duration::from_secs(60))
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"))
+        plan_through(&kc, &dir.path().join("s"), Duration::from_secs(60))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
