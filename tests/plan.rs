@@ -1098,14 +1098,14 @@ async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
     use calico_migrate::engine::Step;
     use calico_migrate::migration::manifest::read_manifest;
     use calico_migrate::migration::steps::install_operator::InstallOperator;
-    use calico_migrate::migration::world::{ApplyOptions, Cluster};
+    use calico_migrate::migration::world::{ApplyOptions, World};
     let path = real("calico-v3.19.1-tigera-operator.rendered.yaml");
     let manifest = read_manifest("m", &std::fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or_else(|e| panic!("{e}"));
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
     let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let world = Cluster::new(
+    let world = World::new(
         Objects::new(sb.client(), RetryPolicy::default()),
         profile.clone(),
         json!({}),

@@ -28,7 +28,7 @@ use crate::migration::profile::Profile;
 use crate::migration::session::{
     Loaded, identity, load_plan, operator_manifest, planned_steps, unresolved_blockers,
 };
-use crate::migration::world::{ApplyOptions, Cluster, Observation};
+use crate::migration::world::{ApplyOptions, Observation, World};
 
 /// Exit code of a run that stopped (failed check or step, or a gate): resumable.
 pub const EXIT_STOPPED: u8 = 1;
@@ -288,7 +288,7 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
         );
     }
     let objects = Objects::new(s.client.clone(), RetryPolicy::default());
-    let world = Cluster::new(
+    let world = World::new(
         objects,
         profile.clone(),
         saved.plan.clone(),
@@ -413,7 +413,7 @@ pub async fn rollback(args: &RollbackArgs, g: &GlobalOpts) -> anyhow::Result<Exi
     // The manifest is only needed to know what install-operator created; the rollback
     // data in the journal has it, so a missing file does not block a rollback.
     let manifest = operator_manifest(&g.state_dir, &saved.plan, profile).unwrap_or_default();
-    let world = Cluster::new(
+    let world = World::new(
         Objects::new(s.client.clone(), RetryPolicy::default()),
         profile.clone(),
         saved.plan.clone(),
@@ -450,7 +450,7 @@ async fn take_lease(s: &Session, g: &GlobalOpts, seconds: u64) -> anyhow::Result
 async fn run(
     command: &'static str,
     s: &Session,
-    world: &Cluster,
+    world: &World,
     journal: &mut Journal,
     mode: Mode,
     pause_before: Vec<String>,
@@ -492,7 +492,7 @@ async fn run(
     Ok(exit_code(&outcome))
 }
 
-async fn dry_run(s: &Session, world: &Cluster, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
+async fn dry_run(s: &Session, world: &World, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
     #[derive(Serialize)]
     struct Preview {
         step: String,

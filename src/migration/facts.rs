@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::refs::{CALICO_GROUP, FARGATE_LABEL};
 use crate::cluster::inventory::Inventory;
 use crate::helm::{self, Release};
 
@@ -26,10 +27,6 @@ pub const CALICO_CRDS: [&str; 12] = [
     "networkpolicies",
     "networksets",
 ];
-pub const CALICO_GROUP: &str = "crd.projectcalico.org";
-/// Node label EKS sets on Fargate nodes.
-pub const FARGATE_LABEL: &str = "eks.amazonaws.com/compute-type";
-
 /// What installed the Calico the cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -341,4 +338,8 @@ pub fn summary(inv: &Inventory) -> Summary {
         operator_present: operator_present(inv),
         installation_present: !inv.list("installations").is_empty(),
     }
+}
+
+pub(crate) fn int_at(v: &Value, p: &str) -> Option<i64> {
+    v.pointer(p).and_then(Value::as_i64)
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::cluster::objects::{ObjRef, ObjectError, Objects};
-use crate::migration::facts::CALICO_GROUP;
+use crate::migration::refs::CALICO_GROUP;
 
 /// Where an object is in a manifest file: its document (counting, from 1, the
 /// documents that hold more than comments), the line that document starts on, and

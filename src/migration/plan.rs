@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::descriptor::{StepContext, StepPlan};
 use super::facts::{self, Source, Summary, desired_part, digest};
 use super::profile::Profile;
+use super::refs;
 use super::rules::{self, Finding, RuleInput, Severity};
-use super::steps::{self, StepContext, StepPlan};
+use super::steps;
 use crate::cluster::access::AccessReport;
 use crate::cluster::inventory::Inventory;
 use crate::engine::state_dir::{StateDirError, create_private_dir, write_atomic};
@@ -204,7 +206,7 @@ pub fn fingerprint_facts(
         .iter()
         .filter(|c| {
             let g = facts::str_at(c, "/spec/group").unwrap_or("");
-            g == facts::CALICO_GROUP || g == "operator.tigera.io"
+            g == refs::CALICO_GROUP || g == "operator.tigera.io"
         })
         .map(|c| {
             json!([

@@ -9,13 +9,14 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use super::facts::str_at;
-use super::steps::baseline::{KUBE_SYSTEM, pod_ready};
-use super::world::{Cluster, Observation};
+use super::facts::{int_at, str_at};
+use super::nodes::pod_ready;
+use super::refs::KUBE_SYSTEM;
+use super::world::{Observation, World};
 use crate::checks::{Prober, watch_node};
 use crate::cluster::objects::ObjRef;
 
-async fn daemonset(world: &Cluster, r: &ObjRef) -> anyhow::Result<Value> {
+pub async fn daemonset(world: &World, r: &ObjRef) -> anyhow::Result<Value> {
     world
         .objects
         .get(r)
@@ -24,7 +25,7 @@ async fn daemonset(world: &Cluster, r: &ObjRef) -> anyhow::Result<Value> {
 }
 
 /// What is left of the DaemonSet's rollout (None: finished).
-pub async fn rollout_unfinished(world: &Cluster, ds: &ObjRef) -> anyhow::Result<Option<String>> {
+pub async fn rollout_unfinished(world: &World, ds: &ObjRef) -> anyhow::Result<Option<String>> {
     let r = ds;
     let ds = daemonset(world, r).await?;
     let state = RolloutState::read(world, &ds).await?;
@@ -57,7 +58,7 @@ pub async fn rollout_unfinished(world: &Cluster, ds: &ObjRef) -> anyhow::Result<
 
 /// The DaemonSet's pods on one node.
 #[derive(Default)]
-struct NodePods {
+pub struct NodePods {
     /// An up-to-date pod exists (Ready or not).
     current: bool,
     /// An up-to-date pod is Ready: the node is done.
@@ -74,13 +75,13 @@ impl NodePods {
 }
 
 /// The DaemonSet's pods by node.
-struct RolloutState {
+pub struct RolloutState {
     generation: i64,
     nodes: BTreeMap<String, NodePods>,
 }
 
 impl RolloutState {
-    async fn read(world: &Cluster, ds: &Value) -> anyhow::Result<Self> {
+    async fn read(world: &World, ds: &Value) -> anyhow::Result<Self> {
         let namespace = str_at(ds, "/metadata/namespace").unwrap_or(KUBE_SYSTEM);
         let generation = ds
             .pointer("/metadata/generation")
@@ -147,7 +148,7 @@ impl RolloutState {
 }
 
 /// Resolves once `node` runs an up-to-date Ready pod of the DaemonSet.
-async fn updated_on(world: &Cluster, r: &ObjRef, node: &str) {
+pub async fn updated_on(world: &World, r: &ObjRef, node: &str) {
     loop {
         match daemonset(world, r).await {
             Ok(ds) => match RolloutState::read(world, &ds).await {
@@ -171,7 +172,7 @@ async fn updated_on(world: &Cluster, r: &ObjRef, node: &str) {
 /// created while a node's agent is being replaced would fail closed there, and their
 /// new addresses are what the rules frozen on that node do not know.
 pub async fn follow_rollout(
-    world: &Cluster,
+    world: &World,
     step: &str,
     r: &ObjRef,
     prober: &Prober,
@@ -189,7 +190,7 @@ pub async fn follow_rollout(
     follow(world, step, r, prober).instrument(bar).await
 }
 
-async fn follow(world: &Cluster, step: &str, r: &ObjRef, prober: &Prober) -> anyhow::Result<()> {
+pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> anyhow::Result<()> {
     let mut watched: BTreeSet<String> = BTreeSet::new();
     let mut to_check: BTreeSet<String> = BTreeSet::new();
     let mut last_progress = Instant::now();
@@ -284,5 +285,47 @@ async fn follow(world: &Cluster, step: &str, r: &ObjRef, prober: &Prober) -> any
                 tokio::time::sleep(world.options.poll.min(Duration::from_secs(2))).await;
             }
         }
+    }
+}
+
+/// A DaemonSet whose current template runs Ready on every node it selects.
+pub fn rolled_out(ds: &Value) -> bool {
+    let n = |k: &str| int_at(ds, &format!("/status/{k}")).unwrap_or(-1);
+    n("observedGeneration") == int_at(ds, "/metadata/generation").unwrap_or(0)
+        && n("desiredNumberScheduled") == n("numberReady")
+        && n("desiredNumberScheduled") == n("updatedNumberScheduled")
+}
+
+/// Wait for a DaemonSet's rollout, giving up only when nothing progressed for
+/// `node_ready_timeout` (a rollout of many nodes takes longer than one node's wait).
+pub async fn wait_rollout(world: &World, r: &ObjRef) -> anyhow::Result<()> {
+    let mut last_seen = String::new();
+    let mut since = Instant::now();
+    loop {
+        let Some(ds) = world.objects.get(r).await? else {
+            bail!("{r} disappeared while waiting for its rollout");
+        };
+        if rolled_out(&ds) {
+            return Ok(());
+        }
+        let n = |k: &str| int_at(&ds, &format!("/status/{k}")).unwrap_or(0);
+        let now = format!(
+            "{} of {} Ready, {} updated",
+            n("numberReady"),
+            n("desiredNumberScheduled"),
+            n("updatedNumberScheduled")
+        );
+        if now != last_seen {
+            tracing::info!("waiting for the rollout of {r}: {now}");
+            last_seen = now;
+            since = Instant::now();
+        }
+        if since.elapsed() > world.options.node_ready_timeout {
+            bail!(
+                "the rollout of {r} made no progress for {} s ({last_seen})",
+                world.options.node_ready_timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(world.options.poll).await;
     }
 }

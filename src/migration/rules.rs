@@ -9,6 +9,7 @@ use super::converter::{self, Refusal};
 use super::facts::{self, Generation, Source, Summary, name_of, str_at};
 use super::manifest::ManifestObject;
 use super::profile::{OperatorInstall, Profile, parse_version};
+use super::refs::{CALICO_GROUP, MIGRATION_LABEL};
 use crate::cluster::access::AccessReport;
 use crate::cluster::inventory::Inventory;
 
@@ -180,10 +181,6 @@ fn generation(i: &RuleInput, out: &mut Vec<Finding>) {
         ));
     }
 }
-
-/// The node label the operator's migration sets (tigera/operator
-/// `pkg/controller/migration/namespace_migration.go`).
-pub const MIGRATION_LABEL: &str = "projectcalico.org/operator-node-migration";
 
 fn migration_labelled_nodes(inv: &Inventory) -> Vec<String> {
     inv.list("nodes")
@@ -559,7 +556,7 @@ fn crds(i: &RuleInput, out: &mut Vec<Finding>) {
         ));
     }
     for crd in i.inv.list("crds") {
-        if str_at(crd, "/spec/group") != Some(facts::CALICO_GROUP) {
+        if str_at(crd, "/spec/group") != Some(CALICO_GROUP) {
             continue;
         }
         let versions = crd

@@ -107,7 +107,7 @@ pub enum Observation {
 }
 
 /// The world of the migration steps.
-pub struct Cluster {
+pub struct World {
     pub objects: Objects,
     pub profile: Profile,
     /// The saved plan's `plan` (the JSON of `migration::plan::Plan`).
@@ -121,7 +121,7 @@ pub struct Cluster {
     observations: Mutex<Vec<Observation>>,
 }
 
-impl Cluster {
+impl World {
     pub fn new(
         objects: Objects,
         profile: Profile,
@@ -130,7 +130,7 @@ impl Cluster {
         operator_manifest: Vec<Value>,
         options: ApplyOptions,
     ) -> Self {
-        Cluster {
+        World {
             objects,
             profile,
             plan,
@@ -227,7 +227,7 @@ impl Cluster {
     async fn wait_for_agents(&self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + self.options.node_ready_timeout;
         loop {
-            let missing = super::steps::baseline::nodes_without_ready_agent(self).await?;
+            let missing = super::nodes::nodes_without_ready_agent(&self.objects).await?;
             if missing.is_empty() {
                 return Ok(());
             }
@@ -268,7 +268,10 @@ impl Cluster {
 
     /// Store `report` as the baseline.
     pub fn save_baseline_round(&self, report: &RoundReport) -> anyhow::Result<()> {
-        write_atomically(&self.baseline_path(), &serde_json::to_vec(report)?)
+        Ok(crate::engine::state_dir::write_atomic(
+            &self.baseline_path(),
+            &serde_json::to_vec(report)?,
+        )?)
     }
 
     /// Run a round, compare it with the policies and the baseline, record it, and
@@ -331,10 +334,4 @@ pub fn failed_round_message(label: &str, report: &RoundReport) -> String {
             String::new()
         }
     )
-}
-
-/// Write a state-dir file atomically and private to its owner
-/// ([`crate::engine::state_dir::write_atomic`]).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    Ok(crate::engine::state_dir::write_atomic(path, bytes)?)
 }

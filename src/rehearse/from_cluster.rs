@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cluster::objects::{ObjRef, Objects, strip_server_fields};
 use crate::migration::facts::{name_of, str_at};
-use crate::migration::steps::baseline::{POLICY_KINDS, is_fargate};
+use crate::migration::{nodes::is_fargate, policies::POLICY_KINDS};
 
 /// What a rehearsal takes from a live cluster.
 #[derive(Debug, Clone, Default)]

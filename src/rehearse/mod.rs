@@ -22,7 +22,7 @@ use crate::migration::permissions;
 use crate::migration::plan::{self, SavedPlan};
 use crate::migration::profile::Profile;
 use crate::migration::session::{self, identity, planned_steps};
-use crate::migration::world::{ApplyOptions, Cluster, Observation};
+use crate::migration::world::{ApplyOptions, Observation, World};
 use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ScenarioConfig};
@@ -290,7 +290,7 @@ async fn run_phase(
     name: &str,
     journal: &mut Journal,
     loaded: &session::Loaded,
-    world: &Cluster,
+    world: &World,
     mode: Mode,
     hold: &Hold,
 ) -> anyhow::Result<(Outcome, PhaseReport)> {
@@ -311,9 +311,9 @@ fn world(
     loaded: &session::Loaded,
     state: &Path,
     time_scale: f64,
-) -> anyhow::Result<Cluster> {
+) -> anyhow::Result<World> {
     let manifest = session::operator_manifest(state, &loaded.saved.plan, &loaded.profile)?;
-    Ok(Cluster::new(
+    Ok(World::new(
         Objects::new(stage.client.clone(), RetryPolicy::default()),
         loaded.profile.clone(),
         loaded.saved.plan.clone(),

@@ -13,7 +13,7 @@ use calico_migrate::cluster::objects::Objects;
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::plan::SavedPlan;
 use calico_migrate::migration::profile::Profile;
-use calico_migrate::migration::world::{ApplyOptions, Cluster};
+use calico_migrate::migration::world::{ApplyOptions, World};
 use calico_migrate::sandbox::controllers::{ControllerOptions, ControllersHandle};
 use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
@@ -109,8 +109,8 @@ pub fn fast_options(profile: &Profile) -> ApplyOptions {
 }
 
 /// The steps' world on this sandbox and plan.
-pub fn world(env: &Env, saved: &SavedPlan, profile: &Profile) -> Cluster {
-    Cluster::new(
+pub fn world(env: &Env, saved: &SavedPlan, profile: &Profile) -> World {
+    World::new(
         Objects::new(env.client.clone(), RetryPolicy::default()),
         profile.clone(),
         saved.plan.clone(),

@@ -1,8 +1,18 @@
 //! `align-versions` (only when the profile asks): upgrade the manifest install's
 //! images and CRDs in place, node by node, to the Calico the operator will install.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
+use crate::migration::refs::{CALICO_GROUP, kube_system_node, kube_system_typha};
+use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::world::{Observation, World};
 
 pub const ID: &str = "align-versions";
 
@@ -57,17 +67,6 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
 // ---------------------------------------------------------------------------
 // apply / rollback
 
-use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
-
-use super::baseline::{KUBE_SYSTEM, forget_capture, keep_capture, stored_capture};
-use super::fargate_affinity::calico_node_ref;
-use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::facts::{CALICO_GROUP, name_of, str_at};
-use crate::migration::rollout::{follow_rollout, rollout_unfinished};
-use crate::migration::world::{Cluster, Observation};
-
 /// Calico component images this step re-tags (quay.io/calico/<name>, calico/<name>).
 const CALICO_IMAGES: [&str; 5] = [
     "node",
@@ -79,10 +78,6 @@ const CALICO_IMAGES: [&str; 5] = [
 
 /// Runs the `align-versions` step.
 pub struct AlignVersions;
-
-fn typha_ref() -> ObjRef {
-    ObjRef::new("apps/v1", "Deployment", Some(KUBE_SYSTEM), "calico-typha")
-}
 
 /// `image` with its tag set to `tag` when it is a Calico component image.
 pub fn retag(image: &str, tag: &str) -> Option<String> {
@@ -159,7 +154,7 @@ fn images_back(saved: &Value, live: &Value) -> Option<Value> {
 
 /// The crd.projectcalico.org CRDs of the reviewed operator manifest (v1 API only:
 /// the projectcalico.org/v3 CRDs must never be applied on such a cluster).
-fn manifest_calico_crds(world: &Cluster) -> Vec<Value> {
+fn manifest_calico_crds(world: &World) -> Vec<Value> {
     world
         .operator_manifest
         .iter()
@@ -181,7 +176,7 @@ fn crd_ref(name: &str) -> ObjRef {
 }
 
 /// CRDs whose live spec differs from the manifest's (or that do not exist).
-async fn crds_to_apply(world: &Cluster) -> anyhow::Result<Vec<Value>> {
+async fn crds_to_apply(world: &World) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     for want in manifest_calico_crds(world) {
         let live = world.objects.get(&crd_ref(name_of(&want))).await?;
@@ -193,7 +188,7 @@ async fn crds_to_apply(world: &Cluster) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Wait (bounded by `node_ready_timeout`) until kube-system typha runs its template.
-async fn typha_rolled_out(world: &Cluster) -> anyhow::Result<()> {
+async fn typha_rolled_out(world: &World) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     loop {
         match typha_unfinished(world).await? {
@@ -210,8 +205,8 @@ async fn typha_rolled_out(world: &Cluster) -> anyhow::Result<()> {
     }
 }
 
-async fn typha_unfinished(world: &Cluster) -> anyhow::Result<Option<String>> {
-    let Some(d) = world.objects.get(&typha_ref()).await? else {
+async fn typha_unfinished(world: &World) -> anyhow::Result<Option<String>> {
+    let Some(d) = world.objects.get(&kube_system_typha()).await? else {
         return Ok(None);
     };
     let n = |p: &str| d.pointer(p).and_then(Value::as_i64).unwrap_or(0);
@@ -234,7 +229,7 @@ async fn typha_unfinished(world: &Cluster) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
-impl Step<Cluster> for AlignVersions {
+impl Step<World> for AlignVersions {
     fn id(&self) -> &str {
         ID
     }
@@ -244,7 +239,7 @@ impl Step<Cluster> for AlignVersions {
     }
 
     /// calico-node, typha and the Calico CRDs as they are.
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             if let Some(earlier) = stored_capture(world, ID)? {
                 return Ok(earlier);
@@ -268,15 +263,15 @@ impl Step<Cluster> for AlignVersions {
                 world,
                 ID,
                 json!({
-                    "daemonset": get(calico_node_ref()).await?,
-                    "typha": get(typha_ref()).await?,
+                    "daemonset": get(kube_system_node()).await?,
+                    "typha": get(kube_system_typha()).await?,
                     "crds": crds,
                 }),
             )
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let tag = world.profile.target.calico_version.clone();
             let prober = world.prober().await?;
@@ -292,32 +287,32 @@ impl Step<Cluster> for AlignVersions {
                 world.objects.apply(&crd).await?;
             }
             world.objects.forget_kinds();
-            if let Some(typha) = world.objects.get(&typha_ref()).await?
+            if let Some(typha) = world.objects.get(&kube_system_typha()).await?
                 && let Some(p) = retag_patch(&typha, &tag)?
             {
                 tracing::info!("{ID}: upgrading kube-system calico-typha to {tag}");
-                world.objects.merge(&typha_ref(), &p).await?;
+                world.objects.merge(&kube_system_typha(), &p).await?;
             }
             typha_rolled_out(world).await?;
             let ds = world
                 .objects
-                .get(&calico_node_ref())
+                .get(&kube_system_node())
                 .await?
                 .context("DaemonSet kube-system/calico-node does not exist")?;
             if let Some(p) = retag_patch(&ds, &tag)? {
                 tracing::info!("{ID}: upgrading kube-system calico-node to {tag}, node by node");
-                world.objects.merge(&calico_node_ref(), &p).await?;
+                world.objects.merge(&kube_system_node(), &p).await?;
             }
-            follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
+            follow_rollout(world, ID, &kube_system_node(), &prober).await?;
             world.check_round(ID, "after align-versions").await?;
             Ok(())
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let tag = &world.profile.target.calico_version;
-            for r in [calico_node_ref(), typha_ref()] {
+            for r in [kube_system_node(), kube_system_typha()] {
                 if let Some(o) = world.objects.get(&r).await?
                     && retag_patch(&o, tag)?.is_some()
                 {
@@ -339,7 +334,7 @@ impl Step<Cluster> for AlignVersions {
                     "kube-system calico-typha: {why}"
                 )));
             }
-            if let Some(why) = rollout_unfinished(world, &calico_node_ref()).await? {
+            if let Some(why) = rollout_unfinished(world, &kube_system_node()).await? {
                 return Ok(Verification::failed(why));
             }
             Ok(Verification::passed(format!(
@@ -348,24 +343,24 @@ impl Step<Cluster> for AlignVersions {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             // Agents first, then typha, then the CRDs: the reverse of ensure.
             if let Some(before) = saved.get("daemonset").filter(|v| !v.is_null())
-                && let Some(live) = world.objects.get(&calico_node_ref()).await?
+                && let Some(live) = world.objects.get(&kube_system_node()).await?
                 && let Some(p) = images_back(before, &live)
             {
                 let prober = world.prober().await?;
                 tracing::info!("{ID}: restoring the kube-system calico-node images, node by node");
-                world.objects.merge(&calico_node_ref(), &p).await?;
-                follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
+                world.objects.merge(&kube_system_node(), &p).await?;
+                follow_rollout(world, ID, &kube_system_node(), &prober).await?;
             }
             if let Some(before) = saved.get("typha").filter(|v| !v.is_null())
-                && let Some(live) = world.objects.get(&typha_ref()).await?
+                && let Some(live) = world.objects.get(&kube_system_typha()).await?
                 && let Some(p) = images_back(before, &live)
             {
                 tracing::info!("{ID}: restoring the kube-system calico-typha images");
-                world.objects.merge(&typha_ref(), &p).await?;
+                world.objects.merge(&kube_system_typha(), &p).await?;
                 typha_rolled_out(world).await?;
             }
             // Restored in place, never deleted: deleting a Calico CRD deletes its objects.
@@ -382,7 +377,7 @@ impl Step<Cluster> for AlignVersions {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             let tag = &world.profile.target.calico_version;
             let mut out: Vec<String> = crds_to_apply(world)
@@ -395,7 +390,7 @@ impl Step<Cluster> for AlignVersions {
                     )
                 })
                 .collect();
-            for r in [typha_ref(), calico_node_ref()] {
+            for r in [kube_system_typha(), kube_system_node()] {
                 if let Some(o) = world.objects.get(&r).await?
                     && let Some(p) = retag_patch(&o, tag)?
                 {

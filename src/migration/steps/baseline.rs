@@ -1,7 +1,23 @@
 //! `baseline`: snapshot every object the migration may touch, and every policy object,
 //! into the journal; deploy probe workloads and record the reachability baseline.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::capture::remove_file;
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts;
+use crate::migration::nodes::nodes_without_ready_agent;
+use crate::migration::policies::{
+    BASELINE_POLICIES_FILE, BaselinePolicies, POLICY_KINDS, live_policies, policy_digest,
+};
+use crate::migration::refs::{CALICO_GROUP, KUBE_SYSTEM, MIGRATION_LABEL};
+use crate::migration::release::{chart_objects_live, release_secrets};
+use crate::migration::world::{BASELINE_ROUND_FILE, Observation, World};
 
 pub const ID: &str = "baseline";
 
@@ -51,31 +67,6 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
 // ---------------------------------------------------------------------------
 // apply / rollback
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use anyhow::Context as _;
-use serde_json::{Value, json};
-
-use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::facts::{self, CALICO_GROUP, FARGATE_LABEL};
-use crate::migration::world::{BASELINE_ROUND_FILE, Cluster, Observation, write_atomically};
-
-/// Node label the operator's takeover moves nodes with.
-pub const MIGRATION_LABEL: &str = "projectcalico.org/operator-node-migration";
-pub(crate) const KUBE_SYSTEM: &str = "kube-system";
-
-/// The policy kinds the migration must never lose: (apiVersion, kind).
-pub const POLICY_KINDS: [(&str, &str); 6] = [
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("crd.projectcalico.org/v1", "NetworkPolicy"),
-    ("crd.projectcalico.org/v1", "GlobalNetworkPolicy"),
-    ("crd.projectcalico.org/v1", "GlobalNetworkSet"),
-    ("crd.projectcalico.org/v1", "NetworkSet"),
-    ("crd.projectcalico.org/v1", "HostEndpoint"),
-];
-
 /// kube-system objects of the chart that exist whatever the release manifest says
 /// (a manifest install without Helm has no manifest to read them from).
 const KNOWN_OBJECTS: [(&str, &str, &str); 9] = [
@@ -97,7 +88,7 @@ const KNOWN_OBJECTS: [(&str, &str, &str); 9] = [
 /// Runs the `baseline` step.
 pub struct Baseline;
 
-impl Step<Cluster> for Baseline {
+impl Step<World> for Baseline {
     fn id(&self) -> &str {
         ID
     }
@@ -106,23 +97,19 @@ impl Step<Cluster> for Baseline {
         "Snapshot the Calico install and every policy object; record the probe baseline"
     }
 
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             let snap = snapshot(world).await?;
             // verify-completion compares the policy set with this copy (the journal's
             // rollback data is the engine's, not the steps').
-            BaselinePolicies {
-                api_version: list_api_version(),
-                kind: list_kind(),
-                objects: snap["policies"].as_array().cloned().unwrap_or_default(),
-            }
-            .save(&world.state_dir)?;
+            BaselinePolicies::new(snap["policies"].as_array().cloned().unwrap_or_default())
+                .save(&world.state_dir)?;
             note_policy_counts(world, &snap);
             Ok(snap)
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             if let Some(r) = world.baseline_round()?
                 && r.passed
@@ -146,7 +133,7 @@ impl Step<Cluster> for Baseline {
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let Some(round) = world.baseline_round()? else {
                 return Ok(Verification::failed("no baseline round is recorded yet"));
@@ -157,7 +144,7 @@ impl Step<Cluster> for Baseline {
                     round.failed_nodes.join(", ")
                 )));
             }
-            let missing = nodes_without_ready_agent(world).await?;
+            let missing = nodes_without_ready_agent(&world.objects).await?;
             if !missing.is_empty() {
                 return Ok(Verification::failed(format!(
                     "no Ready calico-node on node(s) {}",
@@ -171,7 +158,7 @@ impl Step<Cluster> for Baseline {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, _saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, _saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             world.remove_probes().await?;
             remove_file(&world.state_dir.join(BASELINE_ROUND_FILE))?;
@@ -180,7 +167,7 @@ impl Step<Cluster> for Baseline {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             if world.baseline_round()?.is_some_and(|r| r.passed) {
                 return Ok(vec![
@@ -198,18 +185,10 @@ impl Step<Cluster> for Baseline {
     }
 }
 
-pub(crate) fn remove_file(path: &std::path::Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
-}
-
 /// The snapshot `baseline` journals: every object the migration may touch and
 /// every policy object (stripped of server fields), node migration labels, and a
 /// digest of the policy set.
-pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
+pub async fn snapshot(world: &World) -> anyhow::Result<Value> {
     let mut objects: BTreeMap<String, Value> = BTreeMap::new();
     let mut keep = |o: Value| {
         if let Some(r) = ObjRef::of(&o) {
@@ -222,10 +201,10 @@ pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
             keep(o);
         }
     }
-    for s in super::detach_helm::release_secrets(world).await? {
+    for s in release_secrets(world).await? {
         keep(s);
     }
-    for (_, live) in super::detach_helm::chart_objects_live(world).await? {
+    for (_, live) in chart_objects_live(world).await? {
         keep(live);
     }
     for crd in world
@@ -292,7 +271,7 @@ pub async fn snapshot(world: &Cluster) -> anyhow::Result<Value> {
 
 /// The plan's policy counts beside the baseline's: teams change policies every day,
 /// so a difference is reported, not refused (the baseline is what later checks use).
-fn note_policy_counts(world: &Cluster, snap: &Value) {
+fn note_policy_counts(world: &World, snap: &Value) {
     let plan_inv = world.plan.get("inventory");
     let count = |api: &str, kind: &str| {
         snap["policy_counts"][format!("{api} {kind}")]
@@ -332,164 +311,6 @@ fn note_policy_counts(world: &Cluster, snap: &Value) {
 
 const CALICO_V1: &str = "crd.projectcalico.org/v1";
 
-/// Every policy object of the kinds the migration must never lose, stripped; the
-/// probe workload's own policies are not the cluster's.
-pub async fn live_policies(world: &Cluster) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for (api, kind) in POLICY_KINDS {
-        let list = world.objects.list(api, kind, None, None).await?;
-        out.extend(
-            list.iter()
-                .filter(|o| {
-                    !facts::str_at(o, "/metadata/namespace")
-                        .is_some_and(crate::checks::workload::is_probe_namespace)
-                })
-                .map(strip_server_fields),
-        );
-    }
-    Ok(out)
-}
-
-/// File in the state dir holding the baseline's policy objects.
-pub const BASELINE_POLICIES_FILE: &str = "apply-baseline-policies.json";
-
-/// The policy objects as the baseline saw them; kept as a `v1 List`, so that
-/// `kubectl apply -f` of the file restores them.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BaselinePolicies {
-    #[serde(default = "list_api_version")]
-    pub api_version: String,
-    #[serde(default = "list_kind")]
-    pub kind: String,
-    #[serde(rename = "items")]
-    pub objects: Vec<Value>,
-}
-
-fn list_api_version() -> String {
-    "v1".into()
-}
-fn list_kind() -> String {
-    "List".into()
-}
-
-/// How a live policy set differs from the baseline's, by `Kind namespace/name`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicyChanges {
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    pub added: Vec<String>,
-}
-
-impl BaselinePolicies {
-    pub fn save(&self, dir: &std::path::Path) -> anyhow::Result<()> {
-        write_atomically(
-            &dir.join(BASELINE_POLICIES_FILE),
-            &serde_json::to_vec(self)?,
-        )
-    }
-
-    pub fn load(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
-        let path = dir.join(BASELINE_POLICIES_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .with_context(|| format!("{} is damaged", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
-    }
-
-    /// Compare with `live` (stripped objects), ignoring server-managed fields.
-    pub fn compare(&self, live: &[Value]) -> PolicyChanges {
-        let key = |o: &Value| ObjRef::of(o).map(|r| format!("{} {r}", r.api_version));
-        let index = |objs: &[Value]| -> BTreeMap<String, Value> {
-            objs.iter()
-                .filter_map(|o| Some((key(o)?, strip_server_fields(o))))
-                .collect()
-        };
-        let (base, now) = (index(&self.objects), index(live));
-        let mut out = PolicyChanges::default();
-        for (k, v) in &base {
-            match now.get(k) {
-                None => out.removed.push(k.clone()),
-                Some(l) if l != v => out.changed.push(k.clone()),
-                Some(_) => {}
-            }
-        }
-        out.added = now
-            .keys()
-            .filter(|k| !base.contains_key(*k))
-            .cloned()
-            .collect();
-        out
-    }
-}
-
-/// sha256 over the sorted policy objects without server fields: equal digests,
-/// same policy set.
-pub fn policy_digest(policies: &[Value]) -> String {
-    let mut parts: Vec<Value> = policies.iter().map(strip_server_fields).collect();
-    parts.sort_by_key(|p| p.to_string());
-    facts::digest(&Value::Array(parts))
-}
-
-/// Non-Fargate nodes with no Ready calico-node pod (kube-system or calico-system).
-pub async fn nodes_without_ready_agent(world: &Cluster) -> anyhow::Result<Vec<String>> {
-    let mut ready: std::collections::BTreeSet<String> = Default::default();
-    for (ns, sel) in [
-        (KUBE_SYSTEM, "app.kubernetes.io/name=calico-node"),
-        (KUBE_SYSTEM, "k8s-app=calico-node"),
-        ("calico-system", "k8s-app=calico-node"),
-    ] {
-        for p in world.objects.list("v1", "Pod", Some(ns), Some(sel)).await? {
-            if pod_ready(&p)
-                && let Some(n) = facts::str_at(&p, "/spec/nodeName")
-            {
-                ready.insert(n.to_string());
-            }
-        }
-    }
-    Ok(worker_nodes(world)
-        .await?
-        .into_iter()
-        .filter(|n| !ready.contains(facts::name_of(n)))
-        .map(|n| facts::name_of(&n).to_string())
-        .collect())
-}
-
-/// Nodes that run DaemonSet pods: every node except Fargate ones.
-pub async fn worker_nodes(world: &Cluster) -> anyhow::Result<Vec<Value>> {
-    Ok(world
-        .objects
-        .list("v1", "Node", None, None)
-        .await?
-        .into_iter()
-        .filter(|n| !is_fargate(n))
-        .filter(|n| n.pointer("/metadata/deletionTimestamp").is_none())
-        .collect())
-}
-
-pub fn is_fargate(node: &Value) -> bool {
-    node.pointer(&format!(
-        "/metadata/labels/{}",
-        FARGATE_LABEL.replace('/', "~1")
-    ))
-    .and_then(Value::as_str)
-        == Some("fargate")
-}
-
-/// Ready condition True and not being deleted.
-pub fn pod_ready(p: &Value) -> bool {
-    p.pointer("/metadata/deletionTimestamp").is_none()
-        && p.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-}
-
 // -- rollback data kept in the state dir ------------------------------------
 //
 // The engine captures again when a failed step is attempted again, after that
@@ -497,30 +318,3 @@ pub fn pod_ready(p: &Value) -> bool {
 // affinity). Steps whose changes destroy what their rollback needs keep their
 // first capture in the state dir and return it from every later capture, until
 // their rollback finishes.
-
-fn capture_path(world: &Cluster, step: &str) -> PathBuf {
-    world.state_dir.join(format!("capture-{step}.json"))
-}
-
-/// The capture an earlier attempt of `step` stored, if any.
-pub(crate) fn stored_capture(world: &Cluster, step: &str) -> anyhow::Result<Option<Value>> {
-    let path = capture_path(world, step);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{} is not valid JSON; remove it only if no attempt of `{step}` changed the cluster", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-/// Keep `data` as the first capture of `step` (atomically), and return it.
-pub(crate) fn keep_capture(world: &Cluster, step: &str, data: Value) -> anyhow::Result<Value> {
-    write_atomically(&capture_path(world, step), &serde_json::to_vec(&data)?)?;
-    Ok(data)
-}
-
-/// Forget the first capture of `step` once its rollback is complete.
-pub(crate) fn forget_capture(world: &Cluster, step: &str) -> anyhow::Result<()> {
-    remove_file(&capture_path(world, step))
-}

@@ -1,7 +1,16 @@
 //! `cleanup-leftovers`: remove what the operator's migration leaves behind from the
 //! chart, never RBAC the operator now uses, never a policy object or a CRD.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::operator::condition;
+use crate::migration::refs::{KUBE_SYSTEM, tigera_status_ref};
+use crate::migration::wait::wait_gone;
+use crate::migration::world::World;
 
 pub const ID: &str = "cleanup-leftovers";
 
@@ -40,15 +49,6 @@ pub fn describe(_ctx: &StepContext) -> StepPlan {
 // ---------------------------------------------------------------------------
 // apply / rollback
 
-use anyhow::{Context as _, bail};
-use serde_json::Value;
-
-use super::install_operator::{tigera_status_ref, wait_gone};
-use super::takeover::{KUBE_SYSTEM, condition};
-use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::world::Cluster;
-
 /// The autoscaler's ServiceAccount: the only subject the cpha bindings may name.
 const CPHA: &str = "calico-typha-cpha";
 
@@ -73,7 +73,7 @@ fn leftover_refs() -> Vec<Vec<ObjRef>> {
 }
 
 /// The leftovers that exist now, live.
-async fn present(world: &Cluster) -> anyhow::Result<Vec<Value>> {
+async fn present(world: &World) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     for candidates in leftover_refs() {
         for r in candidates {
@@ -88,7 +88,7 @@ async fn present(world: &Cluster) -> anyhow::Result<Vec<Value>> {
 
 /// Reasons not to delete `o`: something still uses it, or it grants more than the
 /// chart's autoscaler (someone bound other subjects to it).
-async fn in_use(world: &Cluster, o: &Value) -> anyhow::Result<Option<String>> {
+async fn in_use(world: &World, o: &Value) -> anyhow::Result<Option<String>> {
     let Some(r) = ObjRef::of(o) else {
         return Ok(None);
     };
@@ -143,7 +143,7 @@ fn available(ts: &Value) -> bool {
 /// The step.
 pub struct CleanupLeftovers;
 
-impl Step<Cluster> for CleanupLeftovers {
+impl Step<World> for CleanupLeftovers {
     fn id(&self) -> &str {
         ID
     }
@@ -152,7 +152,7 @@ impl Step<Cluster> for CleanupLeftovers {
         "Delete the chart's leftovers the operator does not use"
     }
 
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             let objects: Vec<Value> = present(world)
                 .await?
@@ -163,7 +163,7 @@ impl Step<Cluster> for CleanupLeftovers {
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             match world.objects.get(&tigera_status_ref()).await? {
                 Some(ts) if available(&ts) => {}
@@ -191,7 +191,7 @@ impl Step<Cluster> for CleanupLeftovers {
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let mut left = Vec::new();
             for o in present(world).await? {
@@ -214,7 +214,7 @@ impl Step<Cluster> for CleanupLeftovers {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let objects = saved
                 .get("objects")
@@ -233,7 +233,7 @@ impl Step<Cluster> for CleanupLeftovers {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             let mut out = Vec::new();
             for o in present(world).await? {

@@ -4,20 +4,22 @@
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::install_operator::{
-    deployment_ready, freeze_operator, installation_ref, int_at, operator_ref, run_operator,
-    tigera_status_ref, wait_until,
-};
-use super::takeover::{
-    CALICO_SYSTEM, MIGRATED, PreOperator, calico_system_node, degraded, kube_system_node,
-    list_nodes, return_to_kube_system, rolled_out,
-};
-use super::{Checks, StepContext, StepPlan, change, lines};
 use crate::cluster::objects::ObjRef;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::converter::{self, Refusal};
-use crate::migration::rules::MIGRATION_LABEL;
-use crate::migration::world::Cluster;
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::int_at;
+use crate::migration::nodes::list_nodes;
+use crate::migration::operator::{degraded, deployment_ready, freeze_operator, run_operator};
+use crate::migration::pre_operator::PreOperator;
+use crate::migration::refs::{
+    CALICO_SYSTEM, MIGRATED, MIGRATION_LABEL, calico_system_node, installation_ref,
+    kube_system_node, operator_ref, tigera_status_ref,
+};
+use crate::migration::rollout::rolled_out;
+use crate::migration::wait::wait_until;
+use crate::migration::way_back::return_to_kube_system;
+use crate::migration::world::World;
 
 pub const ID: &str = "create-installation";
 
@@ -114,7 +116,7 @@ fn refusals(ds: &Value) -> Vec<String> {
         .collect()
 }
 
-fn installation(world: &Cluster) -> Value {
+fn installation(world: &World) -> Value {
     json!({
         "apiVersion": "operator.tigera.io/v1",
         "kind": "Installation",
@@ -130,7 +132,7 @@ fn deleting(o: &Value) -> bool {
 /// Whether the operator has taken the first steps: every node labelled, the
 /// kube-system DaemonSet on the migration nodeSelector and rolled out (or the
 /// operator went further). `Some(what)` while it has not.
-async fn operator_started(world: &Cluster) -> anyhow::Result<Option<String>> {
+async fn operator_started(world: &World) -> anyhow::Result<Option<String>> {
     if let Some(d) = degraded(world).await? {
         bail!(
             "the operator refused the migration: {d}. Fix what it names, then run `calico-migrate apply --resume`, or run `calico-migrate rollback`"
@@ -147,7 +149,7 @@ async fn operator_started(world: &Cluster) -> anyhow::Result<Option<String>> {
     let Some(ds) = world.objects.get(&kube_system_node()).await? else {
         return Ok(None);
     };
-    let unlabelled = list_nodes(world)
+    let unlabelled = list_nodes(&world.objects)
         .await?
         .iter()
         .filter(|n| n.label.is_none())
@@ -180,7 +182,7 @@ async fn operator_started(world: &Cluster) -> anyhow::Result<Option<String>> {
 pub struct CreateInstallation;
 
 impl CreateInstallation {
-    async fn create(world: &Cluster) -> anyhow::Result<()> {
+    async fn create(world: &World) -> anyhow::Result<()> {
         let Some(ds) = world.objects.get(&kube_system_node()).await? else {
             bail!(
                 "DaemonSet kube-system/calico-node is missing: nothing for the operator to migrate; check the cluster against the plan"
@@ -210,7 +212,7 @@ impl CreateInstallation {
     }
 }
 
-impl Step<Cluster> for CreateInstallation {
+impl Step<World> for CreateInstallation {
     fn id(&self) -> &str {
         ID
     }
@@ -219,7 +221,7 @@ impl Step<Cluster> for CreateInstallation {
         "Create Installation default (EKS, AmazonVPC CNI)"
     }
 
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             let pre = PreOperator::capture(world).await?;
             // The takeover starts after the operator changed these objects: it reads
@@ -229,7 +231,7 @@ impl Step<Cluster> for CreateInstallation {
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             match world.objects.get(&installation_ref()).await? {
                 Some(i) if deleting(&i) => bail!(
@@ -264,7 +266,7 @@ impl Step<Cluster> for CreateInstallation {
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let Some(i) = world.objects.get(&installation_ref()).await? else {
                 return Ok(Verification::failed("no Installation default"));
@@ -292,14 +294,14 @@ impl Step<Cluster> for CreateInstallation {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let pre: PreOperator = serde_json::from_value(saved.clone())
                 .context("create-installation's rollback data is not what this version wrote")?;
             // Nodes back first, the operator frozen (no-op when the takeover's
             // rollback already did it).
             return_to_kube_system(world, ID, &pre).await?;
-            if let Some(nodes) = Some(list_nodes(world).await?)
+            if let Some(nodes) = Some(list_nodes(&world.objects).await?)
                 && nodes.iter().any(|n| n.label.as_deref() == Some(MIGRATED))
             {
                 bail!("a node is still labelled {MIGRATED}; run `calico-migrate rollback` again");
@@ -370,7 +372,7 @@ impl Step<Cluster> for CreateInstallation {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             if world.objects.get(&installation_ref()).await?.is_some() {
                 return Ok(Vec::new());

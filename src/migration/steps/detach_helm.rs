@@ -2,9 +2,19 @@
 //! back up and remove the release records, strip the Helm labels and annotations the
 //! converter refuses, so no later `helm uninstall` can delete RBAC, CRDs or policies.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use anyhow::Context as _;
+use serde_json::{Map, Value, json};
 
-pub const ID: &str = "detach-helm";
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
+use crate::migration::converter::{ALLOWED_ANNOTATIONS, Refusal, predict};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::refs::{KUBE_SYSTEM, kube_system_node};
+use crate::migration::release::{DETACH_HELM_STEP, chart_objects_live, release_secrets};
+use crate::migration::world::World;
+
+pub const ID: &str = DETACH_HELM_STEP;
 
 pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
     let rel = ctx.source.release.as_deref()?;
@@ -76,15 +86,6 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
 // ---------------------------------------------------------------------------
 // apply / rollback
 
-use anyhow::Context as _;
-use serde_json::{Map, Value, json};
-
-use super::baseline::{KUBE_SYSTEM, forget_capture, keep_capture, stored_capture};
-use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::converter::{ALLOWED_ANNOTATIONS, Refusal, predict};
-use crate::migration::world::Cluster;
-
 /// Annotation prefix Helm 3.2+ writes on every object of a release.
 const HELM_ANNOTATION_PREFIX: &str = "meta.helm.sh/";
 /// Labels the chart's `_helpers.tpl` puts on every object and Helm uses to claim it.
@@ -94,7 +95,7 @@ const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Runs the `detach-helm` step.
 pub struct DetachHelm;
 
-impl Step<Cluster> for DetachHelm {
+impl Step<World> for DetachHelm {
     fn id(&self) -> &str {
         ID
     }
@@ -104,7 +105,7 @@ impl Step<Cluster> for DetachHelm {
     }
 
     /// The release Secrets (whole) and every live object the release manifest lists.
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             if let Some(earlier) = stored_capture(world, ID)? {
                 return Ok(earlier);
@@ -123,7 +124,7 @@ impl Step<Cluster> for DetachHelm {
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             // Read the manifest before the records go: ensure may run again after a
             // crash that deleted some of them, so the capture is the fallback.
@@ -145,19 +146,14 @@ impl Step<Cluster> for DetachHelm {
                 }
             }
             if template_changed {
-                crate::migration::rollout::follow_rollout(
-                    world,
-                    ID,
-                    &super::fargate_affinity::calico_node_ref(),
-                    &prober,
-                )
-                .await?;
+                crate::migration::rollout::follow_rollout(world, ID, &kube_system_node(), &prober)
+                    .await?;
             }
             Ok(())
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let Some((name, ns, _)) = world.release() else {
                 return Ok(Verification::failed("the plan names no Helm release"));
@@ -197,7 +193,7 @@ impl Step<Cluster> for DetachHelm {
                     labelled.join(", ")
                 )));
             }
-            if let Some(ds) = world.objects.get(&calico_node_ref()).await? {
+            if let Some(ds) = world.objects.get(&kube_system_node()).await? {
                 let refused: Vec<String> = predict(&ds)
                     .into_iter()
                     .filter_map(|r| match r {
@@ -221,7 +217,7 @@ impl Step<Cluster> for DetachHelm {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let list = |k: &str| {
                 saved
@@ -259,19 +255,14 @@ impl Step<Cluster> for DetachHelm {
                 }
             }
             if template_changed {
-                crate::migration::rollout::follow_rollout(
-                    world,
-                    ID,
-                    &super::fargate_affinity::calico_node_ref(),
-                    &prober,
-                )
-                .await?;
+                crate::migration::rollout::follow_rollout(world, ID, &kube_system_node(), &prober)
+                    .await?;
             }
             forget_capture(world, ID)
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             let mut out = Vec::new();
             for (r, live) in chart_objects_live(world).await? {
@@ -294,95 +285,6 @@ impl Step<Cluster> for DetachHelm {
             }
             Ok(out)
         })
-    }
-}
-
-fn calico_node_ref() -> ObjRef {
-    ObjRef::new("apps/v1", "DaemonSet", Some(KUBE_SYSTEM), "calico-node")
-}
-
-/// The plan's release's Helm 3 records (Secrets labelled `owner=helm,name=<release>`).
-pub async fn release_secrets(world: &Cluster) -> anyhow::Result<Vec<Value>> {
-    let Some((name, ns, _)) = world.release() else {
-        return Ok(Vec::new());
-    };
-    let selector = format!("owner=helm,name={name}");
-    Ok(world
-        .objects
-        .list("v1", "Secret", Some(&ns), Some(&selector))
-        .await?
-        .into_iter()
-        .filter(|s| s.get("type").and_then(Value::as_str) == Some(crate::helm::RELEASE_SECRET_TYPE))
-        .collect())
-}
-
-/// Every live object the release's manifest lists, at an API version the cluster
-/// serves. Read from the current release record; once the records are gone (this
-/// step ran), from this step's stored capture.
-pub async fn chart_objects_live(world: &Cluster) -> anyhow::Result<Vec<(ObjRef, Value)>> {
-    let mut refs: Vec<ObjRef> = Vec::new();
-    let secrets = release_secrets(world).await?;
-    if let Some((name, _, _)) = world.release()
-        && let Some(rel) = crate::helm::current_release(&secrets, &name)?
-    {
-        for o in crate::helm::manifest_objects(&rel.manifest)? {
-            let namespace = if crate::helm::is_cluster_scoped(&o.kind) {
-                None
-            } else {
-                Some(o.namespace.unwrap_or_else(|| rel.namespace.clone()))
-            };
-            refs.push(ObjRef {
-                api_version: o.api_version,
-                kind: o.kind,
-                namespace,
-                name: o.name,
-            });
-        }
-    } else if let Some(c) = stored_capture(world, ID)? {
-        refs = c
-            .get("objects")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(ObjRef::of).collect())
-            .unwrap_or_default();
-    }
-    let mut out = Vec::new();
-    for r in refs {
-        if let Some(found) = get_served(world, &r).await? {
-            out.push(found);
-        }
-    }
-    Ok(out)
-}
-
-/// The object at its manifest API version, or at the version that replaced a
-/// removed one (the 0.3.10 manifest's policy/v1beta1 PodDisruptionBudget is
-/// policy/v1 on Kubernetes 1.25+).
-async fn get_served(world: &Cluster, r: &ObjRef) -> anyhow::Result<Option<(ObjRef, Value)>> {
-    let mut candidates = vec![r.clone()];
-    if let Some(v) = replacement_api(&r.api_version, &r.kind) {
-        candidates.push(ObjRef {
-            api_version: v.to_string(),
-            ..r.clone()
-        });
-    }
-    for c in candidates {
-        if let Some(o) = world.objects.get(&c).await? {
-            return Ok(Some((ObjRef::of(&o).unwrap_or(c), o)));
-        }
-    }
-    Ok(None)
-}
-
-/// The GA API of a removed beta API (kubernetes/website deprecation-guide.md).
-fn replacement_api(api_version: &str, kind: &str) -> Option<&'static str> {
-    match (api_version, kind) {
-        ("policy/v1beta1", "PodDisruptionBudget") => Some("policy/v1"),
-        ("rbac.authorization.k8s.io/v1beta1", _) => Some("rbac.authorization.k8s.io/v1"),
-        ("apps/v1beta1" | "apps/v1beta2" | "extensions/v1beta1", "DaemonSet" | "Deployment") => {
-            Some("apps/v1")
-        }
-        ("apiextensions.k8s.io/v1beta1", _) => Some("apiextensions.k8s.io/v1"),
-        _ => None,
     }
 }
 
@@ -551,9 +453,5 @@ mod apply_tests {
                          "annotations": {"team": "net"},
                          "labels": {"app.kubernetes.io/managed-by": "terraform"}}});
         assert_eq!(strip_patch(&svc), None);
-        assert_eq!(
-            replacement_api("policy/v1beta1", "PodDisruptionBudget"),
-            Some("policy/v1")
-        );
     }
 }

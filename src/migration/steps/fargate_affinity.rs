@@ -2,8 +2,19 @@
 //! is removed just before the takeover. Fargate nodes never run DaemonSet pods, so the
 //! set of nodes running calico-node does not change.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
 use crate::migration::converter::{Refusal, predict};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::name_of;
+use crate::migration::nodes::{nodes_without_ready_agent, worker_nodes};
+use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
+use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::world::World;
 
 pub const ID: &str = "fargate-affinity";
 
@@ -68,27 +79,8 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
 // the DaemonSet changes: a node the new selector does not match would lose its
 // calico-node at once.
 
-use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
-
-use super::baseline::{
-    KUBE_SYSTEM, MIGRATION_LABEL, forget_capture, keep_capture, stored_capture, worker_nodes,
-};
-use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::facts::name_of;
-use crate::migration::rollout::{follow_rollout, rollout_unfinished};
-use crate::migration::world::Cluster;
-
-/// The value nodes get (the operator's `nodeSelectorValuePre`).
-pub const PRE_OPERATOR: &str = "pre-operator";
-
 /// Runs the `fargate-affinity` step.
 pub struct FargateAffinity;
-
-pub(crate) fn calico_node_ref() -> ObjRef {
-    ObjRef::new("apps/v1", "DaemonSet", Some(KUBE_SYSTEM), "calico-node")
-}
 
 fn node_label(n: &Value) -> Option<&str> {
     n.pointer(&format!(
@@ -106,8 +98,8 @@ fn selector_label(ds: &Value) -> Option<&str> {
     .and_then(Value::as_str)
 }
 
-async fn calico_node(world: &Cluster) -> anyhow::Result<Value> {
-    world.objects.get(&calico_node_ref()).await?.context(
+async fn calico_node(world: &World) -> anyhow::Result<Value> {
+    world.objects.get(&kube_system_node()).await?.context(
         "DaemonSet kube-system/calico-node does not exist; this step needs the kube-system install",
     )
 }
@@ -149,9 +141,9 @@ fn daemonset_patch(ds: &Value) -> anyhow::Result<Option<Value>> {
 }
 
 /// Label every non-Fargate node that has no migration label yet.
-async fn label_nodes(world: &Cluster) -> anyhow::Result<Vec<String>> {
+async fn label_nodes(world: &World) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
-    for n in worker_nodes(world).await? {
+    for n in worker_nodes(&world.objects).await? {
         if node_label(&n).is_none() {
             let name = name_of(&n).to_string();
             tracing::info!("labelling node {name} {MIGRATION_LABEL}={PRE_OPERATOR}");
@@ -168,7 +160,7 @@ async fn label_nodes(world: &Cluster) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
-impl Step<Cluster> for FargateAffinity {
+impl Step<World> for FargateAffinity {
     fn id(&self) -> &str {
         ID
     }
@@ -178,7 +170,7 @@ impl Step<Cluster> for FargateAffinity {
     }
 
     /// The DaemonSet and the migration label of every node.
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             if let Some(earlier) = stored_capture(world, ID)? {
                 return Ok(earlier);
@@ -199,7 +191,7 @@ impl Step<Cluster> for FargateAffinity {
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let ds = calico_node(world).await?;
             let patch = daemonset_patch(&ds)?;
@@ -210,17 +202,17 @@ impl Step<Cluster> for FargateAffinity {
                     "replacing the Fargate affinity of kube-system calico-node by the nodeSelector \
                      {MIGRATION_LABEL}={PRE_OPERATOR}; calico-node rolls node by node"
                 );
-                world.objects.merge(&calico_node_ref(), &p).await?;
+                world.objects.merge(&kube_system_node(), &p).await?;
             }
             // A node that joined between the labels and the patch would lose its agent.
             label_nodes(world).await?;
-            follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
+            follow_rollout(world, ID, &kube_system_node(), &prober).await?;
             world.check_round(ID, "after fargate-affinity").await?;
             Ok(())
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let ds = calico_node(world).await?;
             if ds
@@ -236,7 +228,7 @@ impl Step<Cluster> for FargateAffinity {
                     "kube-system calico-node does not select {MIGRATION_LABEL}"
                 )));
             }
-            let unlabelled: Vec<String> = worker_nodes(world)
+            let unlabelled: Vec<String> = worker_nodes(&world.objects)
                 .await?
                 .iter()
                 .filter(|n| node_label(n).is_none())
@@ -248,10 +240,10 @@ impl Step<Cluster> for FargateAffinity {
                     unlabelled.join(", ")
                 )));
             }
-            if let Some(left) = rollout_unfinished(world, &calico_node_ref()).await? {
+            if let Some(left) = rollout_unfinished(world, &kube_system_node()).await? {
                 return Ok(Verification::failed(left));
             }
-            let missing = super::baseline::nodes_without_ready_agent(world).await?;
+            let missing = nodes_without_ready_agent(&world.objects).await?;
             if !missing.is_empty() {
                 return Ok(Verification::failed(format!(
                     "no Ready calico-node on node(s) {}",
@@ -265,13 +257,13 @@ impl Step<Cluster> for FargateAffinity {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let Some(before) = saved.get("daemonset") else {
                 bail!("the rollback data of {ID} has no DaemonSet");
             };
             // DaemonSet first, labels last: the old selector must not lose a node.
-            if let Some(ds) = world.objects.get(&calico_node_ref()).await? {
+            if let Some(ds) = world.objects.get(&kube_system_node()).await? {
                 let tpl = |o: &Value, k: &str| {
                     o.pointer(&format!("/spec/template/spec/{k}"))
                         .cloned()
@@ -288,8 +280,8 @@ impl Step<Cluster> for FargateAffinity {
                         "affinity": tpl(before, "affinity"),
                         "nodeSelector": {MIGRATION_LABEL: want_sel},
                     }}}});
-                    world.objects.merge(&calico_node_ref(), &patch).await?;
-                    follow_rollout(world, ID, &calico_node_ref(), &prober).await?;
+                    world.objects.merge(&kube_system_node(), &patch).await?;
+                    follow_rollout(world, ID, &kube_system_node(), &prober).await?;
                 }
             }
             let labels = saved
@@ -314,10 +306,10 @@ impl Step<Cluster> for FargateAffinity {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             let ds = calico_node(world).await?;
-            let mut out: Vec<String> = worker_nodes(world)
+            let mut out: Vec<String> = worker_nodes(&world.objects)
                 .await?
                 .iter()
                 .filter(|n| node_label(n).is_none())

@@ -5,19 +5,20 @@
 //! operator manifest ([`read_manifest`]) and its check against the APIs the cluster
 //! serves ([`unserved`]), which `plan --operator-manifest` uses too.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Checks, StepContext, StepPlan, change, lines};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::int_at;
 use crate::migration::manifest::{ManifestObject, check_object, served_apis, unserved};
+use crate::migration::operator::{deployment_ready, wait_operator_ready};
 use crate::migration::profile::OperatorInstall;
-use crate::migration::world::Cluster;
+use crate::migration::refs::{installation_ref, operator_ref};
+use crate::migration::wait::wait_gone;
+use crate::migration::world::World;
 
 pub const ID: &str = "install-operator";
 
@@ -52,37 +53,6 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
     }
 }
 
-/// Where the manifest installs the operator.
-pub const OPERATOR_NAMESPACE: &str = "tigera-operator";
-pub const OPERATOR_NAME: &str = "tigera-operator";
-
-pub fn operator_ref() -> ObjRef {
-    ObjRef::new(
-        "apps/v1",
-        "Deployment",
-        Some(OPERATOR_NAMESPACE),
-        OPERATOR_NAME,
-    )
-}
-
-pub fn installation_ref() -> ObjRef {
-    ObjRef::new("operator.tigera.io/v1", "Installation", None, "default")
-}
-
-pub fn tigera_status_ref() -> ObjRef {
-    ObjRef::new("operator.tigera.io/v1", "TigeraStatus", None, "calico")
-}
-
-pub(crate) fn int_at(v: &Value, p: &str) -> Option<i64> {
-    v.pointer(p).and_then(Value::as_i64)
-}
-
-/// Every desired replica Ready (and at least one desired).
-pub fn deployment_ready(d: &Value) -> bool {
-    let want = int_at(d, "/spec/replicas").unwrap_or(1);
-    want >= 1 && int_at(d, "/status/readyReplicas").unwrap_or(0) >= want
-}
-
 /// Whether `live` already holds every field of `want` (maps: each key, recursively;
 /// lists and scalars: equal). Server-side apply of `want` would change nothing then.
 pub fn contains(live: &Value, want: &Value) -> bool {
@@ -95,147 +65,6 @@ pub fn contains(live: &Value, want: &Value) -> bool {
         }
         _ => live == want,
     }
-}
-
-/// Poll `probe` every `world.options.poll` until it answers `None` (done); `Some(text)`
-/// says what is still awaited (logged when it changes). Fails after `timeout`.
-pub(crate) async fn wait_until<F, Fut>(
-    world: &Cluster,
-    what: &str,
-    timeout: Duration,
-    mut probe: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<String>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match probe().await? {
-            None => return Ok(()),
-            Some(waiting) => {
-                if waiting != last {
-                    tracing::info!("waiting for {what}: {waiting}");
-                    last = waiting;
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "gave up after {} s waiting for {what}: {last}",
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(world.options.poll).await;
-    }
-}
-
-/// Wait (at most `node_ready_timeout`) until none of `refs` exists any more.
-pub(crate) async fn wait_gone(world: &Cluster, what: &str, refs: &[ObjRef]) -> anyhow::Result<()> {
-    wait_until(world, what, world.options.node_ready_timeout, || async {
-        for r in refs {
-            if world.objects.get(r).await?.is_some() {
-                return Ok(Some(format!("{r} still exists")));
-            }
-        }
-        Ok(None)
-    })
-    .await
-}
-
-/// Wait (at most `node_ready_timeout`) until the operator Deployment is Ready.
-async fn wait_operator_ready(world: &Cluster) -> anyhow::Result<()> {
-    wait_until(
-        world,
-        "the operator to be Ready",
-        world.options.node_ready_timeout,
-        || async {
-            Ok(match world.objects.get(&operator_ref()).await? {
-                Some(d) if deployment_ready(&d) => None,
-                Some(d) => Some(format!(
-                    "{} of {} replica(s) Ready",
-                    int_at(&d, "/status/readyReplicas").unwrap_or(0),
-                    int_at(&d, "/spec/replicas").unwrap_or(1)
-                )),
-                None => Some("no Deployment tigera-operator/tigera-operator".into()),
-            })
-        },
-    )
-    .await
-}
-
-fn match_labels(d: &Value) -> Option<String> {
-    let m = d.pointer("/spec/selector/matchLabels")?.as_object()?;
-    let parts: Vec<String> = m
-        .iter()
-        .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(","))
-}
-
-/// Scale the operator to 0 and wait until no operator pod runs: it then changes
-/// nothing more (docs/upstream.md, "The operator's migration": every action is
-/// chosen from the live state, so scaling it back resumes where it stopped).
-/// Returns false when there is no operator.
-pub(crate) async fn freeze_operator(world: &Cluster) -> anyhow::Result<bool> {
-    let r = operator_ref();
-    let Some(d) = world.objects.get(&r).await? else {
-        return Ok(false);
-    };
-    if int_at(&d, "/spec/replicas").unwrap_or(1) != 0 {
-        tracing::info!("freezing the operator: scaling {r} to 0");
-        world.objects.scale(&r, 0).await?;
-    }
-    let selector = match_labels(&d);
-    wait_until(
-        world,
-        "the operator to stop",
-        world.options.node_ready_timeout,
-        || {
-            let selector = selector.clone();
-            let r = r.clone();
-            async move {
-                let Some(d) = world.objects.get(&r).await? else {
-                    return Ok(None);
-                };
-                let ready = int_at(&d, "/status/readyReplicas").unwrap_or(0);
-                let pods = match &selector {
-                    Some(s) => {
-                        world
-                            .objects
-                            .list("v1", "Pod", Some(OPERATOR_NAMESPACE), Some(s))
-                            .await?
-                    }
-                    None => Vec::new(),
-                };
-                Ok((ready > 0 || !pods.is_empty()).then(|| {
-                    format!(
-                        "{ready} ready replica(s), {} operator pod(s) left",
-                        pods.len()
-                    )
-                }))
-            }
-        },
-    )
-    .await?;
-    Ok(true)
-}
-
-/// Scale the operator to `replicas` (at least 1) and wait until it is Ready.
-pub(crate) async fn run_operator(world: &Cluster, replicas: i64) -> anyhow::Result<()> {
-    let r = operator_ref();
-    let Some(d) = world.objects.get(&r).await? else {
-        bail!(
-            "the operator Deployment {r} is missing; run `calico-migrate apply --resume` so install-operator installs it again"
-        );
-    };
-    let replicas = replicas.max(1);
-    if int_at(&d, "/spec/replicas").unwrap_or(1) != replicas {
-        tracing::info!("starting the operator: scaling {r} to {replicas}");
-        world.objects.scale(&r, replicas).await?;
-    }
-    wait_operator_ready(world).await
 }
 
 /// What install-operator's rollback needs.
@@ -253,7 +82,7 @@ fn is_calico_crd(r: &ObjRef) -> bool {
     r.kind == "CustomResourceDefinition" && r.name.ends_with("projectcalico.org")
 }
 
-fn gate_message(world: &Cluster, found: &str) -> String {
+fn gate_message(world: &World, found: &str) -> String {
     format!(
         "waiting for the operator: install tigera-operator {} with your Helm/Terraform, without an Installation (Helm chart value installation.enabled=false), then run `calico-migrate apply --resume` ({found})",
         world.profile.target.operator_version
@@ -262,7 +91,7 @@ fn gate_message(world: &Cluster, found: &str) -> String {
 
 /// The manifest's objects with their references, CRDs and namespaces first so the
 /// objects after them resolve.
-fn manifest_in_order(world: &Cluster) -> anyhow::Result<Vec<(ObjRef, &Value)>> {
+fn manifest_in_order(world: &World) -> anyhow::Result<Vec<(ObjRef, &Value)>> {
     let mut out = Vec::new();
     for obj in &world.operator_manifest {
         let r = ObjRef::of(obj).with_context(|| {
@@ -292,11 +121,11 @@ fn manifest_in_order(world: &Cluster) -> anyhow::Result<Vec<(ObjRef, &Value)>> {
 pub struct InstallOperator;
 
 impl InstallOperator {
-    fn external(world: &Cluster) -> bool {
+    fn external(world: &World) -> bool {
         world.profile.operator.install == OperatorInstall::External
     }
 
-    async fn refuse_installation(world: &Cluster) -> anyhow::Result<()> {
+    async fn refuse_installation(world: &World) -> anyhow::Result<()> {
         if world.objects.get(&installation_ref()).await?.is_some() {
             bail!(
                 "Installation default already exists, so the operator starts migrating on its own before calico-migrate can check each node (the tigera-operator Helm chart creates one unless installation.enabled=false); run `calico-migrate rollback`, or delete that Installation while the operator still runs and `calico-migrate apply --resume`"
@@ -305,7 +134,7 @@ impl InstallOperator {
         Ok(())
     }
 
-    async fn ensure_external(world: &Cluster) -> anyhow::Result<()> {
+    async fn ensure_external(world: &World) -> anyhow::Result<()> {
         Self::refuse_installation(world).await?;
         match world.objects.get(&operator_ref()).await? {
             Some(d) if deployment_ready(&d) => Ok(()),
@@ -324,7 +153,7 @@ impl InstallOperator {
     /// does not serve (the check and the words of plan's
     /// `OPERATOR_MANIFEST_API_NOT_SERVED`): the cluster may have been upgraded since
     /// the plan, and applying half of the manifest helps nobody.
-    async fn refuse_unserved(world: &Cluster) -> anyhow::Result<()> {
+    async fn refuse_unserved(world: &World) -> anyhow::Result<()> {
         let file = "the pinned operator manifest";
         let manifest: Vec<ManifestObject> = world
             .operator_manifest
@@ -353,7 +182,7 @@ impl InstallOperator {
         bail!("{}; {}", f.message, f.fix)
     }
 
-    async fn ensure_manifest(world: &Cluster) -> anyhow::Result<()> {
+    async fn ensure_manifest(world: &World) -> anyhow::Result<()> {
         Self::refuse_installation(world).await?;
         let objects = manifest_in_order(world)?;
         if objects.is_empty() {
@@ -388,7 +217,7 @@ impl InstallOperator {
     }
 }
 
-impl Step<Cluster> for InstallOperator {
+impl Step<World> for InstallOperator {
     fn id(&self) -> &str {
         ID
     }
@@ -397,7 +226,7 @@ impl Step<Cluster> for InstallOperator {
         "Install the Tigera Operator without an Installation"
     }
 
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             if Self::external(world) {
                 return Ok(serde_json::to_value(Saved {
@@ -416,7 +245,7 @@ impl Step<Cluster> for InstallOperator {
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             if Self::external(world) {
                 Self::ensure_external(world).await
@@ -426,7 +255,7 @@ impl Step<Cluster> for InstallOperator {
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             if world.objects.get(&installation_ref()).await?.is_some() {
                 return Ok(Verification::failed(
@@ -451,7 +280,7 @@ impl Step<Cluster> for InstallOperator {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let saved: Saved = serde_json::from_value(saved.clone())
                 .context("install-operator's rollback data is not what this version wrote")?;
@@ -497,7 +326,7 @@ impl Step<Cluster> for InstallOperator {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             if Self::external(world) {
                 return Ok(match world.objects.get(&operator_ref()).await? {

@@ -1,6 +1,8 @@
-//! The migration's steps as data for the plan: what each will change (objects and
-//! fields), its checks before and after, and its rollback. One file per step; the
-//! apply/rollback code of each step joins its descriptor in the same file.
+//! The migration's steps, one file each: its plan descriptor (`describe`, what it
+//! will change, its checks and its rollback) and its `engine::Step` (apply and
+//! rollback). Steps are leaves: they import the shared parts of `migration` (refs,
+//! capture, nodes, operator, wait, rollout, swap, pre_operator, way_back, policies)
+//! and the world, never each other. This module only lists them in order.
 
 pub mod align_versions;
 pub mod baseline;
@@ -13,62 +15,9 @@ pub mod remove_probes;
 pub mod takeover;
 pub mod verify_completion;
 
-use serde::Serialize;
-
-use super::facts::{Generation, Source, Summary};
-use super::profile::Profile;
-use crate::cluster::inventory::Inventory;
-
-/// One object a step changes, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Change {
-    /// `Kind namespace/name` or `Kind name`.
-    pub object: String,
-    /// create | patch | delete | scale | label | backup
-    pub action: &'static str,
-    /// The fields touched, or what is stored.
-    pub fields: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Checks {
-    pub before: Vec<String>,
-    pub after: Vec<String>,
-}
-
-/// A step as the plan shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StepPlan {
-    pub id: &'static str,
-    pub title: String,
-    pub changes: Vec<Change>,
-    pub checks: Checks,
-    pub rollback: Vec<String>,
-    /// Set when the step waits for a human (`apply --resume` continues).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gate: Option<String>,
-}
-
-/// What a descriptor may read.
-pub struct StepContext<'a> {
-    pub inv: &'a Inventory,
-    pub source: &'a Source,
-    pub summary: &'a Summary,
-    pub profile: &'a Profile,
-    pub manifest_sha256: Option<&'a str>,
-}
-
-pub(crate) fn change(object: impl Into<String>, action: &'static str, fields: &[&str]) -> Change {
-    Change {
-        object: object.into(),
-        action,
-        fields: fields.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-pub(crate) fn lines(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
+use super::descriptor::{StepContext, StepPlan};
+use super::facts::Generation;
+use super::world::World;
 
 /// The ordered steps for this cluster (empty when there is nothing to migrate).
 pub fn ordered(ctx: &StepContext) -> Vec<StepPlan> {
@@ -92,7 +41,7 @@ pub fn ordered(ctx: &StepContext) -> Vec<StepPlan> {
 }
 
 /// A step as apply and rollback run it.
-pub type RunStep = Box<dyn crate::engine::Step<super::world::Cluster>>;
+pub type RunStep = Box<dyn crate::engine::Step<World>>;
 
 /// The runnable step for a planned id; None for an id this build cannot run
 /// (apply then refuses before changing anything).

@@ -1,6 +1,11 @@
 //! `remove-probes`: delete the probe workloads deployed by `baseline`.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use serde_json::Value;
+
+use crate::checks::workload::PROBE_LABEL;
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::world::World;
 
 pub const ID: &str = "remove-probes";
 
@@ -27,16 +32,10 @@ pub fn describe(_ctx: &StepContext) -> StepPlan {
 // ---------------------------------------------------------------------------
 // apply / rollback
 
-use serde_json::Value;
-
-use crate::checks::workload::PROBE_LABEL;
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::world::Cluster;
-
 /// The step: the tool's own objects only.
 pub struct RemoveProbes;
 
-impl Step<Cluster> for RemoveProbes {
+impl Step<World> for RemoveProbes {
     fn id(&self) -> &str {
         ID
     }
@@ -45,17 +44,17 @@ impl Step<Cluster> for RemoveProbes {
         "Remove the probe workloads"
     }
 
-    fn capture<'a>(&'a self, _world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, _world: &'a World) -> StepFuture<'a, Value> {
         // Nothing to restore: a rollback of earlier steps sets the probes up again
         // when its checks need them.
         Box::pin(async { Ok(Value::Null) })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move { world.remove_probes().await })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let selector = format!("{PROBE_LABEL}=true");
             let nss = world
@@ -78,11 +77,11 @@ impl Step<Cluster> for RemoveProbes {
         })
     }
 
-    fn rollback<'a>(&'a self, _world: &'a Cluster, _saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, _world: &'a World, _saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async { Ok(()) })
     }
 
-    fn preview<'a>(&'a self, _world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, _world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async {
             Ok(vec![format!(
                 "delete the namespaces and pods labelled {PROBE_LABEL}=true (the probe workload)"

@@ -9,32 +9,29 @@
 //! newest first, one at a time, checked like the way forward; then the kube-system
 //! objects and node labels are restored as create-installation captured them.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-
-use super::baseline::pod_ready;
-use super::install_operator::{
-    deployment_ready, freeze_operator, int_at, operator_ref, run_operator, tigera_status_ref,
-    wait_gone, wait_until,
-};
-use super::{Checks, StepContext, StepPlan, change, lines};
-use crate::checks::conn::{self, ConnPool, HoldOptions};
-use crate::checks::{self, NodeWatch};
-use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::facts::FARGATE_LABEL;
-use crate::migration::rollout::{follow_rollout, rollout_unfinished};
-use crate::migration::rules::MIGRATION_LABEL;
-use crate::migration::world::{Cluster, Observation};
-use crate::progress;
+use serde_json::Value;
 use tracing::Instrument as _;
+
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::nodes::{NodeState, agents_ready, list_nodes, selects};
+use crate::migration::operator::{
+    degraded, deployment_ready, freeze_operator, progressing_message, run_operator,
+};
+use crate::migration::pre_operator::PreOperator;
+use crate::migration::refs::{
+    CALICO_SYSTEM, MIGRATED, calico_system_node, kube_system_node, operator_ref,
+};
+use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::swap::{Way, check_held, hold_across_swaps, watch_swap};
+use crate::migration::wait::wait_until;
+use crate::migration::way_back::return_to_kube_system;
+use crate::migration::world::World;
+use crate::progress;
 
 pub const ID: &str = "takeover";
 
@@ -106,466 +103,6 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
     }
 }
 
-pub const KUBE_SYSTEM: &str = "kube-system";
-pub const CALICO_SYSTEM: &str = "calico-system";
-/// Values of the operator's node label (namespace_migration.go).
-pub const PRE_OPERATOR: &str = "pre-operator";
-pub const MIGRATED: &str = "migrated";
-/// create-installation's capture, kept in the state dir for the takeover's rollback
-/// (the takeover starts after the operator has changed these objects).
-pub const PRE_OPERATOR_FILE: &str = "pre-operator-state.json";
-
-fn ks(api_version: &str, kind: &str, name: &str) -> ObjRef {
-    ObjRef::new(api_version, kind, Some(KUBE_SYSTEM), name)
-}
-pub fn kube_system_node() -> ObjRef {
-    ks("apps/v1", "DaemonSet", "calico-node")
-}
-pub(crate) fn kube_system_typha() -> ObjRef {
-    ks("apps/v1", "Deployment", "calico-typha")
-}
-fn calico_node_binding() -> ObjRef {
-    ObjRef::new(
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRoleBinding",
-        None,
-        "calico-node",
-    )
-}
-pub(crate) fn calico_system_node() -> ObjRef {
-    ObjRef::new("apps/v1", "DaemonSet", Some(CALICO_SYSTEM), "calico-node")
-}
-pub(crate) fn calico_system_typha() -> ObjRef {
-    ObjRef::new("apps/v1", "Deployment", Some(CALICO_SYSTEM), "calico-typha")
-}
-/// What the operator creates in calico-system for the takeover (owned by the Installation).
-fn calico_system_workloads() -> [ObjRef; 3] {
-    [
-        calico_system_node(),
-        calico_system_typha(),
-        ObjRef::new(
-            "apps/v1",
-            "Deployment",
-            Some(CALICO_SYSTEM),
-            "calico-kube-controllers",
-        ),
-    ]
-}
-
-/// Objects the operator's migration changes or deletes (docs/upstream.md, "The
-/// operator's migration"), in the order they are restored: the DaemonSet last.
-pub fn operator_touched() -> Vec<ObjRef> {
-    vec![
-        ks("v1", "ConfigMap", "kubernetes-services-endpoint"),
-        kube_system_typha(),
-        ks(
-            "apps/v1",
-            "Deployment",
-            "calico-typha-horizontal-autoscaler",
-        ),
-        ks("apps/v1", "Deployment", "calico-kube-controllers"),
-        calico_node_binding(),
-        kube_system_node(),
-    ]
-}
-
-/// One object as it was before the operator ran (None: it did not exist).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedObject {
-    pub object: ObjRef,
-    pub live: Option<Value>,
-}
-
-/// What the cluster looked like before Installation `default` existed: everything
-/// the operator's migration changes, so that the way back can restore it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PreOperator {
-    pub objects: Vec<SavedObject>,
-    /// Each node's migration label (None: unlabelled, the normal case).
-    pub node_labels: BTreeMap<String, Option<String>>,
-    pub calico_system_existed: bool,
-    pub tigera_status_existed: bool,
-    /// The operator Deployment's replicas (None: no operator).
-    pub operator_replicas: Option<i64>,
-}
-
-impl PreOperator {
-    /// Read it from the cluster (changes nothing).
-    pub async fn capture(world: &Cluster) -> anyhow::Result<Self> {
-        let mut objects = Vec::new();
-        for r in operator_touched() {
-            let live = world
-                .objects
-                .get(&r)
-                .await?
-                .map(|v| strip_server_fields(&v));
-            objects.push(SavedObject { object: r, live });
-        }
-        let node_labels = list_nodes(world)
-            .await?
-            .into_iter()
-            .map(|n| (n.name, n.label))
-            .collect();
-        let ns = ObjRef::new("v1", "Namespace", None, CALICO_SYSTEM);
-        Ok(PreOperator {
-            objects,
-            node_labels,
-            calico_system_existed: world.objects.get(&ns).await?.is_some(),
-            tigera_status_existed: world.objects.get(&tigera_status_ref()).await?.is_some(),
-            operator_replicas: world
-                .objects
-                .get(&operator_ref())
-                .await?
-                .map(|d| int_at(&d, "/spec/replicas").unwrap_or(1)),
-        })
-    }
-
-    pub fn saved(&self, r: &ObjRef) -> Option<&Value> {
-        self.objects
-            .iter()
-            .find(|s| &s.object == r)
-            .and_then(|s| s.live.as_ref())
-    }
-
-    /// Keep it in the state dir.
-    pub fn save_file(&self, dir: &Path) -> anyhow::Result<()> {
-        crate::migration::world::write_atomically(
-            &dir.join(PRE_OPERATOR_FILE),
-            &serde_json::to_vec(self)?,
-        )
-    }
-
-    pub fn load_file(dir: &Path) -> anyhow::Result<Option<Self>> {
-        let path = dir.join(PRE_OPERATOR_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).with_context(|| {
-                format!(
-                    "{} is damaged; it is create-installation's capture",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
-    }
-}
-
-/// A node as the takeover sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct NodeState {
-    pub name: String,
-    pub label: Option<String>,
-    pub fargate: bool,
-}
-
-pub(crate) async fn list_nodes(world: &Cluster) -> anyhow::Result<Vec<NodeState>> {
-    let mut out: Vec<NodeState> = world
-        .objects
-        .list("v1", "Node", None, None)
-        .await?
-        .iter()
-        .filter(|n| n.pointer("/metadata/deletionTimestamp").is_none())
-        .map(|n| {
-            let labels = n.pointer("/metadata/labels");
-            let label = |k: &str| {
-                labels
-                    .and_then(|l| l.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            NodeState {
-                name: n
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                label: label(MIGRATION_LABEL),
-                fargate: label(FARGATE_LABEL).as_deref() == Some("fargate"),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-pub(crate) async fn set_node_label(
-    world: &Cluster,
-    node: &str,
-    value: Option<&str>,
-) -> anyhow::Result<()> {
-    let r = ObjRef::new("v1", "Node", None, node);
-    world
-        .objects
-        .merge(
-            &r,
-            &json!({"metadata": {"labels": {MIGRATION_LABEL: value}}}),
-        )
-        .await
-        .with_context(|| format!("labelling node {node}"))?;
-    Ok(())
-}
-
-/// Nodes with a Ready calico-node pod in `namespace` (operator label `k8s-app`, chart
-/// label `app.kubernetes.io/name`).
-pub(crate) async fn agents_ready(
-    world: &Cluster,
-    namespace: &str,
-) -> anyhow::Result<BTreeSet<String>> {
-    let pods = world
-        .objects
-        .list("v1", "Pod", Some(namespace), None)
-        .await?;
-    Ok(pods
-        .iter()
-        .filter(|p| {
-            ["k8s-app", "app.kubernetes.io/name"].iter().any(|k| {
-                p.pointer("/metadata/labels")
-                    .and_then(|l| l.get(*k))
-                    .and_then(Value::as_str)
-                    == Some("calico-node")
-            })
-        })
-        .filter(|p| pod_ready(p))
-        .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect())
-}
-
-/// A DaemonSet whose current template runs Ready on every node it selects.
-pub(crate) fn rolled_out(ds: &Value) -> bool {
-    let n = |k: &str| int_at(ds, &format!("/status/{k}")).unwrap_or(-1);
-    n("observedGeneration") == int_at(ds, "/metadata/generation").unwrap_or(0)
-        && n("desiredNumberScheduled") == n("numberReady")
-        && n("desiredNumberScheduled") == n("updatedNumberScheduled")
-}
-
-/// Condition `t` of TigeraStatus calico: (status is True, reason, message).
-pub(crate) fn condition(ts: &Value, t: &str) -> Option<(bool, String, String)> {
-    let c = ts
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"] == t)?;
-    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    Some((s("status") == "True", s("reason"), s("message")))
-}
-
-/// The operator's Degraded message, if it reports one.
-pub(crate) async fn degraded(world: &Cluster) -> anyhow::Result<Option<String>> {
-    Ok(world
-        .objects
-        .get(&tigera_status_ref())
-        .await?
-        .and_then(|ts| condition(&ts, "Degraded"))
-        .filter(|(on, _, _)| *on)
-        .map(|(_, reason, message)| format!("TigeraStatus calico Degraded ({reason}): {message}")))
-}
-
-async fn progressing_message(world: &Cluster) -> String {
-    match world.objects.get(&tigera_status_ref()).await {
-        Ok(Some(ts)) => match condition(&ts, "Progressing") {
-            Some((true, _, m)) if !m.is_empty() => format!("the operator says \"{m}\""),
-            _ => "the operator reports no progress message".into(),
-        },
-        _ => "no TigeraStatus calico".into(),
-    }
-}
-
-/// Probe `node` through its agent swap until the calico-node in `namespace` there is
-/// Ready and a pass verifies (bounded by `node_ready_timeout`); records the swap.
-/// Returns what went wrong, if anything.
-async fn watch_swap(
-    world: &Cluster,
-    step: &str,
-    node: &str,
-    namespace: &str,
-) -> anyhow::Result<Option<String>> {
-    // A node that joined during the takeover has no probe pods yet: its first agent
-    // comes up first (no pod is created on a node without one), then its pods.
-    if !world.prober().await?.nodes().iter().any(|n| n == node) {
-        let ready = checks::agent_ready(world.client(), namespace, node, world.options.poll);
-        // Not Ready in time: prober_covering says so (it waits for every agent).
-        let _ = tokio::time::timeout(world.options.node_ready_timeout, ready).await;
-    }
-    let prober = world.prober_covering(node).await?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
-    let client = world.client().clone();
-    let poll = world.options.poll;
-    let done = async move {
-        checks::agent_ready(&client, namespace, node, poll).await;
-        flag.store(true, Ordering::SeqCst);
-    };
-    tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
-    let watch = checks::watch_node(
-        &prober,
-        node,
-        done,
-        world.options.poll,
-        world.options.node_ready_timeout,
-    )
-    .await
-    .with_context(|| format!("probing node {node}"))?;
-    world.observe(Observation::NodeSwap {
-        step: step.to_string(),
-        watch: watch.clone(),
-    });
-    tracing::info!(
-        "node {node}: {} pass(es), {} failed, longest without verified enforcement {} ms",
-        watch.passes,
-        watch.failed_passes,
-        watch.longest_unverified_ms
-    );
-    let problem = swap_problem(world, &watch, ready.load(Ordering::SeqCst), namespace);
-    if problem.is_none() {
-        // The line a person follows: one per node, short enough for a terminal.
-        let failed = match watch.failed_passes {
-            0 => String::new(),
-            n => format!(", {n} failed"),
-        };
-        crate::progress::say(format_args!(
-            "node {node} verified on {namespace} ({} passes{failed}, {} ms unverified)",
-            watch.passes, watch.longest_unverified_ms
-        ));
-    }
-    Ok(problem)
-}
-
-fn swap_problem(world: &Cluster, w: &NodeWatch, ready: bool, namespace: &str) -> Option<String> {
-    let limit = world.options.max_swap;
-    let failures = || w.failure_summary(5);
-    if !ready {
-        return Some(format!(
-            "its calico-node in {namespace} was not Ready within {} s",
-            world.options.node_ready_timeout.as_secs()
-        ));
-    }
-    if !w.verified_at_end {
-        return Some(format!("enforcement did not verify: {}", failures()));
-    }
-    if Duration::from_millis(w.longest_unverified_ms) > limit {
-        return Some(format!(
-            "it went {} ms without verified enforcement (limit {} s){}",
-            w.longest_unverified_ms,
-            limit.as_secs(),
-            if w.last_failures.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", failures())
-            }
-        ));
-    }
-    None
-}
-
-/// One established connection per node still to move (see [`conn::ring_pairs`]),
-/// held until the takeover (or the rollback) ends, through at most `swaps` node swaps;
-/// `None` when the profile turns this off.
-async fn hold_across_swaps(
-    world: &Cluster,
-    nodes: &[String],
-    swaps: usize,
-) -> anyhow::Result<Option<ConnPool>> {
-    if !world.options.hold_connections || nodes.is_empty() {
-        return Ok(None);
-    }
-    let plan = world.prober().await?.plan().await?;
-    let pairs = conn::ring_pairs(&plan.probes, nodes);
-    if pairs.is_empty() {
-        tracing::warn!(
-            "no allowed TCP pair between probe pods: no established connection is held across the swaps"
-        );
-        return Ok(None);
-    }
-    // The execs end with the takeover; `max` bounds the scripts should the tool die
-    // (on a real cluster a closed exec stream does not stop its command): the longest
-    // the swaps may take, each within its ready timeout and pause.
-    let per_node = world.options.node_ready_timeout + world.options.pause;
-    let opts = HoldOptions {
-        max: per_node * (swaps as u32 + 2),
-        interval: world.options.hold_interval,
-        ..HoldOptions::default()
-    };
-    let pool = ConnPool::open(world.client(), pairs, &opts)
-        .await
-        .context("opening the connections held across the swaps")?;
-    tracing::info!(
-        "holding {} established connection(s) across the swaps",
-        pool.len()
-    );
-    Ok(Some(pool))
-}
-
-/// Which way nodes move: forward to the operator's agent, or back in a rollback.
-#[derive(Debug, Clone, Copy)]
-enum Way {
-    Forward,
-    Back,
-}
-
-impl Way {
-    /// The namespace of the calico-node a moved node runs.
-    fn namespace(self) -> &'static str {
-        match self {
-            Way::Forward => CALICO_SYSTEM,
-            Way::Back => KUBE_SYSTEM,
-        }
-    }
-
-    /// The migration label of a node running that calico-node.
-    fn label(self) -> &'static str {
-        match self {
-            Way::Forward => MIGRATED,
-            Way::Back => PRE_OPERATOR,
-        }
-    }
-}
-
-/// After `node`'s swap (or, with `None`, the last rollout), every held connection
-/// touching it must still carry requests; a broken one stops the takeover (or the
-/// rollback).
-async fn check_held(
-    world: &Cluster,
-    step: &str,
-    way: Way,
-    pool: &ConnPool,
-    node: Option<&str>,
-) -> anyhow::Result<()> {
-    let report = pool.after_swap(node, Instant::now(), None).await;
-    if report.connections.is_empty() {
-        return Ok(());
-    }
-    let mut summary = report.summary();
-    let broken = report.broken_nodes();
-    world.observe(Observation::HeldConnections {
-        step: step.to_string(),
-        report,
-    });
-    let across = node.map_or(format!("the {} rollout", way.namespace()), |n| {
-        format!("node {n}'s swap")
-    });
-    if broken.is_empty() {
-        tracing::info!("after {across}: {summary}");
-        return Ok(());
-    }
-    // Another node may have moved in the same run: name every node on the broken paths
-    // that runs the new agent, since either end's swap can reset a flow.
-    if node.is_some() {
-        let moved: Vec<String> = list_nodes(world)
-            .await?
-            .into_iter()
-            .filter(|n| broken.contains(&n.name) && n.label.as_deref() == Some(way.label()))
-            .map(|n| n.name)
-            .collect();
-        summary.push_str(&format!(
-            "; node(s) on their path running the {} calico-node: {}",
-            way.namespace(),
-            moved.join(", ")
-        ));
-    }
-    bail!("after {across}: {summary}");
-}
-
 const FROZEN: &str =
     "The operator is frozen (Deployment tigera-operator scaled to 0), so nothing moves further";
 const WHAT_NEXT: &str = "fix the cause and run `calico-migrate apply --resume` (it starts the operator again), or run `calico-migrate rollback` to move the migrated nodes back";
@@ -577,7 +114,7 @@ const WHAT_NEXT: &str = "fix the cause and run `calico-migrate apply --resume` (
 /// have moved, then it is frozen while those nodes are probed through their swap
 /// and checked, and started again after `pacing.pause_seconds`: a failed check
 /// never finds the operator already on the next node.
-async fn follow(world: &Cluster) -> anyhow::Result<()> {
+async fn follow(world: &World) -> anyhow::Result<()> {
     if world.objects.get(&operator_ref()).await?.is_none() {
         bail!(
             "no Deployment tigera-operator/tigera-operator: install-operator must run first (`calico-migrate apply --resume`)"
@@ -592,8 +129,8 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
     // After a crash: nodes already on a Ready calico-system agent get one round.
     let mut checked: BTreeSet<String> = BTreeSet::new();
     {
-        let nodes = list_nodes(world).await?;
-        let agents = agents_ready(world, CALICO_SYSTEM).await?;
+        let nodes = list_nodes(&world.objects).await?;
+        let agents = agents_ready(&world.objects, CALICO_SYSTEM).await?;
         let gone = world.objects.get(&kube_system_node()).await?.is_none();
         let done: Vec<String> = nodes
             .iter()
@@ -609,7 +146,7 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
             progress::set(checked.len() as u64);
         }
     }
-    let to_move: Vec<String> = list_nodes(world)
+    let to_move: Vec<String> = list_nodes(&world.objects)
         .await?
         .into_iter()
         .filter(|n| !n.fargate && !checked.contains(&n.name))
@@ -626,14 +163,14 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
         if let Some(d) = degraded(world).await? {
             bail!("the operator reports a problem: {d}");
         }
-        let nodes: Vec<NodeState> = list_nodes(world)
+        let nodes: Vec<NodeState> = list_nodes(&world.objects)
             .await?
             .into_iter()
             .filter(|n| !n.fargate)
             .collect();
         let gone = world.objects.get(&kube_system_node()).await?.is_none();
         let agents = if gone {
-            agents_ready(world, CALICO_SYSTEM).await?
+            agents_ready(&world.objects, CALICO_SYSTEM).await?
         } else {
             BTreeSet::new()
         };
@@ -740,13 +277,13 @@ async fn follow(world: &Cluster) -> anyhow::Result<()> {
 
 /// Every non-Fargate node on a Ready calico-system agent (migrated, or the
 /// kube-system DaemonSet gone). Returns the nodes that are not.
-async fn not_taken_over(world: &Cluster) -> anyhow::Result<(usize, Vec<String>)> {
-    let nodes: Vec<NodeState> = list_nodes(world)
+async fn not_taken_over(world: &World) -> anyhow::Result<(usize, Vec<String>)> {
+    let nodes: Vec<NodeState> = list_nodes(&world.objects)
         .await?
         .into_iter()
         .filter(|n| !n.fargate)
         .collect();
-    let agents = agents_ready(world, CALICO_SYSTEM).await?;
+    let agents = agents_ready(&world.objects, CALICO_SYSTEM).await?;
     let gone = world.objects.get(&kube_system_node()).await?.is_none();
     let missing = nodes
         .iter()
@@ -756,299 +293,10 @@ async fn not_taken_over(world: &Cluster) -> anyhow::Result<(usize, Vec<String>)>
     Ok((nodes.len(), missing))
 }
 
-/// Wait for a DaemonSet's rollout, giving up only when nothing progressed for
-/// `node_ready_timeout` (a rollout of many nodes takes longer than one node's wait).
-async fn wait_rollout(world: &Cluster, r: &ObjRef) -> anyhow::Result<()> {
-    let mut last_seen = String::new();
-    let mut since = Instant::now();
-    loop {
-        let Some(ds) = world.objects.get(r).await? else {
-            bail!("{r} disappeared while waiting for its rollout");
-        };
-        if rolled_out(&ds) {
-            return Ok(());
-        }
-        let n = |k: &str| int_at(&ds, &format!("/status/{k}")).unwrap_or(0);
-        let now = format!(
-            "{} of {} Ready, {} updated",
-            n("numberReady"),
-            n("desiredNumberScheduled"),
-            n("updatedNumberScheduled")
-        );
-        if now != last_seen {
-            tracing::info!("waiting for the rollout of {r}: {now}");
-            last_seen = now;
-            since = Instant::now();
-        }
-        if since.elapsed() > world.options.node_ready_timeout {
-            bail!(
-                "the rollout of {r} made no progress for {} s ({last_seen})",
-                world.options.node_ready_timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(world.options.poll).await;
-    }
-}
-
-/// While nodes move back: every node not `migrated` labelled `pre-operator`, the
-/// kube-system DaemonSet present and selecting them, kube-system typha running.
-async fn prepare_way_back(
-    world: &Cluster,
-    pre: &PreOperator,
-    nodes: &[NodeState],
-) -> anyhow::Result<()> {
-    for n in nodes
-        .iter()
-        .filter(|n| n.label.as_deref() != Some(MIGRATED))
-    {
-        if n.label.as_deref() != Some(PRE_OPERATOR) {
-            set_node_label(world, &n.name, Some(PRE_OPERATOR)).await?;
-        }
-    }
-    let r = kube_system_node();
-    let live = world.objects.get(&r).await?;
-    if live
-        .as_ref()
-        .is_some_and(|d| d.pointer("/metadata/deletionTimestamp").is_some())
-    {
-        wait_until(
-            world,
-            "the old kube-system calico-node to be gone",
-            world.options.node_ready_timeout,
-            || async {
-                Ok(world
-                    .objects
-                    .get(&kube_system_node())
-                    .await?
-                    .map(|_| "still being deleted".to_string()))
-            },
-        )
-        .await?;
-    }
-    match world.objects.get(&r).await? {
-        None => {
-            let Some(saved) = pre.saved(&r) else {
-                bail!(
-                    "{r} is gone and the rollback data holds no copy of it; restore it from the baseline snapshot"
-                );
-            };
-            let mut ds = saved.clone();
-            ds["spec"]["template"]["spec"]["nodeSelector"][MIGRATION_LABEL] = json!(PRE_OPERATOR);
-            tracing::info!("re-creating {r} for the nodes labelled {PRE_OPERATOR}");
-            world.objects.create(&ds).await?;
-        }
-        Some(ds) if !selects(&ds, PRE_OPERATOR) => {
-            tracing::info!("pointing {r} at the nodes labelled {PRE_OPERATOR}");
-            world
-                .objects
-                .merge(
-                    &r,
-                    &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: PRE_OPERATOR}}}}}),
-                )
-                .await?;
-        }
-        Some(_) => {}
-    }
-    let t = kube_system_typha();
-    match world.objects.get(&t).await? {
-        None => {
-            if let Some(saved) = pre.saved(&t) {
-                tracing::info!("re-creating {t}");
-                world.objects.restore(saved).await?;
-            }
-        }
-        Some(d) if int_at(&d, "/spec/replicas") == Some(0) => {
-            world.objects.scale(&t, 1).await?;
-        }
-        Some(_) => {}
-    }
-    wait_rollout(world, &r).await
-}
-
-fn selects(ds: &Value, value: &str) -> bool {
-    ds.pointer("/spec/template/spec/nodeSelector")
-        .and_then(|s| s.get(MIGRATION_LABEL))
-        .and_then(Value::as_str)
-        == Some(value)
-}
-
-/// Once the operator has finished, no node carries the migration label and the
-/// calico-system DaemonSet selects every node: deleting it would leave every node
-/// without an agent at once. Put the operator's mechanism back first (with the
-/// operator frozen): every node labelled `migrated`, then the DaemonSet on that
-/// selector with OnDelete, so no running pod restarts. Nodes can then move back
-/// one at a time.
-async fn restore_migration_selector(world: &Cluster) -> anyhow::Result<()> {
-    let r = calico_system_node();
-    let Some(ds) = world.objects.get(&r).await? else {
-        return Ok(());
-    };
-    if selects(&ds, MIGRATED) {
-        return Ok(());
-    }
-    for n in list_nodes(world).await? {
-        if !n.fargate && n.label.as_deref() != Some(MIGRATED) {
-            set_node_label(world, &n.name, Some(MIGRATED)).await?;
-        }
-    }
-    tracing::info!("pointing {r} at the nodes labelled {MIGRATED} (OnDelete: no pod restarts)");
-    world
-        .objects
-        .merge(
-            &r,
-            &json!({"spec": {
-                "updateStrategy": {"type": "OnDelete", "rollingUpdate": null},
-                "template": {"spec": {"nodeSelector": {MIGRATION_LABEL: MIGRATED}}}
-            }}),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Move every `migrated` node back to the kube-system agent, newest first (the
-/// operator migrates in name order), checking each like the way forward: probed through
-/// its swap, the `held` connections touching it still answering after it.
-async fn move_nodes_back(
-    world: &Cluster,
-    step: &str,
-    pre: &PreOperator,
-    held: Option<&ConnPool>,
-) -> anyhow::Result<()> {
-    let mut moved = 0usize;
-    loop {
-        let nodes = list_nodes(world).await?;
-        let Some(node) = nodes
-            .iter()
-            .rev()
-            .find(|n| n.label.as_deref() == Some(MIGRATED))
-            .map(|n| n.name.clone())
-        else {
-            return Ok(());
-        };
-        prepare_way_back(world, pre, &nodes).await?;
-        tracing::info!("moving node {node} back to the kube-system calico-node");
-        set_node_label(world, &node, Some(PRE_OPERATOR)).await?;
-        if let Some(problem) = watch_swap(world, step, &node, KUBE_SYSTEM).await? {
-            bail!("moving node {node} back: {problem}");
-        }
-        if let Some(pool) = held {
-            check_held(world, step, Way::Back, pool, Some(&node))
-                .await
-                .map_err(|e| anyhow!("moving node {node} back: {e:#}"))?;
-        }
-        moved += 1;
-        if moved.is_multiple_of(world.options.full_round_every) {
-            world
-                .check_round(step, &format!("after moving node {node} back"))
-                .await
-                .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
-        }
-        progress::inc();
-        if !world.options.pause.is_zero() {
-            tokio::time::sleep(world.options.pause).await;
-        }
-    }
-}
-
-fn owned_by_installation(o: &Value) -> bool {
-    o.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Installation"))
-}
-
-/// Once no node is `migrated`: remove the operator's calico-system workloads and
-/// restore the kube-system objects, node labels and the binding as captured. The
-/// `held` connections must survive the kube-system rollout that restoring its
-/// DaemonSet starts.
-async fn restore_kube_system(
-    world: &Cluster,
-    step: &str,
-    pre: &PreOperator,
-    held: Option<&ConnPool>,
-) -> anyhow::Result<()> {
-    let mut deleted = Vec::new();
-    for r in calico_system_workloads() {
-        if let Some(o) = world.objects.get(&r).await? {
-            if owned_by_installation(&o) || !pre.calico_system_existed {
-                if world.objects.delete(&r).await? {
-                    tracing::info!("deleted {r} (the operator's)");
-                }
-                deleted.push(r);
-            } else {
-                tracing::warn!("keeping {r}: it is not owned by an Installation");
-            }
-        }
-    }
-    wait_gone(
-        world,
-        "the operator's calico-system workloads to be gone",
-        &deleted,
-    )
-    .await?;
-    let mut restored_ds = false;
-    for s in &pre.objects {
-        let Some(obj) = &s.live else { continue };
-        if world.objects.restore(obj).await? {
-            tracing::info!("restored {}", s.object);
-            restored_ds |= s.object == kube_system_node();
-        }
-    }
-    if restored_ds || world.objects.get(&kube_system_node()).await?.is_some() {
-        wait_rollout(world, &kube_system_node()).await?;
-    }
-    if let Some(pool) = held {
-        check_held(world, step, Way::Back, pool, None).await?;
-    }
-    for n in list_nodes(world).await? {
-        let want = pre.node_labels.get(&n.name).cloned().flatten();
-        if n.label != want {
-            set_node_label(world, &n.name, want.as_deref()).await?;
-        }
-    }
-    world
-        .check_round(step, "after returning every node to kube-system")
-        .await?;
-    Ok(())
-}
-
-/// The way back from any point of the takeover (idempotent): operator frozen, nodes
-/// moved back one at a time, kube-system restored. Leaves the operator frozen.
-pub(crate) async fn return_to_kube_system(
-    world: &Cluster,
-    step: &str,
-    pre: &PreOperator,
-) -> anyhow::Result<()> {
-    freeze_operator(world).await?;
-    world.prober().await?;
-    restore_migration_selector(world).await?;
-    let migrated: Vec<String> = list_nodes(world)
-        .await?
-        .into_iter()
-        .filter(|n| n.label.as_deref() == Some(MIGRATED))
-        .map(|n| n.name)
-        .collect();
-    // The nodes to move back, then restoring the kube-system DaemonSet rolls every node.
-    let nodes = list_nodes(world).await?.len();
-    let held = hold_across_swaps(world, &migrated, migrated.len() + nodes).await?;
-    move_nodes_back(world, step, pre, held.as_ref())
-        .instrument(progress::bar(
-            "rollback: nodes moved back to kube-system",
-            migrated.len() as u64,
-            "nodes",
-        ))
-        .await
-        .map_err(|e| anyhow!("{e:#}. The operator stays frozen; fix the cause and run `calico-migrate rollback` again"))?;
-    restore_kube_system(world, step, pre, held.as_ref()).await?;
-    if let Some(pool) = held {
-        pool.close().await;
-    }
-    Ok(())
-}
-
 /// The step.
 pub struct Takeover;
 
-impl Step<Cluster> for Takeover {
+impl Step<World> for Takeover {
     fn id(&self) -> &str {
         ID
     }
@@ -1057,7 +305,7 @@ impl Step<Cluster> for Takeover {
         "Follow the operator's node-by-node takeover"
     }
 
-    fn capture<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             // The operator has been running since create-installation: its capture
             // is the state before any change. Without it, the live state.
@@ -1069,9 +317,9 @@ impl Step<Cluster> for Takeover {
         })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
-            let nodes = list_nodes(world)
+            let nodes = list_nodes(&world.objects)
                 .await?
                 .iter()
                 .filter(|n| !n.fargate)
@@ -1096,7 +344,7 @@ impl Step<Cluster> for Takeover {
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let (total, missing) = not_taken_over(world).await?;
             if missing.is_empty() {
@@ -1136,7 +384,7 @@ impl Step<Cluster> for Takeover {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, saved: &'a Value) -> StepFuture<'a, ()> {
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let pre: PreOperator = serde_json::from_value(saved.clone())
                 .context("takeover's rollback data is not what this version wrote")?;
@@ -1144,7 +392,7 @@ impl Step<Cluster> for Takeover {
         })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             let (_, missing) = not_taken_over(world).await?;
             Ok(missing

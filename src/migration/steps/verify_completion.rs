@@ -1,7 +1,23 @@
 //! `verify-completion`: the operator finished: TigeraStatus Available, kube-system
 //! agents gone, every node migrated, the policy set unchanged.
 
-use super::{Checks, StepContext, StepPlan, change, lines};
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::capture::remove_file;
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::int_at;
+use crate::migration::nodes::{agents_ready, list_nodes};
+use crate::migration::operator::condition;
+use crate::migration::policies::{BASELINE_POLICIES_FILE, BaselinePolicies, live_policies};
+use crate::migration::refs::{
+    CALICO_SYSTEM, calico_system_typha, kube_system_node, kube_system_typha, operator_ref,
+    tigera_status_ref,
+};
+use crate::migration::wait::wait_until;
+use crate::migration::world::World;
 
 pub const ID: &str = "verify-completion";
 
@@ -32,18 +48,6 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
 // ---------------------------------------------------------------------------
 // apply / rollback
 
-use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use super::baseline::{self, BaselinePolicies};
-use super::install_operator::{int_at, operator_ref, tigera_status_ref, wait_until};
-use super::takeover::{
-    CALICO_SYSTEM, agents_ready, condition, kube_system_node, kube_system_typha, list_nodes,
-};
-use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::world::Cluster;
-
 /// What `ensure` measured, kept in the state dir: `verify` is read-only and
 /// cannot run probes, so it reads this record of the last passing round.
 pub const RECORD_FILE: &str = "verify-completion.json";
@@ -57,7 +61,7 @@ struct Record {
 }
 
 /// Everything the operator's finished migration leaves, or what is still missing.
-async fn unfinished(world: &Cluster) -> anyhow::Result<Vec<String>> {
+async fn unfinished(world: &World) -> anyhow::Result<Vec<String>> {
     let mut missing = Vec::new();
     if world
         .objects
@@ -89,8 +93,8 @@ async fn unfinished(world: &Cluster) -> anyhow::Result<Vec<String>> {
             missing.push(format!("{r} still exists"));
         }
     }
-    let agents = agents_ready(world, CALICO_SYSTEM).await?;
-    let nodes = list_nodes(world).await?;
+    let agents = agents_ready(&world.objects, CALICO_SYSTEM).await?;
+    let nodes = list_nodes(&world.objects).await?;
     let without: Vec<&str> = nodes
         .iter()
         .filter(|n| !n.fargate && !agents.contains(&n.name))
@@ -118,24 +122,21 @@ async fn unfinished(world: &Cluster) -> anyhow::Result<Vec<String>> {
 
 /// Every policy object of the baseline still there and unchanged; objects added
 /// since are returned (teams may add policies during the window; none may vanish).
-async fn policies_unchanged(world: &Cluster) -> anyhow::Result<(usize, Vec<String>)> {
+async fn policies_unchanged(world: &World) -> anyhow::Result<(usize, Vec<String>)> {
     let Some(base) = BaselinePolicies::load(&world.state_dir)? else {
         anyhow::bail!(
             "the baseline's policy objects are not in the state dir ({}); run `calico-migrate apply --resume` from the state dir the baseline step used",
             world.state_dir.display()
         );
     };
-    let live = baseline::live_policies(world).await?;
+    let live = live_policies(world).await?;
     let diff = base.compare(&live);
     if !diff.removed.is_empty() || !diff.changed.is_empty() {
         anyhow::bail!(
             "the policy set changed since the baseline: removed {}; changed {}. calico-migrate never deletes or rewrites a policy object: find who did (the API server's audit log); the baseline's copies are in {} (`kubectl apply -f` it restores them), then `calico-migrate apply --resume`",
             list_or_none(&diff.removed),
             list_or_none(&diff.changed),
-            world
-                .state_dir
-                .join(baseline::BASELINE_POLICIES_FILE)
-                .display()
+            world.state_dir.join(BASELINE_POLICIES_FILE).display()
         );
     }
     Ok((base.objects.len(), diff.added))
@@ -149,14 +150,14 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
-fn record_path(world: &Cluster) -> std::path::PathBuf {
+fn record_path(world: &World) -> std::path::PathBuf {
     world.state_dir.join(RECORD_FILE)
 }
 
 /// The step (read-only on the cluster).
 pub struct VerifyCompletion;
 
-impl Step<Cluster> for VerifyCompletion {
+impl Step<World> for VerifyCompletion {
     fn id(&self) -> &str {
         ID
     }
@@ -165,11 +166,11 @@ impl Step<Cluster> for VerifyCompletion {
         "Verify the operator completed the migration"
     }
 
-    fn capture<'a>(&'a self, _world: &'a Cluster) -> StepFuture<'a, Value> {
+    fn capture<'a>(&'a self, _world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async { Ok(Value::Null) })
     }
 
-    fn ensure<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, ()> {
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             // The operator removes the node labels and reports Available on later
             // reconciles: give it the time one node's swap is allowed.
@@ -203,14 +204,15 @@ impl Step<Cluster> for VerifyCompletion {
                 policies_checked: checked,
                 policies_added: added,
             };
-            crate::migration::world::write_atomically(
+            crate::engine::state_dir::write_atomic(
                 &record_path(world),
                 &serde_json::to_vec(&record)?,
-            )
+            )?;
+            Ok(())
         })
     }
 
-    fn verify<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Verification> {
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
             let missing = unfinished(world).await?;
             if !missing.is_empty() {
@@ -234,7 +236,7 @@ impl Step<Cluster> for VerifyCompletion {
             }
             let typha = world
                 .objects
-                .get(&super::takeover::calico_system_typha())
+                .get(&calico_system_typha())
                 .await?
                 .and_then(|d| int_at(&d, "/status/readyReplicas"))
                 .unwrap_or(0);
@@ -252,11 +254,11 @@ impl Step<Cluster> for VerifyCompletion {
         })
     }
 
-    fn rollback<'a>(&'a self, world: &'a Cluster, _saved: &'a Value) -> StepFuture<'a, ()> {
-        Box::pin(async move { baseline::remove_file(&record_path(world)) })
+    fn rollback<'a>(&'a self, world: &'a World, _saved: &'a Value) -> StepFuture<'a, ()> {
+        Box::pin(async move { remove_file(&record_path(world)) })
     }
 
-    fn preview<'a>(&'a self, world: &'a Cluster) -> StepFuture<'a, Vec<String>> {
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
             let _ = world;
             Ok(vec![

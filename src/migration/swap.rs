@@ -1,0 +1,211 @@
+//! A node's agent swap, checked: the node probed until its new calico-node is
+//! Ready and enforcement verifies, and the established connections held across the
+//! swaps still carrying requests after it. The takeover moves nodes forward with
+//! it, the way back moves them back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::nodes::list_nodes;
+use super::refs::{CALICO_SYSTEM, KUBE_SYSTEM, MIGRATED, PRE_OPERATOR};
+use super::world::{Observation, World};
+use crate::checks::conn::{self, ConnPool, HoldOptions};
+use crate::checks::{self, NodeWatch};
+
+/// Probe `node` through its agent swap until the calico-node in `namespace` there is
+/// Ready and a pass verifies (bounded by `node_ready_timeout`); records the swap.
+/// Returns what went wrong, if anything.
+pub async fn watch_swap(
+    world: &World,
+    step: &str,
+    node: &str,
+    namespace: &str,
+) -> anyhow::Result<Option<String>> {
+    // A node that joined during the takeover has no probe pods yet: its first agent
+    // comes up first (no pod is created on a node without one), then its pods.
+    if !world.prober().await?.nodes().iter().any(|n| n == node) {
+        let ready = checks::agent_ready(world.client(), namespace, node, world.options.poll);
+        // Not Ready in time: prober_covering says so (it waits for every agent).
+        let _ = tokio::time::timeout(world.options.node_ready_timeout, ready).await;
+    }
+    let prober = world.prober_covering(node).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let client = world.client().clone();
+    let poll = world.options.poll;
+    let done = async move {
+        checks::agent_ready(&client, namespace, node, poll).await;
+        flag.store(true, Ordering::SeqCst);
+    };
+    tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
+    let watch = checks::watch_node(
+        &prober,
+        node,
+        done,
+        world.options.poll,
+        world.options.node_ready_timeout,
+    )
+    .await
+    .with_context(|| format!("probing node {node}"))?;
+    world.observe(Observation::NodeSwap {
+        step: step.to_string(),
+        watch: watch.clone(),
+    });
+    tracing::info!(
+        "node {node}: {} pass(es), {} failed, longest without verified enforcement {} ms",
+        watch.passes,
+        watch.failed_passes,
+        watch.longest_unverified_ms
+    );
+    let problem = swap_problem(world, &watch, ready.load(Ordering::SeqCst), namespace);
+    if problem.is_none() {
+        // The line a person follows: one per node, short enough for a terminal.
+        let failed = match watch.failed_passes {
+            0 => String::new(),
+            n => format!(", {n} failed"),
+        };
+        crate::progress::say(format_args!(
+            "node {node} verified on {namespace} ({} passes{failed}, {} ms unverified)",
+            watch.passes, watch.longest_unverified_ms
+        ));
+    }
+    Ok(problem)
+}
+
+fn swap_problem(world: &World, w: &NodeWatch, ready: bool, namespace: &str) -> Option<String> {
+    let limit = world.options.max_swap;
+    let failures = || w.failure_summary(5);
+    if !ready {
+        return Some(format!(
+            "its calico-node in {namespace} was not Ready within {} s",
+            world.options.node_ready_timeout.as_secs()
+        ));
+    }
+    if !w.verified_at_end {
+        return Some(format!("enforcement did not verify: {}", failures()));
+    }
+    if Duration::from_millis(w.longest_unverified_ms) > limit {
+        return Some(format!(
+            "it went {} ms without verified enforcement (limit {} s){}",
+            w.longest_unverified_ms,
+            limit.as_secs(),
+            if w.last_failures.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", failures())
+            }
+        ));
+    }
+    None
+}
+
+/// One established connection per node still to move (see [`conn::ring_pairs`]),
+/// held until the takeover (or the rollback) ends, through at most `swaps` node swaps;
+/// `None` when the profile turns this off.
+pub async fn hold_across_swaps(
+    world: &World,
+    nodes: &[String],
+    swaps: usize,
+) -> anyhow::Result<Option<ConnPool>> {
+    if !world.options.hold_connections || nodes.is_empty() {
+        return Ok(None);
+    }
+    let plan = world.prober().await?.plan().await?;
+    let pairs = conn::ring_pairs(&plan.probes, nodes);
+    if pairs.is_empty() {
+        tracing::warn!(
+            "no allowed TCP pair between probe pods: no established connection is held across the swaps"
+        );
+        return Ok(None);
+    }
+    // The execs end with the takeover; `max` bounds the scripts should the tool die
+    // (on a real cluster a closed exec stream does not stop its command): the longest
+    // the swaps may take, each within its ready timeout and pause.
+    let per_node = world.options.node_ready_timeout + world.options.pause;
+    let opts = HoldOptions {
+        max: per_node * (swaps as u32 + 2),
+        interval: world.options.hold_interval,
+        ..HoldOptions::default()
+    };
+    let pool = ConnPool::open(world.client(), pairs, &opts)
+        .await
+        .context("opening the connections held across the swaps")?;
+    tracing::info!(
+        "holding {} established connection(s) across the swaps",
+        pool.len()
+    );
+    Ok(Some(pool))
+}
+
+/// Which way nodes move: forward to the operator's agent, or back in a rollback.
+#[derive(Debug, Clone, Copy)]
+pub enum Way {
+    Forward,
+    Back,
+}
+
+impl Way {
+    /// The namespace of the calico-node a moved node runs.
+    fn namespace(self) -> &'static str {
+        match self {
+            Way::Forward => CALICO_SYSTEM,
+            Way::Back => KUBE_SYSTEM,
+        }
+    }
+
+    /// The migration label of a node running that calico-node.
+    fn label(self) -> &'static str {
+        match self {
+            Way::Forward => MIGRATED,
+            Way::Back => PRE_OPERATOR,
+        }
+    }
+}
+
+/// After `node`'s swap (or, with `None`, the last rollout), every held connection
+/// touching it must still carry requests; a broken one stops the takeover (or the
+/// rollback).
+pub async fn check_held(
+    world: &World,
+    step: &str,
+    way: Way,
+    pool: &ConnPool,
+    node: Option<&str>,
+) -> anyhow::Result<()> {
+    let report = pool.after_swap(node, Instant::now(), None).await;
+    if report.connections.is_empty() {
+        return Ok(());
+    }
+    let mut summary = report.summary();
+    let broken = report.broken_nodes();
+    world.observe(Observation::HeldConnections {
+        step: step.to_string(),
+        report,
+    });
+    let across = node.map_or(format!("the {} rollout", way.namespace()), |n| {
+        format!("node {n}'s swap")
+    });
+    if broken.is_empty() {
+        tracing::info!("after {across}: {summary}");
+        return Ok(());
+    }
+    // Another node may have moved in the same run: name every node on the broken paths
+    // that runs the new agent, since either end's swap can reset a flow.
+    if node.is_some() {
+        let moved: Vec<String> = list_nodes(&world.objects)
+            .await?
+            .into_iter()
+            .filter(|n| broken.contains(&n.name) && n.label.as_deref() == Some(way.label()))
+            .map(|n| n.name)
+            .collect();
+        summary.push_str(&format!(
+            "; node(s) on their path running the {} calico-node: {}",
+            way.namespace(),
+            moved.join(", ")
+        ));
+    }
+    bail!("after {across}: {summary}");
+}
