@@ -538,6 +538,20 @@ pub fn same_object(a: &Value, b: &Value) -> bool {
     strip_server_fields(a) == strip_server_fields(b)
 }
 
+/// Whether `live` already holds every field of `want` (maps: each key, recursively;
+/// lists and scalars: equal). Server-side apply of `want` would change nothing then.
+pub fn contains(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(a, b)| contains(a, b))
+        }
+        _ => live == want,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@ pub mod capture;
 pub mod converter;
 pub mod descriptor;
 pub mod facts;
+#[cfg(test)]
+mod layering;
 pub mod manifest;
 pub mod nodes;
 pub mod operator;

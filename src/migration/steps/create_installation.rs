@@ -4,7 +4,7 @@
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::cluster::objects::ObjRef;
+use crate::cluster::objects::{ObjRef, contains};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::converter::{self, Refusal};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
@@ -239,7 +239,7 @@ impl Step<World> for CreateInstallation {
                 ),
                 Some(i) => {
                     let want = installation(world);
-                    if !super::install_operator::contains(&i["spec"], &want["spec"]) {
+                    if !contains(&i["spec"], &want["spec"]) {
                         bail!(
                             "Installation default exists with a spec calico-migrate did not write ({}); the profile wants {}; delete it or align the profile",
                             i["spec"],

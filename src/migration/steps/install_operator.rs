@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
@@ -50,20 +50,6 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             "install tigera-operator {} with Helm/Terraform WITHOUT an Installation (chart value installation.enabled=false), then run `calico-migrate apply --resume`",
             p.target.operator_version
         )),
-    }
-}
-
-/// Whether `live` already holds every field of `want` (maps: each key, recursively;
-/// lists and scalars: equal). Server-side apply of `want` would change nothing then.
-pub fn contains(live: &Value, want: &Value) -> bool {
-    match (live, want) {
-        (Value::Object(l), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
-        (Value::Array(l), Value::Array(w)) => {
-            l.len() == w.len() && l.iter().zip(w).all(|(a, b)| contains(a, b))
-        }
-        _ => live == want,
     }
 }
 

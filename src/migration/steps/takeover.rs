@@ -16,6 +16,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 use tracing::Instrument as _;
 
+use crate::checks::conn::ConnPool;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::nodes::{NodeState, agents_ready, list_nodes, selects};
@@ -126,39 +127,20 @@ async fn follow(world: &World) -> anyhow::Result<()> {
     // The probe pods exist before any node moves (created while every node has a
     // Ready agent: a pod created during a swap would fail closed).
     world.prober().await?;
-    // After a crash: nodes already on a Ready calico-system agent get one round.
-    let mut checked: BTreeSet<String> = BTreeSet::new();
-    {
-        let nodes = list_nodes(&world.objects).await?;
-        let agents = agents_ready(&world.objects, CALICO_SYSTEM).await?;
-        let gone = world.objects.get(&kube_system_node()).await?.is_none();
-        let done: Vec<String> = nodes
-            .iter()
-            .filter(|n| !n.fargate && agents.contains(&n.name))
-            .filter(|n| gone || n.label.as_deref() == Some(MIGRATED))
-            .map(|n| n.name.clone())
-            .collect();
-        if !done.is_empty() {
-            world
-                .check_round(ID, &format!("nodes already migrated ({})", done.join(", ")))
-                .await?;
-            checked.extend(done);
-            progress::set(checked.len() as u64);
-        }
-    }
+    let mut checks = NodeChecks {
+        checked: already_migrated(world).await?,
+        since_round: 0,
+        held: None,
+    };
     let to_move: Vec<String> = list_nodes(&world.objects)
         .await?
         .into_iter()
-        .filter(|n| !n.fargate && !checked.contains(&n.name))
+        .filter(|n| !n.fargate && !checks.checked.contains(&n.name))
         .map(|n| n.name)
         .collect();
     // The nodes to move, then the final rollout over every node.
-    let held = hold_across_swaps(world, &to_move, to_move.len() + checked.len()).await?;
-    let per_run = world.profile.pacing.nodes_at_a_time.max(1);
-    let mut moved_in_run = 0;
-    let mut since_round = 0;
-    let mut running = false;
-    let mut last_progress = Instant::now();
+    checks.held = hold_across_swaps(world, &to_move, to_move.len() + checks.checked.len()).await?;
+    let mut pace = Pace::new(world.profile.pacing.nodes_at_a_time as usize);
     loop {
         if let Some(d) = degraded(world).await? {
             bail!("the operator reports a problem: {d}");
@@ -168,100 +150,24 @@ async fn follow(world: &World) -> anyhow::Result<()> {
             .into_iter()
             .filter(|n| !n.fargate)
             .collect();
-        let gone = world.objects.get(&kube_system_node()).await?.is_none();
-        let agents = if gone {
-            agents_ready(&world.objects, CALICO_SYSTEM).await?
-        } else {
-            BTreeSet::new()
-        };
-        let next = nodes.iter().find(|n| {
-            !checked.contains(&n.name)
-                && (n.label.as_deref() == Some(MIGRATED) || (gone && agents.contains(&n.name)))
-        });
-        if let Some(n) = next {
-            let node = n.name.clone();
-            moved_in_run += 1;
-            if running && moved_in_run >= per_run {
-                freeze_operator(world).await?;
-                running = false;
-            }
-            if let Some(problem) = watch_swap(world, ID, &node, CALICO_SYSTEM).await? {
-                bail!("node {node}: {problem}");
-            }
-            if let Some(pool) = &held {
-                check_held(world, ID, Way::Forward, pool, Some(&node)).await?;
-            }
-            since_round += 1;
-            if since_round >= world.options.full_round_every {
-                world
-                    .check_round(ID, &format!("after node {node}"))
-                    .await
-                    .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
-                since_round = 0;
-            }
-            checked.insert(node);
-            progress::set(checked.len() as u64);
-            last_progress = Instant::now();
+        if let Some(node) = next_moved(world, &nodes, &checks.checked).await? {
+            pace.node_moved(world).await?;
+            checks.check(world, &node).await?;
+            pace.progressed();
             continue;
         }
-        if nodes.iter().all(|n| checked.contains(&n.name)) {
+        if nodes.iter().all(|n| checks.checked.contains(&n.name)) {
             tracing::info!(
                 "every node ({}) runs the calico-system calico-node, checked",
                 nodes.len()
             );
-            if since_round > 0 {
-                world.check_round(ID, "after the last node moved").await?;
-            }
-            // The operator finishes on its own: it removes the kube-system install,
-            // then renders calico-system calico-node without the migration
-            // nodeSelector (one more rolling restart of every node's agent, followed
-            // like any other), then removes the node labels (verify-completion).
-            if !running {
-                run_operator(world, 1).await?;
-            }
-            wait_until(
-                world,
-                "the operator to drop the migration nodeSelector of calico-system calico-node",
-                world.options.node_ready_timeout,
-                || async {
-                    if let Some(d) = degraded(world).await? {
-                        bail!("the operator reports a problem: {d}");
-                    }
-                    Ok(match world.objects.get(&calico_system_node()).await? {
-                        Some(ds) if selects(&ds, MIGRATED) => {
-                            Some(progressing_message(world).await)
-                        }
-                        Some(_) => None,
-                        None => Some("no calico-system calico-node".into()),
-                    })
-                },
-            )
-            .await?;
-            let prober = world.prober().await?;
-            follow_rollout(world, ID, &calico_system_node(), &prober).await?;
-            if let Some(pool) = held {
-                check_held(world, ID, Way::Forward, &pool, None).await?;
-                pool.close().await;
-            }
-            return Ok(());
+            return finish(world, pace.running, checks).await;
         }
-        if !running {
-            if moved_in_run > 0 && !world.options.pause.is_zero() {
-                tracing::info!(
-                    "pausing {:.1} s before the operator moves the next node",
-                    world.options.pause.as_secs_f64()
-                );
-                tokio::time::sleep(world.options.pause).await;
-            }
-            run_operator(world, 1).await?;
-            running = true;
-            moved_in_run = 0;
-            last_progress = Instant::now();
-        }
-        if last_progress.elapsed() > world.options.node_ready_timeout {
+        pace.run(world).await?;
+        if pace.since_progress() > world.options.node_ready_timeout {
             let waiting: Vec<&str> = nodes
                 .iter()
-                .filter(|n| !checked.contains(&n.name))
+                .filter(|n| !checks.checked.contains(&n.name))
                 .map(|n| n.name.as_str())
                 .collect();
             bail!(
@@ -273,6 +179,174 @@ async fn follow(world: &World) -> anyhow::Result<()> {
         }
         tokio::time::sleep(world.options.poll).await;
     }
+}
+
+/// After a crash: the nodes already on a Ready calico-system agent, given one round.
+async fn already_migrated(world: &World) -> anyhow::Result<BTreeSet<String>> {
+    let nodes = list_nodes(&world.objects).await?;
+    let agents = agents_ready(&world.objects, CALICO_SYSTEM).await?;
+    let gone = world.objects.get(&kube_system_node()).await?.is_none();
+    let done: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.fargate && agents.contains(&n.name))
+        .filter(|n| gone || n.label.as_deref() == Some(MIGRATED))
+        .map(|n| n.name.clone())
+        .collect();
+    if !done.is_empty() {
+        world
+            .check_round(ID, &format!("nodes already migrated ({})", done.join(", ")))
+            .await?;
+        progress::set(done.len() as u64);
+    }
+    Ok(done.into_iter().collect())
+}
+
+/// The next node the operator has moved that is not checked yet: labelled
+/// `migrated`, or (once the operator has deleted the kube-system DaemonSet) on a
+/// Ready calico-system agent.
+async fn next_moved(
+    world: &World,
+    nodes: &[NodeState],
+    checked: &BTreeSet<String>,
+) -> anyhow::Result<Option<String>> {
+    let gone = world.objects.get(&kube_system_node()).await?.is_none();
+    let agents = if gone {
+        agents_ready(&world.objects, CALICO_SYSTEM).await?
+    } else {
+        BTreeSet::new()
+    };
+    Ok(nodes
+        .iter()
+        .find(|n| {
+            !checked.contains(&n.name)
+                && (n.label.as_deref() == Some(MIGRATED) || (gone && agents.contains(&n.name)))
+        })
+        .map(|n| n.name.clone()))
+}
+
+/// When the operator runs: started until `per_run` nodes have moved, frozen while
+/// they are checked, started again after the pause.
+struct Pace {
+    per_run: usize,
+    moved_in_run: usize,
+    running: bool,
+    last_progress: Instant,
+}
+
+impl Pace {
+    fn new(nodes_at_a_time: usize) -> Self {
+        Pace {
+            per_run: nodes_at_a_time.max(1),
+            moved_in_run: 0,
+            running: false,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// A node moved: freeze the operator once this run has moved its share.
+    async fn node_moved(&mut self, world: &World) -> anyhow::Result<()> {
+        self.moved_in_run += 1;
+        if self.running && self.moved_in_run >= self.per_run {
+            freeze_operator(world).await?;
+            self.running = false;
+        }
+        Ok(())
+    }
+
+    /// Nothing to check: let the operator (frozen after a run) move the next nodes,
+    /// after the pause.
+    async fn run(&mut self, world: &World) -> anyhow::Result<()> {
+        if self.running {
+            return Ok(());
+        }
+        if self.moved_in_run > 0 && !world.options.pause.is_zero() {
+            tracing::info!(
+                "pausing {:.1} s before the operator moves the next node",
+                world.options.pause.as_secs_f64()
+            );
+            tokio::time::sleep(world.options.pause).await;
+        }
+        run_operator(world, 1).await?;
+        self.running = true;
+        self.moved_in_run = 0;
+        self.last_progress = Instant::now();
+        Ok(())
+    }
+
+    /// A node passed its checks: the stall clock starts again.
+    fn progressed(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    fn since_progress(&self) -> std::time::Duration {
+        self.last_progress.elapsed()
+    }
+}
+
+/// What the way forward has checked: each moved node probed through its swap, the
+/// held connections after it, and a full round every `full_round_every` nodes.
+struct NodeChecks {
+    checked: BTreeSet<String>,
+    since_round: usize,
+    held: Option<ConnPool>,
+}
+
+impl NodeChecks {
+    async fn check(&mut self, world: &World, node: &str) -> anyhow::Result<()> {
+        if let Some(problem) = watch_swap(world, ID, node, CALICO_SYSTEM).await? {
+            bail!("node {node}: {problem}");
+        }
+        if let Some(pool) = &self.held {
+            check_held(world, ID, Way::Forward, pool, Some(node)).await?;
+        }
+        self.since_round += 1;
+        if self.since_round >= world.options.full_round_every {
+            world
+                .check_round(ID, &format!("after node {node}"))
+                .await
+                .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
+            self.since_round = 0;
+        }
+        self.checked.insert(node.to_string());
+        progress::set(self.checked.len() as u64);
+        Ok(())
+    }
+}
+
+/// Every node moved and checked. The operator finishes on its own: it removes the
+/// kube-system install, then renders calico-system calico-node without the
+/// migration nodeSelector (one more rolling restart of every node's agent, followed
+/// like any other), then removes the node labels (verify-completion).
+async fn finish(world: &World, running: bool, checks: NodeChecks) -> anyhow::Result<()> {
+    if checks.since_round > 0 {
+        world.check_round(ID, "after the last node moved").await?;
+    }
+    if !running {
+        run_operator(world, 1).await?;
+    }
+    wait_until(
+        world,
+        "the operator to drop the migration nodeSelector of calico-system calico-node",
+        world.options.node_ready_timeout,
+        || async {
+            if let Some(d) = degraded(world).await? {
+                bail!("the operator reports a problem: {d}");
+            }
+            Ok(match world.objects.get(&calico_system_node()).await? {
+                Some(ds) if selects(&ds, MIGRATED) => Some(progressing_message(world).await),
+                Some(_) => None,
+                None => Some("no calico-system calico-node".into()),
+            })
+        },
+    )
+    .await?;
+    let prober = world.prober().await?;
+    follow_rollout(world, ID, &calico_system_node(), &prober).await?;
+    if let Some(pool) = checks.held {
+        check_held(world, ID, Way::Forward, &pool, None).await?;
+        pool.close().await;
+    }
+    Ok(())
 }
 
 /// Every non-Fargate node on a Ready calico-system agent (migrated, or the
