@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod helm;
+pub mod kinds;
 pub mod migration;
 pub mod policy;
 pub mod progress;

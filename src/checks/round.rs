@@ -296,14 +296,7 @@ async fn probe_nodes(
     let mut out: Vec<String> = list
         .items
         .iter()
-        .filter(|n| {
-            n.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("eks.amazonaws.com/compute-type"))
-                .map(String::as_str)
-                != Some("fargate")
-        })
+        .filter(|n| !crate::kinds::is_fargate(n))
         .filter_map(|n| n.metadata.name.clone())
         .filter(|n| only.is_none_or(|o| o.contains(n)))
         .collect();

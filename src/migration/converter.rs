@@ -162,7 +162,7 @@ fn is_fargate_exclusion(a: &Value) -> bool {
                 .and_then(Value::as_array)
                 .is_some_and(|es| {
                     es.len() == 1
-                        && str_at(&es[0], "/key") == Some(super::refs::FARGATE_LABEL)
+                        && str_at(&es[0], "/key") == Some(crate::kinds::FARGATE_LABEL)
                         && str_at(&es[0], "/operator") == Some("NotIn")
                 })
     }) && preferred.is_none()

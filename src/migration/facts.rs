@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::refs::{CALICO_GROUP, FARGATE_LABEL};
+use super::refs::CALICO_GROUP;
 use crate::cluster::inventory::Inventory;
 use crate::helm::{self, Release};
+use crate::kinds::{self, is_fargate, node_ready};
 
 /// The 12 CRDs of aws-calico 0.3.x (docs/upstream.md, "The aws-calico 0.3.10 chart";
 /// aws/eks-charts stable/aws-calico/crds).
@@ -120,18 +121,8 @@ pub fn node_facts(inv: &Inventory) -> Vec<NodeFact> {
         .iter()
         .map(|n| NodeFact {
             name: name_of(n).to_string(),
-            ready: n
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        str_at(c, "/type") == Some("Ready") && str_at(c, "/status") == Some("True")
-                    })
-                }),
-            fargate: str_at(
-                n,
-                &format!("/metadata/labels/{}", FARGATE_LABEL.replace('/', "~1")),
-            ) == Some("fargate"),
+            ready: kinds::is(n, node_ready),
+            fargate: kinds::is(n, is_fargate),
         })
         .collect()
 }

@@ -5,98 +5,88 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{Value, json};
 
-use super::facts;
-use super::refs::{FARGATE_LABEL, KUBE_SYSTEM, MIGRATION_LABEL};
+use super::refs::{CALICO_SYSTEM, KUBE_SYSTEM, MIGRATION_LABEL};
 use crate::cluster::objects::{ObjRef, Objects};
+use crate::kinds::{self, deleting, is_fargate, pod_label, pod_node, pod_ready};
+
+/// The calico-node pods of both installs: the chart labels them
+/// `app.kubernetes.io/name`, the operator `k8s-app`.
+const AGENT_LABELS: [&str; 2] = ["k8s-app", "app.kubernetes.io/name"];
+
+fn is_agent(pod: &Pod) -> bool {
+    AGENT_LABELS
+        .iter()
+        .any(|k| pod_label(pod, k) == Some("calico-node"))
+}
+
+/// The nodes of the pods in `namespace` that are Ready calico-node agents.
+fn ready_agent_nodes(pods: &[Value]) -> impl Iterator<Item = String> + '_ {
+    pods.iter()
+        .filter_map(kinds::view::<Pod>)
+        .filter(|p| is_agent(p) && pod_ready(p))
+        .filter_map(|p| pod_node(&p).map(str::to_string))
+}
 
 /// Non-Fargate nodes with no Ready calico-node pod (kube-system or calico-system).
 pub async fn nodes_without_ready_agent(objects: &Objects) -> anyhow::Result<Vec<String>> {
-    let mut ready: std::collections::BTreeSet<String> = Default::default();
+    let mut ready: BTreeSet<String> = BTreeSet::new();
     for (ns, sel) in [
         (KUBE_SYSTEM, "app.kubernetes.io/name=calico-node"),
         (KUBE_SYSTEM, "k8s-app=calico-node"),
-        ("calico-system", "k8s-app=calico-node"),
+        (CALICO_SYSTEM, "k8s-app=calico-node"),
     ] {
-        for p in objects.list("v1", "Pod", Some(ns), Some(sel)).await? {
-            if pod_ready(&p)
-                && let Some(n) = facts::str_at(&p, "/spec/nodeName")
-            {
-                ready.insert(n.to_string());
-            }
-        }
+        let pods = objects.list("v1", "Pod", Some(ns), Some(sel)).await?;
+        ready.extend(ready_agent_nodes(&pods));
     }
     Ok(worker_nodes(objects)
         .await?
         .into_iter()
-        .filter(|n| !ready.contains(facts::name_of(n)))
-        .map(|n| facts::name_of(&n).to_string())
+        .filter_map(|n| n.metadata.name)
+        .filter(|n| !ready.contains(n))
         .collect())
 }
 
-/// Nodes that run DaemonSet pods: every node except Fargate ones.
-pub async fn worker_nodes(objects: &Objects) -> anyhow::Result<Vec<Value>> {
+/// Nodes that run DaemonSet pods: every node except Fargate ones and those being
+/// deleted.
+pub async fn worker_nodes(objects: &Objects) -> anyhow::Result<Vec<Node>> {
     Ok(objects
         .list("v1", "Node", None, None)
         .await?
-        .into_iter()
-        .filter(|n| !is_fargate(n))
-        .filter(|n| n.pointer("/metadata/deletionTimestamp").is_none())
+        .iter()
+        .filter_map(kinds::view::<Node>)
+        .filter(|n| !is_fargate(n) && !deleting(&n.metadata))
         .collect())
-}
-
-pub fn is_fargate(node: &Value) -> bool {
-    node.pointer(&format!(
-        "/metadata/labels/{}",
-        FARGATE_LABEL.replace('/', "~1")
-    ))
-    .and_then(Value::as_str)
-        == Some("fargate")
-}
-
-/// Ready condition True and not being deleted.
-pub fn pod_ready(p: &Value) -> bool {
-    p.pointer("/metadata/deletionTimestamp").is_none()
-        && p.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
 }
 
 /// A node as the takeover sees it.
 #[derive(Debug, Clone)]
 pub struct NodeState {
     pub name: String,
+    /// Its migration label (`pre-operator`, `migrated`), if any.
     pub label: Option<String>,
     pub fargate: bool,
 }
 
+/// Every node not being deleted, by name.
 pub async fn list_nodes(objects: &Objects) -> anyhow::Result<Vec<NodeState>> {
     let mut out: Vec<NodeState> = objects
         .list("v1", "Node", None, None)
         .await?
         .iter()
-        .filter(|n| n.pointer("/metadata/deletionTimestamp").is_none())
-        .map(|n| {
-            let labels = n.pointer("/metadata/labels");
-            let label = |k: &str| {
-                labels
-                    .and_then(|l| l.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            NodeState {
-                name: n
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                label: label(MIGRATION_LABEL),
-                fargate: label(FARGATE_LABEL).as_deref() == Some("fargate"),
-            }
+        .filter_map(kinds::view::<Node>)
+        .filter(|n| !deleting(&n.metadata))
+        .map(|n| NodeState {
+            label: n
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MIGRATION_LABEL))
+                .cloned(),
+            fargate: is_fargate(&n),
+            name: n.metadata.name.unwrap_or_default(),
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -119,26 +109,14 @@ pub async fn set_node_label(
     Ok(())
 }
 
-/// Nodes with a Ready calico-node pod in `namespace` (operator label `k8s-app`, chart
-/// label `app.kubernetes.io/name`).
+/// Nodes with a Ready calico-node pod in `namespace`.
 pub async fn agents_ready(objects: &Objects, namespace: &str) -> anyhow::Result<BTreeSet<String>> {
     let pods = objects.list("v1", "Pod", Some(namespace), None).await?;
-    Ok(pods
-        .iter()
-        .filter(|p| {
-            ["k8s-app", "app.kubernetes.io/name"].iter().any(|k| {
-                p.pointer("/metadata/labels")
-                    .and_then(|l| l.get(*k))
-                    .and_then(Value::as_str)
-                    == Some("calico-node")
-            })
-        })
-        .filter(|p| pod_ready(p))
-        .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect())
+    Ok(ready_agent_nodes(&pods).collect())
 }
 
+/// Whether a calico-node DaemonSet's pods run only on nodes whose migration label
+/// is `value`.
 pub fn selects(ds: &Value, value: &str) -> bool {
     ds.pointer("/spec/template/spec/nodeSelector")
         .and_then(|s| s.get(MIGRATION_LABEL))

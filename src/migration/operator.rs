@@ -8,12 +8,7 @@ use super::facts::int_at;
 use super::refs::{OPERATOR_NAMESPACE, operator_ref, tigera_status_ref};
 use super::wait::wait_until;
 use super::world::World;
-
-/// Every desired replica Ready (and at least one desired).
-pub fn deployment_ready(d: &Value) -> bool {
-    let want = int_at(d, "/spec/replicas").unwrap_or(1);
-    want >= 1 && int_at(d, "/status/readyReplicas").unwrap_or(0) >= want
-}
+use crate::kinds::{self, deployment_ready};
 
 /// Wait (at most `node_ready_timeout`) until the operator Deployment is Ready.
 pub async fn wait_operator_ready(world: &World) -> anyhow::Result<()> {
@@ -23,7 +18,7 @@ pub async fn wait_operator_ready(world: &World) -> anyhow::Result<()> {
         world.options.node_ready_timeout,
         || async {
             Ok(match world.objects.get(&operator_ref()).await? {
-                Some(d) if deployment_ready(&d) => None,
+                Some(d) if kinds::is(&d, deployment_ready) => None,
                 Some(d) => Some(format!(
                     "{} of {} replica(s) Ready",
                     int_at(&d, "/status/readyReplicas").unwrap_or(0),

@@ -23,9 +23,6 @@ pub const PRE_OPERATOR: &str = "pre-operator";
 /// Its value for a node on the calico-system calico-node (`nodeSelectorValuePost`).
 pub const MIGRATED: &str = "migrated";
 
-/// Node label EKS sets on Fargate nodes (value `fargate`).
-pub const FARGATE_LABEL: &str = "eks.amazonaws.com/compute-type";
-
 /// An object of the aws-calico install in kube-system.
 pub fn kube_system(api_version: &str, kind: &str, name: &str) -> ObjRef {
     ObjRef::new(api_version, kind, Some(KUBE_SYSTEM), name)

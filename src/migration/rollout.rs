@@ -10,11 +10,11 @@ use serde_json::Value;
 use tracing::Instrument as _;
 
 use super::facts::{int_at, str_at};
-use super::nodes::pod_ready;
 use super::refs::KUBE_SYSTEM;
 use super::world::{Observation, World};
 use crate::checks::{Prober, watch_node};
 use crate::cluster::objects::ObjRef;
+use crate::kinds::{self, daemonset_rolled_out, pod_ready};
 
 pub async fn daemonset(world: &World, r: &ObjRef) -> anyhow::Result<Value> {
     world
@@ -118,7 +118,7 @@ impl RolloutState {
             let deleting = p.pointer("/metadata/deletionTimestamp").is_some();
             let e = nodes.entry(node.to_string()).or_default();
             e.current |= current && !deleting;
-            e.ready |= current && pod_ready(&p);
+            e.ready |= current && kinds::is(&p, pod_ready);
             e.old_alive |= !current && !deleting;
         }
         Ok(RolloutState { generation, nodes })
@@ -288,14 +288,6 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
     }
 }
 
-/// A DaemonSet whose current template runs Ready on every node it selects.
-pub fn rolled_out(ds: &Value) -> bool {
-    let n = |k: &str| int_at(ds, &format!("/status/{k}")).unwrap_or(-1);
-    n("observedGeneration") == int_at(ds, "/metadata/generation").unwrap_or(0)
-        && n("desiredNumberScheduled") == n("numberReady")
-        && n("desiredNumberScheduled") == n("updatedNumberScheduled")
-}
-
 /// Wait for a DaemonSet's rollout, giving up only when nothing progressed for
 /// `node_ready_timeout` (a rollout of many nodes takes longer than one node's wait).
 pub async fn wait_rollout(world: &World, r: &ObjRef) -> anyhow::Result<()> {
@@ -305,7 +297,7 @@ pub async fn wait_rollout(world: &World, r: &ObjRef) -> anyhow::Result<()> {
         let Some(ds) = world.objects.get(r).await? else {
             bail!("{r} disappeared while waiting for its rollout");
         };
-        if rolled_out(&ds) {
+        if kinds::is(&ds, daemonset_rolled_out) {
             return Ok(());
         }
         let n = |k: &str| int_at(&ds, &format!("/status/{k}")).unwrap_or(0);

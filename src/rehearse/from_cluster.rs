@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cluster::objects::{ObjRef, Objects, strip_server_fields};
 use crate::migration::facts::{name_of, str_at};
-use crate::migration::{nodes::is_fargate, policies::POLICY_KINDS};
+use crate::migration::policies::POLICY_KINDS;
 
 /// What a rehearsal takes from a live cluster.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +33,7 @@ pub async fn read(objects: &Objects) -> anyhow::Result<ClusterCopy> {
         .await
         .context("listing nodes")?
         .into_iter()
-        .filter(|n| !is_fargate(n))
+        .filter(|n| !crate::kinds::is(n, crate::kinds::is_fargate))
         .map(|n| {
             let labels = n
                 .pointer("/metadata/labels")

@@ -6,17 +6,17 @@ use serde_json::{Value, json};
 
 use crate::cluster::objects::{ObjRef, contains};
 use crate::engine::{Step, StepFuture, Verification};
+use crate::kinds::{self, daemonset_rolled_out, deployment_ready};
 use crate::migration::converter::{self, Refusal};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::nodes::list_nodes;
-use crate::migration::operator::{degraded, deployment_ready, freeze_operator, run_operator};
+use crate::migration::operator::{degraded, freeze_operator, run_operator};
 use crate::migration::pre_operator::PreOperator;
 use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, MIGRATION_LABEL, calico_system_node, installation_ref,
     kube_system_node, operator_ref, tigera_status_ref,
 };
-use crate::migration::rollout::rolled_out;
 use crate::migration::wait::wait_until;
 use crate::migration::way_back::return_to_kube_system;
 use crate::migration::world::World;
@@ -168,7 +168,7 @@ async fn operator_started(world: &World) -> anyhow::Result<Option<String>> {
             "kube-system calico-node not on the migration nodeSelector yet".into(),
         ));
     }
-    if !rolled_out(&ds) {
+    if !kinds::is(&ds, daemonset_rolled_out) {
         return Ok(Some(format!(
             "kube-system calico-node rolling out with the migration nodeSelector ({} of {} Ready)",
             int_at(&ds, "/status/numberReady").unwrap_or(0),
@@ -196,7 +196,7 @@ impl CreateInstallation {
             );
         }
         match world.objects.get(&operator_ref()).await? {
-            Some(d) if deployment_ready(&d) => {}
+            Some(d) if kinds::is(&d, deployment_ready) => {}
             _ => bail!(
                 "tigera-operator is not Ready: an Installation without a running operator is never migrated and cannot be deleted (calico issue 6629); run `calico-migrate apply --resume` once it is Ready"
             ),

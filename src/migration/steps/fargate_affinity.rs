@@ -3,15 +3,16 @@
 //! set of nodes running calico-node does not change.
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
 
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
+use crate::kinds;
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
 use crate::migration::converter::{Refusal, predict};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
-use crate::migration::facts::name_of;
-use crate::migration::nodes::{nodes_without_ready_agent, worker_nodes};
+use crate::migration::nodes::{nodes_without_ready_agent, set_node_label, worker_nodes};
 use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
 use crate::migration::rollout::{follow_rollout, rollout_unfinished};
 use crate::migration::world::World;
@@ -82,12 +83,27 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
 /// Runs the `fargate-affinity` step.
 pub struct FargateAffinity;
 
-fn node_label(n: &Value) -> Option<&str> {
-    n.pointer(&format!(
-        "/metadata/labels/{}",
-        MIGRATION_LABEL.replace('/', "~1")
-    ))
-    .and_then(Value::as_str)
+fn node_label(n: &Node) -> Option<&str> {
+    n.metadata
+        .labels
+        .as_ref()?
+        .get(MIGRATION_LABEL)
+        .map(String::as_str)
+}
+
+fn node_name(n: &Node) -> &str {
+    n.metadata.name.as_deref().unwrap_or("")
+}
+
+/// Every node, being deleted or not.
+async fn all_nodes(world: &World) -> anyhow::Result<Vec<Node>> {
+    Ok(world
+        .objects
+        .list("v1", "Node", None, None)
+        .await?
+        .iter()
+        .filter_map(kinds::view::<Node>)
+        .collect())
 }
 
 fn selector_label(ds: &Value) -> Option<&str> {
@@ -145,15 +161,9 @@ async fn label_nodes(world: &World) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     for n in worker_nodes(&world.objects).await? {
         if node_label(&n).is_none() {
-            let name = name_of(&n).to_string();
+            let name = node_name(&n).to_string();
             tracing::info!("labelling node {name} {MIGRATION_LABEL}={PRE_OPERATOR}");
-            world
-                .objects
-                .merge(
-                    &ObjRef::new("v1", "Node", None, &name),
-                    &json!({"metadata": {"labels": {MIGRATION_LABEL: PRE_OPERATOR}}}),
-                )
-                .await?;
+            set_node_label(&world.objects, &name, Some(PRE_OPERATOR)).await?;
             done.push(name);
         }
     }
@@ -177,9 +187,9 @@ impl Step<World> for FargateAffinity {
             }
             let ds = calico_node(world).await?;
             let mut labels = serde_json::Map::new();
-            for n in world.objects.list("v1", "Node", None, None).await? {
+            for n in all_nodes(world).await? {
                 labels.insert(
-                    name_of(&n).to_string(),
+                    node_name(&n).to_string(),
                     node_label(&n).map_or(Value::Null, |v| json!(v)),
                 );
             }
@@ -232,7 +242,7 @@ impl Step<World> for FargateAffinity {
                 .await?
                 .iter()
                 .filter(|n| node_label(n).is_none())
-                .map(|n| name_of(n).to_string())
+                .map(|n| node_name(n).to_string())
                 .collect();
             if !unlabelled.is_empty() {
                 return Ok(Verification::failed(format!(
@@ -289,14 +299,14 @@ impl Step<World> for FargateAffinity {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            for n in world.objects.list("v1", "Node", None, None).await? {
-                let want = labels.get(name_of(&n)).cloned().unwrap_or(Value::Null);
+            for n in all_nodes(world).await? {
+                let want = labels.get(node_name(&n)).cloned().unwrap_or(Value::Null);
                 let have = node_label(&n).map_or(Value::Null, |v| json!(v));
                 if want != have {
                     world
                         .objects
                         .merge(
-                            &ObjRef::new("v1", "Node", None, name_of(&n)),
+                            &ObjRef::new("v1", "Node", None, node_name(&n)),
                             &json!({"metadata": {"labels": {MIGRATION_LABEL: want}}}),
                         )
                         .await?;
@@ -316,7 +326,7 @@ impl Step<World> for FargateAffinity {
                 .map(|n| {
                     format!(
                         "label Node {}: {MIGRATION_LABEL}={PRE_OPERATOR}",
-                        name_of(n)
+                        node_name(n)
                     )
                 })
                 .collect();

@@ -11,10 +11,11 @@ use serde_json::Value;
 
 use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
+use crate::kinds::{self, deployment_ready};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::manifest::{ManifestObject, check_object, served_apis, unserved};
-use crate::migration::operator::{deployment_ready, wait_operator_ready};
+use crate::migration::operator::wait_operator_ready;
 use crate::migration::profile::OperatorInstall;
 use crate::migration::refs::{installation_ref, operator_ref};
 use crate::migration::wait::wait_gone;
@@ -123,7 +124,7 @@ impl InstallOperator {
     async fn ensure_external(world: &World) -> anyhow::Result<()> {
         Self::refuse_installation(world).await?;
         match world.objects.get(&operator_ref()).await? {
-            Some(d) if deployment_ready(&d) => Ok(()),
+            Some(d) if kinds::is(&d, deployment_ready) => Ok(()),
             Some(_) => bail!(
                 "{}",
                 gate_message(world, "its Deployment exists but is not Ready yet")
@@ -249,7 +250,7 @@ impl Step<World> for InstallOperator {
                 ));
             }
             Ok(match world.objects.get(&operator_ref()).await? {
-                Some(d) if deployment_ready(&d) => Verification::passed(format!(
+                Some(d) if kinds::is(&d, deployment_ready) => Verification::passed(format!(
                     "tigera-operator Ready ({} replica(s)), image {}; no Installation yet",
                     int_at(&d, "/status/readyReplicas").unwrap_or(0),
                     d.pointer("/spec/template/spec/containers/0/image")
@@ -316,7 +317,7 @@ impl Step<World> for InstallOperator {
         Box::pin(async move {
             if Self::external(world) {
                 return Ok(match world.objects.get(&operator_ref()).await? {
-                    Some(d) if deployment_ready(&d) => Vec::new(),
+                    Some(d) if kinds::is(&d, deployment_ready) => Vec::new(),
                     _ => vec![gate_message(world, "gate: not installed yet")],
                 });
             }

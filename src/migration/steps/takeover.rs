@@ -18,11 +18,10 @@ use tracing::Instrument as _;
 
 use crate::checks::conn::ConnPool;
 use crate::engine::{Step, StepFuture, Verification};
+use crate::kinds::{self, deployment_ready};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::nodes::{NodeState, agents_ready, list_nodes, selects};
-use crate::migration::operator::{
-    degraded, deployment_ready, freeze_operator, progressing_message, run_operator,
-};
+use crate::migration::operator::{degraded, freeze_operator, progressing_message, run_operator};
 use crate::migration::pre_operator::PreOperator;
 use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, calico_system_node, kube_system_node, operator_ref,
@@ -425,7 +424,7 @@ impl Step<World> for Takeover {
                 // The takeover leaves the operator running: it still has to remove the
                 // kube-system install and finish (a crash may have left it frozen).
                 match world.objects.get(&operator_ref()).await? {
-                    Some(d) if deployment_ready(&d) => {}
+                    Some(d) if kinds::is(&d, deployment_ready) => {}
                     _ => {
                         return Ok(Verification::failed(
                             "the operator is not running: the takeover starts it again to finish",
