@@ -10,19 +10,25 @@ use serde_json::Value;
 
 use super::facts::str_at;
 
-/// Annotations the converter ignores: tigera/operator
-/// `pkg/controller/migration/convert/core_metadata.go` (`removeKubernetesAnnotations`)
-/// drops the first three; kubectl's last-applied annotation is assumed ignored too.
-/// Operators with core_metadata.go (2022 on) copy any other annotation (and label)
-/// into the Installation's calicoNodeDaemonSet overrides instead of refusing it, so
-/// the Helm metadata would follow the operator's own DaemonSet; older operators
-/// refuse. Either way it must go before the Installation exists.
+/// Annotations the converter ignores on calico-node and its pod template: tigera/operator
+/// `pkg/controller/migration/convert/core.go` `removeExpectedAnnotations` (v1.17.4 and
+/// v1.20.4 core.go:258-275: these four by name; v1.38.6 core.go:298-325 the first
+/// three by name and every key matching `^kubectl\.kubernetes\.io`, core.go:34). Any
+/// other annotation is refused (`handleAnnotations`, v1.17.4 core.go:219-232, v1.38.6
+/// core.go:261-274), Helm's `meta.helm.sh/*` included, on every line: no release copies
+/// annotations into the Installation. Other `kubectl.kubernetes.io/*` keys (the
+/// `restartedAt` of `kubectl rollout restart`) are predicted refused, as v1.17 and
+/// v1.20 do.
 pub const ALLOWED_ANNOTATIONS: [&str; 4] = [
     "deprecated.daemonset.template.generation",
     "deployment.kubernetes.io/revision",
     "scheduler.alpha.kubernetes.io/critical-pod",
     "kubectl.kubernetes.io/last-applied-configuration",
 ];
+/// Pod-template annotations ignored with exactly this value (core.go:228-230 at
+/// v1.17.4, 270-272 at v1.38.6: "some orchestrators explicitly denote it").
+pub const ALLOWED_TEMPLATE_ANNOTATION: (&str, &str) =
+    ("cluster-autoscaler.kubernetes.io/daemonset-pod", "true");
 /// nodeSelector keys the converter accepts (OS selectors only).
 pub const ALLOWED_NODE_SELECTORS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
 /// Env vars the converter understands for a kdd + AmazonVPC install; FELIX_* vars
@@ -80,13 +86,16 @@ pub fn predict(ds: &Value) -> Vec<Refusal> {
         ("DaemonSet", "/metadata/annotations"),
         ("pod template", "/spec/template/metadata/annotations"),
     ] {
+        let template = on == "pod template";
+        let (allowed_key, allowed_value) = ALLOWED_TEMPLATE_ANNOTATION;
         let keys: Vec<String> = ds
             .pointer(ptr)
             .and_then(Value::as_object)
             .map(|m| {
-                m.keys()
-                    .filter(|k| !ALLOWED_ANNOTATIONS.contains(&k.as_str()))
-                    .cloned()
+                m.iter()
+                    .filter(|(k, _)| !ALLOWED_ANNOTATIONS.contains(&k.as_str()))
+                    .filter(|(k, v)| !(template && *k == allowed_key && *v == allowed_value))
+                    .map(|(k, _)| k.clone())
                     .collect()
             })
             .unwrap_or_default();
@@ -259,5 +268,29 @@ mod tests {
         assert!(predict(&d).iter().any(
             |r| matches!(r, Refusal::EnvValue { name, .. } if name == "FELIX_INTERFACEPREFIX")
         ));
+    }
+
+    #[test]
+    fn the_autoscaler_daemonset_pod_annotation_passes_only_on_the_template_as_true() {
+        let mut d = ds(json!([]), json!({}));
+        let key = "cluster-autoscaler.kubernetes.io/daemonset-pod";
+        d["spec"]["template"]["metadata"] = json!({"annotations": {key: "true"}});
+        assert_eq!(predict(&d), vec![]);
+        d["spec"]["template"]["metadata"]["annotations"][key] = json!("false");
+        assert_eq!(
+            predict(&d),
+            vec![Refusal::Annotations {
+                on: "pod template",
+                keys: vec![key.into()]
+            }]
+        );
+        let on_object = ds(json!([]), json!({key: "true"}));
+        assert_eq!(
+            predict(&on_object),
+            vec![Refusal::Annotations {
+                on: "DaemonSet",
+                keys: vec![key.into()]
+            }]
+        );
     }
 }
