@@ -2,8 +2,7 @@
 //! controllers (probe pods become Running with addresses) and the data plane (pods/exec
 //! answers `/agnhost connect` with what each node's enforcement allows).
 
-mod api_sentence;
-use api_sentence::{assert_networkpolicies_list_forbidden, assert_one_api_sentence};
+use crate::api_sentence::{assert_networkpolicies_list_forbidden, assert_one_api_sentence};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
