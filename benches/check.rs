@@ -28,14 +28,13 @@ async fn one(nodes: usize) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let client = rig.client.clone();
     let opts = RoundOptions {
         concurrency: CONCURRENCY,
         ready_timeout: Duration::from_secs(600),
         ..RoundOptions::default()
     };
     let t = Instant::now();
-    let prober = Prober::setup(&client, &opts).await?;
+    let prober = Prober::setup(&rig.client, &opts).await?;
     let setup = t.elapsed();
     let report = prober.round().await?;
     let t = Instant::now();
