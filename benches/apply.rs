@@ -9,22 +9,29 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_migrate::sandbox::controllers::ControllerOptions;
-use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
 use calico_migrate::sandbox::{Gvr, ListOptions, PatchKind, Sandbox, SandboxOptions, WriteOptions};
+use calico_migrate::testkit::{Rig, RigOptions};
 use serde_json::{Value, json};
 
 /// Simulated seconds per real second for the controllers and the operator.
 const TIME_SCALE: f64 = 20.0;
 
-fn sandbox(nodes: usize) -> anyhow::Result<Sandbox> {
-    let sb = Sandbox::new(SandboxOptions::default());
-    sb.load(scenario::build(&ScenarioConfig {
+/// The same cluster for the floor and for apply.
+fn scenario_config(nodes: usize) -> ScenarioConfig {
+    ScenarioConfig {
         nodes,
         namespaces: 4,
         pods_per_namespace: 1,
         ..ScenarioConfig::default()
-    })?)?;
+    }
+}
+
+/// The floor's sandbox: seeded only, so that its install can be prepared before the
+/// controllers start (the rig starts them at once).
+fn sandbox(nodes: usize) -> anyhow::Result<Sandbox> {
+    let sb = Sandbox::new(SandboxOptions::default());
+    sb.load(scenario::build(&scenario_config(nodes))?)?;
     Ok(sb)
 }
 
@@ -103,19 +110,17 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
 
 /// calico-migrate plan + apply, through the binary, at the same time scale.
 async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
-    let sb = sandbox(nodes)?;
-    let c = controllers(&sb)?;
-    let dp = DataPlane::start(
-        &sb,
-        DataPlaneOptions {
-            timeout_scale: 0.05,
-            ..DataPlaneOptions::default()
+    let rig = Rig::start_scenario(
+        &scenario_config(nodes),
+        &RigOptions {
+            time_scale: TIME_SCALE,
+            ..RigOptions::default()
         },
-    )?;
-    let server = sb.serve("127.0.0.1:0").await?;
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let kc = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kc)?;
+    rig.write_kubeconfig(&kc)?;
     let manifest = dir.path().join("tigera-operator.yaml");
     std::fs::write(
         &manifest,
@@ -157,14 +162,12 @@ async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     })
     .await??;
     anyhow::ensure!(
-        operator_done(&sb),
+        operator_done(&rig.sb),
         "apply finished but the operator did not"
     );
-    anyhow::ensure!(dp.intervals().await.is_empty(), "enforcement diverged");
+    anyhow::ensure!(rig.dp.intervals().await.is_empty(), "enforcement diverged");
     let takeover = step_time(&dir.path().join("state"), "takeover")?;
-    dp.stop();
-    c.stop();
-    server.shutdown().await;
+    rig.shutdown().await;
     Ok((times.0, times.1, takeover))
 }
 

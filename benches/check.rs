@@ -7,44 +7,34 @@
 use std::time::{Duration, Instant};
 
 use calico_migrate::checks::{Prober, RoundOptions};
-use calico_migrate::sandbox::controllers::ControllerOptions;
-use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
-use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
-use calico_migrate::sandbox::{Sandbox, SandboxOptions};
+use calico_migrate::sandbox::scenario::ScenarioConfig;
+use calico_migrate::testkit::{Rig, RigOptions};
 
 const CONCURRENCY: usize = 32;
 
 async fn one(nodes: usize) -> anyhow::Result<()> {
-    let sb = Sandbox::new(SandboxOptions::default());
-    sb.load(scenario::build(&ScenarioConfig {
-        nodes,
-        namespaces: 8,
-        pods_per_namespace: 2,
-        ..ScenarioConfig::default()
-    })?)?;
-    let controllers = sb
-        .start_controllers(ControllerOptions {
-            time_scale: 100.0,
-            ..ControllerOptions::default()
-        })
-        .map_err(anyhow::Error::msg)?;
     // A blocked probe waits 10% of agnhost's 1 s timeout.
-    let dp = DataPlane::start(
-        &sb,
-        DataPlaneOptions {
-            timeout_scale: 0.1,
-            ..DataPlaneOptions::default()
+    let rig = Rig::start_scenario(
+        &ScenarioConfig {
+            nodes,
+            namespaces: 8,
+            pods_per_namespace: 2,
+            ..ScenarioConfig::default()
         },
-    )?;
-    let server = sb.serve("127.0.0.1:0").await?;
-    let client = server.client()?;
+        &RigOptions {
+            time_scale: 100.0,
+            probe_timeout_scale: 0.1,
+            ..RigOptions::default()
+        },
+    )
+    .await?;
     let opts = RoundOptions {
         concurrency: CONCURRENCY,
         ready_timeout: Duration::from_secs(600),
         ..RoundOptions::default()
     };
     let t = Instant::now();
-    let prober = Prober::setup(&client, &opts).await?;
+    let prober = Prober::setup(&rig.client, &opts).await?;
     let setup = t.elapsed();
     let report = prober.round().await?;
     let t = Instant::now();
@@ -68,9 +58,7 @@ async fn one(nodes: usize) -> anyhow::Result<()> {
         report.millis as f64 / ideal_ms.max(1.0),
         teardown.as_secs_f64(),
     );
-    controllers.stop();
-    dp.stop();
-    server.shutdown().await;
+    rig.shutdown().await;
     Ok(())
 }
 

@@ -17,8 +17,8 @@ bin=target/release/calico-migrate
 kill_campaign() {
   local trials=${1:-200}
   # The seeded SIGKILL campaign of tests/apply.rs, at full size.
-  CALICO_MIGRATE_CRASH_TRIALS=$trials cargo test --release --quiet --test apply \
-    sigkill_campaign -- --nocapture 2>&1 | grep -E 'passed, [0-9]+ failed' | tail -1
+  CALICO_MIGRATE_CRASH_TRIALS=$trials cargo test --release --quiet --test integration \
+    apply::sigkill_campaign -- --nocapture 2>&1 | grep -E 'passed, [0-9]+ failed' | tail -1
 }
 
 # One rehearsal per spec list; a trial passes when rehearse exits 0 (the whole job:
@@ -63,9 +63,10 @@ combined_campaign() {
 statedirs_campaign() {
   # The engine's bad-state-dir tests (corrupt, truncated, foreign, locked, read-only,
   # unknown --to) and apply's refusals (another holder's Lease, drift, a second apply
-  # on the same state dir) through the real binary.
+  # on the same state dir) through the real binary. The names below match only tests
+  # of the engine and apply modules.
   local out
-  out=$(cargo test --release --test engine --test apply -- \
+  out=$(cargo test --release --test integration -- \
           corrupt another_cluster unknown_rollback second_process read_only missing_state_dir \
           refusals unknown_pause 2>&1 | grep '^test result' || true)
   local p f

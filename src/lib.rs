@@ -3,7 +3,8 @@
 //!
 //! Layers (see docs/architecture.md): `cli` -> `migration` -> `engine`, `checks`
 //! -> `policy`; `cluster` does the Kubernetes I/O; `sandbox` is an in-process
-//! Kubernetes API server used for rehearsals and tests.
+//! Kubernetes API server used for rehearsals and tests; `testkit` starts one with
+//! its controllers and data plane for them.
 
 pub mod checks;
 pub mod cli;
@@ -16,3 +17,4 @@ pub mod policy;
 pub mod progress;
 pub mod rehearse;
 pub mod sandbox;
+pub mod testkit;

@@ -2,7 +2,7 @@
 //! change nothing, a full migration with no lapse, rollback from every step back to
 //! the baseline, the Lease, and a SIGKILL campaign.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

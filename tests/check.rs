@@ -2,8 +2,7 @@
 //! controllers (probe pods become Running with addresses) and the data plane (pods/exec
 //! answers `/agnhost connect` with what each node's enforcement allows).
 
-mod api_sentence;
-use api_sentence::{assert_networkpolicies_list_forbidden, assert_one_api_sentence};
+use crate::api_sentence::{assert_networkpolicies_list_forbidden, assert_one_api_sentence};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,10 +11,11 @@ use anyhow::{Context, Result};
 use calico_migrate::checks::{
     self, Expected, FailureClass, ProbeKind, Prober, ResultClass, RoundOptions, RoundReport,
 };
-use calico_migrate::sandbox::controllers::{ControllerOptions, ControllersHandle};
-use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneFaults, DataPlaneOptions};
-use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
-use calico_migrate::sandbox::{Gvr, ListOptions, Sandbox, SandboxOptions, ServeHandle};
+use calico_migrate::sandbox::controllers::ControllersHandle;
+use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneFaults};
+use calico_migrate::sandbox::scenario::ScenarioConfig;
+use calico_migrate::sandbox::{Gvr, ListOptions, Sandbox, ServeHandle};
+use calico_migrate::testkit::{Rig, RigOptions};
 use serde_json::json;
 
 struct Env {
@@ -29,41 +29,31 @@ struct Env {
 }
 
 async fn env(nodes: usize) -> Result<Env> {
-    let sb = Sandbox::new(SandboxOptions::default());
-    sb.load(scenario::build(&ScenarioConfig {
-        nodes,
-        namespaces: 3,
-        pods_per_namespace: 2,
-        ..ScenarioConfig::default()
-    })?)?;
-    let controllers = sb.start_controllers(ControllerOptions {
-        time_scale: 100.0,
-        ..ControllerOptions::default()
-    })?;
-    let dp = DataPlane::start(
-        &sb,
-        DataPlaneOptions {
-            timeout_scale: 0.05,
-            ..DataPlaneOptions::default()
+    let rig = Rig::start_scenario(
+        &ScenarioConfig {
+            nodes,
+            namespaces: 3,
+            pods_per_namespace: 2,
+            ..ScenarioConfig::default()
         },
-    )?;
-    let server = sb.serve("127.0.0.1:0").await?;
-    let client = server.client()?;
-    let mut names: Vec<String> = sb
-        .store()
-        .list(&Gvr::new("", "v1", "nodes"), None, &ListOptions::default())?
-        .items
-        .iter()
-        .filter_map(|n| n.pointer("/metadata/name")?.as_str().map(str::to_string))
-        .collect();
-    names.sort();
+        &RigOptions::default(),
+    )
+    .await?;
+    let nodes = rig.node_names()?;
+    let Rig {
+        sb,
+        controllers,
+        dp,
+        server,
+        client,
+    } = rig;
     Ok(Env {
         sb,
         _controllers: controllers,
         dp,
         server,
         client,
-        nodes: names,
+        nodes,
     })
 }
 

@@ -2,7 +2,7 @@
 //! the binary, and the deploy/ manifests checked against the sandbox's RBAC with
 //! `kubectl auth can-i`.
 
-mod kubectl_client;
+use crate::kubectl_client;
 
 use std::process::Command;
 

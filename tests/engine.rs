@@ -300,9 +300,6 @@ fn missing_state_dir_is_a_clear_error() {
 
 #[test]
 fn corrupt_or_truncated_journal_is_refused_unchanged() {
-    // This process opens the journal too: as the CLI does, it keeps what it creates
-    // there private (otherwise the CLI would rightly warn about sled's new files).
-    calico_migrate::engine::state_dir::make_new_files_private();
     for damage in ["garbage", "truncate", "empty-events"] {
         let tmp = tempfile::tempdir().expect("tmp");
         let state = tmp.path().join("s");
@@ -331,6 +328,9 @@ fn corrupt_or_truncated_journal_is_refused_unchanged() {
                 db.flush().expect("flush");
             }
         }
+        // This process wrote the journal too: private, as the CLI keeps it (otherwise
+        // the CLI would rightly warn about sled's new files).
+        make_private(&state);
         let before = snapshot(&state);
         for cmd in ["status", "history"] {
             let out = run_cli(&state, &[cmd]);
@@ -407,13 +407,13 @@ fn unknown_rollback_step_is_refused_with_the_plan_steps() {
 
 #[test]
 fn a_second_process_on_the_same_state_dir_is_refused() {
-    // This process opens the journal too: as the CLI does, it keeps what it creates
-    // there private (otherwise the CLI would rightly warn about sled's new files).
-    calico_migrate::engine::state_dir::make_new_files_private();
     let tmp = tempfile::tempdir().expect("tmp");
     let state = tmp.path().join("s");
     journal_with_progress(&state);
     let held = Journal::open(&state).expect("open");
+    // This process opened the journal too: private, as the CLI keeps it (otherwise
+    // the CLI would rightly warn about sled's new files).
+    make_private(&state);
     let out = run_cli(&state, &["status"]);
     assert_user_error(&out, "in use by another calico-migrate process");
     assert!(stderr(&out).contains(&state.display().to_string()));
@@ -534,6 +534,15 @@ fn modes(dir: &Path) -> BTreeMap<PathBuf, u32> {
         }
     }
     out
+}
+
+/// Make `dir` and everything below it private, as the CLI keeps a state dir. The
+/// CLI gets there with umask 077 (`make_new_files_private`); a test must not, since
+/// the umask belongs to the whole test binary and every process it starts.
+fn make_private(dir: &Path) {
+    for (path, _) in modes(dir) {
+        set_mode(&path, if path.is_dir() { 0o700 } else { 0o600 });
+    }
 }
 
 #[test]

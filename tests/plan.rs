@@ -2,8 +2,7 @@
 //! present, Helm 2, v1beta1-era CRDs, unready nodes, no Calico, missing RBAC) and the
 //! real binary through a kubeconfig (JSON contract, saved plan, unreachable server).
 
-mod api_sentence;
-use api_sentence::{assert_networkpolicies_list_forbidden, assert_one_api_sentence};
+use crate::api_sentence::{assert_networkpolicies_list_forbidden, assert_one_api_sentence};
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! per-node enforcement (agents, frozen rules, fail-closed pods), the lapse and
 //! agent-not-ready faults, and the enforcement monitor.
 
-mod kubectl_client;
+use crate::kubectl_client;
 
 use std::time::Duration;
 

@@ -3,9 +3,9 @@
 //! Real helm 3 and 4 (scripts/install-helm.sh) read the seeded aws-calico release, find
 //! it gone after `apply` and read it back byte for byte after `rollback`.
 
-mod helm_client;
-mod kubectl_client;
-mod support;
+use crate::helm_client;
+use crate::kubectl_client;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

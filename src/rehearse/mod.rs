@@ -23,10 +23,11 @@ use crate::migration::plan::{self, SavedPlan};
 use crate::migration::profile::Profile;
 use crate::migration::session::{self, identity, planned_steps};
 use crate::migration::world::{ApplyOptions, Observation, World};
-use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
-use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
+use crate::sandbox::controllers::{self, ControllerFaults};
+use crate::sandbox::dataplane::{self, DataPlaneFaults};
 use crate::sandbox::scenario::{self, ScenarioConfig};
-use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions, ServeHandle, snapshot};
+use crate::sandbox::{FaultConfig, snapshot};
+use crate::testkit::{Rig, RigOptions};
 
 pub use report::{FaultReport, PhaseReport, Report, StepTiming};
 
@@ -84,15 +85,6 @@ fn parse_faults(specs: &[String]) -> anyhow::Result<Faults> {
         api: FaultConfig::parse_specs(&api).map_err(|e| anyhow::anyhow!("--fault: {e}"))?,
         specs: specs.to_vec(),
     })
-}
-
-/// The running sandbox of a rehearsal.
-struct Stage {
-    sb: Sandbox,
-    dp: DataPlane,
-    server: ServeHandle,
-    client: kube::Client,
-    controllers: controllers::ControllersHandle,
 }
 
 /// The seed objects of the rehearsal's sandbox.
@@ -156,36 +148,17 @@ fn resolve_node_refs(specs: &[String], nodes: &[String]) -> anyhow::Result<Vec<S
         .collect()
 }
 
-async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<Stage> {
-    let sb = Sandbox::new(SandboxOptions {
-        seed: opts.seed,
-        ..SandboxOptions::default()
-    });
-    sb.load(objects).context("seeding the sandbox")?;
-    let controllers = sb.start_controllers(ControllerOptions {
-        time_scale: opts.time_scale,
-        ..ControllerOptions::default()
-    })?;
-    let dp = DataPlane::start(
-        &sb,
-        DataPlaneOptions {
-            timeout_scale: 0.05,
-            ..DataPlaneOptions::default()
+/// The rehearsal's sandbox, at its seed and time scale.
+async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<Rig> {
+    Rig::start(
+        objects,
+        &RigOptions {
+            seed: opts.seed,
+            time_scale: opts.time_scale,
+            ..RigOptions::default()
         },
     )
-    .context("starting the sandbox data plane")?;
-    let server = sb
-        .serve("127.0.0.1:0")
-        .await
-        .context("serving the sandbox on 127.0.0.1")?;
-    let client = server.client()?;
-    Ok(Stage {
-        sb,
-        dp,
-        server,
-        client,
-        controllers,
-    })
+    .await
 }
 
 /// Options scaled to the sandbox's clock.
@@ -307,7 +280,7 @@ async fn run_phase(
 }
 
 fn world(
-    stage: &Stage,
+    stage: &Rig,
     loaded: &session::Loaded,
     state: &Path,
     time_scale: f64,
@@ -323,7 +296,7 @@ fn world(
     ))
 }
 
-async fn inject(stage: &Stage, f: &Faults) -> anyhow::Result<()> {
+async fn inject(stage: &Rig, f: &Faults) -> anyhow::Result<()> {
     stage
         .dp
         .set_faults(&f.dataplane)
@@ -338,7 +311,7 @@ async fn inject(stage: &Stage, f: &Faults) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn clear(stage: &Stage) -> anyhow::Result<()> {
+async fn clear(stage: &Rig) -> anyhow::Result<()> {
     inject(stage, &Faults::default()).await
 }
 
@@ -530,8 +503,6 @@ pub async fn rehearse(
         .collect();
     report.add_intervals(&stage.dp.intervals().await, &injected, &agentless);
     report.millis = started.elapsed().as_millis() as u64;
-    stage.controllers.stop();
-    stage.dp.stop();
-    stage.server.shutdown().await;
+    stage.shutdown().await;
     Ok(report)
 }

@@ -1,6 +1,7 @@
 //! A migration-ready sandbox for step, apply and rollback tests: aws-calico 0.3.10
 //! seeded, controllers and data plane running at a fast time scale, served on
-//! 127.0.0.1, a saved plan in a temp state dir, and the steps' world built on it.
+//! 127.0.0.1 (the library's `testkit` rig), a saved plan in a temp state dir, and
+//! the steps' world built on it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -14,10 +15,11 @@ use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::plan::SavedPlan;
 use calico_migrate::migration::profile::Profile;
 use calico_migrate::migration::world::{ApplyOptions, World};
-use calico_migrate::sandbox::controllers::{ControllerOptions, ControllersHandle};
-use calico_migrate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
+use calico_migrate::sandbox::controllers::ControllersHandle;
+use calico_migrate::sandbox::dataplane::DataPlane;
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
-use calico_migrate::sandbox::{Gvr, Sandbox, SandboxOptions, ServeHandle};
+use calico_migrate::sandbox::{Gvr, Sandbox, ServeHandle};
+use calico_migrate::testkit::{Rig, RigOptions};
 use serde_json::Value;
 
 pub struct Env {
@@ -51,21 +53,20 @@ pub async fn env(nodes: usize) -> Result<Env> {
 }
 
 pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
-    let sb = Sandbox::new(SandboxOptions::default());
-    sb.load(scenario::build(&cfg)?)?;
-    let controllers = sb.start_controllers(ControllerOptions {
-        time_scale,
-        ..ControllerOptions::default()
-    })?;
-    let dp = DataPlane::start(
-        &sb,
-        DataPlaneOptions {
-            timeout_scale: 0.05,
-            ..DataPlaneOptions::default()
+    let Rig {
+        sb,
+        controllers,
+        dp,
+        server,
+        client,
+    } = Rig::start_scenario(
+        &cfg,
+        &RigOptions {
+            time_scale,
+            ..RigOptions::default()
         },
-    )?;
-    let server = sb.serve("127.0.0.1:0").await?;
-    let client = server.client()?;
+    )
+    .await?;
     Ok(Env {
         sb,
         controllers,
