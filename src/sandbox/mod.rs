@@ -1,6 +1,6 @@
 //! The embedded Kubernetes API server used for rehearsals and tests.
 //!
-//! [`Sandbox`] owns a generic object [`store::Store`] (every object a
+//! [`Sandbox`] owns a generic object [`Store`] (every object a
 //! `serde_json::Value`, keyed by group/resource/namespace/name) and exposes it
 //! three ways: the store's own API for in-process controllers (get, list,
 //! create, update, patch, delete, watch, a change feed), an axum
@@ -8,37 +8,23 @@
 //! bound to that router without any socket ([`Sandbox::client`]). `serve`
 //! puts the router on a loopback port for kubectl. See docs/sandbox.md.
 
-pub mod apply;
-pub mod authz;
-pub mod authz_http;
+pub mod apiserver;
 pub mod controllers;
 pub mod dataplane;
-pub mod discovery;
-pub mod error;
 pub mod faults;
-pub mod http;
-pub mod lifecycle;
-pub mod openapi;
-pub mod patch;
 pub mod scenario;
-pub mod select;
 pub mod serve;
 pub mod snapshot;
-pub mod ssa;
-pub mod store;
-pub mod table;
-pub mod types;
-pub mod watch;
 
 use std::sync::Arc;
 
-pub use apply::PatchKind;
-pub use error::ApiError;
+pub use apiserver::error::ApiError;
+pub use apiserver::store::apply::PatchKind;
+pub use apiserver::store::lifecycle::{DeleteOptions, Deleted};
+pub use apiserver::store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
+pub use apiserver::types::{GroupResource, Gvr, ResourceType};
 pub use faults::FaultConfig;
-pub use lifecycle::{DeleteOptions, Deleted};
 pub use serve::ServeHandle;
-pub use store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
-pub use types::{GroupResource, Gvr, ResourceType};
 
 /// How a sandbox starts.
 #[derive(Debug, Clone)]
@@ -111,7 +97,7 @@ impl Sandbox {
 
     /// The Kubernetes REST API as an axum Router (with any routes added by `add_routes`).
     pub fn router(&self) -> axum::Router {
-        let base = http::router(self.clone());
+        let base = apiserver::http::router(self.clone());
         let extra = self
             .inner
             .extra
@@ -125,7 +111,7 @@ impl Sandbox {
         // Impersonated requests (kubectl --as) are held to RBAC; the admin passes.
         api.layer(axum::middleware::from_fn_with_state(
             self.clone(),
-            authz_http::enforce,
+            apiserver::authz_http::enforce,
         ))
     }
 

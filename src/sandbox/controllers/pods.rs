@@ -56,7 +56,7 @@ fn is_operator_typha(p: &Value) -> bool {
 
 fn condition(t: &str, ok: bool) -> Value {
     json!({"type": t, "status": if ok { "True" } else { "False" }, "lastProbeTime": null,
-           "lastTransitionTime": crate::sandbox::store::now()})
+           "lastTransitionTime": crate::sandbox::apiserver::store::now()})
 }
 
 impl PodLifecycle {
@@ -137,7 +137,7 @@ impl PodLifecycle {
                                    condition("Ready", false), condition("ContainersReady", false)],
                     "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
                     "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
-                    "startTime": crate::sandbox::store::now(),
+                    "startTime": crate::sandbox::apiserver::store::now(),
                     "qosClass": "BestEffort",
                 }});
                 changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
@@ -162,7 +162,7 @@ impl PodLifecycle {
             let containers: Vec<Value> = p.pointer("/spec/containers").and_then(Value::as_array)
                 .map(Vec::as_slice).unwrap_or_default().iter().map(|c| json!({
                     "name": c["name"], "image": c["image"], "ready": !stuck, "started": true, "restartCount": 0,
-                    "state": {"running": {"startedAt": crate::sandbox::store::now()}},
+                    "state": {"running": {"startedAt": crate::sandbox::apiserver::store::now()}},
                 })).collect();
             let status = json!({"status": {
                 "phase": "Running",
@@ -193,7 +193,7 @@ impl PodLifecycle {
         let unschedulable = |msg: String| {
             json!({"status": {"phase": "Pending", "conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
-                "lastProbeTime": null, "lastTransitionTime": crate::sandbox::store::now()}]}})
+                "lastProbeTime": null, "lastTransitionTime": crate::sandbox::apiserver::store::now()}]}})
         };
         let status = if f.typha_stuck && is_operator_typha(p) {
             Some(unschedulable(format!(

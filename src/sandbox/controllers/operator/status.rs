@@ -24,7 +24,7 @@ fn conditions(h: &Health, existing: Option<&Value>) -> Value {
         Health::Progressing(m) => (false, true, false, "ResourceNotReady", m.clone()),
         Health::Degraded { reason, message } => (false, false, true, *reason, message.clone()),
     };
-    let now = crate::sandbox::store::now();
+    let now = crate::sandbox::apiserver::store::now();
     let cond = |t: &str, s: bool| {
         // Keep lastTransitionTime while the status of a condition does not change.
         let prev = existing

@@ -14,18 +14,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::Sandbox;
-use super::apply::PatchKind;
 use super::discovery;
 use super::error::ApiError;
-use super::faults::{self, FaultConfig};
-use super::lifecycle::DeleteOptions;
 use super::openapi;
 use super::select::{FieldSelector, LabelSelector};
+use super::store::apply::PatchKind;
+use super::store::lifecycle::DeleteOptions;
+use super::store::watch::parse_rv;
 use super::store::{ListOptions, WriteOptions, meta_str};
 use super::table;
 use super::types::{Gvr, ResourceType};
-use super::watch::parse_rv;
+use crate::sandbox::Sandbox;
+use crate::sandbox::faults::{self, FaultConfig};
 
 /// The real server's request body limit (k8s.io/apiserver pkg/server/config.go: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;

@@ -4,11 +4,12 @@
 
 use serde_json::{Value, json};
 
-use super::error::ApiError;
-use super::patch;
-use super::ssa;
-use super::store::{Origin, Store, WriteOptions, meta_mut, meta_str, now, present, writer};
-use super::types::{Gvr, ResourceType};
+use super::write::writer;
+use super::{Origin, Store, WriteOptions, meta_mut, meta_str, now, present};
+use crate::sandbox::apiserver::error::ApiError;
+use crate::sandbox::apiserver::patch;
+use crate::sandbox::apiserver::ssa;
+use crate::sandbox::apiserver::types::{Gvr, ResourceType};
 
 /// The patch formats, by Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let paths = rt
         .scale
         .clone()
-        .unwrap_or_else(|| super::types::ScalePaths {
+        .unwrap_or_else(|| crate::sandbox::apiserver::types::ScalePaths {
             spec_replicas: ".spec.replicas".into(),
             status_replicas: ".status.replicas".into(),
             label_selector: None,
@@ -236,7 +237,8 @@ impl Store {
                 }
             };
         }
-        let current = existing.ok_or_else(|| super::error::ApiError::not_found(&rt, name))?;
+        let current = existing
+            .ok_or_else(|| crate::sandbox::apiserver::error::ApiError::not_found(&rt, name))?;
         let w = writer(opts, &av, sub, &time);
         if sub == "scale" {
             let scale = scale_of(&rt, &current);
@@ -317,7 +319,7 @@ impl Store {
 
 #[allow(clippy::too_many_arguments)]
 fn write_scale(
-    st: &mut super::store::State,
+    st: &mut super::State,
     rt: &ResourceType,
     version: &str,
     ns: &str,
@@ -352,7 +354,7 @@ fn write_scale(
     }
     let rv = meta_str(scale, "resourceVersion");
     if !rv.is_empty() && rv != meta_str(&current, "resourceVersion") {
-        return Err(super::error::ApiError::stale(rt, name));
+        return Err(crate::sandbox::apiserver::error::ApiError::stale(rt, name));
     }
     let path = rt
         .scale

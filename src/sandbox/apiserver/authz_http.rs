@@ -25,8 +25,9 @@ use super::authz::{self, Attributes, MASTERS, PolicyRule, UserInfo};
 use super::error::ApiError;
 use super::http::MAX_BODY;
 use super::store::WriteOptions;
+use super::store::apply::PatchKind;
 use super::types::Gvr;
-use super::{PatchKind, Sandbox};
+use crate::sandbox::Sandbox;
 
 pub const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 pub const RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
