@@ -25,6 +25,7 @@ use crate::migration::session::{self, identity, planned_steps};
 use crate::migration::world::{ApplyOptions, Cluster, Observation};
 use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
+use crate::sandbox::faults::FaultKnobs;
 use crate::sandbox::scenario::{self, ScenarioConfig};
 use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions, ServeHandle, snapshot};
 
@@ -329,7 +330,8 @@ async fn inject(stage: &Stage, f: &Faults) -> anyhow::Result<()> {
         .set_faults(&f.dataplane)
         .await
         .map_err(|e| anyhow::anyhow!("setting data plane faults: {e}"))?;
-    controllers::faults::write(&stage.sb, &f.controllers)
+    f.controllers
+        .write(stage.sb.store())
         .map_err(|e| anyhow::anyhow!("setting controller faults: {e}"))?;
     stage
         .sb

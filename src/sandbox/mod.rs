@@ -18,12 +18,14 @@ pub mod snapshot;
 
 use std::sync::Arc;
 
+use faults::FaultKnobs;
+
 pub use apiserver::error::ApiError;
+pub use apiserver::faults::FaultConfig;
 pub use apiserver::store::apply::PatchKind;
 pub use apiserver::store::lifecycle::{DeleteOptions, Deleted};
 pub use apiserver::store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
 pub use apiserver::types::{GroupResource, Gvr, ResourceType};
-pub use faults::FaultConfig;
 pub use serve::ServeHandle;
 
 /// How a sandbox starts.
@@ -52,7 +54,7 @@ impl Default for SandboxOptions {
 
 struct Inner {
     store: Store,
-    dice: faults::Dice,
+    dice: apiserver::faults::Dice,
     /// Routes added by other parts of the sandbox (e.g. pods/exec), tried before the API.
     extra: std::sync::Mutex<Option<axum::Router>>,
     bookmark_interval: std::time::Duration,
@@ -78,7 +80,7 @@ impl Sandbox {
         Self {
             inner: Arc::new(Inner {
                 store,
-                dice: faults::Dice::new(opts.seed),
+                dice: apiserver::faults::Dice::new(opts.seed),
                 extra: std::sync::Mutex::new(None),
                 bookmark_interval: opts.bookmark_interval,
             }),
@@ -139,24 +141,19 @@ impl Sandbox {
 
     /// The faults in force now (from ConfigMap sandbox-system/faults).
     pub fn fault_config(&self) -> FaultConfig {
-        let gvr = Gvr::new("", "v1", "configmaps");
-        self.store()
-            .get(&gvr, faults::NAMESPACE, faults::CONFIGMAP)
-            .ok()
-            .and_then(|cm| FaultConfig::from_data(cm.get("data")).ok())
-            .unwrap_or_default()
+        FaultConfig::read(self.store())
     }
 
     /// Change the faults in force (same as patching the ConfigMap).
     pub fn set_faults(&self, f: &FaultConfig) -> Result<(), ApiError> {
-        self.load(vec![f.to_configmap()]).map(|_| ())
+        f.write(self.store())
     }
 
     pub(crate) fn bookmark_interval(&self) -> std::time::Duration {
         self.inner.bookmark_interval
     }
 
-    pub(crate) fn dice(&self) -> faults::Dice {
+    pub(crate) fn dice(&self) -> apiserver::faults::Dice {
         self.inner.dice.clone()
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::discovery;
 use super::error::ApiError;
+use super::faults::FaultConfig;
 use super::openapi;
 use super::select::{FieldSelector, LabelSelector};
 use super::store::apply::PatchKind;
@@ -25,7 +26,7 @@ use super::store::{ListOptions, WriteOptions, meta_str};
 use super::table;
 use super::types::{Gvr, ResourceType};
 use crate::sandbox::Sandbox;
-use crate::sandbox::faults::{self, FaultConfig};
+use crate::sandbox::faults;
 
 /// The real server's request body limit (k8s.io/apiserver pkg/server/config.go: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;

@@ -6,6 +6,7 @@
 //!   semantics (create, update, patch, delete, watch);
 //! - [`types`]: the served resource types, built in or from CRDs;
 //! - [`error`]: `Status` errors as the real server words them;
+//! - [`faults`]: latency, errors, dropped watches and conflicts on demand;
 //! - [`http`]: the REST routes (axum) and content negotiation;
 //! - [`authz`], [`authz_http`]: RBAC evaluation, impersonation and access reviews;
 //! - [`patch`]: merge, JSON and strategic merge patch;
@@ -18,6 +19,7 @@ pub mod authz;
 pub mod authz_http;
 pub mod discovery;
 pub mod error;
+pub mod faults;
 pub mod http;
 pub mod openapi;
 pub mod patch;

@@ -9,8 +9,10 @@ use super::{
     EventType, Origin, State, Store, WriteOptions, meta_mut, meta_str, namespaces, now, present,
 };
 use crate::sandbox::apiserver::error::ApiError;
+use crate::sandbox::apiserver::faults;
 use crate::sandbox::apiserver::ssa::{self, Writer};
 use crate::sandbox::apiserver::types::{self, Gvr, ResourceType};
+use crate::sandbox::faults::FaultKnobs;
 
 fn dns_subdomain(name: &str) -> bool {
     name.len() <= 253
@@ -261,9 +263,9 @@ impl State {
             }
             ("", "configmaps")
                 if meta_str(obj, "namespace") == crate::sandbox::faults::NAMESPACE
-                    && name == crate::sandbox::faults::CONFIGMAP =>
+                    && name == faults::CONFIGMAP =>
             {
-                crate::sandbox::faults::FaultConfig::from_data(obj.get("data"))
+                faults::FaultConfig::from_data(obj.get("data"))
                     .map_err(|e| ApiError::invalid(&rt.kind, name, &[("data", e.to_string())]))?;
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
