@@ -25,7 +25,7 @@ pub use apiserver::faults::FaultConfig;
 pub use apiserver::store::apply::PatchKind;
 pub use apiserver::store::lifecycle::{DeleteOptions, Deleted};
 pub use apiserver::store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
-pub use apiserver::types::{GroupResource, Gvr, ResourceType};
+pub use apiserver::types::{GroupResource, Gvr, ResourceType, Subresource};
 pub use serve::ServeHandle;
 
 /// How a sandbox starts.

@@ -166,7 +166,6 @@ impl FaultKnobs for ControllerFaults {
                 json!({"metadata": {"annotations": {ERROR_ANNOTATION: error}}})
                     .to_string()
                     .as_bytes(),
-                "",
                 &wopts("sandbox-controllers"),
             );
         };

@@ -24,7 +24,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::faults::FaultKnobs;
-use super::{ApiError, DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, WriteOptions};
+use super::{
+    ApiError, DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, Subresource, WriteOptions,
+};
 
 pub use faults::ControllerFaults;
 pub use helm_uninstall::{UninstallOutcome, helm_uninstall};
@@ -280,18 +282,21 @@ pub(crate) fn merge(
     g: &Gvr,
     ns: &str,
     name: &str,
-    sub: &str,
+    sub: Subresource,
     body: &Value,
     manager: &str,
 ) -> Result<Value, ApiError> {
+    let opts = WriteOptions {
+        subresource: sub,
+        ..wopts(manager)
+    };
     sb.store().patch(
         g,
         ns,
         name,
         PatchKind::Merge,
         body.to_string().as_bytes(),
-        sub,
-        &wopts(manager),
+        &opts,
     )
 }
 

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::faults::ControllerFaults;
 use super::{deleting, label, merge, name, namespace, pods_gvr, sched};
-use crate::sandbox::Sandbox;
 use crate::sandbox::scenario::net::{POD_BASE, SUBNET_SIZE};
+use crate::sandbox::{Sandbox, Subresource};
 
 const MANAGER: &str = "sandbox-kubelet";
 
@@ -140,7 +140,7 @@ impl PodLifecycle {
                     "startTime": crate::sandbox::apiserver::store::now(),
                     "qosClass": "BestEffort",
                 }});
-                changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
+                changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
                 self.ready_at.insert(uid, now + delay);
                 continue;
             }
@@ -170,7 +170,7 @@ impl PodLifecycle {
                                condition("Ready", !stuck), condition("ContainersReady", !stuck)],
                 "containerStatuses": containers,
             }});
-            changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
+            changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
         }
         changed
     }
@@ -213,7 +213,7 @@ impl PodLifecycle {
         if let Some(st) = status {
             let same = p.pointer("/status/conditions/0/message")
                 == st.pointer("/status/conditions/0/message");
-            return !same && merge(sb, &g, ns, pname, "status", &st, MANAGER).is_ok();
+            return !same && merge(sb, &g, ns, pname, Subresource::Status, &st, MANAGER).is_ok();
         }
         let pick = fit[(fnv(&format!("{ns}/{pname}")) % fit.len() as u64) as usize];
         merge(
@@ -221,7 +221,7 @@ impl PodLifecycle {
             &g,
             ns,
             pname,
-            "",
+            Subresource::Main,
             &json!({"spec": {"nodeName": pick}}),
             "sandbox-scheduler",
         )

@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 use super::error::ApiError;
 use super::select::{FieldSelector, LabelSelector};
 use super::ssa::Writer;
-use super::types::{GroupResource, Gvr, Registry, ResourceType};
+use super::types::{GroupResource, Gvr, Registry, ResourceType, Subresource};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,9 @@ pub struct WriteOptions {
     pub force: bool,
     /// `dryRun=All`: validate and compute, store nothing.
     pub dry_run: bool,
+    /// The part written by an update or a patch (the object, its status or its scale);
+    /// recorded in managedFields. A create always writes the object.
+    pub subresource: Subresource,
 }
 
 /// Options of a list.
@@ -100,13 +103,61 @@ pub(super) struct State {
     pub tx: broadcast::Sender<Arc<WatchEvent>>,
 }
 
-/// How a create treats its input.
+/// Where a write comes from, which decides how its input is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Origin {
-    /// A client's create: status is reset, fields are managed.
+    /// A client's create or update: status is reset on create, fields are managed.
     Client,
+    /// Server-side apply: `ssa::apply` has already computed managedFields; a create
+    /// takes the applied object as seeding does.
+    Applied,
     /// Seeding: objects are taken as they are, status included.
     Load,
+}
+
+/// One write as the store carries it out: [`WriteOptions`] resolved into the
+/// writer that managedFields record, with where the write comes from.
+pub(super) struct Write<'a> {
+    /// Who writes, through which subresource, when.
+    pub by: Writer<'a>,
+    pub origin: Origin,
+    /// `dryRun=All`: validate and compute, store nothing.
+    pub dry_run: bool,
+}
+
+impl<'a> Write<'a> {
+    /// A client's write through `subresource`, as `opts` asks for it.
+    pub fn client(
+        opts: &'a WriteOptions,
+        api_version: &'a str,
+        subresource: Subresource,
+        time: &'a str,
+    ) -> Self {
+        Write {
+            by: Writer {
+                manager: opts.field_manager.as_deref().unwrap_or("unknown"),
+                api_version,
+                subresource,
+                time,
+            },
+            origin: Origin::Client,
+            dry_run: opts.dry_run,
+        }
+    }
+
+    /// Seeding: taken as given, stored for real.
+    pub fn seed() -> Self {
+        Write {
+            by: Writer {
+                manager: "sandbox",
+                api_version: "",
+                subresource: Subresource::Main,
+                time: "",
+            },
+            origin: Origin::Load,
+            dry_run: false,
+        }
+    }
 }
 
 /// The object store. Cheap to clone.
@@ -320,24 +371,11 @@ impl Store {
         };
         {
             let mut st = store.lock();
-            let w = Writer {
-                manager: "sandbox",
-                api_version: "v1",
-                subresource: "",
-                time: "",
-            };
+            let w = Write::seed();
             let nsrt = st.registry.get(&namespaces()).cloned();
             if let Some(nsrt) = nsrt {
                 for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                    let _ = st.create(
-                        &nsrt,
-                        "v1",
-                        "",
-                        json!({"metadata": {"name": n}}),
-                        &w,
-                        Origin::Load,
-                        false,
-                    );
+                    let _ = st.create(&nsrt, "v1", "", json!({"metadata": {"name": n}}), &w);
                 }
             }
         }

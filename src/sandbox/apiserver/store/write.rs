@@ -6,12 +6,13 @@
 use serde_json::{Value, json};
 
 use super::{
-    EventType, Origin, State, Store, WriteOptions, meta_mut, meta_str, namespaces, now, present,
+    EventType, Origin, State, Store, Write, WriteOptions, meta_mut, meta_str, namespaces, now,
+    present,
 };
 use crate::sandbox::apiserver::error::ApiError;
 use crate::sandbox::apiserver::faults;
-use crate::sandbox::apiserver::ssa::{self, Writer};
-use crate::sandbox::apiserver::types::{self, Gvr, ResourceType};
+use crate::sandbox::apiserver::ssa;
+use crate::sandbox::apiserver::types::{self, Gvr, ResourceType, Subresource};
 use crate::sandbox::faults::FaultKnobs;
 
 fn dns_subdomain(name: &str) -> bool {
@@ -78,18 +79,16 @@ fn same_content(a: &Value, b: &Value) -> bool {
 }
 
 impl State {
-    /// Create; `Origin::Load` keeps status and skips field management.
-    #[allow(clippy::too_many_arguments)]
+    /// Create; unless the write is a client's, status is kept and fields are not managed.
     pub fn create(
         &mut self,
         rt: &ResourceType,
         version: &str,
         ns: &str,
         mut obj: Value,
-        w: &Writer,
-        origin: Origin,
-        dry_run: bool,
+        w: &Write,
     ) -> Result<Value, ApiError> {
+        let origin = w.origin;
         if !obj.is_object() {
             return Err(ApiError::bad_request(format!(
                 "the object provided is unrecognized (must be of type {})",
@@ -155,7 +154,7 @@ impl State {
         }
         // Seeded objects keep their uid: their dependents' ownerReferences name it,
         // and garbage collection follows those references.
-        let seeded_uid = (origin == Origin::Load)
+        let seeded_uid = (origin != Origin::Client)
             .then(|| meta_str(&obj, "uid").to_string())
             .filter(|u| !u.is_empty());
         let uid = match seeded_uid {
@@ -192,7 +191,7 @@ impl State {
                 );
             }
         }
-        let seeded_status = (origin == Origin::Load)
+        let seeded_status = (origin != Origin::Client)
             .then(|| obj.get("status").cloned())
             .flatten();
         self.admit(rt, &name, &mut obj, None)?;
@@ -201,9 +200,9 @@ impl State {
         }
         obj = present(obj, rt, version);
         if origin == Origin::Client {
-            ssa::record_update(&Value::Null, &mut obj, w);
+            ssa::record_update(&Value::Null, &mut obj, &w.by);
         }
-        if dry_run {
+        if w.dry_run {
             return Ok(obj);
         }
         if rt.group == "apiextensions.k8s.io" {
@@ -307,9 +306,8 @@ impl State {
         Ok(())
     }
 
-    /// Replace an object. `sub` is "" / "status" / "scale". `precomputed` means
-    /// managedFields were already set (server-side apply).
-    #[allow(clippy::too_many_arguments)]
+    /// Replace an object, or only its status when written through `status`.
+    /// Server-side apply has set managedFields already; other writes record them here.
     pub fn update(
         &mut self,
         rt: &ResourceType,
@@ -317,11 +315,9 @@ impl State {
         ns: &str,
         name: &str,
         new: Value,
-        sub: &str,
-        w: &Writer,
-        precomputed: bool,
-        dry_run: bool,
+        w: &Write,
     ) -> Result<Value, ApiError> {
+        let precomputed = w.origin == Origin::Applied;
         let gr = rt.gr();
         let old = self
             .get_obj(&gr, ns, name)
@@ -350,7 +346,7 @@ impl State {
         if !body_rv.is_empty() && body_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::stale(rt, name));
         }
-        let mut result = if sub == "status" {
+        let mut result = if w.by.subresource == Subresource::Status {
             let mut r = old.clone();
             match new.get("status") {
                 Some(s) => r["status"] = s.clone(),
@@ -437,9 +433,9 @@ impl State {
             return Ok(present(old, rt, version));
         }
         if !precomputed {
-            ssa::record_update(&old, &mut result, w);
+            ssa::record_update(&old, &mut result, &w.by);
         }
-        if dry_run {
+        if w.dry_run {
             return Ok(result);
         }
         if rt.group == "apiextensions.k8s.io" {
@@ -492,40 +488,29 @@ impl Store {
         let rt = st.rt(gvr)?;
         let time = now();
         let av = gvr.api_version();
-        let w = writer(opts, &av, "", &time);
-        st.create(&rt, &gvr.version, ns, obj, &w, Origin::Client, opts.dry_run)
+        let w = Write::client(opts, &av, Subresource::Main, &time);
+        st.create(&rt, &gvr.version, ns, obj, &w)
     }
 
-    /// PUT; `sub` is "" or "status".
+    /// PUT of the object or, with `opts.subresource` `Status`, of its status.
     pub fn update(
         &self,
         gvr: &Gvr,
         ns: &str,
         name: &str,
         obj: Value,
-        sub: &str,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let rt = st.rt(gvr)?;
-        if sub == "status" && !rt.status {
+        if opts.subresource == Subresource::Status && !rt.status {
             return Err(ApiError::no_route());
         }
         let ns = if rt.namespaced { ns } else { "" };
         let time = now();
         let av = gvr.api_version();
-        let w = writer(opts, &av, sub, &time);
-        st.update(
-            &rt,
-            &gvr.version,
-            ns,
-            name,
-            obj,
-            sub,
-            &w,
-            false,
-            opts.dry_run,
-        )
+        let w = Write::client(opts, &av, opts.subresource, &time);
+        st.update(&rt, &gvr.version, ns, name, obj, &w)
     }
 
     /// Seed objects as they are (status included), creating or replacing each.
@@ -533,12 +518,7 @@ impl Store {
     pub fn load(&self, objects: Vec<Value>) -> Result<usize, ApiError> {
         let mut st = self.lock();
         let mut n = 0;
-        let w = Writer {
-            manager: "sandbox",
-            api_version: "",
-            subresource: "",
-            time: "",
-        };
+        let w = Write::seed();
         for obj in objects {
             let av = obj
                 .get("apiVersion")
@@ -584,25 +564,11 @@ impl Store {
                     st.commit(&rt.gr(), EventType::Modified, obj, Some(old));
                 }
                 None => {
-                    st.create(&rt, &version, &ns, obj, &w, Origin::Load, false)?;
+                    st.create(&rt, &version, &ns, obj, &w)?;
                 }
             }
             n += 1;
         }
         Ok(n)
-    }
-}
-
-pub(super) fn writer<'a>(
-    opts: &'a WriteOptions,
-    api_version: &'a str,
-    sub: &'a str,
-    time: &'a str,
-) -> Writer<'a> {
-    Writer {
-        manager: opts.field_manager.as_deref().unwrap_or("unknown"),
-        api_version,
-        subresource: sub,
-        time,
     }
 }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::super::{get, merge, wopts};
 use super::{MANAGER, installations, tigerastatuses};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, Subresource};
 
 /// What the operator reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +89,7 @@ pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: &str) {
                     &ts,
                     "",
                     "calico",
-                    "status",
+                    Subresource::Status,
                     &json!({"status": {"conditions": new}}),
                     MANAGER,
                 );
@@ -113,7 +113,7 @@ pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: &str) {
             &installations(),
             "",
             "default",
-            "status",
+            Subresource::Status,
             &json!({"status": st}),
             MANAGER,
         );
