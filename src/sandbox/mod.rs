@@ -7,6 +7,11 @@
 //! [`Sandbox::router`] speaking the Kubernetes REST API, and a `kube::Client`
 //! bound to that router without any socket ([`Sandbox::client`]). `serve`
 //! puts the router on a loopback port for kubectl. See docs/sandbox.md.
+//!
+//! The API server itself is [`apiserver`]. [`scenario`] seeds it,
+//! [`controllers`] and [`dataplane`] simulate the cluster as its clients, and
+//! [`faults`] is the shape their fault knobs and the API's share. This file
+//! starts a sandbox; [`serve`] and [`snapshot`] serve and compare one.
 
 pub mod apiserver;
 pub mod controllers;
