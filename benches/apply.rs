@@ -87,7 +87,6 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
                "spec": {"template": {"spec": {"affinity": null}}}})
         .to_string()
         .as_bytes(),
-        "",
         &WriteOptions::default(),
     )?;
     let c = controllers(&sb)?;

@@ -138,7 +138,6 @@ async fn bench_fanout(
             "fan",
             calico_migrate::sandbox::PatchKind::Merge,
             json!({"data": {"n": i.to_string()}}).to_string().as_bytes(),
-            "",
             &Default::default(),
         )?;
     }

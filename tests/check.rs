@@ -332,7 +332,6 @@ async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() 
         "calico-node",
         PatchKind::Merge,
         away.to_string().as_bytes(),
-        "",
         &WriteOptions::default(),
     )?;
     let frozen = async {
@@ -366,7 +365,6 @@ async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() 
             "calico-node",
             PatchKind::Merge,
             back.to_string().as_bytes(),
-            "",
             &WriteOptions::default(),
         );
         checks::agent_ready(
@@ -563,7 +561,6 @@ async fn held_connections_survive_an_agent_swap() -> Result<()> {
                     name,
                     PatchKind::Merge,
                     patch.to_string().as_bytes(),
-                    "",
                     &WriteOptions::default(),
                 )?;
             }
@@ -575,7 +572,6 @@ async fn held_connections_survive_an_agent_swap() -> Result<()> {
                 "calico-node",
                 PatchKind::Merge,
                 selector.to_string().as_bytes(),
-                "",
                 &WriteOptions::default(),
             )?;
             sb.load(vec![json!({"apiVersion": "v1", "kind": "Namespace",

@@ -81,7 +81,7 @@ use anyhow::{Context, bail};
 use calico_migrate::cluster::access::{self, AccessReport, Permission};
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::permissions::needed;
-use calico_migrate::sandbox::authz::{self, Attributes, UserInfo};
+use calico_migrate::sandbox::apiserver::authz::{self, Attributes, UserInfo};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
 use calico_migrate::sandbox::{Sandbox, SandboxOptions};
 use serde_json::Value;

@@ -608,8 +608,10 @@ async fn paginated_inventory_is_complete_through_api_errors() {
     assert!(nps > 500, "{nps}");
     let sb = sandbox(objs);
     let set = |spec: &str| {
-        let f = calico_migrate::sandbox::faults::FaultConfig::parse_specs(&[spec.to_string()])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let f = calico_migrate::sandbox::apiserver::faults::FaultConfig::parse_specs(&[
+            spec.to_string()
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         sb.set_faults(&f).unwrap_or_else(|e| panic!("{e:?}"));
     };
     // The fault settings live in a sandbox namespace: create it before the clean read.
@@ -1200,8 +1202,10 @@ async fn an_inventory_read_the_api_server_refuses_reads_as_one_sentence() {
 #[tokio::test]
 async fn an_inventory_read_through_server_errors_reads_as_one_sentence() {
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
-    let f = calico_migrate::sandbox::faults::FaultConfig::parse_specs(&["api-errors:1".into()])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let f = calico_migrate::sandbox::apiserver::faults::FaultConfig::parse_specs(&[
+        "api-errors:1".into()
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
     sb.set_faults(&f).unwrap_or_else(|e| panic!("{e:?}"));
     let quick = RetryPolicy {
         min_delay: Duration::from_millis(1),

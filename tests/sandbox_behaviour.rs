@@ -8,7 +8,7 @@ use calico_migrate::sandbox::controllers::{
 };
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
 use calico_migrate::sandbox::{
-    DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, SandboxOptions, WriteOptions,
+    DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, SandboxOptions, Subresource, WriteOptions,
 };
 use serde_json::{Value, json};
 
@@ -56,8 +56,10 @@ fn merge(sb: &Sandbox, gvr: &Gvr, ns: &str, n: &str, sub: &str, body: Value) {
         n,
         PatchKind::Merge,
         body.to_string().as_bytes(),
-        sub,
-        &WriteOptions::default(),
+        &WriteOptions {
+            subresource: Subresource::from_segment(sub).unwrap_or_default(),
+            ..WriteOptions::default()
+        },
     );
     assert!(r.is_ok(), "patch {n}: {r:?}");
 }

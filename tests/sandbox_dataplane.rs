@@ -756,7 +756,6 @@ async fn operator_migration(
         "calico-node",
         PatchKind::Merge,
         prepare.to_string().as_bytes(),
-        "",
         &WriteOptions::default(),
     )?;
     let dp = DataPlane::start(&sb, DataPlaneOptions::default())?;

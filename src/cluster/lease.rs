@@ -413,8 +413,9 @@ mod tests {
     #[tokio::test]
     async fn a_failing_api_server_reads_as_one_sentence_with_its_status() {
         let sb = crate::sandbox::Sandbox::new(crate::sandbox::SandboxOptions::default());
-        let faults = crate::sandbox::faults::FaultConfig::parse_specs(&["api-errors:1".into()])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let faults =
+            crate::sandbox::apiserver::faults::FaultConfig::parse_specs(&["api-errors:1".into()])
+                .unwrap_or_else(|e| panic!("{e}"));
         sb.set_faults(&faults).unwrap_or_else(|e| panic!("{e:?}"));
         let holder = Holder {
             run: "host:/s".into(),

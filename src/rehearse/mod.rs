@@ -25,6 +25,7 @@ use crate::migration::session::{self, identity, planned_steps};
 use crate::migration::world::{ApplyOptions, Observation, World};
 use crate::sandbox::controllers::{self, ControllerFaults};
 use crate::sandbox::dataplane::{self, DataPlaneFaults};
+use crate::sandbox::faults::FaultKnobs;
 use crate::sandbox::scenario::{self, ScenarioConfig};
 use crate::sandbox::{FaultConfig, snapshot};
 use crate::testkit::{Rig, RigOptions};
@@ -302,7 +303,8 @@ async fn inject(stage: &Rig, f: &Faults) -> anyhow::Result<()> {
         .set_faults(&f.dataplane)
         .await
         .map_err(|e| anyhow::anyhow!("setting data plane faults: {e}"))?;
-    controllers::faults::write(&stage.sb, &f.controllers)
+    f.controllers
+        .write(stage.sb.store())
         .map_err(|e| anyhow::anyhow!("setting controller faults: {e}"))?;
     stage
         .sb

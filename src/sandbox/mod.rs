@@ -1,44 +1,37 @@
 //! The embedded Kubernetes API server used for rehearsals and tests.
 //!
-//! [`Sandbox`] owns a generic object [`store::Store`] (every object a
+//! [`Sandbox`] owns a generic object [`Store`] (every object a
 //! `serde_json::Value`, keyed by group/resource/namespace/name) and exposes it
 //! three ways: the store's own API for in-process controllers (get, list,
 //! create, update, patch, delete, watch, a change feed), an axum
 //! [`Sandbox::router`] speaking the Kubernetes REST API, and a `kube::Client`
 //! bound to that router without any socket ([`Sandbox::client`]). `serve`
 //! puts the router on a loopback port for kubectl. See docs/sandbox.md.
+//!
+//! The API server itself is [`apiserver`]. [`scenario`] seeds it,
+//! [`controllers`] and [`dataplane`] simulate the cluster as its clients, and
+//! [`faults`] is the shape their fault knobs and the API's share. This file
+//! starts a sandbox; [`serve`] and [`snapshot`] serve and compare one.
 
-pub mod apply;
-pub mod authz;
-pub mod authz_http;
+pub mod apiserver;
 pub mod controllers;
 pub mod dataplane;
-pub mod discovery;
-pub mod error;
 pub mod faults;
-pub mod http;
-pub mod lifecycle;
-pub mod openapi;
-pub mod patch;
 pub mod scenario;
-pub mod select;
 pub mod serve;
 pub mod snapshot;
-pub mod ssa;
-pub mod store;
-pub mod table;
-pub mod types;
-pub mod watch;
 
 use std::sync::Arc;
 
-pub use apply::PatchKind;
-pub use error::ApiError;
-pub use faults::FaultConfig;
-pub use lifecycle::{DeleteOptions, Deleted};
+use faults::FaultKnobs;
+
+pub use apiserver::error::ApiError;
+pub use apiserver::faults::FaultConfig;
+pub use apiserver::store::apply::PatchKind;
+pub use apiserver::store::lifecycle::{DeleteOptions, Deleted};
+pub use apiserver::store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
+pub use apiserver::types::{GroupResource, Gvr, ResourceType, Subresource};
 pub use serve::ServeHandle;
-pub use store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
-pub use types::{GroupResource, Gvr, ResourceType};
 
 /// How a sandbox starts.
 #[derive(Debug, Clone)]
@@ -66,7 +59,7 @@ impl Default for SandboxOptions {
 
 struct Inner {
     store: Store,
-    dice: faults::Dice,
+    dice: apiserver::faults::Dice,
     /// Routes added by other parts of the sandbox (e.g. pods/exec), tried before the API.
     extra: std::sync::Mutex<Option<axum::Router>>,
     bookmark_interval: std::time::Duration,
@@ -92,7 +85,7 @@ impl Sandbox {
         Self {
             inner: Arc::new(Inner {
                 store,
-                dice: faults::Dice::new(opts.seed),
+                dice: apiserver::faults::Dice::new(opts.seed),
                 extra: std::sync::Mutex::new(None),
                 bookmark_interval: opts.bookmark_interval,
             }),
@@ -111,7 +104,7 @@ impl Sandbox {
 
     /// The Kubernetes REST API as an axum Router (with any routes added by `add_routes`).
     pub fn router(&self) -> axum::Router {
-        let base = http::router(self.clone());
+        let base = apiserver::http::router(self.clone());
         let extra = self
             .inner
             .extra
@@ -125,7 +118,7 @@ impl Sandbox {
         // Impersonated requests (kubectl --as) are held to RBAC; the admin passes.
         api.layer(axum::middleware::from_fn_with_state(
             self.clone(),
-            authz_http::enforce,
+            apiserver::authz_http::enforce,
         ))
     }
 
@@ -153,24 +146,19 @@ impl Sandbox {
 
     /// The faults in force now (from ConfigMap sandbox-system/faults).
     pub fn fault_config(&self) -> FaultConfig {
-        let gvr = Gvr::new("", "v1", "configmaps");
-        self.store()
-            .get(&gvr, faults::NAMESPACE, faults::CONFIGMAP)
-            .ok()
-            .and_then(|cm| FaultConfig::from_data(cm.get("data")).ok())
-            .unwrap_or_default()
+        FaultConfig::read(self.store())
     }
 
     /// Change the faults in force (same as patching the ConfigMap).
     pub fn set_faults(&self, f: &FaultConfig) -> Result<(), ApiError> {
-        self.load(vec![f.to_configmap()]).map(|_| ())
+        f.write(self.store())
     }
 
     pub(crate) fn bookmark_interval(&self) -> std::time::Duration {
         self.inner.bookmark_interval
     }
 
-    pub(crate) fn dice(&self) -> faults::Dice {
+    pub(crate) fn dice(&self) -> apiserver::faults::Dice {
         self.inner.dice.clone()
     }
 }

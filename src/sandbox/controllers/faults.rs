@@ -1,6 +1,6 @@
 //! Faults of the simulated cluster behaviour (the API faults live in
-//! `sandbox::faults`). Set at start with `--fault SPEC` and changed while
-//! running through ConfigMap `sandbox-system/controller-faults`, whose data
+//! `sandbox::apiserver::faults`, the shape all share in `sandbox::faults`).
+//! Set at start with `--fault SPEC` and changed while running through ConfigMap `sandbox-system/controller-faults`, whose data
 //! keys are the knobs. The controllers read it every tick; a knob whose value
 //! does not parse counts as off and the error is reported in the ConfigMap's
 //! annotation `sandbox.calico-migrate.io/error` (the store cannot refuse the write).
@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{get, merge};
-use crate::sandbox::{ApiError, Sandbox, faults::NAMESPACE};
+use super::wopts;
+use crate::sandbox::faults::{FaultKnobs, NAMESPACE, configmaps, knob_of};
+use crate::sandbox::{PatchKind, Store};
 
 pub const CONFIGMAP: &str = "controller-faults";
 pub const ERROR_ANNOTATION: &str = "sandbox.calico-migrate.io/error";
@@ -38,8 +39,7 @@ pub struct ControllerFaults {
 
 /// Whether a `--fault` spec belongs to these controllers (by its knob).
 pub fn is_controller_fault(spec: &str) -> bool {
-    let knob = spec.split_once(':').map_or(spec, |(k, _)| k).trim();
-    KNOBS.contains(&knob)
+    KNOBS.contains(&knob_of(spec))
 }
 
 /// A controller fault spec or ConfigMap value that does not parse.
@@ -66,8 +66,33 @@ pub enum ControllerFaultError {
 }
 
 impl ControllerFaults {
+    /// Parse `--fault` specs (only those of [`KNOBS`]); `agent-not-ready` accumulates.
+    pub fn parse_specs(specs: &[String]) -> Result<Self, ControllerFaultError> {
+        let mut c = Self::default();
+        for s in specs {
+            let (k, v) = s.split_once(':').unwrap_or((s.as_str(), ""));
+            if k.trim() == "agent-not-ready" {
+                if v.trim().is_empty() {
+                    return Err(ControllerFaultError::NoNode);
+                }
+                c.agent_not_ready.insert(v.trim().to_string());
+                continue;
+            }
+            if matches!(k.trim(), "operator-stall" | "node-join") && v.trim().is_empty() {
+                return Err(ControllerFaultError::NoValue { spec: s.clone() });
+            }
+            c.set(k, v)?;
+        }
+        Ok(c)
+    }
+}
+
+impl FaultKnobs for ControllerFaults {
+    const CONFIGMAP: &'static str = CONFIGMAP;
+    type Error = ControllerFaultError;
+
     /// Apply one knob; an empty value turns it off.
-    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), ControllerFaultError> {
+    fn set(&mut self, knob: &str, value: &str) -> Result<(), ControllerFaultError> {
         let v = value.trim();
         match knob.trim() {
             "operator-stall" => {
@@ -110,37 +135,7 @@ impl ControllerFaults {
         Ok(())
     }
 
-    /// Parse `--fault` specs (only those of [`KNOBS`]); `agent-not-ready` accumulates.
-    pub fn parse_specs(specs: &[String]) -> Result<Self, ControllerFaultError> {
-        let mut c = Self::default();
-        for s in specs {
-            let (k, v) = s.split_once(':').unwrap_or((s.as_str(), ""));
-            if k.trim() == "agent-not-ready" {
-                if v.trim().is_empty() {
-                    return Err(ControllerFaultError::NoNode);
-                }
-                c.agent_not_ready.insert(v.trim().to_string());
-                continue;
-            }
-            if matches!(k.trim(), "operator-stall" | "node-join") && v.trim().is_empty() {
-                return Err(ControllerFaultError::NoValue { spec: s.clone() });
-            }
-            c.set(k, v)?;
-        }
-        Ok(c)
-    }
-
-    pub fn from_data(data: Option<&Value>) -> Result<Self, ControllerFaultError> {
-        let mut c = Self::default();
-        if let Some(Value::Object(m)) = data {
-            for (k, v) in m {
-                c.set(k, v.as_str().unwrap_or_default())?;
-            }
-        }
-        Ok(c)
-    }
-
-    pub fn to_data(&self) -> Value {
+    fn to_data(&self) -> Value {
         json!({
             "operator-stall": self.operator_stall.clone().unwrap_or_default(),
             "typha-stuck": self.typha_stuck.to_string(),
@@ -149,69 +144,52 @@ impl ControllerFaults {
         })
     }
 
-    pub fn to_configmap(&self) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
-            "data": self.to_data(),
-        })
-    }
-}
-
-/// Write the settings (create or replace the ConfigMap).
-pub fn write(sb: &Sandbox, f: &ControllerFaults) -> Result<(), ApiError> {
-    sb.load(vec![f.to_configmap()]).map(|_| ())
-}
-
-/// The settings in force; an invalid ConfigMap keeps the last good settings
-/// (remembered in an annotation) and reports the error on it.
-pub fn read(sb: &Sandbox) -> ControllerFaults {
-    let g = super::gvr("", "v1", "configmaps");
-    let Some(cm) = get(sb, &g, NAMESPACE, CONFIGMAP) else {
-        return ControllerFaults::default();
-    };
-    let reported = cm
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(ERROR_ANNOTATION))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    match ControllerFaults::from_data(cm.get("data")) {
-        Ok(f) => {
-            if !reported.is_empty() {
-                let _ = merge(
-                    sb,
-                    &g,
-                    NAMESPACE,
-                    CONFIGMAP,
-                    "",
-                    &json!({"metadata": {"annotations": {ERROR_ANNOTATION: null}}}),
-                    "sandbox-controllers",
-                );
-            }
-            f
-        }
-        Err(e) => {
-            let e = e.to_string();
-            if reported != e {
-                let _ = merge(
-                    sb,
-                    &g,
-                    NAMESPACE,
-                    CONFIGMAP,
-                    "",
-                    &json!({"metadata": {"annotations": {ERROR_ANNOTATION: e}}}),
-                    "sandbox-controllers",
-                );
-            }
-            // Keep what parses: each knob on its own.
-            let mut c = ControllerFaults::default();
-            if let Some(Value::Object(m)) = cm.get("data") {
-                for (k, v) in m {
-                    let _ = c.set(k, v.as_str().unwrap_or_default());
+    /// The settings in force; an invalid ConfigMap keeps the last good settings
+    /// (remembered in an annotation) and reports the error on it.
+    fn read(store: &Store) -> Self {
+        let g = configmaps();
+        let Ok(cm) = store.get(&g, NAMESPACE, CONFIGMAP) else {
+            return Self::default();
+        };
+        let reported = cm
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(ERROR_ANNOTATION))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let report = |error: Value| {
+            let _ = store.patch(
+                &g,
+                NAMESPACE,
+                CONFIGMAP,
+                PatchKind::Merge,
+                json!({"metadata": {"annotations": {ERROR_ANNOTATION: error}}})
+                    .to_string()
+                    .as_bytes(),
+                &wopts("sandbox-controllers"),
+            );
+        };
+        match Self::from_data(cm.get("data")) {
+            Ok(f) => {
+                if !reported.is_empty() {
+                    report(Value::Null);
                 }
+                f
             }
-            c
+            Err(e) => {
+                let e = e.to_string();
+                if reported != e {
+                    report(json!(e));
+                }
+                // Keep what parses: each knob on its own.
+                let mut c = Self::default();
+                if let Some(Value::Object(m)) = cm.get("data") {
+                    for (k, v) in m {
+                        let _ = c.set(k, v.as_str().unwrap_or_default());
+                    }
+                }
+                c
+            }
         }
     }
 }

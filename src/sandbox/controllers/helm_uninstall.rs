@@ -108,7 +108,8 @@ pub fn helm_uninstall(
     for r in &plan {
         match sb.store().type_of_kind(&r.api_version, &r.kind) {
             Some(rt) => {
-                let (_, version) = crate::sandbox::types::split_api_version(&r.api_version);
+                let (_, version) =
+                    crate::sandbox::apiserver::types::split_api_version(&r.api_version);
                 targets.push((Gvr::new(&rt.group, version, &rt.resource), r));
             }
             None => {

@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{ApiError, DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, WriteOptions};
+use super::faults::FaultKnobs;
+use super::{
+    ApiError, DeleteOptions, Gvr, ListOptions, PatchKind, Sandbox, Subresource, WriteOptions,
+};
 
 pub use faults::ControllerFaults;
 pub use helm_uninstall::{UninstallOutcome, helm_uninstall};
@@ -109,7 +112,7 @@ pub struct Controllers {
 impl Controllers {
     pub fn new(sb: &Sandbox, opts: ControllerOptions) -> Result<Self, ControllerError> {
         opts.validate()?;
-        faults::write(sb, &opts.faults)?;
+        opts.faults.write(sb.store())?;
         Ok(Self {
             sb: sb.clone(),
             pods: pods::PodLifecycle::default(),
@@ -129,7 +132,7 @@ impl Controllers {
     /// workload controllers run until nothing changes.
     pub fn tick(&mut self) {
         self.now += self.opts.tick_seconds;
-        let f = faults::read(&self.sb);
+        let f = ControllerFaults::read(self.sb.store());
         self.operator.step(&self.sb, self.now, &f);
         self.nodes.reconcile(&self.sb, &f);
         self.settle(&f);
@@ -212,7 +215,7 @@ pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle,
                     // Drain what queued up, then react once at the current time.
                     while feed.try_recv().is_ok() {}
                     if let Ok(mut c) = st.lock() {
-                        let f = faults::read(&c.sb);
+                        let f = ControllerFaults::read(c.sb.store());
                         c.settle(&f);
                     }
                     // Our own writes echo back through the feed: skip them.
@@ -279,18 +282,21 @@ pub(crate) fn merge(
     g: &Gvr,
     ns: &str,
     name: &str,
-    sub: &str,
+    sub: Subresource,
     body: &Value,
     manager: &str,
 ) -> Result<Value, ApiError> {
+    let opts = WriteOptions {
+        subresource: sub,
+        ..wopts(manager)
+    };
     sb.store().patch(
         g,
         ns,
         name,
         PatchKind::Merge,
         body.to_string().as_bytes(),
-        sub,
-        &wopts(manager),
+        &opts,
     )
 }
 

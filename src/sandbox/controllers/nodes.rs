@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::faults::ControllerFaults;
 use super::{label, list, name, nodes_gvr};
 use crate::sandbox::scenario::cluster;
-use crate::sandbox::{ApiError, DeleteOptions, Sandbox};
+use crate::sandbox::{ApiError, DeleteOptions, Sandbox, Subresource};
 
 /// The label the operator puts on nodes while it migrates them.
 pub const MIGRATION_LABEL: &str = "projectcalico.org/operator-node-migration";
@@ -71,7 +71,7 @@ pub fn join_node(sb: &Sandbox) -> Result<String, ApiError> {
                     &nodes_gvr(),
                     "",
                     &info.name,
-                    "status",
+                    Subresource::Status,
                     &serde_json::json!({"status": st}),
                     "sandbox-kubelet",
                 )?;

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::faults::ControllerFaults;
 use super::{deleting, label, merge, name, namespace, pods_gvr, sched};
-use crate::sandbox::Sandbox;
 use crate::sandbox::scenario::net::{POD_BASE, SUBNET_SIZE};
+use crate::sandbox::{Sandbox, Subresource};
 
 const MANAGER: &str = "sandbox-kubelet";
 
@@ -56,7 +56,7 @@ fn is_operator_typha(p: &Value) -> bool {
 
 fn condition(t: &str, ok: bool) -> Value {
     json!({"type": t, "status": if ok { "True" } else { "False" }, "lastProbeTime": null,
-           "lastTransitionTime": crate::sandbox::store::now()})
+           "lastTransitionTime": crate::sandbox::apiserver::store::now()})
 }
 
 impl PodLifecycle {
@@ -137,10 +137,10 @@ impl PodLifecycle {
                                    condition("Ready", false), condition("ContainersReady", false)],
                     "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
                     "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
-                    "startTime": crate::sandbox::store::now(),
+                    "startTime": crate::sandbox::apiserver::store::now(),
                     "qosClass": "BestEffort",
                 }});
-                changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
+                changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
                 self.ready_at.insert(uid, now + delay);
                 continue;
             }
@@ -162,7 +162,7 @@ impl PodLifecycle {
             let containers: Vec<Value> = p.pointer("/spec/containers").and_then(Value::as_array)
                 .map(Vec::as_slice).unwrap_or_default().iter().map(|c| json!({
                     "name": c["name"], "image": c["image"], "ready": !stuck, "started": true, "restartCount": 0,
-                    "state": {"running": {"startedAt": crate::sandbox::store::now()}},
+                    "state": {"running": {"startedAt": crate::sandbox::apiserver::store::now()}},
                 })).collect();
             let status = json!({"status": {
                 "phase": "Running",
@@ -170,7 +170,7 @@ impl PodLifecycle {
                                condition("Ready", !stuck), condition("ContainersReady", !stuck)],
                 "containerStatuses": containers,
             }});
-            changed |= merge(sb, &g, ns, pname, "status", &status, MANAGER).is_ok();
+            changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
         }
         changed
     }
@@ -193,7 +193,7 @@ impl PodLifecycle {
         let unschedulable = |msg: String| {
             json!({"status": {"phase": "Pending", "conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
-                "lastProbeTime": null, "lastTransitionTime": crate::sandbox::store::now()}]}})
+                "lastProbeTime": null, "lastTransitionTime": crate::sandbox::apiserver::store::now()}]}})
         };
         let status = if f.typha_stuck && is_operator_typha(p) {
             Some(unschedulable(format!(
@@ -213,7 +213,7 @@ impl PodLifecycle {
         if let Some(st) = status {
             let same = p.pointer("/status/conditions/0/message")
                 == st.pointer("/status/conditions/0/message");
-            return !same && merge(sb, &g, ns, pname, "status", &st, MANAGER).is_ok();
+            return !same && merge(sb, &g, ns, pname, Subresource::Status, &st, MANAGER).is_ok();
         }
         let pick = fit[(fnv(&format!("{ns}/{pname}")) % fit.len() as u64) as usize];
         merge(
@@ -221,7 +221,7 @@ impl PodLifecycle {
             &g,
             ns,
             pname,
-            "",
+            Subresource::Main,
             &json!({"spec": {"nodeName": pick}}),
             "sandbox-scheduler",
         )

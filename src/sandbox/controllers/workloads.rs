@@ -19,7 +19,7 @@ use super::{
     delete, deleting, deploy_gvr, ds_gvr, label, list, merge, name, namespace, owned_by, owner_ref,
     pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
 };
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, Subresource};
 
 const MANAGER: &str = "sandbox-controllers";
 
@@ -107,7 +107,7 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
             g,
             namespace(o),
             name(o),
-            "status",
+            Subresource::Status,
             &json!({"status": status}),
             MANAGER,
         )

@@ -2,14 +2,15 @@
 //! at start (`--fault SPEC`) and changed while running through ConfigMap
 //! `sandbox-system/dataplane-faults` (keys `lapse`, `agent-not-ready` and `conn-reset`,
 //! values comma-separated node names). They live apart from the API faults of
-//! `sandbox::faults` so that each ConfigMap only holds the knobs its reader knows.
+//! `sandbox::apiserver::faults` so that each ConfigMap only holds the knobs its
+//! reader knows; the shape all share is `sandbox::faults`.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::sandbox::faults::NAMESPACE;
-use crate::sandbox::{Gvr, Store};
+use crate::sandbox::Store;
+use crate::sandbox::faults::{FaultKnobs, NAMESPACE, configmaps, knob_of};
 
 /// The ConfigMap holding the live data-plane faults (in `sandbox-system`).
 pub const CONFIGMAP: &str = "dataplane-faults";
@@ -37,8 +38,7 @@ pub struct DataPlaneFaults {
 
 /// Whether a `--fault` spec (`KNOB:VALUE`) is routed to the data plane by the CLI.
 pub fn is_dataplane_spec(spec: &str) -> bool {
-    let knob = spec.split_once(':').map_or(spec, |(k, _)| k).trim();
-    CLI_KNOBS.contains(&knob)
+    CLI_KNOBS.contains(&knob_of(spec))
 }
 
 /// Nodes named by the controllers' `agent-not-ready` knob (unreadable values: none).
@@ -84,8 +84,25 @@ fn node_list(knob: &str, v: &str) -> Result<BTreeSet<String>, DataPlaneFaultErro
 }
 
 impl DataPlaneFaults {
+    /// Parse specs such as `lapse:ip-10-0-0-10.eu-west-1.compute.internal`.
+    pub fn parse_specs(specs: &[String]) -> Result<Self, DataPlaneFaultError> {
+        let mut f = Self::default();
+        for s in specs {
+            let (k, v) = s
+                .split_once(':')
+                .ok_or_else(|| DataPlaneFaultError::NotKnobNode { spec: s.clone() })?;
+            f.set(k, v)?;
+        }
+        Ok(f)
+    }
+}
+
+impl FaultKnobs for DataPlaneFaults {
+    const CONFIGMAP: &'static str = CONFIGMAP;
+    type Error = DataPlaneFaultError;
+
     /// Add one `knob:NODE[,NODE...]` setting.
-    pub fn set(&mut self, knob: &str, value: &str) -> Result<(), DataPlaneFaultError> {
+    fn set(&mut self, knob: &str, value: &str) -> Result<(), DataPlaneFaultError> {
         let nodes = node_list(knob.trim(), value)?;
         if nodes.is_empty() {
             return Err(DataPlaneFaultError::NoNode {
@@ -105,20 +122,8 @@ impl DataPlaneFaults {
         Ok(())
     }
 
-    /// Parse specs such as `lapse:ip-10-0-0-10.eu-west-1.compute.internal`.
-    pub fn parse_specs(specs: &[String]) -> Result<Self, DataPlaneFaultError> {
-        let mut f = Self::default();
-        for s in specs {
-            let (k, v) = s
-                .split_once(':')
-                .ok_or_else(|| DataPlaneFaultError::NotKnobNode { spec: s.clone() })?;
-            f.set(k, v)?;
-        }
-        Ok(f)
-    }
-
     /// From the ConfigMap's `data` (empty values mean no node).
-    pub fn from_data(data: Option<&Value>) -> Result<Self, DataPlaneFaultError> {
+    fn from_data(data: Option<&Value>) -> Result<Self, DataPlaneFaultError> {
         let mut f = Self::default();
         if let Some(Value::Object(m)) = data {
             for (k, v) in m {
@@ -138,25 +143,10 @@ impl DataPlaneFaults {
         Ok(f)
     }
 
-    /// The ConfigMap that carries these settings.
-    pub fn to_configmap(&self) -> Value {
+    fn to_data(&self) -> Value {
         let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
-        json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
-            "data": {"lapse": join(&self.lapse), "agent-not-ready": join(&self.agent_not_ready),
-                     "conn-reset": join(&self.conn_reset)},
-        })
-    }
-
-    /// The settings in force in a store (none when the ConfigMap is absent or unreadable).
-    pub fn read(store: &Store) -> Self {
-        let gvr = Gvr::new("", "v1", "configmaps");
-        store
-            .get(&gvr, NAMESPACE, CONFIGMAP)
-            .ok()
-            .and_then(|cm| Self::from_data(cm.get("data")).ok())
-            .unwrap_or_default()
+        json!({"lapse": join(&self.lapse), "agent-not-ready": join(&self.agent_not_ready),
+               "conn-reset": join(&self.conn_reset)})
     }
 }
 
@@ -164,9 +154,8 @@ impl DataPlaneFaults {
 /// Controllers that set pod readiness read this; the data plane honours it either way.
 /// Both this module's ConfigMap and the controllers' are read.
 pub fn agent_blocked(store: &Store, node: &str) -> bool {
-    let gvr = Gvr::new("", "v1", "configmaps");
     let by_controllers = store
-        .get(&gvr, NAMESPACE, CONTROLLER_CONFIGMAP)
+        .get(&configmaps(), NAMESPACE, CONTROLLER_CONFIGMAP)
         .ok()
         .is_some_and(|cm| controller_blocked(cm.get("data")).contains(node));
     by_controllers || DataPlaneFaults::read(store).agent_not_ready.contains(node)

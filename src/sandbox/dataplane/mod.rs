@@ -30,6 +30,7 @@ pub use monitor::{DivergenceReason, Interval};
 pub use probe::ExecOutcome;
 pub use world::NodeReport;
 
+use super::faults::FaultKnobs;
 use super::{ApiError, Gvr, ListOptions, Sandbox};
 use world::World;
 
@@ -123,7 +124,7 @@ impl DataPlane {
     /// `GET /sandbox/v1/enforcement` on its router. Call inside a Tokio runtime.
     pub fn start(sandbox: &Sandbox, opts: DataPlaneOptions) -> Result<DataPlane, ApiError> {
         if opts.faults != DataPlaneFaults::default() {
-            sandbox.load(vec![opts.faults.to_configmap()])?;
+            opts.faults.write(sandbox.store())?;
         }
         let mut rx = sandbox.store().subscribe();
         let mut world = World::new();
@@ -214,7 +215,7 @@ impl DataPlane {
 
     /// Change the faults (same as writing ConfigMap sandbox-system/dataplane-faults).
     pub async fn set_faults(&self, f: &DataPlaneFaults) -> Result<(), ApiError> {
-        self.inner.sandbox.load(vec![f.to_configmap()])?;
+        f.write(self.inner.sandbox.store())?;
         self.sync().await;
         Ok(())
     }

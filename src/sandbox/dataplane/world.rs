@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::faults::DataPlaneFaults;
 use super::monitor::{DivergenceReason, Monitor};
 use crate::policy::{ClusterModel, InputError, Origin, PolicyIndex, Protocol};
-use crate::sandbox::faults::NAMESPACE as FAULT_NAMESPACE;
+use crate::sandbox::faults::{FaultKnobs, NAMESPACE as FAULT_NAMESPACE};
 use crate::sandbox::{EventType, GroupResource, WatchEvent};
 
 /// Namespaces whose `calico-node` DaemonSet pods are Calico agents: the manifest

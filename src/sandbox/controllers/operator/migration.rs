@@ -19,8 +19,8 @@ use super::super::{
 };
 use super::status::{Health, report};
 use super::{FINALIZER, MANAGER, installations, operator_version};
-use crate::sandbox::Sandbox;
 use crate::sandbox::scenario::operator::{OPERATOR_CALICO_VERSION, calico_system_workloads};
+use crate::sandbox::{Sandbox, Subresource};
 
 const KS: &str = "kube-system";
 const CS: &str = "calico-system";
@@ -87,7 +87,7 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
             &ig,
             "",
             "default",
-            "",
+            Subresource::Main,
             &json!({"metadata": {"finalizers": rest}}),
             MANAGER,
         );
@@ -109,7 +109,7 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
             &ig,
             "",
             "default",
-            "",
+            Subresource::Main,
             &json!({"metadata": {"finalizers": fins}}),
             MANAGER,
         );
@@ -154,7 +154,7 @@ fn set_node_label(sb: &Sandbox, node: &str, value: Option<&str>) -> bool {
         &nodes_gvr(),
         "",
         node,
-        "",
+        Subresource::Main,
         &json!({"metadata": {"labels": {MIGRATION_LABEL: value}}}),
         MANAGER,
     )
@@ -191,7 +191,7 @@ fn migrate_one(sb: &Sandbox, ds: &Value, install: &Value, f: &ControllerFaults) 
             &ds_gvr(),
             KS,
             "calico-node",
-            "",
+            Subresource::Main,
             &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: "pre-operator"}}}}}),
             MANAGER,
         );
@@ -218,7 +218,7 @@ fn migrate_one(sb: &Sandbox, ds: &Value, install: &Value, f: &ControllerFaults) 
                 &dg,
                 KS,
                 "calico-typha",
-                "",
+                Subresource::Main,
                 &json!({"spec": {"replicas": target}}),
                 MANAGER,
             );
@@ -325,7 +325,7 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
                 &crb,
                 "",
                 "calico-node",
-                "",
+                Subresource::Main,
                 &json!({"subjects": subjects}),
                 MANAGER,
             );
@@ -344,7 +344,7 @@ fn finish(sb: &Sandbox, install: &Value) -> Health {
             &ds_gvr(),
             CS,
             "calico-node",
-            "",
+            Subresource::Main,
             &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: null}}}}}),
             MANAGER,
         );
@@ -362,7 +362,7 @@ fn finish(sb: &Sandbox, install: &Value) -> Health {
             &ds_gvr(),
             CS,
             "calico-node",
-            "",
+            Subresource::Main,
             &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: null}}}}}),
             MANAGER,
         );

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::super::{get, merge, wopts};
 use super::{MANAGER, installations, tigerastatuses};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, Subresource};
 
 /// What the operator reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +24,7 @@ fn conditions(h: &Health, existing: Option<&Value>) -> Value {
         Health::Progressing(m) => (false, true, false, "ResourceNotReady", m.clone()),
         Health::Degraded { reason, message } => (false, false, true, *reason, message.clone()),
     };
-    let now = crate::sandbox::store::now();
+    let now = crate::sandbox::apiserver::store::now();
     let cond = |t: &str, s: bool| {
         // Keep lastTransitionTime while the status of a condition does not change.
         let prev = existing
@@ -89,7 +89,7 @@ pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: &str) {
                     &ts,
                     "",
                     "calico",
-                    "status",
+                    Subresource::Status,
                     &json!({"status": {"conditions": new}}),
                     MANAGER,
                 );
@@ -113,7 +113,7 @@ pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: &str) {
             &installations(),
             "",
             "default",
-            "status",
+            Subresource::Status,
             &json!({"status": st}),
             MANAGER,
         );

@@ -25,8 +25,9 @@ use super::authz::{self, Attributes, MASTERS, PolicyRule, UserInfo};
 use super::error::ApiError;
 use super::http::MAX_BODY;
 use super::store::WriteOptions;
-use super::types::Gvr;
-use super::{PatchKind, Sandbox};
+use super::store::apply::PatchKind;
+use super::types::{Gvr, Subresource};
+use crate::sandbox::Sandbox;
 
 pub const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 pub const RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
@@ -217,7 +218,7 @@ fn would_store(
                 ..write_options(parts)
             };
             sb.store()
-                .patch(&gvr, &a.namespace, &a.name, kind, body, "", &opts)
+                .patch(&gvr, &a.namespace, &a.name, kind, body, &opts)
                 .ok()?
         }
         _ => return None,
@@ -261,6 +262,7 @@ fn write_options(parts: &Parts) -> WriteOptions {
         field_manager: manager,
         force: matches!(param("force"), Some("true") | Some("1")),
         dry_run: false,
+        subresource: Subresource::Main,
     }
 }
 

@@ -1090,8 +1090,8 @@ mod tests {
         );
     }
 
-    fn rbac_sandbox(objects: Vec<Value>) -> super::super::Sandbox {
-        let sb = super::super::Sandbox::new(super::super::SandboxOptions::default());
+    fn rbac_sandbox(objects: Vec<Value>) -> crate::sandbox::Sandbox {
+        let sb = crate::sandbox::Sandbox::new(crate::sandbox::SandboxOptions::default());
         if let Err(e) = sb.load(objects) {
             panic!("test objects load: {e}");
         }

@@ -4,11 +4,11 @@
 
 use serde_json::{Value, json};
 
-use super::error::ApiError;
-use super::patch;
-use super::ssa;
-use super::store::{Origin, Store, WriteOptions, meta_mut, meta_str, now, present, writer};
-use super::types::{Gvr, ResourceType};
+use super::{Origin, State, Store, Write, WriteOptions, meta_mut, meta_str, now, present};
+use crate::sandbox::apiserver::error::ApiError;
+use crate::sandbox::apiserver::patch;
+use crate::sandbox::apiserver::ssa;
+use crate::sandbox::apiserver::types::{Gvr, ResourceType, Subresource};
 
 /// The patch formats, by Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let paths = rt
         .scale
         .clone()
-        .unwrap_or_else(|| super::types::ScalePaths {
+        .unwrap_or_else(|| crate::sandbox::apiserver::types::ScalePaths {
             spec_replicas: ".spec.replicas".into(),
             status_replicas: ".status.replicas".into(),
             label_selector: None,
@@ -128,9 +128,8 @@ fn apply_patch(kind: PatchKind, current: &Value, p: &Value) -> Result<Value, Api
 }
 
 impl Store {
-    /// PATCH `name`; `sub` is "", "status" or "scale". Server-side apply creates
-    /// the object when it does not exist.
-    #[allow(clippy::too_many_arguments)]
+    /// PATCH `name`, or its status or scale as `opts.subresource` says.
+    /// Server-side apply creates the object when it does not exist.
     pub fn patch(
         &self,
         gvr: &Gvr,
@@ -138,12 +137,17 @@ impl Store {
         name: &str,
         kind: PatchKind,
         body: &[u8],
-        sub: &str,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let rt = st.rt(gvr)?;
-        if (sub == "status" && !rt.status) || (sub == "scale" && rt.scale.is_none()) {
+        let sub = opts.subresource;
+        let served = match sub {
+            Subresource::Main => true,
+            Subresource::Status => rt.status,
+            Subresource::Scale => rt.scale.is_some(),
+        };
+        if !served {
             return Err(ApiError::no_route());
         }
         if kind == PatchKind::Strategic && rt.custom {
@@ -192,7 +196,7 @@ impl Store {
             }
             let mut applied = p.clone();
             if let Value::Object(m) = &mut applied {
-                if sub == "status" {
+                if sub == Subresource::Status {
                     m.retain(|k, _| {
                         k == "status" || k == "apiVersion" || k == "kind" || k == "metadata"
                     });
@@ -200,9 +204,12 @@ impl Store {
                     m.remove("status");
                 }
             }
-            let w = writer(opts, &av, sub, &time);
+            let w = Write {
+                origin: Origin::Applied,
+                ..Write::client(opts, &av, sub, &time)
+            };
             let live = existing.clone().unwrap_or(Value::Null);
-            let mut merged = ssa::apply(&live, &applied, &w, opts.force)
+            let mut merged = ssa::apply(&live, &applied, &w.by, opts.force)
                 .map_err(|c| ApiError::apply_conflicts(&rt, name, &c))?;
             meta_mut(&mut merged).insert("name".into(), json!(name));
             return match existing {
@@ -210,62 +217,25 @@ impl Store {
                     if rt.namespaced {
                         meta_mut(&mut merged).insert("namespace".into(), json!(ns));
                     }
-                    st.create(
-                        &rt,
-                        &gvr.version,
-                        ns,
-                        merged,
-                        &w,
-                        Origin::Load,
-                        opts.dry_run,
-                    )
+                    st.create(&rt, &gvr.version, ns, merged, &w)
                 }
                 Some(_) => {
                     meta_mut(&mut merged).remove("resourceVersion");
-                    st.update(
-                        &rt,
-                        &gvr.version,
-                        ns,
-                        name,
-                        merged,
-                        sub,
-                        &w,
-                        true,
-                        opts.dry_run,
-                    )
+                    st.update(&rt, &gvr.version, ns, name, merged, &w)
                 }
             };
         }
-        let current = existing.ok_or_else(|| super::error::ApiError::not_found(&rt, name))?;
-        let w = writer(opts, &av, sub, &time);
-        if sub == "scale" {
+        let current = existing
+            .ok_or_else(|| crate::sandbox::apiserver::error::ApiError::not_found(&rt, name))?;
+        let w = Write::client(opts, &av, sub, &time);
+        if sub == Subresource::Scale {
             let scale = scale_of(&rt, &current);
             let next = apply_patch(kind, &scale, &p)?;
-            return write_scale(
-                &mut st,
-                &rt,
-                &gvr.version,
-                ns,
-                name,
-                current,
-                &next,
-                &w,
-                opts.dry_run,
-            );
+            return st.write_scale(&rt, &gvr.version, ns, name, &next, &w);
         }
         let view = present(current, &rt, &gvr.version);
         let next = apply_patch(kind, &view, &p)?;
-        st.update(
-            &rt,
-            &gvr.version,
-            ns,
-            name,
-            next,
-            sub,
-            &w,
-            false,
-            opts.dry_run,
-        )
+        st.update(&rt, &gvr.version, ns, name, next, &w)
     }
 
     pub fn get_scale(&self, gvr: &Gvr, ns: &str, name: &str) -> Result<Value, ApiError> {
@@ -294,85 +264,76 @@ impl Store {
         if rt.scale.is_none() {
             return Err(ApiError::no_route());
         }
-        let current = st
-            .get_obj(&rt.gr(), ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt, name))?;
         let time = now();
         let av = gvr.api_version();
-        let w = writer(opts, &av, "scale", &time);
-        write_scale(
-            &mut st,
-            &rt,
-            &gvr.version,
-            ns,
-            name,
-            current,
-            scale,
-            &w,
-            opts.dry_run,
-        )
+        let w = Write::client(opts, &av, Subresource::Scale, &time);
+        st.write_scale(&rt, &gvr.version, ns, name, scale, &w)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_scale(
-    st: &mut super::store::State,
-    rt: &ResourceType,
-    version: &str,
-    ns: &str,
-    name: &str,
-    current: Value,
-    scale: &Value,
-    w: &ssa::Writer,
-    dry_run: bool,
-) -> Result<Value, ApiError> {
-    let replicas = scale
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| {
-            ApiError::invalid(
+impl State {
+    /// Set the replicas a Scale asks for on the object it views (the write is
+    /// recorded as one through `scale`, its effect is the object's).
+    fn write_scale(
+        &mut self,
+        rt: &ResourceType,
+        version: &str,
+        ns: &str,
+        name: &str,
+        scale: &Value,
+        w: &Write,
+    ) -> Result<Value, ApiError> {
+        let current = self
+            .get_obj(&rt.gr(), ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Scale",
+                    name,
+                    &[(
+                        "spec.replicas",
+                        "Required value: must be a non-negative integer".into(),
+                    )],
+                )
+            })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
                 "Scale",
                 name,
                 &[(
                     "spec.replicas",
-                    "Required value: must be a non-negative integer".into(),
+                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
                 )],
-            )
-        })?;
-    if replicas < 0 {
-        return Err(ApiError::invalid(
-            "Scale",
-            name,
-            &[(
-                "spec.replicas",
-                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-            )],
-        ));
-    }
-    let rv = meta_str(scale, "resourceVersion");
-    if !rv.is_empty() && rv != meta_str(&current, "resourceVersion") {
-        return Err(super::error::ApiError::stale(rt, name));
-    }
-    let path = rt
-        .scale
-        .as_ref()
-        .map(|s| s.spec_replicas.clone())
-        .unwrap_or_else(|| ".spec.replicas".into());
-    let mut next = present(current, rt, version);
-    let mut cur = &mut next;
-    let parts: Vec<&str> = path.trim_start_matches('.').split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if i + 1 == parts.len() {
-            cur[*part] = json!(replicas);
-        } else {
-            if !cur.get(*part).is_some_and(Value::is_object) {
-                cur[*part] = json!({});
-            }
-            cur = &mut cur[*part];
+            ));
         }
+        let rv = meta_str(scale, "resourceVersion");
+        if !rv.is_empty() && rv != meta_str(&current, "resourceVersion") {
+            return Err(crate::sandbox::apiserver::error::ApiError::stale(rt, name));
+        }
+        let path = rt
+            .scale
+            .as_ref()
+            .map(|s| s.spec_replicas.clone())
+            .unwrap_or_else(|| ".spec.replicas".into());
+        let mut next = present(current, rt, version);
+        let mut cur = &mut next;
+        let parts: Vec<&str> = path.trim_start_matches('.').split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                cur[*part] = json!(replicas);
+            } else {
+                if !cur.get(*part).is_some_and(Value::is_object) {
+                    cur[*part] = json!({});
+                }
+                cur = &mut cur[*part];
+            }
+        }
+        meta_mut(&mut next).remove("resourceVersion");
+        let updated = self.update(rt, version, ns, name, next, w)?;
+        Ok(scale_of(rt, &updated))
     }
-    meta_mut(&mut next).remove("resourceVersion");
-    let updated = st.update(rt, version, ns, name, next, "", w, false, dry_run)?;
-    Ok(scale_of(rt, &updated))
 }

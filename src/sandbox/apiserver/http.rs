@@ -14,18 +14,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::Sandbox;
-use super::apply::PatchKind;
 use super::discovery;
 use super::error::ApiError;
-use super::faults::{self, FaultConfig};
-use super::lifecycle::DeleteOptions;
+use super::faults::FaultConfig;
 use super::openapi;
 use super::select::{FieldSelector, LabelSelector};
+use super::store::apply::PatchKind;
+use super::store::lifecycle::DeleteOptions;
+use super::store::watch::parse_rv;
 use super::store::{ListOptions, WriteOptions, meta_str};
 use super::table;
-use super::types::{Gvr, ResourceType};
-use super::watch::parse_rv;
+use super::types::{Gvr, ResourceType, Subresource};
+use crate::sandbox::Sandbox;
+use crate::sandbox::faults;
 
 /// The real server's request body limit (k8s.io/apiserver pkg/server/config.go: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -148,7 +149,7 @@ struct Target {
     rt: ResourceType,
     ns: Option<String>,
     name: Option<String>,
-    sub: String,
+    sub: Subresource,
 }
 
 enum Route {
@@ -192,13 +193,12 @@ fn route(sb: &Sandbox, path: &str) -> Result<Route, ApiError> {
     let gvr = Gvr::new(group, version, rest[0]);
     let rt = store.resource_type(&gvr).ok_or_else(ApiError::no_route)?;
     let name = rest.get(1).map(|s| s.to_string());
-    let sub = rest.get(2).map(|s| s.to_string()).unwrap_or_default();
-    match sub.as_str() {
-        "" => {}
-        "status" if rt.status => {}
-        "scale" if rt.scale.is_some() => {}
+    let sub = match Subresource::from_segment(rest.get(2).copied().unwrap_or_default()) {
+        Some(Subresource::Main) => Subresource::Main,
+        Some(Subresource::Status) if rt.status => Subresource::Status,
+        Some(Subresource::Scale) if rt.scale.is_some() => Subresource::Scale,
         _ => return Err(ApiError::no_route()),
-    }
+    };
     if rt.namespaced && ns.is_none() && name.is_some() {
         return Err(ApiError::no_route());
     }
@@ -227,7 +227,7 @@ impl Params {
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true") | Some("1"))
     }
-    fn write_options(&self, headers: &HeaderMap) -> WriteOptions {
+    fn write_options(&self, headers: &HeaderMap, subresource: Subresource) -> WriteOptions {
         let manager = self.get("fieldManager").map(String::from).or_else(|| {
             // The real server names an unnamed writer after its user agent's first word.
             headers
@@ -239,6 +239,7 @@ impl Params {
             field_manager: manager,
             force: self.flag("force"),
             dry_run: self.get("dryRun") == Some("All"),
+            subresource,
         }
     }
     fn list_options(&self) -> Result<ListOptions, ApiError> {
@@ -423,26 +424,26 @@ async fn handle(sb: Sandbox, req: Request) -> Result<Response, ApiError> {
             };
             Ok(json_response(200, &body))
         }
-        (Method::GET, Some(name)) if t.sub == "scale" => {
+        (Method::GET, Some(name)) if t.sub == Subresource::Scale => {
             Ok(json_response(200, &store.get_scale(&t.gvr, ns, name)?))
         }
         (Method::GET, Some(name)) => Ok(json_response(200, &present(store.get(&t.gvr, ns, name)?))),
         (Method::POST, None) => {
             let bytes = read_body(body).await?;
             let obj = decode_object(&bytes, &ct, &t.rt.kind)?;
-            let created = store.create(&t.gvr, ns, obj, &params.write_options(headers))?;
+            let created = store.create(&t.gvr, ns, obj, &params.write_options(headers, t.sub))?;
             Ok(json_response(201, &present(created)))
         }
         (Method::PUT, Some(name)) => {
             let bytes = read_body(body).await?;
-            let kind = if t.sub == "scale" {
+            let kind = if t.sub == Subresource::Scale {
                 "Scale"
             } else {
                 t.rt.kind.as_str()
             };
             let obj = decode_object(&bytes, &ct, kind)?;
-            let opts = params.write_options(headers);
-            if t.sub == "scale" {
+            let opts = params.write_options(headers, t.sub);
+            if t.sub == Subresource::Scale {
                 return Ok(json_response(
                     200,
                     &store.update_scale(&t.gvr, ns, name, &obj, &opts)?,
@@ -450,7 +451,7 @@ async fn handle(sb: Sandbox, req: Request) -> Result<Response, ApiError> {
             }
             Ok(json_response(
                 200,
-                &present(store.update(&t.gvr, ns, name, obj, &t.sub, &opts)?),
+                &present(store.update(&t.gvr, ns, name, obj, &opts)?),
             ))
         }
         (Method::PATCH, Some(name)) => {
@@ -468,11 +469,10 @@ async fn handle(sb: Sandbox, req: Request) -> Result<Response, ApiError> {
                 name,
                 kind,
                 &bytes,
-                &t.sub,
-                &params.write_options(headers),
+                &params.write_options(headers, t.sub),
             )?;
             let code = if existed { 200 } else { 201 };
-            if t.sub == "scale" {
+            if t.sub == Subresource::Scale {
                 return Ok(json_response(code, &out));
             }
             Ok(json_response(code, &present(out)))

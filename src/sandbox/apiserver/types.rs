@@ -72,6 +72,41 @@ pub struct Column {
     pub priority: i64,
 }
 
+/// The part of an object a request addresses: the object itself or one of the
+/// subresources the sandbox serves (the last segment of
+/// `.../namespaces/NS/RESOURCE/NAME/SUBRESOURCE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Subresource {
+    /// The object itself.
+    #[default]
+    Main,
+    /// `status`: only `.status` is written, the rest is kept.
+    Status,
+    /// `scale`: the autoscaling/v1 Scale view of the replicas.
+    Scale,
+}
+
+impl Subresource {
+    /// The URL segment, also what managedFields record ("" for the object itself).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subresource::Main => "",
+            Subresource::Status => "status",
+            Subresource::Scale => "scale",
+        }
+    }
+
+    /// From a URL segment ("" for the object itself); None for one the sandbox does not serve.
+    pub fn from_segment(segment: &str) -> Option<Self> {
+        match segment {
+            "" => Some(Subresource::Main),
+            "status" => Some(Subresource::Status),
+            "scale" => Some(Subresource::Scale),
+            _ => None,
+        }
+    }
+}
+
 /// Where the scale subresource reads and writes replicas.
 #[derive(Debug, Clone)]
 pub struct ScalePaths {

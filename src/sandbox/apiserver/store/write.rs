@@ -1,139 +1,19 @@
-//! The generic object store: every object is a `serde_json::Value` keyed by
-//! (group, resource, namespace, name), with a monotonically increasing
-//! resourceVersion, a change feed, and the semantics of the real registry
-//! (k8s.io/apiserver pkg/registry/generic/registry/store.go): uid,
-//! creationTimestamp, generation, conflicts, status/scale subresources.
-//! Deletion, garbage collection, namespaces and CRDs live in `lifecycle.rs`.
-
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+//! Writes: create, update (the object or its status) and seeding, with the
+//! registry's validation and defaults (k8s.io/apiserver
+//! pkg/registry/generic/registry/store.go Create and Update, and each type's
+//! strategy: PrepareForCreate, PrepareForUpdate, Validate).
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
-use super::error::ApiError;
-use super::select::{FieldSelector, LabelSelector};
-use super::ssa::{self, Writer};
-use super::types::{GroupResource, Gvr, Registry, ResourceType};
-
-/// What happened to an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Added,
-    Modified,
-    Deleted,
-}
-
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Added => "ADDED",
-            EventType::Modified => "MODIFIED",
-            EventType::Deleted => "DELETED",
-        }
-    }
-}
-
-/// One change in the store's feed (what watches are built from).
-#[derive(Debug, Clone)]
-pub struct WatchEvent {
-    pub rv: u64,
-    pub gr: GroupResource,
-    pub namespace: String,
-    pub name: String,
-    pub kind: EventType,
-    pub object: Value,
-    /// The previous state, for MODIFIED (lets selector watches turn it into ADDED/DELETED).
-    pub old: Option<Value>,
-}
-
-/// Options of a write.
-#[derive(Debug, Clone, Default)]
-pub struct WriteOptions {
-    /// `fieldManager`; defaults to "unknown" (the real server derives it from the user agent).
-    pub field_manager: Option<String>,
-    /// `force` of server-side apply.
-    pub force: bool,
-    /// `dryRun=All`: validate and compute, store nothing.
-    pub dry_run: bool,
-}
-
-/// Options of a list.
-#[derive(Debug, Clone, Default)]
-pub struct ListOptions {
-    pub label_selector: LabelSelector,
-    pub field_selector: FieldSelector,
-    pub limit: Option<usize>,
-    pub continue_token: Option<String>,
-}
-
-/// One page of a list.
-#[derive(Debug, Clone)]
-pub struct ListPage {
-    pub items: Vec<Value>,
-    pub resource_version: u64,
-    pub continue_token: Option<String>,
-    pub remaining: Option<usize>,
-}
-
-pub(super) type Key = (String, String);
-
-pub(super) struct State {
-    pub rv: u64,
-    pub registry: Registry,
-    pub objects: HashMap<GroupResource, BTreeMap<Key, Value>>,
-    pub history: VecDeque<Arc<WatchEvent>>,
-    /// Every event with rv > floor is still in `history`.
-    pub floor: u64,
-    pub cap: usize,
-    pub rng: fastrand::Rng,
-    pub tx: broadcast::Sender<Arc<WatchEvent>>,
-}
-
-/// How a create treats its input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Origin {
-    /// A client's create: status is reset, fields are managed.
-    Client,
-    /// Seeding: objects are taken as they are, status included.
-    Load,
-}
-
-/// The object store. Cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    state: Arc<Mutex<State>>,
-}
-
-pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
-pub(super) fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.get("metadata")
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-pub(super) fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        obj["metadata"] = json!({});
-    }
-    match obj.get_mut("metadata") {
-        Some(Value::Object(m)) => m,
-        _ => unreachable!("metadata was just made an object"),
-    }
-}
-
-/// The object as seen at the requested version.
-pub fn present(mut obj: Value, rt: &ResourceType, version: &str) -> Value {
-    obj["apiVersion"] = json!(super::types::api_version(&rt.group, version));
-    obj["kind"] = json!(rt.kind);
-    obj
-}
+use super::{
+    EventType, Origin, State, Store, Write, WriteOptions, meta_mut, meta_str, namespaces, now,
+    present,
+};
+use crate::sandbox::apiserver::error::ApiError;
+use crate::sandbox::apiserver::faults;
+use crate::sandbox::apiserver::ssa;
+use crate::sandbox::apiserver::types::{self, Gvr, ResourceType, Subresource};
+use crate::sandbox::faults::FaultKnobs;
 
 fn dns_subdomain(name: &str) -> bool {
     name.len() <= 253
@@ -199,97 +79,16 @@ fn same_content(a: &Value, b: &Value) -> bool {
 }
 
 impl State {
-    pub fn new(cap: usize, seed: u64) -> Self {
-        let (tx, _) = broadcast::channel(cap.max(16));
-        Self {
-            rv: 0,
-            registry: Registry::default(),
-            objects: HashMap::new(),
-            history: VecDeque::new(),
-            floor: 0,
-            cap,
-            rng: fastrand::Rng::with_seed(seed),
-            tx,
-        }
-    }
-
-    pub fn uid(&mut self) -> String {
-        let h = |rng: &mut fastrand::Rng, n: usize| -> String {
-            (0..n)
-                .map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0'))
-                .collect()
-        };
-        let a = h(&mut self.rng, 8);
-        let b = h(&mut self.rng, 4);
-        let c = h(&mut self.rng, 3);
-        let d = h(&mut self.rng, 3);
-        let e = h(&mut self.rng, 12);
-        format!("{a}-{b}-4{c}-a{d}-{e}")
-    }
-
-    pub fn rt(&self, gvr: &Gvr) -> Result<ResourceType, ApiError> {
-        self.registry
-            .lookup(gvr)
-            .cloned()
-            .ok_or_else(ApiError::no_route)
-    }
-
-    pub fn get_obj(&self, gr: &GroupResource, ns: &str, name: &str) -> Option<&Value> {
-        self.objects
-            .get(gr)?
-            .get(&(ns.to_string(), name.to_string()))
-    }
-
-    /// Store `object` (or remove it for Deleted), stamp a new resourceVersion, feed watchers.
-    pub fn commit(
-        &mut self,
-        gr: &GroupResource,
-        kind: EventType,
-        mut object: Value,
-        old: Option<Value>,
-    ) -> Value {
-        self.rv += 1;
-        meta_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        let ns = meta_str(&object, "namespace").to_string();
-        let name = meta_str(&object, "name").to_string();
-        let map = self.objects.entry(gr.clone()).or_default();
-        if kind == EventType::Deleted {
-            map.remove(&(ns.clone(), name.clone()));
-        } else {
-            map.insert((ns.clone(), name.clone()), object.clone());
-        }
-        let ev = Arc::new(WatchEvent {
-            rv: self.rv,
-            gr: gr.clone(),
-            namespace: ns,
-            name,
-            kind,
-            object: object.clone(),
-            old,
-        });
-        self.history.push_back(ev.clone());
-        while self.history.len() > self.cap {
-            if let Some(e) = self.history.pop_front() {
-                self.floor = e.rv;
-            }
-        }
-        // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(ev);
-        object
-    }
-
-    /// Create; `Origin::Load` keeps status and skips field management.
-    #[allow(clippy::too_many_arguments)]
+    /// Create; unless the write is a client's, status is kept and fields are not managed.
     pub fn create(
         &mut self,
         rt: &ResourceType,
         version: &str,
         ns: &str,
         mut obj: Value,
-        w: &Writer,
-        origin: Origin,
-        dry_run: bool,
+        w: &Write,
     ) -> Result<Value, ApiError> {
+        let origin = w.origin;
         if !obj.is_object() {
             return Err(ApiError::bad_request(format!(
                 "the object provided is unrecognized (must be of type {})",
@@ -355,7 +154,7 @@ impl State {
         }
         // Seeded objects keep their uid: their dependents' ownerReferences name it,
         // and garbage collection follows those references.
-        let seeded_uid = (origin == Origin::Load)
+        let seeded_uid = (origin != Origin::Client)
             .then(|| meta_str(&obj, "uid").to_string())
             .filter(|u| !u.is_empty());
         let uid = match seeded_uid {
@@ -392,7 +191,7 @@ impl State {
                 );
             }
         }
-        let seeded_status = (origin == Origin::Load)
+        let seeded_status = (origin != Origin::Client)
             .then(|| obj.get("status").cloned())
             .flatten();
         self.admit(rt, &name, &mut obj, None)?;
@@ -401,9 +200,9 @@ impl State {
         }
         obj = present(obj, rt, version);
         if origin == Origin::Client {
-            ssa::record_update(&Value::Null, &mut obj, w);
+            ssa::record_update(&Value::Null, &mut obj, &w.by);
         }
-        if dry_run {
+        if w.dry_run {
             return Ok(obj);
         }
         if rt.group == "apiextensions.k8s.io" {
@@ -462,14 +261,14 @@ impl State {
                 }
             }
             ("", "configmaps")
-                if meta_str(obj, "namespace") == super::faults::NAMESPACE
-                    && name == super::faults::CONFIGMAP =>
+                if meta_str(obj, "namespace") == crate::sandbox::faults::NAMESPACE
+                    && name == faults::CONFIGMAP =>
             {
-                super::faults::FaultConfig::from_data(obj.get("data"))
+                faults::FaultConfig::from_data(obj.get("data"))
                     .map_err(|e| ApiError::invalid(&rt.kind, name, &[("data", e.to_string())]))?;
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
-                let t = super::types::from_crd(obj).map_err(|errs| {
+                let t = types::from_crd(obj).map_err(|errs| {
                     ApiError::invalid(
                         &rt.kind,
                         name,
@@ -507,9 +306,8 @@ impl State {
         Ok(())
     }
 
-    /// Replace an object. `sub` is "" / "status" / "scale". `precomputed` means
-    /// managedFields were already set (server-side apply).
-    #[allow(clippy::too_many_arguments)]
+    /// Replace an object, or only its status when written through `status`.
+    /// Server-side apply has set managedFields already; other writes record them here.
     pub fn update(
         &mut self,
         rt: &ResourceType,
@@ -517,11 +315,9 @@ impl State {
         ns: &str,
         name: &str,
         new: Value,
-        sub: &str,
-        w: &Writer,
-        precomputed: bool,
-        dry_run: bool,
+        w: &Write,
     ) -> Result<Value, ApiError> {
+        let precomputed = w.origin == Origin::Applied;
         let gr = rt.gr();
         let old = self
             .get_obj(&gr, ns, name)
@@ -550,7 +346,7 @@ impl State {
         if !body_rv.is_empty() && body_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::stale(rt, name));
         }
-        let mut result = if sub == "status" {
+        let mut result = if w.by.subresource == Subresource::Status {
             let mut r = old.clone();
             match new.get("status") {
                 Some(s) => r["status"] = s.clone(),
@@ -637,9 +433,9 @@ impl State {
             return Ok(present(old, rt, version));
         }
         if !precomputed {
-            ssa::record_update(&old, &mut result, w);
+            ssa::record_update(&old, &mut result, &w.by);
         }
-        if dry_run {
+        if w.dry_run {
             return Ok(result);
         }
         if rt.group == "apiextensions.k8s.io" {
@@ -653,67 +449,6 @@ impl State {
             return Ok(self.remove(rt, result));
         }
         Ok(self.commit(&gr, EventType::Modified, result, Some(old)))
-    }
-
-    pub fn list(
-        &self,
-        rt: &ResourceType,
-        version: &str,
-        ns: Option<&str>,
-        opts: &ListOptions,
-    ) -> Result<ListPage, ApiError> {
-        let start = match &opts.continue_token {
-            Some(t) if !t.is_empty() => Some(decode_continue(t)?),
-            _ => None,
-        };
-        let empty = BTreeMap::new();
-        let map = self.objects.get(&rt.gr()).unwrap_or(&empty);
-        use std::ops::Bound::*;
-        let lower = match (&start, ns) {
-            (Some(k), _) => Excluded(k.clone()),
-            (None, Some(n)) => Included((n.to_string(), String::new())),
-            (None, None) => Unbounded,
-        };
-        let mut items = Vec::new();
-        let mut last: Option<Key> = None;
-        let mut remaining = 0usize;
-        let limit = opts.limit.filter(|l| *l > 0);
-        for (k, v) in map.range((lower, Unbounded)) {
-            if let Some(n) = ns
-                && k.0 != n
-            {
-                if k.0.as_str() > n {
-                    break;
-                }
-                continue;
-            }
-            if !opts.label_selector.matches(v) || !opts.field_selector.matches(v) {
-                continue;
-            }
-            if limit.is_some_and(|l| items.len() >= l) {
-                remaining += 1;
-                continue;
-            }
-            items.push(present(v.clone(), rt, version));
-            last = Some(k.clone());
-        }
-        let (continue_token, remaining) = match (remaining, last) {
-            (0, _) | (_, None) => (None, None),
-            (r, Some(k)) => (Some(encode_continue(&k, self.rv)), Some(r)),
-        };
-        Ok(ListPage {
-            items,
-            resource_version: self.rv,
-            continue_token,
-            remaining,
-        })
-    }
-}
-
-pub(super) fn namespaces() -> GroupResource {
-    GroupResource {
-        group: String::new(),
-        resource: "namespaces".into(),
     }
 }
 
@@ -730,129 +465,18 @@ fn check_kind(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         )));
     }
     if !av.is_empty() {
-        let (g, v) = super::types::split_api_version(av);
+        let (g, v) = types::split_api_version(av);
         if g != rt.group || !rt.serves(v) {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
-                super::types::api_version(&rt.group, rt.preferred_version())
+                types::api_version(&rt.group, rt.preferred_version())
             )));
         }
     }
     Ok(())
 }
 
-fn encode_continue(k: &Key, rv: u64) -> String {
-    use base64::Engine;
-    let raw = json!({"v": "sandbox.continue/v1", "rv": rv, "ns": k.0, "name": k.1}).to_string();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn decode_continue(t: &str) -> Result<Key, ApiError> {
-    use base64::Engine;
-    let bad = || {
-        ApiError::bad_request(format!(
-            "continue key is not valid: \"{t}\" was not issued by this server"
-        ))
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(t)
-        .map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    match (
-        v.get("ns").and_then(Value::as_str),
-        v.get("name").and_then(Value::as_str),
-    ) {
-        (Some(ns), Some(n)) => Ok((ns.to_string(), n.to_string())),
-        _ => Err(bad()),
-    }
-}
-
 impl Store {
-    pub fn new(history: usize, seed: u64) -> Self {
-        let store = Self {
-            state: Arc::new(Mutex::new(State::new(history, seed))),
-        };
-        {
-            let mut st = store.lock();
-            let w = Writer {
-                manager: "sandbox",
-                api_version: "v1",
-                subresource: "",
-                time: "",
-            };
-            let nsrt = st.registry.get(&namespaces()).cloned();
-            if let Some(nsrt) = nsrt {
-                for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                    let _ = st.create(
-                        &nsrt,
-                        "v1",
-                        "",
-                        json!({"metadata": {"name": n}}),
-                        &w,
-                        Origin::Load,
-                        false,
-                    );
-                }
-            }
-        }
-        store
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the data consistent enough to keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The type served at `gvr`, if any.
-    pub fn resource_type(&self, gvr: &Gvr) -> Option<ResourceType> {
-        self.lock().registry.lookup(gvr).cloned()
-    }
-
-    /// The type of `apiVersion` + `kind`.
-    pub fn type_of_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
-        self.lock().registry.by_kind(api_version, kind).cloned()
-    }
-
-    pub fn types(&self) -> Vec<ResourceType> {
-        self.lock().registry.all().cloned().collect()
-    }
-
-    pub fn resource_version(&self) -> u64 {
-        self.lock().rv
-    }
-
-    /// The raw change feed of every write (no replay; see `watch` for that).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
-        self.lock().tx.subscribe()
-    }
-
-    pub fn get(&self, gvr: &Gvr, ns: &str, name: &str) -> Result<Value, ApiError> {
-        let st = self.lock();
-        let rt = st.rt(gvr)?;
-        let ns = if rt.namespaced { ns } else { "" };
-        st.get_obj(&rt.gr(), ns, name)
-            .cloned()
-            .map(|o| present(o, &rt, &gvr.version))
-            .ok_or_else(|| ApiError::not_found(&rt, name))
-    }
-
-    /// `ns` None lists across namespaces.
-    pub fn list(
-        &self,
-        gvr: &Gvr,
-        ns: Option<&str>,
-        opts: &ListOptions,
-    ) -> Result<ListPage, ApiError> {
-        let st = self.lock();
-        let rt = st.rt(gvr)?;
-        let ns = if rt.namespaced {
-            ns.filter(|n| !n.is_empty())
-        } else {
-            None
-        };
-        st.list(&rt, &gvr.version, ns, opts)
-    }
-
     pub fn create(
         &self,
         gvr: &Gvr,
@@ -864,40 +488,29 @@ impl Store {
         let rt = st.rt(gvr)?;
         let time = now();
         let av = gvr.api_version();
-        let w = writer(opts, &av, "", &time);
-        st.create(&rt, &gvr.version, ns, obj, &w, Origin::Client, opts.dry_run)
+        let w = Write::client(opts, &av, Subresource::Main, &time);
+        st.create(&rt, &gvr.version, ns, obj, &w)
     }
 
-    /// PUT; `sub` is "" or "status".
+    /// PUT of the object or, with `opts.subresource` `Status`, of its status.
     pub fn update(
         &self,
         gvr: &Gvr,
         ns: &str,
         name: &str,
         obj: Value,
-        sub: &str,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let rt = st.rt(gvr)?;
-        if sub == "status" && !rt.status {
+        if opts.subresource == Subresource::Status && !rt.status {
             return Err(ApiError::no_route());
         }
         let ns = if rt.namespaced { ns } else { "" };
         let time = now();
         let av = gvr.api_version();
-        let w = writer(opts, &av, sub, &time);
-        st.update(
-            &rt,
-            &gvr.version,
-            ns,
-            name,
-            obj,
-            sub,
-            &w,
-            false,
-            opts.dry_run,
-        )
+        let w = Write::client(opts, &av, opts.subresource, &time);
+        st.update(&rt, &gvr.version, ns, name, obj, &w)
     }
 
     /// Seed objects as they are (status included), creating or replacing each.
@@ -905,12 +518,7 @@ impl Store {
     pub fn load(&self, objects: Vec<Value>) -> Result<usize, ApiError> {
         let mut st = self.lock();
         let mut n = 0;
-        let w = Writer {
-            manager: "sandbox",
-            api_version: "",
-            subresource: "",
-            time: "",
-        };
+        let w = Write::seed();
         for obj in objects {
             let av = obj
                 .get("apiVersion")
@@ -927,7 +535,7 @@ impl Store {
                     "no kind \"{kind}\" is registered for version \"{av}\""
                 ))
             })?;
-            let (_, version) = super::types::split_api_version(&av);
+            let (_, version) = types::split_api_version(&av);
             let version = version.to_string();
             let ns = meta_str(&obj, "namespace").to_string();
             let name = meta_str(&obj, "name").to_string();
@@ -956,25 +564,11 @@ impl Store {
                     st.commit(&rt.gr(), EventType::Modified, obj, Some(old));
                 }
                 None => {
-                    st.create(&rt, &version, &ns, obj, &w, Origin::Load, false)?;
+                    st.create(&rt, &version, &ns, obj, &w)?;
                 }
             }
             n += 1;
         }
         Ok(n)
-    }
-}
-
-pub(super) fn writer<'a>(
-    opts: &'a WriteOptions,
-    api_version: &'a str,
-    sub: &'a str,
-    time: &'a str,
-) -> Writer<'a> {
-    Writer {
-        manager: opts.field_manager.as_deref().unwrap_or("unknown"),
-        api_version,
-        subresource: sub,
-        time,
     }
 }

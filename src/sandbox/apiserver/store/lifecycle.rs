@@ -7,11 +7,11 @@
 
 use serde_json::{Value, json};
 
-use super::error::ApiError;
-use super::store::{
+use super::{
     EventType, Key, ListOptions, State, Store, meta_mut, meta_str, namespaces, now, present,
 };
-use super::types::{GroupResource, Gvr, ResourceType, from_crd};
+use crate::sandbox::apiserver::error::ApiError;
+use crate::sandbox::apiserver::types::{GroupResource, Gvr, ResourceType, from_crd};
 
 /// Options of a delete (query parameters or a `DeleteOptions` body).
 #[derive(Debug, Clone, Default)]

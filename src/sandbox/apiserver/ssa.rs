@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use super::patch::{is_set_list, merge_key};
+use super::types::Subresource;
 
 /// A field path in FieldsV1 element syntax: `f:name`, `k:{"name":"x"}`, `v:"x"`, `.`.
 pub type Path = Vec<String>;
@@ -281,13 +282,13 @@ pub fn write_managed(obj: &mut Value, entries: &[Entry]) {
 pub struct Writer<'a> {
     pub manager: &'a str,
     pub api_version: &'a str,
-    pub subresource: &'a str,
+    pub subresource: Subresource,
     pub time: &'a str,
 }
 
 fn entry_mut<'e>(entries: &'e mut Vec<Entry>, w: &Writer, op: &str) -> &'e mut Entry {
     let pos = entries.iter().position(|e| {
-        e.manager == w.manager && e.operation == op && e.subresource == w.subresource
+        e.manager == w.manager && e.operation == op && e.subresource == w.subresource.as_str()
     });
     let i = match pos {
         Some(i) => i,
@@ -297,7 +298,7 @@ fn entry_mut<'e>(entries: &'e mut Vec<Entry>, w: &Writer, op: &str) -> &'e mut E
                 operation: op.into(),
                 api_version: w.api_version.into(),
                 time: w.time.into(),
-                subresource: w.subresource.into(),
+                subresource: w.subresource.as_str().into(),
                 fields: FieldSet::new(),
             });
             entries.len() - 1
@@ -407,7 +408,9 @@ pub fn apply(
     let previous: FieldSet = entries
         .iter()
         .filter(|e| {
-            e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource
+            e.manager == w.manager
+                && e.operation == "Apply"
+                && e.subresource == w.subresource.as_str()
         })
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
@@ -444,7 +447,7 @@ mod tests {
         Writer {
             manager: m,
             api_version: "apps/v1",
-            subresource: "",
+            subresource: Subresource::Main,
             time: "t",
         }
     }

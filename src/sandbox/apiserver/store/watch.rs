@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::error::ApiError;
-use super::select::{FieldSelector, LabelSelector};
-use super::store::{EventType, Store, WatchEvent, present};
-use super::types::{GroupResource, Gvr, ResourceType};
+use super::{EventType, Store, WatchEvent, present};
+use crate::sandbox::apiserver::error::ApiError;
+use crate::sandbox::apiserver::select::{FieldSelector, LabelSelector};
+use crate::sandbox::apiserver::types::{GroupResource, Gvr, ResourceType};
 
 /// Which events a watch wants.
 #[derive(Debug, Clone)]
