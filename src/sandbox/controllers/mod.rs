@@ -330,7 +330,11 @@ pub(crate) fn deleting(o: &Value) -> bool {
     o.pointer("/metadata/deletionTimestamp").is_some()
 }
 
-/// A pod's Ready condition.
+/// A pod's Ready condition, as the controllers count it (kubernetes
+/// pkg/api/v1/pod `IsPodReady`: the condition alone, a terminating pod included).
+/// Clients that need a pod that stays use `kinds::pod_ready`, which also wants it
+/// not being deleted. Read from the JSON directly: the controllers run this over
+/// every pod on every pass.
 pub(crate) fn pod_ready(p: &Value) -> bool {
     p.pointer("/status/conditions")
         .and_then(Value::as_array)
