@@ -144,8 +144,9 @@ impl FaultKnobs for ControllerFaults {
         })
     }
 
-    /// The settings in force; an invalid ConfigMap keeps the last good settings
-    /// (remembered in an annotation) and reports the error on it.
+    /// The settings in force. An invalid ConfigMap keeps every knob that parses on
+    /// its own (the others at their defaults) and reports the error in an
+    /// annotation on the ConfigMap, cleared once it is valid again.
     fn read(store: &Store) -> Self {
         let g = configmaps();
         let Ok(cm) = store.get(&g, NAMESPACE, CONFIGMAP) else {
