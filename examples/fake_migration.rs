@@ -1,5 +1,5 @@
 //! The engine driving a plan of steps over a "world" of files, used by the crash
-//! tests (tests/engine_crash.rs): they SIGKILL this process at random moments and
+//! tests (tests/engine.rs): they SIGKILL this process at random moments and
 //! check that resuming and rolling back always converge.
 //!
 //! ```text
