@@ -48,6 +48,14 @@ pub enum StateDirError {
     Unreadable { dir: PathBuf, cause: String },
     #[error("cannot write {path}: {cause}")]
     Write { path: PathBuf, cause: String },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: String },
+    #[error("{path} is damaged ({cause}); {what}")]
+    Damaged {
+        path: PathBuf,
+        cause: String,
+        what: String,
+    },
 }
 
 /// What the permission bits of an existing state dir call for.
@@ -195,6 +203,29 @@ fn tighten(path: &Path, private: u32, mode: u32, prepared: &mut Prepared) {
         Err(e) => prepared
             .still_readable
             .push((path.to_path_buf(), e.to_string())),
+    }
+}
+
+/// Read a JSON file [`write_atomic`] wrote: None when there is none (what writes it has
+/// not run). `what` says what the file is and what to do about it, for the error when
+/// it does not parse.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>, StateDirError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateDirError::Damaged {
+                path: path.to_path_buf(),
+                cause: e.to_string(),
+                what: what.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateDirError::Read {
+            path: path.to_path_buf(),
+            cause: e.to_string(),
+        }),
     }
 }
 

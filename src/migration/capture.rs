@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use super::world::World;
-use crate::engine::state_dir::write_atomic;
+use crate::engine::state_dir::{read_json, write_atomic};
 
 fn capture_path(world: &World, step: &str) -> PathBuf {
     world.state_dir.join(format!("capture-{step}.json"))
@@ -21,14 +21,10 @@ fn capture_path(world: &World, step: &str) -> PathBuf {
 
 /// The capture an earlier attempt of `step` stored, if any.
 pub fn stored_capture(world: &World, step: &str) -> anyhow::Result<Option<Value>> {
-    let path = capture_path(world, step);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{} is not valid JSON; remove it only if no attempt of `{step}` changed the cluster", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    Ok(read_json(
+        &capture_path(world, step),
+        &format!("remove it only if no attempt of `{step}` changed the cluster"),
+    )?)
 }
 
 /// Keep `data` as the first capture of `step` (atomically), and return it.

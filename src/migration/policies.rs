@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context as _;
 use serde_json::Value;
 
 use super::facts;
 use super::world::World;
 use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::state_dir::write_atomic;
+use crate::engine::state_dir::{read_json, write_atomic};
 
 /// The policy kinds the migration must never lose: (apiVersion, kind).
 pub const POLICY_KINDS: [(&str, &str); 6] = [
@@ -90,14 +89,10 @@ impl BaselinePolicies {
     }
 
     pub fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
-        let path = dir.join(BASELINE_POLICIES_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .with_context(|| format!("{} is damaged", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        Ok(read_json(
+            &dir.join(BASELINE_POLICIES_FILE),
+            "it is the baseline's copy of the policy objects",
+        )?)
     }
 
     /// Compare with `live` (stripped objects), ignoring server-managed fields.

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,7 +16,7 @@ use super::refs::{
 };
 use super::world::World;
 use crate::cluster::objects::{ObjRef, strip_server_fields};
-use crate::engine::state_dir::write_atomic;
+use crate::engine::state_dir::{read_json, write_atomic};
 
 /// create-installation's capture, kept in the state dir for the takeover's rollback
 /// (the takeover starts after the operator has changed these objects).
@@ -107,16 +106,9 @@ impl PreOperator {
     }
 
     pub fn load_file(dir: &Path) -> anyhow::Result<Option<Self>> {
-        let path = dir.join(PRE_OPERATOR_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).with_context(|| {
-                format!(
-                    "{} is damaged; it is create-installation's capture",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        Ok(read_json(
+            &dir.join(PRE_OPERATOR_FILE),
+            "it is create-installation's capture",
+        )?)
     }
 }
