@@ -751,6 +751,71 @@ async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
     );
 }
 
+/// The shipped profile with its target operator replaced by `operator` (calico line
+/// aligned, so no version finding gets in the way).
+fn profile_for_operator(operator: &str, calico: &str) -> Profile {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let edited = text
+        .replace(
+            "  calico_version: v3.19.1\n  operator_version: v1.17.4",
+            &format!("  calico_version: {calico}\n  operator_version: {operator}"),
+        )
+        .replace("align_versions: false", "align_versions: true");
+    assert_ne!(edited, text, "profile layout changed");
+    Profile::parse(&edited, "t").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// tigera/operator from v1.25.0 accepts the chart's Fargate exclusion (commit c80107f7),
+/// so no fargate-affinity step; before it, Fargate nodes block the plan: the operator
+/// would label them for the kube-system calico-node whose exclusion was removed.
+#[tokio::test]
+async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_with_fargate_nodes() {
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let current = plan_with(&sb, &profile_for_operator("v1.38.6", "v3.30.3")).await;
+    let (blockers, _) = codes(&current);
+    assert!(
+        !blockers.contains(&"CONVERTER_FARGATE_AFFINITY"),
+        "{blockers:?}"
+    );
+    assert!(
+        !current.steps.iter().any(|s| s.id == "fargate-affinity"),
+        "{:?}",
+        current.steps.iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+    let old = plan_with(&sb, &Profile::load(None).unwrap_or_else(|e| panic!("{e}"))).await;
+    assert!(codes(&old).0.contains(&"CONVERTER_FARGATE_AFFINITY"));
+    assert!(!codes(&old).0.contains(&"FARGATE_NODES_OLD_OPERATOR"));
+
+    // One Fargate node, as EKS registers it.
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    objs.push(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "fargate-ip-10-0-9-9.ec2.internal",
+                     "labels": {"eks.amazonaws.com/compute-type": "fargate"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
+    let sb = sandbox(objs);
+    let old = plan_with(&sb, &Profile::load(None).unwrap_or_else(|e| panic!("{e}"))).await;
+    let blocker = old
+        .blockers
+        .iter()
+        .find(|f| f.code == "FARGATE_NODES_OLD_OPERATOR")
+        .unwrap_or_else(|| panic!("{:?}", old.blockers));
+    assert!(
+        blocker.message.contains("fargate-ip-10-0-9-9.ec2.internal"),
+        "{blocker:?}"
+    );
+    assert!(blocker.fix.contains("v1.25.0"), "{blocker:?}");
+    assert!(!old.ready());
+    let current = plan_with(&sb, &profile_for_operator("v1.38.6", "v3.30.3")).await;
+    let (blockers, warnings) = codes(&current);
+    assert!(
+        !blockers.contains(&"FARGATE_NODES_OLD_OPERATOR"),
+        "{blockers:?}"
+    );
+    assert!(warnings.contains(&"FARGATE_NODES"), "{warnings:?}");
+}
+
 #[tokio::test]
 async fn canal_is_refused_like_the_converter_does() {
     let mut objs = objects(ChartGeneration::V0_3_10);

@@ -314,7 +314,8 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
     let Some(ds) = i.inv.find("daemonsets", "kube-system", "calico-node") else {
         return;
     };
-    for r in converter::predict(ds) {
+    let line = converter::ConverterLine::of(&i.profile.target.operator_version);
+    for r in converter::predict(ds, line) {
         out.push(match r {
             Refusal::Annotations { on, keys } => {
                 let helm_only = keys.iter().all(|k| k.starts_with("meta.helm.sh/"));
@@ -528,18 +529,48 @@ fn nodes(i: &RuleInput, out: &mut Vec<Finding>) {
              before the window; the takeover waits for a Ready agent on every node",
         ));
     }
-    if !s.fargate_nodes.is_empty() {
-        out.push(f(
-            "FARGATE_NODES",
-            Warning,
-            format!(
-                "{} Fargate node(s) run no Calico agent and are not migrated: {}",
-                s.fargate_nodes.len(),
-                s.fargate_nodes.join(", ")
-            ),
-            "none needed: NetworkPolicy is not enforced by Calico on Fargate before or after",
-        ));
+    if s.fargate_nodes.is_empty() {
+        return;
     }
+    // Operators before v1.25 refuse the chart's Fargate exclusion, so fargate-affinity
+    // replaces it by the migration label; but they label every node, Fargate ones too
+    // (namespace_migration.go labelUnmigratedNodes over all nodes, v1.17.4 and v1.20.4),
+    // so kube-system calico-node would get a pod on each Fargate node that can never
+    // run there, and the operator waits for it without end.
+    let line = converter::ConverterLine::of(&i.profile.target.operator_version);
+    let excluded_by_affinity = i
+        .inv
+        .find("daemonsets", "kube-system", "calico-node")
+        .and_then(|ds| ds.pointer("/spec/template/spec/affinity"))
+        .is_some_and(converter::is_fargate_exclusion);
+    if excluded_by_affinity && !line.accepts_eks_fargate_affinity {
+        out.push(f(
+            "FARGATE_NODES_OLD_OPERATOR",
+            Blocker,
+            format!(
+                "{} Fargate node(s) ({}) and a target operator ({}) older than v1.25.0: it refuses \
+                 calico-node's Fargate exclusion, then labels every node for the migration, \
+                 Fargate ones too, so the kube-system calico-node would wait forever for pods \
+                 that cannot run on Fargate",
+                s.fargate_nodes.len(),
+                s.fargate_nodes.join(", "),
+                i.profile.target.operator_version
+            ),
+            "use a profile whose operator is v1.25.0 or later (it accepts the exclusion), or \
+             move the Fargate workloads off Fargate for the window",
+        ));
+        return;
+    }
+    out.push(f(
+        "FARGATE_NODES",
+        Warning,
+        format!(
+            "{} Fargate node(s) run no Calico agent and are not migrated: {}",
+            s.fargate_nodes.len(),
+            s.fargate_nodes.join(", ")
+        ),
+        "none needed: NetworkPolicy is not enforced by Calico on Fargate before or after",
+    ));
 }
 
 fn crds(i: &RuleInput, out: &mut Vec<Finding>) {

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::converter::ConverterLine;
 use super::profile::Profile;
 use crate::checks::conn::ConnReport;
 use crate::checks::outcome::compare_with_baseline;
@@ -155,6 +156,11 @@ impl World {
             .find(|s| s.get("id").and_then(Value::as_str) == Some(id))
     }
 
+    /// What the target operator's converter accepts (from the profile's operator version).
+    pub fn converter_line(&self) -> ConverterLine {
+        ConverterLine::of(&self.profile.target.operator_version)
+    }
+
     /// The Helm release the plan found: (name, namespace, revision).
     pub fn release(&self) -> Option<(String, String, u32)> {
         let src = self.plan.get("source")?;
@@ -256,14 +262,10 @@ impl World {
 
     /// The stored baseline round, if the baseline step has run.
     pub fn baseline_round(&self) -> anyhow::Result<Option<RoundReport>> {
-        let path = self.baseline_path();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("{} is not a check round", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        Ok(crate::engine::state_dir::read_json(
+            &self.baseline_path(),
+            "it is the baseline check round later checks compare with; restore it from a copy of the state dir, or roll back and start again",
+        )?)
     }
 
     /// Store `report` as the baseline.

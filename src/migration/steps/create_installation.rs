@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::cluster::objects::{ObjRef, contains};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, daemonset_rolled_out, deployment_ready};
-use crate::migration::converter::{self, Refusal};
+use crate::migration::converter::{self, ConverterLine, Refusal};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::nodes::list_nodes;
@@ -102,8 +102,8 @@ fn refusal_text(r: &Refusal) -> String {
 
 /// What the converter would refuse on the live DaemonSet (its own migration
 /// label aside, which the operator sets itself).
-fn refusals(ds: &Value) -> Vec<String> {
-    converter::predict(ds)
+fn refusals(ds: &Value, line: ConverterLine) -> Vec<String> {
+    converter::predict(ds, line)
         .into_iter()
         .filter_map(|r| match r {
             Refusal::NodeSelector { keys } => {
@@ -188,7 +188,7 @@ impl CreateInstallation {
                 "DaemonSet kube-system/calico-node is missing: nothing for the operator to migrate; check the cluster against the plan"
             );
         };
-        let refused = refusals(&ds);
+        let refused = refusals(&ds, world.converter_line());
         if !refused.is_empty() {
             bail!(
                 "the operator would refuse this DaemonSet (\"{OPERATOR_WORDS}: ...\"): {}; run the earlier steps (`calico-migrate apply --resume`) or fix it, then try again",
@@ -383,7 +383,7 @@ impl Step<World> for CreateInstallation {
             )];
             if let Some(ds) = world.objects.get(&kube_system_node()).await? {
                 out.extend(
-                    refusals(&ds)
+                    refusals(&ds, world.converter_line())
                         .into_iter()
                         .map(|r| format!("(refused now) {r}")),
                 );

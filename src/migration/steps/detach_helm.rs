@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
-use crate::migration::converter::{ALLOWED_ANNOTATIONS, Refusal, predict};
+use crate::migration::converter::{ConverterLine, Refusal, predict};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::refs::{KUBE_SYSTEM, kube_system_node};
 use crate::migration::release::{DETACH_HELM_STEP, chart_objects_live, release_secrets};
@@ -133,7 +133,7 @@ impl Step<World> for DetachHelm {
             let prober = world.prober().await?;
             let mut template_changed = false;
             for (r, live) in &objects {
-                if let Some(patch) = strip_patch(live) {
+                if let Some(patch) = strip_patch(live, world.converter_line()) {
                     tracing::info!("removing Helm metadata from {r}");
                     template_changed |= patch.pointer("/spec/template").is_some();
                     world.objects.merge(r, &patch).await?;
@@ -177,7 +177,9 @@ impl Step<World> for DetachHelm {
             for r in &expected {
                 match world.objects.get(r).await? {
                     None => missing.push(r.to_string()),
-                    Some(o) if strip_patch(&o).is_some() => labelled.push(r.to_string()),
+                    Some(o) if strip_patch(&o, world.converter_line()).is_some() => {
+                        labelled.push(r.to_string())
+                    }
                     Some(_) => {}
                 }
             }
@@ -194,7 +196,7 @@ impl Step<World> for DetachHelm {
                 )));
             }
             if let Some(ds) = world.objects.get(&kube_system_node()).await? {
-                let refused: Vec<String> = predict(&ds)
+                let refused: Vec<String> = predict(&ds, world.converter_line())
                     .into_iter()
                     .filter_map(|r| match r {
                         Refusal::Annotations { on, keys } => {
@@ -235,7 +237,7 @@ impl Step<World> for DetachHelm {
                     tracing::warn!("{r} no longer exists; its Helm metadata is not restored");
                     continue;
                 };
-                if let Some(patch) = restore_patch(&want, &live) {
+                if let Some(patch) = restore_patch(&want, &live, world.converter_line()) {
                     tracing::info!("restoring Helm metadata on {r}");
                     template_changed |= patch.pointer("/spec/template").is_some();
                     world.objects.merge(&r, &patch).await?;
@@ -266,7 +268,7 @@ impl Step<World> for DetachHelm {
         Box::pin(async move {
             let mut out = Vec::new();
             for (r, live) in chart_objects_live(world).await? {
-                if let Some(patch) = strip_patch(&live) {
+                if let Some(patch) = strip_patch(&live, world.converter_line()) {
                     let rolls = if patch.pointer("/spec/template").is_some() {
                         " (pod template: calico-node rolls node by node)"
                     } else {
@@ -296,11 +298,25 @@ fn is_calico_node_ds(o: &Value) -> bool {
     })
 }
 
-/// Annotation keys this step removes from `obj` (and from its pod template when
-/// `template`): Helm's everywhere; on kube-system calico-node every key the
-/// operator's converter refuses (tigera/operator convert/core_metadata.go).
-fn stripped_annotation(key: &str, calico_node: bool) -> bool {
-    key.starts_with(HELM_ANNOTATION_PREFIX) || (calico_node && !ALLOWED_ANNOTATIONS.contains(&key))
+/// Where an annotation sits, for what the converter accepts there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// Any chart object but kube-system calico-node.
+    Other,
+    CalicoNode,
+    CalicoNodeTemplate,
+}
+
+/// Annotations this step removes: Helm's everywhere; on kube-system calico-node and its
+/// pod template every one the target operator's converter refuses
+/// ([`ConverterLine::ignores_annotation`]).
+fn stripped_annotation(key: &str, value: &str, on: On, line: ConverterLine) -> bool {
+    key.starts_with(HELM_ANNOTATION_PREFIX)
+        || match on {
+            On::Other => false,
+            On::CalicoNode => !line.ignores_annotation(key, value, false),
+            On::CalicoNodeTemplate => !line.ignores_annotation(key, value, true),
+        }
 }
 
 fn stripped_label(key: &str, value: &str) -> bool {
@@ -318,9 +334,11 @@ fn string_map<'a>(o: &'a Value, ptr: &str) -> Vec<(&'a String, &'a str)> {
         .unwrap_or_default()
 }
 
-/// The merge patch that removes Helm's metadata from `live` (None: nothing to remove).
-pub fn strip_patch(live: &Value) -> Option<Value> {
+/// The merge patch that removes Helm's metadata, and on calico-node what the converter
+/// of `line` refuses, from `live` (None: nothing to remove).
+pub fn strip_patch(live: &Value, line: ConverterLine) -> Option<Value> {
     let ds = is_calico_node_ds(live);
+    let on = if ds { On::CalicoNode } else { On::Other };
     let nulls = |keys: Vec<&String>| -> Option<Value> {
         (!keys.is_empty())
             .then(|| Value::Object(keys.into_iter().map(|k| (k.clone(), Value::Null)).collect()))
@@ -328,7 +346,7 @@ pub fn strip_patch(live: &Value) -> Option<Value> {
     let annotations = nulls(
         string_map(live, "/metadata/annotations")
             .into_iter()
-            .filter(|(k, _)| stripped_annotation(k, ds))
+            .filter(|(k, v)| stripped_annotation(k, v, on, line))
             .map(|(k, _)| k)
             .collect(),
     );
@@ -343,7 +361,7 @@ pub fn strip_patch(live: &Value) -> Option<Value> {
         nulls(
             string_map(live, "/spec/template/metadata/annotations")
                 .into_iter()
-                .filter(|(k, _)| stripped_annotation(k, true))
+                .filter(|(k, v)| stripped_annotation(k, v, On::CalicoNodeTemplate, line))
                 .map(|(k, _)| k)
                 .collect(),
         )
@@ -354,8 +372,9 @@ pub fn strip_patch(live: &Value) -> Option<Value> {
 }
 
 /// The merge patch that puts back what [`strip_patch`] removed from `saved`.
-pub fn restore_patch(saved: &Value, live: &Value) -> Option<Value> {
+pub fn restore_patch(saved: &Value, live: &Value, line: ConverterLine) -> Option<Value> {
     let ds = is_calico_node_ds(saved);
+    let on = if ds { On::CalicoNode } else { On::Other };
     let back = |ptr: &str, keep: &dyn Fn(&str, &str) -> bool| -> Option<Value> {
         let now: Map<String, Value> = live
             .pointer(ptr)
@@ -369,11 +388,13 @@ pub fn restore_patch(saved: &Value, live: &Value) -> Option<Value> {
             .collect();
         (!m.is_empty()).then_some(Value::Object(m))
     };
-    let annotations = back("/metadata/annotations", &|k, _| stripped_annotation(k, ds));
+    let annotations = back("/metadata/annotations", &|k, v| {
+        stripped_annotation(k, v, on, line)
+    });
     let labels = back("/metadata/labels", &stripped_label);
     let template = if ds {
-        back("/spec/template/metadata/annotations", &|k, _| {
-            stripped_annotation(k, true)
+        back("/spec/template/metadata/annotations", &|k, v| {
+            stripped_annotation(k, v, On::CalicoNodeTemplate, line)
         })
     } else {
         None
@@ -406,6 +427,10 @@ fn assemble(
 mod apply_tests {
     use super::*;
 
+    fn line() -> ConverterLine {
+        ConverterLine::of("v1.17.4")
+    }
+
     fn ds(ann: Value, tpl: Value, labels: Value) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
                "metadata": {"name": "calico-node", "namespace": "kube-system",
@@ -421,7 +446,7 @@ mod apply_tests {
             json!({"app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "aws-calico-0.3.10",
                    "app.kubernetes.io/name": "calico-node"}),
         );
-        let patch = strip_patch(&saved).unwrap_or_else(|| panic!("a patch"));
+        let patch = strip_patch(&saved, line()).unwrap_or_else(|| panic!("a patch"));
         assert_eq!(
             patch,
             json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null},
@@ -433,8 +458,8 @@ mod apply_tests {
             json!({}),
             json!({"app.kubernetes.io/name": "calico-node"}),
         );
-        assert_eq!(strip_patch(&stripped), None);
-        let back = restore_patch(&saved, &stripped).unwrap_or_else(|| panic!("a patch"));
+        assert_eq!(strip_patch(&stripped, line()), None);
+        let back = restore_patch(&saved, &stripped, line()).unwrap_or_else(|| panic!("a patch"));
         assert_eq!(
             back["metadata"]["annotations"],
             json!({"meta.helm.sh/release-name": "aws-calico"})
@@ -443,7 +468,7 @@ mod apply_tests {
             back["spec"]["template"]["metadata"]["annotations"],
             json!({"prometheus.io/scrape": "true"})
         );
-        assert_eq!(restore_patch(&saved, &saved), None);
+        assert_eq!(restore_patch(&saved, &saved, line()), None);
     }
 
     #[test]
@@ -452,6 +477,6 @@ mod apply_tests {
             "metadata": {"name": "calico-typha", "namespace": "kube-system",
                          "annotations": {"team": "net"},
                          "labels": {"app.kubernetes.io/managed-by": "terraform"}}});
-        assert_eq!(strip_patch(&svc), None);
+        assert_eq!(strip_patch(&svc, line()), None);
     }
 }

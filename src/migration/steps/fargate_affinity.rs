@@ -10,7 +10,7 @@ use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds;
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
-use crate::migration::converter::{Refusal, predict};
+use crate::migration::converter::{ConverterLine, Refusal, is_fargate_exclusion, predict};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::nodes::{nodes_without_ready_agent, set_node_label, worker_nodes};
 use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
@@ -21,7 +21,8 @@ pub const ID: &str = "fargate-affinity";
 
 pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
     let ds = ctx.inv.find("daemonsets", "kube-system", "calico-node")?;
-    if !predict(ds).contains(&Refusal::FargateAffinity) {
+    let line = ConverterLine::of(&ctx.profile.target.operator_version);
+    if !predict(ds, line).contains(&Refusal::FargateAffinity) {
         return None;
     }
     Some(StepPlan {
@@ -127,12 +128,7 @@ fn daemonset_patch(ds: &Value) -> anyhow::Result<Option<Value>> {
     let affinity = ds.pointer("/spec/template/spec/affinity");
     let has_affinity = affinity.is_some_and(|a| !a.is_null());
     if has_affinity {
-        let only_fargate = affinity.and_then(Value::as_object).is_some_and(|m| {
-            m.len() == 1
-                && m.contains_key("nodeAffinity")
-                && crate::migration::converter::predict(ds)
-                    .contains(&crate::migration::converter::Refusal::FargateAffinity)
-        });
+        let only_fargate = affinity.is_some_and(is_fargate_exclusion);
         if !only_fargate {
             bail!(
                 "kube-system calico-node has an affinity other than the chart's Fargate exclusion \

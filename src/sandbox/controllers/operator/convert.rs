@@ -1,7 +1,8 @@
 //! The converter's refusals, in the operator's words (tigera/operator
 //! pkg/controller/migration/convert: errors.go `ErrIncompatibleCluster`
-//! formats "<err>. To fix it, <fix> on <component>"; core_metadata.go
-//! allow-list of annotations; the nodeSelector/affinity handler; convert.go
+//! formats "<err>. To fix it, <fix> on <component>"; core.go
+//! `removeExpectedAnnotations` and `handleNodeSelectors`, which differ by operator
+//! line (the version is the operator Deployment's image tag); convert.go
 //! "unexpected env var"; cni.go / network.go for the AmazonVPC values).
 //! installation/core_controller.go reports them as Degraded/MigrationError
 //! with [`DEGRADED_PREFIX`] + ": " + the error.
@@ -43,16 +44,76 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// core_metadata.go `removeKubernetesAnnotations`: what the operator tolerates.
-fn unexpected_annotations(v: Option<&Value>) -> BTreeMap<String, String> {
+/// `(major, minor, patch)` of an operator image tag such as `v1.38.6`; a tag that does
+/// not parse is the oldest line.
+fn version_of(tag: &str) -> (u32, u32, u32) {
+    let mut it = tag
+        .trim_start_matches('v')
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
+    match (
+        it.next().flatten(),
+        it.next().flatten(),
+        it.next().flatten(),
+    ) {
+        (Some(a), Some(b), c) => (a, b, c.unwrap_or(0)),
+        _ => (0, 0, 0),
+    }
+}
+
+/// `removeExpectedAnnotations` (core.go): the annotations the converter drops before
+/// it refuses what is left. v1.17.4 and v1.20.4 core.go:258-275: four keys by name,
+/// and keys of `ignore_with_value` when the value matches. From v1.22.0 (commit
+/// ae31dec1; v1.38.6 core.go:34 and 298-325) kubectl's last-applied key gives way to
+/// every key matching `^kubectl\.kubernetes\.io`.
+fn unexpected_annotations(
+    v: Option<&Value>,
+    ignore_with_value: &[(&str, &str)],
+    version: (u32, u32, u32),
+) -> BTreeMap<String, String> {
     let mut m = string_map(v);
-    m.retain(|k, _| {
-        !(k == "deprecated.daemonset.template.generation"
+    let kubectl_prefix = version >= (1, 22, 0);
+    m.retain(|k, val| {
+        let by_name = k == "deprecated.daemonset.template.generation"
             || k == "deployment.kubernetes.io/revision"
             || k == "scheduler.alpha.kubernetes.io/critical-pod"
-            || k.starts_with("kubectl.kubernetes.io"))
+            || (!kubectl_prefix && k == "kubectl.kubernetes.io/last-applied-configuration");
+        let with_value = ignore_with_value
+            .iter()
+            .any(|(ik, iv)| k == ik && val == iv);
+        let kubectl = kubectl_prefix && k.starts_with("kubectl.kubernetes.io");
+        !(by_name || with_value || kubectl)
     });
     m
+}
+
+/// The affinity v1.25.0 on accepts on calico-node for an EKS Installation (commit
+/// c80107f7; v1.38.6 core.go:346-357, compared with `reflect.DeepEqual`): exactly the
+/// required node affinity `eks.amazonaws.com/compute-type NotIn [fargate]`.
+fn is_eks_fargate_exclusion(affinity: &Value) -> bool {
+    let term = serde_json::json!({"matchExpressions": [
+        {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["fargate"]}
+    ]});
+    let Some(a) = affinity.as_object() else {
+        return false;
+    };
+    let set: Vec<(&String, &Value)> = a.iter().filter(|(_, v)| !v.is_null()).collect();
+    let Some(node) = set
+        .iter()
+        .find(|(k, _)| *k == "nodeAffinity")
+        .map(|(_, v)| *v)
+        .filter(|_| set.len() == 1)
+        .and_then(Value::as_object)
+    else {
+        return false;
+    };
+    let node: Vec<(&String, &Value)> = node.iter().filter(|(_, v)| !v.is_null()).collect();
+    node.len() == 1
+        && node[0].0 == "requiredDuringSchedulingIgnoredDuringExecution"
+        && node[0].1.get("nodeSelectorTerms") == Some(&serde_json::json!([term]))
 }
 
 /// Non-FELIX env vars the converter understands or ignores (core.go, network.go, cni.go).
@@ -86,8 +147,10 @@ const AMAZON_VPC_ENV: &[(&str, &str)] = &[
     ("FELIX_IPTABLESMANGLEALLOWACTION", "return"),
 ];
 
-/// Run the checks on the kube-system calico-node DaemonSet; Err is the operator's error text.
-pub fn check_daemonset(ds: &Value) -> Result<(), OperatorRefusal> {
+/// Run the checks of the operator at image tag `operator_tag` on the kube-system
+/// calico-node DaemonSet of an EKS cluster; Err is the operator's error text.
+pub fn check_daemonset(ds: &Value, operator_tag: &str) -> Result<(), OperatorRefusal> {
+    let version = version_of(operator_tag);
     let labels = string_map(ds.pointer("/metadata/labels"));
     if let Some(mode) = labels.get("addonmanager.kubernetes.io/mode") {
         return Err(incompatible(
@@ -96,7 +159,7 @@ pub fn check_daemonset(ds: &Value) -> Result<(), OperatorRefusal> {
             COMPONENT,
         ));
     }
-    let a = unexpected_annotations(ds.pointer("/metadata/annotations"));
+    let a = unexpected_annotations(ds.pointer("/metadata/annotations"), &[], version);
     if !a.is_empty() {
         return Err(incompatible(
             format!("unexpected annotation '{}'", go_map(&a)),
@@ -104,7 +167,12 @@ pub fn check_daemonset(ds: &Value) -> Result<(), OperatorRefusal> {
             COMPONENT,
         ));
     }
-    let a = unexpected_annotations(ds.pointer("/spec/template/metadata/annotations"));
+    // "some orchestrators explicitly denote it anyways" (core.go:224-230 at v1.17.4).
+    let a = unexpected_annotations(
+        ds.pointer("/spec/template/metadata/annotations"),
+        &[("cluster-autoscaler.kubernetes.io/daemonset-pod", "true")],
+        version,
+    );
     if !a.is_empty() {
         return Err(incompatible(
             format!("unexpected annotation '{}'", go_map(&a)),
@@ -116,7 +184,11 @@ pub fn check_daemonset(ds: &Value) -> Result<(), OperatorRefusal> {
         .pointer("/spec/template/spec")
         .cloned()
         .unwrap_or(Value::Null);
-    if spec.get("affinity").is_some_and(|a| !a.is_null()) {
+    let accepted = |a: &Value| version >= (1, 25, 0) && is_eks_fargate_exclusion(a);
+    if spec
+        .get("affinity")
+        .is_some_and(|a| !a.is_null() && !accepted(a))
+    {
         return Err(OperatorRefusal(
             "node affinity not supported for calico-node daemonset".into(),
         ));
@@ -221,13 +293,13 @@ mod tests {
     fn refusals_in_order() {
         let mut ds = chart_ds();
         assert_eq!(
-            check_daemonset(&ds),
+            check_daemonset(&ds, "v1.20.1"),
             Err(OperatorRefusal("unexpected annotation 'map[meta.helm.sh/release-name:aws-calico meta.helm.sh/release-namespace:kube-system]'. To fix it, remove the annotation from the component on daemonset/calico-node".into()))
         );
         ds["metadata"]["annotations"] =
             serde_json::json!({"deprecated.daemonset.template.generation": "1"});
         assert_eq!(
-            check_daemonset(&ds),
+            check_daemonset(&ds, "v1.20.1"),
             Err(OperatorRefusal(
                 "node affinity not supported for calico-node daemonset".into()
             ))
@@ -235,12 +307,12 @@ mod tests {
         if let Some(m) = ds["spec"]["template"]["spec"].as_object_mut() {
             m.remove("affinity");
         }
-        assert_eq!(check_daemonset(&ds), Ok(()));
+        assert_eq!(check_daemonset(&ds, "v1.20.1"), Ok(()));
         if let Some(e) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
             e.push(serde_json::json!({"name": "MY_VAR", "value": "1"}));
         }
         assert_eq!(
-            check_daemonset(&ds),
+            check_daemonset(&ds, "v1.20.1"),
             Err(OperatorRefusal(
                 "unexpected env var: [calico-node/MY_VAR]".into()
             ))
@@ -250,25 +322,66 @@ mod tests {
         }
         set_env(&mut ds, "FELIX_ROUTESOURCE", "CalicoIPAM");
         assert_eq!(
-            check_daemonset(&ds),
+            check_daemonset(&ds, "v1.20.1"),
             Ok(()),
             "no release checks FELIX_ROUTESOURCE"
         );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "RETURN");
-        assert_eq!(check_daemonset(&ds), Ok(()), "compared lower-cased");
+        assert_eq!(
+            check_daemonset(&ds, "v1.20.1"),
+            Ok(()),
+            "compared lower-cased"
+        );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Accept");
         assert_eq!(
-            check_daemonset(&ds),
+            check_daemonset(&ds, "v1.20.1"),
             Err(OperatorRefusal("FELIX_IPTABLESMANGLEALLOWACTION=Accept is not supported. To fix it, remove the FELIX_IPTABLESMANGLEALLOWACTION env var or set it to 'return' on daemonset/calico-node".into()))
         );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Return");
         ds["spec"]["template"]["spec"]["nodeSelector"] =
             serde_json::json!({"team": "a", "kubernetes.io/os": "linux"});
         assert_eq!(
-            check_daemonset(&ds),
+            check_daemonset(&ds, "v1.20.1"),
             Err(OperatorRefusal(
                 "unsupported nodeSelector for calico-node daemonset: map[team:a]".into()
             ))
         );
+    }
+
+    #[test]
+    fn the_line_decides_kubectl_annotations_and_the_fargate_exclusion() {
+        let mut ds = chart_ds();
+        ds["metadata"]["annotations"] =
+            serde_json::json!({"deprecated.daemonset.template.generation": "1"});
+        ds["spec"]["template"]["metadata"]["annotations"] = serde_json::json!({
+            "kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z",
+            "cluster-autoscaler.kubernetes.io/daemonset-pod": "true"
+        });
+        // v1.38.6: restartedAt ignored (^kubectl\.kubernetes\.io), the chart's
+        // Fargate exclusion accepted on EKS.
+        assert_eq!(check_daemonset(&ds, "v1.38.6"), Ok(()));
+        // v1.20.4: only last-applied is ignored.
+        assert_eq!(
+            check_daemonset(&ds, "v1.20.4"),
+            Err(OperatorRefusal("unexpected annotation 'map[kubectl.kubernetes.io/restartedAt:2026-01-01T00:00:00Z]'. To fix it, remove the annotation from the component on daemonset/calico-node podTemplateSpec".into()))
+        );
+        ds["spec"]["template"]["metadata"]["annotations"] =
+            serde_json::json!({"cluster-autoscaler.kubernetes.io/daemonset-pod": "true"});
+        assert_eq!(
+            check_daemonset(&ds, "v1.24.0"),
+            Err(OperatorRefusal(
+                "node affinity not supported for calico-node daemonset".into()
+            ))
+        );
+        // Anything beside the exclusion: refused on every line.
+        ds["spec"]["template"]["spec"]["affinity"]["podAffinity"] = serde_json::json!({});
+        assert_eq!(
+            check_daemonset(&ds, "v1.38.6"),
+            Err(OperatorRefusal(
+                "node affinity not supported for calico-node daemonset".into()
+            ))
+        );
+        assert_eq!(version_of("v1.38.6"), (1, 38, 6));
+        assert_eq!(version_of("latest"), (0, 0, 0));
     }
 }
