@@ -89,6 +89,18 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
         .as_bytes(),
         &WriteOptions::default(),
     )?;
+    // typha's Helm annotations too: the converter checks them (as detach-helm removes them).
+    sb.store().patch(
+        &Gvr::new("apps", "v1", "deployments"),
+        "kube-system",
+        "calico-typha",
+        PatchKind::Merge,
+        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null,
+                                            "meta.helm.sh/release-namespace": null}}})
+        .to_string()
+        .as_bytes(),
+        &WriteOptions::default(),
+    )?;
     let c = controllers(&sb)?;
     let started = Instant::now();
     sb.load(scenario::operator::operator_manifest(

@@ -119,7 +119,8 @@ fn cluster(
     );
     assert!(sb.load(extra).is_ok());
     if prepared {
-        // What calico-migrate must do first: drop Helm's annotations and the Fargate affinity.
+        // What calico-migrate must do first: drop Helm's annotations (calico-node's and
+        // typha's: the converter checks both) and the Fargate affinity.
         merge(
             &sb,
             &ds_g(),
@@ -129,6 +130,14 @@ fn cluster(
             json!({
             "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
             "spec": {"template": {"spec": {"affinity": null}}}}),
+        );
+        merge(
+            &sb,
+            &deploy_g(),
+            "kube-system",
+            "calico-typha",
+            "",
+            json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
         );
     }
     let opts = ControllerOptions {
@@ -339,7 +348,8 @@ fn operator_refuses_the_chart_as_installed() {
     );
     let inst = get(&sb, &inst_g(), "", "default").unwrap_or(Value::Null);
     assert_eq!(condition(&inst, "Degraded")["reason"], "MigrationError");
-    // Annotations gone, Fargate affinity still there: the next refusal.
+    // calico-node's annotations gone: typha's Helm annotations are next (the converter
+    // checks every component's annotations before any affinity).
     merge(
         &sb,
         &ds_g(),
@@ -356,7 +366,29 @@ fn operator_refuses_the_chart_as_installed() {
         condition(&ts, "Degraded")["message"]
             .as_str()
             .unwrap_or_default()
-            .ends_with(": node affinity not supported for calico-node daemonset"),
+            .ends_with(
+                "To fix it, remove the annotation from the component on deployment/calico-typha"
+            ),
+        "{ts}"
+    );
+    // Annotations gone everywhere, Fargate affinity still there: the next refusal.
+    merge(
+        &sb,
+        &deploy_g(),
+        "kube-system",
+        "calico-typha",
+        "",
+        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
+    );
+    for _ in 0..5 {
+        c.tick();
+    }
+    let ts = tigera_status(&sb);
+    assert!(
+        condition(&ts, "Degraded")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(": node affinity not supported for calico-node daemonset. To fix it, remove the affinity on daemonset/calico-node"),
         "{ts}"
     );
     assert!(

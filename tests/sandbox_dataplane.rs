@@ -758,6 +758,17 @@ async fn operator_migration(
         prepare.to_string().as_bytes(),
         &WriteOptions::default(),
     )?;
+    // typha's too: the converter checks its annotations as well.
+    sb.store().patch(
+        &Gvr::new("apps", "v1", "deployments"),
+        "kube-system",
+        "calico-typha",
+        PatchKind::Merge,
+        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}})
+            .to_string()
+            .as_bytes(),
+        &WriteOptions::default(),
+    )?;
     let dp = DataPlane::start(&sb, DataPlaneOptions::default())?;
     let mut c = Controllers::new(
         &sb,

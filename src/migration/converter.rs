@@ -30,7 +30,11 @@ pub const ALLOWED_ANNOTATIONS: [&str; 4] = [
 /// v1.17.4, 270-272 at v1.38.6: "some orchestrators explicitly denote it").
 pub const ALLOWED_TEMPLATE_ANNOTATION: (&str, &str) =
     ("cluster-autoscaler.kubernetes.io/daemonset-pod", "true");
-/// nodeSelector keys the converter accepts (OS selectors only).
+/// Typha's pod-template annotation ignored with exactly this value (v1.17.4
+/// core.go:247-249, v1.38.6 core.go:289-291).
+pub const TYPHA_TEMPLATE_ANNOTATION: (&str, &str) =
+    ("cluster-autoscaler.kubernetes.io/safe-to-evict", "true");
+/// nodeSelector keys the converter accepts with the value `linux` (`removeOSNodeSelectors`).
 pub const ALLOWED_NODE_SELECTORS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
 /// Env vars the converter understands for a kdd + AmazonVPC install; FELIX_* vars
 /// are carried into FelixConfiguration `default` and are not refused.
@@ -71,6 +75,10 @@ pub struct ConverterLine {
     /// Before, any affinity but AKS's virtual-kubelet one is refused (v1.20.4
     /// core.go:283-303).
     pub accepts_eks_fargate_affinity: bool,
+    /// v1.31.0 on: typha's pod affinity and anti-affinity are carried into the
+    /// Installation (commit 0ec197d1 "migrate typha deployment affinities"; v1.38.6
+    /// core.go:377-390); before, they are refused (v1.17.4 core.go:319-327).
+    pub carries_typha_pod_affinity: bool,
 }
 
 impl ConverterLine {
@@ -81,16 +89,22 @@ impl ConverterLine {
         ConverterLine {
             ignores_kubectl_annotations: v >= (1, 22, 0),
             accepts_eks_fargate_affinity: v >= (1, 25, 0),
+            carries_typha_pod_affinity: v >= (1, 31, 0),
         }
     }
 
     /// Whether the converter ignores annotation `key` = `value`, on the calico-node
     /// DaemonSet (`template` false) or its pod template.
     pub fn ignores_annotation(self, key: &str, value: &str, template: bool) -> bool {
-        let (template_key, template_value) = ALLOWED_TEMPLATE_ANNOTATION;
+        self.ignores(key, value, template.then_some(ALLOWED_TEMPLATE_ANNOTATION))
+    }
+
+    /// `removeExpectedAnnotations`: the keys ignored by name or kubectl prefix, and
+    /// `with_value` when the value matches.
+    fn ignores(self, key: &str, value: &str, with_value: Option<(&str, &str)>) -> bool {
         ALLOWED_ANNOTATIONS.contains(&key)
             || (self.ignores_kubectl_annotations && key.starts_with("kubectl.kubernetes.io"))
-            || (template && key == template_key && value == template_value)
+            || with_value.is_some_and(|(k, v)| key == k && value == v)
     }
 }
 
@@ -116,6 +130,76 @@ pub enum Refusal {
     },
     /// The addon-manager label.
     AddonManager,
+}
+
+/// One predicted refusal on kube-system calico-typha.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TyphaRefusal {
+    /// Annotations the converter does not ignore.
+    Annotations { on: &'static str, keys: Vec<String> },
+    /// An affinity the converter refuses.
+    Affinity { what: &'static str },
+    /// nodeSelector keys other than the OS.
+    NodeSelector { keys: Vec<String> },
+}
+
+/// Keys of the string map at `ptr` that `refused(key, value)` picks.
+fn refused_keys(o: &Value, ptr: &str, refused: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    o.pointer(ptr)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(k, v)| refused(k, v.as_str().unwrap_or_default()))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `removeOSNodeSelectors`: `[beta.]kubernetes.io/os` is accepted only as `linux`.
+fn non_os_selector(key: &str, value: &str) -> bool {
+    !(ALLOWED_NODE_SELECTORS.contains(&key) && value == "linux")
+}
+
+/// Predict the converter's refusals for the kube-system calico-typha Deployment
+/// (`handleAnnotations`, v1.17.4 core.go:243-252, v1.38.6 core.go:285-296; typha in
+/// `handleNodeSelectors`, v1.17.4 core.go:318-351, v1.38.6 core.go:373-410).
+pub fn predict_typha(typha: &Value, line: ConverterLine) -> Vec<TyphaRefusal> {
+    let mut out = Vec::new();
+    for (on, ptr, with_value) in [
+        ("Deployment", "/metadata/annotations", None),
+        (
+            "pod template",
+            "/spec/template/metadata/annotations",
+            Some(TYPHA_TEMPLATE_ANNOTATION),
+        ),
+    ] {
+        let keys = refused_keys(typha, ptr, |k, v| !line.ignores(k, v, with_value));
+        if !keys.is_empty() {
+            out.push(TyphaRefusal::Annotations { on, keys });
+        }
+    }
+    let set = |p: &str| typha.pointer(p).is_some_and(|v| !v.is_null());
+    let affinity = "/spec/template/spec/affinity";
+    if !line.carries_typha_pod_affinity
+        && (set(&format!("{affinity}/podAffinity")) || set(&format!("{affinity}/podAntiAffinity")))
+    {
+        out.push(TyphaRefusal::Affinity {
+            what: "pod affinity and anti-affinity",
+        });
+    }
+    if set(&format!(
+        "{affinity}/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution"
+    )) {
+        out.push(TyphaRefusal::Affinity {
+            what: "a required node affinity",
+        });
+    }
+    let keys = refused_keys(typha, "/spec/template/spec/nodeSelector", non_os_selector);
+    if !keys.is_empty() {
+        out.push(TyphaRefusal::NodeSelector { keys });
+    }
+    out
 }
 
 /// Predict every refusal of the converter of `line` for the live DaemonSet.
@@ -152,16 +236,7 @@ pub fn predict(ds: &Value, line: ConverterLine) -> Vec<Refusal> {
             false => out.push(Refusal::NodeAffinity),
         }
     }
-    let sel: Vec<String> = ds
-        .pointer("/spec/template/spec/nodeSelector")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.keys()
-                .filter(|k| !ALLOWED_NODE_SELECTORS.contains(&k.as_str()))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let sel = refused_keys(ds, "/spec/template/spec/nodeSelector", non_os_selector);
     if !sel.is_empty() {
         out.push(Refusal::NodeSelector { keys: sel });
     }
@@ -403,5 +478,55 @@ mod tests {
         let mut with_null = fargate_exclusion();
         with_null["podAffinity"] = Value::Null;
         assert!(is_fargate_exclusion(&with_null));
+    }
+
+    #[test]
+    fn typha_refusals_follow_the_tags() {
+        let chart_typha = json!({"metadata": {"annotations": {"deployment.kubernetes.io/revision": "1"}},
+            "spec": {"template": {
+                "metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}},
+                "spec": {"nodeSelector": {"beta.kubernetes.io/os": "linux"}}}}});
+        assert_eq!(predict_typha(&chart_typha, v1_17()), vec![]);
+        let mut t = chart_typha.clone();
+        t["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!("aws-calico");
+        t["spec"]["template"]["spec"]["nodeSelector"]["team"] = json!("net");
+        t["spec"]["template"]["spec"]["affinity"] = json!({"podAntiAffinity": {}});
+        assert_eq!(
+            predict_typha(&t, v1_17()),
+            vec![
+                TyphaRefusal::Annotations {
+                    on: "Deployment",
+                    keys: vec!["meta.helm.sh/release-name".into()]
+                },
+                TyphaRefusal::Affinity {
+                    what: "pod affinity and anti-affinity"
+                },
+                TyphaRefusal::NodeSelector {
+                    keys: vec!["team".into()]
+                },
+            ]
+        );
+        // v1.31 on carries the pod (anti-)affinity into the Installation.
+        let r = predict_typha(&t, ConverterLine::of("v1.38.6"));
+        assert!(
+            !r.iter().any(|x| matches!(x, TyphaRefusal::Affinity { .. })),
+            "{r:?}"
+        );
+        t["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity":
+            {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}});
+        assert!(predict_typha(&t, ConverterLine::of("v1.38.6")).contains(
+            &TyphaRefusal::Affinity {
+                what: "a required node affinity"
+            }
+        ));
+        // An OS selector other than linux is not the OS selector the converter drops.
+        let mut w = chart_typha;
+        w["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/os"] = json!("windows");
+        assert_eq!(
+            predict_typha(&w, v1_17()),
+            vec![TyphaRefusal::NodeSelector {
+                keys: vec!["kubernetes.io/os".into()]
+            }]
+        );
     }
 }

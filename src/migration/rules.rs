@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::converter::{self, Refusal};
+use super::converter::{self, Refusal, TyphaRefusal};
 use super::facts::{self, Generation, Source, Summary, name_of, str_at};
 use super::manifest::ManifestObject;
 use super::profile::{OperatorInstall, Profile, parse_version};
@@ -328,10 +328,8 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
                     Blocker,
                     format!(
                         "kube-system calico-node carries {on} annotations {} that the operator's \
-                         converter does not ignore: operators before 2022 refuse them (TigeraStatus \
-                         calico Degraded, MigrationError), later ones copy them into the \
-                         Installation's calicoNodeDaemonSet overrides, so the operator's own \
-                         DaemonSet would claim to belong to the Helm release",
+                         converter does not ignore: it refuses them (TigeraStatus calico Degraded, \
+                         MigrationError) and the takeover never starts",
                         keys.join(", ")
                     ),
                     if i.source.release.is_some() {
@@ -400,6 +398,62 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
                 "stop the addon manager from owning calico-node and remove the label",
             ),
         });
+    }
+    if let Some(typha) = i.inv.find("deployments", "kube-system", "calico-typha") {
+        for r in converter::predict_typha(typha, line) {
+            out.push(typha_finding(i, r));
+        }
+    }
+}
+
+/// A predicted refusal on kube-system calico-typha (the converter checks it too).
+fn typha_finding(i: &RuleInput, r: TyphaRefusal) -> Finding {
+    match r {
+        TyphaRefusal::Annotations { on, keys } => {
+            let helm_only = keys.iter().all(|k| k.starts_with("meta.helm.sh/"));
+            let message = format!(
+                "kube-system calico-typha carries {on} annotations {} that the operator's \
+                 converter does not ignore: it refuses them and the takeover never starts",
+                keys.join(", ")
+            );
+            if helm_only && i.source.release.is_some() {
+                // detach-helm strips Helm's annotations from every object of the release.
+                f(
+                    "CONVERTER_HELM_ANNOTATIONS",
+                    Blocker,
+                    message,
+                    "the detach-helm step removes them with the Helm labels (after backing up the \
+                     release records and the metadata; rollback restores them)",
+                )
+            } else {
+                f(
+                    "CONVERTER_TYPHA_ANNOTATIONS",
+                    Blocker,
+                    message,
+                    format!(
+                        "remove the annotations {} from the Deployment",
+                        keys.join(", ")
+                    ),
+                )
+            }
+        }
+        TyphaRefusal::Affinity { what } => f(
+            "CONVERTER_TYPHA_AFFINITY",
+            Blocker,
+            format!(
+                "kube-system calico-typha has {what}, which the target operator's converter refuses"
+            ),
+            "remove it from the Deployment (a preferred node affinity is carried over)",
+        ),
+        TyphaRefusal::NodeSelector { keys } => f(
+            "CONVERTER_TYPHA_NODE_SELECTOR",
+            Blocker,
+            format!(
+                "the operator's converter refuses nodeSelector keys {} on kube-system calico-typha",
+                keys.join(", ")
+            ),
+            "remove those nodeSelector keys (only [beta.]kubernetes.io/os=linux is accepted)",
+        ),
     }
 }
 

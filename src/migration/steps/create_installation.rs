@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::cluster::objects::{ObjRef, contains};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, daemonset_rolled_out, deployment_ready};
-use crate::migration::converter::{self, ConverterLine, Refusal};
+use crate::migration::converter::{self, Refusal, TyphaRefusal};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::nodes::list_nodes;
@@ -15,7 +15,7 @@ use crate::migration::operator::{degraded, freeze_operator, run_operator};
 use crate::migration::pre_operator::PreOperator;
 use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, MIGRATION_LABEL, calico_system_node, installation_ref,
-    kube_system_node, operator_ref, tigera_status_ref,
+    kube_system_node, kube_system_typha, operator_ref, tigera_status_ref,
 };
 use crate::migration::wait::wait_until;
 use crate::migration::way_back::return_to_kube_system;
@@ -100,10 +100,34 @@ fn refusal_text(r: &Refusal) -> String {
     }
 }
 
+fn typha_refusal_text(r: &TyphaRefusal) -> String {
+    match r {
+        TyphaRefusal::Annotations { on, keys } => format!(
+            "unexpected annotation(s) {} on the {on} of deployment/calico-typha; remove them",
+            keys.join(", ")
+        ),
+        TyphaRefusal::Affinity { what } => {
+            format!("{what} on deployment/calico-typha is not supported; remove it")
+        }
+        TyphaRefusal::NodeSelector { keys } => format!(
+            "nodeSelector key(s) {} on deployment/calico-typha are not supported (only the OS)",
+            keys.join(", ")
+        ),
+    }
+}
+
 /// What the converter would refuse on the live DaemonSet (its own migration
-/// label aside, which the operator sets itself).
-fn refusals(ds: &Value, line: ConverterLine) -> Vec<String> {
-    converter::predict(ds, line)
+/// label aside, which the operator sets itself) and typha.
+async fn refusals(world: &World, ds: &Value) -> anyhow::Result<Vec<String>> {
+    let line = world.converter_line();
+    let typha = match world.objects.get(&kube_system_typha()).await? {
+        Some(t) => converter::predict_typha(&t, line)
+            .iter()
+            .map(typha_refusal_text)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(converter::predict(ds, line)
         .into_iter()
         .filter_map(|r| match r {
             Refusal::NodeSelector { keys } => {
@@ -113,7 +137,8 @@ fn refusals(ds: &Value, line: ConverterLine) -> Vec<String> {
             other => Some(other),
         })
         .map(|r| refusal_text(&r))
-        .collect()
+        .chain(typha)
+        .collect())
 }
 
 fn installation(world: &World) -> Value {
@@ -188,7 +213,7 @@ impl CreateInstallation {
                 "DaemonSet kube-system/calico-node is missing: nothing for the operator to migrate; check the cluster against the plan"
             );
         };
-        let refused = refusals(&ds, world.converter_line());
+        let refused = refusals(world, &ds).await?;
         if !refused.is_empty() {
             bail!(
                 "the operator would refuse this DaemonSet (\"{OPERATOR_WORDS}: ...\"): {}; run the earlier steps (`calico-migrate apply --resume`) or fix it, then try again",
@@ -383,7 +408,8 @@ impl Step<World> for CreateInstallation {
             )];
             if let Some(ds) = world.objects.get(&kube_system_node()).await? {
                 out.extend(
-                    refusals(&ds, world.converter_line())
+                    refusals(world, &ds)
+                        .await?
                         .into_iter()
                         .map(|r| format!("(refused now) {r}")),
                 );

@@ -14,6 +14,7 @@ use serde_json::Value;
 pub const DEGRADED_PREFIX: &str = "Existing Calico installation can not be managed by Tigera Operator as it is configured in a way that Operator does not currently support. Please update your existing Calico install config";
 
 const COMPONENT: &str = "daemonset/calico-node";
+const TYPHA: &str = "deployment/calico-typha";
 
 /// The migration converter's refusal, as the real Tigera operator words it
 /// (tigera/operator pkg/controller/migration/convert). The text is upstream's and
@@ -147,9 +148,95 @@ const AMAZON_VPC_ENV: &[(&str, &str)] = &[
     ("FELIX_IPTABLESMANGLEALLOWACTION", "return"),
 ];
 
+/// `handleAnnotations` and `handleNodeSelectors` for the kube-system calico-typha
+/// Deployment (v1.17.4 core.go:243-252 and 318-351; v1.38.6 core.go:285-296 and 373-410):
+/// annotations as for calico-node (its template may say
+/// `cluster-autoscaler.kubernetes.io/safe-to-evict: "true"`); pod (anti-)affinity refused
+/// before v1.31.0 (commit 0ec197d1 carries it into the Installation); a required node
+/// affinity refused on every line; nodeSelector keys other than `[beta.]kubernetes.io/os`
+/// = linux refused. `annotations` picks which half runs: the converter checks every
+/// component's annotations before any nodeSelector.
+fn check_typha(
+    typha: &Value,
+    version: (u32, u32, u32),
+    annotations: bool,
+) -> Result<(), OperatorRefusal> {
+    if annotations {
+        let a = unexpected_annotations(typha.pointer("/metadata/annotations"), &[], version);
+        if !a.is_empty() {
+            return Err(incompatible(
+                format!("unexpected annotation '{}'", go_map(&a)),
+                "remove the annotation from the component",
+                TYPHA,
+            ));
+        }
+        let a = unexpected_annotations(
+            typha.pointer("/spec/template/metadata/annotations"),
+            &[("cluster-autoscaler.kubernetes.io/safe-to-evict", "true")],
+            version,
+        );
+        if !a.is_empty() {
+            return Err(incompatible(
+                format!("unexpected annotation '{}'", go_map(&a)),
+                "remove the annotation from the component",
+                &format!("{TYPHA} podTemplateSpec"),
+            ));
+        }
+        return Ok(());
+    }
+    let affinity = typha.pointer("/spec/template/spec/affinity");
+    let set = |k: &str| {
+        affinity
+            .and_then(|a| a.get(k))
+            .is_some_and(|v| !v.is_null())
+    };
+    if version < (1, 31, 0) && (set("podAffinity") || set("podAntiAffinity")) {
+        return Err(incompatible(
+            "pod affinity and antiAffinity not supported for typha deployment".into(),
+            "remove the affinity",
+            TYPHA,
+        ));
+    }
+    if affinity
+        .and_then(|a| a.pointer("/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution"))
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(incompatible(
+            "nodeAffinity 'RequiredDuringSchedulingIgnoredDuringExecution' not supported on Typha"
+                .into(),
+            "remove the affinity",
+            TYPHA,
+        ));
+    }
+    let sel = non_os_selectors(typha.pointer("/spec/template/spec/nodeSelector"));
+    if !sel.is_empty() {
+        return Err(incompatible(
+            format!(
+                "invalid nodeSelector for typha deployment: {}",
+                go_map(&sel)
+            ),
+            "remove the nodeSelector",
+            TYPHA,
+        ));
+    }
+    Ok(())
+}
+
+/// `removeOSNodeSelectors`: `[beta.]kubernetes.io/os` dropped when it says `linux`.
+fn non_os_selectors(v: Option<&Value>) -> BTreeMap<String, String> {
+    let mut m = string_map(v);
+    m.retain(|k, v| !((k == "kubernetes.io/os" || k == "beta.kubernetes.io/os") && v == "linux"));
+    m
+}
+
 /// Run the checks of the operator at image tag `operator_tag` on the kube-system
-/// calico-node DaemonSet of an EKS cluster; Err is the operator's error text.
-pub fn check_daemonset(ds: &Value, operator_tag: &str) -> Result<(), OperatorRefusal> {
+/// calico-node DaemonSet (and typha, when there is one) of an EKS cluster; Err is the
+/// operator's error text.
+pub fn check_daemonset(
+    ds: &Value,
+    typha: Option<&Value>,
+    operator_tag: &str,
+) -> Result<(), OperatorRefusal> {
     let version = version_of(operator_tag);
     let labels = string_map(ds.pointer("/metadata/labels"));
     if let Some(mode) = labels.get("addonmanager.kubernetes.io/mode") {
@@ -180,6 +267,9 @@ pub fn check_daemonset(ds: &Value, operator_tag: &str) -> Result<(), OperatorRef
             &format!("{COMPONENT} podTemplateSpec"),
         ));
     }
+    if let Some(t) = typha {
+        check_typha(t, version, true)?;
+    }
     let spec = ds
         .pointer("/spec/template/spec")
         .cloned()
@@ -189,21 +279,26 @@ pub fn check_daemonset(ds: &Value, operator_tag: &str) -> Result<(), OperatorRef
         .get("affinity")
         .is_some_and(|a| !a.is_null() && !accepted(a))
     {
-        return Err(OperatorRefusal(
+        return Err(incompatible(
             "node affinity not supported for calico-node daemonset".into(),
+            "remove the affinity",
+            COMPONENT,
         ));
     }
-    let mut sel = string_map(spec.get("nodeSelector"));
-    sel.retain(|k, _| {
-        k != "kubernetes.io/os"
-            && k != "beta.kubernetes.io/os"
-            && k != super::super::nodes::MIGRATION_LABEL
-    });
+    let mut sel = non_os_selectors(spec.get("nodeSelector"));
+    sel.remove(super::super::nodes::MIGRATION_LABEL);
     if !sel.is_empty() {
-        return Err(OperatorRefusal(format!(
-            "unsupported nodeSelector for calico-node daemonset: {}",
-            go_map(&sel)
-        )));
+        return Err(incompatible(
+            format!(
+                "unsupported nodeSelector for calico-node daemonset: {}",
+                go_map(&sel)
+            ),
+            "remove the nodeSelector",
+            COMPONENT,
+        ));
+    }
+    if let Some(t) = typha {
+        check_typha(t, version, false)?;
     }
     let containers = spec
         .get("containers")
@@ -293,26 +388,26 @@ mod tests {
     fn refusals_in_order() {
         let mut ds = chart_ds();
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Err(OperatorRefusal("unexpected annotation 'map[meta.helm.sh/release-name:aws-calico meta.helm.sh/release-namespace:kube-system]'. To fix it, remove the annotation from the component on daemonset/calico-node".into()))
         );
         ds["metadata"]["annotations"] =
             serde_json::json!({"deprecated.daemonset.template.generation": "1"});
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Err(OperatorRefusal(
-                "node affinity not supported for calico-node daemonset".into()
+                "node affinity not supported for calico-node daemonset. To fix it, remove the affinity on daemonset/calico-node".into()
             ))
         );
         if let Some(m) = ds["spec"]["template"]["spec"].as_object_mut() {
             m.remove("affinity");
         }
-        assert_eq!(check_daemonset(&ds, "v1.20.1"), Ok(()));
+        assert_eq!(check_daemonset(&ds, None, "v1.20.1"), Ok(()));
         if let Some(e) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
             e.push(serde_json::json!({"name": "MY_VAR", "value": "1"}));
         }
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Err(OperatorRefusal(
                 "unexpected env var: [calico-node/MY_VAR]".into()
             ))
@@ -322,28 +417,28 @@ mod tests {
         }
         set_env(&mut ds, "FELIX_ROUTESOURCE", "CalicoIPAM");
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Ok(()),
             "no release checks FELIX_ROUTESOURCE"
         );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "RETURN");
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Ok(()),
             "compared lower-cased"
         );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Accept");
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Err(OperatorRefusal("FELIX_IPTABLESMANGLEALLOWACTION=Accept is not supported. To fix it, remove the FELIX_IPTABLESMANGLEALLOWACTION env var or set it to 'return' on daemonset/calico-node".into()))
         );
         set_env(&mut ds, "FELIX_IPTABLESMANGLEALLOWACTION", "Return");
         ds["spec"]["template"]["spec"]["nodeSelector"] =
             serde_json::json!({"team": "a", "kubernetes.io/os": "linux"});
         assert_eq!(
-            check_daemonset(&ds, "v1.20.1"),
+            check_daemonset(&ds, None, "v1.20.1"),
             Err(OperatorRefusal(
-                "unsupported nodeSelector for calico-node daemonset: map[team:a]".into()
+                "unsupported nodeSelector for calico-node daemonset: map[team:a]. To fix it, remove the nodeSelector on daemonset/calico-node".into()
             ))
         );
     }
@@ -359,29 +454,62 @@ mod tests {
         });
         // v1.38.6: restartedAt ignored (^kubectl\.kubernetes\.io), the chart's
         // Fargate exclusion accepted on EKS.
-        assert_eq!(check_daemonset(&ds, "v1.38.6"), Ok(()));
+        assert_eq!(check_daemonset(&ds, None, "v1.38.6"), Ok(()));
         // v1.20.4: only last-applied is ignored.
         assert_eq!(
-            check_daemonset(&ds, "v1.20.4"),
+            check_daemonset(&ds, None, "v1.20.4"),
             Err(OperatorRefusal("unexpected annotation 'map[kubectl.kubernetes.io/restartedAt:2026-01-01T00:00:00Z]'. To fix it, remove the annotation from the component on daemonset/calico-node podTemplateSpec".into()))
         );
         ds["spec"]["template"]["metadata"]["annotations"] =
             serde_json::json!({"cluster-autoscaler.kubernetes.io/daemonset-pod": "true"});
         assert_eq!(
-            check_daemonset(&ds, "v1.24.0"),
+            check_daemonset(&ds, None, "v1.24.0"),
             Err(OperatorRefusal(
-                "node affinity not supported for calico-node daemonset".into()
+                "node affinity not supported for calico-node daemonset. To fix it, remove the affinity on daemonset/calico-node".into()
             ))
         );
         // Anything beside the exclusion: refused on every line.
         ds["spec"]["template"]["spec"]["affinity"]["podAffinity"] = serde_json::json!({});
         assert_eq!(
-            check_daemonset(&ds, "v1.38.6"),
+            check_daemonset(&ds, None, "v1.38.6"),
             Err(OperatorRefusal(
-                "node affinity not supported for calico-node daemonset".into()
+                "node affinity not supported for calico-node daemonset. To fix it, remove the affinity on daemonset/calico-node".into()
             ))
         );
         assert_eq!(version_of("v1.38.6"), (1, 38, 6));
         assert_eq!(version_of("latest"), (0, 0, 0));
+    }
+
+    #[test]
+    fn typha_is_checked_like_the_tags_do() {
+        let mut ds = chart_ds();
+        ds["metadata"]["annotations"] = serde_json::json!({});
+        if let Some(m) = ds["spec"]["template"]["spec"].as_object_mut() {
+            m.remove("affinity");
+        }
+        let chart_typha = serde_json::json!({"metadata": {"annotations":
+                {"meta.helm.sh/release-name": "aws-calico"}},
+            "spec": {"template": {
+                "metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}},
+                "spec": {"nodeSelector": {"beta.kubernetes.io/os": "linux"}}}}});
+        assert_eq!(
+            check_daemonset(&ds, Some(&chart_typha), "v1.20.1"),
+            Err(OperatorRefusal("unexpected annotation 'map[meta.helm.sh/release-name:aws-calico]'. To fix it, remove the annotation from the component on deployment/calico-typha".into()))
+        );
+        let mut t = chart_typha;
+        t["metadata"]["annotations"] = serde_json::json!({});
+        assert_eq!(check_daemonset(&ds, Some(&t), "v1.20.1"), Ok(()));
+        t["spec"]["template"]["spec"]["affinity"] = serde_json::json!({"podAntiAffinity": {}});
+        assert_eq!(
+            check_daemonset(&ds, Some(&t), "v1.20.1"),
+            Err(OperatorRefusal("pod affinity and antiAffinity not supported for typha deployment. To fix it, remove the affinity on deployment/calico-typha".into()))
+        );
+        assert_eq!(check_daemonset(&ds, Some(&t), "v1.38.6"), Ok(()));
+        t["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/os"] =
+            serde_json::json!("windows");
+        assert_eq!(
+            check_daemonset(&ds, Some(&t), "v1.38.6"),
+            Err(OperatorRefusal("invalid nodeSelector for typha deployment: map[kubernetes.io/os:windows]. To fix it, remove the nodeSelector on deployment/calico-typha".into()))
+        );
     }
 }

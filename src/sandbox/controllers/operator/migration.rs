@@ -118,7 +118,10 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
     let old_ds = get(sb, &ds_gvr(), KS, "calico-node").filter(|d| !deleting(d));
     match old_ds {
         Some(ds) => {
-            if let Err(e) = super::convert::check_daemonset(&ds, &operator_version(op)) {
+            let typha = get(sb, &deploy_gvr(), KS, "calico-typha");
+            if let Err(e) =
+                super::convert::check_daemonset(&ds, typha.as_ref(), &operator_version(op))
+            {
                 let message = format!("{}: {e}", super::DEGRADED_PREFIX);
                 report(
                     sb,
