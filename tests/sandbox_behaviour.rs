@@ -49,6 +49,18 @@ fn name(o: &Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
+/// What detach-helm does to a kube-system object of the chart: Helm's annotations gone.
+fn drop_helm_annotations(sb: &Sandbox, gvr: &Gvr, name: &str) {
+    merge(
+        sb,
+        gvr,
+        "kube-system",
+        name,
+        "",
+        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
+    );
+}
+
 fn merge(sb: &Sandbox, gvr: &Gvr, ns: &str, n: &str, sub: &str, body: Value) {
     let r = sb.store().patch(
         gvr,
@@ -131,14 +143,7 @@ fn cluster(
             "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
             "spec": {"template": {"spec": {"affinity": null}}}}),
         );
-        merge(
-            &sb,
-            &deploy_g(),
-            "kube-system",
-            "calico-typha",
-            "",
-            json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
-        );
+        drop_helm_annotations(&sb, &deploy_g(), "calico-typha");
     }
     let opts = ControllerOptions {
         pod_start_delay: 2.0,
@@ -350,14 +355,7 @@ fn operator_refuses_the_chart_as_installed() {
     assert_eq!(condition(&inst, "Degraded")["reason"], "MigrationError");
     // calico-node's annotations gone: typha's Helm annotations are next (the converter
     // checks every component's annotations before any affinity).
-    merge(
-        &sb,
-        &ds_g(),
-        "kube-system",
-        "calico-node",
-        "",
-        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
-    );
+    drop_helm_annotations(&sb, &ds_g(), "calico-node");
     for _ in 0..5 {
         c.tick();
     }
@@ -372,14 +370,7 @@ fn operator_refuses_the_chart_as_installed() {
         "{ts}"
     );
     // Annotations gone everywhere, Fargate affinity still there: the next refusal.
-    merge(
-        &sb,
-        &deploy_g(),
-        "kube-system",
-        "calico-typha",
-        "",
-        json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}}}),
-    );
+    drop_helm_annotations(&sb, &deploy_g(), "calico-typha");
     for _ in 0..5 {
         c.tick();
     }
