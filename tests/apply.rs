@@ -591,7 +591,7 @@ async fn the_job_identity_of_deploy_plans_applies_and_rolls_back() -> Result<()>
         ),
     )?;
     let manifest = env.state_dir().join("tigera-operator.yaml");
-    let profile = calico_migrate::migration::profile::Profile::load(None)?;
+    let profile = calico_migrate::migration::profile::Profile::load(calico_migrate::migration::profile::SAME_VERSION_PROFILE)?;
     write_operator_manifest(&manifest, &profile)?;
     let o = run(cli(&env, &kc)
         .args(["plan", "-o", "json", "--operator-manifest"])
@@ -659,18 +659,18 @@ async fn a_profile_file_travels_with_the_plan() -> Result<()> {
     env.server.write_kubeconfig(&kc)?;
     let dir = tempfile::tempdir()?;
     let builtin = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml"),
     )?;
     let profile_path = dir.path().join("our-profile.yaml");
     std::fs::write(
         &profile_path,
         builtin
-            .replace("name: aws-calico-0.3.10", "name: our-shop")
+            .replace("name: aws-calico-0.3.10-v3.19", "name: our-shop")
             .replace("pause_seconds: 10", "pause_seconds: 3"),
     )?;
-    let profile = calico_migrate::migration::profile::Profile::load(Some(
+    let profile = calico_migrate::migration::profile::Profile::load(
         profile_path.to_string_lossy().as_ref(),
-    ))?;
+    )?;
     let manifest = dir.path().join("tigera-operator.yaml");
     write_operator_manifest(&manifest, &profile)?;
     let o = run(cli(&env, &kc)

@@ -11,7 +11,7 @@ use calico_migrate::cluster::{access, inventory};
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::permissions;
 use calico_migrate::migration::plan::{self, Plan};
-use calico_migrate::migration::profile::Profile;
+use calico_migrate::migration::profile::{Profile, SAME_VERSION_PROFILE};
 use calico_migrate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use calico_migrate::sandbox::{Sandbox, SandboxOptions};
 use serde_json::{Value, json};
@@ -52,8 +52,8 @@ async fn plan_as(client: &kube::Client) -> Plan {
     let acc = access::review(&client, &permissions::needed(), 4, &retry)
         .await
         .unwrap_or_else(|e| panic!("access: {e}"));
-    let profile = Profile::load(None).unwrap_or_else(|e| panic!("profile: {e}"));
-    plan::build(&inv, &profile, &acc, Some(&"ab".repeat(32)))
+    let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("profile: {e}"));
+    plan::build(&inv, &profile, &acc, plan::Pins { operator: Some(&"ab".repeat(32)), calico: None })
         .unwrap_or_else(|e| panic!("build: {e}"))
 }
 
@@ -543,11 +543,11 @@ async fn inventory_of(sb: &Sandbox) -> inventory::Inventory {
 #[tokio::test]
 async fn drift_names_what_changed_and_ignores_policy_edits() {
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
-    let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+    let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
     let inv = inventory_of(&sb).await;
     let saved = plan::SavedPlan {
-        fingerprint: plan::fingerprint(&plan::fingerprint_facts(&inv, &profile, None)),
-        facts: plan::fingerprint_facts(&inv, &profile, None),
+        fingerprint: plan::fingerprint(&plan::fingerprint_facts(&inv, &profile, plan::Pins::default())),
+        facts: plan::fingerprint_facts(&inv, &profile, plan::Pins::default()),
         cluster_uid: inv.cluster_uid.clone(),
         created_at: String::new(),
         plan: json!({}),
@@ -703,7 +703,7 @@ async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
         .await
         .unwrap_or_else(|e| panic!("inventory: {e}"));
     let acc = access::AccessReport::Checked { missing: vec![] };
-    plan::build(&inv, profile, &acc, Some(&"ab".repeat(32))).unwrap_or_else(|e| panic!("{e}"))
+    plan::build(&inv, profile, &acc, plan::Pins { operator: Some(&"ab".repeat(32)), calico: None }).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]
@@ -742,7 +742,7 @@ async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
     assert_eq!(&ids[..3], ["baseline", "align-versions", "detach-helm"]);
     assert!(p.ready(), "{:?}", p.blockers);
     // The shipped profile keeps the running v3.19 line: no version finding at all.
-    let p = plan_with(&sb, &Profile::load(None).unwrap_or_else(|e| panic!("{e}"))).await;
+    let p = plan_with(&sb, &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"))).await;
     assert!(
         !p.blockers
             .iter()
@@ -784,7 +784,7 @@ async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_wit
         "{:?}",
         current.steps.iter().map(|s| s.id).collect::<Vec<_>>()
     );
-    let old = plan_with(&sb, &Profile::load(None).unwrap_or_else(|e| panic!("{e}"))).await;
+    let old = plan_with(&sb, &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"))).await;
     assert!(codes(&old).0.contains(&"CONVERTER_FARGATE_AFFINITY"));
     assert!(!codes(&old).0.contains(&"FARGATE_NODES_OLD_OPERATOR"));
 
@@ -795,7 +795,7 @@ async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_wit
                      "labels": {"eks.amazonaws.com/compute-type": "fargate"}},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     let sb = sandbox(objs);
-    let old = plan_with(&sb, &Profile::load(None).unwrap_or_else(|e| panic!("{e}"))).await;
+    let old = plan_with(&sb, &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"))).await;
     let blocker = old
         .blockers
         .iter()
@@ -1169,14 +1169,17 @@ async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
     let manifest = read_manifest("m", &std::fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or_else(|e| panic!("{e}"));
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
-    let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+    let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let world = World::new(
         Objects::new(sb.client(), RetryPolicy::default()),
         profile.clone(),
         json!({}),
         dir.path(),
-        manifest.into_iter().map(|o| o.obj).collect(),
+        calico_migrate::migration::world::Manifests {
+            operator: manifest.into_iter().map(|o| o.obj).collect(),
+            calico: Vec::new(),
+        },
         ApplyOptions::from_profile(&profile),
     );
     let rv = sb.store().resource_version();

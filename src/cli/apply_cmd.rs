@@ -26,7 +26,7 @@ use crate::engine::{
 use crate::migration::plan;
 use crate::migration::profile::Profile;
 use crate::migration::session::{
-    Loaded, identity, load_plan, operator_manifest, planned_steps, unresolved_blockers,
+    Loaded, identity, load_plan, manifests, planned_steps, unresolved_blockers,
 };
 use crate::migration::world::{ApplyOptions, Observation, World};
 
@@ -279,7 +279,7 @@ pub async fn apply(args: &ApplyArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode>
             ids.join(", ")
         );
     }
-    let manifest = operator_manifest(&g.state_dir, &saved.plan, profile)?;
+    let manifest = manifests(&g.state_dir, &saved.plan, profile)?;
     let exists = Journal::exists(&g.state_dir);
     if args.resume && !exists {
         bail!(
@@ -412,7 +412,7 @@ pub async fn rollback(args: &RollbackArgs, g: &GlobalOpts) -> anyhow::Result<Exi
     )?;
     // The manifest is only needed to know what install-operator created; the rollback
     // data in the journal has it, so a missing file does not block a rollback.
-    let manifest = operator_manifest(&g.state_dir, &saved.plan, profile).unwrap_or_default();
+    let manifest = manifests(&g.state_dir, &saved.plan, profile).unwrap_or_default();
     let world = World::new(
         Objects::new(s.client.clone(), RetryPolicy::default()),
         profile.clone(),

@@ -13,14 +13,17 @@ use crate::cluster::{access, connect, inventory};
 use crate::engine::RetryPolicy;
 use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::migration::manifest::{self, ManifestObject};
-use crate::migration::plan::{self, SavedPlan};
+use crate::migration::plan::{self, Pins, SavedPlan};
 use crate::migration::profile::OperatorInstall;
 use crate::migration::{permissions, profile::Profile, render, rules};
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Migration profile (a file in plans/ or a path).
+    /// Migration profile: a built-in name (aws-calico-0.3.10-v3.19, the same-version
+    /// path for Kubernetes up to 1.24; aws-calico-0.3.10-v3.30, the current path) or a
+    /// YAML file. Without it, plan picks the built-in profile whose operator runs on the
+    /// cluster's Kubernetes version and says why.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
 
@@ -28,21 +31,39 @@ pub struct PlanArgs {
     /// in the plan and the file is copied into the state dir.
     #[arg(long, value_name = "FILE")]
     pub operator_manifest: Option<PathBuf>,
+
+    /// The reviewed manifest install of the target Calico, policy-only mode (for
+    /// v3.30.3: manifests/calico-policy-only.yaml): align-versions applies its CRDs and
+    /// RBAC, then its images. Pinned by sha256 like --operator-manifest.
+    #[arg(long, value_name = "FILE")]
+    pub calico_manifest: Option<PathBuf>,
 }
 
 pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
     refuse_over_a_journal(&global.state_dir)?;
-    let profile = Profile::load(args.profile.as_deref())?;
-    // The file apply will read, read now by the same function: an error in it ends
+    let named = args.profile.as_deref().map(Profile::load).transpose()?;
+    // The files apply will read, read now by the same function: an error in one ends
     // plan with exit 2 before the cluster is even asked.
-    let manifest = match &args.operator_manifest {
-        Some(path) => Some(Reviewed::read(path, &profile)?),
-        None => match pinned_copy(&profile, &global.state_dir) {
-            Some(copy) => Some(Reviewed::read(&copy, &profile)?),
-            None => None,
-        },
-    };
+    let given_operator = args
+        .operator_manifest
+        .as_deref()
+        .map(|p| Reviewed::read(p, OPERATOR))
+        .transpose()?;
+    let given_calico = args
+        .calico_manifest
+        .as_deref()
+        .map(|p| Reviewed::read(p, CALICO))
+        .transpose()?;
     let conn = connect::connect(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
+    let (profile, reason) = match named {
+        Some(p) => (p, None),
+        None => {
+            let picked = Profile::pick(&conn.server_version)?;
+            (picked.profile, Some(picked.reason))
+        }
+    };
+    let manifest = reviewed_or_pinned(given_operator, OPERATOR, &profile, &global.state_dir)?;
+    let calico = reviewed_or_pinned(given_calico, CALICO, &profile, &global.state_dir)?;
     let retry = RetryPolicy::default();
     let inv = inventory::read(&conn.client, conn.server_version.clone(), &retry)
         .await
@@ -59,9 +80,13 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
         &inv,
         &profile,
         &access,
-        manifest.as_ref().map(|m| m.sha.as_str()),
+        Pins {
+            operator: manifest.as_ref().map(|m| m.sha.as_str()),
+            calico: calico.as_ref().map(|m| m.sha.as_str()),
+        },
     )
     .context("decoding the Helm release")?;
+    plan.profile_reason = reason;
     if let Some(m) = &manifest {
         if profile.operator.install != OperatorInstall::External {
             let objects = Objects::new(conn.client.clone(), retry);
@@ -75,6 +100,9 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
                 )]);
             }
         }
+        m.pin(&global.state_dir)?;
+    }
+    if let Some(m) = &calico {
         m.pin(&global.state_dir)?;
     }
     let saved = SavedPlan::of(&plan, &inv, &profile);
@@ -112,10 +140,31 @@ fn refuse_over_a_journal(state_dir: &std::path::Path) -> anyhow::Result<()> {
     )
 }
 
-/// The reviewed operator manifest: its bytes, sha256 and objects, read and checked
-/// by [`manifest::read_manifest`], the function apply's install-operator
-/// step reads it with.
+/// Which reviewed manifest: its flag, the state-dir copy's name and the profile's pin.
+#[derive(Debug, Clone, Copy)]
+struct ManifestKind {
+    flag: &'static str,
+    /// The copy in the state dir is `<prefix>-<sha256>.yaml` (what apply reads).
+    prefix: &'static str,
+    pinned: fn(&Profile) -> Option<&str>,
+}
+
+const OPERATOR: ManifestKind = ManifestKind {
+    flag: "--operator-manifest",
+    prefix: "operator-manifest",
+    pinned: |p| Some(p.operator.sha256.as_str()),
+};
+
+const CALICO: ManifestKind = ManifestKind {
+    flag: "--calico-manifest",
+    prefix: crate::migration::session::CALICO_MANIFEST_PREFIX,
+    pinned: |p| p.calico_manifest.as_ref().map(|m| m.sha256.as_str()),
+};
+
+/// A reviewed manifest: its bytes, sha256 and objects, read and checked by
+/// [`manifest::read_manifest`], the function apply's steps read it with.
 struct Reviewed {
+    kind: ManifestKind,
     /// The path as given, for messages.
     file: String,
     sha: String,
@@ -124,23 +173,15 @@ struct Reviewed {
 }
 
 impl Reviewed {
-    /// Read the file, check its sha256 against the profile's pin, parse and check it.
-    fn read(path: &std::path::Path, profile: &Profile) -> anyhow::Result<Reviewed> {
+    /// Read the file, parse and check it.
+    fn read(path: &std::path::Path, kind: ManifestKind) -> anyhow::Result<Reviewed> {
         let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read --operator-manifest {}", path.display()))?;
+            .with_context(|| format!("cannot read {} {}", kind.flag, path.display()))?;
         let sha = hex::encode(Sha256::digest(&bytes));
-        let pinned = &profile.operator.sha256;
-        if !pinned.is_empty() && !pinned.eq_ignore_ascii_case(&sha) {
-            anyhow::bail!(
-                "--operator-manifest {} has sha256 {sha}, but profile {} pins {pinned}; use the \
-                 reviewed file or update the profile",
-                path.display(),
-                profile.name
-            );
-        }
         let file = path.display().to_string();
         let objects = manifest::read_manifest(&file, &bytes)?;
         Ok(Reviewed {
+            kind,
             file,
             sha,
             bytes,
@@ -148,27 +189,65 @@ impl Reviewed {
         })
     }
 
+    /// Refuse a file other than the one the profile pins.
+    fn check_pin(&self, profile: &Profile) -> anyhow::Result<()> {
+        let pinned = (self.kind.pinned)(profile).unwrap_or_default();
+        if !pinned.is_empty() && !pinned.eq_ignore_ascii_case(&self.sha) {
+            anyhow::bail!(
+                "{} {} has sha256 {}, but profile {} pins {pinned}; use the reviewed file or \
+                 update the profile",
+                self.kind.flag,
+                self.file,
+                self.sha,
+                profile.name
+            );
+        }
+        Ok(())
+    }
+
     /// Keep a copy in the state dir under its sha256: what apply reads.
     fn pin(&self, state_dir: &std::path::Path) -> anyhow::Result<()> {
         create_private_dir(state_dir)
             .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-        let copy = state_dir.join(format!("operator-manifest-{}.yaml", self.sha));
+        let copy = state_dir.join(format!("{}-{}.yaml", self.kind.prefix, self.sha));
         write_atomic(&copy, &self.bytes)?;
         Ok(())
     }
 }
 
+/// The manifest given on the command line (checked against the profile's pin), or
+/// the copy an earlier plan left in the state dir under the profile's pin.
+fn reviewed_or_pinned(
+    given: Option<Reviewed>,
+    kind: ManifestKind,
+    profile: &Profile,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Option<Reviewed>> {
+    if let Some(m) = given {
+        m.check_pin(profile)?;
+        return Ok(Some(m));
+    }
+    pinned_copy(kind, profile, state_dir)
+        .map(|copy| Reviewed::read(&copy, kind))
+        .transpose()
+}
+
 /// The copy of the manifest the profile pins, when an earlier plan left it in the
 /// state dir: apply reads that one.
-fn pinned_copy(profile: &Profile, state_dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let sha = profile.operator.sha256.to_ascii_lowercase();
-    let copy = state_dir.join(format!("operator-manifest-{sha}.yaml"));
+fn pinned_copy(
+    kind: ManifestKind,
+    profile: &Profile,
+    state_dir: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    let sha = (kind.pinned)(profile)?.to_ascii_lowercase();
+    let copy = state_dir.join(format!("{}-{sha}.yaml", kind.prefix));
     (!sha.is_empty() && copy.is_file()).then_some(copy)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migration::profile::SAME_VERSION_PROFILE;
 
     const NAMESPACE: &[u8] =
         b"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n";
@@ -178,20 +257,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("op.yaml");
         std::fs::write(&file, NAMESPACE).unwrap_or_else(|e| panic!("{e}"));
-        let mut profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
         let state = dir.path().join("state");
-        let m = Reviewed::read(&file, &profile).unwrap_or_else(|e| panic!("{e}"));
+        let m = Reviewed::read(&file, OPERATOR).unwrap_or_else(|e| panic!("{e}"));
+        m.check_pin(&profile).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(m.sha, hex::encode(Sha256::digest(NAMESPACE)));
         assert_eq!(m.objects.len(), 1);
         m.pin(&state).unwrap_or_else(|e| panic!("{e}"));
         let copy = state.join(format!("operator-manifest-{}.yaml", m.sha));
         assert!(copy.is_file());
         profile.operator.sha256 = m.sha.to_uppercase();
-        assert_eq!(pinned_copy(&profile, &state), Some(copy));
+        assert_eq!(pinned_copy(OPERATOR, &profile, &state), Some(copy));
+        assert_eq!(pinned_copy(CALICO, &profile, &state), None);
         profile.operator.sha256 = "0".repeat(64);
-        let err = Reviewed::read(&file, &profile).err().map(|e| e.to_string());
+        let err = m.check_pin(&profile).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains(&m.sha) && e.contains("pins")));
-        let missing = Reviewed::read(&dir.path().join("nope"), &profile);
+        let missing = Reviewed::read(&dir.path().join("nope"), OPERATOR);
         assert!(missing.is_err_and(|e| e.to_string().contains("--operator-manifest")));
     }
 
@@ -200,8 +281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("op.yaml");
         std::fs::write(&file, "kind: Namespace\n").unwrap_or_else(|e| panic!("{e}"));
-        let profile = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
-        let err = Reviewed::read(&file, &profile).err().map(|e| e.to_string());
+        let err = Reviewed::read(&file, CALICO).err().map(|e| e.to_string());
         assert!(
             err.as_deref()
                 .is_some_and(|e| e.contains("document 1 (line 1)")

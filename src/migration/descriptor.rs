@@ -44,6 +44,8 @@ pub struct StepContext<'a> {
     pub summary: &'a Summary,
     pub profile: &'a Profile,
     pub manifest_sha256: Option<&'a str>,
+    /// sha256 of the target Calico's manifest align-versions reads, if pinned.
+    pub calico_manifest_sha256: Option<&'a str>,
 }
 
 pub(crate) fn change(object: impl Into<String>, action: &'static str, fields: &[&str]) -> Change {

@@ -2,6 +2,7 @@
 //! profile -> plan), the preflight rules with the converter prediction, the steps
 //! (one file each under `steps/`, leaves) and the parts they share.
 
+pub mod calico_manifest;
 pub mod capture;
 pub mod converter;
 pub mod descriptor;

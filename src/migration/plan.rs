@@ -33,6 +33,44 @@ pub struct Plan {
     pub steps: Vec<StepPlan>,
     pub fingerprint: String,
     pub operator_manifest_sha256: Option<String>,
+    /// sha256 of the target Calico's manifest align-versions reads (current path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calico_manifest_sha256: Option<String>,
+    /// Why this profile, when plan chose it from the cluster's Kubernetes version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_reason: Option<String>,
+}
+
+/// The sha256 pins of the reviewed manifests a plan applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pins<'a> {
+    /// The operator manifest (install-operator).
+    pub operator: Option<&'a str>,
+    /// The target Calico's manifest install (align-versions).
+    pub calico: Option<&'a str>,
+}
+
+impl<'a> Pins<'a> {
+    /// The pins given, or else the profile's own.
+    pub fn or_profile(self, profile: &'a Profile) -> Pins<'a> {
+        let nonempty = |s: &'a str| Some(s).filter(|s| !s.is_empty());
+        Pins {
+            operator: self.operator.or(nonempty(&profile.operator.sha256)),
+            calico: self.calico.or(profile
+                .calico_manifest
+                .as_ref()
+                .and_then(|m| nonempty(&m.sha256))),
+        }
+    }
+
+    /// The pins a saved plan recorded.
+    pub fn of_saved(plan: &'a Value) -> Pins<'a> {
+        let get = |k: &str| plan.get(k).and_then(Value::as_str);
+        Pins {
+            operator: get("operator_manifest_sha256"),
+            calico: get("calico_manifest_sha256"),
+        }
+    }
 }
 
 impl Plan {
@@ -85,25 +123,27 @@ pub fn build(
     inv: &Inventory,
     profile: &Profile,
     access: &AccessReport,
-    manifest_sha256: Option<&str>,
+    pins: Pins,
 ) -> Result<Plan, HelmError> {
     let source = facts::source(inv, &profile.source.chart)?;
     let summary = facts::summary(inv);
-    let pin = manifest_sha256.or(Some(profile.operator.sha256.as_str()).filter(|s| !s.is_empty()));
+    let pins = pins.or_profile(profile);
     let findings = rules::evaluate(&RuleInput {
         inv,
         source: &source,
         summary: &summary,
         profile,
         access,
-        manifest_sha256: pin,
+        manifest_sha256: pins.operator,
+        calico_manifest_sha256: pins.calico,
     });
     let steps = steps::ordered(&StepContext {
         inv,
         source: &source,
         summary: &summary,
         profile,
-        manifest_sha256: pin,
+        manifest_sha256: pins.operator,
+        calico_manifest_sha256: pins.calico,
     });
     let mut findings = findings;
     for f in &mut findings {
@@ -115,13 +155,15 @@ pub fn build(
     Ok(Plan {
         profile: profile.name.clone(),
         cluster_uid: inv.cluster_uid.clone(),
-        fingerprint: fingerprint(&fingerprint_facts(inv, profile, pin)),
+        fingerprint: fingerprint(&fingerprint_facts(inv, profile, pins)),
         source,
         inventory: summary,
         blockers,
         warnings,
         steps,
-        operator_manifest_sha256: pin.map(str::to_string),
+        operator_manifest_sha256: pins.operator.map(str::to_string),
+        calico_manifest_sha256: pins.calico.map(str::to_string),
+        profile_reason: None,
     })
 }
 
@@ -130,7 +172,7 @@ pub fn build(
 pub fn fingerprint_facts(
     inv: &Inventory,
     profile: &Profile,
-    pin: Option<&str>,
+    pins: Pins,
 ) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: Value| {
@@ -234,7 +276,11 @@ pub fn fingerprint_facts(
         "profile",
         serde_json::to_value(profile).unwrap_or(Value::Null),
     );
-    put("operator_manifest", json!(pin));
+    put("operator_manifest", json!(pins.operator));
+    // Only on plans that pin one, so plans saved before the current path read the same.
+    if let Some(calico) = pins.calico {
+        put("calico_manifest", json!(calico));
+    }
     m
 }
 
@@ -262,7 +308,14 @@ impl SavedPlan {
     pub fn of(built: &Plan, inv: &Inventory, profile: &Profile) -> Self {
         SavedPlan {
             fingerprint: built.fingerprint.clone(),
-            facts: fingerprint_facts(inv, profile, built.operator_manifest_sha256.as_deref()),
+            facts: fingerprint_facts(
+                inv,
+                profile,
+                Pins {
+                    operator: built.operator_manifest_sha256.as_deref(),
+                    calico: built.calico_manifest_sha256.as_deref(),
+                },
+            ),
             cluster_uid: built.cluster_uid.clone(),
             created_at: jiff::Timestamp::now().to_string(),
             plan: serde_json::to_value(built).unwrap_or(Value::Null),
@@ -295,11 +348,10 @@ pub fn check_drift(
             now: inv.cluster_uid.clone(),
         });
     }
-    let pin = saved
-        .plan
-        .get("operator_manifest_sha256")
-        .and_then(Value::as_str);
-    let changed = drift(&saved.facts, &fingerprint_facts(inv, profile, pin));
+    let changed = drift(
+        &saved.facts,
+        &fingerprint_facts(inv, profile, Pins::of_saved(&saved.plan)),
+    );
     if changed.is_empty() {
         Ok(())
     } else {

@@ -6,13 +6,23 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The profile shipped with the tool, used when `--profile` is not given.
-pub const DEFAULT_PROFILE: &str = "aws-calico-0.3.10";
-/// The profile's text, embedded so the binary works outside the repository.
-const BUILTIN: &[(&str, &str)] = &[(
-    "aws-calico-0.3.10",
-    include_str!("../../plans/aws-calico-0.3.10.yaml"),
-)];
+/// The same-version path: operator v1.17.4 takes over the Calico v3.19.1 that runs
+/// (Kubernetes up to 1.24).
+pub const SAME_VERSION_PROFILE: &str = "aws-calico-0.3.10-v3.19";
+/// The current path: the install aligned to Calico v3.30.3, then operator v1.38.6.
+pub const CURRENT_PROFILE: &str = "aws-calico-0.3.10-v3.30";
+/// The built-in profiles' text, embedded so the binary works outside the repository,
+/// in the order [`Profile::pick`] prefers them (fewest changes first).
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        SAME_VERSION_PROFILE,
+        include_str!("../../plans/aws-calico-0.3.10-v3.19.yaml"),
+    ),
+    (
+        CURRENT_PROFILE,
+        include_str!("../../plans/aws-calico-0.3.10-v3.30.yaml"),
+    ),
+];
 /// The Calico <-> operator version table (plans/versions.yaml).
 pub const VERSION_TABLE: &str = include_str!("../../plans/versions.yaml");
 
@@ -24,6 +34,11 @@ pub struct Profile {
     pub description: String,
     pub source: SourceSpec,
     pub target: TargetSpec,
+    pub kubernetes: KubernetesRange,
+    /// The target Calico's own manifest install, read by align-versions (required when
+    /// `target.align_versions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calico_manifest: Option<ManifestPin>,
     pub operator: OperatorSpec,
     pub installation: Value,
     pub pacing: Pacing,
@@ -45,6 +60,46 @@ pub struct TargetSpec {
     pub operator_version: String,
     #[serde(default)]
     pub align_versions: bool,
+}
+
+/// The Kubernetes minors the target operator runs on, and why the bounds are there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesRange {
+    /// Oldest minor, "1.21".
+    pub min: String,
+    /// Newest minor, when the operator cannot run on later ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// The reason for the bounds, with its upstream reference: quoted in the plan.
+    pub why: String,
+}
+
+impl KubernetesRange {
+    /// Whether `minor` (1, N) lies in the range.
+    pub fn admits(&self, minor: (u32, u32)) -> bool {
+        let min = parse_minor(&self.min).unwrap_or((1, 0));
+        let max = self.max.as_deref().and_then(parse_minor);
+        minor >= min && max.is_none_or(|m| minor <= m)
+    }
+
+    /// "1.21 to 1.24", "1.21 or later".
+    pub fn describe(&self) -> String {
+        match &self.max {
+            Some(max) => format!("{} to {max}", self.min),
+            None => format!("{} or later", self.min),
+        }
+    }
+}
+
+/// A manifest the plan pins by sha256 (the file itself is given to `plan`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestPin {
+    #[serde(default)]
+    pub manifest_url: String,
+    #[serde(default)]
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,10 +181,56 @@ pub enum ProfileError {
     Invalid { name: String, problem: String },
 }
 
+/// The profile `plan` chose for a cluster, and why.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub profile: Profile,
+    pub reason: String,
+}
+
 impl Profile {
+    /// The built-in profile for a cluster of this Kubernetes version (`v1.33.2-eks-…`):
+    /// the first, in [`BUILTIN`]'s order, whose operator runs on it; the reason names
+    /// the profiles passed over and why.
+    pub fn pick(kubernetes_version: &str) -> Result<Picked, ProfileError> {
+        let minor = parse_minor(kubernetes_version).ok_or_else(|| ProfileError::Invalid {
+            name: "(chosen by Kubernetes version)".into(),
+            problem: format!(
+                "the cluster's Kubernetes version {kubernetes_version:?} does not read as 1.N;                  choose a profile with --profile"
+            ),
+        })?;
+        let shown = format!("{}.{}", minor.0, minor.1);
+        let mut passed = Vec::new();
+        for (name, text) in BUILTIN {
+            let profile = Profile::parse(text, name)?;
+            if profile.kubernetes.admits(minor) {
+                let mut reason = format!(
+                    "profile {name} chosen for Kubernetes {shown}: operator {} runs on                      Kubernetes {}",
+                    profile.target.operator_version,
+                    profile.kubernetes.describe()
+                );
+                if !passed.is_empty() {
+                    reason.push_str(&format!("; not {}", passed.join("; not ")));
+                }
+                return Ok(Picked { profile, reason });
+            }
+            passed.push(format!(
+                "{name}: it runs on Kubernetes {} only, {}",
+                profile.kubernetes.describe(),
+                profile.kubernetes.why
+            ));
+        }
+        Err(ProfileError::Invalid {
+            name: "(chosen by Kubernetes version)".into(),
+            problem: format!(
+                "no built-in profile runs on Kubernetes {shown}: {}",
+                passed.join("; ")
+            ),
+        })
+    }
+
     /// A built-in profile by name, or a YAML file by path.
-    pub fn load(spec: Option<&str>) -> Result<Profile, ProfileError> {
-        let spec = spec.unwrap_or(DEFAULT_PROFILE);
+    pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         let name = spec.trim_end_matches(".yaml");
         let name = name.strip_prefix("plans/").unwrap_or(name);
         if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
@@ -182,9 +283,31 @@ impl Profile {
         if self.pacing.nodes_at_a_time == 0 {
             return Err(bad("pacing.nodes_at_a_time must be at least 1".into()));
         }
+        let hex64 = |pin: &str| pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit());
         let pin = &self.operator.sha256;
-        if !pin.is_empty() && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !pin.is_empty() && !hex64(pin) {
             return Err(bad("operator.sha256 must be 64 hex digits".into()));
+        }
+        if let Some(m) = &self.calico_manifest
+            && !m.sha256.is_empty()
+            && !hex64(&m.sha256)
+        {
+            return Err(bad("calico_manifest.sha256 must be 64 hex digits".into()));
+        }
+        if self.target.align_versions && self.calico_manifest.is_none() {
+            return Err(bad(
+                "target.align_versions needs calico_manifest (the target Calico's manifest \
+                 install, whose CRDs, RBAC and images the alignment applies)"
+                    .into(),
+            ));
+        }
+        let k = &self.kubernetes;
+        for (field, v) in [("kubernetes.min", Some(&k.min)), ("kubernetes.max", k.max.as_ref())] {
+            if let Some(v) = v
+                && parse_minor(v).is_none()
+            {
+                return Err(bad(format!("{field} {v:?} is not a Kubernetes minor like 1.24")));
+            }
         }
         if !self.installation.is_object() {
             return Err(bad(
@@ -195,6 +318,11 @@ impl Profile {
     }
 }
 
+/// The names of the built-in profiles, in the order `pick` tries them.
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().map(|(n, _)| *n)
+}
+
 /// The shipped version table.
 pub fn version_table() -> Result<Vec<VersionRow>, ProfileError> {
     let t: VersionTable =
@@ -203,6 +331,15 @@ pub fn version_table() -> Result<Vec<VersionRow>, ProfileError> {
             problem: e.to_string(),
         })?;
     Ok(t.rows)
+}
+
+/// `1.24`, `v1.33.2-eks-…` -> (1, 24): the Kubernetes minor.
+pub fn parse_minor(v: &str) -> Option<(u32, u32)> {
+    let v = v.trim().trim_start_matches('v');
+    let mut it = v.split(['.', '-', '+']);
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.trim_end_matches('+').parse().ok()?;
+    Some((major, minor))
 }
 
 /// `v3.19.1` or `3.19.1` -> (3, 19, 1).
@@ -222,11 +359,40 @@ mod tests {
 
     #[test]
     fn builtin_profile_and_table_parse() {
-        let p = Profile::load(None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(p.source.chart_versions, vec!["0.3.10".to_string()]);
         let rows = version_table().unwrap_or_else(|e| panic!("{e}"));
         assert!(rows.iter().all(|r| !r.source.is_empty()));
-        assert!(rows.iter().any(|r| r.operator == p.target.operator_version));
+        for (name, _) in BUILTIN {
+            let p = Profile::load(name).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p.source.chart_versions, vec!["0.3.10".to_string()]);
+            // Every profile's pair is a row of the table: the operator installs that Calico.
+            assert!(
+                rows.iter()
+                    .any(|r| r.operator == p.target.operator_version
+                        && r.calico == p.target.calico_version),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_profile_is_picked_by_the_clusters_kubernetes_version() {
+        let pick = |v: &str| Profile::pick(v).map(|p| (p.profile.name, p.reason));
+        let (name, reason) = pick("v1.24.17-eks-1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(name, SAME_VERSION_PROFILE);
+        assert!(reason.contains("Kubernetes 1.24") && reason.contains("v1.17.4"), "{reason}");
+        for v in ["v1.25.0", "1.33", "v1.34.1-eks-abc"] {
+            let (name, reason) = pick(v).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(name, CURRENT_PROFILE, "{v}");
+            assert!(
+                reason.contains(&format!("not {SAME_VERSION_PROFILE}"))
+                    && reason.contains("PodSecurityPolicies"),
+                "{reason}"
+            );
+        }
+        assert!(pick("v1.15.0").is_err_and(|e| e.to_string().contains("no built-in profile")));
+        assert!(pick("latest").is_err());
+        assert_eq!(parse_minor("v1.33.2-eks-113cf36"), Some((1, 33)));
+        assert_eq!(parse_minor("1.21+"), Some((1, 21)));
     }
 
     #[test]
@@ -237,7 +403,16 @@ mod tests {
         let bad = good.replace("nodes_at_a_time: 1", "nodes_at_a_time: 0");
         let err = Profile::parse(&bad, "x").err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("nodes_at_a_time")));
-        assert!(Profile::load(Some("no-such-profile")).is_err());
+        assert!(Profile::load("no-such-profile").is_err());
+        let bad = good.replace("max: \"1.24\"", "max: \"soon\"");
+        let err = Profile::parse(&bad, "x").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("kubernetes.max")));
+        let current = BUILTIN[1].1;
+        let cut = current.split("calico_manifest:").next().unwrap_or_default().to_string()
+            + "operator:"
+            + current.split("\noperator:").nth(1).unwrap_or_default();
+        let err = Profile::parse(&cut, "x").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("needs calico_manifest")), "{cut}");
     }
 
     #[test]

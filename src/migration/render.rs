@@ -14,6 +14,9 @@ pub fn text(p: &Plan) -> String {
     let s = &p.source;
     let i = &p.inventory;
     let _ = writeln!(o, "calico-migrate plan (profile {})", p.profile);
+    if let Some(why) = &p.profile_reason {
+        let _ = writeln!(o, "{why}");
+    }
     let _ = writeln!(o, "fingerprint {}", p.fingerprint);
     let _ = writeln!(o);
     let _ = writeln!(
@@ -114,6 +117,9 @@ pub fn markdown(p: &Plan) -> String {
         "Profile `{}`, fingerprint `{}`\n",
         p.profile, p.fingerprint
     );
+    if let Some(why) = &p.profile_reason {
+        let _ = writeln!(o, "{why}.\n");
+    }
     let _ = writeln!(o, "## Source\n");
     let _ = writeln!(
         o,

@@ -55,6 +55,8 @@ pub struct RuleInput<'a> {
     pub access: &'a AccessReport,
     /// sha256 of the operator manifest the plan will apply, if pinned.
     pub manifest_sha256: Option<&'a str>,
+    /// sha256 of the target Calico's manifest align-versions reads, if pinned.
+    pub calico_manifest_sha256: Option<&'a str>,
 }
 
 fn f(code: &'static str, severity: Severity, message: String, fix: impl Into<String>) -> Finding {
@@ -71,6 +73,7 @@ use Severity::{Blocker, Warning};
 /// Run every rule, in a stable order.
 pub fn evaluate(i: &RuleInput) -> Vec<Finding> {
     let mut out = Vec::new();
+    kubernetes_version(i, &mut out);
     helm2(i, &mut out);
     generation(i, &mut out);
     if matches!(
@@ -87,8 +90,60 @@ pub fn evaluate(i: &RuleInput) -> Vec<Finding> {
     crds(i, &mut out);
     psp_and_pdb(i, &mut out);
     operator_manifest(i, &mut out);
+    calico_manifest(i, &mut out);
     access(i, &mut out);
     out
+}
+
+/// `KUBERNETES_VERSION_UNSUPPORTED`: the profile's operator cannot run on this
+/// cluster's Kubernetes (e.g. operator v1.17.4 on 1.25+, whose render needs
+/// policy/v1beta1): it would go Degraded before migrating anything.
+fn kubernetes_version(i: &RuleInput, out: &mut Vec<Finding>) {
+    let k = &i.profile.kubernetes;
+    let Some(minor) = super::profile::parse_minor(&i.inv.server_version) else {
+        out.push(f(
+            "KUBERNETES_VERSION_UNKNOWN",
+            Warning,
+            format!(
+                "the cluster's Kubernetes version {:?} does not read as 1.N, so plan cannot tell \
+                 whether operator {} (Kubernetes {}) runs on it",
+                i.inv.server_version,
+                i.profile.target.operator_version,
+                k.describe()
+            ),
+            "check the cluster's version (`kubectl version`) against the profile's kubernetes range",
+        ));
+        return;
+    };
+    if k.admits(minor) {
+        return;
+    }
+    let others: Vec<String> = super::profile::builtin_names()
+        .filter(|n| *n != i.profile.name)
+        .map(String::from)
+        .collect();
+    out.push(f(
+        "KUBERNETES_VERSION_UNSUPPORTED",
+        Blocker,
+        format!(
+            "profile {} targets operator {}, which runs on Kubernetes {} only, and this cluster \
+             runs Kubernetes {}.{}: {}",
+            i.profile.name,
+            i.profile.target.operator_version,
+            k.describe(),
+            minor.0,
+            minor.1,
+            k.why
+        ),
+        format!(
+            "run plan without --profile to get the profile for this Kubernetes version{}",
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (built in: {})", others.join(", "))
+            }
+        ),
+    ));
 }
 
 fn helm2(i: &RuleInput, out: &mut Vec<Finding>) {
@@ -806,6 +861,34 @@ pub fn manifest_api_not_served(
             }
         ),
     )
+}
+
+/// `CALICO_MANIFEST_UNPINNED`: the alignment applies the target Calico's manifest
+/// install (CRDs, RBAC, images); without the reviewed file there is nothing to apply.
+fn calico_manifest(i: &RuleInput, out: &mut Vec<Finding>) {
+    let Some(pin) = &i.profile.calico_manifest else {
+        return;
+    };
+    let aligning = i.profile.target.align_versions
+        && i.source.calico_version.as_deref().and_then(parse_version).map(|v| (v.0, v.1))
+            != parse_version(&i.profile.target.calico_version).map(|v| (v.0, v.1));
+    if aligning && i.calico_manifest_sha256.is_none() {
+        out.push(f(
+            "CALICO_MANIFEST_UNPINNED",
+            Blocker,
+            format!(
+                "profile {} brings the kube-system install to Calico {} first, from that \
+                 version's own manifest, but none is pinned (empty calico_manifest.sha256 and no \
+                 --calico-manifest)",
+                i.profile.name, i.profile.target.calico_version
+            ),
+            format!(
+                "download {} once, review it, and pass --calico-manifest FILE (its sha256 is \
+                 stored in the plan)",
+                pin.manifest_url
+            ),
+        ));
+    }
 }
 
 fn access(i: &RuleInput, out: &mut Vec<Finding>) {

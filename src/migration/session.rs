@@ -12,6 +12,7 @@ use super::manifest;
 use super::plan::{self, SavedPlan};
 use super::profile::{OperatorInstall, Profile};
 use super::steps::{self, RunStep};
+use super::world::Manifests;
 
 /// The saved plan, with what apply needs from it.
 pub struct Loaded {
@@ -38,7 +39,7 @@ pub fn load_plan(state_dir: &Path) -> anyhow::Result<Loaded> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            Profile::load(Some(&name))
+            Profile::load(&name)
                 .with_context(|| format!("loading profile `{name}` named by the saved plan"))?
         }
     };
@@ -97,31 +98,42 @@ pub fn unresolved_blockers(plan: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The reviewed operator manifest the plan pinned, read back from the state dir and
-/// checked against its sha256 again.
-pub fn operator_manifest(
-    state_dir: &Path,
-    plan: &Value,
-    profile: &Profile,
-) -> anyhow::Result<Vec<Value>> {
-    if profile.operator.install == OperatorInstall::External {
-        return Ok(Vec::new());
-    }
-    let Some(sha) = plan
-        .get("operator_manifest_sha256")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    else {
-        bail!(
-            "the plan pins no operator manifest; run `calico-migrate plan --operator-manifest FILE` \
-             with the reviewed tigera-operator.yaml"
-        );
+/// The state-dir copy of the reviewed target Calico manifest is
+/// `<prefix>-<sha256>.yaml` (the operator manifest's is `operator-manifest-…`).
+pub const CALICO_MANIFEST_PREFIX: &str = "calico-manifest";
+
+/// The reviewed manifests the plan pinned, read back from the state dir and checked
+/// against their sha256 again.
+pub fn manifests(state_dir: &Path, plan: &Value, profile: &Profile) -> anyhow::Result<Manifests> {
+    let operator = if profile.operator.install == OperatorInstall::External {
+        Vec::new()
+    } else {
+        let Some(sha) = pinned(plan, "operator_manifest_sha256") else {
+            bail!(
+                "the plan pins no operator manifest; run `calico-migrate plan --operator-manifest \
+                 FILE` with the reviewed tigera-operator.yaml"
+            );
+        };
+        read_pinned(state_dir, "operator-manifest", "--operator-manifest", sha)?
     };
-    let path = state_dir.join(format!("operator-manifest-{sha}.yaml"));
+    let calico = match pinned(plan, "calico_manifest_sha256") {
+        Some(sha) => read_pinned(state_dir, CALICO_MANIFEST_PREFIX, "--calico-manifest", sha)?,
+        None => Vec::new(),
+    };
+    Ok(Manifests { operator, calico })
+}
+
+fn pinned<'a>(plan: &'a Value, key: &str) -> Option<&'a str> {
+    plan.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// One pinned copy, its sha256 checked, read by the reader plan used.
+fn read_pinned(state_dir: &Path, prefix: &str, flag: &str, sha: &str) -> anyhow::Result<Vec<Value>> {
+    let path = state_dir.join(format!("{prefix}-{sha}.yaml"));
     let bytes = std::fs::read(&path).with_context(|| {
         format!(
-            "the plan pins operator manifest sha256 {sha} but {} cannot be read; run \
-             `calico-migrate plan --operator-manifest FILE` again",
+            "the plan pins {prefix} sha256 {sha} but {} cannot be read; run `calico-migrate plan \
+             {flag} FILE` again",
             path.display()
         )
     })?;
@@ -129,11 +141,11 @@ pub fn operator_manifest(
     if got != sha {
         bail!(
             "{} has sha256 {got}, not the {sha} the plan pinned; it was changed after planning. \
-             Run `calico-migrate plan --operator-manifest FILE` with the reviewed file",
+             Run `calico-migrate plan {flag} FILE` with the reviewed file",
             path.display()
         );
     }
-    // The same reader (and checks) as `plan --operator-manifest`.
+    // The same reader (and checks) as `plan`.
     let objects = manifest::read_manifest(&path.display().to_string(), &bytes)?;
     Ok(objects.into_iter().map(|o| o.obj).collect())
 }

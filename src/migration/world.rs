@@ -107,6 +107,15 @@ pub enum Observation {
     },
 }
 
+/// The reviewed manifests a plan pinned, read back (session::manifests).
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    /// The operator manifest (install-operator).
+    pub operator: Vec<Value>,
+    /// The target Calico's manifest install (align-versions).
+    pub calico: Vec<Value>,
+}
+
 /// The world of the migration steps.
 pub struct World {
     pub objects: Objects,
@@ -117,6 +126,9 @@ pub struct World {
     /// Objects of the reviewed operator manifest (empty when the profile installs
     /// the operator externally).
     pub operator_manifest: Vec<Value>,
+    /// Objects of the target Calico's manifest install, which align-versions reads
+    /// (empty when the plan does not align).
+    pub calico_manifest: Vec<Value>,
     pub options: ApplyOptions,
     prober: tokio::sync::Mutex<Option<Arc<Prober>>>,
     observations: Mutex<Vec<Observation>>,
@@ -128,7 +140,7 @@ impl World {
         profile: Profile,
         plan: Value,
         state_dir: &Path,
-        operator_manifest: Vec<Value>,
+        manifests: Manifests,
         options: ApplyOptions,
     ) -> Self {
         World {
@@ -136,7 +148,8 @@ impl World {
             profile,
             plan,
             state_dir: state_dir.to_path_buf(),
-            operator_manifest,
+            operator_manifest: manifests.operator,
+            calico_manifest: manifests.calico,
             options,
             prober: tokio::sync::Mutex::new(None),
             observations: Mutex::new(Vec::new()),

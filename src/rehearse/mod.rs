@@ -19,7 +19,7 @@ use crate::cluster::{access, inventory};
 use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::engine::{Journal, Mode, Outcome, RetryPolicy, RunObserver, run_observed};
 use crate::migration::permissions;
-use crate::migration::plan::{self, SavedPlan};
+use crate::migration::plan::{Pins, self, SavedPlan};
 use crate::migration::profile::Profile;
 use crate::migration::session::{self, identity, planned_steps};
 use crate::migration::world::{ApplyOptions, Observation, World};
@@ -172,13 +172,14 @@ fn options(profile: &Profile, time_scale: f64) -> ApplyOptions {
 /// Read the sandbox like `plan` does, pin the sandbox's operator manifest (written
 /// into the state dir under its sha256, as `plan --operator-manifest` does), save.
 pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<SavedPlan> {
-    let profile = Profile::load(None)?;
     let retry = RetryPolicy::default();
     let version = client
         .apiserver_version()
         .await
         .map(|v| v.git_version)
         .unwrap_or_default();
+    // As `plan` without --profile: the built-in profile for the sandbox's Kubernetes.
+    let profile = Profile::pick(&version)?.profile;
     let inv = inventory::read(client, version, &retry).await?;
     let acc = access::review(client, &permissions::needed(), 4, &retry).await?;
     let yaml = scenario::operator::operator_manifest_yaml(&format!(
@@ -191,7 +192,15 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
         &state.join(format!("operator-manifest-{sha}.yaml")),
         yaml.as_bytes(),
     )?;
-    let built = plan::build(&inv, &profile, &acc, Some(&sha))?;
+    let built = plan::build(
+        &inv,
+        &profile,
+        &acc,
+        Pins {
+            operator: Some(&sha),
+            calico: None,
+        },
+    )?;
     if !built.ready() {
         let codes: Vec<String> = built
             .unresolved()
@@ -286,7 +295,7 @@ fn world(
     state: &Path,
     time_scale: f64,
 ) -> anyhow::Result<World> {
-    let manifest = session::operator_manifest(state, &loaded.saved.plan, &loaded.profile)?;
+    let manifest = session::manifests(state, &loaded.saved.plan, &loaded.profile)?;
     Ok(World::new(
         Objects::new(stage.client.clone(), RetryPolicy::default()),
         loaded.profile.clone(),

@@ -13,8 +13,8 @@ use calico_migrate::checks::RoundOptions;
 use calico_migrate::cluster::objects::Objects;
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::plan::SavedPlan;
-use calico_migrate::migration::profile::Profile;
-use calico_migrate::migration::world::{ApplyOptions, World};
+use calico_migrate::migration::profile::{Profile, SAME_VERSION_PROFILE};
+use calico_migrate::migration::world::{ApplyOptions, Manifests, World};
 use calico_migrate::sandbox::controllers::ControllersHandle;
 use calico_migrate::sandbox::dataplane::DataPlane;
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
@@ -90,7 +90,7 @@ pub fn operator_manifest(profile: &Profile) -> Vec<Value> {
 /// --operator-manifest` does.
 pub async fn plan(env: &Env) -> Result<(SavedPlan, Profile)> {
     let saved = calico_migrate::rehearse::make_plan(&env.client, &env.state_dir()).await?;
-    Ok((saved, Profile::load(None)?))
+    Ok((saved, Profile::load(SAME_VERSION_PROFILE)?))
 }
 
 /// Options for the sandbox's time scale: no pauses, short polls, short timeouts.
@@ -116,7 +116,10 @@ pub fn world(env: &Env, saved: &SavedPlan, profile: &Profile) -> World {
         profile.clone(),
         saved.plan.clone(),
         &env.state_dir(),
-        operator_manifest(profile),
+        Manifests {
+            operator: operator_manifest(profile),
+            calico: Vec::new(),
+        },
         fast_options(profile),
     )
 }

@@ -1,17 +1,26 @@
-//! `align-versions` (only when the profile asks): upgrade the manifest install's
-//! images and CRDs in place, node by node, to the Calico the operator will install.
+//! `align-versions` (current path): bring the kube-system install to the Calico the
+//! target operator installs, from that version's own manifest (migration::calico_manifest):
+//! its CRDs created or updated and its RBAC applied before any agent runs it, then typha's
+//! and calico-node's images, node by node, each node probed through its swap. Only the
+//! images change on the workloads, so the DaemonSet keeps the shape the operator's
+//! converter accepts.
 
 use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::calico_manifest::{
+    Alignment, CALICO_NODE, CALICO_TYPHA, alignment, holds_rules, images_patch, role_over,
+};
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
-use crate::migration::refs::{CALICO_GROUP, kube_system_node, kube_system_typha};
+use crate::migration::refs::{kube_system_node, kube_system_typha};
 use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::wait::wait_until;
 use crate::migration::world::{Observation, World};
 
 pub const ID: &str = "align-versions";
@@ -24,27 +33,30 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
     if !ctx.profile.target.align_versions || same {
         return None;
     }
+    let pin = ctx.calico_manifest_sha256.unwrap_or("(not pinned)");
     Some(StepPlan {
         id: ID,
         title: format!("Upgrade the kube-system Calico from {running} to {target} in place"),
         changes: vec![
             change(
-                "CustomResourceDefinition *.crd.projectcalico.org",
-                "patch",
-                &["spec.versions[v1].schema (server-side apply, v1 only)"],
+                "CustomResourceDefinition (every one of the Calico manifest)",
+                "create or update",
+                &[&format!("from the Calico {target} manifest, sha256 {pin}")],
             ),
             change(
-                "DaemonSet kube-system/calico-node",
-                "patch",
-                &[
-                    "spec.template.spec.containers[calico-node].image",
-                    "spec.template.spec.initContainers[*].image",
-                ],
+                "ServiceAccount, ClusterRole, ClusterRoleBinding (calico-node, calico-cni-plugin, calico-tier-getter)",
+                "create or update",
+                &["ClusterRole calico-node: the manifest's rules plus the ones it holds now"],
             ),
             change(
                 "Deployment kube-system/calico-typha",
                 "patch",
                 &["spec.template.spec.containers[calico-typha].image"],
+            ),
+            change(
+                "DaemonSet kube-system/calico-node",
+                "patch",
+                &["spec.template.spec.containers[calico-node].image"],
             ),
         ],
         checks: Checks {
@@ -53,80 +65,134 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
                 "probe matrix equals the baseline",
             ]),
             after: lines(&[
-                "calico-node rolled out one node at a time (maxUnavailable 1), each node probed after its pod is Ready",
+                "the CRDs and RBAC of the target version in place before any agent runs it",
+                "calico-node rolled out one node at a time (maxUnavailable 1), each node probed through its swap",
                 "probe matrix equals the baseline",
             ]),
         },
         rollback: vec![format!(
-            "restore images {running} and the CRDs from the snapshot, node by node"
+            "restore images {running} node by node, then the RBAC and CRDs as they were; CRDs the step created are deleted only when empty, otherwise kept and reported"
         )],
         gate: None,
     })
 }
 
-// ---------------------------------------------------------------------------
-// apply / rollback
-
-/// Calico component images this step re-tags (quay.io/calico/<name>, calico/<name>).
-const CALICO_IMAGES: [&str; 5] = [
-    "node",
-    "typha",
-    "cni",
-    "pod2daemon-flexvol",
-    "kube-controllers",
-];
+/// What the rollback needs: every object the step changes, as it was, and what it created.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Saved {
+    daemonset: Option<Value>,
+    typha: Option<Value>,
+    /// CRDs and RBAC objects that existed, as they were.
+    existed: Vec<Value>,
+    /// CRDs and RBAC objects the step creates.
+    created: Vec<ObjRef>,
+}
 
 /// Runs the `align-versions` step.
 pub struct AlignVersions;
 
-/// `image` with its tag set to `tag` when it is a Calico component image.
-pub fn retag(image: &str, tag: &str) -> Option<String> {
-    if image.contains('@') {
-        return None;
+fn planned(world: &World) -> anyhow::Result<Alignment> {
+    if world.calico_manifest.is_empty() {
+        bail!(
+            "{ID} needs the Calico {} manifest the plan pinned; run `calico-migrate plan \
+             --calico-manifest FILE` with the reviewed calico-policy-only.yaml",
+            world.profile.target.calico_version
+        );
     }
-    let (repo, _) = match image.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (image, ""),
-    };
-    let component = repo.rsplit('/').next().unwrap_or_default();
-    let calico = repo.rsplit('/').nth(1) == Some("calico") && CALICO_IMAGES.contains(&component);
-    calico.then(|| format!("{repo}:{tag}"))
+    Ok(alignment(
+        &world.calico_manifest,
+        &world.profile.target.calico_version,
+    )?)
 }
 
-/// The containers arrays of a pod template with Calico images re-tagged to `tag`:
-/// a merge patch (None when every Calico image already has it). Merge patches
-/// replace lists whole, so the lists are sent complete.
-fn retag_patch(obj: &Value, tag: &str) -> anyhow::Result<Option<Value>> {
-    let mut spec = serde_json::Map::new();
-    for key in ["initContainers", "containers"] {
-        let Some(list) = obj
-            .pointer(&format!("/spec/template/spec/{key}"))
-            .and_then(Value::as_array)
-        else {
-            continue;
-        };
-        let mut changed = false;
-        let mut out = list.clone();
-        for c in &mut out {
-            let image = str_at(c, "/image").unwrap_or_default().to_string();
-            if image.contains('@') && image.contains("calico/") {
-                bail!(
-                    "{} pins {image} by digest; set the {tag} image yourself or turn align_versions off",
-                    ObjRef::of(obj).map(|r| r.to_string()).unwrap_or_default()
-                );
-            }
-            if let Some(new) = retag(&image, tag)
-                && new != image
-            {
-                c["image"] = json!(new);
-                changed = true;
-            }
-        }
-        if changed {
-            spec.insert(key.to_string(), Value::Array(out));
-        }
+fn reference(obj: &Value) -> anyhow::Result<ObjRef> {
+    ObjRef::of(obj).with_context(|| format!("an object of the Calico manifest has no apiVersion, kind or name: {}", obj.to_string().chars().take(120).collect::<String>()))
+}
+
+/// The object to apply for `want`, given what lives now (the calico-node role keeps
+/// the rules it holds).
+fn desired(want: &Value, live: Option<&Value>) -> Value {
+    if str_at(want, "/kind") == Some("ClusterRole") && name_of(want) == CALICO_NODE {
+        role_over(want, live)
+    } else {
+        want.clone()
     }
-    Ok((!spec.is_empty()).then(|| json!({"spec": {"template": {"spec": spec}}})))
+}
+
+/// Whether the live object already holds what the step applies.
+fn in_place(want: &Value, live: Option<&Value>) -> bool {
+    let Some(live) = live else { return false };
+    if str_at(want, "/kind") == Some("ClusterRole") {
+        return holds_rules(live, want);
+    }
+    contains(live, &strip_server_fields(want))
+}
+
+/// Apply the CRDs, wait until each is Established (the server serves its kind), then
+/// the RBAC: nothing of the new version runs before these exist.
+async fn apply_prerequisites(world: &World, plan: &Alignment) -> anyhow::Result<()> {
+    for want in &plan.crds {
+        let r = reference(want)?;
+        let live = world.objects.get(&r).await?;
+        if in_place(want, live.as_ref()) {
+            continue;
+        }
+        tracing::info!("{ID}: applying {r}");
+        world.objects.apply(want).await?;
+    }
+    for want in &plan.crds {
+        let r = reference(want)?;
+        let what = format!("{r} to be Established");
+        wait_until(world, &what, world.options.node_ready_timeout, || async {
+            let live = world.objects.get(&r).await?;
+            Ok((!live.as_ref().is_some_and(established)).then(|| "not yet".to_string()))
+        })
+        .await?;
+    }
+    world.objects.forget_kinds();
+    for want in &plan.rbac {
+        let r = reference(want)?;
+        let live = world.objects.get(&r).await?;
+        if in_place(want, live.as_ref()) {
+            continue;
+        }
+        tracing::info!("{ID}: applying {r}");
+        world.objects.apply(&desired(want, live.as_ref())).await?;
+    }
+    Ok(())
+}
+
+/// The CRD's Established condition is True (apiextensions-apiserver sets it once the
+/// kind is served).
+fn established(crd: &Value) -> bool {
+    crd.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                str_at(c, "/type") == Some("Established") && str_at(c, "/status") == Some("True")
+            })
+        })
+}
+
+/// Objects of a kind the step created that still hold custom objects: a CRD is
+/// deleted on rollback only when empty (deleting it deletes them).
+async fn crd_is_empty(world: &World, crd: &ObjRef) -> anyhow::Result<bool> {
+    let Some(live) = world.objects.get(crd).await? else {
+        return Ok(true);
+    };
+    let group = str_at(&live, "/spec/group").unwrap_or_default();
+    let kind = str_at(&live, "/spec/names/kind").unwrap_or_default();
+    let version = live
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|vs| vs.iter().find(|v| v.get("storage") == Some(&json!(true))))
+        .and_then(|v| str_at(v, "/name"))
+        .unwrap_or("v1");
+    let objects = world
+        .objects
+        .list(&format!("{group}/{version}"), kind, None, None)
+        .await?;
+    Ok(objects.is_empty())
 }
 
 /// Merge patch putting back the containers arrays of `saved` where their images differ.
@@ -150,41 +216,6 @@ fn images_back(saved: &Value, live: &Value) -> Option<Value> {
         }
     }
     (!spec.is_empty()).then(|| json!({"spec": {"template": {"spec": spec}}}))
-}
-
-/// The crd.projectcalico.org CRDs of the reviewed operator manifest (v1 API only:
-/// the projectcalico.org/v3 CRDs must never be applied on such a cluster).
-fn manifest_calico_crds(world: &World) -> Vec<Value> {
-    world
-        .operator_manifest
-        .iter()
-        .filter(|o| {
-            str_at(o, "/kind") == Some("CustomResourceDefinition")
-                && str_at(o, "/spec/group") == Some(CALICO_GROUP)
-        })
-        .cloned()
-        .collect()
-}
-
-fn crd_ref(name: &str) -> ObjRef {
-    ObjRef::new(
-        "apiextensions.k8s.io/v1",
-        "CustomResourceDefinition",
-        None,
-        name,
-    )
-}
-
-/// CRDs whose live spec differs from the manifest's (or that do not exist).
-async fn crds_to_apply(world: &World) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for want in manifest_calico_crds(world) {
-        let live = world.objects.get(&crd_ref(name_of(&want))).await?;
-        if live.as_ref().and_then(|l| l.get("spec")) != want.get("spec") {
-            out.push(want);
-        }
-    }
-    Ok(out)
 }
 
 /// Wait (bounded by `node_ready_timeout`) until kube-system typha runs its template.
@@ -229,6 +260,7 @@ async fn typha_unfinished(world: &World) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
+
 impl Step<World> for AlignVersions {
     fn id(&self) -> &str {
         ID
@@ -238,12 +270,13 @@ impl Step<World> for AlignVersions {
         "Upgrade the kube-system Calico in place to the target version"
     }
 
-    /// calico-node, typha and the Calico CRDs as they are.
+    /// calico-node, typha, and every CRD and RBAC object the manifest brings, as they are.
     fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
             if let Some(earlier) = stored_capture(world, ID)? {
                 return Ok(earlier);
             }
+            let plan = planned(world)?;
             let get = |r: ObjRef| async move {
                 Ok::<_, anyhow::Error>(
                     world
@@ -253,44 +286,33 @@ impl Step<World> for AlignVersions {
                         .map(|o| strip_server_fields(&o)),
                 )
             };
-            let mut crds = Vec::new();
-            for want in manifest_calico_crds(world) {
-                if let Some(c) = get(crd_ref(name_of(&want))).await? {
-                    crds.push(c);
+            let mut saved = Saved {
+                daemonset: get(kube_system_node()).await?,
+                typha: get(kube_system_typha()).await?,
+                ..Saved::default()
+            };
+            for want in plan.crds.iter().chain(&plan.rbac) {
+                let r = reference(want)?;
+                match get(r.clone()).await? {
+                    Some(live) => saved.existed.push(live),
+                    None => saved.created.push(r),
                 }
             }
-            keep_capture(
-                world,
-                ID,
-                json!({
-                    "daemonset": get(kube_system_node()).await?,
-                    "typha": get(kube_system_typha()).await?,
-                    "crds": crds,
-                }),
-            )
+            keep_capture(world, ID, serde_json::to_value(saved)?)
         })
     }
 
     fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
-            let tag = world.profile.target.calico_version.clone();
+            let plan = planned(world)?;
             let prober = world.prober().await?;
-            // CRDs first: the new agents may read fields the old schemas drop.
-            if world.operator_manifest.is_empty() {
-                world.observe(Observation::Note {
-                    step: ID.into(),
-                    text: "the operator is installed externally: no manifest to take the Calico CRDs from; they stay as they are".into(),
-                });
-            }
-            for crd in crds_to_apply(world).await? {
-                tracing::info!("{ID}: applying CustomResourceDefinition {}", name_of(&crd));
-                world.objects.apply(&crd).await?;
-            }
-            world.objects.forget_kinds();
+            apply_prerequisites(world, &plan).await?;
+            // Typha first: the new agents sync from it (typha serves a client of its
+            // own version or older; calico-node connects to any typha it finds).
             if let Some(typha) = world.objects.get(&kube_system_typha()).await?
-                && let Some(p) = retag_patch(&typha, &tag)?
+                && let Some(p) = images_patch(&typha, &plan.images[CALICO_TYPHA])
             {
-                tracing::info!("{ID}: upgrading kube-system calico-typha to {tag}");
+                tracing::info!("{ID}: moving kube-system calico-typha to its target images");
                 world.objects.merge(&kube_system_typha(), &p).await?;
             }
             typha_rolled_out(world).await?;
@@ -299,8 +321,8 @@ impl Step<World> for AlignVersions {
                 .get(&kube_system_node())
                 .await?
                 .context("DaemonSet kube-system/calico-node does not exist")?;
-            if let Some(p) = retag_patch(&ds, &tag)? {
-                tracing::info!("{ID}: upgrading kube-system calico-node to {tag}, node by node");
+            if let Some(p) = images_patch(&ds, &plan.images[CALICO_NODE]) {
+                tracing::info!("{ID}: moving kube-system calico-node to its target images, node by node");
                 world.objects.merge(&kube_system_node(), &p).await?;
             }
             follow_rollout(world, ID, &kube_system_node(), &prober).await?;
@@ -311,23 +333,28 @@ impl Step<World> for AlignVersions {
 
     fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
         Box::pin(async move {
-            let tag = &world.profile.target.calico_version;
-            for r in [kube_system_node(), kube_system_typha()] {
-                if let Some(o) = world.objects.get(&r).await?
-                    && retag_patch(&o, tag)?.is_some()
-                {
+            let plan = planned(world)?;
+            let target = &world.profile.target.calico_version;
+            for want in plan.crds.iter().chain(&plan.rbac) {
+                let r = reference(want)?;
+                let live = world.objects.get(&r).await?;
+                if !in_place(want, live.as_ref()) {
                     return Ok(Verification::failed(format!(
-                        "{r} still runs Calico images other than {tag}"
+                        "{r} is not as the Calico {target} manifest defines it"
                     )));
                 }
             }
-            let stale = crds_to_apply(world).await?;
-            if !stale.is_empty() {
-                let names: Vec<&str> = stale.iter().map(name_of).collect();
-                return Ok(Verification::failed(format!(
-                    "CRDs differ from the operator manifest: {}",
-                    names.join(", ")
-                )));
+            for (r, images) in [
+                (kube_system_node(), &plan.images[CALICO_NODE]),
+                (kube_system_typha(), &plan.images[CALICO_TYPHA]),
+            ] {
+                if let Some(o) = world.objects.get(&r).await?
+                    && images_patch(&o, images).is_some()
+                {
+                    return Ok(Verification::failed(format!(
+                        "{r} still runs images other than Calico {target}'s"
+                    )));
+                }
             }
             if let Some(why) = typha_unfinished(world).await? {
                 return Ok(Verification::failed(format!(
@@ -338,15 +365,18 @@ impl Step<World> for AlignVersions {
                 return Ok(Verification::failed(why));
             }
             Ok(Verification::passed(format!(
-                "kube-system calico-node and calico-typha run {tag} on every node; Calico CRDs match the operator manifest"
+                "kube-system calico-node and calico-typha run Calico {target} on every node, on the CRDs and RBAC of its manifest"
             )))
         })
     }
 
     fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
         Box::pin(async move {
-            // Agents first, then typha, then the CRDs: the reverse of ensure.
-            if let Some(before) = saved.get("daemonset").filter(|v| !v.is_null())
+            let saved: Saved = serde_json::from_value(saved.clone())
+                .context("the align-versions rollback data does not read")?;
+            // Agents first, then typha, then RBAC and CRDs: the reverse of ensure, so
+            // no agent runs a version whose CRDs or RBAC are gone.
+            if let Some(before) = &saved.daemonset
                 && let Some(live) = world.objects.get(&kube_system_node()).await?
                 && let Some(p) = images_back(before, &live)
             {
@@ -355,7 +385,7 @@ impl Step<World> for AlignVersions {
                 world.objects.merge(&kube_system_node(), &p).await?;
                 follow_rollout(world, ID, &kube_system_node(), &prober).await?;
             }
-            if let Some(before) = saved.get("typha").filter(|v| !v.is_null())
+            if let Some(before) = &saved.typha
                 && let Some(live) = world.objects.get(&kube_system_typha()).await?
                 && let Some(p) = images_back(before, &live)
             {
@@ -363,42 +393,59 @@ impl Step<World> for AlignVersions {
                 world.objects.merge(&kube_system_typha(), &p).await?;
                 typha_rolled_out(world).await?;
             }
-            // Restored in place, never deleted: deleting a Calico CRD deletes its objects.
-            for crd in saved
-                .get("crds")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-            {
-                world.objects.restore(&crd).await?;
+            for obj in &saved.existed {
+                world.objects.restore(obj).await?;
+            }
+            let mut kept = Vec::new();
+            for r in saved.created.iter().rev() {
+                if r.kind == "CustomResourceDefinition" && !crd_is_empty(world, r).await? {
+                    kept.push(r.name.clone());
+                    continue;
+                }
+                world.objects.delete(r).await?;
             }
             world.objects.forget_kinds();
+            if !kept.is_empty() {
+                world.observe(Observation::Note {
+                    step: ID.into(),
+                    text: format!(
+                        "kept {} CustomResourceDefinition(s) align-versions created, because objects of them exist now (deleting a CRD deletes its objects): {}",
+                        kept.len(),
+                        kept.join(", ")
+                    ),
+                });
+            }
             forget_capture(world, ID)
         })
     }
 
     fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let tag = &world.profile.target.calico_version;
-            let mut out: Vec<String> = crds_to_apply(world)
-                .await?
-                .iter()
-                .map(|c| {
-                    format!(
-                        "apply CustomResourceDefinition {} (server-side)",
-                        name_of(c)
-                    )
-                })
-                .collect();
-            for r in [kube_system_typha(), kube_system_node()] {
+            let plan = planned(world)?;
+            let mut out = Vec::new();
+            for want in plan.crds.iter().chain(&plan.rbac) {
+                let r = reference(want)?;
+                let live = world.objects.get(&r).await?;
+                if !in_place(want, live.as_ref()) {
+                    let verb = if live.is_some() { "update" } else { "create" };
+                    out.push(format!("{verb} {r} (server-side apply)"));
+                }
+            }
+            for (r, images) in [
+                (kube_system_typha(), &plan.images[CALICO_TYPHA]),
+                (kube_system_node(), &plan.images[CALICO_NODE]),
+            ] {
                 if let Some(o) = world.objects.get(&r).await?
-                    && let Some(p) = retag_patch(&o, tag)?
+                    && let Some(p) = images_patch(&o, images)
                 {
-                    out.push(format!("patch {r}: images to {tag}: {p}"));
+                    out.push(format!("patch {r}: {p}"));
                 }
             }
             if out.is_empty() {
-                out.push(format!("nothing to change: already on {tag}"));
+                out.push(format!(
+                    "nothing to change: already on Calico {}",
+                    world.profile.target.calico_version
+                ));
             }
             Ok(out)
         })
@@ -410,51 +457,26 @@ mod apply_tests {
     use super::*;
 
     #[test]
-    fn only_calico_images_are_retagged() {
-        assert_eq!(
-            retag("quay.io/calico/node:v3.19.1", "v3.20.0").as_deref(),
-            Some("quay.io/calico/node:v3.20.0")
-        );
-        assert_eq!(
-            retag("calico/typha:v3.19.1", "v3.20.0").as_deref(),
-            Some("calico/typha:v3.20.0")
-        );
-        assert_eq!(
-            retag(
-                "registry.k8s.io/cpa/cluster-proportional-autoscaler:1.8.1",
-                "v3.20.0"
-            ),
-            None
-        );
-        assert_eq!(retag("quay.io/calico/node@sha256:abc", "v3.20.0"), None);
-        assert_eq!(
-            retag("localhost:5000/calico/node", "v3.20.0").as_deref(),
-            Some("localhost:5000/calico/node:v3.20.0")
-        );
+    fn images_back_restores_whole_lists_only_where_they_differ() {
+        let before = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "calico-node", "image": "quay.io/calico/node:v3.19.1", "env": [{"name": "A"}]}]}}}});
+        let mut live = before.clone();
+        assert_eq!(images_back(&before, &live), None);
+        live["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!("docker.io/calico/node:v3.30.3");
+        let back = images_back(&before, &live).unwrap_or_default();
+        assert_eq!(back["spec"]["template"]["spec"]["containers"], before["spec"]["template"]["spec"]["containers"]);
     }
 
     #[test]
-    fn patch_sends_whole_lists_and_restores_them() {
-        let ds = json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "calico-node", "image": "quay.io/calico/node:v3.19.1", "env": [{"name": "A"}]},
-            {"name": "sidecar", "image": "busybox:1"}]}}}});
-        let p = retag_patch(&ds, "v3.20.0")
-            .unwrap_or_default()
-            .unwrap_or_default();
-        let cs = &p["spec"]["template"]["spec"]["containers"];
-        assert_eq!(cs[0]["image"], "quay.io/calico/node:v3.20.0");
-        assert_eq!(cs[0]["env"], json!([{"name": "A"}]));
-        assert_eq!(cs[1]["image"], "busybox:1");
-        let mut live = ds.clone();
-        live["spec"]["template"]["spec"]["containers"] = cs.clone();
-        assert_eq!(retag_patch(&live, "v3.20.0").unwrap_or_default(), None);
-        let back = images_back(&ds, &live).unwrap_or_default();
-        assert_eq!(
-            back["spec"]["template"]["spec"]["containers"][0]["image"],
-            "quay.io/calico/node:v3.19.1"
-        );
-        let pinned = json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "calico-node", "image": "quay.io/calico/node@sha256:abc"}]}}}});
-        assert!(retag_patch(&pinned, "v3.20.0").is_err());
+    fn the_calico_node_role_keeps_its_rules_and_is_in_place_when_it_holds_the_new_ones() {
+        let want = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "calico-node"}, "rules": [{"resources": ["tiers"]}]});
+        let live = json!({"kind": "ClusterRole", "metadata": {"name": "calico-node"},
+            "rules": [{"resources": ["pods"]}]});
+        assert!(!in_place(&want, Some(&live)));
+        let applied = desired(&want, Some(&live));
+        assert!(in_place(&want, Some(&applied)) && holds_rules(&applied, &live));
+        assert!(!in_place(&want, None));
     }
 }
