@@ -702,3 +702,81 @@ fn write_operator_manifest(
     )?;
     Ok(())
 }
+
+/// The current path with the real artifacts: on Kubernetes 1.25+ plan picks operator
+/// v1.38.6 and Calico v3.30.3 by itself, the real operator and policy-only manifests
+/// drive install-operator and align-versions, apply completes with every check passing,
+/// and rollback returns the cluster to the 3.19.1 baseline object for object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_current_path_with_the_real_manifests_applies_and_rolls_back() -> Result<()> {
+    let env = support::env(4).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let before = support::snapshot(&env.sb)?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "-o", "json", "--operator-manifest"])
+        .arg(support::real("calico-v3.30.3-operator-crds-and-operator.yaml"))
+        .arg("--calico-manifest")
+        .arg(support::real("calico-v3.30.3-policy-only.yaml")))?;
+    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(plan["profile"], "aws-calico-0.3.10-v3.30", "{plan:#}");
+    let why = plan["profile_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not aws-calico-0.3.10-v3.19") && why.contains("PodSecurityPolicies"),
+        "{why}"
+    );
+    assert!(step_ids(&env)?.contains(&"align-versions".to_string()));
+
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
+    // Every CRD of the v3.30.3 manifest was there before its agents ran, and the
+    // ClusterRole kept what the v3.19.1 agents read.
+    let crds = env.sb.store().list(
+        &calico_migrate::sandbox::Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions"),
+        None,
+        &Default::default(),
+    )?;
+    for name in ["tiers.crd.projectcalico.org", "adminnetworkpolicies.policy.networking.k8s.io"] {
+        assert!(
+            crds.items.iter().any(|c| c["metadata"]["name"] == name),
+            "{name} missing after apply"
+        );
+    }
+    no_lapse(&env).await?;
+
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
+    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback: {diff:?}");
+    no_lapse(&env).await?;
+    Ok(())
+}
+
+/// The same-version profile named on a cluster its operator cannot run on is a
+/// blocker that names the reason; plan exits 3 and apply has nothing to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_version_profile_on_kubernetes_1_25_or_later_is_a_blocker() -> Result<()> {
+    let env = support::env(2).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let o = run(cli(&env, &kc).args(["plan", "-o", "json", "--profile", "aws-calico-0.3.10-v3.19"]))?;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    let blocker = plan["blockers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["code"] == "KUBERNETES_VERSION_UNSUPPORTED")
+        .with_context(|| format!("{plan:#}"))?;
+    let message = blocker["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("v1.17.4") && message.contains("1.16 to 1.24") && message.contains("policy/v1beta1"),
+        "{message}"
+    );
+    assert!(
+        blocker["fix"].as_str().unwrap_or_default().contains("without --profile"),
+        "{blocker}"
+    );
+    Ok(())
+}

@@ -863,19 +863,7 @@ async fn unready_calico_node_pods_are_named_with_their_node() {
     );
 }
 
-/// A real artifact of ../shared/real (PROVENANCE.md there says where each comes from).
-fn real(name: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/real")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: the real operator manifests live in ../shared/real next to the \
-         repository (see its PROVENANCE.md); these tests need them",
-        p.display()
-    );
-    p
-}
+use crate::support::real;
 
 /// The sandbox served over HTTP with a kubeconfig for the binary.
 struct Served {

@@ -205,7 +205,7 @@ impl Profile {
             let profile = Profile::parse(text, name)?;
             if profile.kubernetes.admits(minor) {
                 let mut reason = format!(
-                    "profile {name} chosen for Kubernetes {shown}: operator {} runs on                      Kubernetes {}",
+                    "profile {name} chosen for Kubernetes {shown}: operator {} runs on Kubernetes {}",
                     profile.target.operator_version,
                     profile.kubernetes.describe()
                 );

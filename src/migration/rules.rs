@@ -333,8 +333,9 @@ fn calico_version(i: &RuleInput, out: &mut Vec<Finding>) {
             "CALICO_VERSION_ALIGN",
             Warning,
             format!("running Calico {running}, the operator installs {target}"),
-            "the align-versions step upgrades the kube-system install's images and CRDs in place, \
-             node by node, before the operator is installed",
+            "the align-versions step brings the kube-system install to the target version in place \
+             before the operator is installed: that version's CRDs and RBAC from its manifest \
+             (--calico-manifest) first, then the images, node by node",
         ));
     } else {
         out.push(f(

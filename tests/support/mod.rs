@@ -138,3 +138,17 @@ pub fn differences(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> 
 pub fn gvr(group: &str, version: &str, resource: &str) -> Gvr {
     Gvr::new(group, version, resource)
 }
+
+/// A real artifact of ../shared/real (PROVENANCE.md there says where each comes from).
+pub fn real(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/real")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: the real charts and manifests live in ../shared/real next to the \
+         repository (see its PROVENANCE.md); these tests need them",
+        p.display()
+    );
+    p
+}
