@@ -4,12 +4,11 @@
 //! images of calico-node and typha. Pure: objects in, objects out.
 //!
 //! Left out on purpose (docs/plan.md, "The current path"):
-//! - calico-kube-controllers (its Deployment, ServiceAccount, RBAC and PDB): with the
-//!   Kubernetes datastore its policy, namespace, service-account and workload-endpoint
-//!   controllers do nothing, and its node controller garbage-collects Calico IPAM, which
-//!   EKS with the AWS VPC CNI does not use (docs.tigera.io, reference/kube-controllers/
-//!   configuration: "the node controller ... IPAM"; the aws-calico chart never ran it).
-//!   The operator renders its own in calico-system after the takeover.
+//! - calico-kube-controllers (its Deployment, ServiceAccount, RBAC and PDB): its policy,
+//!   namespace, service-account and workload-endpoint controllers serve an etcd datastore,
+//!   and its node controller cleans a deleted node's Calico IPAM data, which EKS with the
+//!   AWS VPC CNI does not use (docs.tigera.io, reference/kube-controllers/configuration);
+//!   the aws-calico chart never ran it. The operator renders its own in calico-system.
 //! - ConfigMap calico-config and the install-cni init container: Calico's CNI, which the
 //!   VPC CNI replaces on EKS.
 //! - Env the manifest sets that the chart does not (USE_POD_CIDR, CALICO_MANAGE_CNI): both
