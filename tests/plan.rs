@@ -13,7 +13,7 @@ use calico_migrate::migration::permissions;
 use calico_migrate::migration::plan::{self, Plan};
 use calico_migrate::migration::profile::{Profile, SAME_VERSION_PROFILE};
 use calico_migrate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
-use calico_migrate::sandbox::{Sandbox, SandboxOptions};
+use calico_migrate::sandbox::{KubernetesVersion, Sandbox, SandboxOptions};
 use serde_json::{Value, json};
 
 fn objects(chart: ChartGeneration) -> Vec<Value> {
@@ -28,9 +28,22 @@ fn objects(chart: ChartGeneration) -> Vec<Value> {
 }
 
 fn sandbox(objs: Vec<Value>) -> Sandbox {
-    let sb = Sandbox::new(SandboxOptions::default());
+    sandbox_at(objs, KubernetesVersion::default())
+}
+
+/// A sandbox serving Kubernetes `kv`, seeded with `objs`.
+fn sandbox_at(objs: Vec<Value>, kv: KubernetesVersion) -> Sandbox {
+    let sb = Sandbox::new(SandboxOptions {
+        kubernetes_version: kv,
+        ..SandboxOptions::default()
+    });
     sb.load(objs).unwrap_or_else(|e| panic!("load: {e:?}"));
     sb
+}
+
+/// Kubernetes 1.33, which the tests of the v3.19.1 manifest name.
+fn k8s_1_33() -> KubernetesVersion {
+    KubernetesVersion::new(33).unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn plan_of(sb: &Sandbox) -> Plan {
@@ -874,7 +887,11 @@ struct Served {
 
 impl Served {
     async fn new() -> Served {
-        let sb = sandbox(objects(ChartGeneration::V0_3_10));
+        Served::at(KubernetesVersion::default()).await
+    }
+
+    async fn at(kv: KubernetesVersion) -> Served {
+        let sb = sandbox_at(objects(ChartGeneration::V0_3_10), kv);
         let handle = sb
             .serve("127.0.0.1:0")
             .await
@@ -933,7 +950,7 @@ fn blockers_of(out: &std::process::Output) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_v3_19_1_operator_manifest_is_a_blocker_on_kubernetes_1_33() {
     let manifest = real("calico-v3.19.1-tigera-operator.rendered.yaml");
-    let s = Served::new().await;
+    let s = Served::at(k8s_1_33()).await;
     let (rv, before) = (
         s.written(),
         calico_migrate::sandbox::snapshot::snapshot(&s.sb),
@@ -1156,7 +1173,7 @@ async fn install_operator_refuses_an_unserved_api_before_writing_anything() {
     let path = real("calico-v3.19.1-tigera-operator.rendered.yaml");
     let manifest = read_manifest("m", &std::fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or_else(|e| panic!("{e}"));
-    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    let sb = sandbox_at(objects(ChartGeneration::V0_3_10), k8s_1_33());
     let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let world = World::new(

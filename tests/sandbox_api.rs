@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
-use calico_migrate::sandbox::{FaultConfig, Gvr, Sandbox, SandboxOptions, ServeHandle};
+use calico_migrate::sandbox::{
+    FaultConfig, Gvr, KubernetesVersion, Sandbox, SandboxOptions, ServeHandle,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -15,6 +17,8 @@ use kube::api::{
     PatchParams, PostParams, PropagationPolicy, WatchEvent, WatchParams,
 };
 use serde_json::{Value, json};
+
+use crate::support;
 
 struct Target {
     sb: Sandbox,
@@ -1298,6 +1302,329 @@ async fn watches_that_allow_bookmarks_get_them() -> Result<()> {
                 }
                 other => bail!("unexpected {other:?}"),
             }
+        }
+    }
+    Ok(())
+}
+
+/// A sandbox serving Kubernetes 1.`minor`, nothing seeded.
+fn at(minor: u32) -> Result<Sandbox> {
+    Ok(Sandbox::new(SandboxOptions {
+        kubernetes_version: KubernetesVersion::new(minor)?,
+        ..SandboxOptions::default()
+    }))
+}
+
+/// Every `group/version` the legacy `/apis` document lists.
+async fn group_versions(client: &Client) -> Result<Vec<String>> {
+    let (code, apis) = raw(client, "GET", "/apis", "application/json", vec![]).await?;
+    anyhow::ensure!(code == 200, "GET /apis: {code} {apis}");
+    Ok(apis["groups"]
+        .as_array()
+        .context("groups")?
+        .iter()
+        .flat_map(|g| g["versions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v["groupVersion"].as_str().map(String::from))
+        .collect())
+}
+
+#[tokio::test]
+async fn version_and_discovery_follow_the_chosen_minor() -> Result<()> {
+    let old = [
+        "apiextensions.k8s.io/v1beta1",
+        "rbac.authorization.k8s.io/v1beta1",
+        "coordination.k8s.io/v1beta1",
+    ];
+    let until_1_24 = ["policy/v1beta1", "events.k8s.io/v1beta1"];
+    for minor in [21, 22, 24, 25, 34] {
+        let sb = at(minor)?;
+        let server = sb.serve("127.0.0.1:0").await?;
+        let client = server.client()?;
+        let (_, v) = raw(&client, "GET", "/version", "application/json", vec![]).await?;
+        assert_eq!(v["major"], json!("1"));
+        assert_eq!(v["minor"], json!(minor.to_string()));
+        assert_eq!(v["gitVersion"], json!(format!("v1.{minor}.0-sandbox")));
+        assert_eq!(
+            v["platform"],
+            json!("linux/amd64"),
+            "other fields kept: {v}"
+        );
+        assert_eq!(
+            client.apiserver_version().await?.minor,
+            minor.to_string(),
+            "kube reads it"
+        );
+
+        let gvs = group_versions(&client).await?;
+        for gv in [
+            "policy/v1",
+            "apiextensions.k8s.io/v1",
+            "rbac.authorization.k8s.io/v1",
+        ] {
+            assert!(gvs.iter().any(|g| g == gv), "1.{minor}: {gv} in {gvs:?}");
+        }
+        for gv in old {
+            assert_eq!(gvs.iter().any(|g| g == gv), minor <= 21, "1.{minor}: {gv}");
+        }
+        for gv in until_1_24 {
+            assert_eq!(gvs.iter().any(|g| g == gv), minor <= 24, "1.{minor}: {gv}");
+        }
+        // The aggregated document (kubectl 1.32, kube's run_aggregated) says the same;
+        // v1 is preferred where both are served.
+        let d = kube::Discovery::new(client.clone())
+            .run_aggregated()
+            .await?;
+        let policy = d.get("policy").context("policy group")?;
+        let versions: Vec<&str> = policy.versions().collect();
+        let want: &[&str] = if minor <= 24 {
+            &["v1", "v1beta1"]
+        } else {
+            &["v1"]
+        };
+        assert_eq!(versions, want, "1.{minor}");
+        assert_eq!(policy.preferred_version(), Some("v1"));
+        let (code, group) = raw(&client, "GET", "/apis/policy", "application/json", vec![]).await?;
+        assert_eq!(code, 200);
+        assert_eq!(group["preferredVersion"]["version"], json!("v1"));
+
+        // PodSecurityPolicy: cluster-scoped, short name psp, only while policy/v1beta1 is.
+        let (code, list) = raw(
+            &client,
+            "GET",
+            "/apis/policy/v1beta1",
+            "application/json",
+            vec![],
+        )
+        .await?;
+        if minor <= 24 {
+            assert_eq!(code, 200, "{list}");
+            let psp = list["resources"]
+                .as_array()
+                .context("resources")?
+                .iter()
+                .find(|r| r["name"] == json!("podsecuritypolicies"))
+                .context("podsecuritypolicies in policy/v1beta1")?;
+            assert_eq!(psp["kind"], json!("PodSecurityPolicy"));
+            assert_eq!(psp["namespaced"], json!(false));
+            assert_eq!(psp["shortNames"], json!(["psp"]));
+        } else {
+            // An unserved group/version: the real server's 404 Status.
+            assert_eq!(code, 404, "{list}");
+            assert_eq!(list["kind"], json!("Status"));
+            assert_eq!(list["reason"], json!("NotFound"));
+            assert_eq!(
+                list["message"],
+                json!("the server could not find the requested resource")
+            );
+            let (code, _) = raw(
+                &client,
+                "GET",
+                "/apis/policy/v1beta1/podsecuritypolicies",
+                "application/json",
+                vec![],
+            )
+            .await?;
+            assert_eq!(code, 404);
+        }
+        let (code, _) = raw(
+            &client,
+            "GET",
+            "/apis/apiextensions.k8s.io/v1beta1/customresourcedefinitions",
+            "application/json",
+            vec![],
+        )
+        .await?;
+        assert_eq!(code, if minor <= 21 { 200 } else { 404 }, "1.{minor}");
+        server.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pdb_reads_at_both_policy_versions_with_its_selector_meaning_kept() -> Result<()> {
+    let sb = at(24)?;
+    let client = sb.client();
+    let v1beta1 = "/apis/policy/v1beta1/namespaces/default/poddisruptionbudgets";
+    let v1 = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+    // An empty selector in policy/v1beta1 selects no pods.
+    let pdb = json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "none"}, "spec": {"minAvailable": 1, "selector": {}}});
+    let (code, created) = raw(
+        &client,
+        "POST",
+        v1beta1,
+        "application/json",
+        serde_json::to_vec(&pdb)?,
+    )
+    .await?;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["apiVersion"], json!("policy/v1beta1"));
+    assert_eq!(created["spec"]["selector"], json!({}));
+    let (_, at_v1) = raw(&client, "GET", &format!("{v1}/none"), "", vec![]).await?;
+    assert_eq!(at_v1["apiVersion"], json!("policy/v1"));
+    assert_eq!(
+        at_v1["spec"]["selector"],
+        json!({"matchExpressions": [{"key": "pdb.kubernetes.io/deprecated-v1beta1-empty-selector-match",
+                                     "operator": "Exists"}]}),
+        "the same object read at v1 still selects nothing"
+    );
+    assert_eq!(at_v1["metadata"]["uid"], created["metadata"]["uid"]);
+    // Both versions list the one object, each with its own apiVersion.
+    for (url, av) in [(v1, "policy/v1"), (v1beta1, "policy/v1beta1")] {
+        let (_, list) = raw(&client, "GET", url, "", vec![]).await?;
+        let items = list["items"].as_array().context("items")?;
+        assert_eq!(items.len(), 1, "{list}");
+        assert_eq!(items[0]["apiVersion"], json!(av));
+    }
+    // A body of one version sent to the other's URL is refused as upstream does.
+    let mut other = pdb.clone();
+    other["metadata"]["name"] = json!("other");
+    let (code, status) = raw(
+        &client,
+        "POST",
+        v1,
+        "application/json",
+        serde_json::to_vec(&other)?,
+    )
+    .await?;
+    assert_eq!(code, 400, "{status}");
+    assert_eq!(
+        status["message"],
+        json!(
+            "the API version in the data (policy/v1beta1) does not match the expected API version (policy/v1)"
+        )
+    );
+
+    // PodSecurityPolicy is served at 1.24 and gone at 1.25.
+    let psp = json!({"apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy",
+        "metadata": {"name": "calico-node"}, "spec": {"privileged": true}});
+    let (code, made) = raw(
+        &client,
+        "POST",
+        "/apis/policy/v1beta1/podsecuritypolicies",
+        "application/json",
+        serde_json::to_vec(&psp)?,
+    )
+    .await?;
+    assert_eq!(code, 201, "{made}");
+    assert!(made["metadata"].get("namespace").is_none());
+    let newer = at(25)?;
+    let (code, _) = raw(
+        &newer.client(),
+        "POST",
+        "/apis/policy/v1beta1/podsecuritypolicies",
+        "application/json",
+        serde_json::to_vec(&psp)?,
+    )
+    .await?;
+    assert_eq!(code, 404);
+    let err = newer
+        .load(vec![psp])
+        .err()
+        .context("seeding a PSP at 1.25 fails")?;
+    assert!(err.message.contains("PodSecurityPolicy"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_chart_crds_convert_between_apiextensions_versions() -> Result<()> {
+    let Some(text) = support::real_chart_crds(
+        "sandbox_api::the_chart_crds_convert_between_apiextensions_versions",
+    )?
+    else {
+        return Ok(());
+    };
+    let crds = support::yaml_documents(&text)?;
+    assert_eq!(crds.len(), 12);
+    let sb = at(21)?;
+    let server = sb.serve("127.0.0.1:0").await?;
+    let client = server.client()?;
+    let base = "/apis/apiextensions.k8s.io";
+    for crd in &crds {
+        assert_eq!(crd["apiVersion"], json!("apiextensions.k8s.io/v1beta1"));
+        let name = crd["metadata"]["name"].as_str().context("name")?;
+        let (code, created) = raw(
+            &client,
+            "POST",
+            &format!("{base}/v1beta1/customresourcedefinitions"),
+            "application/json",
+            serde_json::to_vec(crd)?,
+        )
+        .await?;
+        assert_eq!(code, 201, "{created}");
+        let kind = crd["spec"]["names"]["kind"].as_str().context("kind")?;
+        // Stored as v1: the defaults of a v1beta1 decode, version in versions[].
+        let (_, v1) = raw(
+            &client,
+            "GET",
+            &format!("{base}/v1/customresourcedefinitions/{name}"),
+            "",
+            vec![],
+        )
+        .await?;
+        assert_eq!(v1["apiVersion"], json!("apiextensions.k8s.io/v1"));
+        let spec = &v1["spec"];
+        assert!(spec.get("version").is_none(), "{spec}");
+        assert_eq!(
+            spec["versions"],
+            json!([{"name": "v1", "served": true, "storage": true}])
+        );
+        assert_eq!(spec["preserveUnknownFields"], json!(true));
+        assert_eq!(spec["conversion"], json!({"strategy": "None"}));
+        assert_eq!(spec["names"]["listKind"], json!(format!("{kind}List")));
+        assert_eq!(v1["status"]["storedVersions"], json!(["v1"]));
+        // Read back at v1beta1: what upstream's defaults make of the chart's document.
+        let (_, old) = raw(
+            &client,
+            "GET",
+            &format!("{base}/v1beta1/customresourcedefinitions/{name}"),
+            "",
+            vec![],
+        )
+        .await?;
+        let mut want = crd["spec"].clone();
+        want["version"] = json!("v1");
+        want["names"]["listKind"] = json!(format!("{kind}List"));
+        want["conversion"] = json!({"strategy": "None"});
+        want["preserveUnknownFields"] = json!(true);
+        assert_eq!(old["spec"], want, "{name}");
+        assert_eq!(old["apiVersion"], json!("apiextensions.k8s.io/v1beta1"));
+    }
+    // Their custom resources are served at once.
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("crd.projectcalico.org", "v1", "FelixConfiguration"),
+        "felixconfigurations",
+    );
+    let felix: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+        "metadata": {"name": "default"}, "spec": {"logSeverityScreen": "Info"}}))?;
+    felix.create(&PostParams::default(), &obj).await?;
+    assert_eq!(felix.list(&ListParams::default()).await?.items.len(), 1);
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_scenario_loads_at_every_minor() -> Result<()> {
+    let cfg = ScenarioConfig {
+        nodes: 2,
+        namespaces: 1,
+        pods_per_namespace: 1,
+        ..ScenarioConfig::default()
+    };
+    let objects = scenario::build(&cfg)?;
+    for minor in KubernetesVersion::OLDEST..=KubernetesVersion::NEWEST {
+        let sb = at(minor)?;
+        assert_eq!(sb.load(objects.clone())?, objects.len(), "1.{minor}");
+        // The chart's PDB, seeded at policy/v1, reads at policy/v1beta1 while it is served.
+        let v1beta1 = Gvr::new("policy", "v1beta1", "poddisruptionbudgets");
+        let got = sb.store().get(&v1beta1, "kube-system", "calico-typha");
+        if minor <= 24 {
+            let pdb = got?;
+            assert_eq!(pdb["apiVersion"], json!("policy/v1beta1"));
+        } else {
+            assert_eq!(got.err().map(|e| e.code), Some(404), "1.{minor}");
         }
     }
     Ok(())

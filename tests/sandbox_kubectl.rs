@@ -285,7 +285,7 @@ async fn helm_sees_apply_and_rollback(major: u32) -> Result<()> {
         // (helm v4.1.4 pkg/action/status.go:62-73 calls KubeClient.Build always; 3.17
         // only with --show-resources). The release, installed when Kubernetes still
         // served policy/v1beta1, holds a PodDisruptionBudget of that version, removed
-        // in 1.25: on this 1.33 sandbox, as on a real EKS 1.25+ cluster, helm 4 says so.
+        // in 1.25: on this 1.34 sandbox, as on a real EKS 1.25+ cluster, helm 4 says so.
         let err = helm.fails(&["status", RELEASE, "-n", RELEASE_NS])?;
         assert!(
             err.contains(r#"resource mapping not found for name: "calico-typha""#)
@@ -352,4 +352,338 @@ async fn helm3_reads_the_release_apply_removes_it_rollback_restores_it_byte_for_
 async fn helm4_reads_the_release_apply_removes_it_rollback_restores_it_byte_for_byte() -> Result<()>
 {
     helm_sees_apply_and_rollback(4).await
+}
+
+/// `calico-migrate sandbox --empty --no-controllers` with `extra` flags, as a process:
+/// ready once it printed its kubeconfig's path; killed when dropped.
+struct SandboxProcess {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl SandboxProcess {
+    async fn start(extra: &[&str]) -> Result<SandboxProcess> {
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut child = Command::new(BIN)
+            .args(["sandbox", "--empty", "--no-controllers", "--kubeconfig-out"])
+            .arg(&kubeconfig)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let first = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let line = tokio::time::timeout(Duration::from_secs(20), first).await???;
+        let sp = SandboxProcess {
+            child,
+            dir,
+            kubeconfig,
+        };
+        anyhow::ensure!(
+            line.trim() == sp.kubeconfig.display().to_string(),
+            "the sandbox printed {line:?}"
+        );
+        Ok(sp)
+    }
+
+    /// kubectl with only this sandbox's kubeconfig and a discovery cache of its own.
+    fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new("kubectl")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--request-timeout=20s")
+            .env_remove("KUBECONFIG")
+            .env("HOME", self.dir.path())
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// kubectl, which must succeed: its stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {args:?} exited {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// A file in this sandbox's temp dir.
+    fn write(&self, name: &str, text: &str) -> Result<String> {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text)?;
+        Ok(p.display().to_string())
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_unserved_kubernetes_version_is_refused_with_the_range() -> Result<()> {
+    for (given, named) in [("1.20", "1.20"), ("v1.35", "1.35")] {
+        let out = Command::new(BIN)
+            .args(["sandbox", "--kubernetes-version", given])
+            .output()?;
+        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "the sandbox serves Kubernetes 1.21 to 1.34, not {named}: choose a minor in that range"
+            )),
+            "{err}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["sandbox", "--kubernetes-version", "latest"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"latest\" is not a Kubernetes version: write it as 1.MINOR"),
+        "{err}"
+    );
+    let help = Command::new(BIN).args(["sandbox", "--help"]).output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--kubernetes-version") && help.contains("1.21 to 1.34"),
+        "{help}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sees_the_apis_of_the_chosen_minor() -> Result<()> {
+    if let Err(why) = kubectl_client::usable() {
+        eprintln!("SKIPPED kubectl_sees_the_apis_of_the_chosen_minor: {why}");
+        return Ok(());
+    }
+    let removed = [
+        "apiextensions.k8s.io/v1beta1",
+        "policy/v1beta1",
+        "rbac.authorization.k8s.io/v1beta1",
+    ];
+    for (flag, minor) in [("1.21", 21), ("v1.25", 25)] {
+        let sp = SandboxProcess::start(&["--kubernetes-version", flag]).await?;
+        let listed = sp.ok(&["api-versions"])?;
+        let listed: Vec<&str> = listed.lines().collect();
+        for gv in removed {
+            assert_eq!(
+                listed.contains(&gv),
+                minor == 21,
+                "1.{minor}: {gv} in {listed:?}"
+            );
+        }
+        assert!(listed.contains(&"policy/v1"), "{listed:?}");
+        let v: Value = serde_json::from_str(&sp.ok(&["version", "-o", "json"])?)?;
+        assert_eq!(v["serverVersion"]["minor"], json!(minor.to_string()), "{v}");
+        assert_eq!(
+            v["serverVersion"]["gitVersion"],
+            json!(format!("v1.{minor}.0-sandbox"))
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_v1beta1_chart_crds_only_while_they_are_served() -> Result<()> {
+    const TEST: &str =
+        "sandbox_kubectl::kubectl_applies_the_v1beta1_chart_crds_only_while_they_are_served";
+    if let Err(why) = kubectl_client::usable() {
+        eprintln!("SKIPPED {TEST}: {why}");
+        return Ok(());
+    }
+    let Some(crds) = support::real_chart_crds(TEST)? else {
+        return Ok(());
+    };
+    let felix = "felixconfigurations.crd.projectcalico.org";
+
+    // 1.22: kubectl itself finds no such kind in discovery and refuses.
+    let newer = SandboxProcess::start(&["--kubernetes-version", "1.22"]).await?;
+    let file = newer.write("crds.yaml", &crds)?;
+    let out = newer.kubectl(&["apply", "-f", &file])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "resource mapping not found for name: \"{felix}\" namespace: \"\" from \"{file}\": \
+             no matches for kind \"CustomResourceDefinition\" in version \"apiextensions.k8s.io/v1beta1\""
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("no matches for kind").count(), 12, "{err}");
+    assert!(newer.ok(&["get", "crd", "-o", "name"])?.trim().is_empty());
+    drop(newer);
+
+    // 1.21: created, stored as v1, readable at both versions.
+    let sp = SandboxProcess::start(&["--kubernetes-version", "1.21"]).await?;
+    let file = sp.write("crds.yaml", &crds)?;
+    let applied = sp.ok(&["apply", "-f", &file])?;
+    assert_eq!(
+        applied.matches(" created").count(),
+        12,
+        "kubectl apply:\n{applied}"
+    );
+    let v1: Value = serde_json::from_str(&sp.ok(&["get", "crd", felix, "-o", "json"])?)?;
+    assert_eq!(v1["apiVersion"], json!("apiextensions.k8s.io/v1"));
+    assert!(v1["spec"].get("version").is_none(), "{v1}");
+    assert_eq!(v1["spec"]["versions"][0]["name"], json!("v1"));
+    let old: Value = serde_json::from_str(&sp.ok(&[
+        "get",
+        "customresourcedefinitions.v1beta1.apiextensions.k8s.io",
+        felix,
+        "-o",
+        "json",
+    ])?)?;
+    assert_eq!(old["apiVersion"], json!("apiextensions.k8s.io/v1beta1"));
+    assert_eq!(old["spec"]["version"], json!("v1"));
+    assert_eq!(old["spec"]["preserveUnknownFields"], json!(true));
+
+    // A v1beta1 CRD with the top-level fields the chart could have used.
+    let widgets = r#"apiVersion: apiextensions.k8s.io/v1beta1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  version: v1
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets}
+  validation:
+    openAPIV3Schema:
+      type: object
+      properties:
+        spec: {type: object, properties: {size: {type: integer}}}
+  subresources: {status: {}}
+  additionalPrinterColumns:
+  - {name: Size, type: integer, JSONPath: .spec.size}
+"#;
+    let file = sp.write("widgets.yaml", widgets)?;
+    sp.ok(&["apply", "-f", &file])?;
+    let yaml = sp.ok(&["get", "crd", "widgets.example.com", "-o", "yaml"])?;
+    let v1: Value = serde_saphyr::from_str(&yaml)?;
+    let version = &v1["spec"]["versions"][0];
+    assert_eq!(
+        version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["size"],
+        json!({"type": "integer"}),
+        "{yaml}"
+    );
+    assert_eq!(version["subresources"], json!({"status": {}}));
+    assert_eq!(
+        version["additionalPrinterColumns"],
+        json!([{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}])
+    );
+    let yaml = sp.ok(&[
+        "get",
+        "customresourcedefinitions.v1beta1.apiextensions.k8s.io",
+        "widgets.example.com",
+        "-o",
+        "yaml",
+    ])?;
+    let old: Value = serde_saphyr::from_str(&yaml)?;
+    assert_eq!(old["spec"]["version"], json!("v1"), "{yaml}");
+    assert_eq!(
+        old["spec"]["validation"]["openAPIV3Schema"]["type"],
+        json!("object")
+    );
+    assert_eq!(
+        old["spec"]["additionalPrinterColumns"][0]["JSONPath"],
+        json!(".spec.size")
+    );
+    assert!(old["spec"]["versions"][0].get("schema").is_none(), "{yaml}");
+
+    // Objects of both CRDs, created and listed through kubectl.
+    let objs = sp.write(
+        "objects.yaml",
+        r#"apiVersion: crd.projectcalico.org/v1
+kind: FelixConfiguration
+metadata: {name: default}
+spec: {logSeverityScreen: Info}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1, namespace: default}
+spec: {size: 3}
+"#,
+    )?;
+    sp.ok(&["create", "-f", &objs])?;
+    let names = sp.ok(&["get", "felixconfigurations", "-o", "name"])?;
+    assert_eq!(
+        names.trim(),
+        "felixconfiguration.crd.projectcalico.org/default"
+    );
+    let table = sp.ok(&["get", "widgets", "-n", "default"])?;
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("SIZE"))
+            && table
+                .lines()
+                .nth(1)
+                .is_some_and(|r| r.starts_with("w1") && r.contains('3')),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_lists_psps_at_1_24_and_knows_no_such_type_at_1_25() -> Result<()> {
+    if let Err(why) = kubectl_client::usable() {
+        eprintln!("SKIPPED kubectl_lists_psps_at_1_24_and_knows_no_such_type_at_1_25: {why}");
+        return Ok(());
+    }
+    let psp = r#"apiVersion: policy/v1beta1
+kind: PodSecurityPolicy
+metadata:
+  name: calico-node
+spec:
+  privileged: true
+  seLinux: {rule: RunAsAny}
+  runAsUser: {rule: RunAsAny}
+  supplementalGroups: {rule: RunAsAny}
+  fsGroup: {rule: RunAsAny}
+  volumes: ['*']
+"#;
+    let sp = SandboxProcess::start(&["--kubernetes-version", "1.24"]).await?;
+    let file = sp.write("psp.yaml", psp)?;
+    sp.ok(&["create", "-f", &file])?;
+    let names = sp.ok(&["get", "psp", "-o", "name"])?;
+    assert_eq!(
+        names.trim(),
+        "podsecuritypolicy.policy/calico-node",
+        "{names}"
+    );
+    drop(sp);
+
+    let sp = SandboxProcess::start(&["--kubernetes-version", "1.25"]).await?;
+    let out = sp.kubectl(&["get", "psp"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the server doesn't have a resource type \"psp\""),
+        "{err}"
+    );
+    let file = sp.write("psp.yaml", psp)?;
+    let out = sp.kubectl(&["create", "-f", &file])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no matches for kind \"PodSecurityPolicy\" in version \"policy/v1beta1\""),
+        "{err}"
+    );
+    Ok(())
 }

@@ -10,7 +10,7 @@ use super::GlobalOpts;
 use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
-use crate::sandbox::{FaultConfig, Sandbox, SandboxOptions};
+use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
 
 /// Run an in-process Kubernetes API server seeded like an EKS cluster with aws-calico.
 #[derive(Debug, Args)]
@@ -66,6 +66,20 @@ pub struct SandboxArgs {
     /// Serve the API only: no workload controllers, no operator.
     #[arg(long)]
     pub no_controllers: bool,
+    /// Kubernetes minor to serve, 1.21 to 1.34 (also written v1.21). It sets what
+    /// `/version` and `kubectl version` report and which API versions exist: up to 1.21
+    /// apiextensions.k8s.io/v1beta1 CRDs and rbac.authorization.k8s.io/v1beta1 are
+    /// served, up to 1.24 policy/v1beta1 PodDisruptionBudgets and PodSecurityPolicies
+    /// (from 1.25 `kubectl get psp` finds no such resource). Objects keep the minor the
+    /// sandbox started with.
+    #[arg(long, default_value_t = KubernetesVersion::default(), value_name = "1.MINOR",
+          value_parser = parse_kubernetes_version)]
+    pub kubernetes_version: KubernetesVersion,
+}
+
+/// clap's parser for `--kubernetes-version`: the sentence of `VersionError`.
+fn parse_kubernetes_version(s: &str) -> Result<KubernetesVersion, String> {
+    KubernetesVersion::parse(s).map_err(|e| e.to_string())
 }
 
 pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
@@ -92,6 +106,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     let sb = Sandbox::new(SandboxOptions {
         seed: args.seed,
         faults,
+        kubernetes_version: args.kubernetes_version,
         ..Default::default()
     });
     let seeded = if args.empty {
@@ -140,7 +155,8 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         .write_kubeconfig(&path)
         .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     eprintln!(
-        "sandbox serving {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
+        "sandbox serving Kubernetes {} at {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
+        args.kubernetes_version,
         handle.url(),
         path.display()
     );

@@ -31,6 +31,7 @@ pub use apiserver::store::apply::PatchKind;
 pub use apiserver::store::lifecycle::{DeleteOptions, Deleted};
 pub use apiserver::store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
 pub use apiserver::types::{GroupResource, Gvr, ResourceType, Subresource};
+pub use apiserver::versions::{KubernetesVersion, VersionError};
 pub use serve::ServeHandle;
 
 /// How a sandbox starts.
@@ -44,6 +45,9 @@ pub struct SandboxOptions {
     pub faults: FaultConfig,
     /// How often watches that allow bookmarks get one (the real server: about a minute).
     pub bookmark_interval: std::time::Duration,
+    /// The Kubernetes minor served: `/version`, and which API versions of the built-in
+    /// kinds discovery lists and requests reach (`apiserver::versions::WINDOWS`).
+    pub kubernetes_version: KubernetesVersion,
 }
 
 impl Default for SandboxOptions {
@@ -53,6 +57,7 @@ impl Default for SandboxOptions {
             history: 50_000,
             faults: FaultConfig::default(),
             bookmark_interval: std::time::Duration::from_secs(60),
+            kubernetes_version: KubernetesVersion::default(),
         }
     }
 }
@@ -73,7 +78,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Self {
-        let store = Store::new(opts.history, opts.seed);
+        let store = Store::new(opts.history, opts.seed, opts.kubernetes_version);
         let boot = [
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": faults::NAMESPACE}}),
             opts.faults.to_configmap(),

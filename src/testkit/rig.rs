@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::sandbox::controllers::{ControllerOptions, ControllersHandle};
 use crate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ScenarioConfig};
-use crate::sandbox::{Gvr, ListOptions, Sandbox, SandboxOptions, ServeHandle};
+use crate::sandbox::{Gvr, KubernetesVersion, ListOptions, Sandbox, SandboxOptions, ServeHandle};
 
 /// How a rig starts.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct RigOptions {
     /// The data plane's share of agnhost's probe timeouts: a blocked probe waits this
     /// much of its real timeout, so a check round fits the sandbox's fast clock.
     pub probe_timeout_scale: f64,
+    /// The Kubernetes minor the sandbox serves (default: the sandbox's, 1.34).
+    pub kubernetes_version: KubernetesVersion,
 }
 
 impl Default for RigOptions {
@@ -32,6 +34,7 @@ impl Default for RigOptions {
             seed: SandboxOptions::default().seed,
             time_scale: 100.0,
             probe_timeout_scale: 0.05,
+            kubernetes_version: SandboxOptions::default().kubernetes_version,
         }
     }
 }
@@ -55,6 +58,7 @@ impl Rig {
     pub async fn start(objects: Vec<Value>, opts: &RigOptions) -> anyhow::Result<Rig> {
         let sb = Sandbox::new(SandboxOptions {
             seed: opts.seed,
+            kubernetes_version: opts.kubernetes_version,
             ..SandboxOptions::default()
         });
         sb.load(objects).context("seeding the sandbox")?;

@@ -29,7 +29,7 @@ export KUBECONFIG="$W/kubeconfig" KUBECACHEDIR="$W/cache"
 k() { kubectl --request-timeout=20s "$@"; }
 
 step "version and discovery"
-k version >"$W/out"; expect "Server Version: v1.33" "$W/out"
+k version >"$W/out"; expect "Server Version: v1.34" "$W/out"
 k api-resources >"$W/out"; expect "daemonsets" "$W/out"; expect "customresourcedefinitions" "$W/out"
 
 step "fixtures by server-side apply: nodes, a kube-system DaemonSet, a Deployment"

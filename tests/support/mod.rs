@@ -152,3 +152,37 @@ pub fn real(name: &str) -> std::path::PathBuf {
     );
     p
 }
+
+/// The aws-calico 0.3.10 chart's `crds/crds.yaml` as it shipped (apiextensions
+/// v1beta1), read from `../shared/real/aws-calico-0.3.10.tgz` next to the repository
+/// with `tar`; None after one `SKIPPED` line when the chart is not there.
+pub fn real_chart_crds(test: &str) -> Result<Option<String>> {
+    let tgz = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/real/aws-calico-0.3.10.tgz");
+    if !tgz.is_file() {
+        eprintln!(
+            "SKIPPED {test}: {} is absent (see ../shared/real/PROVENANCE.md)",
+            tgz.display()
+        );
+        return Ok(None);
+    }
+    let out = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(&tgz)
+        .arg("aws-calico/crds/crds.yaml")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tar -xzOf {} aws-calico/crds/crds.yaml: {}",
+        tgz.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Some(String::from_utf8(out.stdout)?))
+}
+
+/// The YAML documents of a multi-document file, empty ones (comments only) left out.
+pub fn yaml_documents(text: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| anyhow::anyhow!("the YAML does not parse: {e}"))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}

@@ -5,17 +5,17 @@
 
 use serde_json::{Value, json};
 
+use std::cmp::Ordering;
+
 use super::types::{ResourceType, api_version};
+use super::versions::KubernetesVersion;
 
-/// The Kubernetes version the sandbox claims to be.
-pub const MAJOR: &str = "1";
-pub const MINOR: &str = "33";
-
-pub fn version() -> Value {
+/// `/version`: the Kubernetes minor the sandbox serves (`SandboxOptions::kubernetes_version`).
+pub fn version(kv: KubernetesVersion) -> Value {
     json!({
-        "major": MAJOR,
-        "minor": MINOR,
-        "gitVersion": format!("v{MAJOR}.{MINOR}.0-sandbox"),
+        "major": "1",
+        "minor": kv.minor().to_string(),
+        "gitVersion": kv.git_version(),
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2025-04-23T00:00:00Z",
@@ -46,19 +46,56 @@ const ORDER: &[&str] = &[
     "apiextensions.k8s.io",
 ];
 
-fn group_doc(group: &str, types: &[ResourceType]) -> Value {
-    let mut versions: Vec<String> = Vec::new();
-    let mut preferred = String::new();
-    for t in types.iter().filter(|t| t.group == group) {
-        if preferred.is_empty() {
-            preferred = t.preferred_version().to_string();
+/// Kubernetes' version priority: GA before beta before alpha, higher numbers first,
+/// anything else last in lexical order (k8s.io/apimachinery v0.34.0
+/// pkg/version/helpers.go `CompareKubeAwareVersionStrings`, which CRD groups are sorted
+/// by in apiextensions-apiserver pkg/apiserver/customresource_discovery_controller.go;
+/// the built-in groups here list theirs in the same order: v1, then v1beta1).
+pub fn kube_aware(a: &str, b: &str) -> Ordering {
+    fn parse(v: &str) -> Option<(u32, u8, u32)> {
+        let rest = v.strip_prefix('v')?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u32 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((major, 2, 0));
         }
+        let (kind, n) = if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (0, n)
+        } else {
+            return None;
+        };
+        Some((major, kind, n.parse().ok()?))
+    }
+    match (parse(a), parse(b)) {
+        (Some((ma, ka, na)), Some((mb, kb, nb))) => kb.cmp(&ka).then(mb.cmp(&ma)).then(nb.cmp(&na)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
+/// Every version some type of `group` serves, in priority order (preferred first).
+fn group_versions(group: &str, types: &[ResourceType]) -> Vec<String> {
+    let mut versions: Vec<String> = Vec::new();
+    for t in types.iter().filter(|t| t.group == group) {
         for v in &t.versions {
             if !versions.contains(v) {
                 versions.push(v.clone());
             }
         }
     }
+    versions.sort_by(|a, b| kube_aware(a, b));
+    versions
+}
+
+fn group_doc(group: &str, types: &[ResourceType]) -> Value {
+    let versions = group_versions(group, types);
+    let preferred = versions.first().cloned().unwrap_or_default();
     let gv = |v: &str| json!({"groupVersion": api_version(group, v), "version": v});
     json!({
         "name": group,
@@ -227,15 +264,7 @@ pub fn aggregated(types: &[ResourceType], core: bool) -> Value {
     let items: Vec<Value> = groups
         .iter()
         .map(|g| {
-            let mut versions: Vec<String> = Vec::new();
-            for t in types.iter().filter(|t| t.group == *g) {
-                for v in &t.versions {
-                    if !versions.contains(v) {
-                        versions.push(v.clone());
-                    }
-                }
-            }
-            let versions: Vec<Value> = versions
+            let versions: Vec<Value> = group_versions(g, types)
                 .iter()
                 .map(|v| {
                     let resources: Vec<Value> = types

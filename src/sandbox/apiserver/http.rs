@@ -70,7 +70,9 @@ pub fn router(sb: Sandbox) -> Router {
     Router::new()
         .route(
             "/version",
-            get(|| async { json_response(200, &discovery::version()) }),
+            get(|State(sb): State<Sandbox>| async move {
+                json_response(200, &discovery::version(sb.store().kubernetes_version()))
+            }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -95,13 +97,14 @@ pub fn router(sb: Sandbox) -> Router {
         )
         .route(
             "/openapi/v2",
-            get(|headers: HeaderMap| async move {
+            get(|State(sb): State<Sandbox>, headers: HeaderMap| async move {
+                let kv = sb.store().kubernetes_version();
                 let accept = headers
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
                 if accept.contains("protobuf") {
-                    let mut r = openapi::v2_protobuf().into_response();
+                    let mut r = openapi::v2_protobuf(kv).into_response();
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static(
@@ -110,7 +113,7 @@ pub fn router(sb: Sandbox) -> Router {
                     );
                     return r;
                 }
-                json_response(200, &openapi::v2())
+                json_response(200, &openapi::v2(kv))
             }),
         )
         .route(

@@ -5,6 +5,8 @@
 //! - [`store`]: objects, resourceVersions, the change feed and the registry's
 //!   semantics (create, update, patch, delete, watch);
 //! - [`types`]: the served resource types, built in or from CRDs;
+//! - [`versions`]: the Kubernetes minor served and which API versions it serves;
+//! - [`convert`]: conversion between the served versions of a built-in kind;
 //! - [`error`]: `Status` errors as the real server words them;
 //! - [`faults`]: latency, errors, dropped watches and conflicts on demand;
 //! - [`http`]: the REST routes (axum) and content negotiation;
@@ -17,6 +19,7 @@
 
 pub mod authz;
 pub mod authz_http;
+pub mod convert;
 pub mod discovery;
 pub mod error;
 pub mod faults;
@@ -28,3 +31,4 @@ pub mod ssa;
 pub mod store;
 pub mod table;
 pub mod types;
+pub mod versions;

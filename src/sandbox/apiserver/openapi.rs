@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::types::{ResourceType, api_version};
+use super::versions::KubernetesVersion;
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -99,10 +100,10 @@ pub fn group_version(types: &[ResourceType], rest: &str) -> Option<Value> {
 /// `/openapi/v2` without definitions: kubectl falls back to it for kinds missing
 /// from the v3 root it fetched before a CRD was created, and skips validation of
 /// kinds it finds no schema for.
-pub fn v2() -> Value {
+pub fn v2(kv: KubernetesVersion) -> Value {
     json!({
         "swagger": "2.0",
-        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", super::discovery::MAJOR, super::discovery::MINOR)},
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", kv.minor())},
         "paths": {},
         "definitions": {}
     })
@@ -110,14 +111,14 @@ pub fn v2() -> Value {
 
 /// The same document in the protobuf encoding kubectl asks for
 /// (gnostic openapi_v2.Document: field 1 `swagger`, field 2 `info` {1 title, 2 version}).
-pub fn v2_protobuf() -> Vec<u8> {
+pub fn v2_protobuf(kv: KubernetesVersion) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, num: u8, bytes: &[u8]) {
         out.push((num << 3) | 2);
         // Every field here is shorter than 128 bytes: one-byte varint length.
         out.push(bytes.len() as u8);
         out.extend_from_slice(bytes);
     }
-    let version = format!("v{}.{}.0", super::discovery::MAJOR, super::discovery::MINOR);
+    let version = format!("v1.{}.0", kv.minor());
     let mut info = Vec::new();
     field(&mut info, 1, b"Kubernetes");
     field(&mut info, 2, version.as_bytes());

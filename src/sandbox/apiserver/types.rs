@@ -5,8 +5,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// (group, plural resource): the storage identity of a type. Versions only change
-/// the `apiVersion` shown (CRDs use conversion `None`, built-ins serve one version).
+use super::convert;
+use super::versions::{self, KubernetesVersion};
+
+/// (group, plural resource): the storage identity of a type. Every served version of
+/// it reads the same stored object: built-ins through `convert.rs`, custom resources
+/// with conversion `None` (only the `apiVersion` shown changes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupResource {
     pub group: String,
@@ -158,6 +162,12 @@ impl ResourceType {
     pub fn preferred_version(&self) -> &str {
         self.versions.first().map(String::as_str).unwrap_or("v1")
     }
+
+    /// The version objects are kept at (`convert::to_storage`): the preferred one,
+    /// which for every multi-version built-in here is v1, upstream's storage version.
+    pub fn storage_version(&self) -> &str {
+        self.preferred_version()
+    }
 }
 
 struct B {
@@ -183,6 +193,12 @@ impl B {
             },
         }
     }
+    /// Also served at `version` (after the ones named before), where
+    /// `versions::served` says so.
+    fn also(mut self, version: &str) -> Self {
+        self.rt.versions.push(version.into());
+        self
+    }
     fn short(mut self, names: &[&str]) -> Self {
         self.rt.short_names = names.iter().map(|s| s.to_string()).collect();
         self
@@ -205,7 +221,9 @@ impl B {
     }
 }
 
-/// The built-in kinds this project touches (k8s.io/api, Kubernetes 1.33).
+/// The built-in kinds this project, Helm and kubectl touch, each with every version
+/// some supported minor serves (k8s.io/api, Kubernetes 1.21 to 1.34), preferred first;
+/// [`builtins_at`] keeps what one minor serves.
 pub fn builtins() -> Vec<ResourceType> {
     vec![
         B::new("", "v1", "namespaces", "Namespace", false)
@@ -263,30 +281,42 @@ pub fn builtins() -> Vec<ResourceType> {
             "PodDisruptionBudget",
             true,
         )
+        .also("v1beta1")
         .short(&["pdb"])
         .status(),
+        B::new(
+            "policy",
+            "v1beta1",
+            "podsecuritypolicies",
+            "PodSecurityPolicy",
+            false,
+        )
+        .short(&["psp"]),
         B::new(
             "rbac.authorization.k8s.io",
             "v1",
             "clusterroles",
             "ClusterRole",
             false,
-        ),
+        )
+        .also("v1beta1"),
         B::new(
             "rbac.authorization.k8s.io",
             "v1",
             "clusterrolebindings",
             "ClusterRoleBinding",
             false,
-        ),
-        B::new("rbac.authorization.k8s.io", "v1", "roles", "Role", true),
+        )
+        .also("v1beta1"),
+        B::new("rbac.authorization.k8s.io", "v1", "roles", "Role", true).also("v1beta1"),
         B::new(
             "rbac.authorization.k8s.io",
             "v1",
             "rolebindings",
             "RoleBinding",
             true,
-        ),
+        )
+        .also("v1beta1"),
         B::new(
             "networking.k8s.io",
             "v1",
@@ -295,7 +325,7 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
         )
         .short(&["netpol"]),
-        B::new("coordination.k8s.io", "v1", "leases", "Lease", true),
+        B::new("coordination.k8s.io", "v1", "leases", "Lease", true).also("v1beta1"),
         // Answered by authz_http from RBAC objects; listed so discovery shows them.
         B::new(
             "authorization.k8s.io",
@@ -311,7 +341,9 @@ pub fn builtins() -> Vec<ResourceType> {
             "SelfSubjectRulesReview",
             false,
         ),
-        B::new("events.k8s.io", "v1", "events", "Event", true).short(&["ev"]),
+        B::new("events.k8s.io", "v1", "events", "Event", true)
+            .also("v1beta1")
+            .short(&["ev"]),
         B::new(
             "apiextensions.k8s.io",
             "v1",
@@ -319,12 +351,26 @@ pub fn builtins() -> Vec<ResourceType> {
             "CustomResourceDefinition",
             false,
         )
+        .also("v1beta1")
         .short(&["crd", "crds"])
         .status(),
     ]
     .into_iter()
     .map(|b| b.rt)
     .collect()
+}
+
+/// The built-in kinds served at `kv`, each with the versions served there
+/// (`versions::WINDOWS`); a kind with none left (PodSecurityPolicy from 1.25) is gone.
+pub fn builtins_at(kv: KubernetesVersion) -> Vec<ResourceType> {
+    builtins()
+        .into_iter()
+        .filter_map(|mut t| {
+            t.versions
+                .retain(|v| versions::served(&t.group, v, &t.resource, kv));
+            (!t.versions.is_empty()).then_some(t)
+        })
+        .collect()
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -345,9 +391,18 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Validate an apiextensions.k8s.io/v1 CRD and derive the type it defines.
+/// Validate a CRD and derive the type it defines. An apiextensions.k8s.io/v1beta1
+/// document is converted to the v1 shape first (`convert::crd_v1beta1_to_v1`).
 /// Errors are (field, message) pairs for a 422.
 pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<(&'static str, String)>> {
+    let converted;
+    let crd =
+        if crd.get("apiVersion").and_then(Value::as_str) == Some("apiextensions.k8s.io/v1beta1") {
+            converted = convert::crd_v1beta1_to_v1(crd.clone());
+            &converted
+        } else {
+            crd
+        };
     let mut errs = Vec::new();
     let group = str_at(crd, &["spec", "group"])
         .unwrap_or_default()
@@ -480,14 +535,20 @@ pub struct Registry {
 }
 
 impl Default for Registry {
+    /// The built-ins of the default minor (`KubernetesVersion::default`).
     fn default() -> Self {
-        Self {
-            types: builtins().into_iter().map(|t| (t.gr(), t)).collect(),
-        }
+        Self::at(KubernetesVersion::default())
     }
 }
 
 impl Registry {
+    /// The built-ins served at `kv`.
+    pub fn at(kv: KubernetesVersion) -> Self {
+        Self {
+            types: builtins_at(kv).into_iter().map(|t| (t.gr(), t)).collect(),
+        }
+    }
+
     pub fn get(&self, gr: &GroupResource) -> Option<&ResourceType> {
         self.types.get(gr)
     }

@@ -34,7 +34,8 @@ pub fn live_chart_objects(
             o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
             match kind.as_str() {
                 "PodDisruptionBudget" => {
-                    // policy/v1beta1 is stored, the API serves it as policy/v1 today.
+                    // Stored at policy/v1 (the storage version), so it loads at every
+                    // minor; up to 1.24 it also reads at policy/v1beta1 (apiserver/convert.rs).
                     o["apiVersion"] = json!("policy/v1");
                     let n = chart::typha_replicas(nodes);
                     o["metadata"]["generation"] = json!(1);

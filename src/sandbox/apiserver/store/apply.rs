@@ -208,7 +208,11 @@ impl Store {
                 origin: Origin::Applied,
                 ..Write::client(opts, &av, sub, &time)
             };
-            let live = existing.clone().unwrap_or(Value::Null);
+            // Applied at the request's version: the live object as that version reads.
+            let live = existing
+                .clone()
+                .map(|o| present(o, &rt, &gvr.version))
+                .unwrap_or(Value::Null);
             let mut merged = ssa::apply(&live, &applied, &w.by, opts.force)
                 .map_err(|c| ApiError::apply_conflicts(&rt, name, &c))?;
             meta_mut(&mut merged).insert("name".into(), json!(name));

@@ -25,6 +25,7 @@ use super::error::ApiError;
 use super::select::{FieldSelector, LabelSelector};
 use super::ssa::Writer;
 use super::types::{GroupResource, Gvr, Registry, ResourceType, Subresource};
+use super::versions::KubernetesVersion;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,8 @@ pub(super) type Key = (String, String);
 
 pub(super) struct State {
     pub rv: u64,
+    /// The Kubernetes minor served, which decides the built-in API versions.
+    pub kubernetes: KubernetesVersion,
     pub registry: Registry,
     pub objects: HashMap<GroupResource, BTreeMap<Key, Value>>,
     pub history: VecDeque<Arc<WatchEvent>>,
@@ -189,19 +192,18 @@ pub(super) fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
     }
 }
 
-/// The object as seen at the requested version.
-pub fn present(mut obj: Value, rt: &ResourceType, version: &str) -> Value {
-    obj["apiVersion"] = json!(super::types::api_version(&rt.group, version));
-    obj["kind"] = json!(rt.kind);
-    obj
+/// A stored object as seen at the requested version (converted, `convert::to_version`).
+pub fn present(obj: Value, rt: &ResourceType, version: &str) -> Value {
+    super::convert::to_version(rt, version, obj)
 }
 
 impl State {
-    pub fn new(cap: usize, seed: u64) -> Self {
+    pub fn new(cap: usize, seed: u64, kubernetes: KubernetesVersion) -> Self {
         let (tx, _) = broadcast::channel(cap.max(16));
         Self {
             rv: 0,
-            registry: Registry::default(),
+            kubernetes,
+            registry: Registry::at(kubernetes),
             objects: HashMap::new(),
             history: VecDeque::new(),
             floor: 0,
@@ -365,9 +367,10 @@ fn decode_continue(t: &str) -> Result<Key, ApiError> {
 }
 
 impl Store {
-    pub fn new(history: usize, seed: u64) -> Self {
+    /// A store serving the built-ins of Kubernetes `kubernetes`.
+    pub fn new(history: usize, seed: u64, kubernetes: KubernetesVersion) -> Self {
         let store = Self {
-            state: Arc::new(Mutex::new(State::new(history, seed))),
+            state: Arc::new(Mutex::new(State::new(history, seed, kubernetes))),
         };
         {
             let mut st = store.lock();
@@ -385,6 +388,11 @@ impl Store {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the data consistent enough to keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Kubernetes minor this store serves.
+    pub fn kubernetes_version(&self) -> KubernetesVersion {
+        self.lock().kubernetes
     }
 
     /// The type served at `gvr`, if any.

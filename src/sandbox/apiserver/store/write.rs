@@ -9,6 +9,7 @@ use super::{
     EventType, Origin, State, Store, Write, WriteOptions, meta_mut, meta_str, namespaces, now,
     present,
 };
+use crate::sandbox::apiserver::convert;
 use crate::sandbox::apiserver::error::ApiError;
 use crate::sandbox::apiserver::faults;
 use crate::sandbox::apiserver::ssa;
@@ -85,7 +86,7 @@ impl State {
         rt: &ResourceType,
         version: &str,
         ns: &str,
-        mut obj: Value,
+        obj: Value,
         w: &Write,
     ) -> Result<Value, ApiError> {
         let origin = w.origin;
@@ -95,7 +96,9 @@ impl State {
                 rt.kind
             )));
         }
-        check_kind(rt, &obj)?;
+        check_kind(rt, version, &obj)?;
+        // Everything below works on the stored shape (`convert.rs`).
+        let mut obj = convert::to_storage(rt, version, obj);
         let ns = self.place(rt, ns, &mut obj)?;
         let name = {
             let meta = meta_mut(&mut obj);
@@ -198,17 +201,18 @@ impl State {
         if let Some(st) = seeded_status {
             obj["status"] = st;
         }
-        obj = present(obj, rt, version);
+        obj = convert::to_storage(rt, rt.storage_version(), obj);
         if origin == Origin::Client {
             ssa::record_update(&Value::Null, &mut obj, &w.by);
         }
         if w.dry_run {
-            return Ok(obj);
+            return Ok(present(obj, rt, version));
         }
         if rt.group == "apiextensions.k8s.io" {
             self.serve_crd(&obj)?;
         }
-        Ok(self.commit(&gr, EventType::Added, obj, None))
+        let stored = self.commit(&gr, EventType::Added, obj, None);
+        Ok(present(stored, rt, version))
     }
 
     /// Namespace of an object for this request; fills it in or rejects a mismatch.
@@ -329,7 +333,8 @@ impl State {
                 rt.kind
             )));
         }
-        check_kind(rt, &new)?;
+        check_kind(rt, version, &new)?;
+        let new = convert::to_storage(rt, version, new);
         let body_name = meta_str(&new, "name");
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -428,7 +433,7 @@ impl State {
             meta_mut(&mut result).insert("generation".into(), json!(g + 1));
         }
         self.admit(rt, name, &mut result, Some(&old))?;
-        let mut result = present(result, rt, version);
+        let mut result = convert::to_storage(rt, rt.storage_version(), result);
         if same_content(&result, &old) {
             return Ok(present(old, rt, version));
         }
@@ -436,7 +441,7 @@ impl State {
             ssa::record_update(&old, &mut result, &w.by);
         }
         if w.dry_run {
-            return Ok(result);
+            return Ok(present(result, rt, version));
         }
         if rt.group == "apiextensions.k8s.io" {
             self.serve_crd(&result)?;
@@ -446,13 +451,19 @@ impl State {
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
         if !meta_str(&result, "deletionTimestamp").is_empty() && finalizers_done {
-            return Ok(self.remove(rt, result));
+            let gone = self.remove(rt, result);
+            return Ok(present(gone, rt, version));
         }
-        Ok(self.commit(&gr, EventType::Modified, result, Some(old)))
+        let stored = self.commit(&gr, EventType::Modified, result, Some(old));
+        Ok(present(stored, rt, version))
     }
 }
 
-fn check_kind(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+/// The body's kind and apiVersion against the URL's: upstream decodes the body and
+/// refuses a group/version other than the URL's (k8s.io/apiserver v0.34.0
+/// pkg/endpoints/handlers/create.go and update.go, `scope.AcceptsGroupVersion`, which is
+/// `gv == scope.Kind.GroupVersion()` in handlers/rest.go).
+fn check_kind(rt: &ResourceType, version: &str, obj: &Value) -> Result<(), ApiError> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
     let av = obj
         .get("apiVersion")
@@ -466,10 +477,10 @@ fn check_kind(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
     if !av.is_empty() {
         let (g, v) = types::split_api_version(av);
-        if g != rt.group || !rt.serves(v) {
+        if g != rt.group || v != version {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
-                types::api_version(&rt.group, rt.preferred_version())
+                types::api_version(&rt.group, version)
             )));
         }
     }
@@ -557,7 +568,7 @@ impl Store {
                         }
                     }
                     meta_mut(&mut obj).remove("resourceVersion");
-                    let obj = present(obj, &rt, &version);
+                    let obj = convert::to_storage(&rt, &version, obj);
                     if rt.group == "apiextensions.k8s.io" {
                         st.serve_crd(&obj)?;
                     }
