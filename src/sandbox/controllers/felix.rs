@@ -275,7 +275,9 @@ impl Problem {
                 );
                 match agent {
                     Agent::Node => {
-                        format!("[ERROR] startup.go 205: Unable to set global default configuration error={err}")
+                        format!(
+                            "[ERROR] startup.go 205: Unable to set global default configuration error={err}"
+                        )
                     }
                     Agent::Typha => {
                         format!("[ERROR] daemon.go 317: Failed to initialize datastore error={err}")
@@ -438,7 +440,13 @@ mod tests {
         assert_eq!(cat.line("v3.19").unwrap().crds.names.len(), 12);
         assert_eq!(cat.line("v3.30").unwrap().crds.names.len(), 24);
         assert_eq!(
-            cat.line("v3.19").unwrap().cluster_role.as_ref().unwrap().rules.len(),
+            cat.line("v3.19")
+                .unwrap()
+                .cluster_role
+                .as_ref()
+                .unwrap()
+                .rules
+                .len(),
             15
         );
     }
@@ -453,7 +461,12 @@ mod tests {
                     v.release,
                     l.qualified()
                 );
-                assert!(l.not_found.is_some(), "{} {} has no not_found", v.line, l.kind);
+                assert!(
+                    l.not_found.is_some(),
+                    "{} {} has no not_found",
+                    v.line,
+                    l.kind
+                );
             }
         }
     }
@@ -463,7 +476,9 @@ mod tests {
     #[test]
     fn each_release_role_grants_its_syncer_lists() {
         for v in &catalogue().unwrap().versions {
-            let Some(role) = &v.cluster_role else { continue };
+            let Some(role) = &v.cluster_role else {
+                continue;
+            };
             let rules: Vec<authz::PolicyRule> = role
                 .rules
                 .iter()
@@ -487,7 +502,10 @@ mod tests {
         assert_eq!(n("quay.io/calico/node:v3.30.3").as_deref(), Some("v3.30"));
         assert_eq!(n("docker.io/calico/node:v3.30.3").as_deref(), Some("v3.30"));
         assert_eq!(n("calico/node:v3.19.1").as_deref(), Some("v3.19"));
-        assert_eq!(n("localhost:5000/calico/node:v3.20.0").as_deref(), Some("v3.20"));
+        assert_eq!(
+            n("localhost:5000/calico/node:v3.20.0").as_deref(),
+            Some("v3.20")
+        );
         assert_eq!(n("calico/node@sha256:0123abcd"), None);
         assert_eq!(n("calico/node:latest"), None);
         assert_eq!(n("calico/typha:v3.30.3"), None);
@@ -509,6 +527,9 @@ mod tests {
             p.log_line(Agent::Node),
             "[ERROR] startup.go 205: Unable to set global default configuration error=resource does not exist: Tier(default) with error: the server could not find the requested resource (post tiers.crd.projectcalico.org)"
         );
-        assert!(p.log_line(Agent::Typha).contains("Failed to initialize datastore"));
+        assert!(
+            p.log_line(Agent::Typha)
+                .contains("Failed to initialize datastore")
+        );
     }
 }

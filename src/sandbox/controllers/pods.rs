@@ -254,7 +254,10 @@ impl PodLifecycle {
                     unready_condition("Ready", agent.container(), log),
                     unready_condition("ContainersReady", agent.container(), log),
                 ),
-                None => (condition("Ready", ready), condition("ContainersReady", ready)),
+                None => (
+                    condition("Ready", ready),
+                    condition("ContainersReady", ready),
+                ),
             };
             let status = json!({"status": {
                 "phase": "Running",
