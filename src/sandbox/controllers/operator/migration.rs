@@ -292,8 +292,8 @@ fn owner(install: &Value) -> Value {
             "uid": uid(install), "controller": true, "blockOwnerDeletion": true}])
 }
 
-/// calico-system namespace, workloads (owned by the Installation), and the
-/// operator's subject on ClusterRoleBinding calico-node.
+/// calico-system namespace, workloads and typha's ClusterRole and binding (owned by
+/// the Installation), and the operator's subject on ClusterRoleBinding calico-node.
 fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
     let ns = gvr("", "v1", "namespaces");
     if get(sb, &ns, "", CS).is_none() {
