@@ -1028,3 +1028,430 @@ async fn a_kube_client_sets_a_fault_and_sees_the_operator_stall() {
     assert_eq!(stalled.as_deref(), Some("pre-operator"));
     assert_eq!(first.as_deref(), Some("migrated"));
 }
+
+// ---- Calico agents and their version's API (controllers/felix.rs) ----
+
+use calico_migrate::sandbox::controllers::felix;
+
+/// The real artifacts beside the repository (/work/shared/real), if present.
+fn real_artifact(file: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/real")
+        .join(file);
+    p.exists().then_some(p)
+}
+
+/// The YAML documents of a manifest as JSON (documents that are only comments skipped).
+fn yaml_documents(text: &str) -> Vec<Value> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            docs.push(String::new());
+        } else if let Some(d) = docs.last_mut() {
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    docs.iter()
+        .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn policy_only_manifest() -> Option<Vec<Value>> {
+    let p = real_artifact("calico-v3.30.3-policy-only.yaml")?;
+    let text = std::fs::read_to_string(p).ok()?;
+    Some(yaml_documents(&text))
+}
+
+/// One file of a chart tarball, read with `tar` (None when tar or the file is missing).
+fn chart_file(tgz: &str, file: &str) -> Option<String> {
+    let p = real_artifact(tgz)?;
+    let out = std::process::Command::new("tar")
+        .arg("-xzOf")
+        .arg(p)
+        .arg(file)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rules_of(role: &Value) -> Vec<felix::RuleData> {
+    role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| serde_json::from_value(r.clone()).unwrap_or_else(|e| panic!("rule {r}: {e}")))
+        .collect()
+}
+
+fn cluster_role_named<'a>(docs: &'a [Value], name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+}
+
+fn crd_names(docs: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .map(name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The embedded data is what the real manifests define: CRD names and the rules of
+/// ClusterRole calico-node, for 3.19.1 (chart 0.3.10), 3.20.0 (chart 0.3.11's CRDs)
+/// and 3.30.3 (policy-only manifest).
+#[test]
+fn embedded_calico_data_matches_the_real_manifests() {
+    let (Some(policy_only), Some(crds_0310), Some(rbac_0310)) = (
+        policy_only_manifest(),
+        chart_file("aws-calico-0.3.10.tgz", "aws-calico/crds/crds.yaml"),
+        chart_file("aws-calico-0.3.10.tgz", "aws-calico/templates/rbac.yaml"),
+    ) else {
+        println!(
+            "SKIPPED: ../shared/real (aws-calico-0.3.10.tgz, calico-v3.30.3-policy-only.yaml) or tar is not available"
+        );
+        return;
+    };
+    let cat = felix::catalogue().unwrap_or_else(|e| panic!("{e}"));
+
+    // 3.30.3: 24 CRDs and ClusterRole calico-node (16 rules).
+    let v330 = cat.line("v3.30").unwrap_or_else(|| panic!("no v3.30 data"));
+    assert_eq!(sorted(v330.crds.names.clone()), crd_names(&policy_only));
+    assert_eq!(v330.crds.names.len(), 24);
+    let role = cluster_role_named(&policy_only, "calico-node").unwrap_or_else(|| panic!("no role"));
+    let embedded = &v330
+        .cluster_role
+        .as_ref()
+        .unwrap_or_else(|| panic!("no v3.30 role"))
+        .rules;
+    assert_eq!(embedded, &rules_of(role));
+
+    // 3.19.1: the chart's 12 CRDs and its ClusterRole (the template's first document,
+    // its `{{ }}` lines only in metadata).
+    let v319 = cat.line("v3.19").unwrap_or_else(|| panic!("no v3.19 data"));
+    assert_eq!(
+        sorted(v319.crds.names.clone()),
+        crd_names(&yaml_documents(&crds_0310))
+    );
+    let first = rbac_0310.split("\n---").next().unwrap_or_default();
+    let plain: String = first
+        .lines()
+        .filter(|l| !l.contains("{{"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let role: Value = serde_saphyr::from_str(&plain).unwrap_or_else(|e| panic!("rbac.yaml: {e}"));
+    assert_eq!(role["kind"], "ClusterRole");
+    let embedded = &v319
+        .cluster_role
+        .as_ref()
+        .unwrap_or_else(|| panic!("no v3.19 role"))
+        .rules;
+    assert_eq!(embedded, &rules_of(&role));
+    assert_eq!(embedded.len(), 15);
+
+    // The seed renders exactly those rules.
+    let seeded = scenario::chart::rendered_objects(&scenario::chart::ChartValues::default())
+        .into_iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "calico-node")
+        .unwrap_or_else(|| panic!("the seed has no ClusterRole calico-node"));
+    assert_eq!(embedded, &rules_of(&seeded));
+
+    // 3.20.0: chart 0.3.11's crd.projectcalico.org CRDs.
+    let listing = real_artifact("aws-calico-0.3.11.tgz").and_then(|p| {
+        let out = std::process::Command::new("tar")
+            .arg("-tzf")
+            .arg(p)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    if let Some(list) = listing {
+        let mut names = Vec::new();
+        for f in list
+            .lines()
+            .filter(|f| f.contains("templates/crds/crd.projectcalico.org_"))
+        {
+            let text = chart_file("aws-calico-0.3.11.tgz", f).unwrap_or_default();
+            names.extend(
+                crd_names(&yaml_documents(&text))
+                    .into_iter()
+                    .filter(|n| n.ends_with(".crd.projectcalico.org")),
+            );
+        }
+        let v320 = cat.line("v3.20").unwrap_or_else(|| panic!("no v3.20 data"));
+        assert_eq!(sorted(v320.crds.names.clone()), sorted(names));
+    }
+}
+
+/// A chart install alone (no operator), its agents Ready.
+fn chart_cluster(nodes: usize, seed: u64) -> (Sandbox, Controllers) {
+    let sb = Sandbox::new(SandboxOptions {
+        seed,
+        ..Default::default()
+    });
+    let cfg = ScenarioConfig {
+        nodes,
+        namespaces: 1,
+        pods_per_namespace: 1,
+        seed,
+        ..Default::default()
+    };
+    assert!(sb.load(scenario::build(&cfg).unwrap_or_default()).is_ok());
+    let opts = ControllerOptions {
+        pod_start_delay: 2.0,
+        ..Default::default()
+    };
+    let mut c = Controllers::new(&sb, opts).unwrap_or_else(|e| panic!("controllers: {e}"));
+    assert!(c.run_until(20, |sb| agents(sb, "calico-node").iter().all(ready)));
+    (sb, c)
+}
+
+/// kube-system pods of the chart's `app.kubernetes.io/name`.
+fn agents(sb: &Sandbox, app: &str) -> Vec<Value> {
+    list(sb, &pods_g(), Some("kube-system"))
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == app)
+        .collect()
+}
+
+fn image_of(p: &Value) -> &str {
+    p["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn set_image(sb: &Sandbox, gvr: &Gvr, name: &str, container: &str, image: &str) {
+    let body = json!({"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}});
+    let r = sb.store().patch(
+        gvr,
+        "kube-system",
+        name,
+        PatchKind::Strategic,
+        body.to_string().as_bytes(),
+        &WriteOptions::default(),
+    );
+    assert!(r.is_ok(), "set image of {name}: {r:?}");
+}
+
+/// Server-side apply of objects through the store, as `kubectl apply --server-side --force-conflicts`.
+fn apply_all(sb: &Sandbox, objs: &[&Value]) {
+    for o in objs {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let gvr = match kind {
+            "CustomResourceDefinition" => {
+                Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            }
+            "ClusterRole" => Gvr::new("rbac.authorization.k8s.io", "v1", "clusterroles"),
+            other => panic!("apply_all does not know {other}"),
+        };
+        let r = sb.store().patch(
+            &gvr,
+            "",
+            &name(o),
+            PatchKind::Apply,
+            o.to_string().as_bytes(),
+            &WriteOptions {
+                field_manager: Some("kubectl".into()),
+                force: true,
+                ..WriteOptions::default()
+            },
+        );
+        assert!(r.is_ok(), "apply {kind} {}: {r:?}", name(o));
+    }
+}
+
+/// The Ready condition's message of a pod.
+fn ready_message(p: &Value) -> String {
+    condition(p, "Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The first kube-system calico-node pod running `image`, once Running.
+fn running_with(sb: &Sandbox, app: &str, image: &str) -> Option<Value> {
+    agents(sb, app)
+        .into_iter()
+        .find(|p| image_of(p) == image && p["status"]["phase"] == "Running")
+}
+
+const NODE_3303: &str = "quay.io/calico/node:v3.30.3";
+const TYPHA_3303: &str = "docker.io/calico/typha:v3.30.3";
+
+#[test]
+fn calico_node_3_30_waits_for_its_rbac_then_its_crds() {
+    let Some(docs) = policy_only_manifest() else {
+        println!("SKIPPED: ../shared/real/calico-v3.30.3-policy-only.yaml is not available");
+        return;
+    };
+    let (sb, mut c) = chart_cluster(3, 31);
+    // An upgrade that changes only the image.
+    set_image(&sb, &ds_g(), "calico-node", "calico-node", NODE_3303);
+    assert!(c.run_until(30, |sb| {
+        running_with(sb, "calico-node", NODE_3303).is_some()
+    }));
+    c.run_until(5, |_| false);
+    let p = running_with(&sb, "calico-node", NODE_3303).unwrap_or_default();
+    assert!(!ready(&p), "a 3.30.3 agent on 3.19 RBAC must not be Ready");
+    assert_eq!(p["status"]["containerStatuses"][0]["ready"], false);
+    assert_eq!(condition(&p, "Ready")["reason"], "ContainersNotReady");
+    let msg = ready_message(&p);
+    assert!(
+        msg.contains(r#"tiers.crd.projectcalico.org is forbidden: User "system:serviceaccount:kube-system:calico-node" cannot list resource "tiers" in API group "crd.projectcalico.org" at the cluster scope"#),
+        "{msg}"
+    );
+    // The rollout waits on the unready pod: the other two still run 3.19.1.
+    assert_eq!(
+        agents(&sb, "calico-node")
+            .iter()
+            .filter(|p| image_of(p) == NODE_3303)
+            .count(),
+        1
+    );
+    // The kubelet's Unhealthy Event names it too.
+    let events = list(&sb, &g("", "events"), Some("kube-system"));
+    assert!(events.iter().any(|e| {
+        e["involvedObject"]["name"] == p["metadata"]["name"]
+            && e["reason"] == "Unhealthy"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot list resource \"tiers\""))
+    }));
+
+    // The 3.30.3 ClusterRole alone: now allowed, but the CRDs are not there.
+    let role = cluster_role_named(&docs, "calico-node").unwrap_or_else(|| panic!("no role"));
+    apply_all(&sb, &[role]);
+    c.run_until(3, |_| false);
+    let p = running_with(&sb, "calico-node", NODE_3303).unwrap_or_default();
+    assert!(!ready(&p));
+    let msg = ready_message(&p);
+    assert!(!msg.contains("forbidden"), "{msg}");
+    assert!(
+        msg.contains("Unable to set global default configuration error=resource does not exist: Tier(default) with error: the server could not find the requested resource (post tiers.crd.projectcalico.org)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the server could not find the requested resource (get adminnetworkpolicies.policy.networking.k8s.io)"),
+        "{msg}"
+    );
+
+    // The 24 CRDs: felix gets in sync on a later tick and the rollout completes.
+    let crds: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), 24);
+    apply_all(&sb, &crds);
+    assert!(c.run_until(60, |sb| {
+        let pods = agents(sb, "calico-node");
+        pods.len() == 3 && pods.iter().all(|p| ready(p) && image_of(p) == NODE_3303)
+    }));
+}
+
+#[test]
+fn calico_node_and_typha_3_30_with_crds_but_the_3_19_role_are_forbidden() {
+    let Some(docs) = policy_only_manifest() else {
+        println!("SKIPPED: ../shared/real/calico-v3.30.3-policy-only.yaml is not available");
+        return;
+    };
+    let (sb, mut c) = chart_cluster(2, 32);
+    let crds: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    apply_all(&sb, &crds);
+    set_image(&sb, &ds_g(), "calico-node", "calico-node", NODE_3303);
+    // Typha: Deployment template changes do not roll pods in the sandbox; the pod
+    // deleted is created again from the new template.
+    set_image(&sb, &deploy_g(), "calico-typha", "calico-typha", TYPHA_3303);
+    for p in agents(&sb, "calico-typha") {
+        assert!(
+            sb.store()
+                .delete(
+                    &pods_g(),
+                    "kube-system",
+                    &name(&p),
+                    &DeleteOptions::default()
+                )
+                .is_ok()
+        );
+    }
+    assert!(c.run_until(30, |sb| {
+        running_with(sb, "calico-node", NODE_3303).is_some()
+            && running_with(sb, "calico-typha", TYPHA_3303).is_some()
+    }));
+    c.run_until(5, |_| false);
+    for (app, image) in [("calico-node", NODE_3303), ("calico-typha", TYPHA_3303)] {
+        let p = running_with(&sb, app, image).unwrap_or_default();
+        assert!(
+            !ready(&p),
+            "{app} 3.30.3 on the 3.19.1 ClusterRole must not be Ready"
+        );
+        let msg = ready_message(&p);
+        assert!(
+            msg.starts_with(&format!("containers with unready status: [{app}]")),
+            "{msg}"
+        );
+        for resource in [
+            "tiers",
+            "stagednetworkpolicies",
+            "stagedglobalnetworkpolicies",
+        ] {
+            assert!(
+                msg.contains(&format!(
+                    "{resource}.crd.projectcalico.org is forbidden: User \"system:serviceaccount:kube-system:calico-node\" cannot list resource \"{resource}\""
+                )),
+                "{app}: {msg}"
+            );
+        }
+        assert!(
+            msg.contains("adminnetworkpolicies.policy.networking.k8s.io is forbidden"),
+            "{msg}"
+        );
+        // The CRDs are there: nothing is missing, only refused.
+        assert!(!msg.contains("could not find"), "{msg}");
+    }
+    // The 3.19.1 agents that remain are Ready: the gate is per version.
+    assert!(
+        agents(&sb, "calico-node")
+            .iter()
+            .filter(|p| image_of(p) != NODE_3303)
+            .all(ready)
+    );
+    // The role of 3.30.3: both become Ready.
+    let role = cluster_role_named(&docs, "calico-node").unwrap_or_else(|| panic!("no role"));
+    apply_all(&sb, &[role]);
+    assert!(c.run_until(60, |sb| {
+        agents(sb, "calico-node")
+            .iter()
+            .all(|p| ready(p) && image_of(p) == NODE_3303)
+            && agents(sb, "calico-typha").iter().all(ready)
+    }));
+}
+
+#[test]
+fn an_image_by_digest_or_unknown_tag_is_not_gated() {
+    let (sb, mut c) = chart_cluster(1, 33);
+    let by_digest = "quay.io/calico/node@sha256:4f2b7d6c1a9e8f3b2c5d7e9a1b3c5d7e9f1a3b5c7d9e1f3a5b7c9d1e3f5a7b9c";
+    set_image(&sb, &ds_g(), "calico-node", "calico-node", by_digest);
+    assert!(
+        c.run_until(30, |sb| agents(sb, "calico-node").iter().all(|p| image_of(
+            p
+        )
+            == by_digest
+            && ready(p)))
+    );
+}

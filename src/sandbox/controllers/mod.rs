@@ -11,6 +11,7 @@
 //! store's change feed between ticks.
 
 pub mod faults;
+pub mod felix;
 pub mod helm_uninstall;
 pub mod nodes;
 pub mod operator;

@@ -5,6 +5,11 @@
 //! VPC CNI), then `Running` and Ready once `pod_start_delay` simulated seconds
 //! have passed. Pods bound to a node that no longer exists are deleted (pod GC).
 //!
+//! A calico-node or calico-typha pod becomes Ready only once the API server gives its
+//! Calico version what it reads (`felix.rs`); until then it stays Running, not Ready,
+//! with the line the agent would log in its Ready condition and a kubelet `Unhealthy`
+//! Event, and it is looked at again every tick (as felix retries).
+//!
 //! Faults: `agent-not-ready:NODE` keeps a calico-system calico-node pod on NODE Running
 //! but never Ready; `typha-stuck` leaves calico-system typha pods unschedulable
 //! with the scheduler's host-port message (calico issue 6810).
@@ -15,7 +20,8 @@ use std::net::Ipv4Addr;
 use serde_json::{Value, json};
 
 use super::faults::ControllerFaults;
-use super::{deleting, label, merge, name, namespace, pods_gvr, sched};
+use super::felix::{Agent, Gates};
+use super::{deleting, gvr, label, merge, name, namespace, pods_gvr, sched, wopts};
 use crate::sandbox::scenario::net::{POD_BASE, SUBNET_SIZE};
 use crate::sandbox::{Sandbox, Subresource};
 
@@ -27,6 +33,8 @@ pub struct PodLifecycle {
     ready_at: HashMap<String, f64>,
     /// Next pod address offset per /18 subnet.
     next_ip: HashMap<u32, u32>,
+    /// What each Calico version's agents are refused, once per tick.
+    gates: Gates,
 }
 
 fn node_ip(n: &Value) -> Option<String> {
@@ -50,6 +58,12 @@ pub fn is_calico_node(p: &Value) -> bool {
         || label(p, "app.kubernetes.io/name") == Some("calico-node")
 }
 
+/// calico-typha pods of either install.
+pub fn is_calico_typha(p: &Value) -> bool {
+    label(p, "k8s-app") == Some("calico-typha")
+        || label(p, "app.kubernetes.io/name") == Some("calico-typha")
+}
+
 fn is_operator_typha(p: &Value) -> bool {
     namespace(p) == "calico-system" && label(p, "k8s-app") == Some("calico-typha")
 }
@@ -57,6 +71,58 @@ fn is_operator_typha(p: &Value) -> bool {
 fn condition(t: &str, ok: bool) -> Value {
     json!({"type": t, "status": if ok { "True" } else { "False" }, "lastProbeTime": null,
            "lastTransitionTime": crate::sandbox::apiserver::store::now()})
+}
+
+/// A Ready/ContainersReady condition held False by the kubelet for a container
+/// (kubernetes pkg/kubelet/status generate.go: reason `ContainersNotReady`, message
+/// `containers with unready status: [NAME]`), followed by what the agent logs.
+fn unready_condition(t: &str, container: &str, log: &str) -> Value {
+    let mut c = condition(t, false);
+    c["reason"] = json!("ContainersNotReady");
+    c["message"] = json!(format!(
+        "containers with unready status: [{container}]; its log says: {log}"
+    ));
+    c
+}
+
+/// The Ready condition's message, if any.
+fn ready_message(p: &Value) -> Option<&str> {
+    p.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["message"].as_str())
+}
+
+/// The kubelet's `Unhealthy` Event for a failed readiness probe (the probe's output
+/// as the kubelet reports it: calico-node's `-felix-ready`, node/pkg/health/health.go:119
+/// and :247 at v3.30.3; typha's httpGet /readiness), with the agent's log line.
+fn record_unhealthy(sb: &Sandbox, p: &Value, agent: Agent, log: &str) {
+    let probe = match agent {
+        Agent::Node => {
+            "calico/node is not ready: felix is not ready: readiness probe reporting 503"
+        }
+        Agent::Typha => "HTTP probe failed with statuscode: 503",
+    };
+    let (ns, pname) = (namespace(p), name(p));
+    let message = format!("Readiness probe failed: {probe}; the container logs: {log}");
+    let now = crate::sandbox::apiserver::store::now();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{pname}.{:016x}", fnv(&message)), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pname,
+                           "uid": super::uid(p),
+                           "fieldPath": format!("spec.containers{{{}}}", agent.container())},
+        "reason": "Unhealthy", "type": "Warning", "message": message,
+        "source": {"component": "kubelet",
+                   "host": p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default()},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "reportingComponent": "kubelet",
+    });
+    // Already recorded (same pod, same message): nothing to add.
+    let _ = sb
+        .store()
+        .create(&gvr("", "v1", "events"), ns, event, &wopts(MANAGER));
 }
 
 impl PodLifecycle {
@@ -148,10 +214,11 @@ impl PodLifecycle {
             let stuck = is_calico_node(p)
                 && namespace(p) == "calico-system"
                 && f.agent_not_ready.contains(node_name);
-            // A pod held unready by the fault: once the fault is gone its readiness
-            // probe passes, as when the cause is fixed on a real node.
-            let held_unready =
-                phase == "Running" && !stuck && is_calico_node(p) && !super::pod_ready(p);
+            // A Calico agent held unready (by the fault, or by what its version reads):
+            // looked at again each tick, as its readiness probe runs again once the
+            // cause is fixed on a real cluster.
+            let agent_pod = is_calico_node(p) || is_calico_typha(p);
+            let held_unready = phase == "Running" && agent_pod && !super::pod_ready(p);
             if phase != "Pending" && !held_unready {
                 continue;
             }
@@ -159,17 +226,48 @@ impl PodLifecycle {
             if now + 1e-9 < due {
                 continue;
             }
+            let blocked = if stuck {
+                None
+            } else {
+                self.gates.blocked(sb, now, p)
+            };
+            let ready = !stuck && blocked.is_none();
+            if held_unready && !ready {
+                let log = blocked.as_ref().map(|(agent, log)| {
+                    unready_condition("Ready", agent.container(), log)["message"].clone()
+                });
+                // Unchanged reason: nothing to write.
+                if ready_message(p) == log.as_ref().and_then(Value::as_str) {
+                    continue;
+                }
+            }
+            let unready_container = blocked.as_ref().map(|(a, _)| a.container());
             let containers: Vec<Value> = p.pointer("/spec/containers").and_then(Value::as_array)
                 .map(Vec::as_slice).unwrap_or_default().iter().map(|c| json!({
-                    "name": c["name"], "image": c["image"], "ready": !stuck, "started": true, "restartCount": 0,
+                    "name": c["name"], "image": c["image"],
+                    "ready": !stuck && unready_container.is_none_or(|u| c["name"] != u),
+                    "started": true, "restartCount": 0,
                     "state": {"running": {"startedAt": crate::sandbox::apiserver::store::now()}},
                 })).collect();
+            let (ready_c, containers_c) = match &blocked {
+                Some((agent, log)) => (
+                    unready_condition("Ready", agent.container(), log),
+                    unready_condition("ContainersReady", agent.container(), log),
+                ),
+                None => (
+                    condition("Ready", ready),
+                    condition("ContainersReady", ready),
+                ),
+            };
             let status = json!({"status": {
                 "phase": "Running",
                 "conditions": [condition("PodScheduled", true), condition("Initialized", true),
-                               condition("Ready", !stuck), condition("ContainersReady", !stuck)],
+                               ready_c, containers_c],
                 "containerStatuses": containers,
             }});
+            if let Some((agent, log)) = &blocked {
+                record_unhealthy(sb, p, *agent, log);
+            }
             changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
         }
         changed

@@ -343,42 +343,21 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
 }
 
+/// ClusterRole calico-node as the chart renders it: the 15 rules of aws-calico 0.3.10
+/// `templates/rbac.yaml:1-143`, kept once in the embedded Calico version data
+/// (`data/calico-versions.yaml`, line v3.19), which a test holds equal to the chart.
 fn node_cluster_role(v: &ChartValues) -> Value {
-    let calico_read = [
-        "globalfelixconfigs",
-        "felixconfigurations",
-        "bgppeers",
-        "globalbgpconfigs",
-        "bgpconfigurations",
-        "ippools",
-        "ipamblocks",
-        "globalnetworkpolicies",
-        "globalnetworksets",
-        "networkpolicies",
-        "networksets",
-        "clusterinformations",
-        "hostendpoints",
-        "blockaffinities",
-    ];
+    let rules: Vec<Value> = crate::sandbox::controllers::felix::catalogue()
+        .ok()
+        .and_then(|c| c.line("v3.19"))
+        .and_then(|d| d.cluster_role.as_ref())
+        .map(|r| r.rules.iter().map(|r| r.to_json()).collect())
+        .unwrap_or_default();
     json!({
         "kind": "ClusterRole",
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "metadata": meta(v, "calico-node", "calico-node"),
-        "rules": [
-            rule(&[""], &["namespaces", "serviceaccounts"], &["get", "list", "watch"]),
-            rule(&[""], &["pods/status"], &["patch"]),
-            rule(&[""], &["nodes/status"], &["patch", "update"]),
-            rule(&[""], &["pods"], &["get", "list", "watch"]),
-            rule(&[""], &["services"], &["get"]),
-            rule(&[""], &["endpoints"], &["get"]),
-            rule(&[""], &["nodes"], &["get", "list", "update", "watch"]),
-            rule(&["extensions"], &["networkpolicies"], &["get", "list", "watch"]),
-            rule(&["networking.k8s.io"], &["networkpolicies"], &["watch", "list"]),
-            rule(&["crd.projectcalico.org"], &calico_read, &["create", "get", "list", "update", "watch"]),
-            rule(&["crd.projectcalico.org"], &["blockaffinities", "ipamblocks", "ipamhandles"],
-                 &["get", "list", "create", "update", "delete"]),
-            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
-        ],
+        "rules": rules,
     })
 }
 

@@ -204,6 +204,161 @@ pub fn calico_system_workloads(typha_replicas: usize) -> Vec<Value> {
     ]
 }
 
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+fn cluster_role_and_binding(name: &str, rules: Vec<Value>) -> [Value; 2] {
+    [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name}, "rules": rules}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "calico-system"}]}),
+    ]
+}
+
+/// ClusterRole and ClusterRoleBinding `calico-typha` for ServiceAccount
+/// calico-system/calico-typha, as tigera/operator v1.20.1 renders them
+/// (pkg/render/typha.go:171-191 `typhaRoleBinding`, :194-314 `typhaRole`).
+pub fn calico_typha_rbac() -> [Value; 2] {
+    let calico_read = [
+        "bgpconfigurations",
+        "bgppeers",
+        "blockaffinities",
+        "clusterinformations",
+        "felixconfigurations",
+        "globalnetworkpolicies",
+        "globalnetworksets",
+        "hostendpoints",
+        "ipamblocks",
+        "ippools",
+        "networkpolicies",
+        "networksets",
+    ];
+    cluster_role_and_binding(
+        "calico-typha",
+        vec![
+            rule(
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+                &["list", "watch"],
+            ),
+            rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
+            rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
+            rule(&[""], &["nodes/status"], &["patch", "update"]),
+            rule(
+                &["networking.k8s.io"],
+                &["networkpolicies"],
+                &["watch", "list"],
+            ),
+            rule(
+                &[""],
+                &["pods", "namespaces", "serviceaccounts"],
+                &["watch", "list"],
+            ),
+            rule(&[""], &["pods/status"], &["patch"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &calico_read,
+                &["get", "list", "watch"],
+            ),
+            rule(
+                &["crd.projectcalico.org"],
+                &["globalbgpconfigs", "globalfelixconfigs"],
+                &["get", "list", "watch"],
+            ),
+            rule(
+                &["crd.projectcalico.org"],
+                &["clusterinformations", "felixconfigurations", "ippools"],
+                &["create", "update"],
+            ),
+            rule(&[""], &["nodes"], &["get", "list", "watch"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &["blockaffinities", "ipamblocks", "ipamhandles"],
+                &["get", "list", "create", "update", "delete"],
+            ),
+            rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
+            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
+        ],
+    )
+}
+
+/// ClusterRole and ClusterRoleBinding `calico-node` for ServiceAccount
+/// calico-system/calico-node, as tigera/operator v1.20.1 renders them for Calico
+/// (pkg/render/node.go:240-368 `nodeRole`, without the Enterprise `extraRules`).
+/// Seeded for chart 0.3.11; in a migration from 0.3.10 the simulated operator adds its
+/// subject to the chart's binding instead (docs/sandbox-behaviour.md).
+pub fn calico_node_rbac() -> [Value; 2] {
+    let calico_read = [
+        "bgpconfigurations",
+        "bgppeers",
+        "blockaffinities",
+        "clusterinformations",
+        "felixconfigurations",
+        "globalnetworkpolicies",
+        "stagedglobalnetworkpolicies",
+        "globalnetworksets",
+        "hostendpoints",
+        "ipamblocks",
+        "ippools",
+        "networkpolicies",
+        "stagedkubernetesnetworkpolicies",
+        "stagednetworkpolicies",
+        "networksets",
+    ];
+    cluster_role_and_binding(
+        "calico-node",
+        vec![
+            rule(
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+                &["list", "watch"],
+            ),
+            rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
+            rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
+            rule(&[""], &["nodes/status"], &["patch", "update"]),
+            rule(
+                &["networking.k8s.io"],
+                &["networkpolicies"],
+                &["watch", "list"],
+            ),
+            rule(
+                &[""],
+                &["pods", "namespaces", "serviceaccounts"],
+                &["watch", "list"],
+            ),
+            rule(&[""], &["pods/status"], &["patch"]),
+            rule(&[""], &["configmaps"], &["get"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &calico_read,
+                &["get", "list", "watch"],
+            ),
+            rule(
+                &["crd.projectcalico.org"],
+                &["globalbgpconfigs", "globalfelixconfigs"],
+                &["get", "list", "watch"],
+            ),
+            rule(
+                &["crd.projectcalico.org"],
+                &["clusterinformations", "felixconfigurations", "ippools"],
+                &["create", "update"],
+            ),
+            rule(&[""], &["nodes"], &["get", "list", "watch"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &["blockaffinities", "ipamblocks", "ipamhandles"],
+                &["get", "list", "create", "update", "delete"],
+            ),
+            rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
+            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
+        ],
+    )
+}
+
 /// TigeraStatus `calico`, Available (the operator's summary of the install).
 pub fn tigera_status_calico() -> Value {
     let cond = |t: &str, s: &str| {

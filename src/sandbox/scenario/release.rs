@@ -286,6 +286,15 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
         calico_objs.push(operator::tigera_status_calico());
         calico_objs[1]["spec"]["calicoVersion"] = json!(operator::OPERATOR_CALICO_VERSION);
         calico_objs[1]["spec"]["clusterType"] = json!("k8s,operator,ecs,kdd");
+        // The RBAC the operator renders for calico-system's agents.
+        for mut o in operator::calico_node_rbac()
+            .into_iter()
+            .chain(operator::calico_typha_rbac())
+        {
+            set_uid(&mut o, seed);
+            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+            objects.push(o);
+        }
         for mut o in operator::calico_system_workloads(chart::typha_replicas(nodes.len())) {
             set_uid(&mut o, seed);
             o["metadata"]["creationTimestamp"] = json!(BASE_TIME);

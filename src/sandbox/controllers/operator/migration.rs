@@ -19,7 +19,9 @@ use super::super::{
 };
 use super::status::{Health, report};
 use super::{FINALIZER, MANAGER, installations, operator_version};
-use crate::sandbox::scenario::operator::{OPERATOR_CALICO_VERSION, calico_system_workloads};
+use crate::sandbox::scenario::operator::{
+    OPERATOR_CALICO_VERSION, calico_system_workloads, calico_typha_rbac,
+};
 use crate::sandbox::{Sandbox, Subresource};
 
 const KS: &str = "kube-system";
@@ -290,8 +292,8 @@ fn owner(install: &Value) -> Value {
             "uid": uid(install), "controller": true, "blockOwnerDeletion": true}])
 }
 
-/// calico-system namespace, workloads (owned by the Installation), and the
-/// operator's subject on ClusterRoleBinding calico-node.
+/// calico-system namespace, workloads and typha's ClusterRole and binding (owned by
+/// the Installation), and the operator's subject on ClusterRoleBinding calico-node.
 fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
     let ns = gvr("", "v1", "namespaces");
     if get(sb, &ns, "", CS).is_none() {
@@ -312,6 +314,16 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
             deploy_gvr()
         };
         let _ = sb.store().create(&g, CS, o, &wopts(MANAGER));
+    }
+    // Typha's own ClusterRole and binding (tigera/operator v1.20.1 pkg/render/typha.go).
+    for mut o in calico_typha_rbac() {
+        o["metadata"]["ownerReferences"] = owner(install);
+        let g = if o["kind"] == "ClusterRole" {
+            gvr("rbac.authorization.k8s.io", "v1", "clusterroles")
+        } else {
+            gvr("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+        };
+        let _ = sb.store().create(&g, "", o, &wopts(MANAGER));
     }
     let crb = gvr("rbac.authorization.k8s.io", "v1", "clusterrolebindings");
     if let Some(b) = get(sb, &crb, "", "calico-node") {
