@@ -687,3 +687,53 @@ spec:
     );
     Ok(())
 }
+
+/// Real helm 3 installs the aws-calico 0.3.10 chart into an empty sandbox: at 1.21 it
+/// gets past the CRD stage (its 12 apiextensions v1beta1 CRDs are created) and stops
+/// where the sandbox stops, at the release Secret helm's storage driver sends as
+/// protobuf; at 1.22 helm refuses the CRDs itself, as on a real cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm3_installs_the_0_3_10_crds_at_1_21_and_not_at_1_22() -> Result<()> {
+    const TEST: &str = "sandbox_kubectl::helm3_installs_the_0_3_10_crds_at_1_21_and_not_at_1_22";
+    let Some(path) = helm_client::find_or_skip(3)? else {
+        return Ok(());
+    };
+    if kubectl_client::usable().is_err() || support::real_chart_crds(TEST)?.is_none() {
+        eprintln!("SKIPPED {TEST}: kubectl or ../shared/real/aws-calico-0.3.10.tgz is missing");
+        return Ok(());
+    }
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/real/aws-calico-0.3.10.tgz");
+    let chart = chart.display().to_string();
+    let install = ["install", "aws-calico", chart.as_str(), "-n", "kube-system"];
+
+    let sp = SandboxProcess::start(&["--kubernetes-version", "1.21"]).await?;
+    let helm = helm_client::Helm::new(path.clone(), &sp.kubeconfig)?;
+    let err = helm.fails(&install)?;
+    let crds = sp.ok(&["get", "crd", "-o", "name"])?;
+    assert_eq!(
+        crds.lines()
+            .filter(|l| l.ends_with(".crd.projectcalico.org"))
+            .count(),
+        12,
+        "helm created the chart's CRDs:\n{crds}\nhelm: {err}"
+    );
+    // Where it stops: the release record, a Secret helm creates with protobuf.
+    assert!(
+        err.contains("INSTALLATION FAILED: create: failed to create:")
+            && err.contains("application/vnd.kubernetes.protobuf"),
+        "{err}"
+    );
+    drop(sp);
+
+    let sp = SandboxProcess::start(&["--kubernetes-version", "1.22"]).await?;
+    let helm = helm_client::Helm::new(path, &sp.kubeconfig)?;
+    let err = helm.fails(&install)?;
+    assert!(
+        err.contains(
+            "no matches for kind \"CustomResourceDefinition\" in version \"apiextensions.k8s.io/v1beta1\""
+        ),
+        "{err}"
+    );
+    assert!(sp.ok(&["get", "crd", "-o", "name"])?.trim().is_empty());
+    Ok(())
+}
