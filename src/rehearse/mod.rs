@@ -186,19 +186,33 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
         "quay.io/tigera/operator:{}",
         profile.target.operator_version
     ));
-    let sha = hex::encode(Sha256::digest(yaml.as_bytes()));
-    create_private_dir(state)?;
-    write_atomic(
-        &state.join(format!("operator-manifest-{sha}.yaml")),
-        yaml.as_bytes(),
-    )?;
+    let sha = pin_copy(state, "operator-manifest", &yaml)?;
+    // The current path aligns from the target Calico's manifest: the sandbox's stand-in
+    // of it, pinned as `plan --calico-manifest` pins the real one.
+    let calico = match &profile.calico_manifest {
+        Some(_) if profile.target.align_versions => {
+            anyhow::ensure!(
+                profile.target.calico_version == scenario::policy_only::RELEASE,
+                "the sandbox stands in only for the Calico {} manifest, profile {} aligns to {}",
+                scenario::policy_only::RELEASE,
+                profile.name,
+                profile.target.calico_version
+            );
+            Some(pin_copy(
+                state,
+                session::CALICO_MANIFEST_PREFIX,
+                &scenario::policy_only::yaml(),
+            )?)
+        }
+        _ => None,
+    };
     let built = plan::build(
         &inv,
         &profile,
         &acc,
         Pins {
             operator: Some(&sha),
-            calico: None,
+            calico: calico.as_deref(),
         },
     )?;
     if !built.ready() {
@@ -211,6 +225,15 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
     let saved = SavedPlan::of(&built, &inv, &profile);
     plan::save(state, &saved)?;
     Ok(saved)
+}
+
+/// Write `text` into the state dir as `<prefix>-<sha256>.yaml`, as plan pins a
+/// reviewed manifest; returns the sha256.
+fn pin_copy(state: &Path, prefix: &str, text: &str) -> anyhow::Result<String> {
+    let sha = hex::encode(Sha256::digest(text.as_bytes()));
+    create_private_dir(state)?;
+    write_atomic(&state.join(format!("{prefix}-{sha}.yaml")), text.as_bytes())?;
+    Ok(sha)
 }
 
 /// Holds the first run after the baseline step so faults go in once the baseline

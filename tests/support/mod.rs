@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use calico_migrate::checks::RoundOptions;
 use calico_migrate::cluster::objects::Objects;
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::plan::SavedPlan;
-use calico_migrate::migration::profile::{Profile, SAME_VERSION_PROFILE};
-use calico_migrate::migration::world::{ApplyOptions, Manifests, World};
+use calico_migrate::migration::profile::Profile;
+use calico_migrate::migration::world::{ApplyOptions, World};
 use calico_migrate::sandbox::controllers::ControllersHandle;
 use calico_migrate::sandbox::dataplane::DataPlane;
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
@@ -90,7 +90,13 @@ pub fn operator_manifest(profile: &Profile) -> Vec<Value> {
 /// --operator-manifest` does.
 pub async fn plan(env: &Env) -> Result<(SavedPlan, Profile)> {
     let saved = calico_migrate::rehearse::make_plan(&env.client, &env.state_dir()).await?;
-    Ok((saved, Profile::load(SAME_VERSION_PROFILE)?))
+    let profile: Profile = serde_json::from_value(
+        saved
+            .profile
+            .clone()
+            .context("the saved plan carries its profile")?,
+    )?;
+    Ok((saved, profile))
 }
 
 /// Options for the sandbox's time scale: no pauses, short polls, short timeouts.
@@ -116,10 +122,9 @@ pub fn world(env: &Env, saved: &SavedPlan, profile: &Profile) -> World {
         profile.clone(),
         saved.plan.clone(),
         &env.state_dir(),
-        Manifests {
-            operator: operator_manifest(profile),
-            calico: Vec::new(),
-        },
+        // The manifests the plan pinned, read back as apply reads them.
+        calico_migrate::migration::session::manifests(&env.state_dir(), &saved.plan, profile)
+            .unwrap_or_else(|e| panic!("the plan's manifests: {e:#}")),
         fast_options(profile),
     )
 }

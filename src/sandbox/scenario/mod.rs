@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod ids;
 pub mod net;
 pub mod operator;
+pub mod policy_only;
 mod release;
 pub mod workloads;
 

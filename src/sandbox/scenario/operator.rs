@@ -122,10 +122,32 @@ fn strip_status(v: &mut Value) {
 /// installs: tigera/operator v1.20.1 pkg/components/calico.go:20, CalicoRelease "v3.20.0".
 pub const OPERATOR_CALICO_VERSION: &str = "v3.20.0";
 
+/// The Calico release each operator release installs, read at each tag from
+/// tigera/operator `pkg/components/calico.go` (`CalicoRelease`): line 20 up to v1.20.x,
+/// line 23 at v1.38.6. (operator tag prefix, Calico release), most specific first.
+const CALICO_OF_OPERATOR: &[(&str, &str)] = &[
+    ("v1.17.", "v3.19.1"),
+    ("v1.20.0", "v3.20.0"),
+    ("v1.20.1", "v3.20.0"),
+    ("v1.20.2", "v3.20.0"),
+    ("v1.20.3", "v3.20.1"),
+    ("v1.20.4", "v3.20.2"),
+    ("v1.38.6", "v3.30.3"),
+];
+
+/// The Calico release an operator of this image tag installs; None for a release the
+/// sandbox does not know (the operator simulation then refuses to render, saying so).
+pub fn calico_of_operator(operator_tag: &str) -> Option<&'static str> {
+    CALICO_OF_OPERATOR
+        .iter()
+        .find(|(prefix, _)| operator_tag.starts_with(prefix))
+        .map(|(_, calico)| *calico)
+}
+
 /// What the operator runs in `calico-system` once the Installation is reconciled:
 /// DaemonSet calico-node, Deployments calico-typha and calico-kube-controllers
 /// (operator-style `k8s-app` labels, no Helm labels), all without status/pods.
-pub fn calico_system_workloads(typha_replicas: usize) -> Vec<Value> {
+pub fn calico_system_workloads(typha_replicas: usize, calico_version: &str) -> Vec<Value> {
     let ds = json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
         "metadata": {"name": "calico-node", "namespace": "calico-system", "labels": {"k8s-app": "calico-node"}},
@@ -144,7 +166,7 @@ pub fn calico_system_workloads(typha_replicas: usize) -> Vec<Value> {
                                     {"effect": "NoExecute", "operator": "Exists"}],
                     "containers": [{
                         "name": "calico-node",
-                        "image": format!("docker.io/calico/node:{OPERATOR_CALICO_VERSION}"),
+                        "image": format!("docker.io/calico/node:{calico_version}"),
                         "env": [
                             {"name": "DATASTORE_TYPE", "value": "kubernetes"},
                             {"name": "WAIT_FOR_DATASTORE", "value": "true"},
@@ -193,13 +215,13 @@ pub fn calico_system_workloads(typha_replicas: usize) -> Vec<Value> {
             "calico-typha",
             typha_replicas,
             true,
-            format!("docker.io/calico/typha:{OPERATOR_CALICO_VERSION}"),
+            format!("docker.io/calico/typha:{calico_version}"),
         ),
         deploy(
             "calico-kube-controllers",
             1,
             false,
-            format!("docker.io/calico/kube-controllers:{OPERATOR_CALICO_VERSION}"),
+            format!("docker.io/calico/kube-controllers:{calico_version}"),
         ),
     ]
 }
@@ -222,7 +244,10 @@ fn cluster_role_and_binding(name: &str, rules: Vec<Value>) -> [Value; 2] {
 /// ClusterRole and ClusterRoleBinding `calico-typha` for ServiceAccount
 /// calico-system/calico-typha, as tigera/operator v1.20.1 renders them
 /// (pkg/render/typha.go:171-191 `typhaRoleBinding`, :194-314 `typhaRole`).
-pub fn calico_typha_rbac() -> [Value; 2] {
+pub fn calico_typha_rbac(calico_version: &str) -> [Value; 2] {
+    if calico_version.starts_with("v3.30.") {
+        return calico_typha_rbac_v1_38();
+    }
     let calico_read = [
         "bgpconfigurations",
         "bgppeers",
@@ -274,6 +299,71 @@ pub fn calico_typha_rbac() -> [Value; 2] {
                 &["clusterinformations", "felixconfigurations", "ippools"],
                 &["create", "update"],
             ),
+            rule(&[""], &["nodes"], &["get", "list", "watch"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &["blockaffinities", "ipamblocks", "ipamhandles"],
+                &["get", "list", "create", "update", "delete"],
+            ),
+            rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
+            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
+        ],
+    )
+}
+
+/// The same as tigera/operator v1.38.6 renders them (Calico v3.30.3): pkg/render/typha.go
+/// :199-345 `typhaRole`, which adds the AdminNetworkPolicy kinds, the v3.30 Calico kinds
+/// (bgpfilters, caliconodestatuses, ipreservations, staged policies, tiers) and creating
+/// tiers.
+fn calico_typha_rbac_v1_38() -> [Value; 2] {
+    let calico_read = [
+        "bgpconfigurations",
+        "bgppeers",
+        "bgpfilters",
+        "blockaffinities",
+        "caliconodestatuses",
+        "clusterinformations",
+        "felixconfigurations",
+        "globalnetworkpolicies",
+        "stagedglobalnetworkpolicies",
+        "networkpolicies",
+        "stagedkubernetesnetworkpolicies",
+        "stagednetworkpolicies",
+        "globalnetworksets",
+        "hostendpoints",
+        "ipamblocks",
+        "ippools",
+        "ipreservations",
+        "networksets",
+        "tiers",
+    ];
+    cluster_role_and_binding(
+        "calico-typha",
+        vec![
+            rule(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
+            rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
+            rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
+            rule(&[""], &["nodes/status"], &["patch", "update"]),
+            rule(&["networking.k8s.io"], &["networkpolicies"], &["watch", "list"]),
+            rule(
+                &["policy.networking.k8s.io"],
+                &["adminnetworkpolicies", "baselineadminnetworkpolicies"],
+                &["watch", "list"],
+            ),
+            rule(&[""], &["pods", "namespaces", "serviceaccounts"], &["watch", "list"]),
+            rule(&[""], &["pods/status"], &["patch"]),
+            rule(&["crd.projectcalico.org"], &calico_read, &["get", "list", "watch"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &["globalbgpconfigs", "globalfelixconfigs"],
+                &["get", "list", "watch"],
+            ),
+            rule(
+                &["crd.projectcalico.org"],
+                &["clusterinformations", "felixconfigurations", "ippools"],
+                &["create", "update"],
+            ),
+            rule(&["crd.projectcalico.org"], &["tiers"], &["create"]),
             rule(&[""], &["nodes"], &["get", "list", "watch"]),
             rule(
                 &["crd.projectcalico.org"],

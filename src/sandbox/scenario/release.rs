@@ -289,13 +289,16 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
         // The RBAC the operator renders for calico-system's agents.
         for mut o in operator::calico_node_rbac()
             .into_iter()
-            .chain(operator::calico_typha_rbac())
+            .chain(operator::calico_typha_rbac(operator::OPERATOR_CALICO_VERSION))
         {
             set_uid(&mut o, seed);
             o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
             objects.push(o);
         }
-        for mut o in operator::calico_system_workloads(chart::typha_replicas(nodes.len())) {
+        for mut o in operator::calico_system_workloads(
+            chart::typha_replicas(nodes.len()),
+            operator::OPERATOR_CALICO_VERSION,
+        ) {
             set_uid(&mut o, seed);
             o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
             o["metadata"]["generation"] = json!(1);

@@ -20,7 +20,7 @@ use super::super::{
 use super::status::{Health, report};
 use super::{FINALIZER, MANAGER, installations, operator_version};
 use crate::sandbox::scenario::operator::{
-    OPERATOR_CALICO_VERSION, calico_system_workloads, calico_typha_rbac,
+    OPERATOR_CALICO_VERSION, calico_of_operator, calico_system_workloads, calico_typha_rbac,
 };
 use crate::sandbox::{Sandbox, Subresource};
 
@@ -63,14 +63,21 @@ fn ds_ready(ds: &Value) -> bool {
         && n("desiredNumberScheduled") == n("updatedNumberScheduled")
 }
 
-/// Calico version the operator installs; only v1.20 is modelled (docs/scenario.md).
-fn calico_version(op: &Value) -> String {
-    let _ = operator_version(op);
-    OPERATOR_CALICO_VERSION.to_string()
-}
-
 pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
-    let version = calico_version(op);
+    // The operator is the release its image says; it installs that release's Calico.
+    let tag = operator_version(op);
+    let Some(version) = calico_of_operator(&tag) else {
+        let message = format!(
+            "the sandbox does not model tigera-operator {tag}: it knows the releases of \
+             plans/versions.yaml that a profile can pin (v1.17.x, v1.20.x, v1.38.6)"
+        );
+        let degraded = Health::Degraded {
+            reason: "ResourceRenderingError",
+            message,
+        };
+        report(sb, &degraded, install, OPERATOR_CALICO_VERSION);
+        return;
+    };
     let ig = installations();
     if deleting(install) {
         // calico issue 6629: only a running operator releases its finalizer.
@@ -132,16 +139,16 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
                         message,
                     },
                     install,
-                    &version,
+                    version,
                 );
                 return;
             }
-            let waiting = migrate_one(sb, &ds, install, f);
-            report(sb, &Health::Progressing(waiting), install, &version);
+            let waiting = migrate_one(sb, &ds, install, f, version);
+            report(sb, &Health::Progressing(waiting), install, version);
         }
         None => {
-            let h = finish(sb, install);
-            report(sb, &h, install, &version);
+            let h = finish(sb, install, version);
+            report(sb, &h, install, version);
         }
     }
 }
@@ -167,7 +174,13 @@ fn set_node_label(sb: &Sandbox, node: &str, value: Option<&str>) -> bool {
 }
 
 /// One migration action; returns what the operator is waiting for (the Progressing message).
-fn migrate_one(sb: &Sandbox, ds: &Value, install: &Value, f: &ControllerFaults) -> String {
+fn migrate_one(
+    sb: &Sandbox,
+    ds: &Value,
+    install: &Value,
+    f: &ControllerFaults,
+    calico_version: &str,
+) -> String {
     let dg = deploy_gvr();
     if get(sb, &dg, KS, "calico-kube-controllers").is_some() {
         delete(sb, &dg, KS, "calico-kube-controllers");
@@ -231,7 +244,7 @@ fn migrate_one(sb: &Sandbox, ds: &Value, install: &Value, f: &ControllerFaults) 
         }
     }
     if !calico_system_exists {
-        create_calico_system(sb, install, all.len());
+        create_calico_system(sb, install, all.len(), calico_version);
         return "Waiting for calico-system typha".into();
     }
     let typha_ready = get(sb, &dg, CS, "calico-typha")
@@ -294,7 +307,7 @@ fn owner(install: &Value) -> Value {
 
 /// calico-system namespace, workloads and typha's ClusterRole and binding (owned by
 /// the Installation), and the operator's subject on ClusterRoleBinding calico-node.
-fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
+fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico_version: &str) {
     let ns = gvr("", "v1", "namespaces");
     if get(sb, &ns, "", CS).is_none() {
         let _ = sb.store().create(
@@ -305,7 +318,7 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
             &wopts(MANAGER),
         );
     }
-    for mut o in calico_system_workloads(expected_typha_replicas(node_count)) {
+    for mut o in calico_system_workloads(expected_typha_replicas(node_count), calico_version) {
         o["metadata"]["ownerReferences"] = owner(install);
         let g = if o["kind"] == "DaemonSet" {
             o["spec"]["template"]["spec"]["nodeSelector"][MIGRATION_LABEL] = json!("migrated");
@@ -316,7 +329,7 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
         let _ = sb.store().create(&g, CS, o, &wopts(MANAGER));
     }
     // Typha's own ClusterRole and binding (tigera/operator v1.20.1 pkg/render/typha.go).
-    for mut o in calico_typha_rbac() {
+    for mut o in calico_typha_rbac(calico_version) {
         o["metadata"]["ownerReferences"] = owner(install);
         let g = if o["kind"] == "ClusterRole" {
             gvr("rbac.authorization.k8s.io", "v1", "clusterroles")
@@ -350,9 +363,9 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize) {
 
 /// After the kube-system install is gone: drop the migration nodeSelector,
 /// then the node labels; report Available once calico-system is ready.
-fn finish(sb: &Sandbox, install: &Value) -> Health {
+fn finish(sb: &Sandbox, install: &Value, calico_version: &str) -> Health {
     let Some(ds) = get(sb, &ds_gvr(), CS, "calico-node") else {
-        create_calico_system(sb, install, nodes(sb).len());
+        create_calico_system(sb, install, nodes(sb).len(), calico_version);
         // A fresh install needs no migration selector.
         let _ = merge(
             sb,
