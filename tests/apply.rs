@@ -591,7 +591,9 @@ async fn the_job_identity_of_deploy_plans_applies_and_rolls_back() -> Result<()>
         ),
     )?;
     let manifest = env.state_dir().join("tigera-operator.yaml");
-    let profile = calico_migrate::migration::profile::Profile::load(calico_migrate::migration::profile::SAME_VERSION_PROFILE)?;
+    let profile = calico_migrate::migration::profile::Profile::load(
+        calico_migrate::migration::profile::SAME_VERSION_PROFILE,
+    )?;
     write_operator_manifest(&manifest, &profile)?;
     let o = run(cli(&env, &kc)
         .args(["plan", "-o", "json", "--operator-manifest"])
@@ -668,9 +670,8 @@ async fn a_profile_file_travels_with_the_plan() -> Result<()> {
             .replace("name: aws-calico-0.3.10-v3.19", "name: our-shop")
             .replace("pause_seconds: 10", "pause_seconds: 3"),
     )?;
-    let profile = calico_migrate::migration::profile::Profile::load(
-        profile_path.to_string_lossy().as_ref(),
-    )?;
+    let profile =
+        calico_migrate::migration::profile::Profile::load(profile_path.to_string_lossy().as_ref())?;
     let manifest = dir.path().join("tigera-operator.yaml");
     write_operator_manifest(&manifest, &profile)?;
     let o = run(cli(&env, &kc)
@@ -715,7 +716,9 @@ async fn the_current_path_with_the_real_manifests_applies_and_rolls_back() -> Re
     let before = support::snapshot(&env.sb)?;
     let o = run(cli(&env, &kc)
         .args(["plan", "-o", "json", "--operator-manifest"])
-        .arg(support::real("calico-v3.30.3-operator-crds-and-operator.yaml"))
+        .arg(support::real(
+            "calico-v3.30.3-operator-crds-and-operator.yaml",
+        ))
         .arg("--calico-manifest")
         .arg(support::real("calico-v3.30.3-policy-only.yaml")))?;
     assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
@@ -733,11 +736,18 @@ async fn the_current_path_with_the_real_manifests_applies_and_rolls_back() -> Re
     // Every CRD of the v3.30.3 manifest was there before its agents ran, and the
     // ClusterRole kept what the v3.19.1 agents read.
     let crds = env.sb.store().list(
-        &calico_migrate::sandbox::Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions"),
+        &calico_migrate::sandbox::Gvr::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+        ),
         None,
         &Default::default(),
     )?;
-    for name in ["tiers.crd.projectcalico.org", "adminnetworkpolicies.policy.networking.k8s.io"] {
+    for name in [
+        "tiers.crd.projectcalico.org",
+        "adminnetworkpolicies.policy.networking.k8s.io",
+    ] {
         assert!(
             crds.items.iter().any(|c| c["metadata"]["name"] == name),
             "{name} missing after apply"
@@ -760,7 +770,8 @@ async fn the_same_version_profile_on_kubernetes_1_25_or_later_is_a_blocker() -> 
     let env = support::env(2).await?;
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
-    let o = run(cli(&env, &kc).args(["plan", "-o", "json", "--profile", "aws-calico-0.3.10-v3.19"]))?;
+    let o =
+        run(cli(&env, &kc).args(["plan", "-o", "json", "--profile", "aws-calico-0.3.10-v3.19"]))?;
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let plan: Value = serde_json::from_slice(&o.stdout)?;
     let blocker = plan["blockers"]
@@ -771,12 +782,105 @@ async fn the_same_version_profile_on_kubernetes_1_25_or_later_is_a_blocker() -> 
         .with_context(|| format!("{plan:#}"))?;
     let message = blocker["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("v1.17.4") && message.contains("1.16 to 1.24") && message.contains("policy/v1beta1"),
+        message.contains("v1.17.4")
+            && message.contains("1.16 to 1.24")
+            && message.contains("policy/v1beta1"),
         "{message}"
     );
     assert!(
-        blocker["fix"].as_str().unwrap_or_default().contains("without --profile"),
+        blocker["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("without --profile"),
         "{blocker}"
     );
+    Ok(())
+}
+
+/// An alignment that moves images only (the manifest given keeps the v3.19.1 CRDs and
+/// grants no new rule) stops at the first node: its v3.30.3 calico-node is not Ready,
+/// and the error names the node and what felix cannot list. Rollback from there puts
+/// the old images back and returns the cluster to the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_only_alignment_stops_at_the_first_node_and_rolls_back() -> Result<()> {
+    let env = support::env(3).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let before = support::snapshot(&env.sb)?;
+    // The chart's 12 CRDs (v3.19.1): the ones an image-only upgrade leaves in place.
+    let chart_crds: Vec<String> = calico_migrate::sandbox::scenario::calico::CALICO_CRDS
+        .iter()
+        .map(|(plural, _, _)| format!("{plural}.crd.projectcalico.org"))
+        .collect();
+    let real = std::fs::read_to_string(support::real("calico-v3.30.3-policy-only.yaml"))?;
+    let mut images_only = String::new();
+    for mut obj in calico_migrate::migration::session::parse_manifest(&real)? {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let keep = match kind.as_str() {
+            "CustomResourceDefinition" => chart_crds.contains(&name),
+            "ClusterRole" if name == "calico-node" => {
+                obj["rules"] = json!([]);
+                true
+            }
+            "ClusterRole" | "ClusterRoleBinding" => false,
+            _ => true,
+        };
+        if keep {
+            images_only.push_str("---\n");
+            images_only.push_str(&serde_json::to_string(&obj)?);
+            images_only.push('\n');
+        }
+    }
+    let manifest = env.state_dir().join("images-only.yaml");
+    std::fs::write(&manifest, images_only)?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "--operator-manifest"])
+        .arg(support::real(
+            "calico-v3.30.3-operator-crds-and-operator.yaml",
+        ))
+        .arg("--calico-manifest")
+        .arg(&manifest))?;
+    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
+    let said = text(&o);
+    assert_eq!(o.status.code(), Some(1), "apply: {said}");
+    assert!(said.contains("STOPPED at step `align-versions`"), "{said}");
+    let node = said
+        .split("stopped at node ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .with_context(|| format!("no node named: {said}"))?;
+    assert!(node.starts_with("ip-10-"), "{said}");
+    assert!(
+        said.contains("cannot list resource \"tiers\""),
+        "the reason names what felix cannot list: {said}"
+    );
+    // The stop left the other nodes on v3.19.1: only the named node was replaced.
+    let pods = env.sb.store().list(
+        &calico_migrate::sandbox::Gvr::new("", "v1", "pods"),
+        Some("kube-system"),
+        &Default::default(),
+    )?;
+    let new_agents: Vec<&Value> = pods
+        .items
+        .iter()
+        .filter(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .is_some_and(|i| i.ends_with("calico/node:v3.30.3"))
+        })
+        .collect();
+    assert_eq!(new_agents.len(), 1, "{new_agents:?}");
+    assert_eq!(new_agents[0]["spec"]["nodeName"], node);
+
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
+    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback: {diff:?}");
     Ok(())
 }

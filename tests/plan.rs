@@ -66,8 +66,16 @@ async fn plan_as(client: &kube::Client) -> Plan {
         .await
         .unwrap_or_else(|e| panic!("access: {e}"));
     let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("profile: {e}"));
-    plan::build(&inv, &profile, &acc, plan::Pins { operator: Some(&"ab".repeat(32)), calico: None })
-        .unwrap_or_else(|e| panic!("build: {e}"))
+    plan::build(
+        &inv,
+        &profile,
+        &acc,
+        plan::Pins {
+            operator: Some(&"ab".repeat(32)),
+            calico: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("build: {e}"))
 }
 
 fn codes(p: &Plan) -> (Vec<&str>, Vec<&str>) {
@@ -559,7 +567,11 @@ async fn drift_names_what_changed_and_ignores_policy_edits() {
     let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
     let inv = inventory_of(&sb).await;
     let saved = plan::SavedPlan {
-        fingerprint: plan::fingerprint(&plan::fingerprint_facts(&inv, &profile, plan::Pins::default())),
+        fingerprint: plan::fingerprint(&plan::fingerprint_facts(
+            &inv,
+            &profile,
+            plan::Pins::default(),
+        )),
         facts: plan::fingerprint_facts(&inv, &profile, plan::Pins::default()),
         cluster_uid: inv.cluster_uid.clone(),
         created_at: String::new(),
@@ -716,7 +728,16 @@ async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
         .await
         .unwrap_or_else(|e| panic!("inventory: {e}"));
     let acc = access::AccessReport::Checked { missing: vec![] };
-    plan::build(&inv, profile, &acc, plan::Pins { operator: Some(&"ab".repeat(32)), calico: None }).unwrap_or_else(|e| panic!("{e}"))
+    plan::build(
+        &inv,
+        profile,
+        &acc,
+        plan::Pins {
+            operator: Some(&"ab".repeat(32)),
+            calico: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]
@@ -755,7 +776,11 @@ async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
     assert_eq!(&ids[..3], ["baseline", "align-versions", "detach-helm"]);
     assert!(p.ready(), "{:?}", p.blockers);
     // The shipped profile keeps the running v3.19 line: no version finding at all.
-    let p = plan_with(&sb, &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"))).await;
+    let p = plan_with(
+        &sb,
+        &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
     assert!(
         !p.blockers
             .iter()
@@ -797,7 +822,11 @@ async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_wit
         "{:?}",
         current.steps.iter().map(|s| s.id).collect::<Vec<_>>()
     );
-    let old = plan_with(&sb, &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"))).await;
+    let old = plan_with(
+        &sb,
+        &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
     assert!(codes(&old).0.contains(&"CONVERTER_FARGATE_AFFINITY"));
     assert!(!codes(&old).0.contains(&"FARGATE_NODES_OLD_OPERATOR"));
 
@@ -808,7 +837,11 @@ async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_wit
                      "labels": {"eks.amazonaws.com/compute-type": "fargate"}},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     let sb = sandbox(objs);
-    let old = plan_with(&sb, &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"))).await;
+    let old = plan_with(
+        &sb,
+        &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
     let blocker = old
         .blockers
         .iter()

@@ -221,9 +221,21 @@ mod tests {
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "calico-node"}}),
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "calico-node"},
                    "rules": [{"apiGroups": ["crd.projectcalico.org"], "resources": ["tiers"], "verbs": ["list"]}]}),
-            workload("DaemonSet", "calico-node", &format!("docker.io/calico/node:{tag}")),
-            workload("Deployment", "calico-typha", &format!("docker.io/calico/typha:{tag}")),
-            workload("Deployment", "calico-kube-controllers", &format!("docker.io/calico/kube-controllers:{tag}")),
+            workload(
+                "DaemonSet",
+                "calico-node",
+                &format!("docker.io/calico/node:{tag}"),
+            ),
+            workload(
+                "Deployment",
+                "calico-typha",
+                &format!("docker.io/calico/typha:{tag}"),
+            ),
+            workload(
+                "Deployment",
+                "calico-kube-controllers",
+                &format!("docker.io/calico/kube-controllers:{tag}"),
+            ),
         ]
     }
 
@@ -244,14 +256,20 @@ mod tests {
                 "ClusterRoleBinding calico-node"
             ]
         );
-        assert_eq!(a.images[CALICO_NODE]["calico-node"], "docker.io/calico/node:v3.30.3");
+        assert_eq!(
+            a.images[CALICO_NODE]["calico-node"],
+            "docker.io/calico/node:v3.30.3"
+        );
         assert_eq!(a.images.len(), 2);
     }
 
     #[test]
     fn a_manifest_of_another_version_or_kind_is_refused() {
         let err = alignment(&manifest("v3.29.0"), "v3.30.3").err();
-        assert!(matches!(err, Some(AlignError::OtherVersion { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(AlignError::OtherVersion { .. })),
+            "{err:?}"
+        );
         let mut m = manifest("v3.30.3");
         m.retain(|o| kind_of(o) != "CustomResourceDefinition");
         let err = alignment(&m, "v3.30.3").err().map(|e| e.to_string());
@@ -263,13 +281,19 @@ mod tests {
         let new = json!({"rules": [{"resources": ["tiers"]}]});
         let old = json!({"rules": [{"resources": ["pods"]}, {"resources": ["tiers"]}]});
         let r = role_over(&new, Some(&old));
-        assert_eq!(r["rules"], json!([{"resources": ["tiers"]}, {"resources": ["pods"]}]));
+        assert_eq!(
+            r["rules"],
+            json!([{"resources": ["tiers"]}, {"resources": ["pods"]}])
+        );
         assert!(holds_rules(&r, &new) && holds_rules(&r, &old) && !holds_rules(&new, &old));
         let live = json!({"spec": {"template": {"spec": {"containers": [
             {"name": "calico-node", "image": "quay.io/calico/node:v3.19.1", "env": [{"name": "A"}]},
             {"name": "sidecar", "image": "busybox:1"}]}}}});
-        let want: BTreeMap<String, String> =
-            [("calico-node".to_string(), "docker.io/calico/node:v3.30.3".to_string())].into();
+        let want: BTreeMap<String, String> = [(
+            "calico-node".to_string(),
+            "docker.io/calico/node:v3.30.3".to_string(),
+        )]
+        .into();
         let p = images_patch(&live, &want).unwrap_or_default();
         let cs = &p["spec"]["template"]["spec"]["containers"];
         assert_eq!(cs[0]["image"], "docker.io/calico/node:v3.30.3");

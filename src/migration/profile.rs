@@ -302,11 +302,16 @@ impl Profile {
             ));
         }
         let k = &self.kubernetes;
-        for (field, v) in [("kubernetes.min", Some(&k.min)), ("kubernetes.max", k.max.as_ref())] {
+        for (field, v) in [
+            ("kubernetes.min", Some(&k.min)),
+            ("kubernetes.max", k.max.as_ref()),
+        ] {
             if let Some(v) = v
                 && parse_minor(v).is_none()
             {
-                return Err(bad(format!("{field} {v:?} is not a Kubernetes minor like 1.24")));
+                return Err(bad(format!(
+                    "{field} {v:?} is not a Kubernetes minor like 1.24"
+                )));
             }
         }
         if !self.installation.is_object() {
@@ -366,9 +371,8 @@ mod tests {
             assert_eq!(p.source.chart_versions, vec!["0.3.10".to_string()]);
             // Every profile's pair is a row of the table: the operator installs that Calico.
             assert!(
-                rows.iter()
-                    .any(|r| r.operator == p.target.operator_version
-                        && r.calico == p.target.calico_version),
+                rows.iter().any(|r| r.operator == p.target.operator_version
+                    && r.calico == p.target.calico_version),
                 "{name}"
             );
         }
@@ -379,7 +383,10 @@ mod tests {
         let pick = |v: &str| Profile::pick(v).map(|p| (p.profile.name, p.reason));
         let (name, reason) = pick("v1.24.17-eks-1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(name, SAME_VERSION_PROFILE);
-        assert!(reason.contains("Kubernetes 1.24") && reason.contains("v1.17.4"), "{reason}");
+        assert!(
+            reason.contains("Kubernetes 1.24") && reason.contains("v1.17.4"),
+            "{reason}"
+        );
         for v in ["v1.25.0", "1.33", "v1.34.1-eks-abc"] {
             let (name, reason) = pick(v).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(name, CURRENT_PROFILE, "{v}");
@@ -408,11 +415,18 @@ mod tests {
         let err = Profile::parse(&bad, "x").err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("kubernetes.max")));
         let current = BUILTIN[1].1;
-        let cut = current.split("calico_manifest:").next().unwrap_or_default().to_string()
+        let cut = current
+            .split("calico_manifest:")
+            .next()
+            .unwrap_or_default()
+            .to_string()
             + "operator:"
             + current.split("\noperator:").nth(1).unwrap_or_default();
         let err = Profile::parse(&cut, "x").err().map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("needs calico_manifest")), "{cut}");
+        assert!(
+            err.is_some_and(|e| e.contains("needs calico_manifest")),
+            "{cut}"
+        );
     }
 
     #[test]

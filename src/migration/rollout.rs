@@ -65,6 +65,9 @@ pub struct NodePods {
     ready: bool,
     /// An outdated pod exists that is not being deleted.
     old_alive: bool,
+    /// Why the up-to-date pod is not Ready, as its Ready condition says (the agent's
+    /// readiness probe output, e.g. which list felix cannot do).
+    not_ready: Option<String>,
 }
 
 impl NodePods {
@@ -120,6 +123,9 @@ impl RolloutState {
             e.current |= current && !deleting;
             e.ready |= current && kinds::is(&p, pod_ready);
             e.old_alive |= !current && !deleting;
+            if current && !deleting && !kinds::is(&p, pod_ready) {
+                e.not_ready = Some(ready_message(&p));
+            }
         }
         Ok(RolloutState { generation, nodes })
     }
@@ -144,6 +150,28 @@ impl RolloutState {
 
     fn swapping(&self, node: &str) -> bool {
         self.nodes.get(node).is_some_and(NodePods::swapping)
+    }
+
+    /// The nodes whose up-to-date pod exists but is not Ready, with the reason.
+    fn stuck(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(|(n, p)| Some(format!("{n}: {}", p.not_ready.as_ref()?)))
+            .collect()
+    }
+}
+
+/// A pod's Ready condition in words: its message, else its reason, else "not Ready".
+fn ready_message(pod: &Value) -> String {
+    let cond = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == Some("Ready")));
+    let text = |k: &str| cond.and_then(|c| str_at(c, k)).filter(|s| !s.is_empty());
+    match (text("/reason"), text("/message")) {
+        (_, Some(m)) => format!("the new calico-node is not Ready: {m}"),
+        (Some(r), None) => format!("the new calico-node is not Ready ({r})"),
+        (None, None) => "the new calico-node is not Ready yet".to_string(),
     }
 }
 
@@ -271,6 +299,16 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
                 return Ok(());
             }
             None => {
+                let stuck = state.stuck();
+                if last_progress.elapsed() > world.options.node_ready_timeout && !stuck.is_empty() {
+                    bail!(
+                        "{step}: the rollout of {r} stopped at node {}; calico-migrate stops \
+                         here (the DaemonSet controller replaces no other node while this one \
+                         is not Ready): fix the cause, then `calico-migrate apply --resume`, or \
+                         `calico-migrate rollback`",
+                        stuck.join("; node ")
+                    );
+                }
                 if last_progress.elapsed() > world.options.node_ready_timeout {
                     bail!(
                         "{step}: the rollout of {r} made no progress for {:?} (waiting on: {})",

@@ -871,7 +871,11 @@ fn calico_manifest(i: &RuleInput, out: &mut Vec<Finding>) {
         return;
     };
     let aligning = i.profile.target.align_versions
-        && i.source.calico_version.as_deref().and_then(parse_version).map(|v| (v.0, v.1))
+        && i.source
+            .calico_version
+            .as_deref()
+            .and_then(parse_version)
+            .map(|v| (v.0, v.1))
             != parse_version(&i.profile.target.calico_version).map(|v| (v.0, v.1));
     if aligning && i.calico_manifest_sha256.is_none() {
         out.push(f(

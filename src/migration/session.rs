@@ -124,11 +124,18 @@ pub fn manifests(state_dir: &Path, plan: &Value, profile: &Profile) -> anyhow::R
 }
 
 fn pinned<'a>(plan: &'a Value, key: &str) -> Option<&'a str> {
-    plan.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    plan.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// One pinned copy, its sha256 checked, read by the reader plan used.
-fn read_pinned(state_dir: &Path, prefix: &str, flag: &str, sha: &str) -> anyhow::Result<Vec<Value>> {
+fn read_pinned(
+    state_dir: &Path,
+    prefix: &str,
+    flag: &str,
+    sha: &str,
+) -> anyhow::Result<Vec<Value>> {
     let path = state_dir.join(format!("{prefix}-{sha}.yaml"));
     let bytes = std::fs::read(&path).with_context(|| {
         format!(

@@ -19,7 +19,7 @@ use crate::cluster::{access, inventory};
 use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::engine::{Journal, Mode, Outcome, RetryPolicy, RunObserver, run_observed};
 use crate::migration::permissions;
-use crate::migration::plan::{Pins, self, SavedPlan};
+use crate::migration::plan::{self, Pins, SavedPlan};
 use crate::migration::profile::Profile;
 use crate::migration::session::{self, identity, planned_steps};
 use crate::migration::world::{ApplyOptions, Observation, World};

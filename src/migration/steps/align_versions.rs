@@ -19,7 +19,7 @@ use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines}
 use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
 use crate::migration::refs::{kube_system_node, kube_system_typha};
-use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::rollout::{follow_rollout, rollout_unfinished, wait_rollout};
 use crate::migration::wait::wait_until;
 use crate::migration::world::{Observation, World};
 
@@ -106,7 +106,12 @@ fn planned(world: &World) -> anyhow::Result<Alignment> {
 }
 
 fn reference(obj: &Value) -> anyhow::Result<ObjRef> {
-    ObjRef::of(obj).with_context(|| format!("an object of the Calico manifest has no apiVersion, kind or name: {}", obj.to_string().chars().take(120).collect::<String>()))
+    ObjRef::of(obj).with_context(|| {
+        format!(
+            "an object of the Calico manifest has no apiVersion, kind or name: {}",
+            obj.to_string().chars().take(120).collect::<String>()
+        )
+    })
 }
 
 /// The object to apply for `want`, given what lives now (the calico-node role keeps
@@ -260,7 +265,6 @@ async fn typha_unfinished(world: &World) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
-
 impl Step<World> for AlignVersions {
     fn id(&self) -> &str {
         ID
@@ -322,7 +326,9 @@ impl Step<World> for AlignVersions {
                 .await?
                 .context("DaemonSet kube-system/calico-node does not exist")?;
             if let Some(p) = images_patch(&ds, &plan.images[CALICO_NODE]) {
-                tracing::info!("{ID}: moving kube-system calico-node to its target images, node by node");
+                tracing::info!(
+                    "{ID}: moving kube-system calico-node to its target images, node by node"
+                );
                 world.objects.merge(&kube_system_node(), &p).await?;
             }
             follow_rollout(world, ID, &kube_system_node(), &prober).await?;
@@ -380,10 +386,27 @@ impl Step<World> for AlignVersions {
                 && let Some(live) = world.objects.get(&kube_system_node()).await?
                 && let Some(p) = images_back(before, &live)
             {
-                let prober = world.prober().await?;
-                tracing::info!("{ID}: restoring the kube-system calico-node images, node by node");
-                world.objects.merge(&kube_system_node(), &p).await?;
-                follow_rollout(world, ID, &kube_system_node(), &prober).await?;
+                if let Some(stuck) = rollout_unfinished(world, &kube_system_node()).await? {
+                    // The forward rollout stopped at a node whose new agent never became
+                    // Ready: no probe pod can be placed there until it has an agent again.
+                    // Put the old images back, let the controller replace that pod, then
+                    // check every node.
+                    tracing::info!(
+                        "{ID}: the rollout stopped ({stuck}); restoring the kube-system calico-node images"
+                    );
+                    world.objects.merge(&kube_system_node(), &p).await?;
+                    wait_rollout(world, &kube_system_node()).await?;
+                    world
+                        .check_round(ID, "after restoring the calico-node images")
+                        .await?;
+                } else {
+                    let prober = world.prober().await?;
+                    tracing::info!(
+                        "{ID}: restoring the kube-system calico-node images, node by node"
+                    );
+                    world.objects.merge(&kube_system_node(), &p).await?;
+                    follow_rollout(world, ID, &kube_system_node(), &prober).await?;
+                }
             }
             if let Some(before) = &saved.typha
                 && let Some(live) = world.objects.get(&kube_system_typha()).await?
@@ -465,7 +488,10 @@ mod apply_tests {
         live["spec"]["template"]["spec"]["containers"][0]["image"] =
             json!("docker.io/calico/node:v3.30.3");
         let back = images_back(&before, &live).unwrap_or_default();
-        assert_eq!(back["spec"]["template"]["spec"]["containers"], before["spec"]["template"]["spec"]["containers"]);
+        assert_eq!(
+            back["spec"]["template"]["spec"]["containers"],
+            before["spec"]["template"]["spec"]["containers"]
+        );
     }
 
     #[test]

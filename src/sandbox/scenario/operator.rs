@@ -340,19 +340,35 @@ fn calico_typha_rbac_v1_38() -> [Value; 2] {
     cluster_role_and_binding(
         "calico-typha",
         vec![
-            rule(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
+            rule(
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+                &["list", "watch"],
+            ),
             rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
             rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
             rule(&[""], &["nodes/status"], &["patch", "update"]),
-            rule(&["networking.k8s.io"], &["networkpolicies"], &["watch", "list"]),
+            rule(
+                &["networking.k8s.io"],
+                &["networkpolicies"],
+                &["watch", "list"],
+            ),
             rule(
                 &["policy.networking.k8s.io"],
                 &["adminnetworkpolicies", "baselineadminnetworkpolicies"],
                 &["watch", "list"],
             ),
-            rule(&[""], &["pods", "namespaces", "serviceaccounts"], &["watch", "list"]),
+            rule(
+                &[""],
+                &["pods", "namespaces", "serviceaccounts"],
+                &["watch", "list"],
+            ),
             rule(&[""], &["pods/status"], &["patch"]),
-            rule(&["crd.projectcalico.org"], &calico_read, &["get", "list", "watch"]),
+            rule(
+                &["crd.projectcalico.org"],
+                &calico_read,
+                &["get", "list", "watch"],
+            ),
             rule(
                 &["crd.projectcalico.org"],
                 &["globalbgpconfigs", "globalfelixconfigs"],

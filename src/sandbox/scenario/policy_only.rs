@@ -36,11 +36,23 @@ pub const CALICO_CRDS_V3_30: &[(&str, &str, bool)] = &[
     ("ipamhandles", "IPAMHandle", false),
     ("ippools", "IPPool", false),
     ("ipreservations", "IPReservation", false),
-    ("kubecontrollersconfigurations", "KubeControllersConfiguration", false),
+    (
+        "kubecontrollersconfigurations",
+        "KubeControllersConfiguration",
+        false,
+    ),
     ("networkpolicies", "NetworkPolicy", true),
     ("networksets", "NetworkSet", true),
-    ("stagedglobalnetworkpolicies", "StagedGlobalNetworkPolicy", false),
-    ("stagedkubernetesnetworkpolicies", "StagedKubernetesNetworkPolicy", true),
+    (
+        "stagedglobalnetworkpolicies",
+        "StagedGlobalNetworkPolicy",
+        false,
+    ),
+    (
+        "stagedkubernetesnetworkpolicies",
+        "StagedKubernetesNetworkPolicy",
+        true,
+    ),
     ("stagednetworkpolicies", "StagedNetworkPolicy", true),
     ("tiers", "Tier", false),
 ];
@@ -103,14 +115,20 @@ pub fn objects() -> Vec<Value> {
         .and_then(|v| v.cluster_role.as_ref())
         .map(|r| r.rules.iter().map(felix::RuleData::to_json).collect())
         .unwrap_or_default();
-    out.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                    "metadata": {"name": "calico-node"}, "rules": rules}));
+    out.push(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "calico-node"}, "rules": rules}),
+    );
     out.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                     "metadata": {"name": "calico-node"},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "calico-node"},
                     "subjects": [{"kind": "ServiceAccount", "name": "calico-node", "namespace": "kube-system"}]}));
     out.push(workload("DaemonSet", "calico-node", "node"));
-    out.push(workload("Deployment", "calico-kube-controllers", "kube-controllers"));
+    out.push(workload(
+        "Deployment",
+        "calico-kube-controllers",
+        "kube-controllers",
+    ));
     out.push(workload("Deployment", "calico-typha", "typha"));
     out
 }

@@ -289,7 +289,9 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
         // The RBAC the operator renders for calico-system's agents.
         for mut o in operator::calico_node_rbac()
             .into_iter()
-            .chain(operator::calico_typha_rbac(operator::OPERATOR_CALICO_VERSION))
+            .chain(operator::calico_typha_rbac(
+                operator::OPERATOR_CALICO_VERSION,
+            ))
         {
             set_uid(&mut o, seed);
             o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
