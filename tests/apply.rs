@@ -590,14 +590,23 @@ async fn the_job_identity_of_deploy_plans_applies_and_rolls_back() -> Result<()>
             "user:\n    as: system:serviceaccount:calico-migrate:calico-migrate",
         ),
     )?;
+    // The current path (the sandbox serves 1.34): the operator and Calico manifests the
+    // sandbox stands in for, as the team would give the reviewed files.
     let manifest = env.state_dir().join("tigera-operator.yaml");
     let profile = calico_migrate::migration::profile::Profile::load(
-        calico_migrate::migration::profile::SAME_VERSION_PROFILE,
+        calico_migrate::migration::profile::CURRENT_PROFILE,
     )?;
     write_operator_manifest(&manifest, &profile)?;
+    let calico = env.state_dir().join("calico-policy-only.yaml");
+    std::fs::write(
+        &calico,
+        calico_migrate::sandbox::scenario::policy_only::yaml(),
+    )?;
     let o = run(cli(&env, &kc)
         .args(["plan", "-o", "json", "--operator-manifest"])
-        .arg(&manifest))?;
+        .arg(&manifest)
+        .arg("--calico-manifest")
+        .arg(&calico))?;
     assert_eq!(o.status.code(), Some(0), "plan as the Job: {}", text(&o));
     let plan: Value = serde_json::from_slice(&o.stdout)?;
     assert!(
@@ -656,7 +665,8 @@ async fn an_unknown_pause_step_and_a_plan_over_a_journal_are_refused() -> Result
 /// A profile given as a file is saved with the plan: apply needs no file later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_file_travels_with_the_plan() -> Result<()> {
-    let env = support::env(2).await?;
+    // The same-version profile, edited: on the newest Kubernetes it runs on.
+    let env = support::env_1_24(2).await?;
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
     let dir = tempfile::tempdir()?;

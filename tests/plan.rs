@@ -27,8 +27,14 @@ fn objects(chart: ChartGeneration) -> Vec<Value> {
     .unwrap_or_else(|e| panic!("scenario: {e}"))
 }
 
+/// A sandbox seeded with `objs`, serving Kubernetes 1.24: the newest minor the
+/// same-version profile runs on, which `plan_of` and `plan_with` read the plan with.
+/// The current path's plans are read on today's minors (`Served`, tests/apply.rs).
 fn sandbox(objs: Vec<Value>) -> Sandbox {
-    sandbox_at(objs, KubernetesVersion::default())
+    sandbox_at(
+        objs,
+        KubernetesVersion::new(24).unwrap_or_else(|e| panic!("{e}")),
+    )
 }
 
 /// A sandbox serving Kubernetes `kv`, seeded with `objs`.
@@ -724,7 +730,7 @@ fn assert_one_error_line(stderr: &str) {
 async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
     let client = sb.client();
     let retry = RetryPolicy::default();
-    let inv = inventory::read(&client, "v1.29.15-eks".into(), &retry)
+    let inv = inventory::read(&client, "v1.24.17-eks".into(), &retry)
         .await
         .unwrap_or_else(|e| panic!("inventory: {e}"));
     let acc = access::AccessReport::Checked { missing: vec![] };
@@ -734,7 +740,8 @@ async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
         &acc,
         plan::Pins {
             operator: Some(&"ab".repeat(32)),
-            calico: None,
+            // A stand-in pin for profiles that align (the rules only look for one).
+            calico: profile.calico_manifest.as_ref().map(|_| "cd".repeat(32)).as_deref(),
         },
     )
     .unwrap_or_else(|e| panic!("{e}"))
@@ -743,7 +750,7 @@ async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
 #[tokio::test]
 async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
     let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10.yaml");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     let to_3_20 = text.replace(
         "  calico_version: v3.19.1\n  operator_version: v1.17.4",
@@ -752,7 +759,7 @@ async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
     assert_ne!(to_3_20, text, "profile layout changed");
     let strict = Profile::parse(&to_3_20, "t").unwrap_or_else(|e| panic!("{e}"));
     let aligning = Profile::parse(
-        &to_3_20.replace("align_versions: false", "align_versions: true"),
+        &with_calico_manifest(&to_3_20.replace("align_versions: false", "align_versions: true")),
         "t",
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -793,7 +800,7 @@ async fn calico_version_mismatch_blocks_unless_the_profile_aligns() {
 /// aligned, so no version finding gets in the way).
 fn profile_for_operator(operator: &str, calico: &str) -> Profile {
     let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10.yaml");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     let edited = text
         .replace(
@@ -802,7 +809,15 @@ fn profile_for_operator(operator: &str, calico: &str) -> Profile {
         )
         .replace("align_versions: false", "align_versions: true");
     assert_ne!(edited, text, "profile layout changed");
-    Profile::parse(&edited, "t").unwrap_or_else(|e| panic!("{e}"))
+    Profile::parse(&with_calico_manifest(&edited), "t").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A profile text with a `calico_manifest` (which `align_versions: true` requires).
+fn with_calico_manifest(profile: &str) -> String {
+    profile.replace(
+        "\noperator:\n",
+        "\ncalico_manifest:\n  manifest_url: https://example.invalid/calico.yaml\noperator:\n",
+    )
 }
 
 /// tigera/operator from v1.25.0 accepts the chart's Fargate exclusion (commit c80107f7),
@@ -936,7 +951,9 @@ impl Served {
         Served { sb, handle, dir }
     }
 
-    /// `calico-migrate -o FMT --state-dir STATE plan --operator-manifest MANIFEST`.
+    /// `calico-migrate -o FMT --state-dir STATE plan --operator-manifest MANIFEST
+    /// --calico-manifest <the real v3.30.3 policy-only manifest>` (the current path's
+    /// second file; the same-version path ignores it).
     async fn plan(
         &self,
         state: &str,
@@ -955,6 +972,8 @@ impl Served {
                 .arg(&state)
                 .args(["-o", &fmt, "plan", "--operator-manifest"])
                 .arg(&manifest)
+                .arg("--calico-manifest")
+                .arg(real("calico-v3.30.3-policy-only.yaml"))
                 .timeout(Duration::from_secs(120))
                 .output()
                 .unwrap_or_else(|e| panic!("{e}"))

@@ -1033,7 +1033,7 @@ async fn a_kube_client_sets_a_fault_and_sees_the_operator_stall() {
 
 use calico_migrate::sandbox::controllers::felix;
 
-/// The real artifacts beside the repository (/work/shared/real), if present.
+/// The real artifacts beside the repository (../shared/real), if present.
 fn real_artifact(file: &str) -> Option<std::path::PathBuf> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/real")

@@ -607,3 +607,53 @@ fn small_builders_follow_their_inputs() {
     );
     assert_eq!(scenario::cluster::user_namespace(4, 7).len(), 3);
 }
+
+/// The sandbox's stand-in for Calico v3.30.3's policy-only manifest (what rehearse pins
+/// as `--calico-manifest`) has the real file's CRDs (name, kind, scope, served version),
+/// its ClusterRole calico-node rules and its calico-node and typha images.
+#[test]
+fn the_policy_only_stand_in_matches_the_real_manifest() {
+    use calico_migrate::migration::calico_manifest::alignment;
+    use calico_migrate::sandbox::scenario::policy_only;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/real/calico-v3.30.3-policy-only.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!("SKIPPED: {} is not available", path.display());
+        return;
+    };
+    let real = calico_migrate::migration::session::parse_manifest(&text)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ours = policy_only::objects();
+    let crds = |objs: &[serde_json::Value]| -> Vec<(String, String, String, String)> {
+        let mut v: Vec<_> = objs
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .map(|o| {
+                (
+                    o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    o["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string(),
+                    o["spec"]["scope"].as_str().unwrap_or_default().to_string(),
+                    o["spec"]["versions"][0]["name"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(crds(&ours), crds(&real));
+    let role = |objs: &[serde_json::Value]| {
+        objs.iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "calico-node")
+            .map(|o| o["rules"].clone())
+    };
+    assert_eq!(role(&ours), role(&real));
+    let a = alignment(&ours, policy_only::RELEASE).unwrap_or_else(|e| panic!("{e}"));
+    let b = alignment(&real, policy_only::RELEASE).unwrap_or_else(|e| panic!("{e}"));
+    for workload in ["calico-node", "calico-typha"] {
+        assert_eq!(
+            a.images[workload].get(workload),
+            b.images[workload].get(workload),
+            "{workload}"
+        );
+    }
+}

@@ -214,16 +214,27 @@ pub async fn restore_kube_system(
         &deleted,
     )
     .await?;
-    let mut restored_ds = false;
-    for s in &pre.objects {
+    // The DaemonSet first, and its rollout finished, before anything that creates
+    // pods (the typha autoscaler): a pod created on a node while its agent is being
+    // replaced starts without the policy of that node.
+    let (agents, rest): (Vec<_>, Vec<_>) = pre
+        .objects
+        .iter()
+        .partition(|s| s.object == kube_system_node());
+    for s in &agents {
         let Some(obj) = &s.live else { continue };
         if world.objects.restore(obj).await? {
             tracing::info!("restored {}", s.object);
-            restored_ds |= s.object == kube_system_node();
         }
     }
-    if restored_ds || world.objects.get(&kube_system_node()).await?.is_some() {
+    if world.objects.get(&kube_system_node()).await?.is_some() {
         wait_rollout(world, &kube_system_node()).await?;
+    }
+    for s in &rest {
+        let Some(obj) = &s.live else { continue };
+        if world.objects.restore(obj).await? {
+            tracing::info!("restored {}", s.object);
+        }
     }
     if let Some(pool) = held {
         check_held(world, step, Way::Back, pool, None).await?;

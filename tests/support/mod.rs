@@ -53,6 +53,26 @@ pub async fn env(nodes: usize) -> Result<Env> {
 }
 
 pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
+    env_at(cfg, time_scale, RigOptions::default().kubernetes_version).await
+}
+
+/// A sandbox of `nodes` nodes serving Kubernetes 1.24: the newest minor the
+/// same-version path (operator v1.17.4) runs on.
+pub async fn env_1_24(nodes: usize) -> Result<Env> {
+    let cfg = ScenarioConfig {
+        nodes,
+        namespaces: 3,
+        pods_per_namespace: 1,
+        ..ScenarioConfig::default()
+    };
+    env_at(cfg, 100.0, calico_migrate::sandbox::KubernetesVersion::new(24)?).await
+}
+
+pub async fn env_at(
+    cfg: ScenarioConfig,
+    time_scale: f64,
+    kubernetes_version: calico_migrate::sandbox::KubernetesVersion,
+) -> Result<Env> {
     let Rig {
         sb,
         controllers,
@@ -63,6 +83,7 @@ pub async fn env_with(cfg: ScenarioConfig, time_scale: f64) -> Result<Env> {
         &cfg,
         &RigOptions {
             time_scale,
+            kubernetes_version,
             ..RigOptions::default()
         },
     )
