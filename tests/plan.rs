@@ -741,7 +741,11 @@ async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
         plan::Pins {
             operator: Some(&"ab".repeat(32)),
             // A stand-in pin for profiles that align (the rules only look for one).
-            calico: profile.calico_manifest.as_ref().map(|_| "cd".repeat(32)).as_deref(),
+            calico: profile
+                .calico_manifest
+                .as_ref()
+                .map(|_| "cd".repeat(32))
+                .as_deref(),
         },
     )
     .unwrap_or_else(|e| panic!("{e}"))
@@ -1181,7 +1185,8 @@ async fn bad_operator_manifests_exit_2_naming_the_file_the_document_and_the_obje
 #[tokio::test]
 async fn api_errors_read_as_one_sentence_with_the_answer_and_what_to_do() {
     use calico_migrate::cluster::objects::Objects;
-    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    // Kubernetes 1.25 or later: PodSecurityPolicies are no longer served.
+    let sb = sandbox_at(objects(ChartGeneration::V0_3_10), k8s_1_33());
     let objs = Objects::new(sb.client(), RetryPolicy::default());
     let psp = json!({"apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy",
         "metadata": {"name": "calico-node"}, "spec": {"privileged": true}});

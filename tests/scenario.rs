@@ -621,8 +621,8 @@ fn the_policy_only_stand_in_matches_the_real_manifest() {
         println!("SKIPPED: {} is not available", path.display());
         return;
     };
-    let real = calico_migrate::migration::session::parse_manifest(&text)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let real =
+        calico_migrate::migration::session::parse_manifest(&text).unwrap_or_else(|e| panic!("{e}"));
     let ours = policy_only::objects();
     let crds = |objs: &[serde_json::Value]| -> Vec<(String, String, String, String)> {
         let mut v: Vec<_> = objs
@@ -630,10 +630,19 @@ fn the_policy_only_stand_in_matches_the_real_manifest() {
             .filter(|o| o["kind"] == "CustomResourceDefinition")
             .map(|o| {
                 (
-                    o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-                    o["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string(),
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    o["spec"]["names"]["kind"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     o["spec"]["scope"].as_str().unwrap_or_default().to_string(),
-                    o["spec"]["versions"][0]["name"].as_str().unwrap_or_default().to_string(),
+                    o["spec"]["versions"][0]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect();

@@ -16,6 +16,10 @@
 //!   converter handler consumes (tigera/operator v1.38.6
 //!   pkg/controller/migration/convert/convert.go:73-74, "unexpected env vars").
 //! - PodDisruptionBudgets and the typha Service: the chart's own stay.
+//! - RBAC other than calico-node's: ClusterRole and binding calico-cni-plugin are the
+//!   identity of Calico's CNI plugin (the VPC CNI replaces it on EKS), and
+//!   calico-tier-getter lets the kube-controller-manager read `projectcalico.org` tiers,
+//!   which only the Calico API server serves (the policy-only manifest does not run it).
 
 use std::collections::BTreeMap;
 
@@ -23,8 +27,9 @@ use serde_json::{Value, json};
 
 use super::facts::{name_of, str_at};
 
-/// Objects of components the alignment does not install (see the module doc).
-const NOT_INSTALLED: &str = "calico-kube-controllers";
+/// The one identity whose RBAC the alignment applies: calico-node's (typha runs as it
+/// too in the chart and in the manifest); see the module doc for the others.
+const AGENT_IDENTITY: &str = "calico-node";
 
 /// The kube-system workloads whose images the alignment moves, and their containers.
 pub const CALICO_NODE: &str = "calico-node";
@@ -35,7 +40,7 @@ pub const CALICO_TYPHA: &str = "calico-typha";
 pub struct Alignment {
     /// Every CustomResourceDefinition of the manifest.
     pub crds: Vec<Value>,
-    /// ServiceAccounts, ClusterRoles and ClusterRoleBindings, in that order.
+    /// calico-node's ServiceAccount, ClusterRole and ClusterRoleBinding, in that order.
     pub rbac: Vec<Value>,
     /// Image per container name, per workload (`calico-node`, `calico-typha`).
     pub images: BTreeMap<&'static str, BTreeMap<String, String>>,
@@ -64,8 +69,8 @@ fn kind_of(o: &Value) -> &str {
     str_at(o, "/kind").unwrap_or_default()
 }
 
-fn installed(o: &Value) -> bool {
-    name_of(o) != NOT_INSTALLED
+fn agent_rbac(o: &Value) -> bool {
+    name_of(o) == AGENT_IDENTITY
 }
 
 /// The images of one workload's pod template, by container name (init containers
@@ -102,7 +107,7 @@ pub fn alignment(manifest: &[Value], target: &str) -> Result<Alignment, AlignErr
         rbac.extend(
             manifest
                 .iter()
-                .filter(|o| kind_of(o) == kind && installed(o))
+                .filter(|o| kind_of(o) == kind && agent_rbac(o))
                 .cloned(),
         );
     }
@@ -218,6 +223,8 @@ mod tests {
             json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "tiers.crd.projectcalico.org"}}),
             json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "calico-kube-controllers", "namespace": "kube-system"}}),
             json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "calico-cni-plugin", "namespace": "kube-system"}}),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "calico-node", "namespace": "kube-system"}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "calico-tier-getter"}}),
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "calico-node"}}),
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "calico-node"},
                    "rules": [{"apiGroups": ["crd.projectcalico.org"], "resources": ["tiers"], "verbs": ["list"]}]}),
@@ -240,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn the_alignment_takes_crds_rbac_in_order_and_images_not_kube_controllers() {
+    fn the_alignment_takes_crds_the_agents_rbac_and_images() {
         let a = alignment(&manifest("v3.30.3"), "v3.30.3").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.crds.len(), 1);
         let rbac: Vec<String> = a
@@ -251,7 +258,7 @@ mod tests {
         assert_eq!(
             rbac,
             [
-                "ServiceAccount calico-cni-plugin",
+                "ServiceAccount calico-node",
                 "ClusterRole calico-node",
                 "ClusterRoleBinding calico-node"
             ]

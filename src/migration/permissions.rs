@@ -75,6 +75,24 @@ pub fn needed() -> Vec<Permission> {
         "felixconfigurations",
         None,
     ));
+    // align-versions' rollback deletes a CRD it created only when no object of it
+    // exists: it lists the kinds Calico v3.30 adds (migration::calico_manifest).
+    for res in [
+        "bgpfilters",
+        "caliconodestatuses",
+        "ipamconfigs",
+        "ipamhandles",
+        "ipreservations",
+        "kubecontrollersconfigurations",
+        "stagedglobalnetworkpolicies",
+        "stagedkubernetesnetworkpolicies",
+        "stagednetworkpolicies",
+    ] {
+        v.push(p("list", "crd.projectcalico.org", res, None));
+    }
+    for res in ["adminnetworkpolicies", "baselineadminnetworkpolicies"] {
+        v.push(p("list", "policy.networking.k8s.io", res, None));
+    }
     // TigeraStatus: plan lists it; create-installation's rollback deletes the one the
     // operator made.
     for verb in ["get", "list", "delete"] {

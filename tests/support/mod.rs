@@ -65,7 +65,12 @@ pub async fn env_1_24(nodes: usize) -> Result<Env> {
         pods_per_namespace: 1,
         ..ScenarioConfig::default()
     };
-    env_at(cfg, 100.0, calico_migrate::sandbox::KubernetesVersion::new(24)?).await
+    env_at(
+        cfg,
+        100.0,
+        calico_migrate::sandbox::KubernetesVersion::new(24)?,
+    )
+    .await
 }
 
 pub async fn env_at(

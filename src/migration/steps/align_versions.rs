@@ -44,7 +44,7 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
                 &[&format!("from the Calico {target} manifest, sha256 {pin}")],
             ),
             change(
-                "ServiceAccount, ClusterRole, ClusterRoleBinding (calico-node, calico-cni-plugin, calico-tier-getter)",
+                "ServiceAccount, ClusterRole, ClusterRoleBinding calico-node",
                 "create or update",
                 &["ClusterRole calico-node: the manifest's rules plus the ones it holds now"],
             ),

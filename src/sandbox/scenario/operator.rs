@@ -245,151 +245,94 @@ fn cluster_role_and_binding(name: &str, rules: Vec<Value>) -> [Value; 2] {
 /// calico-system/calico-typha, as tigera/operator v1.20.1 renders them
 /// (pkg/render/typha.go:171-191 `typhaRoleBinding`, :194-314 `typhaRole`).
 pub fn calico_typha_rbac(calico_version: &str) -> [Value; 2] {
-    if calico_version.starts_with("v3.30.") {
-        return calico_typha_rbac_v1_38();
+    // v1.38.6 (Calico v3.30.3), pkg/render/typha.go:199-345 `typhaRole`, adds the
+    // AdminNetworkPolicy kinds, the v3.30 Calico kinds (bgpfilters, caliconodestatuses,
+    // ipreservations, the staged policies, tiers) and creating tiers.
+    let v3_30 = calico_version.starts_with("v3.30.");
+    let mut calico_read = vec![
+        "bgpconfigurations",
+        "bgppeers",
+        "blockaffinities",
+        "clusterinformations",
+        "felixconfigurations",
+        "globalnetworkpolicies",
+        "globalnetworksets",
+        "hostendpoints",
+        "ipamblocks",
+        "ippools",
+        "networkpolicies",
+        "networksets",
+    ];
+    if v3_30 {
+        calico_read.extend([
+            "bgpfilters",
+            "caliconodestatuses",
+            "ipreservations",
+            "stagedglobalnetworkpolicies",
+            "stagedkubernetesnetworkpolicies",
+            "stagednetworkpolicies",
+            "tiers",
+        ]);
     }
-    let calico_read = [
-        "bgpconfigurations",
-        "bgppeers",
-        "blockaffinities",
-        "clusterinformations",
-        "felixconfigurations",
-        "globalnetworkpolicies",
-        "globalnetworksets",
-        "hostendpoints",
-        "ipamblocks",
-        "ippools",
-        "networkpolicies",
-        "networksets",
+    let mut rules = vec![
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &["list", "watch"],
+        ),
+        rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
+        rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(
+            &["networking.k8s.io"],
+            &["networkpolicies"],
+            &["watch", "list"],
+        ),
     ];
-    cluster_role_and_binding(
-        "calico-typha",
-        vec![
-            rule(
-                &["discovery.k8s.io"],
-                &["endpointslices"],
-                &["list", "watch"],
-            ),
-            rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
-            rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
-            rule(&[""], &["nodes/status"], &["patch", "update"]),
-            rule(
-                &["networking.k8s.io"],
-                &["networkpolicies"],
-                &["watch", "list"],
-            ),
-            rule(
-                &[""],
-                &["pods", "namespaces", "serviceaccounts"],
-                &["watch", "list"],
-            ),
-            rule(&[""], &["pods/status"], &["patch"]),
-            rule(
-                &["crd.projectcalico.org"],
-                &calico_read,
-                &["get", "list", "watch"],
-            ),
-            rule(
-                &["crd.projectcalico.org"],
-                &["globalbgpconfigs", "globalfelixconfigs"],
-                &["get", "list", "watch"],
-            ),
-            rule(
-                &["crd.projectcalico.org"],
-                &["clusterinformations", "felixconfigurations", "ippools"],
-                &["create", "update"],
-            ),
-            rule(&[""], &["nodes"], &["get", "list", "watch"]),
-            rule(
-                &["crd.projectcalico.org"],
-                &["blockaffinities", "ipamblocks", "ipamhandles"],
-                &["get", "list", "create", "update", "delete"],
-            ),
-            rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
-            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
-        ],
-    )
-}
-
-/// The same as tigera/operator v1.38.6 renders them (Calico v3.30.3): pkg/render/typha.go
-/// :199-345 `typhaRole`, which adds the AdminNetworkPolicy kinds, the v3.30 Calico kinds
-/// (bgpfilters, caliconodestatuses, ipreservations, staged policies, tiers) and creating
-/// tiers.
-fn calico_typha_rbac_v1_38() -> [Value; 2] {
-    let calico_read = [
-        "bgpconfigurations",
-        "bgppeers",
-        "bgpfilters",
-        "blockaffinities",
-        "caliconodestatuses",
-        "clusterinformations",
-        "felixconfigurations",
-        "globalnetworkpolicies",
-        "stagedglobalnetworkpolicies",
-        "networkpolicies",
-        "stagedkubernetesnetworkpolicies",
-        "stagednetworkpolicies",
-        "globalnetworksets",
-        "hostendpoints",
-        "ipamblocks",
-        "ippools",
-        "ipreservations",
-        "networksets",
-        "tiers",
-    ];
-    cluster_role_and_binding(
-        "calico-typha",
-        vec![
-            rule(
-                &["discovery.k8s.io"],
-                &["endpointslices"],
-                &["list", "watch"],
-            ),
-            rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
-            rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
-            rule(&[""], &["nodes/status"], &["patch", "update"]),
-            rule(
-                &["networking.k8s.io"],
-                &["networkpolicies"],
-                &["watch", "list"],
-            ),
-            rule(
-                &["policy.networking.k8s.io"],
-                &["adminnetworkpolicies", "baselineadminnetworkpolicies"],
-                &["watch", "list"],
-            ),
-            rule(
-                &[""],
-                &["pods", "namespaces", "serviceaccounts"],
-                &["watch", "list"],
-            ),
-            rule(&[""], &["pods/status"], &["patch"]),
-            rule(
-                &["crd.projectcalico.org"],
-                &calico_read,
-                &["get", "list", "watch"],
-            ),
-            rule(
-                &["crd.projectcalico.org"],
-                &["globalbgpconfigs", "globalfelixconfigs"],
-                &["get", "list", "watch"],
-            ),
-            rule(
-                &["crd.projectcalico.org"],
-                &["clusterinformations", "felixconfigurations", "ippools"],
-                &["create", "update"],
-            ),
-            rule(&["crd.projectcalico.org"], &["tiers"], &["create"]),
-            rule(&[""], &["nodes"], &["get", "list", "watch"]),
-            rule(
-                &["crd.projectcalico.org"],
-                &["blockaffinities", "ipamblocks", "ipamhandles"],
-                &["get", "list", "create", "update", "delete"],
-            ),
-            rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
-            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
-        ],
-    )
+    if v3_30 {
+        rules.push(rule(
+            &["policy.networking.k8s.io"],
+            &["adminnetworkpolicies", "baselineadminnetworkpolicies"],
+            &["watch", "list"],
+        ));
+    }
+    rules.extend([
+        rule(
+            &[""],
+            &["pods", "namespaces", "serviceaccounts"],
+            &["watch", "list"],
+        ),
+        rule(&[""], &["pods/status"], &["patch"]),
+        rule(
+            &["crd.projectcalico.org"],
+            &calico_read,
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["crd.projectcalico.org"],
+            &["globalbgpconfigs", "globalfelixconfigs"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["crd.projectcalico.org"],
+            &["clusterinformations", "felixconfigurations", "ippools"],
+            &["create", "update"],
+        ),
+    ]);
+    if v3_30 {
+        rules.push(rule(&["crd.projectcalico.org"], &["tiers"], &["create"]));
+    }
+    rules.extend([
+        rule(&[""], &["nodes"], &["get", "list", "watch"]),
+        rule(
+            &["crd.projectcalico.org"],
+            &["blockaffinities", "ipamblocks", "ipamhandles"],
+            &["get", "list", "create", "update", "delete"],
+        ),
+        rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
+        rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
+    ]);
+    cluster_role_and_binding("calico-typha", rules)
 }
 
 /// ClusterRole and ClusterRoleBinding `calico-node` for ServiceAccount
