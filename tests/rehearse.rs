@@ -496,3 +496,48 @@ fn on_a_terminal_a_rehearsal_is_a_few_dozen_short_lines_and_the_full_log_is_kept
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     assert!(lines.iter().any(|l| timestamped(l)), "{}", lines.join("\n"));
 }
+
+/// On Kubernetes 1.24 the rehearsal plans as `plan` would there: the same-version path
+/// (operator v1.17.4 over the running Calico v3.19.1, no alignment); the default (1.34)
+/// runs the current path, align-versions first.
+#[test]
+fn on_kubernetes_1_24_the_same_version_path_is_rehearsed_and_on_1_34_the_current_one() {
+    let steps = |r: &Value| -> Vec<String> {
+        r["planned_steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let old = report(&rehearse(&[
+        "--nodes",
+        "2",
+        "--kubernetes-version",
+        "1.24",
+        "-o",
+        "json",
+    ]));
+    assert_whole_job(&old, 2);
+    let planned = steps(&old);
+    assert!(
+        !planned.iter().any(|s| s == "align-versions"),
+        "{planned:?}"
+    );
+    assert!(
+        planned.iter().any(|s| s == "fargate-affinity"),
+        "{planned:?}"
+    );
+    let current = report(&rehearse(&["--nodes", "2", "-o", "json"]));
+    assert_whole_job(&current, 2);
+    let planned = steps(&current);
+    assert_eq!(
+        planned.get(1).map(String::as_str),
+        Some("align-versions"),
+        "{planned:?}"
+    );
+    assert!(
+        !planned.iter().any(|s| s == "fargate-affinity"),
+        "{planned:?}"
+    );
+}

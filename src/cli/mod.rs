@@ -221,6 +221,14 @@ pub struct RehearseArgs {
     /// Simulated seconds per real second.
     #[arg(long, default_value_t = 50.0, value_name = "FACTOR")]
     pub time_scale: f64,
+
+    /// The Kubernetes minor the sandbox serves (1.21 to 1.34). plan picks the path for
+    /// it as on a real cluster: 1.24 or older rehearses the same-version path (operator
+    /// v1.17.4 over Calico v3.19.1), 1.25 and later the current path (align-versions to
+    /// v3.30.3, then operator v1.38.6).
+    #[arg(long, default_value_t = crate::sandbox::KubernetesVersion::default(),
+          value_name = "1.MINOR", value_parser = sandbox_cmd::parse_kubernetes_version)]
+    pub kubernetes_version: crate::sandbox::KubernetesVersion,
     /// Seed the sandbox with the live cluster's nodes, namespaces and every policy
     /// object (read only; --kubeconfig/--context pick the cluster). Pods are not copied.
     #[arg(long)]

@@ -40,6 +40,7 @@ pub async fn run(args: &RehearseArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode
         seed: args.seed,
         faults: args.faults.clone(),
         time_scale: args.time_scale,
+        kubernetes_version: args.kubernetes_version,
         cluster,
     };
     let report = rehearse(&opts, &progress).await?;

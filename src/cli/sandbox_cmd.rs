@@ -78,7 +78,7 @@ pub struct SandboxArgs {
 }
 
 /// clap's parser for `--kubernetes-version`: the sentence of `VersionError`.
-fn parse_kubernetes_version(s: &str) -> Result<KubernetesVersion, String> {
+pub fn parse_kubernetes_version(s: &str) -> Result<KubernetesVersion, String> {
     KubernetesVersion::parse(s).map_err(|e| e.to_string())
 }
 

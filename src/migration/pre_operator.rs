@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::facts::int_at;
 use super::nodes::list_nodes;
 use super::refs::{
-    CALICO_SYSTEM, calico_node_binding, kube_system, kube_system_node, kube_system_typha,
-    operator_ref, tigera_status_ref,
+    CALICO_SYSTEM, calico_node_binding, calico_node_role, kube_system, kube_system_node,
+    kube_system_typha, operator_ref, tigera_status_ref,
 };
 use super::world::World;
 use crate::cluster::objects::{ObjRef, strip_server_fields};
@@ -34,6 +34,8 @@ pub fn operator_touched() -> Vec<ObjRef> {
             "calico-typha-horizontal-autoscaler",
         ),
         kube_system("apps/v1", "Deployment", "calico-kube-controllers"),
+        // The operator replaces both with its own, owned by the Installation.
+        calico_node_role(),
         calico_node_binding(),
         kube_system_node(),
     ]

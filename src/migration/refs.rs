@@ -38,6 +38,17 @@ pub fn kube_system_typha() -> ObjRef {
     kube_system("apps/v1", "Deployment", "calico-typha")
 }
 
+/// The ClusterRole both installs' calico-node run under: the operator replaces it with its
+/// own rendering, owned by the Installation (so deleting the Installation deletes it).
+pub fn calico_node_role() -> ObjRef {
+    ObjRef::new(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRole",
+        None,
+        "calico-node",
+    )
+}
+
 /// The binding both installs' calico-node run under (the operator takes it over).
 pub fn calico_node_binding() -> ObjRef {
     ObjRef::new(

@@ -14,16 +14,17 @@ use tracing::Instrument as _;
 use super::facts::int_at;
 use super::nodes::{NodeState, list_nodes, selects, set_node_label};
 use super::operator::freeze_operator;
-use super::pre_operator::PreOperator;
+use super::pre_operator::{PRE_OPERATOR_FILE, PreOperator};
 use super::refs::{
-    KUBE_SYSTEM, MIGRATED, MIGRATION_LABEL, PRE_OPERATOR, calico_system_node,
-    calico_system_workloads, kube_system_node, kube_system_typha,
+    KUBE_SYSTEM, MIGRATED, MIGRATION_LABEL, PRE_OPERATOR, calico_node_binding, calico_node_role,
+    calico_system_node, calico_system_workloads, kube_system_node, kube_system_typha,
 };
 use super::rollout::wait_rollout;
 use super::swap::{Way, check_held, hold_across_swaps, watch_swap};
 use super::wait::{wait_gone, wait_until};
 use super::world::World;
 use crate::checks::conn::ConnPool;
+use crate::cluster::objects::{ObjRef, same_object};
 use crate::progress;
 
 /// While nodes move back: every node not `migrated` labelled `pre-operator`, the
@@ -214,14 +215,15 @@ pub async fn restore_kube_system(
         &deleted,
     )
     .await?;
-    // The DaemonSet first, and its rollout finished, before anything that creates
-    // pods (the typha autoscaler): a pod created on a node while its agent is being
-    // replaced starts without the policy of that node.
-    let (agents, rest): (Vec<_>, Vec<_>) = pre
-        .objects
-        .iter()
+    // calico-node's RBAC first (what the restored agents read with), then the DaemonSet
+    // and its rollout finished, then the rest: objects that create pods (the typha
+    // autoscaler) must not start one on a node whose agent is being replaced.
+    let is_rbac = |r: &ObjRef| *r == calico_node_role() || *r == calico_node_binding();
+    let (rbac, others): (Vec<_>, Vec<_>) = pre.objects.iter().partition(|s| is_rbac(&s.object));
+    let (agents, rest): (Vec<_>, Vec<_>) = others
+        .into_iter()
         .partition(|s| s.object == kube_system_node());
-    for s in &agents {
+    for s in rbac.iter().chain(&agents) {
         let Some(obj) = &s.live else { continue };
         if world.objects.restore(obj).await? {
             tracing::info!("restored {}", s.object);
@@ -248,6 +250,30 @@ pub async fn restore_kube_system(
     world
         .check_round(step, "after returning every node to kube-system")
         .await?;
+    Ok(())
+}
+
+/// After the Installation is gone: ClusterRole and ClusterRoleBinding `calico-node` as
+/// they were before the operator ran. The operator replaced both with its own, owned by
+/// the Installation: the garbage collector deletes them with it, and operator v1.38
+/// deletes both by name when the Installation terminates (tigera/operator v1.38.6
+/// pkg/render/node.go:235-245). Without them the kube-system calico-node cannot list
+/// what it enforces. Restored (re-created if deleted), then checked.
+pub async fn restore_agent_rbac(world: &World, pre: &PreOperator) -> anyhow::Result<()> {
+    for r in [calico_node_role(), calico_node_binding()] {
+        let Some(saved) = pre.saved(&r) else { continue };
+        if world.objects.restore(saved).await? {
+            tracing::info!("restored {r} as it was before the operator");
+        }
+        let live = world.objects.get(&r).await?;
+        if !live.as_ref().is_some_and(|l| same_object(l, saved)) {
+            bail!(
+                "{r} is not as it was before the operator ran, so the kube-system calico-node may \
+                 lack the permissions it reads with; compare it with the copy in the state dir \
+                 ({PRE_OPERATOR_FILE}) and run `calico-migrate rollback` again"
+            );
+        }
+    }
     Ok(())
 }
 

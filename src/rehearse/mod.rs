@@ -43,6 +43,8 @@ pub struct RehearseOptions {
     pub faults: Vec<String>,
     /// Simulated seconds per real second.
     pub time_scale: f64,
+    /// The Kubernetes minor the sandbox serves (plan picks the path from it).
+    pub kubernetes_version: crate::sandbox::KubernetesVersion,
     /// A live cluster's nodes, namespaces and policies in place of the generated
     /// ones (`--from-cluster`); `nodes` and `namespaces` are then ignored.
     pub cluster: Option<from_cluster::ClusterCopy>,
@@ -56,6 +58,7 @@ impl Default for RehearseOptions {
             seed: 1,
             faults: Vec::new(),
             time_scale: 50.0,
+            kubernetes_version: crate::sandbox::KubernetesVersion::default(),
             cluster: None,
         }
     }
@@ -156,6 +159,7 @@ async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<Ri
         &RigOptions {
             seed: opts.seed,
             time_scale: opts.time_scale,
+            kubernetes_version: opts.kubernetes_version,
             ..RigOptions::default()
         },
     )

@@ -18,7 +18,7 @@ use crate::migration::refs::{
     kube_system_node, kube_system_typha, operator_ref, tigera_status_ref,
 };
 use crate::migration::wait::wait_until;
-use crate::migration::way_back::return_to_kube_system;
+use crate::migration::way_back::{restore_agent_rbac, return_to_kube_system};
 use crate::migration::world::World;
 
 pub const ID: &str = "create-installation";
@@ -360,6 +360,9 @@ impl Step<World> for CreateInstallation {
                 )
                 .await?;
             }
+            // The Installation is gone: calico-node's role and binding back as they were
+            // (the operator owned its own versions of them), and checked.
+            restore_agent_rbac(world, &pre).await?;
             // The operator as it was before the Installation.
             match pre.operator_replicas {
                 Some(0) => {

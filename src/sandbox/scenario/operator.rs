@@ -408,6 +408,122 @@ pub fn calico_node_rbac() -> [Value; 2] {
     )
 }
 
+/// ClusterRole `calico-node` as tigera/operator v1.38.6 renders it for Calico
+/// (pkg/render/node.go:361-530 `nodeRole`, without the Enterprise and OpenShift
+/// rules): the v3.30 kinds, AdminNetworkPolicies, tiers, caliconodestatuses and
+/// service-account tokens.
+fn calico_node_role_v1_38() -> Value {
+    let calico_read = [
+        "bgpconfigurations",
+        "bgpfilters",
+        "bgppeers",
+        "blockaffinities",
+        "clusterinformations",
+        "felixconfigurations",
+        "globalnetworkpolicies",
+        "globalnetworksets",
+        "hostendpoints",
+        "ipamblocks",
+        "ippools",
+        "ipreservations",
+        "networkpolicies",
+        "networksets",
+        "stagedglobalnetworkpolicies",
+        "stagedkubernetesnetworkpolicies",
+        "stagednetworkpolicies",
+        "tiers",
+    ];
+    let rules = vec![
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &["list", "watch"],
+        ),
+        rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
+        rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(
+            &["networking.k8s.io"],
+            &["networkpolicies"],
+            &["watch", "list"],
+        ),
+        rule(
+            &["policy.networking.k8s.io"],
+            &["adminnetworkpolicies", "baselineadminnetworkpolicies"],
+            &["watch", "list"],
+        ),
+        rule(
+            &[""],
+            &["pods", "namespaces", "serviceaccounts"],
+            &["watch", "list"],
+        ),
+        rule(&[""], &["pods/status"], &["patch"]),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&[""], &["configmaps"], &["get"]),
+        rule(
+            &["crd.projectcalico.org"],
+            &calico_read,
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["crd.projectcalico.org"],
+            &["caliconodestatuses"],
+            &["get", "list", "watch", "update"],
+        ),
+        rule(
+            &["crd.projectcalico.org"],
+            &["globalbgpconfigs", "globalfelixconfigs"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["crd.projectcalico.org"],
+            &["clusterinformations", "felixconfigurations", "ippools"],
+            &["create", "update"],
+        ),
+        rule(&["crd.projectcalico.org"], &["tiers"], &["create"]),
+        rule(&[""], &["nodes"], &["get", "list", "watch"]),
+        rule(
+            &["crd.projectcalico.org"],
+            &[
+                "blockaffinities",
+                "ipamblocks",
+                "ipamconfigs",
+                "ipamhandles",
+            ],
+            &["get", "list", "create", "update", "delete"],
+        ),
+        rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
+        rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
+    ];
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+           "metadata": {"name": "calico-node"}, "rules": rules})
+}
+
+/// ClusterRole and ClusterRoleBinding `calico-node` as the operator installing
+/// `calico_version` renders them during a migration from a kube-system install: its own
+/// role (v1.38.6 `nodeRole`; v1.20.1's for the older lines, `calico_node_rbac`), and the
+/// binding to calico-system/calico-node plus kube-system/calico-node, which
+/// `migration.AddBindingForKubeSystemNode` adds while kube-system agents still run
+/// (v1.38.6 pkg/render/node.go:301-330). The caller sets the controller ownerReference
+/// to the Installation (pkg/controller/utils/component.go:87), so deleting the
+/// Installation garbage-collects both.
+pub fn operator_calico_node_rbac(calico_version: &str) -> [Value; 2] {
+    let [old_role, mut binding] = calico_node_rbac();
+    let role = if calico_version.starts_with("v3.30.") {
+        calico_node_role_v1_38()
+    } else {
+        old_role
+    };
+    // AddBindingForKubeSystemNode (v1.38.6 pkg/controller/migration/namespace_migration.go
+    // :172-190): the kube-system account, and the RKE nodes group.
+    binding["subjects"] = json!([
+        {"kind": "ServiceAccount", "name": "calico-node", "namespace": "calico-system"},
+        {"kind": "ServiceAccount", "name": "calico-node", "namespace": "kube-system"},
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"},
+    ]);
+    [role, binding]
+}
+
 /// TigeraStatus `calico`, Available (the operator's summary of the install).
 pub fn tigera_status_calico() -> Value {
     let cond = |t: &str, s: &str| {

@@ -21,6 +21,7 @@ use super::status::{Health, report};
 use super::{FINALIZER, MANAGER, installations, operator_version};
 use crate::sandbox::scenario::operator::{
     OPERATOR_CALICO_VERSION, calico_of_operator, calico_system_workloads, calico_typha_rbac,
+    operator_calico_node_rbac,
 };
 use crate::sandbox::{Sandbox, Subresource};
 
@@ -80,6 +81,21 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
     };
     let ig = installations();
     if deleting(install) {
+        // v1.38.6 deletes ClusterRole and ClusterRoleBinding calico-node by name once the
+        // Installation terminates (pkg/render/node.go:235-245: with CanRemoveCNIFinalizer
+        // every object it renders is deleted, the calico-node role and binding included),
+        // whoever they belong to by then. The older lines leave that to the garbage
+        // collector (the ownerReferences).
+        if version.starts_with("v3.30.") {
+            for plural in ["clusterroles", "clusterrolebindings"] {
+                let g = gvr("rbac.authorization.k8s.io", "v1", plural);
+                if get(sb, &g, "", "calico-node").is_some() {
+                    let _ = sb
+                        .store()
+                        .delete(&g, "", "calico-node", &Default::default());
+                }
+            }
+        }
         // calico issue 6629: only a running operator releases its finalizer.
         let rest: Vec<Value> = install
             .pointer("/metadata/finalizers")
@@ -338,25 +354,41 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico
         };
         let _ = sb.store().create(&g, "", o, &wopts(MANAGER));
     }
-    let crb = gvr("rbac.authorization.k8s.io", "v1", "clusterrolebindings");
-    if let Some(b) = get(sb, &crb, "", "calico-node") {
-        let mut subjects = b
-            .get("subjects")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let want = json!({"kind": "ServiceAccount", "name": "calico-node", "namespace": CS});
-        if !subjects.contains(&want) {
-            subjects.push(want);
-            let _ = merge(
-                sb,
-                &crb,
-                "",
-                "calico-node",
-                Subresource::Main,
-                &json!({"subjects": subjects}),
-                MANAGER,
-            );
+    // calico-node's ClusterRole and binding: the operator's own rendering replaces the
+    // chart's, owned by the Installation (tigera/operator pkg/render/node.go and
+    // pkg/controller/utils/component.go:87 at every line); labels replaced, annotations
+    // merged (component.go:196-217). A rollback that deletes the Installation without
+    // taking them back loses kube-system calico-node's RBAC to the garbage collector.
+    for mut o in operator_calico_node_rbac(calico_version) {
+        let plural = if o["kind"] == "ClusterRole" {
+            "clusterroles"
+        } else {
+            "clusterrolebindings"
+        };
+        let g = gvr("rbac.authorization.k8s.io", "v1", plural);
+        let live = get(sb, &g, "", "calico-node");
+        let owned = live
+            .as_ref()
+            .and_then(|l| l.pointer("/metadata/ownerReferences"))
+            .is_some_and(|r| *r == owner(install));
+        if owned {
+            continue;
+        }
+        o["metadata"]["ownerReferences"] = owner(install);
+        if let Some(annotations) = live
+            .as_ref()
+            .and_then(|l| l.pointer("/metadata/annotations"))
+        {
+            o["metadata"]["annotations"] = annotations.clone();
+        }
+        match live {
+            Some(l) => {
+                o["metadata"]["resourceVersion"] = l["metadata"]["resourceVersion"].clone();
+                let _ = sb.store().update(&g, "", "calico-node", o, &wopts(MANAGER));
+            }
+            None => {
+                let _ = sb.store().create(&g, "", o, &wopts(MANAGER));
+            }
         }
     }
 }
