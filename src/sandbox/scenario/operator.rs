@@ -501,7 +501,8 @@ fn calico_node_role_v1_38() -> Value {
 
 /// ClusterRole and ClusterRoleBinding `calico-node` as the operator installing
 /// `calico_version` renders them during a migration from a kube-system install: its own
-/// role (v1.38.6 `nodeRole`; v1.20.1's for the older lines, `calico_node_rbac`), and the
+/// role (v1.38.6 `nodeRole`; v1.20.1's, `calico_node_rbac`, for v1.20; v1.17.4's for
+/// v1.17), and the
 /// binding to calico-system/calico-node plus kube-system/calico-node, which
 /// `migration.AddBindingForKubeSystemNode` adds while kube-system agents still run
 /// (v1.38.6 pkg/render/node.go:301-330). The caller sets the controller ownerReference
@@ -509,11 +510,18 @@ fn calico_node_role_v1_38() -> Value {
 /// Installation garbage-collects both.
 pub fn operator_calico_node_rbac(calico_version: &str) -> [Value; 2] {
     let [old_role, mut binding] = calico_node_rbac();
-    let role = if calico_version.starts_with("v3.30.") {
+    let mut role = if calico_version.starts_with("v3.30.") {
         calico_node_role_v1_38()
     } else {
         old_role
     };
+    if calico_version.starts_with("v3.19.")
+        && let Some(rules) = role["rules"].as_array_mut()
+    {
+        // v1.17.4's nodeRole is v1.20.1's without the EndpointSlice rule (added in
+        // between; the two functions otherwise differ only in Enterprise rules).
+        rules.retain(|r| r["resources"] != json!(["endpointslices"]));
+    }
     // AddBindingForKubeSystemNode (v1.38.6 pkg/controller/migration/namespace_migration.go
     // :172-190): the kube-system account, and the RKE nodes group.
     binding["subjects"] = json!([
