@@ -262,7 +262,14 @@ pub async fn restore_kube_system(
 pub async fn restore_agent_rbac(world: &World, pre: &PreOperator) -> anyhow::Result<()> {
     for r in [calico_node_role(), calico_node_binding()] {
         let Some(saved) = pre.saved(&r) else { continue };
-        if world.objects.restore(saved).await? {
+        if world.objects.get(&r).await?.is_none() {
+            // Re-created by server-side apply, a request that names the role: the API
+            // server's escalation check then accepts `escalate` granted on that name
+            // (kubernetes pkg/registry/rbac/escalation_check.go), where a create (POST,
+            // no name) would need every permission of the role (deploy/20-rbac.yaml).
+            world.objects.apply(saved).await?;
+            tracing::info!("re-created {r} as it was before the operator");
+        } else if world.objects.restore(saved).await? {
             tracing::info!("restored {r} as it was before the operator");
         }
         let live = world.objects.get(&r).await?;
