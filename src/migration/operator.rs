@@ -257,7 +257,7 @@ pub async fn current_degraded(world: &World) -> anyhow::Result<Option<String>> {
             None => "the tigera-operator".into(),
         };
         return Ok(Some(format!(
-            "{tag} cannot run on this Kubernetes: it creates a {kind} at {version}, which this API server no longer serves (TigeraStatus calico Degraded, \"{reason}: {message}\"), so it will never migrate a node; run `calico-migrate rollback`, then plan again with a profile whose operator release supports this Kubernetes (the built-in profiles' preflight names it, KUBERNETES_VERSION_UNSUPPORTED)"
+            "{tag} cannot run on this Kubernetes: it creates a {kind} at {version}, which this API server no longer serves (TigeraStatus calico Degraded, {reason}: {message}), so it will never migrate a node; run `calico-migrate rollback`, then plan again with a profile whose operator release supports this Kubernetes (the built-in profiles' preflight names it, KUBERNETES_VERSION_UNSUPPORTED)"
         )));
     }
     if reason.contains(OPERATOR_WORDS) || message.contains(OPERATOR_WORDS) {
