@@ -894,3 +894,72 @@ async fn an_image_only_alignment_stops_at_the_first_node_and_rolls_back() -> Res
     assert!(diff.is_empty(), "after rollback: {diff:?}");
     Ok(())
 }
+
+/// A profile file pinning operator v1.17.4 with a Kubernetes range that admits 1.25:
+/// the operator's render fails there (tigera/operator v1.17.4 pkg/render/typha.go:117-139,
+/// core_controller.go:1073-1077), it goes Degraded and never migrates. The run stops at
+/// create-installation with one sentence saying so, and rollback returns to the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_that_cannot_run_on_this_kubernetes_stops_at_create_installation() -> Result<()>
+{
+    let cfg = calico_migrate::sandbox::scenario::ScenarioConfig {
+        nodes: 2,
+        namespaces: 2,
+        pods_per_namespace: 1,
+        ..Default::default()
+    };
+    let env = support::env_at(
+        cfg,
+        100.0,
+        calico_migrate::sandbox::KubernetesVersion::new(25)?,
+    )
+    .await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let dir = tempfile::tempdir()?;
+    let builtin = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml"),
+    )?;
+    let profile_path = dir.path().join("our-profile.yaml");
+    std::fs::write(
+        &profile_path,
+        builtin
+            .replace("name: aws-calico-0.3.10-v3.19", "name: our-shop")
+            .replace("max: \"1.24\"", "max: \"1.34\""),
+    )?;
+    let profile =
+        calico_migrate::migration::profile::Profile::load(profile_path.to_string_lossy().as_ref())?;
+    let manifest = dir.path().join("tigera-operator.yaml");
+    write_operator_manifest(&manifest, &profile)?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "--profile"])
+        .arg(&profile_path)
+        .arg("--operator-manifest")
+        .arg(&manifest))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let before = support::snapshot(&env.sb)?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        err.contains("STOPPED at step `create-installation`"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("tigera-operator v1.17.4 cannot run on this Kubernetes: it creates a PodDisruptionBudget at policy/v1beta1, which this API server no longer serves"),
+        "{}",
+        text(&o)
+    );
+    assert!(err.contains("calico-migrate rollback"), "{}", text(&o));
+    assert!(!err.contains("{\""), "no Debug dump: {}", text(&o));
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let after = support::snapshot(&env.sb)?;
+    let diff = support::differences(&before, &after);
+    assert!(
+        diff.is_empty(),
+        "after rollback the cluster differs: {diff:?}"
+    );
+    Ok(())
+}

@@ -105,14 +105,31 @@ fn available(sb: &Sandbox) -> bool {
 }
 
 /// An aws-calico 0.3.10 cluster plus the tigera-operator (CRDs, Deployment) and Installation default.
+/// The seed's operator is v1.20.1 (scenario::operator::OPERATOR_IMAGE): Kubernetes 1.24,
+/// the newest minor it renders on (`operator_v1_17_is_degraded_from_kubernetes_1_25`).
 fn cluster(
     nodes: usize,
     seed: u64,
     prepared: bool,
     faults: ControllerFaults,
 ) -> (Sandbox, Controllers) {
+    cluster_at(nodes, seed, prepared, faults, 24, None)
+}
+
+/// [`cluster`] at Kubernetes 1.`minor`, the operator's image tag replaced by `tag`.
+fn cluster_at(
+    nodes: usize,
+    seed: u64,
+    prepared: bool,
+    faults: ControllerFaults,
+    minor: u32,
+    tag: Option<&str>,
+) -> (Sandbox, Controllers) {
+    let kubernetes_version =
+        calico_migrate::sandbox::KubernetesVersion::new(minor).unwrap_or_else(|e| panic!("{e}"));
     let sb = Sandbox::new(SandboxOptions {
         seed,
+        kubernetes_version,
         ..Default::default()
     });
     let cfg = ScenarioConfig {
@@ -156,7 +173,11 @@ fn cluster(
         .into_iter()
         .map(|(_, o)| o)
         .find(|o| o["kind"] == "Deployment");
-    let op = op.unwrap_or(Value::Null);
+    let mut op = op.unwrap_or(Value::Null);
+    if let Some(tag) = tag {
+        op["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!(format!("quay.io/tigera/operator:{tag}"));
+    }
     assert!(
         sb.store()
             .create(&deploy_g(), "tigera-operator", op, &WriteOptions::default())
@@ -330,6 +351,125 @@ fn operator_migrates_a_prepared_install_in_order() {
     let ts = tigera_status(&sb);
     assert_eq!(condition(&ts, "Progressing")["status"], "False");
     assert_eq!(condition(&ts, "Degraded")["status"], "False");
+}
+
+/// tigera/operator v1.17.4 renders a policy/v1beta1 PodDisruptionBudget for typha
+/// (pkg/render/typha.go:117-139): on Kubernetes 1.25, which no longer serves it,
+/// CreateOrUpdateOrDelete fails and core_controller.go:1073-1077 sets Degraded and
+/// returns before the migration (:1094). On 1.24 the same operator migrates.
+#[test]
+fn operator_v1_17_is_degraded_from_kubernetes_1_25() {
+    let (sb, mut c) = cluster_at(3, 5, true, ControllerFaults::default(), 25, Some("v1.17.4"));
+    for _ in 0..30 {
+        c.tick();
+    }
+    let ts = tigera_status(&sb);
+    let d = condition(&ts, "Degraded");
+    assert_eq!(d["status"], "True", "{ts}");
+    assert_eq!(d["reason"], "Error creating / updating resource");
+    assert_eq!(
+        d["message"],
+        "no matches for kind \"PodDisruptionBudget\" in version \"policy/v1beta1\""
+    );
+    assert!(
+        node_names(&sb)
+            .iter()
+            .all(|n| migration_label(&sb, n).is_none()),
+        "no node touched"
+    );
+    assert!(get(&sb, &ds_g(), "calico-system", "calico-node").is_none());
+    assert!(get(&sb, &ds_g(), "kube-system", "calico-node").is_some());
+    // What it created before the PodDisruptionBudget: typha's Deployment, nothing more.
+    assert!(get(&sb, &deploy_g(), "calico-system", "calico-typha").is_some());
+
+    let (sb, mut c) = cluster_at(3, 5, true, ControllerFaults::default(), 24, Some("v1.17.4"));
+    let mut migrated = false;
+    for _ in 0..400 {
+        c.tick();
+        let ts = tigera_status(&sb);
+        assert_ne!(condition(&ts, "Degraded")["status"], "True", "{ts}");
+        if node_names(&sb)
+            .iter()
+            .any(|n| migration_label(&sb, n) == Some("migrated".into()))
+        {
+            migrated = true;
+            break;
+        }
+    }
+    assert!(migrated, "v1.17.4 on Kubernetes 1.24 migrates a node");
+}
+
+/// The status manager keeps an explicit Degraded for the life of the operator process
+/// until a reconcile needs no migration (v1.17.4 core_controller.go:1156,
+/// status.go:277-292): a converter refusal fixed since stays reported while the
+/// migration goes on, until the operator restarts (a new status manager).
+#[test]
+fn a_degraded_stays_until_the_migration_ends_or_the_operator_restarts() {
+    let (sb, mut c) = cluster(3, 7, false, ControllerFaults::default());
+    for _ in 0..20 {
+        c.tick();
+    }
+    let ts = tigera_status(&sb);
+    assert_eq!(condition(&ts, "Degraded")["status"], "True", "{ts}");
+    // Every refusal gone: the operator migrates, still reporting the old Degraded.
+    merge(
+        &sb,
+        &ds_g(),
+        "kube-system",
+        "calico-node",
+        "",
+        json!({
+        "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
+        "spec": {"template": {"spec": {"affinity": null}}}}),
+    );
+    drop_helm_annotations(&sb, &deploy_g(), "calico-typha");
+    let mut labelled = false;
+    for _ in 0..200 {
+        c.tick();
+        if node_names(&sb)
+            .iter()
+            .any(|n| migration_label(&sb, n) == Some("migrated".into()))
+        {
+            labelled = true;
+            break;
+        }
+    }
+    assert!(labelled, "the operator migrates once nothing is refused");
+    let ts = tigera_status(&sb);
+    let d = condition(&ts, "Degraded");
+    assert_eq!(d["status"], "True", "still the old Degraded: {ts}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(DEGRADED_PREFIX),
+        "{ts}"
+    );
+    // A restart: the new process has no explicit Degraded and reports progress.
+    let scale = |n: u64| {
+        merge(
+            &sb,
+            &deploy_g(),
+            "tigera-operator",
+            "tigera-operator",
+            "",
+            json!({"spec": {"replicas": n}}),
+        )
+    };
+    scale(0);
+    for _ in 0..20 {
+        c.tick();
+    }
+    scale(1);
+    let mut cleared = false;
+    for _ in 0..60 {
+        c.tick();
+        if condition(&tigera_status(&sb), "Degraded")["status"] == "False" {
+            cleared = true;
+            break;
+        }
+    }
+    assert!(cleared, "{}", tigera_status(&sb));
 }
 
 #[test]
@@ -836,7 +976,7 @@ fn same_seed_same_migration() {
 
 #[test]
 fn helm_uninstall_reports_what_it_would_destroy() {
-    let (sb, _c) = cluster(2, 12, false, ControllerFaults::default());
+    let (sb, _c) = cluster_at(2, 12, false, ControllerFaults::default(), 34, None);
     // The 0.3.10 record lists a policy/v1beta1 PDB: Helm cannot build it on 1.25+ and deletes nothing.
     let out =
         helm_uninstall(&sb, "aws-calico", "kube-system", false).unwrap_or_else(|e| panic!("{e}"));

@@ -4,8 +4,12 @@
 use anyhow::bail;
 use serde_json::Value;
 
+use super::converter::{self, Refusal, TyphaRefusal};
 use super::facts::int_at;
-use super::refs::{OPERATOR_NAMESPACE, operator_ref, tigera_status_ref};
+use super::refs::{
+    MIGRATION_LABEL, OPERATOR_NAMESPACE, kube_system_node, kube_system_typha, operator_ref,
+    tigera_status_ref,
+};
 use super::wait::wait_until;
 use super::world::World;
 use crate::kinds::{self, deployment_ready};
@@ -134,4 +138,140 @@ pub async fn progressing_message(world: &World) -> String {
         },
         _ => "no TigeraStatus calico".into(),
     }
+}
+
+/// The operator's preamble of its refusals (tigera/operator
+/// pkg/controller/migration/convert, as the sandbox reproduces it).
+pub const OPERATOR_WORDS: &str = "Existing Calico installation can not be managed by Tigera Operator as it is configured in a way that Operator does not currently support. Please update your existing Calico install config";
+
+fn refusal_text(r: &Refusal) -> String {
+    match r {
+        Refusal::Annotations { on, keys } => format!(
+            "unexpected annotation(s) {} on the {on} of daemonset/calico-node; remove them (detach-helm does)",
+            keys.join(", ")
+        ),
+        Refusal::FargateAffinity | Refusal::NodeAffinity => {
+            "node affinity not supported for calico-node daemonset (fargate-affinity removes the Fargate exclusion)".into()
+        }
+        Refusal::NodeSelector { keys } => format!(
+            "nodeSelector key(s) {} on daemonset/calico-node are not supported (only the OS)",
+            keys.join(", ")
+        ),
+        Refusal::UnexpectedEnv { names } => {
+            format!("unexpected env var(s) {} on calico-node", names.join(", "))
+        }
+        Refusal::EnvValue { name, found, want } => {
+            format!("env {name} is {found:?}, the AmazonVPC mapping needs {want:?}")
+        }
+        Refusal::AddonManager => {
+            "the addonmanager.kubernetes.io/mode label on daemonset/calico-node".into()
+        }
+    }
+}
+
+fn typha_refusal_text(r: &TyphaRefusal) -> String {
+    match r {
+        TyphaRefusal::Annotations { on, keys } => format!(
+            "unexpected annotation(s) {} on the {on} of deployment/calico-typha; remove them",
+            keys.join(", ")
+        ),
+        TyphaRefusal::Affinity { what } => {
+            format!("{what} on deployment/calico-typha is not supported; remove it")
+        }
+        TyphaRefusal::NodeSelector { keys } => format!(
+            "nodeSelector key(s) {} on deployment/calico-typha are not supported (only the OS)",
+            keys.join(", ")
+        ),
+    }
+}
+
+/// What the converter would refuse on the live DaemonSet (its own migration
+/// label aside, which the operator sets itself) and typha.
+pub async fn refusals(world: &World, ds: &Value) -> anyhow::Result<Vec<String>> {
+    let line = world.converter_line();
+    let typha = match world.objects.get(&kube_system_typha()).await? {
+        Some(t) => converter::predict_typha(&t, line)
+            .iter()
+            .map(typha_refusal_text)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(converter::predict(ds, line)
+        .into_iter()
+        .filter_map(|r| match r {
+            Refusal::NodeSelector { keys } => {
+                let keys: Vec<String> = keys.into_iter().filter(|k| k != MIGRATION_LABEL).collect();
+                (!keys.is_empty()).then_some(Refusal::NodeSelector { keys })
+            }
+            other => Some(other),
+        })
+        .map(|r| refusal_text(&r))
+        .chain(typha)
+        .collect())
+}
+
+/// The kind and API version in apimachinery's NoKindMatchError text
+/// (`no matches for kind "K" in version "G/V"`).
+fn no_kind_match(message: &str) -> Option<(String, String)> {
+    let rest = message.split("no matches for kind \"").nth(1)?;
+    let (kind, rest) = rest.split_once('"')?;
+    let rest = rest.strip_prefix(" in version \"")?;
+    let (version, _) = rest.split_once('"')?;
+    Some((kind.to_string(), version.to_string()))
+}
+
+/// The Degraded that stops the migration, as a sentence: only one whose cause is
+/// still true now. The operator's status manager keeps an explicit Degraded until a
+/// reconcile needs no migration (tigera/operator v1.17.4
+/// pkg/controller/installation/core_controller.go:1094-1100 and :1156, v1.20.1
+/// :1129-1135 and :1194, v1.38.6 :1513-1519 and :1587) or until its process ends
+/// (pkg/controller/status/status.go: in memory), and a frozen operator writes nothing,
+/// so TigeraStatus may name a cause that is gone. The rule (docs/sandbox-behaviour.md,
+/// "Degraded"):
+/// - a converter refusal (OPERATOR_WORDS) is current while the converter's prediction
+///   on the live kube-system DaemonSet and typha still refuses something;
+/// - a render failure for a kind the API server lacks is current while discovery
+///   still does not serve that kind at that version;
+/// - any other Degraded (a migration error) is judged by what the operator does: it
+///   does not stop the migration here; a wait for the operator's progress that times
+///   out names it (`degraded`).
+pub async fn current_degraded(world: &World) -> anyhow::Result<Option<String>> {
+    let Some(ts) = world.objects.get(&tigera_status_ref()).await? else {
+        return Ok(None);
+    };
+    let Some((true, reason, message)) = condition(&ts, "Degraded") else {
+        return Ok(None);
+    };
+    if let Some((kind, version)) = no_kind_match(&message) {
+        let served = world.objects.served_kinds(&version).await?;
+        if served.is_some_and(|k| k.contains(&kind)) {
+            return Ok(None);
+        }
+        let tag = match world.objects.get(&operator_ref()).await? {
+            Some(d) => d
+                .pointer("/spec/template/spec/containers/0/image")
+                .and_then(Value::as_str)
+                .and_then(|i| i.rsplit_once(':'))
+                .map(|(_, t)| format!("tigera-operator {t}"))
+                .unwrap_or_else(|| "the tigera-operator".into()),
+            None => "the tigera-operator".into(),
+        };
+        return Ok(Some(format!(
+            "{tag} cannot run on this Kubernetes: it creates a {kind} at {version}, which this API server no longer serves (TigeraStatus calico Degraded, {reason}: {message}), so it will never migrate a node; run `calico-migrate rollback`, then plan again with a profile whose operator release supports this Kubernetes (the built-in profiles' preflight names it, KUBERNETES_VERSION_UNSUPPORTED)"
+        )));
+    }
+    if reason.contains(OPERATOR_WORDS) || message.contains(OPERATOR_WORDS) {
+        let still = match world.objects.get(&kube_system_node()).await? {
+            Some(ds) => refusals(world, &ds).await?,
+            None => Vec::new(),
+        };
+        if still.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "the operator refuses the migration (TigeraStatus calico Degraded, \"{message}\"), and it still would: {}; fix what it names, then run `calico-migrate apply --resume`, or run `calico-migrate rollback`",
+            still.join("; ")
+        )));
+    }
+    Ok(None)
 }

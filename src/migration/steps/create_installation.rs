@@ -7,15 +7,16 @@ use serde_json::{Value, json};
 use crate::cluster::objects::{ObjRef, contains};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, daemonset_rolled_out, deployment_ready};
-use crate::migration::converter::{self, Refusal, TyphaRefusal};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::nodes::list_nodes;
-use crate::migration::operator::{degraded, freeze_operator, run_operator};
+use crate::migration::operator::{
+    OPERATOR_WORDS, current_degraded, degraded, freeze_operator, refusals, run_operator,
+};
 use crate::migration::pre_operator::PreOperator;
 use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, MIGRATION_LABEL, calico_system_node, installation_ref,
-    kube_system_node, kube_system_typha, operator_ref, tigera_status_ref,
+    kube_system_node, operator_ref, tigera_status_ref,
 };
 use crate::migration::wait::wait_until;
 use crate::migration::way_back::{restore_agent_rbac, return_to_kube_system};
@@ -71,76 +72,6 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
     }
 }
 
-/// The operator's preamble of its refusals (tigera/operator
-/// pkg/controller/migration/convert, as the sandbox reproduces it).
-const OPERATOR_WORDS: &str = "Existing Calico installation can not be managed by Tigera Operator as it is configured in a way that Operator does not currently support. Please update your existing Calico install config";
-
-fn refusal_text(r: &Refusal) -> String {
-    match r {
-        Refusal::Annotations { on, keys } => format!(
-            "unexpected annotation(s) {} on the {on} of daemonset/calico-node; remove them (detach-helm does)",
-            keys.join(", ")
-        ),
-        Refusal::FargateAffinity | Refusal::NodeAffinity => {
-            "node affinity not supported for calico-node daemonset (fargate-affinity removes the Fargate exclusion)".into()
-        }
-        Refusal::NodeSelector { keys } => format!(
-            "nodeSelector key(s) {} on daemonset/calico-node are not supported (only the OS)",
-            keys.join(", ")
-        ),
-        Refusal::UnexpectedEnv { names } => {
-            format!("unexpected env var(s) {} on calico-node", names.join(", "))
-        }
-        Refusal::EnvValue { name, found, want } => {
-            format!("env {name} is {found:?}, the AmazonVPC mapping needs {want:?}")
-        }
-        Refusal::AddonManager => {
-            "the addonmanager.kubernetes.io/mode label on daemonset/calico-node".into()
-        }
-    }
-}
-
-fn typha_refusal_text(r: &TyphaRefusal) -> String {
-    match r {
-        TyphaRefusal::Annotations { on, keys } => format!(
-            "unexpected annotation(s) {} on the {on} of deployment/calico-typha; remove them",
-            keys.join(", ")
-        ),
-        TyphaRefusal::Affinity { what } => {
-            format!("{what} on deployment/calico-typha is not supported; remove it")
-        }
-        TyphaRefusal::NodeSelector { keys } => format!(
-            "nodeSelector key(s) {} on deployment/calico-typha are not supported (only the OS)",
-            keys.join(", ")
-        ),
-    }
-}
-
-/// What the converter would refuse on the live DaemonSet (its own migration
-/// label aside, which the operator sets itself) and typha.
-async fn refusals(world: &World, ds: &Value) -> anyhow::Result<Vec<String>> {
-    let line = world.converter_line();
-    let typha = match world.objects.get(&kube_system_typha()).await? {
-        Some(t) => converter::predict_typha(&t, line)
-            .iter()
-            .map(typha_refusal_text)
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(converter::predict(ds, line)
-        .into_iter()
-        .filter_map(|r| match r {
-            Refusal::NodeSelector { keys } => {
-                let keys: Vec<String> = keys.into_iter().filter(|k| k != MIGRATION_LABEL).collect();
-                (!keys.is_empty()).then_some(Refusal::NodeSelector { keys })
-            }
-            other => Some(other),
-        })
-        .map(|r| refusal_text(&r))
-        .chain(typha)
-        .collect())
-}
-
 fn installation(world: &World) -> Value {
     json!({
         "apiVersion": "operator.tigera.io/v1",
@@ -158,11 +89,19 @@ fn deleting(o: &Value) -> bool {
 /// kube-system DaemonSet on the migration nodeSelector and rolled out (or the
 /// operator went further). `Some(what)` while it has not.
 async fn operator_started(world: &World) -> anyhow::Result<Option<String>> {
-    if let Some(d) = degraded(world).await? {
-        bail!(
-            "the operator refused the migration: {d}. Fix what it names, then run `calico-migrate apply --resume`, or run `calico-migrate rollback`"
-        );
+    // Only a Degraded whose cause is still true stops here; one left from a cause
+    // fixed since is judged by what the operator does (operator::current_degraded).
+    if let Some(d) = current_degraded(world).await? {
+        bail!("{d}");
     }
+    let waiting = started_or_waiting(world).await?;
+    Ok(match (waiting, degraded(world).await?) {
+        (Some(w), Some(d)) => Some(format!("{w}; it still reports {d}")),
+        (w, _) => w,
+    })
+}
+
+async fn started_or_waiting(world: &World) -> anyhow::Result<Option<String>> {
     if world.objects.get(&tigera_status_ref()).await?.is_none() {
         return Ok(Some(
             "no TigeraStatus calico yet: the operator has not reconciled the Installation".into(),
@@ -301,7 +240,7 @@ impl Step<World> for CreateInstallation {
                     "Installation default is being deleted",
                 ));
             }
-            if let Some(d) = degraded(world).await? {
+            if let Some(d) = current_degraded(world).await? {
                 return Ok(Verification::failed(d));
             }
             if world.objects.get(&tigera_status_ref()).await?.is_none() {

@@ -21,7 +21,9 @@ use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::nodes::{NodeState, agents_ready, list_nodes, selects};
-use crate::migration::operator::{degraded, freeze_operator, progressing_message, run_operator};
+use crate::migration::operator::{
+    current_degraded, freeze_operator, progressing_message, run_operator,
+};
 use crate::migration::pre_operator::PreOperator;
 use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, calico_system_node, kube_system_node, operator_ref,
@@ -141,8 +143,8 @@ async fn follow(world: &World) -> anyhow::Result<()> {
     checks.held = hold_across_swaps(world, &to_move, to_move.len() + checks.checked.len()).await?;
     let mut pace = Pace::new(world.profile.pacing.nodes_at_a_time as usize);
     loop {
-        if let Some(d) = degraded(world).await? {
-            bail!("the operator reports a problem: {d}");
+        if let Some(d) = current_degraded(world).await? {
+            bail!("{d}");
         }
         let nodes: Vec<NodeState> = list_nodes(&world.objects)
             .await?
@@ -328,8 +330,8 @@ async fn finish(world: &World, running: bool, checks: NodeChecks) -> anyhow::Res
         "the operator to drop the migration nodeSelector of calico-system calico-node",
         world.options.node_ready_timeout,
         || async {
-            if let Some(d) = degraded(world).await? {
-                bail!("the operator reports a problem: {d}");
+            if let Some(d) = current_degraded(world).await? {
+                bail!("{d}");
             }
             Ok(match world.objects.get(&calico_system_node()).await? {
                 Some(ds) if selects(&ds, MIGRATED) => Some(progressing_message(world).await),

@@ -10,7 +10,11 @@
 //!   only by a running operator when the Installation is deleted: calico issue 6629);
 //! - converter checks on kube-system DaemonSet calico-node (convert.rs); on
 //!   refusal TigeraStatus `calico` Degraded / MigrationError with the operator's text;
-//! - otherwise the migration in the documented order (migration.rs).
+//! - v1.17.x / v1.20.x on a Kubernetes without policy/v1beta1 PodDisruptionBudget
+//!   (1.25+): the render fails, Degraded, no migration (migration.rs `render_failure`);
+//! - otherwise the migration in the documented order (migration.rs);
+//! - a Degraded it sets stays until a reconcile needs no migration or the operator
+//!   process ends ([`StatusMemory`]).
 
 mod convert;
 mod migration;
@@ -69,9 +73,53 @@ pub fn operator_version(deploy: &Value) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// What one operator process's status manager holds in memory: its explicit
+/// Degraded (reason, message). tigera/operator v1.17.4 pkg/controller/status/status.go:277-292
+/// (v1.20.1 :319-334, v1.38.6 :355-375) keep it in the process only: a new operator pod
+/// starts with none and overwrites a stale TigeraStatus Degraded at its first status
+/// write, unless it sets Degraded again (status.go:138-142, v1.38.6 :180-181).
+#[derive(Debug, Default)]
+pub struct StatusMemory {
+    process: Option<String>,
+    degraded: Option<(String, String)>,
+}
+
+impl StatusMemory {
+    /// `SetDegraded(reason, msg)`: kept until `ClearDegraded` or the process ends.
+    pub fn set_degraded(&mut self, reason: &str, message: String) {
+        self.degraded = Some((reason.to_string(), message));
+    }
+    /// `ClearDegraded()`: only at the end of a reconcile that needs no migration
+    /// (v1.17.4 core_controller.go:1156, v1.20.1 :1194, v1.38.6 :1587).
+    pub fn clear_degraded(&mut self) {
+        self.degraded = None;
+    }
+    pub fn degraded(&self) -> Option<&(String, String)> {
+        self.degraded.as_ref()
+    }
+}
+
+/// The uid of the Ready operator pod that is not being deleted: one operator process.
+fn operator_process(sb: &Sandbox) -> Option<String> {
+    sb.store()
+        .list(
+            &super::pods_gvr(),
+            Some("tigera-operator"),
+            &crate::sandbox::ListOptions::default(),
+        )
+        .ok()?
+        .items
+        .iter()
+        .filter(|p| !super::deleting(p) && super::pod_ready(p))
+        .filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str))
+        .min()
+        .map(str::to_string)
+}
+
 pub struct Operator {
     every: f64,
     last: f64,
+    memory: StatusMemory,
 }
 
 impl Operator {
@@ -79,6 +127,7 @@ impl Operator {
         Self {
             every,
             last: f64::NEG_INFINITY,
+            memory: StatusMemory::default(),
         }
     }
 
@@ -91,9 +140,19 @@ impl Operator {
         let Some(op) = running_operator(sb) else {
             return;
         };
+        let process = operator_process(sb);
+        if self.memory.process != process {
+            // A new operator process: a fresh status manager.
+            self.memory = StatusMemory {
+                process,
+                degraded: None,
+            };
+        }
         let Some(install) = get(sb, &installations(), "", "default") else {
+            // OnCRNotFound clears the explicit Degraded (v1.17.4 status.go:174-175).
+            self.memory.clear_degraded();
             return;
         };
-        migration::act(sb, &op, &install, f);
+        migration::act(sb, &op, &install, f, &mut self.memory);
     }
 }

@@ -18,7 +18,8 @@ use super::super::{
     pod_ready, pods_gvr, uid, wopts,
 };
 use super::status::{Health, report};
-use super::{FINALIZER, MANAGER, installations, operator_version};
+use super::{FINALIZER, MANAGER, StatusMemory, installations, operator_version};
+use crate::sandbox::apiserver::versions::served;
 use crate::sandbox::scenario::operator::{
     OPERATOR_CALICO_VERSION, calico_of_operator, calico_system_workloads, calico_typha_rbac,
     operator_calico_node_rbac,
@@ -64,7 +65,47 @@ fn ds_ready(ds: &Value) -> bool {
         && n("desiredNumberScheduled") == n("updatedNumberScheduled")
 }
 
-pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
+/// The reason core_controller.go gives a failed create/update of a rendered object
+/// (v1.17.4 pkg/controller/installation/core_controller.go:1073-1077, v1.20.1 :1108-1112).
+pub const RENDER_REASON: &str = "Error creating / updating resource";
+
+/// Why the operator's render fails on this API server, if it does: the v1.17 and
+/// v1.20 lines always render a policy/v1beta1 PodDisruptionBudget for typha (v1.17.4
+/// pkg/render/typha.go:117-139, v1.20.1 :117-140) and policy/v1beta1
+/// PodSecurityPolicies (typha.go:125-127, node.go:174-176); the typha component comes
+/// before the node one (pkg/render/render.go:252-253, v1.20.1 :262-263) and the PDB
+/// before typha's PSP, so the PDB is the first object the API server has no kind for.
+/// The error is controller-runtime's Get through its REST mapper
+/// (pkg/controller/utils/component.go:115-119), apimachinery's NoKindMatchError
+/// (k8s.io/apimachinery v0.19.2 pkg/api/meta/errors.go). v1.38.6 renders policy/v1
+/// (pkg/render/typha.go:143) and no PodSecurityPolicy: it renders on every minor.
+pub fn render_failure(operator_tag: &str, sb: &Sandbox) -> Option<String> {
+    let old_line = operator_tag.starts_with("v1.17.") || operator_tag.starts_with("v1.20.");
+    let kv = sb.store().kubernetes_version();
+    (old_line && !served("policy", "v1beta1", "poddisruptionbudgets", kv)).then(|| {
+        "no matches for kind \"PodDisruptionBudget\" in version \"policy/v1beta1\"".to_string()
+    })
+}
+
+/// What the status manager reports: the explicit Degraded while it is set, else `h`.
+fn report_with(sb: &Sandbox, mem: &StatusMemory, h: Health, install: &Value, version: &str) {
+    let h = match mem.degraded() {
+        Some((reason, message)) => Health::Degraded {
+            reason: reason.clone(),
+            message: message.clone(),
+        },
+        None => h,
+    };
+    report(sb, &h, install, version);
+}
+
+pub fn act(
+    sb: &Sandbox,
+    op: &Value,
+    install: &Value,
+    f: &ControllerFaults,
+    mem: &mut StatusMemory,
+) {
     // The operator is the release its image says; it installs that release's Calico.
     let tag = operator_version(op);
     let Some(version) = calico_of_operator(&tag) else {
@@ -73,7 +114,7 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
              plans/versions.yaml that a profile can pin (v1.17.x, v1.20.x, v1.38.6)"
         );
         let degraded = Health::Degraded {
-            reason: "ResourceRenderingError",
+            reason: "ResourceRenderingError".into(),
             message,
         };
         report(sb, &degraded, install, OPERATOR_CALICO_VERSION);
@@ -140,31 +181,88 @@ pub fn act(sb: &Sandbox, op: &Value, install: &Value, f: &ControllerFaults) {
         );
         return;
     }
+    // The converter runs first (v1.17.4 core_controller.go:676-690), then the render
+    // (:1073-1077), then the migration (:1094-1100).
     let old_ds = get(sb, &ds_gvr(), KS, "calico-node").filter(|d| !deleting(d));
+    if let Some(ds) = &old_ds {
+        let typha = get(sb, &deploy_gvr(), KS, "calico-typha");
+        if let Err(e) = super::convert::check_daemonset(ds, typha.as_ref(), &operator_version(op)) {
+            let message = format!("{}: {e}", super::DEGRADED_PREFIX);
+            mem.set_degraded("MigrationError", message);
+            report_with(sb, mem, Health::Available, install, version);
+            return;
+        }
+    }
+    if let Some(e) = render_failure(&tag, sb) {
+        render_until_pdb(sb, install, nodes(sb).len(), version);
+        mem.set_degraded(RENDER_REASON, e);
+        report_with(sb, mem, Health::Available, install, version);
+        return;
+    }
     match old_ds {
         Some(ds) => {
-            let typha = get(sb, &deploy_gvr(), KS, "calico-typha");
-            if let Err(e) =
-                super::convert::check_daemonset(&ds, typha.as_ref(), &operator_version(op))
-            {
-                let message = format!("{}: {e}", super::DEGRADED_PREFIX);
-                report(
-                    sb,
-                    &Health::Degraded {
-                        reason: "MigrationError",
-                        message,
-                    },
-                    install,
-                    version,
-                );
-                return;
-            }
+            // A migration that goes on keeps an earlier Degraded: only the end of a
+            // reconcile without migration clears it (v1.17.4 core_controller.go:1094-1100
+            // returns before :1156; v1.20.1 :1129-1135 / :1194; v1.38.6 :1513-1519 / :1587).
             let waiting = migrate_one(sb, &ds, install, f, version);
-            report(sb, &Health::Progressing(waiting), install, version);
+            report_with(sb, mem, Health::Progressing(waiting), install, version);
         }
         None => {
+            mem.clear_degraded();
             let h = finish(sb, install, version);
-            report(sb, &h, install, version);
+            report_with(sb, mem, h, install, version);
+        }
+    }
+}
+
+/// What CreateOrUpdateOrDelete has created before the typha PodDisruptionBudget fails
+/// (v1.17.4 pkg/render/render.go:248-252, typha.go:117-123; component.go:84-127 creates
+/// in order and returns at the first error): namespace calico-system, typha's
+/// ClusterRole and binding and its Deployment, owned by the Installation. (The
+/// PriorityClass, ConfigMaps, Secrets, ServiceAccount and Service the sandbox does not
+/// render on any path.)
+fn render_until_pdb(sb: &Sandbox, install: &Value, node_count: usize, calico_version: &str) {
+    if get(sb, &deploy_gvr(), CS, "calico-typha").is_some() {
+        return;
+    }
+    ensure_namespace(sb);
+    for mut o in calico_system_workloads(expected_typha_replicas(node_count), calico_version) {
+        if o["kind"] == "Deployment" && o["metadata"]["name"] == "calico-typha" {
+            o["metadata"]["ownerReferences"] = owner(install);
+            let _ = sb.store().create(&deploy_gvr(), CS, o, &wopts(MANAGER));
+        }
+    }
+    create_typha_rbac(sb, install, calico_version);
+}
+
+fn ensure_namespace(sb: &Sandbox) {
+    let ns = gvr("", "v1", "namespaces");
+    if get(sb, &ns, "", CS).is_none() {
+        let _ = sb.store().create(
+            &ns,
+            "",
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": CS, "labels": {"name": CS}}}),
+            &wopts(MANAGER),
+        );
+    }
+}
+
+fn create_typha_rbac(sb: &Sandbox, install: &Value, calico_version: &str) {
+    // Typha's own ClusterRole and binding (tigera/operator v1.20.1 pkg/render/typha.go).
+    for mut o in calico_typha_rbac(calico_version) {
+        o["metadata"]["ownerReferences"] = owner(install);
+        let g = if o["kind"] == "ClusterRole" {
+            gvr("rbac.authorization.k8s.io", "v1", "clusterroles")
+        } else {
+            gvr("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+        };
+        let name = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if get(sb, &g, "", &name).is_none() {
+            let _ = sb.store().create(&g, "", o, &wopts(MANAGER));
         }
     }
 }
@@ -324,16 +422,7 @@ fn owner(install: &Value) -> Value {
 /// calico-system namespace, workloads and typha's ClusterRole and binding (owned by
 /// the Installation), and the operator's subject on ClusterRoleBinding calico-node.
 fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico_version: &str) {
-    let ns = gvr("", "v1", "namespaces");
-    if get(sb, &ns, "", CS).is_none() {
-        let _ = sb.store().create(
-            &ns,
-            "",
-            json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": CS, "labels": {"name": CS}}}),
-            &wopts(MANAGER),
-        );
-    }
+    ensure_namespace(sb);
     for mut o in calico_system_workloads(expected_typha_replicas(node_count), calico_version) {
         o["metadata"]["ownerReferences"] = owner(install);
         let g = if o["kind"] == "DaemonSet" {
@@ -344,16 +433,7 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico
         };
         let _ = sb.store().create(&g, CS, o, &wopts(MANAGER));
     }
-    // Typha's own ClusterRole and binding (tigera/operator v1.20.1 pkg/render/typha.go).
-    for mut o in calico_typha_rbac(calico_version) {
-        o["metadata"]["ownerReferences"] = owner(install);
-        let g = if o["kind"] == "ClusterRole" {
-            gvr("rbac.authorization.k8s.io", "v1", "clusterroles")
-        } else {
-            gvr("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
-        };
-        let _ = sb.store().create(&g, "", o, &wopts(MANAGER));
-    }
+    create_typha_rbac(sb, install, calico_version);
     // calico-node's ClusterRole and binding: the operator's own rendering replaces the
     // chart's, owned by the Installation (tigera/operator pkg/render/node.go and
     // pkg/controller/utils/component.go:87 at every line); labels replaced, annotations

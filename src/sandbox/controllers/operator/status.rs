@@ -12,17 +12,16 @@ use crate::sandbox::{Sandbox, Subresource};
 pub enum Health {
     Progressing(String),
     Available,
-    Degraded {
-        reason: &'static str,
-        message: String,
-    },
+    Degraded { reason: String, message: String },
 }
 
 fn conditions(h: &Health, existing: Option<&Value>) -> Value {
     let (avail, prog, degr, reason, msg) = match h {
         Health::Available => (true, false, false, "AllObjectsAvailable", String::new()),
         Health::Progressing(m) => (false, true, false, "ResourceNotReady", m.clone()),
-        Health::Degraded { reason, message } => (false, false, true, *reason, message.clone()),
+        Health::Degraded { reason, message } => {
+            (false, false, true, reason.as_str(), message.clone())
+        }
     };
     let now = crate::sandbox::apiserver::store::now();
     let cond = |t: &str, s: bool| {
