@@ -121,7 +121,10 @@ fn node_names(objects: &[Value]) -> Vec<String> {
     let mut names: Vec<String> = objects
         .iter()
         .filter(|o| o["kind"] == "Node")
-        .filter(|o| o.pointer("/metadata/labels/eks.amazonaws.com~1compute-type") != Some(&Value::from("fargate")))
+        .filter(|o| {
+            o.pointer("/metadata/labels/eks.amazonaws.com~1compute-type")
+                != Some(&Value::from("fargate"))
+        })
         .filter_map(|o| o.pointer("/metadata/name")?.as_str().map(str::to_string))
         .collect();
     names.sort();

@@ -298,8 +298,7 @@ fn migrate_one(
         label(n, MIGRATION_LABEL) == Some("migrated")
             && super::super::sched::fits(&tpl, n)
             && !new_ready_on(name(n))
-    })
-    {
+    }) {
         return format!("Waiting for calico-node on node {} to be ready", name(n));
     }
     if let Some(next) = sorted
@@ -338,7 +337,9 @@ fn renders_eks_fargate_exclusion(install: &Value, calico_version: &str) -> bool 
         .pointer("/spec/kubernetesProvider")
         .and_then(Value::as_str)
         .unwrap_or("EKS");
-    provider == "EKS" && !calico_version.starts_with("v3.19.") && !calico_version.starts_with("v3.20.")
+    provider == "EKS"
+        && !calico_version.starts_with("v3.19.")
+        && !calico_version.starts_with("v3.20.")
 }
 
 fn eks_fargate_exclusion() -> Value {
