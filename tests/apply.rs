@@ -986,6 +986,11 @@ async fn fargate_nodes_never_get_a_calico_node() -> Result<()> {
     let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     no_lapse(&env).await?;
+    let during_apply = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        during_apply.is_empty(),
+        "calico-node pods on or waiting for Fargate nodes during apply: {during_apply:?}"
+    );
     let cs = env.sb.store().get(
         &support::gvr("apps", "v1", "daemonsets"),
         "calico-system",
