@@ -370,6 +370,12 @@ pub async fn rehearse(
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    if opts.cluster.is_some() && opts.fargate_nodes > 0 {
+        bail!(
+            "--fargate-nodes cannot be combined with --from-cluster: the copy takes the \
+             cluster's EC2 nodes only; drop --fargate-nodes"
+        );
+    }
     let objects = scenario_objects(opts)?;
     let node_names = node_names(&objects);
     let faults = parse_faults(&resolve_node_refs(&opts.faults, &node_names)?)?;
