@@ -963,3 +963,124 @@ async fn an_operator_that_cannot_run_on_this_kubernetes_stops_at_create_installa
     );
     Ok(())
 }
+
+/// apply and rollback with 2 Fargate nodes among 8 on the current path (operator
+/// v1.38.6): the whole job passes, and a watch on the store's change feed for the
+/// whole run sees no calico-node pod (kube-system or calico-system) bound to a Fargate
+/// node, Pending or otherwise, and none left Pending unplaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fargate_nodes_never_get_a_calico_node() -> Result<()> {
+    use calico_migrate::sandbox::EventType;
+    let env = support::env_with(
+        calico_migrate::sandbox::scenario::ScenarioConfig {
+            nodes: 6,
+            fargate_nodes: 2,
+            namespaces: 3,
+            pods_per_namespace: 1,
+            ..Default::default()
+        },
+        100.0,
+    )
+    .await?;
+    let fargate: Vec<String> = env
+        .sb
+        .store()
+        .list(&support::gvr("", "v1", "nodes"), None, &Default::default())?
+        .items
+        .into_iter()
+        .filter(|n| {
+            n.pointer("/metadata/labels/eks.amazonaws.com~1compute-type") == Some(&json!("fargate"))
+        })
+        .filter_map(|n| {
+            n.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(fargate.len(), 2, "{fargate:?}");
+    let mut feed = env.sb.store().subscribe();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (seen, fargate) = (seen.clone(), fargate.clone());
+        tokio::spawn(async move {
+            while let Ok(ev) = feed.recv().await {
+                if ev.gr.resource != "pods" || ev.kind == EventType::Deleted {
+                    continue;
+                }
+                let p = &ev.object;
+                let label = |k: &str| {
+                    p.pointer(&format!("/metadata/labels/{k}"))
+                        .and_then(Value::as_str)
+                };
+                if label("k8s-app") != Some("calico-node")
+                    && label("app.kubernetes.io~1name") != Some("calico-node")
+                {
+                    continue;
+                }
+                let node = p
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let unplaced = node.is_empty()
+                    && p.pointer("/status/conditions/0/reason") == Some(&json!("Unschedulable"));
+                if fargate.iter().any(|f| f == node) || unplaced {
+                    seen.lock()
+                        .map(|mut s| {
+                            s.push(format!(
+                                "{}/{} on {node:?}: {}",
+                                ev.namespace,
+                                ev.name,
+                                p.pointer("/status/phase")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("-")
+                            ))
+                        })
+                        .ok();
+                }
+            }
+        })
+    };
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let (saved, _) = support::plan(&env).await?;
+    assert_eq!(
+        saved.plan["inventory"]["fargate_nodes"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{:#}",
+        saved.plan["inventory"]
+    );
+    let before = support::snapshot(&env.sb)?;
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    no_lapse(&env).await?;
+    let during_apply = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        during_apply.is_empty(),
+        "calico-node pods on or waiting for Fargate nodes during apply: {during_apply:?}"
+    );
+    let cs = env.sb.store().get(
+        &support::gvr("apps", "v1", "daemonsets"),
+        "calico-system",
+        "calico-node",
+    )?;
+    assert_eq!(
+        cs.pointer("/status/desiredNumberScheduled"),
+        Some(&json!(6)),
+        "{cs:#}"
+    );
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    no_lapse(&env).await?;
+    let after = support::snapshot(&env.sb)?;
+    let diff = support::differences(&before, &after);
+    assert!(diff.is_empty(), "rollback left differences: {diff:?}");
+    watcher.abort();
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        seen.is_empty(),
+        "calico-node pods on or waiting for Fargate nodes: {seen:?}"
+    );
+    Ok(())
+}

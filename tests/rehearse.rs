@@ -541,3 +541,47 @@ fn on_kubernetes_1_24_the_same_version_path_is_rehearsed_and_on_1_34_the_current
         "{planned:?}"
     );
 }
+
+/// Fargate nodes on the same-version path: operator v1.17.4 renders calico-node with no
+/// Fargate exclusion and labels every node (namespace_migration.go
+/// `labelUnmigratedNodes`), so plan refuses it and the rehearsal stops before changing
+/// anything, naming the blocker.
+#[test]
+fn fargate_nodes_block_the_same_version_path() {
+    let o = rehearse(&[
+        "--kubernetes-version",
+        "1.24",
+        "--nodes",
+        "6",
+        "--fargate-nodes",
+        "2",
+        "--namespaces",
+        "1",
+        "--no-progress",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("FARGATE_NODES_OLD_OPERATOR"), "{t}");
+    assert!(t.contains("fargate-ip-10-0-"), "{t}");
+}
+
+/// Fargate nodes on the current path: the whole job passes and the report counts only
+/// the nodes that run Calico.
+#[test]
+fn fargate_nodes_rehearse_on_the_current_path() {
+    let o = rehearse(&[
+        "--nodes",
+        "6",
+        "--fargate-nodes",
+        "2",
+        "--namespaces",
+        "1",
+        "--time-scale",
+        "100",
+        "-o",
+        "json",
+        "--no-progress",
+    ]);
+    let r = report(&o);
+    assert_whole_job(&r, 6);
+}

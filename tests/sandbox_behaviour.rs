@@ -1595,3 +1595,108 @@ fn an_image_by_digest_or_unknown_tag_is_not_gated() {
             && ready(p)))
     );
 }
+
+/// Fargate nodes (2 among 8): the DaemonSet controller gives kube-system calico-node
+/// (it tolerates every NoSchedule taint but carries the chart's Fargate exclusion) no
+/// pod there, while a DaemonSet that tolerates everything with no affinity runs there
+/// too; the Fargate profile's pods stay bound to their nodes, Running.
+#[test]
+fn fargate_nodes_get_only_daemonset_pods_that_fit() {
+    let sb = Sandbox::new(SandboxOptions::default());
+    let cfg = ScenarioConfig {
+        nodes: 6,
+        fargate_nodes: 2,
+        namespaces: 1,
+        pods_per_namespace: 1,
+        ..Default::default()
+    };
+    assert!(sb.load(scenario::build(&cfg).unwrap_or_default()).is_ok());
+    let fargate: Vec<String> = list(&sb, &nodes_g(), None)
+        .iter()
+        .filter(|n| {
+            n.pointer("/metadata/labels/eks.amazonaws.com~1compute-type") == Some(&json!("fargate"))
+        })
+        .filter_map(|n| {
+            n.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(fargate.len(), 2);
+    assert!(
+        fargate.iter().all(
+            |f| f.starts_with("fargate-ip-10-0-") && f.ends_with(".eu-west-1.compute.internal")
+        ),
+        "{fargate:?}"
+    );
+    let everywhere = json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "log-agent", "namespace": "kube-system"},
+        "spec": {"selector": {"matchLabels": {"app": "log-agent"}},
+                 "template": {"metadata": {"labels": {"app": "log-agent"}},
+                              "spec": {"tolerations": [{"operator": "Exists"}],
+                                       "containers": [{"name": "a", "image": "busybox"}]}}},
+    });
+    assert!(
+        sb.store()
+            .create(&ds_g(), "kube-system", everywhere, &WriteOptions::default())
+            .is_ok()
+    );
+    let mut c = Controllers::new(
+        &sb,
+        ControllerOptions {
+            pod_start_delay: 1.0,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("controllers: {e}"));
+    let settled = c.run_until(200, |sb| {
+        let ds = get(sb, &ds_g(), "kube-system", "log-agent").unwrap_or(Value::Null);
+        ds.pointer("/status/numberReady") == Some(&json!(8))
+    });
+    assert!(settled, "log-agent never Ready on all 8 nodes");
+    let calico = get(&sb, &ds_g(), "kube-system", "calico-node").unwrap_or(Value::Null);
+    assert_eq!(
+        calico.pointer("/status/desiredNumberScheduled"),
+        Some(&json!(6)),
+        "{calico:#}"
+    );
+    assert_eq!(
+        calico.pointer("/status/numberMisscheduled"),
+        Some(&json!(0)),
+        "{calico:#}"
+    );
+    let pods = list(&sb, &pods_g(), None);
+    let on = |node: &str, pred: &dyn Fn(&Value) -> bool| {
+        pods.iter()
+            .filter(|p| {
+                p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) && pred(p)
+            })
+            .count()
+    };
+    let app = |p: &Value, l: &str, v: &str| {
+        p.pointer(&format!("/metadata/labels/{l}"))
+            .and_then(Value::as_str)
+            == Some(v)
+    };
+    for f in &fargate {
+        assert_eq!(
+            on(f, &|p| app(p, "k8s-app", "calico-node")
+                || app(p, "app.kubernetes.io~1name", "calico-node")),
+            0,
+            "calico-node on {f}"
+        );
+        assert_eq!(
+            on(f, &|p| app(p, "app", "log-agent")),
+            1,
+            "log-agent on {f}"
+        );
+        assert_eq!(
+            on(f, &|p| p.pointer("/metadata/namespace")
+                == Some(&json!("fargate-apps"))
+                && p.pointer("/status/phase") == Some(&json!("Running"))),
+            1,
+            "the Fargate profile's pod on {f}"
+        );
+    }
+}

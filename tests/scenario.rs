@@ -666,3 +666,41 @@ fn the_policy_only_stand_in_matches_the_real_manifest() {
         );
     }
 }
+
+#[test]
+fn fargate_nodes_beyond_the_address_plan_are_refused() {
+    let mut c = cfg(3, 1, 1, 1);
+    c.fargate_nodes = calico_migrate::sandbox::scenario::net::MAX_NODES;
+    let e = scenario::build(&c)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("--fargate-nodes must be at most"), "{e}");
+    c.fargate_nodes = 2;
+    let objs = scenario::build(&c).unwrap_or_default();
+    let fargate: Vec<&Value> = objs
+        .iter()
+        .filter(|o| {
+            o["kind"] == "Node"
+                && o["metadata"]["labels"]["eks.amazonaws.com/compute-type"] == "fargate"
+        })
+        .collect();
+    assert_eq!(fargate.len(), 2);
+    for n in &fargate {
+        assert_eq!(
+            n["spec"]["taints"],
+            serde_json::json!([{"key": "eks.amazonaws.com/compute-type", "value": "fargate", "effect": "NoSchedule"}])
+        );
+        let name = n["metadata"]["name"].as_str().unwrap_or_default();
+        let pods: Vec<&Value> = objs
+            .iter()
+            .filter(|o| o["kind"] == "Pod" && o["spec"]["nodeName"] == name)
+            .collect();
+        assert_eq!(pods.len(), 1, "{name}: {pods:?}");
+        assert_eq!(pods[0]["metadata"]["namespace"], "fargate-apps");
+        assert_eq!(
+            pods[0]["status"]["podIP"],
+            n["status"]["addresses"][0]["address"]
+        );
+    }
+}

@@ -207,6 +207,11 @@ pub struct RehearseArgs {
     /// Number of sandbox nodes.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=500))]
     pub nodes: u64,
+    /// Fargate nodes beside the EC2 nodes (label and taint
+    /// `eks.amazonaws.com/compute-type=fargate`, one `fargate-apps` pod each): the
+    /// migration must leave them alone, as no calico-node runs there.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub fargate_nodes: u64,
     /// User namespaces seeded with the chart's usual policies.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=2000))]
     pub namespaces: u64,

@@ -36,6 +36,7 @@ pub async fn run(args: &RehearseArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode
     };
     let opts = RehearseOptions {
         nodes: args.nodes as usize,
+        fargate_nodes: args.fargate_nodes as usize,
         namespaces: args.namespaces as usize,
         seed: args.seed,
         faults: args.faults.clone(),

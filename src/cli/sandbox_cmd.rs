@@ -24,6 +24,11 @@ pub struct SandboxArgs {
     /// Number of EKS nodes in the seeded cluster.
     #[arg(long, default_value_t = 6)]
     pub nodes: usize,
+    /// Fargate nodes beside them, as EKS registers them (`fargate-ip-...`, label and
+    /// taint `eks.amazonaws.com/compute-type=fargate`), each running one pod of the
+    /// Fargate profile namespace `fargate-apps`; no DaemonSet pod runs there.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub fargate_nodes: usize,
     /// Number of user namespaces (each with its NetworkPolicies and pods).
     #[arg(long, default_value_t = 8)]
     pub namespaces: usize,
@@ -115,6 +120,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         // Scenario knobs without a flag keep their defaults.
         let cfg = ScenarioConfig {
             nodes: args.nodes,
+            fargate_nodes: args.fargate_nodes,
             namespaces: args.namespaces,
             pods_per_namespace: args.pods_per_namespace,
             seed: args.seed,

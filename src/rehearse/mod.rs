@@ -36,6 +36,8 @@ pub use report::{FaultReport, PhaseReport, Report, StepTiming};
 #[derive(Debug, Clone)]
 pub struct RehearseOptions {
     pub nodes: usize,
+    /// Fargate nodes beside the EC2 ones (`ScenarioConfig::fargate_nodes`).
+    pub fargate_nodes: usize,
     pub namespaces: usize,
     pub seed: u64,
     /// Fault specs (`lapse:NODE`, `agent-not-ready:NODE`, `operator-stall:NODE`,
@@ -54,6 +56,7 @@ impl Default for RehearseOptions {
     fn default() -> Self {
         RehearseOptions {
             nodes: 6,
+            fargate_nodes: 0,
             namespaces: 8,
             seed: 1,
             faults: Vec::new(),
@@ -99,6 +102,7 @@ fn scenario_objects(opts: &RehearseOptions) -> anyhow::Result<Vec<Value>> {
     };
     let objects = scenario::build(&ScenarioConfig {
         nodes,
+        fargate_nodes: opts.fargate_nodes,
         namespaces,
         pods_per_namespace: 1,
         seed: opts.seed,
@@ -111,11 +115,16 @@ fn scenario_objects(opts: &RehearseOptions) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-/// Node names in name order (what `@N` in a fault spec counts).
+/// Names of the nodes that run Calico (not Fargate) in name order (what `@N` in a
+/// fault spec counts).
 fn node_names(objects: &[Value]) -> Vec<String> {
     let mut names: Vec<String> = objects
         .iter()
         .filter(|o| o["kind"] == "Node")
+        .filter(|o| {
+            o.pointer("/metadata/labels/eks.amazonaws.com~1compute-type")
+                != Some(&Value::from("fargate"))
+        })
         .filter_map(|o| o.pointer("/metadata/name")?.as_str().map(str::to_string))
         .collect();
     names.sort();
@@ -360,6 +369,12 @@ pub async fn rehearse(
 ) -> anyhow::Result<Report> {
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
+    }
+    if opts.cluster.is_some() && opts.fargate_nodes > 0 {
+        bail!(
+            "--fargate-nodes cannot be combined with --from-cluster: the copy takes the \
+             cluster's EC2 nodes only; drop --fargate-nodes"
+        );
     }
     let objects = scenario_objects(opts)?;
     let node_names = node_names(&objects);

@@ -1,9 +1,15 @@
 //! Which nodes a pod template fits, as the DaemonSet controller and the
-//! scheduler decide it (k8s.io/kubernetes pkg/controller/daemon
-//! `NodeShouldRunDaemonPod`, component-helpers nodeaffinity, taint helpers):
-//! nodeSelector, required node affinity, and NoSchedule/NoExecute taints
-//! against tolerations. Resources, ports (except the typha fault) and
-//! preferred affinity are not considered.
+//! scheduler decide it (kubernetes/kubernetes pkg/controller/daemon/daemon_controller.go
+//! `NodeShouldRunDaemonPod` and `predicates`, commit 0033f658: the template's nodeName,
+//! `nodeaffinity.GetRequiredNodeAffinity(pod).Match(node)` — nodeSelector and required
+//! node affinity —, and `FindMatchingUntoleratedTaint` over NoSchedule and NoExecute
+//! taints; the scheduler's NodeAffinity and TaintToleration filter plugins check the
+//! same for unbound pods). A DaemonSet pod on a node it no longer fits keeps running
+//! unless the node affinity or an untolerated NoExecute taint excludes it
+//! (`shouldContinueRunning`, [`may_continue`]). Resources, ports (except the typha
+//! fault), preferred affinity and the tolerations the DaemonSet controller adds itself
+//! (`AddOrUpdateDaemonPodTolerations`: not-ready, unreachable, pressure taints the
+//! sandbox never sets) are not considered.
 
 use serde_json::Value;
 
@@ -51,7 +57,27 @@ fn expression_matches<'a>(e: &Value, get: &dyn Fn(&str) -> Option<&'a str>) -> b
 /// Whether a pod with this spec may run on `node`: nodeSelector, required
 /// node affinity (terms ORed, expressions ANDed), and taints.
 pub fn fits(pod_spec: &Value, node: &Value) -> bool {
+    selects(pod_spec, node) && tolerates(pod_spec, node)
+}
+
+/// `shouldContinueRunning`: a DaemonSet pod already on `node` stays unless the node
+/// name or affinity excludes it or a NoExecute taint is not tolerated (an untolerated
+/// NoSchedule taint only stops new pods).
+pub fn may_continue(pod_spec: &Value, node: &Value) -> bool {
+    selects(pod_spec, node) && tolerates_effects(pod_spec, node, &["NoExecute"])
+}
+
+/// `fitsNodeName` and `fitsNodeAffinity`: the spec's nodeName (if any) is the node's,
+/// its nodeSelector and required node affinity terms (ORed, expressions ANDed) match.
+fn selects(pod_spec: &Value, node: &Value) -> bool {
     let empty = Value::Object(Default::default());
+    let node_name = node.pointer("/metadata/name").and_then(Value::as_str);
+    if let Some(want) = pod_spec.get("nodeName").and_then(Value::as_str)
+        && !want.is_empty()
+        && Some(want) != node_name
+    {
+        return false;
+    }
     let labels = node.pointer("/metadata/labels").unwrap_or(&empty);
     let get = |k: &str| labels.get(k).and_then(Value::as_str);
     if let Some(Value::Object(sel)) = pod_spec.get("nodeSelector")
@@ -78,11 +104,16 @@ pub fn fits(pod_spec: &Value, node: &Value) -> bool {
             return false;
         }
     }
-    tolerates(pod_spec, node)
+    true
 }
 
 /// Every NoSchedule / NoExecute taint of the node is tolerated.
 pub fn tolerates(pod_spec: &Value, node: &Value) -> bool {
+    tolerates_effects(pod_spec, node, &["NoSchedule", "NoExecute"])
+}
+
+/// Every taint of the node with one of `effects` is tolerated.
+fn tolerates_effects(pod_spec: &Value, node: &Value, effects: &[&str]) -> bool {
     let taints = node
         .pointer("/spec/taints")
         .and_then(Value::as_array)
@@ -95,7 +126,7 @@ pub fn tolerates(pod_spec: &Value, node: &Value) -> bool {
         .unwrap_or_default();
     taints
         .iter()
-        .filter(|t| matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")))
+        .filter(|t| t["effect"].as_str().is_some_and(|e| effects.contains(&e)))
         .all(|t| tols.iter().any(|tol| toleration_matches(tol, t)))
 }
 
@@ -141,6 +172,31 @@ mod tests {
             !fits(&tolerant, &fargate),
             "nodeSelector and Fargate affinity"
         );
+        // A NoSchedule taint stops new pods only; NoExecute also evicts.
+        assert!(may_continue(&spec, &node));
+        let mut evicting = node.clone();
+        evicting["spec"]["taints"][0]["effect"] = json!("NoExecute");
+        assert!(!may_continue(&spec, &evicting));
+        assert!(!may_continue(&tolerant, &fargate), "affinity excludes it");
+        // A template's nodeName pins the pod (fitsNodeName).
+        let mut pinned = tolerant.clone();
+        pinned["nodeName"] = json!("other");
+        assert!(!fits(&pinned, &node));
+        pinned["nodeName"] = json!("n1");
+        assert!(fits(&pinned, &node));
+        // The Fargate taint: only a toleration of it (or of every NoSchedule) lets a pod in.
+        let fargate_node = json!({"metadata": {"name": "fargate-ip-10-0-0-12", "labels": {"eks.amazonaws.com/compute-type": "fargate"}},
+            "spec": {"taints": [{"key": "eks.amazonaws.com/compute-type", "value": "fargate", "effect": "NoSchedule"}]}});
+        assert!(!fits(&json!({}), &fargate_node));
+        assert!(fits(
+            &json!({"tolerations": [{"operator": "Exists"}]}),
+            &fargate_node
+        ));
+        assert!(fits(
+            &json!({"tolerations": [{"key": "eks.amazonaws.com/compute-type", "operator": "Equal",
+            "value": "fargate", "effect": "NoSchedule"}]}),
+            &fargate_node
+        ));
         let mut keyed = spec.clone();
         keyed["tolerations"] = json!([{"key": "dedicated", "operator": "Equal", "value": "cpu"}]);
         assert!(!fits(&keyed, &node), "wrong toleration value");

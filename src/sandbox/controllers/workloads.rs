@@ -1,7 +1,7 @@
 //! DaemonSet and Deployment controllers.
 //!
-//! DaemonSet: one pod per node the template fits (sched.rs), pods on nodes it no
-//! longer fits deleted, RollingUpdate bounded by `maxUnavailable` (template
+//! DaemonSet: one pod per node the template fits (sched.rs), pods deleted from nodes
+//! its node affinity or an untolerated NoExecute taint excludes, RollingUpdate bounded by `maxUnavailable` (template
 //! changes are recognised by the `pod-template-generation` label, as the real
 //! controller still sets it), status counts as k8s.io/kubernetes
 //! pkg/controller/daemon/daemon_controller.go `updateDaemonSetStatus` computes them.
@@ -138,9 +138,15 @@ fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], all_pods: &[Value]) -> 
     }
     let mut changed = false;
     let pods_gvr = pods_gvr();
-    // Pods on nodes the DaemonSet no longer selects (or that are gone).
+    // Pods on nodes that are gone or that the DaemonSet must leave (node affinity, or an
+    // untolerated NoExecute taint: `shouldContinueRunning` in daemon_controller.go); a
+    // NoSchedule taint added under a running pod does not evict it.
     for (node, ps) in &by_node {
-        if !eligible.iter().any(|n| name(n) == node) {
+        let stays = nodes
+            .iter()
+            .find(|n| name(n) == node)
+            .is_some_and(|n| sched::may_continue(&tpl_spec, n));
+        if !stays {
             for p in ps {
                 changed |= delete(sb, &pods_gvr, ns, name(p));
             }

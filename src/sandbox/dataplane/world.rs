@@ -216,6 +216,10 @@ pub struct World {
     pub policies: Arc<PolicySet>,
     pods_version: u64,
     pub nodes: BTreeMap<String, NodeState>,
+    /// Fargate nodes (label `eks.amazonaws.com/compute-type=fargate`): no Calico agent
+    /// ever runs there (EKS: DaemonSets are not supported on Fargate), so no policy
+    /// is enforced on their pods and the monitor expects none.
+    pub fargate: BTreeSet<String>,
     pub faults: DataPlaneFaults,
     /// `agent-not-ready` nodes of the controllers' ConfigMap.
     controller_blocked: BTreeSet<String>,
@@ -246,6 +250,7 @@ impl World {
             policies: Arc::new(PolicySet::default()),
             pods_version: 0,
             nodes: BTreeMap::new(),
+            fargate: BTreeSet::new(),
             faults: DataPlaneFaults::default(),
             controller_blocked: BTreeSet::new(),
             monitor: Monitor::default(),
@@ -355,6 +360,13 @@ impl World {
                         self.node_ips.insert(ip, name.clone());
                     }
                 }
+                if obj.pointer("/metadata/labels/eks.amazonaws.com~1compute-type")
+                    == Some(&Value::from("fargate"))
+                {
+                    self.fargate.insert(name.clone());
+                } else {
+                    self.fargate.remove(&name);
+                }
                 self.nodes.entry(name).or_insert_with(|| NodeState {
                     enforcer: Enforcer::None,
                     since: Timestamp::now(),
@@ -459,6 +471,7 @@ impl World {
                 if ev.kind == EventType::Deleted {
                     self.node_ips.retain(|_, n| *n != ev.name);
                     self.nodes.remove(&ev.name);
+                    self.fargate.remove(&ev.name);
                     self.monitor.report(&ev.name, &BTreeMap::new(), now);
                 } else {
                     self.upsert(gr, &ev.object);
@@ -586,6 +599,10 @@ impl World {
         let Some(state) = self.nodes.get(node) else {
             return out;
         };
+        if self.fargate.contains(node) {
+            // Nothing of Calico's runs on a Fargate node: nothing to diverge from.
+            return BTreeMap::new();
+        }
         match &state.enforcer {
             Enforcer::Agent { .. } => {}
             Enforcer::None => {
@@ -635,9 +652,11 @@ impl World {
                         (namespace.clone(), Some(format!("{namespace}/{pod}")))
                     }
                     Enforcer::Frozen { from, .. } => ("frozen".to_string(), Some(from.clone())),
+                    Enforcer::None if self.fargate.contains(name) => ("fargate".to_string(), None),
                     Enforcer::None => ("none".to_string(), None),
                 };
                 let fail_closed_pods = match &st.enforcer {
+                    _ if self.fargate.contains(name) => 0,
                     Enforcer::Agent { .. } => 0,
                     Enforcer::None => self.pods_on(name).filter(|p| p.is_workload()).count(),
                     Enforcer::Frozen { programmed, .. } => self
@@ -745,7 +764,7 @@ impl World {
         let Some(node) = &pod.node else {
             return Side::Drop;
         };
-        if self.faults.lapse.contains(node) || pod.host_network {
+        if self.faults.lapse.contains(node) || pod.host_network || self.fargate.contains(node) {
             // hostNetwork pods have no workload endpoint (no host endpoints modelled).
             return Side::AllowAll;
         }

@@ -362,3 +362,140 @@ pub const INFRA_NAMESPACES: &[InfraNamespace] = &[
         port: 8085,
     },
 ];
+
+/// The namespace a Fargate profile selects: its pods run on Fargate nodes only.
+pub const FARGATE_NAMESPACE: &str = "fargate-apps";
+/// The Deployment of [`FARGATE_NAMESPACE`], one replica per Fargate node.
+pub const FARGATE_WORKLOAD: &str = "app";
+/// The taint EKS puts on every Fargate node (`eks.amazonaws.com/compute-type=fargate:NoSchedule`).
+pub fn fargate_taint() -> Value {
+    json!({"key": crate::kinds::FARGATE_LABEL, "value": "fargate", "effect": "NoSchedule"})
+}
+
+/// Fargate node `j` (0-based) of a cluster with `ec2_nodes` EC2 nodes, as EKS registers
+/// it. Sources: the EKS user guide, "AWS Fargate considerations"
+/// (https://docs.aws.amazon.com/eks/latest/userguide/fargate.html: each Fargate pod runs
+/// in its own compute boundary, DaemonSets are not supported there), and
+/// `kubectl describe nodes` / `kubectl get pods -o wide` of real EKS Fargate clusters
+/// (e.g. https://linuxer.name/tag/nodeless, and a public EKS 1.18 walkthrough whose node
+/// reads `fargate-ip-192-168-105-82.eu-central-1.compute.internal`):
+/// - name `fargate-ip-A-B-C-D.<region>.compute.internal`, while the `kubernetes.io/hostname`
+///   label and the InternalDNS/Hostname addresses keep the plain `ip-A-B-C-D...` name;
+/// - label `eks.amazonaws.com/compute-type=fargate` and taint
+///   `eks.amazonaws.com/compute-type=fargate:NoSchedule`;
+/// - providerID `aws:///<zone>/<10 hex>-<32 hex>/<node name>`, capacity `pods: 1`;
+/// - the pod's IP is the node's InternalIP (the pod has its own ENI).
+///
+/// Addresses come after the EC2 nodes' in the same node range (`net::node_address`).
+pub fn fargate_node(j: usize, ec2_nodes: usize, seed: u64, region: &str) -> (Value, NodeInfo) {
+    let (zone, ip) = node_address(ec2_nodes + j);
+    let o = ip.octets();
+    let domain = if region == "us-east-1" {
+        "ec2.internal".to_string()
+    } else {
+        format!("{}.compute.internal", region)
+    };
+    let host = format!("ip-{}-{}-{}-{}.{domain}", o[0], o[1], o[2], o[3]);
+    let name = format!("fargate-{host}");
+    let az = format!("{}{}", region, ['a', 'b', 'c'][zone % 3]);
+    let cond = |t: &str, s: &str, reason: &str, msg: &str| {
+        json!({"type": t, "status": s, "reason": reason, "message": msg,
+               "lastHeartbeatTime": BASE_TIME, "lastTransitionTime": BASE_TIME})
+    };
+    let task = format!(
+        "{:010x}-{:032x}",
+        ids::hash(seed, "fargate-profile") >> 24,
+        u128::from(ids::hash(seed, &format!("task/{name}")))
+    );
+    let mut v = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "beta.kubernetes.io/arch": "amd64",
+                "beta.kubernetes.io/os": "linux",
+                (crate::kinds::FARGATE_LABEL): "fargate",
+                "failure-domain.beta.kubernetes.io/region": region,
+                "failure-domain.beta.kubernetes.io/zone": az,
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/hostname": host,
+                "kubernetes.io/os": "linux",
+                "topology.kubernetes.io/region": region,
+                "topology.kubernetes.io/zone": az,
+            },
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
+            "creationTimestamp": BASE_TIME,
+        },
+        "spec": {
+            "providerID": format!("aws:///{az}/{task}/{name}"),
+            "taints": [fargate_taint()],
+        },
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip.to_string()},
+                {"type": "InternalDNS", "address": host},
+                {"type": "Hostname", "address": host},
+            ],
+            "allocatable": {"cpu": "2", "ephemeral-storage": "28415276190", "hugepages-1Gi": "0",
+                            "hugepages-2Mi": "0", "memory": "15547308Ki", "pods": "1"},
+            "capacity": {"cpu": "2", "ephemeral-storage": "30832548Ki", "hugepages-1Gi": "0",
+                         "hugepages-2Mi": "0", "memory": "15649708Ki", "pods": "1"},
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": ids::uid(seed, &format!("boot/{name}")),
+                "containerRuntimeVersion": "containerd://1.7.27",
+                "kernelVersion": "5.10.235-227.919.amzn2.x86_64",
+                "kubeProxyVersion": KUBELET_VERSION,
+                "kubeletVersion": KUBELET_VERSION,
+                "machineID": "",
+                "operatingSystem": "linux",
+                "osImage": "Amazon Linux 2",
+                "systemUUID": format!("ec2{:029x}", u128::from(ids::hash(seed, &format!("sys/{name}")))),
+            },
+        },
+    });
+    super::workloads::set_uid(&mut v, seed);
+    (
+        v,
+        NodeInfo {
+            index: ec2_nodes + j,
+            name,
+            ip: ip.to_string(),
+            zone,
+        },
+    )
+}
+
+/// The Fargate profile's Deployment: `replicas` pods of namespace [`FARGATE_NAMESPACE`].
+/// Its template names the scheduler EKS runs for Fargate beside the default one
+/// (`fargate-scheduler`: EKS user guide fargate.html, "The Fargate controllers include a
+/// new scheduler"; the name as real pods show it, https://linuxer.name/tag/nodeless) and,
+/// so that the sandbox's one scheduler keeps it on Fargate if it is ever re-created, a
+/// nodeSelector on the compute-type label and a toleration of the Fargate taint.
+pub fn fargate_deployment(replicas: usize, seed: u64) -> Value {
+    let mut d = deployment(
+        FARGATE_NAMESPACE,
+        FARGATE_WORKLOAD,
+        replicas,
+        "public.ecr.aws/nginx/nginx:1.25",
+        &[("http", 8080)],
+        seed,
+    );
+    let spec = &mut d["spec"]["template"]["spec"];
+    spec["schedulerName"] = json!("fargate-scheduler");
+    spec["nodeSelector"] = json!({(crate::kinds::FARGATE_LABEL): "fargate"});
+    spec["tolerations"] = json!([{"key": crate::kinds::FARGATE_LABEL, "operator": "Equal",
+                                  "value": "fargate", "effect": "NoSchedule"}]);
+    d
+}

@@ -42,6 +42,9 @@ pub enum ChartGeneration {
 #[derive(Debug, Clone)]
 pub struct ScenarioConfig {
     pub nodes: usize,
+    /// Fargate nodes beside the EC2 ones (`cluster::fargate_node`), each running one
+    /// pod of the Fargate profile namespace `fargate-apps`.
+    pub fargate_nodes: usize,
     pub namespaces: usize,
     pub pods_per_namespace: usize,
     pub seed: u64,
@@ -58,6 +61,7 @@ impl Default for ScenarioConfig {
     fn default() -> Self {
         Self {
             nodes: 6,
+            fargate_nodes: 0,
             namespaces: 8,
             pods_per_namespace: 2,
             seed: 1,
@@ -92,6 +96,16 @@ fn validate(sc: &ScenarioConfig) -> Result<(), ScenarioError> {
             "--nodes must be between 1 and {} (got {})",
             net::MAX_NODES,
             sc.nodes
+        ));
+    }
+    if sc.fargate_nodes > net::MAX_NODES - sc.nodes {
+        return bad(format!(
+            "--fargate-nodes must be at most {} with {} EC2 nodes (got {}): the nodes share \
+             the address plan's {} node addresses",
+            net::MAX_NODES - sc.nodes,
+            sc.nodes,
+            sc.fargate_nodes,
+            net::MAX_NODES
         ));
     }
     if sc.namespaces > MAX_NAMESPACES {

@@ -380,6 +380,29 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
         objects.extend(kids);
     }
 
+    // Fargate nodes and the profile's pods, one per node; they stay out of `nodes`, so
+    // DaemonSet pods and the other workloads are seeded on EC2 nodes only.
+    if sc.fargate_nodes > 0 {
+        namespaces.push(cluster::namespace(cluster::FARGATE_NAMESPACE, &[], seed));
+        let mut fargate: Vec<NodeInfo> = Vec::with_capacity(sc.fargate_nodes);
+        for j in 0..sc.fargate_nodes {
+            let (n, info) = cluster::fargate_node(j, sc.nodes, seed, &sc.region);
+            objects.push(n);
+            fargate.push(info);
+        }
+        let d = cluster::fargate_deployment(sc.fargate_nodes, seed);
+        let kids = workloads::deployment_children(
+            &d,
+            &fargate,
+            &mut |k| k,
+            // A Fargate pod's IP is its node's InternalIP.
+            &mut |n| n.ip.clone(),
+            seed,
+        );
+        objects.push(d);
+        objects.extend(kids);
+    }
+
     if let Some((zone, pods)) = ips.overflow() {
         let nodes_there = nodes.iter().filter(|n| n.zone == zone).count();
         return Err(ScenarioError::Invalid(format!(

@@ -384,10 +384,19 @@ fn migrate_one(
     };
     let mut sorted: Vec<&Value> = all.iter().collect();
     sorted.sort_by_key(|n| name(n).to_string());
-    if let Some(n) = sorted
-        .iter()
-        .find(|n| label(n, MIGRATION_LABEL) == Some("migrated") && !new_ready_on(name(n)))
-    {
+    // Only nodes the calico-system DaemonSet runs on can wait for its pod: the operator
+    // counts the DaemonSets' desired and Ready pods (v1.38.6 namespace_migration.go:654
+    // `waitUntilNodeCanBeMigrated`), so a Fargate node it excludes is labelled and passed.
+    let tpl = new_ds
+        .as_ref()
+        .and_then(|d| d.pointer("/spec/template/spec"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(n) = sorted.iter().find(|n| {
+        label(n, MIGRATION_LABEL) == Some("migrated")
+            && super::super::sched::fits(&tpl, n)
+            && !new_ready_on(name(n))
+    }) {
         return format!("Waiting for calico-node on node {} to be ready", name(n));
     }
     if let Some(next) = sorted
@@ -414,6 +423,28 @@ fn migrate_one(
     "Removing the kube-system install".into()
 }
 
+/// Whether the operator renders calico-node with the EKS Fargate exclusion: from
+/// tigera/operator v1.25.0 (commit c80107f7, "Do not run calico-node on AWS EKS Fargate
+/// nodes"; v1.38.6 pkg/render/node.go:942-956) when the provider is EKS; v1.17.4
+/// (pkg/render/node.go:598-613) renders an affinity for AKS only. Of the releases the
+/// sandbox knows (`calico_of_operator`), only v1.38.6 (Calico v3.30.x) is that recent.
+/// The provider is EKS unless the Installation names another (the sandbox is EKS, which
+/// the operator's autodetection finds).
+fn renders_eks_fargate_exclusion(install: &Value, calico_version: &str) -> bool {
+    let provider = install
+        .pointer("/spec/kubernetesProvider")
+        .and_then(Value::as_str)
+        .unwrap_or("EKS");
+    provider == "EKS"
+        && !calico_version.starts_with("v3.19.")
+        && !calico_version.starts_with("v3.20.")
+}
+
+fn eks_fargate_exclusion() -> Value {
+    json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": crate::kinds::FARGATE_LABEL, "operator": "NotIn", "values": ["fargate"]}]}]}}})
+}
+
 fn owner(install: &Value) -> Value {
     json!([{"apiVersion": "operator.tigera.io/v1", "kind": "Installation", "name": "default",
             "uid": uid(install), "controller": true, "blockOwnerDeletion": true}])
@@ -426,6 +457,9 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico
     for mut o in calico_system_workloads(expected_typha_replicas(node_count), calico_version) {
         o["metadata"]["ownerReferences"] = owner(install);
         let g = if o["kind"] == "DaemonSet" {
+            if renders_eks_fargate_exclusion(install, calico_version) {
+                o["spec"]["template"]["spec"]["affinity"] = eks_fargate_exclusion();
+            }
             o["spec"]["template"]["spec"]["nodeSelector"][MIGRATION_LABEL] = json!("migrated");
             ds_gvr()
         } else {
