@@ -734,7 +734,12 @@ async fn operator_migration(
 ) -> Result<Vec<calico_migrate::sandbox::dataplane::Interval>> {
     use calico_migrate::sandbox::controllers::{ControllerOptions, Controllers};
     use calico_migrate::sandbox::{PatchKind, WriteOptions};
-    let sb = Sandbox::new(SandboxOptions::default());
+    // Kubernetes 1.24: the operator here is the 0.3.11 chart's v1.20.1, which cannot
+    // render on 1.25 or later (it goes Degraded, docs/sandbox-behaviour.md).
+    let sb = Sandbox::new(SandboxOptions {
+        kubernetes_version: calico_migrate::sandbox::KubernetesVersion::new(24)?,
+        ..SandboxOptions::default()
+    });
     sb.load(scenario::build(&ScenarioConfig {
         nodes: 4,
         namespaces: 2,

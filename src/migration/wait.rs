@@ -14,13 +14,52 @@ pub async fn wait_until<F, Fut>(
     world: &World,
     what: &str,
     timeout: Duration,
+    probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<String>>>,
+{
+    poll(world, what, timeout, Deadline::Fixed, probe).await
+}
+
+/// Like [`wait_until`], but gives up only when the awaited state has not changed for
+/// `idle` (a rollout over every node takes longer than one node's wait, and how much
+/// longer grows with the cluster): `probe`'s text, e.g. "19 of 20 Ready", is the
+/// progress.
+pub async fn wait_while_progressing<F, Fut>(
+    world: &World,
+    what: &str,
+    idle: Duration,
+    probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<String>>>,
+{
+    poll(world, what, idle, Deadline::AfterLastChange, probe).await
+}
+
+/// When a wait gives up: `timeout` after it started, or after the awaited text last
+/// changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    Fixed,
+    AfterLastChange,
+}
+
+async fn poll<F, Fut>(
+    world: &World,
+    what: &str,
+    timeout: Duration,
+    deadline: Deadline,
     mut probe: F,
 ) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<String>>>,
 {
-    let deadline = Instant::now() + timeout;
+    let mut since = Instant::now();
     let mut last = String::new();
     loop {
         match probe().await? {
@@ -29,14 +68,23 @@ where
                 if waiting != last {
                     tracing::info!("waiting for {what}: {waiting}");
                     last = waiting;
+                    if deadline == Deadline::AfterLastChange {
+                        since = Instant::now();
+                    }
                 }
             }
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "gave up after {} s waiting for {what}: {last}",
-                timeout.as_secs()
-            );
+        if since.elapsed() >= timeout {
+            match deadline {
+                Deadline::Fixed => bail!(
+                    "gave up after {} s waiting for {what}: {last}",
+                    timeout.as_secs()
+                ),
+                Deadline::AfterLastChange => bail!(
+                    "gave up waiting for {what}: nothing changed for {} s ({last})",
+                    timeout.as_secs()
+                ),
+            }
         }
         tokio::time::sleep(world.options.poll).await;
     }

@@ -18,7 +18,7 @@ use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, MIGRATION_LABEL, calico_system_node, installation_ref,
     kube_system_node, operator_ref, tigera_status_ref,
 };
-use crate::migration::wait::wait_until;
+use crate::migration::wait::{wait_until, wait_while_progressing};
 use crate::migration::way_back::{restore_agent_rbac, return_to_kube_system};
 use crate::migration::world::World;
 
@@ -213,7 +213,10 @@ impl Step<World> for CreateInstallation {
                 }
                 None => Self::create(world).await?,
             }
-            wait_until(
+            // The operator first rolls the kube-system calico-node onto the migration
+            // nodeSelector, every node's agent once: on a large cluster that takes many
+            // node_ready_timeouts, so the wait ends only when it stops progressing.
+            wait_while_progressing(
                 world,
                 "the operator to start the migration",
                 world.options.node_ready_timeout,
