@@ -670,25 +670,9 @@ async fn a_profile_file_travels_with_the_plan() -> Result<()> {
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
     let dir = tempfile::tempdir()?;
-    let builtin = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml"),
-    )?;
-    let profile_path = dir.path().join("our-profile.yaml");
-    std::fs::write(
-        &profile_path,
-        builtin
-            .replace("name: aws-calico-0.3.10-v3.19", "name: our-shop")
-            .replace("pause_seconds: 10", "pause_seconds: 3"),
-    )?;
-    let profile =
-        calico_migrate::migration::profile::Profile::load(profile_path.to_string_lossy().as_ref())?;
-    let manifest = dir.path().join("tigera-operator.yaml");
-    write_operator_manifest(&manifest, &profile)?;
-    let o = run(cli(&env, &kc)
-        .args(["plan", "--profile"])
-        .arg(&profile_path)
-        .arg("--operator-manifest")
-        .arg(&manifest))?;
+    let (profile_path, o) = plan_with_a_profile_file(&env, &kc, dir.path(), |t| {
+        t.replace("pause_seconds: 10", "pause_seconds: 3")
+    })?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     std::fs::remove_file(&profile_path)?;
     let o = run(cli(&env, &kc).args(["apply", "--dry-run"]))?;
@@ -700,6 +684,34 @@ async fn a_profile_file_travels_with_the_plan() -> Result<()> {
 }
 
 /// The sandbox operator's manifest for `profile`, as the file `plan --operator-manifest` reads.
+/// `plan --profile FILE --operator-manifest FILE` with the same-version profile renamed
+/// `our-shop` and edited by `edit`, written in `dir`: the profile's path and plan's output.
+fn plan_with_a_profile_file(
+    env: &support::Env,
+    kc: &Path,
+    dir: &Path,
+    edit: impl Fn(String) -> String,
+) -> Result<(PathBuf, Output)> {
+    let builtin = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml"),
+    )?;
+    let profile_path = dir.join("our-profile.yaml");
+    std::fs::write(
+        &profile_path,
+        edit(builtin.replace("name: aws-calico-0.3.10-v3.19", "name: our-shop")),
+    )?;
+    let profile =
+        calico_migrate::migration::profile::Profile::load(profile_path.to_string_lossy().as_ref())?;
+    let manifest = dir.join("tigera-operator.yaml");
+    write_operator_manifest(&manifest, &profile)?;
+    let o = run(cli(env, kc)
+        .args(["plan", "--profile"])
+        .arg(&profile_path)
+        .arg("--operator-manifest")
+        .arg(&manifest))?;
+    Ok((profile_path, o))
+}
+
 fn write_operator_manifest(
     path: &Path,
     profile: &calico_migrate::migration::profile::Profile,
@@ -917,25 +929,9 @@ async fn an_operator_that_cannot_run_on_this_kubernetes_stops_at_create_installa
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
     let dir = tempfile::tempdir()?;
-    let builtin = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/aws-calico-0.3.10-v3.19.yaml"),
-    )?;
-    let profile_path = dir.path().join("our-profile.yaml");
-    std::fs::write(
-        &profile_path,
-        builtin
-            .replace("name: aws-calico-0.3.10-v3.19", "name: our-shop")
-            .replace("max: \"1.24\"", "max: \"1.34\""),
-    )?;
-    let profile =
-        calico_migrate::migration::profile::Profile::load(profile_path.to_string_lossy().as_ref())?;
-    let manifest = dir.path().join("tigera-operator.yaml");
-    write_operator_manifest(&manifest, &profile)?;
-    let o = run(cli(&env, &kc)
-        .args(["plan", "--profile"])
-        .arg(&profile_path)
-        .arg("--operator-manifest")
-        .arg(&manifest))?;
+    let (_, o) = plan_with_a_profile_file(&env, &kc, dir.path(), |t| {
+        t.replace("max: \"1.24\"", "max: \"1.34\"")
+    })?;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let before = support::snapshot(&env.sb)?;
     let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;

@@ -341,104 +341,55 @@ pub fn calico_typha_rbac(calico_version: &str) -> [Value; 2] {
 /// Seeded for chart 0.3.11; in a migration from 0.3.10 the simulated operator adds its
 /// subject to the chart's binding instead (docs/sandbox-behaviour.md).
 pub fn calico_node_rbac() -> [Value; 2] {
-    let calico_read = [
-        "bgpconfigurations",
-        "bgppeers",
-        "blockaffinities",
-        "clusterinformations",
-        "felixconfigurations",
-        "globalnetworkpolicies",
-        "stagedglobalnetworkpolicies",
-        "globalnetworksets",
-        "hostendpoints",
-        "ipamblocks",
-        "ippools",
-        "networkpolicies",
-        "stagedkubernetesnetworkpolicies",
-        "stagednetworkpolicies",
-        "networksets",
-    ];
-    cluster_role_and_binding(
-        "calico-node",
-        vec![
-            rule(
-                &["discovery.k8s.io"],
-                &["endpointslices"],
-                &["list", "watch"],
-            ),
-            rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
-            rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
-            rule(&[""], &["nodes/status"], &["patch", "update"]),
-            rule(
-                &["networking.k8s.io"],
-                &["networkpolicies"],
-                &["watch", "list"],
-            ),
-            rule(
-                &[""],
-                &["pods", "namespaces", "serviceaccounts"],
-                &["watch", "list"],
-            ),
-            rule(&[""], &["pods/status"], &["patch"]),
-            rule(&[""], &["configmaps"], &["get"]),
-            rule(
-                &["crd.projectcalico.org"],
-                &calico_read,
-                &["get", "list", "watch"],
-            ),
-            rule(
-                &["crd.projectcalico.org"],
-                &["globalbgpconfigs", "globalfelixconfigs"],
-                &["get", "list", "watch"],
-            ),
-            rule(
-                &["crd.projectcalico.org"],
-                &["clusterinformations", "felixconfigurations", "ippools"],
-                &["create", "update"],
-            ),
-            rule(&[""], &["nodes"], &["get", "list", "watch"]),
-            rule(
-                &["crd.projectcalico.org"],
-                &["blockaffinities", "ipamblocks", "ipamhandles"],
-                &["get", "list", "create", "update", "delete"],
-            ),
-            rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
-            rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
-        ],
-    )
+    cluster_role_and_binding("calico-node", node_role_rules(NodeRole::V1_20))
 }
 
-/// ClusterRole `calico-node` as tigera/operator v1.38.6 renders it for Calico
-/// (pkg/render/node.go:361-530 `nodeRole`, without the Enterprise and OpenShift
-/// rules): the v3.30 kinds, AdminNetworkPolicies, tiers, caliconodestatuses and
-/// service-account tokens.
-fn calico_node_role_v1_38() -> Value {
-    let calico_read = [
+/// The operator release whose `nodeRole` is rendered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeRole {
+    /// v1.17.4: v1.20.1's without the EndpointSlice rule (added in between).
+    V1_17,
+    /// v1.20.1 pkg/render/node.go:240-368.
+    V1_20,
+    /// v1.38.6 pkg/render/node.go:361-530: adds AdminNetworkPolicies, service-account
+    /// tokens, the v3.30 Calico kinds, caliconodestatuses, creating tiers and ipamconfigs
+    /// writes.
+    V1_38,
+}
+
+/// The rules of ClusterRole calico-node as `release` renders them for Calico (the
+/// Enterprise and OpenShift rules left out).
+fn node_role_rules(release: NodeRole) -> Vec<Value> {
+    let v1_38 = release == NodeRole::V1_38;
+    let mut calico_read = vec![
         "bgpconfigurations",
-        "bgpfilters",
         "bgppeers",
         "blockaffinities",
         "clusterinformations",
         "felixconfigurations",
         "globalnetworkpolicies",
+        "stagedglobalnetworkpolicies",
         "globalnetworksets",
         "hostendpoints",
         "ipamblocks",
         "ippools",
-        "ipreservations",
         "networkpolicies",
-        "networksets",
-        "stagedglobalnetworkpolicies",
         "stagedkubernetesnetworkpolicies",
         "stagednetworkpolicies",
-        "tiers",
+        "networksets",
     ];
-    let rules = vec![
-        rule(
+    if v1_38 {
+        calico_read.extend(["bgpfilters", "ipreservations", "tiers"]);
+    }
+    let mut rules = Vec::new();
+    if release != NodeRole::V1_17 {
+        rules.push(rule(
             &["discovery.k8s.io"],
             &["endpointslices"],
             &["list", "watch"],
-        ),
+        ));
+    }
+    rules.extend([
         rule(&[""], &["pods", "nodes", "namespaces"], &["get"]),
         rule(&[""], &["endpoints", "services"], &["watch", "list", "get"]),
         rule(&[""], &["nodes/status"], &["patch", "update"]),
@@ -447,29 +398,41 @@ fn calico_node_role_v1_38() -> Value {
             &["networkpolicies"],
             &["watch", "list"],
         ),
-        rule(
+    ]);
+    if v1_38 {
+        rules.push(rule(
             &["policy.networking.k8s.io"],
             &["adminnetworkpolicies", "baselineadminnetworkpolicies"],
             &["watch", "list"],
-        ),
+        ));
+    }
+    rules.extend([
         rule(
             &[""],
             &["pods", "namespaces", "serviceaccounts"],
             &["watch", "list"],
         ),
         rule(&[""], &["pods/status"], &["patch"]),
-        rule(&[""], &["serviceaccounts/token"], &["create"]),
+    ]);
+    if v1_38 {
+        rules.push(rule(&[""], &["serviceaccounts/token"], &["create"]));
+    }
+    rules.extend([
         rule(&[""], &["configmaps"], &["get"]),
         rule(
             &["crd.projectcalico.org"],
             &calico_read,
             &["get", "list", "watch"],
         ),
-        rule(
+    ]);
+    if v1_38 {
+        rules.push(rule(
             &["crd.projectcalico.org"],
             &["caliconodestatuses"],
             &["get", "list", "watch", "update"],
-        ),
+        ));
+    }
+    rules.extend([
         rule(
             &["crd.projectcalico.org"],
             &["globalbgpconfigs", "globalfelixconfigs"],
@@ -480,23 +443,31 @@ fn calico_node_role_v1_38() -> Value {
             &["clusterinformations", "felixconfigurations", "ippools"],
             &["create", "update"],
         ),
-        rule(&["crd.projectcalico.org"], &["tiers"], &["create"]),
+    ]);
+    if v1_38 {
+        rules.push(rule(&["crd.projectcalico.org"], &["tiers"], &["create"]));
+    }
+    let ipam: &[&str] = if v1_38 {
+        &[
+            "blockaffinities",
+            "ipamblocks",
+            "ipamconfigs",
+            "ipamhandles",
+        ]
+    } else {
+        &["blockaffinities", "ipamblocks", "ipamhandles"]
+    };
+    rules.extend([
         rule(&[""], &["nodes"], &["get", "list", "watch"]),
         rule(
             &["crd.projectcalico.org"],
-            &[
-                "blockaffinities",
-                "ipamblocks",
-                "ipamconfigs",
-                "ipamhandles",
-            ],
+            ipam,
             &["get", "list", "create", "update", "delete"],
         ),
         rule(&["crd.projectcalico.org"], &["ipamconfigs"], &["get"]),
         rule(&["crd.projectcalico.org"], &["blockaffinities"], &["watch"]),
-    ];
-    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-           "metadata": {"name": "calico-node"}, "rules": rules})
+    ]);
+    rules
 }
 
 /// ClusterRole and ClusterRoleBinding `calico-node` as the operator installing
@@ -509,19 +480,14 @@ fn calico_node_role_v1_38() -> Value {
 /// to the Installation (pkg/controller/utils/component.go:87), so deleting the
 /// Installation garbage-collects both.
 pub fn operator_calico_node_rbac(calico_version: &str) -> [Value; 2] {
-    let [old_role, mut binding] = calico_node_rbac();
-    let mut role = if calico_version.starts_with("v3.30.") {
-        calico_node_role_v1_38()
+    let release = if calico_version.starts_with("v3.30.") {
+        NodeRole::V1_38
+    } else if calico_version.starts_with("v3.19.") {
+        NodeRole::V1_17
     } else {
-        old_role
+        NodeRole::V1_20
     };
-    if calico_version.starts_with("v3.19.")
-        && let Some(rules) = role["rules"].as_array_mut()
-    {
-        // v1.17.4's nodeRole is v1.20.1's without the EndpointSlice rule (added in
-        // between; the two functions otherwise differ only in Enterprise rules).
-        rules.retain(|r| r["resources"] != json!(["endpointslices"]));
-    }
+    let [role, mut binding] = cluster_role_and_binding("calico-node", node_role_rules(release));
     // AddBindingForKubeSystemNode (v1.38.6 pkg/controller/migration/namespace_migration.go
     // :172-190): the kube-system account, and the RKE nodes group.
     binding["subjects"] = json!([
