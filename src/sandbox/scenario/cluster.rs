@@ -28,10 +28,6 @@ pub fn node(i: usize, seed: u64, region: &str) -> (Value, NodeInfo) {
     };
     let nodegroup = if i % 4 == 3 { "large" } else { "general" };
     let instance_id = format!("i-0{:016x}", ids::hash(seed, &name) >> 4);
-    let cond = |t: &str, s: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": s, "reason": reason, "message": msg,
-               "lastHeartbeatTime": BASE_TIME, "lastTransitionTime": BASE_TIME})
-    };
     let mut v = json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -78,12 +74,7 @@ pub fn node(i: usize, seed: u64, region: &str) -> (Value, NodeInfo) {
                          "ephemeral-storage": "104845292Ki", "hugepages-1Gi": "0", "hugepages-2Mi": "0",
                          "memory": if i % 4 == 3 { "32408860Ki" } else { "16175564Ki" },
                          "pods": "58"},
-            "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-            ],
+            "conditions": kubelet_ready_conditions(),
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
                 "architecture": "amd64",
@@ -398,10 +389,6 @@ pub fn fargate_node(j: usize, ec2_nodes: usize, seed: u64, region: &str) -> (Val
     let host = format!("ip-{}-{}-{}-{}.{domain}", o[0], o[1], o[2], o[3]);
     let name = format!("fargate-{host}");
     let az = format!("{}{}", region, ['a', 'b', 'c'][zone % 3]);
-    let cond = |t: &str, s: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": s, "reason": reason, "message": msg,
-               "lastHeartbeatTime": BASE_TIME, "lastTransitionTime": BASE_TIME})
-    };
     let task = format!(
         "{:010x}-{:032x}",
         ids::hash(seed, "fargate-profile") >> 24,
@@ -444,12 +431,7 @@ pub fn fargate_node(j: usize, ec2_nodes: usize, seed: u64, region: &str) -> (Val
                             "hugepages-2Mi": "0", "memory": "15547308Ki", "pods": "1"},
             "capacity": {"cpu": "2", "ephemeral-storage": "30832548Ki", "hugepages-1Gi": "0",
                          "hugepages-2Mi": "0", "memory": "15649708Ki", "pods": "1"},
-            "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-            ],
+            "conditions": kubelet_ready_conditions(),
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
                 "architecture": "amd64",
@@ -498,4 +480,38 @@ pub fn fargate_deployment(replicas: usize, seed: u64) -> Value {
     spec["tolerations"] = json!([{"key": crate::kinds::FARGATE_LABEL, "operator": "Equal",
                                   "value": "fargate", "effect": "NoSchedule"}]);
     d
+}
+
+/// The conditions a healthy kubelet posts, on EC2 and Fargate nodes alike.
+fn kubelet_ready_conditions() -> Value {
+    let cond = |t: &str, s: &str, reason: &str, msg: &str| {
+        json!({"type": t, "status": s, "reason": reason, "message": msg,
+               "lastHeartbeatTime": BASE_TIME, "lastTransitionTime": BASE_TIME})
+    };
+    json!([
+        cond(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        cond(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        cond(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
+        cond(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status"
+        ),
+    ])
 }
