@@ -1080,3 +1080,105 @@ async fn fargate_nodes_never_get_a_calico_node() -> Result<()> {
     );
     Ok(())
 }
+
+/// A converter refusal that appears mid-takeover (someone annotates kube-system
+/// calico-node) stops the run with the operator frozen and TigeraStatus Degraded. Once
+/// the annotation is gone that Degraded is stale: the frozen operator cannot rewrite it
+/// (tigera/operator keeps it in its status manager's memory, core_controller.go:1094-1100,
+/// status.go). `apply --resume` must see that its cause is gone, start the operator
+/// (a new process, a fresh status) and finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_goes_on_after_a_stale_degraded() -> Result<()> {
+    let (env, kc) = ready(4).await?;
+    let child = cli(&env, &kc)
+        .args(["apply", "--yes", "--sandbox-time-scale", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let nodes = support::gvr("", "v1", "nodes");
+    let migrated = |env: &support::Env| -> usize {
+        env.sb
+            .store()
+            .list(&nodes, None, &Default::default())
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|n| {
+                        n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
+                            == Some(&json!("migrated"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while migrated(&env) < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::ensure!(migrated(&env) >= 1, "the takeover reached a node");
+    let ds = support::gvr("apps", "v1", "daemonsets");
+    let annotate = |value: Value| {
+        env.sb.store().patch(
+            &ds,
+            "kube-system",
+            "calico-node",
+            calico_migrate::sandbox::PatchKind::Merge,
+            json!({"metadata": {"annotations": {"example.com/owner": value}}})
+                .to_string()
+                .as_bytes(),
+            &Default::default(),
+        )
+    };
+    annotate(json!("team-a"))?;
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let said = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("the operator refuses the migration") && said.contains("example.com/owner"),
+        "{said}"
+    );
+    let op = env
+        .sb
+        .store()
+        .get(
+            &support::gvr("apps", "v1", "deployments"),
+            "tigera-operator",
+            "tigera-operator",
+        )
+        .context("operator")?;
+    assert_eq!(op["spec"]["replicas"], 0, "frozen at the stop");
+    let degraded = |env: &support::Env| -> Option<String> {
+        let ts = env
+            .sb
+            .store()
+            .get(
+                &support::gvr("operator.tigera.io", "v1", "tigerastatuses"),
+                "",
+                "calico",
+            )
+            .ok()?;
+        ts["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Degraded" && c["status"] == "True")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+    };
+    // The cause goes; the frozen operator's Degraded stays.
+    annotate(Value::Null)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stale = degraded(&env).unwrap_or_default();
+    assert!(stale.contains("example.com/owner"), "stale: {stale:?}");
+    let o =
+        run(cli(&env, &kc).args(["apply", "--resume", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        env.sb
+            .store()
+            .get(&ds, "kube-system", "calico-node")
+            .is_err(),
+        "the takeover finished"
+    );
+    assert_eq!(degraded(&env), None, "the new operator process cleared it");
+    no_lapse(&env).await?;
+    Ok(())
+}

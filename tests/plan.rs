@@ -881,6 +881,46 @@ async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_wit
     assert!(warnings.contains(&"FARGATE_NODES"), "{warnings:?}");
 }
 
+/// Operators before v1.35.0 end the takeover by restarting every calico-node at once
+/// (tigera/operator PR 3157): plan warns for them, with the reference, and the takeover
+/// step says it follows that restart; v1.38.6 does not do it.
+#[tokio::test]
+async fn the_all_at_once_restart_of_old_operator_lines_is_predicted() {
+    let sb = sandbox(objects(ChartGeneration::V0_3_10));
+    for (profile, restarts) in [
+        (
+            Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}")),
+            true,
+        ),
+        (profile_for_operator("v1.20.4", "v3.20.2"), true),
+        (profile_for_operator("v1.38.6", "v3.30.3"), false),
+    ] {
+        let p = plan_with(&sb, &profile).await;
+        let v = &profile.target.operator_version;
+        let warning = p
+            .warnings
+            .iter()
+            .find(|f| f.code == "END_OF_MIGRATION_RESTART");
+        let takeover = p
+            .steps
+            .iter()
+            .find(|s| s.id == "takeover")
+            .map(|s| s.checks.after.join("\n"))
+            .unwrap_or_default();
+        if restarts {
+            let w = warning.unwrap_or_else(|| panic!("{v}: {:?}", codes(&p)));
+            assert!(
+                w.message.contains(v.as_str()) && w.message.contains("PR 3157"),
+                "{w:?}"
+            );
+            assert!(takeover.contains("at once at the end"), "{v}: {takeover}");
+        } else {
+            assert!(warning.is_none(), "{v}: {warning:?}");
+            assert!(!takeover.contains("at once"), "{v}: {takeover}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn canal_is_refused_like_the_converter_does() {
     let mut objs = objects(ChartGeneration::V0_3_10);

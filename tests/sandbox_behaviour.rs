@@ -2,7 +2,7 @@
 //! (docs/sandbox-behaviour.md), driven tick by tick for determinism.
 
 use calico_migrate::sandbox::controllers::nodes::{MIGRATION_LABEL, join_node, remove_node};
-use calico_migrate::sandbox::controllers::operator::{DEGRADED_PREFIX, FINALIZER};
+use calico_migrate::sandbox::controllers::operator::{self, DEGRADED_PREFIX, FINALIZER};
 use calico_migrate::sandbox::controllers::{
     ControllerFaults, ControllerOptions, Controllers, faults as cfaults, helm_uninstall,
 };
@@ -399,6 +399,211 @@ fn operator_v1_17_is_degraded_from_kubernetes_1_25() {
     assert!(migrated, "v1.17.4 on Kubernetes 1.24 migrates a node");
 }
 
+/// [`cluster_at`] for the operator line of `tag` at the Kubernetes minor it runs on,
+/// with the CRDs of the Calico it installs (v1.38.6: v3.30.3, which its agents need).
+fn line_cluster(nodes: usize, seed: u64, tag: &str) -> (Sandbox, Controllers) {
+    let minor = if tag.starts_with("v1.38.") { 34 } else { 24 };
+    let (sb, c) = cluster_at(
+        nodes,
+        seed,
+        true,
+        ControllerFaults::default(),
+        minor,
+        Some(tag),
+    );
+    // What an eBPF-ready cluster has (the chart does not make it): the operator of
+    // v1.27+ deletes it at the end of a migration.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubernetes-services-endpoint",
+        "namespace": "kube-system"}, "data": {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}});
+    assert!(sb.load(vec![cm]).is_ok());
+    if tag.starts_with("v1.38.") {
+        let crds: Vec<Value> = scenario::policy_only::objects()
+            .into_iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .collect();
+        assert!(sb.load(crds).is_ok());
+    }
+    (sb, c)
+}
+
+fn ready_calico_system_agents(sb: &Sandbox) -> usize {
+    list(sb, &pods_g(), Some("calico-system"))
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["k8s-app"] == "calico-node" && ready(p))
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .count()
+}
+
+/// The end of a migration per line (tigera/operator namespace_migration.go, PR 3157
+/// in v1.35.0): v1.17 and v1.20 delete kube-system calico-node right after the last
+/// label, before that node's new pod is Ready, and remove the node labels in the
+/// reconcile that drops the migration nodeSelector, so every calico-system calico-node
+/// restarts at once; v1.38 waits for the rollout both times, so at most one agent
+/// (maxUnavailable 1) is down at any moment. Only v1.27+ deletes ConfigMap
+/// kube-system/kubernetes-services-endpoint.
+#[test]
+fn the_end_of_a_migration_restarts_every_agent_at_once_before_v1_35() {
+    let nodes = 4;
+    for (tag, all_at_once) in [("v1.17.4", true), ("v1.20.1", true), ("v1.38.6", false)] {
+        let (sb, mut c) = line_cluster(nodes, 21, tag);
+        let mut at_ks_deleted = None;
+        let mut fewest_after_all_ready: Option<usize> = None;
+        let mut all_ready_seen = false;
+        for _ in 0..3000 {
+            if done(&sb) {
+                break;
+            }
+            c.tick();
+            let ready = ready_calico_system_agents(&sb);
+            if kube_system_gone(&sb) && at_ks_deleted.is_none() {
+                at_ks_deleted = Some(ready);
+            }
+            if kube_system_gone(&sb) {
+                all_ready_seen |= ready == nodes;
+                if all_ready_seen || all_at_once {
+                    fewest_after_all_ready =
+                        Some(fewest_after_all_ready.map_or(ready, |f| f.min(ready)));
+                }
+            }
+        }
+        assert!(done(&sb), "{tag}: did not finish: {}", tigera_status(&sb));
+        assert_eq!(ready_calico_system_agents(&sb), nodes, "{tag}");
+        let cm = get(
+            &sb,
+            &g("", "configmaps"),
+            "kube-system",
+            "kubernetes-services-endpoint",
+        );
+        if all_at_once {
+            assert!(
+                at_ks_deleted.is_some_and(|r| r < nodes),
+                "{tag}: kube-system calico-node deleted before the last new agent is Ready ({at_ks_deleted:?})"
+            );
+            assert_eq!(
+                fewest_after_all_ready,
+                Some(0),
+                "{tag}: every calico-system agent down at once at the end"
+            );
+            assert!(cm.is_some(), "{tag} keeps kubernetes-services-endpoint");
+        } else {
+            assert_eq!(at_ks_deleted, Some(nodes), "{tag}: rollout awaited first");
+            assert!(
+                fewest_after_all_ready.is_some_and(|f| f >= nodes - 1),
+                "{tag}: one agent at a time ({fewest_after_all_ready:?})"
+            );
+            assert!(cm.is_none(), "{tag} deletes kubernetes-services-endpoint");
+        }
+    }
+}
+
+/// The operator takes nodes in its cache's order (a Go map: no fixed order); the
+/// sandbox draws it from its seed.
+#[test]
+fn the_operator_takes_nodes_in_a_seeded_order() {
+    let order = |seed: u64| {
+        let (sb, mut c) = cluster(5, seed, true, ControllerFaults::default());
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..3000 {
+            if done(&sb) {
+                break;
+            }
+            c.tick();
+            for n in node_names(&sb) {
+                if migration_label(&sb, &n).as_deref() == Some("migrated") && !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+        }
+        // Node names carry the seed's addresses: compare positions in the sorted names.
+        let mut sorted = node_names(&sb);
+        sorted.sort();
+        seen.iter()
+            .map(|n| sorted.iter().position(|s| s == n).unwrap_or(usize::MAX))
+            .collect::<Vec<usize>>()
+    };
+    let orders: Vec<Vec<usize>> = (1..=6).map(order).collect();
+    for o in &orders {
+        assert_eq!(o.len(), 5, "every node migrated once: {o:?}");
+    }
+    assert_eq!(order(3), orders[2], "same seed, same order");
+    assert!(
+        orders.iter().any(|o| o != &vec![0, 1, 2, 3, 4]),
+        "not by name: {orders:?}"
+    );
+    assert!(
+        orders.iter().any(|o| o != &orders[0]),
+        "the seed decides: {orders:?}"
+    );
+}
+
+/// A new operator process reconciles only once it holds Lease operator-lock, which the
+/// stopped one keeps for 15 s after its last renewal (controller-runtime defaults,
+/// no release on cancel).
+#[test]
+fn a_restarted_operator_waits_for_the_lease_of_the_last_one() {
+    let (sb, mut c) = cluster(3, 9, true, ControllerFaults::default());
+    let lease_g = g("coordination.k8s.io", "leases");
+    assert!(c.run_until(200, |sb| {
+        get(sb, &lease_g, "tigera-operator", "operator-lock").is_some()
+    }));
+    let first = get(&sb, &lease_g, "tigera-operator", "operator-lock").unwrap_or(Value::Null);
+    let first_holder = first["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(first["spec"]["leaseDurationSeconds"], 15);
+    let pod = list(&sb, &pods_g(), Some("tigera-operator"))
+        .into_iter()
+        .find(|p| ready(p))
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        first_holder,
+        format!(
+            "{}_{}",
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            pod["metadata"]["uid"].as_str().unwrap_or_default()
+        )
+    );
+    scale_operator(&sb, 0);
+    let stopped_at = c.now();
+    assert!(c.run_until(20, |sb| {
+        list(sb, &pods_g(), Some("tigera-operator")).is_empty()
+    }));
+    scale_operator(&sb, 1);
+    let holder = |sb: &Sandbox| {
+        get(sb, &lease_g, "tigera-operator", "operator-lock")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    };
+    let mut new_pod_ready_at = None;
+    let mut taken_at = None;
+    for _ in 0..60 {
+        c.tick();
+        if new_pod_ready_at.is_none()
+            && list(&sb, &pods_g(), Some("tigera-operator"))
+                .iter()
+                .any(ready)
+        {
+            new_pod_ready_at = Some(c.now());
+        }
+        if holder(&sb).as_deref() != Some(first_holder.as_str()) {
+            taken_at = Some(c.now());
+            break;
+        }
+    }
+    let (Some(ready_at), Some(taken)) = (new_pod_ready_at, taken_at) else {
+        panic!("the new operator never took the lease: {:?}", holder(&sb));
+    };
+    assert!(
+        taken - stopped_at >= 15.0 - 2.0,
+        "taken {:.0} s after the old one stopped (its last renewal at most 2 s before)",
+        taken - stopped_at
+    );
+    assert!(taken > ready_at, "a Ready pod waited for the lease");
+    let lease = get(&sb, &lease_g, "tigera-operator", "operator-lock").unwrap_or(Value::Null);
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert!(c.run_until(3000, done), "{}", tigera_status(&sb));
+}
+
 /// The status manager keeps an explicit Degraded for the life of the operator process
 /// until a reconcile needs no migration (v1.17.4 core_controller.go:1156,
 /// status.go:277-292): a converter refusal fixed since stays reported while the
@@ -683,8 +888,24 @@ fn typha_stuck_keeps_calico_system_typha_pending() {
         condition(&tigera_status(&sb), "Progressing")["message"],
         "Waiting for calico-system typha"
     );
+    assert_ne!(condition(&tigera_status(&sb), "Degraded")["status"], "True");
+    // waitForOperatorTyphaDeploymentReady gives up after 10 minutes: the run fails,
+    // Degraded, and the next run waits again.
+    for _ in 0..320 {
+        c.tick();
+    }
+    let ts = tigera_status(&sb);
+    let d = condition(&ts, "Degraded");
+    assert_eq!(d["status"], "True", "{ts}");
+    assert_eq!(d["reason"], operator::MIGRATION_ERROR_REASON);
+    assert_eq!(d["message"], operator::TYPHA_TIMEOUT);
     set_fault(&sb, "typha-stuck", "false");
     assert!(c.run_until(3000, done));
+    // Kept through the rest of the migration, cleared by the reconcile that needs none.
+    assert_eq!(
+        condition(&tigera_status(&sb), "Degraded")["status"],
+        "False"
+    );
 }
 
 #[test]
@@ -1161,12 +1382,20 @@ async fn a_kube_client_sets_a_fault_and_sees_the_operator_stall() {
             .as_ref()
             .and_then(|l| l.get(MIGRATION_LABEL).cloned())
     };
-    let stalled = nodes.get(&names[1]).await.ok().and_then(|n| label(&n));
-    let first = nodes.get(&names[0]).await.ok().and_then(|n| label(&n));
+    let mut at_stall = Vec::new();
+    for n in &names {
+        at_stall.push(nodes.get(n).await.ok().and_then(|n| label(&n)));
+    }
+    // The operator stays at the stalled node: nothing moves while the fault holds.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut later = Vec::new();
+    for n in &names {
+        later.push(nodes.get(n).await.ok().and_then(|n| label(&n)));
+    }
     h.stop();
     assert!(seen, "TigeraStatus never said: {want}");
-    assert_eq!(stalled.as_deref(), Some("pre-operator"));
-    assert_eq!(first.as_deref(), Some("migrated"));
+    assert_eq!(at_stall[1].as_deref(), Some("pre-operator"));
+    assert_eq!(at_stall, later, "a node moved past the stall");
 }
 
 // ---- Calico agents and their version's API (controllers/felix.rs) ----
@@ -1596,10 +1825,116 @@ fn an_image_by_digest_or_unknown_tag_is_not_gated() {
     );
 }
 
+/// Operators before v1.25.0 on a cluster with Fargate nodes: they refuse the chart's
+/// Fargate exclusion (so it has to go) and label every node, Fargate ones too, for the
+/// kube-system DaemonSet (namespace_migration.go `labelUnmigratedNodes`, v1.17.4
+/// :409-423); its pods there stay Pending, so the DaemonSet is never ready with the
+/// migration nodeSelector and the operator waits without end (tigera/operator issue
+/// 1564). v1.38.6 keeps the exclusion and migrates (tests/apply.rs).
+#[test]
+fn an_operator_before_v1_25_stalls_on_fargate_nodes() {
+    for tag in ["v1.17.4", "v1.20.1"] {
+        let sb = Sandbox::new(SandboxOptions {
+            kubernetes_version: calico_migrate::sandbox::KubernetesVersion::new(24)
+                .unwrap_or_else(|e| panic!("{e}")),
+            ..Default::default()
+        });
+        let cfg = ScenarioConfig {
+            nodes: 4,
+            fargate_nodes: 2,
+            namespaces: 1,
+            pods_per_namespace: 1,
+            ..Default::default()
+        };
+        assert!(sb.load(scenario::build(&cfg).unwrap_or_default()).is_ok());
+        let mut extra = scenario::operator::operator_crds();
+        extra.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}));
+        assert!(sb.load(extra).is_ok());
+        merge(
+            &sb,
+            &ds_g(),
+            "kube-system",
+            "calico-node",
+            "",
+            json!({
+            "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
+            "spec": {"template": {"spec": {"affinity": null}}}}),
+        );
+        drop_helm_annotations(&sb, &deploy_g(), "calico-typha");
+        let mut c = Controllers::new(
+            &sb,
+            ControllerOptions {
+                pod_start_delay: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("controllers: {e}"));
+        let chart = scenario::chart::ChartValues::seed_organisation("tigera-operator");
+        let mut op = scenario::operator::rendered_objects(&chart)
+            .into_iter()
+            .map(|(_, o)| o)
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap_or(Value::Null);
+        op["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!(format!("quay.io/tigera/operator:{tag}"));
+        assert!(
+            sb.store()
+                .create(&deploy_g(), "tigera-operator", op, &WriteOptions::default())
+                .is_ok()
+        );
+        assert!(
+            sb.store()
+                .create(
+                    &inst_g(),
+                    "",
+                    scenario::operator::installation_default(),
+                    &WriteOptions::default()
+                )
+                .is_ok()
+        );
+        for _ in 0..300 {
+            c.tick();
+        }
+        let fargate: Vec<String> = node_names(&sb)
+            .into_iter()
+            .filter(|n| n.starts_with("fargate-"))
+            .collect();
+        assert_eq!(fargate.len(), 2, "{tag}");
+        for f in &fargate {
+            assert_eq!(
+                migration_label(&sb, f).as_deref(),
+                Some("pre-operator"),
+                "{tag}: {f} labelled"
+            );
+            let pending = list(&sb, &pods_g(), Some("kube-system"))
+                .into_iter()
+                .any(|p| {
+                    (p["metadata"]["labels"]["k8s-app"] == "calico-node"
+                        || p["metadata"]["labels"]["app.kubernetes.io/name"] == "calico-node")
+                        && p["spec"]["nodeName"] == f.as_str()
+                        && p["status"]["phase"] == "Pending"
+                });
+            assert!(pending, "{tag}: a Pending kube-system calico-node on {f}");
+        }
+        assert!(
+            node_names(&sb)
+                .iter()
+                .all(|n| migration_label(&sb, n).as_deref() != Some("migrated")),
+            "{tag}: no node migrated"
+        );
+        assert_eq!(
+            condition(&tigera_status(&sb), "Progressing")["message"],
+            "kube-system node DaemonSet is not ready with the updated nodeSelector",
+            "{tag}"
+        );
+    }
+}
+
 /// Fargate nodes (2 among 8): the DaemonSet controller gives kube-system calico-node
 /// (it tolerates every NoSchedule taint but carries the chart's Fargate exclusion) no
-/// pod there, while a DaemonSet that tolerates everything with no affinity runs there
-/// too; the Fargate profile's pods stay bound to their nodes, Running.
+/// pod there, while a DaemonSet that tolerates everything with no affinity gets a pod
+/// there that stays Pending for ever (Fargate runs only its own scheduler's pods); the
+/// Fargate profile's pods stay bound to their nodes, Running.
 #[test]
 fn fargate_nodes_get_only_daemonset_pods_that_fit() {
     let sb = Sandbox::new(SandboxOptions::default());
@@ -1652,9 +1987,18 @@ fn fargate_nodes_get_only_daemonset_pods_that_fit() {
     .unwrap_or_else(|e| panic!("controllers: {e}"));
     let settled = c.run_until(200, |sb| {
         let ds = get(sb, &ds_g(), "kube-system", "log-agent").unwrap_or(Value::Null);
-        ds.pointer("/status/numberReady") == Some(&json!(8))
+        ds.pointer("/status/numberReady") == Some(&json!(6))
     });
-    assert!(settled, "log-agent never Ready on all 8 nodes");
+    assert!(settled, "log-agent never Ready on the 6 EC2 nodes");
+    for _ in 0..20 {
+        c.tick();
+    }
+    let log_agent = get(&sb, &ds_g(), "kube-system", "log-agent").unwrap_or(Value::Null);
+    assert_eq!(log_agent["status"]["desiredNumberScheduled"], 8);
+    assert_eq!(
+        log_agent["status"]["numberReady"], 6,
+        "never Ready on Fargate"
+    );
     let calico = get(&sb, &ds_g(), "kube-system", "calico-node").unwrap_or(Value::Null);
     assert_eq!(
         calico.pointer("/status/desiredNumberScheduled"),
@@ -1687,9 +2031,12 @@ fn fargate_nodes_get_only_daemonset_pods_that_fit() {
             "calico-node on {f}"
         );
         assert_eq!(
-            on(f, &|p| app(p, "app", "log-agent")),
+            on(f, &|p| app(p, "app", "log-agent")
+                && p["status"]["phase"] == "Pending"
+                && p["status"]["conditions"][0]["reason"]
+                    == "Unschedulable"),
             1,
-            "log-agent on {f}"
+            "log-agent Pending on {f}: Fargate runs no DaemonSet pod"
         );
         assert_eq!(
             on(f, &|p| p.pointer("/metadata/namespace")

@@ -130,10 +130,16 @@ pub async fn degraded(world: &World) -> anyhow::Result<Option<String>> {
         .map(|(_, reason, message)| format!("TigeraStatus calico Degraded ({reason}): {message}")))
 }
 
+/// What the operator says it is doing, for a stall's message: its Progressing
+/// message, else its Degraded (a migration run that failed, e.g. its 10-minute wait
+/// for calico-system typha, reports only that until a run succeeds).
 pub async fn progressing_message(world: &World) -> String {
     match world.objects.get(&tigera_status_ref()).await {
-        Ok(Some(ts)) => match condition(&ts, "Progressing") {
-            Some((true, _, m)) if !m.is_empty() => format!("the operator says \"{m}\""),
+        Ok(Some(ts)) => match (condition(&ts, "Progressing"), condition(&ts, "Degraded")) {
+            (Some((true, _, m)), _) if !m.is_empty() => format!("the operator says \"{m}\""),
+            (_, Some((true, reason, m))) => {
+                format!("the operator reports TigeraStatus calico Degraded ({reason}): {m}")
+            }
             _ => "the operator reports no progress message".into(),
         },
         _ => "no TigeraStatus calico".into(),

@@ -62,6 +62,18 @@ pub struct TargetSpec {
     pub align_versions: bool,
 }
 
+impl TargetSpec {
+    /// Whether the target operator ends its takeover by restarting every calico-system
+    /// calico-node at once: before v1.35.0 it removes the migration node labels in the
+    /// reconcile that drops the migration nodeSelector, without waiting for the rollout
+    /// (tigera/operator v1.17.4 and v1.20.1 pkg/controller/installation/
+    /// core_controller.go:1092-1108, pkg/controller/migration/namespace_migration.go:344-356);
+    /// v1.35.0 waits first (PR 3157, "to avoid mass restart").
+    pub fn restarts_every_agent_at_the_end(&self) -> bool {
+        parse_version(&self.operator_version).is_some_and(|v| v < (1, 35, 0))
+    }
+}
+
 /// The Kubernetes minors the target operator runs on, and why the bounds are there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

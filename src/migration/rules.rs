@@ -85,6 +85,7 @@ pub fn evaluate(i: &RuleInput) -> Vec<Finding> {
         converter_prediction(i, &mut out);
         agent_health(i, &mut out);
         helm_uninstall(i, &mut out);
+        end_of_migration_restart(i, &mut out);
     }
     nodes(i, &mut out);
     crds(i, &mut out);
@@ -511,6 +512,28 @@ fn typha_finding(i: &RuleInput, r: TyphaRefusal) -> Finding {
             "remove those nodeSelector keys (only [beta.]kubernetes.io/os=linux is accepted)",
         ),
     }
+}
+
+/// `END_OF_MIGRATION_RESTART`: the target operator restarts every calico-node at
+/// once at the end of its takeover ([`super::profile::TargetSpec::restarts_every_agent_at_the_end`]).
+fn end_of_migration_restart(i: &RuleInput, out: &mut Vec<Finding>) {
+    if !i.profile.target.restarts_every_agent_at_the_end() {
+        return;
+    }
+    let target = &i.profile.target.operator_version;
+    out.push(f(
+        "END_OF_MIGRATION_RESTART",
+        Warning,
+        format!(
+            "operator {target} ends its takeover by restarting every calico-node at once (it \
+             removes the migration node labels while calico-system calico-node still selects \
+             them; fixed in v1.35.0, tigera/operator PR 3157): the rules already in place keep \
+             enforcing policy while the agents start again, but until each node's agent is Ready \
+             no new pod there gets its network or policy, and no policy change is programmed"
+        ),
+        "takeover follows that restart like any rollout, probing every node and checking the \
+         held connections through it; keep deployments and policy changes out of the window",
+    ));
 }
 
 fn agent_health(i: &RuleInput, out: &mut Vec<Finding>) {

@@ -2,7 +2,7 @@
 //! (docs/upstream.md, "Rolling back": the operator's own mechanism runs backwards):
 //! with the operator frozen, a node relabelled `pre-operator` leaves the
 //! calico-system DaemonSet (nodeSelector `migrated`) and returns to the kube-system
-//! one (nodeSelector `pre-operator` while nodes move), newest first, one at a time,
+//! one (nodeSelector `pre-operator` while nodes move), in reverse name order, one at a time,
 //! checked like the way forward; then the kube-system objects and node labels are
 //! restored as create-installation captured them. Used by the rollback of the
 //! takeover and of create-installation.
@@ -135,8 +135,8 @@ pub async fn restore_migration_selector(world: &World) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Move every `migrated` node back to the kube-system agent, newest first (the
-/// operator migrates in name order), checking each like the way forward: probed through
+/// Move every `migrated` node back to the kube-system agent, in reverse name order (the
+/// operator took them in no order it records), checking each like the way forward: probed through
 /// its swap, the `held` connections touching it still answering after it.
 pub async fn move_nodes_back(
     world: &World,

@@ -68,6 +68,7 @@ struct Inner {
     /// Routes added by other parts of the sandbox (e.g. pods/exec), tried before the API.
     extra: std::sync::Mutex<Option<axum::Router>>,
     bookmark_interval: std::time::Duration,
+    seed: u64,
 }
 
 /// A running sandbox cluster. Cheap to clone; clones share everything.
@@ -93,8 +94,15 @@ impl Sandbox {
                 dice: apiserver::faults::Dice::new(opts.seed),
                 extra: std::sync::Mutex::new(None),
                 bookmark_interval: opts.bookmark_interval,
+                seed: opts.seed,
             }),
         }
+    }
+
+    /// The seed it started with: what the simulated controllers draw their choices from
+    /// (e.g. the order in which the operator takes nodes).
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
     }
 
     /// The object store, for in-process controllers.

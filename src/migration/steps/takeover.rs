@@ -6,7 +6,7 @@
 //! the operator's own mechanism runs backwards): with the operator frozen, a node
 //! relabelled `pre-operator` leaves the calico-system DaemonSet (nodeSelector `migrated`) and
 //! returns to the kube-system one (nodeSelector `pre-operator` while nodes move),
-//! newest first, one at a time, checked like the way forward; then the kube-system
+//! in reverse name order, one at a time, checked like the way forward; then the kube-system
 //! objects and node labels are restored as create-installation captured them.
 
 use std::collections::BTreeSet;
@@ -89,12 +89,20 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                     "pause {} s between nodes; at the first failed check the operator is scaled to 0 and the run stops naming the node",
                     p.pause_seconds
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(ctx.profile.target.restarts_every_agent_at_the_end().then(|| {
+                format!(
+                    "operator {} restarts every calico-system calico-node at once at the end (plan: END_OF_MIGRATION_RESTART): followed like a rollout, every node probed until its agent is Ready again, the held connections checked after",
+                    ctx.profile.target.operator_version
+                )
+            }))
+            .collect(),
         },
         rollback: {
             let mut way_back = lines(&[
                 "scale the operator to 0 (freezes the takeover)",
-                "relabel migrated nodes pre-operator one at a time, newest first; after each, kube-system calico-node Ready there and the probe matrix equals the baseline",
+                "relabel migrated nodes pre-operator one at a time, in reverse name order; after each, kube-system calico-node Ready there and the probe matrix equals the baseline",
             ]);
             if ctx.profile.checks.hold_connections {
                 way_back.push("one established connection per node moved back held open across the moves back and the kube-system rollout; a break stops the rollback".into());

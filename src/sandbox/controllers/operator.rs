@@ -14,14 +14,22 @@
 //!   (1.25+): the render fails, Degraded, no migration (migration.rs `render_failure`);
 //! - otherwise the migration in the documented order (migration.rs);
 //! - a Degraded it sets stays until a reconcile needs no migration or the operator
-//!   process ends ([`StatusMemory`]).
+//!   process ends ([`StatusMemory`]);
+//! - a new operator process reconciles only once it holds Lease `operator-lock`, which
+//!   the last one, stopped without releasing it, keeps for 15 s after its last renewal
+//!   (lease.rs).
 
 mod convert;
+mod lease;
 mod migration;
 mod status;
 
 pub use convert::{DEGRADED_PREFIX, OperatorRefusal, check_daemonset};
-pub use migration::{expected_typha_replicas, kube_system_typha_target};
+pub use lease::{LEASE_DURATION_SECONDS, LEASE_NAME};
+pub use migration::{
+    Line, MIGRATION_ERROR_REASON, TYPHA_TIMEOUT, TYPHA_WAIT_SECONDS, expected_typha_replicas,
+    kube_system_typha_target,
+};
 
 use serde_json::Value;
 
@@ -99,7 +107,10 @@ impl StatusMemory {
     }
 }
 
-/// The uid of the Ready operator pod that is not being deleted: one operator process.
+/// The Ready operator pod that is not being deleted, as its leader-election identity:
+/// one operator process. controller-runtime names a candidate `<hostname>_<uuid>`
+/// (v0.7.0 and v0.20.2 pkg/leaderelection/leader_election.go: `os.Hostname()`, a pod's
+/// name, then a fresh UUID); the pod's uid stands for the UUID.
 fn operator_process(sb: &Sandbox) -> Option<String> {
     sb.store()
         .list(
@@ -111,15 +122,21 @@ fn operator_process(sb: &Sandbox) -> Option<String> {
         .items
         .iter()
         .filter(|p| !super::deleting(p) && super::pod_ready(p))
-        .filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str))
+        .filter_map(|p| {
+            let uid = p.pointer("/metadata/uid").and_then(Value::as_str)?;
+            let name = p.pointer("/metadata/name").and_then(Value::as_str)?;
+            Some((uid.to_string(), format!("{name}_{uid}")))
+        })
         .min()
-        .map(str::to_string)
+        .map(|(_, id)| id)
 }
 
 pub struct Operator {
     every: f64,
     last: f64,
     memory: StatusMemory,
+    run: migration::RunMemory,
+    lease: lease::LeaderLease,
 }
 
 impl Operator {
@@ -128,6 +145,8 @@ impl Operator {
             every,
             last: f64::NEG_INFINITY,
             memory: StatusMemory::default(),
+            run: migration::RunMemory::default(),
+            lease: lease::LeaderLease::default(),
         }
     }
 
@@ -142,17 +161,25 @@ impl Operator {
         };
         let process = operator_process(sb);
         if self.memory.process != process {
-            // A new operator process: a fresh status manager.
+            // A new operator process: a fresh status manager and migration run.
             self.memory = StatusMemory {
-                process,
+                process: process.clone(),
                 degraded: None,
             };
+            self.run = migration::RunMemory::default();
+        }
+        // It reconciles only once it leads (main.go LeaderElection, "operator-lock").
+        let Some(process) = process else {
+            return;
+        };
+        if !self.lease.lead(sb, &op, &process, now) {
+            return;
         }
         let Some(install) = get(sb, &installations(), "", "default") else {
             // OnCRNotFound clears the explicit Degraded (v1.17.4 status.go:174-175).
             self.memory.clear_degraded();
             return;
         };
-        migration::act(sb, &op, &install, f, &mut self.memory);
+        migration::act(sb, &op, &install, f, &mut self.memory, &mut self.run, now);
     }
 }

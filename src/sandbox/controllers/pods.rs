@@ -46,6 +46,56 @@ fn node_ip(n: &Value) -> Option<String> {
         .map(String::from)
 }
 
+/// Whether `pod` can never run on `node`: a Fargate node runs only the pod the Fargate
+/// scheduler placed there (`spec.schedulerName: fargate-scheduler`; EKS user guide,
+/// fargate.html: "Each pod that runs on Fargate has its own compute boundary" and
+/// DaemonSets are not supported). A DaemonSet pod that tolerates the Fargate taint and
+/// is not kept off by an affinity stays Pending there for ever (reported against real
+/// clusters: aws/amazon-cloudwatch-agent-operator issue 183, kubernetes-sigs/
+/// aws-efs-csi-driver issue 328, aws/aws-cdk issue 11609).
+fn runs_nowhere_on(pod: &Value, node: &Value) -> bool {
+    let fargate = node
+        .pointer(&format!(
+            "/metadata/labels/{}",
+            crate::kinds::FARGATE_LABEL.replace('/', "~1")
+        ))
+        .and_then(Value::as_str)
+        == Some("fargate");
+    fargate && pod.pointer("/spec/schedulerName").and_then(Value::as_str) != Some(FARGATE_SCHEDULER)
+}
+
+/// The scheduler name of the pods Fargate runs.
+const FARGATE_SCHEDULER: &str = "fargate-scheduler";
+
+/// Pending with PodScheduled False, reason Unschedulable, written once. Upstream leaves
+/// such a pod unbound (the DaemonSet controller pins it by node affinity and the default
+/// scheduler never binds it); the sandbox's DaemonSets bind by `spec.nodeName`, so it
+/// shows the node, and the message is the sandbox's (docs/sandbox-behaviour.md).
+fn hold_pending_on_fargate(sb: &Sandbox, p: &Value, node: &str) -> bool {
+    let message = format!(
+        "Fargate node {node} runs only pods placed by the {FARGATE_SCHEDULER}: this pod will not start there"
+    );
+    if p.pointer("/status/conditions/0/message")
+        .and_then(Value::as_str)
+        == Some(message.as_str())
+    {
+        return false;
+    }
+    let st = json!({"status": {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+        "lastProbeTime": null, "lastTransitionTime": crate::sandbox::apiserver::store::now()}]}});
+    merge(
+        sb,
+        &pods_gvr(),
+        namespace(p),
+        name(p),
+        Subresource::Status,
+        &st,
+        MANAGER,
+    )
+    .is_ok()
+}
+
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
@@ -185,6 +235,10 @@ impl PodLifecycle {
                 changed |= super::delete(sb, &g, ns, pname);
                 continue;
             };
+            if runs_nowhere_on(p, node) {
+                changed |= hold_pending_on_fargate(sb, p, node_name);
+                continue;
+            }
             if p.pointer("/status/hostIP").is_none() {
                 let host_ip = node_ip(node).unwrap_or_default();
                 let host_network = p

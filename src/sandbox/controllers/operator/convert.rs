@@ -47,7 +47,7 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 
 /// `(major, minor, patch)` of an operator image tag such as `v1.38.6`; a tag that does
 /// not parse is the oldest line.
-fn version_of(tag: &str) -> (u32, u32, u32) {
+pub(super) fn version_of(tag: &str) -> (u32, u32, u32) {
     let mut it = tag
         .trim_start_matches('v')
         .split(['-', '+'])

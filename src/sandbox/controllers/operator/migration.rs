@@ -99,12 +99,62 @@ fn report_with(sb: &Sandbox, mem: &StatusMemory, h: Health, install: &Value, ver
     report(sb, &h, install, version);
 }
 
+/// The migration behaviours that differ between the operator lines the sandbox knows,
+/// from the operator's image tag (tigera/operator `pkg/controller/migration/
+/// namespace_migration.go` at each tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    /// v1.35.0 on (PR 3157, "Wait for calico-node DaemonSet rollout to avoid mass restart
+    /// during manifest-to-operator migration"; v1.38.6 :294-298 and :411-415): the
+    /// calico-system rollout is awaited before kube-system calico-node is deleted and
+    /// again before the node labels are removed. Before (v1.17.4 and v1.20.1 :238-244 and
+    /// :344-356) kube-system calico-node goes right after the last label and the labels go
+    /// in the reconcile that drops the migration nodeSelector.
+    pub waits_for_rollout: bool,
+    /// v1.27.0 on (v1.38.6 :307-309, :426-438): ConfigMap kube-system
+    /// kubernetes-services-endpoint is deleted at the end.
+    pub deletes_services_endpoint: bool,
+    /// v1.35.0 on (PR 3188; v1.38.6 :685-690): one node with no calico-system pod yet
+    /// may be migrated whatever the kube-system pod's readiness.
+    pub single_node_exception: bool,
+}
+
+impl Line {
+    pub fn of(operator_tag: &str) -> Self {
+        let v = super::convert::version_of(operator_tag);
+        Line {
+            waits_for_rollout: v >= (1, 35, 0),
+            deletes_services_endpoint: v >= (1, 27, 0),
+            single_node_exception: v >= (1, 35, 0),
+        }
+    }
+}
+
+/// What one operator process remembers between reconciles beside its status: when its
+/// wait for calico-system typha began (`waitForOperatorTyphaDeploymentReady` polls for
+/// 10 minutes, v1.17.4 namespace_migration.go:391-405, v1.38.6 :471-487).
+#[derive(Debug, Default)]
+pub struct RunMemory {
+    typha_wait_since: Option<f64>,
+}
+
+/// How long the operator waits for calico-system typha before its migration run fails.
+pub const TYPHA_WAIT_SECONDS: f64 = 600.0;
+
+/// The Degraded reason of a failed migration run (v1.17.4 core_controller.go:1094-1100,
+/// v1.38.6 :1513-1519) and the error of a typha wait that timed out (Run wraps
+/// migrateEachNode's error, :238-240; apimachinery's ErrWaitTimeout text).
+pub const MIGRATION_ERROR_REASON: &str = "error migrating resources to calico-system";
+pub const TYPHA_TIMEOUT: &str = "failed to migrate all nodes: failed to wait for operator typha deployment to be ready: timed out waiting for the condition";
+
 pub fn act(
     sb: &Sandbox,
     op: &Value,
     install: &Value,
     f: &ControllerFaults,
     mem: &mut StatusMemory,
+    run: &mut RunMemory,
+    now: f64,
 ) {
     // The operator is the release its image says; it installs that release's Calico.
     let tag = operator_version(op);
@@ -204,12 +254,28 @@ pub fn act(
             // A migration that goes on keeps an earlier Degraded: only the end of a
             // reconcile without migration clears it (v1.17.4 core_controller.go:1094-1100
             // returns before :1156; v1.20.1 :1129-1135 / :1194; v1.38.6 :1513-1519 / :1587).
-            let waiting = migrate_one(sb, &ds, install, f, version);
+            let line = Line::of(&tag);
+            let waiting = match migrate_one(sb, &ds, install, f, version, line) {
+                Next::Acted(m) => {
+                    run.typha_wait_since = None;
+                    m
+                }
+                Next::WaitingForTypha(m) => {
+                    let since = *run.typha_wait_since.get_or_insert(now);
+                    if now - since >= TYPHA_WAIT_SECONDS {
+                        // The run fails; the next reconcile starts it again, waiting anew,
+                        // and the Degraded stays (above).
+                        mem.set_degraded(MIGRATION_ERROR_REASON, TYPHA_TIMEOUT.into());
+                        run.typha_wait_since = None;
+                    }
+                    m
+                }
+            };
             report_with(sb, mem, Health::Progressing(waiting), install, version);
         }
         None => {
             mem.clear_degraded();
-            let h = finish(sb, install, version);
+            let h = finish(sb, install, version, Line::of(&tag));
             report_with(sb, mem, h, install, version);
         }
     }
@@ -287,14 +353,87 @@ fn set_node_label(sb: &Sandbox, node: &str, value: Option<&str>) -> bool {
     .is_ok()
 }
 
-/// One migration action; returns what the operator is waiting for (the Progressing message).
+/// What one migration action did or waits for (the Progressing message).
+enum Next {
+    Acted(String),
+    /// Waiting for calico-system typha: the operator's 10-minute wait runs.
+    WaitingForTypha(String),
+}
+
+impl From<&str> for Next {
+    fn from(m: &str) -> Self {
+        Next::Acted(m.into())
+    }
+}
+
+/// `waitForOperatorTyphaDeploymentReady` (v1.17.4 namespace_migration.go:391-405,
+/// v1.38.6 :471-487): status availableReplicas equal to status replicas.
+fn typha_available(sb: &Sandbox) -> bool {
+    get(sb, &deploy_gvr(), CS, "calico-typha").is_some_and(|t| {
+        let n = |k: &str| t.pointer(&format!("/status/{k}")).and_then(Value::as_u64);
+        n("availableReplicas").unwrap_or(0) == n("replicas").unwrap_or(0)
+    })
+}
+
+/// `getNumPodsDesiredAndReady`: a DaemonSet's desiredNumberScheduled and numberReady.
+fn desired_and_ready(ds: Option<&Value>) -> (i64, i64) {
+    let n = |k: &str| {
+        ds.and_then(|d| d.pointer(&format!("/status/{k}")))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    (n("desiredNumberScheduled"), n("numberReady"))
+}
+
+/// `waitUntilNodeCanBeMigrated` (v1.17.4 namespace_migration.go:574-604, v1.38.6
+/// :654-704): the next node may move when the Ready calico-node pods of both
+/// DaemonSets plus calico-system's maxUnavailable (an int or a percentage of both
+/// DaemonSets' desired pods, rounded down; v1.38.6 takes 1 for a result below 1) exceed
+/// the desired pods.
+fn node_can_be_migrated(ks: &Value, cs: Option<&Value>, line: Line) -> bool {
+    let (ks_d, ks_r) = desired_and_ready(Some(ks));
+    let (cs_d, cs_r) = desired_and_ready(cs);
+    let total = ks_d + cs_d;
+    let max_unavailable =
+        match cs.and_then(|d| d.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")) {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(1),
+            Some(Value::String(p)) => p
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<i64>().ok())
+                .map(|p| p * total / 100)
+                .unwrap_or(1),
+            _ => 1,
+        };
+    let max_unavailable = if line.single_node_exception {
+        max_unavailable.max(1)
+    } else {
+        max_unavailable
+    };
+    if line.single_node_exception && ks_d == 1 && cs_d == 0 {
+        return true;
+    }
+    ks_r + cs_r + max_unavailable > total
+}
+
+/// The order in which the operator takes nodes: `m.indexer.List()` of a client-go
+/// cache, a Go map iterated afresh on every call (v1.17.4 namespace_migration.go:561-570,
+/// v1.38.6 :641-652), so no fixed order, by name or otherwise. The sandbox draws it
+/// from its seed: the same seed, the same order.
+fn operator_order<'a>(sb: &Sandbox, nodes: &'a [Value]) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = nodes.iter().collect();
+    v.sort_by_key(|n| crate::sandbox::scenario::ids::hash(sb.seed(), name(n)));
+    v
+}
+
+/// One migration action, in namespace_migration.go `Run`'s order.
 fn migrate_one(
     sb: &Sandbox,
     ds: &Value,
     install: &Value,
     f: &ControllerFaults,
     calico_version: &str,
-) -> String {
+    line: Line,
+) -> Next {
     let dg = deploy_gvr();
     if get(sb, &dg, KS, "calico-kube-controllers").is_some() {
         delete(sb, &dg, KS, "calico-kube-controllers");
@@ -361,12 +500,8 @@ fn migrate_one(
         create_calico_system(sb, install, all.len(), calico_version);
         return "Waiting for calico-system typha".into();
     }
-    let typha_ready = get(sb, &dg, CS, "calico-typha")
-        .and_then(|t| t.pointer("/status/readyReplicas").and_then(Value::as_u64))
-        .unwrap_or(0)
-        >= 1;
-    if !typha_ready {
-        return "Waiting for calico-system typha".into();
+    if !typha_available(sb) {
+        return Next::WaitingForTypha("Waiting for calico-system typha".into());
     }
     let new_ds = get(sb, &ds_gvr(), CS, "calico-node");
     let cs_uid = new_ds
@@ -382,44 +517,50 @@ fn migrate_one(
                 && pod_ready(p)
         })
     };
-    let mut sorted: Vec<&Value> = all.iter().collect();
-    sorted.sort_by_key(|n| name(n).to_string());
-    // Only nodes the calico-system DaemonSet runs on can wait for its pod: the operator
-    // counts the DaemonSets' desired and Ready pods (v1.38.6 namespace_migration.go:654
-    // `waitUntilNodeCanBeMigrated`), so a Fargate node it excludes is labelled and passed.
-    let tpl = new_ds
-        .as_ref()
-        .and_then(|d| d.pointer("/spec/template/spec"))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    if let Some(n) = sorted.iter().find(|n| {
-        label(n, MIGRATION_LABEL) == Some("migrated")
-            && super::super::sched::fits(&tpl, n)
-            && !new_ready_on(name(n))
-    }) {
-        return format!("Waiting for calico-node on node {} to be ready", name(n));
-    }
-    if let Some(next) = sorted
+    let order = operator_order(sb, &all);
+    let to_migrate: Vec<&&Value> = order
         .iter()
-        .find(|n| label(n, MIGRATION_LABEL) != Some("migrated"))
-    {
+        .filter(|n| label(n, MIGRATION_LABEL) != Some("migrated"))
+        .collect();
+    if let Some(next) = to_migrate.first() {
+        if !node_can_be_migrated(ds, new_ds.as_ref(), line) {
+            // Name a migrated node still without its new calico-node, when there is one
+            // (a Fargate node the calico-system DaemonSet excludes has none to wait for).
+            let tpl = new_ds
+                .as_ref()
+                .and_then(|d| d.pointer("/spec/template/spec"))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            return Next::Acted(
+                match order.iter().find(|n| {
+                    label(n, MIGRATION_LABEL) == Some("migrated")
+                        && super::super::sched::fits(&tpl, n)
+                        && !new_ready_on(name(n))
+                }) {
+                    Some(n) => format!("Waiting for calico-node on node {} to be ready", name(n)),
+                    None => "Waiting for calico-node pods to be ready before the next node".into(),
+                },
+            );
+        }
         if f.operator_stall.as_deref() == Some(name(next)) {
-            return format!("Waiting to migrate node {}", name(next));
+            return Next::Acted(format!("Waiting to migrate node {}", name(next)));
         }
         set_node_label(sb, name(next), Some("migrated"));
-        return format!("Migrating node {}", name(next));
+        return Next::Acted(format!("Migrating node {}", name(next)));
     }
-    if !new_ds.as_ref().is_some_and(ds_ready) {
+    if line.waits_for_rollout && !new_ds.as_ref().is_some_and(ds_ready) {
         return "Waiting for calico-system calico-node rollout".into();
     }
     delete(sb, &ds_gvr(), KS, "calico-node");
     delete(sb, &dg, KS, "calico-typha");
-    delete(
-        sb,
-        &gvr("", "v1", "configmaps"),
-        KS,
-        "kubernetes-services-endpoint",
-    );
+    if line.deletes_services_endpoint {
+        delete(
+            sb,
+            &gvr("", "v1", "configmaps"),
+            KS,
+            "kubernetes-services-endpoint",
+        );
+    }
     "Removing the kube-system install".into()
 }
 
@@ -438,6 +579,24 @@ fn renders_eks_fargate_exclusion(install: &Value, calico_version: &str) -> bool 
     provider == "EKS"
         && !calico_version.starts_with("v3.19.")
         && !calico_version.starts_with("v3.20.")
+}
+
+fn drop_migration_selector(sb: &Sandbox) {
+    let _ = merge(
+        sb,
+        &ds_gvr(),
+        CS,
+        "calico-node",
+        Subresource::Main,
+        &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: null}}}}}),
+        MANAGER,
+    );
+}
+
+fn remove_labels(sb: &Sandbox, nodes: &[String]) {
+    for n in nodes {
+        set_node_label(sb, n, None);
+    }
 }
 
 fn eks_fargate_exclusion() -> Value {
@@ -507,51 +666,60 @@ fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico
     }
 }
 
-/// After the kube-system install is gone: drop the migration nodeSelector,
-/// then the node labels; report Available once calico-system is ready.
-fn finish(sb: &Sandbox, install: &Value, calico_version: &str) -> Health {
+/// After the kube-system install is gone: the render drops the migration
+/// nodeSelector, `CleanupMigration` removes the node labels; Available once
+/// calico-system is ready.
+///
+/// v1.35.0 on waits for the calico-node rollout in between (PR 3157). Before, both
+/// happen in one reconcile (v1.17.4 core_controller.go:1092-1108: the render writes the
+/// DaemonSet, then namespace_migration.go:344-356 removes the labels without waiting),
+/// and the DaemonSet controller can see the labels gone while its cache still holds
+/// the DaemonSet with the selector: it then deletes every calico-system calico-node pod
+/// at once, the mass restart PR 3157 reports ("the migration take down ALL Calico node
+/// pods ... 0/1 ready status at the same time"). The sandbox takes that outcome: labels
+/// first, the selector in the next action.
+fn finish(sb: &Sandbox, install: &Value, calico_version: &str, line: Line) -> Health {
     let Some(ds) = get(sb, &ds_gvr(), CS, "calico-node") else {
         create_calico_system(sb, install, nodes(sb).len(), calico_version);
         // A fresh install needs no migration selector.
-        let _ = merge(
-            sb,
-            &ds_gvr(),
-            CS,
-            "calico-node",
-            Subresource::Main,
-            &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: null}}}}}),
-            MANAGER,
-        );
+        drop_migration_selector(sb);
         return Health::Progressing("Creating calico-system".into());
     };
-    if ds
+    let has_selector = ds
         .pointer(&format!(
             "/spec/template/spec/nodeSelector/{}",
             MIGRATION_LABEL.replace('/', "~1")
         ))
-        .is_some()
-    {
-        let _ = merge(
-            sb,
-            &ds_gvr(),
-            CS,
-            "calico-node",
-            Subresource::Main,
-            &json!({"spec": {"template": {"spec": {"nodeSelector": {MIGRATION_LABEL: null}}}}}),
-            MANAGER,
-        );
-        return Health::Progressing("Removing the migration nodeSelector".into());
-    }
+        .is_some();
     let labelled: Vec<String> = nodes(sb)
         .iter()
         .filter(|n| label(n, MIGRATION_LABEL).is_some())
         .map(|n| name(n).to_string())
         .collect();
-    if !labelled.is_empty() {
-        for n in &labelled {
-            set_node_label(sb, n, None);
+    if line.waits_for_rollout {
+        if has_selector {
+            drop_migration_selector(sb);
+            return Health::Progressing("Removing the migration nodeSelector".into());
         }
-        return Health::Progressing("Removing the migration node labels".into());
+        if !labelled.is_empty() {
+            if !ds_ready(&ds) {
+                return Health::Progressing(
+                    "Waiting for calico-system calico-node rollout before removing the node labels"
+                        .into(),
+                );
+            }
+            remove_labels(sb, &labelled);
+            return Health::Progressing("Removing the migration node labels".into());
+        }
+    } else {
+        if !labelled.is_empty() {
+            remove_labels(sb, &labelled);
+            return Health::Progressing("Removing the migration node labels".into());
+        }
+        if has_selector {
+            drop_migration_selector(sb);
+            return Health::Progressing("Removing the migration nodeSelector".into());
+        }
     }
     let typha_ready = get(sb, &deploy_gvr(), CS, "calico-typha")
         .and_then(|t| t.pointer("/status/readyReplicas").and_then(Value::as_u64))
