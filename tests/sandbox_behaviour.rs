@@ -554,7 +554,7 @@ fn a_restarted_operator_waits_for_the_lease_of_the_last_one() {
     assert_eq!(first["spec"]["leaseDurationSeconds"], 15);
     let pod = list(&sb, &pods_g(), Some("tigera-operator"))
         .into_iter()
-        .find(|p| ready(p))
+        .find(ready)
         .unwrap_or(Value::Null);
     assert_eq!(
         first_holder,
