@@ -496,6 +496,85 @@ fn the_end_of_a_migration_restarts_every_agent_at_once_before_v1_35() {
     }
 }
 
+/// Per line: everything the operator renders carries a controller ownerReference to
+/// Installation default, ClusterRole and ClusterRoleBinding calico-node included (with
+/// the kube-system account and system:nodes bound during the migration,
+/// namespace_migration.go `AddBindingForKubeSystemNode`); deleting the Installation
+/// takes them all (the garbage collector; v1.38.6 also deletes calico-node's role and
+/// binding by name, pkg/render/node.go:235-245). A rollback that deletes the
+/// Installation must take calico-node's RBAC back first.
+#[test]
+fn every_line_owns_calico_node_rbac_and_the_installation_delete_takes_it() {
+    let rbac = |r: &str| g("rbac.authorization.k8s.io", r);
+    for tag in ["v1.17.4", "v1.20.1", "v1.38.6"] {
+        let (sb, mut c) = line_cluster(3, 31, tag);
+        assert!(c.run_until(3000, done), "{tag}: {}", tigera_status(&sb));
+        let inst = get(&sb, &inst_g(), "", "default").unwrap_or(Value::Null);
+        let owned = |o: &Value| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|r| {
+                    r.iter().any(|r| {
+                        r["kind"] == "Installation"
+                            && r["uid"] == inst["metadata"]["uid"]
+                            && r["controller"] == true
+                    })
+                })
+        };
+        let objects = [
+            (rbac("clusterroles"), "", "calico-node"),
+            (rbac("clusterrolebindings"), "", "calico-node"),
+            (rbac("clusterroles"), "", "calico-typha"),
+            (rbac("clusterrolebindings"), "", "calico-typha"),
+            (ds_g(), "calico-system", "calico-node"),
+            (deploy_g(), "calico-system", "calico-typha"),
+        ];
+        for (gvr, ns, n) in &objects {
+            let o = get(&sb, gvr, ns, n).unwrap_or(Value::Null);
+            assert!(
+                owned(&o),
+                "{tag}: {ns}/{n} owned by the Installation: {}",
+                o["metadata"]
+            );
+        }
+        let crb = get(&sb, &rbac("clusterrolebindings"), "", "calico-node").unwrap_or(Value::Null);
+        for want in [
+            json!({"kind": "ServiceAccount", "name": "calico-node", "namespace": "calico-system"}),
+            json!({"kind": "ServiceAccount", "name": "calico-node", "namespace": "kube-system"}),
+        ] {
+            assert!(
+                crb["subjects"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| {
+                        x["kind"] == want["kind"]
+                            && x["name"] == want["name"]
+                            && x["namespace"] == want["namespace"]
+                    })),
+                "{tag}: {want} in {}",
+                crb["subjects"]
+            );
+        }
+        assert!(
+            sb.store()
+                .delete(&inst_g(), "", "default", &DeleteOptions::default())
+                .is_ok()
+        );
+        assert!(
+            c.run_until(200, |sb| get(sb, &inst_g(), "", "default").is_none()),
+            "{tag}: the running operator lets the Installation go"
+        );
+        for _ in 0..5 {
+            c.tick();
+        }
+        for (gvr, ns, n) in &objects {
+            assert!(
+                get(&sb, gvr, ns, n).is_none(),
+                "{tag}: {ns}/{n} garbage-collected"
+            );
+        }
+    }
+}
+
 /// The operator takes nodes in its cache's order (a Go map: no fixed order); the
 /// sandbox draws it from its seed.
 #[test]
