@@ -1147,6 +1147,13 @@ async fn resume_goes_on_after_a_stale_degraded() -> Result<()> {
         )
         .context("operator")?;
     assert_eq!(op["spec"]["replicas"], 0, "frozen at the stop");
+    // With no operator pod left, the lock the last one kept is released.
+    let lock = env.sb.store().get(
+        &support::gvr("coordination.k8s.io", "v1", "leases"),
+        "tigera-operator",
+        "operator-lock",
+    )?;
+    assert_eq!(lock["spec"]["holderIdentity"], "", "{lock}");
     let degraded = |env: &support::Env| -> Option<String> {
         let ts = env
             .sb

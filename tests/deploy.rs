@@ -96,6 +96,34 @@ const LEASE: &str = "calico-migrate";
 const EXTRAS: &[(&str, &str, &str, Option<&str>, &str)] = &[
     (
         "get",
+        "coordination.k8s.io",
+        "leases",
+        None,
+        "the stopped operator's leader lock, released after a freeze (by name: operator-lock)",
+    ),
+    (
+        "patch",
+        "coordination.k8s.io",
+        "leases",
+        None,
+        "the stopped operator's leader lock, released after a freeze (by name: operator-lock)",
+    ),
+    (
+        "get",
+        "",
+        "configmaps",
+        None,
+        "the v1.17/v1.20 operator's ConfigMap lock, released after a freeze (by name: operator-lock)",
+    ),
+    (
+        "patch",
+        "",
+        "configmaps",
+        None,
+        "the v1.17/v1.20 operator's ConfigMap lock, released after a freeze (by name: operator-lock)",
+    ),
+    (
+        "get",
         "",
         "pods/exec",
         None,
@@ -475,6 +503,20 @@ fn deploy_rbac_grants_every_needed_permission_and_nothing_unlisted() -> Result<(
         if *group == "coordination.k8s.io" {
             assert!(!authz::authorize(sb.store(), &sa, &a).allowed);
         }
+    }
+    // The operator's lock, by name only.
+    for (group, res) in [("coordination.k8s.io", "leases"), ("", "configmaps")] {
+        let lock =
+            Attributes::resource("patch", group, res, "tigera-operator").named("operator-lock");
+        assert!(
+            authz::authorize(sb.store(), &sa, &lock).allowed,
+            "{res}/operator-lock"
+        );
+        let other = Attributes::resource("patch", group, res, "tigera-operator").named("other");
+        assert!(
+            !authz::authorize(sb.store(), &sa, &other).allowed,
+            "{res}/other"
+        );
     }
     // Only its own Lease may be deleted (the control plane's leader election lives next to it).
     let other_lease =

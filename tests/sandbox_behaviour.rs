@@ -680,6 +680,48 @@ fn a_restarted_operator_waits_for_the_lease_of_the_last_one() {
     assert!(taken > ready_at, "a Ready pod waited for the lease");
     let lease = get(&sb, &lease_g, "tigera-operator", "operator-lock").unwrap_or(Value::Null);
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
+
+    // Released as client-go's elector steps down (no holder), the lock is taken at the
+    // next operator's first try.
+    scale_operator(&sb, 0);
+    assert!(c.run_until(20, |sb| {
+        list(sb, &pods_g(), Some("tigera-operator")).is_empty()
+    }));
+    merge(
+        &sb,
+        &lease_g,
+        "tigera-operator",
+        "operator-lock",
+        "",
+        json!({"spec": {"holderIdentity": "", "leaseDurationSeconds": 1}}),
+    );
+    let released_at = c.now();
+    scale_operator(&sb, 1);
+    let mut ready_at = None;
+    let mut taken_at = None;
+    for _ in 0..60 {
+        c.tick();
+        if ready_at.is_none()
+            && list(&sb, &pods_g(), Some("tigera-operator"))
+                .iter()
+                .any(ready)
+        {
+            ready_at = Some(c.now());
+        }
+        if holder(&sb).is_some_and(|h| !h.is_empty()) {
+            taken_at = Some(c.now());
+            break;
+        }
+    }
+    let (Some(ready_at), Some(taken)) = (ready_at, taken_at) else {
+        panic!("the released lock was never taken: {:?}", holder(&sb));
+    };
+    assert!(
+        taken - ready_at <= 2.0 + 1e-9 && taken - released_at < 15.0 - 2.0,
+        "taken {:.0} s after the pod was Ready, {:.0} s after the release",
+        taken - ready_at,
+        taken - released_at
+    );
     assert!(c.run_until(3000, done), "{}", tigera_status(&sb));
 }
 

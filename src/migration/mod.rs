@@ -9,6 +9,7 @@ pub mod descriptor;
 pub mod facts;
 #[cfg(test)]
 mod layering;
+pub mod leader_lock;
 pub mod manifest;
 pub mod nodes;
 pub mod operator;

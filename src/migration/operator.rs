@@ -89,6 +89,11 @@ pub async fn freeze_operator(world: &World) -> anyhow::Result<bool> {
         },
     )
     .await?;
+    // No operator pod is left (the list above saw them go): free the lock the last one
+    // kept, so the next start leads at once.
+    if selector.is_some() {
+        super::leader_lock::release(world).await;
+    }
     Ok(true)
 }
 

@@ -5,7 +5,9 @@
 //! LeaseDuration 15 s, RenewDeadline 10 s, RetryPeriod 2 s; `LeaderElectionReleaseOnCancel`
 //! false). A stopped operator does not give the lock up: its successor reconciles
 //! nothing until the lease has gone 15 s without renewal. That is what a freeze and
-//! unfreeze (scale to 0 and back) costs on a real cluster beside the pod's start.
+//! unfreeze (scale to 0 and back) costs on a real cluster beside the pod's start,
+//! unless someone releases the lock meanwhile: a Lease with no holder (client-go's
+//! step-down record) or none at all is taken at the candidate's next try.
 //!
 //! The lock is Lease `operator-lock` in the operator's namespace (v0.20.2
 //! pkg/leaderelection/leader_election.go:71-73 defaults to "leases"); v0.7.0 (the
@@ -44,6 +46,24 @@ impl LeaderLease {
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or("tigera-operator");
+        // A lock released as client-go's elector steps down (no holder) or deleted is
+        // free: a candidate takes it at its next try (`tryAcquireOrRenew`).
+        let record = get(
+            sb,
+            &gvr("coordination.k8s.io", "v1", "leases"),
+            ns,
+            LEASE_NAME,
+        );
+        let released = match &record {
+            Some(l) => l
+                .pointer("/spec/holderIdentity")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty),
+            None => true,
+        };
+        if released && self.holder.as_deref() != Some(process) {
+            self.holder = None;
+        }
         if self.holder.as_deref() == Some(process) {
             if now - self.renewed >= RETRY_PERIOD_SECONDS {
                 self.renewed = now;
