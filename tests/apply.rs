@@ -306,21 +306,6 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
         .spawn()?;
     // Wait until some nodes are migrated, then kill the run mid-takeover.
     let nodes = support::gvr("", "v1", "nodes");
-    let migrated = |env: &support::Env| -> usize {
-        env.sb
-            .store()
-            .list(&nodes, None, &Default::default())
-            .map(|l| {
-                l.items
-                    .iter()
-                    .filter(|n| {
-                        n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
-                            == Some(&json!("migrated"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while migrated(&env) < 2 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -379,6 +364,23 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     assert!(diff.is_empty(), "after rollback mid-takeover: {diff:?}");
     no_lapse(&env).await?;
     Ok(())
+}
+
+/// Nodes labelled `migrated` by the operator.
+fn migrated(env: &support::Env) -> usize {
+    env.sb
+        .store()
+        .list(&support::gvr("", "v1", "nodes"), None, &Default::default())
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|n| {
+                    n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
+                        == Some(&json!("migrated"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Probe namespaces and pods left in the sandbox.
@@ -1095,22 +1097,6 @@ async fn resume_goes_on_after_a_stale_degraded() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let nodes = support::gvr("", "v1", "nodes");
-    let migrated = |env: &support::Env| -> usize {
-        env.sb
-            .store()
-            .list(&nodes, None, &Default::default())
-            .map(|l| {
-                l.items
-                    .iter()
-                    .filter(|n| {
-                        n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
-                            == Some(&json!("migrated"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while migrated(&env) < 1 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -125,13 +125,6 @@ fn cluster_at(
     minor: u32,
     tag: Option<&str>,
 ) -> (Sandbox, Controllers) {
-    let kubernetes_version =
-        calico_migrate::sandbox::KubernetesVersion::new(minor).unwrap_or_else(|e| panic!("{e}"));
-    let sb = Sandbox::new(SandboxOptions {
-        seed,
-        kubernetes_version,
-        ..Default::default()
-    });
     let cfg = ScenarioConfig {
         nodes,
         namespaces: 2,
@@ -139,7 +132,25 @@ fn cluster_at(
         seed,
         ..Default::default()
     };
-    let objects = scenario::build(&cfg).unwrap_or_default();
+    cluster_of(&cfg, prepared, faults, minor, tag)
+}
+
+/// [`cluster_at`] for the scenario `cfg` (e.g. with Fargate nodes).
+fn cluster_of(
+    cfg: &ScenarioConfig,
+    prepared: bool,
+    faults: ControllerFaults,
+    minor: u32,
+    tag: Option<&str>,
+) -> (Sandbox, Controllers) {
+    let kubernetes_version =
+        calico_migrate::sandbox::KubernetesVersion::new(minor).unwrap_or_else(|e| panic!("{e}"));
+    let sb = Sandbox::new(SandboxOptions {
+        seed: cfg.seed,
+        kubernetes_version,
+        ..Default::default()
+    });
+    let objects = scenario::build(cfg).unwrap_or_default();
     assert!(!objects.is_empty());
     assert!(sb.load(objects).is_ok());
     let mut extra = scenario::operator::operator_crds();
@@ -1955,11 +1966,6 @@ fn an_image_by_digest_or_unknown_tag_is_not_gated() {
 #[test]
 fn an_operator_before_v1_25_stalls_on_fargate_nodes() {
     for tag in ["v1.17.4", "v1.20.1"] {
-        let sb = Sandbox::new(SandboxOptions {
-            kubernetes_version: calico_migrate::sandbox::KubernetesVersion::new(24)
-                .unwrap_or_else(|e| panic!("{e}")),
-            ..Default::default()
-        });
         let cfg = ScenarioConfig {
             nodes: 4,
             fargate_nodes: 2,
@@ -1967,52 +1973,9 @@ fn an_operator_before_v1_25_stalls_on_fargate_nodes() {
             pods_per_namespace: 1,
             ..Default::default()
         };
-        assert!(sb.load(scenario::build(&cfg).unwrap_or_default()).is_ok());
-        let mut extra = scenario::operator::operator_crds();
-        extra.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}));
-        assert!(sb.load(extra).is_ok());
-        merge(
-            &sb,
-            &ds_g(),
-            "kube-system",
-            "calico-node",
-            "",
-            json!({
-            "metadata": {"annotations": {"meta.helm.sh/release-name": null, "meta.helm.sh/release-namespace": null}},
-            "spec": {"template": {"spec": {"affinity": null}}}}),
-        );
-        drop_helm_annotations(&sb, &deploy_g(), "calico-typha");
-        let mut c = Controllers::new(
-            &sb,
-            ControllerOptions {
-                pod_start_delay: 1.0,
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("controllers: {e}"));
-        let chart = scenario::chart::ChartValues::seed_organisation("tigera-operator");
-        let mut op = scenario::operator::rendered_objects(&chart)
-            .into_iter()
-            .map(|(_, o)| o)
-            .find(|o| o["kind"] == "Deployment")
-            .unwrap_or(Value::Null);
-        op["spec"]["template"]["spec"]["containers"][0]["image"] =
-            json!(format!("quay.io/tigera/operator:{tag}"));
-        assert!(
-            sb.store()
-                .create(&deploy_g(), "tigera-operator", op, &WriteOptions::default())
-                .is_ok()
-        );
-        assert!(
-            sb.store()
-                .create(
-                    &inst_g(),
-                    "",
-                    scenario::operator::installation_default(),
-                    &WriteOptions::default()
-                )
-                .is_ok()
-        );
+        // Prepared: Helm's annotations and the Fargate exclusion gone, as the older
+        // operators' converter wants.
+        let (sb, mut c) = cluster_of(&cfg, true, ControllerFaults::default(), 24, Some(tag));
         for _ in 0..300 {
             c.tick();
         }
