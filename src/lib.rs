@@ -10,6 +10,7 @@ pub mod checks;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod felix_env;
 pub mod helm;
 pub mod kinds;
 pub mod migration;

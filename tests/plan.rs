@@ -824,30 +824,42 @@ fn with_calico_manifest(profile: &str) -> String {
     )
 }
 
-/// tigera/operator from v1.25.0 accepts the chart's Fargate exclusion (commit c80107f7),
-/// so no fargate-affinity step; before it, Fargate nodes block the plan: the operator
-/// would label them for the kube-system calico-node whose exclusion was removed.
+/// No tigera/operator release accepts the chart's Fargate exclusion on the migration path:
+/// core.go's EKS exception (v1.25.0 on) needs the Installation's provider, and `Convert`
+/// checks an empty Installation (v1.38.6 convert.go:58). So every line plans the
+/// fargate-affinity step, and Fargate nodes block every line: the operator would label
+/// them for the kube-system calico-node whose exclusion was removed.
 #[tokio::test]
-async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_with_fargate_nodes() {
+async fn the_fargate_exclusion_is_refused_on_every_line_and_fargate_nodes_block() {
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
-    let current = plan_with(&sb, &profile_for_operator("v1.38.6", "v3.30.3")).await;
-    let (blockers, _) = codes(&current);
-    assert!(
-        !blockers.contains(&"CONVERTER_FARGATE_AFFINITY"),
-        "{blockers:?}"
-    );
-    assert!(
-        !current.steps.iter().any(|s| s.id == "fargate-affinity"),
-        "{:?}",
-        current.steps.iter().map(|s| s.id).collect::<Vec<_>>()
-    );
-    let old = plan_with(
-        &sb,
-        &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
-    assert!(codes(&old).0.contains(&"CONVERTER_FARGATE_AFFINITY"));
-    assert!(!codes(&old).0.contains(&"FARGATE_NODES_OLD_OPERATOR"));
+    let old_profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
+    let current_profile = profile_for_operator("v1.38.6", "v3.30.3");
+    for profile in [&current_profile, &old_profile] {
+        let p = plan_with(&sb, profile).await;
+        let (blockers, _) = codes(&p);
+        let f = p
+            .blockers
+            .iter()
+            .find(|f| f.code == "CONVERTER_FARGATE_AFFINITY")
+            .unwrap_or_else(|| panic!("{blockers:?}"));
+        assert_eq!(f.fixed_by, Some("fargate-affinity"), "{f:?}");
+        assert!(
+            f.message.contains(&format!(
+                "tigera/operator {} pkg/controller/migration/convert/core.go:",
+                profile.target.operator_version
+            )),
+            "{f:?}"
+        );
+        assert!(
+            p.steps.iter().any(|s| s.id == "fargate-affinity"),
+            "{:?}",
+            p.steps.iter().map(|s| s.id).collect::<Vec<_>>()
+        );
+        assert!(
+            !blockers.contains(&"FARGATE_NODES_UNSUPPORTED"),
+            "{blockers:?}"
+        );
+    }
 
     // One Fargate node, as EKS registers it.
     let mut objs = objects(ChartGeneration::V0_3_10);
@@ -856,29 +868,95 @@ async fn the_fargate_exclusion_is_kept_from_operator_v1_25_and_blocks_before_wit
                      "labels": {"eks.amazonaws.com/compute-type": "fargate"}},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     let sb = sandbox(objs);
-    let old = plan_with(
-        &sb,
-        &Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await;
-    let blocker = old
+    for profile in [&current_profile, &old_profile] {
+        let p = plan_with(&sb, profile).await;
+        let blocker = p
+            .blockers
+            .iter()
+            .find(|f| f.code == "FARGATE_NODES_UNSUPPORTED")
+            .unwrap_or_else(|| panic!("{:?}", p.blockers));
+        assert!(
+            blocker.message.contains("fargate-ip-10-0-9-9.ec2.internal")
+                && blocker.message.contains("namespace_migration.go"),
+            "{blocker:?}"
+        );
+        assert!(blocker.fix.contains("off Fargate"), "{blocker:?}");
+        assert!(!p.ready());
+        assert!(!codes(&p).1.contains(&"FARGATE_NODES"));
+    }
+}
+
+/// The converter's refusals beyond the chart's known two, each a blocker citing the
+/// upstream lines at the target's tag, with advice; the chart's own env passes.
+#[tokio::test]
+async fn every_converter_refusal_found_is_a_blocker_citing_upstream() {
+    let mut objs = objects(ChartGeneration::V0_3_10);
+    mutate(&mut objs, "DaemonSet", "calico-node", |ds| {
+        let env = &mut ds["spec"]["template"]["spec"]["containers"][0]["env"];
+        match env.as_array_mut() {
+            Some(env) => {
+                env.retain(|e| {
+                    !["NODENAME", "IP", "NO_DEFAULT_POOLS"]
+                        .contains(&e["name"].as_str().unwrap_or(""))
+                });
+                env.extend([
+                    json!({"name": "NODENAME", "value": "ip-10-0-0-1"}),
+                    json!({"name": "IP", "value": "autodetect"}),
+                    json!({"name": "IP_AUTODETECTION_METHOD", "value": "interface=eth0"}),
+                    json!({"name": "FELIX_IPTABLESREFRESHINTERVAL", "value": "90"}),
+                    json!({"name": "FELIX_VXLANMTU", "value": "jumbo"}),
+                    // Read (not only consumed by name): its source is checked.
+                    json!({"name": "NO_DEFAULT_POOLS", "valueFrom":
+                        {"configMapKeyRef": {"name": "calico-config", "key": "pools"}}}),
+                ]);
+            }
+            None => panic!("calico-node has env"),
+        }
+    });
+    let p = plan_of(&sandbox(objs)).await;
+    let (blockers, _) = codes(&p);
+    for code in [
+        "CONVERTER_NODENAME",
+        "CONVERTER_ENV_VALUE",
+        "CONVERTER_UNEXPECTED_ENV",
+        "CONVERTER_FELIX_ENV",
+        "CONVERTER_MTU",
+        "CONVERTER_ENV_CONFIGMAP",
+    ] {
+        let f = p
+            .blockers
+            .iter()
+            .find(|f| f.code == code)
+            .unwrap_or_else(|| panic!("{code} in {blockers:?}"));
+        assert!(
+            f.message
+                .contains("tigera/operator v1.17.4 pkg/controller/migration/convert/"),
+            "{f:?}"
+        );
+        assert!(f.fixed_by.is_none() && !f.fix.is_empty(), "{f:?}");
+    }
+    let unexpected = p
         .blockers
         .iter()
-        .find(|f| f.code == "FARGATE_NODES_OLD_OPERATOR")
-        .unwrap_or_else(|| panic!("{:?}", old.blockers));
+        .find(|f| f.code == "CONVERTER_UNEXPECTED_ENV")
+        .map(|f| f.message.as_str())
+        .unwrap_or_default();
     assert!(
-        blocker.message.contains("fargate-ip-10-0-9-9.ec2.internal"),
-        "{blocker:?}"
+        unexpected.contains("calico-node/IP_AUTODETECTION_METHOD")
+            && unexpected.contains("convert.go:56-63"),
+        "{unexpected}"
     );
-    assert!(blocker.fix.contains("v1.25.0"), "{blocker:?}");
-    assert!(!old.ready());
-    let current = plan_with(&sb, &profile_for_operator("v1.38.6", "v3.30.3")).await;
-    let (blockers, warnings) = codes(&current);
+    let felix = p
+        .blockers
+        .iter()
+        .find(|f| f.code == "CONVERTER_FELIX_ENV")
+        .map(|f| f.message.as_str())
+        .unwrap_or_default();
     assert!(
-        !blockers.contains(&"FARGATE_NODES_OLD_OPERATOR"),
-        "{blockers:?}"
+        felix.contains("time: missing unit in duration \"90\""),
+        "{felix}"
     );
-    assert!(warnings.contains(&"FARGATE_NODES"), "{warnings:?}");
+    assert!(!p.ready());
 }
 
 /// Operators before v1.35.0 end the takeover by restarting every calico-node at once

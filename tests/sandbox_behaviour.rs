@@ -1957,15 +1957,17 @@ fn an_image_by_digest_or_unknown_tag_is_not_gated() {
     );
 }
 
-/// Operators before v1.25.0 on a cluster with Fargate nodes: they refuse the chart's
-/// Fargate exclusion (so it has to go) and label every node, Fargate ones too, for the
-/// kube-system DaemonSet (namespace_migration.go `labelUnmigratedNodes`, v1.17.4
-/// :409-423); its pods there stay Pending, so the DaemonSet is never ready with the
-/// migration nodeSelector and the operator waits without end (tigera/operator issue
-/// 1564). v1.38.6 keeps the exclusion and migrates (tests/apply.rs).
+/// Every operator line on a cluster with Fargate nodes, once the chart's Fargate
+/// exclusion is gone (every converter refuses it: `Convert` builds an empty Installation,
+/// so the EKS exception of v1.25.0+, v1.38.6 core.go:346-358, never applies): it labels
+/// every node, Fargate ones too, for the kube-system DaemonSet
+/// (namespace_migration.go `labelUnmigratedNodes`, v1.17.4 :409-423, v1.38.6 :489-503);
+/// its pods there stay Pending, so the DaemonSet is never ready with the migration
+/// nodeSelector and the operator waits without end (tigera/operator issue 1564). plan
+/// refuses such clusters (`FARGATE_NODES_UNSUPPORTED`).
 #[test]
-fn an_operator_before_v1_25_stalls_on_fargate_nodes() {
-    for tag in ["v1.17.4", "v1.20.1"] {
+fn every_operator_line_stalls_on_fargate_nodes_without_the_exclusion() {
+    for tag in ["v1.17.4", "v1.20.1", "v1.38.6"] {
         let cfg = ScenarioConfig {
             nodes: 4,
             fargate_nodes: 2,
@@ -1975,7 +1977,8 @@ fn an_operator_before_v1_25_stalls_on_fargate_nodes() {
         };
         // Prepared: Helm's annotations and the Fargate exclusion gone, as the older
         // operators' converter wants.
-        let (sb, mut c) = cluster_of(&cfg, true, ControllerFaults::default(), 24, Some(tag));
+        let minor = if tag.starts_with("v1.38.") { 34 } else { 24 };
+        let (sb, mut c) = cluster_of(&cfg, true, ControllerFaults::default(), minor, Some(tag));
         for _ in 0..300 {
             c.tick();
         }
@@ -1988,7 +1991,8 @@ fn an_operator_before_v1_25_stalls_on_fargate_nodes() {
             assert_eq!(
                 migration_label(&sb, f).as_deref(),
                 Some("pre-operator"),
-                "{tag}: {f} labelled"
+                "{tag}: {f} labelled: {}",
+                tigera_status(&sb)["status"]
             );
             let pending = list(&sb, &pods_g(), Some("kube-system"))
                 .into_iter()
@@ -2130,4 +2134,308 @@ fn fargate_nodes_get_only_daemonset_pods_that_fit() {
             "the Fargate profile's pod on {f}"
         );
     }
+}
+
+/// kubectl against a served sandbox: a private HOME and discovery cache, its kubeconfig only.
+struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Kubectl {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("kubectl")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--request-timeout=20s")
+            .env_remove("KUBECONFIG")
+            .env("HOME", self.dir.path())
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    }
+
+    /// kubectl, which must succeed: its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} exited {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// TigeraStatus calico's Degraded message, as kubectl reads it.
+    fn degraded(&self) -> String {
+        let out = self.run(&[
+            "get",
+            "tigerastatus",
+            "calico",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Degraded\")].message}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Poll until the Degraded message contains `want`, for up to `secs` seconds.
+    fn wait_degraded(&self, want: &str, secs: u64) -> Result<String, String> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let m = self.degraded();
+            if m.contains(want) {
+                return Ok(m);
+            }
+            if std::time::Instant::now() > until {
+                return Err(m);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// The converter's refusals as an operator (v1.38.6) reports them, driven through kubectl
+/// against one served sandbox: each case patches kube-system calico-node (strategic merge)
+/// with Helm's annotations and the Fargate exclusion dropped and one mutation added, waits
+/// for TigeraStatus calico to be Degraded naming that refusal, then replaces the DaemonSet
+/// with the chart's again (refused for Helm's annotations, so the operator never converts
+/// and the next case is checked afresh: a process converts only until it first succeeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_mutations_of_calico_node_surface_as_the_converters_degraded() {
+    if let Err(why) = crate::kubectl_client::usable() {
+        eprintln!(
+            "SKIPPED kubectl_mutations_of_calico_node_surface_as_the_converters_degraded: {why}"
+        );
+        return;
+    }
+    let env = crate::support::env_with(
+        ScenarioConfig {
+            nodes: 2,
+            namespaces: 1,
+            pods_per_namespace: 1,
+            ..Default::default()
+        },
+        100.0,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sandbox: {e}"));
+    let k = Kubectl {
+        dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+        kubeconfig: std::path::PathBuf::new(),
+    };
+    let k = Kubectl {
+        kubeconfig: k.dir.path().join("kubeconfig"),
+        ..k
+    };
+    env.server
+        .write_kubeconfig(&k.kubeconfig)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // typha's Helm annotations gone (the converter checks them right after calico-node's).
+    k.ok(&[
+        "-n",
+        "kube-system",
+        "annotate",
+        "deployment",
+        "calico-typha",
+        "meta.helm.sh/release-name-",
+        "meta.helm.sh/release-namespace-",
+    ]);
+    // The chart's calico-node, to put back after each case.
+    let mut baseline: Value = serde_json::from_str(&k.ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "daemonset",
+        "calico-node",
+        "-o",
+        "json",
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(m) = baseline["metadata"].as_object_mut() {
+        for f in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+        ] {
+            m.remove(f);
+        }
+    }
+    if let Some(m) = baseline.as_object_mut() {
+        m.remove("status");
+    }
+    let baseline_file = k.dir.path().join("calico-node.json");
+    std::fs::write(&baseline_file, baseline.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let baseline_file = baseline_file.display().to_string();
+
+    // The operator, v1.38.6, and Installation default.
+    let mut extra = scenario::operator::operator_crds();
+    extra.push(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}),
+    );
+    assert!(env.sb.load(extra).is_ok());
+    let chart = scenario::chart::ChartValues::seed_organisation("tigera-operator");
+    let mut op = scenario::operator::rendered_objects(&chart)
+        .into_iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == "Deployment")
+        .unwrap_or(Value::Null);
+    op["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("quay.io/tigera/operator:v1.38.6");
+    for (gvr, ns, o) in [
+        (deploy_g(), "tigera-operator", op),
+        (inst_g(), "", scenario::operator::installation_default()),
+    ] {
+        let r = env.sb.store().create(&gvr, ns, o, &WriteOptions::default());
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let helm = "unexpected annotation 'map[meta.helm.sh/release-name:aws-calico meta.helm.sh/release-namespace:kube-system]'. To fix it, remove the annotation from the component on daemonset/calico-node";
+    let first = k.wait_degraded(helm, 30);
+    assert!(first.is_ok(), "the chart as installed: {first:?}");
+
+    let env_var = |e: Value| json!({"containers": [{"name": "calico-node", "env": [e]}]});
+    let kv = |n: &str, v: &str| env_var(json!({"name": n, "value": v}));
+    let converting = "Error converting existing installation: ";
+    let cases: Vec<(&str, Value, String)> = vec![
+        (
+            "the chart's Fargate exclusion, refused on v1.38.6 too",
+            json!({}),
+            "node affinity not supported for calico-node daemonset. To fix it, remove the affinity on daemonset/calico-node".into(),
+        ),
+        (
+            "a nodeSelector key",
+            json!({"nodeSelector": {"team": "a"}}),
+            "unsupported nodeSelector for calico-node daemonset: map[team:a]. To fix it, remove the nodeSelector on daemonset/calico-node".into(),
+        ),
+        (
+            "an env var no handler consumes",
+            kv("MY_VAR", "1"),
+            "unexpected env vars: [calico-node/MY_VAR]. To fix it, remove these environment variables from the calico-node daemonest on daemonset/calico-node".into(),
+        ),
+        (
+            "IP6, consumed only by Calico CNI from v1.27.0",
+            kv("IP6", "none"),
+            "unexpected env vars: [calico-node/IP6]".into(),
+        ),
+        (
+            "FELIX_DEFAULTENDPOINTTOHOSTACTION",
+            kv("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Drop"),
+            "FELIX_DEFAULTENDPOINTTOHOSTACTION=Drop is not supported. To fix it, remove the FELIX_DEFAULTENDPOINTTOHOSTACTION env var or set it to 'accept' on daemonset/calico-node".into(),
+        ),
+        (
+            "DATASTORE_TYPE",
+            kv("DATASTORE_TYPE", "etcdv3"),
+            "only DATASTORE_TYPE=kubernetes is supported on daemonset/calico-node".into(),
+        ),
+        (
+            "a literal NODENAME",
+            env_var(json!({"name": "NODENAME", "value": "ip-10-0-0-1", "valueFrom": null})),
+            "NODENAME on 'calico-node' container must be unset or be a FieldRef to 'spec.nodeName'".into(),
+        ),
+        (
+            "a hostPath volume moved",
+            json!({"volumes": [{"name": "var-lib-calico", "hostPath": {"path": "/data/calico"}}]}),
+            "missing expected volume 'var-lib-calico' with hostPath '/var/lib/calico'".into(),
+        ),
+        (
+            "FELIX_PROMETHEUSMETRICSPORT",
+            kv("FELIX_PROMETHEUSMETRICSPORT", "0"),
+            "invalid port defined in FELIX_PROMETHEUSMETRICSPORT=0".into(),
+        ),
+        (
+            "FELIX_INTERFACEPREFIX",
+            kv("FELIX_INTERFACEPREFIX", "veth"),
+            "unexpected FELIX_INTERFACEPREFIX value: 'veth'. Only 'eni, azv, gke, cali' are supported. on daemonset/calico-node".into(),
+        ),
+        (
+            "CALICO_NETWORKING_BACKEND",
+            kv("CALICO_NETWORKING_BACKEND", "bird"),
+            "CALICO_NETWORKING_BACKEND=bird is not supported. To fix it, set the CALICO_NETWORKING_BACKEND env var to 'none' on daemonset/calico-node".into(),
+        ),
+        (
+            "IP",
+            kv("IP", "autodetect"),
+            "IP=autodetect is not supported. To fix it, remove the IP env var or set it to '' on daemonset/calico-node".into(),
+        ),
+        (
+            "an env var from a Secret",
+            env_var(json!({"name": "NO_DEFAULT_POOLS", "value": null,
+                "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})),
+            "failed to read calico-node/NO_DEFAULT_POOLS: only configMapRef & explicit values supported for env vars at this time. To fix it, adjust NO_DEFAULT_POOLS to be an explicit value or configMapRef on ".into(),
+        ),
+        (
+            "an env var from a missing ConfigMap",
+            env_var(json!({"name": "NO_DEFAULT_POOLS", "value": null,
+                "valueFrom": {"configMapKeyRef": {"name": "calico-config", "key": "k"}}})),
+            format!("{converting}configmaps \"calico-config\" not found"),
+        ),
+        (
+            "two MTUs",
+            json!({"containers": [{"name": "calico-node", "env": [
+                {"name": "FELIX_IPINIPMTU", "value": "1440"},
+                {"name": "FELIX_VXLANMTU", "value": "1410"}]}]}),
+            "mtu FELIX_VXLANMTU=1410 does not match mtu FELIX_IPINIPMTU=1440".into(),
+        ),
+        (
+            "a FELIX_ var FelixConfiguration has no field for",
+            kv("FELIX_FOO", "1"),
+            format!("{converting}unrecognized felix config setting: foo"),
+        ),
+    ];
+    let started = std::time::Instant::now();
+    for (name, mutation, want) in &cases {
+        let fargate_case = mutation == &json!({});
+        let mut patch = json!({
+            "metadata": {"annotations": {"meta.helm.sh/release-name": null,
+                                         "meta.helm.sh/release-namespace": null}},
+            "spec": {"template": {"spec": mutation}},
+        });
+        if !fargate_case {
+            patch["spec"]["template"]["spec"]["affinity"] = Value::Null;
+        }
+        k.ok(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "daemonset",
+            "calico-node",
+            "--type",
+            "strategic",
+            "-p",
+            &patch.to_string(),
+        ]);
+        let got = k.wait_degraded(want, 15);
+        assert!(
+            got.is_ok(),
+            "case {name:?}: TigeraStatus calico never Degraded with {want:?}; last message: {got:?}"
+        );
+        assert!(
+            got.as_ref()
+                .is_ok_and(|m| m.starts_with(if want.starts_with(converting) {
+                    converting
+                } else {
+                    DEGRADED_PREFIX
+                })),
+            "case {name:?}: {got:?}"
+        );
+        k.ok(&["replace", "-f", &baseline_file]);
+        let back = k.wait_degraded(helm, 15);
+        assert!(back.is_ok(), "case {name:?} reverted: {back:?}");
+    }
+    // Nothing converted: no node was touched.
+    assert!(
+        node_names(&env.sb)
+            .iter()
+            .all(|n| migration_label(&env.sb, n).is_none()),
+        "a node was labelled for the migration"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(50),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -1,15 +1,20 @@
-//! A prediction of what the Tigera Operator's migration converter refuses, applied to
-//! the live kube-system `calico-node` DaemonSet. Source: tigera/operator
-//! `pkg/controller/migration/convert/*` (annotations, nodeSelector, affinity, env
-//! checks; `convert.go` ends with "unexpected env var" for any env var no handler
-//! checked) as docs/upstream.md, "Converter refusals" lists them; what is marked
-//! "inferred" there is predicted conservatively (refused), because a refusal found
-//! mid-window costs more than a false alarm in the plan.
+//! A prediction of what the Tigera Operator's migration converter refuses, read from the
+//! live kube-system install: calico-node, typha, the kube-system ConfigMaps its env
+//! refers to, the IPPools and FelixConfiguration `default`. Source: tigera/operator
+//! `pkg/controller/migration/convert/` at the target's line (docs/upstream.md,
+//! "Converter refusals"): v1.17.x and v1.20.x run one converter (cited at v1.17.4, whose
+//! line numbers v1.20.x keeps), v1.38.x another (cited at v1.38.6); a behaviour that
+//! changed in between takes effect at the first release that has it (its commit named).
+//! The converter stops at its first error; the prediction lists every one it finds, in
+//! the converter's order, so one plan names everything to fix.
+
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use super::facts::str_at;
 use super::profile::parse_version;
+use crate::felix_env::{self, Version};
 
 /// Annotations the converter ignores on calico-node and its pod template: tigera/operator
 /// `pkg/controller/migration/convert/core.go` `removeExpectedAnnotations` (v1.17.4 and
@@ -18,8 +23,7 @@ use super::profile::parse_version;
 /// other annotation is refused (`handleAnnotations`, v1.17.4 core.go:219-232, v1.38.6
 /// core.go:261-274), Helm's `meta.helm.sh/*` included, on every line: no release copies
 /// annotations into the Installation. Other `kubectl.kubernetes.io/*` keys (the
-/// `restartedAt` of `kubectl rollout restart`) are predicted refused, as v1.17 and
-/// v1.20 do.
+/// `restartedAt` of `kubectl rollout restart`) are refused before v1.22.0.
 pub const ALLOWED_ANNOTATIONS: [&str; 4] = [
     "deprecated.daemonset.template.generation",
     "deployment.kubernetes.io/revision",
@@ -36,48 +40,68 @@ pub const TYPHA_TEMPLATE_ANNOTATION: (&str, &str) =
     ("cluster-autoscaler.kubernetes.io/safe-to-evict", "true");
 /// nodeSelector keys the converter accepts with the value `linux` (`removeOSNodeSelectors`).
 pub const ALLOWED_NODE_SELECTORS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
-/// Env vars the converter understands for a kdd + AmazonVPC install; FELIX_* vars
-/// are carried into FelixConfiguration `default` and are not refused.
-pub const KNOWN_ENV: [&str; 12] = [
+/// The migration label, the one other calico-node nodeSelector key accepted (v1.17.4
+/// core.go:305-307, v1.38.6 :367).
+const MIGRATION_LABEL: &str = super::refs::MIGRATION_LABEL;
+
+const NODE: &str = "calico-node";
+const INSTALL_CNI: &str = "install-cni";
+
+/// Non-`FELIX_*` calico-node env vars a handler consumes on an AmazonVPC install, on
+/// every line: handleCore reads or ignores the first eight (v1.17.4 core.go:14, 122,
+/// 152-156; v1.38.6 :45, 162, 192-196), handleNonCalicoCNI the next three (v1.17.4
+/// network.go:329, 370, 374; v1.38.6 :443, 484, 488), handleIPPools the pool vars
+/// (v1.17.4 ippools.go:109-121, v1.38.6 :133-147).
+const CONSUMED_ENV: &[&str] = &[
     "DATASTORE_TYPE",
-    "WAIT_FOR_DATASTORE",
     "NODENAME",
-    "CALICO_NETWORKING_BACKEND",
+    "WAIT_FOR_DATASTORE",
     "CLUSTER_TYPE",
-    "IP",
-    "IP6",
-    "NO_DEFAULT_POOLS",
     "CALICO_DISABLE_FILE_LOGGING",
-    "CALICO_MANAGE_CNI",
-    "TYPHA_K8SSERVICENAME",
-    "USE_POD_CIDR",
-];
-/// Values the AmazonVPC mapping requires (docs/upstream.md, "Converter refusals";
-/// the chart's rendered env).
-pub const REQUIRED_ENV: [(&str, &str); 4] = [
-    ("DATASTORE_TYPE", "kubernetes"),
-    ("FELIX_INTERFACEPREFIX", "eni"),
-    ("CALICO_NETWORKING_BACKEND", "none"),
-    ("NO_DEFAULT_POOLS", "true"),
+    "CALICO_IPV4POOL_IPIP",
+    "CALICO_IPV4POOL_VXLAN",
+    "CALICO_IPV4POOL_CIDR",
+    "CALICO_NETWORKING_BACKEND",
+    "IP",
+    "NO_DEFAULT_POOLS",
+    "CALICO_IPV4POOL_BLOCK_SIZE",
+    "CALICO_IPV4POOL_NAT_OUTGOING",
+    "CALICO_IPV4POOL_NODE_SELECTOR",
+    "CALICO_IPV6POOL_CIDR",
+    "CALICO_IPV6POOL_BLOCK_SIZE",
+    "CALICO_IPV6POOL_IPIP",
+    "CALICO_IPV6POOL_VXLAN",
+    "CALICO_IPV6POOL_NAT_OUTGOING",
+    "CALICO_IPV6POOL_NODE_SELECTOR",
 ];
 
-/// What the target operator's converter accepts that earlier lines refused, from its
-/// version (read at the tags: tigera/operator `pkg/controller/migration/convert/core.go`).
+/// What the target operator's converter does differently, from its version (read at the
+/// tags: tigera/operator `pkg/controller/migration/convert/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConverterLine {
+    /// The target operator's version.
+    pub version: Version,
     /// v1.22.0 on: every `kubectl.kubernetes.io/*` annotation is ignored (commit
     /// ae31dec1 "Ignore annotations generated by kubectl during the conversion";
     /// v1.38.6 core.go:34); before, only the last-applied one (v1.20.4 core.go:261).
     pub ignores_kubectl_annotations: bool,
-    /// v1.25.0 on: the EKS Fargate exclusion, exactly as the chart writes it, is
-    /// accepted on calico-node when the Installation's provider is EKS (commit c80107f7
-    /// "Do not run calico-node on AWS EKS Fargate nodes"; v1.38.6 core.go:346-357).
-    /// Before, any affinity but AKS's virtual-kubelet one is refused (v1.20.4
-    /// core.go:283-303).
-    pub accepts_eks_fargate_affinity: bool,
+    /// v1.27.0 on (commit 2ec95c7c "Migrate IPv6 and dual-stack clusters"): no
+    /// `handleIPv6` (v1.17.4 network.go:151-163); IPv6 is read only for Calico CNI, so on
+    /// AmazonVPC `FELIX_IPV6SUPPORT` is a FelixConfiguration value and `IP6`,
+    /// `IP6_AUTODETECTION_METHOD` are unexpected; an unset var that must be set is
+    /// refused as `<undefined>` (v1.38.6 k8s.go:118-137) where v1.17/v1.20 dereference
+    /// it and crash (v1.17.4 k8s.go:110-112). Also `handleBPF` (commit 8deb3489, v1.38.6
+    /// bpf.go:62-90).
+    pub ipv6_only_for_calico_cni: bool,
+    /// v1.28.0 on (commit a18ec554): `CALICO_IPV*POOL_DISABLE_BGP_EXPORT` are consumed
+    /// (v1.38.6 ippools.go:139, 147).
+    pub ignores_disable_bgp_export: bool,
+    /// v1.29.0 on (commit 75f32767): `FELIX_VXLANMTUV6`, `FELIX_WIREGUARDMTUV6` are MTUs
+    /// (v1.38.6 mtu.go:31).
+    pub ipv6_mtus: bool,
     /// v1.31.0 on: typha's pod affinity and anti-affinity are carried into the
     /// Installation (commit 0ec197d1 "migrate typha deployment affinities"; v1.38.6
-    /// core.go:377-390); before, they are refused (v1.17.4 core.go:319-327).
+    /// core.go:380-389); before, they are refused (v1.17.4 core.go:319-327).
     pub carries_typha_pod_affinity: bool,
 }
 
@@ -87,10 +111,36 @@ impl ConverterLine {
     pub fn of(operator_version: &str) -> Self {
         let v = parse_version(operator_version).unwrap_or((0, 0, 0));
         ConverterLine {
+            version: v,
             ignores_kubectl_annotations: v >= (1, 22, 0),
-            accepts_eks_fargate_affinity: v >= (1, 25, 0),
+            ipv6_only_for_calico_cni: v >= (1, 27, 0),
+            ignores_disable_bgp_export: v >= (1, 28, 0),
+            ipv6_mtus: v >= (1, 29, 0),
             carries_typha_pod_affinity: v >= (1, 31, 0),
         }
+    }
+
+    /// The tag whose source a finding cites: the target itself when its converter is
+    /// one of the two read (v1.17.x, v1.20.x; v1.38.1 to v1.38.6), else the nearer of
+    /// v1.17.4 and v1.38.6.
+    pub fn tag(self) -> String {
+        let v = self.version;
+        let read = ((1, 17, 0)..(1, 21, 0)).contains(&v) || ((1, 38, 1)..=(1, 38, 6)).contains(&v);
+        match v {
+            _ if read => format!("v{}.{}.{}", v.0, v.1, v.2),
+            _ if v < (1, 27, 0) => "v1.17.4".into(),
+            _ => "v1.38.6".into(),
+        }
+    }
+
+    /// `tigera/operator <tag> pkg/controller/migration/convert/<file:lines>`, with the
+    /// v1.17.4 lines before v1.27.0 and the v1.38.6 lines from it.
+    pub fn cite(self, old: &str, new: &str) -> String {
+        let at = if self.version < (1, 27, 0) { old } else { new };
+        format!(
+            "tigera/operator {} pkg/controller/migration/convert/{at}",
+            self.tag()
+        )
     }
 
     /// Whether the converter ignores annotation `key` = `value`, on the calico-node
@@ -102,45 +152,202 @@ impl ConverterLine {
     /// `removeExpectedAnnotations`: the keys ignored by name or kubectl prefix, and
     /// `with_value` when the value matches.
     fn ignores(self, key: &str, value: &str, with_value: Option<(&str, &str)>) -> bool {
-        ALLOWED_ANNOTATIONS.contains(&key)
-            || (self.ignores_kubectl_annotations && key.starts_with("kubectl.kubernetes.io"))
+        ALLOWED_ANNOTATIONS[..3].contains(&key)
+            || (if self.ignores_kubectl_annotations {
+                key.starts_with("kubectl.kubernetes.io")
+            } else {
+                key == ALLOWED_ANNOTATIONS[3]
+            })
             || with_value.is_some_and(|(k, v)| key == k && value == v)
     }
 }
 
-/// One predicted refusal.
+/// The cluster objects the converter reads besides the workloads.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    /// The ConfigMaps of kube-system (every configMapKeyRef is read there).
+    pub config_maps: &'a [Value],
+    /// Every crd.projectcalico.org IPPool.
+    pub ip_pools: &'a [Value],
+    /// FelixConfiguration `default`, if it exists.
+    pub felix_configuration: Option<&'a Value>,
+}
+
+/// What the converter reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Existing<'a> {
+    /// DaemonSet kube-system/calico-node.
+    pub node: &'a Value,
+    /// Deployment kube-system/calico-typha, if any.
+    pub typha: Option<&'a Value>,
+    /// The rest, when read; None skips the checks that need it.
+    pub cluster: Option<Cluster<'a>>,
+}
+
+impl<'a> Existing<'a> {
+    /// The DaemonSet alone: the prediction of what it carries itself.
+    pub fn daemonset(node: &'a Value) -> Self {
+        Existing {
+            node,
+            typha: None,
+            cluster: None,
+        }
+    }
+}
+
+/// How an env var is read (k8s.go `getEnv`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Read {
+    Unset,
+    Value(String),
+    /// Refused or unreadable: the refusal is recorded already.
+    Failed,
+}
+
+/// One predicted refusal on calico-node (or a cluster object it needs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// Annotations outside the allow-list, on the object or the pod template.
-    Annotations { on: &'static str, keys: Vec<String> },
-    /// The EKS Fargate exclusion (required node affinity NotIn [fargate]), refused by
-    /// operators before v1.25.
-    FargateAffinity,
-    /// Some other affinity (node or pod).
-    NodeAffinity,
-    /// nodeSelector keys other than the OS.
-    NodeSelector { keys: Vec<String> },
-    /// Env vars the converter does not know.
-    UnexpectedEnv { names: Vec<String> },
-    /// Env values the AmazonVPC mapping cannot accept.
+    /// The addon-manager label on the DaemonSet.
+    AddonManager,
+    /// No container `calico-node`.
+    MissingContainer,
+    /// An env var read from a source other than a value or a configMapKeyRef.
+    EnvSource { container: String, name: String },
+    /// An env var read from a kube-system ConfigMap that does not exist.
+    EnvConfigMap { name: String, config_map: String },
+    /// An env value the converter refuses: `found` is "(unset)" for one that must be set.
     EnvValue {
         name: String,
         found: String,
         want: String,
     },
-    /// The addon-manager label.
-    AddonManager,
+    /// NODENAME (or install-cni's KUBERNETES_NODE_NAME) not a fieldRef to spec.nodeName.
+    NodeName { container: String, name: String },
+    /// The hostPath volumes and the flexvol pair.
+    Volume { detail: String },
+    /// Annotations outside the allow-list, on the object or the pod template.
+    Annotations { on: &'static str, keys: Vec<String> },
+    /// The chart's Fargate exclusion (required node affinity NotIn [fargate]).
+    FargateAffinity,
+    /// Some other affinity (node or pod).
+    NodeAffinity,
+    /// nodeSelector keys other than the OS.
+    NodeSelector { keys: Vec<String> },
+    /// FELIX_PROMETHEUSMETRICSPORT that is no port.
+    MetricsPort { value: String },
+    /// FELIX_INTERFACEPREFIX not AmazonVPC's: unset or `cali` (Calico CNI, with no CNI
+    /// config to convert) or an unknown value.
+    InterfacePrefix { found: Option<String> },
+    /// MTU vars that do not parse or disagree.
+    Mtu { detail: String },
+    /// An IPPool the converter selects and cannot convert.
+    IpPool { name: String, detail: String },
+    /// What BPF needs, from v1.27.0.
+    Bpf { detail: String },
+    /// FelixConfiguration `default` missing.
+    FelixConfigurationMissing,
+    /// A leftover FELIX_* var that is no FelixConfiguration field or does not parse.
+    FelixEnv {
+        name: String,
+        value: String,
+        error: String,
+    },
+    /// Env vars no handler consumes, as `container/VAR`.
+    UnexpectedEnv { names: Vec<String> },
 }
 
 /// One predicted refusal on kube-system calico-typha.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TyphaRefusal {
+    /// The addon-manager label on the Deployment.
+    AddonManager,
     /// Annotations the converter does not ignore.
     Annotations { on: &'static str, keys: Vec<String> },
     /// An affinity the converter refuses.
     Affinity { what: &'static str },
     /// nodeSelector keys other than the OS.
     NodeSelector { keys: Vec<String> },
+    /// No container `calico-typha` (its metrics env is read there).
+    MissingContainer,
+    /// TYPHA_PROMETHEUSMETRICSPORT that is no port, or a metrics var from an unreadable
+    /// source.
+    Metrics { detail: String },
+}
+
+impl Refusal {
+    /// The upstream lines that refuse it, at the target's tag.
+    pub fn source(&self, line: ConverterLine) -> String {
+        let c = |old: &str, new: &str| line.cite(old, new);
+        match self {
+            Refusal::AddonManager => c("addon_manager.go:5-11", "addon_manager.go:19-25"),
+            Refusal::MissingContainer => c("k8s.go:153-161", "k8s.go:171-179"),
+            Refusal::EnvSource { .. } => c("k8s.go:181-185", "k8s.go:199-203"),
+            Refusal::EnvConfigMap { .. } => c("k8s.go:168-178", "k8s.go:186-196"),
+            Refusal::EnvValue { name, .. } => match name.as_str() {
+                "FELIX_DEFAULTENDPOINTTOHOSTACTION" => c("network.go:24", "network.go:40"),
+                "FELIX_IPV6SUPPORT" | "IP6" => c("network.go:151-158", "network.go:151-158"),
+                "DATASTORE_TYPE" => c("core.go:14-23", "core.go:45-54"),
+                "CALICO_NETWORKING_BACKEND" => c(
+                    "network.go:329, k8s.go:104-119",
+                    "network.go:443, k8s.go:118-137",
+                ),
+                "FELIX_IPTABLESMANGLEALLOWACTION" => c(
+                    "network.go:343, k8s.go:104-119",
+                    "network.go:457, k8s.go:118-137",
+                ),
+                "FELIX_IPTABLESFILTERALLOWACTION" => c(
+                    "network.go:360, k8s.go:104-119",
+                    "network.go:474, k8s.go:118-137",
+                ),
+                "IP" => c("network.go:370", "network.go:484"),
+                "NO_DEFAULT_POOLS" => c("network.go:374", "network.go:488"),
+                _ => c("core.go:147", "core.go:187"),
+            },
+            Refusal::NodeName { container, .. } if container == INSTALL_CNI => {
+                c("core.go:134-146", "core.go:174-186")
+            }
+            Refusal::NodeName { .. } => c("core.go:121-132", "core.go:161-172"),
+            Refusal::Volume { .. } => c("core.go:66-111, 170-180", "core.go:106-151, 212-222"),
+            Refusal::Annotations { .. } => {
+                c("core.go:219-232, 258-275", "core.go:261-274, 298-325")
+            }
+            Refusal::FargateAffinity | Refusal::NodeAffinity => c(
+                "core.go:283-303 (Convert passes an empty Installation, convert.go:43-48)",
+                "core.go:333-365 (Convert passes an empty Installation, convert.go:58-63)",
+            ),
+            Refusal::NodeSelector { .. } => c("core.go:304-316", "core.go:366-376"),
+            Refusal::MetricsPort { .. } => c("core.go:389-419", "core.go:451-481"),
+            Refusal::InterfacePrefix { found: Some(p) } if p != "cali" => {
+                c("network.go:434-458", "network.go:591-615")
+            }
+            Refusal::InterfacePrefix { .. } => c("network.go:33-48", "network.go:49-64"),
+            Refusal::Mtu { .. } => c("mtu.go:11-96", "mtu.go:25-110"),
+            Refusal::IpPool { .. } => c("ippools.go:20-67, 162-240", "ippools.go:34-84, 189-269"),
+            Refusal::Bpf { .. } => c("bpf.go:30-40, 62-90", "bpf.go:30-40, 62-90"),
+            Refusal::FelixConfigurationMissing => c("felix_vars.go:72-74", "bpf.go:63-68"),
+            Refusal::FelixEnv { .. } => c("felix_vars.go:38-208", "felix_vars.go:59-253"),
+            Refusal::UnexpectedEnv { .. } => c(
+                "convert.go:56-63, k8s.go:30-50",
+                "convert.go:71-78, k8s.go:44-64",
+            ),
+        }
+    }
+}
+
+impl TyphaRefusal {
+    /// The upstream lines that refuse it, at the target's tag.
+    pub fn source(&self, line: ConverterLine) -> String {
+        let c = |old: &str, new: &str| line.cite(old, new);
+        match self {
+            TyphaRefusal::AddonManager => c("addon_manager.go:13-20", "addon_manager.go:27-34"),
+            TyphaRefusal::Annotations { .. } => c("core.go:243-252", "core.go:285-294"),
+            TyphaRefusal::Affinity { .. } => c("core.go:319-343", "core.go:379-405"),
+            TyphaRefusal::NodeSelector { .. } => c("core.go:344-350", "core.go:406-412"),
+            TyphaRefusal::MissingContainer | TyphaRefusal::Metrics { .. } => {
+                c("typha.go:22-52", "typha.go:36-66")
+            }
+        }
+    }
 }
 
 /// Keys of the string map at `ptr` that `refused(key, value)` picks.
@@ -161,11 +368,177 @@ fn non_os_selector(key: &str, value: &str) -> bool {
     !(ALLOWED_NODE_SELECTORS.contains(&key) && value == "linux")
 }
 
-/// Predict the converter's refusals for the kube-system calico-typha Deployment
-/// (`handleAnnotations`, v1.17.4 core.go:243-252, v1.38.6 core.go:285-296; typha in
-/// `handleNodeSelectors`, v1.17.4 core.go:318-351, v1.38.6 core.go:373-410).
-pub fn predict_typha(typha: &Value, line: ConverterLine) -> Vec<TyphaRefusal> {
+fn items<'v>(v: &'v Value, ptr: &str) -> &'v [Value] {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn set(v: Option<&Value>) -> bool {
+    v.is_some_and(|v| !v.is_null())
+}
+
+/// `getContainer`: the containers, then the init containers.
+fn container<'v>(pod: &'v Value, name: &str) -> Option<&'v Value> {
+    items(pod, "/containers")
+        .iter()
+        .chain(items(pod, "/initContainers"))
+        .find(|c| str_at(c, "/name") == Some(name))
+}
+
+fn env_entry<'v>(c: &'v Value, key: &str) -> Option<&'v Value> {
+    items(c, "/env")
+        .iter()
+        .find(|e| str_at(e, "/name") == Some(key))
+}
+
+/// A metrics port: `ParseInt(s, 10, 32)` within 1-65535 (v1.17.4 core.go:402-409).
+fn valid_port(p: &str) -> bool {
+    felix_env::parse_int("ParseInt", p, 32).is_ok_and(|p| (1..=65535).contains(&p))
+}
+
+/// The prediction's working state: refusals found and env vars consumed.
+struct Predictor<'a> {
+    ex: Existing<'a>,
+    line: ConverterLine,
+    out: Vec<Refusal>,
+    consumed: BTreeSet<(String, String)>,
+}
+
+impl<'a> Predictor<'a> {
+    fn pod(&self) -> &'a Value {
+        self.ex
+            .node
+            .pointer("/spec/template/spec")
+            .unwrap_or(&Value::Null)
+    }
+
+    fn push(&mut self, r: Refusal) {
+        if !self.out.contains(&r) {
+            self.out.push(r);
+        }
+    }
+
+    fn consume(&mut self, container: &str, name: &str) {
+        self.consumed.insert((container.into(), name.into()));
+    }
+
+    /// `getEnv` of a calico-node DaemonSet container, marked consumed.
+    fn read(&mut self, cname: &str, key: &str) -> Read {
+        self.consume(cname, key);
+        let Some(e) = container(self.pod(), cname).and_then(|c| env_entry(c, key)) else {
+            return Read::Unset;
+        };
+        match read_entry(e, self.ex.cluster) {
+            Ok(v) => Read::Value(v),
+            Err(r) => {
+                self.push(match r {
+                    SourceError::Other => Refusal::EnvSource {
+                        container: cname.into(),
+                        name: key.into(),
+                    },
+                    SourceError::MissingConfigMap(config_map) => Refusal::EnvConfigMap {
+                        name: key.into(),
+                        config_map,
+                    },
+                    SourceError::Unknown => return Read::Failed,
+                });
+                Read::Failed
+            }
+        }
+    }
+
+    /// `assertEnv`: if set, lower-cased, `want`.
+    fn assert(&mut self, key: &str, want: &str) {
+        self.assert_in(NODE, key, want);
+    }
+
+    fn assert_in(&mut self, cname: &str, key: &str, want: &str) {
+        if let Read::Value(v) = self.read(cname, key)
+            && v.to_lowercase() != want
+        {
+            let name = if cname == NODE {
+                key.to_string()
+            } else {
+                format!("{cname}/{key}")
+            };
+            self.push(Refusal::EnvValue {
+                name,
+                found: v,
+                want: want.into(),
+            });
+        }
+    }
+
+    /// `assertEnvIsSet`: set and, lower-cased, `want`.
+    fn assert_set(&mut self, key: &str, want: &str) {
+        let found = match self.read(NODE, key) {
+            Read::Failed => return,
+            Read::Value(v) if v.to_lowercase() == want => return,
+            Read::Value(v) => v,
+            Read::Unset => "(unset)".into(),
+        };
+        self.push(Refusal::EnvValue {
+            name: key.into(),
+            found,
+            want: want.into(),
+        });
+    }
+}
+
+enum SourceError {
+    /// valueFrom other than configMapKeyRef.
+    Other,
+    /// configMapKeyRef to a kube-system ConfigMap that does not exist.
+    MissingConfigMap(String),
+    /// configMapKeyRef while the ConfigMaps were not read.
+    Unknown,
+}
+
+/// `getEnv`'s reading of one entry (v1.17.4 k8s.go:163-186).
+fn read_entry(e: &Value, cluster: Option<Cluster>) -> Result<String, SourceError> {
+    let Some(from) = e.get("valueFrom").filter(|v| !v.is_null()) else {
+        return Ok(str_at(e, "/value").unwrap_or_default().to_string());
+    };
+    let Some(r) = from.get("configMapKeyRef").filter(|v| !v.is_null()) else {
+        return Err(SourceError::Other);
+    };
+    let Some(cluster) = cluster else {
+        return Err(SourceError::Unknown);
+    };
+    let name = str_at(r, "/name").unwrap_or_default();
+    let cm = cluster
+        .config_maps
+        .iter()
+        .find(|cm| str_at(cm, "/metadata/name") == Some(name))
+        .ok_or_else(|| SourceError::MissingConfigMap(name.into()))?;
+    let key = str_at(r, "/key").unwrap_or_default();
+    Ok(cm
+        .pointer("/data")
+        .and_then(|d| d.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Predict the converter's refusals for the kube-system calico-typha Deployment: the
+/// addon-manager label (v1.17.4 addon_manager.go:13-20), `handleAnnotations` (v1.17.4
+/// core.go:243-252, v1.38.6 core.go:285-296), typha in `handleNodeSelectors` (v1.17.4
+/// core.go:318-351, v1.38.6 core.go:378-413), `handleTyphaMetrics` (v1.17.4
+/// typha.go:22-52, v1.38.6 :36-66).
+pub fn predict_typha(ex: &Existing, line: ConverterLine) -> Vec<TyphaRefusal> {
     let mut out = Vec::new();
+    let Some(typha) = ex.typha else {
+        return out;
+    };
+    if typha
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.contains_key("addonmanager.kubernetes.io/mode"))
+    {
+        out.push(TyphaRefusal::AddonManager);
+    }
     for (on, ptr, with_value) in [
         ("Deployment", "/metadata/annotations", None),
         (
@@ -199,84 +572,410 @@ pub fn predict_typha(typha: &Value, line: ConverterLine) -> Vec<TyphaRefusal> {
     if !keys.is_empty() {
         out.push(TyphaRefusal::NodeSelector { keys });
     }
+    let pod = typha.pointer("/spec/template/spec").unwrap_or(&Value::Null);
+    let Some(c) = container(pod, "calico-typha") else {
+        out.push(TyphaRefusal::MissingContainer);
+        return out;
+    };
+    let read = |key: &str| match env_entry(c, key).map(|e| read_entry(e, ex.cluster)) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(SourceError::Unknown)) => Ok(None),
+        Some(Err(SourceError::Other)) => Err(format!(
+            "{key} is read from a source other than a value or a configMapKeyRef"
+        )),
+        Some(Err(SourceError::MissingConfigMap(cm))) => Err(format!(
+            "{key} refers to kube-system ConfigMap {cm}, which does not exist"
+        )),
+    };
+    match read("TYPHA_PROMETHEUSMETRICSENABLED") {
+        Err(detail) => out.push(TyphaRefusal::Metrics { detail }),
+        Ok(Some(e)) if e.to_lowercase() == "true" => match read("TYPHA_PROMETHEUSMETRICSPORT") {
+            Err(detail) => out.push(TyphaRefusal::Metrics { detail }),
+            Ok(Some(p)) if !valid_port(&p) => out.push(TyphaRefusal::Metrics {
+                detail: format!("TYPHA_PROMETHEUSMETRICSPORT={p} is no port in 1-65535"),
+            }),
+            Ok(_) => {}
+        },
+        Ok(_) => {}
+    }
     out
 }
 
-/// Predict every refusal of the converter of `line` for the live DaemonSet.
-pub fn predict(ds: &Value, line: ConverterLine) -> Vec<Refusal> {
-    let mut out = Vec::new();
+/// Predict every refusal of the converter of `line` on calico-node, in the converter's
+/// handler order (handler.go: v1.17.4 :14-28, v1.38.6 :28-42; then convert.go).
+pub fn predict(ex: &Existing, line: ConverterLine) -> Vec<Refusal> {
+    let mut p = Predictor {
+        ex: *ex,
+        line,
+        out: Vec::new(),
+        consumed: BTreeSet::new(),
+    };
+    let ds = ex.node;
+    // handleAddonManager: the DaemonSet's own labels.
+    if ds
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.contains_key("addonmanager.kubernetes.io/mode"))
+    {
+        p.push(Refusal::AddonManager);
+    }
+    let has_node = container(p.pod(), NODE).is_some();
+    if !has_node {
+        p.push(Refusal::MissingContainer);
+    }
+    if has_node {
+        env_checks_before_annotations(&mut p);
+    }
+    annotations_and_scheduling(&mut p);
+    if has_node {
+        env_checks_after_scheduling(&mut p);
+    }
+    p.out
+}
+
+/// handleNetwork, handleIPv6 (before v1.27.0), handleCore.
+fn env_checks_before_annotations(p: &mut Predictor) {
+    let line = p.line;
+    p.assert("FELIX_DEFAULTENDPOINTTOHOSTACTION", "accept");
+    if !line.ipv6_only_for_calico_cni {
+        p.assert("FELIX_IPV6SUPPORT", "false");
+        p.assert("IP6", "none");
+        p.consume(NODE, "IP6_AUTODETECTION_METHOD");
+    }
+    if let Read::Value(t) = p.read(NODE, "DATASTORE_TYPE")
+        && t != "kubernetes"
+    {
+        p.push(Refusal::EnvValue {
+            name: "DATASTORE_TYPE".into(),
+            found: t,
+            want: "kubernetes".into(),
+        });
+    }
+    let pod = p.pod();
+    let flexvol = items(pod, "/volumes")
+        .iter()
+        .find(|v| str_at(v, "/name") == Some("flexvol-driver-host"));
+    let driver = container(pod, "flexvol-driver").is_some();
+    let flex = match flexvol {
+        Some(v) if !set(v.get("hostPath")) => Some("volume flexvol-driver-host is not a hostPath"),
+        Some(_) if !driver => {
+            Some("volume flexvol-driver-host without the flexvol-driver init container")
+        }
+        None if driver => {
+            Some("init container flexvol-driver without the flexvol-driver-host volume")
+        }
+        _ => None,
+    };
+    if let Some(detail) = flex {
+        p.push(Refusal::Volume {
+            detail: detail.into(),
+        });
+    }
+    for (name, path) in [
+        ("lib-modules", "/lib/modules"),
+        ("var-run-calico", "/var/run/calico"),
+        ("var-lib-calico", "/var/lib/calico"),
+        ("xtables-lock", "/run/xtables.lock"),
+    ] {
+        let v = items(pod, "/volumes")
+            .iter()
+            .find(|v| str_at(v, "/name") == Some(name));
+        if v.and_then(|v| str_at(v, "/hostPath/path")) != Some(path) {
+            p.push(Refusal::Volume {
+                detail: format!("no volume {name} with hostPath {path}"),
+            });
+        }
+    }
+    let field_ref = |c: &Value, key: &str| {
+        env_entry(c, key)
+            .is_none_or(|e| str_at(e, "/valueFrom/fieldRef/fieldPath") == Some("spec.nodeName"))
+    };
+    p.consume(NODE, "NODENAME");
+    if container(pod, NODE).is_some_and(|c| !field_ref(c, "NODENAME")) {
+        p.push(Refusal::NodeName {
+            container: NODE.into(),
+            name: "NODENAME".into(),
+        });
+    }
+    if let Some(cni) = container(pod, INSTALL_CNI) {
+        // loadCNI reads the CNI config (components.go:102); its content is not predicted.
+        p.read(INSTALL_CNI, "CNI_NETWORK_CONFIG");
+        p.consume(INSTALL_CNI, "KUBERNETES_NODE_NAME");
+        if !field_ref(cni, "KUBERNETES_NODE_NAME") {
+            p.push(Refusal::NodeName {
+                container: INSTALL_CNI.into(),
+                name: "KUBERNETES_NODE_NAME".into(),
+            });
+        }
+        p.assert_in(INSTALL_CNI, "CNI_CONF_NAME", "10-calico.conflist");
+    }
+    for key in [
+        "FELIX_LOGSEVERITYSCREEN",
+        "FELIX_HEALTHENABLED",
+        "FELIX_USAGEREPORTINGENABLED",
+        "FELIX_TYPHAK8SSERVICENAME",
+        "FELIX_LOGSEVERITYSYS",
+    ] {
+        p.consume(NODE, key);
+    }
+    p.consume("upgrade-ipam", "KUBERNETES_NODE_NAME");
+    p.consume("upgrade-ipam", "CALICO_NETWORKING_BACKEND");
+    p.consume(INSTALL_CNI, "SLEEP");
+}
+
+/// handleAnnotations, then calico-node in handleNodeSelectors.
+fn annotations_and_scheduling(p: &mut Predictor) {
+    let (ds, line) = (p.ex.node, p.line);
     for (on, ptr) in [
         ("DaemonSet", "/metadata/annotations"),
         ("pod template", "/spec/template/metadata/annotations"),
     ] {
         let template = on == "pod template";
-        let keys: Vec<String> = ds
-            .pointer(ptr)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, v)| {
-                        !line.ignores_annotation(k, v.as_str().unwrap_or_default(), template)
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys = refused_keys(ds, ptr, |k, v| !line.ignores_annotation(k, v, template));
         if !keys.is_empty() {
-            out.push(Refusal::Annotations { on, keys });
+            p.push(Refusal::Annotations { on, keys });
         }
     }
-    // Any affinity at all is refused (the converter tests `Affinity != nil`), but the
-    // chart's Fargate exclusion from v1.25 on.
-    let affinity = ds.pointer("/spec/template/spec/affinity");
-    if let Some(a) = affinity.filter(|a| a.as_object().is_some_and(|m| !m.is_empty())) {
-        match is_fargate_exclusion(a) {
-            true if line.accepts_eks_fargate_affinity => {}
-            true => out.push(Refusal::FargateAffinity),
-            false => out.push(Refusal::NodeAffinity),
-        }
+    // Any non-null affinity, even `{}`: `Affinity != nil` (v1.17.4 core.go:283). No line
+    // takes the AKS or EKS exception, as `Convert` builds an Installation without a
+    // provider (v1.38.6 convert.go:58).
+    if let Some(a) = ds
+        .pointer("/spec/template/spec/affinity")
+        .filter(|a| !a.is_null())
+    {
+        p.push(if is_fargate_exclusion(a) {
+            Refusal::FargateAffinity
+        } else {
+            Refusal::NodeAffinity
+        });
     }
-    let sel = refused_keys(ds, "/spec/template/spec/nodeSelector", non_os_selector);
+    let sel = refused_keys(ds, "/spec/template/spec/nodeSelector", |k, v| {
+        k != MIGRATION_LABEL && non_os_selector(k, v)
+    });
     if !sel.is_empty() {
-        out.push(Refusal::NodeSelector { keys: sel });
+        p.push(Refusal::NodeSelector { keys: sel });
     }
-    let env = calico_node_env(ds);
-    let unexpected: Vec<String> = env
+}
+
+/// handleFelixNodeMetrics to the end of `Convert`.
+fn env_checks_after_scheduling(p: &mut Predictor) {
+    let line = p.line;
+    // handleFelixNodeMetrics.
+    let metrics = p.read(NODE, "FELIX_PROMETHEUSMETRICSENABLED");
+    if matches!(&metrics, Read::Value(e) if e.to_lowercase() == "true") {
+        if let Read::Value(port) = p.read(NODE, "FELIX_PROMETHEUSMETRICSPORT")
+            && !valid_port(&port)
+        {
+            p.push(Refusal::MetricsPort { value: port });
+        }
+    } else {
+        p.consume(NODE, "FELIX_PROMETHEUSMETRICSPORT");
+    }
+    // handleCalicoCNI / handleNonCalicoCNI: the plugin from FELIX_INTERFACEPREFIX.
+    let plugin = match p.read(NODE, "FELIX_INTERFACEPREFIX") {
+        Read::Failed => None,
+        Read::Value(v) if matches!(v.as_str(), "eni" | "azv" | "gke") => Some(v),
+        Read::Value(v) => {
+            p.push(Refusal::InterfacePrefix { found: Some(v) });
+            None
+        }
+        Read::Unset => {
+            p.push(Refusal::InterfacePrefix { found: None });
+            None
+        }
+    };
+    if let Some(plugin) = plugin {
+        p.assert_set("CALICO_NETWORKING_BACKEND", "none");
+        if plugin != "azv" {
+            p.assert_set("FELIX_IPTABLESMANGLEALLOWACTION", "return");
+        }
+        if plugin == "gke" {
+            p.assert_set("FELIX_IPTABLESFILTERALLOWACTION", "return");
+        }
+        p.assert("IP", "");
+        p.assert("NO_DEFAULT_POOLS", "true");
+    } else {
+        // Whatever Calico CNI reads, it refuses first; the rest is not predicted.
+        for key in ["CALICO_NETWORKING_BACKEND", "IP", "NO_DEFAULT_POOLS"] {
+            p.consume(NODE, key);
+        }
+    }
+    // handleMTU.
+    let mtus: &[&str] = if line.ipv6_mtus {
+        &[
+            "FELIX_IPINIPMTU",
+            "FELIX_VXLANMTU",
+            "FELIX_VXLANMTUV6",
+            "FELIX_WIREGUARDMTU",
+            "FELIX_WIREGUARDMTUV6",
+        ]
+    } else {
+        &["FELIX_IPINIPMTU", "FELIX_VXLANMTU", "FELIX_WIREGUARDMTU"]
+    };
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    for src in mtus {
+        if let Read::Value(m) = p.read(NODE, src) {
+            match felix_env::parse_int("ParseInt", &m, 32) {
+                Ok(v) => seen.push((src.to_string(), v)),
+                Err(_) => p.push(Refusal::Mtu {
+                    detail: format!("{src}={m} is not an integer"),
+                }),
+            }
+        }
+    }
+    if seen.windows(2).any(|w| w[0].1 != w[1].1) {
+        let all: Vec<String> = seen.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        p.push(Refusal::Mtu {
+            detail: format!("the MTU vars disagree: {}", all.join(", ")),
+        });
+    }
+    // handleIPPools.
+    if let Some(cluster) = p.ex.cluster {
+        for r in ip_pool_refusals(cluster.ip_pools) {
+            p.push(r);
+        }
+    }
+    for ip in ["IPV4", "IPV6"] {
+        if line.ignores_disable_bgp_export {
+            p.consume(NODE, &format!("CALICO_{ip}POOL_DISABLE_BGP_EXPORT"));
+        }
+    }
+    for key in CONSUMED_ENV {
+        p.consume(NODE, key);
+    }
+    // handleBPF, from v1.27.0.
+    if line.ipv6_only_for_calico_cni {
+        let bpf = p.read(NODE, "FELIX_BPFENABLED");
+        if let Some(cluster) = p.ex.cluster {
+            match cluster.felix_configuration {
+                None => p.push(Refusal::FelixConfigurationMissing),
+                Some(fc) => {
+                    let on = fc.pointer("/spec/bpfEnabled") == Some(&Value::Bool(true))
+                        || matches!(&bpf, Read::Value(v) if v.to_lowercase() == "true");
+                    let cm = "kubernetes-services-endpoint";
+                    if on
+                        && !cluster
+                            .config_maps
+                            .iter()
+                            .any(|c| str_at(c, "/metadata/name") == Some(cm))
+                    {
+                        p.push(Refusal::Bpf {
+                            detail: format!(
+                                "BPF is on and kube-system has no ConfigMap {cm} to copy"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // handleFelixVars: every FELIX_* of calico-node not consumed.
+    let names: Vec<String> = container(p.pod(), NODE)
+        .map(|c| {
+            items(c, "/env")
+                .iter()
+                .filter_map(|e| str_at(e, "/name"))
+                .filter(|n| n.starts_with("FELIX_"))
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in names {
+        if p.consumed.contains(&(NODE.to_string(), name.clone())) {
+            continue;
+        }
+        if let Read::Value(value) = p.read(NODE, &name)
+            && let Err(error) = felix_env::patch_error(&name, &value, line.version)
+        {
+            p.push(Refusal::FelixEnv { name, value, error });
+        }
+    }
+    if !line.ipv6_only_for_calico_cni
+        && p.ex
+            .cluster
+            .is_some_and(|c| c.felix_configuration.is_none())
+    {
+        p.push(Refusal::FelixConfigurationMissing);
+    }
+    // convert.go: env in any container no handler consumed.
+    let pod = p.pod();
+    let names: Vec<String> = items(pod, "/containers")
         .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| !n.starts_with("FELIX_") && !KNOWN_ENV.contains(&n.as_str()))
+        .chain(items(pod, "/initContainers"))
+        .flat_map(|c| {
+            let cname = str_at(c, "/name").unwrap_or_default().to_string();
+            items(c, "/env")
+                .iter()
+                .filter_map(|e| str_at(e, "/name"))
+                .map(move |n| (cname.clone(), n.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .filter(|k| !p.consumed.contains(k))
+        .map(|(c, n)| format!("{c}/{n}"))
         .collect();
-    if !unexpected.is_empty() {
-        out.push(Refusal::UnexpectedEnv { names: unexpected });
+    if !names.is_empty() {
+        p.push(Refusal::UnexpectedEnv { names });
     }
-    for (name, want) in REQUIRED_ENV {
-        let found = env
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| "(unset)".into());
-        if !found.eq_ignore_ascii_case(want) {
-            out.push(Refusal::EnvValue {
-                name: name.into(),
-                found,
-                want: want.into(),
+}
+
+/// handleIPPools (v1.17.4 ippools.go:20-67, 162-240; v1.38.6 :34-84, 189-269): of the
+/// enabled pools (by name), `selectInitialPool` picks for IPv4, then IPv6, the first
+/// `default-ipv*` pool of that version, else the first of that version, parsing each
+/// CIDR it passes on the way (one that does not parse fails); then each pool picked
+/// must convert: IPIP and VXLAN both on, or an unknown mode, is refused.
+fn ip_pool_refusals(pools: &[Value]) -> Vec<Refusal> {
+    let mut enabled: Vec<&Value> = pools
+        .iter()
+        .filter(|p| p.pointer("/spec/disabled") != Some(&Value::Bool(true)))
+        .collect();
+    enabled.sort_by_key(|p| str_at(p, "/metadata/name").unwrap_or_default().to_string());
+    let name = |p: &Value| str_at(p, "/metadata/name").unwrap_or_default().to_string();
+    let mut chosen = Vec::new();
+    for v4 in [true, false] {
+        let mut found = None;
+        'passes: for default_only in [true, false] {
+            for p in &enabled {
+                let cidr = str_at(p, "/spec/cidr").unwrap_or_default();
+                let Ok(net) = cidr.parse::<ipnet::IpNet>() else {
+                    return vec![Refusal::IpPool {
+                        name: name(p),
+                        detail: format!("its CIDR {cidr:?} does not parse"),
+                    }];
+                };
+                let is_v4 = matches!(net, ipnet::IpNet::V4(_));
+                if is_v4 == v4 && (!default_only || name(p).starts_with("default-ipv")) {
+                    found = Some(*p);
+                    break 'passes;
+                }
+            }
+        }
+        chosen.extend(found);
+    }
+    let mut out = Vec::new();
+    for p in chosen {
+        let mode = |k: &str| match str_at(p, k).unwrap_or_default() {
+            "" => "Never".to_string(),
+            m => m.to_string(),
+        };
+        let (ipip, vxlan) = (mode("/spec/ipipMode"), mode("/spec/vxlanMode"));
+        let encapsulating = |m: &str| matches!(m, "Always" | "CrossSubnet");
+        let fine = (ipip == "Never" && (vxlan == "Never" || encapsulating(&vxlan)))
+            || (vxlan == "Never" && encapsulating(&ipip));
+        if !fine {
+            out.push(Refusal::IpPool {
+                name: name(p),
+                detail: format!(
+                    "ipipMode {ipip} with vxlanMode {vxlan} is no encapsulation an Installation pool has"
+                ),
             });
         }
-    }
-    let addon = |p: &str| {
-        ds.pointer(p)
-            .and_then(Value::as_object)
-            .is_some_and(|m| m.contains_key("addonmanager.kubernetes.io/mode"))
-    };
-    if addon("/metadata/labels") || addon("/spec/template/metadata/labels") {
-        out.push(Refusal::AddonManager);
     }
     out
 }
 
 /// The chart's exclusion, the whole affinity: a required node affinity of one term with
-/// one expression, `eks.amazonaws.com/compute-type NotIn [fargate]`, and nothing else
-/// (v1.38.6 compares with `reflect.DeepEqual`).
+/// one expression, `eks.amazonaws.com/compute-type NotIn [fargate]`, and nothing else.
 pub fn is_fargate_exclusion(affinity: &Value) -> bool {
     let want = serde_json::json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
     {"nodeSelectorTerms": [{"matchExpressions": [
@@ -300,199 +999,671 @@ fn without_nulls(v: &Value) -> Value {
     }
 }
 
-/// (name, literal value) of the calico-node container's env; valueFrom reads as "(from ...)".
-pub fn calico_node_env(ds: &Value) -> Vec<(String, String)> {
-    let containers = ds
-        .pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let c = containers
-        .iter()
-        .find(|c| str_at(c, "/name") == Some("calico-node"))
-        .or(containers.first());
-    c.and_then(|c| c.get("env"))
-        .and_then(Value::as_array)
-        .map(|env| {
-            env.iter()
-                .filter_map(|e| {
-                    let name = str_at(e, "/name")?.to_string();
-                    let value = match e.get("value") {
-                        Some(v) => v.as_str().unwrap_or("").to_string(),
-                        None if e.get("valueFrom").is_some() => "(from reference)".into(),
-                        None => String::new(),
-                    };
-                    Some((name, value))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::controllers::operator as sandbox;
+    use crate::sandbox::scenario::calico::felix_configuration_default;
+    use crate::sandbox::scenario::chart::{ChartValues, calico_node_daemonset, typha_deployment};
     use serde_json::json;
 
-    fn v1_17() -> ConverterLine {
-        ConverterLine::of("v1.17.4")
+    const LINES: [&str; 3] = ["v1.17.4", "v1.20.1", "v1.38.6"];
+
+    fn values() -> ChartValues {
+        ChartValues::seed_organisation("aws-calico")
     }
 
-    fn ds(extra_env: Value, annotations: Value) -> Value {
-        let mut env = vec![
-            json!({"name": "DATASTORE_TYPE", "value": "kubernetes"}),
-            json!({"name": "FELIX_INTERFACEPREFIX", "value": "eni"}),
-            json!({"name": "CALICO_NETWORKING_BACKEND", "value": "none"}),
-            json!({"name": "NO_DEFAULT_POOLS", "value": "true"}),
-            json!({"name": "NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
-        ];
-        if let Some(a) = extra_env.as_array() {
-            env.extend(a.iter().cloned());
+    /// The chart's DaemonSet after detach-helm and fargate-affinity.
+    fn prepared() -> Value {
+        let mut ds = calico_node_daemonset(&values());
+        ds["metadata"]["annotations"] = json!({"deprecated.daemonset.template.generation": "1"});
+        if let Some(m) = ds["spec"]["template"]["spec"].as_object_mut() {
+            m.remove("affinity");
         }
-        json!({"metadata": {"annotations": annotations},
-               "spec": {"template": {"spec": {"containers": [{"name": "calico-node", "env": env}]}}}})
+        ds["spec"]["template"]["spec"]["nodeSelector"][MIGRATION_LABEL] = json!("pre-operator");
+        ds
     }
 
-    #[test]
-    fn clean_daemonset_passes() {
-        let d = ds(
-            json!([]),
-            json!({"deprecated.daemonset.template.generation": "1"}),
-        );
-        assert_eq!(predict(&d, v1_17()), vec![]);
+    fn typha() -> Value {
+        let mut t = typha_deployment(&values());
+        t["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "1"});
+        t
     }
 
-    #[test]
-    fn refusals_are_found() {
-        let mut d = ds(
-            json!([{"name": "MY_FLAG", "value": "1"}, {"name": "FELIX_LOGSEVERITYSCREEN", "value": "info"}]),
-            json!({"meta.helm.sh/release-name": "calico"}),
-        );
-        d["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["fargate"]}]}]}}});
-        d["spec"]["template"]["spec"]["nodeSelector"] =
-            json!({"kubernetes.io/os": "linux", "team": "a"});
-        let r = predict(&d, v1_17());
-        assert!(r.contains(&Refusal::FargateAffinity));
-        assert!(r.contains(&Refusal::UnexpectedEnv {
-            names: vec!["MY_FLAG".into()]
-        }));
-        assert!(r.contains(&Refusal::NodeSelector {
-            keys: vec!["team".into()]
-        }));
-        assert!(r.iter().any(|x| matches!(
-            x,
-            Refusal::Annotations {
-                on: "DaemonSet",
-                ..
+    /// One cluster as both the sandbox's operator and the prediction read it.
+    #[derive(Clone)]
+    struct Case {
+        ds: Value,
+        typha: Option<Value>,
+        config_maps: Vec<Value>,
+        ip_pools: Vec<Value>,
+        felix: Option<Value>,
+    }
+
+    impl Case {
+        fn new(ds: Value) -> Self {
+            Case {
+                ds,
+                typha: Some(typha()),
+                config_maps: Vec::new(),
+                ip_pools: Vec::new(),
+                felix: Some(felix_configuration_default()),
             }
-        )));
+        }
+
+        fn existing(&self) -> Existing<'_> {
+            Existing {
+                node: &self.ds,
+                typha: self.typha.as_ref(),
+                cluster: Some(Cluster {
+                    config_maps: &self.config_maps,
+                    ip_pools: &self.ip_pools,
+                    felix_configuration: self.felix.as_ref(),
+                }),
+            }
+        }
+
+        fn predicted(&self, tag: &str) -> (Vec<Refusal>, Vec<TyphaRefusal>) {
+            let line = ConverterLine::of(tag);
+            (
+                predict(&self.existing(), line),
+                predict_typha(&self.existing(), line),
+            )
+        }
+
+        fn refusals(&self, tag: &str) -> Vec<Refusal> {
+            self.predicted(tag).0
+        }
+
+        fn sandbox(&self, tag: &str) -> Result<(), sandbox::OperatorRefusal> {
+            sandbox::convert(
+                &sandbox::Existing {
+                    node: &self.ds,
+                    typha: self.typha.as_ref(),
+                    canal: false,
+                    config_maps: &self.config_maps,
+                    ip_pools: &self.ip_pools,
+                    felix_configuration: self.felix.as_ref(),
+                },
+                tag,
+            )
+        }
+    }
+
+    fn with_env(ds: &Value, entry: Value) -> Value {
+        let mut ds = ds.clone();
+        if let Some(env) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
+            match env.iter_mut().find(|e| e["name"] == entry["name"]) {
+                Some(slot) => *slot = entry,
+                None => env.push(entry),
+            }
+        }
+        ds
+    }
+
+    fn set_env(ds: &Value, name: &str, value: &str) -> Value {
+        with_env(ds, json!({"name": name, "value": value}))
+    }
+
+    fn unset_env(ds: &Value, name: &str) -> Value {
+        let mut ds = ds.clone();
+        if let Some(env) = ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
+            env.retain(|e| e["name"] != name);
+        }
+        ds
+    }
+
+    fn env_case(name: &str, value: &str) -> Case {
+        Case::new(set_env(&prepared(), name, value))
+    }
+
+    fn pool(name: &str, cidr: &str, ipip: &str, vxlan: &str) -> Value {
+        json!({"metadata": {"name": name},
+               "spec": {"cidr": cidr, "ipipMode": ipip, "vxlanMode": vxlan}})
+    }
+
+    /// Mutations of the prepared chart install, one refusal (or none) each.
+    fn table() -> Vec<(&'static str, Case)> {
+        let p = prepared;
+        let mut v: Vec<(&'static str, Case)> = vec![("the prepared chart", Case::new(p()))];
+        let mut push = |name, c| v.push((name, c));
+        let mut as_installed = calico_node_daemonset(&values());
+        as_installed["metadata"]["annotations"] =
+            json!({"meta.helm.sh/release-name": "aws-calico"});
+        push("Helm's annotation", Case::new(as_installed.clone()));
+        as_installed["metadata"]["annotations"] = json!({});
+        push("the Fargate exclusion", Case::new(as_installed));
+        let mut d = p();
+        d["spec"]["template"]["spec"]["affinity"] = json!({});
+        push("an empty affinity", Case::new(d));
+        let mut d = p();
+        d["metadata"]["labels"]["addonmanager.kubernetes.io/mode"] = json!("Reconcile");
+        push("the addon-manager label", Case::new(d));
+        let mut d = p();
+        d["spec"]["template"]["spec"]["nodeSelector"]["team"] = json!("a");
+        push("a nodeSelector", Case::new(d));
+        let mut d = p();
+        d["spec"]["template"]["spec"]["containers"][0]["name"] = json!("node");
+        push("a renamed container", Case::new(d));
+        push(
+            "FELIX_DEFAULTENDPOINTTOHOSTACTION=Drop",
+            env_case("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Drop"),
+        );
+        push(
+            "FELIX_IPV6SUPPORT=true",
+            env_case("FELIX_IPV6SUPPORT", "true"),
+        );
+        push(
+            "FELIX_IPV6SUPPORT=maybe",
+            env_case("FELIX_IPV6SUPPORT", "maybe"),
+        );
+        push("IP6=none", env_case("IP6", "none"));
+        push(
+            "IP6_AUTODETECTION_METHOD",
+            env_case("IP6_AUTODETECTION_METHOD", "first-found"),
+        );
+        push(
+            "DATASTORE_TYPE=etcdv3",
+            env_case("DATASTORE_TYPE", "etcdv3"),
+        );
+        let mut d = p();
+        d["spec"]["template"]["spec"]["initContainers"] = json!([{"name": "flexvol-driver"}]);
+        push("flexvol-driver without its volume", Case::new(d));
+        let mut d = p();
+        d["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"] = json!("/usr/lib/modules");
+        push("lib-modules elsewhere", Case::new(d));
+        push("NODENAME literal", env_case("NODENAME", "ip-10-0-0-1"));
+        let mut d = p();
+        d["spec"]["template"]["spec"]["initContainers"] = json!([{"name": "install-cni", "env": [
+            {"name": "CNI_NETWORK_CONFIG", "value": "{}"},
+            {"name": "SLEEP", "value": "false"},
+            {"name": "KUBERNETES_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "CNI_CONF_NAME", "value": "10-calico.conflist"}]}]);
+        push("install-cni as Calico writes it", Case::new(d.clone()));
+        d["spec"]["template"]["spec"]["initContainers"][0]["env"][3]["value"] = json!("05-x.conf");
+        push("install-cni CNI_CONF_NAME", Case::new(d));
+        let mut d = p();
+        d["spec"]["template"]["metadata"]["annotations"] =
+            json!({"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"});
+        push("kubectl's restartedAt", Case::new(d));
+        push(
+            "FELIX_PROMETHEUSMETRICSPORT=0",
+            env_case("FELIX_PROMETHEUSMETRICSPORT", "0"),
+        );
+        push(
+            "metrics off, any port",
+            Case::new(set_env(
+                &set_env(&p(), "FELIX_PROMETHEUSMETRICSENABLED", "false"),
+                "FELIX_PROMETHEUSMETRICSPORT",
+                "x",
+            )),
+        );
+        push(
+            "FELIX_INTERFACEPREFIX=veth",
+            env_case("FELIX_INTERFACEPREFIX", "veth"),
+        );
+        push(
+            "FELIX_INTERFACEPREFIX=cali",
+            env_case("FELIX_INTERFACEPREFIX", "cali"),
+        );
+        push(
+            "FELIX_INTERFACEPREFIX unset",
+            Case::new(unset_env(&p(), "FELIX_INTERFACEPREFIX")),
+        );
+        push(
+            "FELIX_INTERFACEPREFIX=azv",
+            env_case("FELIX_INTERFACEPREFIX", "azv"),
+        );
+        push(
+            "FELIX_INTERFACEPREFIX=gke",
+            env_case("FELIX_INTERFACEPREFIX", "gke"),
+        );
+        push(
+            "CALICO_NETWORKING_BACKEND=bird",
+            env_case("CALICO_NETWORKING_BACKEND", "bird"),
+        );
+        push(
+            "CALICO_NETWORKING_BACKEND unset",
+            Case::new(unset_env(&p(), "CALICO_NETWORKING_BACKEND")),
+        );
+        push(
+            "FELIX_IPTABLESMANGLEALLOWACTION=Accept",
+            env_case("FELIX_IPTABLESMANGLEALLOWACTION", "Accept"),
+        );
+        push(
+            "FELIX_IPTABLESMANGLEALLOWACTION=RETURN",
+            env_case("FELIX_IPTABLESMANGLEALLOWACTION", "RETURN"),
+        );
+        push("IP=autodetect", env_case("IP", "autodetect"));
+        push(
+            "NO_DEFAULT_POOLS=false",
+            env_case("NO_DEFAULT_POOLS", "false"),
+        );
+        push("FELIX_VXLANMTU=jumbo", env_case("FELIX_VXLANMTU", "jumbo"));
+        push(
+            "two MTUs",
+            Case::new(set_env(
+                &set_env(&p(), "FELIX_IPINIPMTU", "1440"),
+                "FELIX_VXLANMTU",
+                "1410",
+            )),
+        );
+        push("FELIX_VXLANMTUV6", env_case("FELIX_VXLANMTUV6", "1430"));
+        let mut c = Case::new(p());
+        c.ip_pools = vec![pool(
+            "default-ipv4-ippool",
+            "192.168.0.0/16",
+            "Always",
+            "Always",
+        )];
+        push("a pool with IPIP and VXLAN", c.clone());
+        c.ip_pools = vec![
+            pool("default-ipv4-ippool", "192.168.0.0/16", "Never", "Always"),
+            pool("extra", "10.9.0.0/16", "Always", "Always"),
+        ];
+        push("an extra pool the converter does not pick", c.clone());
+        c.ip_pools = vec![pool("broken", "10.9.0.0", "", "")];
+        push("a pool whose CIDR does not parse", c);
+        let mut c = Case::new(p());
+        c.felix = None;
+        push("no FelixConfiguration default", c);
+        push(
+            "FELIX_BPFENABLED=true",
+            env_case("FELIX_BPFENABLED", "true"),
+        );
+        let mut c = env_case("FELIX_BPFENABLED", "true");
+        c.config_maps = vec![json!({"metadata": {"name": "kubernetes-services-endpoint"},
+            "data": {"KUBERNETES_SERVICE_HOST": "h", "KUBERNETES_SERVICE_PORT": "443"}})];
+        push("BPF with its ConfigMap", c);
+        push("FELIX_FOO", env_case("FELIX_FOO", "1"));
+        push(
+            "FELIX_HEALTHPORT=nine",
+            env_case("FELIX_HEALTHPORT", "nine"),
+        );
+        push(
+            "FELIX_IPTABLESREFRESHINTERVAL=90",
+            env_case("FELIX_IPTABLESREFRESHINTERVAL", "90"),
+        );
+        push(
+            "FELIX_ROUTESOURCE=CalicoIPAM",
+            env_case("FELIX_ROUTESOURCE", "CalicoIPAM"),
+        );
+        push(
+            "a secretKeyRef",
+            Case::new(with_env(
+                &p(),
+                json!({"name": "FELIX_DEFAULTENDPOINTTOHOSTACTION",
+                       "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+            )),
+        );
+        push(
+            "a fieldRef on a leftover FELIX_ var",
+            Case::new(with_env(
+                &p(),
+                json!({"name": "FELIX_HEALTHHOST",
+                       "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+            )),
+        );
+        let from_cm = with_env(
+            &p(),
+            json!({"name": "CALICO_NETWORKING_BACKEND",
+                   "valueFrom": {"configMapKeyRef": {"name": "calico-config", "key": "backend"}}}),
+        );
+        push(
+            "a configMapKeyRef to a missing ConfigMap",
+            Case::new(from_cm.clone()),
+        );
+        let mut c = Case::new(from_cm);
+        c.config_maps =
+            vec![json!({"metadata": {"name": "calico-config"}, "data": {"backend": "none"}})];
+        push("a configMapKeyRef read as none", c.clone());
+        c.config_maps[0]["data"]["backend"] = json!("bird");
+        push("a configMapKeyRef read as bird", c);
+        push("MY_VAR", env_case("MY_VAR", "1"));
+        push(
+            "IP_AUTODETECTION_METHOD",
+            env_case("IP_AUTODETECTION_METHOD", "interface=eth0"),
+        );
+        push("CALICO_MANAGE_CNI", env_case("CALICO_MANAGE_CNI", "false"));
+        push(
+            "CALICO_IPV4POOL_DISABLE_BGP_EXPORT",
+            env_case("CALICO_IPV4POOL_DISABLE_BGP_EXPORT", "true"),
+        );
+        push(
+            "CALICO_IPV4POOL_CIDR",
+            env_case("CALICO_IPV4POOL_CIDR", "10.0.0.0/16"),
+        );
+        let mut d = p();
+        match d["spec"]["template"]["spec"]["containers"].as_array_mut() {
+            Some(list) => {
+                list.push(json!({"name": "sidecar", "env": [{"name": "FELIX_X", "value": "1"}]}))
+            }
+            None => panic!("the chart has containers"),
+        }
+        push("a sidecar's env", Case::new(d));
+        // Typha.
+        let typha_case = |edit: &dyn Fn(&mut Value)| {
+            let mut c = Case::new(p());
+            if let Some(t) = c.typha.as_mut() {
+                edit(t);
+            }
+            c
+        };
+        push(
+            "typha: Helm's annotation",
+            typha_case(&|t| t["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!("a")),
+        );
+        push(
+            "typha: pod anti-affinity",
+            typha_case(&|t| {
+                t["spec"]["template"]["spec"]["affinity"] = json!({"podAntiAffinity": {}})
+            }),
+        );
+        push(
+            "typha: required node affinity",
+            typha_case(&|t| {
+                t["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity":
+                    {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}})
+            }),
+        );
+        push(
+            "typha: nodeSelector",
+            typha_case(&|t| t["spec"]["template"]["spec"]["nodeSelector"]["team"] = json!("a")),
+        );
+        push(
+            "typha: addon-manager label",
+            typha_case(&|t| {
+                t["metadata"]["labels"]["addonmanager.kubernetes.io/mode"] = json!("Reconcile")
+            }),
+        );
+        push(
+            "typha: metrics port",
+            typha_case(&|t| {
+                t["spec"]["template"]["spec"]["containers"][0]["env"][6]["value"] = json!("0")
+            }),
+        );
+        push(
+            "typha: renamed container",
+            typha_case(&|t| t["spec"]["template"]["spec"]["containers"][0]["name"] = json!("t")),
+        );
+        let mut c = Case::new(p());
+        c.typha = None;
+        push("no typha", c);
+        v
+    }
+
+    /// The prediction refuses exactly when the sandbox's converter does, case by case and
+    /// line by line; and both disagree with the old hand list where the source says so.
+    #[test]
+    fn the_prediction_and_the_sandbox_converter_agree() {
+        let mut disagreements = Vec::new();
+        let mut refused = 0;
+        for (name, case) in table() {
+            for tag in LINES {
+                let (r, t) = case.predicted(tag);
+                let sandbox = case.sandbox(tag);
+                let predicted = !r.is_empty() || !t.is_empty();
+                refused += usize::from(sandbox.is_err());
+                if predicted != sandbox.is_err() {
+                    disagreements.push(format!(
+                        "{name} at {tag}: predicted {r:?} {t:?}, sandbox {sandbox:?}"
+                    ));
+                }
+            }
+        }
+        assert!(disagreements.is_empty(), "{disagreements:#?}");
+        assert!(refused > 100, "the table exercises refusals: {refused}");
     }
 
     #[test]
-    fn wrong_interface_prefix_is_refused() {
-        let mut d = ds(json!([]), json!({}));
-        d["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = json!("cali");
-        assert!(predict(&d, v1_17()).iter().any(
-            |r| matches!(r, Refusal::EnvValue { name, .. } if name == "FELIX_INTERFACEPREFIX")
+    fn the_prepared_chart_is_predicted_to_pass_on_every_line() {
+        for tag in LINES {
+            assert_eq!(
+                Case::new(prepared()).predicted(tag),
+                (vec![], vec![]),
+                "{tag}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fargate_exclusion_is_refused_on_every_line() {
+        let mut ds = calico_node_daemonset(&values());
+        ds["metadata"]["annotations"] = json!({});
+        for tag in LINES.into_iter().chain(["v1.25.0", "v1.45.0"]) {
+            assert_eq!(
+                Case::new(ds.clone()).refusals(tag),
+                vec![Refusal::FargateAffinity],
+                "{tag}"
+            );
+        }
+        let mut other = ds["spec"]["template"]["spec"]["affinity"].clone();
+        other["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["values"] = json!(["fargate", "windows"]);
+        assert!(!is_fargate_exclusion(&other));
+        let mut with_null = ds["spec"]["template"]["spec"]["affinity"].clone();
+        with_null["podAffinity"] = Value::Null;
+        assert!(is_fargate_exclusion(&with_null));
+        ds["spec"]["template"]["spec"]["affinity"] = json!({});
+        assert_eq!(
+            Case::new(ds).refusals("v1.38.6"),
+            vec![Refusal::NodeAffinity],
+            "`Affinity != nil`"
+        );
+    }
+
+    #[test]
+    fn env_values_are_predicted_per_line() {
+        assert_eq!(
+            env_case("FELIX_IPV6SUPPORT", "true").refusals("v1.17.4"),
+            vec![Refusal::EnvValue {
+                name: "FELIX_IPV6SUPPORT".into(),
+                found: "true".into(),
+                want: "false".into()
+            }]
+        );
+        assert_eq!(
+            env_case("FELIX_IPV6SUPPORT", "true").refusals("v1.38.6"),
+            vec![]
+        );
+        assert_eq!(
+            env_case("IP6", "none").refusals("v1.38.6"),
+            vec![Refusal::UnexpectedEnv {
+                names: vec!["calico-node/IP6".into()]
+            }]
+        );
+        assert_eq!(
+            Case::new(unset_env(&prepared(), "CALICO_NETWORKING_BACKEND")).refusals("v1.20.1"),
+            vec![Refusal::EnvValue {
+                name: "CALICO_NETWORKING_BACKEND".into(),
+                found: "(unset)".into(),
+                want: "none".into()
+            }]
+        );
+        assert_eq!(
+            env_case("IP", "autodetect").refusals("v1.38.6"),
+            vec![Refusal::EnvValue {
+                name: "IP".into(),
+                found: "autodetect".into(),
+                want: String::new()
+            }]
+        );
+        assert_eq!(
+            env_case("FELIX_INTERFACEPREFIX", "cali").refusals("v1.38.6"),
+            vec![Refusal::InterfacePrefix {
+                found: Some("cali".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn env_sources_and_config_maps_are_predicted() {
+        let secret = Case::new(with_env(
+            &prepared(),
+            json!({"name": "IP", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+        ));
+        assert_eq!(
+            secret.refusals("v1.17.4"),
+            vec![Refusal::EnvSource {
+                container: "calico-node".into(),
+                name: "IP".into()
+            }]
+        );
+        let cm = Case::new(with_env(
+            &prepared(),
+            json!({"name": "NO_DEFAULT_POOLS",
+                   "valueFrom": {"configMapKeyRef": {"name": "calico-config", "key": "k"}}}),
+        ));
+        assert_eq!(
+            cm.refusals("v1.38.6"),
+            vec![Refusal::EnvConfigMap {
+                name: "NO_DEFAULT_POOLS".into(),
+                config_map: "calico-config".into()
+            }]
+        );
+        // Without the cluster objects the ConfigMap is not judged.
+        assert_eq!(
+            predict(&Existing::daemonset(&cm.ds), ConverterLine::of("v1.38.6")),
+            vec![]
+        );
+        assert_eq!(
+            env_case("NODENAME", "n").refusals("v1.38.6"),
+            vec![Refusal::NodeName {
+                container: "calico-node".into(),
+                name: "NODENAME".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn felix_vars_mtu_pools_and_felix_configuration_are_predicted() {
+        assert_eq!(
+            env_case("FELIX_IPTABLESREFRESHINTERVAL", "90").refusals("v1.20.1"),
+            vec![Refusal::FelixEnv {
+                name: "FELIX_IPTABLESREFRESHINTERVAL".into(),
+                value: "90".into(),
+                error: "time: missing unit in duration \"90\"".into()
+            }]
+        );
+        assert_eq!(
+            env_case("FELIX_IPTABLESREFRESHINTERVAL", "90").refusals("v1.38.6"),
+            vec![]
+        );
+        assert!(matches!(
+            env_case("FELIX_VXLANMTU", "jumbo")
+                .refusals("v1.38.6")
+                .as_slice(),
+            [Refusal::Mtu { .. }]
+        ));
+        let mut c = Case::new(prepared());
+        c.ip_pools = vec![pool(
+            "default-ipv4-ippool",
+            "192.168.0.0/16",
+            "Always",
+            "Always",
+        )];
+        assert!(matches!(
+            c.refusals("v1.38.6").as_slice(),
+            [Refusal::IpPool { name, .. }] if name == "default-ipv4-ippool"
+        ));
+        c.ip_pools.clear();
+        c.felix = None;
+        assert_eq!(
+            c.refusals("v1.17.4"),
+            vec![Refusal::FelixConfigurationMissing]
+        );
+        assert_eq!(
+            c.refusals("v1.38.6"),
+            vec![Refusal::FelixConfigurationMissing]
+        );
+        assert!(matches!(
+            env_case("FELIX_BPFENABLED", "true")
+                .refusals("v1.38.6")
+                .as_slice(),
+            [Refusal::Bpf { .. }]
         ));
     }
 
     #[test]
-    fn the_autoscaler_daemonset_pod_annotation_passes_only_on_the_template_as_true() {
-        let mut d = ds(json!([]), json!({}));
-        let key = "cluster-autoscaler.kubernetes.io/daemonset-pod";
-        d["spec"]["template"]["metadata"] = json!({"annotations": {key: "true"}});
-        assert_eq!(predict(&d, v1_17()), vec![]);
-        d["spec"]["template"]["metadata"]["annotations"][key] = json!("false");
+    fn unexpected_env_names_container_and_var() {
+        let mut d = set_env(&prepared(), "USE_POD_CIDR", "true");
+        d["spec"]["template"]["spec"]["initContainers"] = json!([{"name": "upgrade-ipam", "env": [{"name": "KUBERNETES_NODE_NAME", "value": "n"}, {"name": "X", "value": "1"}]}]);
         assert_eq!(
-            predict(&d, v1_17()),
-            vec![Refusal::Annotations {
-                on: "pod template",
-                keys: vec![key.into()]
+            Case::new(d).refusals("v1.38.6"),
+            vec![Refusal::UnexpectedEnv {
+                names: vec!["calico-node/USE_POD_CIDR".into(), "upgrade-ipam/X".into()]
             }]
         );
-        let on_object = ds(json!([]), json!({key: "true"}));
         assert_eq!(
-            predict(&on_object, v1_17()),
-            vec![Refusal::Annotations {
-                on: "DaemonSet",
-                keys: vec![key.into()]
-            }]
+            env_case("CALICO_IPV4POOL_DISABLE_BGP_EXPORT", "true").refusals("v1.38.6"),
+            vec![]
         );
-    }
-
-    fn fargate_exclusion() -> Value {
-        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-            {"nodeSelectorTerms": [{"matchExpressions": [{"key": "eks.amazonaws.com/compute-type",
-                "operator": "NotIn", "values": ["fargate"]}]}]}}})
     }
 
     #[test]
-    fn lines_follow_the_tags() {
-        let line = |v| ConverterLine::of(v);
+    fn lines_follow_the_tags_and_cite_them() {
+        let line = ConverterLine::of;
         assert!(!line("v1.20.4").ignores_kubectl_annotations);
         assert!(line("v1.22.0").ignores_kubectl_annotations);
-        assert!(!line("v1.24.9").accepts_eks_fargate_affinity);
-        assert!(line("v1.25.0").accepts_eks_fargate_affinity);
-        assert!(line("v1.38.6").accepts_eks_fargate_affinity);
+        assert!(!line("v1.26.9").ipv6_only_for_calico_cni);
+        assert!(line("v1.27.0").ipv6_only_for_calico_cni);
+        assert!(line("v1.28.0").ignores_disable_bgp_export);
+        assert!(line("v1.29.0").ipv6_mtus);
+        assert!(line("v1.31.0").carries_typha_pod_affinity);
         assert_eq!(line("not a version"), line("v0.0.0"));
+        assert_eq!(line("v1.20.4").tag(), "v1.20.4");
+        assert_eq!(line("v1.38.6").tag(), "v1.38.6");
+        assert_eq!(line("v1.38.12").tag(), "v1.38.6");
+        assert_eq!(line("v1.24.0").tag(), "v1.17.4");
+        assert_eq!(
+            Refusal::NodeSelector { keys: vec![] }.source(line("v1.38.6")),
+            "tigera/operator v1.38.6 pkg/controller/migration/convert/core.go:366-376"
+        );
+        assert_eq!(
+            Refusal::NodeSelector { keys: vec![] }.source(line("v1.17.4")),
+            "tigera/operator v1.17.4 pkg/controller/migration/convert/core.go:304-316"
+        );
     }
 
     #[test]
     fn kubectl_annotations_pass_from_v1_22_only_last_applied_before() {
-        let mut d = ds(json!([]), json!({}));
+        let mut d = prepared();
         d["spec"]["template"]["metadata"] =
             json!({"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"}});
-        assert_eq!(predict(&d, ConverterLine::of("v1.38.6")), vec![]);
+        assert_eq!(Case::new(d.clone()).refusals("v1.38.6"), vec![]);
         assert_eq!(
-            predict(&d, ConverterLine::of("v1.20.4")),
+            Case::new(d).refusals("v1.20.4"),
             vec![Refusal::Annotations {
                 on: "pod template",
                 keys: vec!["kubectl.kubernetes.io/restartedAt".into()]
             }]
         );
-    }
-
-    #[test]
-    fn the_chart_fargate_exclusion_passes_from_v1_25_and_nothing_more() {
-        let mut d = ds(json!([]), json!({}));
-        d["spec"]["template"]["spec"]["affinity"] = fargate_exclusion();
-        assert_eq!(predict(&d, ConverterLine::of("v1.38.6")), vec![]);
+        let key = "cluster-autoscaler.kubernetes.io/daemonset-pod";
+        let mut d = prepared();
+        d["metadata"]["annotations"][key] = json!("true");
         assert_eq!(
-            predict(&d, ConverterLine::of("v1.20.4")),
-            vec![Refusal::FargateAffinity]
+            Case::new(d).refusals("v1.17.4"),
+            vec![Refusal::Annotations {
+                on: "DaemonSet",
+                keys: vec![key.into()]
+            }]
         );
-        // A pod anti-affinity beside it: not the chart's exclusion, refused everywhere.
-        d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] =
-            json!({"preferredDuringSchedulingIgnoredDuringExecution": []});
-        assert_eq!(
-            predict(&d, ConverterLine::of("v1.38.6")),
-            vec![Refusal::NodeAffinity]
-        );
-        // Another value list: refused.
-        let mut other = fargate_exclusion();
-        other["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-            [0]["matchExpressions"][0]["values"] = json!(["fargate", "windows"]);
-        assert!(!is_fargate_exclusion(&other));
-        // Explicit nulls, as some clients write omitted fields, change nothing.
-        let mut with_null = fargate_exclusion();
-        with_null["podAffinity"] = Value::Null;
-        assert!(is_fargate_exclusion(&with_null));
     }
 
     #[test]
     fn typha_refusals_follow_the_tags() {
-        let chart_typha = json!({"metadata": {"annotations": {"deployment.kubernetes.io/revision": "1"}},
-            "spec": {"template": {
-                "metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}},
-                "spec": {"nodeSelector": {"beta.kubernetes.io/os": "linux"}}}}});
-        assert_eq!(predict_typha(&chart_typha, v1_17()), vec![]);
-        let mut t = chart_typha.clone();
+        let ds = prepared();
+        let mut t = typha();
         t["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!("aws-calico");
         t["spec"]["template"]["spec"]["nodeSelector"]["team"] = json!("net");
         t["spec"]["template"]["spec"]["affinity"] = json!({"podAntiAffinity": {}});
+        let ex = Existing {
+            node: &ds,
+            typha: Some(&t),
+            cluster: None,
+        };
         assert_eq!(
-            predict_typha(&t, v1_17()),
+            predict_typha(&ex, ConverterLine::of("v1.17.4")),
             vec![
                 TyphaRefusal::Annotations {
                     on: "Deployment",
@@ -506,27 +1677,10 @@ mod tests {
                 },
             ]
         );
-        // v1.31 on carries the pod (anti-)affinity into the Installation.
-        let r = predict_typha(&t, ConverterLine::of("v1.38.6"));
+        let r = predict_typha(&ex, ConverterLine::of("v1.38.6"));
         assert!(
             !r.iter().any(|x| matches!(x, TyphaRefusal::Affinity { .. })),
             "{r:?}"
-        );
-        t["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity":
-            {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}});
-        assert!(predict_typha(&t, ConverterLine::of("v1.38.6")).contains(
-            &TyphaRefusal::Affinity {
-                what: "a required node affinity"
-            }
-        ));
-        // An OS selector other than linux is not the OS selector the converter drops.
-        let mut w = chart_typha;
-        w["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/os"] = json!("windows");
-        assert_eq!(
-            predict_typha(&w, v1_17()),
-            vec![TyphaRefusal::NodeSelector {
-                keys: vec!["kubernetes.io/os".into()]
-            }]
         );
     }
 }

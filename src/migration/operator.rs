@@ -7,8 +7,7 @@ use serde_json::Value;
 use super::converter::{self, Refusal, TyphaRefusal};
 use super::facts::int_at;
 use super::refs::{
-    MIGRATION_LABEL, OPERATOR_NAMESPACE, kube_system_node, kube_system_typha, operator_ref,
-    tigera_status_ref,
+    OPERATOR_NAMESPACE, kube_system_node, kube_system_typha, operator_ref, tigera_status_ref,
 };
 use super::wait::wait_until;
 use super::world::World;
@@ -155,6 +154,10 @@ pub async fn progressing_message(world: &World) -> String {
 /// pkg/controller/migration/convert, as the sandbox reproduces it).
 pub const OPERATOR_WORDS: &str = "Existing Calico installation can not be managed by Tigera Operator as it is configured in a way that Operator does not currently support. Please update your existing Calico install config";
 
+/// The words of the operator's Degraded for a converter error that is not an
+/// `ErrIncompatibleCluster` (v1.17.4 core_controller.go:689, v1.38.6 :813).
+pub const CONVERT_ERROR_WORDS: &str = "Error converting existing installation";
+
 fn refusal_text(r: &Refusal) -> String {
     match r {
         Refusal::Annotations { on, keys } => format!(
@@ -169,13 +172,38 @@ fn refusal_text(r: &Refusal) -> String {
             keys.join(", ")
         ),
         Refusal::UnexpectedEnv { names } => {
-            format!("unexpected env var(s) {} on calico-node", names.join(", "))
+            format!("unexpected env var(s) {}", names.join(", "))
         }
         Refusal::EnvValue { name, found, want } => {
-            format!("env {name} is {found:?}, the AmazonVPC mapping needs {want:?}")
+            format!("env {name} is {found:?}, the converter needs {want:?}")
         }
         Refusal::AddonManager => {
             "the addonmanager.kubernetes.io/mode label on daemonset/calico-node".into()
+        }
+        Refusal::MissingContainer => "daemonset/calico-node has no calico-node container".into(),
+        Refusal::EnvSource { container, name } => {
+            format!("{container} env {name} is read from neither a value nor a configMapKeyRef")
+        }
+        Refusal::EnvConfigMap { name, config_map } => {
+            format!("env {name} refers to the missing ConfigMap kube-system/{config_map}")
+        }
+        Refusal::NodeName { container, name } => {
+            format!("{container} env {name} is not a fieldRef to spec.nodeName")
+        }
+        Refusal::Volume { detail } => format!("daemonset/calico-node volumes: {detail}"),
+        Refusal::MetricsPort { value } => {
+            format!("FELIX_PROMETHEUSMETRICSPORT={value} is no port")
+        }
+        Refusal::InterfacePrefix { found } => format!(
+            "FELIX_INTERFACEPREFIX {} is not eni (AmazonVPC)",
+            found.as_deref().unwrap_or("unset")
+        ),
+        Refusal::Mtu { detail } => format!("MTU env: {detail}"),
+        Refusal::IpPool { name, detail } => format!("IPPool {name}: {detail}"),
+        Refusal::Bpf { detail } => detail.clone(),
+        Refusal::FelixConfigurationMissing => "FelixConfiguration default does not exist".into(),
+        Refusal::FelixEnv { name, value, error } => {
+            format!("{name}={value} cannot be patched into FelixConfiguration ({error})")
         }
     }
 }
@@ -193,30 +221,54 @@ fn typha_refusal_text(r: &TyphaRefusal) -> String {
             "nodeSelector key(s) {} on deployment/calico-typha are not supported (only the OS)",
             keys.join(", ")
         ),
+        TyphaRefusal::AddonManager => {
+            "the addonmanager.kubernetes.io/mode label on deployment/calico-typha".into()
+        }
+        TyphaRefusal::MissingContainer => {
+            "deployment/calico-typha has no calico-typha container".into()
+        }
+        TyphaRefusal::Metrics { detail } => format!("deployment/calico-typha: {detail}"),
     }
 }
 
 /// What the converter would refuse on the live DaemonSet (its own migration
-/// label aside, which the operator sets itself) and typha.
+/// label aside, which the operator sets itself), typha, and what else it reads: the
+/// kube-system ConfigMaps, the IPPools and FelixConfiguration default.
 pub async fn refusals(world: &World, ds: &Value) -> anyhow::Result<Vec<String>> {
     let line = world.converter_line();
-    let typha = match world.objects.get(&kube_system_typha()).await? {
-        Some(t) => converter::predict_typha(&t, line)
-            .iter()
-            .map(typha_refusal_text)
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(converter::predict(ds, line)
+    let typha = world.objects.get(&kube_system_typha()).await?;
+    let config_maps = world
+        .objects
+        .list("v1", "ConfigMap", Some("kube-system"), None)
+        .await?;
+    let ip_pools = world
+        .objects
+        .list("crd.projectcalico.org/v1", "IPPool", None, None)
+        .await?;
+    // Listed, not read by name: the Job identity of deploy/ lists FelixConfigurations
+    // (plan does) and needs no `get` of them (migration::permissions).
+    let felix = world
+        .objects
+        .list("crd.projectcalico.org/v1", "FelixConfiguration", None, None)
+        .await?
         .into_iter()
-        .filter_map(|r| match r {
-            Refusal::NodeSelector { keys } => {
-                let keys: Vec<String> = keys.into_iter().filter(|k| k != MIGRATION_LABEL).collect();
-                (!keys.is_empty()).then_some(Refusal::NodeSelector { keys })
-            }
-            other => Some(other),
-        })
-        .map(|r| refusal_text(&r))
+        .find(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some("default"));
+    let ex = converter::Existing {
+        node: ds,
+        typha: typha.as_ref(),
+        cluster: Some(converter::Cluster {
+            config_maps: &config_maps,
+            ip_pools: &ip_pools,
+            felix_configuration: felix.as_ref(),
+        }),
+    };
+    let typha = converter::predict_typha(&ex, line)
+        .iter()
+        .map(typha_refusal_text)
+        .collect::<Vec<_>>();
+    Ok(converter::predict(&ex, line)
+        .iter()
+        .map(refusal_text)
         .chain(typha)
         .collect())
 }
@@ -271,7 +323,11 @@ pub async fn current_degraded(world: &World) -> anyhow::Result<Option<String>> {
             "{tag} cannot run on this Kubernetes: it creates a {kind} at {version}, which this API server no longer serves (TigeraStatus calico Degraded, {reason}: {message}), so it will never migrate a node; run `calico-migrate rollback`, then plan again with a profile whose operator release supports this Kubernetes (the built-in profiles' preflight names it, KUBERNETES_VERSION_UNSUPPORTED)"
         )));
     }
-    if reason.contains(OPERATOR_WORDS) || message.contains(OPERATOR_WORDS) {
+    let converter = [OPERATOR_WORDS, CONVERT_ERROR_WORDS];
+    if converter
+        .iter()
+        .any(|w| reason.contains(w) || message.contains(w))
+    {
         let still = match world.objects.get(&kube_system_node()).await? {
             Some(ds) => refusals(world, &ds).await?,
             None => Vec::new(),

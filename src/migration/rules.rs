@@ -354,7 +354,9 @@ fn calico_version(i: &RuleInput, out: &mut Vec<Finding>) {
 }
 
 fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
-    // tigera/operator convert/convert.go `getComponents`: "detected existing canal installation".
+    let line = converter::ConverterLine::of(&i.profile.target.operator_version);
+    // getComponents refuses Canal before any conversion (v1.17.4 components.go:31-39,
+    // v1.38.6 :45-53), as a plain error: "Error checking for existing installation".
     if i.inv
         .find("daemonsets", "kube-system", "canal-node")
         .is_some()
@@ -362,115 +364,328 @@ fn converter_prediction(i: &RuleInput, out: &mut Vec<Finding>) {
         out.push(f(
             "CONVERTER_CANAL",
             Blocker,
-            "kube-system DaemonSet canal-node exists; the operator's converter refuses a cluster \
-             with Canal"
-                .into(),
+            format!(
+                "kube-system DaemonSet canal-node exists; the operator's converter refuses a \
+                 cluster with Canal (\"detected existing canal installation\", {})",
+                line.cite("components.go:31-39", "components.go:45-53")
+            ),
             "this profile does not cover Canal clusters",
         ));
     }
     let Some(ds) = i.inv.find("daemonsets", "kube-system", "calico-node") else {
         return;
     };
-    let line = converter::ConverterLine::of(&i.profile.target.operator_version);
-    for r in converter::predict(ds, line) {
-        out.push(match r {
-            Refusal::Annotations { on, keys } => {
-                let helm_only = keys.iter().all(|k| k.starts_with("meta.helm.sh/"));
-                f(
-                    if helm_only {
-                        "CONVERTER_HELM_ANNOTATIONS"
-                    } else {
-                        "CONVERTER_ANNOTATIONS"
-                    },
-                    Blocker,
-                    format!(
-                        "kube-system calico-node carries {on} annotations {} that the operator's \
-                         converter does not ignore: it refuses them (TigeraStatus calico Degraded, \
-                         MigrationError) and the takeover never starts",
-                        keys.join(", ")
-                    ),
-                    if i.source.release.is_some() {
-                        "the detach-helm step removes them with the Helm labels (after backing up \
-                         the release records and the metadata; rollback restores them)"
-                            .to_string()
-                    } else if helm_only {
-                        "no Helm 3 release record exists to detach: remove the meta.helm.sh/* \
-                         annotations from the DaemonSet yourself"
-                            .to_string()
-                    } else {
-                        format!("remove the annotations {} from the DaemonSet", keys.join(", "))
-                    },
-                )
-            }
-            Refusal::FargateAffinity => f(
-                "CONVERTER_FARGATE_AFFINITY",
-                Blocker,
-                "the operator's converter refuses the node affinity on kube-system calico-node \
-                 (eks.amazonaws.com/compute-type NotIn [fargate], chart >= 0.3.3; calico issue 6357)"
-                    .into(),
-                "the fargate-affinity step removes the affinity just before the takeover (Fargate \
-                 nodes never run DaemonSet pods) and restores it on rollback",
-            ),
-            Refusal::NodeAffinity => f(
-                "CONVERTER_NODE_AFFINITY",
-                Blocker,
-                "the operator's converter refuses the custom node affinity on kube-system calico-node"
-                    .into(),
-                "remove the node affinity from the DaemonSet, or set the equivalent in the \
-                 Installation (spec.controlPlaneNodeSelector does not cover calico-node)",
-            ),
-            Refusal::NodeSelector { keys } => f(
-                "CONVERTER_NODE_SELECTOR",
+    let config_maps: Vec<Value> = i
+        .inv
+        .list("configmaps")
+        .iter()
+        .filter(|c| str_at(c, "/metadata/namespace") == Some("kube-system"))
+        .cloned()
+        .collect();
+    let ex = converter::Existing {
+        node: ds,
+        typha: i.inv.find("deployments", "kube-system", "calico-typha"),
+        cluster: Some(converter::Cluster {
+            config_maps: &config_maps,
+            ip_pools: i.inv.list("ip_pools"),
+            felix_configuration: i
+                .inv
+                .list("felix_configurations")
+                .iter()
+                .find(|o| name_of(o) == "default"),
+        }),
+    };
+    for r in converter::predict(&ex, line) {
+        out.push(converter_finding(i, line, r));
+    }
+    for r in converter::predict_typha(&ex, line) {
+        out.push(typha_finding(i, line, r));
+    }
+}
+
+/// The Degraded a refusal leaves: every refusal stops the takeover before it starts.
+const REFUSED: &str =
+    "the operator reports it as TigeraStatus calico Degraded and the takeover never starts";
+
+/// How to change an env var of kube-system calico-node.
+const EDIT_ENV: &str = "edit the env of kube-system DaemonSet calico-node (`kubectl -n kube-system \
+     set env ds/calico-node ...`, or the chart's calico.node.extraEnv and `helm upgrade` while \
+     the release exists), then plan again";
+
+/// A predicted converter refusal on calico-node as a finding, citing the upstream lines.
+fn converter_finding(i: &RuleInput, line: converter::ConverterLine, r: Refusal) -> Finding {
+    let src = r.source(line);
+    let op = &i.profile.target.operator_version;
+    match r {
+        Refusal::Annotations { on, keys } => {
+            let helm_only = keys.iter().all(|k| k.starts_with("meta.helm.sh/"));
+            f(
+                if helm_only {
+                    "CONVERTER_HELM_ANNOTATIONS"
+                } else {
+                    "CONVERTER_ANNOTATIONS"
+                },
                 Blocker,
                 format!(
-                    "the operator's converter refuses nodeSelector keys {} on kube-system calico-node",
+                    "kube-system calico-node carries {on} annotations {} that the operator's \
+                     converter does not ignore: it refuses them (TigeraStatus calico Degraded, \
+                     MigrationError) and the takeover never starts ({src})",
                     keys.join(", ")
                 ),
-                "remove those nodeSelector keys (only kubernetes.io/os is accepted)",
+                if i.source.release.is_some() {
+                    "the detach-helm step removes them with the Helm labels (after backing up \
+                     the release records and the metadata; rollback restores them)"
+                        .to_string()
+                } else if helm_only {
+                    "no Helm 3 release record exists to detach: remove the meta.helm.sh/* \
+                     annotations from the DaemonSet yourself"
+                        .to_string()
+                } else {
+                    format!(
+                        "remove the annotations {} from the DaemonSet",
+                        keys.join(", ")
+                    )
+                },
+            )
+        }
+        Refusal::FargateAffinity => f(
+            "CONVERTER_FARGATE_AFFINITY",
+            Blocker,
+            format!(
+                "the operator's converter refuses the node affinity on kube-system calico-node \
+                 (eks.amazonaws.com/compute-type NotIn [fargate], chart >= 0.3.3; calico issue \
+                 6357) on every release: its EKS exception needs the Installation's provider, \
+                 and Convert checks an empty Installation ({src})"
             ),
-            Refusal::UnexpectedEnv { names } => f(
-                "CONVERTER_UNEXPECTED_ENV",
-                Blocker,
-                format!(
-                    "the operator's converter refuses env vars it does not know on calico-node: {}",
-                    names.join(", ")
-                ),
-                "remove them from the chart values (extraEnv) or move FELIX_* settings into \
-                 FelixConfiguration default",
+            "the fargate-affinity step removes the affinity just before the takeover (Fargate \
+             nodes never run DaemonSet pods) and restores it on rollback",
+        ),
+        Refusal::NodeAffinity => f(
+            "CONVERTER_NODE_AFFINITY",
+            Blocker,
+            format!(
+                "the operator's converter refuses any affinity on kube-system calico-node, and \
+                 it has one other than the chart's Fargate exclusion ({src})"
             ),
-            Refusal::EnvValue { name, found, want } => f(
+            "remove the affinity from the DaemonSet (the Installation's \
+             spec.controlPlaneNodeSelector does not cover calico-node)",
+        ),
+        Refusal::NodeSelector { keys } => f(
+            "CONVERTER_NODE_SELECTOR",
+            Blocker,
+            format!(
+                "the operator's converter refuses nodeSelector keys {} on kube-system \
+                 calico-node ({src})",
+                keys.join(", ")
+            ),
+            "remove those nodeSelector keys (only [beta.]kubernetes.io/os=linux and the \
+             migration label are accepted)",
+        ),
+        Refusal::UnexpectedEnv { names } => f(
+            "CONVERTER_UNEXPECTED_ENV",
+            Blocker,
+            format!(
+                "env vars no handler of operator {op}'s converter consumes: {} (\"unexpected \
+                 env vars\"; {REFUSED}; {src})",
+                names.join(", ")
+            ),
+            format!(
+                "remove them: {EDIT_ENV}; settings Calico still needs go into the Installation \
+                 or FelixConfiguration default after the migration"
+            ),
+        ),
+        Refusal::EnvValue { name, found, want } => {
+            let crash = found == "(unset)" && !line.ipv6_only_for_calico_cni;
+            let want_text = if name == "DATASTORE_TYPE" || found == "(unset)" {
+                format!("{want:?}")
+            } else {
+                format!("{want:?} (compared lower-cased) or unset")
+            };
+            f(
                 "CONVERTER_ENV_VALUE",
                 Blocker,
-                format!(
-                    "calico-node env {name}={found}, but the AmazonVPC conversion requires {want}"
-                ),
-                format!("set {name}={want}, or choose a profile for this CNI"),
-            ),
-            Refusal::AddonManager => f(
-                "CONVERTER_ADDON_MANAGER",
-                Blocker,
-                "kube-system calico-node carries addonmanager.kubernetes.io/mode; the converter \
-                 refuses addon-managed installs"
-                    .into(),
-                "stop the addon manager from owning calico-node and remove the label",
-            ),
-        });
-    }
-    if let Some(typha) = i.inv.find("deployments", "kube-system", "calico-typha") {
-        for r in converter::predict_typha(typha, line) {
-            out.push(typha_finding(i, r));
+                if crash {
+                    format!(
+                        "calico-node env {name} is unset, and with FELIX_INTERFACEPREFIX set \
+                         operator {op} requires it to be {want:?}: it does not refuse but \
+                         dereferences the unset value and crashes, restarting without end and \
+                         writing no status ({src}; the dereference at k8s.go:112)"
+                    )
+                } else {
+                    format!(
+                        "calico-node env {name}={found}, but operator {op}'s converter accepts \
+                         only {want_text} ({REFUSED}; {src})"
+                    )
+                },
+                format!("set {name}={want}: {EDIT_ENV}"),
+            )
         }
+        Refusal::EnvSource { container, name } => f(
+            "CONVERTER_ENV_SOURCE",
+            Blocker,
+            format!(
+                "{container} env {name} comes from a valueFrom other than a configMapKeyRef; \
+                 the converter reads only values and kube-system ConfigMaps (\"only \
+                 configMapRef & explicit values supported for env vars at this time\"; \
+                 {REFUSED}; {src})"
+            ),
+            format!("give {name} a literal value or a configMapKeyRef: {EDIT_ENV}"),
+        ),
+        Refusal::EnvConfigMap { name, config_map } => f(
+            "CONVERTER_ENV_CONFIGMAP",
+            Blocker,
+            format!(
+                "calico-node env {name} refers to ConfigMap {config_map}, which kube-system does \
+                 not have: the converter reads every configMapKeyRef in kube-system and fails \
+                 (\"Error converting existing installation: configmaps {config_map:?} not \
+                 found\"; {src})"
+            ),
+            format!(
+                "create ConfigMap kube-system/{config_map} with the key, or give {name} a literal \
+                 value: {EDIT_ENV}"
+            ),
+        ),
+        Refusal::NodeName { container, name } => f(
+            "CONVERTER_NODENAME",
+            Blocker,
+            format!(
+                "{container} env {name} is not a fieldRef to spec.nodeName, which the converter \
+                 requires ({REFUSED}; {src})"
+            ),
+            format!(
+                "remove {name} or set it to valueFrom.fieldRef.fieldPath: spec.nodeName: \
+                 {EDIT_ENV}"
+            ),
+        ),
+        Refusal::AddonManager => f(
+            "CONVERTER_ADDON_MANAGER",
+            Blocker,
+            format!(
+                "kube-system calico-node carries addonmanager.kubernetes.io/mode; the converter \
+                 refuses addon-managed components (\"can't modify components managed by \
+                 addon-manager\"; {src})"
+            ),
+            "stop the addon manager from owning calico-node and remove the label",
+        ),
+        Refusal::MissingContainer => f(
+            "CONVERTER_CONTAINER",
+            Blocker,
+            format!(
+                "kube-system calico-node has no container named calico-node: the converter \
+                 refuses (\"couldn't find container 'calico-node'\"; {REFUSED}; {src})"
+            ),
+            "restore the calico-node container name in the DaemonSet",
+        ),
+        Refusal::Volume { detail } => f(
+            "CONVERTER_VOLUMES",
+            Blocker,
+            format!(
+                "kube-system calico-node's volumes are not what the converter expects: \
+                 {detail} ({REFUSED}; {src})"
+            ),
+            "restore the chart's hostPath volumes lib-modules, var-run-calico, var-lib-calico \
+             and xtables-lock, and keep the flexvol-driver-host volume and flexvol-driver init \
+             container together or neither",
+        ),
+        Refusal::MetricsPort { value } => f(
+            "CONVERTER_METRICS_PORT",
+            Blocker,
+            format!(
+                "calico-node env FELIX_PROMETHEUSMETRICSPORT={value} is no port in 1-65535 while \
+                 FELIX_PROMETHEUSMETRICSENABLED is true ({REFUSED}; {src})"
+            ),
+            format!("set FELIX_PROMETHEUSMETRICSPORT to a port or remove it: {EDIT_ENV}"),
+        ),
+        Refusal::InterfacePrefix { found } => f(
+            "CONVERTER_INTERFACE_PREFIX",
+            Blocker,
+            match found {
+                Some(p) if p != "cali" => format!(
+                    "calico-node env FELIX_INTERFACEPREFIX={p} is none of eni, azv, gke, cali, \
+                     which the converter refuses ({REFUSED}; {src})"
+                ),
+                f => format!(
+                    "calico-node env FELIX_INTERFACEPREFIX is {}: the converter takes it for \
+                     Calico CNI and finds no CNI config to convert (the chart has no \
+                     install-cni container), so it refuses ({REFUSED}; {src})",
+                    f.map_or("unset".to_string(), |p| format!("{p:?}"))
+                ),
+            },
+            format!(
+                "set FELIX_INTERFACEPREFIX=eni (the AmazonVPC CNI the chart runs with): {EDIT_ENV}"
+            ),
+        ),
+        Refusal::Mtu { detail } => f(
+            "CONVERTER_MTU",
+            Blocker,
+            format!("calico-node's MTU env: {detail} ({REFUSED}; {src})"),
+            format!("give the MTU vars one integer value, or remove them: {EDIT_ENV}"),
+        ),
+        Refusal::IpPool { name, detail } => f(
+            "CONVERTER_IPPOOL",
+            Blocker,
+            format!(
+                "IPPool {name}, which the converter copies into the Installation: {detail} \
+                 ({REFUSED} or fails; {src})"
+            ),
+            format!(
+                "fix or disable IPPool {name} (`kubectl patch ippools.crd.projectcalico.org \
+                 {name} --type merge -p '{{\"spec\":{{\"disabled\":true}}}}'` if nothing \
+                 allocates from it), then plan again"
+            ),
+        ),
+        Refusal::Bpf { detail } => f(
+            "CONVERTER_BPF",
+            Blocker,
+            format!(
+                "{detail}: operator {op}'s converter fails (\"Error converting existing \
+                 installation\"; {src})"
+            ),
+            "create ConfigMap kube-system/kubernetes-services-endpoint with \
+             KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT (the API server's address), \
+             then plan again",
+        ),
+        Refusal::FelixConfigurationMissing => f(
+            "CONVERTER_FELIX_CONFIGURATION",
+            Blocker,
+            format!(
+                "FelixConfiguration default does not exist: the converter reads or patches it \
+                 and fails (\"Error converting existing installation: \
+                 felixconfigurations.crd.projectcalico.org \\\"default\\\" not found\"; {src})"
+            ),
+            "create FelixConfiguration default (calico-node creates it on its first start: \
+             check that calico-node runs), then plan again",
+        ),
+        Refusal::FelixEnv { name, value, error } => f(
+            "CONVERTER_FELIX_ENV",
+            Blocker,
+            format!(
+                "calico-node env {name}={value} is left for FelixConfiguration default, and \
+                 operator {op}'s converter cannot patch it: {} (\"Error converting existing \
+                 installation\"; {src})",
+                if error.is_empty() {
+                    "its value does not convert (an error without text)".to_string()
+                } else {
+                    error
+                }
+            ),
+            format!(
+                "remove {name}, or give it a value of its FelixConfiguration field's type: \
+                 {EDIT_ENV}; after the migration set the field in FelixConfiguration default"
+            ),
+        ),
     }
 }
 
 /// A predicted refusal on kube-system calico-typha (the converter checks it too).
-fn typha_finding(i: &RuleInput, r: TyphaRefusal) -> Finding {
+fn typha_finding(i: &RuleInput, line: converter::ConverterLine, r: TyphaRefusal) -> Finding {
+    let src = r.source(line);
     match r {
         TyphaRefusal::Annotations { on, keys } => {
             let helm_only = keys.iter().all(|k| k.starts_with("meta.helm.sh/"));
             let message = format!(
                 "kube-system calico-typha carries {on} annotations {} that the operator's \
-                 converter does not ignore: it refuses them and the takeover never starts",
+                 converter does not ignore: it refuses them and the takeover never starts ({src})",
                 keys.join(", ")
             );
             if helm_only && i.source.release.is_some() {
@@ -498,7 +713,8 @@ fn typha_finding(i: &RuleInput, r: TyphaRefusal) -> Finding {
             "CONVERTER_TYPHA_AFFINITY",
             Blocker,
             format!(
-                "kube-system calico-typha has {what}, which the target operator's converter refuses"
+                "kube-system calico-typha has {what}, which the target operator's converter \
+                 refuses ({src})"
             ),
             "remove it from the Deployment (a preferred node affinity is carried over)",
         ),
@@ -506,10 +722,37 @@ fn typha_finding(i: &RuleInput, r: TyphaRefusal) -> Finding {
             "CONVERTER_TYPHA_NODE_SELECTOR",
             Blocker,
             format!(
-                "the operator's converter refuses nodeSelector keys {} on kube-system calico-typha",
+                "the operator's converter refuses nodeSelector keys {} on kube-system \
+                 calico-typha ({src})",
                 keys.join(", ")
             ),
             "remove those nodeSelector keys (only [beta.]kubernetes.io/os=linux is accepted)",
+        ),
+        TyphaRefusal::AddonManager => f(
+            "CONVERTER_ADDON_MANAGER",
+            Blocker,
+            format!(
+                "kube-system calico-typha carries addonmanager.kubernetes.io/mode; the converter \
+                 refuses addon-managed components (\"can't modify components managed by \
+                 addon-manager\"; {src})"
+            ),
+            "stop the addon manager from owning calico-typha and remove the label",
+        ),
+        TyphaRefusal::MissingContainer => f(
+            "CONVERTER_CONTAINER",
+            Blocker,
+            format!(
+                "kube-system calico-typha has no container named calico-typha, where the \
+                 converter reads the metrics env: it refuses ({REFUSED}; {src})"
+            ),
+            "restore the calico-typha container name in the Deployment",
+        ),
+        TyphaRefusal::Metrics { detail } => f(
+            "CONVERTER_METRICS_PORT",
+            Blocker,
+            format!("kube-system calico-typha's metrics env: {detail} ({REFUSED}; {src})"),
+            "set TYPHA_PROMETHEUSMETRICSPORT to a literal port in 1-65535, or remove it, in the \
+             calico-typha Deployment, then plan again",
         ),
     }
 }
@@ -665,32 +908,44 @@ fn nodes(i: &RuleInput, out: &mut Vec<Finding>) {
     if s.fargate_nodes.is_empty() {
         return;
     }
-    // Operators before v1.25 refuse the chart's Fargate exclusion, so fargate-affinity
-    // replaces it by the migration label; but they label every node, Fargate ones too
-    // (namespace_migration.go labelUnmigratedNodes over all nodes, v1.17.4 and v1.20.4),
-    // so kube-system calico-node would get a pod on each Fargate node that can never
-    // run there, and the operator waits for it without end.
-    let line = converter::ConverterLine::of(&i.profile.target.operator_version);
+    // No release's converter accepts the chart's Fargate exclusion (Convert checks an
+    // empty Installation, so core.go's EKS exception never holds), so fargate-affinity
+    // replaces it by the migration label; but every release labels every node, Fargate
+    // ones too (namespace_migration.go labelUnmigratedNodes over all nodes: v1.17.4
+    // :409-423, v1.38.6 :489-503), so kube-system calico-node would get a pod on each
+    // Fargate node that can never run there, and the operator waits for its DaemonSet to
+    // be ready without end (v1.17.4 :444-476, v1.38.6 :524-560: DesiredNumberScheduled
+    // != NumberReady).
     let excluded_by_affinity = i
         .inv
         .find("daemonsets", "kube-system", "calico-node")
         .and_then(|ds| ds.pointer("/spec/template/spec/affinity"))
         .is_some_and(converter::is_fargate_exclusion);
-    if excluded_by_affinity && !line.accepts_eks_fargate_affinity {
+    if excluded_by_affinity {
+        let line = converter::ConverterLine::of(&i.profile.target.operator_version);
         out.push(f(
-            "FARGATE_NODES_OLD_OPERATOR",
+            "FARGATE_NODES_UNSUPPORTED",
             Blocker,
             format!(
-                "{} Fargate node(s) ({}) and a target operator ({}) older than v1.25.0: it refuses \
-                 calico-node's Fargate exclusion, then labels every node for the migration, \
-                 Fargate ones too, so the kube-system calico-node would wait forever for pods \
-                 that cannot run on Fargate",
+                "{} Fargate node(s) ({}): operator {} refuses calico-node's Fargate exclusion \
+                 ({}), and once it is removed the operator labels every node for the migration, \
+                 Fargate ones too (tigera/operator {} \
+                 pkg/controller/migration/namespace_migration.go{}), so the kube-system calico-node would wait forever \
+                 for pods that cannot run on Fargate",
                 s.fargate_nodes.len(),
                 s.fargate_nodes.join(", "),
-                i.profile.target.operator_version
+                i.profile.target.operator_version,
+                converter::Refusal::FargateAffinity.source(line),
+                line.tag(),
+                if line.version < (1, 27, 0) {
+                    ":409-423 labelUnmigratedNodes, :444-476 the readiness wait"
+                } else {
+                    ":489-503 labelUnmigratedNodes, :524-560 the readiness wait"
+                }
             ),
-            "use a profile whose operator is v1.25.0 or later (it accepts the exclusion), or \
-             move the Fargate workloads off Fargate for the window",
+            "move the Fargate workloads off Fargate for the window (delete the Fargate \
+             profile's pods, or the profile, until the migration is done; their nodes go \
+             with them), then plan again",
         ));
         return;
     }

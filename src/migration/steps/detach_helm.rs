@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
-use crate::migration::converter::{ConverterLine, Refusal, predict};
+use crate::migration::converter::{ConverterLine, Existing, Refusal, predict};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::refs::{KUBE_SYSTEM, kube_system_node};
 use crate::migration::release::{DETACH_HELM_STEP, chart_objects_live, release_secrets};
@@ -196,15 +196,16 @@ impl Step<World> for DetachHelm {
                 )));
             }
             if let Some(ds) = world.objects.get(&kube_system_node()).await? {
-                let refused: Vec<String> = predict(&ds, world.converter_line())
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Refusal::Annotations { on, keys } => {
-                            Some(format!("{on}: {}", keys.join(", ")))
-                        }
-                        _ => None,
-                    })
-                    .collect();
+                let refused: Vec<String> =
+                    predict(&Existing::daemonset(&ds), world.converter_line())
+                        .into_iter()
+                        .filter_map(|r| match r {
+                            Refusal::Annotations { on, keys } => {
+                                Some(format!("{on}: {}", keys.join(", ")))
+                            }
+                            _ => None,
+                        })
+                        .collect();
                 if !refused.is_empty() {
                     return Ok(Verification::failed(format!(
                         "the operator's converter would refuse annotations of kube-system calico-node ({})",

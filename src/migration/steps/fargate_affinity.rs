@@ -10,7 +10,9 @@ use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds;
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
-use crate::migration::converter::{ConverterLine, Refusal, is_fargate_exclusion, predict};
+use crate::migration::converter::{
+    ConverterLine, Existing, Refusal, is_fargate_exclusion, predict,
+};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::nodes::{nodes_without_ready_agent, set_node_label, worker_nodes};
 use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
@@ -22,7 +24,7 @@ pub const ID: &str = "fargate-affinity";
 pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
     let ds = ctx.inv.find("daemonsets", "kube-system", "calico-node")?;
     let line = ConverterLine::of(&ctx.profile.target.operator_version);
-    if !predict(ds, line).contains(&Refusal::FargateAffinity) {
+    if !predict(&Existing::daemonset(ds), line).contains(&Refusal::FargateAffinity) {
         return None;
     }
     Some(StepPlan {

@@ -8,8 +8,9 @@
 //!   replica (scale it to 0 and it freezes; scale back and it resumes);
 //! - on Installation `default`: finalizer `tigera.io/operator-cleanup` (removed
 //!   only by a running operator when the Installation is deleted: calico issue 6629);
-//! - converter checks on kube-system DaemonSet calico-node (convert.rs); on
-//!   refusal TigeraStatus `calico` Degraded / MigrationError with the operator's text;
+//! - the migration converter on the kube-system install (convert.rs), until it first
+//!   succeeds in an operator process; on refusal TigeraStatus `calico` Degraded with
+//!   the operator's text;
 //! - v1.17.x / v1.20.x on a Kubernetes without policy/v1beta1 PodDisruptionBudget
 //!   (1.25+): the render fails, Degraded, no migration (migration.rs `render_failure`);
 //! - otherwise the migration in the documented order (migration.rs);
@@ -24,7 +25,7 @@ mod lease;
 mod migration;
 mod status;
 
-pub use convert::{DEGRADED_PREFIX, OperatorRefusal, check_daemonset};
+pub use convert::{DEGRADED_PREFIX, Existing, OperatorRefusal, RefusalKind, convert, version_of};
 pub use lease::{LEASE_DURATION_SECONDS, LEASE_NAME};
 pub use migration::{
     Line, MIGRATION_ERROR_REASON, TYPHA_TIMEOUT, TYPHA_WAIT_SECONDS, expected_typha_replicas,
@@ -90,6 +91,9 @@ pub fn operator_version(deploy: &Value) -> String {
 pub struct StatusMemory {
     process: Option<String>,
     degraded: Option<(String, String)>,
+    /// `migrationChecked`: once a conversion succeeded, the process never runs the
+    /// converter again (v1.17.4 core_controller.go:672 and :739, v1.38.6 :796 and :919).
+    migration_checked: bool,
 }
 
 impl StatusMemory {
@@ -104,6 +108,14 @@ impl StatusMemory {
     }
     pub fn degraded(&self) -> Option<&(String, String)> {
         self.degraded.as_ref()
+    }
+    /// Whether this process has converted the kube-system install already.
+    pub fn migration_checked(&self) -> bool {
+        self.migration_checked
+    }
+    /// A conversion succeeded: the process does not check again.
+    pub fn set_migration_checked(&mut self) {
+        self.migration_checked = true;
     }
 }
 
@@ -164,7 +176,7 @@ impl Operator {
             // A new operator process: a fresh status manager and migration run.
             self.memory = StatusMemory {
                 process: process.clone(),
-                degraded: None,
+                ..StatusMemory::default()
             };
             self.run = migration::RunMemory::default();
         }

@@ -335,9 +335,11 @@ impl PodLifecycle {
         f: &ControllerFaults,
     ) -> bool {
         let spec = p.get("spec").cloned().unwrap_or_else(|| json!({}));
+        // The default scheduler never binds to a Fargate node (only the Fargate
+        // scheduler's pods run there, [`runs_nowhere_on`]).
         let fit: Vec<&&str> = nodes
             .iter()
-            .filter(|(_, n)| !deleting(n) && sched::fits(&spec, n))
+            .filter(|(_, n)| !deleting(n) && sched::fits(&spec, n) && !runs_nowhere_on(p, n))
             .map(|(k, _)| k)
             .collect();
         let g = pods_gvr();

@@ -231,16 +231,38 @@ pub fn act(
         );
         return;
     }
-    // The converter runs first (v1.17.4 core_controller.go:676-690), then the render
-    // (:1073-1077), then the migration (:1094-1100).
+    // The converter runs first, until it succeeds once in this process (v1.17.4
+    // core_controller.go:672-693 and :739), then the render (:1073-1077), then the
+    // migration (:1094-1100).
     let old_ds = get(sb, &ds_gvr(), KS, "calico-node").filter(|d| !deleting(d));
-    if let Some(ds) = &old_ds {
+    if let Some(ds) = old_ds.as_ref().filter(|_| !mem.migration_checked()) {
         let typha = get(sb, &deploy_gvr(), KS, "calico-typha");
-        if let Err(e) = super::convert::check_daemonset(ds, typha.as_ref(), &operator_version(op)) {
-            let message = format!("{}: {e}", super::DEGRADED_PREFIX);
-            mem.set_degraded("MigrationError", message);
-            report_with(sb, mem, Health::Available, install, version);
-            return;
+        let config_maps = list(sb, &gvr("", "v1", "configmaps"), Some(KS));
+        let ip_pools = list(sb, &gvr("crd.projectcalico.org", "v1", "ippools"), None);
+        let felix = get(
+            sb,
+            &gvr("crd.projectcalico.org", "v1", "felixconfigurations"),
+            "",
+            "default",
+        );
+        let existing = super::convert::Existing {
+            node: ds,
+            typha: typha.as_ref(),
+            canal: get(sb, &ds_gvr(), KS, "canal-node").is_some(),
+            config_maps: &config_maps,
+            ip_pools: &ip_pools,
+            felix_configuration: felix.as_ref(),
+        };
+        match super::convert::convert(&existing, &tag) {
+            Ok(()) => mem.set_migration_checked(),
+            Err(e) => {
+                // A crash writes nothing: the process dies before its status manager does.
+                if let Some((reason, message)) = e.degraded() {
+                    mem.set_degraded(reason, message);
+                    report_with(sb, mem, Health::Available, install, version);
+                }
+                return;
+            }
         }
     }
     if let Some(e) = render_failure(&tag, sb) {
