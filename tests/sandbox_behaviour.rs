@@ -370,6 +370,18 @@ fn operator_migrates_a_prepared_install_in_order() {
 /// returns before the migration (:1094). On 1.24 the same operator migrates.
 #[test]
 fn operator_v1_17_is_degraded_from_kubernetes_1_25() {
+    // v1.20.1 renders the same policy/v1beta1 PDB first (pkg/render/typha.go:117-140).
+    let (sb, mut c) = cluster_at(3, 5, true, ControllerFaults::default(), 25, Some("v1.20.1"));
+    for _ in 0..30 {
+        c.tick();
+    }
+    let d = condition(&tigera_status(&sb), "Degraded").clone();
+    assert_eq!(d["status"], "True", "v1.20.1: {d}");
+    assert_eq!(
+        d["message"],
+        "no matches for kind \"PodDisruptionBudget\" in version \"policy/v1beta1\""
+    );
+
     let (sb, mut c) = cluster_at(3, 5, true, ControllerFaults::default(), 25, Some("v1.17.4"));
     for _ in 0..30 {
         c.tick();
