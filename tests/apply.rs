@@ -962,15 +962,15 @@ async fn an_operator_that_cannot_run_on_this_kubernetes_stops_at_create_installa
     Ok(())
 }
 
-/// 2 Fargate nodes among 8 on the current path (operator v1.38.6): no operator release
-/// accepts calico-node's Fargate exclusion (`Convert` checks an empty Installation, so
-/// core.go's EKS exception never holds) and every one labels Fargate nodes for the
-/// kube-system calico-node, so plan blocks (FARGATE_NODES_UNSUPPORTED) and apply refuses
-/// without touching anything; a watch on the store's change feed for the whole run
-/// sees no calico-node pod (kube-system or calico-system) bound to a Fargate node,
-/// Pending or otherwise, and none left Pending unplaced.
+/// apply and rollback with 2 Fargate nodes among 8 on the current path (operator
+/// v1.38.6). No release accepts calico-node's Fargate exclusion and every one labels
+/// Fargate nodes for the migration, so fargate-affinity replaces the exclusion and the
+/// catch-all NoSchedule toleration (Fargate's taint keeps calico-node off); the whole
+/// job passes, and a watch on the store's change feed for the whole run sees no
+/// calico-node pod (kube-system or calico-system) bound to a Fargate node, Pending or
+/// otherwise, and none left Pending unplaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fargate_nodes_stop_apply_before_any_change() -> Result<()> {
+async fn fargate_nodes_never_get_a_calico_node() -> Result<()> {
     use calico_migrate::sandbox::EventType;
     let env = support::env_with(
         calico_migrate::sandbox::scenario::ScenarioConfig {
@@ -1043,33 +1043,60 @@ async fn fargate_nodes_stop_apply_before_any_change() -> Result<()> {
     };
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
-    let before = support::snapshot(&env.sb)?;
-    let o = run(cli(&env, &kc).args(["plan", "-o", "json"]))?;
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    let (saved, _) = support::plan(&env).await?;
     assert_eq!(
-        plan["inventory"]["fargate_nodes"].as_array().map(Vec::len),
+        saved.plan["inventory"]["fargate_nodes"]
+            .as_array()
+            .map(Vec::len),
         Some(2),
         "{:#}",
-        plan["inventory"]
+        saved.plan["inventory"]
     );
-    assert!(
-        plan["blockers"]
-            .as_array()
-            .is_some_and(|b| b.iter().any(|f| f["code"] == "FARGATE_NODES_UNSUPPORTED")),
-        "{:#}",
-        plan["blockers"]
-    );
+    let steps: Vec<&str> = saved.plan["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(steps.contains(&"fargate-affinity"), "{steps:?}");
+    let before = support::snapshot(&env.sb)?;
     let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    no_lapse(&env).await?;
+    // The operator labelled the Fargate nodes too (it labels every node).
+    for f in &fargate {
+        let n = env
+            .sb
+            .store()
+            .get(&support::gvr("", "v1", "nodes"), "", f)?;
+        assert!(
+            n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
+                .is_none(),
+            "labels removed at the end: {}",
+            n["metadata"]["labels"]
+        );
+    }
+    let during_apply = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert!(
-        text(&o).contains("FARGATE_NODES_UNSUPPORTED"),
-        "{}",
-        text(&o)
+        during_apply.is_empty(),
+        "calico-node pods on or waiting for Fargate nodes during apply: {during_apply:?}"
     );
+    let cs = env.sb.store().get(
+        &support::gvr("apps", "v1", "daemonsets"),
+        "calico-system",
+        "calico-node",
+    )?;
+    assert_eq!(
+        cs.pointer("/status/desiredNumberScheduled"),
+        Some(&json!(6)),
+        "{cs:#}"
+    );
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    no_lapse(&env).await?;
     let after = support::snapshot(&env.sb)?;
     let diff = support::differences(&before, &after);
-    assert!(diff.is_empty(), "a refused apply changed: {diff:?}");
+    assert!(diff.is_empty(), "rollback left differences: {diff:?}");
     watcher.abort();
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert!(

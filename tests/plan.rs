@@ -827,10 +827,11 @@ fn with_calico_manifest(profile: &str) -> String {
 /// No tigera/operator release accepts the chart's Fargate exclusion on the migration path:
 /// core.go's EKS exception (v1.25.0 on) needs the Installation's provider, and `Convert`
 /// checks an empty Installation (v1.38.6 convert.go:58). So every line plans the
-/// fargate-affinity step, and Fargate nodes block every line: the operator would label
-/// them for the kube-system calico-node whose exclusion was removed.
+/// fargate-affinity step (which keeps kube-system calico-node off Fargate by its taint).
+/// Fargate nodes block only operators before v1.25.0, whose calico-system calico-node
+/// has no Fargate exclusion and would wait on the Fargate nodes they label.
 #[tokio::test]
-async fn the_fargate_exclusion_is_refused_on_every_line_and_fargate_nodes_block() {
+async fn the_fargate_exclusion_is_refused_on_every_line_and_fargate_nodes_block_old_ones() {
     let sb = sandbox(objects(ChartGeneration::V0_3_10));
     let old_profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("{e}"));
     let current_profile = profile_for_operator("v1.38.6", "v3.30.3");
@@ -868,7 +869,21 @@ async fn the_fargate_exclusion_is_refused_on_every_line_and_fargate_nodes_block(
                      "labels": {"eks.amazonaws.com/compute-type": "fargate"}},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     let sb = sandbox(objs);
-    for profile in [&current_profile, &old_profile] {
+    let current = plan_with(&sb, &current_profile).await;
+    let (blockers, warnings) = codes(&current);
+    assert!(
+        !blockers.contains(&"FARGATE_NODES_UNSUPPORTED"),
+        "{blockers:?}"
+    );
+    assert!(warnings.contains(&"FARGATE_NODES"), "{warnings:?}");
+    let takeover_prep = current
+        .steps
+        .iter()
+        .find(|s| s.id == "fargate-affinity")
+        .map(|s| format!("{:?}", s.changes))
+        .unwrap_or_default();
+    assert!(takeover_prep.contains("tolerations"), "{takeover_prep}");
+    for profile in [&old_profile] {
         let p = plan_with(&sb, profile).await;
         let blocker = p
             .blockers
@@ -880,7 +895,7 @@ async fn the_fargate_exclusion_is_refused_on_every_line_and_fargate_nodes_block(
                 && blocker.message.contains("namespace_migration.go"),
             "{blocker:?}"
         );
-        assert!(blocker.fix.contains("off Fargate"), "{blocker:?}");
+        assert!(blocker.fix.contains("v1.25.0"), "{blocker:?}");
         assert!(!p.ready());
         assert!(!codes(&p).1.contains(&"FARGATE_NODES"));
     }

@@ -26,6 +26,7 @@ pub mod rules;
 pub mod session;
 pub mod steps;
 pub mod swap;
+pub mod tolerations;
 pub mod wait;
 pub mod way_back;
 pub mod world;

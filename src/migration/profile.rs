@@ -72,6 +72,16 @@ impl TargetSpec {
     pub fn restarts_every_agent_at_the_end(&self) -> bool {
         parse_version(&self.operator_version).is_some_and(|v| v < (1, 35, 0))
     }
+
+    /// Whether the target operator keeps its calico-system calico-node off Fargate nodes:
+    /// from v1.25.0 it renders the required node affinity
+    /// `eks.amazonaws.com/compute-type NotIn [fargate]` for an EKS Installation (commit
+    /// c80107f7; v1.38.6 pkg/render/node.go:942-956, the provider autodetected on EKS);
+    /// before, calico-node tolerates every taint with no such affinity (v1.17.4
+    /// pkg/render/node.go:598-613), so its pods would wait on Fargate nodes for ever.
+    pub fn keeps_calico_node_off_fargate(&self) -> bool {
+        parse_version(&self.operator_version).is_some_and(|v| v >= (1, 25, 0))
+    }
 }
 
 /// The Kubernetes minors the target operator runs on, and why the bounds are there.

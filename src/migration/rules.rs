@@ -909,43 +909,33 @@ fn nodes(i: &RuleInput, out: &mut Vec<Finding>) {
         return;
     }
     // No release's converter accepts the chart's Fargate exclusion (Convert checks an
-    // empty Installation, so core.go's EKS exception never holds), so fargate-affinity
-    // replaces it by the migration label; but every release labels every node, Fargate
-    // ones too (namespace_migration.go labelUnmigratedNodes over all nodes: v1.17.4
-    // :409-423, v1.38.6 :489-503), so kube-system calico-node would get a pod on each
-    // Fargate node that can never run there, and the operator waits for its DaemonSet to
-    // be ready without end (v1.17.4 :444-476, v1.38.6 :524-560: DesiredNumberScheduled
-    // != NumberReady).
-    let excluded_by_affinity = i
-        .inv
-        .find("daemonsets", "kube-system", "calico-node")
-        .and_then(|ds| ds.pointer("/spec/template/spec/affinity"))
-        .is_some_and(converter::is_fargate_exclusion);
-    if excluded_by_affinity {
-        let line = converter::ConverterLine::of(&i.profile.target.operator_version);
+    // empty Installation, so core.go's EKS exception never holds), and every release
+    // labels every node, Fargate ones too (namespace_migration.go labelUnmigratedNodes:
+    // v1.17.4 :409-423, v1.38.6 :489-503). fargate-affinity keeps kube-system calico-node
+    // off them by their taint once the exclusion is gone (src/migration/tolerations.rs).
+    // What it cannot change is the operator's own calico-system calico-node: before
+    // v1.25.0 it tolerates every taint with no Fargate exclusion, so its pods would wait
+    // on Fargate nodes for ever and the operator with them (waitUntilNodeCanBeMigrated
+    // counts them desired, never Ready).
+    if !i.profile.target.keeps_calico_node_off_fargate() {
         out.push(f(
             "FARGATE_NODES_UNSUPPORTED",
             Blocker,
             format!(
-                "{} Fargate node(s) ({}): operator {} refuses calico-node's Fargate exclusion \
-                 ({}), and once it is removed the operator labels every node for the migration, \
-                 Fargate ones too (tigera/operator {} \
-                 pkg/controller/migration/namespace_migration.go{}), so the kube-system calico-node would wait forever \
-                 for pods that cannot run on Fargate",
+                "{} Fargate node(s) ({}) and target operator {}: before v1.25.0 its \
+                 calico-system calico-node tolerates every taint with no Fargate exclusion \
+                 (tigera/operator v1.17.4 pkg/render/node.go:598-613), and it labels every node \
+                 for the migration, Fargate ones too (pkg/controller/migration/\
+                 namespace_migration.go:409-423), so calico-system pods would wait on Fargate \
+                 nodes for ever and the takeover with them",
                 s.fargate_nodes.len(),
                 s.fargate_nodes.join(", "),
                 i.profile.target.operator_version,
-                converter::Refusal::FargateAffinity.source(line),
-                line.tag(),
-                if line.version < (1, 27, 0) {
-                    ":409-423 labelUnmigratedNodes, :444-476 the readiness wait"
-                } else {
-                    ":489-503 labelUnmigratedNodes, :524-560 the readiness wait"
-                }
             ),
-            "move the Fargate workloads off Fargate for the window (delete the Fargate \
-             profile's pods, or the profile, until the migration is done; their nodes go \
-             with them), then plan again",
+            "use a profile whose operator is v1.25.0 or later (on Kubernetes 1.25+ the \
+             default, aws-calico-0.3.10-v3.30), or move the Fargate workloads off Fargate for \
+             the window (delete the Fargate profile's pods until the migration is done; their \
+             nodes go with them), then plan again",
         ));
         return;
     }
@@ -957,7 +947,9 @@ fn nodes(i: &RuleInput, out: &mut Vec<Finding>) {
             s.fargate_nodes.len(),
             s.fargate_nodes.join(", ")
         ),
-        "none needed: NetworkPolicy is not enforced by Calico on Fargate before or after",
+        "none needed: NetworkPolicy is not enforced by Calico on Fargate before or after; \
+         fargate-affinity keeps kube-system calico-node off them by their taint, the \
+         operator's calico-system calico-node by its own Fargate exclusion",
     ));
 }
 

@@ -1,6 +1,10 @@
 //! `fargate-affinity`: the converter refuses the chart's Fargate node affinity, so it
-//! is removed just before the takeover. Fargate nodes never run DaemonSet pods, so the
+//! is removed just before the takeover, and with it the catch-all NoSchedule toleration
+//! that would let calico-node onto Fargate nodes once the operator labels them
+//! (src/migration/tolerations.rs): Fargate's own taint keeps it off them instead. The
 //! set of nodes running calico-node does not change.
+
+use std::collections::BTreeSet;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Node;
@@ -17,6 +21,7 @@ use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines}
 use crate::migration::nodes::{nodes_without_ready_agent, set_node_label, worker_nodes};
 use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
 use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::tolerations;
 use crate::migration::world::World;
 
 pub const ID: &str = "fargate-affinity";
@@ -43,7 +48,8 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
                 "patch",
                 &[
                     "remove spec.template.spec.affinity.nodeAffinity (eks.amazonaws.com/compute-type NotIn [fargate])",
-                    "spec.template.spec.nodeSelector: projectcalico.org/operator-node-migration=pre-operator (keeps Fargate nodes out)",
+                    "spec.template.spec.nodeSelector: projectcalico.org/operator-node-migration=pre-operator",
+                    "spec.template.spec.tolerations: the catch-all NoSchedule toleration replaced by one per NoSchedule taint of the EC2 nodes, so the Fargate taint keeps calico-node off the Fargate nodes the operator labels too",
                 ],
             ),
         ],
@@ -62,7 +68,7 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
             ]),
         },
         rollback: lines(&[
-            "restore the affinity and nodeSelector, follow the rollout node by node, then the node labels",
+            "restore the affinity, nodeSelector and tolerations, follow the rollout node by node, then the node labels",
         ]),
         gate: None,
     })
@@ -125,8 +131,12 @@ async fn calico_node(world: &World) -> anyhow::Result<Value> {
 
 /// What the DaemonSet change would be, if any; Err when the affinity is not the
 /// chart's Fargate exclusion (the converter refuses it and removing it would
-/// change where calico-node runs).
-fn daemonset_patch(ds: &Value) -> anyhow::Result<Option<Value>> {
+/// change where calico-node runs). `no_schedule_keys`: the NoSchedule taint keys of
+/// the nodes calico-node runs on, each kept tolerated.
+fn daemonset_patch(
+    ds: &Value,
+    no_schedule_keys: &BTreeSet<String>,
+) -> anyhow::Result<Option<Value>> {
     let affinity = ds.pointer("/spec/template/spec/affinity");
     let has_affinity = affinity.is_some_and(|a| !a.is_null());
     if has_affinity {
@@ -141,7 +151,8 @@ fn daemonset_patch(ds: &Value) -> anyhow::Result<Option<Value>> {
         }
     }
     let selected = selector_label(ds).is_some();
-    if !has_affinity && selected {
+    let narrowed = tolerations::without_fargate(template_tolerations(ds), no_schedule_keys);
+    if !has_affinity && selected && narrowed.is_none() {
         return Ok(None);
     }
     let mut spec = json!({});
@@ -151,7 +162,27 @@ fn daemonset_patch(ds: &Value) -> anyhow::Result<Option<Value>> {
     if !selected {
         spec["nodeSelector"] = json!({ MIGRATION_LABEL: PRE_OPERATOR });
     }
+    if let Some(t) = narrowed {
+        spec["tolerations"] = json!(t);
+    }
     Ok(Some(json!({"spec": {"template": {"spec": spec}}})))
+}
+
+fn template_tolerations(ds: &Value) -> &[Value] {
+    ds.pointer("/spec/template/spec/tolerations")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The NoSchedule taint keys of the nodes calico-node runs on (every non-Fargate node).
+async fn ec2_taint_keys(world: &World) -> anyhow::Result<BTreeSet<String>> {
+    let nodes: Vec<Value> = worker_nodes(&world.objects)
+        .await?
+        .iter()
+        .filter_map(|n| serde_json::to_value(n).ok())
+        .collect();
+    Ok(tolerations::no_schedule_keys(nodes.iter()))
 }
 
 /// Label every non-Fargate node that has no migration label yet.
@@ -202,13 +233,14 @@ impl Step<World> for FargateAffinity {
     fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
         Box::pin(async move {
             let ds = calico_node(world).await?;
-            let patch = daemonset_patch(&ds)?;
+            let patch = daemonset_patch(&ds, &ec2_taint_keys(world).await?)?;
             let prober = world.prober().await?;
             label_nodes(world).await?;
             if let Some(p) = patch {
                 tracing::info!(
                     "replacing the Fargate affinity of kube-system calico-node by the nodeSelector \
-                     {MIGRATION_LABEL}={PRE_OPERATOR}; calico-node rolls node by node"
+                     {MIGRATION_LABEL}={PRE_OPERATOR} and tolerations that leave Fargate's taint \
+                     untolerated; calico-node rolls node by node"
                 );
                 world.objects.merge(&kube_system_node(), &p).await?;
             }
@@ -234,6 +266,16 @@ impl Step<World> for FargateAffinity {
             if selector_label(&ds).is_none() {
                 return Ok(Verification::failed(format!(
                     "kube-system calico-node does not select {MIGRATION_LABEL}"
+                )));
+            }
+            let fargate = tolerations::fargate_taint();
+            if let Some(t) = template_tolerations(&ds)
+                .iter()
+                .find(|t| tolerations::tolerates(t, &fargate))
+            {
+                return Ok(Verification::failed(format!(
+                    "kube-system calico-node still tolerates the Fargate taint ({t}): the \
+                     operator labels Fargate nodes too, and its pods there would never start"
                 )));
             }
             let unlabelled: Vec<String> = worker_nodes(&world.objects)
@@ -279,13 +321,17 @@ impl Step<World> for FargateAffinity {
                 };
                 let want_sel = selector_label(before).map_or(Value::Null, |v| json!(v));
                 let have_sel = selector_label(&ds).map_or(Value::Null, |v| json!(v));
-                if tpl(&ds, "affinity") != tpl(before, "affinity") || want_sel != have_sel {
+                if tpl(&ds, "affinity") != tpl(before, "affinity")
+                    || tpl(&ds, "tolerations") != tpl(before, "tolerations")
+                    || want_sel != have_sel
+                {
                     let prober = world.prober().await?;
                     tracing::info!(
-                        "restoring the Fargate affinity of kube-system calico-node; calico-node rolls node by node"
+                        "restoring the Fargate affinity and tolerations of kube-system calico-node; calico-node rolls node by node"
                     );
                     let patch = json!({"spec": {"template": {"spec": {
                         "affinity": tpl(before, "affinity"),
+                        "tolerations": tpl(before, "tolerations"),
                         "nodeSelector": {MIGRATION_LABEL: want_sel},
                     }}}});
                     world.objects.merge(&kube_system_node(), &patch).await?;
@@ -328,7 +374,7 @@ impl Step<World> for FargateAffinity {
                     )
                 })
                 .collect();
-            if let Some(p) = daemonset_patch(&ds)? {
+            if let Some(p) = daemonset_patch(&ds, &ec2_taint_keys(world).await?)? {
                 out.push(format!(
                     "patch DaemonSet kube-system/calico-node: {p} (calico-node rolls node by node, each node probed)"
                 ));
