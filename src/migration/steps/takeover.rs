@@ -160,7 +160,18 @@ async fn follow(world: &World) -> anyhow::Result<()> {
             .filter(|n| !n.fargate)
             .collect();
         if let Some(node) = next_moved(world, &nodes, &checks.checked).await? {
-            pace.node_moved(world).await?;
+            // After the last node the operator goes straight on to its end: it deletes
+            // kube-system calico-node and, before v1.35.0, removes the node labels while
+            // calico-system calico-node still selects them (END_OF_MIGRATION_RESTART). A
+            // freeze landing between those writes would leave no DaemonSet selecting any
+            // node, every agent gone until the operator runs again. No node is left to
+            // move past this one, so it runs on while the node is checked.
+            let last = nodes
+                .iter()
+                .all(|n| n.name == node || checks.checked.contains(&n.name));
+            if !last {
+                pace.node_moved(world).await?;
+            }
             checks.check(world, &node).await?;
             pace.progressed();
             continue;
