@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::nodes::list_nodes;
+use super::nodes::{agents_ready, list_nodes};
 use super::refs::{CALICO_SYSTEM, KUBE_SYSTEM, MIGRATED, PRE_OPERATOR};
 use super::world::{Observation, World};
 use crate::checks::conn::{self, ConnPool, HoldOptions};
@@ -195,10 +195,16 @@ pub async fn check_held(
     // Another node may have moved in the same run: name every node on the broken paths
     // that runs the new agent, since either end's swap can reset a flow.
     if node.is_some() {
+        // Moved: labelled for that calico-node, or running it Ready (after the last node
+        // the operator may already have removed the labels).
+        let agents = agents_ready(&world.objects, way.namespace()).await?;
         let moved: Vec<String> = list_nodes(&world.objects)
             .await?
             .into_iter()
-            .filter(|n| broken.contains(&n.name) && n.label.as_deref() == Some(way.label()))
+            .filter(|n| {
+                broken.contains(&n.name)
+                    && (n.label.as_deref() == Some(way.label()) || agents.contains(&n.name))
+            })
             .map(|n| n.name)
             .collect();
         summary.push_str(&format!(

@@ -117,6 +117,10 @@ pub struct Line {
     /// v1.35.0 on (PR 3188; v1.38.6 :685-690): one node with no calico-system pod yet
     /// may be migrated whatever the kube-system pod's readiness.
     pub single_node_exception: bool,
+    /// v1.26.0 on (commit 766d1651 "set maxunavailble to 1 if calc against available
+    /// nodes resolves to 0"; v1.38.6 :670-682): a maxUnavailable that rounds down to 0
+    /// counts as 1.
+    pub max_unavailable_at_least_one: bool,
 }
 
 impl Line {
@@ -126,6 +130,7 @@ impl Line {
             waits_for_rollout: v >= (1, 35, 0),
             deletes_services_endpoint: v >= (1, 27, 0),
             single_node_exception: v >= (1, 35, 0),
+            max_unavailable_at_least_one: v >= (1, 26, 0),
         }
     }
 }
@@ -410,8 +415,8 @@ fn desired_and_ready(ds: Option<&Value>) -> (i64, i64) {
 /// `waitUntilNodeCanBeMigrated` (v1.17.4 namespace_migration.go:574-604, v1.38.6
 /// :654-704): the next node may move when the Ready calico-node pods of both
 /// DaemonSets plus calico-system's maxUnavailable (an int or a percentage of both
-/// DaemonSets' desired pods, rounded down; v1.38.6 takes 1 for a result below 1) exceed
-/// the desired pods.
+/// DaemonSets' desired pods, rounded down; from v1.26.0 a result below 1 counts as 1)
+/// exceed the desired pods.
 fn node_can_be_migrated(ks: &Value, cs: Option<&Value>, line: Line) -> bool {
     let (ks_d, ks_r) = desired_and_ready(Some(ks));
     let (cs_d, cs_r) = desired_and_ready(cs);
@@ -426,7 +431,7 @@ fn node_can_be_migrated(ks: &Value, cs: Option<&Value>, line: Line) -> bool {
                 .unwrap_or(1),
             _ => 1,
         };
-    let max_unavailable = if line.single_node_exception {
+    let max_unavailable = if line.max_unavailable_at_least_one {
         max_unavailable.max(1)
     } else {
         max_unavailable
