@@ -1418,6 +1418,70 @@ async fn watches_that_allow_bookmarks_get_them() -> Result<()> {
     Ok(())
 }
 
+/// Streaming lists (`sendInitialEvents=true`, what client-go 0.35 informers ask for):
+/// every current object as ADDED, then a BOOKMARK annotated
+/// `k8s.io/initial-events-end: "true"` before any later change; the options
+/// upstream refuses together are refused with its 422.
+#[tokio::test]
+async fn watch_lists_end_their_initial_events_with_an_annotated_bookmark() -> Result<()> {
+    for t in targets().await? {
+        let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), "default");
+        for n in ["a", "b"] {
+            cms.create(&PostParams::default(), &cm(n, json!({}))?)
+                .await?;
+        }
+        let at_start = t.sb.store().resource_version();
+        let stream = cms
+            .watch(&WatchParams::streaming_lists().timeout(10), "0")
+            .await?;
+        futures::pin_mut!(stream);
+        let mut added = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+                Some(WatchEvent::Added(o)) => added.push(o.metadata.name.unwrap_or_default()),
+                Some(WatchEvent::Bookmark(b)) => {
+                    assert_eq!(
+                        b.metadata.annotations.get("k8s.io/initial-events-end"),
+                        Some(&"true".to_string()),
+                        "{}: {:?}",
+                        t.how,
+                        b.metadata.annotations
+                    );
+                    let rv: u64 = b.metadata.resource_version.parse()?;
+                    assert!(rv >= at_start, "{}: {rv} covers {at_start}", t.how);
+                    break;
+                }
+                other => bail!("{}: unexpected {other:?}", t.how),
+            }
+        }
+        assert_eq!(added, ["a", "b"], "{}", t.how);
+        cms.create(&PostParams::default(), &cm("c", json!({}))?)
+            .await?;
+        match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+            Some(WatchEvent::Added(o)) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
+            other => bail!("{}: unexpected {other:?}", t.how),
+        }
+
+        let (code, s) = raw(
+            &t.client,
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true",
+            "application/json",
+            vec![],
+        )
+        .await?;
+        assert_eq!(code, 422, "{}: {s}", t.how);
+        assert_eq!(
+            s["message"],
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: \
+             sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            "{}",
+            t.how
+        );
+    }
+    Ok(())
+}
+
 /// A sandbox serving Kubernetes 1.`minor`, nothing seeded.
 fn at(minor: u32) -> Result<Sandbox> {
     Ok(Sandbox::new(SandboxOptions {

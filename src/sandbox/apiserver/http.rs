@@ -549,8 +549,59 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// The annotation of the BOOKMARK that ends a watch-list's initial events
+/// (k8s.io/apimachinery v0.34.10 pkg/apis/meta/v1/types.go `InitialEventsAnnotationKey`).
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A watch's `sendInitialEvents` (streaming lists, KEP-3157: what client-go 0.35's
+/// informers ask for first, helm 4's among them), checked with `resourceVersionMatch` as
+/// k8s.io/apimachinery v0.34.10 pkg/apis/meta/internalversion/validation/validation.go
+/// lines 53-76 check them, with the WatchList feature on.
+fn send_initial_events(params: &Params) -> Result<Option<bool>, ApiError> {
+    let send = match params.get("sendInitialEvents") {
+        None => None,
+        Some("true") | Some("1") => Some(true),
+        Some("false") | Some("0") => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid value for sendInitialEvents: {v:?}: must be true or false"
+            )));
+        }
+    };
+    let matched = params.get("resourceVersionMatch").unwrap_or_default();
+    let mut causes = Vec::new();
+    if send.is_some() && matched != "NotOlderThan" {
+        causes.push((
+            "resourceVersionMatch",
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                .to_string(),
+        ));
+    }
+    if !matched.is_empty() {
+        if send.is_none() {
+            causes.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided".into(),
+            ));
+        }
+        if matched != "NotOlderThan" {
+            causes.push((
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{matched}\": supported values: \"NotOlderThan\""),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(send)
+    } else {
+        Err(ApiError::invalid("ListOptions.meta.k8s.io", "", &causes))
+    }
+}
+
 /// Stream watch events as newline-delimited JSON until the timeout, the client
-/// leaving, or an injected drop.
+/// leaving, or an injected drop. With `sendInitialEvents=true` the current objects come
+/// first as ADDED, then a BOOKMARK annotated `k8s.io/initial-events-end: "true"` (at the
+/// resourceVersion they are the state of), then the changes.
 async fn watch(
     sb: &Sandbox,
     t: &Target,
@@ -559,7 +610,15 @@ async fn watch(
     drop_rate: f64,
 ) -> Result<Response, ApiError> {
     let opts = params.list_options()?;
+    let send_initial = send_initial_events(params)?;
     let rv = parse_rv(params.get("resourceVersion"))?;
+    let rv = match send_initial {
+        // The current state, which is at least as new as any resourceVersion given.
+        Some(true) => None,
+        // No initial events: from `rv`, or from now.
+        Some(false) => Some(rv.unwrap_or_else(|| sb.store().resource_version())),
+        None => rv,
+    };
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
@@ -591,7 +650,19 @@ async fn watch(
                 let deadline = tokio::time::sleep(Duration::from_secs(timeout));
                 tokio::pin!(deadline);
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let mut end_of_initial_events = send_initial == Some(true);
                 loop {
+                    if end_of_initial_events && let Some(rv) = w.bookmark() {
+                        // Every initial event is sent: the bookmark a watch-list client
+                        // waits for before it treats its cache as synced.
+                        end_of_initial_events = false;
+                        let mark = json!({"kind": rt.kind, "apiVersion": api_version,
+                            "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null,
+                                         "annotations": {INITIAL_EVENTS_END: "true"}}});
+                        if tx.send(event_line("BOOKMARK", &mark)).await.is_err() {
+                            break;
+                        }
+                    }
                     let ev = tokio::select! {
                         ev = w.next() => ev,
                         _ = tick.tick(), if bookmarks => {
