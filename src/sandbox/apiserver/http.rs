@@ -18,6 +18,7 @@ use super::discovery;
 use super::error::ApiError;
 use super::faults::FaultConfig;
 use super::openapi;
+use super::protobuf::{self, ProtoError};
 use super::select::{FieldSelector, LabelSelector};
 use super::store::apply::PatchKind;
 use super::store::lifecycle::DeleteOptions;
@@ -303,10 +304,26 @@ fn decode_object(bytes: &[u8], ct: &str, kind: &str) -> Result<Value, ApiError> 
             "the object provided is unrecognized (must be of type {kind}): couldn't get version/kind; json parse error: {e}"
         ))
     };
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        // Decoded to the JSON the same request would carry (apiserver/protobuf.rs).
+        let v = protobuf::decode(bytes).map_err(|e| match e {
+            ProtoError::UnsupportedKind(got) => ApiError::unsupported_media(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml \
+                 (got {ct} for kind {got:?}: the sandbox decodes protobuf bodies of {} only; send JSON or YAML, \
+                 e.g. `kubectl create -f` or `kubectl apply`)",
+                protobuf::OBJECT_KINDS.join(", ")
+            )),
+            e => ApiError::bad_request(format!(
+                "the object provided is unrecognized (must be of type {kind}): {e}"
+            )),
+        })?;
+        return Ok(v);
+    }
+    if ct.contains("cbor") {
         return Err(ApiError::unsupported_media(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml \
-             (got {ct}; the sandbox does not decode protobuf: use `kubectl create -f` or `kubectl apply` rather than typed generators)"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, \
+             {} (got {ct})",
+            protobuf::MEDIA_TYPE
         )));
     }
     let v: Value = if ct.contains("yaml") {
@@ -488,9 +505,18 @@ async fn handle(sb: Sandbox, req: Request) -> Result<Response, ApiError> {
                 ..Default::default()
             };
             if !bytes.is_empty() {
-                let b: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    ApiError::bad_request(format!("error decoding DeleteOptions: {e}"))
-                })?;
+                let decode_error =
+                    |e: String| ApiError::bad_request(format!("error decoding DeleteOptions: {e}"));
+                let b: Value = if ct.contains("protobuf") {
+                    // client-go's typed Delete (helm's release storage) sends protobuf.
+                    let b = protobuf::decode(&bytes).map_err(|e| decode_error(e.to_string()))?;
+                    if b["kind"] != "DeleteOptions" {
+                        return Err(decode_error(format!("got kind {}", b["kind"])));
+                    }
+                    b
+                } else {
+                    serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?
+                };
                 if let Some(p) = b.get("propagationPolicy").and_then(Value::as_str) {
                     opts.propagation = Some(p.into());
                 }
