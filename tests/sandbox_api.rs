@@ -472,6 +472,117 @@ async fn crds_are_served_at_once_and_removed_with_their_objects() -> Result<()> 
     Ok(())
 }
 
+/// As the real API server's CRD finalizer (`customresourcecleanup.apiextensions.k8s.io`):
+/// a deleted CRD deletes its objects through the normal delete path, so one held by its
+/// own finalizer holds the CRD (Terminating, no new objects) until it goes too.
+#[tokio::test]
+async fn a_deleted_crd_waits_for_its_objects_finalizers() -> Result<()> {
+    for t in targets().await? {
+        let crd_api: Api<DynamicObject> = Api::all_with(
+            t.client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+                "customresourcedefinitions",
+            ),
+        );
+        let inst = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("operator.tigera.io", "v1", "Installation"),
+            "installations",
+        );
+        let insts: Api<DynamicObject> = Api::all_with(t.client.clone(), &inst);
+        let name = "installations.operator.tigera.io";
+        let def: DynamicObject = serde_json::from_value(crd(
+            "operator.tigera.io",
+            "installations",
+            "Installation",
+            "Cluster",
+        ))?;
+        crd_api.create(&PostParams::default(), &def).await?;
+        // What the Tigera operator puts on its Installation.
+        let held: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "operator.tigera.io/v1", "kind": "Installation",
+            "metadata": {"name": "default", "finalizers": ["tigera.io/operator-cleanup"]},
+            "spec": {"cni": {"type": "AmazonVPC"}}}))?;
+        insts.create(&PostParams::default(), &held).await?;
+        let free: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "operator.tigera.io/v1", "kind": "Installation",
+            "metadata": {"name": "spare"}, "spec": {}}))?;
+        insts.create(&PostParams::default(), &free).await?;
+
+        crd_api.delete(name, &DeleteParams::default()).await?;
+        let terminating = crd_api.get(name).await?;
+        assert!(
+            terminating.metadata.deletion_timestamp.is_some(),
+            "{}",
+            t.how
+        );
+        assert_eq!(
+            terminating.metadata.finalizers,
+            Some(vec![
+                "customresourcecleanup.apiextensions.k8s.io".to_string()
+            ]),
+            "{}",
+            t.how
+        );
+        let cond = terminating.data["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Terminating").cloned())
+            .unwrap_or_default();
+        assert_eq!(
+            (cond["status"].as_str(), cond["reason"].as_str()),
+            (Some("True"), Some("InstanceDeletionInProgress")),
+            "{}: {cond}",
+            t.how
+        );
+        // The free object is gone, the held one waits with a deletionTimestamp.
+        let left = insts.list(&ListParams::default()).await?.items;
+        assert_eq!(left.len(), 1, "{}", t.how);
+        assert!(left[0].metadata.deletion_timestamp.is_some(), "{}", t.how);
+        let e = api_err(
+            insts
+                .create(&PostParams::default(), &free)
+                .await
+                .err()
+                .context("create while terminating")?,
+        )?;
+        assert_eq!(e.code, 403, "{}", t.how);
+        assert_eq!(
+            e.message,
+            "installations.operator.tigera.io \"spare\" is forbidden: create not allowed while \
+             custom resource definition is terminating",
+            "{}",
+            t.how
+        );
+
+        // The operator lets go: the object goes, and with it the CRD and its endpoints.
+        insts
+            .patch(
+                "default",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await?;
+        let e = api_err(crd_api.get(name).await.err().context("CRD after")?)?;
+        assert_eq!(e.code, 404, "{}", t.how);
+        let e = api_err(
+            insts
+                .list(&ListParams::default())
+                .await
+                .err()
+                .context("list after")?,
+        )?;
+        assert_eq!(e.code, 404, "{}", t.how);
+        assert!(
+            t.sb.store()
+                .resource_type(&Gvr::new("operator.tigera.io", "v1", "installations"))
+                .is_none(),
+            "{}",
+            t.how
+        );
+    }
+    Ok(())
+}
+
 fn pod(name: &str, node: &str, app: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": app}},
@@ -1303,6 +1414,70 @@ async fn watches_that_allow_bookmarks_get_them() -> Result<()> {
                 other => bail!("unexpected {other:?}"),
             }
         }
+    }
+    Ok(())
+}
+
+/// Streaming lists (`sendInitialEvents=true`, what client-go 0.35 informers ask for):
+/// every current object as ADDED, then a BOOKMARK annotated
+/// `k8s.io/initial-events-end: "true"` before any later change; the options
+/// upstream refuses together are refused with its 422.
+#[tokio::test]
+async fn watch_lists_end_their_initial_events_with_an_annotated_bookmark() -> Result<()> {
+    for t in targets().await? {
+        let cms: Api<ConfigMap> = Api::namespaced(t.client.clone(), "default");
+        for n in ["a", "b"] {
+            cms.create(&PostParams::default(), &cm(n, json!({}))?)
+                .await?;
+        }
+        let at_start = t.sb.store().resource_version();
+        let stream = cms
+            .watch(&WatchParams::streaming_lists().timeout(10), "0")
+            .await?;
+        futures::pin_mut!(stream);
+        let mut added = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+                Some(WatchEvent::Added(o)) => added.push(o.metadata.name.unwrap_or_default()),
+                Some(WatchEvent::Bookmark(b)) => {
+                    assert_eq!(
+                        b.metadata.annotations.get("k8s.io/initial-events-end"),
+                        Some(&"true".to_string()),
+                        "{}: {:?}",
+                        t.how,
+                        b.metadata.annotations
+                    );
+                    let rv: u64 = b.metadata.resource_version.parse()?;
+                    assert!(rv >= at_start, "{}: {rv} covers {at_start}", t.how);
+                    break;
+                }
+                other => bail!("{}: unexpected {other:?}", t.how),
+            }
+        }
+        assert_eq!(added, ["a", "b"], "{}", t.how);
+        cms.create(&PostParams::default(), &cm("c", json!({}))?)
+            .await?;
+        match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+            Some(WatchEvent::Added(o)) => assert_eq!(o.metadata.name.as_deref(), Some("c")),
+            other => bail!("{}: unexpected {other:?}", t.how),
+        }
+
+        let (code, s) = raw(
+            &t.client,
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true",
+            "application/json",
+            vec![],
+        )
+        .await?;
+        assert_eq!(code, 422, "{}: {s}", t.how);
+        assert_eq!(
+            s["message"],
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: \
+             sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            "{}",
+            t.how
+        );
     }
     Ok(())
 }

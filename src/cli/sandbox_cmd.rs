@@ -12,12 +12,15 @@ use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptio
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
 
-/// Run an in-process Kubernetes API server seeded like an EKS cluster with aws-calico.
+/// Run an in-process Kubernetes API server seeded like an EKS cluster with aws-calico
+/// (or without Calico: --no-calico).
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     calico-migrate sandbox --kubeconfig-out /tmp/sandbox.kubeconfig\n  \
     KUBECONFIG=/tmp/sandbox.kubeconfig kubectl get nodes\n  \
-    calico-migrate sandbox --fault latency:20 --fault api-errors:0.05\n\n\
+    calico-migrate sandbox --fault latency:20 --fault api-errors:0.05\n  \
+    calico-migrate sandbox --no-calico --kubernetes-version 1.21 --kubeconfig-out /tmp/sb.kubeconfig\n  \
+    helm --kubeconfig /tmp/sb.kubeconfig install aws-calico aws-calico-0.3.10.tgz -n kube-system\n\n\
     Faults can be changed while running:\n  \
     kubectl -n sandbox-system patch configmap faults --type merge -p '{\"data\":{\"api-errors\":\"0\"}}'")]
 pub struct SandboxArgs {
@@ -36,9 +39,17 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = 2)]
     pub pods_per_namespace: usize,
     /// aws-calico chart generation of the seeded cluster: 0.3.10 (Calico manifests in
-    /// kube-system) or 0.3.11 (tigera-operator with Helm-managed CRDs).
-    #[arg(long, default_value = "0.3.10", value_parser = ["0.3.10", "0.3.11"], value_name = "VERSION")]
-    pub chart: String,
+    /// kube-system; the default) or 0.3.11 (tigera-operator with Helm-managed CRDs).
+    #[arg(long, value_parser = ["0.3.10", "0.3.11"], value_name = "VERSION")]
+    pub chart: Option<String>,
+    /// Seed the EKS cluster without Calico, for installing the real aws-calico chart
+    /// with real Helm (`helm install aws-calico aws-calico-0.3.10.tgz -n kube-system`),
+    /// e.g. to compare what Helm makes with the built-in seed or to run `helm
+    /// uninstall`: the same nodes, add-ons, namespaces, workloads and NetworkPolicies, but
+    /// no aws-calico release, no calico-node or typha, no Calico CRDs, RBAC or policies.
+    /// Not with --chart (there is no seeded release to pick) or --empty.
+    #[arg(long, conflicts_with = "empty")]
+    pub no_calico: bool,
     /// Helm release name of the chart (`aws-calico` in the chart README).
     #[arg(long, default_value = "aws-calico", value_name = "NAME")]
     pub release_name: String,
@@ -88,6 +99,12 @@ pub fn parse_kubernetes_version(s: &str) -> Result<KubernetesVersion, String> {
 }
 
 pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+    if let (true, Some(chart)) = (args.no_calico, &args.chart) {
+        anyhow::bail!(
+            "--no-calico seeds no aws-calico release, so --chart {chart} has no release to pick: \
+             drop --chart and install the chart with helm, or drop --no-calico to seed its release"
+        );
+    }
     // `lapse:NODE` goes to the data plane; everything else on as before.
     let (dataplane_specs, other_specs): (Vec<String>, Vec<String>) = args
         .faults
@@ -124,7 +141,8 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
             namespaces: args.namespaces,
             pods_per_namespace: args.pods_per_namespace,
             seed: args.seed,
-            chart: if args.chart == "0.3.11" {
+            calico: !args.no_calico,
+            chart: if args.chart.as_deref() == Some("0.3.11") {
                 ChartGeneration::V0_3_11
             } else {
                 ChartGeneration::V0_3_10

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use super::authz::{self, Attributes, MASTERS, PolicyRule, UserInfo};
 use super::error::ApiError;
 use super::http::MAX_BODY;
+use super::protobuf;
 use super::store::WriteOptions;
 use super::store::apply::PatchKind;
 use super::types::{Gvr, Subresource};
@@ -234,9 +235,11 @@ fn content_type(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-/// A JSON or YAML object body (what the handler accepts for create and replace).
+/// A JSON, YAML or protobuf object body (what the handler accepts for create and replace).
 fn decode_object(body: &[u8], ct: &str) -> Option<Value> {
-    let v: Value = if ct.contains("yaml") {
+    let v: Value = if ct.contains("protobuf") {
+        protobuf::decode(body).ok()?
+    } else if ct.contains("yaml") {
         serde_saphyr::from_str(std::str::from_utf8(body).ok()?).ok()?
     } else {
         serde_json::from_slice(body).ok()?
@@ -278,7 +281,7 @@ fn decode_review(headers: &HeaderMap, body: &[u8], kind: &str) -> Result<Value, 
         ))
     };
     let v: Value = if ct.contains("protobuf") {
-        proto::decode_review(body).map_err(|e| bad(e.to_string()))?
+        protobuf::decode(body).map_err(|e| bad(e.to_string()))?
     } else if ct.contains("yaml") {
         let text = std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
         serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))?
@@ -415,157 +418,9 @@ pub async fn rules_review(State(sb): State<Sandbox>, headers: HeaderMap, body: B
     }
 }
 
-/// Just enough protobuf to read the two self reviews kubectl sends: the
-/// `k8s\0` + runtime.Unknown envelope (k8s.io/apimachinery pkg/runtime/serializer/protobuf)
-/// and the fields of k8s.io/api authorization/v1 generated.proto.
-mod proto {
-    use serde_json::{Value, json};
-
-    /// Why a protobuf review body cannot be read.
-    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-    pub enum ProtoError {
-        #[error("truncated varint")]
-        TruncatedVarint,
-        #[error("varint too long")]
-        VarintTooLong,
-        #[error("truncated fixed field")]
-        TruncatedFixedField,
-        #[error("length too big")]
-        LengthTooBig,
-        #[error("truncated field")]
-        TruncatedField,
-        #[error("unsupported protobuf wire type {0}")]
-        WireType(u64),
-        #[error("field {0} is not UTF-8")]
-        NotUtf8(u64),
-        #[error("not a Kubernetes protobuf envelope (no k8s\\0 prefix)")]
-        NoEnvelope,
-        #[error("got kind {0:?}")]
-        UnexpectedKind(String),
-    }
-
-    /// (field number, bytes) of each length-delimited field; other wire types skipped.
-    fn fields(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>, ProtoError> {
-        fn varint(buf: &mut &[u8]) -> Result<u64, ProtoError> {
-            let mut v = 0u64;
-            for shift in (0..64).step_by(7) {
-                let (&b, rest) = buf.split_first().ok_or(ProtoError::TruncatedVarint)?;
-                *buf = rest;
-                v |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    return Ok(v);
-                }
-            }
-            Err(ProtoError::VarintTooLong)
-        }
-        let mut out = Vec::new();
-        while !buf.is_empty() {
-            let key = varint(&mut buf)?;
-            match key & 7 {
-                0 => {
-                    varint(&mut buf)?;
-                }
-                1 | 5 => {
-                    let n = if key & 7 == 1 { 8 } else { 4 };
-                    buf = buf.get(n..).ok_or(ProtoError::TruncatedFixedField)?;
-                }
-                2 => {
-                    let len =
-                        usize::try_from(varint(&mut buf)?).map_err(|_| ProtoError::LengthTooBig)?;
-                    let data = buf.get(..len).ok_or(ProtoError::TruncatedField)?;
-                    out.push((key >> 3, data));
-                    buf = &buf[len..];
-                }
-                w => return Err(ProtoError::WireType(w)),
-            }
-        }
-        Ok(out)
-    }
-
-    fn field(buf: &[u8], n: u64) -> Result<Option<&[u8]>, ProtoError> {
-        Ok(fields(buf)?
-            .into_iter()
-            .find(|(f, _)| *f == n)
-            .map(|(_, d)| d))
-    }
-
-    fn string(buf: &[u8], n: u64) -> Result<String, ProtoError> {
-        let bytes = field(buf, n)?.unwrap_or_default();
-        String::from_utf8(bytes.to_vec()).map_err(|_| ProtoError::NotUtf8(n))
-    }
-
-    /// A SelfSubjectAccessReview or SelfSubjectRulesReview as its JSON form.
-    pub fn decode_review(body: &[u8]) -> Result<Value, ProtoError> {
-        let unknown = body.strip_prefix(b"k8s\0").ok_or(ProtoError::NoEnvelope)?;
-        let type_meta = field(unknown, 1)?.unwrap_or_default();
-        let kind = string(type_meta, 2)?;
-        let raw = field(unknown, 2)?.unwrap_or_default();
-        let spec = field(raw, 2)?.unwrap_or_default();
-        let spec = match kind.as_str() {
-            "SelfSubjectAccessReview" => {
-                let mut s = json!({});
-                if let Some(r) = field(spec, 1)? {
-                    let names = [
-                        "namespace",
-                        "verb",
-                        "group",
-                        "version",
-                        "resource",
-                        "subresource",
-                        "name",
-                    ];
-                    let mut attrs = serde_json::Map::new();
-                    for (i, k) in names.iter().enumerate() {
-                        let v = string(r, i as u64 + 1)?;
-                        if !v.is_empty() {
-                            attrs.insert(k.to_string(), json!(v));
-                        }
-                    }
-                    s["resourceAttributes"] = Value::Object(attrs);
-                }
-                if let Some(n) = field(spec, 2)? {
-                    s["nonResourceAttributes"] =
-                        json!({"path": string(n, 1)?, "verb": string(n, 2)?});
-                }
-                s
-            }
-            "SelfSubjectRulesReview" => json!({"namespace": string(spec, 1)?}),
-            other => return Err(ProtoError::UnexpectedKind(other.to_string())),
-        };
-        Ok(json!({"apiVersion": "authorization.k8s.io/v1", "kind": kind, "spec": spec}))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kubectl_protobuf_review_decodes() {
-        // `kubectl auth can-i create pods/exec -n kube-system` as kubectl 1.32 sends it.
-        let hex = "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f763112\
-                   1753656c665375626a6563744163636573735265766965771247\
-                   0a100a0012001a0022002a00320038004200\
-                   12290a270a0b6b7562652d73797374656d1206637265617465\
-                   1a0022002a04706f647332003a0465786563\
-                   1a08080012001a0020001a002200";
-        let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
-        let Ok(bytes) = hex::decode(&hex) else {
-            panic!("bad test hex")
-        };
-        let v = proto::decode_review(&bytes).unwrap_or_else(|e| json!({"error": e.to_string()}));
-        assert_eq!(v["kind"], "SelfSubjectAccessReview", "{v}");
-        let r = &v["spec"]["resourceAttributes"];
-        assert_eq!(r["namespace"], "kube-system");
-        assert_eq!(r["verb"], "create");
-        assert_eq!(r["resource"], "pods");
-        assert_eq!(
-            r["name"], "exec",
-            "TYPE/NAME: kubectl reads pods/exec as a name"
-        );
-        assert!(proto::decode_review(b"k8s\0\x0a\xff").is_err());
-        assert!(proto::decode_review(b"{}").is_err());
-    }
 
     #[test]
     fn request_paths_map_to_rbac_attributes() {

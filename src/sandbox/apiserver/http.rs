@@ -18,6 +18,7 @@ use super::discovery;
 use super::error::ApiError;
 use super::faults::FaultConfig;
 use super::openapi;
+use super::protobuf::{self, ProtoError};
 use super::select::{FieldSelector, LabelSelector};
 use super::store::apply::PatchKind;
 use super::store::lifecycle::DeleteOptions;
@@ -303,10 +304,26 @@ fn decode_object(bytes: &[u8], ct: &str, kind: &str) -> Result<Value, ApiError> 
             "the object provided is unrecognized (must be of type {kind}): couldn't get version/kind; json parse error: {e}"
         ))
     };
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        // Decoded to the JSON the same request would carry (apiserver/protobuf.rs).
+        let v = protobuf::decode(bytes).map_err(|e| match e {
+            ProtoError::UnsupportedKind(got) => ApiError::unsupported_media(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml \
+                 (got {ct} for kind {got:?}: the sandbox decodes protobuf bodies of {} only; send JSON or YAML, \
+                 e.g. `kubectl create -f` or `kubectl apply`)",
+                protobuf::OBJECT_KINDS.join(", ")
+            )),
+            e => ApiError::bad_request(format!(
+                "the object provided is unrecognized (must be of type {kind}): {e}"
+            )),
+        })?;
+        return Ok(v);
+    }
+    if ct.contains("cbor") {
         return Err(ApiError::unsupported_media(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml \
-             (got {ct}; the sandbox does not decode protobuf: use `kubectl create -f` or `kubectl apply` rather than typed generators)"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, \
+             {} (got {ct})",
+            protobuf::MEDIA_TYPE
         )));
     }
     let v: Value = if ct.contains("yaml") {
@@ -488,9 +505,18 @@ async fn handle(sb: Sandbox, req: Request) -> Result<Response, ApiError> {
                 ..Default::default()
             };
             if !bytes.is_empty() {
-                let b: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    ApiError::bad_request(format!("error decoding DeleteOptions: {e}"))
-                })?;
+                let decode_error =
+                    |e: String| ApiError::bad_request(format!("error decoding DeleteOptions: {e}"));
+                let b: Value = if ct.contains("protobuf") {
+                    // client-go's typed Delete (helm's release storage) sends protobuf.
+                    let b = protobuf::decode(&bytes).map_err(|e| decode_error(e.to_string()))?;
+                    if b["kind"] != "DeleteOptions" {
+                        return Err(decode_error(format!("got kind {}", b["kind"])));
+                    }
+                    b
+                } else {
+                    serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?
+                };
                 if let Some(p) = b.get("propagationPolicy").and_then(Value::as_str) {
                     opts.propagation = Some(p.into());
                 }
@@ -549,8 +575,59 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// The annotation of the BOOKMARK that ends a watch-list's initial events
+/// (k8s.io/apimachinery v0.34.10 pkg/apis/meta/v1/types.go `InitialEventsAnnotationKey`).
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A watch's `sendInitialEvents` (streaming lists, KEP-3157: what client-go 0.35's
+/// informers ask for first, helm 4's among them), checked with `resourceVersionMatch` as
+/// k8s.io/apimachinery v0.34.10 pkg/apis/meta/internalversion/validation/validation.go
+/// lines 53-76 check them, with the WatchList feature on.
+fn send_initial_events(params: &Params) -> Result<Option<bool>, ApiError> {
+    let send = match params.get("sendInitialEvents") {
+        None => None,
+        Some("true") | Some("1") => Some(true),
+        Some("false") | Some("0") => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid value for sendInitialEvents: {v:?}: must be true or false"
+            )));
+        }
+    };
+    let matched = params.get("resourceVersionMatch").unwrap_or_default();
+    let mut causes = Vec::new();
+    if send.is_some() && matched != "NotOlderThan" {
+        causes.push((
+            "resourceVersionMatch",
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                .to_string(),
+        ));
+    }
+    if !matched.is_empty() {
+        if send.is_none() {
+            causes.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided".into(),
+            ));
+        }
+        if matched != "NotOlderThan" {
+            causes.push((
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{matched}\": supported values: \"NotOlderThan\""),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(send)
+    } else {
+        Err(ApiError::invalid("ListOptions.meta.k8s.io", "", &causes))
+    }
+}
+
 /// Stream watch events as newline-delimited JSON until the timeout, the client
-/// leaving, or an injected drop.
+/// leaving, or an injected drop. With `sendInitialEvents=true` the current objects come
+/// first as ADDED, then a BOOKMARK annotated `k8s.io/initial-events-end: "true"` (at the
+/// resourceVersion they are the state of), then the changes.
 async fn watch(
     sb: &Sandbox,
     t: &Target,
@@ -559,7 +636,15 @@ async fn watch(
     drop_rate: f64,
 ) -> Result<Response, ApiError> {
     let opts = params.list_options()?;
+    let send_initial = send_initial_events(params)?;
     let rv = parse_rv(params.get("resourceVersion"))?;
+    let rv = match send_initial {
+        // The current state, which is at least as new as any resourceVersion given.
+        Some(true) => None,
+        // No initial events: from `rv`, or from now.
+        Some(false) => Some(rv.unwrap_or_else(|| sb.store().resource_version())),
+        None => rv,
+    };
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
@@ -591,7 +676,19 @@ async fn watch(
                 let deadline = tokio::time::sleep(Duration::from_secs(timeout));
                 tokio::pin!(deadline);
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let mut end_of_initial_events = send_initial == Some(true);
                 loop {
+                    if end_of_initial_events && let Some(rv) = w.bookmark() {
+                        // Every initial event is sent: the bookmark a watch-list client
+                        // waits for before it treats its cache as synced.
+                        end_of_initial_events = false;
+                        let mark = json!({"kind": rt.kind, "apiVersion": api_version,
+                            "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null,
+                                         "annotations": {INITIAL_EVENTS_END: "true"}}});
+                        if tx.send(event_line("BOOKMARK", &mark)).await.is_err() {
+                            break;
+                        }
+                    }
                     let ev = tokio::select! {
                         ev = w.next() => ev,
                         _ = tick.tick(), if bookmarks => {

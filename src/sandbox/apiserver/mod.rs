@@ -11,6 +11,7 @@
 //! - [`faults`]: latency, errors, dropped watches and conflicts on demand;
 //! - [`http`]: the REST routes (axum) and content negotiation;
 //! - [`authz`], [`authz_http`]: RBAC evaluation, impersonation and access reviews;
+//! - [`protobuf`]: the protobuf request bodies client-go's typed clients send;
 //! - [`patch`]: merge, JSON and strategic merge patch;
 //! - [`ssa`]: server-side apply and managedFields;
 //! - [`select`]: label and field selectors;
@@ -26,6 +27,7 @@ pub mod faults;
 pub mod http;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod select;
 pub mod ssa;
 pub mod store;

@@ -48,6 +48,11 @@ pub struct ScenarioConfig {
     pub namespaces: usize,
     pub pods_per_namespace: usize,
     pub seed: u64,
+    /// Whether Calico is installed: the aws-calico release of `chart` with its
+    /// workloads, CRDs and RBAC, and Calico's cluster-wide objects. `false` seeds the same
+    /// EKS cluster (nodes, add-ons, namespaces, workloads, NetworkPolicies) without any
+    /// of it, for a real `helm install` of the chart (`sandbox --no-calico`).
+    pub calico: bool,
     /// Which chart generation the cluster runs (plan must tell them apart).
     pub chart: ChartGeneration,
     /// Helm release name (`aws-calico` in the chart README; `calico` at the seed organisation).
@@ -65,6 +70,7 @@ impl Default for ScenarioConfig {
             namespaces: 8,
             pods_per_namespace: 2,
             seed: 1,
+            calico: true,
             chart: ChartGeneration::V0_3_10,
             release_name: "aws-calico".into(),
             release_namespace: "kube-system".into(),

@@ -139,6 +139,154 @@ pub fn chart_release(
     }
 }
 
+/// The aws-calico install of `sc.chart`: the chart's live objects and pods, its release
+/// Secret, and Calico's cluster-wide objects (plus, for 0.3.11, what the operator renders).
+fn calico_install(
+    sc: &ScenarioConfig,
+    nodes: &[NodeInfo],
+    ips: &mut PodIps,
+    namespaces: &mut Vec<Value>,
+    crds: &mut Vec<Value>,
+    objects: &mut Vec<Value>,
+) {
+    let seed = sc.seed;
+    // The chart.
+    let mut v = ChartValues::seed_organisation(&sc.release_name);
+    v.namespace = sc.release_namespace.clone();
+    let (rendered, crds_yaml, hooks) = match sc.chart {
+        ChartGeneration::V0_3_10 => {
+            crds.extend(calico::calico_crds().into_iter().map(|mut c| {
+                set_uid(&mut c, seed);
+                c
+            }));
+            (
+                chart::rendered_objects(&v),
+                calico::calico_crds_v1beta1_yaml(),
+                Vec::new(),
+            )
+        }
+        ChartGeneration::V0_3_11 => {
+            v.chart_version = "0.3.11".into();
+            v.app_version = "1.20.1".into();
+            namespaces.push(cluster::namespace(
+                "calico-system",
+                &[("name", "calico-system")],
+                seed,
+            ));
+            namespaces.push(cluster::namespace(
+                "tigera-operator",
+                &[("name", "tigera-operator")],
+                seed,
+            ));
+            let inst = operator::installation_default();
+            let hook = json!({
+                "name": "default", "kind": "Installation",
+                "path": "aws-calico/templates/tigera-operator/01-installation.yaml",
+                "manifest": serde_saphyr::to_string(&inst).unwrap_or_default(),
+                "events": ["post-install"],
+                "last_run": {"started_at": BASE_TIME, "completed_at": BASE_TIME, "phase": "Succeeded"},
+            });
+            (operator::rendered_objects(&v), String::new(), vec![hook])
+        }
+    };
+    let live = live_chart_objects(&rendered, &v, nodes.len(), seed);
+    for o in live {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "CustomResourceDefinition" => crds.push(o),
+            "DaemonSet" => {
+                let pods = workloads::daemonset_pods(&o, nodes, &mut |n| ips.next(n), seed);
+                objects.push(o);
+                objects.extend(pods);
+            }
+            "Deployment" => {
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let kids = workloads::deployment_children(
+                    &o,
+                    nodes,
+                    &mut |i| ids::pick(seed, &format!("chart/{name}/{i}"), nodes.len()),
+                    &mut |n| ips.next(n),
+                    seed,
+                );
+                objects.push(o);
+                objects.extend(kids);
+            }
+            _ => objects.push(o),
+        }
+    }
+    let release = chart_release(&v, &rendered, &crds_yaml, hooks);
+    let mut secret = helm::encode_release_secret(&release);
+    secret["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+    // Helm's Secrets.Create adds createdAt (Unix seconds) to the four labels.
+    secret["metadata"]["labels"]["createdAt"] = json!(BASE_TIME_UNIX.to_string());
+    set_uid(&mut secret, seed);
+    objects.push(secret);
+
+    // Calico's cluster-wide objects.
+    let mut calico_objs = vec![
+        calico::felix_configuration_default(),
+        calico::cluster_information_default(seed, "v3.19.1"),
+        calico::deny_aws_imds(),
+    ];
+    if sc.chart == ChartGeneration::V0_3_11 {
+        let mut inst = operator::installation_default();
+        inst["status"] = json!({"variant": "Calico", "calicoVersion": operator::OPERATOR_CALICO_VERSION,
+                                "computed": {"cni": {"type": "AmazonVPC"}, "kubernetesProvider": "EKS"}});
+        calico_objs.push(inst);
+        calico_objs.push(operator::tigera_status_calico());
+        calico_objs[1]["spec"]["calicoVersion"] = json!(operator::OPERATOR_CALICO_VERSION);
+        calico_objs[1]["spec"]["clusterType"] = json!("k8s,operator,ecs,kdd");
+        // The RBAC the operator renders for calico-system's agents.
+        for mut o in operator::calico_node_rbac()
+            .into_iter()
+            .chain(operator::calico_typha_rbac(
+                operator::OPERATOR_CALICO_VERSION,
+            ))
+        {
+            set_uid(&mut o, seed);
+            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+            objects.push(o);
+        }
+        for mut o in operator::calico_system_workloads(
+            chart::typha_replicas(nodes.len()),
+            operator::OPERATOR_CALICO_VERSION,
+        ) {
+            set_uid(&mut o, seed);
+            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+            o["metadata"]["generation"] = json!(1);
+            if o["kind"] == "DaemonSet" {
+                o["status"] = workloads::daemonset_status(nodes.len());
+                let pods = workloads::daemonset_pods(&o, nodes, &mut |n| ips.next(n), seed);
+                objects.push(o);
+                objects.extend(pods);
+            } else {
+                let n = o["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+                o["status"] = workloads::deployment_status(n);
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let kids = workloads::deployment_children(
+                    &o,
+                    nodes,
+                    &mut |i| ids::pick(seed, &format!("calico-system/{name}/{i}"), nodes.len()),
+                    &mut |n| ips.next(n),
+                    seed,
+                );
+                objects.push(o);
+                objects.extend(kids);
+            }
+        }
+    }
+    for mut o in calico_objs {
+        set_uid(&mut o, seed);
+        objects.push(o);
+    }
+}
+
 /// Every object of the scenario in creation order; an error when a zone's subnet cannot
 /// hold the pods placed there.
 pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError> {
@@ -197,140 +345,15 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
         }
     }
 
-    // The chart.
-    let mut v = ChartValues::seed_organisation(&sc.release_name);
-    v.namespace = sc.release_namespace.clone();
-    let (rendered, crds_yaml, hooks) = match sc.chart {
-        ChartGeneration::V0_3_10 => {
-            crds.extend(calico::calico_crds().into_iter().map(|mut c| {
-                set_uid(&mut c, seed);
-                c
-            }));
-            (
-                chart::rendered_objects(&v),
-                calico::calico_crds_v1beta1_yaml(),
-                Vec::new(),
-            )
-        }
-        ChartGeneration::V0_3_11 => {
-            v.chart_version = "0.3.11".into();
-            v.app_version = "1.20.1".into();
-            namespaces.push(cluster::namespace(
-                "calico-system",
-                &[("name", "calico-system")],
-                seed,
-            ));
-            namespaces.push(cluster::namespace(
-                "tigera-operator",
-                &[("name", "tigera-operator")],
-                seed,
-            ));
-            let inst = operator::installation_default();
-            let hook = json!({
-                "name": "default", "kind": "Installation",
-                "path": "aws-calico/templates/tigera-operator/01-installation.yaml",
-                "manifest": serde_saphyr::to_string(&inst).unwrap_or_default(),
-                "events": ["post-install"],
-                "last_run": {"started_at": BASE_TIME, "completed_at": BASE_TIME, "phase": "Succeeded"},
-            });
-            (operator::rendered_objects(&v), String::new(), vec![hook])
-        }
-    };
-    let live = live_chart_objects(&rendered, &v, nodes.len(), seed);
-    for o in live {
-        let kind = o["kind"].as_str().unwrap_or_default().to_string();
-        match kind.as_str() {
-            "CustomResourceDefinition" => crds.push(o),
-            "DaemonSet" => {
-                let pods = workloads::daemonset_pods(&o, &nodes, &mut |n| ips.next(n), seed);
-                objects.push(o);
-                objects.extend(pods);
-            }
-            "Deployment" => {
-                let name = o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let kids = workloads::deployment_children(
-                    &o,
-                    &nodes,
-                    &mut |i| ids::pick(seed, &format!("chart/{name}/{i}"), nodes.len()),
-                    &mut |n| ips.next(n),
-                    seed,
-                );
-                objects.push(o);
-                objects.extend(kids);
-            }
-            _ => objects.push(o),
-        }
-    }
-    let release = chart_release(&v, &rendered, &crds_yaml, hooks);
-    let mut secret = helm::encode_release_secret(&release);
-    secret["metadata"]["creationTimestamp"] = json!(BASE_TIME);
-    // Helm's Secrets.Create adds createdAt (Unix seconds) to the four labels.
-    secret["metadata"]["labels"]["createdAt"] = json!(BASE_TIME_UNIX.to_string());
-    set_uid(&mut secret, seed);
-    objects.push(secret);
-
-    // Calico's cluster-wide objects.
-    let mut calico_objs = vec![
-        calico::felix_configuration_default(),
-        calico::cluster_information_default(seed, "v3.19.1"),
-        calico::deny_aws_imds(),
-    ];
-    if sc.chart == ChartGeneration::V0_3_11 {
-        let mut inst = operator::installation_default();
-        inst["status"] = json!({"variant": "Calico", "calicoVersion": operator::OPERATOR_CALICO_VERSION,
-                                "computed": {"cni": {"type": "AmazonVPC"}, "kubernetesProvider": "EKS"}});
-        calico_objs.push(inst);
-        calico_objs.push(operator::tigera_status_calico());
-        calico_objs[1]["spec"]["calicoVersion"] = json!(operator::OPERATOR_CALICO_VERSION);
-        calico_objs[1]["spec"]["clusterType"] = json!("k8s,operator,ecs,kdd");
-        // The RBAC the operator renders for calico-system's agents.
-        for mut o in operator::calico_node_rbac()
-            .into_iter()
-            .chain(operator::calico_typha_rbac(
-                operator::OPERATOR_CALICO_VERSION,
-            ))
-        {
-            set_uid(&mut o, seed);
-            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
-            objects.push(o);
-        }
-        for mut o in operator::calico_system_workloads(
-            chart::typha_replicas(nodes.len()),
-            operator::OPERATOR_CALICO_VERSION,
-        ) {
-            set_uid(&mut o, seed);
-            o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
-            o["metadata"]["generation"] = json!(1);
-            if o["kind"] == "DaemonSet" {
-                o["status"] = workloads::daemonset_status(nodes.len());
-                let pods = workloads::daemonset_pods(&o, &nodes, &mut |n| ips.next(n), seed);
-                objects.push(o);
-                objects.extend(pods);
-            } else {
-                let n = o["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
-                o["status"] = workloads::deployment_status(n);
-                let name = o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let kids = workloads::deployment_children(
-                    &o,
-                    &nodes,
-                    &mut |i| ids::pick(seed, &format!("calico-system/{name}/{i}"), nodes.len()),
-                    &mut |n| ips.next(n),
-                    seed,
-                );
-                objects.push(o);
-                objects.extend(kids);
-            }
-        }
-    }
-    for mut o in calico_objs {
-        set_uid(&mut o, seed);
-        objects.push(o);
+    if sc.calico {
+        calico_install(
+            sc,
+            &nodes,
+            &mut ips,
+            &mut namespaces,
+            &mut crds,
+            &mut objects,
+        );
     }
 
     // Infrastructure namespaces.

@@ -2,8 +2,8 @@
 //! `propagationPolicy` (Background / Foreground / Orphan, as the garbage
 //! collector does it: k8s.io/kubernetes pkg/controller/garbagecollector),
 //! namespace termination (pkg/controller/namespace/deletion), and CRDs that
-//! stop being served with their objects when deleted (apiextensions-apiserver
-//! pkg/controller/finalizer). All of it runs synchronously inside the store.
+//! stop being served with their objects when deleted (see [`CRD_CLEANUP`]). All of it
+//! runs synchronously inside the store.
 
 use serde_json::{Value, json};
 
@@ -28,6 +28,62 @@ pub struct DeleteOptions {
 pub struct Deleted {
     pub deleted: bool,
     pub object: Value,
+}
+
+/// The finalizer the API server puts on a CRD being deleted, held until every object of
+/// it is gone. As k8s.io/apiextensions-apiserver v0.34.10 does it:
+/// `pkg/registry/customresourcedefinition/etcd.go` lines 118-161 (the first DELETE adds
+/// this finalizer and condition `Terminating` True, reason `InstanceDeletionPending`),
+/// `pkg/controller/finalizer/crd_finalizer.go` lines 112-175 (`sync`: condition
+/// `InstanceDeletionInProgress`, every instance deleted, then the finalizer removed) and
+/// 181-263 (`deleteInstances`: a DeleteCollection per namespace, through the normal
+/// delete path, so an object's own finalizers hold it and with it the CRD; once none is
+/// left, `InstanceDeletionCompleted`). The constant is
+/// `pkg/apis/apiextensions/v1/types.go` line 381. While the CRD is terminating, creates
+/// of its objects are refused (`pkg/apiserver/customresource_handler.go` lines 391-393,
+/// 1476: 403 "create not allowed while custom resource definition is terminating").
+pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+fn is_crd_type(rt: &ResourceType) -> bool {
+    rt.group == "apiextensions.k8s.io" && rt.resource == "customresourcedefinitions"
+}
+
+pub(super) fn crds() -> GroupResource {
+    GroupResource {
+        group: "apiextensions.k8s.io".into(),
+        resource: "customresourcedefinitions".into(),
+    }
+}
+
+/// Set the CRD's `Terminating` condition, as `SetCRDCondition` does.
+fn set_terminating(crd: &mut Value, status: &str, reason: &str, message: &str) {
+    if !crd["status"].is_object() {
+        crd["status"] = json!({});
+    }
+    let cond = json!({"type": "Terminating", "status": status, "reason": reason,
+                      "message": message, "lastTransitionTime": now()});
+    let conds = &mut crd["status"]["conditions"];
+    if !conds.is_array() {
+        *conds = json!([]);
+    }
+    if let Some(list) = conds.as_array_mut() {
+        match list.iter_mut().find(|c| c["type"] == "Terminating") {
+            Some(c) if c["status"] == status => {
+                c["reason"] = json!(reason);
+                c["message"] = json!(message);
+            }
+            Some(c) => *c = cond,
+            None => list.push(cond),
+        }
+    }
+}
+
+/// The CRD of custom type `rt` when it is being deleted: objects of it may not be created.
+pub(super) fn terminating_crd(st: &State, rt: &ResourceType) -> bool {
+    rt.custom
+        && st
+            .get_obj(&crds(), "", &format!("{}.{}", rt.resource, rt.group))
+            .is_some_and(|c| !meta_str(c, "deletionTimestamp").is_empty())
 }
 
 fn finalizers(obj: &Value) -> Vec<String> {
@@ -128,6 +184,10 @@ impl State {
             self.objects.remove(&cr);
             self.registry.remove(&cr);
         }
+        // The last object of a terminating CRD frees it.
+        if rt.custom {
+            self.finish_crd_cleanup(&format!("{}.{}", rt.resource, rt.group));
+        }
         // Background garbage collection of dependents.
         let scope = if rt.namespaced { ns.as_str() } else { "" };
         for (dgr, key) in self.dependents(&uid, scope) {
@@ -147,6 +207,77 @@ impl State {
             self.finish_namespace(&ns);
         }
         gone
+    }
+
+    /// The CRD finalizer's work on CRD `name` once it is marked for deletion: delete
+    /// every object of it (each through the normal delete path), then finish.
+    fn clean_up_crd(&mut self, name: &str) {
+        let Some(mut crd) = self.get_obj(&crds(), "", name).cloned() else {
+            return;
+        };
+        if meta_str(&crd, "deletionTimestamp").is_empty()
+            || !finalizers(&crd).iter().any(|f| f == CRD_CLEANUP)
+        {
+            return;
+        }
+        let old = crd.clone();
+        set_terminating(
+            &mut crd,
+            "True",
+            "InstanceDeletionInProgress",
+            "CustomResource deletion is in progress",
+        );
+        self.commit(&crds(), EventType::Modified, crd.clone(), Some(old));
+        if let Ok(t) = from_crd(&crd)
+            && let Some(crt) = self.registry.get(&t.gr()).cloned()
+        {
+            let keys: Vec<Key> = self
+                .objects
+                .get(&t.gr())
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            for k in keys {
+                let _ = self.delete(&crt, &k.0, &k.1, &DeleteOptions::default());
+            }
+        }
+        self.finish_crd_cleanup(name);
+    }
+
+    /// Drop [`CRD_CLEANUP`] from terminating CRD `name` once no object of it is left,
+    /// and remove the CRD when no other finalizer holds it.
+    fn finish_crd_cleanup(&mut self, name: &str) {
+        let Some(crd) = self.get_obj(&crds(), "", name).cloned() else {
+            return;
+        };
+        let mut fins = finalizers(&crd);
+        if meta_str(&crd, "deletionTimestamp").is_empty() || !fins.iter().any(|f| f == CRD_CLEANUP)
+        {
+            return;
+        }
+        let left = from_crd(&crd)
+            .ok()
+            .and_then(|t| self.objects.get(&t.gr()).map(|m| m.len()))
+            .unwrap_or(0);
+        if left > 0 {
+            return;
+        }
+        let Some(rt) = self.registry.get(&crds()).cloned() else {
+            return;
+        };
+        let mut next = crd.clone();
+        set_terminating(
+            &mut next,
+            "False",
+            "InstanceDeletionCompleted",
+            "removed all instances",
+        );
+        fins.retain(|f| f != CRD_CLEANUP);
+        set_finalizers(&mut next, &fins);
+        if fins.is_empty() {
+            self.remove(&rt, next);
+        } else {
+            self.commit(&crds(), EventType::Modified, next, Some(crd));
+        }
     }
 
     /// The garbage collector's part of finalizers `orphan` and `foregroundDeletion`.
@@ -290,6 +421,10 @@ impl State {
         {
             fins.push(f.to_string());
         }
+        let is_crd = is_crd_type(rt);
+        if is_crd && !fins.iter().any(|x| x == CRD_CLEANUP) {
+            fins.push(CRD_CLEANUP.to_string());
+        }
         let is_ns = gr == namespaces();
         if fins.is_empty() && !is_ns {
             return Ok(Deleted {
@@ -306,6 +441,14 @@ impl State {
         }
         if is_ns {
             marked["status"] = json!({"phase": "Terminating"});
+        }
+        if is_crd {
+            set_terminating(
+                &mut marked,
+                "True",
+                "InstanceDeletionPending",
+                "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon",
+            );
         }
         let marked = self.commit(&gr, EventType::Modified, marked, Some(old));
         if is_ns {
@@ -327,6 +470,9 @@ impl State {
             }
             self.finish_namespace(name);
         } else {
+            if is_crd {
+                self.clean_up_crd(name);
+            }
             self.run_gc_finalizers(rt, ns, name);
         }
         match self.get_obj(&gr, ns, name) {

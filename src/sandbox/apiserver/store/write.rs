@@ -139,6 +139,12 @@ impl State {
                 &[("metadata.name", why)],
             ));
         }
+        if super::lifecycle::terminating_crd(self, rt) {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: create not allowed while custom resource definition is terminating",
+                rt.qualified()
+            )));
+        }
         if rt.namespaced {
             match self.get_obj(&namespaces(), "", &ns) {
                 None => return Err(ApiError::namespace_not_found(&ns)),
