@@ -5,6 +5,7 @@
 pub mod calico_manifest;
 pub mod capture;
 pub mod converter;
+pub mod crds;
 pub mod descriptor;
 pub mod facts;
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub mod render;
 pub mod rollout;
 pub mod rules;
 pub mod session;
+pub mod settled;
 pub mod steps;
 pub mod swap;
 pub mod tolerations;

@@ -49,6 +49,37 @@ pub async fn nodes_without_ready_agent(objects: &Objects) -> anyhow::Result<Vec<
         .collect())
 }
 
+/// Why the calico-node agents are not settled (`settled::unsettled`): a node with no
+/// Ready agent, or whose agent is about to be replaced, or a rolling update under way.
+pub async fn unsettled_agents(objects: &Objects) -> anyhow::Result<Vec<String>> {
+    let mut daemonsets = Vec::new();
+    let mut agents: Vec<Pod> = Vec::new();
+    for ns in [KUBE_SYSTEM, CALICO_SYSTEM] {
+        daemonsets.extend(
+            objects
+                .list("apps/v1", "DaemonSet", Some(ns), None)
+                .await?
+                .iter()
+                .filter_map(kinds::view::<k8s_openapi::api::apps::v1::DaemonSet>),
+        );
+        agents.extend(
+            objects
+                .list("v1", "Pod", Some(ns), None)
+                .await?
+                .iter()
+                .filter_map(kinds::view::<Pod>)
+                .filter(is_agent),
+        );
+    }
+    let nodes: Vec<Node> = objects
+        .list("v1", "Node", None, None)
+        .await?
+        .iter()
+        .filter_map(kinds::view::<Node>)
+        .collect();
+    Ok(super::settled::unsettled(&nodes, &daemonsets, &agents))
+}
+
 /// Nodes that run DaemonSet pods: every node except Fargate ones and those being
 /// deleted.
 pub async fn worker_nodes(objects: &Objects) -> anyhow::Result<Vec<Node>> {

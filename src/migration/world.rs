@@ -240,21 +240,24 @@ impl World {
         Ok(p)
     }
 
-    /// Wait (at most `node_ready_timeout`) until every node has a Ready calico-node:
-    /// a probe pod created on a node mid-swap would fail closed there, and new pod
-    /// addresses are what rules frozen on a swapping node do not know.
+    /// Wait (at most `node_ready_timeout`) until the agents are settled: every node has
+    /// a Ready calico-node that nothing is about to replace (`settled`). A probe pod
+    /// created on a node mid-swap would fail closed there, and new pod addresses are
+    /// what rules frozen on a swapping node do not know; a node relabelled just before
+    /// the operator was frozen, or a rolling update between two nodes, has a Ready
+    /// agent now and a swap a moment later.
     async fn wait_for_agents(&self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + self.options.node_ready_timeout;
         loop {
-            let missing = super::nodes::nodes_without_ready_agent(&self.objects).await?;
-            if missing.is_empty() {
+            let unsettled = super::nodes::unsettled_agents(&self.objects).await?;
+            if unsettled.is_empty() {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
                 anyhow::bail!(
-                    "node(s) {} have had no Ready calico-node for {} s, so no probe pod is created there (it would fail closed); find why (`kubectl -n kube-system get pods -o wide`, `kubectl -n calico-system get pods -o wide`), then `calico-migrate apply --resume` or `calico-migrate rollback`",
-                    missing.join(", "),
-                    self.options.node_ready_timeout.as_secs()
+                    "the calico-node agents have not settled for {} s ({}), so no probe pod is created (one created mid-swap would fail closed); find why (`kubectl -n kube-system get pods -o wide`, `kubectl -n calico-system get pods -o wide`, `kubectl get ds -A`), then `calico-migrate apply --resume` or `calico-migrate rollback`",
+                    self.options.node_ready_timeout.as_secs(),
+                    unsettled.join("; ")
                 );
             }
             tokio::time::sleep(self.options.poll).await;
