@@ -17,6 +17,13 @@ use serde_json::{Value, json};
 /// Simulated seconds per real second for the controllers and the operator.
 const TIME_SCALE: f64 = 20.0;
 
+/// Both sides run operator v1.17.4 on Kubernetes 1.24, the newest minor its line runs
+/// on: plan picks the same-version profile there, whose operator the manifest installs
+/// (a manifest of another release than the profile's is a blocker).
+fn kubernetes() -> anyhow::Result<calico_migrate::sandbox::KubernetesVersion> {
+    Ok(calico_migrate::sandbox::KubernetesVersion::new(24)?)
+}
+
 /// The same cluster for the floor and for apply.
 fn scenario_config(nodes: usize) -> ScenarioConfig {
     ScenarioConfig {
@@ -30,7 +37,10 @@ fn scenario_config(nodes: usize) -> ScenarioConfig {
 /// The floor's sandbox: seeded only, so that its install can be prepared before the
 /// controllers start (the rig starts them at once).
 fn sandbox(nodes: usize) -> anyhow::Result<Sandbox> {
-    let sb = Sandbox::new(SandboxOptions::default());
+    let sb = Sandbox::new(SandboxOptions {
+        kubernetes_version: kubernetes()?,
+        ..SandboxOptions::default()
+    });
     sb.load(scenario::build(&scenario_config(nodes))?)?;
     Ok(sb)
 }
@@ -125,6 +135,7 @@ async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
         &scenario_config(nodes),
         &RigOptions {
             time_scale: TIME_SCALE,
+            kubernetes_version: kubernetes()?,
             ..RigOptions::default()
         },
     )

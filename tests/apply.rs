@@ -787,6 +787,50 @@ async fn the_current_path_with_the_real_manifests_applies_and_rolls_back() -> Re
     Ok(())
 }
 
+/// The same-version path with the real artifact: on Kubernetes 1.24 plan picks operator
+/// v1.17.4 by itself, the published Calico v3.19.1 `tigera-operator.yaml` (its
+/// policy/v1beta1 PodSecurityPolicies still served) drives install-operator, apply
+/// completes with every check passing, and rollback returns to the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_version_path_with_the_real_v3_19_1_manifest_applies_and_rolls_back() -> Result<()>
+{
+    let env = support::env_1_24(3).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let before = support::snapshot(&env.sb)?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "-o", "json", "--operator-manifest"])
+        .arg(support::real(
+            "calico-v3.19.1-tigera-operator.rendered.yaml",
+        )))?;
+    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(plan["profile"], "aws-calico-0.3.10-v3.19", "{plan:#}");
+    assert!(!step_ids(&env)?.contains(&"align-versions".to_string()));
+
+    let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
+    let psps = env.sb.store().list(
+        &calico_migrate::sandbox::Gvr::new("policy", "v1beta1", "podsecuritypolicies"),
+        None,
+        &Default::default(),
+    )?;
+    assert!(
+        psps.items
+            .iter()
+            .any(|p| p["metadata"]["name"] == "tigera-operator"),
+        "the manifest's PodSecurityPolicy was applied"
+    );
+    no_lapse(&env).await?;
+
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
+    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback: {diff:?}");
+    no_lapse(&env).await?;
+    Ok(())
+}
+
 /// The same-version profile named on a cluster its operator cannot run on is a
 /// blocker that names the reason; plan exits 3 and apply has nothing to run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1152,13 +1152,31 @@ async fn the_real_v3_19_1_operator_manifest_is_a_blocker_on_kubernetes_1_33() {
         .iter()
         .filter(|b| b["fixed_by"].is_null())
         .collect();
+    // Two blockers no step fixes: the API the cluster does not serve, and the manifest's
+    // operator (v1.17.4) is not the one of the profile picked for 1.33 (v1.38.6).
+    let codes: Vec<&str> = unfixed.iter().filter_map(|b| b["code"].as_str()).collect();
     assert_eq!(
-        unfixed.len(),
-        1,
-        "the only blocker no step fixes: {unfixed:?}"
+        codes,
+        [
+            "OPERATOR_MANIFEST_VERSION_MISMATCH",
+            "OPERATOR_MANIFEST_API_NOT_SERVED"
+        ],
+        "{unfixed:?}"
     );
-    let b = unfixed[0];
-    assert_eq!(b["code"], "OPERATOR_MANIFEST_API_NOT_SERVED");
+    let mismatch = unfixed[0]["message"].as_str().unwrap_or("");
+    assert!(
+        mismatch.contains("installs operator v1.17.4 (document 24 (line 4877), Deployment tigera-operator/tigera-operator)")
+            && mismatch.contains("written for operator v1.38.6"),
+        "{mismatch}"
+    );
+    assert!(
+        unfixed[0]["fix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("the built-in profile aws-calico-0.3.10-v3.19"),
+        "{unfixed:?}"
+    );
+    let b = unfixed[1];
     let message = b["message"].as_str().unwrap_or("");
     // The PSP is the 20th document of the file (18 CRDs, Namespace, then it).
     for want in [

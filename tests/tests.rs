@@ -15,6 +15,7 @@ mod support;
 // The tests, one module per area.
 mod apply;
 mod check;
+mod compatibility;
 mod deploy;
 mod engine;
 mod plan;

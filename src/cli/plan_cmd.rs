@@ -22,8 +22,9 @@ use crate::migration::{permissions, profile::Profile, render, rules};
 pub struct PlanArgs {
     /// Migration profile: a built-in name (aws-calico-0.3.10-v3.19, the same-version
     /// path for Kubernetes up to 1.24; aws-calico-0.3.10-v3.30, the current path) or a
-    /// YAML file. Without it, plan picks the built-in profile whose operator runs on the
-    /// cluster's Kubernetes version and says why.
+    /// YAML file. Without it, plan picks the built-in profile written for the operator
+    /// release --operator-manifest installs, where it runs on the cluster's Kubernetes,
+    /// else the one whose operator runs on that version, and says why.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
 
@@ -58,7 +59,13 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
     let (profile, reason) = match named {
         Some(p) => (p, None),
         None => {
-            let picked = Profile::pick(&conn.server_version)?;
+            // A reviewed operator manifest says which release the team chose: the profile
+            // written for it, where it runs on this cluster.
+            let release = given_operator
+                .as_ref()
+                .and_then(|m| manifest::operator_version(&m.objects))
+                .map(|(v, _)| v);
+            let picked = Profile::pick_for(&conn.server_version, release.as_deref())?;
             (picked.profile, Some(picked.reason))
         }
     };
@@ -88,6 +95,14 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
     .context("decoding the Helm release")?;
     plan.profile_reason = reason;
     if let Some(m) = &manifest {
+        if profile.operator.install != OperatorInstall::External
+            && let Some((found, at)) = manifest::operator_version(&m.objects)
+            && found != profile.target.operator_version
+        {
+            plan.add_findings([rules::manifest_operator_mismatch(
+                &m.file, &found, at.place, &profile,
+            )]);
+        }
         if profile.operator.install != OperatorInstall::External {
             let objects = Objects::new(conn.client.clone(), retry);
             let served = manifest::served_apis(&objects, &m.objects).await?;

@@ -98,6 +98,32 @@ const FIX_FILE: &str = "fix the file or download it again";
 /// metadata.name, the fields the API server requires of the kinds a truncated file
 /// cuts short, a file that ends mid-line refused as truncated, and the objects this
 /// step refuses to apply ([`check_object`]). `file` names the file in messages.
+/// The operator release a manifest installs: the image tag of Deployment
+/// tigera-operator/tigera-operator's `tigera-operator` container
+/// (`quay.io/tigera/operator:v1.38.6` -> `v1.38.6`), with the object it was read from.
+/// None when the file holds no such Deployment (or its image has no tag).
+pub fn operator_version(objects: &[ManifestObject]) -> Option<(String, &ManifestObject)> {
+    let d = objects.iter().find(|o| {
+        o.r.kind == "Deployment"
+            && o.r.name == "tigera-operator"
+            && o.r.namespace.as_deref() == Some("tigera-operator")
+    })?;
+    let image = d
+        .obj
+        .pointer("/spec/template/spec/containers")?
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "tigera-operator")?["image"]
+        .as_str()?;
+    let (_, tag) = image
+        .rsplit_once('/')
+        .unwrap_or(("", image))
+        .1
+        .split_once(':')?;
+    let tag = tag.split('@').next().unwrap_or(tag);
+    Some((tag.to_string(), d))
+}
+
 pub fn read_manifest(file: &str, bytes: &[u8]) -> Result<Vec<ManifestObject>, ManifestError> {
     let objects = read_objects(file, bytes)?;
     for o in &objects {
@@ -529,6 +555,31 @@ mod tests {
     }
 
     const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n";
+
+    #[test]
+    fn the_operator_release_is_the_tag_of_the_operator_container() {
+        let deployment = |image: &str| {
+            format!(
+                "{NS}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: tigera-operator, namespace: tigera-operator}}\nspec:\n  selector: {{matchLabels: {{name: tigera-operator}}}}\n  template:\n    metadata: {{labels: {{name: tigera-operator}}}}\n    spec:\n      containers:\n      - {{name: sidecar, image: \"x/y:v0\"}}\n      - {{name: tigera-operator, image: \"{image}\"}}\n"
+            )
+        };
+        let version = |text: &str| {
+            let objs = read_manifest("op.yaml", text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            operator_version(&objs).map(|(v, o)| (v, o.place.map(|p| p.doc)))
+        };
+        assert_eq!(
+            version(&deployment("quay.io/tigera/operator:v1.38.6")),
+            Some(("v1.38.6".to_string(), Some(2)))
+        );
+        assert_eq!(
+            version(&deployment(
+                "registry.local:5000/tigera/operator:v1.17.4@sha256:ab"
+            )),
+            Some(("v1.17.4".to_string(), Some(2)))
+        );
+        assert_eq!(version(&deployment("quay.io/tigera/operator")), None);
+        assert_eq!(version(NS), None);
+    }
 
     #[test]
     fn documents_are_numbered_with_their_first_line() {

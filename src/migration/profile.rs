@@ -211,6 +211,57 @@ pub struct Picked {
 }
 
 impl Profile {
+    /// The built-in profile for the operator release a reviewed manifest installs, when
+    /// one is written for that release and runs on this Kubernetes version; otherwise
+    /// the one [`Profile::pick`] chooses by Kubernetes version (a manifest of another
+    /// release is then a blocker, `OPERATOR_MANIFEST_VERSION_MISMATCH`).
+    pub fn pick_for(
+        kubernetes_version: &str,
+        manifest_operator: Option<&str>,
+    ) -> Result<Picked, ProfileError> {
+        let by_version = Profile::pick(kubernetes_version);
+        if let (Some(op), Some(minor)) = (manifest_operator, parse_minor(kubernetes_version)) {
+            for (name, text) in BUILTIN {
+                let profile = Profile::parse(text, name)?;
+                if profile.target.operator_version != op || !profile.kubernetes.admits(minor) {
+                    continue;
+                }
+                let reason = match &by_version {
+                    Ok(p) if p.profile.name == profile.name => format!(
+                        "{}; the operator manifest installs that operator ({op})",
+                        p.reason
+                    ),
+                    other => format!(
+                        "profile {name} chosen for the operator manifest's operator {op}, which \
+                         runs on Kubernetes {} (this cluster: {}.{}){}",
+                        profile.kubernetes.describe(),
+                        minor.0,
+                        minor.1,
+                        match other {
+                            Ok(p) => format!(
+                                "; by Kubernetes version alone plan would take {}",
+                                p.profile.name
+                            ),
+                            Err(_) => String::new(),
+                        }
+                    ),
+                };
+                return Ok(Picked { profile, reason });
+            }
+        }
+        by_version
+    }
+
+    /// The built-in profile written for operator release `version`, if any.
+    pub fn builtin_for_operator(version: &str) -> Option<&'static str> {
+        BUILTIN.iter().find_map(|(name, text)| {
+            Profile::parse(text, name)
+                .ok()
+                .filter(|p| p.target.operator_version == version)
+                .map(|_| *name)
+        })
+    }
+
     /// The built-in profile for a cluster of this Kubernetes version (`v1.33.2-eks-…`):
     /// the first, in [`BUILTIN`]'s order, whose operator runs on it; the reason names
     /// the profiles passed over and why.
@@ -422,6 +473,40 @@ mod tests {
         assert!(pick("latest").is_err());
         assert_eq!(parse_minor("v1.33.2-eks-113cf36"), Some((1, 33)));
         assert_eq!(parse_minor("1.21+"), Some((1, 21)));
+    }
+
+    #[test]
+    fn a_reviewed_manifest_picks_the_profile_of_its_operator_where_it_runs() {
+        let pick = |v: &str, op: Option<&str>| {
+            Profile::pick_for(v, op)
+                .map(|p| (p.profile.name, p.reason))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // v1.38.6 runs on 1.24 too: the team's manifest decides.
+        let (name, reason) = pick("v1.24.17", Some("v1.38.6"));
+        assert_eq!(name, CURRENT_PROFILE);
+        assert!(
+            reason.contains("operator manifest's operator v1.38.6")
+                && reason.contains(&format!("alone plan would take {SAME_VERSION_PROFILE}")),
+            "{reason}"
+        );
+        let (_, reason) = pick("v1.33.0", Some("v1.38.6"));
+        assert!(
+            reason.contains(&format!("not {SAME_VERSION_PROFILE}"))
+                && reason.ends_with("the operator manifest installs that operator (v1.38.6)"),
+            "{reason}"
+        );
+        assert_eq!(pick("v1.24.17", Some("v1.17.4")).0, SAME_VERSION_PROFILE);
+        // v1.17.4 cannot run on 1.25: picked by Kubernetes version (and the manifest is
+        // then a blocker); an operator no profile is written for, the same.
+        assert_eq!(pick("v1.29.1", Some("v1.17.4")).0, CURRENT_PROFILE);
+        assert_eq!(pick("v1.24.1", Some("v1.99.0")).0, SAME_VERSION_PROFILE);
+        assert_eq!(pick("v1.24.1", None).0, SAME_VERSION_PROFILE);
+        assert_eq!(
+            Profile::builtin_for_operator("v1.17.4"),
+            Some(SAME_VERSION_PROFILE)
+        );
+        assert_eq!(Profile::builtin_for_operator("v1.99.0"), None);
     }
 
     #[test]

@@ -1081,6 +1081,40 @@ fn removed_in(api_version: &str) -> Option<&'static str> {
     })
 }
 
+/// `OPERATOR_MANIFEST_VERSION_MISMATCH`: the manifest installs another operator release
+/// than the one the profile is written for. What plan predicts (the converter's
+/// refusals, how the operator moves nodes and ends the takeover, the Calico version it
+/// brings) holds for the profile's release only.
+pub fn manifest_operator_mismatch(
+    file: &str,
+    found: &str,
+    place: Option<super::manifest::Place>,
+    profile: &Profile,
+) -> Finding {
+    let at = place.map(|p| format!("{p}, ")).unwrap_or_default();
+    let other = match Profile::builtin_for_operator(found) {
+        Some(name) => format!(
+            "; or, for operator {found}, the built-in profile {name} (plan without --profile \
+             picks it when it runs on this cluster's Kubernetes)"
+        ),
+        None => String::new(),
+    };
+    f(
+        "OPERATOR_MANIFEST_VERSION_MISMATCH",
+        Blocker,
+        format!(
+            "{file} installs operator {found} ({at}Deployment tigera-operator/tigera-operator), \
+             but profile {} is written for operator {}: its steps, checks and the converter's \
+             predictions hold for that release only",
+            profile.name, profile.target.operator_version
+        ),
+        format!(
+            "pass the manifest of operator {} ({}){other}",
+            profile.target.operator_version, profile.operator.manifest_url
+        ),
+    )
+}
+
 /// `OPERATOR_MANIFEST_API_NOT_SERVED`: objects of the operator manifest whose API the
 /// cluster does not serve (manifest::unserved). `apply` would stop at
 /// install-operator; both plan and that step say it in these words.

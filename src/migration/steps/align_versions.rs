@@ -15,6 +15,7 @@ use crate::migration::calico_manifest::{
     Alignment, CALICO_NODE, CALICO_TYPHA, alignment, holds_rules, images_patch, role_over,
 };
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
+use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
@@ -177,27 +178,6 @@ fn established(crd: &Value) -> bool {
                 str_at(c, "/type") == Some("Established") && str_at(c, "/status") == Some("True")
             })
         })
-}
-
-/// Objects of a kind the step created that still hold custom objects: a CRD is
-/// deleted on rollback only when empty (deleting it deletes them).
-async fn crd_is_empty(world: &World, crd: &ObjRef) -> anyhow::Result<bool> {
-    let Some(live) = world.objects.get(crd).await? else {
-        return Ok(true);
-    };
-    let group = str_at(&live, "/spec/group").unwrap_or_default();
-    let kind = str_at(&live, "/spec/names/kind").unwrap_or_default();
-    let version = live
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .and_then(|vs| vs.iter().find(|v| v.get("storage") == Some(&json!(true))))
-        .and_then(|v| str_at(v, "/name"))
-        .unwrap_or("v1");
-    let objects = world
-        .objects
-        .list(&format!("{group}/{version}"), kind, None, None)
-        .await?;
-    Ok(objects.is_empty())
 }
 
 /// Merge patch putting back the containers arrays of `saved` where their images differ.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
+use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::manifest::{ManifestObject, check_object, served_apis, unserved};
@@ -19,7 +20,7 @@ use crate::migration::operator::wait_operator_ready;
 use crate::migration::profile::OperatorInstall;
 use crate::migration::refs::{installation_ref, operator_ref};
 use crate::migration::wait::wait_gone;
-use crate::migration::world::World;
+use crate::migration::world::{Observation, World};
 
 pub const ID: &str = "install-operator";
 
@@ -46,7 +47,7 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             ]),
             after: lines(&["tigera-operator Deployment Available", "kube-system calico-node untouched (same generation)"]),
         },
-        rollback: lines(&["delete the operator Deployment, its RBAC and namespace, and the operator.tigera.io CRDs (only what it created; never a Calico CRD)"]),
+        rollback: lines(&["delete the operator Deployment, its RBAC and namespace, and the CRDs it created (a Calico CRD only while it holds no object)"]),
         gate: external.then(|| format!(
             "install tigera-operator {} with Helm/Terraform WITHOUT an Installation (chart value installation.enabled=false), then run `calico-migrate apply --resume`",
             p.target.operator_version
@@ -61,7 +62,8 @@ struct Saved {
     external: bool,
     /// Manifest objects that existed before, as they were.
     existed: Vec<Value>,
-    /// Manifest objects that did not exist: rollback deletes these (never a Calico CRD).
+    /// Manifest objects that did not exist: rollback deletes these (a Calico CRD only
+    /// while it holds no object).
     created: Vec<ObjRef>,
 }
 
@@ -284,19 +286,33 @@ impl Step<World> for InstallOperator {
                     if deleting { " (being deleted)" } else { "" }
                 );
             }
+            // A Calico CRD the manifest brought is deleted only while empty (the v3.19.1
+            // manifest adds ipamconfigs, ipamhandles and kubecontrollersconfigurations
+            // to the chart's 12): one holding objects is kept, and said.
+            let mut kept = Vec::new();
             for r in saved.created.iter().rev() {
-                if is_calico_crd(r) {
-                    tracing::info!("keeping {r}: a Calico CRD is never deleted");
+                if is_calico_crd(r) && !crd_is_empty(world, r).await? {
+                    kept.push(r.clone());
                     continue;
                 }
                 if world.objects.delete(r).await? {
                     tracing::info!("deleted {r}");
                 }
             }
+            if !kept.is_empty() {
+                world.observe(Observation::Note {
+                    step: ID.into(),
+                    text: format!(
+                        "kept {} Calico CustomResourceDefinition(s) the operator manifest created, because objects of them exist now (deleting a CRD deletes its objects): {}",
+                        kept.len(),
+                        kept.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
             let gone: Vec<ObjRef> = saved
                 .created
                 .iter()
-                .filter(|r| !is_calico_crd(r))
+                .filter(|r| !kept.contains(r))
                 .cloned()
                 .collect();
             wait_gone(world, "the operator's objects to be gone", &gone).await?;
