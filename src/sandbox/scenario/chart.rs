@@ -231,8 +231,9 @@ impl ChartValues {
                 .trim_end_matches('-')
                 .to_string()
         };
-        // aws/eks-charts stable/aws-calico/templates/_helpers.tpl:4-6 (name), 11-13
-        // (chart), 20-31 (fullname), 36-43 (labels), 48-54 (serviceAccountName).
+        // aws/eks-charts stable/aws-calico/templates/_helpers.tpl:5-7 (name), 12-14
+        // (chart), 21-32 (fullname), 37-44 (labels), 49-55 (serviceAccountName), chart
+        // 0.3.10.
         let name_override = str_at(&values, "/nameOverride");
         let name = if name_override.is_empty() {
             chart_name
@@ -300,7 +301,8 @@ pub struct RenderedDoc {
 
 /// Every document the chart renders for `v`, in Helm's install order: templates by
 /// path (partials `_*` render nothing), each cut into documents, then a stable sort
-/// by kind (helm v3.17.3 pkg/releaseutil/manifest_sorter.go:73-110, kind_sorter.go).
+/// by kind (helm v3.17.3 pkg/releaseutil/manifest_sorter.go `SortManifests`,
+/// kind_sorter.go).
 pub fn render(v: &ChartValues) -> Result<Vec<RenderedDoc>, String> {
     let ctx = v.context();
     let mut templates: Vec<&(&str, &str)> = CHART_FILES
@@ -345,7 +347,7 @@ pub fn rendered_objects(v: &ChartValues) -> Vec<(&'static str, Value)> {
 }
 
 /// The release manifest: each document as `---`, `# Source: <chart>/templates/<file>`,
-/// its text (helm v3.17.3 pkg/action/action.go:188-196).
+/// its text and a newline (helm v3.17.3 pkg/action/action.go, `renderResources`).
 pub fn manifest(docs: &[RenderedDoc]) -> String {
     docs.iter()
         .map(|d| {
@@ -396,7 +398,7 @@ fn rendered(v: &ChartValues, kind: &str, name: &str) -> Value {
 }
 
 /// `aws-calico.labels` plus the per-object `app.kubernetes.io/name`
-/// (templates/_helpers.tpl:36-43).
+/// (aws/eks-charts stable/aws-calico/templates/_helpers.tpl:37-44 at chart 0.3.10).
 pub fn chart_labels(v: &ChartValues, app_name: &str) -> Value {
     json!({
         "app.kubernetes.io/name": app_name,
@@ -407,14 +409,14 @@ pub fn chart_labels(v: &ChartValues, app_name: &str) -> Value {
     })
 }
 
-/// DaemonSet calico-node as rendered (no namespace, no status;
-/// templates/daemon-set.yaml).
+/// DaemonSet calico-node as rendered (no namespace, no status; aws/eks-charts
+/// stable/aws-calico/templates/daemon-set.yaml:1-164 at chart 0.3.10).
 pub fn calico_node_daemonset(v: &ChartValues) -> Value {
     rendered(v, "DaemonSet", "calico-node")
 }
 
-/// calico-node's env in the chart's order, then `extraEnv`
-/// (templates/daemon-set.yaml:53-103).
+/// calico-node's env in the chart's order, then `extraEnv` (aws/eks-charts
+/// stable/aws-calico/templates/daemon-set.yaml:53-107 at chart 0.3.10).
 pub fn calico_node_env(v: &ChartValues) -> Vec<Value> {
     calico_node_daemonset(v)
         .pointer("/spec/template/spec/containers/0/env")
@@ -424,13 +426,13 @@ pub fn calico_node_env(v: &ChartValues) -> Vec<Value> {
 }
 
 /// Deployment calico-typha (replicas left to the autoscaler; set when seeding;
-/// templates/deployment.yaml:1-94).
+/// aws/eks-charts stable/aws-calico/templates/deployment.yaml:1-94 at chart 0.3.10).
 pub fn typha_deployment(v: &ChartValues) -> Value {
     rendered(v, "Deployment", "calico-typha")
 }
 
 /// Deployment calico-typha-horizontal-autoscaler (cluster-proportional-autoscaler;
-/// templates/deployment.yaml:98-146).
+/// aws/eks-charts stable/aws-calico/templates/deployment.yaml:98-146 at chart 0.3.10).
 pub fn autoscaler_deployment(v: &ChartValues) -> Value {
     rendered(v, "Deployment", "calico-typha-horizontal-autoscaler")
 }

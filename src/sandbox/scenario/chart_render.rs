@@ -354,8 +354,8 @@ pub fn to_yaml(v: &Value) -> String {
 }
 
 /// A rendered file cut into documents the way Helm cuts it (helm v3.17.3
-/// pkg/releaseutil/manifest.go:31-56: split on `(?:^|\s*\n)---\s*`, each piece
-/// trimmed, empty ones dropped).
+/// pkg/releaseutil/manifest.go `SplitManifests`: split on `(?:^|\s*\n)---\s*`, each
+/// piece trimmed, empty ones dropped).
 pub fn split_manifests(text: &str) -> Vec<String> {
     let text = text.trim();
     let mut rest = text.strip_prefix("---").unwrap_or(text);
@@ -379,7 +379,8 @@ pub fn split_manifests(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Helm's install order by kind (helm v3.17.3 pkg/releaseutil/kind_sorter.go:31-70).
+/// Helm's install order by kind (helm v3.17.3 pkg/releaseutil/kind_sorter.go
+/// `InstallOrder`).
 pub const INSTALL_ORDER: &[&str] = &[
     "PriorityClass",
     "Namespace",
@@ -422,7 +423,7 @@ pub const INSTALL_ORDER: &[&str] = &[
 ];
 
 /// Where a kind goes in [`INSTALL_ORDER`]; unknown kinds after every known one,
-/// alphabetically (kind_sorter.go:128-150).
+/// alphabetically (kind_sorter.go `lessByKind`).
 pub fn install_rank(kind: &str) -> (usize, String) {
     match INSTALL_ORDER.iter().position(|k| *k == kind) {
         Some(i) => (i, String::new()),
