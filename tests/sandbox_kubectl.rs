@@ -1285,7 +1285,9 @@ fn field_differences(seed: &Value, helm: &Value) -> Vec<String> {
 /// An object without what the API server and the controllers write: uid,
 /// resourceVersion, creationTimestamp, generation, managedFields, status, the
 /// revision annotations of the DaemonSet and Deployment controllers, a Service's
-/// allocated cluster IPs.
+/// allocated cluster IPs, and calico-typha's replicas (the chart's deployment.yaml
+/// sets none; its cluster-proportional-autoscaler writes them through the scale
+/// subresource, which the seed shows as done).
 fn without_server_fields(mut o: Value) -> Value {
     if let Some(m) = o["metadata"].as_object_mut() {
         for k in [
@@ -1311,6 +1313,12 @@ fn without_server_fields(mut o: Value) -> Value {
     {
         s.remove("clusterIP");
         s.remove("clusterIPs");
+    }
+    if o["kind"] == "Deployment"
+        && o["metadata"]["name"] == "calico-typha"
+        && let Some(s) = o["spec"].as_object_mut()
+    {
+        s.remove("replicas");
     }
     o
 }
@@ -1338,17 +1346,19 @@ fn release_objects(sp: &SandboxProcess) -> Result<std::collections::BTreeMap<Str
         .collect())
 }
 
-/// What real helm 3 makes of the published 0.3.10 chart, given the values the seeded
-/// release records, against what the built-in seed holds for that release: the same
-/// objects (kind and name, the 12 CRDs of crds/ included). How their fields differ,
-/// server-managed fields aside, is printed for the record (`-- --nocapture`), not
-/// asserted: it says where the seed stands in for Helm's rendering.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helm3_0_3_10_install_makes_the_objects_of_the_seeded_release() -> Result<()> {
-    const TEST: &str =
-        "sandbox_kubectl::helm3_0_3_10_install_makes_the_objects_of_the_seeded_release";
-    let Some((path, chart)) = helm_and_chart(TEST, 3, "aws-calico-0.3.10.tgz")? else {
-        return Ok(());
+/// Where the seeded release and what real helm `major` installs from the published
+/// 0.3.10 chart (into a `--no-calico` sandbox at 1.21, with the values the seeded
+/// release records) differ: the same objects (kind and name, the 12 CRDs of crds/
+/// included) must come out, and each field that differs, server-managed fields aside,
+/// is one line. With `record`, also `helm get manifest`, `helm get values --all` and
+/// the chart fields of `helm get metadata`, which read the release Secret.
+async fn seed_against_helm_install(
+    test: &str,
+    major: u32,
+    record: bool,
+) -> Result<Option<Vec<String>>> {
+    let Some((path, chart)) = helm_and_chart(test, major, "aws-calico-0.3.10.tgz")? else {
+        return Ok(None);
     };
     let seeded = SandboxProcess::seeded(&["--kubernetes-version", "1.21"]).await?;
     let bare = SandboxProcess::seeded(&["--no-calico", "--kubernetes-version", "1.21"]).await?;
@@ -1362,7 +1372,7 @@ async fn helm3_0_3_10_install_makes_the_objects_of_the_seeded_release() -> Resul
     assert_eq!(
         seed.keys().collect::<Vec<_>>(),
         made.keys().collect::<Vec<_>>(),
-        "the seeded release's objects vs what helm installed"
+        "the seeded release's objects vs what helm {major} installed"
     );
     assert_eq!(seed.len(), 14 + 12, "{:?}", seed.keys());
 
@@ -1372,22 +1382,132 @@ async fn helm3_0_3_10_install_makes_the_objects_of_the_seeded_release() -> Resul
             report.push(format!("{key}: {d}"));
         }
     }
-    let all = [
-        "get", "values", RELEASE, "-n", RELEASE_NS, "--all", "-o", "json",
-    ];
-    let (seed_values, helm_values): (Value, Value) = (
-        serde_json::from_str(&seeded_helm.ok(&all)?)?,
-        serde_json::from_str(&helm.ok(&all)?)?,
-    );
-    for d in field_differences(&seed_values, &helm_values) {
-        report.push(format!("helm get values --all: {d}"));
+    if record {
+        let all = [
+            "get", "values", RELEASE, "-n", RELEASE_NS, "--all", "-o", "json",
+        ];
+        let (seed_values, helm_values): (Value, Value) = (
+            serde_json::from_str(&seeded_helm.ok(&all)?)?,
+            serde_json::from_str(&helm.ok(&all)?)?,
+        );
+        for d in field_differences(&seed_values, &helm_values) {
+            report.push(format!("helm get values --all: {d}"));
+        }
+        let manifest = ["get", "manifest", RELEASE, "-n", RELEASE_NS];
+        let (seed_text, helm_text) = (seeded_helm.ok(&manifest)?, helm.ok(&manifest)?);
+        let (seed_lines, helm_lines): (Vec<&str>, Vec<&str>) =
+            (seed_text.lines().collect(), helm_text.lines().collect());
+        for i in 0..seed_lines.len().max(helm_lines.len()) {
+            let (x, y) = (seed_lines.get(i), helm_lines.get(i));
+            if x != y {
+                report.push(format!(
+                    "helm get manifest, line {}: seed {x:?}, helm {y:?}",
+                    i + 1
+                ));
+            }
+        }
+        let meta = ["get", "metadata", RELEASE, "-n", RELEASE_NS, "-o", "json"];
+        let (mut seed_meta, mut helm_meta): (Value, Value) = (
+            serde_json::from_str(&seeded_helm.ok(&meta)?)?,
+            serde_json::from_str(&helm.ok(&meta)?)?,
+        );
+        for m in [&mut seed_meta, &mut helm_meta] {
+            if let Some(m) = m.as_object_mut() {
+                m.remove("deployedAt");
+            }
+        }
+        for d in field_differences(&seed_meta, &helm_meta) {
+            report.push(format!("helm get metadata: {d}"));
+        }
     }
-    println!(
-        "{TEST}: {} field differences between the seed and helm's install:",
-        report.len()
+    Ok(Some(report))
+}
+
+/// What real helm 3 makes of the published 0.3.10 chart, given the values the seeded
+/// release records, is what the built-in seed holds for that release: the same
+/// objects field for field (server-managed fields aside), the same stored manifest,
+/// values and chart metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm3_0_3_10_install_makes_exactly_the_seeded_release() -> Result<()> {
+    const TEST: &str = "sandbox_kubectl::helm3_0_3_10_install_makes_exactly_the_seeded_release";
+    let Some(report) = seed_against_helm_install(TEST, 3, true).await? else {
+        return Ok(());
+    };
+    assert!(
+        report.is_empty(),
+        "{} differences between the seed and helm 3's install:\n  {}",
+        report.len(),
+        report.join("\n  ")
     );
-    for line in &report {
-        println!("  {line}");
+    Ok(())
+}
+
+/// The same for helm 4, which creates the objects by server-side apply: the objects
+/// it makes are the seeded release's, field for field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm4_0_3_10_install_makes_exactly_the_seeded_objects() -> Result<()> {
+    const TEST: &str = "sandbox_kubectl::helm4_0_3_10_install_makes_exactly_the_seeded_objects";
+    let Some(report) = seed_against_helm_install(TEST, 4, false).await? else {
+        return Ok(());
+    };
+    assert!(
+        report.is_empty(),
+        "{} differences between the seed and helm 4's install:\n  {}",
+        report.len(),
+        report.join("\n  ")
+    );
+    Ok(())
+}
+
+/// The chart files the seed embeds are those of the published 0.3.10 tarball, byte for
+/// byte, and nothing of the tarball is left out.
+#[test]
+fn embedded_0_3_10_chart_is_the_published_tarball() -> Result<()> {
+    const TEST: &str = "sandbox_kubectl::embedded_0_3_10_chart_is_the_published_tarball";
+    let Some(chart) = real_chart(TEST, "aws-calico-0.3.10.tgz") else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let out = Command::new("tar")
+        .arg("xzf")
+        .arg(&chart)
+        .arg("-C")
+        .arg(dir.path())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tar could not unpack {chart}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join("aws-calico");
+    let mut published = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(&root)?.display().to_string();
+                published.push((rel, std::fs::read_to_string(&p)?));
+            }
+        }
+    }
+    published.sort();
+    let mut embedded: Vec<(String, String)> = calico_migrate::sandbox::scenario::chart::CHART_FILES
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+    embedded.sort();
+    assert_eq!(
+        embedded.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        published.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for ((path, mine), (_, theirs)) in embedded.iter().zip(&published) {
+        assert!(
+            mine == theirs,
+            "{path} differs from the published tarball's"
+        );
     }
     Ok(())
 }

@@ -263,7 +263,8 @@ fn calico_node_daemonset_matches_the_chart() {
     let objs = built(&cfg(2, 0, 0, 1));
     let ds = find(&objs, "DaemonSet", "kube-system", "calico-node");
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["image"], "calico/node:v3.19.1");
+    // values.yaml: calico.node.image quay.io/calico/node, calico.tag v3.19.1.
+    assert_eq!(c["image"], "quay.io/calico/node:v3.19.1");
     let env: Vec<String> = c["env"]
         .as_array()
         .map(Vec::as_slice)
@@ -282,7 +283,8 @@ fn calico_node_daemonset_matches_the_chart() {
         [
             "DATASTORE_TYPE=kubernetes",
             "FELIX_INTERFACEPREFIX=eni",
-            "FELIX_LOGSEVERITYSCREEN=info",
+            // `{{ .Values.calico.node.logseverity }}`, values.yaml `Info`.
+            "FELIX_LOGSEVERITYSCREEN=Info",
             "CALICO_NETWORKING_BACKEND=none",
             "CLUSTER_TYPE=k8s,ecs",
             "CALICO_DISABLE_FILE_LOGGING=true",

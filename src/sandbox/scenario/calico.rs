@@ -68,25 +68,45 @@ pub fn crd_v1(group: &str, plural: &str, kind: &str, namespaced: bool, status: b
     })
 }
 
-/// The 12 Calico CRDs as clusters applied them (apiextensions v1).
+/// The 12 Calico CRDs of the chart's `crds/crds.yaml` as the API server keeps them:
+/// Helm creates them at apiextensions.k8s.io/v1beta1 (the file's version, no schema),
+/// the server stores them at v1 with upstream's defaults and conversion
+/// (`convert::crd_v1beta1_to_v1`: `preserveUnknownFields: true`, `conversion.strategy:
+/// None`, versions without a schema, k8s.io/apiextensions-apiserver v0.34.0
+/// pkg/apis/apiextensions/v1/conversion.go `Convert_apiextensions_CustomResourceDefinitionSpec_To_v1_CustomResourceDefinitionSpec`,
+/// which moves a schema into the versions only when `validation` is set). An upgrade
+/// of the control plane rewrites nothing, so a cluster installed at 1.21 reads them
+/// the same way at every later minor. Status as established.
 pub fn calico_crds() -> Vec<Value> {
-    CALICO_CRDS
-        .iter()
-        .map(|(p, k, ns)| crd_v1(CALICO_GROUP, p, k, *ns, false))
+    chart_crd_documents()
+        .into_iter()
+        .map(|d| {
+            let mut crd = crate::sandbox::apiserver::convert::crd_v1beta1_to_v1(d);
+            crd["apiVersion"] = json!("apiextensions.k8s.io/v1");
+            let names = &crd["spec"]["names"];
+            let (plural, kind) = (
+                names["plural"].as_str().unwrap_or_default().to_string(),
+                names["kind"].as_str().unwrap_or_default().to_string(),
+            );
+            crd["status"] = crd_v1(CALICO_GROUP, &plural, &kind, false, false)["status"].clone();
+            crd
+        })
         .collect()
 }
 
-/// The chart's `crds/crds.yaml` as it shipped: apiextensions v1beta1 documents.
+/// The documents of the chart's `crds/crds.yaml`, in the file's order.
+fn chart_crd_documents() -> Vec<Value> {
+    super::chart_render::split_manifests(&calico_crds_v1beta1_yaml())
+        .iter()
+        .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
+        .filter(|d| d.get("kind").is_some())
+        .collect()
+}
+
+/// The chart's `crds/crds.yaml` as it shipped: apiextensions v1beta1 documents
+/// (aws/eks-charts stable/aws-calico/crds/crds.yaml at chart 0.3.10).
 pub fn calico_crds_v1beta1_yaml() -> String {
-    let mut out = String::new();
-    for (plural, kind, namespaced) in CALICO_CRDS {
-        out.push_str(&format!(
-            "---\napiVersion: apiextensions.k8s.io/v1beta1\nkind: CustomResourceDefinition\nmetadata:\n  name: {plural}.{CALICO_GROUP}\nspec:\n  scope: {}\n  group: {CALICO_GROUP}\n  version: v1\n  names:\n    kind: {kind}\n    plural: {plural}\n    singular: {}\n",
-            if *namespaced { "Namespaced" } else { "Cluster" },
-            kind.to_lowercase()
-        ));
-    }
-    out
+    super::chart::chart_file("crds/crds.yaml").to_string()
 }
 
 /// FelixConfiguration `default` as calico-node creates it on first start in

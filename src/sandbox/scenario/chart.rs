@@ -1,14 +1,109 @@
-//! The aws-calico chart 0.3.10 (Calico v3.19.1) as Helm renders it.
+//! The aws-calico chart 0.3.10 (Calico v3.19.1) as `helm install` renders it.
 //!
-//! Templates reproduced from aws/eks-charts `stable/aws-calico/templates/`
-//! (daemon-set.yaml, deployment.yaml, config-map.yaml, service.yaml,
-//! service-accounts.yaml, rbac.yaml, pod-disruption-budget.yaml, _helpers.tpl)
-//! with `fullnameOverride: calico`; the 0.3.x env additions
-//! (FELIX_ROUTESOURCE, extraEnv) and the Fargate node affinity (chart 0.3.3)
-//! follow docs/upstream.md, "The aws-calico 0.3.10 chart". Objects are built as JSON directly;
-//! the stored manifest is their YAML.
+//! The chart's files are embedded as published (`data/aws-calico-0.3.10/`, the
+//! files of aws/eks-charts gh-pages `aws-calico-0.3.10.tgz`, sha256 5756b82f...; the
+//! sources are aws/eks-charts `stable/aws-calico/` at chart 0.3.10). The seed renders
+//! its templates with the release's values (`chart_render`: the Go-template subset
+//! they use), cuts and orders the result as Helm does, and builds every live object
+//! from the rendered text, so the stored manifest and the objects cannot disagree.
+//! The release record keeps the chart as Helm stores it: metadata from Chart.yaml,
+//! the template sources, values.yaml, and the other files (crds/, README.md,
+//! .helmignore).
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
+
+use super::chart_render::{self, Context};
+use crate::helm::{Chart, ChartFile, ChartMetadata};
+
+/// The published chart's files in the tarball's order (Helm's loader keeps it for
+/// `templates` and `files`). Paths are relative to the chart directory.
+pub const CHART_FILES: &[(&str, &str)] = &[
+    (
+        "Chart.yaml",
+        include_str!("data/aws-calico-0.3.10/Chart.yaml"),
+    ),
+    (
+        "values.yaml",
+        include_str!("data/aws-calico-0.3.10/values.yaml"),
+    ),
+    (
+        "templates/_helpers.tpl",
+        include_str!("data/aws-calico-0.3.10/templates/_helpers.tpl"),
+    ),
+    (
+        "templates/config-map.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/config-map.yaml"),
+    ),
+    (
+        "templates/daemon-set.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/daemon-set.yaml"),
+    ),
+    (
+        "templates/deployment.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/deployment.yaml"),
+    ),
+    (
+        "templates/pod-disruption-budget.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/pod-disruption-budget.yaml"),
+    ),
+    (
+        "templates/podsecuritypolicy.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/podsecuritypolicy.yaml"),
+    ),
+    (
+        "templates/rbac.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/rbac.yaml"),
+    ),
+    (
+        "templates/service-accounts.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/service-accounts.yaml"),
+    ),
+    (
+        "templates/service.yaml",
+        include_str!("data/aws-calico-0.3.10/templates/service.yaml"),
+    ),
+    (
+        ".helmignore",
+        include_str!("data/aws-calico-0.3.10/.helmignore"),
+    ),
+    (
+        "README.md",
+        include_str!("data/aws-calico-0.3.10/README.md"),
+    ),
+    (
+        "crds/crds.yaml",
+        include_str!("data/aws-calico-0.3.10/crds/crds.yaml"),
+    ),
+];
+
+/// One embedded chart file by path ("" when absent).
+pub fn chart_file(path: &str) -> &'static str {
+    CHART_FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, t)| *t)
+        .unwrap_or_default()
+}
+
+/// A YAML text as JSON (Null when it does not parse; the embedded files all do, see
+/// the tests).
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap_or(Value::Null)
+}
+
+/// The chart's values.yaml.
+fn default_values() -> Map<String, Value> {
+    yaml(chart_file("values.yaml"))
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
+    v.pointer(path).and_then(Value::as_str).unwrap_or_default()
+}
 
 /// The values the chart was installed with, and the release it belongs to.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,29 +126,47 @@ pub struct ChartValues {
     pub user_values: Map<String, Value>,
 }
 
+/// The chart's own values (values.yaml), as `ChartValues::default` holds them.
 impl Default for ChartValues {
     fn default() -> Self {
-        let node_resources = json!({"requests": {"memory": "32Mi", "cpu": "20m"},
-                                    "limits": {"memory": "64Mi", "cpu": "100m"}});
-        let typha_resources = json!({"requests": {"memory": "64Mi", "cpu": "50m"},
-                                     "limits": {"memory": "96Mi", "cpu": "100m"}});
+        let chart = yaml(chart_file("Chart.yaml"));
+        let d = Value::Object(default_values());
         Self {
             release_name: "aws-calico".into(),
             namespace: "kube-system".into(),
-            chart_version: "0.3.10".into(),
-            app_version: "3.19.1".into(),
-            calico_tag: "v3.19.1".into(),
-            node_image: "calico/node".into(),
-            typha_image: "calico/typha".into(),
-            autoscaler_image: "k8s.gcr.io/cpa/cluster-proportional-autoscaler".into(),
-            autoscaler_tag: "1.8.3".into(),
-            node_resources,
-            typha_resources,
-            autoscaler_resources: json!({"requests": {"memory": "16Mi", "cpu": "10m"},
-                                         "limits": {"memory": "32Mi", "cpu": "10m"}}),
+            chart_version: str_at(&chart, "/version").into(),
+            app_version: str_at(&chart, "/appVersion").into(),
+            calico_tag: str_at(&d, "/calico/tag").into(),
+            node_image: str_at(&d, "/calico/node/image").into(),
+            typha_image: str_at(&d, "/calico/typha/image").into(),
+            autoscaler_image: str_at(&d, "/autoscaler/image").into(),
+            autoscaler_tag: str_at(&d, "/autoscaler/tag").into(),
+            node_resources: d["calico"]["node"]["resources"].clone(),
+            typha_resources: d["calico"]["typha"]["resources"].clone(),
+            autoscaler_resources: d["calico"]["typha_autoscaler"]["resources"].clone(),
             node_extra_env: Vec::new(),
             user_values: Map::new(),
         }
+    }
+}
+
+/// `dst` with `src` merged in, maps key by key (Helm's coalescing of user values
+/// over the chart's, pkg/chartutil/coalesce.go).
+fn coalesce(dst: &mut Value, src: &Value) {
+    match (dst, src) {
+        (Value::Object(d), Value::Object(s)) => {
+            for (k, v) in s {
+                match d.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        coalesce(existing, v)
+                    }
+                    _ => {
+                        d.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (d, s) => *d = s.clone(),
     }
 }
 
@@ -86,35 +199,206 @@ impl ChartValues {
 
     /// The chart's default values.yaml as JSON (stored in the release's chart).
     pub fn chart_defaults(&self) -> Map<String, Value> {
-        json!({
-            "fullnameOverride": "calico",
-            "serviceAccount": {"create": true},
-            "podSecurityPolicy": {"create": false},
-            "calico": {
-                "tag": self.calico_tag,
-                "typha": {"logseverity": "Info", "image": self.typha_image,
-                          "resources": {"requests": {"memory": "64Mi", "cpu": "50m"},
-                                        "limits": {"memory": "96Mi", "cpu": "100m"}},
-                          "tolerations": [], "nodeSelector": {"beta.kubernetes.io/os": "linux"},
-                          "podAnnotations": {}, "podLabels": {}},
-                "node": {"logseverity": "Info", "image": self.node_image, "extraEnv": [],
-                         "resources": {"requests": {"memory": "32Mi", "cpu": "20m"},
-                                       "limits": {"memory": "64Mi", "cpu": "100m"}},
-                         "nodeSelector": {"beta.kubernetes.io/os": "linux"},
-                         "podAnnotations": {}, "podLabels": {}},
-                "typha_autoscaler": {"resources": self.autoscaler_resources, "tolerations": [],
-                                     "nodeSelector": {"beta.kubernetes.io/os": "linux"},
-                                     "podAnnotations": {}, "podLabels": {}},
-            },
-            "autoscaler": {"tag": self.autoscaler_tag, "image": self.autoscaler_image},
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
+        default_values()
+    }
+
+    /// The values the templates see: values.yaml, this struct's fields, then the
+    /// user's values over them.
+    pub fn values(&self) -> Value {
+        let mut v = Value::Object(default_values());
+        v["calico"]["tag"] = json!(self.calico_tag);
+        v["calico"]["node"]["image"] = json!(self.node_image);
+        v["calico"]["node"]["resources"] = self.node_resources.clone();
+        v["calico"]["node"]["extraEnv"] = json!(self.node_extra_env);
+        v["calico"]["typha"]["image"] = json!(self.typha_image);
+        v["calico"]["typha"]["resources"] = self.typha_resources.clone();
+        v["calico"]["typha_autoscaler"]["resources"] = self.autoscaler_resources.clone();
+        v["autoscaler"]["image"] = json!(self.autoscaler_image);
+        v["autoscaler"]["tag"] = json!(self.autoscaler_tag);
+        coalesce(&mut v, &Value::Object(self.user_values.clone()));
+        v
+    }
+
+    /// What the templates see: `.Values`, `.Release`, `.Chart`, and the named
+    /// templates of `_helpers.tpl` rendered for these values.
+    fn context(&self) -> Context {
+        let values = self.values();
+        let chart_name = "aws-calico";
+        let trunc = |s: &str| -> String {
+            s.chars()
+                .take(63)
+                .collect::<String>()
+                .trim_end_matches('-')
+                .to_string()
+        };
+        // aws/eks-charts stable/aws-calico/templates/_helpers.tpl:5-7 (name), 12-14
+        // (chart), 21-32 (fullname), 37-44 (labels), 49-55 (serviceAccountName), chart
+        // 0.3.10.
+        let name_override = str_at(&values, "/nameOverride");
+        let name = if name_override.is_empty() {
+            chart_name
+        } else {
+            name_override
+        };
+        let fullname_override = str_at(&values, "/fullnameOverride");
+        let fullname = if !fullname_override.is_empty() {
+            trunc(fullname_override)
+        } else if self.release_name.contains(name) {
+            trunc(&self.release_name)
+        } else {
+            trunc(&format!("{}-{name}", self.release_name))
+        };
+        let chart = trunc(&format!("{chart_name}-{}", self.chart_version).replace('+', "_"));
+        let mut labels = format!(
+            "helm.sh/chart: {chart}\napp.kubernetes.io/instance: {}",
+            self.release_name
+        );
+        if !self.app_version.is_empty() {
+            labels.push_str(&format!(
+                "\napp.kubernetes.io/version: {:?}",
+                self.app_version
+            ));
+        }
+        labels.push_str("\napp.kubernetes.io/managed-by: Helm");
+        let sa_name = str_at(&values, "/serviceAccount/name");
+        let sa_create = values
+            .pointer("/serviceAccount/create")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let service_account = match (sa_create, sa_name.is_empty()) {
+            (true, true) => fullname.clone(),
+            (false, true) => "default".to_string(),
+            (_, false) => sa_name.to_string(),
+        };
+        Context {
+            root: json!({
+                "Values": values,
+                "Release": {"Name": self.release_name, "Namespace": self.namespace,
+                            "Service": "Helm", "IsInstall": true, "IsUpgrade": false,
+                            "Revision": 1},
+                "Chart": {"Name": chart_name, "Version": self.chart_version,
+                          "AppVersion": self.app_version},
+            }),
+            includes: BTreeMap::from([
+                ("aws-calico.name".to_string(), trunc(name)),
+                ("aws-calico.chart".to_string(), chart),
+                ("aws-calico.fullname".to_string(), fullname),
+                ("aws-calico.labels".to_string(), labels),
+                ("aws-calico.serviceAccountName".to_string(), service_account),
+            ]),
+        }
     }
 }
 
-/// `aws-calico.labels` plus the per-object `app.kubernetes.io/name`.
+/// One document of the release manifest: the template it came from (under
+/// `templates/`), its text as Helm stores it, and the object it reads as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedDoc {
+    pub source: &'static str,
+    pub text: String,
+    pub object: Value,
+}
+
+/// Every document the chart renders for `v`, in Helm's install order: templates by
+/// path (partials `_*` render nothing), each cut into documents, then a stable sort
+/// by kind (helm v3.17.3 pkg/releaseutil/manifest_sorter.go `SortManifests`,
+/// kind_sorter.go).
+pub fn render(v: &ChartValues) -> Result<Vec<RenderedDoc>, String> {
+    let ctx = v.context();
+    let mut templates: Vec<&(&str, &str)> = CHART_FILES
+        .iter()
+        .filter(|(p, _)| p.starts_with("templates/") && !p.starts_with("templates/_"))
+        .collect();
+    templates.sort_by_key(|(p, _)| *p);
+    let mut docs = Vec::new();
+    for (path, src) in templates {
+        let source = path.trim_start_matches("templates/");
+        let text = chart_render::render(src, &ctx).map_err(|e| {
+            format!("The embedded aws-calico template {path} does not render: {e}.")
+        })?;
+        for doc in chart_render::split_manifests(&text) {
+            let object: Value = serde_saphyr::from_str(&doc).map_err(|e| {
+                format!("The rendered aws-calico template {path} is not YAML: {e}.")
+            })?;
+            if object.get("kind").and_then(Value::as_str).is_none() {
+                return Err(format!(
+                    "A document rendered from the aws-calico template {path} has no kind."
+                ));
+            }
+            docs.push(RenderedDoc {
+                source,
+                text: doc,
+                object,
+            });
+        }
+    }
+    docs.sort_by_key(|d| chart_render::install_rank(d.object["kind"].as_str().unwrap_or("")));
+    Ok(docs)
+}
+
+/// Every object of the chart as rendered, in Helm's install order, each with the
+/// template file it came from (none when the chart does not render).
+pub fn rendered_objects(v: &ChartValues) -> Vec<(&'static str, Value)> {
+    render(v)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d.source, d.object))
+        .collect()
+}
+
+/// The release manifest: each document as `---`, `# Source: <chart>/templates/<file>`,
+/// its text and a newline (helm v3.17.3 pkg/action/action.go, `renderResources`).
+pub fn manifest(docs: &[RenderedDoc]) -> String {
+    docs.iter()
+        .map(|d| {
+            format!(
+                "---\n# Source: aws-calico/templates/{}\n{}\n",
+                d.source, d.text
+            )
+        })
+        .collect()
+}
+
+/// The chart as the release record stores it: Chart.yaml's metadata, the templates'
+/// sources, values.yaml, and the remaining files, in the tarball's order.
+pub fn stored_chart() -> Chart {
+    let meta = yaml(chart_file("Chart.yaml"));
+    let files = |templates: bool| -> Vec<ChartFile> {
+        CHART_FILES
+            .iter()
+            .filter(|(p, _)| !matches!(*p, "Chart.yaml" | "values.yaml"))
+            .filter(|(p, _)| p.starts_with("templates/") == templates)
+            .map(|(p, t)| ChartFile::new(*p, *t))
+            .collect()
+    };
+    Chart {
+        metadata: ChartMetadata {
+            name: str_at(&meta, "/name").into(),
+            version: str_at(&meta, "/version").into(),
+            description: str_at(&meta, "/description").into(),
+            icon: str_at(&meta, "/icon").into(),
+            api_version: str_at(&meta, "/apiVersion").into(),
+            app_version: str_at(&meta, "/appVersion").into(),
+            ..ChartMetadata::default()
+        },
+        lock: None,
+        templates: files(true),
+        values: default_values(),
+        schema: None,
+        files: files(false),
+    }
+}
+
+fn rendered(v: &ChartValues, kind: &str, name: &str) -> Value {
+    rendered_objects(v)
+        .into_iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or(Value::Null)
+}
+
+/// `aws-calico.labels` plus the per-object `app.kubernetes.io/name`
+/// (aws/eks-charts stable/aws-calico/templates/_helpers.tpl:37-44 at chart 0.3.10).
 pub fn chart_labels(v: &ChartValues, app_name: &str) -> Value {
     json!({
         "app.kubernetes.io/name": app_name,
@@ -125,178 +409,32 @@ pub fn chart_labels(v: &ChartValues, app_name: &str) -> Value {
     })
 }
 
-fn meta(v: &ChartValues, name: &str, app_name: &str) -> Value {
-    json!({"name": name, "labels": chart_labels(v, app_name)})
-}
-
-/// The `# Source:` file of each rendered object.
-const SRC: &str = "aws-calico/templates/";
-
-/// calico-node env exactly in the chart's order, then `extraEnv`.
-pub fn calico_node_env(v: &ChartValues) -> Vec<Value> {
-    let kv = |n: &str, val: &str| json!({"name": n, "value": val});
-    let mut env = vec![
-        kv("DATASTORE_TYPE", "kubernetes"),
-        kv("FELIX_INTERFACEPREFIX", "eni"),
-        kv("FELIX_LOGSEVERITYSCREEN", "info"),
-        kv("CALICO_NETWORKING_BACKEND", "none"),
-        kv("CLUSTER_TYPE", "k8s,ecs"),
-        kv("CALICO_DISABLE_FILE_LOGGING", "true"),
-        kv("FELIX_TYPHAK8SSERVICENAME", "calico-typha"),
-        kv("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"),
-        kv("FELIX_IPTABLESMANGLEALLOWACTION", "Return"),
-        kv("FELIX_IPV6SUPPORT", "false"),
-        kv("WAIT_FOR_DATASTORE", "true"),
-        kv("FELIX_LOGSEVERITYSYS", "none"),
-        kv("FELIX_PROMETHEUSMETRICSENABLED", "true"),
-        kv("FELIX_ROUTESOURCE", "WorkloadIPs"),
-        kv("NO_DEFAULT_POOLS", "true"),
-        json!({"name": "NODENAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}}}),
-        kv("IP", ""),
-        kv("FELIX_HEALTHENABLED", "true"),
-    ];
-    env.extend(v.node_extra_env.iter().cloned());
-    env
-}
-
-/// DaemonSet calico-node as rendered (no namespace, no status).
+/// DaemonSet calico-node as rendered (no namespace, no status; aws/eks-charts
+/// stable/aws-calico/templates/daemon-set.yaml:1-164 at chart 0.3.10).
 pub fn calico_node_daemonset(v: &ChartValues) -> Value {
-    json!({
-        "kind": "DaemonSet",
-        "apiVersion": "apps/v1",
-        "metadata": meta(v, "calico-node", "calico-node"),
-        "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "calico-node"}},
-            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": "calico-node"}},
-                "spec": {
-                    "priorityClassName": "system-node-critical",
-                    "nodeSelector": {"beta.kubernetes.io/os": "linux"},
-                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [{"matchExpressions": [{
-                            "key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["fargate"],
-                        }]}],
-                    }}},
-                    "hostNetwork": true,
-                    "serviceAccountName": "calico-node",
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [{
-                        "name": "calico-node",
-                        "image": format!("{}:{}", v.node_image, v.calico_tag),
-                        "env": calico_node_env(v),
-                        "securityContext": {"privileged": true},
-                        "livenessProbe": {"httpGet": {"path": "/liveness", "port": 9099, "host": "localhost"},
-                                          "periodSeconds": 10, "initialDelaySeconds": 10, "failureThreshold": 6},
-                        "readinessProbe": {"exec": {"command": ["/bin/calico-node", "-felix-ready"]},
-                                           "periodSeconds": 10},
-                        "resources": v.node_resources,
-                        "volumeMounts": [
-                            {"mountPath": "/lib/modules", "name": "lib-modules", "readOnly": true},
-                            {"mountPath": "/run/xtables.lock", "name": "xtables-lock", "readOnly": false},
-                            {"mountPath": "/var/run/calico", "name": "var-run-calico", "readOnly": false},
-                            {"mountPath": "/var/lib/calico", "name": "var-lib-calico", "readOnly": false},
-                        ],
-                    }],
-                    "volumes": [
-                        {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
-                        {"name": "var-run-calico", "hostPath": {"path": "/var/run/calico"}},
-                        {"name": "var-lib-calico", "hostPath": {"path": "/var/lib/calico"}},
-                        {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
-                    ],
-                    "tolerations": [
-                        {"effect": "NoSchedule", "operator": "Exists"},
-                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                        {"effect": "NoExecute", "operator": "Exists"},
-                    ],
-                },
-            },
-        },
-    })
+    rendered(v, "DaemonSet", "calico-node")
 }
 
-/// Deployment calico-typha (replicas left to the autoscaler; set when seeding).
+/// calico-node's env in the chart's order, then `extraEnv` (aws/eks-charts
+/// stable/aws-calico/templates/daemon-set.yaml:53-107 at chart 0.3.10).
+pub fn calico_node_env(v: &ChartValues) -> Vec<Value> {
+    calico_node_daemonset(v)
+        .pointer("/spec/template/spec/containers/0/env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Deployment calico-typha (replicas left to the autoscaler; set when seeding;
+/// aws/eks-charts stable/aws-calico/templates/deployment.yaml:1-94 at chart 0.3.10).
 pub fn typha_deployment(v: &ChartValues) -> Value {
-    let kv = |n: &str, val: &str| json!({"name": n, "value": val});
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta(v, "calico-typha", "calico-typha"),
-        "spec": {
-            "revisionHistoryLimit": 2,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "calico-typha"}},
-            "template": {
-                "metadata": {
-                    "labels": {"app.kubernetes.io/name": "calico-typha"},
-                    "annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"},
-                },
-                "spec": {
-                    "priorityClassName": "system-cluster-critical",
-                    "nodeSelector": {"beta.kubernetes.io/os": "linux"},
-                    "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
-                    "hostNetwork": true,
-                    "serviceAccountName": "calico-node",
-                    "containers": [{
-                        "image": format!("{}:{}", v.typha_image, v.calico_tag),
-                        "name": "calico-typha",
-                        "ports": [{"containerPort": 5473, "name": "calico-typha", "protocol": "TCP"}],
-                        "env": [
-                            kv("FELIX_INTERFACEPREFIX", "eni"),
-                            kv("TYPHA_LOGFILEPATH", "none"),
-                            kv("TYPHA_LOGSEVERITYSYS", "none"),
-                            kv("TYPHA_LOGSEVERITYSCREEN", "Info"),
-                            kv("TYPHA_PROMETHEUSMETRICSENABLED", "true"),
-                            kv("TYPHA_CONNECTIONREBALANCINGMODE", "kubernetes"),
-                            kv("TYPHA_PROMETHEUSMETRICSPORT", "9093"),
-                            kv("TYPHA_DATASTORETYPE", "kubernetes"),
-                            kv("TYPHA_MAXCONNECTIONSLOWERLIMIT", "1"),
-                            kv("TYPHA_HEALTHENABLED", "true"),
-                            kv("FELIX_IPTABLESMANGLEALLOWACTION", "Return"),
-                        ],
-                        "livenessProbe": {"httpGet": {"path": "/liveness", "port": 9098, "host": "localhost"},
-                                          "periodSeconds": 30, "initialDelaySeconds": 30},
-                        "readinessProbe": {"httpGet": {"path": "/readiness", "port": 9098, "host": "localhost"},
-                                           "periodSeconds": 10},
-                        "resources": v.typha_resources,
-                    }],
-                },
-            },
-        },
-    })
+    rendered(v, "Deployment", "calico-typha")
 }
 
-/// Deployment calico-typha-horizontal-autoscaler (cluster-proportional-autoscaler).
+/// Deployment calico-typha-horizontal-autoscaler (cluster-proportional-autoscaler;
+/// aws/eks-charts stable/aws-calico/templates/deployment.yaml:98-146 at chart 0.3.10).
 pub fn autoscaler_deployment(v: &ChartValues) -> Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta(v, "calico-typha-horizontal-autoscaler", "calico-typha-autoscaler"),
-        "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "calico-typha-autoscaler"}},
-            "replicas": 1,
-            "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": "calico-typha-autoscaler"}},
-                "spec": {
-                    "priorityClassName": "system-cluster-critical",
-                    "nodeSelector": {"beta.kubernetes.io/os": "linux"},
-                    "containers": [{
-                        "image": format!("{}:{}", v.autoscaler_image, v.autoscaler_tag),
-                        "name": "autoscaler",
-                        "command": [
-                            "/cluster-proportional-autoscaler",
-                            format!("--namespace={}", v.namespace),
-                            "--configmap=calico-typha-horizontal-autoscaler",
-                            "--target=deployment/calico-typha",
-                            "--logtostderr=true",
-                            "--v=2",
-                        ],
-                        "resources": v.autoscaler_resources,
-                    }],
-                    "serviceAccountName": "calico-typha-cpha",
-                },
-            },
-        },
-    })
+    rendered(v, "Deployment", "calico-typha-horizontal-autoscaler")
 }
 
 /// The autoscaler's ladder: typha replicas by node count.
@@ -323,156 +461,12 @@ pub fn typha_replicas(nodes: usize) -> usize {
     r.min(nodes)
 }
 
-fn autoscaler_configmap(v: &ChartValues) -> Value {
-    let ladder = TYPHA_LADDER
-        .iter()
-        .map(|(n, r)| format!("        [{n}, {r}]"))
-        .collect::<Vec<_>>()
-        .join(",\n");
-    json!({
-        "kind": "ConfigMap",
-        "apiVersion": "v1",
-        "metadata": meta(v, "calico-typha-horizontal-autoscaler", "calico-typha-autoscaler"),
-        "data": {"ladder": format!(
-            "{{\n  \"coresToReplicas\": [],\n  \"nodesToReplicas\":\n  [\n{ladder}\n  ]\n}}"
-        )},
-    })
-}
-
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
-    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
-}
-
-/// ClusterRole calico-node as the chart renders it: the 15 rules of aws-calico 0.3.10
-/// `templates/rbac.yaml:1-143`, kept once in the embedded Calico version data
-/// (`data/calico-versions.yaml`, line v3.19), which a test holds equal to the chart.
-fn node_cluster_role(v: &ChartValues) -> Value {
-    let rules: Vec<Value> = crate::sandbox::controllers::felix::catalogue()
-        .ok()
-        .and_then(|c| c.line("v3.19"))
-        .and_then(|d| d.cluster_role.as_ref())
-        .map(|r| r.rules.iter().map(|r| r.to_json()).collect())
-        .unwrap_or_default();
-    json!({
-        "kind": "ClusterRole",
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "metadata": meta(v, "calico-node", "calico-node"),
-        "rules": rules,
-    })
-}
-
-fn binding(v: &ChartValues, kind: &str, name: &str, role_kind: &str, sa: &str) -> Value {
-    let app = if name == "calico-node" {
-        "calico-node"
-    } else {
-        "calico-typha-autoscaler"
-    };
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": kind,
-        "metadata": meta(v, name, app),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": v.namespace}],
-    })
-}
-
-/// Every object of the chart as rendered, in Helm's install order, each with
-/// the template file it came from.
-pub fn rendered_objects(v: &ChartValues) -> Vec<(&'static str, Value)> {
-    vec![
-        (
-            "pod-disruption-budget.yaml",
-            json!({
-                "apiVersion": "policy/v1beta1",
-                "kind": "PodDisruptionBudget",
-                "metadata": meta(v, "calico-typha", "calico-typha"),
-                "spec": {"maxUnavailable": 1,
-                         "selector": {"matchLabels": {"app.kubernetes.io/name": "calico-typha"}}},
-            }),
-        ),
-        (
-            "service-accounts.yaml",
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": meta(v, "calico-node", "calico-node")}),
-        ),
-        (
-            "service-accounts.yaml",
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": meta(v, "calico-typha-cpha", "calico-typha-autoscaler")}),
-        ),
-        ("config-map.yaml", autoscaler_configmap(v)),
-        ("rbac.yaml", node_cluster_role(v)),
-        (
-            "rbac.yaml",
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": meta(v, "calico-typha-cpha", "calico-typha-autoscaler"),
-                "rules": [rule(&[""], &["nodes"], &["list", "watch"])],
-            }),
-        ),
-        (
-            "rbac.yaml",
-            binding(
-                v,
-                "ClusterRoleBinding",
-                "calico-node",
-                "ClusterRole",
-                "calico-node",
-            ),
-        ),
-        (
-            "rbac.yaml",
-            binding(
-                v,
-                "ClusterRoleBinding",
-                "calico-typha-cpha",
-                "ClusterRole",
-                "calico-typha-cpha",
-            ),
-        ),
-        (
-            "rbac.yaml",
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": meta(v, "calico-typha-cpha", "calico-typha-autoscaler"),
-                "rules": [rule(&[""], &["configmaps"], &["get"]),
-                          rule(&["extensions", "apps"], &["deployments/scale"], &["get", "update"])],
-            }),
-        ),
-        (
-            "rbac.yaml",
-            binding(
-                v,
-                "RoleBinding",
-                "calico-typha-cpha",
-                "Role",
-                "calico-typha-cpha",
-            ),
-        ),
-        (
-            "service.yaml",
-            json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": meta(v, "calico-typha", "calico-typha"),
-                "spec": {"ports": [{"port": 5473, "protocol": "TCP", "targetPort": "calico-typha", "name": "calico-typha"}],
-                         "selector": {"app.kubernetes.io/name": "calico-typha"}},
-            }),
-        ),
-        ("daemon-set.yaml", calico_node_daemonset(v)),
-        ("deployment.yaml", typha_deployment(v)),
-        ("deployment.yaml", autoscaler_deployment(v)),
-    ]
-}
-
-/// The stored manifest: `---`, `# Source:`, then each object's YAML.
+/// The stored manifest for objects without template text (chart 0.3.11's operator
+/// install): `---`, `# Source:`, then each object's YAML.
 pub fn render_manifest(objs: &[(&str, Value)]) -> String {
     let mut out = String::new();
     for (file, obj) in objs {
-        out.push_str("---\n# Source: ");
-        out.push_str(SRC);
+        out.push_str("---\n# Source: aws-calico/templates/");
         out.push_str(file);
         out.push('\n');
         match serde_saphyr::to_string(obj) {
@@ -485,4 +479,66 @@ pub fn render_manifest(objs: &[(&str, Value)]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_embedded_file_parses_and_every_template_renders() {
+        for path in ["Chart.yaml", "values.yaml"] {
+            assert!(yaml(chart_file(path)).is_object(), "{path}");
+        }
+        assert_eq!(super::super::calico::calico_crds().len(), 12);
+        let docs = render(&ChartValues::default()).unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<_> = docs
+            .iter()
+            .map(|d| format!("{}/{}", d.object["kind"], d.object["metadata"]["name"]))
+            .collect();
+        assert_eq!(docs.len(), 14, "{kinds:?}");
+        assert!(docs.iter().all(|d| !d.text.contains("{{")));
+        assert_eq!(docs[0].object["kind"], "PodDisruptionBudget");
+        assert_eq!(
+            docs[13].object["metadata"]["name"],
+            "calico-typha-horizontal-autoscaler"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_charts_values() {
+        let v = ChartValues::default();
+        assert_eq!(v.node_image, "quay.io/calico/node");
+        assert_eq!(v.chart_version, "0.3.10");
+        assert_eq!(v.app_version, "3.19.1");
+        assert_eq!(
+            v.values(),
+            Value::Object(v.chart_defaults()),
+            "the fields hold values.yaml"
+        );
+    }
+
+    #[test]
+    fn release_values_reach_the_objects() {
+        let mut v = ChartValues::seed_organisation("calico");
+        v.namespace = "calico-ns".into();
+        v.node_extra_env = vec![json!({"name": "FELIX_XDPENABLED", "value": "false"})];
+        let docs = render(&v).unwrap_or_else(|e| panic!("{e}"));
+        let ds = calico_node_daemonset(&v);
+        let env = calico_node_env(&v);
+        assert_eq!(env.last(), Some(&v.node_extra_env[0]));
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["resources"],
+            v.node_resources
+        );
+        assert_eq!(
+            ds["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "calico"
+        );
+        let text = manifest(&docs);
+        assert!(
+            text.contains("            - name: FELIX_XDPENABLED\n              value: \"false\"\n")
+        );
+        assert!(text.contains("- --namespace=calico-ns\n"));
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod calico;
 pub mod chart;
+pub mod chart_render;
 pub mod cluster;
 pub mod ids;
 pub mod net;

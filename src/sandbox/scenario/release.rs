@@ -63,8 +63,6 @@ pub fn live_chart_objects(
                     let ip = format!("172.20.{}.{}", ids::pick(seed, "typha-svc-a", 250) + 1, ids::pick(seed, "typha-svc-b", 250) + 2);
                     o["spec"]["clusterIP"] = json!(ip);
                     o["spec"]["clusterIPs"] = json!([ip]);
-                    o["spec"]["type"] = json!("ClusterIP");
-                    o["spec"]["sessionAffinity"] = json!("None");
                     o["status"] = json!({"loadBalancer": {}});
                 }
                 "CustomResourceDefinition" => {
@@ -82,13 +80,37 @@ pub fn live_chart_objects(
         .collect()
 }
 
-/// The Helm release (revision 1, deployed) for the rendered chart objects.
+/// The Helm release (revision 1, deployed) of `chart` with `manifest`.
 pub fn chart_release(
     v: &ChartValues,
-    rendered: &[(&str, Value)],
-    crds_yaml: &str,
+    chart: Chart,
+    manifest: String,
     hooks: Vec<Value>,
 ) -> Release {
+    Release {
+        name: v.release_name.clone(),
+        info: Info {
+            first_deployed: BASE_TIME.into(),
+            last_deployed: BASE_TIME.into(),
+            // Helm's time.Time writes "" for the zero time (helm v3.17.3 pkg/time/time.go,
+            // MarshalJSON), so a release never deleted stores an empty `deleted`.
+            deleted: String::new(),
+            description: "Install complete".into(),
+            status: helm::status::DEPLOYED.into(),
+            ..Info::default()
+        },
+        chart,
+        config: v.user_values.clone(),
+        manifest,
+        hooks,
+        version: 1,
+        namespace: v.namespace.clone(),
+    }
+}
+
+/// The chart 0.3.11 release's chart record: the rendered objects stand in for the
+/// template sources (the 0.3.11 tarball is not embedded).
+fn operator_chart(v: &ChartValues, rendered: &[(&str, Value)]) -> Chart {
     let mut templates: Vec<ChartFile> = Vec::new();
     for (file, obj) in rendered {
         let name = format!("templates/{file}");
@@ -98,44 +120,25 @@ pub fn chart_release(
             None => templates.push(ChartFile::new(name, doc)),
         }
     }
-    let mut files = vec![ChartFile::new(
-        "README.md",
-        "# Calico on AWS\n\nThis chart installs Calico on AWS: https://docs.aws.amazon.com/eks/latest/userguide/calico.html\n",
-    )];
-    if !crds_yaml.is_empty() {
-        files.push(ChartFile::new("crds/crds.yaml", crds_yaml));
-    }
-    Release {
-        name: v.release_name.clone(),
-        info: Info {
-            first_deployed: BASE_TIME.into(),
-            last_deployed: BASE_TIME.into(),
-            description: "Install complete".into(),
-            status: helm::status::DEPLOYED.into(),
-            ..Info::default()
+    Chart {
+        metadata: ChartMetadata {
+            name: "aws-calico".into(),
+            home: "https://github.com/aws/eks-charts".into(),
+            version: v.chart_version.clone(),
+            description: "A Helm chart for installing Calico on AWS".into(),
+            icon: "https://www.projectcalico.org/wp-content/uploads/2019/09/Calico_Logo_Large_Calico.png".into(),
+            api_version: "v1".into(),
+            app_version: v.app_version.clone(),
+            ..ChartMetadata::default()
         },
-        chart: Chart {
-            metadata: ChartMetadata {
-                name: "aws-calico".into(),
-                home: "https://github.com/aws/eks-charts".into(),
-                version: v.chart_version.clone(),
-                description: "A Helm chart for installing Calico on AWS".into(),
-                icon: "https://www.projectcalico.org/wp-content/uploads/2019/09/Calico_Logo_Large_Calico.png".into(),
-                api_version: "v1".into(),
-                app_version: v.app_version.clone(),
-                ..ChartMetadata::default()
-            },
-            lock: None,
-            templates,
-            values: v.chart_defaults(),
-            schema: None,
-            files,
-        },
-        config: v.user_values.clone(),
-        manifest: chart::render_manifest(rendered),
-        hooks,
-        version: 1,
-        namespace: v.namespace.clone(),
+        lock: None,
+        templates,
+        values: v.chart_defaults(),
+        schema: None,
+        files: vec![ChartFile::new(
+            "README.md",
+            "# Calico on AWS\n\nThis chart installs Calico on AWS: https://docs.aws.amazon.com/eks/latest/userguide/calico.html\n",
+        )],
     }
 }
 
@@ -148,20 +151,24 @@ fn calico_install(
     namespaces: &mut Vec<Value>,
     crds: &mut Vec<Value>,
     objects: &mut Vec<Value>,
-) {
+) -> Result<(), ScenarioError> {
     let seed = sc.seed;
     // The chart.
     let mut v = ChartValues::seed_organisation(&sc.release_name);
     v.namespace = sc.release_namespace.clone();
-    let (rendered, crds_yaml, hooks) = match sc.chart {
+    let (rendered, chart_record, manifest, hooks) = match sc.chart {
         ChartGeneration::V0_3_10 => {
             crds.extend(calico::calico_crds().into_iter().map(|mut c| {
                 set_uid(&mut c, seed);
                 c
             }));
+            let docs = chart::render(&v).map_err(ScenarioError::Invalid)?;
+            let rendered: Vec<(&str, Value)> =
+                docs.iter().map(|d| (d.source, d.object.clone())).collect();
             (
-                chart::rendered_objects(&v),
-                calico::calico_crds_v1beta1_yaml(),
+                rendered,
+                chart::stored_chart(),
+                chart::manifest(&docs),
                 Vec::new(),
             )
         }
@@ -186,7 +193,14 @@ fn calico_install(
                 "events": ["post-install"],
                 "last_run": {"started_at": BASE_TIME, "completed_at": BASE_TIME, "phase": "Succeeded"},
             });
-            (operator::rendered_objects(&v), String::new(), vec![hook])
+            let rendered = operator::rendered_objects(&v);
+            let manifest = chart::render_manifest(&rendered);
+            (
+                rendered.clone(),
+                operator_chart(&v, &rendered),
+                manifest,
+                vec![hook],
+            )
         }
     };
     let live = live_chart_objects(&rendered, &v, nodes.len(), seed);
@@ -217,7 +231,7 @@ fn calico_install(
             _ => objects.push(o),
         }
     }
-    let release = chart_release(&v, &rendered, &crds_yaml, hooks);
+    let release = chart_release(&v, chart_record, manifest, hooks);
     let mut secret = helm::encode_release_secret(&release);
     secret["metadata"]["creationTimestamp"] = json!(BASE_TIME);
     // Helm's Secrets.Create adds createdAt (Unix seconds) to the four labels.
@@ -285,6 +299,7 @@ fn calico_install(
         set_uid(&mut o, seed);
         objects.push(o);
     }
+    Ok(())
 }
 
 /// Every object of the scenario in creation order; an error when a zone's subnet cannot
@@ -353,7 +368,7 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
             &mut namespaces,
             &mut crds,
             &mut objects,
-        );
+        )?;
     }
 
     // Infrastructure namespaces.
