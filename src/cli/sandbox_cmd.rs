@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
+use crate::sandbox::apiserver::store::persist::Transition;
 use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
+use crate::sandbox::datadir::{DataDir, Saver};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
@@ -82,15 +85,21 @@ pub struct SandboxArgs {
     /// Serve the API only: no workload controllers, no operator.
     #[arg(long)]
     pub no_controllers: bool,
-    /// Kubernetes minor to serve, 1.21 to 1.34 (also written v1.21). It sets what
-    /// `/version` and `kubectl version` report and which API versions exist: up to 1.21
-    /// apiextensions.k8s.io/v1beta1 CRDs and rbac.authorization.k8s.io/v1beta1 are
-    /// served, up to 1.24 policy/v1beta1 PodDisruptionBudgets and PodSecurityPolicies
-    /// (from 1.25 `kubectl get psp` finds no such resource). Objects keep the minor the
-    /// sandbox started with.
-    #[arg(long, default_value_t = KubernetesVersion::default(), value_name = "1.MINOR",
-          value_parser = parse_kubernetes_version)]
-    pub kubernetes_version: KubernetesVersion,
+    /// Kubernetes minor to serve, 1.21 to 1.34 (also written v1.21; default 1.34, or the
+    /// minor the --data-dir cluster runs). It sets what `/version` and `kubectl version`
+    /// report and which API versions exist: up to 1.21 apiextensions.k8s.io/v1beta1 CRDs
+    /// and rbac.authorization.k8s.io/v1beta1 are served, up to 1.24 policy/v1beta1
+    /// PodDisruptionBudgets and PodSecurityPolicies (from 1.25 `kubectl get psp` finds no
+    /// such resource). With a --data-dir that holds a cluster: its minor restarts it, the
+    /// next minor upgrades it; anything else is refused.
+    #[arg(long, value_name = "1.MINOR", value_parser = parse_kubernetes_version)]
+    pub kubernetes_version: Option<KubernetesVersion>,
+    /// Keep the cluster in DIR (created when missing): a new or empty DIR is seeded as
+    /// without it; a DIR holding a cluster is that cluster (the seed flags are ignored),
+    /// restarted at its minor or upgraded to the next with --kubernetes-version. Saved
+    /// about a second after each write and on stop; one sandbox per DIR at a time.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// clap's parser for `--kubernetes-version`: the sentence of `VersionError`.
@@ -125,13 +134,40 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         ..ControllerOptions::default()
     };
     controller_opts.validate()?;
-    let sb = Sandbox::new(SandboxOptions {
+    let opts = SandboxOptions {
         seed: args.seed,
         faults,
-        kubernetes_version: args.kubernetes_version,
+        kubernetes_version: args.kubernetes_version.unwrap_or_default(),
         ..Default::default()
-    });
-    let seeded = if args.empty {
+    };
+    let (data_dir, stored) = match &args.data_dir {
+        Some(path) => {
+            let (dir, image) = DataDir::open(path)?;
+            (Some(Arc::new(dir)), image)
+        }
+        None => (None, None),
+    };
+    let (sb, restored) = match (&data_dir, stored) {
+        (Some(dir), Some(image)) => {
+            let r = dir.restore(image, args.kubernetes_version, opts.history, opts.seed)?;
+            match r.transition {
+                Transition::Restart(kv) => eprintln!(
+                    "sandbox restarting the Kubernetes {kv} cluster of {}",
+                    dir.path().display()
+                ),
+                Transition::Upgrade { from, to } => eprintln!(
+                    "sandbox upgrading the cluster of {} from Kubernetes {from} to {to}",
+                    dir.path().display()
+                ),
+            }
+            (Sandbox::with_store(opts, r.store), true)
+        }
+        _ => (Sandbox::new(opts), false),
+    };
+    let kubernetes = sb.store().kubernetes_version();
+    let seeded = if restored {
+        0
+    } else if args.empty {
         0
     } else {
         // Scenario knobs without a flag keep their defaults.
@@ -153,6 +189,14 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         let objects = scenario::build(&cfg).context("cannot build the seed scenario")?;
         sb.load(objects)
             .context("cannot load the seed scenario into the sandbox")?
+    };
+    // The upgrade (or the seed) is the cluster's state from now on.
+    let saver = match &data_dir {
+        Some(dir) => {
+            dir.save(sb.store())?;
+            Some(Saver::start(sb.store().clone(), dir.clone()))
+        }
+        None => None,
     };
     let controllers = if args.no_controllers {
         None
@@ -179,8 +223,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         .write_kubeconfig(&path)
         .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     eprintln!(
-        "sandbox serving Kubernetes {} at {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
-        args.kubernetes_version,
+        "sandbox serving Kubernetes {kubernetes} at {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
         handle.url(),
         path.display()
     );
@@ -192,6 +235,9 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     }
     data_plane.stop();
     handle.shutdown().await;
+    if let Some(saver) = saver {
+        saver.stop().await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
