@@ -710,3 +710,215 @@ async fn helm3_release_of_0_3_10_reads_back_after_upgrades_from_1_21_to_1_29() -
     }
     Ok(())
 }
+
+/// `calico-migrate <args>` against the sandbox of `kubeconfig`, state in `state`.
+fn migrate(kubeconfig: &Path, state: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(BIN)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--no-progress")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("CALICO_MIGRATE_STATE_DIR")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The cluster real helm 3 made at 1.21 (aws-calico 0.3.10), upgraded one minor at a
+/// time to 1.33, is migrated by the tool with the real v3.30.3 manifests: plan picks
+/// the current path with no blocker its steps do not fix (calico-node's startup made
+/// FelixConfiguration `default`, as on a real cluster), apply, rollback (helm reads
+/// the release as before) and apply again exit 0 with every check passed on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm3_install_upgraded_to_1_33_is_migrated_rolled_back_and_migrated_again() -> Result<()> {
+    const TEST: &str = "sandbox_upgrade::helm3_install_upgraded_to_1_33_is_migrated_rolled_back_and_migrated_again";
+    let Some(helm_path) = helm_client::find_or_skip(3)? else {
+        return Ok(());
+    };
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/real");
+    let files = [
+        "aws-calico-0.3.10.tgz",
+        "calico-v3.30.3-operator-crds-and-operator.yaml",
+        "calico-v3.30.3-policy-only.yaml",
+    ];
+    if let Some(missing) = files.iter().find(|f| !real.join(f).is_file()) {
+        eprintln!(
+            "SKIPPED {TEST}: {} is absent (see ../shared/real/PROVENANCE.md)",
+            real.join(missing).display()
+        );
+        return Ok(());
+    }
+    let path = |f: &str| real.join(f).display().to_string();
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("cluster");
+    let state = tmp.path().join("state");
+    let scale = ["--time-scale", "100"];
+    let seed = [
+        "--no-calico",
+        "--nodes",
+        "2",
+        "--namespaces",
+        "2",
+        "--kubernetes-version",
+        "1.21",
+    ];
+    let run = Running::start(&data, &[&seed[..], &scale[..]].concat()).await?;
+    let helm = helm_client::Helm::new(helm_path.clone(), &run.kubeconfig)?;
+    helm.ok(&["install", RELEASE, &path(files[0]), "-n", RELEASE_NS])?;
+    let manifest = helm.ok(&["get", "manifest", RELEASE, "-n", RELEASE_NS])?;
+    let client = run.client().await?;
+    wait_calico_nodes_ready(&client, 2).await?;
+    run.stop()?;
+    for minor in 22..=33u32 {
+        let v = format!("1.{minor}");
+        Running::start(
+            &data,
+            &[&["--kubernetes-version", v.as_str()][..], &scale[..]].concat(),
+        )
+        .await?
+        .stop()?;
+    }
+    let run = Running::start(&data, &scale).await?;
+    let client = run.client().await?;
+    let nodes: Vec<String> = nodes(&run)?.into_keys().collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+
+    let kc = run.kubeconfig.clone();
+    let helm = helm_client::Helm::new(helm_path, &kc)?;
+    let o = migrate(
+        &kc,
+        &state,
+        &[
+            "plan",
+            "-o",
+            "json",
+            "--operator-manifest",
+            &path(files[1]),
+            "--calico-manifest",
+            &path(files[2]),
+        ],
+    )?;
+    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(plan["profile"], "aws-calico-0.3.10-v3.30", "{plan:#}");
+    let blockers: Vec<&str> = plan["blockers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["code"].as_str())
+        .collect();
+    assert!(
+        !blockers.contains(&"CONVERTER_FELIX_CONFIGURATION"),
+        "calico-node's startup should have created FelixConfiguration default: {blockers:?}"
+    );
+
+    let every_node_checked = |o: &Output, what: &str| {
+        let out = text(o);
+        assert_eq!(o.status.code(), Some(0), "{what}: {out}");
+        for n in &nodes {
+            assert!(
+                out.contains(&format!("node {n}: ")),
+                "{what}: {n} not checked\n{out}"
+            );
+        }
+        // Every check round passed, and every node's probes too.
+        let checks: Vec<&str> = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("check "))
+            .collect();
+        assert!(!checks.is_empty(), "{what}: {out}");
+        for l in checks {
+            assert!(l.contains(": passed ("), "{what}: {l}");
+        }
+        for l in out.lines().filter(|l| l.contains(" failed")) {
+            assert!(l.contains(" 0 failed"), "{what}: {l}");
+        }
+    };
+    let o = migrate(
+        &kc,
+        &state,
+        &["apply", "--yes", "--sandbox-time-scale", "100"],
+    )?;
+    every_node_checked(&o, "apply");
+    assert!(
+        helm.fails(&["status", RELEASE, "-n", RELEASE_NS])?
+            .contains("release: not found"),
+        "detach-helm removed the release record"
+    );
+    wait_calico_nodes_ready_in(&client, "calico-system", 2).await?;
+
+    let o = migrate(
+        &kc,
+        &state,
+        &["rollback", "--yes", "--sandbox-time-scale", "100"],
+    )?;
+    every_node_checked(&o, "rollback");
+    assert_eq!(
+        helm.ok(&["get", "manifest", RELEASE, "-n", RELEASE_NS])?,
+        manifest
+    );
+    assert!(
+        helm.ok(&["status", RELEASE, "-n", RELEASE_NS])?
+            .contains("STATUS: deployed")
+    );
+    wait_calico_nodes_ready(&client, 2).await?;
+
+    let o = migrate(
+        &kc,
+        &state,
+        &["apply", "--yes", "--sandbox-time-scale", "100"],
+    )?;
+    every_node_checked(&o, "second apply");
+    wait_calico_nodes_ready_in(&client, "calico-system", 2).await?;
+    run.stop()?;
+    Ok(())
+}
+
+/// `want` Ready calico-node pods in kube-system, within 60 s.
+async fn wait_calico_nodes_ready(client: &kube::Client, want: usize) -> Result<()> {
+    wait_calico_nodes_ready_in(client, "kube-system", want).await
+}
+
+/// `want` Ready calico-node pods in `ns`, within 60 s.
+async fn wait_calico_nodes_ready_in(client: &kube::Client, ns: &str, want: usize) -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut seen = 0;
+    for _ in 0..120 {
+        seen = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("calico-node-"))
+            })
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if seen == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("{seen} of {want} calico-node pods Ready in {ns} after 60 s")
+}

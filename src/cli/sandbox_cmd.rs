@@ -165,9 +165,8 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         _ => (Sandbox::new(opts), false),
     };
     let kubernetes = sb.store().kubernetes_version();
-    let seeded = if restored {
-        0
-    } else if args.empty {
+    // A restored store is the cluster: nothing is seeded into it.
+    let seeded = if restored || args.empty {
         0
     } else {
         // Scenario knobs without a flag keep their defaults.
@@ -211,6 +210,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         },
     )
     .context("cannot start the simulated data plane")?;
+    let signals = StopSignals::listen()?;
     let handle = sb
         .serve(&args.listen)
         .await
@@ -228,7 +228,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         path.display()
     );
     println!("{}", path.display());
-    wait_for_signal().await?;
+    signals.wait().await?;
     eprintln!("sandbox stopping");
     if let Some(c) = controllers {
         c.stop();
@@ -241,19 +241,40 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGINT and SIGTERM, listened for from its creation: made before the kubeconfig's
+/// path is printed, so a client that stops the sandbox as soon as it is ready gets a
+/// clean stop (and the data dir its last save), not the default action of the signal.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    Ok(())
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok(())
+    }
 }

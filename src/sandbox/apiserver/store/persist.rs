@@ -12,8 +12,6 @@
 //! a kind the new minor no longer serves at all (PodSecurityPolicy from 1.25) stay in
 //! the image, unreachable, as they stay in etcd.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -226,7 +224,7 @@ impl Store {
             if gr.group == "apiextensions.k8s.io" && gr.resource == "customresourcedefinitions" {
                 crds.push(o.object.clone());
             }
-            let map = st.objects.entry(gr).or_insert_with(BTreeMap::new);
+            let map = st.objects.entry(gr).or_default();
             if map.insert((ns, name), o.object).is_some() {
                 return Err(ImageError::Duplicate { index, what });
             }
