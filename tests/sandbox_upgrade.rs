@@ -365,8 +365,23 @@ async fn a_killed_sandbox_keeps_what_was_written_a_second_before() -> Result<()>
         "--no-controllers",
         "--kubernetes-version",
         "1.30",
+        "--fault",
+        "lapse:node-a",
     ];
     let run = Running::start(&data, &args).await?;
+    // The faults in force are the command line's: this run's, not a stored run's.
+    let lapses = |client: kube::Client| async move {
+        let cm = Api::<ConfigMap>::namespaced(client, "sandbox-system")
+            .get("dataplane-faults")
+            .await?;
+        anyhow::Ok(
+            cm.data
+                .unwrap_or_default()
+                .values()
+                .any(|v| v.contains("node-a")),
+        )
+    };
+    assert!(lapses(run.client().await?).await?, "lapse:node-a in force");
     let api: Api<ConfigMap> = Api::namespaced(run.client().await?, "default");
     let cm: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "kept"}, "data": {"written": "before the kill"}
@@ -376,6 +391,10 @@ async fn a_killed_sandbox_keeps_what_was_written_a_second_before() -> Result<()>
     run.kill()?;
 
     let run = Running::start(&data, &["--empty", "--no-controllers"]).await?;
+    assert!(
+        !lapses(run.client().await?).await?,
+        "a restart without --fault runs without the stored lapse"
+    );
     let api: Api<ConfigMap> = Api::namespaced(run.client().await?, "default");
     let got = api.get("kept").await?;
     assert_eq!(

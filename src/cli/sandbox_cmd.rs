@@ -12,6 +12,7 @@ use crate::sandbox::apiserver::store::persist::Transition;
 use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
 use crate::sandbox::datadir::{DataDir, Saver};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
+use crate::sandbox::faults::FaultKnobs;
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
 
@@ -23,7 +24,9 @@ use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
     KUBECONFIG=/tmp/sandbox.kubeconfig kubectl get nodes\n  \
     calico-migrate sandbox --fault latency:20 --fault api-errors:0.05\n  \
     calico-migrate sandbox --no-calico --kubernetes-version 1.21 --kubeconfig-out /tmp/sb.kubeconfig\n  \
-    helm --kubeconfig /tmp/sb.kubeconfig install aws-calico aws-calico-0.3.10.tgz -n kube-system\n\n\
+    helm --kubeconfig /tmp/sb.kubeconfig install aws-calico aws-calico-0.3.10.tgz -n kube-system\n  \
+    calico-migrate sandbox --no-calico --kubernetes-version 1.21 --data-dir /tmp/eks   # kept in /tmp/eks\n  \
+    calico-migrate sandbox --data-dir /tmp/eks --kubernetes-version 1.22              # upgraded to 1.22\n\n\
     Faults can be changed while running:\n  \
     kubectl -n sandbox-system patch configmap faults --type merge -p '{\"data\":{\"api-errors\":\"0\"}}'")]
 pub struct SandboxArgs {
@@ -202,6 +205,13 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
     } else {
         Some(sb.start_controllers(controller_opts)?)
     };
+    // A restored cluster runs with this command line's data-plane faults, as it runs with
+    // its API and controller faults, not with those of the stored run.
+    if restored {
+        dataplane_faults
+            .write(sb.store())
+            .context("cannot set the data plane's faults")?;
+    }
     let data_plane = DataPlane::start(
         &sb,
         DataPlaneOptions {
