@@ -27,4 +27,5 @@ mod sandbox_api;
 mod sandbox_behaviour;
 mod sandbox_dataplane;
 mod sandbox_kubectl;
+mod sandbox_upgrade;
 mod scenario;

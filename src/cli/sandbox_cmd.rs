@@ -2,13 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use super::GlobalOpts;
+use crate::sandbox::apiserver::store::persist::Transition;
 use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
+use crate::sandbox::datadir::{DataDir, Saver};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
+use crate::sandbox::faults::FaultKnobs;
 use crate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
 
@@ -20,7 +24,9 @@ use crate::sandbox::{FaultConfig, KubernetesVersion, Sandbox, SandboxOptions};
     KUBECONFIG=/tmp/sandbox.kubeconfig kubectl get nodes\n  \
     calico-migrate sandbox --fault latency:20 --fault api-errors:0.05\n  \
     calico-migrate sandbox --no-calico --kubernetes-version 1.21 --kubeconfig-out /tmp/sb.kubeconfig\n  \
-    helm --kubeconfig /tmp/sb.kubeconfig install aws-calico aws-calico-0.3.10.tgz -n kube-system\n\n\
+    helm --kubeconfig /tmp/sb.kubeconfig install aws-calico aws-calico-0.3.10.tgz -n kube-system\n  \
+    calico-migrate sandbox --no-calico --kubernetes-version 1.21 --data-dir /tmp/eks   # kept in /tmp/eks\n  \
+    calico-migrate sandbox --data-dir /tmp/eks --kubernetes-version 1.22              # upgraded to 1.22\n\n\
     Faults can be changed while running:\n  \
     kubectl -n sandbox-system patch configmap faults --type merge -p '{\"data\":{\"api-errors\":\"0\"}}'")]
 pub struct SandboxArgs {
@@ -82,15 +88,21 @@ pub struct SandboxArgs {
     /// Serve the API only: no workload controllers, no operator.
     #[arg(long)]
     pub no_controllers: bool,
-    /// Kubernetes minor to serve, 1.21 to 1.34 (also written v1.21). It sets what
-    /// `/version` and `kubectl version` report and which API versions exist: up to 1.21
-    /// apiextensions.k8s.io/v1beta1 CRDs and rbac.authorization.k8s.io/v1beta1 are
-    /// served, up to 1.24 policy/v1beta1 PodDisruptionBudgets and PodSecurityPolicies
-    /// (from 1.25 `kubectl get psp` finds no such resource). Objects keep the minor the
-    /// sandbox started with.
-    #[arg(long, default_value_t = KubernetesVersion::default(), value_name = "1.MINOR",
-          value_parser = parse_kubernetes_version)]
-    pub kubernetes_version: KubernetesVersion,
+    /// Kubernetes minor to serve, 1.21 to 1.34 (also written v1.21; default 1.34, or the
+    /// minor the --data-dir cluster runs). It sets what `/version` and `kubectl version`
+    /// report and which API versions exist: up to 1.21 apiextensions.k8s.io/v1beta1 CRDs
+    /// and rbac.authorization.k8s.io/v1beta1 are served, up to 1.24 policy/v1beta1
+    /// PodDisruptionBudgets and PodSecurityPolicies (from 1.25 `kubectl get psp` finds no
+    /// such resource). With a --data-dir that holds a cluster: its minor restarts it, the
+    /// next minor upgrades it; anything else is refused.
+    #[arg(long, value_name = "1.MINOR", value_parser = parse_kubernetes_version)]
+    pub kubernetes_version: Option<KubernetesVersion>,
+    /// Keep the cluster in DIR (created when missing): a new or empty DIR is seeded as
+    /// without it; a DIR holding a cluster is that cluster (the seed flags are ignored),
+    /// restarted at its minor or upgraded to the next with --kubernetes-version. Saved
+    /// about a second after each write and on stop; one sandbox per DIR at a time.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// clap's parser for `--kubernetes-version`: the sentence of `VersionError`.
@@ -125,13 +137,39 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         ..ControllerOptions::default()
     };
     controller_opts.validate()?;
-    let sb = Sandbox::new(SandboxOptions {
+    let opts = SandboxOptions {
         seed: args.seed,
         faults,
-        kubernetes_version: args.kubernetes_version,
+        kubernetes_version: args.kubernetes_version.unwrap_or_default(),
         ..Default::default()
-    });
-    let seeded = if args.empty {
+    };
+    let (data_dir, stored) = match &args.data_dir {
+        Some(path) => {
+            let (dir, image) = DataDir::open(path)?;
+            (Some(Arc::new(dir)), image)
+        }
+        None => (None, None),
+    };
+    let (sb, restored) = match (&data_dir, stored) {
+        (Some(dir), Some(image)) => {
+            let r = dir.restore(image, args.kubernetes_version, opts.history, opts.seed)?;
+            match r.transition {
+                Transition::Restart(kv) => eprintln!(
+                    "sandbox restarting the Kubernetes {kv} cluster of {}",
+                    dir.path().display()
+                ),
+                Transition::Upgrade { from, to } => eprintln!(
+                    "sandbox upgrading the cluster of {} from Kubernetes {from} to {to}",
+                    dir.path().display()
+                ),
+            }
+            (Sandbox::with_store(opts, r.store), true)
+        }
+        _ => (Sandbox::new(opts), false),
+    };
+    let kubernetes = sb.store().kubernetes_version();
+    // A restored store is the cluster: nothing is seeded into it.
+    let seeded = if restored || args.empty {
         0
     } else {
         // Scenario knobs without a flag keep their defaults.
@@ -154,11 +192,26 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         sb.load(objects)
             .context("cannot load the seed scenario into the sandbox")?
     };
+    // The upgrade (or the seed) is the cluster's state from now on.
+    let saver = match &data_dir {
+        Some(dir) => {
+            dir.save(sb.store())?;
+            Some(Saver::start(sb.store().clone(), dir.clone()))
+        }
+        None => None,
+    };
     let controllers = if args.no_controllers {
         None
     } else {
         Some(sb.start_controllers(controller_opts)?)
     };
+    // A restored cluster runs with this command line's data-plane faults, as it runs with
+    // its API and controller faults, not with those of the stored run.
+    if restored {
+        dataplane_faults
+            .write(sb.store())
+            .context("cannot set the data plane's faults")?;
+    }
     let data_plane = DataPlane::start(
         &sb,
         DataPlaneOptions {
@@ -167,6 +220,7 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         },
     )
     .context("cannot start the simulated data plane")?;
+    let signals = StopSignals::listen()?;
     let handle = sb
         .serve(&args.listen)
         .await
@@ -179,35 +233,58 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         .write_kubeconfig(&path)
         .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     eprintln!(
-        "sandbox serving Kubernetes {} at {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
-        args.kubernetes_version,
+        "sandbox serving Kubernetes {kubernetes} at {} with {seeded} seeded objects; stop with Ctrl-C\n  export KUBECONFIG={}",
         handle.url(),
         path.display()
     );
     println!("{}", path.display());
-    wait_for_signal().await?;
+    signals.wait().await?;
     eprintln!("sandbox stopping");
     if let Some(c) = controllers {
         c.stop();
     }
     data_plane.stop();
     handle.shutdown().await;
+    if let Some(saver) = saver {
+        saver.stop().await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGINT and SIGTERM, listened for from its creation: made before the kubeconfig's
+/// path is printed, so a client that stops the sandbox as soon as it is ready gets a
+/// clean stop (and the data dir its last save), not the default action of the signal.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    Ok(())
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok(())
+    }
 }

@@ -15,6 +15,7 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod datadir;
 pub mod dataplane;
 pub mod faults;
 pub mod scenario;
@@ -80,6 +81,13 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Self {
         let store = Store::new(opts.history, opts.seed, opts.kubernetes_version);
+        Self::with_store(opts, store)
+    }
+
+    /// A sandbox over a store made elsewhere, e.g. a data dir's (`datadir::DataDir`,
+    /// `Store::from_image`); `opts.kubernetes_version` and `history` are the store's
+    /// business then, the rest applies as in [`Sandbox::new`].
+    pub fn with_store(opts: SandboxOptions, store: Store) -> Self {
         let boot = [
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": faults::NAMESPACE}}),
             opts.faults.to_configmap(),

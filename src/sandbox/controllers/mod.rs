@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod operator;
 pub mod pods;
 pub mod sched;
+pub mod startup;
 pub mod workloads;
 
 use std::sync::{Arc, Mutex};

@@ -96,7 +96,7 @@ fn hold_pending_on_fargate(sb: &Sandbox, p: &Value, node: &str) -> bool {
     .is_ok()
 }
 
-fn fnv(s: &str) -> u64 {
+pub(crate) fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     })
@@ -286,6 +286,10 @@ impl PodLifecycle {
                 self.gates.blocked(sb, now, p)
             };
             let ready = !stuck && blocked.is_none();
+            // Its startup's writes come before felix runs (`startup.rs`).
+            if ready && is_calico_node(p) {
+                changed |= super::startup::ensure_default_config(sb, p);
+            }
             if held_unready && !ready {
                 let log = blocked.as_ref().map(|(agent, log)| {
                     unready_condition("Ready", agent.container(), log)["message"].clone()

@@ -9,10 +9,12 @@
 //! - [`write`]: create, update (the object or its status) and seeding;
 //! - [`apply`]: PATCH in every format, server-side apply, the scale subresource;
 //! - [`lifecycle`]: deletion, finalizers, garbage collection, namespaces, CRDs;
-//! - [`watch`]: watches replayed from history and fed by the change feed.
+//! - [`watch`]: watches replayed from history and fed by the change feed;
+//! - [`persist`]: the store as an image for a data dir, and restart or upgrade rules.
 
 pub mod apply;
 pub mod lifecycle;
+pub mod persist;
 pub mod watch;
 mod write;
 use std::collections::{BTreeMap, HashMap, VecDeque};
