@@ -62,6 +62,20 @@ async fn no_lapse(env: &support::Env) -> Result<()> {
     Ok(())
 }
 
+/// `rollback --yes` succeeds, the cluster equals `before` object for object, and the
+/// monitor saw no divergence.
+async fn rolled_back_to(
+    env: &support::Env,
+    kc: &Path,
+    before: &std::collections::BTreeMap<String, Value>,
+) -> Result<()> {
+    let o = run(cli(env, kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
+    let diff: Vec<String> = support::differences(before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback: {diff:?}");
+    no_lapse(env).await
+}
+
 /// Run a command; with CALICO_MIGRATE_TEST_TRACE set, print what it said (to read a
 /// failure against the sandbox monitor's timestamps).
 fn run(c: &mut Command) -> Result<Output> {
@@ -779,12 +793,7 @@ async fn the_current_path_with_the_real_manifests_applies_and_rolls_back() -> Re
     }
     no_lapse(&env).await?;
 
-    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
-    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
-    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
-    assert!(diff.is_empty(), "after rollback: {diff:?}");
-    no_lapse(&env).await?;
-    Ok(())
+    rolled_back_to(&env, &kc, &before).await
 }
 
 /// The same-version path with the real artifact: on Kubernetes 1.24 plan picks operator
@@ -823,12 +832,7 @@ async fn the_same_version_path_with_the_real_v3_19_1_manifest_applies_and_rolls_
     );
     no_lapse(&env).await?;
 
-    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
-    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
-    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
-    assert!(diff.is_empty(), "after rollback: {diff:?}");
-    no_lapse(&env).await?;
-    Ok(())
+    rolled_back_to(&env, &kc, &before).await
 }
 
 /// The same-version profile named on a cluster its operator cannot run on is a

@@ -326,6 +326,16 @@ async fn helm_sees_apply_and_rollback(major: u32) -> Result<()> {
             "helm {args:?} after apply"
         );
     }
+    // And `helm uninstall` finds nothing to uninstall: it deletes nothing (unlike 0.3.11's,
+    // helm_uninstall_of_0_3_11_deletes_its_crds_and_every_calico_policy).
+    let before_uninstall = support::snapshot(&env.sb)?;
+    let err = helm.fails(&["uninstall", RELEASE, "-n", RELEASE_NS])?;
+    assert!(
+        err.contains("release: not found"),
+        "helm uninstall after apply: {err}"
+    );
+    let deleted = support::differences(&before_uninstall, &support::snapshot(&env.sb)?);
+    assert!(deleted.is_empty(), "helm uninstall changed: {deleted:?}");
 
     // After rollback, every read prints what it printed on the seeded sandbox.
     migrate(
