@@ -139,7 +139,12 @@ fn one(nodes: usize, namespaces: usize) -> anyhow::Result<()> {
         let kc = dir.path().join("kubeconfig");
         handle.write_kubeconfig(&kc)?;
         let manifest = dir.path().join("operator.yaml");
-        std::fs::write(&manifest, "# operator manifest placeholder\n")?;
+        // plan refuses a manifest with no object; one Namespace stands in for the
+        // reviewed tigera-operator.yaml (the manifest is not what is measured).
+        std::fs::write(
+            &manifest,
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tigera-operator\n",
+        )?;
         let bin = env!("CARGO_BIN_EXE_calico-migrate").to_string();
         let kc_s = kc.to_string_lossy().to_string();
         let plan_args: Vec<String> = [

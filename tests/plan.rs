@@ -587,9 +587,10 @@ async fn drift_names_what_changed_and_ignores_policy_edits() {
     assert!(!inv.cluster_uid.is_empty());
     assert_eq!(plan::check_drift(&saved, &inv, &profile), Ok(()));
     // A new NetworkPolicy is not drift (baseline snapshots policies at apply time).
-    let ns = inv.list("network_policies")[0]["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
+    let ns = inv
+        .reduced("network_policies")
+        .first()
+        .map_or("default", |p| &*p.namespace)
         .to_string();
     sb.load(vec![
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -598,8 +599,8 @@ async fn drift_names_what_changed_and_ignores_policy_edits() {
     .unwrap_or_else(|e| panic!("{e:?}"));
     let later = inventory_of(&sb).await;
     assert_eq!(
-        later.list("network_policies").len(),
-        inv.list("network_policies").len() + 1
+        later.count("network_policies"),
+        inv.count("network_policies") + 1
     );
     assert_eq!(plan::check_drift(&saved, &later, &profile), Ok(()));
     // Someone edits calico-node: apply must refuse and say what changed.

@@ -1,14 +1,17 @@
 //! Read everything the plan depends on: paginated LISTs (`limit` + `continue`, as
 //! kubectl pages) run a few at a time, retried through transient errors. Kinds the
 //! server does not serve (404: no Calico CRDs, PSPs removed in 1.25) read as absent.
+//! Policies and namespaces are reduced page by page ([`super::reduce`]): the plan keeps
+//! only their identity and digest, never the whole listed set.
 
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::errors::{Conflicts, Permission, Scope, answer, with_retry};
+use super::reduce::{Keep, Reduced, reduce};
 use crate::engine::RetryPolicy;
 
 /// Objects per LIST page (kubectl's default chunk size).
@@ -72,6 +75,21 @@ impl Collection {
             None => {}
         }
         out
+    }
+
+    /// How much of each object the plan needs. The policy keys are
+    /// `migration::facts::POLICY_KINDS`; a test there holds the two lists together.
+    pub fn keep(&self) -> Keep {
+        match self.key {
+            "namespaces" => Keep::Identity,
+            "network_policies"
+            | "calico_network_policies"
+            | "global_network_policies"
+            | "global_network_sets"
+            | "network_sets"
+            | "host_endpoints" => Keep::Desired,
+            _ => Keep::Whole,
+        }
     }
 
     /// The permission a LIST of this collection needs.
@@ -295,8 +313,40 @@ pub fn collections() -> Vec<Collection> {
     v
 }
 
-/// The raw objects read from the cluster, by collection key. A key maps to `None`
-/// when the server does not serve that kind.
+/// One collection as read: whole objects, or reduced ones ([`Collection::keep`]).
+#[derive(Debug, Clone)]
+pub enum Listed {
+    Whole(Vec<Value>),
+    Reduced(Vec<Reduced>),
+}
+
+impl Listed {
+    pub fn empty(keep: Keep) -> Self {
+        match keep {
+            Keep::Whole => Listed::Whole(Vec::new()),
+            Keep::Desired | Keep::Identity => Listed::Reduced(Vec::new()),
+        }
+    }
+
+    /// Take one listed item: named with the collection's apiVersion and kind (a LIST's
+    /// items omit them), then kept whole or reduced.
+    pub fn push(&mut self, c: &Collection, mut item: Value) {
+        if let Some(obj) = item.as_object_mut() {
+            obj.entry("apiVersion")
+                .or_insert_with(|| Value::String(c.group_version.into()));
+            obj.entry("kind")
+                .or_insert_with(|| Value::String(c.kind.into()));
+        }
+        match self {
+            Listed::Whole(v) => v.push(item),
+            Listed::Reduced(v) => v.push(reduce(item, c.keep())),
+        }
+    }
+}
+
+/// The objects read from the cluster, by collection key: whole in `objects`, reduced in
+/// `reduced` ([`Collection::keep`]). A key maps to `None` when the server does not serve
+/// that kind.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Inventory {
     /// `gitVersion` of the API server.
@@ -304,10 +354,57 @@ pub struct Inventory {
     /// UID of the kube-system namespace (the journal's cluster identity).
     pub cluster_uid: String,
     pub objects: BTreeMap<String, Option<Vec<Value>>>,
+    pub reduced: BTreeMap<String, Option<Vec<Reduced>>>,
 }
 
 impl Inventory {
-    /// Objects of a collection (empty when absent or not served).
+    /// Assemble what the LISTs returned (pure: [`read`] does the I/O). Collections
+    /// read per namespace under one key are joined; a kind not served anywhere it is
+    /// read cluster-wide reads as not served.
+    pub fn assemble(server_version: String, listed: Vec<(Collection, Option<Listed>)>) -> Self {
+        let mut inv = Inventory {
+            server_version,
+            ..Inventory::default()
+        };
+        for (c, items) in listed {
+            let key = c.key.to_string();
+            let not_served = items.is_none() && c.namespace.is_none();
+            match c.keep() {
+                Keep::Whole => {
+                    let entry = inv.objects.entry(key).or_insert(Some(vec![]));
+                    match (entry.as_mut(), items) {
+                        (Some(acc), Some(Listed::Whole(mut v))) => acc.append(&mut v),
+                        _ if not_served => *entry = None,
+                        _ => {}
+                    }
+                }
+                Keep::Desired | Keep::Identity => {
+                    let entry = inv.reduced.entry(key).or_insert(Some(vec![]));
+                    match (entry.as_mut(), items) {
+                        (Some(acc), Some(Listed::Reduced(mut v))) => acc.append(&mut v),
+                        _ if not_served => *entry = None,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for list in inv.objects.values_mut().flatten() {
+            list.sort_by_cached_key(sort_key);
+        }
+        for list in inv.reduced.values_mut().flatten() {
+            list.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        }
+        inv.cluster_uid = inv
+            .reduced("namespaces")
+            .iter()
+            .find(|n| &*n.name == "kube-system")
+            .and_then(|n| n.uid.as_deref())
+            .unwrap_or_default()
+            .to_string();
+        inv
+    }
+
+    /// Whole objects of a collection (empty when absent, not served, or reduced).
     pub fn list(&self, key: &str) -> &[Value] {
         self.objects
             .get(key)
@@ -315,12 +412,26 @@ impl Inventory {
             .unwrap_or(&[])
     }
 
+    /// Reduced objects of a collection (empty when absent, not served, or kept whole).
+    pub fn reduced(&self, key: &str) -> &[Reduced] {
+        self.reduced
+            .get(key)
+            .and_then(|o| o.as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// How many objects a collection holds, whole or reduced.
+    pub fn count(&self, key: &str) -> usize {
+        self.list(key).len() + self.reduced(key).len()
+    }
+
     /// Whether the server serves the collection's kind.
     pub fn served(&self, key: &str) -> bool {
         self.objects.get(key).is_some_and(|o| o.is_some())
+            || self.reduced.get(key).is_some_and(|o| o.is_some())
     }
 
-    /// The object named `name` in namespace `ns` among a collection.
+    /// The object named `name` in namespace `ns` among a collection kept whole.
     pub fn find(&self, key: &str, ns: &str, name: &str) -> Option<&Value> {
         self.list(key).iter().find(|o| {
             o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
@@ -369,8 +480,7 @@ pub async fn read(
     server_version: String,
     retry: &RetryPolicy,
 ) -> Result<Inventory, InventoryError> {
-    let cols = collections();
-    let results: Vec<(Collection, Option<Vec<Value>>)> = stream::iter(cols)
+    let listed: Vec<(Collection, Option<Listed>)> = stream::iter(collections())
         .map(|c| async move {
             let items = list_all(client, &c, retry).await?;
             Ok::<_, InventoryError>((c, items))
@@ -378,29 +488,7 @@ pub async fn read(
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    let mut inv = Inventory {
-        server_version,
-        ..Inventory::default()
-    };
-    for (c, items) in results {
-        let entry = inv.objects.entry(c.key.to_string()).or_insert(Some(vec![]));
-        match (entry.as_mut(), items) {
-            (Some(acc), Some(mut items)) => acc.append(&mut items),
-            (_, None) if c.namespace.is_none() => *entry = None,
-            _ => {}
-        }
-    }
-    for list in inv.objects.values_mut().flatten() {
-        list.sort_by_key(sort_key);
-    }
-    inv.cluster_uid = inv
-        .list("namespaces")
-        .iter()
-        .find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some("kube-system"))
-        .and_then(|n| n.pointer("/metadata/uid").and_then(Value::as_str))
-        .unwrap_or_default()
-        .to_string();
-    Ok(inv)
+    Ok(Inventory::assemble(server_version, listed))
 }
 
 fn sort_key(o: &Value) -> (String, String) {
@@ -413,13 +501,31 @@ fn sort_key(o: &Value) -> (String, String) {
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
-/// LIST one collection page by page. `None` when the kind is not served (404).
+/// One LIST page: its items and the token of the next page. Typed, so the rest of the
+/// response is skipped rather than built.
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    items: Option<Vec<Value>>,
+    #[serde(default)]
+    metadata: PageMeta,
+}
+
+#[derive(Deserialize, Default)]
+struct PageMeta {
+    #[serde(default, rename = "continue")]
+    cont: Option<String>,
+}
+
+/// LIST one collection page by page, each page's items kept or reduced as
+/// [`Collection::keep`] says before the next is asked for. `None` when the kind is not
+/// served (404).
 pub async fn list_all(
     client: &kube::Client,
     c: &Collection,
     retry: &RetryPolicy,
-) -> Result<Option<Vec<Value>>, InventoryError> {
-    let mut out = Vec::new();
+) -> Result<Option<Listed>, InventoryError> {
+    let mut out = Listed::empty(c.keep());
     let mut cont: Option<String> = None;
     loop {
         let mut query = format!("limit={PAGE_SIZE}");
@@ -432,13 +538,13 @@ pub async fn list_all(
             query.push_str(&encode(token));
         }
         let uri = format!("{}?{query}", c.path());
-        let page: Result<Value, kube::Error> = with_retry(retry, Conflicts::Fail, || {
+        let page: Result<Page, kube::Error> = with_retry(retry, Conflicts::Fail, || {
             let uri = uri.clone();
             async move {
                 let req = http::Request::get(uri)
                     .body(Vec::new())
                     .map_err(kube::Error::HttpError)?;
-                client.request::<Value>(req).await
+                client.request::<Page>(req).await
             }
         })
         .await;
@@ -453,23 +559,10 @@ pub async fn list_all(
                 });
             }
         };
-        if let Some(items) = page.get("items").and_then(Value::as_array) {
-            for item in items {
-                let mut item = item.clone();
-                if let Some(obj) = item.as_object_mut() {
-                    obj.entry("apiVersion")
-                        .or_insert_with(|| Value::String(c.group_version.into()));
-                    obj.entry("kind")
-                        .or_insert_with(|| Value::String(c.kind.into()));
-                }
-                out.push(item);
-            }
+        for item in page.items.unwrap_or_default() {
+            out.push(c, item);
         }
-        cont = page
-            .pointer("/metadata/continue")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
+        cont = page.metadata.cont.filter(|s| !s.is_empty());
         if cont.is_none() {
             return Ok(Some(out));
         }

@@ -6,3 +6,4 @@ pub mod errors;
 pub mod inventory;
 pub mod lease;
 pub mod objects;
+pub mod reduce;

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::refs::CALICO_GROUP;
 use crate::cluster::inventory::Inventory;
+use crate::cluster::reduce::{Reduced, strip_server_fields};
 use crate::helm::{self, Release};
 use crate::kinds::{self, is_fargate, node_ready};
 
@@ -241,30 +242,31 @@ pub fn digest(v: &Value) -> String {
 /// The object without fields the server manages (for digests and drift).
 pub fn desired_part(o: &Value) -> Value {
     let mut o = o.clone();
-    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-        for k in [
-            "resourceVersion",
-            "managedFields",
-            "generation",
-            "creationTimestamp",
-            "uid",
-            "selfLink",
-        ] {
-            m.remove(k);
-        }
-    }
-    if let Some(obj) = o.as_object_mut() {
-        obj.remove("status");
-    }
+    strip_server_fields(&mut o);
     o
 }
 
-fn policy_fact(objs: &[Value]) -> PolicyFact {
-    let mut parts: Vec<Value> = objs.iter().map(desired_part).collect();
-    parts.sort_by_key(|p| p.to_string());
+/// Count and digest of reduced policies: sha256 of the JSON array of their desired
+/// parts sorted by their text, i.e. `digest(&Value::Array(sorted desired_part))`,
+/// hashed from the texts kept at read time without building the array again.
+fn policy_fact(objs: &[Reduced]) -> PolicyFact {
+    let mut parts: Vec<&str> = objs
+        .iter()
+        .map(|o| o.desired.as_deref().unwrap_or("null"))
+        .collect();
+    parts.sort_unstable();
+    let mut h = Sha256::new();
+    h.update(b"[");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b",");
+        }
+        h.update(p.as_bytes());
+    }
+    h.update(b"]");
     PolicyFact {
         count: objs.len(),
-        digest: digest(&Value::Array(parts)),
+        digest: hex::encode(h.finalize()),
     }
 }
 
@@ -296,13 +298,13 @@ pub fn summary(inv: &Inventory) -> Summary {
             .filter(|n| n.fargate)
             .map(|n| n.name.clone())
             .collect(),
-        namespaces: inv.list("namespaces").len(),
-        network_policies: inv.list("network_policies").len(),
-        calico_network_policies: inv.list("calico_network_policies").len(),
-        global_network_policies: inv.list("global_network_policies").len(),
-        global_network_sets: inv.list("global_network_sets").len(),
-        network_sets: inv.list("network_sets").len(),
-        host_endpoints: inv.list("host_endpoints").len(),
+        namespaces: inv.count("namespaces"),
+        network_policies: inv.count("network_policies"),
+        calico_network_policies: inv.count("calico_network_policies"),
+        global_network_policies: inv.count("global_network_policies"),
+        global_network_sets: inv.count("global_network_sets"),
+        network_sets: inv.count("network_sets"),
+        host_endpoints: inv.count("host_endpoints"),
         crds: crd_names.len(),
         crds_missing: CALICO_CRDS
             .iter()
@@ -313,7 +315,7 @@ pub fn summary(inv: &Inventory) -> Summary {
         ip_pools: names("ip_pools"),
         policy_digests: POLICY_KINDS
             .iter()
-            .map(|k| (k.to_string(), policy_fact(inv.list(k))))
+            .map(|k| (k.to_string(), policy_fact(inv.reduced(k))))
             .collect(),
         calico_node_ready: ks_node.map(|d| {
             let n = |p: &str| d.pointer(p).and_then(Value::as_i64).unwrap_or(0);
@@ -333,4 +335,109 @@ pub fn summary(inv: &Inventory) -> Summary {
 
 pub(crate) fn int_at(v: &Value, p: &str) -> Option<i64> {
     v.pointer(p).and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::inventory::{Collection, Listed, collections};
+    use crate::cluster::reduce::Keep;
+    use crate::sandbox::scenario::{self, ScenarioConfig};
+
+    /// What a LIST of `c` returns from `objs` (label selectors aside: no reduced
+    /// collection has one).
+    fn listed(c: &Collection, objs: &[Value]) -> Vec<Value> {
+        objs.iter()
+            .filter(|o| str_at(o, "/apiVersion") == Some(c.group_version))
+            .filter(|o| str_at(o, "/kind") == Some(c.kind))
+            .filter(|o| {
+                c.namespace
+                    .is_none_or(|ns| str_at(o, "/metadata/namespace") == Some(ns))
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn reduced_inventory(objs: &[Value]) -> Inventory {
+        let listed = collections()
+            .into_iter()
+            .map(|c| {
+                let mut l = Listed::empty(c.keep());
+                for o in listed(&c, objs) {
+                    l.push(&c, o);
+                }
+                (c, Some(l))
+            })
+            .collect();
+        Inventory::assemble("v1.29.15-eks".into(), listed)
+    }
+
+    /// The digest as it was computed from whole objects before they were reduced.
+    fn whole_policy_fact(objs: &[Value]) -> PolicyFact {
+        let mut parts: Vec<Value> = objs.iter().map(desired_part).collect();
+        parts.sort_by_key(|p| p.to_string());
+        PolicyFact {
+            count: objs.len(),
+            digest: digest(&Value::Array(parts)),
+        }
+    }
+
+    #[test]
+    fn the_policy_kinds_are_the_collections_read_reduced_to_their_desired_part() {
+        let desired: Vec<&str> = collections()
+            .iter()
+            .filter(|c| c.keep() == Keep::Desired)
+            .map(|c| c.key)
+            .collect();
+        assert_eq!(desired, POLICY_KINDS.to_vec());
+    }
+
+    #[test]
+    fn a_reduced_inventory_counts_and_digests_as_the_whole_objects_did() {
+        let cfg = ScenarioConfig {
+            namespaces: 40,
+            ..ScenarioConfig::default()
+        };
+        let mut objs = scenario::build(&cfg).unwrap_or_else(|e| panic!("{e:?}"));
+        let all = collections();
+        let col = |key: &str| {
+            all.iter()
+                .find(|c| c.key == key)
+                .unwrap_or_else(|| panic!("no collection {key}"))
+        };
+        let s = summary(&reduced_inventory(&objs));
+        for key in POLICY_KINDS {
+            let whole = listed(col(key), &objs);
+            assert_eq!(s.policy_digests[key], whole_policy_fact(&whole), "{key}");
+        }
+        assert!(s.network_policies > 40, "{}", s.network_policies);
+        assert_eq!(
+            s.network_policies,
+            listed(col("network_policies"), &objs).len()
+        );
+        let namespaces = listed(col("namespaces"), &objs);
+        assert_eq!(s.namespaces, namespaces.len());
+        let kube_system = namespaces.iter().find(|n| name_of(n) == "kube-system");
+        let uid = kube_system
+            .and_then(|n| str_at(n, "/metadata/uid"))
+            .unwrap_or_default();
+        assert!(!uid.is_empty());
+        assert_eq!(reduced_inventory(&objs).cluster_uid, uid);
+        // One policy edited: its kind's digest moves, and still agrees.
+        let np = objs
+            .iter_mut()
+            .find(|o| str_at(o, "/kind") == Some("NetworkPolicy"))
+            .unwrap_or_else(|| panic!("no NetworkPolicy"));
+        np["spec"]["edited"] = Value::Bool(true);
+        let edited = summary(&reduced_inventory(&objs));
+        assert_ne!(edited.policy_digests, s.policy_digests);
+        for key in POLICY_KINDS {
+            let whole = listed(col(key), &objs);
+            assert_eq!(
+                edited.policy_digests[key],
+                whole_policy_fact(&whole),
+                "{key}"
+            );
+        }
+    }
 }
