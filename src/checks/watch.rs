@@ -20,6 +20,9 @@ pub struct NodeWatch {
     pub node: String,
     pub passes: u32,
     pub failed_passes: u32,
+    /// Probes run over all passes (what the watch cost, for the benches).
+    #[serde(default)]
+    pub probes: u32,
     /// Longest time without a verifying pass (from the start, between passes, to the end).
     pub longest_unverified_ms: u64,
     pub verified_at_end: bool,
@@ -77,6 +80,7 @@ pub async fn watch_node(
         let report = compare(&sub, records, 0);
         let now = Instant::now();
         out.passes += 1;
+        out.probes += probes.len() as u32;
         let ok = report.passed && !probes.is_empty();
         // The node's own enforcement is verified when no failure is decided there: a
         // pair failing on another node (a lapse elsewhere) is that node's window.
