@@ -1246,3 +1246,93 @@ async fn resume_goes_on_after_a_stale_degraded() -> Result<()> {
     no_lapse(&env).await?;
     Ok(())
 }
+
+/// Nodes labelled `migrated` now.
+fn migrated_nodes(sb: &calico_migrate::sandbox::Sandbox) -> std::collections::BTreeSet<String> {
+    sb.store()
+        .list(&support::gvr("", "v1", "nodes"), None, &Default::default())
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|n| {
+                    n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
+                        == Some(&json!("migrated"))
+                })
+                .filter_map(|n| n.pointer("/metadata/name")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With no pause the operator runs on while the last node is checked, and no node
+/// is ever verified with more than `nodes_at_a_time` (1) other nodes relabelled and
+/// unverified: read at each "verified" line the tool prints, from the sandbox itself.
+/// The sandbox runs at time scale 20, where a node's swap (3 simulated seconds) takes
+/// 150 ms, three of apply's 50 ms polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_pause_the_operator_runs_on_and_never_gets_two_nodes_ahead() -> Result<()> {
+    use std::io::BufRead as _;
+    let cfg = calico_migrate::sandbox::scenario::ScenarioConfig {
+        nodes: 6,
+        namespaces: 3,
+        pods_per_namespace: 1,
+        ..Default::default()
+    };
+    let env = support::env_with(cfg, 20.0).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    support::plan(&env).await?;
+    let mut c = cli(&env, &kc);
+    c.args([
+        "apply",
+        "--yes",
+        "--sandbox-time-scale",
+        "20",
+        "--pause-seconds",
+        "0",
+    ])
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null());
+    let sb = env.sb.clone();
+    let (lines, ahead, code) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut child = c.spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = Vec::new();
+        // (verified node, nodes relabelled and not yet verified besides it)
+        let mut ahead: Vec<(String, Vec<String>)> = Vec::new();
+        let mut verified = std::collections::BTreeSet::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line?;
+            if let Some(rest) = line.split("node ").nth(1)
+                && let Some((node, _)) = rest.split_once(" verified on calico-system")
+            {
+                let now = migrated_nodes(&sb);
+                verified.insert(node.to_string());
+                let open: Vec<String> = now.difference(&verified).cloned().collect();
+                ahead.push((node.to_string(), open));
+            }
+            lines.push(line);
+        }
+        Ok((lines, ahead, child.wait()?.code()))
+    })
+    .await??;
+    let log = lines.join("\n");
+    if std::env::var_os("CALICO_MIGRATE_TEST_TRACE").is_some() {
+        eprintln!("{log}\n{ahead:?}");
+    }
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(ahead.len(), 6, "every node verified once: {ahead:?}\n{log}");
+    for (node, open) in &ahead {
+        assert!(
+            open.len() <= 1,
+            "node {node} verified with {open:?} relabelled and unverified\n{log}"
+        );
+    }
+    // The operator did run on: some node was relabelled before the one before it was
+    // verified (else this is the paced path with a pause of zero).
+    assert!(
+        ahead.iter().any(|(_, open)| !open.is_empty()),
+        "no node moved while another was checked: {ahead:?}\n{log}"
+    );
+    no_lapse(&env).await
+}

@@ -302,6 +302,7 @@ async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() 
     let w = checks::watch_node(
         &prober,
         &node,
+        &checks::InFlight::default(),
         std::future::pending::<()>(),
         Duration::from_millis(50),
         Duration::from_secs(30),
@@ -378,6 +379,7 @@ async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() 
     let w = checks::watch_node(
         &prober,
         &node,
+        &checks::InFlight::default(),
         heal,
         Duration::from_millis(50),
         Duration::from_secs(30),
@@ -398,6 +400,7 @@ async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() 
     let w = checks::watch_node(
         &prober,
         &node,
+        &checks::InFlight::default(),
         ready,
         Duration::from_millis(50),
         Duration::from_secs(30),

@@ -506,6 +506,8 @@ pub struct Prober {
     opts: RoundOptions,
     nodes: Vec<String>,
     pods: Vec<ProbePod>,
+    /// The last plan made (see [`Prober::recent_plan`]).
+    recent: std::sync::Mutex<Option<std::sync::Arc<RoundPlan>>>,
 }
 
 impl Prober {
@@ -592,6 +594,7 @@ impl Prober {
             opts: opts.clone(),
             nodes,
             pods,
+            recent: std::sync::Mutex::new(None),
         };
         prober.wait_running().await?;
         Ok(prober)
@@ -642,17 +645,36 @@ impl Prober {
         &self.nodes
     }
 
-    /// Read the policies in force and plan the probes.
-    pub async fn plan(&self) -> Result<RoundPlan, CheckError> {
+    /// Read the policies in force and plan the probes (kept as the recent plan).
+    pub async fn plan(&self) -> Result<std::sync::Arc<RoundPlan>, CheckError> {
         let objects = policy_objects(&self.client).await?;
         let index = PolicyIndex::from_objects(&objects)?;
-        Ok(plan_round(
+        let plan = std::sync::Arc::new(plan_round(
             &self.nodes,
             &self.pods,
             &index,
             self.opts.exempt_namespace.as_deref(),
             self.opts.dns_target.as_deref(),
-        ))
+        ));
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// The plan made last, or a new one. Planning reads every Namespace, Pod and
+    /// policy of the cluster: a takeover that planned on each pass of each node's
+    /// watch paid O(cluster) per pass, O(nodes²) in all. A plan made earlier can only
+    /// be stale towards a failure (an expectation that no longer holds fails its
+    /// probe), so a caller judging with it plans again before it reports one.
+    pub async fn recent_plan(&self) -> Result<std::sync::Arc<RoundPlan>, CheckError> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match recent {
+            Some(p) => Ok(p),
+            None => self.plan().await,
+        }
     }
 
     /// Run probes with bounded concurrency; Check failed is retried, nothing else.
@@ -702,6 +724,38 @@ impl Prober {
     pub async fn round(&self) -> Result<RoundReport, CheckError> {
         let started = Instant::now();
         let plan = self.plan().await?;
+        self.run_planned(&plan, started).await
+    }
+
+    /// A round over the probes touching `nodes` and none of `skipped` (nodes whose
+    /// agent is being swapped, which their own watch covers): a bounded round
+    /// between two nodes of a takeover. Planned afresh.
+    pub async fn round_touching(
+        &self,
+        nodes: &BTreeSet<String>,
+        skipped: &BTreeSet<String>,
+    ) -> Result<RoundReport, CheckError> {
+        let started = Instant::now();
+        let full = self.plan().await?;
+        let mut plan = RoundPlan::clone(&full);
+        let touches = |n: &str| nodes.contains(n);
+        let skips = |n: Option<&str>| n.is_some_and(|n| skipped.contains(n));
+        plan.probes.retain(|p| {
+            (touches(&p.src_node) || p.dst_node.as_deref().is_some_and(touches))
+                && !skips(Some(&p.src_node))
+                && !skips(p.dst_node.as_deref())
+        });
+        plan.unplanned
+            .retain(|u| touches(&u.node) && !skipped.contains(&u.node));
+        plan.nodes.retain(|n| touches(n));
+        self.run_planned(&plan, started).await
+    }
+
+    async fn run_planned(
+        &self,
+        plan: &RoundPlan,
+        started: Instant,
+    ) -> Result<RoundReport, CheckError> {
         let bar = crate::progress::bar("check round", plan.probes.len() as u64, "probes");
         let mut records = self
             .execute_counted(&plan.probes, true)
@@ -715,11 +769,7 @@ impl Prober {
                 b.probe.port,
             ))
         });
-        Ok(compare(
-            &plan,
-            records,
-            started.elapsed().as_millis() as u64,
-        ))
+        Ok(compare(plan, records, started.elapsed().as_millis() as u64))
     }
 
     /// Remove the probe workload.

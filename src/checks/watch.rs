@@ -1,17 +1,19 @@
 //! Probe one node continuously while its Calico agent is swapped: every pass runs the
-//! probes where the node is source or destination (expectations re-read each pass,
-//! since policies may change), and the longest time between two passes that verified
+//! probes where the node is source or destination (judged with the prober's recent
+//! plan; a failure is judged again with policies read afresh, since they may change),
+//! and the longest time between two passes that verified
 //! enforcement is recorded. It ends once `done` has resolved and a pass verifies, or
 //! at `max` (then `verified_at_end` is false).
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::outcome::{Failure, ResultClass, compare};
-use super::plan::Expected;
-use super::plan::probes_touching;
+use super::outcome::{Failure, ResultClass, RoundReport, compare};
+use super::plan::{Expected, Probe, RoundPlan, probes_touching};
 use super::round::{CheckError, Prober};
 
 /// What continuous probing of one node saw.
@@ -55,10 +57,61 @@ impl NodeWatch {
     }
 }
 
+/// Nodes whose agent is being replaced while another node is watched (the operator
+/// moves the next node while the last one is checked): a probe with one of them at
+/// the other end says nothing about the watched node, and that node's own watch
+/// covers it. Shared with whoever follows the operator, which updates it.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<Mutex<BTreeSet<String>>>);
+
+impl InFlight {
+    pub fn set(&self, nodes: BTreeSet<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+    }
+
+    pub fn get(&self) -> BTreeSet<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// One pass over the probes touching `node` and no node in flight, judged with
+/// `plan`: the report and how many probes ran.
+async fn pass(
+    prober: &Prober,
+    plan: &RoundPlan,
+    node: &str,
+    in_flight: &BTreeSet<String>,
+) -> (RoundReport, usize) {
+    let other_end_moving = |p: &Probe| {
+        let other = if p.src_node == node {
+            p.dst_node.as_deref()
+        } else {
+            Some(p.src_node.as_str())
+        };
+        other.is_some_and(|o| o != node && in_flight.contains(o))
+    };
+    let probes: Vec<Probe> = probes_touching(plan, node)
+        .into_iter()
+        .filter(|p| !other_end_moving(p))
+        .cloned()
+        .collect();
+    let records = prober.execute(&probes).await;
+    let mut sub = RoundPlan {
+        probes: Vec::new(),
+        nodes: vec![node.to_string()],
+        unplanned: plan.unplanned.clone(),
+    };
+    sub.unplanned.retain(|u| u.node == node);
+    (compare(&sub, records, 0), probes.len())
+}
+
 /// Probe `node` every `interval` until `done` resolves and a pass verifies, or `max`.
+/// Passes judge with the prober's recent plan; a pass that fails with it is run again
+/// with a plan made afresh, and only that one counts (policies may have changed).
 pub async fn watch_node(
     prober: &Prober,
     node: &str,
+    in_flight: &InFlight,
     done: impl Future<Output = ()>,
     interval: Duration,
     max: Duration,
@@ -72,19 +125,21 @@ pub async fn watch_node(
     let mut done = std::pin::pin!(done);
     let mut finished = false;
     loop {
-        let plan = prober.plan().await?;
-        let probes: Vec<_> = probes_touching(&plan, node).into_iter().cloned().collect();
-        let records = prober.execute(&probes).await;
-        let mut sub = plan.clone();
-        sub.unplanned.retain(|u| u.node == node);
-        let report = compare(&sub, records, 0);
+        let moving = in_flight.get();
+        let plan = prober.recent_plan().await?;
+        let (mut report, mut ran) = pass(prober, &plan, node, &moving).await;
+        out.probes += ran as u32;
+        if !report.passed {
+            let fresh = prober.plan().await?;
+            (report, ran) = pass(prober, &fresh, node, &moving).await;
+            out.probes += ran as u32;
+        }
         let now = Instant::now();
         out.passes += 1;
-        out.probes += probes.len() as u32;
-        let ok = report.passed && !probes.is_empty();
+        let ok = report.passed && ran > 0;
         // The node's own enforcement is verified when no failure is decided there: a
         // pair failing on another node (a lapse elsewhere) is that node's window.
-        let own_ok = !probes.is_empty() && report.failures.iter().all(|f| f.node != node);
+        let own_ok = ran > 0 && report.failures.iter().all(|f| f.node != node);
         // A pair the policies block that reached its destination (connected, or
         // refused by it) is a lapse: no reason to wait.
         let lapse = report.failures.iter().any(|f| {

@@ -170,7 +170,11 @@ pub struct ApplyArgs {
     /// Stop before this step starts (repeatable); `apply --resume` continues.
     #[arg(long, value_name = "STEP")]
     pub pause_before: Vec<String>,
-    /// Seconds to pause after each node's swap (default: the profile's pacing).
+    /// Seconds to pause after each node's swap (default: the profile's pacing). With a
+    /// pause the operator is stopped after each node until it is verified; with 0 it
+    /// runs on while the last node is checked (the next node's swap overlaps the
+    /// checks) and is stopped only once `pacing.nodes_at_a_time` nodes have moved past
+    /// a node not yet verified.
     #[arg(long, value_name = "SECONDS")]
     pub pause_seconds: Option<u64>,
     /// Seconds the Lease lock stays valid without renewal (renewed every third of it).

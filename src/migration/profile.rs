@@ -156,11 +156,16 @@ pub struct Pacing {
 pub struct Thresholds {
     pub max_swap_seconds: u64,
     /// Every node is probed through its own swap (as source and destination) until
-    /// verified; a full round over every node runs after this many swapped nodes and
-    /// at the end (a full round is O(nodes) probes, so one after every node would
-    /// make a takeover O(nodes²)).
+    /// verified; a bounded round over `round_sample_nodes` nodes runs after this many
+    /// swapped nodes, and a full round over every node at the end (a full round is
+    /// O(nodes) probes, so one every K nodes would make a takeover O(nodes²/K)).
     #[serde(default = "default_full_round_every")]
     pub full_round_every_nodes: u64,
+    /// How many nodes a bounded round between swaps probes (as source and
+    /// destination): a sample seeded by the round's number, so every round looks at
+    /// other nodes and the cost per moved node does not grow with the cluster.
+    #[serde(default = "default_round_sample_nodes")]
+    pub round_sample_nodes: u64,
     pub probe_timeout_seconds: u64,
     /// Hold one established connection per node (to the next node's probe server) open
     /// across the whole takeover, and stop when one breaks: what Calico promises is
@@ -176,6 +181,10 @@ fn default_hold_connections() -> bool {
 
 fn default_full_round_every() -> u64 {
     10
+}
+
+fn default_round_sample_nodes() -> u64 {
+    8
 }
 
 /// One row of the version table.
@@ -347,6 +356,9 @@ impl Profile {
             if parse_version(v).is_none() {
                 return Err(bad(format!("{field} {v:?} is not a version like v3.19.1")));
             }
+        }
+        if self.checks.round_sample_nodes == 0 {
+            return Err(bad("checks.round_sample_nodes must be at least 1".into()));
         }
         if self.checks.full_round_every_nodes == 0 {
             return Err(bad(

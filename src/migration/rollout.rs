@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 use super::facts::{int_at, str_at};
 use super::refs::KUBE_SYSTEM;
 use super::world::{Observation, World};
-use crate::checks::{Prober, watch_node};
+use crate::checks::{InFlight, Prober, watch_node};
 use crate::cluster::objects::ObjRef;
 use crate::kinds::{self, daemonset_rolled_out, pod_ready};
 
@@ -259,6 +259,7 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
                 let watch = watch_node(
                     prober,
                     &node,
+                    &InFlight::default(),
                     updated_on(world, r, &node),
                     world.options.poll,
                     world.options.node_ready_timeout,

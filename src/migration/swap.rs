@@ -13,7 +13,7 @@ use super::nodes::{agents_ready, list_nodes};
 use super::refs::{CALICO_SYSTEM, KUBE_SYSTEM, MIGRATED, PRE_OPERATOR};
 use super::world::{Observation, World};
 use crate::checks::conn::{self, ConnPool, HoldOptions};
-use crate::checks::{self, NodeWatch};
+use crate::checks::{self, InFlight, NodeWatch};
 
 /// Probe `node` through its agent swap until the calico-node in `namespace` there is
 /// Ready and a pass verifies (bounded by `node_ready_timeout`); records the swap.
@@ -23,6 +23,7 @@ pub async fn watch_swap(
     step: &str,
     node: &str,
     namespace: &str,
+    in_flight: &InFlight,
 ) -> anyhow::Result<Option<String>> {
     // A node that joined during the takeover has no probe pods yet: its first agent
     // comes up first (no pod is created on a node without one), then its pods.
@@ -44,6 +45,7 @@ pub async fn watch_swap(
     let watch = checks::watch_node(
         &prober,
         node,
+        in_flight,
         done,
         world.options.poll,
         world.options.node_ready_timeout,

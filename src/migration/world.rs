@@ -2,6 +2,7 @@
 //! plan and profile, the state dir, the operator manifest, and the checks (one
 //! probe workload for the whole run, a baseline round, rounds compared with it).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,8 +32,10 @@ pub struct ApplyOptions {
     pub max_swap: Duration,
     /// How often long waits poll the cluster.
     pub poll: Duration,
-    /// Swapped nodes between two full rounds (each node's own swap is always probed).
+    /// Swapped nodes between two bounded rounds (each node's own swap is always probed).
     pub full_round_every: usize,
+    /// Nodes a bounded round between swaps probes (profile `checks.round_sample_nodes`).
+    pub round_sample_nodes: usize,
     /// Hold established connections across the takeover's swaps (profile
     /// `checks.hold_connections`).
     pub hold_connections: bool,
@@ -72,6 +75,7 @@ impl ApplyOptions {
             max_swap: Duration::from_secs(profile.checks.max_swap_seconds),
             poll: Duration::from_secs(1),
             full_round_every: profile.checks.full_round_every_nodes.max(1) as usize,
+            round_sample_nodes: profile.checks.round_sample_nodes.max(1) as usize,
             hold_connections: profile.checks.hold_connections,
             hold_interval: Duration::from_secs(1),
             round,
@@ -295,11 +299,23 @@ impl World {
     /// Run a round, compare it with the policies and the baseline, record it, and
     /// fail naming the nodes and pairs when it did not pass.
     pub async fn check_round(&self, step: &str, label: &str) -> anyhow::Result<RoundReport> {
+        self.check_round_of(step, label, None).await
+    }
+
+    /// [`World::check_round`] over the probes touching `nodes` and none touching
+    /// `skipped`, or over every node with `None`.
+    pub async fn check_round_of(
+        &self,
+        step: &str,
+        label: &str,
+        scope: Option<(&BTreeSet<String>, &BTreeSet<String>)>,
+    ) -> anyhow::Result<RoundReport> {
         let prober = self.prober().await?;
-        let mut report = prober
-            .round()
-            .await
-            .with_context(|| format!("running the {label} check round"))?;
+        let round = match scope {
+            None => prober.round().await,
+            Some((nodes, skipped)) => prober.round_touching(nodes, skipped).await,
+        };
+        let mut report = round.with_context(|| format!("running the {label} check round"))?;
         if let Some(base) = self.baseline_round()? {
             compare_with_baseline(&mut report, &base);
         }

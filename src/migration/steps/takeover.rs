@@ -16,10 +16,12 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 use tracing::Instrument as _;
 
+use crate::checks::InFlight;
 use crate::checks::conn::ConnPool;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::int_at;
 use crate::migration::nodes::{NodeState, agents_ready, list_nodes, selects};
 use crate::migration::operator::{
     current_degraded, freeze_operator, progressing_message, run_operator,
@@ -77,7 +79,8 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                     p.node_ready_timeout_seconds, ctx.profile.checks.max_swap_seconds
                 ),
                 format!(
-                    "a full probe round over every node after each {} node(s) and after the last; it equals the baseline",
+                    "a probe round over a seeded sample of {} node(s) after each {} node(s), and a full round over every node after the last; each equals the baseline",
+                    ctx.profile.checks.round_sample_nodes,
                     ctx.profile.checks.full_round_every_nodes
                 ),
                 if ctx.profile.checks.hold_connections {
@@ -85,10 +88,17 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
                 } else {
                     "established connections are not held across the swaps (checks.hold_connections: false)".to_string()
                 },
-                format!(
-                    "pause {} s between nodes; at the first failed check the operator is scaled to 0 and the run stops naming the node",
-                    p.pause_seconds
-                ),
+                if p.pause_seconds > 0 {
+                    format!(
+                        "the operator is scaled to 0 after it moves {} node(s) and started again {} s after they are verified; at the first failed check it is scaled to 0 and the run stops naming the node",
+                        p.nodes_at_a_time, p.pause_seconds
+                    )
+                } else {
+                    format!(
+                        "the operator runs on while the last moved node is checked and is scaled to 0 once {} node(s) have moved past a node not yet verified; at the first failed check it is scaled to 0 and the run stops naming the node, with at most {} node(s) moved past it",
+                        p.nodes_at_a_time, p.nodes_at_a_time
+                    )
+                },
             ]
             .into_iter()
             .chain(ctx.profile.target.restarts_every_agent_at_the_end().then(|| {
@@ -139,7 +149,9 @@ async fn follow(world: &World) -> anyhow::Result<()> {
     let mut checks = NodeChecks {
         checked: already_migrated(world).await?,
         since_round: 0,
+        rounds: 0,
         held: None,
+        in_flight: InFlight::default(),
     };
     let to_move: Vec<String> = list_nodes(&world.objects)
         .await?
@@ -149,7 +161,10 @@ async fn follow(world: &World) -> anyhow::Result<()> {
         .collect();
     // The nodes to move, then the final rollout over every node.
     checks.held = hold_across_swaps(world, &to_move, to_move.len() + checks.checked.len()).await?;
-    let mut pace = Pace::new(world.profile.pacing.nodes_at_a_time as usize);
+    let mut pace = Pace::new(
+        world.profile.pacing.nodes_at_a_time as usize,
+        world.options.pause.is_zero(),
+    );
     loop {
         if let Some(d) = current_degraded(world).await? {
             bail!("{d}");
@@ -160,19 +175,24 @@ async fn follow(world: &World) -> anyhow::Result<()> {
             .filter(|n| !n.fargate)
             .collect();
         if let Some(node) = next_moved(world, &nodes, &checks.checked).await? {
-            // After the last node the operator goes straight on to its end: it deletes
-            // kube-system calico-node and, before v1.35.0, removes the node labels while
-            // calico-system calico-node still selects them (END_OF_MIGRATION_RESTART). A
-            // freeze landing between those writes would leave no DaemonSet selecting any
-            // node, every agent gone until the operator runs again. No node is left to
-            // move past this one, so it runs on while the node is checked.
-            let last = nodes
-                .iter()
-                .all(|n| n.name == node || checks.checked.contains(&n.name));
-            if !last {
-                pace.node_moved(world).await?;
+            if pace.pipelined {
+                pace.check_running(world, &mut checks, &node).await?;
+            } else {
+                // After the last node the operator goes straight on to its end: it
+                // deletes kube-system calico-node and, before v1.35.0, removes the node
+                // labels while calico-system calico-node still selects them
+                // (END_OF_MIGRATION_RESTART). A freeze landing between those writes
+                // would leave no DaemonSet selecting any node, every agent gone until
+                // the operator runs again. No node is left to move past this one, so
+                // it runs on while the node is checked.
+                let last = nodes
+                    .iter()
+                    .all(|n| n.name == node || checks.checked.contains(&n.name));
+                if !last {
+                    pace.node_moved(world).await?;
+                }
+                checks.check(world, &node).await?;
             }
-            checks.check(world, &node).await?;
             pace.progressed();
             continue;
         }
@@ -244,19 +264,23 @@ async fn next_moved(
         .map(|n| n.name.clone()))
 }
 
-/// When the operator runs: started until `per_run` nodes have moved, frozen while
-/// they are checked, started again after the pause.
+/// When the operator runs. With a pause between nodes: started until `per_run` nodes
+/// have moved, frozen while they are checked, started again after the pause. Without
+/// one (`pipelined`): it runs at its own pace while the last moved node is checked,
+/// and is frozen only once `per_run` nodes have moved past a node not yet verified.
 struct Pace {
     per_run: usize,
+    pipelined: bool,
     moved_in_run: usize,
     running: bool,
     last_progress: Instant,
 }
 
 impl Pace {
-    fn new(nodes_at_a_time: usize) -> Self {
+    fn new(nodes_at_a_time: usize, pipelined: bool) -> Self {
         Pace {
             per_run: nodes_at_a_time.max(1),
+            pipelined,
             moved_in_run: 0,
             running: false,
             last_progress: Instant::now(),
@@ -270,6 +294,44 @@ impl Pace {
             freeze_operator(world).await?;
             self.running = false;
         }
+        Ok(())
+    }
+
+    /// Check `node` while the operator runs on. The operator moves a node only once
+    /// every calico-node is Ready (v1.38.6 namespace_migration.go:652-703
+    /// `waitUntilNodeCanBeMigrated`: ready + maxUnavailable > desired, and the
+    /// Installation create-installation writes leaves maxUnavailable at 1), so the
+    /// next node after `node` is relabelled once `node`'s agent is Ready, and the one
+    /// after that only once the next one's new agent is Ready: a whole swap later.
+    /// Freezing as soon as `per_run` nodes are relabelled past `node` therefore stops
+    /// it before it can move another. Once `node` is verified it is started again
+    /// without waiting for its pod: its start overlaps the swap already under way.
+    async fn check_running(
+        &mut self,
+        world: &World,
+        checks: &mut NodeChecks,
+        node: &str,
+    ) -> anyhow::Result<()> {
+        let checked = checks.checked.clone();
+        let in_flight = checks.in_flight.clone();
+        let guard = hold_back(world, node, &checked, self.per_run, &in_flight);
+        tokio::pin!(guard);
+        let checked_node = tokio::select! {
+            r = checks.check(world, node) => r,
+            Err(e) = &mut guard => Err(e),
+        };
+        in_flight.set(BTreeSet::new());
+        checked_node?;
+        let frozen = world
+            .objects
+            .get(&operator_ref())
+            .await?
+            .is_some_and(|d| int_at(&d, "/spec/replicas") == Some(0));
+        if frozen {
+            tracing::info!("node {node} verified: starting the operator again");
+            world.objects.scale(&operator_ref(), 1).await?;
+        }
+        self.running = true;
         Ok(())
     }
 
@@ -303,17 +365,80 @@ impl Pace {
     }
 }
 
+/// While `node` is checked: keep `in_flight` to the nodes relabelled past it, and
+/// freeze the operator once there are `per_run` of them and a node is left for it to
+/// move. Returns only on an error. Not when no node is left: after the last node
+/// the operator goes straight on to its end, and a freeze landing between its writes
+/// there would leave no DaemonSet selecting any node (see `follow`).
+async fn hold_back(
+    world: &World,
+    node: &str,
+    checked: &BTreeSet<String>,
+    per_run: usize,
+    in_flight: &InFlight,
+) -> anyhow::Result<()> {
+    let mut frozen = false;
+    loop {
+        let nodes = list_nodes(&world.objects).await?;
+        let open = || {
+            nodes
+                .iter()
+                .filter(|n| !n.fargate && n.name != node && !checked.contains(&n.name))
+        };
+        let past: BTreeSet<String> = open()
+            .filter(|n| n.label.as_deref() == Some(MIGRATED))
+            .map(|n| n.name.clone())
+            .collect();
+        let left = open().any(|n| n.label.as_deref() != Some(MIGRATED));
+        let count = past.len();
+        in_flight.set(past);
+        if !frozen && count >= per_run && left {
+            tracing::info!(
+                "{count} node(s) moved past node {node} before it is verified: freezing the operator until it is"
+            );
+            freeze_operator(world).await?;
+            frozen = true;
+            // The operator is stopped: what it moved meanwhile is final. More than
+            // `per_run` means it outran the freeze (a swap faster than this poll):
+            // the promise is broken, so stop and say so rather than go on.
+            let now = list_nodes(&world.objects).await?;
+            let moved: Vec<&str> = now
+                .iter()
+                .filter(|n| {
+                    !n.fargate
+                        && n.name != node
+                        && !checked.contains(&n.name)
+                        && n.label.as_deref() == Some(MIGRATED)
+                })
+                .map(|n| n.name.as_str())
+                .collect();
+            if moved.len() > per_run {
+                bail!(
+                    "the operator moved {} node(s) past node {node} before it could be stopped ({}), more than pacing.nodes_at_a_time ({per_run}); check those nodes first, or set a pause between nodes (`--pause-seconds`)",
+                    moved.len(),
+                    moved.join(", ")
+                );
+            }
+        }
+        tokio::time::sleep(world.options.poll).await;
+    }
+}
+
 /// What the way forward has checked: each moved node probed through its swap, the
-/// held connections after it, and a full round every `full_round_every` nodes.
+/// held connections after it, and a bounded round every `full_round_every` nodes.
 struct NodeChecks {
     checked: BTreeSet<String>,
     since_round: usize,
+    /// Bounded rounds run so far: the seed of the next one's sample.
+    rounds: u64,
     held: Option<ConnPool>,
+    /// Nodes relabelled past the node being checked (pipelined pacing).
+    in_flight: InFlight,
 }
 
 impl NodeChecks {
     async fn check(&mut self, world: &World, node: &str) -> anyhow::Result<()> {
-        if let Some(problem) = watch_swap(world, ID, node, CALICO_SYSTEM).await? {
+        if let Some(problem) = watch_swap(world, ID, node, CALICO_SYSTEM, &self.in_flight).await? {
             bail!("node {node}: {problem}");
         }
         if let Some(pool) = &self.held {
@@ -321,8 +446,24 @@ impl NodeChecks {
         }
         self.since_round += 1;
         if self.since_round >= world.options.full_round_every {
+            // A full round is O(nodes) probes: one every K nodes would make the
+            // takeover O(nodes²/K). A sample of the other nodes keeps the cost per
+            // moved node flat; the full round comes after the last node.
+            let skipped = self.in_flight.get();
+            let prober = world.prober().await?;
+            let sample = round_sample(
+                prober.nodes(),
+                &skipped,
+                world.options.round_sample_nodes,
+                self.rounds,
+            );
+            self.rounds += 1;
             world
-                .check_round(ID, &format!("after node {node}"))
+                .check_round_of(
+                    ID,
+                    &format!("after node {node} ({} sampled nodes)", sample.len()),
+                    Some((&sample, &skipped)),
+                )
                 .await
                 .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
             self.since_round = 0;
@@ -333,12 +474,42 @@ impl NodeChecks {
     }
 }
 
+/// `count` of `nodes` not in `skipped`, picked by a hash seeded with `seed` (FNV-1a
+/// and SplitMix64: the same sample for the same seed on any build, so a run can be
+/// retraced).
+fn round_sample(
+    nodes: &[String],
+    skipped: &BTreeSet<String>,
+    count: usize,
+    seed: u64,
+) -> BTreeSet<String> {
+    let fnv = |n: &str| {
+        let h = n.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        // SplitMix64's finalizer over name and seed: FNV alone keeps names that share
+        // a prefix close, so successive seeds would keep picking the same nodes.
+        let mut z = h ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut picked: Vec<(u64, &String)> = nodes
+        .iter()
+        .filter(|n| !skipped.contains(*n))
+        .map(|n| (fnv(n), n))
+        .collect();
+    picked.sort();
+    picked.into_iter().take(count).map(|(_, n)| n.clone()).collect()
+}
+
 /// Every node moved and checked. The operator finishes on its own: it removes the
 /// kube-system install, then renders calico-system calico-node without the
 /// migration nodeSelector (one more rolling restart of every node's agent, followed
 /// like any other), then removes the node labels (verify-completion).
 async fn finish(world: &World, running: bool, checks: NodeChecks) -> anyhow::Result<()> {
-    if checks.since_round > 0 {
+    // The rounds between nodes were samples: the full round comes now.
+    if !checks.checked.is_empty() {
         world.check_round(ID, "after the last node moved").await?;
     }
     if !running {
@@ -494,5 +665,40 @@ impl Step<World> for Takeover {
                 .map(|n| format!("node {n}: follow the operator's relabel to `{MIGRATED}`, probe through the swap, then a check round"))
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node-{i:03}")).collect()
+    }
+
+    #[test]
+    fn a_round_sample_has_its_size_whatever_the_cluster_and_skips_nodes_in_flight() {
+        let skipped: BTreeSet<String> = ["node-001".to_string(), "node-002".to_string()].into();
+        for n in [10, 100, 500] {
+            let all = nodes(n);
+            let s = round_sample(&all, &skipped, 8, 3);
+            assert_eq!(s.len(), 8, "{n} nodes: {s:?}");
+            assert!(s.iter().all(|x| all.contains(x) && !skipped.contains(x)));
+            // The same seed, the same sample: a run can be retraced.
+            assert_eq!(s, round_sample(&all, &skipped, 8, 3));
+        }
+        // Fewer nodes than the sample: all of them but the ones in flight.
+        assert_eq!(round_sample(&nodes(5), &skipped, 8, 0).len(), 3);
+    }
+
+    #[test]
+    fn successive_rounds_sample_other_nodes() {
+        let all = nodes(200);
+        let none = BTreeSet::new();
+        let seen: BTreeSet<String> = (0..20)
+            .flat_map(|seed| round_sample(&all, &none, 8, seed))
+            .collect();
+        // 20 rounds of 8 over 200 nodes: far more than one round's worth of nodes.
+        assert!(seen.len() > 100, "{} distinct nodes", seen.len());
     }
 }
