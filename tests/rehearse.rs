@@ -588,3 +588,41 @@ fn fargate_nodes_rehearse_on_the_current_path() {
     let r = report(&o);
     assert_whole_job(&r, 6);
 }
+
+/// The same faults with the operator running on while the last node is checked
+/// (`--pause-seconds 0`): the broken swap still stops the takeover with the node
+/// named and the operator frozen, and the run resumes to the end once cleared.
+#[test]
+fn without_a_pause_a_broken_swap_and_a_stall_still_stop_the_takeover_at_their_node() {
+    for fault in ["conn-reset:@3", "operator-stall:@3"] {
+        let r = report(&rehearse(&[
+            "--nodes",
+            "5",
+            "--fault",
+            fault,
+            "--pause-seconds",
+            "0",
+            "-o",
+            "json",
+        ]));
+        assert_whole_job(&r, 5);
+        let node = injected_value(&r);
+        let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(faults.len(), 1, "{fault}: {r:#}");
+        assert_eq!(faults[0]["stopped_at"], "takeover", "{fault}: {r:#}");
+        let msg = faults[0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(&node), "{fault}: {msg}");
+        assert!(
+            msg.contains("frozen"),
+            "{fault}: the operator is frozen: {msg}"
+        );
+        assert!(
+            r["phases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["phase"] == "apply --resume" && p["outcome"]["outcome"] == "completed"),
+            "{fault}: {r:#}"
+        );
+    }
+}

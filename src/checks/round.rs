@@ -662,9 +662,10 @@ impl Prober {
 
     /// The plan made last, or a new one. Planning reads every Namespace, Pod and
     /// policy of the cluster: a takeover that planned on each pass of each node's
-    /// watch paid O(cluster) per pass, O(nodes²) in all. A plan made earlier can only
-    /// be stale towards a failure (an expectation that no longer holds fails its
-    /// probe), so a caller judging with it plans again before it reports one.
+    /// watch paid O(cluster) per pass, O(nodes²) in all. An expectation that no longer
+    /// holds fails its probe, so a caller judging with this plan plans again before it
+    /// reports a failure; what it cannot see is a policy added since that the data plane
+    /// does not enforce, until the next fresh plan (every round makes one).
     pub async fn recent_plan(&self) -> Result<std::sync::Arc<RoundPlan>, CheckError> {
         let recent = self
             .recent

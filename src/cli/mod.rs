@@ -230,6 +230,11 @@ pub struct RehearseArgs {
     /// Simulated seconds per real second.
     #[arg(long, default_value_t = 50.0, value_name = "FACTOR")]
     pub time_scale: f64,
+    /// Simulated seconds to pause after each node's swap (default: the profile's
+    /// pacing); 0 rehearses the takeover with the operator running on while the last
+    /// node is checked, as `apply --pause-seconds 0` does.
+    #[arg(long, value_name = "SECONDS")]
+    pub pause_seconds: Option<u64>,
 
     /// The Kubernetes minor the sandbox serves (1.21 to 1.34). plan picks the path for
     /// it as on a real cluster: 1.24 or older rehearses the same-version path (operator

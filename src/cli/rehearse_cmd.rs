@@ -41,6 +41,7 @@ pub async fn run(args: &RehearseArgs, g: &GlobalOpts) -> anyhow::Result<ExitCode
         seed: args.seed,
         faults: args.faults.clone(),
         time_scale: args.time_scale,
+        pause_seconds: args.pause_seconds,
         kubernetes_version: args.kubernetes_version,
         cluster,
     };

@@ -23,8 +23,8 @@ use super::rollout::wait_rollout;
 use super::swap::{Way, check_held, hold_across_swaps, watch_swap};
 use super::wait::{wait_gone, wait_until};
 use super::world::World;
-use crate::checks::conn::ConnPool;
 use crate::checks::InFlight;
+use crate::checks::conn::ConnPool;
 use crate::cluster::objects::{ObjRef, same_object};
 use crate::progress;
 
@@ -159,7 +159,9 @@ pub async fn move_nodes_back(
         prepare_way_back(world, pre, &nodes).await?;
         tracing::info!("moving node {node} back to the kube-system calico-node");
         set_node_label(&world.objects, &node, Some(PRE_OPERATOR)).await?;
-        if let Some(problem) = watch_swap(world, step, &node, KUBE_SYSTEM, &InFlight::default()).await? {
+        if let Some(problem) =
+            watch_swap(world, step, &node, KUBE_SYSTEM, &InFlight::default()).await?
+        {
             bail!("moving node {node} back: {problem}");
         }
         if let Some(pool) = held {

@@ -45,6 +45,9 @@ pub struct RehearseOptions {
     pub faults: Vec<String>,
     /// Simulated seconds per real second.
     pub time_scale: f64,
+    /// Seconds (simulated) to pause after each node, in place of the profile's
+    /// `pacing.pause_seconds`; 0 runs the pipelined takeover.
+    pub pause_seconds: Option<u64>,
     /// The Kubernetes minor the sandbox serves (plan picks the path from it).
     pub kubernetes_version: crate::sandbox::KubernetesVersion,
     /// A live cluster's nodes, namespaces and policies in place of the generated
@@ -61,6 +64,7 @@ impl Default for RehearseOptions {
             seed: 1,
             faults: Vec::new(),
             time_scale: 50.0,
+            pause_seconds: None,
             kubernetes_version: crate::sandbox::KubernetesVersion::default(),
             cluster: None,
         }
@@ -176,8 +180,12 @@ async fn stage(opts: &RehearseOptions, objects: Vec<Value>) -> anyhow::Result<Ri
 }
 
 /// Options scaled to the sandbox's clock.
-fn options(profile: &Profile, time_scale: f64) -> ApplyOptions {
-    let mut o = ApplyOptions::from_profile(profile).for_time_scale(time_scale);
+fn options(profile: &Profile, opts: &RehearseOptions) -> ApplyOptions {
+    let mut o = ApplyOptions::from_profile(profile);
+    if let Some(p) = opts.pause_seconds {
+        o.pause = std::time::Duration::from_secs(p);
+    }
+    let mut o = o.for_time_scale(opts.time_scale);
     o.round.concurrency = 16;
     o
 }
@@ -329,7 +337,7 @@ fn world(
     stage: &Rig,
     loaded: &session::Loaded,
     state: &Path,
-    time_scale: f64,
+    opts: &RehearseOptions,
 ) -> anyhow::Result<World> {
     let manifest = session::manifests(state, &loaded.saved.plan, &loaded.profile)?;
     Ok(World::new(
@@ -338,7 +346,7 @@ fn world(
         loaded.saved.plan.clone(),
         state,
         manifest,
-        options(&loaded.profile, time_scale),
+        options(&loaded.profile, opts),
     ))
 }
 
@@ -407,7 +415,7 @@ pub async fn rehearse(
         })
         .unwrap_or_default();
     let loaded = session::load_plan(&state)?;
-    let w = world(&stage, &loaded, &state, opts.time_scale)?;
+    let w = world(&stage, &loaded, &state, opts)?;
     let mut journal = Journal::create(
         &state,
         identity(&loaded.saved),
@@ -518,7 +526,7 @@ pub async fn rehearse(
     let state2 = tmp.path().join("state2");
     make_plan(&stage.client, &state2).await?;
     let loaded2 = session::load_plan(&state2)?;
-    let w2 = world(&stage, &loaded2, &state2, opts.time_scale)?;
+    let w2 = world(&stage, &loaded2, &state2, opts)?;
     let mut journal2 = Journal::create(
         &state2,
         identity(&loaded2.saved),

@@ -500,7 +500,11 @@ fn round_sample(
         .map(|n| (fnv(n), n))
         .collect();
     picked.sort();
-    picked.into_iter().take(count).map(|(_, n)| n.clone()).collect()
+    picked
+        .into_iter()
+        .take(count)
+        .map(|(_, n)| n.clone())
+        .collect()
 }
 
 /// Every node moved and checked. The operator finishes on its own: it removes the
