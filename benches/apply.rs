@@ -2,20 +2,51 @@
 //! operator migrating the same nodes on its own (its node-by-node rollout, with the
 //! converter's blockers removed by hand and no checks), as a ratio. Both run with the
 //! controllers at the same time scale, in one run, one size after the other.
-//! Run: `cargo bench --bench apply` (APPLY_BENCH_NODES=10,50 to choose sizes).
-//! Prints figures; asserts only that both migrations finished.
+//!
+//! Three sections (docs/benchmarks.md, "apply beside the operator's own takeover"):
+//! - the fast timings at time scale 20 (APPLY_BENCH_NODES, default 10,50);
+//! - the realistic timings (`ControllerOptions::realistic`) at time scale
+//!   APPLY_BENCH_REALISTIC_SCALE (default 20) (APPLY_BENCH_REALISTIC_NODES, default 50,200);
+//! - per moved node during the takeover step: the API requests the sandbox served and
+//!   the probes the tool ran, fast timings at time scale 20 (APPLY_BENCH_FLAT_NODES,
+//!   default 10,100,500), with each size's ratio to the first size's.
+//!
+//! An empty variable skips its section. Run: `cargo bench --bench apply`.
+//! Prints figures; asserts only that the migrations finished and that enforcement never
+//! diverged.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use calico_migrate::sandbox::controllers::ControllerOptions;
+use calico_migrate::sandbox::controllers::{ControllerOptions, Timings};
 use calico_migrate::sandbox::scenario::{self, ScenarioConfig};
 use calico_migrate::sandbox::{Gvr, ListOptions, PatchKind, Sandbox, SandboxOptions, WriteOptions};
 use calico_migrate::testkit::{Rig, RigOptions};
 use serde_json::{Value, json};
 
-/// Simulated seconds per real second for the controllers and the operator.
+/// Simulated seconds per real second for the controllers and the operator (the fast
+/// timings' table and the per-node counts).
 const TIME_SCALE: f64 = 20.0;
+
+/// The realistic timings' default time scale: their simulated time per node is about
+/// three times the fast timings', so 200 nodes stay within minutes per side.
+const REALISTIC_TIME_SCALE: f64 = 20.0;
+
+/// Records the request log keeps: far above what a 500-node takeover sends, so a count
+/// is never refused for a truncated window, and bounded.
+const REQUEST_LOG_CAPACITY: usize = 2_000_000;
+
+/// How a section runs its sandboxes.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    time_scale: f64,
+    timings: Timings,
+}
+
+const FAST: Setup = Setup {
+    time_scale: TIME_SCALE,
+    timings: Timings::Fast,
+};
 
 /// Both sides run operator v1.17.4 on Kubernetes 1.24, the newest minor its line runs
 /// on: plan picks the same-version profile there, whose operator the manifest installs
@@ -47,10 +78,11 @@ fn sandbox(nodes: usize) -> anyhow::Result<Sandbox> {
 
 fn controllers(
     sb: &Sandbox,
+    setup: Setup,
 ) -> anyhow::Result<calico_migrate::sandbox::controllers::ControllersHandle> {
     sb.start_controllers(ControllerOptions {
-        time_scale: TIME_SCALE,
-        ..ControllerOptions::default()
+        time_scale: setup.time_scale,
+        ..ControllerOptions::with_timings(setup.timings)
     })
     .map_err(anyhow::Error::msg)
 }
@@ -85,7 +117,7 @@ fn operator_done(sb: &Sandbox) -> bool {
 }
 
 /// The floor: the operator alone on a prepared install.
-async fn floor(nodes: usize) -> anyhow::Result<Duration> {
+async fn floor(nodes: usize, setup: Setup) -> anyhow::Result<Duration> {
     let sb = sandbox(nodes)?;
     sb.store().patch(
         &Gvr::new("apps", "v1", "daemonsets"),
@@ -111,7 +143,7 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
         .as_bytes(),
         &WriteOptions::default(),
     )?;
-    let c = controllers(&sb)?;
+    let c = controllers(&sb, setup)?;
     let started = Instant::now();
     sb.load(scenario::operator::operator_manifest(
         "quay.io/tigera/operator:v1.17.4",
@@ -119,8 +151,8 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
     sb.load(vec![scenario::operator::installation_default()])?;
     while !operator_done(&sb) {
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(900),
-            "the operator never finished"
+            started.elapsed() < Duration::from_secs(3600),
+            "the operator had not finished {nodes} nodes after an hour"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -129,13 +161,27 @@ async fn floor(nodes: usize) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
+/// What one apply run measured.
+struct ApplyRun {
+    plan: Duration,
+    apply: Duration,
+    takeover: Duration,
+    /// Nodes the takeover moved (its node swaps).
+    moved: usize,
+    /// API requests the sandbox served during the takeover step.
+    requests: usize,
+    /// Probes the takeover ran: its node watches' and its rounds'.
+    probes: u64,
+}
+
 /// calico-migrate plan + apply, through the binary, at the same time scale.
-async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
+async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
     let rig = Rig::start_scenario(
         &scenario_config(nodes),
         &RigOptions {
-            time_scale: TIME_SCALE,
+            time_scale: setup.time_scale,
             kubernetes_version: kubernetes()?,
+            timings: setup.timings,
             ..RigOptions::default()
         },
     )
@@ -150,51 +196,91 @@ async fn apply(nodes: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     )?;
     let state = dir.path().join("state");
     let m = manifest.to_string_lossy().to_string();
-    let times = tokio::task::spawn_blocking(move || -> anyhow::Result<(Duration, Duration)> {
-        let run = |args: &[&str]| -> anyhow::Result<()> {
-            let o = Command::new(env!("CARGO_BIN_EXE_calico-migrate"))
-                .arg("--kubeconfig")
-                .arg(&kc)
-                .arg("--state-dir")
-                .arg(&state)
-                .args(["--no-progress", "-q"])
-                .args(args)
-                .output()?;
-            anyhow::ensure!(
-                o.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            Ok(())
-        };
-        let started = Instant::now();
-        run(&["plan", "--operator-manifest", &m])?;
-        let plan = started.elapsed();
-        let started = Instant::now();
-        let scale = TIME_SCALE.to_string();
-        run(&[
-            "apply",
-            "--yes",
-            "--sandbox-time-scale",
-            &scale,
-            "--pause-seconds",
-            "0",
-        ])?;
-        Ok((plan, started.elapsed()))
-    })
-    .await??;
+    rig.sb.requests().start(REQUEST_LOG_CAPACITY);
+    let scale = setup.time_scale;
+    let run =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Duration, Duration, Value)> {
+            let run = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+                let o = Command::new(env!("CARGO_BIN_EXE_calico-migrate"))
+                    .arg("--kubeconfig")
+                    .arg(&kc)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(["--no-progress", "-q", "-o", "json"])
+                    .args(args)
+                    .output()?;
+                anyhow::ensure!(
+                    o.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                Ok(o.stdout)
+            };
+            let started = Instant::now();
+            run(&["plan", "--operator-manifest", &m])?;
+            let plan = started.elapsed();
+            let started = Instant::now();
+            let scale = scale.to_string();
+            let report = run(&[
+                "apply",
+                "--yes",
+                "--sandbox-time-scale",
+                &scale,
+                "--pause-seconds",
+                "0",
+            ])?;
+            let apply = started.elapsed();
+            Ok((plan, apply, serde_json::from_slice(&report)?))
+        })
+        .await??;
+    let (plan, applied, report) = run;
     anyhow::ensure!(
         operator_done(&rig.sb),
         "apply finished but the operator did not"
     );
     anyhow::ensure!(rig.dp.intervals().await.is_empty(), "enforcement diverged");
-    let takeover = step_time(&dir.path().join("state"), "takeover")?;
+    let (start, end) = step_window(&dir.path().join("state"), "takeover")?;
+    let requests = rig.sb.requests().count(start, end, |_| true)?;
+    rig.sb.requests().stop();
+    let (moved, probes) = takeover_probes(&report);
     rig.shutdown().await;
-    Ok((times.0, times.1, takeover))
+    Ok(ApplyRun {
+        plan,
+        apply: applied,
+        takeover: Duration::try_from(end.duration_since(start))?,
+        moved,
+        requests,
+        probes,
+    })
 }
 
-/// How long a step took, from its journal: first start to verified.
-fn step_time(state: &std::path::Path, id: &str) -> anyhow::Result<Duration> {
+/// Nodes the takeover moved and the probes it ran, from apply's JSON report: each
+/// `node_swap` observation of step `takeover` is one moved node with its watch's
+/// probes; each `round` of that step adds its probes.
+fn takeover_probes(report: &Value) -> (usize, u64) {
+    let mut moved = 0;
+    let mut probes = 0;
+    for o in report["observations"].as_array().into_iter().flatten() {
+        if o["step"] != "takeover" {
+            continue;
+        }
+        match o["kind"].as_str() {
+            Some("node_swap") => {
+                moved += 1;
+                probes += o["watch"]["probes"].as_u64().unwrap_or_default();
+            }
+            Some("round") => probes += o["probes"].as_u64().unwrap_or_default(),
+            _ => {}
+        }
+    }
+    (moved, probes)
+}
+
+/// When a step ran, from its journal: first start to verified.
+fn step_window(
+    state: &std::path::Path,
+    id: &str,
+) -> anyhow::Result<(jiff::Timestamp, jiff::Timestamp)> {
     use calico_migrate::engine::{EventKind, Journal};
     let events = Journal::open_read_only(state)?.events()?;
     let at = |pick: &dyn Fn(&EventKind) -> bool| -> anyhow::Result<jiff::Timestamp> {
@@ -206,32 +292,105 @@ fn step_time(state: &std::path::Path, id: &str) -> anyhow::Result<Duration> {
     };
     let start = at(&|k| matches!(k, EventKind::StepStarted { step, .. } if step == id))?;
     let end = at(&|k| matches!(k, EventKind::StepVerified { step } if step == id))?;
-    Ok(Duration::try_from(end.duration_since(start))?)
+    Ok((start, end))
 }
 
-fn main() -> anyhow::Result<()> {
-    let sizes: Vec<usize> = std::env::var("APPLY_BENCH_NODES")
+/// Sizes from an environment variable (`10,50`); unset gives the default, empty none.
+fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![10, 50]);
-    let rt = tokio::runtime::Runtime::new()?;
-    println!("time scale {TIME_SCALE} (simulated s per real s); apply with --pause-seconds 0");
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// The floor and apply side by side at each size.
+fn compare(rt: &tokio::runtime::Runtime, sizes: &[usize], setup: Setup) -> anyhow::Result<()> {
     println!(
         "{:>6} {:>9} {:>11} {:>9} {:>8} {:>15} {:>13}",
         "nodes", "floor s", "takeover s", "apply s", "plan s", "takeover/floor", "apply/floor"
     );
-    for n in sizes {
-        let f = rt.block_on(floor(n))?;
-        let (plan, a, t) = rt.block_on(apply(n))?;
+    for &n in sizes {
+        let f = rt.block_on(floor(n, setup))?;
+        let r = rt.block_on(apply(n, setup))?;
+        let (t, a) = (r.takeover.as_secs_f64(), r.apply.as_secs_f64());
         println!(
-            "{n:>6} {:>9.1} {:>11.1} {:>9.1} {:>8.2} {:>15.2} {:>13.2}",
+            "{n:>6} {:>9.1} {t:>11.1} {a:>9.1} {:>8.2} {:>15.2} {:>13.2}",
             f.as_secs_f64(),
-            t.as_secs_f64(),
-            a.as_secs_f64(),
-            plan.as_secs_f64(),
-            t.as_secs_f64() / f.as_secs_f64(),
-            a.as_secs_f64() / f.as_secs_f64()
+            r.plan.as_secs_f64(),
+            t / f.as_secs_f64(),
+            a / f.as_secs_f64()
         );
+    }
+    Ok(())
+}
+
+/// Requests and probes per moved node during the takeover, and their ratio to the
+/// first size's.
+fn per_node(rt: &tokio::runtime::Runtime, sizes: &[usize]) -> anyhow::Result<()> {
+    println!(
+        "{:>6} {:>6} {:>11} {:>9} {:>10} {:>8} {:>12} {:>10}",
+        "nodes", "moved", "takeover s", "requests", "req/node", "probes", "probes/node", "ratios"
+    );
+    let mut first: Option<(f64, f64)> = None;
+    for &n in sizes {
+        let r = rt.block_on(apply(n, FAST))?;
+        anyhow::ensure!(
+            r.moved > 0,
+            "the takeover of {n} nodes reported no node swap"
+        );
+        let req = r.requests as f64 / r.moved as f64;
+        let probes = r.probes as f64 / r.moved as f64;
+        let (req0, probes0) = *first.get_or_insert((req, probes));
+        println!(
+            "{n:>6} {:>6} {:>11.1} {:>9} {req:>10.1} {:>8} {probes:>12.1} {:>5.2}/{:<5.2}",
+            r.moved,
+            r.takeover.as_secs_f64(),
+            r.requests,
+            r.probes,
+            req / req0,
+            probes / probes0
+        );
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let fast = sizes("APPLY_BENCH_NODES", &[10, 50]);
+    if !fast.is_empty() {
+        println!(
+            "fast timings, time scale {TIME_SCALE} (simulated s per real s); apply with --pause-seconds 0"
+        );
+        compare(&rt, &fast, FAST)?;
+    }
+    let realistic = sizes("APPLY_BENCH_REALISTIC_NODES", &[50, 200]);
+    if !realistic.is_empty() {
+        let time_scale = std::env::var("APPLY_BENCH_REALISTIC_SCALE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(REALISTIC_TIME_SCALE);
+        let o = ControllerOptions::realistic();
+        println!(
+            "realistic timings (pod start {} s, calico-node Ready one readiness-probe period later, \
+             operator start {} s before the lease), time scale {time_scale}",
+            o.pod_start_delay, o.operator_start_delay
+        );
+        compare(
+            &rt,
+            &realistic,
+            Setup {
+                time_scale,
+                timings: Timings::Realistic,
+            },
+        )?;
+    }
+    let flat = sizes("APPLY_BENCH_FLAT_NODES", &[10, 100, 500]);
+    if !flat.is_empty() {
+        println!(
+            "per moved node during the takeover step, fast timings, time scale {TIME_SCALE}; \
+             ratios: requests/probes per node to the first size's"
+        );
+        per_node(&rt, &flat)?;
     }
     Ok(())
 }

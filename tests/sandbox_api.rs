@@ -1804,3 +1804,88 @@ async fn the_scenario_loads_at_every_minor() -> Result<()> {
     }
     Ok(())
 }
+
+/// The request log counts what the server served while recording, by time window, with
+/// each request's verb, resource and user agent; nothing before `start`.
+#[tokio::test]
+async fn the_request_log_counts_a_known_sequence() -> Result<()> {
+    let sb = Sandbox::new(SandboxOptions::default());
+    let server = sb.serve("127.0.0.1:0").await?;
+    let client = server.client()?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.list(&ListParams::default()).await?;
+    assert!(sb.requests().records().is_empty(), "recorded before start");
+    let before = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sb.requests().start(100);
+    let from = jiff::Timestamp::now();
+    cms.create(&PostParams::default(), &cm("counted", json!({"a": "1"}))?)
+        .await?;
+    cms.get("counted").await?;
+    cms.list(&ListParams::default()).await?;
+    cms.patch(
+        "counted",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"a": "2"}})),
+    )
+    .await?;
+    cms.delete("counted", &DeleteParams::default()).await?;
+    let to = jiff::Timestamp::now();
+    let verbs: Vec<(String, String)> = sb
+        .requests()
+        .records()
+        .into_iter()
+        .map(|r| (r.verb, r.resource))
+        .collect();
+    let want = ["create", "get", "list", "patch", "delete"]
+        .map(|v| (v.to_string(), "configmaps".to_string()));
+    assert_eq!(verbs, want);
+    assert_eq!(sb.requests().count(from, to, |_| true)?, 5);
+    assert_eq!(sb.requests().count(from, to, |r| r.verb == "list")?, 1);
+    // The user agent as sent (kube's client here sends none; a raw request names one).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(server.local_addr()).await?;
+        s.write_all(
+            b"GET /version HTTP/1.1\r\nHost: sandbox\r\nUser-Agent: counted/1.0\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await?;
+    }
+    let last = sb
+        .requests()
+        .records()
+        .pop()
+        .context("no record of /version")?;
+    assert_eq!(
+        (
+            last.verb.as_str(),
+            last.resource.as_str(),
+            last.user_agent.as_str()
+        ),
+        ("get", "/version", "counted/1.0")
+    );
+    // A window that starts before the recording is refused, not undercounted.
+    let err = sb.requests().count(before, to, |_| true);
+    assert!(err.is_err(), "{err:?}");
+    // Beyond its capacity the ring drops the oldest, and says so for a window it no
+    // longer covers.
+    sb.requests().start(2);
+    let from = jiff::Timestamp::now();
+    for _ in 0..3 {
+        cms.list(&ListParams::default()).await?;
+    }
+    let to = jiff::Timestamp::now();
+    assert_eq!(sb.requests().records().len(), 2);
+    let err = sb.requests().count(from, to, |_| true);
+    assert!(
+        err.as_ref()
+            .is_err_and(|e| e.to_string().contains("dropped 1")),
+        "{err:?}"
+    );
+    sb.requests().stop();
+    cms.list(&ListParams::default()).await?;
+    assert_eq!(sb.requests().records().len(), 2, "recorded after stop");
+    Ok(())
+}

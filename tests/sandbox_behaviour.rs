@@ -2451,3 +2451,80 @@ async fn kubectl_mutations_of_calico_node_surface_as_the_converters_degraded() {
         started.elapsed()
     );
 }
+
+/// The realistic timings (`ControllerOptions::realistic`): a calico-system calico-node
+/// pod turns Ready one period of its own readiness probe (10 s as operator v1.20.1
+/// renders it) after its 5 s start; the operator pod is Ready at its 5 s start and
+/// tries the leader lock 4.5 s after that.
+#[test]
+fn realistic_timings_give_agents_and_the_operator_their_own_delays() {
+    let (sb, fast) = cluster(2, 5, true, ControllerFaults::default());
+    drop(fast);
+    let opts = ControllerOptions::realistic();
+    let mut c = Controllers::new(&sb, opts.clone()).unwrap_or_else(|e| panic!("controllers: {e}"));
+    let lease_g = g("coordination.k8s.io", "leases");
+    let first = |sb: &Sandbox, ns: &str, pick: &dyn Fn(&Value) -> bool| {
+        list(sb, &pods_g(), Some(ns)).into_iter().find(|p| pick(p))
+    };
+    let is_agent = |p: &Value| p["metadata"]["labels"]["k8s-app"] == "calico-node";
+    let (mut op_seen, mut op_ready, mut lease_at) = (None, None, None);
+    let (mut agent, mut agent_seen, mut agent_ready) = (None::<String>, None, None);
+    for _ in 0..600 {
+        c.tick();
+        let now = c.now();
+        if let Some(p) = first(&sb, "tigera-operator", &|_| true) {
+            op_seen.get_or_insert(now);
+            if ready(&p) {
+                op_ready.get_or_insert(now);
+            }
+        }
+        if get(&sb, &lease_g, "tigera-operator", "operator-lock").is_some() {
+            lease_at.get_or_insert(now);
+        }
+        if agent.is_none() {
+            agent = first(&sb, "calico-system", &is_agent)
+                .and_then(|p| p["metadata"]["uid"].as_str().map(String::from));
+            agent_seen = agent.as_ref().map(|_| now);
+        }
+        if let Some(uid) = &agent {
+            let p = first(&sb, "calico-system", &|p| {
+                p["metadata"]["uid"] == uid.as_str()
+            });
+            if p.as_ref().is_some_and(ready) {
+                agent_ready.get_or_insert(now);
+                break;
+            }
+        }
+    }
+    let (Some(op_seen), Some(op_ready), Some(lease_at)) = (op_seen, op_ready, lease_at) else {
+        panic!("the operator pod never led: {op_seen:?} {op_ready:?} {lease_at:?}");
+    };
+    let (Some(agent_seen), Some(agent_ready)) = (agent_seen, agent_ready) else {
+        panic!(
+            "no calico-system agent turned Ready: {}",
+            tigera_status(&sb)
+        );
+    };
+    let within = |took: f64, want: f64| took >= want - 1e-9 && took <= want + 1.0 + 1e-9;
+    assert!(
+        within(op_ready - op_seen, opts.pod_start_delay),
+        "operator pod Ready {} s after its creation",
+        op_ready - op_seen
+    );
+    // The operator sees its pod Ready at the next tick's step, then waits its start;
+    // the lease's first try comes at most one retry period (2 s) later.
+    let to_lease = lease_at - op_ready;
+    assert!(
+        to_lease >= opts.operator_start_delay && to_lease <= opts.operator_start_delay + 3.0,
+        "the operator tried the lease {to_lease} s after its pod was Ready"
+    );
+    let ds = get(&sb, &ds_g(), "calico-system", "calico-node").unwrap_or(Value::Null);
+    let period =
+        &ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSeconds"];
+    assert_eq!(period, 10, "operator v1.20.1 renders a 10 s probe period");
+    assert!(
+        within(agent_ready - agent_seen, opts.pod_start_delay + 10.0),
+        "calico-system agent Ready {} s after its creation",
+        agent_ready - agent_seen
+    );
+}

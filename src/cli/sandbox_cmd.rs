@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::GlobalOpts;
 use crate::sandbox::apiserver::store::persist::Transition;
-use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions};
+use crate::sandbox::controllers::{self, ControllerFaults, ControllerOptions, Timings};
 use crate::sandbox::datadir::{DataDir, Saver};
 use crate::sandbox::dataplane::{self, DataPlane, DataPlaneFaults, DataPlaneOptions};
 use crate::sandbox::faults::FaultKnobs;
@@ -79,12 +79,19 @@ pub struct SandboxArgs {
     /// Simulated seconds per real second for the controllers and the operator.
     #[arg(long, default_value_t = 10.0, value_name = "FACTOR")]
     pub time_scale: f64,
-    /// Simulated seconds from a pod's creation to Ready.
-    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
-    pub pod_start_delay: f64,
-    /// Simulated seconds between two actions of the simulated Tigera operator.
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    pub operator_step: f64,
+    /// The controllers' timings: `fast` (a pod starts in 3 s, calico-node is Ready when
+    /// it starts, the operator tries the leader lock at once) or `realistic` (a pod starts
+    /// in 5 s, calico-node is Ready one readiness-probe period later, the operator tries
+    /// the lock 4.5 s after its start; sources in docs/sandbox-behaviour.md). In
+    /// simulated seconds, like the flags below, which override the preset's figure.
+    #[arg(long, value_parser = ["fast", "realistic"], default_value = "fast", value_name = "PRESET")]
+    pub timings: String,
+    /// Simulated seconds from a pod's creation to Ready (default: the preset's).
+    #[arg(long, value_name = "SECONDS")]
+    pub pod_start_delay: Option<f64>,
+    /// Simulated seconds between two actions of the simulated Tigera operator (default 1).
+    #[arg(long, value_name = "SECONDS")]
+    pub operator_step: Option<f64>,
     /// Serve the API only: no workload controllers, no operator.
     #[arg(long)]
     pub no_controllers: bool,
@@ -129,12 +136,17 @@ pub async fn run(args: &SandboxArgs, global: &GlobalOpts) -> anyhow::Result<Exit
         .cloned()
         .partition(|s| controllers::faults::is_controller_fault(s));
     let faults = FaultConfig::parse_specs(&api)?;
+    let preset = ControllerOptions::with_timings(if args.timings == "realistic" {
+        Timings::Realistic
+    } else {
+        Timings::Fast
+    });
     let controller_opts = ControllerOptions {
         time_scale: args.time_scale,
-        pod_start_delay: args.pod_start_delay,
-        operator_step: args.operator_step,
+        pod_start_delay: args.pod_start_delay.unwrap_or(preset.pod_start_delay),
+        operator_step: args.operator_step.unwrap_or(preset.operator_step),
         faults: ControllerFaults::parse_specs(&behaviour)?,
-        ..ControllerOptions::default()
+        ..preset
     };
     controller_opts.validate()?;
     let opts = SandboxOptions {

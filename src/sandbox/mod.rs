@@ -28,6 +28,7 @@ use faults::FaultKnobs;
 
 pub use apiserver::error::ApiError;
 pub use apiserver::faults::FaultConfig;
+pub use apiserver::requests::{RequestLog, RequestLogError, RequestRecord};
 pub use apiserver::store::apply::PatchKind;
 pub use apiserver::store::lifecycle::{DeleteOptions, Deleted};
 pub use apiserver::store::{EventType, ListOptions, ListPage, Store, WatchEvent, WriteOptions};
@@ -70,6 +71,8 @@ struct Inner {
     extra: std::sync::Mutex<Option<axum::Router>>,
     bookmark_interval: std::time::Duration,
     seed: u64,
+    /// The requests served, while someone records them.
+    requests: apiserver::requests::RequestLog,
 }
 
 /// A running sandbox cluster. Cheap to clone; clones share everything.
@@ -103,6 +106,7 @@ impl Sandbox {
                 extra: std::sync::Mutex::new(None),
                 bookmark_interval: opts.bookmark_interval,
                 seed: opts.seed,
+                requests: apiserver::requests::RequestLog::default(),
             }),
         }
     }
@@ -137,10 +141,21 @@ impl Sandbox {
             None => base,
         };
         // Impersonated requests (kubectl --as) are held to RBAC; the admin passes.
+        // Outermost, the request log, so a refused request counts as served too.
         api.layer(axum::middleware::from_fn_with_state(
             self.clone(),
             apiserver::authz_http::enforce,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            apiserver::requests::record,
+        ))
+    }
+
+    /// The log of the requests its routers serve: off until started
+    /// (`sb.requests().start(capacity)`), then counted by time window.
+    pub fn requests(&self) -> &apiserver::requests::RequestLog {
+        &self.inner.requests
     }
 
     /// Serve extra routes (without a fallback) ahead of the generic API, e.g.

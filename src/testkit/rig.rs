@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::sandbox::controllers::{ControllerOptions, ControllersHandle};
+use crate::sandbox::controllers::{ControllerOptions, ControllersHandle, Timings};
 use crate::sandbox::dataplane::{DataPlane, DataPlaneOptions};
 use crate::sandbox::scenario::{self, ScenarioConfig};
 use crate::sandbox::{Gvr, KubernetesVersion, ListOptions, Sandbox, SandboxOptions, ServeHandle};
@@ -24,6 +24,8 @@ pub struct RigOptions {
     pub probe_timeout_scale: f64,
     /// The Kubernetes minor the sandbox serves (default: the sandbox's, 1.34).
     pub kubernetes_version: KubernetesVersion,
+    /// The controllers' timings (default: the short ones the tests run with).
+    pub timings: Timings,
 }
 
 impl Default for RigOptions {
@@ -35,6 +37,7 @@ impl Default for RigOptions {
             time_scale: 100.0,
             probe_timeout_scale: 0.05,
             kubernetes_version: SandboxOptions::default().kubernetes_version,
+            timings: Timings::Fast,
         }
     }
 }
@@ -65,7 +68,7 @@ impl Rig {
         let controllers = sb
             .start_controllers(ControllerOptions {
                 time_scale: opts.time_scale,
-                ..ControllerOptions::default()
+                ..ControllerOptions::with_timings(opts.timings)
             })
             .context("starting the sandbox controllers")?;
         let dp = DataPlane::start(

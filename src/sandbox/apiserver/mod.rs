@@ -28,6 +28,7 @@ pub mod http;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod requests;
 pub mod select;
 pub mod ssa;
 pub mod store;

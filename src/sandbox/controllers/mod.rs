@@ -16,6 +16,7 @@ pub mod helm_uninstall;
 pub mod nodes;
 pub mod operator;
 pub mod pods;
+pub mod readiness;
 pub mod sched;
 pub mod startup;
 pub mod workloads;
@@ -40,10 +41,17 @@ pub struct ControllerOptions {
     pub time_scale: f64,
     /// Simulated seconds one tick advances the clock.
     pub tick_seconds: f64,
-    /// Simulated seconds from a pod's creation to Ready.
+    /// Simulated seconds from a pod's creation to Ready (to its containers' start for a
+    /// calico-node pod when `agent_readiness_probe` holds).
     pub pod_start_delay: f64,
+    /// calico-node pods turn Ready one period of their own readiness probe after their
+    /// containers start (`readiness.rs`) instead of at `pod_start_delay`.
+    pub agent_readiness_probe: bool,
     /// Simulated seconds between two actions of the operator.
     pub operator_step: f64,
+    /// Simulated seconds from an operator pod's start to its first try at the leader
+    /// lock: what tigera/operator's `main` does before `mgr.Start` (`operator.rs`).
+    pub operator_start_delay: f64,
     /// Faults of the controllers in force at start (also written to
     /// ConfigMap sandbox-system/controller-faults).
     pub faults: ControllerFaults,
@@ -55,8 +63,59 @@ impl Default for ControllerOptions {
             time_scale: 10.0,
             tick_seconds: 1.0,
             pod_start_delay: 3.0,
+            agent_readiness_probe: false,
             operator_step: 1.0,
+            operator_start_delay: 0.0,
             faults: ControllerFaults::default(),
+        }
+    }
+}
+
+/// A pod's start on a real cluster: the Kubernetes SLO on pod startup latency,
+/// "99th percentile per cluster-day <= 5s" for schedulable stateless pods, from creation
+/// to all containers started, image pulls excluded (kubernetes/community
+/// sig-scalability/slos/slos.md).
+pub const REALISTIC_POD_START_SECONDS: f64 = 5.0;
+
+/// tigera/operator's start before it tries the leader lock, as one real operator logged
+/// it (tigera/operator issue 2173, v1.23.5: "Version" at 21:30:38, "starting manager"
+/// and "attempting to acquire leader lease" at 21:30:42.53, one API discovery request
+/// throttled 1.04 s between them). v1.38.6 cmd/main.go:192-466 does the same work first:
+/// `WaitUntilActive`, provider, tenancy and Enterprise discovery, the Kubernetes
+/// version, the bootstrap ConfigMap and its watch, `AddToManager`.
+pub const REALISTIC_OPERATOR_START_SECONDS: f64 = 4.5;
+
+/// Which timings the controllers run with (`calico-migrate sandbox --timings`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Timings {
+    /// Short waits, the tests' (3 s pod start, agents and the operator at once).
+    #[default]
+    Fast,
+    /// What a real cluster takes ([`ControllerOptions::realistic`]).
+    Realistic,
+}
+
+impl ControllerOptions {
+    /// The timings of a real cluster, each from its source (docs/sandbox-behaviour.md,
+    /// "Realistic timings"): a pod starts in [`REALISTIC_POD_START_SECONDS`], a
+    /// calico-node pod turns Ready one readiness-probe period later, and an operator
+    /// pod tries the leader lock [`REALISTIC_OPERATOR_START_SECONDS`] after its start
+    /// (the lease itself is lease.rs's, whatever the timings). Time scale 10 as the
+    /// default; callers set their own.
+    pub fn realistic() -> Self {
+        Self {
+            pod_start_delay: REALISTIC_POD_START_SECONDS,
+            agent_readiness_probe: true,
+            operator_start_delay: REALISTIC_OPERATOR_START_SECONDS,
+            ..Self::default()
+        }
+    }
+
+    /// The options of a [`Timings`] preset.
+    pub fn with_timings(timings: Timings) -> Self {
+        match timings {
+            Timings::Fast => Self::default(),
+            Timings::Realistic => Self::realistic(),
         }
     }
 }
@@ -66,8 +125,8 @@ impl Default for ControllerOptions {
 pub enum ControllerError {
     #[error("{knob} must be a positive number of seconds, got {value}")]
     NotPositive { knob: &'static str, value: f64 },
-    #[error("pod-start-delay must be zero or more seconds, got {value}")]
-    NegativeDelay { value: f64 },
+    #[error("{knob} must be zero or more seconds, got {value}")]
+    NegativeDelay { knob: &'static str, value: f64 },
     /// Writing the fault ConfigMap failed.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -86,11 +145,15 @@ impl ControllerOptions {
         positive("time-scale", self.time_scale)?;
         positive("tick-seconds", self.tick_seconds)?;
         positive("operator-step", self.operator_step)?;
-        if !(self.pod_start_delay.is_finite() && self.pod_start_delay >= 0.0) {
-            return Err(ControllerError::NegativeDelay {
-                value: self.pod_start_delay,
-            });
-        }
+        let not_negative = |knob: &'static str, value: f64| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(())
+            } else {
+                Err(ControllerError::NegativeDelay { knob, value })
+            }
+        };
+        not_negative("pod-start-delay", self.pod_start_delay)?;
+        not_negative("operator-start-delay", self.operator_start_delay)?;
         Ok(())
     }
 
@@ -119,7 +182,7 @@ impl Controllers {
             sb: sb.clone(),
             pods: pods::PodLifecycle::default(),
             nodes: nodes::NodeLifecycle::default(),
-            operator: operator::Operator::new(opts.operator_step),
+            operator: operator::Operator::new(opts.operator_step, opts.operator_start_delay),
             opts,
             now: 0.0,
         })
@@ -148,10 +211,13 @@ impl Controllers {
             let nodes = list(&self.sb, &nodes_gvr(), None);
             let pods = list(&self.sb, &pods_gvr(), None);
             let mut changed = workloads::reconcile(&self.sb, &nodes, &pods);
-            let delay = self.opts.pod_start_delay;
+            let delays = pods::StartDelays {
+                pod: self.opts.pod_start_delay,
+                agent_readiness_probe: self.opts.agent_readiness_probe,
+            };
             changed |= self
                 .pods
-                .reconcile(&self.sb, &nodes, &pods, self.now, delay, f);
+                .reconcile(&self.sb, &nodes, &pods, self.now, delays, f);
             if !changed {
                 break;
             }

@@ -27,6 +27,26 @@ use crate::sandbox::{Sandbox, Subresource};
 
 const MANAGER: &str = "sandbox-kubelet";
 
+/// How long pods take to turn Ready, in simulated seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct StartDelays {
+    /// From creation to Ready (to the containers' start for a probed calico-node pod).
+    pub pod: f64,
+    /// calico-node pods wait for their readiness probe's first success too (`readiness.rs`).
+    pub agent_readiness_probe: bool,
+}
+
+impl StartDelays {
+    /// From creation to Ready for this pod.
+    fn of(&self, p: &Value) -> f64 {
+        if self.agent_readiness_probe && is_calico_node(p) {
+            self.pod + super::readiness::first_success_after_start(p)
+        } else {
+            self.pod
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct PodLifecycle {
     /// uid -> simulated time the pod becomes ready.
@@ -198,7 +218,7 @@ impl PodLifecycle {
         nodes: &[Value],
         pods: &[Value],
         now: f64,
-        delay: f64,
+        delays: StartDelays,
         f: &ControllerFaults,
     ) -> bool {
         let nodes: BTreeMap<&str, &Value> = nodes.iter().map(|n| (name(n), n)).collect();
@@ -261,7 +281,7 @@ impl PodLifecycle {
                     "qosClass": "BestEffort",
                 }});
                 changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
-                self.ready_at.insert(uid, now + delay);
+                self.ready_at.insert(uid, now + delays.of(p));
                 continue;
             }
             // The fault targets the operator's agent (the new one of the swap).
@@ -276,7 +296,7 @@ impl PodLifecycle {
             if phase != "Pending" && !held_unready {
                 continue;
             }
-            let due = *self.ready_at.entry(uid).or_insert(now + delay);
+            let due = *self.ready_at.entry(uid).or_insert(now + delays.of(p));
             if now + 1e-9 < due {
                 continue;
             }

@@ -144,6 +144,23 @@ pub fn calico_of_operator(operator_tag: &str) -> Option<&'static str> {
         .map(|(_, calico)| *calico)
 }
 
+/// calico-node's readiness probe as the operator renders it, without BGP (the EKS
+/// install's `CALICO_NETWORKING_BACKEND: none`), so felix only. tigera/operator v1.17.4
+/// and v1.20.1: `TimeoutSeconds: 5, PeriodSeconds: 10` (pkg/render/node.go:1260-1266,
+/// :1334-1340). v1.38.6 (Calico v3.30): `TimeoutSeconds: 10` (node.go:1713-1733), and
+/// `setProbeTimeouts` fills `PeriodSeconds: 30`, `FailureThreshold: 3`,
+/// `SuccessThreshold: 1` when it creates the DaemonSet
+/// (pkg/controller/utils/component.go:125, :729-787).
+fn calico_node_readiness_probe(calico_version: &str) -> Value {
+    let exec = json!({"command": ["/bin/calico-node", "-felix-ready"]});
+    if calico_version.starts_with("v3.30.") {
+        json!({"exec": exec, "timeoutSeconds": 10, "periodSeconds": 30,
+               "failureThreshold": 3, "successThreshold": 1})
+    } else {
+        json!({"exec": exec, "timeoutSeconds": 5, "periodSeconds": 10})
+    }
+}
+
 /// What the operator runs in `calico-system` once the Installation is reconciled:
 /// DaemonSet calico-node, Deployments calico-typha and calico-kube-controllers
 /// (operator-style `k8s-app` labels, no Helm labels), all without status/pods.
@@ -185,6 +202,7 @@ pub fn calico_system_workloads(typha_replicas: usize, calico_version: &str) -> V
                             {"name": "NO_DEFAULT_POOLS", "value": "true"},
                         ],
                         "securityContext": {"privileged": true},
+                        "readinessProbe": calico_node_readiness_probe(calico_version),
                     }],
                 },
             },
