@@ -126,7 +126,8 @@ async fn floor(nodes: usize, setup: Setup) -> anyhow::Result<Duration> {
         PatchKind::Merge,
         json!({"metadata": {"annotations": {"meta.helm.sh/release-name": null,
                                             "meta.helm.sh/release-namespace": null}},
-               "spec": {"template": {"spec": {"affinity": null}}}})
+               "spec": {"template": {"spec": {"affinity": null,
+                   "nodeSelector": {"projectcalico.org/operator-node-migration": "pre-operator"}}}}})
         .to_string()
         .as_bytes(),
         &WriteOptions::default(),
@@ -143,22 +144,97 @@ async fn floor(nodes: usize, setup: Setup) -> anyhow::Result<Duration> {
         .as_bytes(),
         &WriteOptions::default(),
     )?;
+    // Every node labelled pre-operator, as fargate-affinity leaves them (the operator's
+    // own first patch of the DaemonSet and its labels are then no-ops, as in apply).
+    let nodes_gvr = Gvr::new("", "v1", "nodes");
+    for n in sb
+        .store()
+        .list(&nodes_gvr, None, &ListOptions::default())?
+        .items
+    {
+        let name = n["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        sb.store().patch(
+            &nodes_gvr,
+            "",
+            &name,
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"projectcalico.org/operator-node-migration": "pre-operator"}}})
+                .to_string()
+                .as_bytes(),
+            &WriteOptions::default(),
+        )?;
+    }
     let c = controllers(&sb, setup)?;
-    let started = Instant::now();
+    // Removing the affinity changed the pod template: the DaemonSet controller rolls
+    // every kube-system agent. apply does that in fargate-affinity, before its
+    // takeover; the floor's clock starts once it is done too.
+    let waiting = Instant::now();
+    while !kube_system_rolled_out(&sb) {
+        anyhow::ensure!(
+            waiting.elapsed() < Duration::from_secs(3600),
+            "kube-system calico-node had not rolled out on {nodes} nodes after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let installed = Instant::now();
     sb.load(scenario::operator::operator_manifest(
         "quay.io/tigera/operator:v1.17.4",
     ))?;
     sb.load(vec![scenario::operator::installation_default()])?;
+    // The clock starts when the operator relabels its first node `migrated`: its pod's
+    // start, the conversion and the render of calico-system happened before the
+    // takeover step in apply too (install-operator, create-installation).
+    let mut started = None;
     while !operator_done(&sb) {
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(3600),
+            installed.elapsed() < Duration::from_secs(3600),
             "the operator had not finished {nodes} nodes after an hour"
         );
+        if started.is_none() && any_migrated(&sb) {
+            started = Some(Instant::now());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = started.elapsed();
+    let took = started.map_or(Duration::ZERO, |s| s.elapsed());
     c.stop();
+    anyhow::ensure!(
+        !took.is_zero(),
+        "the operator finished without relabelling a node"
+    );
     Ok(took)
+}
+
+/// Some node carries the label `migrated`.
+fn any_migrated(sb: &Sandbox) -> bool {
+    sb.store()
+        .list(&Gvr::new("", "v1", "nodes"), None, &ListOptions::default())
+        .is_ok_and(|l| {
+            l.items.iter().any(|n| {
+                n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
+                    == Some(&json!("migrated"))
+            })
+        })
+}
+
+/// kube-system calico-node's template is on every node and every agent is Ready.
+fn kube_system_rolled_out(sb: &Sandbox) -> bool {
+    let Some(ds) = get(
+        sb,
+        &Gvr::new("apps", "v1", "daemonsets"),
+        "kube-system",
+        "calico-node",
+    ) else {
+        return false;
+    };
+    let n = |p: &str| ds.pointer(p).and_then(Value::as_i64).unwrap_or(-1);
+    let desired = n("/status/desiredNumberScheduled");
+    n("/status/observedGeneration") >= n("/metadata/generation")
+        && desired > 0
+        && n("/status/updatedNumberScheduled") == desired
+        && n("/status/numberReady") == desired
 }
 
 /// What one apply run measured.
