@@ -380,21 +380,9 @@ async fn rollback_from_the_middle_of_the_takeover() -> Result<()> {
     Ok(())
 }
 
-/// Nodes labelled `migrated` by the operator.
+/// How many nodes the operator has labelled `migrated`.
 fn migrated(env: &support::Env) -> usize {
-    env.sb
-        .store()
-        .list(&support::gvr("", "v1", "nodes"), None, &Default::default())
-        .map(|l| {
-            l.items
-                .iter()
-                .filter(|n| {
-                    n.pointer("/metadata/labels/projectcalico.org~1operator-node-migration")
-                        == Some(&json!("migrated"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    migrated_nodes(&env.sb).len()
 }
 
 /// Probe namespaces and pods left in the sandbox.

@@ -40,6 +40,17 @@ fn injected_value(r: &Value) -> String {
 /// What every passing rehearsal shows: both applies and the rollback completed, the
 /// cluster back at its baseline object by object, a window per node, and no
 /// divergence the monitor cannot explain by an injected lapse.
+/// The report's one fault stop, which was in the takeover: its message.
+fn the_one_takeover_stop(r: &Value) -> String {
+    let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(faults.len(), 1, "{r:#}");
+    assert_eq!(faults[0]["stopped_at"], "takeover", "{r:#}");
+    faults[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn assert_whole_job(r: &Value, nodes: usize) {
     assert_eq!(r["passed"], true, "{r:#}");
     assert_eq!(r["verification_passed"], true, "{r:#}");
@@ -98,10 +109,7 @@ fn a_swap_that_resets_established_connections_stops_the_takeover_at_that_node() 
     ]));
     assert_whole_job(&r, 4);
     let node = injected_value(&r);
-    let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
-    assert_eq!(faults.len(), 1, "{r:#}");
-    assert_eq!(faults[0]["stopped_at"], "takeover", "{r:#}");
-    let msg = faults[0]["message"].as_str().unwrap_or_default();
+    let msg = the_one_takeover_stop(&r);
     assert!(msg.contains("BROKE") && msg.contains("(closed)"), "{msg}");
     assert!(msg.contains("frozen"), "the operator is frozen: {msg}");
     // The stop comes after the swap of the node or of a neighbour the operator moved in
@@ -166,10 +174,7 @@ fn an_operator_stall_stops_the_takeover_with_the_node_named() {
         "json",
     ]));
     assert_whole_job(&r, 3);
-    let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
-    assert_eq!(faults.len(), 1, "{r:#}");
-    assert_eq!(faults[0]["stopped_at"], "takeover", "{r:#}");
-    let msg = faults[0]["message"].as_str().unwrap_or_default();
+    let msg = the_one_takeover_stop(&r);
     assert!(msg.contains(&injected_value(&r)), "{msg}");
     assert!(msg.contains("frozen"), "the operator is frozen: {msg}");
 }
@@ -607,10 +612,7 @@ fn without_a_pause_a_broken_swap_and_a_stall_still_stop_the_takeover_at_their_no
         ]));
         assert_whole_job(&r, 5);
         let node = injected_value(&r);
-        let faults = r["faults"].as_array().unwrap_or_else(|| panic!("{r}"));
-        assert_eq!(faults.len(), 1, "{fault}: {r:#}");
-        assert_eq!(faults[0]["stopped_at"], "takeover", "{fault}: {r:#}");
-        let msg = faults[0]["message"].as_str().unwrap_or_default();
+        let msg = the_one_takeover_stop(&r);
         assert!(msg.contains(&node), "{fault}: {msg}");
         assert!(
             msg.contains("frozen"),

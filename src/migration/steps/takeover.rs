@@ -328,6 +328,11 @@ impl Pace {
             .await?
             .is_some_and(|d| int_at(&d, "/spec/replicas") == Some(0));
         if frozen {
+            // The check may have ended while the guard was still waiting for the
+            // operator pod to go: finish that freeze, which releases the leader lock
+            // once no operator pod is left. A lock left held makes the next pod wait
+            // out the lease (15 s) before it does anything, a wait no swap hides.
+            freeze_operator(world).await?;
             tracing::info!("node {node} verified: starting the operator again");
             world.objects.scale(&operator_ref(), 1).await?;
         }
