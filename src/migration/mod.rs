@@ -23,6 +23,7 @@ pub mod refs;
 pub mod release;
 pub mod render;
 pub mod rollout;
+pub mod round_sample;
 pub mod rules;
 pub mod session;
 pub mod settled;

@@ -7,6 +7,8 @@
 //! restored as create-installation captured them. Used by the rollback of the
 //! takeover and of create-installation.
 
+use std::collections::BTreeSet;
+
 use anyhow::{anyhow, bail};
 use serde_json::{Value, json};
 use tracing::Instrument as _;
@@ -171,8 +173,14 @@ pub async fn move_nodes_back(
         }
         moved += 1;
         if moved.is_multiple_of(world.options.full_round_every) {
+            let seed = (moved / world.options.full_round_every) as u64;
             world
-                .check_round(step, &format!("after moving node {node} back"))
+                .check_sampled_round(
+                    step,
+                    &format!("after moving node {node} back"),
+                    seed,
+                    &BTreeSet::new(),
+                )
                 .await
                 .map_err(|e| anyhow!("after moving node {node} back: {e:#}"))?;
         }

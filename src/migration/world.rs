@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::converter::ConverterLine;
 use super::profile::Profile;
+use super::round_sample::round_sample;
 use crate::checks::conn::ConnReport;
 use crate::checks::outcome::compare_with_baseline;
 use crate::checks::{self, NodeWatch, Prober, RoundOptions, RoundReport};
@@ -300,6 +301,28 @@ impl World {
     /// fail naming the nodes and pairs when it did not pass.
     pub async fn check_round(&self, step: &str, label: &str) -> anyhow::Result<RoundReport> {
         self.check_round_of(step, label, None).await
+    }
+
+    /// [`World::check_round`] over a sample of `options.round_sample_nodes` of the probed
+    /// nodes not in `skipped` (those swapping now, which their own watch covers), seeded
+    /// by `seed` ([`round_sample`]).
+    pub async fn check_sampled_round(
+        &self,
+        step: &str,
+        label: &str,
+        seed: u64,
+        skipped: &BTreeSet<String>,
+    ) -> anyhow::Result<RoundReport> {
+        let prober = self.prober().await?;
+        let sample = round_sample(
+            prober.nodes(),
+            skipped,
+            self.options.round_sample_nodes,
+            seed,
+        );
+        let label = format!("{label} ({} sampled nodes)", sample.len());
+        self.check_round_of(step, &label, Some((&sample, skipped)))
+            .await
     }
 
     /// [`World::check_round`] over the probes touching `nodes` and none touching

@@ -112,7 +112,7 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
         rollback: {
             let mut way_back = lines(&[
                 "scale the operator to 0 (freezes the takeover)",
-                "relabel migrated nodes pre-operator one at a time, in reverse name order; after each, kube-system calico-node Ready there and the probe matrix equals the baseline",
+                "relabel migrated nodes pre-operator one at a time, in reverse name order; each probed through its swap until kube-system calico-node is Ready there; a sampled round every few nodes and a full round after the last equal the baseline",
             ]);
             if ctx.profile.checks.hold_connections {
                 way_back.push("one established connection per node moved back held open across the moves back and the kube-system rollout; a break stops the rollback".into());
@@ -454,62 +454,22 @@ impl NodeChecks {
             // A full round is O(nodes) probes: one every K nodes would make the
             // takeover O(nodes²/K). A sample of the other nodes keeps the cost per
             // moved node flat; the full round comes after the last node.
-            let skipped = self.in_flight.get();
-            let prober = world.prober().await?;
-            let sample = round_sample(
-                prober.nodes(),
-                &skipped,
-                world.options.round_sample_nodes,
-                self.rounds,
-            );
-            self.rounds += 1;
             world
-                .check_round_of(
+                .check_sampled_round(
                     ID,
-                    &format!("after node {node} ({} sampled nodes)", sample.len()),
-                    Some((&sample, &skipped)),
+                    &format!("after node {node}"),
+                    self.rounds,
+                    &self.in_flight.get(),
                 )
                 .await
                 .map_err(|e| anyhow!("after node {node}: {e:#}"))?;
+            self.rounds += 1;
             self.since_round = 0;
         }
         self.checked.insert(node.to_string());
         progress::set(self.checked.len() as u64);
         Ok(())
     }
-}
-
-/// `count` of `nodes` not in `skipped`, picked by a hash seeded with `seed` (FNV-1a
-/// and SplitMix64: the same sample for the same seed on any build, so a run can be
-/// retraced).
-fn round_sample(
-    nodes: &[String],
-    skipped: &BTreeSet<String>,
-    count: usize,
-    seed: u64,
-) -> BTreeSet<String> {
-    let fnv = |n: &str| {
-        let h = n.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        // SplitMix64's finalizer over name and seed: FNV alone keeps names that share
-        // a prefix close, so successive seeds would keep picking the same nodes.
-        let mut z = h ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let mut picked: Vec<(u64, &String)> = nodes
-        .iter()
-        .filter(|n| !skipped.contains(*n))
-        .map(|n| (fnv(n), n))
-        .collect();
-    picked.sort();
-    picked
-        .into_iter()
-        .take(count)
-        .map(|(_, n)| n.clone())
-        .collect()
 }
 
 /// Every node moved and checked. The operator finishes on its own: it removes the
@@ -674,40 +634,5 @@ impl Step<World> for Takeover {
                 .map(|n| format!("node {n}: follow the operator's relabel to `{MIGRATED}`, probe through the swap, then a check round"))
                 .collect())
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn nodes(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("node-{i:03}")).collect()
-    }
-
-    #[test]
-    fn a_round_sample_has_its_size_whatever_the_cluster_and_skips_nodes_in_flight() {
-        let skipped: BTreeSet<String> = ["node-001".to_string(), "node-002".to_string()].into();
-        for n in [10, 100, 500] {
-            let all = nodes(n);
-            let s = round_sample(&all, &skipped, 8, 3);
-            assert_eq!(s.len(), 8, "{n} nodes: {s:?}");
-            assert!(s.iter().all(|x| all.contains(x) && !skipped.contains(x)));
-            // The same seed, the same sample: a run can be retraced.
-            assert_eq!(s, round_sample(&all, &skipped, 8, 3));
-        }
-        // Fewer nodes than the sample: all of them but the ones in flight.
-        assert_eq!(round_sample(&nodes(5), &skipped, 8, 0).len(), 3);
-    }
-
-    #[test]
-    fn successive_rounds_sample_other_nodes() {
-        let all = nodes(200);
-        let none = BTreeSet::new();
-        let seen: BTreeSet<String> = (0..20)
-            .flat_map(|seed| round_sample(&all, &none, 8, seed))
-            .collect();
-        // 20 rounds of 8 over 200 nodes: far more than one round's worth of nodes.
-        assert!(seen.len() > 100, "{} distinct nodes", seen.len());
     }
 }
