@@ -382,19 +382,21 @@ async fn hold_back(
     per_run: usize,
     in_flight: &InFlight,
 ) -> anyhow::Result<()> {
+    // Nodes neither `node` nor checked nor on Fargate: (relabelled past `node`, any left).
+    let open = |nodes: &[NodeState]| -> (BTreeSet<String>, bool) {
+        let open = nodes
+            .iter()
+            .filter(|n| !n.fargate && n.name != node && !checked.contains(&n.name));
+        let (past, left): (Vec<&NodeState>, Vec<&NodeState>) =
+            open.partition(|n| n.label.as_deref() == Some(MIGRATED));
+        (
+            past.into_iter().map(|n| n.name.clone()).collect(),
+            !left.is_empty(),
+        )
+    };
     let mut frozen = false;
     loop {
-        let nodes = list_nodes(&world.objects).await?;
-        let open = || {
-            nodes
-                .iter()
-                .filter(|n| !n.fargate && n.name != node && !checked.contains(&n.name))
-        };
-        let past: BTreeSet<String> = open()
-            .filter(|n| n.label.as_deref() == Some(MIGRATED))
-            .map(|n| n.name.clone())
-            .collect();
-        let left = open().any(|n| n.label.as_deref() != Some(MIGRATED));
+        let (past, left) = open(&list_nodes(&world.objects).await?);
         let count = past.len();
         in_flight.set(past);
         if !frozen && count >= per_run && left {
@@ -406,22 +408,12 @@ async fn hold_back(
             // The operator is stopped: what it moved meanwhile is final. More than
             // `per_run` means it outran the freeze (a swap faster than this poll):
             // the promise is broken, so stop and say so rather than go on.
-            let now = list_nodes(&world.objects).await?;
-            let moved: Vec<&str> = now
-                .iter()
-                .filter(|n| {
-                    !n.fargate
-                        && n.name != node
-                        && !checked.contains(&n.name)
-                        && n.label.as_deref() == Some(MIGRATED)
-                })
-                .map(|n| n.name.as_str())
-                .collect();
+            let (moved, _) = open(&list_nodes(&world.objects).await?);
             if moved.len() > per_run {
                 bail!(
                     "the operator moved {} node(s) past node {node} before it could be stopped ({}), more than pacing.nodes_at_a_time ({per_run}); check those nodes first, or set a pause between nodes (`--pause-seconds`)",
                     moved.len(),
-                    moved.join(", ")
+                    moved.into_iter().collect::<Vec<_>>().join(", ")
                 );
             }
         }
