@@ -389,6 +389,12 @@ pub struct Gates {
 }
 
 impl Gates {
+    /// Forget the verdicts: the store may have changed since they were reached (a
+    /// client's write between two ticks, read by the next settle).
+    pub fn forget(&mut self) {
+        self.at = None;
+    }
+
     /// Why the agent in `p` may not be Ready now (`None`: nothing keeps it unready:
     /// not an agent, version unknown, or everything it reads is there).
     pub fn blocked(&mut self, sb: &Sandbox, now: f64, p: &Value) -> Option<(Agent, String)> {

@@ -47,7 +47,6 @@ impl StartDelays {
     }
 }
 
-#[derive(Default)]
 pub struct PodLifecycle {
     /// uid -> simulated time the pod becomes ready.
     ready_at: HashMap<String, f64>,
@@ -55,6 +54,9 @@ pub struct PodLifecycle {
     next_ip: HashMap<u32, u32>,
     /// What each Calico version's agents are refused, once per tick.
     gates: Gates,
+    /// The earliest simulated time a pod waits for (its `ready_at`), as the last pass
+    /// found it; infinite when none waits.
+    next_due: f64,
 }
 
 fn node_ip(n: &Value) -> Option<String> {
@@ -195,7 +197,30 @@ fn record_unhealthy(sb: &Sandbox, p: &Value, agent: Agent, log: &str) {
         .create(&gvr("", "v1", "events"), ns, event, &wopts(MANAGER));
 }
 
+impl Default for PodLifecycle {
+    fn default() -> Self {
+        Self {
+            ready_at: HashMap::new(),
+            next_ip: HashMap::new(),
+            gates: Gates::default(),
+            next_due: f64::INFINITY,
+        }
+    }
+}
+
 impl PodLifecycle {
+    /// The earliest simulated time a pod turns Ready by the clock alone, as the last
+    /// pass left it: until then, and while the store does not change, a pass finds
+    /// nothing to do. Everything else a pass reads is in the store.
+    pub fn next_due(&self) -> f64 {
+        self.next_due
+    }
+
+    /// Start a new settle: what the agents' gates read may have changed.
+    pub fn begin_settle(&mut self) {
+        self.gates.forget();
+    }
+
     fn allocate(&mut self, node_ip: &str, used: &HashSet<String>) -> String {
         let ip: Ipv4Addr = node_ip.parse().unwrap_or(Ipv4Addr::new(10, 0, 0, 10));
         let subnet = u32::from(ip) & !(SUBNET_SIZE - 1);
@@ -232,6 +257,7 @@ impl PodLifecycle {
             .collect();
         let g = pods_gvr();
         let mut changed = false;
+        self.next_due = f64::INFINITY;
         let live: HashSet<&str> = pods.iter().map(super::uid).collect();
         self.ready_at.retain(|u, _| live.contains(u.as_str()));
         for p in pods {
@@ -281,7 +307,9 @@ impl PodLifecycle {
                     "qosClass": "BestEffort",
                 }});
                 changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
-                self.ready_at.insert(uid, now + delays.of(p));
+                let due = now + delays.of(p);
+                self.next_due = self.next_due.min(due);
+                self.ready_at.insert(uid, due);
                 continue;
             }
             // The fault targets the operator's agent (the new one of the swap).
@@ -298,6 +326,7 @@ impl PodLifecycle {
             }
             let due = *self.ready_at.entry(uid).or_insert(now + delays.of(p));
             if now + 1e-9 < due {
+                self.next_due = self.next_due.min(due);
                 continue;
             }
             let blocked = if stuck {
