@@ -220,11 +220,11 @@ impl Controllers {
         }
         self.settled_at = None;
         self.pods.begin_settle();
-        // One snapshot of nodes and pods per pass: listing clones every object and
-        // is what a pass costs. Status-only writes do not ask for another pass.
+        // One snapshot of nodes and pods per pass, shared with the store rather than
+        // copied. Status-only writes do not ask for another pass.
         for _ in 0..8 {
-            let nodes = list(&self.sb, &nodes_gvr(), None);
-            let pods = list(&self.sb, &pods_gvr(), None);
+            let nodes = list_shared(&self.sb, &nodes_gvr());
+            let pods = list_shared(&self.sb, &pods_gvr());
             let mut changed = workloads::reconcile(&self.sb, &nodes, &pods);
             let delays = pods::StartDelays {
                 pod: self.opts.pod_start_delay,
@@ -357,6 +357,11 @@ pub(crate) fn list(sb: &Sandbox, g: &Gvr, ns: Option<&str>) -> Vec<Value> {
         .list(g, ns, &ListOptions::default())
         .map(|p| p.items)
         .unwrap_or_default()
+}
+
+/// Every object of a type across namespaces, shared with the store (read only).
+pub(crate) fn list_shared(sb: &Sandbox, g: &Gvr) -> Vec<Arc<Value>> {
+    sb.store().list_shared(g, None).unwrap_or_default()
 }
 
 pub(crate) fn get(sb: &Sandbox, g: &Gvr, ns: &str, name: &str) -> Option<Value> {

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -240,13 +241,13 @@ impl PodLifecycle {
     pub fn reconcile(
         &mut self,
         sb: &Sandbox,
-        nodes: &[Value],
-        pods: &[Value],
+        nodes: &[Arc<Value>],
+        pods: &[Arc<Value>],
         now: f64,
         delays: StartDelays,
         f: &ControllerFaults,
     ) -> bool {
-        let nodes: BTreeMap<&str, &Value> = nodes.iter().map(|n| (name(n), n)).collect();
+        let nodes: BTreeMap<&str, &Value> = nodes.iter().map(|n| (name(n), &**n)).collect();
         let mut used: HashSet<String> = pods
             .iter()
             .filter_map(|p| {
@@ -258,7 +259,7 @@ impl PodLifecycle {
         let g = pods_gvr();
         let mut changed = false;
         self.next_due = f64::INFINITY;
-        let live: HashSet<&str> = pods.iter().map(super::uid).collect();
+        let live: HashSet<&str> = pods.iter().map(|p| super::uid(p)).collect();
         self.ready_at.retain(|u, _| live.contains(u.as_str()));
         for p in pods {
             if deleting(p) {

@@ -12,6 +12,7 @@
 //! (not ready first, then newest). Template changes do not roll pods.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -25,8 +26,12 @@ const MANAGER: &str = "sandbox-controllers";
 
 /// One pass over every DaemonSet and Deployment with a snapshot of nodes and
 /// pods; true if pods were created or deleted (status writes do not count).
-pub fn reconcile(sb: &Sandbox, nodes: &[Value], pods: &[Value]) -> bool {
-    let nodes: Vec<&Value> = nodes.iter().filter(|n| !deleting(n)).collect();
+pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> bool {
+    let nodes: Vec<&Value> = nodes
+        .iter()
+        .map(|n| &**n)
+        .filter(|n| !deleting(n))
+        .collect();
     let mut changed = false;
     for ds in list(sb, &ds_gvr(), None) {
         if !deleting(&ds) {
@@ -114,7 +119,7 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
         .is_ok()
 }
 
-fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], all_pods: &[Value]) -> bool {
+fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], all_pods: &[Arc<Value>]) -> bool {
     let ns = namespace(ds);
     let generation_now = generation(ds);
     let tpl_spec = ds
@@ -240,7 +245,7 @@ fn revision_hash(o: &Value) -> String {
     format!("{:x}", h % 0xffff_ffff)
 }
 
-fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Value]) -> bool {
+fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Arc<Value>]) -> bool {
     let ns = namespace(d);
     let want = d
         .pointer("/spec/replicas")
@@ -253,6 +258,7 @@ fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Value]) -> bool {
     let empty = json!({});
     let mut pods: Vec<&Value> = all_pods
         .iter()
+        .map(|p| &**p)
         .filter(|p| namespace(p) == ns && !deleting(p))
         .filter(|_| selector.as_object().is_some_and(|s| !s.is_empty()))
         .filter(|p| selector_matches(&selector, p.pointer("/metadata/labels").unwrap_or(&empty)))

@@ -99,7 +99,9 @@ pub(super) struct State {
     /// The Kubernetes minor served, which decides the built-in API versions.
     pub kubernetes: KubernetesVersion,
     pub registry: Registry,
-    pub objects: HashMap<GroupResource, BTreeMap<Key, Value>>,
+    /// Shared, so that a whole collection can be read without copying it (the
+    /// sandbox's controllers read every node and pod on each pass).
+    pub objects: HashMap<GroupResource, BTreeMap<Key, Arc<Value>>>,
     pub history: VecDeque<Arc<WatchEvent>>,
     /// Every event with rv > floor is still in `history`.
     pub floor: u64,
@@ -240,6 +242,7 @@ impl State {
         self.objects
             .get(gr)?
             .get(&(ns.to_string(), name.to_string()))
+            .map(|o| &**o)
     }
 
     /// Store `object` (or remove it for Deleted), stamp a new resourceVersion, feed watchers.
@@ -258,7 +261,7 @@ impl State {
         if kind == EventType::Deleted {
             map.remove(&(ns.clone(), name.clone()));
         } else {
-            map.insert((ns.clone(), name.clone()), object.clone());
+            map.insert((ns.clone(), name.clone()), Arc::new(object.clone()));
         }
         let ev = Arc::new(WatchEvent {
             rv: self.rv,
@@ -319,7 +322,7 @@ impl State {
                 remaining += 1;
                 continue;
             }
-            items.push(present(v.clone(), rt, version));
+            items.push(present((**v).clone(), rt, version));
             last = Some(k.clone());
         }
         let (continue_token, remaining) = match (remaining, last) {
@@ -428,6 +431,29 @@ impl Store {
             .cloned()
             .map(|o| present(o, &rt, &gvr.version))
             .ok_or_else(|| ApiError::not_found(&rt, name))
+    }
+
+    /// Every object of a type (in `ns`, or all), shared rather than copied: no selector,
+    /// no pages. For readers that only look (the sandbox's controllers), at the storage
+    /// version; another version is converted, so copied.
+    pub fn list_shared(&self, gvr: &Gvr, ns: Option<&str>) -> Result<Vec<Arc<Value>>, ApiError> {
+        let st = self.lock();
+        let rt = st.rt(gvr)?;
+        let ns = ns.filter(|n| rt.namespaced && !n.is_empty());
+        let Some(map) = st.objects.get(&rt.gr()) else {
+            return Ok(Vec::new());
+        };
+        let objects = map
+            .iter()
+            .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
+            .map(|(_, o)| o);
+        Ok(if gvr.version == rt.storage_version() {
+            objects.cloned().collect()
+        } else {
+            objects
+                .map(|o| Arc::new(present((**o).clone(), &rt, &gvr.version)))
+                .collect()
+        })
     }
 
     /// `ns` None lists across namespaces.

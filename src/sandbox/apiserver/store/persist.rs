@@ -12,6 +12,8 @@
 //! a kind the new minor no longer serves at all (PodSecurityPolicy from 1.25) stay in
 //! the image, unreachable, as they stay in etcd.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -167,7 +169,7 @@ impl Store {
                 objects.push(StoredObject {
                     group: gr.group.clone(),
                     resource: gr.resource.clone(),
-                    object: v.clone(),
+                    object: (**v).clone(),
                 });
             }
         }
@@ -225,7 +227,7 @@ impl Store {
                 crds.push(o.object.clone());
             }
             let map = st.objects.entry(gr).or_default();
-            if map.insert((ns, name), o.object).is_some() {
+            if map.insert((ns, name), Arc::new(o.object)).is_some() {
                 return Err(ImageError::Duplicate { index, what });
             }
         }

@@ -132,7 +132,7 @@ impl Store {
                         if ns.as_ref().is_some_and(|n| n != ons) || !filter.matches(o) {
                             continue;
                         }
-                        initial.push_back((EventType::Added, o.clone()));
+                        initial.push_back((EventType::Added, (**o).clone()));
                     }
                 }
             }
