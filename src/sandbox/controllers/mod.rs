@@ -163,6 +163,10 @@ impl ControllerOptions {
     }
 }
 
+/// A client's write, run by a test inside a pass.
+#[cfg(test)]
+type ClientWrite = Box<dyn FnOnce(&Sandbox) + Send>;
+
 /// The controllers' state; one tick at a time.
 pub struct Controllers {
     sb: Sandbox,
@@ -172,8 +176,14 @@ pub struct Controllers {
     pods: pods::PodLifecycle,
     nodes: nodes::NodeLifecycle,
     operator: operator::Operator,
-    /// The store's revision when the last settle ended with nothing left to do.
+    /// The store's revision when the last settle ended with a pass that wrote nothing
+    /// and saw nothing written while it ran.
     settled_at: Option<u64>,
+    /// Passes run so far (settles skipped run none).
+    passes: u64,
+    /// A client's write landing while a pass runs, once (tests only).
+    #[cfg(test)]
+    mid_pass: Option<ClientWrite>,
 }
 
 impl Controllers {
@@ -188,12 +198,20 @@ impl Controllers {
             opts,
             now: 0.0,
             settled_at: None,
+            passes: 0,
+            #[cfg(test)]
+            mid_pass: None,
         })
     }
 
     /// Simulated seconds elapsed.
     pub fn now(&self) -> f64 {
         self.now
+    }
+
+    /// The controllers' passes so far: what the sandbox spent on settling.
+    pub fn passes(&self) -> u64 {
+        self.passes
     }
 
     /// Advance the clock one tick: the operator acts (at its pace), then the
@@ -223,6 +241,10 @@ impl Controllers {
         // One snapshot of nodes and pods per pass, shared with the store rather than
         // copied. Status-only writes do not ask for another pass.
         for _ in 0..8 {
+            // Read before the snapshot: a client may write while the pass runs, and
+            // the revision after the pass would then count a write it never saw.
+            let before = self.sb.store().resource_version();
+            self.passes += 1;
             let nodes = list_shared(&self.sb, &nodes_gvr());
             let pods = list_shared(&self.sb, &pods_gvr());
             let mut changed = workloads::reconcile(&self.sb, &nodes, &pods);
@@ -233,10 +255,16 @@ impl Controllers {
             changed |= self
                 .pods
                 .reconcile(&self.sb, &nodes, &pods, self.now, delays, f);
+            #[cfg(test)]
+            if let Some(write) = self.mid_pass.take() {
+                write(&self.sb);
+            }
             if !changed {
-                // The last pass may still have written statuses (a DaemonSet's counts):
-                // the revision after them is the one a repeat pass would leave.
-                self.settled_at = Some(self.sb.store().resource_version());
+                // Settled only if nothing was written while the pass ran, by it (a
+                // DaemonSet's counts, which the next pass reads) or by a client:
+                // otherwise the next settle runs a pass to see it.
+                let after = self.sb.store().resource_version();
+                self.settled_at = (after == before).then_some(after);
                 break;
             }
         }
@@ -453,4 +481,76 @@ pub(crate) fn owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
 /// are honoured for In/NotIn/Exists/DoesNotExist).
 pub(crate) fn selector_matches(selector: &Value, labels: &Value) -> bool {
     sched::label_selector_matches(selector, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::SandboxOptions;
+    use serde_json::json;
+
+    fn deployment(name: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": name, "namespace": "default"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}},
+                                     "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
+    }
+
+    fn create(sb: &Sandbox, name: &str) {
+        let r = sb
+            .store()
+            .create(&deploy_gvr(), "default", deployment(name), &wopts("client"));
+        assert!(r.is_ok(), "{r:?}");
+    }
+
+    /// The sandbox's Deployment controller creates pods itself (no ReplicaSet).
+    fn pods(sb: &Sandbox) -> usize {
+        list(sb, &pods_gvr(), Some("default")).len()
+    }
+
+    #[tokio::test]
+    async fn a_settle_runs_no_pass_while_nothing_changes_and_one_after_a_write() {
+        let sb = Sandbox::new(SandboxOptions::default());
+        let mut c = Controllers::new(&sb, ControllerOptions::default()).unwrap();
+        let f = ControllerFaults::default();
+        create(&sb, "web");
+        c.settle(&f);
+        assert_eq!(pods(&sb), 1);
+        // Nothing written and no pod due (no node to run on): nothing to do.
+        c.settle(&f);
+        let quiet = c.passes();
+        c.settle(&f);
+        c.tick();
+        assert_eq!(c.passes(), quiet, "a quiet settle or tick runs no pass");
+        create(&sb, "api");
+        c.settle(&f);
+        assert!(c.passes() > quiet);
+        assert_eq!(pods(&sb), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_landing_during_a_pass_is_reconciled_by_the_next_settle() {
+        let sb = Sandbox::new(SandboxOptions::default());
+        let mut c = Controllers::new(&sb, ControllerOptions::default()).unwrap();
+        let f = ControllerFaults::default();
+        c.settle(&f);
+        // The write lands after the pass read the store: that pass cannot have seen
+        // it, so the settle must not call the store settled.
+        c.mid_pass = Some(Box::new(|sb: &Sandbox| create(sb, "late")));
+        // A write no controller acts on, so the one pass it asks for writes nothing.
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "unrelated", "namespace": "default"}});
+        let r = sb.store().create(
+            &gvr("", "v1", "configmaps"),
+            "default",
+            cm,
+            &wopts("client"),
+        );
+        assert!(r.is_ok(), "{r:?}");
+        c.settle(&f);
+        assert_eq!(pods(&sb), 0, "the pass had read the store before the write");
+        c.settle(&f);
+        assert_eq!(pods(&sb), 1, "the next settle reconciles it");
+    }
 }

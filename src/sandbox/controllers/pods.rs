@@ -46,7 +46,30 @@ impl StartDelays {
             self.pod
         }
     }
+
+    /// From a readiness check that held an agent unready to the next one: one period
+    /// of its own probe under the realistic timings (the kubelet's prober runs it on a
+    /// `periodSeconds` ticker, kubernetes pkg/kubelet/prober/worker.go `run`); the next
+    /// tick otherwise. Either way a client's write between ticks never turns a held
+    /// agent Ready before the clock moves, and the settle that holds it knows when to
+    /// look again.
+    fn reprobe_after(&self, p: &Value) -> f64 {
+        if self.agent_readiness_probe {
+            let container = if is_calico_node(p) {
+                "calico-node"
+            } else {
+                "calico-typha"
+            };
+            super::readiness::period(p, container)
+        } else {
+            NEXT_TICK
+        }
+    }
 }
+
+/// A due time just past `now`: reached at the next tick, whatever its length, and
+/// never by a settle between ticks (whose clock stands still).
+const NEXT_TICK: f64 = 1e-6;
 
 pub struct PodLifecycle {
     /// uid -> simulated time the pod becomes ready.
@@ -318,14 +341,17 @@ impl PodLifecycle {
                 && namespace(p) == "calico-system"
                 && f.agent_not_ready.contains(node_name);
             // A Calico agent held unready (by the fault, or by what its version reads):
-            // looked at again each tick, as its readiness probe runs again once the
-            // cause is fixed on a real cluster.
+            // looked at again when its readiness probe runs next, as on a real cluster
+            // the probe succeeds at its first run after the cause is fixed.
             let agent_pod = is_calico_node(p) || is_calico_typha(p);
             let held_unready = phase == "Running" && agent_pod && !super::pod_ready(p);
             if phase != "Pending" && !held_unready {
                 continue;
             }
-            let due = *self.ready_at.entry(uid).or_insert(now + delays.of(p));
+            let due = *self
+                .ready_at
+                .entry(uid.clone())
+                .or_insert(now + delays.of(p));
             if now + 1e-9 < due {
                 self.next_due = self.next_due.min(due);
                 continue;
@@ -336,6 +362,11 @@ impl PodLifecycle {
                 self.gates.blocked(sb, now, p)
             };
             let ready = !stuck && blocked.is_none();
+            if !ready {
+                let next = now + delays.reprobe_after(p);
+                self.next_due = self.next_due.min(next);
+                self.ready_at.insert(uid, next);
+            }
             // Its startup's writes come before felix runs (`startup.rs`).
             if ready && is_calico_node(p) {
                 changed |= super::startup::ensure_default_config(sb, p);

@@ -30,19 +30,29 @@ pub const DEFAULT_PERIOD_SECONDS: f64 = 10.0;
 /// first success: one period of its own probe; zero without a probe, since the kubelet
 /// counts a container without one ready as soon as it runs.
 pub fn first_success_after_start(pod: &Value) -> f64 {
+    probe_period(pod, "calico-node").unwrap_or(0.0)
+}
+
+/// The period of `container`'s readiness probe, [`DEFAULT_PERIOD_SECONDS`] when the
+/// container names none or has no probe (a held agent is looked at again then).
+pub fn period(pod: &Value, container: &str) -> f64 {
+    probe_period(pod, container).unwrap_or(DEFAULT_PERIOD_SECONDS)
+}
+
+/// `None` when the container has no readiness probe.
+fn probe_period(pod: &Value, container: &str) -> Option<f64> {
     let probe = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "calico-node"))
-        .and_then(|c| c.get("readinessProbe"));
-    match probe {
-        None => 0.0,
-        Some(p) => p
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .and_then(|c| c.get("readinessProbe"))?;
+    Some(
+        probe
             .get("periodSeconds")
             .and_then(Value::as_f64)
             .filter(|s| *s >= 1.0)
             .unwrap_or(DEFAULT_PERIOD_SECONDS),
-    }
+    )
 }
 
 #[cfg(test)]
