@@ -122,8 +122,43 @@ fn operator_done(sb: &Sandbox) -> bool {
     get(sb, &ds, "kube-system", "calico-node").is_none() && available && !labelled
 }
 
+/// How long something took on the wall clock and on the sandbox's simulated clock.
+/// The two part when the sandbox falls behind real time (its ticks take longer than
+/// their interval: the machine's two cores are shared with the tool's own requests
+/// and probes); the simulated one is what a real cluster's kubelets and operator would
+/// have spent, since on a real cluster they do not share the tool's CPU.
+#[derive(Debug, Clone, Copy)]
+struct Took {
+    wall: Duration,
+    simulated: f64,
+}
+
+impl Took {
+    /// Simulated seconds per wall second, as a share of the time scale asked for: 1.0
+    /// when the sandbox kept up with real time.
+    fn pace(&self, time_scale: f64) -> f64 {
+        self.simulated / (self.wall.as_secs_f64() * time_scale)
+    }
+}
+
+/// The controllers' clock sampled beside the wall clock while apply runs, so that a
+/// window of the journal's (wall) timestamps maps to simulated seconds.
+#[derive(Default)]
+struct ClockSamples(Vec<(jiff::Timestamp, f64)>);
+
+impl ClockSamples {
+    /// The simulated clock at `at`, from the last sample at or before it.
+    fn at(&self, at: jiff::Timestamp) -> f64 {
+        self.0
+            .iter()
+            .take_while(|(t, _)| *t <= at)
+            .last()
+            .map_or(0.0, |(_, s)| *s)
+    }
+}
+
 /// The floor: the operator alone on a prepared install.
-async fn floor(nodes: usize, setup: Setup) -> anyhow::Result<Duration> {
+async fn floor(nodes: usize, setup: Setup) -> anyhow::Result<Took> {
     let sb = sandbox(nodes)?;
     sb.store().patch(
         &Gvr::new("apps", "v1", "daemonsets"),
@@ -200,17 +235,16 @@ async fn floor(nodes: usize, setup: Setup) -> anyhow::Result<Duration> {
             "the operator had not finished {nodes} nodes after an hour"
         );
         if started.is_none() && any_migrated(&sb) {
-            started = Some(Instant::now());
+            started = Some((Instant::now(), c.now()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = started.map_or(Duration::ZERO, |s| s.elapsed());
+    let took = started.map(|(wall, simulated)| Took {
+        wall: wall.elapsed(),
+        simulated: c.now() - simulated,
+    });
     c.stop();
-    anyhow::ensure!(
-        !took.is_zero(),
-        "the operator finished without relabelling a node"
-    );
-    Ok(took)
+    took.ok_or_else(|| anyhow::anyhow!("the operator finished without relabelling a node"))
 }
 
 /// Some node carries the label `migrated`.
@@ -247,7 +281,7 @@ fn kube_system_rolled_out(sb: &Sandbox) -> bool {
 struct ApplyRun {
     plan: Duration,
     apply: Duration,
-    takeover: Duration,
+    takeover: Took,
     /// Nodes the takeover moved (its node swaps).
     moved: usize,
     /// API requests the sandbox served during the takeover step.
@@ -280,7 +314,7 @@ async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
     let m = manifest.to_string_lossy().to_string();
     rig.sb.requests().start(REQUEST_LOG_CAPACITY);
     let scale = setup.time_scale;
-    let run =
+    let mut job =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Duration, Duration, Value)> {
             let run = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
                 let o = Command::new(env!("CARGO_BIN_EXE_calico-migrate"))
@@ -291,10 +325,13 @@ async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
                     .args(["--no-progress", "-q", "-o", "json"])
                     .args(args)
                     .output()?;
+                // Quiet and JSON: a failure's words may be in the report on stdout.
                 anyhow::ensure!(
                     o.status.success(),
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&o.stderr)
+                    "{args:?} exited {}: {}{}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr),
+                    String::from_utf8_lossy(&o.stdout)
                 );
                 Ok(o.stdout)
             };
@@ -313,9 +350,17 @@ async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
             ])?;
             let apply = started.elapsed();
             Ok((plan, apply, serde_json::from_slice(&report)?))
-        })
-        .await??;
-    let (plan, applied, report) = run;
+        });
+    let mut clock = ClockSamples::default();
+    let (plan, applied, report) = loop {
+        clock
+            .0
+            .push((jiff::Timestamp::now(), rig.controllers.now()));
+        tokio::select! {
+            r = &mut job => break r??,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
     anyhow::ensure!(
         operator_done(&rig.sb),
         "apply finished but the operator did not"
@@ -329,7 +374,10 @@ async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
     Ok(ApplyRun {
         plan,
         apply: applied,
-        takeover: Duration::try_from(end.duration_since(start))?,
+        takeover: Took {
+            wall: Duration::try_from(end.duration_since(start))?,
+            simulated: clock.at(end) - clock.at(start),
+        },
         moved,
         requests,
         probes,
@@ -388,19 +436,37 @@ fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
 /// The floor and apply side by side at each size.
 fn compare(rt: &tokio::runtime::Runtime, sizes: &[usize], setup: Setup) -> anyhow::Result<()> {
     println!(
-        "{:>6} {:>9} {:>11} {:>9} {:>8} {:>15} {:>13}",
-        "nodes", "floor s", "takeover s", "apply s", "plan s", "takeover/floor", "apply/floor"
+        "{:>6} {:>9} {:>11} {:>9} {:>8} {:>15} {:>13} {:>11} {:>11} {:>10} {:>10}",
+        "nodes",
+        "floor s",
+        "takeover s",
+        "apply s",
+        "plan s",
+        "takeover/floor",
+        "apply/floor",
+        "floor sim",
+        "takeov sim",
+        "sim ratio",
+        "pace f/t"
     );
     for &n in sizes {
         let f = rt.block_on(floor(n, setup))?;
         let r = rt.block_on(apply(n, setup))?;
-        let (t, a) = (r.takeover.as_secs_f64(), r.apply.as_secs_f64());
+        let (fw, t, a) = (
+            f.wall.as_secs_f64(),
+            r.takeover.wall.as_secs_f64(),
+            r.apply.as_secs_f64(),
+        );
         println!(
-            "{n:>6} {:>9.1} {t:>11.1} {a:>9.1} {:>8.2} {:>15.2} {:>13.2}",
-            f.as_secs_f64(),
+            "{n:>6} {fw:>9.1} {t:>11.1} {a:>9.1} {:>8.2} {:>15.2} {:>13.2} {:>11.1} {:>11.1} {:>10.2} {:>4.2}/{:<4.2}",
             r.plan.as_secs_f64(),
-            t / f.as_secs_f64(),
-            a / f.as_secs_f64()
+            t / fw,
+            a / fw,
+            f.simulated,
+            r.takeover.simulated,
+            r.takeover.simulated / f.simulated,
+            f.pace(setup.time_scale),
+            r.takeover.pace(setup.time_scale),
         );
     }
     Ok(())
@@ -426,7 +492,7 @@ fn per_node(rt: &tokio::runtime::Runtime, sizes: &[usize]) -> anyhow::Result<()>
         println!(
             "{n:>6} {:>6} {:>11.1} {:>9} {req:>10.1} {:>8} {probes:>12.1} {:>5.2}/{:<5.2}",
             r.moved,
-            r.takeover.as_secs_f64(),
+            r.takeover.wall.as_secs_f64(),
             r.requests,
             r.probes,
             req / req0,

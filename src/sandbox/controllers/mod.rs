@@ -21,7 +21,8 @@ pub mod sched;
 pub mod startup;
 pub mod workloads;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -286,7 +287,9 @@ impl Controllers {
 /// sandbox, whose change feed they read, so nothing else would ever end them.)
 pub struct ControllersHandle {
     task: tokio::task::JoinHandle<()>,
-    state: Arc<Mutex<Controllers>>,
+    /// The simulated clock after the last tick, as f64 bits: read without waiting for
+    /// a tick in progress, so a reader can sample it often.
+    clock: Arc<AtomicU64>,
 }
 
 impl ControllersHandle {
@@ -297,7 +300,7 @@ impl ControllersHandle {
 
     /// Simulated seconds elapsed.
     pub fn now(&self) -> f64 {
-        self.state.lock().map(|c| c.now()).unwrap_or_default()
+        f64::from_bits(self.clock.load(Ordering::Relaxed))
     }
 }
 
@@ -311,16 +314,18 @@ impl Drop for ControllersHandle {
 pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle, ControllerError> {
     let interval = opts.tick_interval();
     sb.add_routes(helm_uninstall::routes(sb));
-    let state = Arc::new(Mutex::new(Controllers::new(sb, opts)?));
+    let mut c = Controllers::new(sb, opts)?;
     let mut feed = sb.store().subscribe();
-    let st = state.clone();
+    let clock = Arc::new(AtomicU64::new(c.now().to_bits()));
+    let shown = clock.clone();
     let task = tokio::spawn(async move {
         let mut timer = tokio::time::interval(interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = timer.tick() => {
-                    if let Ok(mut c) = st.lock() { c.tick(); }
+                    c.tick();
+                    shown.store(c.now().to_bits(), Ordering::Relaxed);
                 }
                 ev = feed.recv() => {
                     if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
@@ -328,17 +333,15 @@ pub fn start(sb: &Sandbox, opts: ControllerOptions) -> Result<ControllersHandle,
                     }
                     // Drain what queued up, then react once at the current time.
                     while feed.try_recv().is_ok() {}
-                    if let Ok(mut c) = st.lock() {
-                        let f = ControllerFaults::read(c.sb.store());
-                        c.settle(&f);
-                    }
+                    let f = ControllerFaults::read(c.sb.store());
+                    c.settle(&f);
                     // Our own writes echo back through the feed: skip them.
                     while feed.try_recv().is_ok() {}
                 }
             }
         }
     });
-    Ok(ControllersHandle { task, state })
+    Ok(ControllersHandle { task, clock })
 }
 
 impl Sandbox {
