@@ -227,11 +227,14 @@ impl Controllers {
 
     /// Run the workload controllers until pods stop changing (bounded).
     ///
-    /// Skipped when it would find nothing to do: the store is where the last settle
-    /// left it and no pod's start delay has run out since. A pass reads only the store
-    /// and the clock (the workload controllers the store alone), so it would write
-    /// nothing; skipping keeps a quiet tick from costing a copy of every node and pod,
-    /// which at hundreds of nodes made the simulated clock fall behind.
+    /// Skipped when it would find nothing to do: the store is where the last pass read
+    /// and left it and no pod is due (its start delay run out, or a held agent's next
+    /// readiness probe). A pass reads only the store and the clock, so it would write
+    /// nothing; skipping keeps a quiet tick from costing a pass over every node and
+    /// pod. An optimisation with no behaviour of its own: the real controllers act on
+    /// their informers' events (kubernetes pkg/controller/daemon/daemon_controller.go
+    /// `NewDaemonSetsController` registers the handlers that enqueue work), and
+    /// with no event and no timer due they do nothing either.
     pub fn settle(&mut self, f: &ControllerFaults) {
         let revision = self.sb.store().resource_version();
         if self.settled_at == Some(revision) && self.now + 1e-9 < self.pods.next_due() {
