@@ -232,9 +232,10 @@ impl Controllers {
     /// readiness probe). A pass reads only the store and the clock, so it would write
     /// nothing; skipping keeps a quiet tick from costing a pass over every node and
     /// pod. An optimisation with no behaviour of its own: the real controllers act on
-    /// their informers' events (kubernetes pkg/controller/daemon/daemon_controller.go
-    /// `NewDaemonSetsController` registers the handlers that enqueue work), and
-    /// with no event and no timer due they do nothing either.
+    /// their informers' events (kubernetes pkg/controller/daemon/daemon_controller.go at
+    /// commit 0033f658085b: `NewDaemonSetsController` registers the DaemonSet,
+    /// ControllerRevision, Pod and Node handlers that enqueue work, and `Run`'s workers
+    /// only drain that queue), so with no event and no timer due they do nothing either.
     pub fn settle(&mut self, f: &ControllerFaults) {
         let revision = self.sb.store().resource_version();
         if self.settled_at == Some(revision) && self.now + 1e-9 < self.pods.next_due() {

@@ -49,10 +49,10 @@ impl StartDelays {
 
     /// From a readiness check that held an agent unready to the next one: one period
     /// of its own probe under the realistic timings (the kubelet's prober runs it on a
-    /// `periodSeconds` ticker, kubernetes pkg/kubelet/prober/worker.go `run`); the next
-    /// tick otherwise. Either way a client's write between ticks never turns a held
-    /// agent Ready before the clock moves, and the settle that holds it knows when to
-    /// look again.
+    /// `periodSeconds` ticker, kubernetes pkg/kubelet/prober/worker.go `run` at commit
+    /// 00421113e1c6); the next tick otherwise. Either way a client's write between
+    /// ticks never turns a held agent Ready before the clock moves, and the settle that
+    /// holds it knows when to look again.
     fn reprobe_after(&self, p: &Value) -> f64 {
         if self.agent_readiness_probe {
             let container = if is_calico_node(p) {

@@ -1,12 +1,13 @@
 //! When a calico-node pod turns Ready under the realistic timings
 //! ([`super::ControllerOptions::agent_readiness_probe`]): the kubelet marks a container
 //! ready only when its readiness probe succeeds, and its prober runs that probe on a
-//! ticker of `periodSeconds` (kubernetes pkg/kubelet/prober/worker.go `run`: `doProbe`,
-//! then wait for the next tick), whatever felix is doing. calico-node's probe
-//! (`calico-node -felix-ready`) fails until felix has synced with the datastore and
-//! programmed the data plane, so the first success is the first tick after that: between
-//! felix's own start-up time and that plus one period. The sandbox takes one period after
-//! the container starts, the bound when felix is ready within one period.
+//! ticker of `periodSeconds` (kubernetes pkg/kubelet/prober/worker.go `run` at commit
+//! 00421113e1c6: `doProbe`, then wait for the next tick), whatever felix is doing.
+//! calico-node's probe (`calico-node -felix-ready`) fails until felix has synced with
+//! the datastore and programmed the data plane, so the first success is the first tick
+//! after that: between felix's own start-up time and that plus one period. The sandbox
+//! takes one period after the container starts, the bound when felix is ready within
+//! one period.
 //!
 //! The periods, read from each pod's own probe:
 //! - aws-calico chart 0.3.10 (kube-system): `periodSeconds: 10`, `timeoutSeconds: 5`
