@@ -1356,22 +1356,55 @@ fn release_objects(sp: &SandboxProcess) -> Result<std::collections::BTreeMap<Str
         .collect())
 }
 
+/// A published aws-calico chart and the sandbox that seeds its release.
+struct Published {
+    tgz: &'static str,
+    /// Flags of the seeded sandbox: the chart and the Kubernetes minor.
+    seeded: &'static [&'static str],
+    /// Flags of the bare sandbox helm installs into: `--no-calico`, the same minor.
+    bare: &'static [&'static str],
+    /// The release's objects (with 0.3.10 the 12 CRDs of crds/, which Helm does not
+    /// annotate).
+    objects: usize,
+    /// Kinds of its hooks as kubectl names them, compared object for object.
+    hook_types: Option<&'static str>,
+}
+
+const CHART_0_3_10: Published = Published {
+    tgz: "aws-calico-0.3.10.tgz",
+    seeded: &["--kubernetes-version", "1.21"],
+    bare: &["--no-calico", "--kubernetes-version", "1.21"],
+    objects: 14 + 12,
+    hook_types: None,
+};
+
+/// Installed at 1.24, the last minor that serves its PodSecurityPolicy.
+const CHART_0_3_11: Published = Published {
+    tgz: "aws-calico-0.3.11.tgz",
+    seeded: &["--chart", "0.3.11", "--kubernetes-version", "1.24"],
+    bare: &["--no-calico", "--kubernetes-version", "1.24"],
+    objects: 25,
+    hook_types: Some("installations.operator.tigera.io"),
+};
+
 /// Where the seeded release and what real helm `major` installs from the published
-/// 0.3.10 chart (into a `--no-calico` sandbox at 1.21, with the values the seeded
-/// release records) differ: the same objects (kind and name, the 12 CRDs of crds/
-/// included) must come out, and each field that differs, server-managed fields aside,
-/// is one line. With `record`, also `helm get manifest`, `helm get values --all` and
-/// the chart fields of `helm get metadata`, which read the release Secret.
+/// chart (into a `--no-calico` sandbox at the same minor, with the values the seeded
+/// release records) differ: the same objects (kind and name) must come out, and each
+/// field that differs, server-managed fields aside, is one line; so for the hooks'
+/// objects. With `record`, also `helm get manifest`, `helm get hooks`, `helm get values
+/// --all`, the chart fields of `helm get metadata`, and the hook records of the release
+/// Secret (their run times aside).
 async fn seed_against_helm_install(
     test: &str,
     major: u32,
     record: bool,
+    chart_of: &Published,
 ) -> Result<Option<Vec<String>>> {
-    let Some((path, chart)) = helm_and_chart(test, major, "aws-calico-0.3.10.tgz")? else {
+    let Some((path, chart)) = helm_and_chart(test, major, chart_of.tgz)? else {
         return Ok(None);
     };
-    let seeded = SandboxProcess::seeded(&["--kubernetes-version", "1.21"]).await?;
-    let bare = SandboxProcess::seeded(&["--no-calico", "--kubernetes-version", "1.21"]).await?;
+    let seeded = SandboxProcess::seeded(chart_of.seeded).await?;
+    let bare = SandboxProcess::seeded(chart_of.bare).await?;
     let seeded_helm = helm_client::Helm::new(path.clone(), &seeded.kubeconfig)?;
     let helm = helm_client::Helm::new(path, &bare.kubeconfig)?;
     let values = seeded_helm.ok(&["get", "values", RELEASE, "-n", RELEASE_NS, "-o", "yaml"])?;
@@ -1384,12 +1417,37 @@ async fn seed_against_helm_install(
         made.keys().collect::<Vec<_>>(),
         "the seeded release's objects vs what helm {major} installed"
     );
-    assert_eq!(seed.len(), 14 + 12, "{:?}", seed.keys());
+    assert_eq!(seed.len(), chart_of.objects, "{:?}", seed.keys());
 
     let mut report = Vec::new();
     for (key, o) in &seed {
         for d in field_differences(o, &made[key]) {
             report.push(format!("{key}: {d}"));
+        }
+    }
+    if let Some(types) = chart_of.hook_types {
+        let by_name = |sp: &SandboxProcess| -> Result<std::collections::BTreeMap<String, Value>> {
+            Ok(kubectl_items(sp, types)?
+                .into_iter()
+                .map(|o| {
+                    let name = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    (name, without_server_fields(o))
+                })
+                .collect())
+        };
+        let (seed_hooks, made_hooks) = (by_name(&seeded)?, by_name(&bare)?);
+        assert_eq!(
+            seed_hooks.keys().collect::<Vec<_>>(),
+            made_hooks.keys().collect::<Vec<_>>(),
+            "the seeded hooks' objects vs what helm {major}'s hooks created"
+        );
+        for (name, o) in &seed_hooks {
+            for d in field_differences(o, &made_hooks[name]) {
+                report.push(format!("hook {types}/{name}: {d}"));
+            }
         }
     }
     if record {
@@ -1403,18 +1461,45 @@ async fn seed_against_helm_install(
         for d in field_differences(&seed_values, &helm_values) {
             report.push(format!("helm get values --all: {d}"));
         }
-        let manifest = ["get", "manifest", RELEASE, "-n", RELEASE_NS];
-        let (seed_text, helm_text) = (seeded_helm.ok(&manifest)?, helm.ok(&manifest)?);
-        let (seed_lines, helm_lines): (Vec<&str>, Vec<&str>) =
-            (seed_text.lines().collect(), helm_text.lines().collect());
-        for i in 0..seed_lines.len().max(helm_lines.len()) {
-            let (x, y) = (seed_lines.get(i), helm_lines.get(i));
-            if x != y {
-                report.push(format!(
-                    "helm get manifest, line {}: seed {x:?}, helm {y:?}",
-                    i + 1
-                ));
+        for what in ["manifest", "hooks"] {
+            let get = ["get", what, RELEASE, "-n", RELEASE_NS];
+            let (seed_text, helm_text) = (seeded_helm.ok(&get)?, helm.ok(&get)?);
+            let (seed_lines, helm_lines): (Vec<&str>, Vec<&str>) =
+                (seed_text.lines().collect(), helm_text.lines().collect());
+            for i in 0..seed_lines.len().max(helm_lines.len()) {
+                let (x, y) = (seed_lines.get(i), helm_lines.get(i));
+                if x != y {
+                    report.push(format!(
+                        "helm get {what}, line {}: seed {x:?}, helm {y:?}",
+                        i + 1
+                    ));
+                }
             }
+        }
+        let hooks = |sp: &SandboxProcess| -> Result<Value> {
+            let list: Value = serde_json::from_str(&sp.ok(&[
+                "get",
+                "secrets",
+                "-n",
+                RELEASE_NS,
+                "-l",
+                "owner=helm,name=aws-calico",
+                "-o",
+                "json",
+            ])?)?;
+            let secret = list["items"].get(0).cloned().unwrap_or(Value::Null);
+            let rel = calico_migrate::helm::decode_release_secret(&secret)?;
+            let mut hooks = Value::Array(rel.hooks);
+            for h in hooks.as_array_mut().into_iter().flatten() {
+                if let Some(run) = h["last_run"].as_object_mut() {
+                    run.remove("started_at");
+                    run.remove("completed_at");
+                }
+            }
+            Ok(hooks)
+        };
+        for d in field_differences(&hooks(&seeded)?, &hooks(&bare)?) {
+            report.push(format!("the release record's hooks: {d}"));
         }
         let meta = ["get", "metadata", RELEASE, "-n", RELEASE_NS, "-o", "json"];
         let (mut seed_meta, mut helm_meta): (Value, Value) = (
@@ -1440,7 +1525,7 @@ async fn seed_against_helm_install(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm3_0_3_10_install_makes_exactly_the_seeded_release() -> Result<()> {
     const TEST: &str = "sandbox_kubectl::helm3_0_3_10_install_makes_exactly_the_seeded_release";
-    let Some(report) = seed_against_helm_install(TEST, 3, true).await? else {
+    let Some(report) = seed_against_helm_install(TEST, 3, true, &CHART_0_3_10).await? else {
         return Ok(());
     };
     assert!(
@@ -1457,7 +1542,7 @@ async fn helm3_0_3_10_install_makes_exactly_the_seeded_release() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm4_0_3_10_install_makes_exactly_the_seeded_objects() -> Result<()> {
     const TEST: &str = "sandbox_kubectl::helm4_0_3_10_install_makes_exactly_the_seeded_objects";
-    let Some(report) = seed_against_helm_install(TEST, 4, false).await? else {
+    let Some(report) = seed_against_helm_install(TEST, 4, false, &CHART_0_3_10).await? else {
         return Ok(());
     };
     assert!(
@@ -1469,12 +1554,50 @@ async fn helm4_0_3_10_install_makes_exactly_the_seeded_objects() -> Result<()> {
     Ok(())
 }
 
-/// The chart files the seed embeds are those of the published 0.3.10 tarball, byte for
+/// What real helm 3 makes of the published 0.3.11 chart at 1.24 is what `sandbox --chart
+/// 0.3.11` holds for that release: the same 25 objects (the operator, its namespace,
+/// PodSecurityPolicy and RBAC, the 19 templated CRDs) field for field, the same
+/// Installation from the post-install hook, the same stored manifest, hooks, values and
+/// chart metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm3_0_3_11_install_makes_exactly_the_seeded_release() -> Result<()> {
+    const TEST: &str = "sandbox_kubectl::helm3_0_3_11_install_makes_exactly_the_seeded_release";
+    let Some(report) = seed_against_helm_install(TEST, 3, true, &CHART_0_3_11).await? else {
+        return Ok(());
+    };
+    assert!(
+        report.is_empty(),
+        "{} differences between the 0.3.11 seed and helm 3's install:\n  {}",
+        report.len(),
+        report.join("\n  ")
+    );
+    Ok(())
+}
+
+/// The same objects from helm 4's install of 0.3.11.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm4_0_3_11_install_makes_exactly_the_seeded_objects() -> Result<()> {
+    const TEST: &str = "sandbox_kubectl::helm4_0_3_11_install_makes_exactly_the_seeded_objects";
+    let Some(report) = seed_against_helm_install(TEST, 4, false, &CHART_0_3_11).await? else {
+        return Ok(());
+    };
+    assert!(
+        report.is_empty(),
+        "{} differences between the 0.3.11 seed and helm 4's install:\n  {}",
+        report.len(),
+        report.join("\n  ")
+    );
+    Ok(())
+}
+
+/// `files` (a chart the seed embeds) are those of the published tarball `tgz`, byte for
 /// byte, and nothing of the tarball is left out.
-#[test]
-fn embedded_0_3_10_chart_is_the_published_tarball() -> Result<()> {
-    const TEST: &str = "sandbox_kubectl::embedded_0_3_10_chart_is_the_published_tarball";
-    let Some(chart) = real_chart(TEST, "aws-calico-0.3.10.tgz") else {
+fn embedded_chart_is_the_published_tarball(
+    test: &str,
+    tgz: &str,
+    files: &[(&str, &str)],
+) -> Result<()> {
+    let Some(chart) = real_chart(test, tgz) else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -1504,7 +1627,7 @@ fn embedded_0_3_10_chart_is_the_published_tarball() -> Result<()> {
         }
     }
     published.sort();
-    let mut embedded: Vec<(String, String)> = calico_migrate::sandbox::scenario::chart::CHART_FILES
+    let mut embedded: Vec<(String, String)> = files
         .iter()
         .map(|(p, t)| (p.to_string(), t.to_string()))
         .collect();
@@ -1520,4 +1643,24 @@ fn embedded_0_3_10_chart_is_the_published_tarball() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The 0.3.10 chart the seed embeds is the published tarball.
+#[test]
+fn embedded_0_3_10_chart_is_the_published_tarball() -> Result<()> {
+    embedded_chart_is_the_published_tarball(
+        "sandbox_kubectl::embedded_0_3_10_chart_is_the_published_tarball",
+        "aws-calico-0.3.10.tgz",
+        calico_migrate::sandbox::scenario::chart::CHART_FILES,
+    )
+}
+
+/// So is the 0.3.11 chart.
+#[test]
+fn embedded_0_3_11_chart_is_the_published_tarball() -> Result<()> {
+    embedded_chart_is_the_published_tarball(
+        "sandbox_kubectl::embedded_0_3_11_chart_is_the_published_tarball",
+        "aws-calico-0.3.11.tgz",
+        calico_migrate::sandbox::scenario::operator_chart::CHART_FILES,
+    )
 }

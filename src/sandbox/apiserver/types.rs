@@ -373,6 +373,20 @@ pub fn builtins_at(kv: KubernetesVersion) -> Vec<ResourceType> {
         .collect()
 }
 
+/// The group/resource of a built-in kind that `kv` serves at no version at all, where an
+/// earlier minor served it at `api_version` (PodSecurityPolicy, policy/v1beta1, from 1.25).
+pub fn retired_at(api_version: &str, kind: &str, kv: KubernetesVersion) -> Option<GroupResource> {
+    let (g, v) = split_api_version(api_version);
+    let t = builtins()
+        .into_iter()
+        .find(|t| t.group == g && t.kind == kind && t.versions.iter().any(|x| x == v))?;
+    let gone = t
+        .versions
+        .iter()
+        .all(|x| !versions::served(&t.group, x, &t.resource, kv));
+    gone.then(|| t.gr())
+}
+
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     let mut cur = v;
     for p in path {

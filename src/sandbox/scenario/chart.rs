@@ -89,7 +89,7 @@ pub fn chart_file(path: &str) -> &'static str {
 
 /// A YAML text as JSON (Null when it does not parse; the embedded files all do, see
 /// the tests).
-fn yaml(text: &str) -> Value {
+pub(super) fn yaml(text: &str) -> Value {
     serde_saphyr::from_str(text).unwrap_or(Value::Null)
 }
 
@@ -152,7 +152,7 @@ impl Default for ChartValues {
 
 /// `dst` with `src` merged in, maps key by key (Helm's coalescing of user values
 /// over the chart's, pkg/chartutil/coalesce.go).
-fn coalesce(dst: &mut Value, src: &Value) {
+pub(super) fn coalesce(dst: &mut Value, src: &Value) {
     match (dst, src) {
         (Value::Object(d), Value::Object(s)) => {
             for (k, v) in s {
@@ -221,7 +221,7 @@ impl ChartValues {
 
     /// What the templates see: `.Values`, `.Release`, `.Chart`, and the named
     /// templates of `_helpers.tpl` rendered for these values.
-    fn context(&self) -> Context {
+    pub(super) fn context(&self) -> Context {
         let values = self.values();
         let chart_name = "aws-calico";
         let trunc = |s: &str| -> String {
@@ -299,21 +299,34 @@ pub struct RenderedDoc {
     pub object: Value,
 }
 
-/// Every document the chart renders for `v`, in Helm's install order: templates by
-/// path (partials `_*` render nothing), each cut into documents, then a stable sort
-/// by kind (helm v3.17.3 pkg/releaseutil/manifest_sorter.go `SortManifests`,
+/// What a chart's templates render to: the release's documents in Helm's install
+/// order, and its hooks (documents annotated `helm.sh/hook`), which Helm keeps out of
+/// the manifest and records apart (helm v3.17.3 pkg/releaseutil/manifest_sorter.go
+/// `SortManifests`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RenderedChart {
+    pub docs: Vec<RenderedDoc>,
+    pub hooks: Vec<RenderedDoc>,
+}
+
+/// Every document the templates of `files` render for `ctx`: templates by path
+/// (partials `_*` render nothing, nor do files that render only whitespace), each cut
+/// into documents, hooks set apart, then a stable sort by kind (`SortManifests`,
 /// kind_sorter.go).
-pub fn render(v: &ChartValues) -> Result<Vec<RenderedDoc>, String> {
-    let ctx = v.context();
-    let mut templates: Vec<&(&str, &str)> = CHART_FILES
+pub fn render_templates(
+    files: &'static [(&'static str, &'static str)],
+    ctx: &Context,
+) -> Result<RenderedChart, String> {
+    let mut templates: Vec<&(&str, &str)> = files
         .iter()
-        .filter(|(p, _)| p.starts_with("templates/") && !p.starts_with("templates/_"))
+        .filter(|(p, _)| p.starts_with("templates/"))
+        .filter(|(p, _)| !p.rsplit('/').next().unwrap_or(p).starts_with('_'))
         .collect();
     templates.sort_by_key(|(p, _)| *p);
-    let mut docs = Vec::new();
+    let mut out = RenderedChart::default();
     for (path, src) in templates {
         let source = path.trim_start_matches("templates/");
-        let text = chart_render::render(src, &ctx).map_err(|e| {
+        let text = chart_render::render(src, ctx).map_err(|e| {
             format!("The embedded aws-calico template {path} does not render: {e}.")
         })?;
         for doc in chart_render::split_manifests(&text) {
@@ -325,15 +338,30 @@ pub fn render(v: &ChartValues) -> Result<Vec<RenderedDoc>, String> {
                     "A document rendered from the aws-calico template {path} has no kind."
                 ));
             }
-            docs.push(RenderedDoc {
+            let hook = object
+                .pointer("/metadata/annotations/helm.sh~1hook")
+                .is_some();
+            let d = RenderedDoc {
                 source,
                 text: doc,
                 object,
-            });
+            };
+            if hook {
+                out.hooks.push(d);
+            } else {
+                out.docs.push(d);
+            }
         }
     }
-    docs.sort_by_key(|d| chart_render::install_rank(d.object["kind"].as_str().unwrap_or("")));
-    Ok(docs)
+    out.docs
+        .sort_by_key(|d| chart_render::install_rank(d.object["kind"].as_str().unwrap_or("")));
+    Ok(out)
+}
+
+/// Every document chart 0.3.10 renders for `v`, in Helm's install order (it has no
+/// hooks).
+pub fn render(v: &ChartValues) -> Result<Vec<RenderedDoc>, String> {
+    Ok(render_templates(CHART_FILES, &v.context())?.docs)
 }
 
 /// Every object of the chart as rendered, in Helm's install order, each with the
@@ -359,13 +387,24 @@ pub fn manifest(docs: &[RenderedDoc]) -> String {
         .collect()
 }
 
-/// The chart as the release record stores it: Chart.yaml's metadata, the templates'
-/// sources, values.yaml, and the remaining files, in the tarball's order.
+/// Chart 0.3.10 as the release record stores it.
 pub fn stored_chart() -> Chart {
-    let meta = yaml(chart_file("Chart.yaml"));
+    stored_chart_of(CHART_FILES)
+}
+
+/// A chart as the release record stores it: Chart.yaml's metadata, the templates'
+/// sources, values.yaml, and the remaining files, in the tarball's order (Helm's
+/// loader keeps it).
+pub fn stored_chart_of(all: &'static [(&'static str, &'static str)]) -> Chart {
+    let file = |path: &str| {
+        all.iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, t)| *t)
+            .unwrap_or_default()
+    };
+    let meta = yaml(file("Chart.yaml"));
     let files = |templates: bool| -> Vec<ChartFile> {
-        CHART_FILES
-            .iter()
+        all.iter()
             .filter(|(p, _)| !matches!(*p, "Chart.yaml" | "values.yaml"))
             .filter(|(p, _)| p.starts_with("templates/") == templates)
             .map(|(p, t)| ChartFile::new(*p, *t))
@@ -374,6 +413,7 @@ pub fn stored_chart() -> Chart {
     Chart {
         metadata: ChartMetadata {
             name: str_at(&meta, "/name").into(),
+            home: str_at(&meta, "/home").into(),
             version: str_at(&meta, "/version").into(),
             description: str_at(&meta, "/description").into(),
             icon: str_at(&meta, "/icon").into(),
@@ -383,7 +423,10 @@ pub fn stored_chart() -> Chart {
         },
         lock: None,
         templates: files(true),
-        values: default_values(),
+        values: yaml(file("values.yaml"))
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         schema: None,
         files: files(false),
     }
@@ -459,26 +502,6 @@ pub fn typha_replicas(nodes: usize) -> usize {
         .next_back()
         .unwrap_or(0);
     r.min(nodes)
-}
-
-/// The stored manifest for objects without template text (chart 0.3.11's operator
-/// install): `---`, `# Source:`, then each object's YAML.
-pub fn render_manifest(objs: &[(&str, Value)]) -> String {
-    let mut out = String::new();
-    for (file, obj) in objs {
-        out.push_str("---\n# Source: aws-calico/templates/");
-        out.push_str(file);
-        out.push('\n');
-        match serde_saphyr::to_string(obj) {
-            Ok(y) => out.push_str(&y),
-            // JSON values always serialise; keep the document rather than drop it.
-            Err(_) => out.push_str(&obj.to_string()),
-        }
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    out
 }
 
 #[cfg(test)]

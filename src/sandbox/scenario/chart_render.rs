@@ -1,10 +1,11 @@
-//! What `helm install` does with a chart's templates, for the one chart the sandbox
-//! seeds (aws-calico 0.3.10, `data/aws-calico-0.3.10/`): the Go-template subset those
+//! What `helm install` does with a chart's templates, for the charts the sandbox seeds
+//! (aws-calico 0.3.10 and 0.3.11, `data/aws-calico-*/`): the Go-template subset those
 //! templates use, Sprig's `toYaml`/`indent`/`nindent`, and how Helm cuts the rendered
 //! files into the release manifest.
 //!
 //! The subset: text; actions with `{{-`/`-}}` trimming; comments; `if`/`with`/`else`/`end`
-//! (Go's truth: false, 0, nil and empty strings, maps and lists are false); `define`
+//! (Go's truth: false, 0, nil and empty strings, maps and lists are false; an `if` may
+//! also test `eq`/`ne` of a field and a quoted string); `define`
 //! blocks (skipped: the chart's helpers are given by the caller as `include` results);
 //! pipelines of `include "NAME" .`, `toYaml X`, a field (`.Values.a.b`,
 //! `.Release.Namespace`, `.`), then `indent N`, `nindent N` or `quote`. Anything else
@@ -210,6 +211,34 @@ fn eval(ctx: &Context, dot: &Value, pipeline: &str) -> Result<String, String> {
     Ok(value.unwrap_or_default())
 }
 
+/// An `if` condition: a field, or `eq`/`ne` of two operands (text/template funcs.go
+/// `eq`, `ne`). Comparing a missing value is an error there ("invalid type for
+/// comparison"), and here.
+fn condition(ctx: &Context, dot: &Value, cond: &str) -> Result<Value, String> {
+    let words: Vec<&str> = cond.split_whitespace().collect();
+    match words.as_slice() {
+        [op @ ("eq" | "ne"), a, b] => {
+            let same = operand(ctx, dot, a)? == operand(ctx, dot, b)?;
+            Ok(Value::Bool(if *op == "eq" { same } else { !same }))
+        }
+        [field] => lookup(ctx, dot, field),
+        _ => Err(format!(
+            "\"if {cond}\" is outside the template subset rendered here"
+        )),
+    }
+}
+
+/// A quoted string literal or a field's value (which must be there).
+fn operand(ctx: &Context, dot: &Value, word: &str) -> Result<Value, String> {
+    if let Some(s) = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        return Ok(Value::String(s.to_string()));
+    }
+    match lookup(ctx, dot, word)? {
+        Value::Null => Err(format!("{word} has no value to compare")),
+        v => Ok(v),
+    }
+}
+
 fn exec(ctx: &Context, dot: &Value, nodes: &[Node], out: &mut String) -> Result<(), String> {
     for n in nodes {
         match n {
@@ -221,7 +250,11 @@ fn exec(ctx: &Context, dot: &Value, nodes: &[Node], out: &mut String) -> Result<
                 then,
                 otherwise,
             } => {
-                let v = lookup(ctx, dot, cond)?;
+                let v = if *with {
+                    lookup(ctx, dot, cond)?
+                } else {
+                    condition(ctx, dot, cond)?
+                };
                 if truthy(&v) {
                     exec(ctx, if *with { &v } else { dot }, then, out)?;
                 } else {
@@ -457,6 +490,10 @@ mod tests {
         );
         assert!(render("{{ printf \"%s\" .x }}", &ctx(json!({}))).is_err());
         assert!(render("{{ if .Values.a }}", &ctx(json!({}))).is_err());
+        let v = json!({"p": "EKS"});
+        let src = "{{- if eq .Values.p \"openshift\" }}\nos\n{{- end }}\n{{ if ne .Values.p \"openshift\" }}\nnot{{ end }}";
+        assert_eq!(render(src, &ctx(v)).unwrap(), "\n\nnot");
+        assert!(render("{{ if eq .Values.q \"x\" }}{{ end }}", &ctx(json!({}))).is_err());
     }
 
     #[test]

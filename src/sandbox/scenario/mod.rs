@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod ids;
 pub mod net;
 pub mod operator;
+pub mod operator_chart;
 pub mod policy_only;
 mod release;
 pub mod workloads;

@@ -1,13 +1,14 @@
-//! aws-calico chart 0.3.11: the chart became tigera-operator v1.20.1, its CRDs
-//! Helm-managed templates (so `helm uninstall` deletes them and every Calico
-//! policy with them), and `Installation default {cni.type: AmazonVPC}` created
-//! by a post-install hook (docs/upstream.md, "The aws-calico 0.3.11 chart").
+//! tigera-operator as the sandbox seeds and simulates it: what aws-calico chart 0.3.11
+//! installs (tigera-operator v1.20.1, rendered from the embedded chart by
+//! `operator_chart`; docs/upstream.md, "The aws-calico 0.3.11 chart"), what each
+//! operator line renders for calico-system, and the operator manifests.
 
 use serde_json::{Value, json};
 
 use super::BASE_TIME;
 use super::calico::{CALICO_CRDS, CALICO_GROUP, crd_v1};
 use super::chart::ChartValues;
+use super::operator_chart;
 
 pub const OPERATOR_GROUP: &str = "operator.tigera.io";
 pub const OPERATOR_IMAGE: &str = "quay.io/tigera/operator:v1.20.1";
@@ -29,93 +30,30 @@ pub fn operator_crds() -> Vec<Value> {
         .collect()
 }
 
-/// Installation `default` as the 0.3.11 hook creates it.
+/// Installation `default` as the 0.3.11 post-install hook creates it (the chart's
+/// templates/crs/custom-resources.yaml, rendered).
 pub fn installation_default() -> Value {
-    json!({
-        "apiVersion": "operator.tigera.io/v1",
-        "kind": "Installation",
-        "metadata": {"name": "default", "creationTimestamp": BASE_TIME,
-                     "annotations": {"helm.sh/hook": "post-install"}},
-        "spec": {"cni": {"type": "AmazonVPC"}},
-    })
+    let mut inst =
+        operator_chart::render(&operator_chart::seed_values("aws-calico", "kube-system"))
+            .ok()
+            .and_then(|r| {
+                r.hooks
+                    .into_iter()
+                    .find(|h| h.object["kind"] == "Installation")
+            })
+            .map(|h| h.object)
+            .unwrap_or(Value::Null);
+    inst["metadata"]["creationTimestamp"] = json!(BASE_TIME);
+    inst
 }
 
-fn labels(v: &ChartValues, app: &str) -> Value {
-    super::chart::chart_labels(v, app)
-}
-
-/// The rendered objects of chart 0.3.11, in install order: CRDs (as templates),
-/// then the operator's ServiceAccount, RBAC and Deployment in `tigera-operator`.
+/// The rendered objects of chart 0.3.11 for the release of `v`, in install order
+/// (Namespace, PodSecurityPolicy, ServiceAccount, the 19 CRDs, RBAC, the operator's
+/// Deployment), each with its template; none when the chart does not render.
 pub fn rendered_objects(v: &ChartValues) -> Vec<(&'static str, Value)> {
-    let mut out: Vec<(&'static str, Value)> = Vec::new();
-    for (p, k, ns) in CALICO_CRDS {
-        let mut c = crd_v1(CALICO_GROUP, p, k, *ns, false);
-        strip_status(&mut c);
-        c["metadata"]["labels"] = labels(v, "tigera-operator");
-        out.push(("crds/calico.yaml", c));
-    }
-    for c in operator_crds() {
-        let mut c = c;
-        strip_status(&mut c);
-        c["metadata"]["labels"] = labels(v, "tigera-operator");
-        out.push(("crds/operator.yaml", c));
-    }
-    out.push(("tigera-operator/02-serviceaccount-tigera-operator.yaml", json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "tigera-operator", "namespace": "tigera-operator", "labels": labels(v, "tigera-operator")},
-    })));
-    out.push((
-        "tigera-operator/02-role-tigera-operator.yaml",
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "tigera-operator", "labels": labels(v, "tigera-operator")},
-            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
-        }),
-    ));
-    out.push(("tigera-operator/02-rolebinding-tigera-operator.yaml", json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "tigera-operator", "labels": labels(v, "tigera-operator")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tigera-operator"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tigera-operator", "namespace": "tigera-operator"}],
-    })));
-    out.push(("tigera-operator/02-tigera-operator.yaml", json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "tigera-operator", "namespace": "tigera-operator", "labels": labels(v, "tigera-operator")},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"name": "tigera-operator"}},
-            "template": {
-                "metadata": {"labels": {"name": "tigera-operator", "k8s-app": "tigera-operator"}},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/os": "linux"},
-                    "tolerations": [{"effect": "NoExecute", "operator": "Exists"},
-                                    {"effect": "NoSchedule", "operator": "Exists"}],
-                    "serviceAccountName": "tigera-operator",
-                    "hostNetwork": true,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "containers": [{
-                        "name": "tigera-operator",
-                        "image": OPERATOR_IMAGE,
-                        "command": ["operator"],
-                        "env": [
-                            {"name": "WATCH_NAMESPACE", "value": ""},
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "OPERATOR_NAME", "value": "tigera-operator"},
-                            {"name": "TIGERA_OPERATOR_INIT_IMAGE_VERSION", "value": "v1.20.1"},
-                        ],
-                        "envFrom": [{"configMapRef": {"name": "kubernetes-services-endpoint", "optional": true}}],
-                    }],
-                },
-            },
-        },
-    })));
-    out
-}
-
-fn strip_status(v: &mut Value) {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("status");
-    }
+    operator_chart::render(v)
+        .map(|r| r.docs.into_iter().map(|d| (d.source, d.object)).collect())
+        .unwrap_or_default()
 }
 
 /// Calico version tigera-operator v1.20.1 (the operator aws-calico 0.3.11 installs)
@@ -533,24 +471,55 @@ pub fn tigera_status_calico() -> Value {
 /// A `tigera-operator.yaml` like the one the Calico docs publish for an operator
 /// release (no Helm labels): Calico and operator CRDs, namespace `tigera-operator`,
 /// the operator's ServiceAccount, RBAC and Deployment. No Installation: that comes
-/// from `custom-resources.yaml`, which calico-migrate writes itself.
+/// from `custom-resources.yaml`, which calico-migrate writes itself. A stand-in, not a
+/// release's file: Calico v3.19's 12 CRDs and operator v1.20's five, a ClusterRole that
+/// grants everything, and the Deployment of aws-calico 0.3.11 with the image asked for.
 pub fn operator_manifest(operator_image: &str) -> Vec<Value> {
-    let v = ChartValues::default();
     let mut out = vec![json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "tigera-operator", "labels": {"name": "tigera-operator"}},
     })];
-    for (_, mut obj) in rendered_objects(&v) {
-        if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-            m.remove("labels");
-            m.remove("creationTimestamp");
-        }
-        if obj["kind"] == "Deployment" {
-            obj["spec"]["template"]["spec"]["containers"][0]["image"] = json!(operator_image);
-        }
-        out.push(obj);
+    for (p, k, ns) in CALICO_CRDS {
+        out.push(without_status(crd_v1(CALICO_GROUP, p, k, *ns, false)));
     }
+    out.extend(operator_crds().into_iter().map(without_status));
+    out.push(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "tigera-operator", "namespace": "tigera-operator"},
+    }));
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "tigera-operator"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+    }));
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "tigera-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tigera-operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tigera-operator", "namespace": "tigera-operator"}],
+    }));
+    // The operator's Deployment as aws-calico 0.3.11 renders it, with the image asked for.
+    let mut deploy = rendered_objects(&ChartValues::default())
+        .into_iter()
+        .map(|(_, o)| o)
+        .find(|o| o["kind"] == "Deployment")
+        .unwrap_or(Value::Null);
+    if let Some(m) = deploy
+        .pointer_mut("/metadata")
+        .and_then(Value::as_object_mut)
+    {
+        m.remove("labels");
+    }
+    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = json!(operator_image);
+    out.push(deploy);
     out
+}
+
+fn without_status(mut v: Value) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    v
 }
 
 /// [`operator_manifest`] as multi-document YAML.

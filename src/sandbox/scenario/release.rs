@@ -8,13 +8,15 @@ use super::net::{MAX_PODS_PER_ZONE, NodeInfo, PodIps, ZONES};
 use super::workloads::{self, set_uid};
 use super::{
     BASE_TIME, BASE_TIME_UNIX, ChartGeneration, ScenarioConfig, ScenarioError, calico, cluster,
-    ids, operator,
+    ids, operator, operator_chart,
 };
-use crate::helm::{self, Chart, ChartFile, ChartMetadata, Info, Release};
+use crate::helm::{self, Chart, Info, Release};
 
 /// The chart's rendered objects as the API serves them after `helm install`:
-/// namespaced into the release namespace, Helm's ownership annotations, the
-/// PDB at policy/v1, and believable status for `nodes` ready nodes.
+/// namespaced into the release namespace, Helm's ownership annotations and
+/// `app.kubernetes.io/managed-by` label (helm v3.17.3 pkg/action/validate.go
+/// `setMetadataVisitor`, run over every resource at install), the PDB at policy/v1,
+/// and believable status for `nodes` ready nodes.
 pub fn live_chart_objects(
     rendered: &[(&str, Value)],
     v: &ChartValues,
@@ -31,8 +33,16 @@ pub fn live_chart_objects(
             }
             o["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!(v.release_name);
             o["metadata"]["annotations"]["meta.helm.sh/release-namespace"] = json!(v.namespace);
+            o["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("Helm");
             o["metadata"]["creationTimestamp"] = json!(BASE_TIME);
             match kind.as_str() {
+                "Namespace" => {
+                    // What the API server adds to every Namespace (as `cluster::namespace`).
+                    let name = o["metadata"]["name"].clone();
+                    o["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+                    o["spec"] = json!({"finalizers": ["kubernetes"]});
+                    o["status"] = json!({"phase": "Active"});
+                }
                 "PodDisruptionBudget" => {
                     // Stored at policy/v1 (the storage version), so it loads at every
                     // minor; up to 1.24 it also reads at policy/v1beta1 (apiserver/convert.rs).
@@ -108,40 +118,6 @@ pub fn chart_release(
     }
 }
 
-/// The chart 0.3.11 release's chart record: the rendered objects stand in for the
-/// template sources (the 0.3.11 tarball is not embedded).
-fn operator_chart(v: &ChartValues, rendered: &[(&str, Value)]) -> Chart {
-    let mut templates: Vec<ChartFile> = Vec::new();
-    for (file, obj) in rendered {
-        let name = format!("templates/{file}");
-        let doc = chart::render_manifest(&[(file, obj.clone())]);
-        match templates.iter_mut().find(|t| t.name == name) {
-            Some(t) => t.data.extend_from_slice(doc.as_bytes()),
-            None => templates.push(ChartFile::new(name, doc)),
-        }
-    }
-    Chart {
-        metadata: ChartMetadata {
-            name: "aws-calico".into(),
-            home: "https://github.com/aws/eks-charts".into(),
-            version: v.chart_version.clone(),
-            description: "A Helm chart for installing Calico on AWS".into(),
-            icon: "https://www.projectcalico.org/wp-content/uploads/2019/09/Calico_Logo_Large_Calico.png".into(),
-            api_version: "v1".into(),
-            app_version: v.app_version.clone(),
-            ..ChartMetadata::default()
-        },
-        lock: None,
-        templates,
-        values: v.chart_defaults(),
-        schema: None,
-        files: vec![ChartFile::new(
-            "README.md",
-            "# Calico on AWS\n\nThis chart installs Calico on AWS: https://docs.aws.amazon.com/eks/latest/userguide/calico.html\n",
-        )],
-    }
-}
-
 /// The aws-calico install of `sc.chart`: the chart's live objects and pods, its release
 /// Secret, and Calico's cluster-wide objects (plus, for 0.3.11, what the operator renders).
 fn calico_install(
@@ -173,33 +149,24 @@ fn calico_install(
             )
         }
         ChartGeneration::V0_3_11 => {
-            v.chart_version = "0.3.11".into();
-            v.app_version = "1.20.1".into();
+            v = operator_chart::seed_values(&sc.release_name, &sc.release_namespace);
+            // The operator's namespace for its calico-system install.
             namespaces.push(cluster::namespace(
                 "calico-system",
                 &[("name", "calico-system")],
                 seed,
             ));
-            namespaces.push(cluster::namespace(
-                "tigera-operator",
-                &[("name", "tigera-operator")],
-                seed,
-            ));
-            let inst = operator::installation_default();
-            let hook = json!({
-                "name": "default", "kind": "Installation",
-                "path": "aws-calico/templates/tigera-operator/01-installation.yaml",
-                "manifest": serde_saphyr::to_string(&inst).unwrap_or_default(),
-                "events": ["post-install"],
-                "last_run": {"started_at": BASE_TIME, "completed_at": BASE_TIME, "phase": "Succeeded"},
-            });
-            let rendered = operator::rendered_objects(&v);
-            let manifest = chart::render_manifest(&rendered);
+            let r = operator_chart::render(&v).map_err(ScenarioError::Invalid)?;
+            let rendered: Vec<(&str, Value)> = r
+                .docs
+                .iter()
+                .map(|d| (d.source, d.object.clone()))
+                .collect();
             (
-                rendered.clone(),
-                operator_chart(&v, &rendered),
-                manifest,
-                vec![hook],
+                rendered,
+                operator_chart::stored_chart(),
+                chart::manifest(&r.docs),
+                operator_chart::hook_records(&r.hooks),
             )
         }
     };
@@ -207,6 +174,7 @@ fn calico_install(
     for o in live {
         let kind = o["kind"].as_str().unwrap_or_default().to_string();
         match kind.as_str() {
+            "Namespace" => namespaces.push(o),
             "CustomResourceDefinition" => crds.push(o),
             "DaemonSet" => {
                 let pods = workloads::daemonset_pods(&o, nodes, &mut |n| ips.next(n), seed);

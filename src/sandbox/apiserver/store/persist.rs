@@ -291,6 +291,30 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_at_a_later_minor_keeps_a_retired_kind_as_an_upgrade_would() {
+        let s = Store::new(100, 1, kv(25));
+        let psp = json!({"apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy",
+                         "metadata": {"name": "tigera-operator"}, "spec": {}});
+        assert_eq!(s.load(vec![psp]).map_err(|e| e.to_string()), Ok(1));
+        let gvr = Gvr::new("policy", "v1beta1", "podsecuritypolicies");
+        assert!(s.list(&gvr, None, &ListOptions::default()).is_err());
+        assert!(
+            s.image()
+                .objects
+                .iter()
+                .any(|o| o.resource == "podsecuritypolicies")
+        );
+        // A kind no minor serves is still refused, and so is a retired one that this
+        // minor serves at another version (the v1beta1 PDB at 1.25 is served at v1).
+        let none =
+            json!({"apiVersion": "policy/v1beta1", "kind": "Nonsense", "metadata": {"name": "x"}});
+        assert!(s.load(vec![none]).is_err());
+        let pdb = json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+                         "metadata": {"name": "d", "namespace": "kube-system"}, "spec": {}});
+        assert!(s.load(vec![pdb]).is_err());
+    }
+
+    #[test]
     fn an_image_upgraded_serves_what_the_next_minor_serves() {
         let s = Store::new(100, 1, kv(24));
         let crd = Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions");

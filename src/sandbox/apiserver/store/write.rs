@@ -547,11 +547,20 @@ impl Store {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let rt = st.registry.by_kind(&av, &kind).cloned().ok_or_else(|| {
-                ApiError::bad_request(format!(
+            let Some(rt) = st.registry.by_kind(&av, &kind).cloned() else {
+                // A built-in kind this minor no longer serves (PodSecurityPolicy from 1.25)
+                // is kept, unreachable, as a control-plane upgrade leaves it in etcd
+                // (persist.rs): a cluster seeded at a later minor holds what one
+                // installed earlier and upgraded to it would.
+                if let Some(gr) = types::retired_at(&av, &kind, st.kubernetes) {
+                    st.commit(&gr, EventType::Added, obj, None);
+                    n += 1;
+                    continue;
+                }
+                return Err(ApiError::bad_request(format!(
                     "no kind \"{kind}\" is registered for version \"{av}\""
-                ))
-            })?;
+                )));
+            };
             let (_, version) = types::split_api_version(&av);
             let version = version.to_string();
             let ns = meta_str(&obj, "namespace").to_string();
