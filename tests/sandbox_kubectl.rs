@@ -1518,40 +1518,52 @@ async fn seed_against_helm_install(
     Ok(Some(report))
 }
 
+/// Runs [`seed_against_helm_install`] and fails listing every difference found.
+async fn assert_seed_is_helm_install(
+    test: &str,
+    major: u32,
+    record: bool,
+    chart_of: &Published,
+) -> Result<()> {
+    let Some(report) = seed_against_helm_install(test, major, record, chart_of).await? else {
+        return Ok(());
+    };
+    assert!(
+        report.is_empty(),
+        "{} differences between the seed and helm {major}'s install of {}:\n  {}",
+        report.len(),
+        chart_of.tgz,
+        report.join("\n  ")
+    );
+    Ok(())
+}
+
 /// What real helm 3 makes of the published 0.3.10 chart, given the values the seeded
 /// release records, is what the built-in seed holds for that release: the same
 /// objects field for field (server-managed fields aside), the same stored manifest,
 /// values and chart metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm3_0_3_10_install_makes_exactly_the_seeded_release() -> Result<()> {
-    const TEST: &str = "sandbox_kubectl::helm3_0_3_10_install_makes_exactly_the_seeded_release";
-    let Some(report) = seed_against_helm_install(TEST, 3, true, &CHART_0_3_10).await? else {
-        return Ok(());
-    };
-    assert!(
-        report.is_empty(),
-        "{} differences between the seed and helm 3's install:\n  {}",
-        report.len(),
-        report.join("\n  ")
-    );
-    Ok(())
+    assert_seed_is_helm_install(
+        "sandbox_kubectl::helm3_0_3_10_install_makes_exactly_the_seeded_release",
+        3,
+        true,
+        &CHART_0_3_10,
+    )
+    .await
 }
 
 /// The same for helm 4, which creates the objects by server-side apply: the objects
 /// it makes are the seeded release's, field for field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm4_0_3_10_install_makes_exactly_the_seeded_objects() -> Result<()> {
-    const TEST: &str = "sandbox_kubectl::helm4_0_3_10_install_makes_exactly_the_seeded_objects";
-    let Some(report) = seed_against_helm_install(TEST, 4, false, &CHART_0_3_10).await? else {
-        return Ok(());
-    };
-    assert!(
-        report.is_empty(),
-        "{} differences between the seed and helm 4's install:\n  {}",
-        report.len(),
-        report.join("\n  ")
-    );
-    Ok(())
+    assert_seed_is_helm_install(
+        "sandbox_kubectl::helm4_0_3_10_install_makes_exactly_the_seeded_objects",
+        4,
+        false,
+        &CHART_0_3_10,
+    )
+    .await
 }
 
 /// What real helm 3 makes of the published 0.3.11 chart at 1.24 is what `sandbox --chart
@@ -1561,33 +1573,25 @@ async fn helm4_0_3_10_install_makes_exactly_the_seeded_objects() -> Result<()> {
 /// chart metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm3_0_3_11_install_makes_exactly_the_seeded_release() -> Result<()> {
-    const TEST: &str = "sandbox_kubectl::helm3_0_3_11_install_makes_exactly_the_seeded_release";
-    let Some(report) = seed_against_helm_install(TEST, 3, true, &CHART_0_3_11).await? else {
-        return Ok(());
-    };
-    assert!(
-        report.is_empty(),
-        "{} differences between the 0.3.11 seed and helm 3's install:\n  {}",
-        report.len(),
-        report.join("\n  ")
-    );
-    Ok(())
+    assert_seed_is_helm_install(
+        "sandbox_kubectl::helm3_0_3_11_install_makes_exactly_the_seeded_release",
+        3,
+        true,
+        &CHART_0_3_11,
+    )
+    .await
 }
 
 /// The same objects from helm 4's install of 0.3.11.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm4_0_3_11_install_makes_exactly_the_seeded_objects() -> Result<()> {
-    const TEST: &str = "sandbox_kubectl::helm4_0_3_11_install_makes_exactly_the_seeded_objects";
-    let Some(report) = seed_against_helm_install(TEST, 4, false, &CHART_0_3_11).await? else {
-        return Ok(());
-    };
-    assert!(
-        report.is_empty(),
-        "{} differences between the 0.3.11 seed and helm 4's install:\n  {}",
-        report.len(),
-        report.join("\n  ")
-    );
-    Ok(())
+    assert_seed_is_helm_install(
+        "sandbox_kubectl::helm4_0_3_11_install_makes_exactly_the_seeded_objects",
+        4,
+        false,
+        &CHART_0_3_11,
+    )
+    .await
 }
 
 /// `files` (a chart the seed embeds) are those of the published tarball `tgz`, byte for

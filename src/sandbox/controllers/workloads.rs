@@ -11,7 +11,7 @@
 //! pods are created owned by the Deployment itself; extra pods are deleted
 //! (not ready first, then newest). Template changes do not roll pods.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -32,15 +32,27 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
         .map(|n| &**n)
         .filter(|n| !deleting(n))
         .collect();
+    // Every controller looks only at the pods of its own namespace: grouped once per
+    // pass, so a pass costs O(pods + workloads) rather than O(pods x workloads), which
+    // at hundreds of nodes and namespaces kept the sandbox's clock behind real time.
+    let mut by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for p in pods {
+        by_namespace.entry(namespace(p)).or_default().push(&**p);
+    }
+    let of = |o: &Value| {
+        by_namespace
+            .get(namespace(o))
+            .map_or(&[][..], Vec::as_slice)
+    };
     let mut changed = false;
     for ds in list(sb, &ds_gvr(), None) {
         if !deleting(&ds) {
-            changed |= daemonset(sb, &ds, &nodes, pods);
+            changed |= daemonset(sb, &ds, &nodes, of(&ds));
         }
     }
     for d in list(sb, &deploy_gvr(), None) {
         if !deleting(&d) {
-            changed |= deployment(sb, &d, pods);
+            changed |= deployment(sb, &d, of(&d));
         }
     }
     changed
@@ -119,7 +131,8 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
         .is_ok()
 }
 
-fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], all_pods: &[Arc<Value>]) -> bool {
+/// `ns_pods`: the pods of the DaemonSet's namespace.
+fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], ns_pods: &[&Value]) -> bool {
     let ns = namespace(ds);
     let generation_now = generation(ds);
     let tpl_spec = ds
@@ -132,7 +145,7 @@ fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], all_pods: &[Arc<Value>]
         .filter(|n| sched::fits(&tpl_spec, n))
         .collect();
     let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for p in all_pods {
+    for &p in ns_pods {
         if namespace(p) == ns && owned_by(p, uid(ds)) && !deleting(p) {
             let node = p
                 .pointer("/spec/nodeName")
@@ -245,7 +258,8 @@ fn revision_hash(o: &Value) -> String {
     format!("{:x}", h % 0xffff_ffff)
 }
 
-fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Arc<Value>]) -> bool {
+/// `ns_pods`: the pods of the Deployment's namespace.
+fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     let ns = namespace(d);
     let want = d
         .pointer("/spec/replicas")
@@ -256,9 +270,9 @@ fn deployment(sb: &Sandbox, d: &Value, all_pods: &[Arc<Value>]) -> bool {
         .cloned()
         .unwrap_or_else(|| json!({}));
     let empty = json!({});
-    let mut pods: Vec<&Value> = all_pods
+    let mut pods: Vec<&Value> = ns_pods
         .iter()
-        .map(|p| &**p)
+        .copied()
         .filter(|p| namespace(p) == ns && !deleting(p))
         .filter(|_| selector.as_object().is_some_and(|s| !s.is_empty()))
         .filter(|p| selector_matches(&selector, p.pointer("/metadata/labels").unwrap_or(&empty)))

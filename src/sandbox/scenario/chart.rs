@@ -219,6 +219,19 @@ impl ChartValues {
         v
     }
 
+    /// `.Values`, `.Release` (a first install, revision 1) and `.Chart` as a template
+    /// sees them for this release of chart `chart_name`.
+    pub(super) fn template_root(&self, values: Value, chart_name: &str) -> Value {
+        json!({
+            "Values": values,
+            "Release": {"Name": self.release_name, "Namespace": self.namespace,
+                        "Service": "Helm", "IsInstall": true, "IsUpgrade": false,
+                        "Revision": 1},
+            "Chart": {"Name": chart_name, "Version": self.chart_version,
+                      "AppVersion": self.app_version},
+        })
+    }
+
     /// What the templates see: `.Values`, `.Release`, `.Chart`, and the named
     /// templates of `_helpers.tpl` rendered for these values.
     pub(super) fn context(&self) -> Context {
@@ -270,22 +283,16 @@ impl ChartValues {
             (false, true) => "default".to_string(),
             (_, false) => sa_name.to_string(),
         };
+        let includes = BTreeMap::from([
+            ("aws-calico.name".to_string(), trunc(name)),
+            ("aws-calico.chart".to_string(), chart),
+            ("aws-calico.fullname".to_string(), fullname),
+            ("aws-calico.labels".to_string(), labels),
+            ("aws-calico.serviceAccountName".to_string(), service_account),
+        ]);
         Context {
-            root: json!({
-                "Values": values,
-                "Release": {"Name": self.release_name, "Namespace": self.namespace,
-                            "Service": "Helm", "IsInstall": true, "IsUpgrade": false,
-                            "Revision": 1},
-                "Chart": {"Name": chart_name, "Version": self.chart_version,
-                          "AppVersion": self.app_version},
-            }),
-            includes: BTreeMap::from([
-                ("aws-calico.name".to_string(), trunc(name)),
-                ("aws-calico.chart".to_string(), chart),
-                ("aws-calico.fullname".to_string(), fullname),
-                ("aws-calico.labels".to_string(), labels),
-                ("aws-calico.serviceAccountName".to_string(), service_account),
-            ]),
+            root: self.template_root(values, chart_name),
+            includes,
         }
     }
 }

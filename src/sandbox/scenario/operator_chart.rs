@@ -214,16 +214,8 @@ fn file(path: &str) -> Option<&'static str> {
 fn context(v: &ChartValues) -> Context {
     let mut values = Value::Object(default_values());
     chart::coalesce(&mut values, &Value::Object(v.user_values.clone()));
-    let meta = chart::yaml(file("Chart.yaml").unwrap_or_default());
     Context {
-        root: json!({
-            "Values": values,
-            "Release": {"Name": v.release_name, "Namespace": v.namespace,
-                        "Service": "Helm", "IsInstall": true, "IsUpgrade": false,
-                        "Revision": 1},
-            "Chart": {"Name": meta["name"], "Version": meta["version"],
-                      "AppVersion": meta["appVersion"]},
-        }),
+        root: v.template_root(values, "aws-calico"),
         includes: BTreeMap::new(),
     }
 }
