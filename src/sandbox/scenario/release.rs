@@ -132,6 +132,8 @@ fn calico_install(
     // The chart.
     let mut v = ChartValues::seed_organisation(&sc.release_name);
     v.namespace = sc.release_namespace.clone();
+    // The objects the release's hooks created (0.3.11's Installation), from the render.
+    let mut hook_objects: Vec<Value> = Vec::new();
     let (rendered, chart_record, manifest, hooks) = match sc.chart {
         ChartGeneration::V0_3_10 => {
             crds.extend(calico::calico_crds().into_iter().map(|mut c| {
@@ -157,6 +159,7 @@ fn calico_install(
                 seed,
             ));
             let r = operator_chart::render(&v).map_err(ScenarioError::Invalid)?;
+            hook_objects = r.hooks.iter().map(|h| h.object.clone()).collect();
             let rendered: Vec<(&str, Value)> = r
                 .docs
                 .iter()
@@ -214,7 +217,11 @@ fn calico_install(
         calico::deny_aws_imds(),
     ];
     if sc.chart == ChartGeneration::V0_3_11 {
-        let mut inst = operator::installation_default();
+        let mut inst = hook_objects
+            .into_iter()
+            .find(|o| o["kind"] == "Installation")
+            .unwrap_or(Value::Null);
+        inst["metadata"]["creationTimestamp"] = json!(BASE_TIME);
         inst["status"] = json!({"variant": "Calico", "calicoVersion": operator::OPERATOR_CALICO_VERSION,
                                 "computed": {"cni": {"type": "AmazonVPC"}, "kubernetesProvider": "EKS"}});
         calico_objs.push(inst);
