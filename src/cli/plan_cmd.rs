@@ -14,17 +14,19 @@ use crate::engine::RetryPolicy;
 use crate::engine::state_dir::{create_private_dir, write_atomic};
 use crate::migration::manifest::{self, ManifestObject};
 use crate::migration::plan::{self, Pins, SavedPlan};
-use crate::migration::profile::OperatorInstall;
-use crate::migration::{permissions, profile::Profile, render, rules};
+use crate::migration::profile::{OperatorInstall, SOURCE_CHART};
+use crate::migration::{facts, permissions, profile::Profile, render, rules};
 
 /// Read the cluster, predict what would block the migration, and write the ordered steps.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Migration profile: a built-in name (aws-calico-0.3.10-v3.19, the same-version
-    /// path for Kubernetes up to 1.24; aws-calico-0.3.10-v3.30, the current path) or a
-    /// YAML file. Without it, plan picks the built-in profile written for the operator
-    /// release --operator-manifest installs, where it runs on the cluster's Kubernetes,
-    /// else the one whose operator runs on that version, and says why.
+    /// path for Kubernetes up to 1.24; aws-calico-0.3.10-v3.30, the current path;
+    /// aws-calico-0.3.11-v3.30, for the operator-based chart 0.3.11) or a YAML file.
+    /// Without it, plan picks the built-in profile written for the release's chart
+    /// version and for the operator release --operator-manifest installs, where it runs
+    /// on the cluster's Kubernetes, else the one whose operator runs on that version,
+    /// and says why.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
 
@@ -56,25 +58,31 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
         .map(|p| Reviewed::read(p, CALICO))
         .transpose()?;
     let conn = connect::connect(global.kubeconfig.as_deref(), global.context.as_deref()).await?;
+    let retry = RetryPolicy::default();
+    let inv = inventory::read(&conn.client, conn.server_version.clone(), &retry)
+        .await
+        .with_context(|| format!("reading the cluster (context {})", conn.context))?;
     let (profile, reason) = match named {
         Some(p) => (p, None),
         None => {
-            // A reviewed operator manifest says which release the team chose: the profile
-            // written for it, where it runs on this cluster.
+            // The release's chart version says which generation runs (0.3.11 is
+            // operator-based); a reviewed operator manifest says which release the team
+            // chose: the profile written for both, where it runs on this cluster.
+            let source = facts::source(&inv, SOURCE_CHART).context("decoding the Helm release")?;
             let release = given_operator
                 .as_ref()
                 .and_then(|m| manifest::operator_version(&m.objects))
                 .map(|(v, _)| v);
-            let picked = Profile::pick_for(&conn.server_version, release.as_deref())?;
+            let picked = Profile::pick_for(
+                &conn.server_version,
+                release.as_deref(),
+                source.chart_version.as_deref(),
+            )?;
             (picked.profile, Some(picked.reason))
         }
     };
     let manifest = reviewed_or_pinned(given_operator, OPERATOR, &profile, &global.state_dir)?;
     let calico = reviewed_or_pinned(given_calico, CALICO, &profile, &global.state_dir)?;
-    let retry = RetryPolicy::default();
-    let inv = inventory::read(&conn.client, conn.server_version.clone(), &retry)
-        .await
-        .with_context(|| format!("reading the cluster (context {})", conn.context))?;
     let access = access::review(
         &conn.client,
         &permissions::needed(),

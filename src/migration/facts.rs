@@ -234,6 +234,23 @@ pub fn operator_present(inv: &Inventory) -> bool {
         .any(|d| name_of(d) == "tigera-operator")
 }
 
+/// The image tag of the tigera-operator Deployment (`v1.20.1`), if one runs.
+pub fn operator_tag(inv: &Inventory) -> Option<String> {
+    inv.list("deployments")
+        .iter()
+        .find(|d| name_of(d) == "tigera-operator")
+        .and_then(|d| str_at(d, "/spec/template/spec/containers/0/image"))
+        .and_then(|i| i.rsplit_once(':').map(|(_, t)| t.to_string()))
+}
+
+/// Whether operator release `tag` always renders policy/v1beta1 objects, so it cannot
+/// render on Kubernetes 1.25+: a PodDisruptionBudget up to v1.26.0 (v1.17.4
+/// pkg/render/typha.go:117-139, v1.20.1 :117-140) and PodSecurityPolicies until they
+/// became conditional in v1.28.0 (pkg/controller/utils/discovery.go).
+pub fn operator_renders_v1beta1(tag: &str) -> bool {
+    crate::migration::profile::parse_version(tag).is_some_and(|v| v < (1, 28, 0))
+}
+
 /// sha256 of the canonical JSON of `v` (serde_json maps are sorted by key).
 pub fn digest(v: &Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))

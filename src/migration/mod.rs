@@ -14,6 +14,7 @@ pub mod leader_lock;
 pub mod manifest;
 pub mod nodes;
 pub mod operator;
+pub mod operator_manifest;
 pub mod permissions;
 pub mod plan;
 pub mod policies;

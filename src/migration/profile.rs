@@ -11,6 +11,8 @@ use serde_json::Value;
 pub const SAME_VERSION_PROFILE: &str = "aws-calico-0.3.10-v3.19";
 /// The current path: the install aligned to Calico v3.30.3, then operator v1.38.6.
 pub const CURRENT_PROFILE: &str = "aws-calico-0.3.10-v3.30";
+/// The operator-based chart 0.3.11 moved to a standalone operator v1.38.6.
+pub const OPERATOR_CHART_PROFILE: &str = "aws-calico-0.3.11-v3.30";
 /// The built-in profiles' text, embedded so the binary works outside the repository,
 /// in the order [`Profile::pick`] prefers them (fewest changes first).
 const BUILTIN: &[(&str, &str)] = &[
@@ -22,7 +24,13 @@ const BUILTIN: &[(&str, &str)] = &[
         CURRENT_PROFILE,
         include_str!("../../plans/aws-calico-0.3.10-v3.30.yaml"),
     ),
+    (
+        OPERATOR_CHART_PROFILE,
+        include_str!("../../plans/aws-calico-0.3.11-v3.30.yaml"),
+    ),
 ];
+/// The chart every built-in profile migrates from (aws/eks-charts `aws-calico`).
+pub const SOURCE_CHART: &str = "aws-calico";
 /// The Calico <-> operator version table (plans/versions.yaml).
 pub const VERSION_TABLE: &str = include_str!("../../plans/versions.yaml");
 
@@ -50,7 +58,34 @@ pub struct Profile {
 pub struct SourceSpec {
     pub chart: String,
     pub chart_versions: Vec<String>,
+    /// How the source chart runs Calico: a kube-system manifest install (<= 0.3.10) or
+    /// the Tigera Operator (0.3.11).
+    #[serde(default)]
+    pub install: SourceInstall,
     pub calico_version: String,
+}
+
+/// How a source chart runs Calico.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceInstall {
+    /// calico-node and typha in kube-system (aws-calico <= 0.3.10): the operator's
+    /// migration takes them over.
+    #[default]
+    Manifest,
+    /// tigera-operator and calico-system (aws-calico 0.3.11): the operator is upgraded.
+    Operator,
+}
+
+impl SourceSpec {
+    /// Whether this profile migrates a cluster whose release is chart `version` (None:
+    /// no Helm release, a kube-system install applied by hand).
+    pub fn accepts(&self, chart_version: Option<&str>) -> bool {
+        match chart_version {
+            Some(v) => self.chart_versions.iter().any(|c| c == v),
+            None => self.install == SourceInstall::Manifest,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,12 +262,16 @@ impl Profile {
     pub fn pick_for(
         kubernetes_version: &str,
         manifest_operator: Option<&str>,
+        source_chart: Option<&str>,
     ) -> Result<Picked, ProfileError> {
-        let by_version = Profile::pick(kubernetes_version);
+        let by_version = Profile::pick(kubernetes_version, source_chart);
         if let (Some(op), Some(minor)) = (manifest_operator, parse_minor(kubernetes_version)) {
             for (name, text) in BUILTIN {
                 let profile = Profile::parse(text, name)?;
-                if profile.target.operator_version != op || !profile.kubernetes.admits(minor) {
+                if profile.target.operator_version != op
+                    || !profile.kubernetes.admits(minor)
+                    || !profile.source.accepts(source_chart)
+                {
                     continue;
                 }
                 let reason = match &by_version {
@@ -271,10 +310,14 @@ impl Profile {
         })
     }
 
-    /// The built-in profile for a cluster of this Kubernetes version (`v1.33.2-eks-…`):
-    /// the first, in [`BUILTIN`]'s order, whose operator runs on it; the reason names
-    /// the profiles passed over and why.
-    pub fn pick(kubernetes_version: &str) -> Result<Picked, ProfileError> {
+    /// The built-in profile for a cluster of this Kubernetes version (`v1.33.2-eks-…`)
+    /// whose release is chart `source_chart` (None: no release, a kube-system install):
+    /// the first, in [`BUILTIN`]'s order, written for that chart version whose operator
+    /// runs on it; the reason names the profiles passed over and why.
+    pub fn pick(
+        kubernetes_version: &str,
+        source_chart: Option<&str>,
+    ) -> Result<Picked, ProfileError> {
         let minor = parse_minor(kubernetes_version).ok_or_else(|| ProfileError::Invalid {
             name: "(chosen by Kubernetes version)".into(),
             problem: format!(
@@ -285,9 +328,15 @@ impl Profile {
         let mut passed = Vec::new();
         for (name, text) in BUILTIN {
             let profile = Profile::parse(text, name)?;
+            if !profile.source.accepts(source_chart) {
+                continue;
+            }
             if profile.kubernetes.admits(minor) {
+                let chart = source_chart
+                    .map(|v| format!("chart {} {v} on ", profile.source.chart))
+                    .unwrap_or_default();
                 let mut reason = format!(
-                    "profile {name} chosen for Kubernetes {shown}: operator {} runs on Kubernetes {}",
+                    "profile {name} chosen for {chart}Kubernetes {shown}: operator {} runs on Kubernetes {}",
                     profile.target.operator_version,
                     profile.kubernetes.describe()
                 );
@@ -453,7 +502,12 @@ mod tests {
         assert!(rows.iter().all(|r| !r.source.is_empty()));
         for (name, _) in BUILTIN {
             let p = Profile::load(name).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(p.source.chart_versions, vec!["0.3.10".to_string()]);
+            let chart = match p.source.install {
+                SourceInstall::Manifest => "0.3.10",
+                SourceInstall::Operator => "0.3.11",
+            };
+            assert_eq!(p.source.chart_versions, vec![chart.to_string()], "{name}");
+            assert_eq!(p.source.chart, SOURCE_CHART, "{name}");
             // Every profile's pair is a row of the table: the operator installs that Calico.
             assert!(
                 rows.iter().any(|r| r.operator == p.target.operator_version
@@ -465,7 +519,7 @@ mod tests {
 
     #[test]
     fn the_profile_is_picked_by_the_clusters_kubernetes_version() {
-        let pick = |v: &str| Profile::pick(v).map(|p| (p.profile.name, p.reason));
+        let pick = |v: &str| Profile::pick(v, Some("0.3.10")).map(|p| (p.profile.name, p.reason));
         let (name, reason) = pick("v1.24.17-eks-1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(name, SAME_VERSION_PROFILE);
         assert!(
@@ -483,6 +537,19 @@ mod tests {
         }
         assert!(pick("v1.15.0").is_err_and(|e| e.to_string().contains("no built-in profile")));
         assert!(pick("latest").is_err());
+        // A kube-system install without a release: the manifest-style profiles.
+        let unmanaged = Profile::pick("v1.24.1", None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(unmanaged.profile.name, SAME_VERSION_PROFILE);
+        // The operator-based chart has its own profile, on every minor it runs on.
+        for v in ["v1.24.17", "v1.29.0", "v1.33.1"] {
+            let p = Profile::pick(v, Some("0.3.11")).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p.profile.name, OPERATOR_CHART_PROFILE, "{v}");
+            assert!(
+                p.reason.contains("chart aws-calico 0.3.11 on Kubernetes"),
+                "{}",
+                p.reason
+            );
+        }
         assert_eq!(parse_minor("v1.33.2-eks-113cf36"), Some((1, 33)));
         assert_eq!(parse_minor("1.21+"), Some((1, 21)));
     }
@@ -490,7 +557,7 @@ mod tests {
     #[test]
     fn a_reviewed_manifest_picks_the_profile_of_its_operator_where_it_runs() {
         let pick = |v: &str, op: Option<&str>| {
-            Profile::pick_for(v, op)
+            Profile::pick_for(v, op, Some("0.3.10"))
                 .map(|p| (p.profile.name, p.reason))
                 .unwrap_or_else(|e| panic!("{e}"))
         };
@@ -514,6 +581,12 @@ mod tests {
         assert_eq!(pick("v1.29.1", Some("v1.17.4")).0, CURRENT_PROFILE);
         assert_eq!(pick("v1.24.1", Some("v1.99.0")).0, SAME_VERSION_PROFILE);
         assert_eq!(pick("v1.24.1", None).0, SAME_VERSION_PROFILE);
+        // The operator-based chart: its own profile whatever the manifest's operator.
+        for op in [Some("v1.38.6"), Some("v1.17.4"), None] {
+            let p =
+                Profile::pick_for("v1.24.17", op, Some("0.3.11")).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p.profile.name, OPERATOR_CHART_PROFILE, "{op:?}");
+        }
         assert_eq!(
             Profile::builtin_for_operator("v1.17.4"),
             Some(SAME_VERSION_PROFILE)

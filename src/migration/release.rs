@@ -37,19 +37,7 @@ pub async fn chart_objects_live(world: &World) -> anyhow::Result<Vec<(ObjRef, Va
     if let Some((name, _, _)) = world.release()
         && let Some(rel) = crate::helm::current_release(&secrets, &name)?
     {
-        for o in crate::helm::manifest_objects(&rel.manifest)? {
-            let namespace = if crate::helm::is_cluster_scoped(&o.kind) {
-                None
-            } else {
-                Some(o.namespace.unwrap_or_else(|| rel.namespace.clone()))
-            };
-            refs.push(ObjRef {
-                api_version: o.api_version,
-                kind: o.kind,
-                namespace,
-                name: o.name,
-            });
-        }
+        refs = manifest_refs(&rel.manifest, &rel.namespace)?;
     } else if let Some(c) = stored_capture(world, DETACH_HELM_STEP)? {
         refs = c
             .get("objects")
@@ -57,6 +45,53 @@ pub async fn chart_objects_live(world: &World) -> anyhow::Result<Vec<(ObjRef, Va
             .map(|a| a.iter().filter_map(ObjRef::of).collect())
             .unwrap_or_default();
     }
+    live(world, refs).await
+}
+
+/// Every live object the current release's hooks created (aws-calico 0.3.11's
+/// Installation `default`, a post-install hook). Helm does not list hook objects in the
+/// manifest and `helm uninstall` leaves them, unless a delete policy says otherwise.
+pub async fn hook_objects_live(world: &World) -> anyhow::Result<Vec<(ObjRef, Value)>> {
+    let secrets = release_secrets(world).await?;
+    let Some((name, _, _)) = world.release() else {
+        return Ok(Vec::new());
+    };
+    let Some(rel) = crate::helm::current_release(&secrets, &name)? else {
+        return Ok(Vec::new());
+    };
+    let mut refs = Vec::new();
+    for h in &rel.hooks {
+        let text = h
+            .get("manifest")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        refs.extend(manifest_refs(text, &rel.namespace)?);
+    }
+    live(world, refs).await
+}
+
+/// The objects a rendered manifest lists, namespaced ones in `namespace` unless they
+/// name their own.
+fn manifest_refs(manifest: &str, namespace: &str) -> anyhow::Result<Vec<ObjRef>> {
+    Ok(crate::helm::manifest_objects(manifest)?
+        .into_iter()
+        .map(|o| {
+            let namespace = if crate::helm::is_cluster_scoped(&o.kind) {
+                None
+            } else {
+                Some(o.namespace.unwrap_or_else(|| namespace.to_string()))
+            };
+            ObjRef {
+                api_version: o.api_version,
+                kind: o.kind,
+                namespace,
+                name: o.name,
+            }
+        })
+        .collect())
+}
+
+async fn live(world: &World, refs: Vec<ObjRef>) -> anyhow::Result<Vec<(ObjRef, Value)>> {
     let mut out = Vec::new();
     for r in refs {
         if let Some(found) = get_served(world, &r).await? {

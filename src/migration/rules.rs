@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::converter::{self, Refusal, TyphaRefusal};
 use super::facts::{self, Generation, Source, Summary, name_of, str_at};
 use super::manifest::ManifestObject;
-use super::profile::{OperatorInstall, Profile, parse_version};
+use super::profile::{OperatorInstall, Profile, SourceInstall, parse_version};
 use super::refs::{CALICO_GROUP, MIGRATION_LABEL};
 use crate::cluster::access::AccessReport;
 use crate::cluster::inventory::Inventory;
@@ -96,6 +96,55 @@ pub fn evaluate(i: &RuleInput) -> Vec<Finding> {
     out
 }
 
+/// The operator-based chart 0.3.11 under its own profile: the chart version, what
+/// `helm uninstall` would do now, and whether the chart's operator can still render.
+fn operator_chart(i: &RuleInput, out: &mut Vec<Finding>) {
+    chart_version(i, out);
+    let s = i.source;
+    let release = format!(
+        "{}/{}",
+        s.namespace.as_deref().unwrap_or("?"),
+        s.release.as_deref().unwrap_or("?")
+    );
+    out.push(f(
+        "RELEASE_OWNS_CRDS",
+        Warning,
+        format!(
+            "release {release} holds every Calico and operator CRD as a Helm template \
+             (aws-calico 0.3.11 templates/crds/): until the release is detached, `helm \
+             uninstall` deletes the CRDs and with them every Calico policy, and `helm upgrade` \
+             rewrites them"
+        ),
+        "run neither before apply: keep-release marks every object of the release \
+         `helm.sh/resource-policy: keep`, then detach-helm removes the release records",
+    ));
+    let tag = facts::operator_tag(i.inv);
+    let minor = super::profile::parse_minor(&i.inv.server_version);
+    if let (Some(tag), Some(minor)) = (tag, minor)
+        && facts::operator_renders_v1beta1(&tag)
+        && minor >= (1, 25)
+    {
+        out.push(f(
+            "SOURCE_OPERATOR_CANNOT_RENDER",
+            Warning,
+            format!(
+                "tigera-operator {tag} runs on Kubernetes {}.{}, which no longer serves \
+                 policy/v1beta1: its render stops at the typha PodDisruptionBudget \
+                 (tigera/operator v1.20.1 pkg/render/typha.go:117-140), so it reconciles \
+                 nothing and TigeraStatus calico is Degraded; calico-node keeps enforcing the \
+                 configuration it last got",
+                minor.0, minor.1
+            ),
+            format!(
+                "none needed to go forward: upgrade-operator moves it to {}, which renders here; \
+                 the way back past upgrade-operator is closed on this cluster ({tag} cannot \
+                 render on it)",
+                i.profile.target.operator_version
+            ),
+        ));
+    }
+}
+
 /// `KUBERNETES_VERSION_UNSUPPORTED`: the profile's operator cannot run on this
 /// cluster's Kubernetes (e.g. operator v1.17.4 on 1.25+, whose render needs
 /// policy/v1beta1): it would go Degraded before migrating anything.
@@ -177,21 +226,27 @@ fn generation(i: &RuleInput, out: &mut Vec<Finding>) {
             ),
             "none needed: the detach-helm step is left out of the plan",
         )),
+        Generation::OperatorChart if i.profile.source.install == SourceInstall::Operator => {
+            operator_chart(i, out)
+        }
         Generation::OperatorChart => out.push(f(
             "CHART_OPERATOR_BASED",
             Blocker,
             format!(
-                "release {}/{} is chart {} {}, which already installs the Tigera Operator; this \
-                 profile migrates the manifest-style chart (<= 0.3.10) and does not apply. Its Calico \
+                "release {}/{} is chart {} {}, which already installs the Tigera Operator; profile \
+                 {} migrates the manifest-style chart (<= 0.3.10) and does not apply. Its Calico \
                  CRDs are Helm templates, so `helm uninstall` of this release would delete every \
                  Calico policy",
                 s.namespace.as_deref().unwrap_or("?"),
                 s.release.as_deref().unwrap_or("?"),
                 s.chart.as_deref().unwrap_or("?"),
-                s.chart_version.as_deref().unwrap_or("?")
+                s.chart_version.as_deref().unwrap_or("?"),
+                i.profile.name,
             ),
-            "do not run `helm uninstall`; manage the operator with its own chart (tigera-operator) \
-             after annotating the CRDs `helm.sh/resource-policy: keep`",
+            format!(
+                "do not run `helm uninstall`; plan again without --profile, or with --profile {}",
+                crate::migration::profile::OPERATOR_CHART_PROFILE
+            ),
         )),
         Generation::OperatorInstalled => out.push(f(
             "ALREADY_OPERATOR",
@@ -210,6 +265,23 @@ fn generation(i: &RuleInput, out: &mut Vec<Finding>) {
                 .into(),
             "check --context points at the right cluster; there is nothing to migrate",
         )),
+    }
+    if i.profile.source.install == SourceInstall::Operator
+        && matches!(
+            s.generation,
+            Generation::ManifestChart | Generation::ManifestUnmanaged
+        )
+    {
+        out.push(f(
+            "PROFILE_FOR_OPERATOR_CHART",
+            Blocker,
+            format!(
+                "profile {} moves the operator-based chart 0.3.11, but kube-system runs \
+                 calico-node from a manifest-style install",
+                i.profile.name
+            ),
+            "plan again without --profile: plan picks the profile for this install",
+        ));
     }
     helm_configmap_driver(i, out);
     let labelled = migration_labelled_nodes(i.inv);

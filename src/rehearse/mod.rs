@@ -199,9 +199,11 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
         .await
         .map(|v| v.git_version)
         .unwrap_or_default();
-    // As `plan` without --profile: the built-in profile for the sandbox's Kubernetes.
-    let profile = Profile::pick(&version)?.profile;
-    let inv = inventory::read(client, version, &retry).await?;
+    // As `plan` without --profile: the built-in profile for the sandbox's Kubernetes and
+    // its release's chart.
+    let inv = inventory::read(client, version.clone(), &retry).await?;
+    let source = crate::migration::facts::source(&inv, crate::migration::profile::SOURCE_CHART)?;
+    let profile = Profile::pick(&version, source.chart_version.as_deref())?.profile;
     let acc = access::review(client, &permissions::needed(), 4, &retry).await?;
     let yaml = scenario::operator::operator_manifest_yaml(&format!(
         "quay.io/tigera/operator:{}",

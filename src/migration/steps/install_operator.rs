@@ -15,8 +15,8 @@ use crate::kinds::{self, deployment_ready};
 use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
-use crate::migration::manifest::{ManifestObject, check_object, served_apis, unserved};
 use crate::migration::operator::wait_operator_ready;
+use crate::migration::operator_manifest::{Order, manifest_in_order, refuse_unserved};
 use crate::migration::profile::OperatorInstall;
 use crate::migration::refs::{installation_ref, operator_ref};
 use crate::migration::wait::wait_gone;
@@ -78,34 +78,6 @@ fn gate_message(world: &World, found: &str) -> String {
     )
 }
 
-/// The manifest's objects with their references, CRDs and namespaces first so the
-/// objects after them resolve.
-fn manifest_in_order(world: &World) -> anyhow::Result<Vec<(ObjRef, &Value)>> {
-    let mut out = Vec::new();
-    for obj in &world.operator_manifest {
-        let r = ObjRef::of(obj).with_context(|| {
-            format!(
-                "an object of the operator manifest has no apiVersion, kind or name: {}",
-                obj.to_string().chars().take(120).collect::<String>()
-            )
-        })?;
-        if let Err((problem, fix)) = check_object(&r, obj) {
-            bail!(
-                "the operator manifest holds {}: {problem}; {fix}",
-                r.describe()
-            );
-        }
-        out.push((r, obj));
-    }
-    let rank = |r: &ObjRef| match r.kind.as_str() {
-        "Namespace" => 0,
-        "CustomResourceDefinition" => 1,
-        _ => 2,
-    };
-    out.sort_by_key(|(r, _)| rank(r));
-    Ok(out)
-}
-
 /// The step.
 pub struct InstallOperator;
 
@@ -138,48 +110,15 @@ impl InstallOperator {
         }
     }
 
-    /// Refuse, before anything is written, a manifest with objects of APIs the cluster
-    /// does not serve (the check and the words of plan's
-    /// `OPERATOR_MANIFEST_API_NOT_SERVED`): the cluster may have been upgraded since
-    /// the plan, and applying half of the manifest helps nobody.
-    async fn refuse_unserved(world: &World) -> anyhow::Result<()> {
-        let file = "the pinned operator manifest";
-        let manifest: Vec<ManifestObject> = world
-            .operator_manifest
-            .iter()
-            .filter_map(|obj| {
-                Some(ManifestObject {
-                    place: None,
-                    r: ObjRef::of(obj)?,
-                    obj: obj.clone(),
-                })
-            })
-            .collect();
-        let served = served_apis(&world.objects, &manifest).await?;
-        let missing = unserved(file, &manifest, &served)?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let version = world
-            .objects
-            .client()
-            .apiserver_version()
-            .await
-            .map(|v| v.git_version)
-            .unwrap_or_else(|_| "of unknown version".into());
-        let f = crate::migration::rules::manifest_api_not_served(file, &version, &missing);
-        bail!("{}; {}", f.message, f.fix)
-    }
-
     async fn ensure_manifest(world: &World) -> anyhow::Result<()> {
         Self::refuse_installation(world).await?;
-        let objects = manifest_in_order(world)?;
+        let objects = manifest_in_order(world, Order::Install)?;
         if objects.is_empty() {
             bail!(
                 "the operator manifest is empty; give the reviewed file with `--operator-manifest FILE`"
             );
         }
-        Self::refuse_unserved(world).await?;
+        refuse_unserved(world).await?;
         let mut applied = 0;
         for (i, (r, obj)) in objects.iter().enumerate() {
             let live = world.objects.get(r).await?;
@@ -224,7 +163,7 @@ impl Step<World> for InstallOperator {
                 })?);
             }
             let mut saved = Saved::default();
-            for (r, _) in manifest_in_order(world)? {
+            for (r, _) in manifest_in_order(world, Order::Install)? {
                 match world.objects.get(&r).await? {
                     Some(live) => saved.existed.push(strip_server_fields(&live)),
                     None => saved.created.push(r),
@@ -338,7 +277,7 @@ impl Step<World> for InstallOperator {
                 });
             }
             let mut out = Vec::new();
-            for (r, obj) in manifest_in_order(world)? {
+            for (r, obj) in manifest_in_order(world, Order::Install)? {
                 match world.objects.get(&r).await? {
                     None => out.push(format!("create {r}")),
                     Some(l) if !contains(&l, &strip_server_fields(obj)) => {

@@ -11,16 +11,31 @@ pub mod create_installation;
 pub mod detach_helm;
 pub mod fargate_affinity;
 pub mod install_operator;
+pub mod keep_release;
 pub mod remove_probes;
 pub mod takeover;
+pub mod upgrade_operator;
 pub mod verify_completion;
 
 use super::descriptor::{StepContext, StepPlan};
 use super::facts::Generation;
+use super::profile::SourceInstall;
 use super::world::World;
 
 /// The ordered steps for this cluster (empty when there is nothing to migrate).
 pub fn ordered(ctx: &StepContext) -> Vec<StepPlan> {
+    if ctx.source.generation == Generation::OperatorChart
+        && ctx.profile.source.install == SourceInstall::Operator
+    {
+        // The operator-based chart: keep, detach, then upgrade the operator it installed.
+        let mut steps = vec![baseline::describe(ctx)];
+        steps.extend(keep_release::describe(ctx));
+        steps.extend(detach_helm::describe(ctx));
+        steps.push(upgrade_operator::describe(ctx));
+        steps.push(verify_completion::describe(ctx));
+        steps.push(remove_probes::describe(ctx));
+        return steps;
+    }
     if !matches!(
         ctx.source.generation,
         Generation::ManifestChart | Generation::ManifestUnmanaged
@@ -52,6 +67,8 @@ pub fn runnable(id: &str) -> Option<RunStep> {
         detach_helm::ID => Some(Box::new(detach_helm::DetachHelm)),
         fargate_affinity::ID => Some(Box::new(fargate_affinity::FargateAffinity)),
         install_operator::ID => Some(Box::new(install_operator::InstallOperator)),
+        keep_release::ID => Some(Box::new(keep_release::KeepRelease)),
+        upgrade_operator::ID => Some(Box::new(upgrade_operator::UpgradeOperator)),
         create_installation::ID => Some(Box::new(create_installation::CreateInstallation)),
         takeover::ID => Some(Box::new(takeover::Takeover)),
         verify_completion::ID => Some(Box::new(verify_completion::VerifyCompletion)),

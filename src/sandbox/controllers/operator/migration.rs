@@ -636,6 +636,69 @@ fn owner(install: &Value) -> Value {
             "uid": uid(install), "controller": true, "blockOwnerDeletion": true}])
 }
 
+/// The Calico version of calico-system calico-node's pod template (its image tag).
+fn rendered_version(ds: &Value) -> Option<String> {
+    ds.pointer("/spec/template/spec/containers/0/image")
+        .and_then(Value::as_str)
+        .and_then(|i| i.rsplit_once(':'))
+        .map(|(_, t)| t.to_string())
+}
+
+/// An operator of another Calico line than the one calico-system runs renders its own
+/// version over it: every reconcile writes the components it renders whole
+/// (CreateOrUpdateOrDelete, tigera/operator v1.38.6 pkg/controller/utils/component.go:
+/// the desired pod template replaces the live one), so a new operator image upgrades
+/// calico-system and an old one, put back, downgrades it. The DaemonSet controller then
+/// replaces calico-node one node at a time (the rendered RollingUpdate, maxUnavailable 1)
+/// and the Deployment controller rolls typha and kube-controllers. calico-node's
+/// ClusterRole gets the rules of the new line; its binding names calico-system's account
+/// only, as no kube-system agent runs (`AddBindingForKubeSystemNode` is for a migration,
+/// v1.38.6 pkg/controller/migration/namespace_migration.go:172-190).
+fn upgrade_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico_version: &str) {
+    for mut o in calico_system_workloads(expected_typha_replicas(node_count), calico_version) {
+        let daemonset = o["kind"] == "DaemonSet";
+        let g = if daemonset { ds_gvr() } else { deploy_gvr() };
+        if daemonset && renders_eks_fargate_exclusion(install, calico_version) {
+            o["spec"]["template"]["spec"]["affinity"] = eks_fargate_exclusion();
+        }
+        let Some(mut live) = get(sb, &g, CS, name(&o)) else {
+            continue;
+        };
+        live["spec"]["template"] = o["spec"]["template"].take();
+        for k in ["updateStrategy", "replicas"] {
+            if let Some(v) = o["spec"].get(k) {
+                live["spec"][k] = v.clone();
+            }
+        }
+        let n = name(&live).to_string();
+        let _ = sb.store().update(&g, CS, &n, live, &wopts(MANAGER));
+    }
+    let [mut role, mut binding] = operator_calico_node_rbac(calico_version);
+    binding["subjects"] =
+        json!([{"kind": "ServiceAccount", "name": "calico-node", "namespace": CS}]);
+    for (plural, o) in [
+        ("clusterroles", &mut role),
+        ("clusterrolebindings", &mut binding),
+    ] {
+        let g = gvr("rbac.authorization.k8s.io", "v1", plural);
+        o["metadata"]["ownerReferences"] = owner(install);
+        match get(sb, &g, "", "calico-node") {
+            Some(l) => {
+                o["metadata"]["resourceVersion"] = l["metadata"]["resourceVersion"].clone();
+                if let Some(a) = l.pointer("/metadata/annotations") {
+                    o["metadata"]["annotations"] = a.clone();
+                }
+                let _ = sb
+                    .store()
+                    .update(&g, "", "calico-node", o.clone(), &wopts(MANAGER));
+            }
+            None => {
+                let _ = sb.store().create(&g, "", o.clone(), &wopts(MANAGER));
+            }
+        }
+    }
+}
+
 /// calico-system namespace, workloads and typha's ClusterRole and binding (owned by
 /// the Installation), and the operator's subject on ClusterRoleBinding calico-node.
 fn create_calico_system(sb: &Sandbox, install: &Value, node_count: usize, calico_version: &str) {
@@ -712,6 +775,10 @@ fn finish(sb: &Sandbox, install: &Value, calico_version: &str, line: Line) -> He
         drop_migration_selector(sb);
         return Health::Progressing("Creating calico-system".into());
     };
+    if rendered_version(&ds).as_deref() != Some(calico_version) {
+        upgrade_calico_system(sb, install, nodes(sb).len(), calico_version);
+        return Health::Progressing(format!("Upgrading calico-system to {calico_version}"));
+    }
     let has_selector = ds
         .pointer(&format!(
             "/spec/template/spec/nodeSelector/{}",

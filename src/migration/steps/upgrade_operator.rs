@@ -1,0 +1,435 @@
+//! `upgrade-operator` (operator-based chart 0.3.11): move the release's operator to the
+//! target line from the pinned operator manifest — CRDs created or updated first, then
+//! the RBAC and the rest, the Deployment last — and follow the operator's own upgrade of
+//! calico-system: it renders calico-node at the new Calico version and the DaemonSet
+//! controller replaces it node by node (RollingUpdate, maxUnavailable 1), each node
+//! probed through its swap, stopping at the first node whose enforcement is not
+//! verified. Rollback puts the release's operator back and follows calico-system back to
+//! its version the same way; it is refused where that operator cannot render.
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
+use crate::engine::{Step, StepFuture, Verification};
+use crate::migration::crds::crd_is_empty;
+use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
+use crate::migration::facts::{calico_node_version, int_at, operator_renders_v1beta1, str_at};
+use crate::migration::operator::{condition, progressing_message};
+use crate::migration::operator_manifest::{Order, manifest_in_order, refuse_unserved};
+use crate::migration::profile::parse_minor;
+use crate::migration::refs::{
+    calico_system_node, installation_ref, operator_ref, tigera_status_ref,
+};
+use crate::migration::rollout::follow_rollout;
+use crate::migration::wait::{wait_gone, wait_until, wait_while_progressing};
+use crate::migration::world::{Observation, World};
+
+pub const ID: &str = "upgrade-operator";
+
+pub fn describe(ctx: &StepContext) -> StepPlan {
+    let p = ctx.profile;
+    let pin = ctx.manifest_sha256.unwrap_or("(not pinned)");
+    let from = ctx.source.calico_version.as_deref().unwrap_or("?");
+    let target = &p.target.calico_version;
+    StepPlan {
+        id: ID,
+        title: format!(
+            "Upgrade the Tigera Operator to {} and follow calico-system from {from} to {target} node by node",
+            p.target.operator_version
+        ),
+        changes: vec![
+            change(
+                "CustomResourceDefinition (every one of the operator manifest)",
+                "create or update",
+                &[&format!("from the pinned manifest, sha256 {pin}")],
+            ),
+            change(
+                "Namespace tigera-operator, ServiceAccount, ClusterRoles, ClusterRoleBinding, RoleBinding",
+                "create or update",
+                &["from the pinned manifest"],
+            ),
+            change(
+                "Deployment tigera-operator/tigera-operator",
+                "update",
+                &[&format!(
+                    "image quay.io/tigera/operator:{}, after the CRDs and RBAC",
+                    p.target.operator_version
+                )],
+            ),
+            change(
+                "DaemonSet calico-system/calico-node, Deployments calico-typha and calico-kube-controllers",
+                "rolled by the operator",
+                &[&format!("Calico {target}; calico-node one node at a time")],
+            ),
+        ],
+        checks: Checks {
+            before: lines(&[
+                "Installation default exists; the operator Deployment exists",
+                "the operator manifest's APIs are all served by the cluster",
+            ]),
+            after: vec![
+                format!(
+                    "tigera-operator {} rolled out and Ready",
+                    p.target.operator_version
+                ),
+                format!(
+                    "calico-system calico-node at {target} on every node, each node probed through its swap (stop at the first failure)"
+                ),
+                format!(
+                    "TigeraStatus calico Available; Installation status.calicoVersion {target}"
+                ),
+            ],
+        },
+        rollback: lines(&[
+            "refused where the release's operator cannot render (v1.17-v1.27 on Kubernetes 1.25+): roll forward there",
+            "put back the operator Deployment, RBAC and CRDs as they were; delete what the manifest created (a Calico CRD only while it holds no object)",
+            "follow calico-system back to its version node by node, each node probed",
+        ]),
+        gate: None,
+    }
+}
+
+/// What the rollback needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Saved {
+    /// Manifest objects that existed before, as they were (the release's operator).
+    existed: Vec<Value>,
+    /// Manifest objects that did not exist.
+    created: Vec<ObjRef>,
+    /// The Calico version calico-system ran before (`v3.20.0`).
+    calico_version: Option<String>,
+}
+
+/// The image tag of calico-system calico-node's calico-node container.
+async fn running_calico(world: &World) -> anyhow::Result<Option<String>> {
+    Ok(world
+        .objects
+        .get(&calico_system_node())
+        .await?
+        .as_ref()
+        .and_then(calico_node_version))
+}
+
+fn operator_tag(d: &Value) -> Option<&str> {
+    str_at(d, "/spec/template/spec/containers/0/image")
+        .and_then(|i| i.rsplit_once(':').map(|(_, t)| t))
+}
+
+/// Whether the Deployment's rollout is complete: the controller saw its generation and
+/// every replica is updated, Ready, and no old one is left.
+fn rolled_out(d: &Value) -> bool {
+    let n = |k: &str| int_at(d, &format!("/status/{k}")).unwrap_or(0);
+    let want = int_at(d, "/spec/replicas").unwrap_or(1);
+    n("observedGeneration") >= int_at(d, "/metadata/generation").unwrap_or(0)
+        && n("updatedReplicas") >= want
+        && n("readyReplicas") >= want
+        && n("replicas") == want
+}
+
+/// Wait until the operator Deployment runs `tag` and nothing older.
+async fn wait_operator_rolled_out(world: &World, tag: &str) -> anyhow::Result<()> {
+    wait_until(
+        world,
+        &format!("the operator {tag} to be rolled out"),
+        world.options.node_ready_timeout,
+        || async {
+            Ok(match world.objects.get(&operator_ref()).await? {
+                Some(d) if operator_tag(&d) == Some(tag) && rolled_out(&d) => None,
+                Some(d) => Some(format!(
+                    "image {}, {} of {} replica(s) updated and Ready",
+                    operator_tag(&d).unwrap_or("?"),
+                    int_at(&d, "/status/updatedReplicas").unwrap_or(0),
+                    int_at(&d, "/spec/replicas").unwrap_or(1)
+                )),
+                None => Some("no Deployment tigera-operator/tigera-operator".into()),
+            })
+        },
+    )
+    .await
+}
+
+/// Wait until the operator has rendered calico-node at `version` (its pod template):
+/// the DaemonSet controller starts replacing pods from then on.
+async fn wait_rendered(world: &World, version: &str) -> anyhow::Result<()> {
+    wait_until(
+        world,
+        &format!("the operator to render calico-node {version}"),
+        world.options.node_ready_timeout,
+        || async {
+            Ok(match running_calico(world).await? {
+                Some(v) if v == version => None,
+                Some(v) => Some(format!(
+                    "calico-system calico-node still at {v}; {}",
+                    progressing_message(world).await
+                )),
+                None => Some("no DaemonSet calico-system/calico-node".into()),
+            })
+        },
+    )
+    .await
+}
+
+/// Wait until TigeraStatus calico is Available and the Installation reports `version`.
+async fn wait_available(world: &World, version: &str) -> anyhow::Result<()> {
+    wait_while_progressing(
+        world,
+        &format!("TigeraStatus calico Available at {version}"),
+        world.options.node_ready_timeout,
+        || async {
+            let ts = world.objects.get(&tigera_status_ref()).await?;
+            let available = ts
+                .as_ref()
+                .and_then(|t| condition(t, "Available"))
+                .is_some_and(|(on, _, _)| on);
+            let installed = world
+                .objects
+                .get(&installation_ref())
+                .await?
+                .and_then(|i| str_at(&i, "/status/calicoVersion").map(String::from));
+            Ok(if available && installed.as_deref() == Some(version) {
+                None
+            } else {
+                Some(format!(
+                    "Installation reports {}; {}",
+                    installed.as_deref().unwrap_or("no version"),
+                    progressing_message(world).await
+                ))
+            })
+        },
+    )
+    .await
+}
+
+/// Apply the manifest objects that differ from the live ones, in `Order::Upgrade`.
+async fn apply_manifest(world: &World) -> anyhow::Result<()> {
+    let objects = manifest_in_order(world, Order::Upgrade)?;
+    let mut applied = 0;
+    for (i, (r, obj)) in objects.iter().enumerate() {
+        let live = world.objects.get(r).await?;
+        if live.is_some_and(|l| contains(&l, &strip_server_fields(obj))) {
+            continue;
+        }
+        world.objects.apply(obj).await?;
+        tracing::info!("applied {r}");
+        applied += 1;
+        if r.kind == "CustomResourceDefinition"
+            && objects.get(i + 1).is_none_or(|(n, _)| n.kind != r.kind)
+        {
+            world.objects.forget_kinds();
+        }
+    }
+    world.objects.forget_kinds();
+    tracing::info!(
+        "operator manifest: {applied} object(s) applied, {} already in place",
+        objects.len() - applied
+    );
+    Ok(())
+}
+
+/// Whether the operator the rollback would put back can render on this cluster.
+async fn refuse_unrenderable(world: &World, saved: &Saved) -> anyhow::Result<()> {
+    let Some(tag) = saved
+        .existed
+        .iter()
+        .find(|o| ObjRef::of(o).is_some_and(|r| r == operator_ref()))
+        .and_then(operator_tag)
+    else {
+        return Ok(());
+    };
+    let version = world
+        .objects
+        .client()
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .context("reading the cluster's Kubernetes version")?;
+    if operator_renders_v1beta1(tag) && parse_minor(&version).is_some_and(|m| m >= (1, 25)) {
+        bail!(
+            "upgrade-operator cannot be rolled back on Kubernetes {version}: the operator it \
+             would put back ({tag}) renders policy/v1beta1 objects this cluster does not serve, \
+             so it could not manage calico-system at all; roll forward instead (`calico-migrate \
+             apply --resume`)"
+        );
+    }
+    Ok(())
+}
+
+/// The step.
+pub struct UpgradeOperator;
+
+impl Step<World> for UpgradeOperator {
+    fn id(&self) -> &str {
+        ID
+    }
+
+    fn title(&self) -> &str {
+        "Upgrade the Tigera Operator and follow calico-system node by node"
+    }
+
+    fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
+        Box::pin(async move {
+            let mut saved = Saved {
+                calico_version: running_calico(world).await?,
+                ..Saved::default()
+            };
+            for (r, _) in manifest_in_order(world, Order::Upgrade)? {
+                match world.objects.get(&r).await? {
+                    Some(live) => saved.existed.push(strip_server_fields(&live)),
+                    None => saved.created.push(r),
+                }
+            }
+            Ok(serde_json::to_value(saved)?)
+        })
+    }
+
+    fn ensure<'a>(&'a self, world: &'a World) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            if world.objects.get(&installation_ref()).await?.is_none() {
+                bail!(
+                    "Installation default does not exist: the operator would have nothing to \
+                     upgrade; check `kubectl get installation default` and plan again"
+                );
+            }
+            refuse_unserved(world).await?;
+            // Probes in place before any pod template changes (see rollout::follow_rollout).
+            let prober = world.prober().await?;
+            apply_manifest(world).await?;
+            let target = &world.profile.target;
+            wait_operator_rolled_out(world, &target.operator_version).await?;
+            wait_rendered(world, &target.calico_version).await?;
+            follow_rollout(world, ID, &calico_system_node(), &prober).await?;
+            wait_available(world, &target.calico_version).await
+        })
+    }
+
+    fn verify<'a>(&'a self, world: &'a World) -> StepFuture<'a, Verification> {
+        Box::pin(async move {
+            let target = &world.profile.target;
+            let op = world.objects.get(&operator_ref()).await?;
+            match op.as_ref() {
+                Some(d) if operator_tag(d) == Some(&target.operator_version) && rolled_out(d) => {}
+                Some(d) => {
+                    return Ok(Verification::failed(format!(
+                        "tigera-operator runs {}, not {} (or is not rolled out)",
+                        operator_tag(d).unwrap_or("?"),
+                        target.operator_version
+                    )));
+                }
+                None => {
+                    return Ok(Verification::failed(
+                        "no Deployment tigera-operator/tigera-operator",
+                    ));
+                }
+            }
+            let running = running_calico(world).await?;
+            if running.as_deref() != Some(&target.calico_version) {
+                return Ok(Verification::failed(format!(
+                    "calico-system calico-node runs {}, not {}",
+                    running.as_deref().unwrap_or("nothing"),
+                    target.calico_version
+                )));
+            }
+            if let Some(left) =
+                crate::migration::rollout::rollout_unfinished(world, &calico_system_node()).await?
+            {
+                return Ok(Verification::failed(left));
+            }
+            let ts = world.objects.get(&tigera_status_ref()).await?;
+            match ts.as_ref().and_then(|t| condition(t, "Available")) {
+                Some((true, _, _)) => Ok(Verification::passed(format!(
+                    "tigera-operator {} and calico-system calico-node {} on every node; TigeraStatus calico Available",
+                    target.operator_version, target.calico_version
+                ))),
+                _ => Ok(Verification::failed(format!(
+                    "TigeraStatus calico is not Available: {}",
+                    progressing_message(world).await
+                ))),
+            }
+        })
+    }
+
+    fn rollback<'a>(&'a self, world: &'a World, saved: &'a Value) -> StepFuture<'a, ()> {
+        Box::pin(async move {
+            let saved: Saved = serde_json::from_value(saved.clone())
+                .context("upgrade-operator's rollback data is not what this version wrote")?;
+            refuse_unrenderable(world, &saved).await?;
+            let prober = world.prober().await?;
+            // The objects the manifest created: a Calico CRD only while it holds nothing.
+            let mut kept = Vec::new();
+            for r in saved.created.iter().rev() {
+                if r.kind == "CustomResourceDefinition" && !crd_is_empty(world, r).await? {
+                    kept.push(r.clone());
+                    continue;
+                }
+                if world.objects.delete(r).await? {
+                    tracing::info!("deleted {r}");
+                }
+            }
+            let gone: Vec<ObjRef> = saved
+                .created
+                .iter()
+                .filter(|r| !kept.contains(r))
+                .cloned()
+                .collect();
+            wait_gone(
+                world,
+                "the objects the operator manifest created to be gone",
+                &gone,
+            )
+            .await?;
+            if !kept.is_empty() {
+                world.observe(Observation::Note {
+                    step: ID.into(),
+                    text: format!(
+                        "kept {} CustomResourceDefinition(s) the operator manifest created, because objects of them exist now (deleting a CRD deletes its objects): {}",
+                        kept.len(),
+                        kept.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+            world.objects.forget_kinds();
+            // CRDs and RBAC first, the operator last, as on the way up.
+            let mut existed = saved.existed.clone();
+            existed.sort_by_key(|o| ObjRef::of(o).is_some_and(|r| r == operator_ref()));
+            for obj in &existed {
+                if world.objects.restore(obj).await? {
+                    tracing::info!(
+                        "restored {}",
+                        ObjRef::of(obj).map(|r| r.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+            let Some(back) = saved.calico_version.as_deref() else {
+                return Ok(());
+            };
+            if let Some(tag) = existed.iter().rev().find_map(operator_tag) {
+                wait_operator_rolled_out(world, tag).await?;
+            }
+            wait_rendered(world, back).await?;
+            follow_rollout(world, ID, &calico_system_node(), &prober).await?;
+            wait_available(world, back).await
+        })
+    }
+
+    fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (r, obj) in manifest_in_order(world, Order::Upgrade)? {
+                match world.objects.get(&r).await? {
+                    None => out.push(format!("create {r}")),
+                    Some(l) if !contains(&l, &strip_server_fields(obj)) => {
+                        out.push(format!("server-side apply {r} (fields differ)"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            out.push(format!(
+                "then the operator rolls calico-system calico-node to {}, one node at a time, each node probed",
+                world.profile.target.calico_version
+            ));
+            Ok(out)
+        })
+    }
+}
