@@ -112,8 +112,8 @@ fn kubectl_script_passes() -> Result<()> {
     Ok(())
 }
 
-const RELEASE: &str = "aws-calico";
-const RELEASE_NS: &str = "kube-system";
+pub(crate) const RELEASE: &str = "aws-calico";
+pub(crate) const RELEASE_NS: &str = "kube-system";
 /// `helm list` of releases in any state, in every namespace (helm 4 dropped 3's `--all`).
 const LIST_EVERY: [&str; 8] = [
     "list",
@@ -366,10 +366,10 @@ async fn helm4_reads_the_release_apply_removes_it_rollback_restores_it_byte_for_
 
 /// `calico-migrate sandbox` as a process: ready once it printed its kubeconfig's path;
 /// killed when dropped.
-struct SandboxProcess {
+pub(crate) struct SandboxProcess {
     child: std::process::Child,
     dir: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
+    pub(crate) kubeconfig: std::path::PathBuf,
 }
 
 impl SandboxProcess {
@@ -386,7 +386,7 @@ impl SandboxProcess {
     }
 
     /// `sandbox <args>`, plus its kubeconfig and state dir in a temp dir.
-    async fn spawn(args: &[&str]) -> Result<SandboxProcess> {
+    pub(crate) async fn spawn(args: &[&str]) -> Result<SandboxProcess> {
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
         let mut child = Command::new(BIN)
@@ -418,7 +418,7 @@ impl SandboxProcess {
     }
 
     /// kubectl with only this sandbox's kubeconfig and a discovery cache of its own.
-    fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
         Ok(Command::new("kubectl")
             .args(args)
             .arg("--kubeconfig")
@@ -432,7 +432,7 @@ impl SandboxProcess {
     }
 
     /// kubectl, which must succeed: its stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;
         anyhow::ensure!(
             out.status.success(),
@@ -444,7 +444,7 @@ impl SandboxProcess {
     }
 
     /// A file in this sandbox's temp dir.
-    fn write(&self, name: &str, text: &str) -> Result<String> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> Result<String> {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text)?;
         Ok(p.display().to_string())
@@ -714,7 +714,7 @@ spec:
 
 /// `../shared/real/<file>` (a published chart) as a path for helm; None after one
 /// `SKIPPED` line when it is absent.
-fn real_chart(test: &str, file: &str) -> Option<String> {
+pub(crate) fn real_chart(test: &str, file: &str) -> Option<String> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/real")
         .join(file);
@@ -730,7 +730,7 @@ fn real_chart(test: &str, file: &str) -> Option<String> {
 
 /// Helm `major` and the chart `file`, or None after one `SKIPPED` line when helm, kubectl
 /// or the chart is missing.
-fn helm_and_chart(test: &str, major: u32, file: &str) -> Result<Option<(PathBuf, String)>> {
+pub(crate) fn helm_and_chart(test: &str, major: u32, file: &str) -> Result<Option<(PathBuf, String)>> {
     let Some(helm) = helm_client::find_or_skip(major)? else {
         return Ok(None);
     };
@@ -781,7 +781,7 @@ fn manifest_kinds_and_names(manifest: &str) -> Result<Vec<(String, String)>> {
 }
 
 /// Names of the CRDs kubectl lists, sorted.
-fn crd_names(sp: &SandboxProcess) -> Result<Vec<String>> {
+pub(crate) fn crd_names(sp: &SandboxProcess) -> Result<Vec<String>> {
     let mut names: Vec<String> = sp
         .ok(&["get", "crd", "-o", "name"])?
         .lines()
@@ -1085,7 +1085,7 @@ async fn helm4_installs_the_0_3_10_chart_at_1_21_and_not_at_1_22() -> Result<()>
 
 /// Calico policies a user wrote after the install: one GlobalNetworkPolicy and one
 /// namespaced NetworkPolicy (crd.projectcalico.org).
-const CALICO_POLICIES: &str = r#"apiVersion: crd.projectcalico.org/v1
+pub(crate) const CALICO_POLICIES: &str = r#"apiVersion: crd.projectcalico.org/v1
 kind: GlobalNetworkPolicy
 metadata: {name: deny-aws-imds}
 spec:

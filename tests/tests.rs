@@ -18,6 +18,7 @@ mod check;
 mod compatibility;
 mod deploy;
 mod engine;
+mod operator_chart;
 mod plan;
 mod policy;
 mod policy_class_verdicts;

@@ -171,8 +171,18 @@ async fn wait_rendered(world: &World, version: &str) -> anyhow::Result<()> {
     .await
 }
 
-/// Wait until TigeraStatus calico is Available and the Installation reports `version`.
-async fn wait_available(world: &World, version: &str) -> anyhow::Result<()> {
+/// Whether operator release `tag` writes `status.calicoVersion` on the Installation:
+/// from v1.29.0, once every component is available (v1.38.6
+/// pkg/controller/installation/core_controller.go:1589-1602); v1.20.1's
+/// InstallationStatus has no such field.
+fn writes_calico_version(tag: &str) -> bool {
+    crate::migration::profile::parse_version(tag).is_some_and(|v| v >= (1, 29, 0))
+}
+
+/// Wait until TigeraStatus calico is Available and, where the operator `tag` writes it,
+/// the Installation reports `version`.
+async fn wait_available(world: &World, tag: &str, version: &str) -> anyhow::Result<()> {
+    let reports_version = writes_calico_version(tag);
     wait_while_progressing(
         world,
         &format!("TigeraStatus calico Available at {version}"),
@@ -188,7 +198,7 @@ async fn wait_available(world: &World, version: &str) -> anyhow::Result<()> {
                 .get(&installation_ref())
                 .await?
                 .and_then(|i| str_at(&i, "/status/calicoVersion").map(String::from));
-            Ok(if available && installed.as_deref() == Some(version) {
+            Ok(if available && (!reports_version || installed.as_deref() == Some(version)) {
                 None
             } else {
                 Some(format!(
@@ -300,7 +310,7 @@ impl Step<World> for UpgradeOperator {
             wait_operator_rolled_out(world, &target.operator_version).await?;
             wait_rendered(world, &target.calico_version).await?;
             follow_rollout(world, ID, &calico_system_node(), &prober).await?;
-            wait_available(world, &target.calico_version).await
+            wait_available(world, &target.operator_version, &target.calico_version).await
         })
     }
 
@@ -404,12 +414,13 @@ impl Step<World> for UpgradeOperator {
             let Some(back) = saved.calico_version.as_deref() else {
                 return Ok(());
             };
-            if let Some(tag) = existed.iter().rev().find_map(operator_tag) {
+            let tag = existed.iter().rev().find_map(operator_tag);
+            if let Some(tag) = tag {
                 wait_operator_rolled_out(world, tag).await?;
             }
             wait_rendered(world, back).await?;
             follow_rollout(world, ID, &calico_system_node(), &prober).await?;
-            wait_available(world, back).await
+            wait_available(world, tag.unwrap_or_default(), back).await
         })
     }
 

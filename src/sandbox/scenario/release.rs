@@ -222,7 +222,8 @@ fn calico_install(
             .find(|o| o["kind"] == "Installation")
             .unwrap_or(Value::Null);
         inst["metadata"]["creationTimestamp"] = json!(BASE_TIME);
-        inst["status"] = json!({"variant": "Calico", "calicoVersion": operator::OPERATOR_CALICO_VERSION,
+        // v1.20.1's InstallationStatus has no calicoVersion (tigera/operator v1.29.0 added it).
+        inst["status"] = json!({"variant": "Calico",
                                 "computed": {"cni": {"type": "AmazonVPC"}, "kubernetesProvider": "EKS"}});
         calico_objs.push(inst);
         calico_objs.push(operator::tigera_status_calico());

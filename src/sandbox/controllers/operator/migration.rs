@@ -21,8 +21,7 @@ use super::status::{Health, report};
 use super::{FINALIZER, MANAGER, StatusMemory, installations, operator_version};
 use crate::sandbox::apiserver::versions::served;
 use crate::sandbox::scenario::operator::{
-    OPERATOR_CALICO_VERSION, calico_of_operator, calico_system_workloads, calico_typha_rbac,
-    operator_calico_node_rbac,
+    calico_of_operator, calico_system_workloads, calico_typha_rbac, operator_calico_node_rbac,
 };
 use crate::sandbox::{Sandbox, Subresource};
 
@@ -88,7 +87,13 @@ pub fn render_failure(operator_tag: &str, sb: &Sandbox) -> Option<String> {
 }
 
 /// What the status manager reports: the explicit Degraded while it is set, else `h`.
-fn report_with(sb: &Sandbox, mem: &StatusMemory, h: Health, install: &Value, version: &str) {
+fn report_with(
+    sb: &Sandbox,
+    mem: &StatusMemory,
+    h: Health,
+    install: &Value,
+    version: Option<&str>,
+) {
     let h = match mem.degraded() {
         Some((reason, message)) => Health::Degraded {
             reason: reason.clone(),
@@ -121,6 +126,10 @@ pub struct Line {
     /// nodes resolves to 0"; v1.38.6 :670-682): a maxUnavailable that rounds down to 0
     /// counts as 1.
     pub max_unavailable_at_least_one: bool,
+    /// v1.29.0 on: InstallationStatus has `calicoVersion`, written once every component
+    /// is available (v1.38.6 pkg/controller/installation/core_controller.go:1589-1602);
+    /// v1.20.1's InstallationStatus has no such field.
+    pub writes_calico_version: bool,
 }
 
 impl Line {
@@ -131,6 +140,7 @@ impl Line {
             deletes_services_endpoint: v >= (1, 27, 0),
             single_node_exception: v >= (1, 35, 0),
             max_unavailable_at_least_one: v >= (1, 26, 0),
+            writes_calico_version: v >= (1, 29, 0),
         }
     }
 }
@@ -172,9 +182,10 @@ pub fn act(
             reason: "ResourceRenderingError".into(),
             message,
         };
-        report(sb, &degraded, install, OPERATOR_CALICO_VERSION);
+        report(sb, &degraded, install, None);
         return;
     };
+    let status_version = Line::of(&tag).writes_calico_version.then_some(version);
     let ig = installations();
     if deleting(install) {
         // v1.38.6 deletes ClusterRole and ClusterRoleBinding calico-node by name once the
@@ -264,7 +275,7 @@ pub fn act(
                 // A crash writes nothing: the process dies before its status manager does.
                 if let Some((reason, message)) = e.degraded() {
                     mem.set_degraded(reason, message);
-                    report_with(sb, mem, Health::Available, install, version);
+                    report_with(sb, mem, Health::Available, install, status_version);
                 }
                 return;
             }
@@ -273,7 +284,7 @@ pub fn act(
     if let Some(e) = render_failure(&tag, sb) {
         render_until_pdb(sb, install, nodes(sb).len(), version);
         mem.set_degraded(RENDER_REASON, e);
-        report_with(sb, mem, Health::Available, install, version);
+        report_with(sb, mem, Health::Available, install, status_version);
         return;
     }
     match old_ds {
@@ -298,12 +309,18 @@ pub fn act(
                     m
                 }
             };
-            report_with(sb, mem, Health::Progressing(waiting), install, version);
+            report_with(
+                sb,
+                mem,
+                Health::Progressing(waiting),
+                install,
+                status_version,
+            );
         }
         None => {
             mem.clear_degraded();
             let h = finish(sb, install, version, Line::of(&tag));
-            report_with(sb, mem, h, install, version);
+            report_with(sb, mem, h, install, status_version);
         }
     }
 }

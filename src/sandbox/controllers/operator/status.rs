@@ -63,7 +63,10 @@ fn same(a: Option<&Value>, b: &Value) -> bool {
 }
 
 /// Write TigeraStatus `calico` and Installation `default` status (only on change).
-pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: &str) {
+/// `calico_version` is what an Available operator writes to `status.calicoVersion`:
+/// None for a release whose InstallationStatus has no such field (before v1.29.0; see
+/// `Line::writes_calico_version`).
+pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: Option<&str>) {
     let ts = tigerastatuses();
     if sb.store().resource_type(&ts).is_some() {
         let existing = match get(sb, &ts, "", "calico") {
@@ -100,11 +103,14 @@ pub fn report(sb: &Sandbox, h: &Health, install: &Value, calico_version: &str) {
     let mut st = json!({"conditions": new});
     if *h == Health::Available {
         st["variant"] = json!("Calico");
-        st["calicoVersion"] = json!(calico_version);
+        if let Some(v) = calico_version {
+            st["calicoVersion"] = json!(v);
+        }
         st["computed"] = install.get("spec").cloned().unwrap_or_else(|| json!({}));
     }
     let unchanged = same(old, &new)
         && (*h != Health::Available
+            || calico_version.is_none()
             || install.pointer("/status/calicoVersion") == st.get("calicoVersion"));
     if !unchanged {
         let _ = merge(

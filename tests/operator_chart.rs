@@ -1,0 +1,255 @@
+//! The operator-based aws-calico 0.3.11 as real Helm installs it from the published
+//! tarball, moved by plan and apply to the current operator line (the real v3.30.3
+//! operator manifest) and back by rollback, with real Helm reading the release before
+//! and after.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use crate::helm_client::Helm;
+use crate::sandbox_kubectl::{
+    CALICO_POLICIES, RELEASE, RELEASE_NS, SandboxProcess, crd_names, helm_and_chart, real_chart,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_calico-migrate");
+/// The sandbox's simulated seconds per real second, told to the tool as well.
+const SCALE: &str = "20";
+const OPERATOR_MANIFEST: &str = "calico-v3.30.3-operator-crds-and-operator.yaml";
+
+/// `calico-migrate <args>` against the sandbox with its own state dir.
+fn tool(sp: &SandboxProcess, state: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(BIN)
+        .arg("--kubeconfig")
+        .arg(&sp.kubeconfig)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--no-progress")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("CALICO_MIGRATE_STATE_DIR")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// `tool`, which must exit 0: its stdout.
+fn tool_ok(sp: &SandboxProcess, state: &Path, args: &[&str]) -> Result<String> {
+    let out = tool(sp, state, args)?;
+    if !out.status.success() {
+        bail!(
+            "calico-migrate {args:?} exited {:?}:\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn json_of(sp: &SandboxProcess, args: &[&str]) -> Result<Value> {
+    Ok(serde_json::from_str(&sp.ok(args)?)?)
+}
+
+/// The image of the first container of `kind/name` in `ns`.
+fn image(sp: &SandboxProcess, kind: &str, ns: &str, name: &str) -> Result<String> {
+    let o = json_of(sp, &["get", kind, name, "-n", ns, "-o", "json"])?;
+    Ok(o.pointer("/spec/template/spec/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn condition(ts: &Value, t: &str) -> bool {
+    ts.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+}
+
+/// Wait (60 s at most) until TigeraStatus calico says `t` (Available, Degraded).
+async fn wait_status(sp: &SandboxProcess, t: &str) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        let out = sp.kubectl(&["get", "tigerastatus", "calico", "-o", "json"])?;
+        if out.status.success() {
+            let ts: Value = serde_json::from_slice(&out.stdout)?;
+            if condition(&ts, t) {
+                return Ok(ts);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("TigeraStatus calico is not {t} after 60 s: {ts}");
+            }
+        } else if start.elapsed() > Duration::from_secs(60) {
+            bail!("no TigeraStatus calico after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What must survive anything Helm does after the release is detached: the CRDs, the
+/// policies, the operator and its Installation.
+fn calico_needs(sp: &SandboxProcess) -> Result<Vec<String>> {
+    let mut out = crd_names(sp)?;
+    for args in [
+        &["get", "globalnetworkpolicies.crd.projectcalico.org", "-o", "name"][..],
+        &["get", "networkpolicies.crd.projectcalico.org", "-A", "-o", "name"],
+        &["get", "installations.operator.tigera.io", "-o", "name"],
+        &["get", "deployment", "-n", "tigera-operator", "-o", "name"],
+        &["get", "daemonset", "-n", "calico-system", "-o", "name"],
+    ] {
+        out.extend(sp.ok(args)?.lines().map(String::from));
+    }
+    Ok(out)
+}
+
+/// The helm reads that must print the same before apply and after rollback.
+fn helm_reads(helm: &Helm) -> Result<Vec<String>> {
+    [
+        &["get", "manifest", RELEASE, "-n", RELEASE_NS][..],
+        &["get", "values", RELEASE, "-n", RELEASE_NS, "-o", "json"],
+        &["get", "hooks", RELEASE, "-n", RELEASE_NS],
+        &["history", RELEASE, "-n", RELEASE_NS, "-o", "json"],
+    ]
+    .iter()
+    .map(|a| helm.ok(a))
+    .collect()
+}
+
+/// The sandbox at 1.24 with real helm `major`'s install of the published 0.3.11, the
+/// simulated v1.20.1 operator's calico-system Available, and a Calico policy of each
+/// kind; None when helm, kubectl or an artifact is missing (skipped).
+async fn installed(
+    test: &str,
+    major: u32,
+    extra: &[&str],
+) -> Result<Option<(SandboxProcess, Helm, PathBuf)>> {
+    let Some((path, chart)) = helm_and_chart(test, major, "aws-calico-0.3.11.tgz")? else {
+        return Ok(None);
+    };
+    let Some(manifest) = real_chart(test, OPERATOR_MANIFEST) else {
+        return Ok(None);
+    };
+    let base = [
+        "--nodes",
+        "3",
+        "--namespaces",
+        "2",
+        "--no-calico",
+        "--kubernetes-version",
+        "1.24",
+        "--time-scale",
+        SCALE,
+    ];
+    let sp = SandboxProcess::spawn(&[&base[..], extra].concat()).await?;
+    let helm = Helm::new(path, &sp.kubeconfig)?;
+    let out = helm.ok(&["install", RELEASE, chart.as_str(), "-n", RELEASE_NS])?;
+    assert!(out.contains("STATUS: deployed"), "helm install:\n{out}");
+    wait_status(&sp, "Available").await?;
+    assert_eq!(
+        image(&sp, "daemonset", "calico-system", "calico-node")?,
+        "docker.io/calico/node:v3.20.0"
+    );
+    let file = sp.write("policies.yaml", CALICO_POLICIES)?;
+    sp.ok(&["create", "-f", &file])?;
+    Ok(Some((sp, helm, PathBuf::from(manifest))))
+}
+
+/// Issue 23's first must-show: real helm installs the published 0.3.11 at 1.24; plan and
+/// apply move it to operator v1.38.6 (Calico v3.30.3); the real `helm uninstall` then
+/// deletes nothing Calico needs and every node passes a probe round; rollback returns to
+/// the release, which real helm reads back as it was.
+async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32) -> Result<()> {
+    let test = format!(
+        "operator_chart::helm{major}_0_3_11_release_moves_to_the_current_operator_and_back"
+    );
+    let Some((sp, helm, manifest)) = installed(&test, major, &[]).await? else {
+        return Ok(());
+    };
+    let state = tempfile::tempdir()?;
+    let st = state.path();
+    let templated = crd_names(&sp)?;
+    assert_eq!(templated.len(), 19, "{templated:?}");
+    let before = helm_reads(&helm)?;
+
+    let plan = tool_ok(
+        &sp,
+        st,
+        &["plan", "--operator-manifest", &manifest.display().to_string()],
+    )?;
+    assert!(
+        plan.contains("profile aws-calico-0.3.11-v3.30 chosen for chart aws-calico 0.3.11"),
+        "{plan}"
+    );
+    for step in ["keep-release", "detach-helm", "upgrade-operator", "verify-completion"] {
+        assert!(plan.contains(&format!("[{step}]")), "{step} in:\n{plan}");
+    }
+    assert!(!plan.contains("[SOURCE_OPERATOR_CANNOT_RENDER]"), "{plan}");
+    tool_ok(&sp, st, &["apply", "--yes", "--sandbox-time-scale", SCALE])?;
+
+    assert_eq!(
+        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
+        "quay.io/tigera/operator:v1.38.6"
+    );
+    assert_eq!(
+        image(&sp, "daemonset", "calico-system", "calico-node")?,
+        "docker.io/calico/node:v3.30.3"
+    );
+    let inst = json_of(&sp, &["get", "installations.operator.tigera.io", "default", "-o", "json"])?;
+    assert_eq!(inst["status"]["calicoVersion"], json!("v3.30.3"), "{inst}");
+    let now = crd_names(&sp)?;
+    assert!(templated.iter().all(|c| now.contains(c)), "{now:?}");
+    for crd in &templated {
+        let o = json_of(&sp, &["get", "crd", crd, "-o", "json"])?;
+        assert_eq!(
+            o.pointer("/metadata/annotations/helm.sh~1resource-policy"),
+            Some(&json!("keep")),
+            "{crd}"
+        );
+    }
+
+    // Helm knows no such release now; its uninstall deletes nothing.
+    let kept = calico_needs(&sp)?;
+    assert!(kept.iter().any(|o| o.ends_with("/deny-aws-imds")), "{kept:?}");
+    let err = helm.fails(&["uninstall", RELEASE, "-n", RELEASE_NS])?;
+    assert!(err.contains("release: not found"), "helm uninstall: {err}");
+    assert_eq!(calico_needs(&sp)?, kept, "helm uninstall deleted something");
+    let check = tool(&sp, st, &["check"])?;
+    assert!(
+        check.status.success(),
+        "check after apply: {}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    tool_ok(&sp, st, &["rollback", "--yes", "--sandbox-time-scale", SCALE])?;
+    assert_eq!(
+        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
+        "quay.io/tigera/operator:v1.20.1"
+    );
+    assert_eq!(
+        image(&sp, "daemonset", "calico-system", "calico-node")?,
+        "docker.io/calico/node:v3.20.0"
+    );
+    assert_eq!(crd_names(&sp)?, templated, "the manifest's new CRDs are gone");
+    wait_status(&sp, "Available").await?;
+    let status: Value =
+        serde_json::from_str(&helm.ok(&["status", RELEASE, "-n", RELEASE_NS, "-o", "json"])?)?;
+    assert_eq!(status["info"]["status"], json!("deployed"), "{status}");
+    let after = helm_reads(&helm)?;
+    for (want, got) in before.iter().zip(&after) {
+        assert_eq!(got, want, "helm reads the release back as it was");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm3_0_3_11_release_moves_to_the_current_operator_and_back() -> Result<()> {
+    a_real_0_3_11_release_moves_to_the_current_operator_and_back(3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm4_0_3_11_release_moves_to_the_current_operator_and_back() -> Result<()> {
+    a_real_0_3_11_release_moves_to_the_current_operator_and_back(4).await
+}
