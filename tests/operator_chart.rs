@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::helm_client::Helm;
@@ -93,8 +93,19 @@ async fn wait_status(sp: &SandboxProcess, t: &str) -> Result<Value> {
 fn calico_needs(sp: &SandboxProcess) -> Result<Vec<String>> {
     let mut out = crd_names(sp)?;
     for args in [
-        &["get", "globalnetworkpolicies.crd.projectcalico.org", "-o", "name"][..],
-        &["get", "networkpolicies.crd.projectcalico.org", "-A", "-o", "name"],
+        &[
+            "get",
+            "globalnetworkpolicies.crd.projectcalico.org",
+            "-o",
+            "name",
+        ][..],
+        &[
+            "get",
+            "networkpolicies.crd.projectcalico.org",
+            "-A",
+            "-o",
+            "name",
+        ],
         &["get", "installations.operator.tigera.io", "-o", "name"],
         &["get", "deployment", "-n", "tigera-operator", "-o", "name"],
         &["get", "daemonset", "-n", "calico-system", "-o", "name"],
@@ -176,13 +187,22 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
     let plan = tool_ok(
         &sp,
         st,
-        &["plan", "--operator-manifest", &manifest.display().to_string()],
+        &[
+            "plan",
+            "--operator-manifest",
+            &manifest.display().to_string(),
+        ],
     )?;
     assert!(
         plan.contains("profile aws-calico-0.3.11-v3.30 chosen for chart aws-calico 0.3.11"),
         "{plan}"
     );
-    for step in ["keep-release", "detach-helm", "upgrade-operator", "verify-completion"] {
+    for step in [
+        "keep-release",
+        "detach-helm",
+        "upgrade-operator",
+        "verify-completion",
+    ] {
         assert!(plan.contains(&format!("[{step}]")), "{step} in:\n{plan}");
     }
     assert!(!plan.contains("[SOURCE_OPERATOR_CANNOT_RENDER]"), "{plan}");
@@ -196,7 +216,16 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
         image(&sp, "daemonset", "calico-system", "calico-node")?,
         "docker.io/calico/node:v3.30.3"
     );
-    let inst = json_of(&sp, &["get", "installations.operator.tigera.io", "default", "-o", "json"])?;
+    let inst = json_of(
+        &sp,
+        &[
+            "get",
+            "installations.operator.tigera.io",
+            "default",
+            "-o",
+            "json",
+        ],
+    )?;
     assert_eq!(inst["status"]["calicoVersion"], json!("v3.30.3"), "{inst}");
     let now = crd_names(&sp)?;
     assert!(templated.iter().all(|c| now.contains(c)), "{now:?}");
@@ -211,7 +240,10 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
 
     // Helm knows no such release now; its uninstall deletes nothing.
     let kept = calico_needs(&sp)?;
-    assert!(kept.iter().any(|o| o.ends_with("/deny-aws-imds")), "{kept:?}");
+    assert!(
+        kept.iter().any(|o| o.ends_with("/deny-aws-imds")),
+        "{kept:?}"
+    );
     let err = helm.fails(&["uninstall", RELEASE, "-n", RELEASE_NS])?;
     assert!(err.contains("release: not found"), "helm uninstall: {err}");
     assert_eq!(calico_needs(&sp)?, kept, "helm uninstall deleted something");
@@ -223,7 +255,11 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
         String::from_utf8_lossy(&check.stderr)
     );
 
-    tool_ok(&sp, st, &["rollback", "--yes", "--sandbox-time-scale", SCALE])?;
+    tool_ok(
+        &sp,
+        st,
+        &["rollback", "--yes", "--sandbox-time-scale", SCALE],
+    )?;
     assert_eq!(
         image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
         "quay.io/tigera/operator:v1.20.1"
@@ -232,7 +268,11 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
         image(&sp, "daemonset", "calico-system", "calico-node")?,
         "docker.io/calico/node:v3.20.0"
     );
-    assert_eq!(crd_names(&sp)?, templated, "the manifest's new CRDs are gone");
+    assert_eq!(
+        crd_names(&sp)?,
+        templated,
+        "the manifest's new CRDs are gone"
+    );
     wait_status(&sp, "Available").await?;
     let status: Value =
         serde_json::from_str(&helm.ok(&["status", RELEASE, "-n", RELEASE_NS, "-o", "json"])?)?;
@@ -252,4 +292,98 @@ async fn helm3_0_3_11_release_moves_to_the_current_operator_and_back() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm4_0_3_11_release_moves_to_the_current_operator_and_back() -> Result<()> {
     a_real_0_3_11_release_moves_to_the_current_operator_and_back(4).await
+}
+
+/// Issue 23's second must-show: the release installed at 1.24 and the control plane
+/// upgraded one minor at a time to 1.29 before plan, as EKS does. There the v1.20.1
+/// operator cannot render (policy/v1beta1) and TigeraStatus is Degraded; plan says so,
+/// apply moves it to the current line, and rollback past upgrade-operator is refused
+/// with the reason, since the operator it would put back cannot run there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_3_11_release_on_1_29_moves_to_the_current_operator() -> Result<()> {
+    let test = "operator_chart::a_0_3_11_release_on_1_29_moves_to_the_current_operator";
+    let data = tempfile::tempdir()?;
+    let dir = data.path().display().to_string();
+    let Some((sp, _helm, manifest)) = installed(test, 3, &["--data-dir", &dir]).await? else {
+        return Ok(());
+    };
+    sp.stop()?;
+    let mut sp = None;
+    for minor in 25..=29 {
+        if let Some(running) = sp.take() {
+            SandboxProcess::stop(running)?;
+        }
+        let version = format!("1.{minor}");
+        sp = Some(
+            SandboxProcess::spawn(&[
+                "--data-dir",
+                &dir,
+                "--kubernetes-version",
+                &version,
+                "--time-scale",
+                SCALE,
+            ])
+            .await?,
+        );
+    }
+    let sp = sp.context("running at 1.29")?;
+    let ts = wait_status(&sp, "Degraded").await?;
+    assert!(
+        ts.to_string().contains(
+            r#"no matches for kind \"PodDisruptionBudget\" in version \"policy/v1beta1\""#
+        ),
+        "{ts}"
+    );
+
+    let state = tempfile::tempdir()?;
+    let st = state.path();
+    let plan = tool_ok(
+        &sp,
+        st,
+        &[
+            "plan",
+            "--operator-manifest",
+            &manifest.display().to_string(),
+        ],
+    )?;
+    assert!(
+        plan.contains(
+            "[SOURCE_OPERATOR_CANNOT_RENDER] tigera-operator v1.20.1 runs on Kubernetes 1.29"
+        ),
+        "{plan}"
+    );
+    assert!(plan.contains("BLOCKERS (0)"), "{plan}");
+    tool_ok(&sp, st, &["apply", "--yes", "--sandbox-time-scale", SCALE])?;
+    assert_eq!(
+        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
+        "quay.io/tigera/operator:v1.38.6"
+    );
+    assert_eq!(
+        image(&sp, "daemonset", "calico-system", "calico-node")?,
+        "docker.io/calico/node:v3.30.3"
+    );
+    wait_status(&sp, "Available").await?;
+
+    let out = tool(
+        &sp,
+        st,
+        &["rollback", "--yes", "--sandbox-time-scale", SCALE],
+    )?;
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("upgrade-operator cannot be rolled back on Kubernetes v1.29")
+            && err.contains("roll forward instead"),
+        "{err}"
+    );
+    assert_eq!(
+        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
+        "quay.io/tigera/operator:v1.38.6",
+        "the refused rollback left the operator as it was"
+    );
+    Ok(())
 }

@@ -198,15 +198,17 @@ async fn wait_available(world: &World, tag: &str, version: &str) -> anyhow::Resu
                 .get(&installation_ref())
                 .await?
                 .and_then(|i| str_at(&i, "/status/calicoVersion").map(String::from));
-            Ok(if available && (!reports_version || installed.as_deref() == Some(version)) {
-                None
-            } else {
-                Some(format!(
-                    "Installation reports {}; {}",
-                    installed.as_deref().unwrap_or("no version"),
-                    progressing_message(world).await
-                ))
-            })
+            Ok(
+                if available && (!reports_version || installed.as_deref() == Some(version)) {
+                    None
+                } else {
+                    Some(format!(
+                        "Installation reports {}; {}",
+                        installed.as_deref().unwrap_or("no version"),
+                        progressing_message(world).await
+                    ))
+                },
+            )
         },
     )
     .await
