@@ -387,3 +387,66 @@ async fn a_0_3_11_release_on_1_29_moves_to_the_current_operator() -> Result<()> 
     );
     Ok(())
 }
+
+/// keep-release on its own makes the real `helm uninstall` of the 0.3.11 release delete
+/// nothing Calico needs: helm keeps every object marked `helm.sh/resource-policy: keep`
+/// and removes only its records (compare
+/// sandbox_kubectl::helm3_uninstall_of_0_3_11_deletes_its_crds_and_every_calico_policy,
+/// the same uninstall without it). apply then resumes with nothing left to detach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_keep_release_the_real_helm_uninstall_deletes_nothing_calico_needs() -> Result<()> {
+    let test =
+        "operator_chart::after_keep_release_the_real_helm_uninstall_deletes_nothing_calico_needs";
+    let Some((sp, helm, manifest)) = installed(test, 3, &[]).await? else {
+        return Ok(());
+    };
+    let state = tempfile::tempdir()?;
+    let st = state.path();
+    tool_ok(
+        &sp,
+        st,
+        &[
+            "plan",
+            "--operator-manifest",
+            &manifest.display().to_string(),
+        ],
+    )?;
+    tool_ok(
+        &sp,
+        st,
+        &[
+            "apply",
+            "--yes",
+            "--pause-before",
+            "detach-helm",
+            "--sandbox-time-scale",
+            SCALE,
+        ],
+    )?;
+    let before = calico_needs(&sp)?;
+    assert_eq!(crd_names(&sp)?.len(), 19);
+    let out = helm.ok(&["uninstall", RELEASE, "-n", RELEASE_NS])?;
+    assert!(
+        out.contains("These resources were kept due to the resource policy")
+            && out
+                .contains("[CustomResourceDefinition] globalnetworkpolicies.crd.projectcalico.org"),
+        "helm uninstall:\n{out}"
+    );
+    assert_eq!(
+        calico_needs(&sp)?,
+        before,
+        "helm uninstall deleted something"
+    );
+    assert_eq!(helm.ok(&["list", "-A", "-q"])?.trim(), "");
+
+    tool_ok(
+        &sp,
+        st,
+        &["apply", "--resume", "--yes", "--sandbox-time-scale", SCALE],
+    )?;
+    assert_eq!(
+        image(&sp, "daemonset", "calico-system", "calico-node")?,
+        "docker.io/calico/node:v3.30.3"
+    );
+    Ok(())
+}

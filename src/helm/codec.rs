@@ -100,6 +100,14 @@ pub fn encode_release_secret(rel: &Release) -> Value {
     })
 }
 
+/// `secret` (a live release record) holding `rel` instead: the same name, labels and
+/// type, the payload encoded as Helm encodes it.
+pub fn with_release(secret: &Value, rel: &Release) -> Value {
+    let mut out = secret.clone();
+    out["data"]["release"] = json!(STANDARD.encode(encode_release_payload(rel).as_bytes()));
+    out
+}
+
 /// Read a release back from its Secret as the API serves it.
 pub fn decode_release_secret(secret: &Value) -> Result<Release, HelmError> {
     let name = secret

@@ -105,6 +105,38 @@ fn split_documents(manifest: &str) -> Vec<String> {
     docs
 }
 
+/// Helm's resource-policy annotation and the value that makes `helm uninstall` leave an
+/// object (helm pkg/kube/resource_policy.go).
+pub const RESOURCE_POLICY: &str = "helm.sh/resource-policy";
+pub const KEEP_POLICY: &str = "keep";
+
+/// The stored manifest with every document annotated `helm.sh/resource-policy: keep`.
+/// `helm uninstall` decides what to leave from the stored manifest, never from the live
+/// objects (helm pkg/action/uninstall.go `deleteRelease`: `SplitManifests(rel.Manifest)`
+/// then `filterManifestsToKeep`), so only this protects the objects from it. Each
+/// document keeps its `# Source:` line; its YAML is written again from the parsed object.
+pub fn with_keep_policy(manifest: &str) -> Result<String, HelmError> {
+    let mut out = String::new();
+    for (index, obj) in manifest_objects(manifest)?.into_iter().enumerate() {
+        let mut body = obj.body;
+        body["metadata"]["annotations"][RESOURCE_POLICY] = Value::from(KEEP_POLICY);
+        let yaml = serde_saphyr::to_string(&body).map_err(|e| HelmError::Manifest {
+            index,
+            source_path: obj.source.clone(),
+            problem: format!("cannot be written back as YAML ({e})"),
+        })?;
+        out.push_str("---\n");
+        if !obj.source.is_empty() {
+            out.push_str(&format!("# Source: {}\n", obj.source));
+        }
+        out.push_str(&yaml);
+        if !yaml.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 /// What `helm uninstall` would delete, in Helm's uninstall order: every object
 /// of the stored manifest except those marked keep. `crds/` files are never in
 /// the manifest, so CRDs installed from there are never deleted. A manifest

@@ -21,11 +21,11 @@ mod tests;
 pub use codec::{
     HELM2_OWNER_LABEL, RELEASE_SECRET_TYPE, ReleaseRecord, current_release, decode_release_payload,
     decode_release_secret, detect_release_record, encode_release_payload, encode_release_secret,
-    secret_name,
+    secret_name, with_release,
 };
 pub use manifest::{
-    ManifestObject, ObjectRef, is_cluster_scoped, manifest_objects, removed_api,
-    uninstall_blockers, uninstall_plan,
+    KEEP_POLICY, ManifestObject, ObjectRef, RESOURCE_POLICY, is_cluster_scoped, manifest_objects,
+    removed_api, uninstall_blockers, uninstall_plan, with_keep_policy,
 };
 pub use model::{Chart, ChartFile, ChartMetadata, Info, Release, status};
 

@@ -2,10 +2,14 @@
 //! the Installation its post-install hook created, `helm.sh/resource-policy: keep`
 //! before anything else touches the release. The chart holds every Calico and operator
 //! CRD as a template, so until the release is detached a `helm uninstall` would delete
-//! them and every Calico policy with them; with the annotation Helm skips the object
-//! (helm pkg/action/uninstall.go `filterManifestsToKeep`, pkg/kube/resource_policy.go:
-//! `helm.sh/resource-policy: keep`). Rollback removes only the annotations this step
-//! added.
+//! them and every Calico policy with them.
+//!
+//! Helm reads the policy in two places: `helm uninstall` from the *stored* manifest of
+//! the release record (helm pkg/action/uninstall.go `deleteRelease`:
+//! `filterManifestsToKeep` over `SplitManifests(rel.Manifest)`), an upgrade that drops an
+//! object from the live one (pkg/kube/client.go `Update`). So the step annotates both:
+//! every live object, and every document of the current release record's manifest.
+//! Rollback puts back the annotations it changed and the record as it was.
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -16,15 +20,12 @@ use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::helm_releases;
-use crate::migration::release::{chart_objects_live, hook_objects_live};
+use crate::migration::release::{chart_objects_live, hook_objects_live, release_secrets};
 use crate::migration::world::World;
 
 pub const ID: &str = "keep-release";
 
-/// Helm's resource-policy annotation and the value that makes uninstall and upgrade
-/// leave an object in place (helm pkg/kube/resource_policy.go).
-pub const RESOURCE_POLICY: &str = "helm.sh/resource-policy";
-pub const KEEP: &str = "keep";
+use crate::helm::{KEEP_POLICY as KEEP, RESOURCE_POLICY};
 
 pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
     let rel = ctx.source.release.as_deref()?;
@@ -49,6 +50,16 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
             )
         })
         .collect();
+    if let Some(r) = &release {
+        changes.push(change(
+            format!(
+                "Secret {ns}/{} (the current release record)",
+                crate::helm::secret_name(&r.name, r.version)
+            ),
+            "patch",
+            &["every document of the stored manifest annotated helm.sh/resource-policy: keep (what `helm uninstall` reads); backed up first"],
+        ));
+    }
     if release.is_some_and(|r| !r.hooks.is_empty()) {
         changes.push(change(
             "the objects the release's hooks created (Installation default)",
@@ -63,11 +74,12 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
         checks: Checks {
             before: lines(&["the release records are readable (they list the objects)"]),
             after: lines(&[
-                "every object of the release, CRDs first among them, carries helm.sh/resource-policy: keep: a `helm uninstall` from here on deletes none of them",
+                "every object of the release, CRDs first among them, carries helm.sh/resource-policy: keep, live and in the release record's manifest: a `helm uninstall` from here on deletes none of them",
             ]),
         },
         rollback: lines(&[
             "remove the annotation where this step added it; a value the object had before is put back",
+            "the release record as it was",
         ]),
         gate: None,
     })
@@ -83,6 +95,35 @@ struct Marked {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Saved {
     objects: Vec<Marked>,
+    /// The current release record as it was (the Secret, server fields stripped).
+    #[serde(default)]
+    record: Option<Value>,
+}
+
+/// The current release record and the release it holds.
+async fn current_record(world: &World) -> anyhow::Result<Option<(Value, crate::helm::Release)>> {
+    let Some((name, _, _)) = world.release() else {
+        return Ok(None);
+    };
+    let secrets = release_secrets(world).await?;
+    let Some(rel) = crate::helm::current_release(&secrets, &name)? else {
+        return Ok(None);
+    };
+    let secret = secrets
+        .into_iter()
+        .find(|s| {
+            s.pointer("/metadata/name").and_then(Value::as_str)
+                == Some(crate::helm::secret_name(&rel.name, rel.version).as_str())
+        })
+        .context("the current release record disappeared while it was read")?;
+    Ok(Some((secret, rel)))
+}
+
+/// Whether every document of the stored manifest is marked keep.
+fn manifest_kept(rel: &crate::helm::Release) -> anyhow::Result<bool> {
+    Ok(crate::helm::manifest_objects(&rel.manifest)?
+        .iter()
+        .all(|o| o.keep))
 }
 
 fn policy_of(o: &Value) -> Option<String> {
@@ -139,7 +180,10 @@ impl Step<World> for KeepRelease {
                     object,
                 })
                 .collect();
-            keep_capture(world, ID, serde_json::to_value(Saved { objects })?)
+            let record = current_record(world)
+                .await?
+                .map(|(s, _)| crate::cluster::objects::strip_server_fields(&s));
+            keep_capture(world, ID, serde_json::to_value(Saved { objects, record })?)
         })
     }
 
@@ -162,6 +206,19 @@ impl Step<World> for KeepRelease {
                     tracing::info!("marked {} {RESOURCE_POLICY}: {KEEP}", m.object);
                 }
             }
+            if let Some((secret, mut rel)) = current_record(world).await?
+                && !manifest_kept(&rel)?
+            {
+                rel.manifest = crate::helm::with_keep_policy(&rel.manifest)?;
+                world
+                    .objects
+                    .restore(&crate::helm::with_release(&secret, &rel))
+                    .await?;
+                tracing::info!(
+                    "marked every document of release record {} {RESOURCE_POLICY}: {KEEP}",
+                    crate::migration::facts::name_of(&secret)
+                );
+            }
             Ok(())
         })
     }
@@ -180,10 +237,19 @@ impl Step<World> for KeepRelease {
                     Some(_) => {}
                 }
             }
+            // Once detach-helm removed the records there is no stored manifest to read.
+            let record_unmarked = match current_record(world).await? {
+                Some((_, rel)) => !manifest_kept(&rel)?,
+                None => false,
+            };
             Ok(if !gone.is_empty() {
                 Verification::failed(format!(
                     "objects of the release are gone: {}",
                     gone.join(", ")
+                ))
+            } else if record_unmarked {
+                Verification::failed(format!(
+                    "the release record's manifest has documents without {RESOURCE_POLICY}: {KEEP}, so `helm uninstall` would delete them"
                 ))
             } else if !unmarked.is_empty() {
                 Verification::failed(format!(
@@ -197,7 +263,7 @@ impl Step<World> for KeepRelease {
                     .filter(|m| m.object.kind == "CustomResourceDefinition")
                     .count();
                 Verification::passed(format!(
-                    "{} objects of the release ({crds} CRDs) carry {RESOURCE_POLICY}: {KEEP}",
+                    "{} objects of the release ({crds} CRDs) carry {RESOURCE_POLICY}: {KEEP}, live and in the release record's manifest",
                     saved.objects.len()
                 ))
             })
@@ -219,6 +285,15 @@ impl Step<World> for KeepRelease {
                         .await?;
                     tracing::info!("restored {RESOURCE_POLICY} on {}", m.object);
                 }
+            }
+            // The record as it was, where one exists again (detach-helm's rollback put
+            // back the record it had backed up, this step's version of it).
+            if let Some(record) = &saved.record
+                && let Some(r) = ObjRef::of(record)
+                && world.objects.get(&r).await?.is_some()
+                && world.objects.restore(record).await?
+            {
+                tracing::info!("restored release record {r} as it was");
             }
             forget_capture(world, ID)
         })
