@@ -11,7 +11,7 @@ use calico_migrate::cluster::{access, inventory};
 use calico_migrate::engine::RetryPolicy;
 use calico_migrate::migration::permissions;
 use calico_migrate::migration::plan::{self, Plan};
-use calico_migrate::migration::profile::{Profile, SAME_VERSION_PROFILE};
+use calico_migrate::migration::profile::{OPERATOR_CHART_PROFILE, Profile, SAME_VERSION_PROFILE};
 use calico_migrate::sandbox::scenario::{self, ChartGeneration, ScenarioConfig};
 use calico_migrate::sandbox::{KubernetesVersion, Sandbox, SandboxOptions};
 use serde_json::{Value, json};
@@ -58,6 +58,11 @@ async fn plan_of(sb: &Sandbox) -> Plan {
 
 /// The plan as `client`'s identity sees the cluster.
 async fn plan_as(client: &kube::Client) -> Plan {
+    plan_under(client, SAME_VERSION_PROFILE).await
+}
+
+/// The plan under built-in profile `name`.
+async fn plan_under(client: &kube::Client, name: &str) -> Plan {
     let client = client.clone();
     let retry = RetryPolicy::default();
     let version = client
@@ -71,7 +76,7 @@ async fn plan_as(client: &kube::Client) -> Plan {
     let acc = access::review(&client, &permissions::needed(), 4, &retry)
         .await
         .unwrap_or_else(|e| panic!("access: {e}"));
-    let profile = Profile::load(SAME_VERSION_PROFILE).unwrap_or_else(|e| panic!("profile: {e}"));
+    let profile = Profile::load(name).unwrap_or_else(|e| panic!("profile: {e}"));
     plan::build(
         &inv,
         &profile,
@@ -204,6 +209,48 @@ async fn default_scenario_names_chart_version_counts_and_converter_blockers() {
     for k in ["id", "title", "changes", "checks", "rollback"] {
         assert!(j["steps"][0].get(k).is_some(), "steps[].{k}");
     }
+}
+
+/// Under its own profile the operator-based chart is planned: kept, detached, its
+/// operator upgraded; at 1.29 plan says the release's operator cannot render there.
+#[tokio::test]
+async fn chart_0_3_11_is_planned_under_its_own_profile() {
+    for (minor, cannot_render) in [(24, false), (29, true)] {
+        let kv = KubernetesVersion::new(minor).unwrap_or_else(|e| panic!("{e}"));
+        let sb = sandbox_at(objects(ChartGeneration::V0_3_11), kv);
+        let p = plan_under(&sb.client(), OPERATOR_CHART_PROFILE).await;
+        let (blockers, warnings) = codes(&p);
+        assert!(blockers.is_empty(), "1.{minor}: {blockers:?}");
+        assert!(warnings.contains(&"RELEASE_OWNS_CRDS"), "{warnings:?}");
+        assert_eq!(
+            warnings.contains(&"SOURCE_OPERATOR_CANNOT_RENDER"),
+            cannot_render,
+            "1.{minor}: {warnings:?}"
+        );
+        let ids: Vec<&str> = p.steps.iter().map(|s| s.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "baseline",
+                "keep-release",
+                "detach-helm",
+                "upgrade-operator",
+                "verify-completion",
+                "remove-probes"
+            ]
+        );
+    }
+    // A manifest install under the 0.3.11 profile is refused, with the way out.
+    let p = plan_under(
+        &sandbox(objects(ChartGeneration::V0_3_10)).client(),
+        OPERATOR_CHART_PROFILE,
+    )
+    .await;
+    let (blockers, _) = codes(&p);
+    assert!(
+        blockers.contains(&"PROFILE_FOR_OPERATOR_CHART"),
+        "{blockers:?}"
+    );
 }
 
 #[tokio::test]
