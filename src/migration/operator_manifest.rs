@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::manifest::{ManifestObject, check_object, served_apis, unserved};
 use super::world::World;
-use crate::cluster::objects::ObjRef;
+use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
 
 /// The order a step applies the manifest in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,4 +79,50 @@ pub async fn refuse_unserved(world: &World) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "of unknown version".into());
     let f = super::rules::manifest_api_not_served(file, &version, &missing);
     bail!("{}; {}", f.message, f.fix)
+}
+
+/// Server-side apply `objects` (from [`manifest_in_order`]) where the live object does
+/// not hold them already, kinds resolved again after each run of CRDs.
+pub async fn apply_in_order(world: &World, objects: &[(ObjRef, &Value)]) -> anyhow::Result<()> {
+    let mut applied = 0;
+    for (i, (r, obj)) in objects.iter().enumerate() {
+        let live = world.objects.get(r).await?;
+        if live.is_some_and(|l| contains(&l, &strip_server_fields(obj))) {
+            continue;
+        }
+        // The error names the verb, the object and the API server's answer.
+        world.objects.apply(obj).await?;
+        tracing::info!("applied {r}");
+        applied += 1;
+        // New CRDs: resolve kinds again before the objects that follow.
+        if r.kind == "CustomResourceDefinition"
+            && objects.get(i + 1).is_none_or(|(n, _)| n.kind != r.kind)
+        {
+            world.objects.forget_kinds();
+        }
+    }
+    world.objects.forget_kinds();
+    tracing::info!(
+        "operator manifest: {applied} object(s) applied, {} already in place",
+        objects.len() - applied
+    );
+    Ok(())
+}
+
+/// What applying `objects` would do, for `apply --dry-run`.
+pub async fn preview_in_order(
+    world: &World,
+    objects: &[(ObjRef, &Value)],
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (r, obj) in objects {
+        match world.objects.get(r).await? {
+            None => out.push(format!("create {r}")),
+            Some(l) if !contains(&l, &strip_server_fields(obj)) => {
+                out.push(format!("server-side apply {r} (fields differ)"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(out)
 }

@@ -9,14 +9,16 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
+use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
 use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::operator::wait_operator_ready;
-use crate::migration::operator_manifest::{Order, manifest_in_order, refuse_unserved};
+use crate::migration::operator_manifest::{
+    Order, apply_in_order, manifest_in_order, preview_in_order, refuse_unserved,
+};
 use crate::migration::profile::OperatorInstall;
 use crate::migration::refs::{installation_ref, operator_ref};
 use crate::migration::wait::wait_gone;
@@ -119,28 +121,7 @@ impl InstallOperator {
             );
         }
         refuse_unserved(world).await?;
-        let mut applied = 0;
-        for (i, (r, obj)) in objects.iter().enumerate() {
-            let live = world.objects.get(r).await?;
-            if live.is_some_and(|l| contains(&l, &strip_server_fields(obj))) {
-                continue;
-            }
-            // The error names the verb, the object and the API server's answer.
-            world.objects.apply(obj).await?;
-            tracing::info!("applied {r}");
-            applied += 1;
-            // New CRDs: resolve kinds again before the objects that follow.
-            if r.kind == "CustomResourceDefinition"
-                && objects.get(i + 1).is_none_or(|(n, _)| n.kind != r.kind)
-            {
-                world.objects.forget_kinds();
-            }
-        }
-        world.objects.forget_kinds();
-        tracing::info!(
-            "operator manifest: {applied} object(s) applied, {} already in place",
-            objects.len() - applied
-        );
+        apply_in_order(world, &objects).await?;
         wait_operator_ready(world).await
     }
 }
@@ -276,16 +257,8 @@ impl Step<World> for InstallOperator {
                     _ => vec![gate_message(world, "gate: not installed yet")],
                 });
             }
-            let mut out = Vec::new();
-            for (r, obj) in manifest_in_order(world, Order::Install)? {
-                match world.objects.get(&r).await? {
-                    None => out.push(format!("create {r}")),
-                    Some(l) if !contains(&l, &strip_server_fields(obj)) => {
-                        out.push(format!("server-side apply {r} (fields differ)"))
-                    }
-                    Some(_) => {}
-                }
-            }
+            let objects = manifest_in_order(world, Order::Install)?;
+            let out = preview_in_order(world, &objects).await?;
             Ok(out)
         })
     }

@@ -11,13 +11,15 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cluster::objects::{ObjRef, contains, strip_server_fields};
+use crate::cluster::objects::{ObjRef, strip_server_fields};
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::{calico_node_version, int_at, operator_renders_v1beta1, str_at};
 use crate::migration::operator::{condition, progressing_message};
-use crate::migration::operator_manifest::{Order, manifest_in_order, refuse_unserved};
+use crate::migration::operator_manifest::{
+    Order, apply_in_order, manifest_in_order, preview_in_order, refuse_unserved,
+};
 use crate::migration::profile::parse_minor;
 use crate::migration::refs::{
     calico_system_node, installation_ref, operator_ref, tigera_status_ref,
@@ -214,32 +216,6 @@ async fn wait_available(world: &World, tag: &str, version: &str) -> anyhow::Resu
     .await
 }
 
-/// Apply the manifest objects that differ from the live ones, in `Order::Upgrade`.
-async fn apply_manifest(world: &World) -> anyhow::Result<()> {
-    let objects = manifest_in_order(world, Order::Upgrade)?;
-    let mut applied = 0;
-    for (i, (r, obj)) in objects.iter().enumerate() {
-        let live = world.objects.get(r).await?;
-        if live.is_some_and(|l| contains(&l, &strip_server_fields(obj))) {
-            continue;
-        }
-        world.objects.apply(obj).await?;
-        tracing::info!("applied {r}");
-        applied += 1;
-        if r.kind == "CustomResourceDefinition"
-            && objects.get(i + 1).is_none_or(|(n, _)| n.kind != r.kind)
-        {
-            world.objects.forget_kinds();
-        }
-    }
-    world.objects.forget_kinds();
-    tracing::info!(
-        "operator manifest: {applied} object(s) applied, {} already in place",
-        objects.len() - applied
-    );
-    Ok(())
-}
-
 /// Whether the operator the rollback would put back can render on this cluster.
 async fn refuse_unrenderable(world: &World, saved: &Saved) -> anyhow::Result<()> {
     let Some(tag) = saved
@@ -307,7 +283,7 @@ impl Step<World> for UpgradeOperator {
             refuse_unserved(world).await?;
             // Probes in place before any pod template changes (see rollout::follow_rollout).
             let prober = world.prober().await?;
-            apply_manifest(world).await?;
+            apply_in_order(world, &manifest_in_order(world, Order::Upgrade)?).await?;
             let target = &world.profile.target;
             wait_operator_rolled_out(world, &target.operator_version).await?;
             wait_rendered(world, &target.calico_version).await?;
@@ -428,16 +404,8 @@ impl Step<World> for UpgradeOperator {
 
     fn preview<'a>(&'a self, world: &'a World) -> StepFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let mut out = Vec::new();
-            for (r, obj) in manifest_in_order(world, Order::Upgrade)? {
-                match world.objects.get(&r).await? {
-                    None => out.push(format!("create {r}")),
-                    Some(l) if !contains(&l, &strip_server_fields(obj)) => {
-                        out.push(format!("server-side apply {r} (fields differ)"))
-                    }
-                    Some(_) => {}
-                }
-            }
+            let objects = manifest_in_order(world, Order::Upgrade)?;
+            let mut out = preview_in_order(world, &objects).await?;
             out.push(format!(
                 "then the operator rolls calico-system calico-node to {}, one node at a time, each node probed",
                 world.profile.target.calico_version
