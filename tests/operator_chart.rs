@@ -247,6 +247,20 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
     let err = helm.fails(&["uninstall", RELEASE, "-n", RELEASE_NS])?;
     assert!(err.contains("release: not found"), "helm uninstall: {err}");
     assert_eq!(calico_needs(&sp)?, kept, "helm uninstall deleted something");
+    // Without --adopt-into-release the projectcalico chart refuses the operator's objects.
+    if let Some(tgz) = real_chart(&test, "tigera-operator-v3.30.3.tgz") {
+        let err = helm.fails(&["install", "calico", &tgz, "-n", "tigera-operator"])?;
+        assert!(
+            err.contains("invalid ownership metadata")
+                && err.contains("cannot be imported into the current release"),
+            "helm install of the tigera-operator chart: {err}"
+        );
+        assert_eq!(
+            calico_needs(&sp)?,
+            kept,
+            "the refused install changed something"
+        );
+    }
     let check = tool(&sp, st, &["check"])?;
     assert!(
         check.status.success(),
@@ -449,4 +463,135 @@ async fn after_keep_release_the_real_helm_uninstall_deletes_nothing_calico_needs
         "docker.io/calico/node:v3.30.3"
     );
     Ok(())
+}
+
+/// The plan's `helm install` of a shell-quoted command line: words, with '…' kept whole.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Issue 23's third must-show: with `--adopt-into-release tigera-operator/calico` the
+/// real `helm install` of the projectcalico tigera-operator chart v3.30.3 — the command
+/// the plan prints, with the published tarball for the repository's chart — adopts the
+/// operator's objects instead of failing, and changes neither the operator nor the
+/// Installation.
+async fn the_tigera_operator_chart_adopts_the_objects(major: u32) -> Result<()> {
+    let test = format!(
+        "operator_chart::helm{major}_install_of_the_tigera_operator_chart_adopts_the_objects"
+    );
+    let Some(tgz) = real_chart(&test, "tigera-operator-v3.30.3.tgz") else {
+        return Ok(());
+    };
+    let Some((sp, helm, manifest)) = installed(&test, major, &[]).await? else {
+        return Ok(());
+    };
+    let state = tempfile::tempdir()?;
+    let st = state.path();
+    let plan = tool_ok(
+        &sp,
+        st,
+        &[
+            "plan",
+            "--operator-manifest",
+            &manifest.display().to_string(),
+            "--adopt-into-release",
+            "tigera-operator/calico",
+        ],
+    )?;
+    assert!(plan.contains("[adopt-into-release]"), "{plan}");
+    let command = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- run by the team, after apply: "))
+        .and_then(|l| l.split(';').next())
+        .map(String::from)
+        .context("the plan prints the helm install")?;
+    let mut args = words(&command);
+    assert_eq!(args[..3], ["helm", "install", "calico"], "{command}");
+    assert_eq!(args[3], "projectcalico/tigera-operator", "{command}");
+    args[3] = tgz;
+    let version = args
+        .iter()
+        .position(|a| a == "--version")
+        .context("--version")?;
+    assert_eq!(args[version + 1], "v3.30.3", "{command}");
+    args.drain(version..version + 2);
+    tool_ok(&sp, st, &["apply", "--yes", "--sandbox-time-scale", SCALE])?;
+    let spec = json_of(
+        &sp,
+        &[
+            "get",
+            "installations.operator.tigera.io",
+            "default",
+            "-o",
+            "json",
+        ],
+    )?["spec"]
+        .clone();
+
+    let arg_refs: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    let out = helm.ok(&arg_refs)?;
+    assert!(out.contains("STATUS: deployed"), "helm install:\n{out}");
+    let rows: Value =
+        serde_json::from_str(&helm.ok(&["list", "-n", "tigera-operator", "-o", "json"])?)?;
+    assert_eq!(rows[0]["name"], json!("calico"), "{rows}");
+    assert_eq!(rows[0]["chart"], json!("tigera-operator-v3.30.3"), "{rows}");
+    assert_eq!(
+        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
+        "quay.io/tigera/operator:v1.38.6"
+    );
+    let after = json_of(
+        &sp,
+        &[
+            "get",
+            "installations.operator.tigera.io",
+            "default",
+            "-o",
+            "json",
+        ],
+    )?["spec"]
+        .clone();
+    assert_eq!(
+        after["cni"], spec["cni"],
+        "the Installation's CNI as it was"
+    );
+    for kind in [
+        "apiservers.operator.tigera.io",
+        "whiskers.operator.tigera.io",
+        "goldmanes.operator.tigera.io",
+    ] {
+        assert_eq!(
+            sp.ok(&["get", kind, "-o", "name"])?.trim(),
+            "",
+            "{kind}: nothing added"
+        );
+    }
+    wait_status(&sp, "Available").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm3_install_of_the_tigera_operator_chart_adopts_the_objects() -> Result<()> {
+    the_tigera_operator_chart_adopts_the_objects(3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm4_install_of_the_tigera_operator_chart_adopts_the_objects() -> Result<()> {
+    the_tigera_operator_chart_adopts_the_objects(4).await
 }

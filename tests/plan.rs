@@ -84,6 +84,7 @@ async fn plan_under(client: &kube::Client, name: &str) -> Plan {
         plan::Pins {
             operator: Some(&"ab".repeat(32)),
             calico: None,
+            adopt_into: None,
         },
     )
     .unwrap_or_else(|e| panic!("build: {e}"))
@@ -794,6 +795,7 @@ async fn plan_with(sb: &Sandbox, profile: &Profile) -> Plan {
                 .as_ref()
                 .map(|_| "cd".repeat(32))
                 .as_deref(),
+            adopt_into: None,
         },
     )
     .unwrap_or_else(|e| panic!("{e}"))

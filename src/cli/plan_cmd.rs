@@ -40,10 +40,20 @@ pub struct PlanArgs {
     /// RBAC, then its images. Pinned by sha256 like --operator-manifest.
     #[arg(long, value_name = "FILE")]
     pub calico_manifest: Option<PathBuf>,
+
+    /// Hand the operator's objects to the Helm release NAMESPACE/NAME at the end (e.g.
+    /// tigera-operator/calico): they get its ownership metadata, so the team's `helm
+    /// install` of the projectcalico tigera-operator chart adopts them instead of
+    /// failing. The plan prints that `helm install` with the chart version and values.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub adopt_into_release: Option<String>,
 }
 
 pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
     refuse_over_a_journal(&global.state_dir)?;
+    if let Some(spec) = &args.adopt_into_release {
+        crate::migration::steps::adopt_release::parse_release(spec).map_err(anyhow::Error::msg)?;
+    }
     let named = args.profile.as_deref().map(Profile::load).transpose()?;
     // The files apply will read, read now by the same function: an error in one ends
     // plan with exit 2 before the cluster is even asked.
@@ -98,6 +108,7 @@ pub async fn run(args: &PlanArgs, global: &GlobalOpts) -> anyhow::Result<ExitCod
         Pins {
             operator: manifest.as_ref().map(|m| m.sha.as_str()),
             calico: calico.as_ref().map(|m| m.sha.as_str()),
+            adopt_into: args.adopt_into_release.as_deref(),
         },
     )
     .context("decoding the Helm release")?;

@@ -46,6 +46,8 @@ pub struct StepContext<'a> {
     pub manifest_sha256: Option<&'a str>,
     /// sha256 of the target Calico's manifest align-versions reads, if pinned.
     pub calico_manifest_sha256: Option<&'a str>,
+    /// `NAMESPACE/NAME` of the Helm release the operator is handed to, if asked.
+    pub adopt_into: Option<&'a str>,
 }
 
 pub(crate) fn change(object: impl Into<String>, action: &'static str, fields: &[&str]) -> Change {

@@ -39,15 +39,22 @@ pub struct Plan {
     /// Why this profile, when plan chose it from the cluster's Kubernetes version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_reason: Option<String>,
+    /// The Helm release (`NAMESPACE/NAME`) the operator's objects are handed to at the
+    /// end (`plan --adopt-into-release`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopt_into_release: Option<String>,
 }
 
-/// The sha256 pins of the reviewed manifests a plan applies.
+/// What the user fixed at plan time: the sha256 pins of the reviewed manifests a plan
+/// applies, and the Helm release the operator is handed to.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pins<'a> {
     /// The operator manifest (install-operator).
     pub operator: Option<&'a str>,
     /// The target Calico's manifest install (align-versions).
     pub calico: Option<&'a str>,
+    /// `NAMESPACE/NAME` of `plan --adopt-into-release` (already validated).
+    pub adopt_into: Option<&'a str>,
 }
 
 impl<'a> Pins<'a> {
@@ -60,6 +67,7 @@ impl<'a> Pins<'a> {
                 .calico_manifest
                 .as_ref()
                 .and_then(|m| nonempty(&m.sha256))),
+            adopt_into: self.adopt_into,
         }
     }
 
@@ -69,6 +77,7 @@ impl<'a> Pins<'a> {
         Pins {
             operator: get("operator_manifest_sha256"),
             calico: get("calico_manifest_sha256"),
+            adopt_into: get("adopt_into_release"),
         }
     }
 }
@@ -144,6 +153,7 @@ pub fn build(
         profile,
         manifest_sha256: pins.operator,
         calico_manifest_sha256: pins.calico,
+        adopt_into: pins.adopt_into,
     });
     let mut findings = findings;
     for f in &mut findings {
@@ -164,6 +174,7 @@ pub fn build(
         operator_manifest_sha256: pins.operator.map(str::to_string),
         calico_manifest_sha256: pins.calico.map(str::to_string),
         profile_reason: None,
+        adopt_into_release: pins.adopt_into.map(str::to_string),
     })
 }
 
@@ -314,6 +325,7 @@ impl SavedPlan {
                 Pins {
                     operator: built.operator_manifest_sha256.as_deref(),
                     calico: built.calico_manifest_sha256.as_deref(),
+                    adopt_into: built.adopt_into_release.as_deref(),
                 },
             ),
             cluster_uid: built.cluster_uid.clone(),

@@ -236,6 +236,7 @@ pub async fn make_plan(client: &kube::Client, state: &Path) -> anyhow::Result<Sa
         Pins {
             operator: Some(&sha),
             calico: calico.as_deref(),
+            adopt_into: None,
         },
     )?;
     if !built.ready() {

@@ -4,6 +4,7 @@
 //! capture, nodes, operator, wait, rollout, swap, pre_operator, way_back, policies)
 //! and the world, never each other. This module only lists them in order.
 
+pub mod adopt_release;
 pub mod align_versions;
 pub mod baseline;
 pub mod cleanup_leftovers;
@@ -33,6 +34,7 @@ pub fn ordered(ctx: &StepContext) -> Vec<StepPlan> {
         steps.extend(detach_helm::describe(ctx));
         steps.push(upgrade_operator::describe(ctx));
         steps.push(verify_completion::describe(ctx));
+        steps.extend(adopt_release::describe(ctx));
         steps.push(remove_probes::describe(ctx));
         return steps;
     }
@@ -51,6 +53,7 @@ pub fn ordered(ctx: &StepContext) -> Vec<StepPlan> {
     steps.push(takeover::describe(ctx));
     steps.push(verify_completion::describe(ctx));
     steps.push(cleanup_leftovers::describe(ctx));
+    steps.extend(adopt_release::describe(ctx));
     steps.push(remove_probes::describe(ctx));
     steps
 }
@@ -62,6 +65,7 @@ pub type RunStep = Box<dyn crate::engine::Step<World>>;
 /// (apply then refuses before changing anything).
 pub fn runnable(id: &str) -> Option<RunStep> {
     match id {
+        adopt_release::ID => Some(Box::new(adopt_release::AdoptIntoRelease)),
         baseline::ID => Some(Box::new(baseline::Baseline)),
         align_versions::ID => Some(Box::new(align_versions::AlignVersions)),
         detach_helm::ID => Some(Box::new(detach_helm::DetachHelm)),
