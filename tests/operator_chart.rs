@@ -595,3 +595,157 @@ async fn helm3_install_of_the_tigera_operator_chart_adopts_the_objects() -> Resu
 async fn helm4_install_of_the_tigera_operator_chart_adopts_the_objects() -> Result<()> {
     the_tigera_operator_chart_adopts_the_objects(4).await
 }
+
+/// `calico-migrate <args>` against an in-process sandbox `env`, whatever its exit.
+fn tool_env(env: &crate::support::Env, kc: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(BIN)
+        .arg("--kubeconfig")
+        .arg(kc)
+        .arg("--state-dir")
+        .arg(env.state_dir())
+        .arg("--no-progress")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("CALICO_MIGRATE_STATE_DIR")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn said(o: &Output) -> String {
+    format!(
+        "exit {:?}\n{}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// calico-system calico-node pods by their image's tag.
+fn pod_versions(env: &crate::support::Env) -> Result<Vec<String>> {
+    let pods = env.sb.store().list(
+        &crate::support::gvr("", "v1", "pods"),
+        Some("calico-system"),
+        &Default::default(),
+    )?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.pointer("/metadata/labels/k8s-app") == Some(&json!("calico-node")))
+        .filter_map(|p| {
+            p.pointer("/spec/containers/0/image")
+                .and_then(Value::as_str)
+        })
+        .map(|i| i.rsplit_once(':').map_or(i, |(_, t)| t).to_string())
+        .collect())
+}
+
+/// The operator's upgrade of calico-system stops at the first node that fails its
+/// checks, as the takeover does: agents that reset established connections when they
+/// are replaced break the connections held across the rollout at the first node; the
+/// step freezes the operator and sets calico-node to OnDelete, so at most one node more
+/// runs the new agent and none after; once the cause is gone, `apply --resume` starts
+/// the operator again, which renders its RollingUpdate back, and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_upgrade_stops_at_the_first_node_that_fails() -> Result<()> {
+    let test = "operator_chart::the_operators_upgrade_stops_at_the_first_node_that_fails";
+    let Some(manifest) = real_chart(test, OPERATOR_MANIFEST) else {
+        return Ok(());
+    };
+    let cfg = calico_migrate::sandbox::scenario::ScenarioConfig {
+        nodes: 5,
+        namespaces: 2,
+        pods_per_namespace: 1,
+        chart: calico_migrate::sandbox::scenario::ChartGeneration::V0_3_11,
+        ..Default::default()
+    };
+    // Time scale 10: a new agent is Ready 300 ms after its pod is created, longer than
+    // the tool takes from seeing the render to halting the rollout.
+    let env = crate::support::env_at(
+        cfg,
+        10.0,
+        calico_migrate::sandbox::KubernetesVersion::new(24)?,
+    )
+    .await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let o = tool_env(&env, &kc, &["plan", "--operator-manifest", &manifest])?;
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+
+    let nodes: Vec<String> = env
+        .sb
+        .store()
+        .list(
+            &crate::support::gvr("", "v1", "nodes"),
+            None,
+            &Default::default(),
+        )?
+        .items
+        .iter()
+        .filter_map(|n| {
+            n.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect();
+    let mut reset = calico_migrate::sandbox::dataplane::DataPlaneFaults::default();
+    reset.conn_reset.extend(nodes.iter().cloned());
+    env.dp.set_faults(&reset).await?;
+    let o = tool_env(
+        &env,
+        &kc,
+        &["apply", "--yes", "--sandbox-time-scale", "100"],
+    )?;
+    let text = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("upgrade-operator")
+            && text.contains("BROKE")
+            && text.contains("keeps the operator frozen and calico-system calico-node on OnDelete"),
+        "{text}"
+    );
+    let ds = env.sb.store().get(
+        &crate::support::gvr("apps", "v1", "daemonsets"),
+        "calico-system",
+        "calico-node",
+    )?;
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["type"],
+        json!("OnDelete"),
+        "{ds}"
+    );
+    let op = env.sb.store().get(
+        &crate::support::gvr("apps", "v1", "deployments"),
+        "tigera-operator",
+        "tigera-operator",
+    )?;
+    assert_eq!(op["spec"]["replicas"], json!(0), "the operator is frozen");
+    let moved = |v: &[String]| v.iter().filter(|t| *t == "v3.30.3").count();
+    let at_stop = pod_versions(&env)?;
+    // The takeover's promise: a failed check never finds more than nodes_at_a_time (1)
+    // node moved past the one that failed (here the first, replaced by the DaemonSet
+    // controller before the halt).
+    assert!(
+        (1..=2).contains(&moved(&at_stop)),
+        "the failed node and at most one more run the new agent: {at_stop:?}"
+    );
+    // Nothing moves while it is stopped.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        moved(&pod_versions(&env)?),
+        moved(&at_stop),
+        "a node moved after the stop"
+    );
+
+    env.dp
+        .set_faults(&calico_migrate::sandbox::dataplane::DataPlaneFaults::default())
+        .await?;
+    let o = tool_env(
+        &env,
+        &kc,
+        &["apply", "--resume", "--yes", "--sandbox-time-scale", "100"],
+    )?;
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let done = pod_versions(&env)?;
+    assert_eq!(moved(&done), nodes.len(), "{done:?}");
+    Ok(())
+}

@@ -11,7 +11,9 @@ use tracing::Instrument as _;
 
 use super::facts::{int_at, str_at};
 use super::refs::KUBE_SYSTEM;
+use super::swap::{Way, check_held};
 use super::world::{Observation, World};
+use crate::checks::conn::ConnPool;
 use crate::checks::{InFlight, Prober, watch_node};
 use crate::cluster::objects::ObjRef;
 use crate::kinds::{self, daemonset_rolled_out, pod_ready};
@@ -65,6 +67,8 @@ pub struct NodePods {
     ready: bool,
     /// An outdated pod exists that is not being deleted.
     old_alive: bool,
+    /// The names of the outdated pods not being deleted.
+    old_pods: Vec<String>,
     /// Why the up-to-date pod is not Ready, as its Ready condition says (the agent's
     /// readiness probe output, e.g. which list felix cannot do).
     not_ready: Option<String>,
@@ -123,6 +127,12 @@ impl RolloutState {
             e.current |= current && !deleting;
             e.ready |= current && kinds::is(&p, pod_ready);
             e.old_alive |= !current && !deleting;
+            if !current
+                && !deleting
+                && let Some(name) = str_at(&p, "/metadata/name")
+            {
+                e.old_pods.push(name.to_string());
+            }
             if current && !deleting && !kinds::is(&p, pod_ready) {
                 e.not_ready = Some(ready_message(&p));
             }
@@ -205,6 +215,19 @@ pub async fn follow_rollout(
     r: &ObjRef,
     prober: &Prober,
 ) -> anyhow::Result<()> {
+    follow_rollout_holding(world, step, r, prober, None).await
+}
+
+/// [`follow_rollout`], and after each node's swap every `held` connection touching it
+/// must still carry requests (an agent swap must keep established flows); a broken one
+/// stops the step like a failed probe.
+pub async fn follow_rollout_holding(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    prober: &Prober,
+    held: Option<&ConnPool>,
+) -> anyhow::Result<()> {
     let nodes = daemonset(world, r)
         .await?
         .pointer("/status/desiredNumberScheduled")
@@ -215,10 +238,16 @@ pub async fn follow_rollout(
         nodes,
         "nodes",
     );
-    follow(world, step, r, prober).instrument(bar).await
+    follow(world, step, r, prober, held).instrument(bar).await
 }
 
-pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> anyhow::Result<()> {
+pub async fn follow(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    prober: &Prober,
+    held: Option<&ConnPool>,
+) -> anyhow::Result<()> {
     let mut watched: BTreeSet<String> = BTreeSet::new();
     let mut to_check: BTreeSet<String> = BTreeSet::new();
     let mut last_progress = Instant::now();
@@ -253,45 +282,7 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
             .unwrap_or(state.generation);
         match next {
             Some(node) => {
-                tracing::info!(
-                    "{step}: probing node {node} while its calico-node ({r}) is replaced"
-                );
-                let watch = watch_node(
-                    prober,
-                    &node,
-                    &InFlight::default(),
-                    updated_on(world, r, &node),
-                    world.options.poll,
-                    world.options.node_ready_timeout,
-                )
-                .await
-                .with_context(|| format!("probing node {node} during its calico-node swap"))?;
-                world.observe(Observation::NodeSwap {
-                    step: step.to_string(),
-                    watch: watch.clone(),
-                });
-                if !watch.verified_at_end {
-                    bail!(
-                        "{step}: enforcement was not verified while node {node}'s calico-node was replaced \
-                         ({}); calico-migrate stops here (the DaemonSet controller finishes the \
-                         rollout it started): inspect the node(s), then \
-                         `calico-migrate apply --resume` or `calico-migrate rollback`",
-                        watch.failure_summary(3)
-                    );
-                }
-                let max = world.options.max_swap.as_millis() as u64;
-                if watch.longest_unverified_ms > max {
-                    bail!(
-                        "{step}: node {node} went {} ms without verified enforcement during its swap \
-                         (limit {max} ms); inspect it, then `calico-migrate apply --resume` or `calico-migrate rollback`",
-                        watch.longest_unverified_ms
-                    );
-                }
-                tracing::info!(
-                    "{step}: node {node} verified ({} passes, longest unverified {} ms)",
-                    watch.passes,
-                    watch.longest_unverified_ms
-                );
+                check_swap(world, step, r, prober, held, &node).await?;
                 watched.insert(node);
                 crate::progress::set(watched.len() as u64);
                 last_progress = Instant::now();
@@ -325,6 +316,120 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
             }
         }
     }
+}
+
+/// Probe `node` while its calico-node of DaemonSet `r` is replaced, until its up-to-date
+/// pod is Ready and enforcement verifies; then every `held` connection touching it must
+/// still carry requests. Records the swap; fails naming the node.
+async fn check_swap(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    prober: &Prober,
+    held: Option<&ConnPool>,
+    node: &str,
+) -> anyhow::Result<()> {
+    tracing::info!("{step}: probing node {node} while its calico-node ({r}) is replaced");
+    let watch = watch_node(
+        prober,
+        node,
+        &InFlight::default(),
+        updated_on(world, r, node),
+        world.options.poll,
+        world.options.node_ready_timeout,
+    )
+    .await
+    .with_context(|| format!("probing node {node} during its calico-node swap"))?;
+    world.observe(Observation::NodeSwap {
+        step: step.to_string(),
+        watch: watch.clone(),
+    });
+    if !watch.verified_at_end {
+        bail!(
+            "{step}: enforcement was not verified while node {node}'s calico-node was replaced \
+             ({}); calico-migrate stops here: inspect the node(s), then \
+             `calico-migrate apply --resume` or `calico-migrate rollback`",
+            watch.failure_summary(3)
+        );
+    }
+    let max = world.options.max_swap.as_millis() as u64;
+    if watch.longest_unverified_ms > max {
+        bail!(
+            "{step}: node {node} went {} ms without verified enforcement during its swap \
+             (limit {max} ms); inspect it, then `calico-migrate apply --resume` or `calico-migrate rollback`",
+            watch.longest_unverified_ms
+        );
+    }
+    if let Some(pool) = held {
+        let way = if r.namespace.as_deref() == Some(KUBE_SYSTEM) {
+            Way::Back
+        } else {
+            Way::Forward
+        };
+        check_held(world, step, way, pool, Some(node)).await?;
+    }
+    tracing::info!(
+        "{step}: node {node} verified ({} passes, longest unverified {} ms)",
+        watch.passes,
+        watch.longest_unverified_ms
+    );
+    Ok(())
+}
+
+/// Replace an `OnDelete` DaemonSet's outdated calico-node pods one node at a time:
+/// nodes already being replaced first (checked as they come), then each node with an
+/// outdated pod, whose pod is deleted (the DaemonSet controller creates the up-to-date
+/// one) and checked through its swap ([`check_swap`]) before the next is touched. The
+/// first node that fails stops it with no other node replaced.
+pub async fn replace_node_by_node(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    prober: &Prober,
+    held: Option<&ConnPool>,
+) -> anyhow::Result<()> {
+    let total = daemonset(world, r)
+        .await?
+        .pointer("/status/desiredNumberScheduled")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let bar = crate::progress::bar(
+        &format!("{step}: nodes checked after their calico-node was replaced"),
+        total,
+        "nodes",
+    );
+    async {
+        let mut checked = 0u64;
+        loop {
+            let ds = daemonset(world, r).await?;
+            let state = RolloutState::read(world, &ds).await?;
+            if let Some(node) = state.nodes.keys().find(|n| state.swapping(n)).cloned() {
+                check_swap(world, step, r, prober, held, &node).await?;
+            } else if let Some((node, pods)) = state
+                .nodes
+                .iter()
+                .find(|(_, p)| !p.current && !p.old_pods.is_empty())
+            {
+                let node = node.clone();
+                for pod in &pods.old_pods {
+                    let pr = ObjRef::new("v1", "Pod", r.namespace.as_deref(), pod);
+                    tracing::info!("{step}: replacing calico-node on node {node} (deleting {pr})");
+                    world.objects.delete(&pr).await?;
+                }
+                check_swap(world, step, r, prober, held, &node).await?;
+            } else if state.pending().next().is_none() && state.covers(&ds) {
+                return Ok(());
+            } else {
+                // A node between its old pod's deletion and its new one's creation.
+                tokio::time::sleep(world.options.poll).await;
+                continue;
+            }
+            checked += 1;
+            crate::progress::set(checked);
+        }
+    }
+    .instrument(bar)
+    .await
 }
 
 /// Wait for a DaemonSet's rollout, giving up only when nothing progressed for

@@ -16,6 +16,8 @@ use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::{calico_node_version, int_at, operator_renders_v1beta1, str_at};
+use crate::migration::nodes::list_nodes;
+use crate::migration::operator::freeze_operator;
 use crate::migration::operator::{condition, progressing_message};
 use crate::migration::operator_manifest::{
     Order, apply_in_order, manifest_in_order, preview_in_order, refuse_unserved,
@@ -24,7 +26,8 @@ use crate::migration::profile::parse_minor;
 use crate::migration::refs::{
     calico_system_node, installation_ref, operator_ref, tigera_status_ref,
 };
-use crate::migration::rollout::follow_rollout;
+use crate::migration::rollout::replace_node_by_node;
+use crate::migration::swap::{Way, check_held, hold_across_swaps};
 use crate::migration::wait::{wait_gone, wait_until, wait_while_progressing};
 use crate::migration::world::{Observation, World};
 
@@ -216,6 +219,99 @@ async fn wait_available(world: &World, tag: &str, version: &str) -> anyhow::Resu
     .await
 }
 
+/// The established connections held across the rollout, one per node (opened while
+/// every agent is Ready, before anything is rendered).
+async fn hold(world: &World) -> anyhow::Result<Option<crate::checks::conn::ConnPool>> {
+    let nodes: Vec<String> = list_nodes(&world.objects)
+        .await?
+        .into_iter()
+        .filter(|n| !n.fargate)
+        .map(|n| n.name)
+        .collect();
+    hold_across_swaps(world, &nodes, nodes.len()).await
+}
+
+/// Move calico-system calico-node to `version` node by node under calico-migrate's
+/// pace: `render` (run unless calico-node already renders `version`) has the operator
+/// render it; the rollout is then halted at once ([`halt_rollout`]: the operator frozen,
+/// calico-node OnDelete), and each node's pod replaced and checked in turn, the
+/// connections held across every swap ([`replace_node_by_node`]). Only the node(s) the
+/// DaemonSet controller replaced between the render and the halt move unpaced: with
+/// maxUnavailable 1 the next one waits for the first new agent to be Ready, so at most
+/// one in practice, and it is checked first. At the first failure nothing else moves.
+async fn move_paced<F, Fut>(
+    world: &World,
+    prober: &crate::checks::Prober,
+    version: &str,
+    render: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let held = hold(world).await?;
+    let result = async {
+        if running_calico(world).await?.as_deref() != Some(version) {
+            render().await?;
+        }
+        halt_rollout(world).await?;
+        replace_node_by_node(world, ID, &calico_system_node(), prober, held.as_ref()).await?;
+        if let Some(pool) = &held {
+            check_held(world, ID, Way::Forward, pool, None).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Some(pool) = held {
+        pool.close().await;
+    }
+    result.map_err(|e| {
+        e.context(
+            "calico-migrate keeps the operator frozen and calico-system calico-node on \
+             OnDelete, so no other node is replaced: inspect the node, then `calico-migrate \
+             apply --resume` or `calico-migrate rollback`",
+        )
+    })
+}
+
+/// Stop the rolling update where it is: the operator frozen first (it would render its
+/// RollingUpdate back), then calico-node set to OnDelete, which replaces nothing by
+/// itself. Starting the operator again puts its RollingUpdate back (it renders the
+/// DaemonSet whole); with every pod up to date that restarts nothing. The operator's own strategy cannot say so: its validation refuses
+/// `nodeUpdateStrategy: OnDelete` (tigera/operator v1.38.6
+/// pkg/controller/installation/validation.go:299-303).
+async fn halt_rollout(world: &World) -> anyhow::Result<()> {
+    // OnDelete first, so the DaemonSet controller stops at once, then the operator
+    // frozen; a reconcile it ran before its pod went renders RollingUpdate back, so the
+    // strategy is set once more after.
+    set_on_delete(world).await?;
+    freeze_operator(world).await?;
+    set_on_delete(world).await?;
+    tracing::info!(
+        "pacing the rollout: the operator frozen, calico-system calico-node on OnDelete; \
+         calico-migrate replaces it node by node"
+    );
+    Ok(())
+}
+
+/// calico-system calico-node's update strategy set to OnDelete, unless it is.
+async fn set_on_delete(world: &World) -> anyhow::Result<()> {
+    let Some(ds) = world.objects.get(&calico_system_node()).await? else {
+        return Ok(());
+    };
+    if str_at(&ds, "/spec/updateStrategy/type") == Some("OnDelete") {
+        return Ok(());
+    }
+    world
+        .objects
+        .merge(
+            &calico_system_node(),
+            &serde_json::json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Whether the operator the rollback would put back can render on this cluster.
 async fn refuse_unrenderable(world: &World, saved: &Saved) -> anyhow::Result<()> {
     let Some(tag) = saved
@@ -283,11 +379,18 @@ impl Step<World> for UpgradeOperator {
             refuse_unserved(world).await?;
             // Probes in place before any pod template changes (see rollout::follow_rollout).
             let prober = world.prober().await?;
-            apply_in_order(world, &manifest_in_order(world, Order::Upgrade)?).await?;
             let target = &world.profile.target;
+            let manifest = manifest_in_order(world, Order::Upgrade)?;
+            move_paced(world, &prober, &target.calico_version, || async {
+                apply_in_order(world, &manifest).await?;
+                wait_operator_rolled_out(world, &target.operator_version).await?;
+                wait_rendered(world, &target.calico_version).await
+            })
+            .await?;
+            // Every node moved: the operator runs again (the manifest's replica count)
+            // and renders its RollingUpdate back.
+            apply_in_order(world, &manifest).await?;
             wait_operator_rolled_out(world, &target.operator_version).await?;
-            wait_rendered(world, &target.calico_version).await?;
-            follow_rollout(world, ID, &calico_system_node(), &prober).await?;
             wait_available(world, &target.operator_version, &target.calico_version).await
         })
     }
@@ -381,7 +484,10 @@ impl Step<World> for UpgradeOperator {
             // CRDs and RBAC first, the operator last, as on the way up.
             let mut existed = saved.existed.clone();
             existed.sort_by_key(|o| ObjRef::of(o).is_some_and(|r| r == operator_ref()));
-            for obj in &existed {
+            let (operator, others): (Vec<Value>, Vec<Value>) = existed
+                .into_iter()
+                .partition(|o| ObjRef::of(o).is_some_and(|r| r == operator_ref()));
+            for obj in &others {
                 if world.objects.restore(obj).await? {
                     tracing::info!(
                         "restored {}",
@@ -389,16 +495,33 @@ impl Step<World> for UpgradeOperator {
                     );
                 }
             }
+            let tag = operator.first().and_then(operator_tag).map(String::from);
             let Some(back) = saved.calico_version.as_deref() else {
+                for obj in &operator {
+                    world.objects.restore(obj).await?;
+                }
                 return Ok(());
             };
-            let tag = existed.iter().rev().find_map(operator_tag);
-            if let Some(tag) = tag {
+            move_paced(world, &prober, back, || async {
+                for obj in &operator {
+                    if world.objects.restore(obj).await? {
+                        tracing::info!("restored the operator {}", tag.as_deref().unwrap_or("?"));
+                    }
+                }
+                if let Some(tag) = &tag {
+                    wait_operator_rolled_out(world, tag).await?;
+                }
+                wait_rendered(world, back).await
+            })
+            .await?;
+            // Every node moved back: the operator as it was, running.
+            for obj in &operator {
+                world.objects.restore(obj).await?;
+            }
+            if let Some(tag) = &tag {
                 wait_operator_rolled_out(world, tag).await?;
             }
-            wait_rendered(world, back).await?;
-            follow_rollout(world, ID, &calico_system_node(), &prober).await?;
-            wait_available(world, tag.unwrap_or_default(), back).await
+            wait_available(world, tag.as_deref().unwrap_or_default(), back).await
         })
     }
 

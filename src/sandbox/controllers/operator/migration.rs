@@ -653,6 +653,13 @@ fn owner(install: &Value) -> Value {
             "uid": uid(install), "controller": true, "blockOwnerDeletion": true}])
 }
 
+/// calico-node's update strategy as rendered: the Installation's `nodeUpdateStrategy`,
+/// by default RollingUpdate with maxUnavailable 1 (tigera/operator v1.38.6
+/// pkg/controller/installation/core_controller.go:709-719, pkg/render/node.go:989).
+fn rendered_update_strategy() -> Value {
+    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}})
+}
+
 /// The Calico version of calico-system calico-node's pod template (its image tag).
 fn rendered_version(ds: &Value) -> Option<String> {
     ds.pointer("/spec/template/spec/containers/0/image")
@@ -792,9 +799,21 @@ fn finish(sb: &Sandbox, install: &Value, calico_version: &str, line: Line) -> He
         drop_migration_selector(sb);
         return Health::Progressing("Creating calico-system".into());
     };
+    let migrating = ds
+        .pointer(&format!(
+            "/spec/template/spec/nodeSelector/{}",
+            MIGRATION_LABEL.replace('/', "~1")
+        ))
+        .is_some();
     if rendered_version(&ds).as_deref() != Some(calico_version) {
         upgrade_calico_system(sb, install, nodes(sb).len(), calico_version);
         return Health::Progressing(format!("Upgrading calico-system to {calico_version}"));
+    }
+    if !migrating && ds.pointer("/spec/updateStrategy") != Some(&rendered_update_strategy()) {
+        // The render writes the DaemonSet whole on every reconcile: a strategy changed
+        // by hand (OnDelete while the operator was stopped) is put back.
+        upgrade_calico_system(sb, install, nodes(sb).len(), calico_version);
+        return Health::Progressing("Rendering calico-node's update strategy".into());
     }
     let has_selector = ds
         .pointer(&format!(
