@@ -65,8 +65,11 @@ pub fn describe(ctx: &StepContext) -> StepPlan {
             ),
             change(
                 "DaemonSet calico-system/calico-node, Deployments calico-typha and calico-kube-controllers",
-                "rolled by the operator",
-                &[&format!("Calico {target}; calico-node one node at a time")],
+                "rendered by the operator",
+                &[
+                    &format!("Calico {target}"),
+                    "calico-node: updateStrategy OnDelete and the operator frozen while calico-migrate replaces its pods one node at a time; the operator's RollingUpdate back at the end",
+                ],
             ),
         ],
         checks: Checks {
@@ -530,7 +533,7 @@ impl Step<World> for UpgradeOperator {
             let objects = manifest_in_order(world, Order::Upgrade)?;
             let mut out = preview_in_order(world, &objects).await?;
             out.push(format!(
-                "then the operator rolls calico-system calico-node to {}, one node at a time, each node probed",
+                "then the operator renders calico-system calico-node {}, and calico-migrate replaces it one node at a time (the operator frozen, the DaemonSet on OnDelete), each node probed",
                 world.profile.target.calico_version
             ));
             Ok(out)
