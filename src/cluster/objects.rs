@@ -271,6 +271,20 @@ impl Objects {
         namespace: Option<&str>,
         labels: Option<&str>,
     ) -> Result<Vec<Value>, ObjectError> {
+        self.list_selected(api_version, kind, namespace, labels, None)
+            .await
+    }
+
+    /// [`Objects::list`] with a field selector too (`spec.nodeName=NODE` for the pods of
+    /// one node: the API server filters, so the answer does not grow with the cluster).
+    pub async fn list_selected(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Vec<Value>, ObjectError> {
         let probe = ObjRef::new(api_version, kind, namespace, "");
         let (ar, caps) = match self.resolve("listing", &probe).await {
             Ok(x) => x,
@@ -287,6 +301,9 @@ impl Objects {
             let mut lp = ListParams::default().limit(500);
             if let Some(l) = labels {
                 lp = lp.labels(l);
+            }
+            if let Some(f) = fields {
+                lp = lp.fields(f);
             }
             if let Some(c) = &cont {
                 lp = lp.continue_token(c);
