@@ -1,11 +1,12 @@
 //! `upgrade-operator` (operator-based chart 0.3.11): move the release's operator to the
 //! target line from the pinned operator manifest — CRDs created or updated first, then
-//! the RBAC and the rest, the Deployment last — and follow the operator's own upgrade of
-//! calico-system: it renders calico-node at the new Calico version and the DaemonSet
-//! controller replaces it node by node (RollingUpdate, maxUnavailable 1), each node
-//! probed through its swap, stopping at the first node whose enforcement is not
-//! verified. Rollback puts the release's operator back and follows calico-system back to
-//! its version the same way; it is refused where that operator cannot render.
+//! the RBAC and the rest, the Deployment last — and calico-system with it node by node.
+//! The new operator renders calico-node at its Calico with RollingUpdate; the step halts
+//! that rollout at once (calico-node OnDelete, the operator frozen) and replaces the pods
+//! itself, one node at a time, each probed through its swap with connections held across
+//! the rollout, stopping at the first node not verified; then the operator runs again.
+//! Rollback puts the release's operator back and moves calico-system back the same way;
+//! it is refused where that operator cannot render.
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
