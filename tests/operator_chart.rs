@@ -62,6 +62,34 @@ fn image(sp: &SandboxProcess, kind: &str, ns: &str, name: &str) -> Result<String
         .to_string())
 }
 
+/// Installation `default` as kubectl reads it.
+fn installation(sp: &SandboxProcess) -> Result<Value> {
+    json_of(
+        sp,
+        &[
+            "get",
+            "installations.operator.tigera.io",
+            "default",
+            "-o",
+            "json",
+        ],
+    )
+}
+
+/// The operator's image tag and calico-system calico-node's.
+fn versions(sp: &SandboxProcess) -> Result<(String, String)> {
+    let tag = |i: String| i.rsplit_once(':').map_or(i.clone(), |(_, t)| t.to_string());
+    Ok((
+        tag(image(
+            sp,
+            "deployment",
+            "tigera-operator",
+            "tigera-operator",
+        )?),
+        tag(image(sp, "daemonset", "calico-system", "calico-node")?),
+    ))
+}
+
 fn condition(ts: &Value, t: &str) -> bool {
     ts.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -208,24 +236,8 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
     assert!(!plan.contains("[SOURCE_OPERATOR_CANNOT_RENDER]"), "{plan}");
     tool_ok(&sp, st, &["apply", "--yes", "--sandbox-time-scale", SCALE])?;
 
-    assert_eq!(
-        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
-        "quay.io/tigera/operator:v1.38.6"
-    );
-    assert_eq!(
-        image(&sp, "daemonset", "calico-system", "calico-node")?,
-        "docker.io/calico/node:v3.30.3"
-    );
-    let inst = json_of(
-        &sp,
-        &[
-            "get",
-            "installations.operator.tigera.io",
-            "default",
-            "-o",
-            "json",
-        ],
-    )?;
+    assert_eq!(versions(&sp)?, ("v1.38.6".into(), "v3.30.3".into()));
+    let inst = installation(&sp)?;
     assert_eq!(inst["status"]["calicoVersion"], json!("v3.30.3"), "{inst}");
     let now = crd_names(&sp)?;
     assert!(templated.iter().all(|c| now.contains(c)), "{now:?}");
@@ -274,14 +286,7 @@ async fn a_real_0_3_11_release_moves_to_the_current_operator_and_back(major: u32
         st,
         &["rollback", "--yes", "--sandbox-time-scale", SCALE],
     )?;
-    assert_eq!(
-        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
-        "quay.io/tigera/operator:v1.20.1"
-    );
-    assert_eq!(
-        image(&sp, "daemonset", "calico-system", "calico-node")?,
-        "docker.io/calico/node:v3.20.0"
-    );
+    assert_eq!(versions(&sp)?, ("v1.20.1".into(), "v3.20.0".into()));
     assert_eq!(
         crd_names(&sp)?,
         templated,
@@ -368,14 +373,7 @@ async fn a_0_3_11_release_on_1_29_moves_to_the_current_operator() -> Result<()> 
     );
     assert!(plan.contains("BLOCKERS (0)"), "{plan}");
     tool_ok(&sp, st, &["apply", "--yes", "--sandbox-time-scale", SCALE])?;
-    assert_eq!(
-        image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
-        "quay.io/tigera/operator:v1.38.6"
-    );
-    assert_eq!(
-        image(&sp, "daemonset", "calico-system", "calico-node")?,
-        "docker.io/calico/node:v3.30.3"
-    );
+    assert_eq!(versions(&sp)?, ("v1.38.6".into(), "v3.30.3".into()));
     wait_status(&sp, "Available").await?;
 
     let out = tool(
@@ -533,17 +531,7 @@ async fn the_tigera_operator_chart_adopts_the_objects(major: u32) -> Result<()> 
     assert_eq!(args[version + 1], "v3.30.3", "{command}");
     args.drain(version..version + 2);
     tool_ok(&sp, st, &["apply", "--yes", "--sandbox-time-scale", SCALE])?;
-    let spec = json_of(
-        &sp,
-        &[
-            "get",
-            "installations.operator.tigera.io",
-            "default",
-            "-o",
-            "json",
-        ],
-    )?["spec"]
-        .clone();
+    let spec = installation(&sp)?["spec"].clone();
 
     let arg_refs: Vec<&str> = args[1..].iter().map(String::as_str).collect();
     let out = helm.ok(&arg_refs)?;
@@ -556,17 +544,7 @@ async fn the_tigera_operator_chart_adopts_the_objects(major: u32) -> Result<()> 
         image(&sp, "deployment", "tigera-operator", "tigera-operator")?,
         "quay.io/tigera/operator:v1.38.6"
     );
-    let after = json_of(
-        &sp,
-        &[
-            "get",
-            "installations.operator.tigera.io",
-            "default",
-            "-o",
-            "json",
-        ],
-    )?["spec"]
-        .clone();
+    let after = installation(&sp)?["spec"].clone();
     assert_eq!(
         after["cni"], spec["cni"],
         "the Installation's CNI as it was"

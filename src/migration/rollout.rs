@@ -229,39 +229,25 @@ pub async fn follow_rollout(
     r: &ObjRef,
     prober: &Prober,
 ) -> anyhow::Result<()> {
-    follow_rollout_holding(world, step, r, prober, None).await
+    let bar = nodes_bar(world, step, r).await?;
+    follow(world, step, r, prober).instrument(bar).await
 }
 
-/// [`follow_rollout`], and after each node's swap every `held` connection touching it
-/// must still carry requests (an agent swap must keep established flows); a broken one
-/// stops the step like a failed probe.
-pub async fn follow_rollout_holding(
-    world: &World,
-    step: &str,
-    r: &ObjRef,
-    prober: &Prober,
-    held: Option<&ConnPool>,
-) -> anyhow::Result<()> {
+/// The progress bar of a rollout: nodes checked out of the DaemonSet's nodes.
+async fn nodes_bar(world: &World, step: &str, r: &ObjRef) -> anyhow::Result<tracing::Span> {
     let nodes = daemonset(world, r)
         .await?
         .pointer("/status/desiredNumberScheduled")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    let bar = crate::progress::bar(
+    Ok(crate::progress::bar(
         &format!("{step}: nodes checked after their calico-node was replaced"),
         nodes,
         "nodes",
-    );
-    follow(world, step, r, prober, held).instrument(bar).await
+    ))
 }
 
-pub async fn follow(
-    world: &World,
-    step: &str,
-    r: &ObjRef,
-    prober: &Prober,
-    held: Option<&ConnPool>,
-) -> anyhow::Result<()> {
+pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> anyhow::Result<()> {
     let mut watched: BTreeSet<String> = BTreeSet::new();
     let mut to_check: BTreeSet<String> = BTreeSet::new();
     let mut last_progress = Instant::now();
@@ -296,7 +282,7 @@ pub async fn follow(
             .unwrap_or(state.generation);
         match next {
             Some(node) => {
-                check_swap(world, step, r, prober, held, &node).await?;
+                check_swap(world, step, r, prober, None, &node).await?;
                 watched.insert(node);
                 crate::progress::set(watched.len() as u64);
                 last_progress = Instant::now();
@@ -402,16 +388,7 @@ pub async fn replace_node_by_node(
     prober: &Prober,
     held: Option<&ConnPool>,
 ) -> anyhow::Result<()> {
-    let total = daemonset(world, r)
-        .await?
-        .pointer("/status/desiredNumberScheduled")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let bar = crate::progress::bar(
-        &format!("{step}: nodes checked after their calico-node was replaced"),
-        total,
-        "nodes",
-    );
+    let bar = nodes_bar(world, step, r).await?;
     async {
         let mut checked = 0u64;
         loop {

@@ -851,11 +851,15 @@ fn finish(sb: &Sandbox, install: &Value, calico_version: &str, line: Line) -> He
             return Health::Progressing("Removing the migration nodeSelector".into());
         }
     }
-    let typha_ready = get(sb, &deploy_gvr(), CS, "calico-typha")
-        .and_then(|t| t.pointer("/status/readyReplicas").and_then(Value::as_u64))
-        .unwrap_or(0)
-        >= 1;
-    if ds_ready(&ds) && typha_ready {
+    // The status manager watches calico-node and calico-kube-controllers only (v1.38.6
+    // pkg/controller/installation/core_controller.go:1507-1508; a Deployment is ready
+    // when every replica is available, pkg/controller/status/status.go).
+    let kube_controllers_ready =
+        get(sb, &deploy_gvr(), CS, "calico-kube-controllers").is_some_and(|d| {
+            let n = |k: &str| d.pointer(k).and_then(Value::as_u64).unwrap_or(0);
+            n("/status/availableReplicas") >= replicas(&d) as u64
+        });
+    if ds_ready(&ds) && kube_controllers_ready {
         Health::Available
     } else {
         Health::Progressing("Waiting for calico-system to be ready".into())
