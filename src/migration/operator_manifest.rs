@@ -126,3 +126,17 @@ pub async fn preview_in_order(
     }
     Ok(out)
 }
+
+/// The manifest's objects as they are live, server fields stripped, and those that do
+/// not exist: what a step that applies the manifest needs to undo it.
+pub async fn live_state(world: &World, order: Order) -> anyhow::Result<(Vec<Value>, Vec<ObjRef>)> {
+    let mut existed = Vec::new();
+    let mut created = Vec::new();
+    for (r, _) in manifest_in_order(world, order)? {
+        match world.objects.get(&r).await? {
+            Some(live) => existed.push(strip_server_fields(&live)),
+            None => created.push(r),
+        }
+    }
+    Ok((existed, created))
+}

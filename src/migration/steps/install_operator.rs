@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::cluster::objects::ObjRef;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
 use crate::migration::crds::crd_is_empty;
@@ -17,7 +17,7 @@ use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines}
 use crate::migration::facts::int_at;
 use crate::migration::operator::wait_operator_ready;
 use crate::migration::operator_manifest::{
-    Order, apply_in_order, manifest_in_order, preview_in_order, refuse_unserved,
+    Order, apply_in_order, live_state, manifest_in_order, preview_in_order, refuse_unserved,
 };
 use crate::migration::profile::OperatorInstall;
 use crate::migration::refs::{installation_ref, operator_ref};
@@ -143,14 +143,12 @@ impl Step<World> for InstallOperator {
                     ..Saved::default()
                 })?);
             }
-            let mut saved = Saved::default();
-            for (r, _) in manifest_in_order(world, Order::Install)? {
-                match world.objects.get(&r).await? {
-                    Some(live) => saved.existed.push(strip_server_fields(&live)),
-                    None => saved.created.push(r),
-                }
-            }
-            Ok(serde_json::to_value(saved)?)
+            let (existed, created) = live_state(world, Order::Install).await?;
+            Ok(serde_json::to_value(Saved {
+                external: false,
+                existed,
+                created,
+            })?)
         })
     }
 

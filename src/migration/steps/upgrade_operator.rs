@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cluster::objects::{ObjRef, strip_server_fields};
+use crate::cluster::objects::ObjRef;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::migration::crds::crd_is_empty;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
@@ -21,7 +21,7 @@ use crate::migration::nodes::list_nodes;
 use crate::migration::operator::freeze_operator;
 use crate::migration::operator::{condition, progressing_message};
 use crate::migration::operator_manifest::{
-    Order, apply_in_order, manifest_in_order, preview_in_order, refuse_unserved,
+    Order, apply_in_order, live_state, manifest_in_order, preview_in_order, refuse_unserved,
 };
 use crate::migration::profile::parse_minor;
 use crate::migration::refs::{
@@ -358,17 +358,12 @@ impl Step<World> for UpgradeOperator {
 
     fn capture<'a>(&'a self, world: &'a World) -> StepFuture<'a, Value> {
         Box::pin(async move {
-            let mut saved = Saved {
+            let (existed, created) = live_state(world, Order::Upgrade).await?;
+            Ok(serde_json::to_value(Saved {
+                existed,
+                created,
                 calico_version: running_calico(world).await?,
-                ..Saved::default()
-            };
-            for (r, _) in manifest_in_order(world, Order::Upgrade)? {
-                match world.objects.get(&r).await? {
-                    Some(live) => saved.existed.push(strip_server_fields(&live)),
-                    None => saved.created.push(r),
-                }
-            }
-            Ok(serde_json::to_value(saved)?)
+            })?)
         })
     }
 
