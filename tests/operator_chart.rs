@@ -22,9 +22,14 @@ const OPERATOR_MANIFEST: &str = "calico-v3.30.3-operator-crds-and-operator.yaml"
 
 /// `calico-migrate <args>` against the sandbox with its own state dir.
 fn tool(sp: &SandboxProcess, state: &Path, args: &[&str]) -> Result<Output> {
+    tool_at(&sp.kubeconfig, state, args)
+}
+
+/// `calico-migrate <args>` with only this kubeconfig and state dir, whatever its exit.
+fn tool_at(kubeconfig: &Path, state: &Path, args: &[&str]) -> Result<Output> {
     Ok(Command::new(BIN)
         .arg("--kubeconfig")
-        .arg(&sp.kubeconfig)
+        .arg(kubeconfig)
         .arg("--state-dir")
         .arg(state)
         .arg("--no-progress")
@@ -576,17 +581,7 @@ async fn helm4_install_of_the_tigera_operator_chart_adopts_the_objects() -> Resu
 
 /// `calico-migrate <args>` against an in-process sandbox `env`, whatever its exit.
 fn tool_env(env: &crate::support::Env, kc: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(BIN)
-        .arg("--kubeconfig")
-        .arg(kc)
-        .arg("--state-dir")
-        .arg(env.state_dir())
-        .arg("--no-progress")
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .env_remove("CALICO_MIGRATE_STATE_DIR")
-        .stdin(Stdio::null())
-        .output()?)
+    tool_at(kc, &env.state_dir(), args)
 }
 
 fn said(o: &Output) -> String {
