@@ -1324,3 +1324,167 @@ async fn without_a_pause_the_operator_runs_on_and_never_gets_two_nodes_ahead() -
     );
     no_lapse(&env).await
 }
+
+/// The image calico-node runs on each node, by node name.
+fn agent_images(env: &support::Env) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = env
+        .sb
+        .store()
+        .list(
+            &support::gvr("", "v1", "pods"),
+            Some("kube-system"),
+            &Default::default(),
+        )?
+        .items
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "calico-node")
+        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+        .map(|p| {
+            (
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// align-versions replaces kube-system calico-node itself, one node at a time, with the
+/// DaemonSet on OnDelete meanwhile: at the first node whose swap is not verified it
+/// stops and no other node moves, where a RollingUpdate would go on to the next node
+/// as soon as the failed one's agent is Ready. `apply --resume` finishes once the cause
+/// is gone and puts the RollingUpdate back without restarting any agent; rollback
+/// returns to the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn align_versions_stops_at_the_first_failed_node_and_moves_no_other() -> Result<()> {
+    let env = support::env(4).await?;
+    let kc = env.state_dir().join("kubeconfig");
+    env.server.write_kubeconfig(&kc)?;
+    let before = support::snapshot(&env.sb)?;
+    let o = run(cli(&env, &kc)
+        .args(["plan", "--operator-manifest"])
+        .arg(support::real(
+            "calico-v3.30.3-operator-crds-and-operator.yaml",
+        ))
+        .arg("--calico-manifest")
+        .arg(support::real("calico-v3.30.3-policy-only.yaml")))?;
+    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    assert!(step_ids(&env)?.contains(&"align-versions".to_string()));
+    let o = run(cli(&env, &kc).args([
+        "apply",
+        "--yes",
+        "--sandbox-time-scale",
+        "100",
+        "--pause-before",
+        "align-versions",
+    ]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let nodes: Vec<String> = agent_images(&env)?.into_iter().map(|(n, _)| n).collect();
+    // calico-migrate replaces nodes in name order: this one first.
+    let first = nodes.first().context("a node")?.clone();
+    let ds_gvr = support::gvr("apps", "v1", "daemonsets");
+    let mut child = cli(&env, &kc)
+        .args(["apply", "--resume", "--yes", "--sandbox-time-scale", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // As soon as the new template is written, enforcement lapses on the node replaced
+    // first: its swap cannot be verified.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ds = env.sb.store().get(&ds_gvr, "kube-system", "calico-node")?;
+        let image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if image.ends_with(":v3.30.3") {
+            assert_eq!(ds["spec"]["updateStrategy"]["type"], "OnDelete", "{ds}");
+            let mut lapse = DataPlaneFaults::default();
+            lapse.lapse.insert(first.clone());
+            env.dp.set_faults(&lapse).await?;
+            break;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let o = child.wait_with_output()?;
+            anyhow::bail!("align-versions never started (image {image}): {}", text(&o));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let o = child.wait_with_output()?;
+    let said = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("STOPPED at step `align-versions`") && said.contains(&first),
+        "{said}"
+    );
+    let moved = |images: &[(String, String)]| {
+        images
+            .iter()
+            .filter(|(_, i)| i.ends_with(":v3.30.3"))
+            .count()
+    };
+    let at_stop = agent_images(&env)?;
+    assert!(
+        moved(&at_stop) <= 1 && at_stop[1..].iter().all(|(_, i)| !i.ends_with(":v3.30.3")),
+        "no node but the failed one moved: {at_stop:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agent_images(&env)?, at_stop, "nothing moves while stopped");
+    let ds = env.sb.store().get(&ds_gvr, "kube-system", "calico-node")?;
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "OnDelete", "{ds}");
+
+    env.dp.set_faults(&DataPlaneFaults::default()).await?;
+    let o = run(cli(&env, &kc).args([
+        "apply",
+        "--resume",
+        "--yes",
+        "--sandbox-time-scale",
+        "100",
+        "--pause-before",
+        "detach-helm",
+    ]))?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let done = agent_images(&env)?;
+    assert_eq!(moved(&done), nodes.len(), "{done:?}");
+    let ds = env.sb.store().get(&ds_gvr, "kube-system", "calico-node")?;
+    assert_eq!(
+        ds["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}),
+        "the chart's strategy is back"
+    );
+    // Putting the strategy back restarted nothing.
+    let pods = |env: &support::Env| -> Result<Vec<String>> {
+        let mut names: Vec<String> = env
+            .sb
+            .store()
+            .list(
+                &support::gvr("", "v1", "pods"),
+                Some("kube-system"),
+                &Default::default(),
+            )?
+            .items
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "calico-node")
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    let settled = pods(&env)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pods(&env)?, settled);
+    // (The monitor recorded the lapse the test made, so only the objects are compared.)
+    let o = run(cli(&env, &kc).args(["rollback", "--yes", "--sandbox-time-scale", "100"]))?;
+    assert_eq!(o.status.code(), Some(0), "rollback: {}", text(&o));
+    let diff: Vec<String> = support::differences(&before, &support::snapshot(&env.sb)?);
+    assert!(diff.is_empty(), "after rollback: {diff:?}");
+    Ok(())
+}

@@ -527,6 +527,16 @@ const SERVER_METADATA: &[&str] = &[
     "deletionGracePeriodSeconds",
 ];
 
+/// Annotations the API server writes itself: a DaemonSet's template generation is its
+/// counter, not desired state; it rises with every template change and a client's
+/// value is ignored (kubernetes pkg/registry/apps/daemonset/strategy.go
+/// PrepareForUpdate), so a rollback that puts a template back leaves it higher.
+pub fn drop_server_annotations(meta: &mut serde_json::Map<String, Value>) {
+    if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.remove("deprecated.daemonset.template.generation");
+    }
+}
+
 /// The object without server-managed metadata and without `status`.
 pub fn strip_server_fields(obj: &Value) -> Value {
     let mut v = obj.clone();
@@ -534,6 +544,7 @@ pub fn strip_server_fields(obj: &Value) -> Value {
         for k in SERVER_METADATA {
             m.remove(*k);
         }
+        drop_server_annotations(m);
         // Empty maps are the same as absent ones for every API object.
         for k in ["labels", "annotations"] {
             if m.get(k)

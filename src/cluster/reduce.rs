@@ -26,6 +26,7 @@ pub fn strip_server_fields(o: &mut Value) {
         for k in SERVER_FIELDS {
             m.remove(k);
         }
+        super::objects::drop_server_annotations(m);
     }
     if let Some(obj) = o.as_object_mut() {
         obj.remove("status");

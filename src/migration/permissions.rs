@@ -109,6 +109,9 @@ pub fn needed() -> Vec<Permission> {
     }
     v.push(p("list", "policy", "poddisruptionbudgets", None));
     v.push(p("list", "", "configmaps", None));
+    // Which calico-node pods are up to date: the DaemonSet's current revision names
+    // them (rollout.rs).
+    v.push(p("list", "apps", "controllerrevisions", None));
     for verb in ["get", "patch"] {
         v.push(p(verb, "apps", "deployments/scale", None));
     }

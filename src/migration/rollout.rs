@@ -87,31 +87,115 @@ pub struct RolloutState {
     nodes: BTreeMap<String, NodePods>,
 }
 
+/// What makes a pod of the DaemonSet up to date, as its controller decides
+/// (kubernetes pkg/controller/daemon/util `IsPodUpdated`): a `controller-revision-hash`
+/// label naming the current ControllerRevision, or a `pod-template-generation` label
+/// equal to the template generation the API server keeps in the annotation
+/// `deprecated.daemonset.template.generation`. Not `metadata.generation`: that also
+/// rises when only the update strategy changes, which restarts no pod; and a template
+/// put back as it was is up to date on the nodes that never left it, by hash alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Revision {
+    template_generation: Option<i64>,
+    hash: Option<String>,
+}
+
+impl Revision {
+    /// The DaemonSet's current revision. Its hash is read only once the controller has
+    /// observed the DaemonSet's latest generation: it makes the current
+    /// ControllerRevision (update.go `constructHistory`) in the same sync that writes
+    /// `status.observedGeneration`, so before that the newest revision may still be the
+    /// previous template's.
+    pub async fn read(world: &World, ds: &Value) -> anyhow::Result<Self> {
+        let template_generation = ds
+            .pointer("/metadata/annotations/deprecated.daemonset.template.generation")
+            .and_then(Value::as_str)
+            .and_then(|g| g.parse().ok());
+        let generation = int_at(ds, "/metadata/generation").unwrap_or(0);
+        let observed = int_at(ds, "/status/observedGeneration").unwrap_or(0);
+        if observed < generation {
+            return Ok(Revision {
+                template_generation,
+                hash: None,
+            });
+        }
+        let namespace = str_at(ds, "/metadata/namespace").unwrap_or(KUBE_SYSTEM);
+        let uid = str_at(ds, "/metadata/uid").unwrap_or_default();
+        let hash = world
+            .objects
+            .list_selected(
+                "apps/v1",
+                "ControllerRevision",
+                Some(namespace),
+                Some(&pod_selector(ds)),
+                None,
+            )
+            .await?
+            .iter()
+            .filter(|r| owned_by(r, uid))
+            .max_by_key(|r| int_at(r, "/revision").unwrap_or(0))
+            .and_then(|r| str_at(r, "/metadata/labels/controller-revision-hash"))
+            .map(str::to_string);
+        Ok(Revision {
+            template_generation,
+            hash,
+        })
+    }
+
+    fn is_current(&self, pod: &Value) -> bool {
+        let label = |k: &str| str_at(pod, &format!("/metadata/labels/{k}"));
+        let by_hash = self
+            .hash
+            .as_deref()
+            .is_some_and(|h| label("controller-revision-hash") == Some(h));
+        let by_generation = self
+            .template_generation
+            .is_some_and(|g| label("pod-template-generation") == Some(g.to_string().as_str()));
+        by_hash || by_generation
+    }
+}
+
+fn owned_by(o: &Value, uid: &str) -> bool {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| refs.iter().any(|r| str_at(r, "/uid") == Some(uid)))
+}
+
+/// The DaemonSet's `matchLabels` as a label selector.
+fn pod_selector(ds: &Value) -> String {
+    ds.pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "app.kubernetes.io/name=calico-node".into())
+}
+
 impl RolloutState {
     async fn read(world: &World, ds: &Value) -> anyhow::Result<Self> {
-        Self::read_on(world, ds, None).await
+        let revision = Revision::read(world, ds).await?;
+        Self::read_on(world, ds, &revision, None).await
     }
 
     /// The DaemonSet's pods on `node` only, or on every node: a wait for one node's
     /// agent asks the API server for that node's pods (a field selector), so each poll
     /// costs the same at 10 nodes and at 500.
-    async fn read_on(world: &World, ds: &Value, node: Option<&str>) -> anyhow::Result<Self> {
+    async fn read_on(
+        world: &World,
+        ds: &Value,
+        revision: &Revision,
+        node: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let namespace = str_at(ds, "/metadata/namespace").unwrap_or(KUBE_SYSTEM);
         let generation = ds
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let selector = ds
-            .pointer("/spec/selector/matchLabels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "app.kubernetes.io/name=calico-node".into());
+        let selector = pod_selector(ds);
         let uid = str_at(ds, "/metadata/uid").unwrap_or_default();
         let mut nodes: BTreeMap<String, NodePods> = BTreeMap::new();
         let on_node = node.map(|n| format!("spec.nodeName={n}"));
@@ -126,16 +210,10 @@ impl RolloutState {
             )
             .await?
         {
-            let owned = p
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|o| o.iter().any(|r| str_at(r, "/uid") == Some(uid)));
-            let Some(node) = str_at(&p, "/spec/nodeName").filter(|_| owned) else {
+            let Some(node) = str_at(&p, "/spec/nodeName").filter(|_| owned_by(&p, uid)) else {
                 continue;
             };
-            // The DaemonSet controller labels its pods with the template generation.
-            let current = str_at(&p, "/metadata/labels/pod-template-generation")
-                == Some(generation.to_string().as_str());
+            let current = revision.is_current(&p);
             let deleting = p.pointer("/metadata/deletionTimestamp").is_some();
             let e = nodes.entry(node.to_string()).or_default();
             e.current |= current && !deleting;
@@ -201,13 +279,31 @@ fn ready_message(pod: &Value) -> String {
 
 /// Resolves once `node` runs an up-to-date Ready pod of the DaemonSet.
 pub async fn updated_on(world: &World, r: &ObjRef, node: &str) {
+    // The revision is read again only when the DaemonSet changed: each poll then costs
+    // the DaemonSet and the node's pods, whatever the size of the cluster.
+    let mut known: Option<(Option<String>, Revision)> = None;
     loop {
         match daemonset(world, r).await {
-            Ok(ds) => match RolloutState::read_on(world, &ds, Some(node)).await {
-                Ok(s) if s.nodes.get(node).is_some_and(|p| p.ready) => return,
-                Ok(_) => {}
-                Err(e) => tracing::warn!("reading calico-node pods on {node}: {e:#}; trying again"),
-            },
+            Ok(ds) => {
+                let version = str_at(&ds, "/metadata/resourceVersion").map(str::to_string);
+                let revision = match &known {
+                    Some((v, rev)) if *v == version => Ok(rev.clone()),
+                    _ => Revision::read(world, &ds).await,
+                };
+                match revision {
+                    Ok(revision) => {
+                        match RolloutState::read_on(world, &ds, &revision, Some(node)).await {
+                            Ok(s) if s.nodes.get(node).is_some_and(|p| p.ready) => return,
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(
+                                "reading calico-node pods on {node}: {e:#}; trying again"
+                            ),
+                        }
+                        known = Some((version, revision));
+                    }
+                    Err(e) => tracing::warn!("reading {r}'s revisions: {e:#}; trying again"),
+                }
+            }
             Err(e) => tracing::warn!("{e:#}; trying again"),
         }
         tokio::time::sleep(world.options.poll).await;
@@ -330,6 +426,7 @@ async fn check_swap(
     node: &str,
 ) -> anyhow::Result<()> {
     tracing::info!("{step}: probing node {node} while its calico-node ({r}) is replaced");
+    let started = Instant::now();
     let watch = watch_node(
         prober,
         node,
@@ -344,6 +441,29 @@ async fn check_swap(
         step: step.to_string(),
         watch: watch.clone(),
     });
+    if started.elapsed() >= world.options.node_ready_timeout {
+        // The watch ran out its time: say first whether the agent never came back.
+        let ds = daemonset(world, r).await?;
+        let revision = Revision::read(world, &ds).await?;
+        let here = RolloutState::read_on(world, &ds, &revision, Some(node)).await?;
+        if !here.nodes.get(node).is_some_and(|p| p.ready) {
+            let why = here
+                .nodes
+                .get(node)
+                .and_then(|p| p.not_ready.clone())
+                .unwrap_or_else(|| {
+                    format!(
+                        "no up-to-date calico-node is Ready there after {} s",
+                        world.options.node_ready_timeout.as_secs()
+                    )
+                });
+            bail!(
+                "{step}: the rollout of {r} stopped at node {node}: {why}; calico-migrate \
+                 stops here and replaces no other node: fix the cause, then `calico-migrate \
+                 apply --resume`, or `calico-migrate rollback`"
+            );
+        }
+    }
     if !watch.verified_at_end {
         bail!(
             "{step}: enforcement was not verified while node {node}'s calico-node was replaced \
@@ -393,6 +513,14 @@ pub async fn replace_node_by_node(
         let mut checked = 0u64;
         loop {
             let ds = daemonset(world, r).await?;
+            if int_at(&ds, "/status/observedGeneration").unwrap_or(0)
+                < int_at(&ds, "/metadata/generation").unwrap_or(0)
+            {
+                // Which pods are outdated is the controller's to say for the template it
+                // has seen (a template put back is current on the nodes that kept it).
+                tokio::time::sleep(world.options.poll).await;
+                continue;
+            }
             let state = RolloutState::read(world, &ds).await?;
             if let Some(node) = state.nodes.keys().find(|n| state.swapping(n)).cloned() {
                 check_swap(world, step, r, prober, held, &node).await?;
@@ -421,6 +549,112 @@ pub async fn replace_node_by_node(
     }
     .instrument(bar)
     .await
+}
+
+/// The update strategy that pauses a DaemonSet: its controller replaces no pod by itself
+/// (`rollingUpdate` cleared: it belongs to the other type).
+fn on_delete_strategy() -> Value {
+    serde_json::json!({"type": "OnDelete", "rollingUpdate": null})
+}
+
+/// A DaemonSet's update strategy as the API server defaults it when absent (apps/v1:
+/// RollingUpdate, maxUnavailable 1): what a paced rollout puts back.
+pub fn update_strategy(ds: &Value) -> Value {
+    ds.pointer("/spec/updateStrategy")
+        .filter(|s| !s.is_null())
+        .cloned()
+        .unwrap_or_else(
+            || serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}),
+        )
+}
+
+/// `patch`, a merge patch of calico-node's pod template, with the update strategy set to
+/// OnDelete in the same write: the DaemonSet controller starts no rolling update of its own.
+pub fn paused(patch: &Value) -> Value {
+    let mut p = patch.clone();
+    p["spec"]["updateStrategy"] = on_delete_strategy();
+    p
+}
+
+/// Whether DaemonSet `ds` still has the strategy a paced rollout set (None: `restore` is
+/// back).
+pub fn strategy_left(ds: &Value, restore: &Value) -> Option<String> {
+    let kind = |s: &Value| str_at(s, "/type").unwrap_or("RollingUpdate").to_string();
+    let now = update_strategy(ds);
+    (kind(&now) != kind(restore)).then(|| {
+        format!(
+            "calico-node's update strategy is still {} (calico-migrate paces its rollout; \
+             `calico-migrate apply --resume` puts {} back)",
+            kind(&now),
+            kind(restore)
+        )
+    })
+}
+
+/// Roll a pod-template change of calico-node DaemonSet `r` out at calico-migrate's pace:
+/// `patch` (if any; none when a resumed run finds it applied) is written with the update
+/// strategy OnDelete ([`paused`]); every node's pod is then replaced and checked in turn
+/// ([`replace_node_by_node`]), so the first node that fails stops the rollout with no
+/// other node replaced, where a RollingUpdate would go on to the next node as soon as
+/// the failed one's pod is Ready; last, the strategy `restore` (as captured before the
+/// step) goes back, which restarts nothing: a change outside the pod template leaves
+/// every pod up to date (kubernetes pkg/controller/daemon/util `IsPodUpdated`).
+pub async fn roll_paced(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    patch: Option<&Value>,
+    restore: &Value,
+    prober: &Prober,
+) -> anyhow::Result<()> {
+    match patch {
+        Some(p) => {
+            world.objects.merge(r, &paused(p)).await?;
+        }
+        None => {
+            let ds = daemonset(world, r).await?;
+            if str_at(&ds, "/spec/updateStrategy/type") != Some("OnDelete")
+                && rollout_unfinished(world, r).await?.is_some()
+            {
+                // A rolling update in progress (a run resumed after a crash): pause it.
+                world
+                    .objects
+                    .merge(r, &paused(&serde_json::json!({})))
+                    .await?;
+            }
+        }
+    }
+    replace_node_by_node(world, step, r, prober, None).await?;
+    put_strategy_back(world, step, r, restore).await
+}
+
+/// Put DaemonSet `r`'s update strategy back to `restore` unless it is; restarts nothing.
+pub async fn put_strategy_back(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    restore: &Value,
+) -> anyhow::Result<()> {
+    let ds = daemonset(world, r).await?;
+    if update_strategy(&ds) != *restore {
+        let mut back = restore.clone();
+        if back.get("rollingUpdate").is_none() {
+            back["rollingUpdate"] = Value::Null;
+        }
+        tracing::info!("{step}: putting {r}'s update strategy back");
+        world
+            .objects
+            .merge(r, &serde_json::json!({"spec": {"updateStrategy": back}}))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Nodes whose up-to-date calico-node of `r` exists but is not Ready, with the reason:
+/// a paced rollout stopped there.
+pub async fn stuck_nodes(world: &World, r: &ObjRef) -> anyhow::Result<Vec<String>> {
+    let ds = daemonset(world, r).await?;
+    Ok(RolloutState::read(world, &ds).await?.stuck())
 }
 
 /// Wait for a DaemonSet's rollout, giving up only when nothing progressed for

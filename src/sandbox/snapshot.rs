@@ -10,7 +10,8 @@ use super::{ApiError, Gvr, ListOptions, Sandbox};
 use crate::cluster::objects::strip_server_fields;
 
 /// Resources a snapshot leaves out: what controllers and the tool's checks create and
-/// remove on their own (pods, events, leases, endpoints, replica sets).
+/// remove on their own (pods, events, leases, endpoints, replica sets, a DaemonSet's
+/// revisions).
 const VOLATILE: &[&str] = &[
     "pods",
     "events",
@@ -18,6 +19,7 @@ const VOLATILE: &[&str] = &[
     "endpoints",
     "endpointslices",
     "replicasets",
+    "controllerrevisions",
 ];
 
 /// Namespaces left out: the probe workload and the sandbox's own control objects.

@@ -20,7 +20,10 @@ use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines}
 use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
 use crate::migration::refs::{kube_system_node, kube_system_typha};
-use crate::migration::rollout::{follow_rollout, rollout_unfinished, wait_rollout};
+use crate::migration::rollout::{
+    put_strategy_back, roll_paced, rollout_unfinished, strategy_left, stuck_nodes, update_strategy,
+    wait_rollout,
+};
 use crate::migration::wait::wait_until;
 use crate::migration::world::{Observation, World};
 
@@ -67,7 +70,7 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
             ]),
             after: lines(&[
                 "the CRDs and RBAC of the target version in place before any agent runs it",
-                "calico-node rolled out one node at a time (maxUnavailable 1), each node probed through its swap",
+                "calico-node replaced by calico-migrate one node at a time (OnDelete while it does, the update strategy put back after), each node probed through its swap",
                 "probe matrix equals the baseline",
             ]),
         },
@@ -203,6 +206,18 @@ fn images_back(saved: &Value, live: &Value) -> Option<Value> {
     (!spec.is_empty()).then(|| json!({"spec": {"template": {"spec": spec}}}))
 }
 
+/// kube-system calico-node's update strategy before the step (from its capture): what
+/// its paced rollouts put back.
+fn strategy_before(world: &World) -> anyhow::Result<Value> {
+    let saved: Saved = match stored_capture(world, ID)? {
+        Some(v) => serde_json::from_value(v).context("the align-versions capture does not read")?,
+        None => Saved::default(),
+    };
+    Ok(update_strategy(
+        saved.daemonset.as_ref().unwrap_or(&json!({})),
+    ))
+}
+
 /// Wait (bounded by `node_ready_timeout`) until kube-system typha runs its template.
 async fn typha_rolled_out(world: &World) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
@@ -305,13 +320,22 @@ impl Step<World> for AlignVersions {
                 .get(&kube_system_node())
                 .await?
                 .context("DaemonSet kube-system/calico-node does not exist")?;
-            if let Some(p) = images_patch(&ds, &plan.images[CALICO_NODE]) {
+            let patch = images_patch(&ds, &plan.images[CALICO_NODE]);
+            if patch.is_some() {
                 tracing::info!(
                     "{ID}: moving kube-system calico-node to its target images, node by node"
                 );
-                world.objects.merge(&kube_system_node(), &p).await?;
             }
-            follow_rollout(world, ID, &kube_system_node(), &prober).await?;
+            let restore = strategy_before(world)?;
+            roll_paced(
+                world,
+                ID,
+                &kube_system_node(),
+                patch.as_ref(),
+                &restore,
+                &prober,
+            )
+            .await?;
             world.check_round(ID, "after align-versions").await?;
             Ok(())
         })
@@ -350,6 +374,11 @@ impl Step<World> for AlignVersions {
             if let Some(why) = rollout_unfinished(world, &kube_system_node()).await? {
                 return Ok(Verification::failed(why));
             }
+            if let Some(ds) = world.objects.get(&kube_system_node()).await?
+                && let Some(why) = strategy_left(&ds, &strategy_before(world)?)
+            {
+                return Ok(Verification::failed(why));
+            }
             Ok(Verification::passed(format!(
                 "kube-system calico-node and calico-typha run Calico {target} on every node, on the CRDs and RBAC of its manifest"
             )))
@@ -366,15 +395,21 @@ impl Step<World> for AlignVersions {
                 && let Some(live) = world.objects.get(&kube_system_node()).await?
                 && let Some(p) = images_back(before, &live)
             {
-                if let Some(stuck) = rollout_unfinished(world, &kube_system_node()).await? {
+                let restore = update_strategy(before);
+                let stuck = stuck_nodes(world, &kube_system_node()).await?;
+                if !stuck.is_empty() {
                     // The forward rollout stopped at a node whose new agent never became
                     // Ready: no probe pod can be placed there until it has an agent again.
-                    // Put the old images back, let the controller replace that pod, then
-                    // check every node.
+                    // Put the old images and the update strategy back together, let the
+                    // controller replace that pod (the others never left the old
+                    // template, so they stay), then check every node.
                     tracing::info!(
-                        "{ID}: the rollout stopped ({stuck}); restoring the kube-system calico-node images"
+                        "{ID}: the rollout stopped (node {}); restoring the kube-system calico-node images",
+                        stuck.join("; node ")
                     );
-                    world.objects.merge(&kube_system_node(), &p).await?;
+                    let mut back = p.clone();
+                    back["spec"]["updateStrategy"] = restore;
+                    world.objects.merge(&kube_system_node(), &back).await?;
                     wait_rollout(world, &kube_system_node()).await?;
                     world
                         .check_round(ID, "after restoring the calico-node images")
@@ -384,9 +419,15 @@ impl Step<World> for AlignVersions {
                     tracing::info!(
                         "{ID}: restoring the kube-system calico-node images, node by node"
                     );
-                    world.objects.merge(&kube_system_node(), &p).await?;
-                    follow_rollout(world, ID, &kube_system_node(), &prober).await?;
+                    roll_paced(world, ID, &kube_system_node(), Some(&p), &restore, &prober).await?;
                 }
+            }
+            if let Some(before) = &saved.daemonset
+                && world.objects.get(&kube_system_node()).await?.is_some()
+            {
+                // Also when no image had moved: a rollback that stopped after its paced
+                // rollout leaves the strategy to put back.
+                put_strategy_back(world, ID, &kube_system_node(), &update_strategy(before)).await?;
             }
             if let Some(before) = &saved.typha
                 && let Some(live) = world.objects.get(&kube_system_typha()).await?

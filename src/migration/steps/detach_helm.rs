@@ -12,6 +12,7 @@ use crate::migration::converter::{ConverterLine, Existing, Refusal, predict};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::refs::{KUBE_SYSTEM, kube_system_node};
 use crate::migration::release::{DETACH_HELM_STEP, chart_objects_live, release_secrets};
+use crate::migration::rollout::{paused, roll_paced, strategy_left, update_strategy};
 use crate::migration::world::World;
 
 pub const ID: &str = DETACH_HELM_STEP;
@@ -133,9 +134,13 @@ impl Step<World> for DetachHelm {
             let prober = world.prober().await?;
             let mut template_changed = false;
             for (r, live) in &objects {
-                if let Some(patch) = strip_patch(live, world.converter_line()) {
+                if let Some(mut patch) = strip_patch(live, world.converter_line()) {
                     tracing::info!("removing Helm metadata from {r}");
-                    template_changed |= patch.pointer("/spec/template").is_some();
+                    if patch.pointer("/spec/template").is_some() {
+                        // calico-node's pod template: replaced at calico-migrate's pace.
+                        template_changed = true;
+                        patch = paused(&patch);
+                    }
                     world.objects.merge(r, &patch).await?;
                 }
             }
@@ -145,9 +150,9 @@ impl Step<World> for DetachHelm {
                     world.objects.delete(&r).await?;
                 }
             }
-            if template_changed {
-                crate::migration::rollout::follow_rollout(world, ID, &kube_system_node(), &prober)
-                    .await?;
+            if template_changed || paused_here(world).await? {
+                let restore = strategy_before(world)?;
+                roll_paced(world, ID, &kube_system_node(), None, &restore, &prober).await?;
             }
             Ok(())
         })
@@ -196,6 +201,9 @@ impl Step<World> for DetachHelm {
                 )));
             }
             if let Some(ds) = world.objects.get(&kube_system_node()).await? {
+                if let Some(why) = strategy_left(&ds, &strategy_before(world)?) {
+                    return Ok(Verification::failed(why));
+                }
                 let refused: Vec<String> =
                     predict(&Existing::daemonset(&ds), world.converter_line())
                         .into_iter()
@@ -238,9 +246,12 @@ impl Step<World> for DetachHelm {
                     tracing::warn!("{r} no longer exists; its Helm metadata is not restored");
                     continue;
                 };
-                if let Some(patch) = restore_patch(&want, &live, world.converter_line()) {
+                if let Some(mut patch) = restore_patch(&want, &live, world.converter_line()) {
                     tracing::info!("restoring Helm metadata on {r}");
-                    template_changed |= patch.pointer("/spec/template").is_some();
+                    if patch.pointer("/spec/template").is_some() {
+                        template_changed = true;
+                        patch = paused(&patch);
+                    }
                     world.objects.merge(&r, &patch).await?;
                 }
             }
@@ -257,9 +268,9 @@ impl Step<World> for DetachHelm {
                     );
                 }
             }
-            if template_changed {
-                crate::migration::rollout::follow_rollout(world, ID, &kube_system_node(), &prober)
-                    .await?;
+            if template_changed || paused_here(world).await? {
+                let restore = strategy_before(world)?;
+                roll_paced(world, ID, &kube_system_node(), None, &restore, &prober).await?;
             }
             forget_capture(world, ID)
         })
@@ -271,7 +282,7 @@ impl Step<World> for DetachHelm {
             for (r, live) in chart_objects_live(world).await? {
                 if let Some(patch) = strip_patch(&live, world.converter_line()) {
                     let rolls = if patch.pointer("/spec/template").is_some() {
-                        " (pod template: calico-node rolls node by node)"
+                        " (pod template: calico-node replaced node by node, each node probed)"
                     } else {
                         ""
                     };
@@ -289,6 +300,27 @@ impl Step<World> for DetachHelm {
             Ok(out)
         })
     }
+}
+
+/// kube-system calico-node's update strategy before the step (from its capture): what
+/// its paced rollout puts back.
+fn strategy_before(world: &World) -> anyhow::Result<Value> {
+    let captured = stored_capture(world, ID)?;
+    let ds = captured
+        .as_ref()
+        .and_then(|c| c.get("objects"))
+        .and_then(Value::as_array)
+        .and_then(|objects| objects.iter().find(|o| is_calico_node_ds(o)));
+    Ok(update_strategy(ds.unwrap_or(&json!({}))))
+}
+
+/// Whether kube-system calico-node is left paused by an earlier run of this step (its
+/// template already written when the run stopped): the paced rollout goes on.
+async fn paused_here(world: &World) -> anyhow::Result<bool> {
+    let Some(ds) = world.objects.get(&kube_system_node()).await? else {
+        return Ok(false);
+    };
+    Ok(strategy_left(&ds, &strategy_before(world)?).is_some())
 }
 
 fn is_calico_node_ds(o: &Value) -> bool {

@@ -20,7 +20,9 @@ use crate::migration::converter::{
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::nodes::{nodes_without_ready_agent, set_node_label, worker_nodes};
 use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
-use crate::migration::rollout::{follow_rollout, rollout_unfinished};
+use crate::migration::rollout::{
+    paused, roll_paced, rollout_unfinished, strategy_left, update_strategy,
+};
 use crate::migration::tolerations;
 use crate::migration::world::World;
 
@@ -63,12 +65,12 @@ pub fn describe(ctx: &StepContext) -> Option<StepPlan> {
                 }
             )],
             after: lines(&[
-                "calico-node rolled out: the same nodes run a Ready calico-node as before",
+                "calico-node replaced one node at a time by calico-migrate (OnDelete meanwhile, the update strategy put back after): the same nodes run a Ready calico-node as before",
                 "probe matrix equals the baseline",
             ]),
         },
         rollback: lines(&[
-            "restore the affinity, nodeSelector and tolerations, follow the rollout node by node, then the node labels",
+            "restore the affinity, nodeSelector and tolerations, calico-node replaced node by node, then the node labels",
         ]),
         gate: None,
     })
@@ -185,6 +187,14 @@ async fn ec2_taint_keys(world: &World) -> anyhow::Result<BTreeSet<String>> {
     Ok(tolerations::no_schedule_keys(nodes.iter()))
 }
 
+/// kube-system calico-node's update strategy before the step (from its capture): what
+/// its paced rollout puts back.
+fn strategy_before(world: &World) -> anyhow::Result<Value> {
+    let captured = stored_capture(world, ID)?;
+    let ds = captured.as_ref().and_then(|c| c.get("daemonset"));
+    Ok(update_strategy(ds.unwrap_or(&json!({}))))
+}
+
 /// Label every non-Fargate node that has no migration label yet.
 async fn label_nodes(world: &World) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
@@ -240,13 +250,17 @@ impl Step<World> for FargateAffinity {
                 tracing::info!(
                     "replacing the Fargate affinity of kube-system calico-node by the nodeSelector \
                      {MIGRATION_LABEL}={PRE_OPERATOR} and tolerations that leave Fargate's taint \
-                     untolerated; calico-node rolls node by node"
+                     untolerated; calico-node is replaced node by node"
                 );
-                world.objects.merge(&kube_system_node(), &p).await?;
+                world
+                    .objects
+                    .merge(&kube_system_node(), &paused(&p))
+                    .await?;
             }
             // A node that joined between the labels and the patch would lose its agent.
             label_nodes(world).await?;
-            follow_rollout(world, ID, &kube_system_node(), &prober).await?;
+            let restore = strategy_before(world)?;
+            roll_paced(world, ID, &kube_system_node(), None, &restore, &prober).await?;
             world.check_round(ID, "after fargate-affinity").await?;
             Ok(())
         })
@@ -293,6 +307,9 @@ impl Step<World> for FargateAffinity {
             if let Some(left) = rollout_unfinished(world, &kube_system_node()).await? {
                 return Ok(Verification::failed(left));
             }
+            if let Some(left) = strategy_left(&ds, &strategy_before(world)?) {
+                return Ok(Verification::failed(left));
+            }
             let missing = nodes_without_ready_agent(&world.objects).await?;
             if !missing.is_empty() {
                 return Ok(Verification::failed(format!(
@@ -327,15 +344,22 @@ impl Step<World> for FargateAffinity {
                 {
                     let prober = world.prober().await?;
                     tracing::info!(
-                        "restoring the Fargate affinity and tolerations of kube-system calico-node; calico-node rolls node by node"
+                        "restoring the Fargate affinity and tolerations of kube-system calico-node; calico-node is replaced node by node"
                     );
                     let patch = json!({"spec": {"template": {"spec": {
                         "affinity": tpl(before, "affinity"),
                         "tolerations": tpl(before, "tolerations"),
                         "nodeSelector": {MIGRATION_LABEL: want_sel},
                     }}}});
-                    world.objects.merge(&kube_system_node(), &patch).await?;
-                    follow_rollout(world, ID, &kube_system_node(), &prober).await?;
+                    roll_paced(
+                        world,
+                        ID,
+                        &kube_system_node(),
+                        Some(&patch),
+                        &update_strategy(before),
+                        &prober,
+                    )
+                    .await?;
                 }
             }
             let labels = saved
@@ -376,7 +400,7 @@ impl Step<World> for FargateAffinity {
                 .collect();
             if let Some(p) = daemonset_patch(&ds, &ec2_taint_keys(world).await?)? {
                 out.push(format!(
-                    "patch DaemonSet kube-system/calico-node: {p} (calico-node rolls node by node, each node probed)"
+                    "patch DaemonSet kube-system/calico-node: {p} (calico-node replaced node by node, each node probed)"
                 ));
             }
             if out.is_empty() {

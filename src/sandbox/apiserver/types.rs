@@ -258,6 +258,13 @@ pub fn builtins() -> Vec<ResourceType> {
             .short(&["ds"])
             .all()
             .status(),
+        B::new(
+            "apps",
+            "v1",
+            "controllerrevisions",
+            "ControllerRevision",
+            true,
+        ),
         B::new("apps", "v1", "deployments", "Deployment", true)
             .short(&["deploy"])
             .all()

@@ -13,6 +13,7 @@
 pub mod faults;
 pub mod felix;
 pub mod helm_uninstall;
+pub mod history;
 pub mod nodes;
 pub mod operator;
 pub mod pods;

@@ -1,9 +1,9 @@
 //! DaemonSet and Deployment controllers.
 //!
 //! DaemonSet: one pod per node the template fits (sched.rs), pods deleted from nodes
-//! its node affinity or an untolerated NoExecute taint excludes, RollingUpdate bounded by `maxUnavailable` (template
-//! changes are recognised by the `pod-template-generation` label, as the real
-//! controller still sets it), status counts as k8s.io/kubernetes
+//! its node affinity or an untolerated NoExecute taint excludes, RollingUpdate bounded by
+//! `maxUnavailable` (an up-to-date pod names the current ControllerRevision or the
+//! template generation: history.rs), status counts as k8s.io/kubernetes
 //! pkg/controller/daemon/daemon_controller.go `updateDaemonSetStatus` computes them.
 //!
 //! Deployment: a ReplicaSet-free simplification. Pods matching the selector
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{
-    delete, deleting, deploy_gvr, ds_gvr, label, list, merge, name, namespace, owned_by, owner_ref,
-    pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
+    delete, deleting, deploy_gvr, ds_gvr, history, list, merge, name, namespace, owned_by,
+    owner_ref, pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
 };
 use crate::sandbox::{Sandbox, Subresource};
 
@@ -44,10 +44,21 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
             .get(namespace(o))
             .map_or(&[][..], Vec::as_slice)
     };
+    let revisions = list(sb, &history::revisions_gvr(), None);
+    let mut revisions_by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for r in &revisions {
+        revisions_by_namespace
+            .entry(namespace(r))
+            .or_default()
+            .push(r);
+    }
     let mut changed = false;
     for ds in list(sb, &ds_gvr(), None) {
         if !deleting(&ds) {
-            changed |= daemonset(sb, &ds, &nodes, of(&ds));
+            let revisions = revisions_by_namespace
+                .get(namespace(&ds))
+                .map_or(&[][..], Vec::as_slice);
+            changed |= daemonset(sb, &ds, &nodes, of(&ds), revisions);
         }
     }
     for d in list(sb, &deploy_gvr(), None) {
@@ -131,10 +142,18 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
         .is_ok()
 }
 
-/// `ns_pods`: the pods of the DaemonSet's namespace.
-fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], ns_pods: &[&Value]) -> bool {
+/// `ns_pods`: the pods of the DaemonSet's namespace; `revisions`: its ControllerRevisions.
+fn daemonset(
+    sb: &Sandbox,
+    ds: &Value,
+    nodes: &[&Value],
+    ns_pods: &[&Value],
+    revisions: &[&Value],
+) -> bool {
     let ns = namespace(ds);
     let generation_now = generation(ds);
+    let hash = history::current_hash(sb, ds, revisions);
+    let template_generation = history::template_generation(ds);
     let tpl_spec = ds
         .pointer("/spec/template/spec")
         .cloned()
@@ -173,9 +192,11 @@ fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], ns_pods: &[&Value]) -> 
             }
         }
     }
-    let current = |p: &Value| {
-        label(p, "pod-template-generation") == Some(generation_now.to_string().as_str())
-    };
+    let current = |p: &Value| history::pod_updated(p, &hash, template_generation);
+    let mut pod_labels = vec![(history::REVISION_HASH, hash.clone())];
+    if let Some(g) = template_generation {
+        pod_labels.push((history::POD_TEMPLATE_GENERATION, g.to_string()));
+    }
     // Missing pods.
     for n in &eligible {
         if by_node.get(name(n)).is_none_or(|v| v.is_empty()) {
@@ -183,10 +204,7 @@ fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], ns_pods: &[&Value]) -> 
                 ds,
                 "DaemonSet",
                 format!("{}-", name(ds)),
-                &[
-                    ("pod-template-generation", generation_now.to_string()),
-                    ("controller-revision-hash", revision_hash(ds)),
-                ],
+                &pod_labels,
                 Some(name(n)),
             );
             changed |= sb
@@ -249,18 +267,6 @@ fn daemonset(sb: &Sandbox, ds: &Value, nodes: &[&Value], ns_pods: &[&Value]) -> 
     changed
 }
 
-/// A stable short hash of the pod template (the real controller names ControllerRevisions by it).
-fn revision_hash(o: &Value) -> String {
-    let t = o
-        .pointer("/spec/template")
-        .map(Value::to_string)
-        .unwrap_or_default();
-    let h = t.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    });
-    format!("{:x}", h % 0xffff_ffff)
-}
-
 /// `ns_pods`: the pods of the Deployment's namespace.
 fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     let ns = namespace(d);
@@ -289,7 +295,7 @@ fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     let pods_gvr = pods_gvr();
     let mut changed = false;
     if pods.len() < want {
-        let hash = revision_hash(d);
+        let hash = history::template_hash(d);
         for _ in pods.len()..want {
             let pod = new_pod(
                 d,

@@ -181,6 +181,7 @@ fn calico_install(
             "CustomResourceDefinition" => crds.push(o),
             "DaemonSet" => {
                 let pods = workloads::daemonset_pods(&o, nodes, &mut |n| ips.next(n), seed);
+                objects.push(workloads::daemonset_revision(&o, seed));
                 objects.push(o);
                 objects.extend(pods);
             }
@@ -250,6 +251,7 @@ fn calico_install(
             if o["kind"] == "DaemonSet" {
                 o["status"] = workloads::daemonset_status(nodes.len());
                 let pods = workloads::daemonset_pods(&o, nodes, &mut |n| ips.next(n), seed);
+                objects.push(workloads::daemonset_revision(&o, seed));
                 objects.push(o);
                 objects.extend(pods);
             } else {
@@ -314,6 +316,7 @@ pub(super) fn assemble(sc: &ScenarioConfig) -> Result<Vec<Value>, ScenarioError>
             Some("DaemonSet") => {
                 o["status"] = workloads::daemonset_status(nodes.len());
                 let pods = workloads::daemonset_pods(&o, &nodes, &mut |n| ips.next(n), seed);
+                objects.push(workloads::daemonset_revision(&o, seed));
                 objects.push(o);
                 objects.extend(pods);
             }

@@ -178,6 +178,40 @@ pub fn deployment_status(n: usize) -> Value {
     s
 }
 
+/// The `controller-revision-hash` of a seeded DaemonSet's pods and first revision.
+fn seeded_revision_hash(ds: &Value, seed: u64) -> String {
+    let name = ds["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = ds["metadata"]["namespace"].as_str().unwrap_or_default();
+    ids::suffix(seed, &format!("{ns}/{name}/crh"), 10)
+}
+
+/// The ControllerRevision the DaemonSet controller keeps for a seeded DaemonSet's
+/// template (revision 1, named and labelled by the hash its pods carry).
+pub fn daemonset_revision(ds: &Value, seed: u64) -> Value {
+    let name = ds["metadata"]["name"].as_str().unwrap_or_default();
+    let hash = seeded_revision_hash(ds, seed);
+    let mut labels = ds
+        .pointer("/spec/template/metadata/labels")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    labels[crate::sandbox::controllers::history::REVISION_HASH] = json!(hash);
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": {
+            "name": format!("{name}-{hash}"),
+            "namespace": ds["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "DaemonSet", "name": name,
+                "uid": ds["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "data": crate::sandbox::controllers::history::revision_data(ds),
+        "revision": 1,
+    })
+}
+
 /// One pod per node for a DaemonSet, owned by it; host-network pods take the node IP.
 pub fn daemonset_pods(
     ds: &Value,
@@ -198,7 +232,7 @@ pub fn daemonset_pods(
     };
     let template = &ds["spec"]["template"];
     let host_net = template["spec"]["hostNetwork"] == json!(true);
-    let revision_hash = ids::suffix(seed, &format!("{ns}/{name}/crh"), 10);
+    let revision_hash = seeded_revision_hash(ds, seed);
     nodes
         .iter()
         .map(|node| {

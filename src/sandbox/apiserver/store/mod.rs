@@ -19,6 +19,7 @@ pub mod watch;
 mod write;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+pub use write::TEMPLATE_GENERATION;
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;

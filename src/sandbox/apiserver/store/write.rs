@@ -52,6 +52,46 @@ fn tracks_generation(rt: &ResourceType) -> bool {
         )
 }
 
+/// The annotation apps/v1 DaemonSets carry their template generation in: the internal
+/// `spec.templateGeneration`, converted to and from it (kubernetes pkg/apis/apps/v1
+/// conversion.go), and the value the DaemonSet controller labels its pods
+/// `pod-template-generation` with (pkg/controller/daemon/util `GetTemplateGeneration`).
+pub const TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
+
+/// Maintain a DaemonSet's template generation as the registry does (kubernetes
+/// pkg/registry/apps/daemonset/strategy.go): at create the client's value, at least 1;
+/// at update the old value, plus one when the pod template changed. A change elsewhere
+/// in the spec (the update strategy) bumps `metadata.generation` only, which is why it
+/// restarts no pod.
+fn maintain_template_generation(rt: &ResourceType, obj: &mut Value, old: Option<&Value>) {
+    if rt.group != "apps" || rt.kind != "DaemonSet" {
+        return;
+    }
+    let read = |o: &Value| {
+        o.pointer("/metadata/annotations")
+            .and_then(|a| a.get(TEMPLATE_GENERATION))
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let generation = match old {
+        None => read(obj).filter(|g| *g >= 1).unwrap_or(1),
+        Some(old) => {
+            let was = read(old).unwrap_or(1);
+            if obj.pointer("/spec/template") != old.pointer("/spec/template") {
+                was + 1
+            } else {
+                was
+            }
+        }
+    };
+    let meta = meta_mut(obj);
+    let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    annotations[TEMPLATE_GENERATION] = json!(generation.to_string());
+}
+
 /// Everything except metadata and status: a change here bumps `generation`.
 fn spec_part(obj: &Value) -> Value {
     let mut o = obj.clone();
@@ -200,6 +240,7 @@ impl State {
                 );
             }
         }
+        maintain_template_generation(rt, &mut obj, None);
         let seeded_status = (origin != Origin::Client)
             .then(|| obj.get("status").cloned())
             .flatten();
@@ -431,6 +472,7 @@ impl State {
                 }
             }
         }
+        maintain_template_generation(rt, &mut result, Some(&old));
         if tracks_generation(rt) && spec_part(&result) != spec_part(&old) {
             let g = old
                 .pointer("/metadata/generation")
