@@ -86,6 +86,19 @@ fn run(c: &mut Command) -> Result<Output> {
     Ok(o)
 }
 
+/// `plan -o json` of the current path: the real operator manifest and `calico_manifest`.
+fn plan_current_path(env: &support::Env, kc: &Path, calico_manifest: &Path) -> Result<Value> {
+    let o = run(cli(env, kc)
+        .args(["plan", "-o", "json", "--operator-manifest"])
+        .arg(support::real(
+            "calico-v3.30.3-operator-crds-and-operator.yaml",
+        ))
+        .arg("--calico-manifest")
+        .arg(calico_manifest))?;
+    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_change_nothing() -> Result<()> {
     let env = support::env(2).await?;
@@ -740,15 +753,7 @@ async fn the_current_path_with_the_real_manifests_applies_and_rolls_back() -> Re
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
     let before = support::snapshot(&env.sb)?;
-    let o = run(cli(&env, &kc)
-        .args(["plan", "-o", "json", "--operator-manifest"])
-        .arg(support::real(
-            "calico-v3.30.3-operator-crds-and-operator.yaml",
-        ))
-        .arg("--calico-manifest")
-        .arg(support::real("calico-v3.30.3-policy-only.yaml")))?;
-    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
-    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    let plan = plan_current_path(&env, &kc, &support::real("calico-v3.30.3-policy-only.yaml"))?;
     assert_eq!(plan["profile"], "aws-calico-0.3.10-v3.30", "{plan:#}");
     let why = plan["profile_reason"].as_str().unwrap_or_default();
     assert!(
@@ -897,14 +902,7 @@ async fn an_image_only_alignment_stops_at_the_first_node_and_rolls_back() -> Res
     }
     let manifest = env.state_dir().join("images-only.yaml");
     std::fs::write(&manifest, images_only)?;
-    let o = run(cli(&env, &kc)
-        .args(["plan", "--operator-manifest"])
-        .arg(support::real(
-            "calico-v3.30.3-operator-crds-and-operator.yaml",
-        ))
-        .arg("--calico-manifest")
-        .arg(&manifest))?;
-    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    plan_current_path(&env, &kc, &manifest)?;
 
     let o = run(cli(&env, &kc).args(["apply", "--yes", "--sandbox-time-scale", "100"]))?;
     let said = text(&o);
@@ -1368,14 +1366,7 @@ async fn align_versions_stops_at_the_first_failed_node_and_moves_no_other() -> R
     let kc = env.state_dir().join("kubeconfig");
     env.server.write_kubeconfig(&kc)?;
     let before = support::snapshot(&env.sb)?;
-    let o = run(cli(&env, &kc)
-        .args(["plan", "--operator-manifest"])
-        .arg(support::real(
-            "calico-v3.30.3-operator-crds-and-operator.yaml",
-        ))
-        .arg("--calico-manifest")
-        .arg(support::real("calico-v3.30.3-policy-only.yaml")))?;
-    assert_eq!(o.status.code(), Some(0), "plan: {}", text(&o));
+    plan_current_path(&env, &kc, &support::real("calico-v3.30.3-policy-only.yaml"))?;
     assert!(step_ids(&env)?.contains(&"align-versions".to_string()));
     let o = run(cli(&env, &kc).args([
         "apply",
