@@ -1323,9 +1323,15 @@ async fn without_a_pause_the_operator_runs_on_and_never_gets_two_nodes_ahead() -
     no_lapse(&env).await
 }
 
-/// The image calico-node runs on each node, by node name.
-fn agent_images(env: &support::Env) -> Result<Vec<(String, String)>> {
-    let mut out: Vec<(String, String)> = env
+/// kube-system calico-node's pods not being deleted, as (node, image, pod name), by node.
+fn agents(env: &support::Env) -> Result<Vec<(String, String, String)>> {
+    let field = |p: &Value, at: &str| {
+        p.pointer(at)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut out: Vec<(String, String, String)> = env
         .sb
         .store()
         .list(
@@ -1339,19 +1345,19 @@ fn agent_images(env: &support::Env) -> Result<Vec<(String, String)>> {
         .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
         .map(|p| {
             (
-                p["spec"]["nodeName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                p["spec"]["containers"][0]["image"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                field(p, "/spec/nodeName"),
+                field(p, "/spec/containers/0/image"),
+                field(p, "/metadata/name"),
             )
         })
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// The image calico-node runs on each node, by node name.
+fn agent_images(env: &support::Env) -> Result<Vec<(String, String)>> {
+    Ok(agents(env)?.into_iter().map(|(n, i, _)| (n, i)).collect())
 }
 
 /// align-versions replaces kube-system calico-node itself, one node at a time, with the
@@ -1453,21 +1459,7 @@ async fn align_versions_stops_at_the_first_failed_node_and_moves_no_other() -> R
     );
     // Putting the strategy back restarted nothing.
     let pods = |env: &support::Env| -> Result<Vec<String>> {
-        let mut names: Vec<String> = env
-            .sb
-            .store()
-            .list(
-                &support::gvr("", "v1", "pods"),
-                Some("kube-system"),
-                &Default::default(),
-            )?
-            .items
-            .iter()
-            .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "calico-node")
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
+        Ok(agents(env)?.into_iter().map(|(_, _, name)| name).collect())
     };
     let settled = pods(&env)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
