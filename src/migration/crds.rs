@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::objects::ObjRef;
 use crate::migration::facts::str_at;
-use crate::migration::world::World;
+use crate::migration::world::{Observation, World};
 
 /// No object of the CRD's kind exists (or the CRD is gone): deleting it loses nothing.
 pub async fn crd_is_empty(world: &World, crd: &ObjRef) -> anyhow::Result<bool> {
@@ -26,4 +26,40 @@ pub async fn crd_is_empty(world: &World, crd: &ObjRef) -> anyhow::Result<bool> {
         .list(&format!("{group}/{version}"), kind, None, None)
         .await?;
     Ok(objects.is_empty())
+}
+
+/// Delete the objects a step created, the last created first. A CRD `may_keep` accepts
+/// is kept while objects of it exist, and the kept ones are said in a note naming what
+/// created them (`by`). Returns what was deleted (or already gone), to wait for.
+pub async fn delete_created(
+    world: &World,
+    step: &str,
+    created: &[ObjRef],
+    may_keep: impl Fn(&ObjRef) -> bool,
+    by: &str,
+) -> anyhow::Result<Vec<ObjRef>> {
+    let mut kept = Vec::new();
+    let mut deleted = Vec::new();
+    for r in created.iter().rev() {
+        if r.kind == "CustomResourceDefinition" && may_keep(r) && !crd_is_empty(world, r).await? {
+            kept.push(r.name.as_str());
+            continue;
+        }
+        if world.objects.delete(r).await? {
+            tracing::info!("deleted {r}");
+        }
+        deleted.push(r.clone());
+    }
+    world.objects.forget_kinds();
+    if !kept.is_empty() {
+        world.observe(Observation::Note {
+            step: step.into(),
+            text: format!(
+                "kept {} CustomResourceDefinition(s) {by} created, because objects of them exist now (deleting a CRD deletes its objects): {}",
+                kept.len(),
+                kept.join(", ")
+            ),
+        });
+    }
+    Ok(deleted)
 }

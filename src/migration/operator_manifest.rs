@@ -71,11 +71,8 @@ pub async fn refuse_unserved(world: &World) -> anyhow::Result<()> {
         return Ok(());
     }
     let version = world
-        .objects
-        .client()
-        .apiserver_version()
+        .server_version()
         .await
-        .map(|v| v.git_version)
         .unwrap_or_else(|_| "of unknown version".into());
     let f = super::rules::manifest_api_not_served(file, &version, &missing);
     bail!("{}; {}", f.message, f.fix)

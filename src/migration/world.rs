@@ -140,6 +140,18 @@ pub struct World {
 }
 
 impl World {
+    /// The cluster's Kubernetes version as its API server reports it (`/version`
+    /// gitVersion, e.g. `v1.29.3-eks-…`).
+    pub async fn server_version(&self) -> anyhow::Result<String> {
+        Ok(self
+            .objects
+            .client()
+            .apiserver_version()
+            .await
+            .context("reading the cluster's Kubernetes version")?
+            .git_version)
+    }
+
     pub fn new(
         objects: Objects,
         profile: Profile,

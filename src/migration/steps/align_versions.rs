@@ -15,7 +15,7 @@ use crate::migration::calico_manifest::{
     Alignment, CALICO_NODE, CALICO_TYPHA, alignment, holds_rules, images_patch, role_over,
 };
 use crate::migration::capture::{forget_capture, keep_capture, stored_capture};
-use crate::migration::crds::crd_is_empty;
+use crate::migration::crds::delete_created;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
@@ -25,7 +25,7 @@ use crate::migration::rollout::{
     wait_rollout,
 };
 use crate::migration::wait::wait_until;
-use crate::migration::world::{Observation, World};
+use crate::migration::world::World;
 
 pub const ID: &str = "align-versions";
 
@@ -440,25 +440,7 @@ impl Step<World> for AlignVersions {
             for obj in &saved.existed {
                 world.objects.restore(obj).await?;
             }
-            let mut kept = Vec::new();
-            for r in saved.created.iter().rev() {
-                if r.kind == "CustomResourceDefinition" && !crd_is_empty(world, r).await? {
-                    kept.push(r.name.clone());
-                    continue;
-                }
-                world.objects.delete(r).await?;
-            }
-            world.objects.forget_kinds();
-            if !kept.is_empty() {
-                world.observe(Observation::Note {
-                    step: ID.into(),
-                    text: format!(
-                        "kept {} CustomResourceDefinition(s) align-versions created, because objects of them exist now (deleting a CRD deletes its objects): {}",
-                        kept.len(),
-                        kept.join(", ")
-                    ),
-                });
-            }
+            delete_created(world, ID, &saved.created, |_| true, "align-versions").await?;
             forget_capture(world, ID)
         })
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::cluster::objects::ObjRef;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
-use crate::migration::crds::crd_is_empty;
+use crate::migration::crds::delete_created;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::operator::wait_operator_ready;
@@ -22,7 +22,7 @@ use crate::migration::operator_manifest::{
 use crate::migration::profile::OperatorInstall;
 use crate::migration::refs::{installation_ref, operator_ref};
 use crate::migration::wait::wait_gone;
-use crate::migration::world::{Observation, World};
+use crate::migration::world::World;
 
 pub const ID: &str = "install-operator";
 
@@ -207,32 +207,14 @@ impl Step<World> for InstallOperator {
             // A Calico CRD the manifest brought is deleted only while empty (the v3.19.1
             // manifest adds ipamconfigs, ipamhandles and kubecontrollersconfigurations
             // to the chart's 12): one holding objects is kept, and said.
-            let mut kept = Vec::new();
-            for r in saved.created.iter().rev() {
-                if is_calico_crd(r) && !crd_is_empty(world, r).await? {
-                    kept.push(r.clone());
-                    continue;
-                }
-                if world.objects.delete(r).await? {
-                    tracing::info!("deleted {r}");
-                }
-            }
-            if !kept.is_empty() {
-                world.observe(Observation::Note {
-                    step: ID.into(),
-                    text: format!(
-                        "kept {} Calico CustomResourceDefinition(s) the operator manifest created, because objects of them exist now (deleting a CRD deletes its objects): {}",
-                        kept.len(),
-                        kept.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                });
-            }
-            let gone: Vec<ObjRef> = saved
-                .created
-                .iter()
-                .filter(|r| !kept.contains(r))
-                .cloned()
-                .collect();
+            let gone = delete_created(
+                world,
+                ID,
+                &saved.created,
+                is_calico_crd,
+                "the operator manifest",
+            )
+            .await?;
             wait_gone(world, "the operator's objects to be gone", &gone).await?;
             world.objects.forget_kinds();
             for obj in &saved.existed {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::cluster::objects::ObjRef;
 use crate::engine::{Step, StepFuture, Verification};
-use crate::migration::crds::crd_is_empty;
+use crate::migration::crds::delete_created;
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::{calico_node_version, int_at, operator_renders_v1beta1, str_at};
 use crate::migration::nodes::list_nodes;
@@ -30,7 +30,7 @@ use crate::migration::refs::{
 use crate::migration::rollout::replace_node_by_node;
 use crate::migration::swap::{Way, check_held, hold_across_swaps};
 use crate::migration::wait::{wait_gone, wait_until, wait_while_progressing};
-use crate::migration::world::{Observation, World};
+use crate::migration::world::World;
 
 pub const ID: &str = "upgrade-operator";
 
@@ -326,13 +326,7 @@ async fn refuse_unrenderable(world: &World, saved: &Saved) -> anyhow::Result<()>
     else {
         return Ok(());
     };
-    let version = world
-        .objects
-        .client()
-        .apiserver_version()
-        .await
-        .map(|v| v.git_version)
-        .context("reading the cluster's Kubernetes version")?;
+    let version = world.server_version().await?;
     if operator_renders_v1beta1(tag) && parse_minor(&version).is_some_and(|m| m >= (1, 25)) {
         bail!(
             "upgrade-operator cannot be rolled back on Kubernetes {version}: the operator it \
@@ -446,39 +440,15 @@ impl Step<World> for UpgradeOperator {
                 .context("upgrade-operator's rollback data is not what this version wrote")?;
             refuse_unrenderable(world, &saved).await?;
             let prober = world.prober().await?;
-            // The objects the manifest created: a Calico CRD only while it holds nothing.
-            let mut kept = Vec::new();
-            for r in saved.created.iter().rev() {
-                if r.kind == "CustomResourceDefinition" && !crd_is_empty(world, r).await? {
-                    kept.push(r.clone());
-                    continue;
-                }
-                if world.objects.delete(r).await? {
-                    tracing::info!("deleted {r}");
-                }
-            }
-            let gone: Vec<ObjRef> = saved
-                .created
-                .iter()
-                .filter(|r| !kept.contains(r))
-                .cloned()
-                .collect();
+            // The objects the manifest created: a CRD only while it holds nothing.
+            let gone = delete_created(world, ID, &saved.created, |_| true, "the operator manifest")
+                .await?;
             wait_gone(
                 world,
                 "the objects the operator manifest created to be gone",
                 &gone,
             )
             .await?;
-            if !kept.is_empty() {
-                world.observe(Observation::Note {
-                    step: ID.into(),
-                    text: format!(
-                        "kept {} CustomResourceDefinition(s) the operator manifest created, because objects of them exist now (deleting a CRD deletes its objects): {}",
-                        kept.len(),
-                        kept.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                });
-            }
             world.objects.forget_kinds();
             // CRDs and RBAC first, the operator last, as on the way up.
             let mut existed = saved.existed.clone();
