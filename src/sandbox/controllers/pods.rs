@@ -14,7 +14,7 @@
 //! but never Ready; `typha-stuck` leaves calico-system typha pods unschedulable
 //! with the scheduler's host-port message (calico issue 6810).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -100,13 +100,7 @@ fn node_ip(n: &Value) -> Option<String> {
 /// clusters: aws/amazon-cloudwatch-agent-operator issue 183, kubernetes-sigs/
 /// aws-efs-csi-driver issue 328, aws/aws-cdk issue 11609).
 fn runs_nowhere_on(pod: &Value, node: &Value) -> bool {
-    let fargate = node
-        .pointer(&format!(
-            "/metadata/labels/{}",
-            crate::kinds::FARGATE_LABEL.replace('/', "~1")
-        ))
-        .and_then(Value::as_str)
-        == Some("fargate");
+    let fargate = label(node, crate::kinds::FARGATE_LABEL) == Some("fargate");
     fargate && pod.pointer("/spec/schedulerName").and_then(Value::as_str) != Some(FARGATE_SCHEDULER)
 }
 
@@ -270,15 +264,12 @@ impl PodLifecycle {
         delays: StartDelays,
         f: &ControllerFaults,
     ) -> bool {
-        let nodes: BTreeMap<&str, &Value> = nodes.iter().map(|n| (name(n), &**n)).collect();
-        let mut used: HashSet<String> = pods
-            .iter()
-            .filter_map(|p| {
-                p.pointer("/status/podIP")
-                    .and_then(Value::as_str)
-                    .map(String::from)
-            })
-            .collect();
+        // Looked up once per pod and pass: hashed, not searched (node names share long
+        // prefixes, which made the comparisons of an ordered map a visible cost).
+        let nodes: HashMap<&str, &Value> = nodes.iter().map(|n| (name(n), &**n)).collect();
+        // The pod IPs in use, gathered when a pod first needs an address: most passes
+        // place no pod.
+        let mut used: Option<HashSet<String>> = None;
         let g = pods_gvr();
         let mut changed = false;
         self.next_due = f64::INFINITY;
@@ -288,7 +279,7 @@ impl PodLifecycle {
             if deleting(p) {
                 continue;
             }
-            let (ns, pname, uid) = (namespace(p), name(p), super::uid(p).to_string());
+            let (ns, pname, uid) = (namespace(p), name(p), super::uid(p));
             let phase = p
                 .pointer("/status/phase")
                 .and_then(Value::as_str)
@@ -315,10 +306,19 @@ impl PodLifecycle {
                     .pointer("/spec/hostNetwork")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
+                let used = used.get_or_insert_with(|| {
+                    pods.iter()
+                        .filter_map(|p| {
+                            p.pointer("/status/podIP")
+                                .and_then(Value::as_str)
+                                .map(String::from)
+                        })
+                        .collect()
+                });
                 let pod_ip = if host_network {
                     host_ip.clone()
                 } else {
-                    self.allocate(&host_ip, &used)
+                    self.allocate(&host_ip, used)
                 };
                 used.insert(pod_ip.clone());
                 let status = json!({"status": {
@@ -333,7 +333,7 @@ impl PodLifecycle {
                 changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
                 let due = now + delays.of(p);
                 self.next_due = self.next_due.min(due);
-                self.ready_at.insert(uid, due);
+                self.ready_at.insert(uid.to_string(), due);
                 continue;
             }
             // The fault targets the operator's agent (the new one of the swap).
@@ -350,7 +350,7 @@ impl PodLifecycle {
             }
             let due = *self
                 .ready_at
-                .entry(uid.clone())
+                .entry(uid.to_string())
                 .or_insert(now + delays.of(p));
             if now + 1e-9 < due {
                 self.next_due = self.next_due.min(due);
@@ -365,7 +365,7 @@ impl PodLifecycle {
             if !ready {
                 let next = now + delays.reprobe_after(p);
                 self.next_due = self.next_due.min(next);
-                self.ready_at.insert(uid, next);
+                self.ready_at.insert(uid.to_string(), next);
             }
             // Its startup's writes come before felix runs (`startup.rs`).
             if ready && is_calico_node(p) {
@@ -416,17 +416,19 @@ impl PodLifecycle {
         &mut self,
         sb: &Sandbox,
         p: &Value,
-        nodes: &BTreeMap<&str, &Value>,
+        nodes: &HashMap<&str, &Value>,
         f: &ControllerFaults,
     ) -> bool {
         let spec = p.get("spec").cloned().unwrap_or_else(|| json!({}));
         // The default scheduler never binds to a Fargate node (only the Fargate
-        // scheduler's pods run there, [`runs_nowhere_on`]).
-        let fit: Vec<&&str> = nodes
+        // scheduler's pods run there, [`runs_nowhere_on`]). By name, so the pick below
+        // is the same on every run.
+        let mut fit: Vec<&&str> = nodes
             .iter()
             .filter(|(_, n)| !deleting(n) && sched::fits(&spec, n) && !runs_nowhere_on(p, n))
             .map(|(k, _)| k)
             .collect();
+        fit.sort();
         let g = pods_gvr();
         let (ns, pname) = (namespace(p), name(p));
         let unschedulable = |msg: String| {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{
-    delete, deleting, deploy_gvr, ds_gvr, history, list, merge, name, namespace, owned_by,
+    delete, deleting, deploy_gvr, ds_gvr, history, list, merge, name, namespace,
     owner_ref, pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
 };
 use crate::sandbox::{Sandbox, Subresource};
@@ -32,18 +32,37 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
         .map(|n| &**n)
         .filter(|n| !deleting(n))
         .collect();
-    // Every controller looks only at the pods of its own namespace: grouped once per
-    // pass, so a pass costs O(pods + workloads) rather than O(pods x workloads), which
-    // at hundreds of nodes and namespaces kept the sandbox's clock behind real time.
+    // Every controller looks only at its own pods: the pods not being deleted, grouped
+    // once per pass by namespace (a Deployment counts the pods its selector matches,
+    // whoever owns them) and by each owner they name (a DaemonSet's). A pass then costs
+    // O(pods + workloads) rather than O(pods x workloads), which at hundreds of nodes
+    // kept the sandbox's clock behind real time: a JSON pointer per pod per workload
+    // was most of a pass.
     let mut by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
+    let mut by_owner: HashMap<&str, Vec<&Value>> = HashMap::new();
     for p in pods {
-        by_namespace.entry(namespace(p)).or_default().push(&**p);
+        let p = &**p;
+        if deleting(p) {
+            continue;
+        }
+        by_namespace.entry(namespace(p)).or_default().push(p);
+        for r in p
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(owner) = r.get("uid").and_then(Value::as_str) {
+                by_owner.entry(owner).or_default().push(p);
+            }
+        }
     }
     let of = |o: &Value| {
         by_namespace
             .get(namespace(o))
             .map_or(&[][..], Vec::as_slice)
     };
+    let owned = |o: &Value| by_owner.get(uid(o)).map_or(&[][..], Vec::as_slice);
     let revisions = list(sb, &history::revisions_gvr(), None);
     let mut revisions_by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
     for r in &revisions {
@@ -58,7 +77,7 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
             let revisions = revisions_by_namespace
                 .get(namespace(&ds))
                 .map_or(&[][..], Vec::as_slice);
-            changed |= daemonset(sb, &ds, &nodes, of(&ds), revisions);
+            changed |= daemonset(sb, &ds, &nodes, owned(&ds), revisions);
         }
     }
     for d in list(sb, &deploy_gvr(), None) {
@@ -142,12 +161,13 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
         .is_ok()
 }
 
-/// `ns_pods`: the pods of the DaemonSet's namespace; `revisions`: its ControllerRevisions.
+/// `owned_pods`: the pods not being deleted that name the DaemonSet an owner;
+/// `revisions`: the ControllerRevisions of its namespace.
 fn daemonset(
     sb: &Sandbox,
     ds: &Value,
     nodes: &[&Value],
-    ns_pods: &[&Value],
+    owned_pods: &[&Value],
     revisions: &[&Value],
 ) -> bool {
     let ns = namespace(ds);
@@ -163,14 +183,14 @@ fn daemonset(
         .copied()
         .filter(|n| sched::fits(&tpl_spec, n))
         .collect();
-    let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for &p in ns_pods {
-        if namespace(p) == ns && owned_by(p, uid(ds)) && !deleting(p) {
+    let mut by_node: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for &p in owned_pods {
+        if namespace(p) == ns {
             let node = p
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            by_node.entry(node.to_string()).or_default().push(p);
+            by_node.entry(node).or_default().push(p);
         }
     }
     let mut changed = false;
@@ -184,7 +204,7 @@ fn daemonset(
     // NoSchedule taint added under a running pod does not evict it.
     for (node, ps) in &by_node {
         let stays = node_named
-            .get(node.as_str())
+            .get(*node)
             .is_some_and(|n| sched::may_continue(&tpl_spec, n));
         if !stays {
             for p in ps {
@@ -267,7 +287,7 @@ fn daemonset(
     changed
 }
 
-/// `ns_pods`: the pods of the Deployment's namespace.
+/// `ns_pods`: the pods of the Deployment's namespace not being deleted.
 fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     let ns = namespace(d);
     let want = d
@@ -282,7 +302,6 @@ fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     let mut pods: Vec<&Value> = ns_pods
         .iter()
         .copied()
-        .filter(|p| namespace(p) == ns && !deleting(p))
         .filter(|_| selector.as_object().is_some_and(|s| !s.is_empty()))
         .filter(|p| selector_matches(&selector, p.pointer("/metadata/labels").unwrap_or(&empty)))
         .filter(|p| {
