@@ -7,7 +7,8 @@
 //! pkg/controller/daemon/daemon_controller.go `updateDaemonSetStatus` computes them.
 //!
 //! Deployment: a ReplicaSet-free simplification. Pods matching the selector
-//! are counted whoever owns them (so seeded ReplicaSet pods count); missing
+//! are counted unless another kind of controller controls them (so seeded
+//! ReplicaSet pods count, a DaemonSet's never do); missing
 //! pods are created owned by the Deployment itself; extra pods are deleted
 //! (not ready first, then newest). Template changes do not roll pods.
 
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{
-    delete, deleting, deploy_gvr, ds_gvr, history, list, merge, name, namespace,
-    owner_ref, pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
+    delete, deleting, deploy_gvr, ds_gvr, history, list, merge, name, namespace, owner_ref,
+    pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
 };
 use crate::sandbox::{Sandbox, Subresource};
 
@@ -33,11 +34,10 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
         .filter(|n| !deleting(n))
         .collect();
     // Every controller looks only at its own pods: the pods not being deleted, grouped
-    // once per pass by namespace (a Deployment counts the pods its selector matches,
-    // whoever owns them) and by each owner they name (a DaemonSet's). A pass then costs
-    // O(pods + workloads) rather than O(pods x workloads), which at hundreds of nodes
-    // kept the sandbox's clock behind real time: a JSON pointer per pod per workload
-    // was most of a pass.
+    // once per pass by each owner they name (a DaemonSet's) and, for the Deployments, by
+    // namespace. A pass then costs O(pods + workloads) rather than O(pods x workloads),
+    // which at hundreds of nodes kept the sandbox's clock behind real time: a JSON
+    // pointer per pod per workload was most of a pass.
     let mut by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
     let mut by_owner: HashMap<&str, Vec<&Value>> = HashMap::new();
     for p in pods {
@@ -45,16 +45,27 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
         if deleting(p) {
             continue;
         }
-        by_namespace.entry(namespace(p)).or_default().push(p);
-        for r in p
+        let owners = p
             .pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+            .map_or(&[][..], Vec::as_slice);
+        for r in owners {
             if let Some(owner) = r.get("uid").and_then(Value::as_str) {
                 by_owner.entry(owner).or_default().push(p);
             }
+        }
+        // A ReplicaSet claims only pods no other controller controls (kubernetes
+        // pkg/controller/controller_ref_manager.go `ClaimObject`: another controllerRef
+        // means ignore), so a DaemonSet's pods are never a Deployment's.
+        let other_controller = owners.iter().any(|r| {
+            r.get("controller") == Some(&json!(true))
+                && !matches!(
+                    r.get("kind").and_then(Value::as_str),
+                    Some("ReplicaSet" | "Deployment")
+                )
+        });
+        if !other_controller {
+            by_namespace.entry(namespace(p)).or_default().push(p);
         }
     }
     let of = |o: &Value| {
@@ -287,7 +298,8 @@ fn daemonset(
     changed
 }
 
-/// `ns_pods`: the pods of the Deployment's namespace not being deleted.
+/// `ns_pods`: the pods of the Deployment's namespace not being deleted and not controlled
+/// by anything but a ReplicaSet or a Deployment.
 fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     let ns = namespace(d);
     let want = d
