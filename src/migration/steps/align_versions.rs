@@ -21,8 +21,7 @@ use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
 use crate::migration::refs::{kube_system_node, kube_system_typha};
 use crate::migration::rollout::{
-    put_strategy_back, roll_paced, rollout_unfinished, strategy_left, stuck_nodes, update_strategy,
-    wait_rollout,
+    roll_paced, rollout_unfinished, strategy_left, stuck_nodes, update_strategy, wait_rollout,
 };
 use crate::migration::wait::wait_until;
 use crate::migration::world::World;
@@ -423,11 +422,21 @@ impl Step<World> for AlignVersions {
                 }
             }
             if let Some(before) = &saved.daemonset
-                && world.objects.get(&kube_system_node()).await?.is_some()
+                && let Some(live) = world.objects.get(&kube_system_node()).await?
+                && strategy_left(&live, &update_strategy(before)).is_some()
             {
-                // Also when no image had moved: a rollback that stopped after its paced
-                // rollout leaves the strategy to put back.
-                put_strategy_back(world, ID, &kube_system_node(), &update_strategy(before)).await?;
+                // The images are back but a paced rollout stopped (this rollback's, or
+                // the step's before it wrote them): the nodes not replaced yet go on.
+                let prober = world.prober().await?;
+                roll_paced(
+                    world,
+                    ID,
+                    &kube_system_node(),
+                    None,
+                    &update_strategy(before),
+                    &prober,
+                )
+                .await?;
             }
             if let Some(before) = &saved.typha
                 && let Some(live) = world.objects.get(&kube_system_typha()).await?

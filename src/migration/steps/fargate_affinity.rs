@@ -360,6 +360,19 @@ impl Step<World> for FargateAffinity {
                         &prober,
                     )
                     .await?;
+                } else if strategy_left(&ds, &update_strategy(before)).is_some() {
+                    // A rollback stopped during its paced rollout: the template is back,
+                    // the nodes not replaced yet still run the other one.
+                    let prober = world.prober().await?;
+                    roll_paced(
+                        world,
+                        ID,
+                        &kube_system_node(),
+                        None,
+                        &update_strategy(before),
+                        &prober,
+                    )
+                    .await?;
                 }
             }
             let labels = saved
