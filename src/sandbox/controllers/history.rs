@@ -296,3 +296,44 @@ mod tests {
         assert!(!pod_updated(&pod("old", "1"), "", None));
     }
 }
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+    use crate::sandbox::SandboxOptions;
+    use crate::sandbox::controllers::{ds_gvr, list, list_shared, nodes_gvr, pods_gvr, workloads};
+    use crate::sandbox::scenario::{self, ScenarioConfig};
+
+    /// The seed's revision of each DaemonSet is the one the controller finds for its
+    /// stored template: a pass creates none, and every seeded pod is up to date by hash.
+    /// (Otherwise a template put back by a rollback would not find the seeded pods'
+    /// revision, and would restart the nodes that never left it.)
+    #[test]
+    fn the_seeded_revisions_are_the_current_ones() {
+        let cfg = ScenarioConfig {
+            nodes: 3,
+            namespaces: 1,
+            pods_per_namespace: 1,
+            ..Default::default()
+        };
+        let sb = Sandbox::new(SandboxOptions::default());
+        sb.load(scenario::build(&cfg).expect("the scenario"))
+            .expect("the seed loads");
+        let before = list(&sb, &revisions_gvr(), None).len();
+        assert!(before > 0);
+        let nodes = list_shared(&sb, &nodes_gvr());
+        let pods = list_shared(&sb, &pods_gvr());
+        workloads::reconcile(&sb, &nodes, &pods);
+        let revisions = list(&sb, &revisions_gvr(), None);
+        assert_eq!(revisions.len(), before, "a pass made a revision of its own");
+        for ds in list(&sb, &ds_gvr(), None) {
+            let hash = current_hash(&sb, &ds, &revisions.iter().collect::<Vec<_>>());
+            for p in list(&sb, &pods_gvr(), Some(namespace(&ds)))
+                .iter()
+                .filter(|p| owned_by(p, uid(&ds)))
+            {
+                assert_eq!(label(p, REVISION_HASH), Some(hash.as_str()), "{}", name(p));
+            }
+        }
+    }
+}
