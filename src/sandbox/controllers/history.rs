@@ -1,7 +1,13 @@
 //! A DaemonSet's revision history, as the DaemonSet controller keeps it in
-//! ControllerRevisions (kubernetes pkg/controller/daemon/update.go `constructHistory`,
-//! `snapshot`, `Match`, `getPatch`), and which of its pods are up to date
-//! (pkg/controller/daemon/util `IsPodUpdated`).
+//! ControllerRevisions (kubernetes pkg/controller/daemon/update.go `constructHistory`:
+//! a revision whose data `Match`es the template is the current one, its `Revision` raised
+//! to the highest of the others + 1; none: `snapshot` creates `<name>-<hash>` labelled
+//! with the hash, data `getPatch`'s template with `$patch: replace`), and which of its
+//! pods are up to date (pkg/controller/daemon/util/daemonset_util.go `IsPodUpdated`:
+//! the `controller-revision-hash` label equal to the current hash, or the
+//! `pod-template-generation` label equal to `GetTemplateGeneration`, the annotation
+//! `deprecated.daemonset.template.generation`). Read at kubernetes master as stored on
+//! 2026-12-03; the same logic since v1.8 (apps/v1).
 //!
 //! Why it matters: a pod is up to date when its `controller-revision-hash` label names
 //! the current revision *or* its `pod-template-generation` label equals the

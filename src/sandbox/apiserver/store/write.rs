@@ -59,7 +59,9 @@ fn tracks_generation(rt: &ResourceType) -> bool {
 pub const TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
 
 /// Maintain a DaemonSet's template generation as the registry does (kubernetes
-/// pkg/registry/apps/daemonset/strategy.go): at create the client's value, at least 1;
+/// pkg/registry/apps/daemonset/strategy.go at commit 152b09ac550d, `PrepareForCreate`:
+/// `TemplateGeneration < 1` becomes 1; `PrepareForUpdate`: the old value, +1 when
+/// `Spec.Template` is not semantically equal): at create the client's value, at least 1;
 /// at update the old value, plus one when the pod template changed. A change elsewhere
 /// in the spec (the update strategy) bumps `metadata.generation` only, which is why it
 /// restarts no pod.
