@@ -7,7 +7,7 @@
 //! the `controller-revision-hash` label equal to the current hash, or the
 //! `pod-template-generation` label equal to `GetTemplateGeneration`, the annotation
 //! `deprecated.daemonset.template.generation`). Read at kubernetes master as stored on
-//! 2026-12-03; the same logic since v1.8 (apps/v1).
+//! 2026-12-03.
 //!
 //! Why it matters: a pod is up to date when its `controller-revision-hash` label names
 //! the current revision *or* its `pod-template-generation` label equals the
