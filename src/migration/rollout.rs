@@ -628,6 +628,24 @@ pub async fn roll_paced(
     put_strategy_back(world, step, r, restore).await
 }
 
+/// Go on with a paced rollout a stopped run left (DaemonSet `r` not on `restore`, its
+/// template already written): the nodes not replaced yet are, then `restore` goes back.
+pub async fn finish_paced(
+    world: &World,
+    step: &str,
+    r: &ObjRef,
+    restore: &Value,
+) -> anyhow::Result<()> {
+    let Some(ds) = world.objects.get(r).await? else {
+        return Ok(());
+    };
+    if strategy_left(&ds, restore).is_none() {
+        return Ok(());
+    }
+    let prober = world.prober().await?;
+    roll_paced(world, step, r, None, restore, &prober).await
+}
+
 /// Put DaemonSet `r`'s update strategy back to `restore` unless it is; restarts nothing.
 pub async fn put_strategy_back(
     world: &World,

@@ -21,7 +21,8 @@ use crate::migration::facts::{name_of, str_at};
 use crate::migration::profile::parse_version;
 use crate::migration::refs::{kube_system_node, kube_system_typha};
 use crate::migration::rollout::{
-    roll_paced, rollout_unfinished, strategy_left, stuck_nodes, update_strategy, wait_rollout,
+    finish_paced, roll_paced, rollout_unfinished, strategy_left, stuck_nodes, update_strategy,
+    wait_rollout,
 };
 use crate::migration::wait::wait_until;
 use crate::migration::world::World;
@@ -421,22 +422,10 @@ impl Step<World> for AlignVersions {
                     roll_paced(world, ID, &kube_system_node(), Some(&p), &restore, &prober).await?;
                 }
             }
-            if let Some(before) = &saved.daemonset
-                && let Some(live) = world.objects.get(&kube_system_node()).await?
-                && strategy_left(&live, &update_strategy(before)).is_some()
-            {
+            if let Some(before) = &saved.daemonset {
                 // The images are back but a paced rollout stopped (this rollback's, or
                 // the step's before it wrote them): the nodes not replaced yet go on.
-                let prober = world.prober().await?;
-                roll_paced(
-                    world,
-                    ID,
-                    &kube_system_node(),
-                    None,
-                    &update_strategy(before),
-                    &prober,
-                )
-                .await?;
+                finish_paced(world, ID, &kube_system_node(), &update_strategy(before)).await?;
             }
             if let Some(before) = &saved.typha
                 && let Some(live) = world.objects.get(&kube_system_typha()).await?

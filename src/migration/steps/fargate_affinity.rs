@@ -21,7 +21,7 @@ use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines}
 use crate::migration::nodes::{nodes_without_ready_agent, set_node_label, worker_nodes};
 use crate::migration::refs::{MIGRATION_LABEL, PRE_OPERATOR, kube_system_node};
 use crate::migration::rollout::{
-    paused, roll_paced, rollout_unfinished, strategy_left, update_strategy,
+    finish_paced, paused, roll_paced, rollout_unfinished, strategy_left, update_strategy,
 };
 use crate::migration::tolerations;
 use crate::migration::world::World;
@@ -360,19 +360,10 @@ impl Step<World> for FargateAffinity {
                         &prober,
                     )
                     .await?;
-                } else if strategy_left(&ds, &update_strategy(before)).is_some() {
+                } else {
                     // A rollback stopped during its paced rollout: the template is back,
                     // the nodes not replaced yet still run the other one.
-                    let prober = world.prober().await?;
-                    roll_paced(
-                        world,
-                        ID,
-                        &kube_system_node(),
-                        None,
-                        &update_strategy(before),
-                        &prober,
-                    )
-                    .await?;
+                    finish_paced(world, ID, &kube_system_node(), &update_strategy(before)).await?;
                 }
             }
             let labels = saved
