@@ -296,6 +296,56 @@ struct ApplyRun {
     requests: usize,
     /// Probes the takeover ran: its node watches' and its rounds'.
     probes: u64,
+    /// Where the requests and probes went, to see which part grows or shrinks per node.
+    detail: Detail,
+}
+
+/// The takeover's requests by verb and resource, and its probes by kind of check.
+#[derive(Default)]
+struct Detail {
+    requests: std::collections::BTreeMap<String, usize>,
+    watch_probes: u64,
+    watch_passes: u64,
+    /// How long each node was watched (ms), in order.
+    watch_millis: Vec<u64>,
+    round_probes: u64,
+    rounds: u64,
+}
+
+impl Detail {
+    /// One line per share, per moved node: `list pods 12.3`.
+    fn print(&self, moved: usize) {
+        let per = |n: f64| n / moved as f64;
+        println!(
+            "        probes/node: watches {:.1} in {:.1} passes, rounds {:.1} in {:.2} rounds",
+            per(self.watch_probes as f64),
+            per(self.watch_passes as f64),
+            per(self.round_probes as f64),
+            per(self.rounds as f64)
+        );
+        let mut ms = self.watch_millis.clone();
+        ms.sort_unstable();
+        let q = |f: f64| {
+            ms.get(((ms.len() as f64 - 1.0) * f) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "        watched per node (ms): mean {:.0}, min {}, median {}, p90 {}, max {}",
+            ms.iter().sum::<u64>() as f64 / ms.len().max(1) as f64,
+            q(0.0),
+            q(0.5),
+            q(0.9),
+            q(1.0)
+        );
+        let mut by: Vec<(&String, &usize)> = self.requests.iter().collect();
+        by.sort_by(|a, b| b.1.cmp(a.1));
+        let line: Vec<String> = by
+            .iter()
+            .map(|(k, n)| format!("{k} {:.1}", per(**n as f64)))
+            .collect();
+        println!("        requests/node: {}", line.join(", "));
+    }
 }
 
 /// calico-migrate plan + apply, through the binary, at the same time scale.
@@ -376,6 +426,15 @@ async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
     anyhow::ensure!(rig.dp.intervals().await.is_empty(), "enforcement diverged");
     let (start, end) = step_window(&dir.path().join("state"), "takeover")?;
     let requests = rig.sb.requests().count(start, end, |_| true)?;
+    let mut detail = takeover_detail(&report);
+    for r in rig.sb.requests().records() {
+        if r.at >= start && r.at <= end {
+            *detail
+                .requests
+                .entry(format!("{} {}", r.verb, r.resource))
+                .or_default() += 1;
+        }
+    }
     rig.sb.requests().stop();
     let (moved, probes) = takeover_probes(&report);
     rig.shutdown().await;
@@ -389,7 +448,33 @@ async fn apply(nodes: usize, setup: Setup) -> anyhow::Result<ApplyRun> {
         moved,
         requests,
         probes,
+        detail,
     })
+}
+
+/// The takeover's probes split into its node watches' and its rounds', from apply's
+/// JSON report (as [`takeover_probes`] reads it).
+fn takeover_detail(report: &Value) -> Detail {
+    let mut d = Detail::default();
+    for o in report["observations"].as_array().into_iter().flatten() {
+        if o["step"] != "takeover" {
+            continue;
+        }
+        let n = |v: &Value| v.as_u64().unwrap_or_default();
+        match o["kind"].as_str() {
+            Some("node_swap") => {
+                d.watch_probes += n(&o["watch"]["probes"]);
+                d.watch_passes += n(&o["watch"]["passes"]);
+                d.watch_millis.push(n(&o["watch"]["millis"]));
+            }
+            Some("round") => {
+                d.round_probes += n(&o["probes"]);
+                d.rounds += 1;
+            }
+            _ => {}
+        }
+    }
+    d
 }
 
 /// Nodes the takeover moved and the probes it ran, from apply's JSON report: each
@@ -515,6 +600,7 @@ fn per_node(rt: &tokio::runtime::Runtime, sizes: &[usize], setup: Setup) -> anyh
             probes / probes0,
             r.takeover.pace(setup.time_scale)
         );
+        r.detail.print(r.moved);
     }
     Ok(())
 }

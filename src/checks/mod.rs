@@ -16,4 +16,4 @@ pub mod workload;
 pub use outcome::{Failure, FailureClass, ResultClass, RoundReport};
 pub use plan::{Expected, Probe, ProbeKind, RoundPlan};
 pub use round::{CheckError, Prober, RoundOptions, cleanup, run_round};
-pub use watch::{InFlight, NodeWatch, agent_ready, watch_node};
+pub use watch::{InFlight, NodeWatch, agent_ready, every, watch_node};

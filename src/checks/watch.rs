@@ -27,6 +27,9 @@ pub struct NodeWatch {
     pub probes: u32,
     /// Longest time without a verifying pass (from the start, between passes, to the end).
     pub longest_unverified_ms: u64,
+    /// How long the node was watched, first pass to last.
+    #[serde(default)]
+    pub millis: u64,
     pub verified_at_end: bool,
     /// The failures of the last failing pass (empty when none failed).
     pub last_failures: Vec<Failure>,
@@ -105,6 +108,17 @@ async fn pass(
     (compare(&sub, records, 0), probes.len())
 }
 
+/// The pace of a polling loop: a tick every `period` counted from the last tick, not
+/// from when the last poll returned, so a wait sends the same requests per second
+/// however long the API server takes to answer them (a poll slower than `period` is
+/// followed by the next at once, never by two). The first tick is one period away:
+/// poll, then `tick().await`.
+pub fn every(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Probe `node` every `interval` until `done` resolves and a pass verifies, or `max`.
 /// Passes judge with the prober's recent plan; a pass that fails with it is run again
 /// with a plan made afresh, and only that one counts (policies may have changed).
@@ -124,6 +138,7 @@ pub async fn watch_node(
     };
     let mut done = std::pin::pin!(done);
     let mut finished = false;
+    let mut tick = every(interval);
     loop {
         let moving = in_flight.get();
         let plan = prober.recent_plan().await?;
@@ -161,6 +176,7 @@ pub async fn watch_node(
         }
         if (finished && ok) || lapse || now - start >= max {
             out.verified_at_end = ok;
+            out.millis = (now - start).as_millis() as u64;
             if !own_ok {
                 out.longest_unverified_ms = out
                     .longest_unverified_ms
@@ -169,7 +185,7 @@ pub async fn watch_node(
             return Ok(out);
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tick.tick() => {}
             _ = &mut done, if !finished => { finished = true; }
         }
     }
@@ -178,8 +194,8 @@ pub async fn watch_node(
 /// Resolves once a calico-node pod (label `k8s-app=calico-node`, the operator's, or
 /// `app.kubernetes.io/name=calico-node`, the aws-calico chart's) in `namespace`
 /// (`calico-system` for the operator's agent) on `node` is Ready: the usual `done` for [`watch_node`] during a
-/// takeover. Polls every `every`; API errors are logged and polled again.
-pub async fn agent_ready(client: &kube::Client, namespace: &str, node: &str, every: Duration) {
+/// takeover. Polls every `period`; API errors are logged and polled again.
+pub async fn agent_ready(client: &kube::Client, namespace: &str, node: &str, period: Duration) {
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, ListParams};
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -191,6 +207,7 @@ pub async fn agent_ready(client: &kube::Client, namespace: &str, node: &str, eve
                 .any(|k| l.get(*k).map(String::as_str) == Some("calico-node"))
         })
     };
+    let mut tick = every(period);
     loop {
         match pods.list(&lp).await {
             Ok(list) => {
@@ -209,6 +226,31 @@ pub async fn agent_ready(client: &kube::Client, namespace: &str, node: &str, eve
             }
             Err(e) => tracing::warn!("reading calico-node on {node}: {e}; trying again"),
         }
-        tokio::time::sleep(every).await;
+        tick.tick().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::every;
+    use std::time::Duration;
+    use tokio::time::{Instant, sleep};
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_start_a_period_apart_whatever_a_poll_takes() {
+        let start = Instant::now();
+        let at = || start.elapsed().as_millis();
+        let mut tick = every(Duration::from_millis(100));
+        // A fast poll: the next starts a period after the last one started.
+        sleep(Duration::from_millis(10)).await;
+        tick.tick().await;
+        assert_eq!(at(), 100);
+        // A poll slower than the period: the next starts at once, and only one.
+        sleep(Duration::from_millis(250)).await;
+        tick.tick().await;
+        assert_eq!(at(), 350);
+        sleep(Duration::from_millis(10)).await;
+        tick.tick().await;
+        assert_eq!(at(), 450);
     }
 }

@@ -282,6 +282,7 @@ pub async fn updated_on(world: &World, r: &ObjRef, node: &str) {
     // The revision is read again only when the DaemonSet changed: each poll then costs
     // the DaemonSet and the node's pods, whatever the size of the cluster.
     let mut known: Option<(Option<String>, Revision)> = None;
+    let mut tick = crate::checks::every(world.options.poll);
     loop {
         match daemonset(world, r).await {
             Ok(ds) => {
@@ -306,7 +307,7 @@ pub async fn updated_on(world: &World, r: &ObjRef, node: &str) {
             }
             Err(e) => tracing::warn!("{e:#}; trying again"),
         }
-        tokio::time::sleep(world.options.poll).await;
+        tick.tick().await;
     }
 }
 
@@ -347,6 +348,7 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
     let mut watched: BTreeSet<String> = BTreeSet::new();
     let mut to_check: BTreeSet<String> = BTreeSet::new();
     let mut last_progress = Instant::now();
+    let mut tick = crate::checks::every(world.options.poll.min(Duration::from_secs(2)));
     loop {
         let ds = daemonset(world, r).await?;
         let state = RolloutState::read(world, &ds).await?;
@@ -382,6 +384,7 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
                 watched.insert(node);
                 crate::progress::set(watched.len() as u64);
                 last_progress = Instant::now();
+                tick.reset();
             }
             None if pending.is_empty() && observed >= state.generation && state.covers(&ds) => {
                 return Ok(());
@@ -408,7 +411,7 @@ pub async fn follow(world: &World, step: &str, r: &ObjRef, prober: &Prober) -> a
                         }
                     );
                 }
-                tokio::time::sleep(world.options.poll.min(Duration::from_secs(2))).await;
+                tick.tick().await;
             }
         }
     }
@@ -511,6 +514,7 @@ pub async fn replace_node_by_node(
     let bar = nodes_bar(world, step, r).await?;
     async {
         let mut checked = 0u64;
+        let mut tick = crate::checks::every(world.options.poll);
         loop {
             let ds = daemonset(world, r).await?;
             if int_at(&ds, "/status/observedGeneration").unwrap_or(0)
@@ -518,7 +522,7 @@ pub async fn replace_node_by_node(
             {
                 // Which pods are outdated is the controller's to say for the template it
                 // has seen (a template put back is current on the nodes that kept it).
-                tokio::time::sleep(world.options.poll).await;
+                tick.tick().await;
                 continue;
             }
             let state = RolloutState::read(world, &ds).await?;
@@ -540,11 +544,12 @@ pub async fn replace_node_by_node(
                 return Ok(());
             } else {
                 // A node between its old pod's deletion and its new one's creation.
-                tokio::time::sleep(world.options.poll).await;
+                tick.tick().await;
                 continue;
             }
             checked += 1;
             crate::progress::set(checked);
+            tick.reset();
         }
     }
     .instrument(bar)
@@ -680,6 +685,7 @@ pub async fn stuck_nodes(world: &World, r: &ObjRef) -> anyhow::Result<Vec<String
 pub async fn wait_rollout(world: &World, r: &ObjRef) -> anyhow::Result<()> {
     let mut last_seen = String::new();
     let mut since = Instant::now();
+    let mut tick = crate::checks::every(world.options.poll);
     loop {
         let Some(ds) = world.objects.get(r).await? else {
             bail!("{r} disappeared while waiting for its rollout");
@@ -705,6 +711,6 @@ pub async fn wait_rollout(world: &World, r: &ObjRef) -> anyhow::Result<()> {
                 world.options.node_ready_timeout.as_secs()
             );
         }
-        tokio::time::sleep(world.options.poll).await;
+        tick.tick().await;
     }
 }

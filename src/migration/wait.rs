@@ -8,7 +8,7 @@ use anyhow::bail;
 use super::world::World;
 use crate::cluster::objects::ObjRef;
 
-/// Poll `probe` every `world.options.poll` until it answers `None` (done); `Some(text)`
+/// Poll `probe` every `world.options.poll` (from the start of the last poll) until it answers `None` (done); `Some(text)`
 /// says what is still awaited (logged when it changes). Fails after `timeout`.
 pub async fn wait_until<F, Fut>(
     world: &World,
@@ -61,6 +61,7 @@ where
 {
     let mut since = Instant::now();
     let mut last = String::new();
+    let mut tick = crate::checks::every(world.options.poll);
     loop {
         match probe().await? {
             None => return Ok(()),
@@ -86,7 +87,7 @@ where
                 ),
             }
         }
-        tokio::time::sleep(world.options.poll).await;
+        tick.tick().await;
     }
 }
 

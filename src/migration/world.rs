@@ -47,9 +47,11 @@ pub struct ApplyOptions {
 }
 
 impl ApplyOptions {
-    /// For a sandbox whose clock runs `factor` times faster than real time: pauses and
-    /// waits divided by it (with floors that leave room for the real time API calls
-    /// and probes take) and a short poll, so the tool watches at the sandbox's pace.
+    /// For a sandbox whose clock runs `factor` times faster than real time: pauses,
+    /// waits and the poll divided by it (with floors that leave room for the real time
+    /// API calls and probes take), so the tool watches at the sandbox's pace: as often
+    /// per simulated second as it would per second on a real cluster, never more
+    /// often than every 50 ms.
     pub fn for_time_scale(mut self, factor: f64) -> Self {
         if factor <= 1.0 {
             return self;
@@ -58,7 +60,7 @@ impl ApplyOptions {
         self.pause = scale(self.pause);
         self.node_ready_timeout = scale(self.node_ready_timeout).max(Duration::from_secs(20));
         self.max_swap = scale(self.max_swap).max(Duration::from_secs(10));
-        self.poll = Duration::from_millis(50);
+        self.poll = scale(self.poll).max(Duration::from_millis(50));
         self.hold_interval = scale(self.hold_interval).max(Duration::from_millis(20));
         self.round.ready_timeout = Duration::from_secs(30);
         self.round.connect_timeout = Duration::from_millis(500);
@@ -265,6 +267,7 @@ impl World {
     /// agent now and a swap a moment later.
     async fn wait_for_agents(&self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + self.options.node_ready_timeout;
+        let mut tick = crate::checks::every(self.options.poll);
         loop {
             let unsettled = super::nodes::unsettled_agents(&self.objects).await?;
             if unsettled.is_empty() {
@@ -277,7 +280,7 @@ impl World {
                     unsettled.join("; ")
                 );
             }
-            tokio::time::sleep(self.options.poll).await;
+            tick.tick().await;
         }
     }
 

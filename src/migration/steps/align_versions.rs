@@ -221,6 +221,7 @@ fn strategy_before(world: &World) -> anyhow::Result<Value> {
 /// Wait (bounded by `node_ready_timeout`) until kube-system typha runs its template.
 async fn typha_rolled_out(world: &World) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
+    let mut tick = crate::checks::every(world.options.poll);
     loop {
         match typha_unfinished(world).await? {
             None => return Ok(()),
@@ -232,7 +233,7 @@ async fn typha_rolled_out(world: &World) -> anyhow::Result<()> {
             }
             Some(why) => tracing::info!("{ID}: waiting for kube-system calico-typha: {why}"),
         }
-        tokio::time::sleep(world.options.poll).await;
+        tick.tick().await;
     }
 }
 

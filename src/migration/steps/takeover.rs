@@ -165,6 +165,7 @@ async fn follow(world: &World) -> anyhow::Result<()> {
         world.profile.pacing.nodes_at_a_time as usize,
         world.options.pause.is_zero(),
     );
+    let mut tick = crate::checks::every(world.options.poll);
     loop {
         if let Some(d) = current_degraded(world).await? {
             bail!("{d}");
@@ -194,6 +195,8 @@ async fn follow(world: &World) -> anyhow::Result<()> {
                 checks.check(world, &node).await?;
             }
             pace.progressed();
+            // Look for the next moved node now, and wait a whole period after that.
+            tick.reset();
             continue;
         }
         if nodes.iter().all(|n| checks.checked.contains(&n.name)) {
@@ -217,7 +220,7 @@ async fn follow(world: &World) -> anyhow::Result<()> {
                 waiting.join(", ")
             );
         }
-        tokio::time::sleep(world.options.poll).await;
+        tick.tick().await;
     }
 }
 
@@ -395,6 +398,7 @@ async fn hold_back(
         )
     };
     let mut frozen = false;
+    let mut tick = crate::checks::every(world.options.poll);
     loop {
         let (past, left) = open(&list_nodes(&world.objects).await?);
         let count = past.len();
@@ -417,7 +421,7 @@ async fn hold_back(
                 );
             }
         }
-        tokio::time::sleep(world.options.poll).await;
+        tick.tick().await;
     }
 }
 
