@@ -124,9 +124,24 @@ pub fn current_hash(sb: &Sandbox, ds: &Value, revisions: &[&Value]) -> String {
 
 /// `IsPodUpdated`: the pod names the current revision, or the template generation.
 pub fn pod_updated(pod: &Value, hash: &str, template_generation: Option<i64>) -> bool {
-    let by_hash = !hash.is_empty() && label(pod, REVISION_HASH) == Some(hash);
+    labels_updated(
+        label(pod, REVISION_HASH),
+        label(pod, POD_TEMPLATE_GENERATION),
+        hash,
+        template_generation,
+    )
+}
+
+/// [`pod_updated`] from the pod's two labels.
+pub fn labels_updated(
+    revision_hash: Option<&str>,
+    pod_template_generation: Option<&str>,
+    hash: &str,
+    template_generation: Option<i64>,
+) -> bool {
+    let by_hash = !hash.is_empty() && revision_hash == Some(hash);
     let by_generation = template_generation
-        .is_some_and(|g| label(pod, POD_TEMPLATE_GENERATION) == Some(g.to_string().as_str()));
+        .is_some_and(|g| pod_template_generation == Some(g.to_string().as_str()));
     by_hash || by_generation
 }
 

@@ -176,6 +176,7 @@ pub struct Controllers {
     /// Simulated seconds since start.
     now: f64,
     pods: pods::PodLifecycle,
+    workloads: workloads::Workloads,
     nodes: nodes::NodeLifecycle,
     operator: operator::Operator,
     /// The store's revision when the last settle ended with a pass that wrote nothing
@@ -195,6 +196,7 @@ impl Controllers {
         Ok(Self {
             sb: sb.clone(),
             pods: pods::PodLifecycle::default(),
+            workloads: workloads::Workloads::default(),
             nodes: nodes::NodeLifecycle::default(),
             operator: operator::Operator::new(opts.operator_step, opts.operator_start_delay),
             opts,
@@ -253,7 +255,7 @@ impl Controllers {
             self.passes += 1;
             let nodes = list_shared(&self.sb, &nodes_gvr());
             let pods = list_shared(&self.sb, &pods_gvr());
-            let mut changed = workloads::reconcile(&self.sb, &nodes, &pods);
+            let mut changed = self.workloads.reconcile(&self.sb, &nodes, &pods);
             let delays = pods::StartDelays {
                 pod: self.opts.pod_start_delay,
                 agent_readiness_probe: self.opts.agent_readiness_probe,
@@ -560,5 +562,38 @@ mod tests {
         assert_eq!(pods(&sb), 0, "the pass had read the store before the write");
         c.settle(&f);
         assert_eq!(pods(&sb), 1, "the next settle reconciles it");
+    }
+
+    /// A pod the lifecycle found settled is skipped only while it and its node are the
+    /// copies it read: a node deleted since takes its pods with it (pod GC).
+    #[tokio::test]
+    async fn a_settled_pod_is_looked_at_again_when_its_node_goes() {
+        let sb = Sandbox::new(SandboxOptions::default());
+        let mut c = Controllers::new(&sb, ControllerOptions::default()).unwrap();
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                          "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}]}});
+        let r = sb.store().create(&nodes_gvr(), "", node, &wopts("client"));
+        assert!(r.is_ok(), "{r:?}");
+        create(&sb, "web");
+        let running = |sb: &Sandbox| {
+            list(sb, &pods_gvr(), Some("default"))
+                .iter()
+                .any(|p| p.pointer("/status/phase") == Some(&json!("Running")))
+        };
+        assert!(c.run_until(20, running), "the pod never ran");
+        c.tick();
+        let r = sb.store().delete(
+            &nodes_gvr(),
+            "",
+            "n1",
+            &crate::sandbox::DeleteOptions::default(),
+        );
+        assert!(r.is_ok(), "{r:?}");
+        c.tick();
+        let on_n1: Vec<Value> = list(&sb, &pods_gvr(), Some("default"))
+            .into_iter()
+            .filter(|p| p.pointer("/spec/nodeName") == Some(&json!("n1")))
+            .collect();
+        assert!(on_n1.is_empty(), "pods left on a deleted node: {on_n1:?}");
     }
 }

@@ -81,6 +81,23 @@ pub struct PodLifecycle {
     /// The earliest simulated time a pod waits for (its `ready_at`), as the last pass
     /// found it; infinite when none waits.
     next_due: f64,
+    /// The pods the last pass found settled (see [`Settled`]), by the address of the
+    /// store's shared copy.
+    settled: HashMap<usize, Settled>,
+}
+
+/// A pod a pass found bound, addressed, Running and not held unready: nothing for the
+/// lifecycle to do. The store shares an object until it is written (a write stores a
+/// new copy), so while the pass's pod and node are these very copies, the next pass
+/// would reach the same verdict from the same fields: it skips the pod instead of
+/// reading them again. At hundreds of nodes, reading a dozen fields of every pod on
+/// every pass was a third of the sandbox's CPU and kept its clock behind real time.
+/// Holding the copies keeps their addresses from being reused.
+struct Settled {
+    pod: Arc<Value>,
+    node: Arc<Value>,
+    node_name: String,
+    uid: String,
 }
 
 fn node_ip(n: &Value) -> Option<String> {
@@ -222,6 +239,7 @@ impl Default for PodLifecycle {
             next_ip: HashMap::new(),
             gates: Gates::default(),
             next_due: f64::INFINITY,
+            settled: HashMap::new(),
         }
     }
 }
@@ -266,16 +284,29 @@ impl PodLifecycle {
     ) -> bool {
         // Looked up once per pod and pass: hashed, not searched (node names share long
         // prefixes, which made the comparisons of an ordered map a visible cost).
-        let nodes: HashMap<&str, &Value> = nodes.iter().map(|n| (name(n), &**n)).collect();
+        let node_arcs: HashMap<&str, &Arc<Value>> = nodes.iter().map(|n| (name(n), n)).collect();
+        let nodes: HashMap<&str, &Value> = node_arcs.iter().map(|(k, n)| (*k, &***n)).collect();
         // The pod IPs in use, gathered when a pod first needs an address: most passes
         // place no pod.
         let mut used: Option<HashSet<String>> = None;
         let g = pods_gvr();
         let mut changed = false;
         self.next_due = f64::INFINITY;
-        let live: HashSet<&str> = pods.iter().map(|p| super::uid(p)).collect();
-        self.ready_at.retain(|u, _| live.contains(u.as_str()));
+        let mut was_settled = std::mem::take(&mut self.settled);
+        let mut live: HashSet<String> = HashSet::with_capacity(pods.len());
         for p in pods {
+            let key = Arc::as_ptr(p) as usize;
+            if let Some(s) = was_settled.remove(&key)
+                && Arc::ptr_eq(&s.pod, p)
+                && node_arcs
+                    .get(s.node_name.as_str())
+                    .is_some_and(|n| Arc::ptr_eq(n, &s.node))
+            {
+                live.insert(s.uid.clone());
+                self.settled.insert(key, s);
+                continue;
+            }
+            live.insert(super::uid(p).to_string());
             if deleting(p) {
                 continue;
             }
@@ -346,6 +377,17 @@ impl PodLifecycle {
             let agent_pod = is_calico_node(p) || is_calico_typha(p);
             let held_unready = phase == "Running" && agent_pod && !super::pod_ready(p);
             if phase != "Pending" && !held_unready {
+                if let Some(n) = node_arcs.get(node_name) {
+                    self.settled.insert(
+                        key,
+                        Settled {
+                            pod: p.clone(),
+                            node: (*n).clone(),
+                            node_name: node_name.to_string(),
+                            uid: uid.to_string(),
+                        },
+                    );
+                }
                 continue;
             }
             let due = *self
@@ -409,6 +451,7 @@ impl PodLifecycle {
             }
             changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
         }
+        self.ready_at.retain(|u, _| live.contains(u));
         changed
     }
 

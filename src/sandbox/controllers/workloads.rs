@@ -28,6 +28,102 @@ const MANAGER: &str = "sandbox-controllers";
 /// One pass over every DaemonSet and Deployment with a snapshot of nodes and
 /// pods; true if pods were created or deleted (status writes do not count).
 pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> bool {
+    Workloads::default().reconcile(sb, nodes, pods)
+}
+
+/// What the DaemonSet and Deployment controllers read of a pod, read once per version
+/// of it.
+struct PodFacts {
+    deleting: bool,
+    namespace: String,
+    node: String,
+    ready: bool,
+    /// The uids its ownerReferences name.
+    owners: Vec<String>,
+    /// Controlled by a kind other than ReplicaSet or Deployment.
+    other_controller: bool,
+    revision_hash: Option<String>,
+    template_generation: Option<String>,
+}
+
+impl PodFacts {
+    fn read(p: &Value) -> Self {
+        let owners = p
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        PodFacts {
+            deleting: deleting(p),
+            namespace: namespace(p).to_string(),
+            node: p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            ready: pod_ready(p),
+            owners: owners
+                .iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from))
+                .collect(),
+            // A ReplicaSet claims only pods no other controller controls (kubernetes
+            // pkg/controller/controller_ref_manager.go `ClaimObject`: another
+            // controllerRef means ignore), so a DaemonSet's pods are never a Deployment's.
+            other_controller: owners.iter().any(|r| {
+                r.get("controller") == Some(&json!(true))
+                    && !matches!(
+                        r.get("kind").and_then(Value::as_str),
+                        Some("ReplicaSet" | "Deployment")
+                    )
+            }),
+            revision_hash: super::label(p, history::REVISION_HASH).map(String::from),
+            template_generation: super::label(p, history::POD_TEMPLATE_GENERATION)
+                .map(String::from),
+        }
+    }
+
+    /// `IsPodUpdated` ([`history::pod_updated`]).
+    fn updated(&self, hash: &str, template_generation: Option<i64>) -> bool {
+        history::labels_updated(
+            self.revision_hash.as_deref(),
+            self.template_generation.as_deref(),
+            hash,
+            template_generation,
+        )
+    }
+}
+
+/// The controllers' memory between passes: each pod's facts, by the address of the
+/// store's shared copy of it. The store shares an object until it is written (a write
+/// stores a new copy), so a copy seen before has the facts read then; holding it keeps
+/// its address from being reused. At hundreds of nodes, reading every pod's fields on
+/// every pass (a JSON pointer each) was a third of the sandbox's CPU and kept its clock
+/// behind real time.
+#[derive(Default)]
+pub struct Workloads {
+    facts: HashMap<usize, (Arc<Value>, Arc<PodFacts>)>,
+}
+
+impl Workloads {
+    /// See [`reconcile`].
+    pub fn reconcile(&mut self, sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> bool {
+        let mut known = std::mem::take(&mut self.facts);
+        for p in pods {
+            let key = Arc::as_ptr(p) as usize;
+            let facts = match known.remove(&key) {
+                Some((seen, f)) if Arc::ptr_eq(&seen, p) => f,
+                _ => Arc::new(PodFacts::read(p)),
+            };
+            self.facts.insert(key, (p.clone(), facts));
+        }
+        let facts: Vec<(&Value, &PodFacts)> = pods
+            .iter()
+            .map(|p| (&**p, &*self.facts[&(Arc::as_ptr(p) as usize)].1))
+            .collect();
+        pass(sb, nodes, &facts)
+    }
+}
+
+fn pass(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[(&Value, &PodFacts)]) -> bool {
     let nodes: Vec<&Value> = nodes
         .iter()
         .map(|n| &**n)
@@ -39,33 +135,16 @@ pub fn reconcile(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[Arc<Value>]) -> boo
     // which at hundreds of nodes kept the sandbox's clock behind real time: a JSON
     // pointer per pod per workload was most of a pass.
     let mut by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
-    let mut by_owner: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for p in pods {
-        let p = &**p;
-        if deleting(p) {
+    let mut by_owner: HashMap<&str, Vec<(&Value, &PodFacts)>> = HashMap::new();
+    for &(p, f) in pods {
+        if f.deleting {
             continue;
         }
-        let owners = p
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .map_or(&[][..], Vec::as_slice);
-        for r in owners {
-            if let Some(owner) = r.get("uid").and_then(Value::as_str) {
-                by_owner.entry(owner).or_default().push(p);
-            }
+        for owner in &f.owners {
+            by_owner.entry(owner).or_default().push((p, f));
         }
-        // A ReplicaSet claims only pods no other controller controls (kubernetes
-        // pkg/controller/controller_ref_manager.go `ClaimObject`: another controllerRef
-        // means ignore), so a DaemonSet's pods are never a Deployment's.
-        let other_controller = owners.iter().any(|r| {
-            r.get("controller") == Some(&json!(true))
-                && !matches!(
-                    r.get("kind").and_then(Value::as_str),
-                    Some("ReplicaSet" | "Deployment")
-                )
-        });
-        if !other_controller {
-            by_namespace.entry(namespace(p)).or_default().push(p);
+        if !f.other_controller {
+            by_namespace.entry(&f.namespace).or_default().push(p);
         }
     }
     let of = |o: &Value| {
@@ -178,7 +257,7 @@ fn daemonset(
     sb: &Sandbox,
     ds: &Value,
     nodes: &[&Value],
-    owned_pods: &[&Value],
+    owned_pods: &[(&Value, &PodFacts)],
     revisions: &[&Value],
 ) -> bool {
     let ns = namespace(ds);
@@ -194,14 +273,10 @@ fn daemonset(
         .copied()
         .filter(|n| sched::fits(&tpl_spec, n))
         .collect();
-    let mut by_node: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for &p in owned_pods {
-        if namespace(p) == ns {
-            let node = p
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            by_node.entry(node).or_default().push(p);
+    let mut by_node: BTreeMap<&str, Vec<(&Value, &PodFacts)>> = BTreeMap::new();
+    for &(p, f) in owned_pods {
+        if f.namespace == ns {
+            by_node.entry(&f.node).or_default().push((p, f));
         }
     }
     let mut changed = false;
@@ -218,12 +293,12 @@ fn daemonset(
             .get(*node)
             .is_some_and(|n| sched::may_continue(&tpl_spec, n));
         if !stays {
-            for p in ps {
+            for (p, _) in ps {
                 changed |= delete(sb, &pods_gvr, ns, name(p));
             }
         }
     }
-    let current = |p: &Value| history::pod_updated(p, &hash, template_generation);
+    let current = |f: &PodFacts| f.updated(&hash, template_generation);
     let mut pod_labels = vec![(history::REVISION_HASH, hash.clone())];
     if let Some(g) = template_generation {
         pod_labels.push((history::POD_TEMPLATE_GENERATION, g.to_string()));
@@ -251,12 +326,12 @@ fn daemonset(
         .unwrap_or("RollingUpdate");
     let desired = eligible.len();
     let on_eligible = |node: &str| eligible_names.contains(node);
-    let placed: Vec<&Value> = by_node
+    let placed: Vec<(&Value, &PodFacts)> = by_node
         .iter()
         .filter(|(n, _)| on_eligible(n))
         .filter_map(|(_, ps)| ps.first().copied())
         .collect();
-    let ready = placed.iter().filter(|p| pod_ready(p)).count();
+    let ready = placed.iter().filter(|(_, f)| f.ready).count();
     if strategy == "RollingUpdate" {
         let max = max_unavailable(
             ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable"),
@@ -266,11 +341,12 @@ fn daemonset(
         )
         .max(1);
         let mut budget = max as i64 - (desired as i64 - ready as i64);
-        let mut outdated: Vec<&&Value> = placed.iter().filter(|p| !current(p)).collect();
+        let mut outdated: Vec<&(&Value, &PodFacts)> =
+            placed.iter().filter(|(_, f)| !current(f)).collect();
         // Not-ready pods first: replacing them costs no availability.
-        outdated.sort_by_key(|p| pod_ready(p));
-        for p in outdated {
-            if !pod_ready(p) {
+        outdated.sort_by_key(|(_, f)| f.ready);
+        for (p, f) in outdated {
+            if !f.ready {
                 changed |= delete(sb, &pods_gvr, ns, name(p));
             } else if budget > 0 {
                 budget -= 1;
@@ -278,7 +354,7 @@ fn daemonset(
             }
         }
     }
-    let updated = placed.iter().filter(|p| current(p)).count();
+    let updated = placed.iter().filter(|(_, f)| current(f)).count();
     let misscheduled = by_node
         .iter()
         .filter(|(n, _)| !on_eligible(n))
@@ -407,4 +483,59 @@ fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
     });
     write_status(sb, &deploy_gvr(), d, status);
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::controllers::{get, list, list_shared, nodes_gvr};
+    use crate::sandbox::{SandboxOptions, scenario};
+
+    fn ready_agents(sb: &Sandbox) -> Vec<i64> {
+        list(sb, &ds_gvr(), Some("kube-system"))
+            .iter()
+            .filter(|d| name(d) == "calico-node")
+            .filter_map(|d| d.pointer("/status/numberReady").and_then(Value::as_i64))
+            .collect()
+    }
+
+    /// The facts remembered between passes are of the copy they were read from: a pod
+    /// written since is read again.
+    #[test]
+    fn a_pass_reads_again_a_pod_written_since_the_last() {
+        let cfg = scenario::ScenarioConfig {
+            nodes: 3,
+            namespaces: 1,
+            pods_per_namespace: 1,
+            ..Default::default()
+        };
+        let sb = Sandbox::new(SandboxOptions::default());
+        sb.load(scenario::build(&cfg).expect("the scenario"))
+            .expect("the seed loads");
+        let mut w = Workloads::default();
+        let pass = |w: &mut Workloads| {
+            let nodes = list_shared(&sb, &nodes_gvr());
+            let pods = list_shared(&sb, &pods_gvr());
+            w.reconcile(&sb, &nodes, &pods);
+        };
+        pass(&mut w);
+        assert_eq!(ready_agents(&sb), vec![3]);
+        let agent = list(&sb, &pods_gvr(), Some("kube-system"))
+            .into_iter()
+            .find(super::super::pods::is_calico_node)
+            .expect("a calico-node pod");
+        merge(
+            &sb,
+            &pods_gvr(),
+            "kube-system",
+            name(&agent),
+            Subresource::Status,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            "test",
+        )
+        .expect("the pod's status is written");
+        pass(&mut w);
+        assert_eq!(ready_agents(&sb), vec![2], "the unready agent was not seen");
+        assert!(get(&sb, &pods_gvr(), "kube-system", name(&agent)).is_some());
+    }
 }

@@ -436,7 +436,9 @@ impl Store {
 
     /// Every object of a type (in `ns`, or all), shared rather than copied: no selector,
     /// no pages. For readers that only look (the sandbox's controllers), at the storage
-    /// version; another version is converted, so copied.
+    /// version; another version is converted, so copied. A write stores a new copy, so
+    /// an object not written since the last list is the same allocation (the
+    /// controllers remember what they read of it by that).
     pub fn list_shared(&self, gvr: &Gvr, ns: Option<&str>) -> Result<Vec<Arc<Value>>, ApiError> {
         let st = self.lock();
         let rt = st.rt(gvr)?;
