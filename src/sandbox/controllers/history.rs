@@ -321,9 +321,7 @@ mod tests {
 #[cfg(test)]
 mod seed_tests {
     use super::*;
-    use crate::sandbox::SandboxOptions;
     use crate::sandbox::controllers::{ds_gvr, list, list_shared, nodes_gvr, pods_gvr, workloads};
-    use crate::sandbox::scenario::{self, ScenarioConfig};
 
     /// The seed's revision of each DaemonSet is the one the controller finds for its
     /// stored template: a pass creates none, and every seeded pod is up to date by hash.
@@ -331,15 +329,7 @@ mod seed_tests {
     /// revision, and would restart the nodes that never left it.)
     #[test]
     fn the_seeded_revisions_are_the_current_ones() {
-        let cfg = ScenarioConfig {
-            nodes: 3,
-            namespaces: 1,
-            pods_per_namespace: 1,
-            ..Default::default()
-        };
-        let sb = Sandbox::new(SandboxOptions::default());
-        sb.load(scenario::build(&cfg).expect("the scenario"))
-            .expect("the seed loads");
+        let sb = crate::sandbox::controllers::small_seeded_sandbox(3);
         let before = list(&sb, &revisions_gvr(), None).len();
         assert!(before > 0);
         let nodes = list_shared(&sb, &nodes_gvr());

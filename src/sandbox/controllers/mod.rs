@@ -398,6 +398,22 @@ pub(crate) fn list(sb: &Sandbox, g: &Gvr, ns: Option<&str>) -> Vec<Value> {
 }
 
 /// Every object of a type across namespaces, shared with the store (read only).
+/// A sandbox seeded with the default scenario on `nodes` nodes and one namespace of one
+/// pod, its controllers not started (unit tests drive passes by hand).
+#[cfg(test)]
+pub(crate) fn small_seeded_sandbox(nodes: usize) -> Sandbox {
+    let cfg = crate::sandbox::scenario::ScenarioConfig {
+        nodes,
+        namespaces: 1,
+        pods_per_namespace: 1,
+        ..Default::default()
+    };
+    let sb = Sandbox::new(crate::sandbox::SandboxOptions::default());
+    sb.load(crate::sandbox::scenario::build(&cfg).expect("the scenario"))
+        .expect("the seed loads");
+    sb
+}
+
 pub(crate) fn list_shared(sb: &Sandbox, g: &Gvr) -> Vec<Arc<Value>> {
     sb.store().list_shared(g, None).unwrap_or_default()
 }

@@ -489,7 +489,6 @@ fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
 mod tests {
     use super::*;
     use crate::sandbox::controllers::{get, list, list_shared, nodes_gvr};
-    use crate::sandbox::{SandboxOptions, scenario};
 
     fn ready_agents(sb: &Sandbox) -> Vec<i64> {
         list(sb, &ds_gvr(), Some("kube-system"))
@@ -503,15 +502,7 @@ mod tests {
     /// written since is read again.
     #[test]
     fn a_pass_reads_again_a_pod_written_since_the_last() {
-        let cfg = scenario::ScenarioConfig {
-            nodes: 3,
-            namespaces: 1,
-            pods_per_namespace: 1,
-            ..Default::default()
-        };
-        let sb = Sandbox::new(SandboxOptions::default());
-        sb.load(scenario::build(&cfg).expect("the scenario"))
-            .expect("the seed loads");
+        let sb = super::super::small_seeded_sandbox(3);
         let mut w = Workloads::default();
         let pass = |w: &mut Workloads| {
             let nodes = list_shared(&sb, &nodes_gvr());
