@@ -8,8 +8,9 @@ use anyhow::bail;
 use super::world::World;
 use crate::cluster::objects::ObjRef;
 
-/// Poll `probe` every `world.options.poll` (from the start of the last poll) until it answers `None` (done); `Some(text)`
-/// says what is still awaited (logged when it changes). Fails after `timeout`.
+/// Poll `probe` every `world.options.poll` (counted from the start of the last poll)
+/// until it answers `None` (done); `Some(text)` says what is still awaited (logged when
+/// it changes). Fails after `timeout`.
 pub async fn wait_until<F, Fut>(
     world: &World,
     what: &str,
