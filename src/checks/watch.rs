@@ -119,6 +119,25 @@ pub fn every(period: Duration) -> tokio::time::Interval {
     tick
 }
 
+/// Run `work` to its end while driving `done` too, and note when it resolves. A pass
+/// that outlasts the interval is followed at once by the next, so `done` (a readiness
+/// poll: a request that progresses only while polled) would otherwise wait for a pause
+/// between passes that never comes, and the watch would run passes after the agent was
+/// Ready without seeing it.
+async fn alongside<T>(
+    work: impl Future<Output = T>,
+    done: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    finished: &mut bool,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = done.as_mut(), if !*finished => *finished = true,
+        }
+    }
+}
+
 /// Probe `node` every `interval` until `done` resolves and a pass verifies, or `max`.
 /// Passes judge with the prober's recent plan; a pass that fails with it is run again
 /// with a plan made afresh, and only that one counts (policies may have changed).
@@ -142,11 +161,17 @@ pub async fn watch_node(
     loop {
         let moving = in_flight.get();
         let plan = prober.recent_plan().await?;
-        let (mut report, mut ran) = pass(prober, &plan, node, &moving).await;
+        let (mut report, mut ran) =
+            alongside(pass(prober, &plan, node, &moving), &mut done, &mut finished).await;
         out.probes += ran as u32;
         if !report.passed {
             let fresh = prober.plan().await?;
-            (report, ran) = pass(prober, &fresh, node, &moving).await;
+            (report, ran) = alongside(
+                pass(prober, &fresh, node, &moving),
+                &mut done,
+                &mut finished,
+            )
+            .await;
             out.probes += ran as u32;
         }
         let now = Instant::now();
