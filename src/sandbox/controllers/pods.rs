@@ -92,7 +92,10 @@ pub struct PodLifecycle {
 /// would reach the same verdict from the same fields: it skips the pod instead of
 /// reading them again. At hundreds of nodes, reading a dozen fields of every pod on
 /// every pass was a third of the sandbox's CPU and kept its clock behind real time.
-/// Holding the copies keeps their addresses from being reused.
+/// Holding the copies keeps their addresses from being reused. An optimisation with no
+/// behaviour of its own, like the settle skip (`Controllers::settle`): a real kubelet
+/// acts on the events of its own pods (kubernetes pkg/kubelet/kubelet.go `syncLoop`
+/// reads pod updates from its config channel), not on every pod of the cluster.
 struct Settled {
     pod: Arc<Value>,
     node: Arc<Value>,
@@ -293,7 +296,9 @@ impl PodLifecycle {
         let mut changed = false;
         self.next_due = f64::INFINITY;
         let mut was_settled = std::mem::take(&mut self.settled);
-        let mut live: HashSet<String> = HashSet::with_capacity(pods.len());
+        // The uids of the pods not settled: with the settled ones', those whose start
+        // times are still worth keeping.
+        let mut unsettled: Vec<&str> = Vec::new();
         for p in pods {
             let key = Arc::as_ptr(p) as usize;
             if let Some(s) = was_settled.remove(&key)
@@ -302,11 +307,10 @@ impl PodLifecycle {
                     .get(s.node_name.as_str())
                     .is_some_and(|n| Arc::ptr_eq(n, &s.node))
             {
-                live.insert(s.uid.clone());
                 self.settled.insert(key, s);
                 continue;
             }
-            live.insert(super::uid(p).to_string());
+            unsettled.push(super::uid(p));
             if deleting(p) {
                 continue;
             }
@@ -451,7 +455,13 @@ impl PodLifecycle {
             }
             changed |= merge(sb, &g, ns, pname, Subresource::Status, &status, MANAGER).is_ok();
         }
-        self.ready_at.retain(|u, _| live.contains(u));
+        let live: HashSet<&str> = self
+            .settled
+            .values()
+            .map(|s| s.uid.as_str())
+            .chain(unsettled)
+            .collect();
+        self.ready_at.retain(|u, _| live.contains(u.as_str()));
         changed
     }
 
