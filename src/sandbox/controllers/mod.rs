@@ -397,7 +397,6 @@ pub(crate) fn list(sb: &Sandbox, g: &Gvr, ns: Option<&str>) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Every object of a type across namespaces, shared with the store (read only).
 /// A sandbox seeded with the default scenario on `nodes` nodes and one namespace of one
 /// pod, its controllers not started (unit tests drive passes by hand).
 #[cfg(test)]
@@ -414,6 +413,7 @@ pub(crate) fn small_seeded_sandbox(nodes: usize) -> Sandbox {
     sb
 }
 
+/// Every object of a type across namespaces, shared with the store (read only).
 pub(crate) fn list_shared(sb: &Sandbox, g: &Gvr) -> Vec<Arc<Value>> {
     sb.store().list_shared(g, None).unwrap_or_default()
 }

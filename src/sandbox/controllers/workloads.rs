@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{
-    delete, deleting, deploy_gvr, ds_gvr, history, list, merge, name, namespace, owner_ref,
+    delete, deleting, deploy_gvr, ds_gvr, history, list_shared, merge, name, namespace, owner_ref,
     pod_ready, pods_gvr, sched, selector_matches, uid, wopts,
 };
 use crate::sandbox::{Sandbox, Subresource};
@@ -101,9 +101,12 @@ impl PodFacts {
 /// (`Controllers::settle`): the real controllers read their informers' caches, updated
 /// per event, not the API server on every sync (kubernetes
 /// pkg/controller/daemon/daemon_controller.go at commit 0033f658085b: `podLister`).
+///
+/// Beside the pods' facts, which nodes each DaemonSet's template fits ([`Placement`]).
 #[derive(Default)]
 pub struct Workloads {
     facts: HashMap<usize, (Arc<Value>, Arc<PodFacts>)>,
+    placement: HashMap<String, Placement>,
 }
 
 impl Workloads {
@@ -122,16 +125,81 @@ impl Workloads {
             .iter()
             .map(|p| (&**p, &*self.facts[&(Arc::as_ptr(p) as usize)].1))
             .collect();
-        pass(sb, nodes, &facts)
+        pass(sb, nodes, &facts, &mut self.placement)
     }
 }
 
-fn pass(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[(&Value, &PodFacts)]) -> bool {
-    let nodes: Vec<&Value> = nodes
-        .iter()
-        .map(|n| &**n)
-        .filter(|n| !deleting(n))
-        .collect();
+/// Which nodes a DaemonSet's pod template fits, for one version of the template: by the
+/// address of the store's copy of each node (held, as the pods are), whether a new pod
+/// fits it and whether a running one may stay ([`sched::fits`], [`sched::may_continue`]).
+/// Both read only the template and the node, so a node copy seen before under the same
+/// template has the same answers. At 500 nodes, asking them of every node for every
+/// DaemonSet on every pass was a tenth of the sandbox's CPU; the real controller too
+/// re-examines a node only on its events (daemon_controller.go at commit 0033f658085b:
+/// `updateNode` enqueues the DaemonSets only when `shouldIgnoreNodeUpdate` says the
+/// node's labels, taints or conditions changed).
+struct Placement {
+    template: Value,
+    /// The nodes of the last pass, in its order, with their fit.
+    nodes: Vec<(Arc<Value>, Fit)>,
+}
+
+#[derive(Clone, Copy)]
+struct Fit {
+    fits: bool,
+    may_continue: bool,
+}
+
+impl Placement {
+    fn new(template: Value) -> Self {
+        Placement {
+            template,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Each node's fit, read again only for node copies not seen under this template
+    /// (none, on most passes: the same copies in the same order as the last).
+    fn of<'n>(&mut self, nodes: &[&'n Arc<Value>]) -> Vec<(&'n Value, Fit)> {
+        let unchanged = nodes.len() == self.nodes.len()
+            && nodes
+                .iter()
+                .zip(&self.nodes)
+                .all(|(n, (seen, _))| Arc::ptr_eq(n, seen));
+        if !unchanged {
+            let mut known: HashMap<usize, (Arc<Value>, Fit)> = std::mem::take(&mut self.nodes)
+                .into_iter()
+                .map(|(n, fit)| (Arc::as_ptr(&n) as usize, (n, fit)))
+                .collect();
+            self.nodes = nodes
+                .iter()
+                .map(|&n| match known.remove(&(Arc::as_ptr(n) as usize)) {
+                    Some((seen, fit)) if Arc::ptr_eq(&seen, n) => (seen, fit),
+                    _ => {
+                        let fit = Fit {
+                            fits: sched::fits(&self.template, n),
+                            may_continue: sched::may_continue(&self.template, n),
+                        };
+                        (n.clone(), fit)
+                    }
+                })
+                .collect();
+        }
+        nodes
+            .iter()
+            .zip(&self.nodes)
+            .map(|(&n, &(_, fit))| (&**n, fit))
+            .collect()
+    }
+}
+
+fn pass(
+    sb: &Sandbox,
+    nodes: &[Arc<Value>],
+    pods: &[(&Value, &PodFacts)],
+    placements: &mut HashMap<String, Placement>,
+) -> bool {
+    let nodes: Vec<&Arc<Value>> = nodes.iter().filter(|n| !deleting(n)).collect();
     // Every controller looks only at its own pods: the pods not being deleted, grouped
     // once per pass by each owner they name (a DaemonSet's) and, for the Deployments, by
     // namespace. A pass then costs O(pods + workloads) rather than O(pods x workloads),
@@ -156,7 +224,8 @@ fn pass(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[(&Value, &PodFacts)]) -> boo
             .map_or(&[][..], Vec::as_slice)
     };
     let owned = |o: &Value| by_owner.get(uid(o)).map_or(&[][..], Vec::as_slice);
-    let revisions = list(sb, &history::revisions_gvr(), None);
+    // The workloads and revisions as the store shares them (read only, as the pods).
+    let revisions = list_shared(sb, &history::revisions_gvr());
     let mut revisions_by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
     for r in &revisions {
         revisions_by_namespace
@@ -165,15 +234,25 @@ fn pass(sb: &Sandbox, nodes: &[Arc<Value>], pods: &[(&Value, &PodFacts)]) -> boo
             .push(r);
     }
     let mut changed = false;
-    for ds in list(sb, &ds_gvr(), None) {
-        if !deleting(&ds) {
-            let revisions = revisions_by_namespace
-                .get(namespace(&ds))
-                .map_or(&[][..], Vec::as_slice);
-            changed |= daemonset(sb, &ds, &nodes, owned(&ds), revisions);
-        }
+    let daemonsets = list_shared(sb, &ds_gvr());
+    let mut known = std::mem::take(placements);
+    for ds in daemonsets.iter().filter(|ds| !deleting(ds)) {
+        let template = ds
+            .pointer("/spec/template/spec")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let mut placement = match known.remove(uid(ds)) {
+            Some(p) if p.template == template => p,
+            _ => Placement::new(template),
+        };
+        let revisions = revisions_by_namespace
+            .get(namespace(ds))
+            .map_or(&[][..], Vec::as_slice);
+        let fit = placement.of(&nodes);
+        changed |= daemonset(sb, ds, &fit, owned(ds), revisions);
+        placements.insert(uid(ds).to_string(), placement);
     }
-    for d in list(sb, &deploy_gvr(), None) {
+    for d in list_shared(sb, &deploy_gvr()) {
         if !deleting(&d) {
             changed |= deployment(sb, &d, of(&d));
         }
@@ -254,12 +333,13 @@ fn write_status(sb: &Sandbox, g: &crate::sandbox::Gvr, o: &Value, status: Value)
         .is_ok()
 }
 
+/// `nodes`: the nodes not being deleted, with how the DaemonSet's template fits each;
 /// `owned_pods`: the pods not being deleted that name the DaemonSet an owner;
 /// `revisions`: the ControllerRevisions of its namespace.
 fn daemonset(
     sb: &Sandbox,
     ds: &Value,
-    nodes: &[&Value],
+    nodes: &[(&Value, Fit)],
     owned_pods: &[(&Value, &PodFacts)],
     revisions: &[&Value],
 ) -> bool {
@@ -267,14 +347,10 @@ fn daemonset(
     let generation_now = generation(ds);
     let hash = history::current_hash(sb, ds, revisions);
     let template_generation = history::template_generation(ds);
-    let tpl_spec = ds
-        .pointer("/spec/template/spec")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
     let eligible: Vec<&Value> = nodes
         .iter()
-        .copied()
-        .filter(|n| sched::fits(&tpl_spec, n))
+        .filter(|(_, fit)| fit.fits)
+        .map(|&(n, _)| n)
         .collect();
     let mut by_node: BTreeMap<&str, Vec<(&Value, &PodFacts)>> = BTreeMap::new();
     for &(p, f) in owned_pods {
@@ -286,15 +362,13 @@ fn daemonset(
     let pods_gvr = pods_gvr();
     // Nodes by name, looked up once per placed pod rather than searched (a pass over
     // 500 nodes would otherwise compare names 125,000 times per DaemonSet).
-    let node_named: HashMap<&str, &Value> = nodes.iter().map(|n| (name(n), *n)).collect();
+    let node_named: HashMap<&str, Fit> = nodes.iter().map(|&(n, fit)| (name(n), fit)).collect();
     let eligible_names: HashSet<&str> = eligible.iter().map(|n| name(n)).collect();
     // Pods on nodes that are gone or that the DaemonSet must leave (node affinity, or an
     // untolerated NoExecute taint: `shouldContinueRunning` in daemon_controller.go); a
     // NoSchedule taint added under a running pod does not evict it.
     for (node, ps) in &by_node {
-        let stays = node_named
-            .get(*node)
-            .is_some_and(|n| sched::may_continue(&tpl_spec, n));
+        let stays = node_named.get(*node).is_some_and(|fit| fit.may_continue);
         if !stays {
             for (p, _) in ps {
                 changed |= delete(sb, &pods_gvr, ns, name(p));
@@ -531,5 +605,69 @@ mod tests {
         pass(&mut w);
         assert_eq!(ready_agents(&sb), vec![2], "the unready agent was not seen");
         assert!(get(&sb, &pods_gvr(), "kube-system", name(&agent)).is_some());
+    }
+
+    fn desired_agents(sb: &Sandbox) -> i64 {
+        get(sb, &ds_gvr(), "kube-system", "calico-node")
+            .and_then(|d| {
+                d.pointer("/status/desiredNumberScheduled")
+                    .and_then(Value::as_i64)
+            })
+            .expect("calico-node's status")
+    }
+
+    /// Where a DaemonSet's pods go is remembered by node copy and template: a node
+    /// relabelled since the last pass, and a template changed since, are looked at again.
+    #[test]
+    fn a_pass_places_again_on_a_relabelled_node_and_a_changed_template() {
+        let sb = super::super::small_seeded_sandbox(3);
+        let mut w = Workloads::default();
+        let pass = |w: &mut Workloads| {
+            let nodes = list_shared(&sb, &nodes_gvr());
+            let pods = list_shared(&sb, &pods_gvr());
+            w.reconcile(&sb, &nodes, &pods);
+        };
+        pass(&mut w);
+        assert_eq!(desired_agents(&sb), 3);
+        let ds = get(&sb, &ds_gvr(), "kube-system", "calico-node").expect("calico-node");
+        let (key, _) = ds
+            .pointer("/spec/template/spec/nodeSelector")
+            .and_then(Value::as_object)
+            .and_then(|m| m.iter().next())
+            .expect("the chart's agents select nodes by label");
+        let node = list(&sb, &nodes_gvr(), None).remove(0);
+        let patch = |g: &crate::sandbox::Gvr, ns: &str, n: &str, body: Value| {
+            merge(&sb, g, ns, n, Subresource::Main, &body, "test").expect("the patch");
+        };
+        patch(
+            &nodes_gvr(),
+            "",
+            name(&node),
+            json!({"metadata": {"labels": {(key.as_str()): "elsewhere"}}}),
+        );
+        pass(&mut w);
+        assert_eq!(desired_agents(&sb), 2, "the relabelled node still counted");
+        let on_node = list(&sb, &pods_gvr(), Some("kube-system"))
+            .into_iter()
+            .filter(super::super::pods::is_calico_node)
+            .filter(|p| p.pointer("/spec/nodeName") == node.pointer("/metadata/name"))
+            .filter(|p| !deleting(p))
+            .count();
+        assert_eq!(
+            on_node, 0,
+            "the agent stayed on a node it no longer selects"
+        );
+        patch(
+            &ds_gvr(),
+            "kube-system",
+            "calico-node",
+            json!({"spec": {"template": {"spec": {"nodeSelector": {(key.as_str()): "elsewhere"}}}}}),
+        );
+        pass(&mut w);
+        assert_eq!(
+            desired_agents(&sb),
+            1,
+            "the changed template was not placed again"
+        );
     }
 }
