@@ -451,28 +451,29 @@ pub(crate) fn delete(sb: &Sandbox, g: &Gvr, ns: &str, name: &str) -> bool {
         .is_ok()
 }
 
+/// `o.metadata[key]`, read with `get` rather than `Value::pointer`, which allocates two
+/// strings per path segment: these accessors run over every node and pod on every pass.
+fn meta<'a>(o: &'a Value, key: &str) -> Option<&'a Value> {
+    o.get("metadata")?.get(key)
+}
 pub(crate) fn name(o: &Value) -> &str {
-    o.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    meta(o, "name").and_then(Value::as_str).unwrap_or_default()
 }
 pub(crate) fn namespace(o: &Value) -> &str {
-    o.pointer("/metadata/namespace")
+    meta(o, "namespace")
         .and_then(Value::as_str)
         .unwrap_or_default()
 }
 pub(crate) fn uid(o: &Value) -> &str {
-    o.pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    meta(o, "uid").and_then(Value::as_str).unwrap_or_default()
 }
 pub(crate) fn label<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
-    o.pointer("/metadata/labels")
+    meta(o, "labels")
         .and_then(|l| l.get(key))
         .and_then(Value::as_str)
 }
 pub(crate) fn deleting(o: &Value) -> bool {
-    o.pointer("/metadata/deletionTimestamp").is_some()
+    meta(o, "deletionTimestamp").is_some()
 }
 
 /// A pod's Ready condition, as the controllers count it (kubernetes
@@ -481,7 +482,8 @@ pub(crate) fn deleting(o: &Value) -> bool {
 /// not being deleted. Read from the JSON directly: the controllers run this over
 /// every pod on every pass.
 pub(crate) fn pod_ready(p: &Value) -> bool {
-    p.pointer("/status/conditions")
+    p.get("status")
+        .and_then(|s| s.get("conditions"))
         .and_then(Value::as_array)
         .is_some_and(|cs| {
             cs.iter()

@@ -468,12 +468,13 @@ fn deployment(sb: &Sandbox, d: &Value, ns_pods: &[&Value]) -> bool {
         .iter()
         .copied()
         .filter(|_| selector.as_object().is_some_and(|s| !s.is_empty()))
-        .filter(|p| selector_matches(&selector, p.pointer("/metadata/labels").unwrap_or(&empty)))
         .filter(|p| {
-            !matches!(
-                p.pointer("/status/phase").and_then(Value::as_str),
-                Some("Succeeded" | "Failed")
-            )
+            let labels = p.get("metadata").and_then(|m| m.get("labels"));
+            selector_matches(&selector, labels.unwrap_or(&empty))
+        })
+        .filter(|p| {
+            let phase = p.get("status").and_then(|s| s.get("phase"));
+            !matches!(phase.and_then(Value::as_str), Some("Succeeded" | "Failed"))
         })
         .collect();
     let pods_gvr = pods_gvr();

@@ -241,12 +241,14 @@ impl DataPlane {
     }
 
     /// The pod an exec runs in, as the API and the kubelet check it: known, on a node, Running.
+    /// Asked again of every held connection's source at each of its echoes, so the pod
+    /// is read where the store keeps it, not copied.
     fn running_pod(&self, ns: &str, name: &str) -> Result<world::PodInfo, ExecError> {
         let pod_value = self
             .inner
             .sandbox
             .store()
-            .get(&Gvr::new("", "v1", "pods"), ns, name)
+            .get_shared(&Gvr::new("", "v1", "pods"), ns, name)
             .map_err(|_| ExecError::NotFound(name.to_string()))?;
         let src = world::PodInfo::from_value(ns, &pod_value);
         if src.node.is_none() {

@@ -434,6 +434,23 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt, name))
     }
 
+    /// One object shared rather than copied, as [`Store::list_shared`] shares a list.
+    pub fn get_shared(&self, gvr: &Gvr, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+        let st = self.lock();
+        let rt = st.rt(gvr)?;
+        let ns = if rt.namespaced { ns } else { "" };
+        let o = st
+            .objects
+            .get(&rt.gr())
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .ok_or_else(|| ApiError::not_found(&rt, name))?;
+        Ok(if gvr.version == rt.storage_version() {
+            o.clone()
+        } else {
+            Arc::new(present((**o).clone(), &rt, &gvr.version))
+        })
+    }
+
     /// Every object of a type (in `ns`, or all), shared rather than copied: no selector,
     /// no pages. For readers that only look (the sandbox's controllers), at the storage
     /// version; another version is converted, so copied. A write stores a new copy, so

@@ -9,13 +9,16 @@
 //! kubernetes-services-endpoint deleted; later the migration nodeSelector and
 //! the node labels are removed.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::super::faults::ControllerFaults;
 use super::super::nodes::MIGRATION_LABEL;
 use super::super::{
-    delete, deleting, deploy_gvr, ds_gvr, get, gvr, label, list, merge, name, nodes_gvr, owned_by,
-    pod_ready, pods_gvr, uid, wopts,
+    delete, deleting, deploy_gvr, ds_gvr, get, gvr, label, list, list_shared, merge, name,
+    nodes_gvr, owned_by, pod_ready, pods_gvr, uid, wopts,
 };
 use super::status::{Health, report};
 use super::{FINALIZER, MANAGER, StatusMemory, installations, operator_version};
@@ -377,8 +380,10 @@ fn create_typha_rbac(sb: &Sandbox, install: &Value, calico_version: &str) {
     }
 }
 
-fn nodes(sb: &Sandbox) -> Vec<Value> {
-    list(sb, &nodes_gvr(), None)
+/// The nodes not being deleted, as the store shares them (read only: the operator
+/// steps on every tick, and a copy of every node each time was most of its cost).
+fn nodes(sb: &Sandbox) -> Vec<Arc<Value>> {
+    list_shared(sb, &nodes_gvr())
         .into_iter()
         .filter(|n| !deleting(n))
         .collect()
@@ -463,9 +468,9 @@ fn node_can_be_migrated(ks: &Value, cs: Option<&Value>, line: Line) -> bool {
 /// cache, a Go map iterated afresh on every call (v1.17.4 namespace_migration.go:561-570,
 /// v1.38.6 :641-652), so no fixed order, by name or otherwise. The sandbox draws it
 /// from its seed: the same seed, the same order.
-fn operator_order<'a>(sb: &Sandbox, nodes: &'a [Value]) -> Vec<&'a Value> {
-    let mut v: Vec<&Value> = nodes.iter().collect();
-    v.sort_by_key(|n| crate::sandbox::scenario::ids::hash(sb.seed(), name(n)));
+fn operator_order<'a>(sb: &Sandbox, nodes: &'a [Arc<Value>]) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = nodes.iter().map(|n| &**n).collect();
+    v.sort_by_cached_key(|n| crate::sandbox::scenario::ids::hash(sb.seed(), name(n)));
     v
 }
 
@@ -486,6 +491,7 @@ fn migrate_one(
     let all = nodes(sb);
     let unlabelled: Vec<&Value> = all
         .iter()
+        .map(|n| &**n)
         .filter(|n| label(n, MIGRATION_LABEL).is_none())
         .collect();
     let started = ds
@@ -552,15 +558,18 @@ fn migrate_one(
         .as_ref()
         .map(|d| uid(d).to_string())
         .unwrap_or_default();
-    let pods = list(sb, &pods_gvr(), Some(CS));
-    let new_ready_on = |node: &str| {
-        pods.iter().any(|p| {
-            owned_by(p, &cs_uid)
-                && !deleting(p)
-                && p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
-                && pod_ready(p)
-        })
-    };
+    let pods = sb
+        .store()
+        .list_shared(&pods_gvr(), Some(CS))
+        .unwrap_or_default();
+    // The nodes with a Ready calico-system agent, gathered once rather than searched
+    // for each migrated node.
+    let ready_agents: HashSet<&str> = pods
+        .iter()
+        .filter(|p| owned_by(p, &cs_uid) && !deleting(p) && pod_ready(p))
+        .filter_map(|p| p.get("spec")?.get("nodeName")?.as_str())
+        .collect();
+    let new_ready_on = |node: &str| ready_agents.contains(node);
     let order = operator_order(sb, &all);
     let to_migrate: Vec<&&Value> = order
         .iter()
