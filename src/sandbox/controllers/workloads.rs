@@ -576,17 +576,20 @@ mod tests {
             .collect()
     }
 
+    /// One pass over every node and pod of the store.
+    fn pass_over_the_store(sb: &Sandbox, w: &mut Workloads) {
+        let nodes = list_shared(sb, &nodes_gvr());
+        let pods = list_shared(sb, &pods_gvr());
+        w.reconcile(sb, &nodes, &pods);
+    }
+
     /// The facts remembered between passes are of the copy they were read from: a pod
     /// written since is read again.
     #[test]
     fn a_pass_reads_again_a_pod_written_since_the_last() {
         let sb = super::super::small_seeded_sandbox(3);
         let mut w = Workloads::default();
-        let pass = |w: &mut Workloads| {
-            let nodes = list_shared(&sb, &nodes_gvr());
-            let pods = list_shared(&sb, &pods_gvr());
-            w.reconcile(&sb, &nodes, &pods);
-        };
+        let pass = |w: &mut Workloads| pass_over_the_store(&sb, w);
         pass(&mut w);
         assert_eq!(ready_agents(&sb), vec![3]);
         let agent = list(&sb, &pods_gvr(), Some("kube-system"))
@@ -623,11 +626,7 @@ mod tests {
     fn a_pass_places_again_on_a_relabelled_node_and_a_changed_template() {
         let sb = super::super::small_seeded_sandbox(3);
         let mut w = Workloads::default();
-        let pass = |w: &mut Workloads| {
-            let nodes = list_shared(&sb, &nodes_gvr());
-            let pods = list_shared(&sb, &pods_gvr());
-            w.reconcile(&sb, &nodes, &pods);
-        };
+        let pass = |w: &mut Workloads| pass_over_the_store(&sb, w);
         pass(&mut w);
         assert_eq!(desired_agents(&sb), 3);
         let ds = get(&sb, &ds_gvr(), "kube-system", "calico-node").expect("calico-node");
