@@ -135,9 +135,10 @@ impl Workloads {
 /// Both read only the template and the node, so a node copy seen before under the same
 /// template has the same answers. At 500 nodes, asking them of every node for every
 /// DaemonSet on every pass was a tenth of the sandbox's CPU; the real controller too
-/// re-examines a node only on its events (daemon_controller.go at commit 0033f658085b:
-/// `updateNode` enqueues the DaemonSets only when `shouldIgnoreNodeUpdate` says the
-/// node's labels, taints or conditions changed).
+/// asks it again only on a node's events (daemon_controller.go at commit 0033f658085b:
+/// `updateNode` ignores an update that changed nothing but the resourceVersion and the
+/// conditions' details, `shouldIgnoreNodeUpdate`, and enqueues only the DaemonSets for
+/// which `NodeShouldRunDaemonPod` answers differently for the old and the new node).
 struct Placement {
     template: Value,
     /// The nodes of the last pass, in its order, with their fit.
