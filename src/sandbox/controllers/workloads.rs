@@ -238,13 +238,10 @@ fn pass(
     let daemonsets = list_shared(sb, &ds_gvr());
     let mut known = std::mem::take(placements);
     for ds in daemonsets.iter().filter(|ds| !deleting(ds)) {
-        let template = ds
-            .pointer("/spec/template/spec")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let template = ds.get("spec").and_then(|s| s.get("template")?.get("spec"));
         let mut placement = match known.remove(uid(ds)) {
-            Some(p) if p.template == template => p,
-            _ => Placement::new(template),
+            Some(p) if Some(&p.template) == template => p,
+            _ => Placement::new(template.cloned().unwrap_or_else(|| json!({}))),
         };
         let revisions = revisions_by_namespace
             .get(namespace(ds))
