@@ -240,10 +240,14 @@ impl State {
     }
 
     pub fn get_obj(&self, gr: &GroupResource, ns: &str, name: &str) -> Option<&Value> {
+        self.get_shared(gr, ns, name).map(|o| &**o)
+    }
+
+    /// The stored copy itself, for readers that share it rather than copy it.
+    fn get_shared(&self, gr: &GroupResource, ns: &str, name: &str) -> Option<&Arc<Value>> {
         self.objects
             .get(gr)?
             .get(&(ns.to_string(), name.to_string()))
-            .map(|o| &**o)
     }
 
     /// Store `object` (or remove it for Deleted), stamp a new resourceVersion, feed watchers.
@@ -440,9 +444,7 @@ impl Store {
         let rt = st.rt(gvr)?;
         let ns = if rt.namespaced { ns } else { "" };
         let o = st
-            .objects
-            .get(&rt.gr())
-            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .get_shared(&rt.gr(), ns, name)
             .ok_or_else(|| ApiError::not_found(&rt, name))?;
         Ok(if gvr.version == rt.storage_version() {
             o.clone()
