@@ -310,13 +310,13 @@ pub fn partial(obj: &Value) -> Value {
 }
 
 /// A Table of `items`. `include` is the `includeObject` parameter (None, Metadata, Object).
-pub fn table(rt: &ResourceType, items: &[Value], include: &str, list_meta: Value) -> Value {
+pub fn table(rt: &ResourceType, items: &[&Value], include: &str, list_meta: Value) -> Value {
     let (cols, cells) = layout(rt);
     let mut defs = vec![col("Name", "string")];
     defs.extend(cols);
     let rows: Vec<Value> = items
         .iter()
-        .map(|o| {
+        .map(|&o| {
             let mut c = vec![json!(text(o, "metadata.name"))];
             c.extend(cells(o));
             let object = match include {

@@ -250,7 +250,7 @@ impl DataPlane {
             .store()
             .get_shared(&Gvr::new("", "v1", "pods"), ns, name)
             .map_err(|_| ExecError::NotFound(name.to_string()))?;
-        let src = world::PodInfo::from_value(ns, &pod_value);
+        let src = world::PodInfo::from_value(ns, pod_value);
         if src.node.is_none() {
             return Err(ExecError::BadRequest(format!(
                 "pod {name} does not have a host assigned"
