@@ -38,7 +38,12 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 
 /// A Fargate node: it runs no DaemonSet pod, so no calico-node.
 pub fn is_fargate(node: &Node) -> bool {
-    label(&node.metadata, FARGATE_LABEL) == Some("fargate")
+    is_fargate_node(&node.metadata)
+}
+
+/// [`is_fargate`] from the node's metadata alone (a metadata-only list).
+pub fn is_fargate_node(meta: &ObjectMeta) -> bool {
+    label(meta, FARGATE_LABEL) == Some("fargate")
 }
 
 /// The node's Ready condition is True.

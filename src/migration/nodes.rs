@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::refs::{CALICO_SYSTEM, KUBE_SYSTEM, MIGRATION_LABEL};
 use crate::cluster::objects::{ObjRef, Objects};
-use crate::kinds::{self, deleting, is_fargate, pod_label, pod_node, pod_ready};
+use crate::kinds::{self, deleting, is_fargate, is_fargate_node, pod_label, pod_node, pod_ready};
 
 /// The calico-node pods of both installs: the chart labels them
 /// `app.kubernetes.io/name`, the operator `k8s-app`.
@@ -103,21 +103,21 @@ pub struct NodeState {
 
 /// Every node not being deleted, by name.
 pub async fn list_nodes(objects: &Objects) -> anyhow::Result<Vec<NodeState>> {
+    // Names and labels are all it reads: the nodes' metadata, not the whole nodes
+    // (polled every period by the takeover's loops, at any cluster size).
     let mut out: Vec<NodeState> = objects
-        .list("v1", "Node", None, None)
+        .list_metadata("v1", "Node", None)
         .await?
-        .iter()
-        .filter_map(kinds::view::<Node>)
-        .filter(|n| !deleting(&n.metadata))
-        .map(|n| NodeState {
-            label: n
-                .metadata
+        .into_iter()
+        .filter(|m| !deleting(m))
+        .map(|m| NodeState {
+            label: m
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(MIGRATION_LABEL))
                 .cloned(),
-            fargate: is_fargate(&n),
-            name: n.metadata.name.unwrap_or_default(),
+            fargate: is_fargate_node(&m),
+            name: m.name.unwrap_or_default(),
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
