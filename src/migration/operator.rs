@@ -1,6 +1,8 @@
 //! The operator as the steps drive it: frozen (scaled to 0, no pod left) while a
 //! node is checked, run again afterwards, and what it reports in TigeraStatus.
 
+use std::time::Duration;
+
 use anyhow::bail;
 use serde_json::Value;
 
@@ -9,8 +11,9 @@ use super::facts::int_at;
 use super::refs::{
     OPERATOR_NAMESPACE, kube_system_node, kube_system_typha, operator_ref, tigera_status_ref,
 };
-use super::wait::wait_until;
+use super::wait::{wait_until, wait_until_every};
 use super::world::World;
+use crate::cluster::objects::Objects;
 use crate::kinds::{self, deployment_ready};
 
 /// Wait (at most `node_ready_timeout`) until the operator Deployment is Ready.
@@ -48,52 +51,64 @@ fn match_labels(d: &Value) -> Option<String> {
 /// chosen from the live state, so scaling it back resumes where it stopped).
 /// Returns false when there is no operator.
 pub async fn freeze_operator(world: &World) -> anyhow::Result<bool> {
+    let stopped = stop_operator(
+        &world.objects,
+        world.options.poll,
+        world.options.node_ready_timeout,
+    )
+    .await?;
+    // No operator pod is left (the wait saw them go): free the lock the last one
+    // kept, so the next start leads at once.
+    if stopped == Some(true) {
+        super::leader_lock::release(world).await;
+    }
+    Ok(stopped.is_some())
+}
+
+/// [`freeze_operator`] but for the leader lock, with only a client (the takeover's
+/// guard runs on a task of its own): scale to 0, then poll every `period` until no
+/// operator pod is left (at most `timeout`). None when there is no operator;
+/// Some(true) when its pods were waited for (its Deployment selects them).
+pub async fn stop_operator(
+    objects: &Objects,
+    period: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Option<bool>> {
     let r = operator_ref();
-    let Some(d) = world.objects.get(&r).await? else {
-        return Ok(false);
+    let Some(d) = objects.get(&r).await? else {
+        return Ok(None);
     };
     if int_at(&d, "/spec/replicas").unwrap_or(1) != 0 {
         tracing::info!("freezing the operator: scaling {r} to 0");
-        world.objects.scale(&r, 0).await?;
+        objects.scale(&r, 0).await?;
     }
     let selector = match_labels(&d);
-    wait_until(
-        world,
-        "the operator to stop",
-        world.options.node_ready_timeout,
-        || {
-            let selector = selector.clone();
-            let r = r.clone();
-            async move {
-                let Some(d) = world.objects.get(&r).await? else {
-                    return Ok(None);
-                };
-                let ready = int_at(&d, "/status/readyReplicas").unwrap_or(0);
-                let pods = match &selector {
-                    Some(s) => {
-                        world
-                            .objects
-                            .list("v1", "Pod", Some(OPERATOR_NAMESPACE), Some(s))
-                            .await?
-                    }
-                    None => Vec::new(),
-                };
-                Ok((ready > 0 || !pods.is_empty()).then(|| {
-                    format!(
-                        "{ready} ready replica(s), {} operator pod(s) left",
-                        pods.len()
-                    )
-                }))
-            }
-        },
-    )
+    wait_until_every(period, "the operator to stop", timeout, || {
+        let selector = selector.clone();
+        let r = r.clone();
+        async move {
+            let Some(d) = objects.get(&r).await? else {
+                return Ok(None);
+            };
+            let ready = int_at(&d, "/status/readyReplicas").unwrap_or(0);
+            let pods = match &selector {
+                Some(s) => {
+                    objects
+                        .list("v1", "Pod", Some(OPERATOR_NAMESPACE), Some(s))
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            Ok((ready > 0 || !pods.is_empty()).then(|| {
+                format!(
+                    "{ready} ready replica(s), {} operator pod(s) left",
+                    pods.len()
+                )
+            }))
+        }
+    })
     .await?;
-    // No operator pod is left (the list above saw them go): free the lock the last one
-    // kept, so the next start leads at once.
-    if selector.is_some() {
-        super::leader_lock::release(world).await;
-    }
-    Ok(true)
+    Ok(Some(selector.is_some()))
 }
 
 /// Scale the operator to `replicas` (at least 1) and wait until it is Ready.

@@ -21,7 +21,22 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<String>>>,
 {
-    poll(world, what, timeout, Deadline::Fixed, probe).await
+    poll(world.options.poll, what, timeout, Deadline::Fixed, probe).await
+}
+
+/// [`wait_until`] polling every `period`, for a task that holds no `World` (the
+/// takeover's guard runs on a task of its own).
+pub async fn wait_until_every<F, Fut>(
+    period: Duration,
+    what: &str,
+    timeout: Duration,
+    probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<String>>>,
+{
+    poll(period, what, timeout, Deadline::Fixed, probe).await
 }
 
 /// Like [`wait_until`], but gives up only when the awaited state has not changed for
@@ -38,7 +53,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<String>>>,
 {
-    poll(world, what, idle, Deadline::AfterLastChange, probe).await
+    poll(
+        world.options.poll,
+        what,
+        idle,
+        Deadline::AfterLastChange,
+        probe,
+    )
+    .await
 }
 
 /// When a wait gives up: `timeout` after it started, or after the awaited text last
@@ -50,7 +72,7 @@ enum Deadline {
 }
 
 async fn poll<F, Fut>(
-    world: &World,
+    period: Duration,
     what: &str,
     timeout: Duration,
     deadline: Deadline,
@@ -62,7 +84,7 @@ where
 {
     let mut since = Instant::now();
     let mut last = String::new();
-    let mut tick = crate::checks::every(world.options.poll);
+    let mut tick = crate::checks::every(period);
     loop {
         match probe().await? {
             None => return Ok(()),

@@ -18,13 +18,14 @@ use tracing::Instrument as _;
 
 use crate::checks::InFlight;
 use crate::checks::conn::ConnPool;
+use crate::cluster::objects::Objects;
 use crate::engine::{Step, StepFuture, Verification};
 use crate::kinds::{self, deployment_ready};
 use crate::migration::descriptor::{Checks, StepContext, StepPlan, change, lines};
 use crate::migration::facts::int_at;
 use crate::migration::nodes::{NodeState, agents_ready, list_nodes, selects};
 use crate::migration::operator::{
-    current_degraded, freeze_operator, progressing_message, run_operator,
+    current_degraded, freeze_operator, progressing_message, run_operator, stop_operator,
 };
 use crate::migration::pre_operator::PreOperator;
 use crate::migration::refs::{
@@ -315,14 +316,49 @@ impl Pace {
         checks: &mut NodeChecks,
         node: &str,
     ) -> anyhow::Result<()> {
-        let checked = checks.checked.clone();
-        let in_flight = checks.in_flight.clone();
-        let guard = hold_back(world, node, &checked, self.per_run, &in_flight);
+        // The guard runs on a task of its own: a check's CPU-bound part (planning a
+        // round reads and indexes every pod and policy) must not keep it from its poll.
+        // Polled beside the check in one task, it waited out a sampled round at 500
+        // nodes while the operator moved two nodes past an unverified one.
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let guard = tokio::spawn(hold_back(
+            Guard {
+                objects: Objects::new(world.objects.client().clone(), *world.objects.retry()),
+                period: world.options.poll,
+                timeout: world.options.node_ready_timeout,
+                node: node.to_string(),
+                checked: checks.checked.clone(),
+                per_run: self.per_run,
+                in_flight: checks.in_flight.clone(),
+            },
+            stopped,
+        ));
+        // Should this future be dropped (the run cancelled), the guard goes with it.
+        let _abort = AbortOnDrop(guard.abort_handle());
         tokio::pin!(guard);
+        let in_flight = checks.in_flight.clone();
+        let guard_failed = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| match r {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => anyhow!("the takeover's guard of the operator ended before the check"),
+            Err(e) => anyhow!("the takeover's guard of the operator failed: {e}"),
+        };
         let checked_node = tokio::select! {
             r = checks.check(world, node) => r,
-            Err(e) = &mut guard => Err(e),
+            r = &mut guard => Err(guard_failed(r)),
         };
+        if !guard.is_finished() || checked_node.is_ok() {
+            // Let the guard finish what it is doing (a freeze under way lands before the
+            // Deployment is read below), then hear how it ended: an error of its own
+            // (the operator outran the freeze) counts even when the check passed.
+            let _ = stop.send(());
+            let guarded = (&mut guard).await;
+            if checked_node.is_ok()
+                && let Err(e) = guarded.map_err(|e| guard_failed(Err(e))).and_then(|r| r)
+            {
+                in_flight.set(BTreeSet::new());
+                return Err(e);
+            }
+        }
         in_flight.set(BTreeSet::new());
         checked_node?;
         let frozen = world
@@ -331,10 +367,9 @@ impl Pace {
             .await?
             .is_some_and(|d| int_at(&d, "/spec/replicas") == Some(0));
         if frozen {
-            // The check may have ended while the guard was still waiting for the
-            // operator pod to go: finish that freeze, which releases the leader lock
-            // once no operator pod is left. A lock left held makes the next pod wait
-            // out the lease (15 s) before it does anything, a wait no swap hides.
+            // The guard froze it and saw its pod go: release the leader lock that pod
+            // kept (a lock left held makes the next pod wait out the lease, 15 s, before
+            // it does anything, a wait no swap hides), then start it again.
             freeze_operator(world).await?;
             tracing::info!("node {node} verified: starting the operator again");
             world.objects.scale(&operator_ref(), 1).await?;
@@ -373,23 +408,40 @@ impl Pace {
     }
 }
 
-/// While `node` is checked: keep `in_flight` to the nodes relabelled past it, and
-/// freeze the operator once there are `per_run` of them and a node is left for it to
-/// move. Returns only on an error. Not when no node is left: after the last node
-/// the operator goes straight on to its end, and a freeze landing between its writes
-/// there would leave no DaemonSet selecting any node (see `follow`).
-async fn hold_back(
-    world: &World,
-    node: &str,
-    checked: &BTreeSet<String>,
+/// Aborts a spawned task when dropped (a `JoinHandle` dropped leaves its task running).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the guard of a node's check needs, owned: it runs on a task of its own.
+struct Guard {
+    objects: Objects,
+    period: std::time::Duration,
+    /// How long a freeze waits for the operator pod to go.
+    timeout: std::time::Duration,
+    node: String,
+    checked: BTreeSet<String>,
     per_run: usize,
-    in_flight: &InFlight,
-) -> anyhow::Result<()> {
+    in_flight: InFlight,
+}
+
+/// While `g.node` is checked: keep `in_flight` to the nodes relabelled past it, and
+/// freeze the operator once there are `per_run` of them and a node is left for it to
+/// move. Returns when told to stop (between polls, never in the middle of a freeze),
+/// or with an error. Not when no node is left: after the last node the operator goes
+/// straight on to its end, and a freeze landing between its writes there would leave
+/// no DaemonSet selecting any node (see `follow`).
+async fn hold_back(g: Guard, mut stop: tokio::sync::oneshot::Receiver<()>) -> anyhow::Result<()> {
+    let node = g.node.as_str();
     // Nodes neither `node` nor checked nor on Fargate: (relabelled past `node`, any left).
     let open = |nodes: &[NodeState]| -> (BTreeSet<String>, bool) {
         let open = nodes
             .iter()
-            .filter(|n| !n.fargate && n.name != node && !checked.contains(&n.name));
+            .filter(|n| !n.fargate && n.name != node && !g.checked.contains(&n.name));
         let (past, left): (Vec<&NodeState>, Vec<&NodeState>) =
             open.partition(|n| n.label.as_deref() == Some(MIGRATED));
         (
@@ -397,22 +449,23 @@ async fn hold_back(
             !left.is_empty(),
         )
     };
+    let per_run = g.per_run;
     let mut frozen = false;
-    let mut tick = crate::checks::every(world.options.poll);
+    let mut tick = crate::checks::every(g.period);
     loop {
-        let (past, left) = open(&list_nodes(&world.objects).await?);
+        let (past, left) = open(&list_nodes(&g.objects).await?);
         let count = past.len();
-        in_flight.set(past);
+        g.in_flight.set(past);
         if !frozen && count >= per_run && left {
             tracing::info!(
                 "{count} node(s) moved past node {node} before it is verified: freezing the operator until it is"
             );
-            freeze_operator(world).await?;
+            stop_operator(&g.objects, g.period, g.timeout).await?;
             frozen = true;
             // The operator is stopped: what it moved meanwhile is final. More than
             // `per_run` means it outran the freeze (a swap faster than this poll):
             // the promise is broken, so stop and say so rather than go on.
-            let (moved, _) = open(&list_nodes(&world.objects).await?);
+            let (moved, _) = open(&list_nodes(&g.objects).await?);
             if moved.len() > per_run {
                 bail!(
                     "the operator moved {} node(s) past node {node} before it could be stopped ({}), more than pacing.nodes_at_a_time ({per_run}); check those nodes first, or set a pause between nodes (`--pause-seconds`)",
@@ -421,7 +474,10 @@ async fn hold_back(
                 );
             }
         }
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return Ok(()),
+        }
     }
 }
 
