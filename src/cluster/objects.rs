@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -156,11 +156,13 @@ impl ObjectError {
     }
 }
 
-/// A client for objects of any kind.
+/// A client for objects of any kind. A clone shares the client and the kinds resolved
+/// (a task of its own, such as the takeover's guard, resolves nothing again).
+#[derive(Clone)]
 pub struct Objects {
     client: kube::Client,
     retry: RetryPolicy,
-    kinds: Mutex<HashMap<String, (ApiResource, ApiCapabilities)>>,
+    kinds: Arc<Mutex<HashMap<String, (ApiResource, ApiCapabilities)>>>,
 }
 
 fn is_code(e: &kube::Error, code: u16) -> bool {
@@ -172,7 +174,7 @@ impl Objects {
         Objects {
             client,
             retry,
-            kinds: Mutex::new(HashMap::new()),
+            kinds: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -263,6 +265,20 @@ impl Objects {
         Ok(got.map(|o| to_value(&o, r)))
     }
 
+    /// The API to list `probe`'s kind with (in its namespace, or all); None when the
+    /// kind is not served.
+    async fn list_api(&self, probe: &ObjRef) -> Result<Option<Api<DynamicObject>>, ObjectError> {
+        let (ar, caps) = match self.resolve("listing", probe).await {
+            Ok(x) => x,
+            Err(ObjectError::Unknown { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(match (caps.scope, probe.namespace.as_deref()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            _ => Api::all_with(self.client.clone(), &ar),
+        }))
+    }
+
     /// Every object of a kind (in `namespace`, or all), optionally by label selector.
     /// An unserved kind lists as empty.
     pub async fn list(
@@ -287,14 +303,8 @@ impl Objects {
         fields: Option<&str>,
     ) -> Result<Vec<Value>, ObjectError> {
         let probe = ObjRef::new(api_version, kind, namespace, "");
-        let (ar, caps) = match self.resolve("listing", &probe).await {
-            Ok(x) => x,
-            Err(ObjectError::Unknown { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let api: Api<DynamicObject> = match (caps.scope, namespace) {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
-            _ => Api::all_with(self.client.clone(), &ar),
+        let Some(api) = self.list_api(&probe).await? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         let mut cont: Option<String> = None;
@@ -322,8 +332,9 @@ impl Objects {
 
     /// The metadata of every object of a kind (in `namespace`, or all), without the
     /// rest: a list the API server answers with `PartialObjectMetadataList` (Accept
-    /// `application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`, as
-    /// `kubectl get` and client-go's metadata informers ask). For the loops that poll
+    /// `application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`, what
+    /// client-go's metadata client, k8s.io/client-go/metadata/metadata.go, and kube's
+    /// `Api::list_metadata`, kube-rs/kube#1137, send). For the loops that poll
     /// every node each period and read only names and labels: a Node's status (its
     /// conditions, images, addresses) is most of it, and would be sent and parsed
     /// node by node at every poll. An unserved kind lists as empty.
@@ -334,14 +345,8 @@ impl Objects {
         namespace: Option<&str>,
     ) -> Result<Vec<ObjectMeta>, ObjectError> {
         let probe = ObjRef::new(api_version, kind, namespace, "");
-        let (ar, caps) = match self.resolve("listing", &probe).await {
-            Ok(x) => x,
-            Err(ObjectError::Unknown { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let api: Api<DynamicObject> = match (caps.scope, namespace) {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
-            _ => Api::all_with(self.client.clone(), &ar),
+        let Some(api) = self.list_api(&probe).await? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         let mut cont: Option<String> = None;

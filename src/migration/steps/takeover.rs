@@ -323,7 +323,7 @@ impl Pace {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let guard = tokio::spawn(hold_back(
             Guard {
-                objects: Objects::new(world.objects.client().clone(), *world.objects.retry()),
+                objects: world.objects.clone(),
                 period: world.options.poll,
                 timeout: world.options.node_ready_timeout,
                 node: node.to_string(),
