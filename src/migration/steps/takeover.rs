@@ -688,3 +688,114 @@ impl Step<World> for Takeover {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::{Guard, hold_back};
+    use crate::checks::InFlight;
+    use crate::cluster::objects::Objects;
+    use crate::engine::RetryPolicy;
+    use crate::migration::refs::{MIGRATED, MIGRATION_LABEL};
+    use crate::sandbox::controllers::{self as sc, deploy_gvr, name, nodes_gvr};
+    use crate::sandbox::{Sandbox, Subresource};
+
+    fn replicas(sb: &Sandbox) -> i64 {
+        sc::get(sb, &deploy_gvr(), "tigera-operator", "tigera-operator")
+            .and_then(|d| d["spec"]["replicas"].as_i64())
+            .expect("the operator's Deployment")
+    }
+
+    /// Four nodes, an operator Deployment at 1 replica (no controllers: no pod, so a
+    /// freeze has nothing to wait for), and a guard of the first node's check with
+    /// `migrated` nodes past it.
+    fn rig(moved: usize) -> (Sandbox, Vec<String>) {
+        let sb = sc::small_seeded_sandbox(4);
+        for o in [
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tigera-operator"}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "tigera-operator", "namespace": "tigera-operator"},
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"name": "tigera-operator"}},
+                            "template": {"metadata": {"labels": {"name": "tigera-operator"}},
+                                         "spec": {"containers": [{"name": "tigera-operator", "image": "quay.io/tigera/operator:v1.38.6"}]}}}}),
+        ] {
+            sb.load(vec![o]).expect("the object loads");
+        }
+        let mut nodes: Vec<String> = sc::list(&sb, &nodes_gvr(), None)
+            .iter()
+            .map(|n| name(n).to_string())
+            .collect();
+        nodes.sort();
+        for n in &nodes[1..=moved] {
+            sc::merge(
+                &sb,
+                &nodes_gvr(),
+                "",
+                n,
+                Subresource::Main,
+                &json!({"metadata": {"labels": {(MIGRATION_LABEL): MIGRATED}}}),
+                "test",
+            )
+            .expect("the node is relabelled");
+        }
+        (sb, nodes)
+    }
+
+    fn guard(sb: &Sandbox, node: &str, in_flight: &InFlight) -> Guard {
+        Guard {
+            objects: Objects::new(sb.client(), RetryPolicy::default()),
+            period: Duration::from_millis(20),
+            timeout: Duration::from_secs(5),
+            node: node.to_string(),
+            checked: BTreeSet::new(),
+            per_run: 1,
+            in_flight: in_flight.clone(),
+        }
+    }
+
+    /// The guard runs on a task of its own and freezes the operator once a node has
+    /// moved past the one checked, while the checking task is busy (here it blocks its
+    /// thread, as planning a round over a large cluster does); told to stop, it ends
+    /// cleanly with the nodes in flight recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_guard_freezes_the_operator_while_the_check_is_busy() {
+        let (sb, nodes) = rig(1);
+        let in_flight = InFlight::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(hold_back(guard(&sb, &nodes[0], &in_flight), stopped));
+        // The check's CPU-bound part: this task's thread does nothing else meanwhile.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(replicas(&sb), 0, "the operator was not frozen");
+        assert_eq!(in_flight.get(), BTreeSet::from([nodes[1].clone()]));
+        stop.send(()).expect("the guard still runs");
+        task.await
+            .expect("the guard's task")
+            .expect("the guard ends without error");
+    }
+
+    /// Two nodes past the checked one when the guard first looks (the operator outran
+    /// the freeze, with `nodes_at_a_time` 1): it freezes the operator and fails,
+    /// naming them.
+    #[tokio::test]
+    async fn the_guard_stops_the_takeover_when_the_operator_outran_it() {
+        let (sb, nodes) = rig(2);
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        let guarded = hold_back(guard(&sb, &nodes[0], &InFlight::default()), stopped);
+        let e = tokio::time::timeout(Duration::from_secs(10), guarded)
+            .await
+            .expect("the guard ends on its own")
+            .expect_err("two nodes moved past an unverified one");
+        let text = e.to_string();
+        assert!(
+            text.contains("moved 2 node(s) past node")
+                && text.contains(&nodes[1])
+                && text.contains(&nodes[2]),
+            "{text}"
+        );
+        assert_eq!(replicas(&sb), 0, "the operator was not frozen");
+    }
+}
