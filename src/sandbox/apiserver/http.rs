@@ -57,7 +57,11 @@ struct List<T> {
 }
 
 /// An item of a `PartialObjectMetadataList`, borrowing the stored object's metadata
-/// (what [`table::partial`] copies).
+/// (what [`table::partial`] copies). The real server's answer has the same shape:
+/// k8s.io/apiserver pkg/endpoints/handlers/response.go `asPartialObjectMetadataList`
+/// turns each listed object into its metadata with kind `PartialObjectMetadata` of the
+/// asked meta.k8s.io version, and keeps the list's resourceVersion, continue and
+/// remainingItemCount.
 #[derive(serde::Serialize)]
 struct Partial<'a> {
     kind: &'static str,
