@@ -308,6 +308,9 @@ struct Detail {
     watch_passes: u64,
     /// How long each node was watched (ms), in order.
     watch_millis: Vec<u64>,
+    /// Nodes whose watch began a pass before their new agent was Ready (the others'
+    /// watches saw only the end of their swap).
+    watched_before_ready: usize,
     round_probes: u64,
     rounds: u64,
 }
@@ -337,6 +340,11 @@ impl Detail {
             q(0.5),
             q(0.9),
             q(1.0)
+        );
+        println!(
+            "        watched from before the new agent was Ready: {} of {} node(s)",
+            self.watched_before_ready,
+            ms.len()
         );
         let mut by: Vec<(&String, &usize)> = self.requests.iter().collect();
         by.sort_by(|a, b| b.1.cmp(a.1));
@@ -466,6 +474,7 @@ fn takeover_detail(report: &Value) -> Detail {
                 d.watch_probes += n(&o["watch"]["probes"]);
                 d.watch_passes += n(&o["watch"]["passes"]);
                 d.watch_millis.push(n(&o["watch"]["millis"]));
+                d.watched_before_ready += usize::from(n(&o["watch"]["passes_before_ready"]) > 0);
             }
             Some("round") => {
                 d.round_probes += n(&o["probes"]);

@@ -388,6 +388,12 @@ async fn continuous_probing_stops_at_a_lapse_and_records_a_stale_rules_window() 
     assert!(w.verified_at_end, "{w:?}");
     assert!(w.failed_passes >= 1, "{w:?}");
     assert!(w.longest_unverified_ms >= 800, "{w:?}");
+    // Begun while the agent was away: passes ran before it was back, and the last (the
+    // one that verified) after.
+    assert!(
+        w.passes_before_ready >= 1 && w.passes_before_ready < w.passes,
+        "{w:?}"
+    );
     assert!(
         w.last_failures.iter().all(|f| f.node == node
             && f.expected == Expected::Allowed

@@ -30,6 +30,11 @@ pub struct NodeWatch {
     /// How long the node was watched, first pass to last.
     #[serde(default)]
     pub millis: u64,
+    /// Passes that ended before the node's new agent was seen Ready (its readiness is
+    /// polled during each pass): 0 means the watch began after the swap, or in its
+    /// last moment, and saw only its end.
+    #[serde(default)]
+    pub passes_before_ready: u32,
     pub verified_at_end: bool,
     /// The failures of the last failing pass (empty when none failed).
     pub last_failures: Vec<Failure>,
@@ -176,6 +181,7 @@ pub async fn watch_node(
         }
         let now = Instant::now();
         out.passes += 1;
+        out.passes_before_ready += u32::from(!finished);
         let ok = report.passed && ran > 0;
         // The node's own enforcement is verified when no failure is decided there: a
         // pair failing on another node (a lapse elsewhere) is that node's window.

@@ -158,9 +158,10 @@ fn print_report(g: &GlobalOpts, r: &RunReport) -> anyhow::Result<()> {
     for o in &r.observations {
         match o {
             Observation::NodeSwap { watch, .. } => println!(
-                "  node {}: {} probe passes, longest without verified enforcement {} ms{}",
+                "  node {}: {} probe passes ({} before its new agent was Ready), longest without verified enforcement {} ms{}",
                 watch.node,
                 watch.passes,
+                watch.passes_before_ready,
                 watch.longest_unverified_ms,
                 if watch.verified_at_end {
                     ""

@@ -3,54 +3,60 @@
 //! swaps still carrying requests after it. The takeover moves nodes forward with
 //! it, the way back moves them back.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+use tokio::task::JoinHandle;
 
 use super::nodes::{agents_ready, list_nodes};
 use super::refs::{CALICO_SYSTEM, KUBE_SYSTEM, MIGRATED, PRE_OPERATOR};
 use super::world::{Observation, World};
 use crate::checks::conn::{self, ConnPool, HoldOptions};
-use crate::checks::{self, InFlight, NodeWatch};
+use crate::checks::{self, CheckError, InFlight, NodeWatch, Prober};
 
 /// Probe `node` through its agent swap until the calico-node in `namespace` there is
 /// Ready and a pass verifies (bounded by `node_ready_timeout`); records the swap.
-/// Returns what went wrong, if anything.
+/// `early` is the watch [`SwapWatcher`] started at the node's relabel, if it did: its
+/// outcome is judged here. Returns what went wrong, if anything.
 pub async fn watch_swap(
     world: &World,
     step: &str,
     node: &str,
-    namespace: &str,
+    namespace: &'static str,
     in_flight: &InFlight,
+    early: Option<Watching>,
 ) -> anyhow::Result<Option<String>> {
-    // A node that joined during the takeover has no probe pods yet: its first agent
-    // comes up first (no pod is created on a node without one), then its pods.
-    if !world.prober().await?.nodes().iter().any(|n| n == node) {
-        let ready = checks::agent_ready(world.client(), namespace, node, world.options.poll);
-        // Not Ready in time: prober_covering says so (it waits for every agent).
-        let _ = tokio::time::timeout(world.options.node_ready_timeout, ready).await;
+    let (watch, ready) = match early {
+        Some(task) => task
+            .await
+            .map_err(|e| anyhow!("the watch of node {node} ended without an outcome: {e}"))?,
+        None => {
+            // A node that joined during the takeover has no probe pods yet: its first
+            // agent comes up first (no pod is created on a node without one), then its
+            // pods.
+            if !world.prober().await?.nodes().iter().any(|n| n == node) {
+                let ready =
+                    checks::agent_ready(world.client(), namespace, node, world.options.poll);
+                // Not Ready in time: prober_covering says so (it waits for every agent).
+                let _ = tokio::time::timeout(world.options.node_ready_timeout, ready).await;
+            }
+            let prober = world.prober_covering(node).await?;
+            swap_watch(
+                prober,
+                world.client().clone(),
+                namespace,
+                node.to_string(),
+                in_flight.clone(),
+                world.options.poll,
+                world.options.node_ready_timeout,
+            )
+            .await
+        }
     }
-    let prober = world.prober_covering(node).await?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
-    let client = world.client().clone();
-    let poll = world.options.poll;
-    let done = async move {
-        checks::agent_ready(&client, namespace, node, poll).await;
-        flag.store(true, Ordering::SeqCst);
-    };
-    tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
-    let watch = checks::watch_node(
-        &prober,
-        node,
-        in_flight,
-        done,
-        world.options.poll,
-        world.options.node_ready_timeout,
-    )
-    .await
     .with_context(|| format!("probing node {node}"))?;
     world.observe(Observation::NodeSwap {
         step: step.to_string(),
@@ -62,7 +68,7 @@ pub async fn watch_swap(
         watch.failed_passes,
         watch.longest_unverified_ms
     );
-    let problem = swap_problem(world, &watch, ready.load(Ordering::SeqCst), namespace);
+    let problem = swap_problem(world, &watch, ready, namespace);
     if problem.is_none() {
         // The line a person follows: one per node, short enough for a terminal.
         let failed = match watch.failed_passes {
@@ -75,6 +81,110 @@ pub async fn watch_swap(
         ));
     }
     Ok(problem)
+}
+
+/// The watch of one node's swap with what it needs owned, so it can run on a task of
+/// its own: `node` probed until its calico-node in `namespace` is Ready and a pass
+/// verifies, or `max`. Returns the watch and whether the agent became Ready.
+fn swap_watch(
+    prober: Arc<Prober>,
+    client: kube::Client,
+    namespace: &'static str,
+    node: String,
+    in_flight: InFlight,
+    poll: Duration,
+    max: Duration,
+) -> impl Future<Output = Result<(NodeWatch, bool), CheckError>> + Send + 'static {
+    async move {
+        let ready = AtomicBool::new(false);
+        let done = async {
+            checks::agent_ready(&client, namespace, &node, poll).await;
+            ready.store(true, Ordering::SeqCst);
+        };
+        tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
+        let watch = checks::watch_node(&prober, &node, &in_flight, done, poll, max).await?;
+        Ok((watch, ready.load(Ordering::SeqCst)))
+    }
+}
+
+/// A node's watch running on a task of its own.
+pub type Watching = JoinHandle<Result<(NodeWatch, bool), CheckError>>;
+
+/// Starts a node's watch as soon as the operator relabels it, while the takeover is
+/// still checking the node before (its held connections, a sampled round), so the
+/// node is probed from the start of its swap rather than from when the takeover gets
+/// to it. The watches started are kept until taken; those never taken are aborted
+/// with [`abort_started`].
+#[derive(Clone)]
+pub struct SwapWatcher {
+    prober: Arc<Prober>,
+    client: kube::Client,
+    namespace: &'static str,
+    in_flight: InFlight,
+    poll: Duration,
+    max: Duration,
+    started: Started,
+}
+
+/// The watches started and not yet taken, by node.
+pub type Started = Arc<Mutex<BTreeMap<String, Watching>>>;
+
+impl SwapWatcher {
+    /// A watcher with the world's probe workload as it is now.
+    pub async fn new(
+        world: &World,
+        namespace: &'static str,
+        in_flight: &InFlight,
+        started: &Started,
+    ) -> anyhow::Result<Self> {
+        Ok(SwapWatcher {
+            prober: world.prober().await?,
+            client: world.client().clone(),
+            namespace,
+            in_flight: in_flight.clone(),
+            poll: world.options.poll,
+            max: world.options.node_ready_timeout,
+            started: started.clone(),
+        })
+    }
+
+    /// Start `node`'s watch unless it has one. A node without probe pods (it joined
+    /// during the takeover) is left to [`watch_swap`], which adds them.
+    pub fn start(&self, node: &str) {
+        if !self.prober.nodes().iter().any(|n| n == node) {
+            return;
+        }
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if started.contains_key(node) {
+            return;
+        }
+        let watch = swap_watch(
+            self.prober.clone(),
+            self.client.clone(),
+            self.namespace,
+            node.to_string(),
+            self.in_flight.clone(),
+            self.poll,
+            self.max,
+        );
+        started.insert(node.to_string(), tokio::spawn(watch));
+    }
+}
+
+/// `node`'s watch, if one was started.
+pub fn take_started(started: &Started, node: &str) -> Option<Watching> {
+    started
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(node)
+}
+
+/// Abort the watches started and never taken (the takeover stopped before it got to
+/// their nodes): a watch left running would probe until its timeout.
+pub fn abort_started(started: &Started) {
+    for (_, task) in std::mem::take(&mut *started.lock().unwrap_or_else(|e| e.into_inner())) {
+        task.abort();
+    }
 }
 
 fn swap_problem(world: &World, w: &NodeWatch, ready: bool, namespace: &str) -> Option<String> {

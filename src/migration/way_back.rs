@@ -162,7 +162,7 @@ pub async fn move_nodes_back(
         tracing::info!("moving node {node} back to the kube-system calico-node");
         set_node_label(&world.objects, &node, Some(PRE_OPERATOR)).await?;
         if let Some(problem) =
-            watch_swap(world, step, &node, KUBE_SYSTEM, &InFlight::default()).await?
+            watch_swap(world, step, &node, KUBE_SYSTEM, &InFlight::default(), None).await?
         {
             bail!("moving node {node} back: {problem}");
         }

@@ -32,7 +32,10 @@ use crate::migration::refs::{
     CALICO_SYSTEM, MIGRATED, calico_system_node, kube_system_node, operator_ref,
 };
 use crate::migration::rollout::{follow_rollout, rollout_unfinished};
-use crate::migration::swap::{Way, check_held, hold_across_swaps, watch_swap};
+use crate::migration::swap::{
+    Started, SwapWatcher, Way, abort_started, check_held, hold_across_swaps, take_started,
+    watch_swap,
+};
 use crate::migration::wait::wait_until;
 use crate::migration::way_back::return_to_kube_system;
 use crate::migration::world::World;
@@ -153,6 +156,7 @@ async fn follow(world: &World) -> anyhow::Result<()> {
         rounds: 0,
         held: None,
         in_flight: InFlight::default(),
+        started: Started::default(),
     };
     let to_move: Vec<String> = list_nodes(&world.objects)
         .await?
@@ -320,6 +324,10 @@ impl Pace {
         // round reads and indexes every pod and policy) must not keep it from its poll.
         // Polled beside the check in one task, it waited out a sampled round at 500
         // nodes while the operator moved two nodes past an unverified one.
+        // Each node relabelled meanwhile is watched from then on, not from when this
+        // check ends: its swap runs beside this node's last checks.
+        let watcher =
+            SwapWatcher::new(world, CALICO_SYSTEM, &checks.in_flight, &checks.started).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let guard = tokio::spawn(hold_back(
             Guard {
@@ -330,6 +338,7 @@ impl Pace {
                 checked: checks.checked.clone(),
                 per_run: self.per_run,
                 in_flight: checks.in_flight.clone(),
+                on_moved: Box::new(move |n| watcher.start(n)),
             },
             stopped,
         ));
@@ -427,9 +436,12 @@ struct Guard {
     checked: BTreeSet<String>,
     per_run: usize,
     in_flight: InFlight,
+    /// Told each node relabelled past `node`, at every poll that sees it.
+    on_moved: Box<dyn Fn(&str) + Send + Sync>,
 }
 
-/// While `g.node` is checked: keep `in_flight` to the nodes relabelled past it, and
+/// While `g.node` is checked: keep `in_flight` to the nodes relabelled past it (each
+/// told to `on_moved` as soon as it is seen), and
 /// freeze the operator once there are `per_run` of them and a node is left for it to
 /// move. Returns when told to stop (between polls, never in the middle of a freeze),
 /// or with an error. Not when no node is left: after the last node the operator goes
@@ -455,6 +467,9 @@ async fn hold_back(g: Guard, mut stop: tokio::sync::oneshot::Receiver<()>) -> an
     loop {
         let (past, left) = open(&list_nodes(&g.objects).await?);
         let count = past.len();
+        for n in &past {
+            (g.on_moved)(n);
+        }
         g.in_flight.set(past);
         if !frozen && count >= per_run && left {
             tracing::info!(
@@ -491,11 +506,23 @@ struct NodeChecks {
     held: Option<ConnPool>,
     /// Nodes relabelled past the node being checked (pipelined pacing).
     in_flight: InFlight,
+    /// Watches started at a node's relabel, before its check (pipelined pacing).
+    started: Started,
+}
+
+impl Drop for NodeChecks {
+    /// A watch started for a node this run never got to would probe until its timeout.
+    fn drop(&mut self) {
+        abort_started(&self.started);
+    }
 }
 
 impl NodeChecks {
     async fn check(&mut self, world: &World, node: &str) -> anyhow::Result<()> {
-        if let Some(problem) = watch_swap(world, ID, node, CALICO_SYSTEM, &self.in_flight).await? {
+        let early = take_started(&self.started, node);
+        if let Some(problem) =
+            watch_swap(world, ID, node, CALICO_SYSTEM, &self.in_flight, early).await?
+        {
             bail!("node {node}: {problem}");
         }
         if let Some(pool) = &self.held {
@@ -528,7 +555,7 @@ impl NodeChecks {
 /// kube-system install, then renders calico-system calico-node without the
 /// migration nodeSelector (one more rolling restart of every node's agent, followed
 /// like any other), then removes the node labels (verify-completion).
-async fn finish(world: &World, running: bool, checks: NodeChecks) -> anyhow::Result<()> {
+async fn finish(world: &World, running: bool, mut checks: NodeChecks) -> anyhow::Result<()> {
     // The rounds between nodes were samples: the full round comes now.
     if !checks.checked.is_empty() {
         world.check_round(ID, "after the last node moved").await?;
@@ -554,7 +581,7 @@ async fn finish(world: &World, running: bool, checks: NodeChecks) -> anyhow::Res
     .await?;
     let prober = world.prober().await?;
     follow_rollout(world, ID, &calico_system_node(), &prober).await?;
-    if let Some(pool) = checks.held {
+    if let Some(pool) = checks.held.take() {
         check_held(world, ID, Way::Forward, &pool, None).await?;
         pool.close().await;
     }
@@ -692,6 +719,7 @@ impl Step<World> for Takeover {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use serde_json::json;
@@ -745,7 +773,8 @@ mod tests {
         (sb, nodes)
     }
 
-    fn guard(sb: &Sandbox, node: &str, in_flight: &InFlight) -> Guard {
+    fn guard(sb: &Sandbox, node: &str, in_flight: &InFlight, moved: &Moved) -> Guard {
+        let moved = moved.clone();
         Guard {
             objects: Objects::new(sb.client(), RetryPolicy::default()),
             period: Duration::from_millis(20),
@@ -754,23 +783,35 @@ mod tests {
             checked: BTreeSet::new(),
             per_run: 1,
             in_flight: in_flight.clone(),
+            on_moved: Box::new(move |n| {
+                moved.lock().unwrap().insert(n.to_string());
+            }),
         }
     }
 
+    /// The nodes the guard said were relabelled past the checked one.
+    type Moved = Arc<Mutex<BTreeSet<String>>>;
+
     /// The guard runs on a task of its own and freezes the operator once a node has
     /// moved past the one checked, while the checking task is busy (here it blocks its
-    /// thread, as planning a round over a large cluster does); told to stop, it ends
-    /// cleanly with the nodes in flight recorded.
+    /// thread, as planning a round over a large cluster does), and tells that node on
+    /// (its watch starts then); told to stop, it ends cleanly with the nodes in flight
+    /// recorded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_guard_freezes_the_operator_while_the_check_is_busy() {
         let (sb, nodes) = rig(1);
         let in_flight = InFlight::default();
+        let moved = Moved::default();
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(hold_back(guard(&sb, &nodes[0], &in_flight), stopped));
+        let task = tokio::spawn(hold_back(
+            guard(&sb, &nodes[0], &in_flight, &moved),
+            stopped,
+        ));
         // The check's CPU-bound part: this task's thread does nothing else meanwhile.
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(replicas(&sb), 0, "the operator was not frozen");
         assert_eq!(in_flight.get(), BTreeSet::from([nodes[1].clone()]));
+        assert_eq!(*moved.lock().unwrap(), BTreeSet::from([nodes[1].clone()]));
         stop.send(()).expect("the guard still runs");
         task.await
             .expect("the guard's task")
@@ -784,7 +825,10 @@ mod tests {
     async fn the_guard_stops_the_takeover_when_the_operator_outran_it() {
         let (sb, nodes) = rig(2);
         let (_stop, stopped) = tokio::sync::oneshot::channel();
-        let guarded = hold_back(guard(&sb, &nodes[0], &InFlight::default()), stopped);
+        let guarded = hold_back(
+            guard(&sb, &nodes[0], &InFlight::default(), &Moved::default()),
+            stopped,
+        );
         let e = tokio::time::timeout(Duration::from_secs(10), guarded)
             .await
             .expect("the guard ends on its own")
