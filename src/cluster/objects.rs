@@ -7,7 +7,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, ObjectList, Patch, PatchParams, PostParams,
+};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
 use serde::{Deserialize, Serialize};
@@ -306,28 +308,23 @@ impl Objects {
         let Some(api) = self.list_api(&probe).await? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        let mut cont: Option<String> = None;
-        loop {
-            let mut lp = ListParams::default().limit(500);
-            if let Some(l) = labels {
-                lp = lp.labels(l);
-            }
-            if let Some(f) = fields {
-                lp = lp.fields(f);
-            }
-            if let Some(c) = &cont {
-                lp = lp.continue_token(c);
-            }
-            let page = with_retry(&self.retry, Conflicts::Fail, || api.list(&lp))
-                .await
-                .map_err(Self::err("listing", &probe))?;
-            out.extend(page.items.iter().map(|o| to_value(o, &probe)));
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(c) => cont = Some(c),
-                None => return Ok(out),
-            }
+        let mut lp = ListParams::default();
+        if let Some(l) = labels {
+            lp = lp.labels(l);
         }
+        if let Some(f) = fields {
+            lp = lp.fields(f);
+        }
+        self.every_page(
+            &probe,
+            lp,
+            |lp| {
+                let api = api.clone();
+                async move { api.list(&lp).await }
+            },
+            |o| to_value(&o, &probe),
+        )
+        .await
     }
 
     /// The metadata of every object of a kind (in `namespace`, or all), without the
@@ -348,19 +345,39 @@ impl Objects {
         let Some(api) = self.list_api(&probe).await? else {
             return Ok(Vec::new());
         };
+        self.every_page(
+            &probe,
+            ListParams::default(),
+            |lp| {
+                let api = api.clone();
+                async move { api.list_metadata(&lp).await }
+            },
+            |o| o.metadata,
+        )
+        .await
+    }
+
+    /// Every page of a LIST, 500 objects a page, following `continue` (each page
+    /// retried as the retry policy says), each object kept as `keep` makes it.
+    async fn every_page<O: Clone, T, Fut>(
+        &self,
+        probe: &ObjRef,
+        base: ListParams,
+        list: impl Fn(ListParams) -> Fut,
+        keep: impl Fn(O) -> T,
+    ) -> Result<Vec<T>, ObjectError>
+    where
+        Fut: std::future::Future<Output = Result<ObjectList<O>, kube::Error>>,
+    {
         let mut out = Vec::new();
-        let mut cont: Option<String> = None;
+        let mut lp = base.limit(500);
         loop {
-            let mut lp = ListParams::default().limit(500);
-            if let Some(c) = &cont {
-                lp = lp.continue_token(c);
-            }
-            let page = with_retry(&self.retry, Conflicts::Fail, || api.list_metadata(&lp))
+            let page = with_retry(&self.retry, Conflicts::Fail, || list(lp.clone()))
                 .await
-                .map_err(Self::err("listing", &probe))?;
-            out.extend(page.items.into_iter().map(|o| o.metadata));
+                .map_err(Self::err("listing", probe))?;
+            out.extend(page.items.into_iter().map(&keep));
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(c) => cont = Some(c),
+                Some(c) => lp = lp.continue_token(&c),
                 None => return Ok(out),
             }
         }

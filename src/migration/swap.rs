@@ -4,7 +4,6 @@
 //! it, the way back moves them back.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +85,7 @@ pub async fn watch_swap(
 /// The watch of one node's swap with what it needs owned, so it can run on a task of
 /// its own: `node` probed until its calico-node in `namespace` is Ready and a pass
 /// verifies, or `max`. Returns the watch and whether the agent became Ready.
-fn swap_watch(
+async fn swap_watch(
     prober: Arc<Prober>,
     client: kube::Client,
     namespace: &'static str,
@@ -94,17 +93,15 @@ fn swap_watch(
     in_flight: InFlight,
     poll: Duration,
     max: Duration,
-) -> impl Future<Output = Result<(NodeWatch, bool), CheckError>> + Send + 'static {
-    async move {
-        let ready = AtomicBool::new(false);
-        let done = async {
-            checks::agent_ready(&client, namespace, &node, poll).await;
-            ready.store(true, Ordering::SeqCst);
-        };
-        tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
-        let watch = checks::watch_node(&prober, &node, &in_flight, done, poll, max).await?;
-        Ok((watch, ready.load(Ordering::SeqCst)))
-    }
+) -> Result<(NodeWatch, bool), CheckError> {
+    let ready = AtomicBool::new(false);
+    let done = async {
+        checks::agent_ready(&client, namespace, &node, poll).await;
+        ready.store(true, Ordering::SeqCst);
+    };
+    tracing::info!("probing node {node} until its calico-node in {namespace} is Ready");
+    let watch = checks::watch_node(&prober, &node, &in_flight, done, poll, max).await?;
+    Ok((watch, ready.load(Ordering::SeqCst)))
 }
 
 /// A node's watch running on a task of its own.
