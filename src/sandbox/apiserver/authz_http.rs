@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::authz::{self, Attributes, MASTERS, PolicyRule, UserInfo};
 use super::error::ApiError;
-use super::http::MAX_BODY;
+use super::http::{MAX_BODY, error_response, json_response};
 use super::protobuf;
 use super::store::WriteOptions;
 use super::store::apply::PatchKind;
@@ -32,20 +32,6 @@ use crate::sandbox::Sandbox;
 
 pub const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 pub const RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
-
-fn json_response(code: u16, v: &Value) -> Response {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = (status, v.to_string()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error_response(e: &ApiError) -> Response {
-    json_response(e.code, &e.to_status())
-}
 
 /// The user a request acts as: the impersonated one, or the sandbox admin.
 pub fn requester(headers: &HeaderMap) -> Result<UserInfo, ApiError> {

@@ -32,7 +32,7 @@ use crate::sandbox::faults;
 /// The real server's request body limit (k8s.io/apiserver pkg/server/config.go: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-fn json_response(code: u16, v: &impl serde::Serialize) -> Response {
+pub(super) fn json_response(code: u16, v: &impl serde::Serialize) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // A Value, or a struct of Values, always serialises.
     let body = serde_json::to_string(v).unwrap_or_default();
@@ -86,7 +86,7 @@ fn aggregated_response(v: &Value) -> Response {
     r
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(super) fn error_response(e: &ApiError) -> Response {
     let mut r = json_response(e.code, &e.to_status());
     if e.code == 429 {
         r.headers_mut()
