@@ -87,9 +87,11 @@ fn aggregated_response(v: &Value) -> Response {
 }
 
 /// An error as the real server answers it: a Status body, and on a 429 the Retry-After
-/// of its throttling filters (k8s.io/apiserver pkg/server/filters/maxinflight.go and
-/// priority-and-fairness.go, `tooManyRequests`), which client-go reads before it retries
-/// (rest/request.go `retryAfterSeconds`). The access-review paths answer through it too.
+/// of its throttling filters, "1" (kubernetes/kubernetes at e4b6dc5,
+/// staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go:37 `retryAfter`, set
+/// by `tooManyRequests` there and in priority-and-fairness.go), which client-go reads
+/// before it retries (rest/request.go `retryAfterSeconds`). The access-review paths
+/// answer through it too.
 pub(super) fn error_response(e: &ApiError) -> Response {
     let mut r = json_response(e.code, &e.to_status());
     if e.code == 429 {
